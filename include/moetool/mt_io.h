@@ -1,0 +1,201 @@
+/* mt_io.h — checkpoints on disk: Hugging Face directories (config.json +
+ * safetensors, single or sharded), single .safetensors files, GGUF v3.
+ * Every reader memory-maps its files and validates every count and offset;
+ * every writer streams and renames into place only when complete. */
+#ifndef MT_IO_H
+#define MT_IO_H
+
+#include "mt_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- architecture ----------------------------------------------------- */
+typedef enum {
+    MT_ROPE_HALF = 0,        /* HF rotate_half: pairs (i, i + d/2)           */
+    MT_ROPE_INTERLEAVED = 1, /* GGUF 'llama': pairs (2i, 2i+1), Q/K rows permuted */
+} mt_rope_style;
+
+#define MT_MAX_LAYERS 512
+
+typedef struct {
+    char arch[32];       /* "mixtral", "mistral", "llama"                      */
+    int n_layers;
+    int hidden;          /* d_model                                           */
+    int ffn;             /* intermediate size of one expert (or the dense MLP) */
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int vocab;
+    int n_experts;       /* experts per layer; 0 = dense model                */
+    int top_k;           /* experts per token; 0 when dense                   */
+    /* Per-layer expert counts (merge can leave layers with different K).
+     * Entries are 0 when every layer has n_experts. */
+    int layer_experts[MT_MAX_LAYERS];
+    float rope_theta;
+    float norm_eps;
+    int max_pos;
+    int tie_embeddings;
+    int bos_id, eos_id;  /* -1 when unknown */
+    int rope_style;      /* mt_rope_style of the stored Q/K weights           */
+} mt_config;
+
+/* Experts in layer l (handles layer_experts overrides). */
+int mt_config_layer_experts(const mt_config *c, int l);
+
+/* Parses a Hugging Face config.json. Mixtral, Mistral and Llama are
+ * accepted; anything else is MT_ERR_UNSUPPORTED naming the architecture. */
+int mt_config_from_hf_json(mt_config *out, const char *json_text, size_t len, const char *path_for_errors);
+int mt_config_load_hf(mt_config *out, const char *config_json_path);
+/* Writes config.json text for `c` (caller frees *out with free()). */
+int mt_config_to_hf_json(char **out, const mt_config *c, const char *torch_dtype);
+
+/* ---- tensors ------------------------------------------------------------ */
+#define MT_MAX_DIMS 4
+typedef struct {
+    const char *name;           /* native name in its file                  */
+    mt_dtype dtype;
+    int n_dims;
+    int64_t shape[MT_MAX_DIMS]; /* outermost first (PyTorch order): a Linear
+                                   weight is (out_features, in_features)     */
+    const void *data;           /* into the mapping; valid while open       */
+    uint64_t nbytes;
+    int file_index;             /* which shard                              */
+    uint64_t file_offset;       /* absolute byte offset in that file        */
+} mt_tensor;
+
+int64_t mt_tensor_numel(const mt_tensor *t);
+
+/* ---- single safetensors file --------------------------------------------
+ * Byte layout: u64 LE header length N; N bytes of JSON
+ * {"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]},
+ *  "__metadata__": {str: str}}; then the data region, offsets relative to
+ * its start. */
+typedef struct mt_safetensors mt_safetensors;
+int mt_safetensors_open(mt_safetensors **out, const char *path);
+/* Same checks on a buffer the caller keeps alive (used by the fuzzer). */
+int mt_safetensors_parse(mt_safetensors **out, const void *buf, size_t len, const char *name_for_errors);
+void mt_safetensors_free(mt_safetensors *st);
+size_t mt_safetensors_count(const mt_safetensors *st);
+const mt_tensor *mt_safetensors_get(const mt_safetensors *st, size_t i);
+const mt_tensor *mt_safetensors_find(const mt_safetensors *st, const char *name);
+
+/* ---- tokenizer sources found next to a checkpoint ---------------------- */
+typedef struct {
+    char *spm_model_path;    /* tokenizer.model, or NULL                     */
+    char *hf_json_path;      /* tokenizer.json, or NULL                      */
+} mt_tokenizer_files;
+
+/* ---- checkpoint: one view over any supported format -------------------- */
+typedef enum { MT_FMT_HF = 0, MT_FMT_SAFETENSORS = 1, MT_FMT_GGUF = 2 } mt_format;
+
+typedef struct mt_gguf mt_gguf;
+typedef struct mt_ckpt mt_ckpt;
+
+/* Opens a HF directory, a single .safetensors (config.json expected beside
+ * it) or a .gguf. Detects the format by content, not by name. */
+int mt_ckpt_open(mt_ckpt **out, const char *path);
+void mt_ckpt_free(mt_ckpt *ck);
+mt_format mt_ckpt_format(const mt_ckpt *ck);
+const char *mt_ckpt_path(const mt_ckpt *ck);
+const mt_config *mt_ckpt_config(const mt_ckpt *ck);
+size_t mt_ckpt_count(const mt_ckpt *ck);
+const mt_tensor *mt_ckpt_get(const mt_ckpt *ck, size_t i);
+const mt_tensor *mt_ckpt_find(const mt_ckpt *ck, const char *native_name);
+/* Total bytes of the checkpoint's files on disk. */
+uint64_t mt_ckpt_file_bytes(const mt_ckpt *ck);
+const mt_tokenizer_files *mt_ckpt_tokenizer_files(const mt_ckpt *ck);
+/* The GGUF behind a GGUF checkpoint (tokenizer metadata lives there), else NULL. */
+const mt_gguf *mt_ckpt_gguf(const mt_ckpt *ck);
+
+/* ---- the model description the runtime executes ------------------------
+ * A matrix is a view into mapped data: `rows` output features of `cols`
+ * input features each, row r at data + r * row_stride. Norm vectors are
+ * 1 x n matrices. */
+typedef struct {
+    mt_dtype dtype;
+    int64_t rows, cols;
+    const void *data;
+    uint64_t row_stride;        /* bytes */
+} mt_mat;
+
+typedef struct {
+    mt_mat attn_norm;   /* (1, hidden)                               */
+    mt_mat wq;          /* (n_heads * head_dim, hidden)              */
+    mt_mat wk;          /* (n_kv_heads * head_dim, hidden)           */
+    mt_mat wv;          /* (n_kv_heads * head_dim, hidden)           */
+    mt_mat wo;          /* (hidden, n_heads * head_dim)              */
+    mt_mat ffn_norm;    /* (1, hidden)                               */
+    int n_experts;      /* 0: dense MLP in w1[0], w2[0], w3[0]       */
+    mt_mat router;      /* (n_experts, hidden); unused when dense    */
+    mt_mat *w1;         /* [max(1,n_experts)] gate (ffn, hidden)     */
+    mt_mat *w3;         /* [max(1,n_experts)] up   (ffn, hidden)     */
+    mt_mat *w2;         /* [max(1,n_experts)] down (hidden, ffn)     */
+} mt_layer_weights;
+
+typedef struct {
+    mt_config cfg;
+    mt_mat tok_embd;    /* (vocab, hidden)                           */
+    mt_mat out_norm;    /* (1, hidden)                               */
+    mt_mat lm_head;     /* (vocab, hidden); = tok_embd when tied     */
+    mt_layer_weights *layers;  /* [n_layers]                        */
+} mt_weights;
+
+/* Maps a checkpoint's tensors (HF names or GGUF names, per-expert 2-D or
+ * merged 3-D expert tensors) onto the description above, checking every
+ * shape against the config. No weight is copied. */
+int mt_weights_init(mt_weights *w, const mt_ckpt *ck);
+void mt_weights_free(mt_weights *w);
+
+/* ---- GGUF v3 (llama.cpp conventions) ----------------------------------- */
+typedef enum {
+    MT_GGUF_UINT8 = 0, MT_GGUF_INT8 = 1, MT_GGUF_UINT16 = 2, MT_GGUF_INT16 = 3,
+    MT_GGUF_UINT32 = 4, MT_GGUF_INT32 = 5, MT_GGUF_FLOAT32 = 6, MT_GGUF_BOOL = 7,
+    MT_GGUF_STRING = 8, MT_GGUF_ARRAY = 9, MT_GGUF_UINT64 = 10, MT_GGUF_INT64 = 11,
+    MT_GGUF_FLOAT64 = 12,
+} mt_gguf_type;
+
+int mt_gguf_open(mt_gguf **out, const char *path);
+int mt_gguf_parse(mt_gguf **out, const void *buf, size_t len, const char *name_for_errors);
+void mt_gguf_free(mt_gguf *g);
+size_t mt_gguf_tensor_count(const mt_gguf *g);
+/* Tensors are reported in PyTorch order (GGUF's ne[] reversed). */
+const mt_tensor *mt_gguf_tensor(const mt_gguf *g, size_t i);
+const mt_tensor *mt_gguf_find_tensor(const mt_gguf *g, const char *name);
+/* Metadata lookup: returns the key's index or -1. */
+int mt_gguf_find_key(const mt_gguf *g, const char *key);
+size_t mt_gguf_key_count(const mt_gguf *g);
+const char *mt_gguf_key_name(const mt_gguf *g, int k);
+mt_gguf_type mt_gguf_key_type(const mt_gguf *g, int k);
+/* Scalars (converted from any integer/float type; MT_ERR_FORMAT on mismatch). */
+int mt_gguf_get_i64(const mt_gguf *g, const char *key, int64_t *out);
+int mt_gguf_get_f64(const mt_gguf *g, const char *key, double *out);
+/* String value: pointer into the mapping, not NUL-terminated. */
+int mt_gguf_get_str(const mt_gguf *g, const char *key, const char **s, uint64_t *len);
+/* Arrays: element type and count, then element access. */
+int mt_gguf_get_arr(const mt_gguf *g, const char *key, mt_gguf_type *elem_type, uint64_t *n);
+int mt_gguf_arr_str(const mt_gguf *g, const char *key, uint64_t i, const char **s, uint64_t *len);
+/* Raw pointer to the elements of a numeric array (little-endian, packed). */
+int mt_gguf_arr_data(const mt_gguf *g, const char *key, const void **data);
+
+/* ---- conversion -------------------------------------------------------- */
+typedef struct {
+    mt_format to;          /* MT_FMT_HF or MT_FMT_GGUF                         */
+    int dtype;             /* -1: keep source types; else mt_dtype for 2-D weights
+                              (f32, f16, bf16, q8_0); norms stay f32 in GGUF
+                              and the router stays f32 (llama.cpp convention)   */
+    uint64_t shard_bytes;  /* HF output: max bytes per shard (0 = 4 GiB)      */
+    mt_progress_fn progress;
+    void *progress_user;
+} mt_convert_opts;
+
+void mt_convert_opts_default(mt_convert_opts *o);
+/* Streams `in_path` to `out_path`; out_path is written under a temporary
+ * name and renamed at the end; on error nothing is left behind. */
+int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts *opts);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

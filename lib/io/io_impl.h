@@ -1,0 +1,50 @@
+/* io_impl.h — private helpers of lib/io: read-only file mappings, output
+ * files that appear only when complete, paths. */
+#ifndef MT_IO_IMPL_H
+#define MT_IO_IMPL_H
+
+#include "moetool/mt_common.h"
+#include "moetool/mt_io.h"
+
+#include <stdio.h>
+
+/* A read-only mapping of a whole file (size 0 files map to data == NULL). */
+typedef struct {
+    void *data;
+    size_t size;
+    char *path;
+} mt_mapped;
+
+int mt_map_file(mt_mapped *m, const char *path);
+void mt_unmap_file(mt_mapped *m);
+
+/* An output that is written under "<path>.tmp-XXXXXX" and renamed over
+ * <path> by mt_out_commit; mt_out_abort (also safe after commit) removes the
+ * temporary. Works for a file (mt_out_open_file) or a directory
+ * (mt_out_open_dir, whose files are written inside tmp_path). */
+typedef struct {
+    char *final_path;
+    char *tmp_path;
+    FILE *f;          /* file outputs only */
+    int is_dir;
+    int committed;
+} mt_out;
+
+int mt_out_open_file(mt_out *o, const char *path);
+int mt_out_open_dir(mt_out *o, const char *path);
+/* Writes exactly n bytes or fails with a message naming the final path. */
+int mt_out_write(mt_out *o, const void *buf, size_t n);
+int mt_out_commit(mt_out *o);
+void mt_out_abort(mt_out *o);
+
+/* Writes a whole small file (config.json, ...) at dir/name. */
+int mt_write_small_file(const char *dir, const char *name, const void *buf, size_t n);
+
+/* malloc'd "a/b"; NULL on allocation failure. */
+char *mt_path_join(const char *a, const char *b);
+/* malloc'd directory part of a path ("." when none). */
+char *mt_path_dir(const char *path);
+int mt_path_is_dir(const char *path);
+int mt_path_exists(const char *path);
+
+#endif

@@ -1,0 +1,20 @@
+/* testutil.h — small helpers shared by the CMocka tests: locating the
+ * bundled model and source tree, reading files, temporary directories. */
+#ifndef MT_TESTUTIL_H
+#define MT_TESTUTIL_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* $MT_MODEL_DIR (the bundled kjv-mixtral-15m), $MT_SOURCE_DIR, $MT_BIN. */
+const char *tu_model_dir(void);
+const char *tu_source_dir(void);
+const char *tu_bin(void);
+/* "<model_dir>/<rel>" in a static rotating buffer. */
+const char *tu_model_path(const char *rel);
+/* Whole file into a malloc'd buffer (NUL-terminated); NULL on failure. */
+char *tu_read_file(const char *path, size_t *len);
+/* Fresh empty directory under $TMPDIR; caller frees the string. */
+char *tu_mkdtemp(void);
+/* rm -rf of a directory made by tu_mkdtemp. */
+void tu_rmtree(const char *path);
+#endif
