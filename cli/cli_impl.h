@@ -1,0 +1,54 @@
+/* cli_impl.h — shared pieces of the moetool command line: exit codes,
+ * error reporting, progress lines, a tiny JSON writer. The CLI uses only the
+ * public headers of libmoe. */
+#ifndef MT_CLI_IMPL_H
+#define MT_CLI_IMPL_H
+
+#include "moetool/mt_runtime.h"
+
+#include <stdio.h>
+
+/* Exit codes (documented in README and `moetool --help`). */
+enum {
+    MT_EXIT_OK = 0,
+    MT_EXIT_FAIL = 1,   /* the work failed: bad input file, I/O error, ...  */
+    MT_EXIT_USAGE = 2,  /* bad command line                                 */
+};
+
+/* Prints "moetool <verb>: <library message>" and returns MT_EXIT_FAIL. */
+int cli_fail(const char *verb, int status);
+/* Prints "moetool <verb>: <message>" + hint and returns MT_EXIT_USAGE. */
+int cli_usage_error(const char *verb, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Progress on stderr, redrawn in place, only when stderr is a terminal. */
+void cli_progress(void *user, const char *what, uint64_t done, uint64_t total);
+void cli_progress_done(void);
+
+/* Path of the bundled model, used when a verb's MODEL is omitted. */
+const char *cli_default_model(void);
+
+/* Parses an int/float option value; on error prints and returns -1. */
+int cli_parse_int(const char *verb, const char *opt, const char *s, long lo, long hi, long *out);
+int cli_parse_float(const char *verb, const char *opt, const char *s, double *out);
+
+/* Reads a whole text file (NUL-terminated). */
+int cli_read_text(const char *path, char **out, size_t *len);
+
+/* Minimal JSON writer to a FILE: strings are escaped. */
+void json_str(FILE *f, const char *s);
+void json_strn(FILE *f, const char *s, size_t n);
+
+/* Verbs. */
+int cmd_inspect(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+
+/* Encodes text with the model's tokenizer into a malloc'd array. */
+int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n);
+
+#endif

@@ -1,0 +1,78 @@
+/* cmd_convert.c — `moetool convert IN -o OUT`: HF safetensors <-> GGUF. */
+#define _GNU_SOURCE
+#include "cli_impl.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *g_help =
+    "usage: moetool convert [IN] -o OUT [--to hf|gguf] [--dtype TYPE] [--shard-size MB]\n"
+    "\n"
+    "Converts a checkpoint between Hugging Face safetensors (directory, single\n"
+    "or sharded) and GGUF v3 as llama.cpp reads it (arch 'llama', merged 3-D\n"
+    "expert tensors, router kept F32, Q/K rows permuted). Streams tensor by\n"
+    "tensor; OUT appears only when complete (written under a temporary name).\n"
+    "\n"
+    "  -o, --output OUT   output directory (hf) or file (gguf)\n"
+    "  --to hf|gguf       output format (default: gguf if OUT ends in .gguf, else hf)\n"
+    "  --dtype TYPE       f32, f16, bf16 or q8_0 for the weight matrices (default:\n"
+    "                     keep each tensor's type; q8_0 is GGUF-only)\n"
+    "  --shard-size MB    largest HF shard in MiB (default 4096)\n"
+    "  -h, --help         this text\n";
+
+int cmd_convert(int argc, char **argv) {
+    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                         {"to", required_argument, 0, 'T'},
+                                         {"dtype", required_argument, 0, 'd'},
+                                         {"shard-size", required_argument, 0, 's'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    mt_convert_opts o;
+    mt_convert_opts_default(&o);
+    const char *out = NULL, *to = NULL;
+    int c;
+    long v;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'T': to = optarg; break;
+        case 'd':
+            o.dtype = mt_dtype_from_name(optarg);
+            if (o.dtype != MT_DT_F32 && o.dtype != MT_DT_F16 && o.dtype != MT_DT_BF16 && o.dtype != MT_DT_Q8_0)
+                return cli_usage_error("convert", "--dtype must be f32, f16, bf16 or q8_0, got '%s'", optarg);
+            break;
+        case 's':
+            if (cli_parse_int("convert", "--shard-size", optarg, 1, 1 << 20, &v)) return MT_EXIT_USAGE;
+            o.shard_bytes = (uint64_t)v << 20;
+            break;
+        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
+        default: return cli_usage_error("convert", "unknown option");
+        }
+    }
+    if (argc - optind > 1) return cli_usage_error("convert", "expects one input, got %d", argc - optind);
+    const char *in = optind < argc ? argv[optind] : cli_default_model();
+    if (!out) return cli_usage_error("convert", "missing -o OUT");
+    size_t L = strlen(out);
+    int out_gguf = L > 5 && !strcmp(out + L - 5, ".gguf");
+    if (to) {
+        if (!strcmp(to, "gguf"))
+            out_gguf = 1;
+        else if (!strcmp(to, "hf"))
+            out_gguf = 0;
+        else
+            return cli_usage_error("convert", "--to must be hf or gguf, got '%s'", to);
+    }
+    o.to = out_gguf ? MT_FMT_GGUF : MT_FMT_HF;
+    if (!out_gguf && o.dtype == MT_DT_Q8_0)
+        return cli_usage_error("convert", "--dtype q8_0 needs --to gguf (Hugging Face safetensors have no q8_0)");
+    o.progress = cli_progress;
+    double t0 = mt_now();
+    int rc = mt_convert(in, out, &o);
+    cli_progress_done();
+    if (rc) return cli_fail("convert", rc);
+    fprintf(stderr, "moetool convert: wrote %s (%s) in %.2f s, peak RSS %.1f MiB\n", out, out_gguf ? "gguf" : "hf",
+            mt_now() - t0, mt_peak_rss_bytes() / 1048576.0);
+    return MT_EXIT_OK;
+}

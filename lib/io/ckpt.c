@@ -1,0 +1,450 @@
+/* ckpt.c — one read-only view over any checkpoint we load: a Hugging Face
+ * directory (config.json + model.safetensors, or shards listed in
+ * model.safetensors.index.json), a single .safetensors file with config.json
+ * beside it, or a GGUF file (llama.cpp's "llama" architecture, MoE or dense).
+ * The format is detected by content: a directory is HF, a file starting with
+ * "GGUF" is GGUF, anything else is tried as safetensors.
+ *
+ * model.safetensors.index.json layout (as transformers writes it):
+ *   { "metadata": { "total_size": N, ... },
+ *     "weight_map": { "<tensor name>": "<shard file name>", ... } }
+ * Shard names are plain file names inside the directory ('/' and '..' are
+ * refused); every listed shard must exist, every listed tensor must be in the
+ * shard that the map names, and no tensor may appear in two shards.
+ *
+ * Every file stays mapped for the lifetime of the mt_ckpt; tensors point
+ * into the mappings. */
+#define _GNU_SOURCE
+#include "ckpt_impl.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct mt_ckpt {
+    mt_format fmt;
+    char *path;                 /* as given by the caller                    */
+    mt_config cfg;
+    size_t n_shards;
+    mt_safetensors **shards;    /* [n_shards] (HF, safetensors)              */
+    mt_gguf *gguf;              /* GGUF only                                 */
+    size_t n;                   /* tensors                                   */
+    mt_tensor *tensors;         /* [n] shard by shard, each in file order    */
+    size_t *by_name;            /* [n] indices sorted by name                */
+    uint64_t file_bytes;
+    mt_tokenizer_files tok;
+};
+
+void mt_ckpt_free(mt_ckpt *ck) {
+    if (!ck) return;
+    for (size_t i = 0; ck->shards && i < ck->n_shards; i++) mt_safetensors_free(ck->shards[i]);
+    free(ck->shards);
+    if (ck->gguf) mt_gguf_free(ck->gguf);
+    free(ck->tensors);
+    free(ck->by_name);
+    free(ck->tok.spm_model_path);
+    free(ck->tok.hf_json_path);
+    free(ck->path);
+    free(ck);
+}
+
+mt_format mt_ckpt_format(const mt_ckpt *ck) { return ck->fmt; }
+const char *mt_ckpt_path(const mt_ckpt *ck) { return ck->path; }
+const mt_config *mt_ckpt_config(const mt_ckpt *ck) { return &ck->cfg; }
+size_t mt_ckpt_count(const mt_ckpt *ck) { return ck ? ck->n : 0; }
+const mt_tensor *mt_ckpt_get(const mt_ckpt *ck, size_t i) { return (ck && i < ck->n) ? &ck->tensors[i] : NULL; }
+uint64_t mt_ckpt_file_bytes(const mt_ckpt *ck) { return ck->file_bytes; }
+const mt_tokenizer_files *mt_ckpt_tokenizer_files(const mt_ckpt *ck) { return &ck->tok; }
+const mt_gguf *mt_ckpt_gguf(const mt_ckpt *ck) { return ck->gguf; }
+
+const mt_tensor *mt_ckpt_find(const mt_ckpt *ck, const char *name) {
+    if (!ck || !name) return NULL;
+    size_t lo = 0, hi = ck->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const mt_tensor *t = &ck->tensors[ck->by_name[mid]];
+        int c = strcmp(t->name, name);
+        if (c == 0) return t;
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return NULL;
+}
+
+static uint64_t file_size(const char *path) {
+    struct stat st;
+    return (stat(path, &st) == 0 && S_ISREG(st.st_mode)) ? (uint64_t)st.st_size : 0;
+}
+
+typedef struct {
+    const char *name;
+    size_t idx;
+} ck_named;
+
+static int cmp_named(const void *a, const void *b) {
+    const ck_named *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    if (c) return c;
+    return x->idx < y->idx ? -1 : (x->idx > y->idx);
+}
+
+/* Builds the by-name index; a name seen twice is an error naming both files. */
+static int build_index(mt_ckpt *ck, char *const *shard_names) {
+    ck_named *v = calloc(ck->n ? ck->n : 1, sizeof *v);
+    ck->by_name = calloc(ck->n ? ck->n : 1, sizeof *ck->by_name);
+    if (!v || !ck->by_name) {
+        free(v);
+        return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", ck->path);
+    }
+    for (size_t i = 0; i < ck->n; i++) {
+        v[i].name = ck->tensors[i].name;
+        v[i].idx = i;
+    }
+    qsort(v, ck->n, sizeof *v, cmp_named);
+    for (size_t i = 0; i < ck->n; i++) {
+        if (i && strcmp(v[i].name, v[i - 1].name) == 0) {
+            const mt_tensor *a = &ck->tensors[v[i - 1].idx], *b = &ck->tensors[v[i].idx];
+            int rc = mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is in two shards (%s and %s)", ck->path, a->name,
+                               shard_names ? shard_names[a->file_index] : "?",
+                               shard_names ? shard_names[b->file_index] : "?");
+            free(v);
+            return rc;
+        }
+        ck->by_name[i] = v[i].idx;
+    }
+    free(v);
+    return MT_OK;
+}
+
+/* Copies every shard's tensors into ck->tensors, tagging file_index. */
+static int gather_shards(mt_ckpt *ck) {
+    size_t n = 0;
+    for (size_t s = 0; s < ck->n_shards; s++) n += mt_safetensors_count(ck->shards[s]);
+    ck->tensors = calloc(n ? n : 1, sizeof *ck->tensors);
+    if (!ck->tensors) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", ck->path);
+    ck->n = 0;
+    for (size_t s = 0; s < ck->n_shards; s++) {
+        for (size_t i = 0; i < mt_safetensors_count(ck->shards[s]); i++) {
+            mt_tensor t = *mt_safetensors_get(ck->shards[s], i);
+            t.file_index = (int)s;
+            ck->tensors[ck->n++] = t;
+        }
+    }
+    return MT_OK;
+}
+
+static int find_tokenizer_files(mt_ckpt *ck, const char *dir) {
+    char *p = mt_path_join(dir, "tokenizer.model");
+    char *q = mt_path_join(dir, "tokenizer.json");
+    if (!p || !q) {
+        free(p);
+        free(q);
+        return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    }
+    if (file_size(p) > 0) ck->tok.spm_model_path = p;
+    else free(p);
+    if (file_size(q) > 0) ck->tok.hf_json_path = q;
+    else free(q);
+    return MT_OK;
+}
+
+/* A shard name from the index must name a file inside the directory. */
+static int shard_name_ok(const char *s) {
+    if (!s[0] || strchr(s, '/') || strchr(s, '\\')) return 0;
+    if (strcmp(s, ".") == 0 || strcmp(s, "..") == 0) return 0;
+    return 1;
+}
+
+static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path) {
+    mt_mapped m;
+    int rc = mt_map_file(&m, index_path);
+    if (rc) return rc;
+    ck->file_bytes += m.size;
+    json_error_t jerr;
+    json_t *root = json_loadb(m.data ? (const char *)m.data : "", m.size, JSON_REJECT_DUPLICATES, &jerr);
+    mt_unmap_file(&m);
+    if (!root)
+        return mt_seterr(MT_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", index_path, jerr.line,
+                         jerr.column, jerr.text);
+    char **names = NULL;   /* [n_names] distinct shard file names */
+    size_t cap = 0, n_names = 0;
+    json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
+    if (!json_is_object(wm)) {
+        rc = mt_seterr(MT_ERR_FORMAT, "%s: missing \"weight_map\" object", index_path);
+        goto done;
+    }
+    if (json_object_size(wm) == 0) {
+        rc = mt_seterr(MT_ERR_FORMAT, "%s: \"weight_map\" is empty", index_path);
+        goto done;
+    }
+    const char *key;
+    json_t *val;
+    /* Distinct shard names, in the order the map first mentions them. */
+    json_object_foreach(wm, key, val) {
+        if (!json_is_string(val)) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: weight_map entry for %s is not a file name", index_path, key);
+            goto done;
+        }
+        const char *s = json_string_value(val);
+        if (!shard_name_ok(s)) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: shard name \"%s\" (tensor %s) is not a file in the directory",
+                           index_path, s, key);
+            goto done;
+        }
+        size_t k = 0;
+        while (k < n_names && strcmp(names[k], s) != 0) k++;
+        if (k < n_names) continue;
+        if (n_names == cap) {
+            size_t nc = cap ? 2 * cap : 8;
+            char **nn = realloc(names, nc * sizeof *nn);
+            if (!nn) {
+                rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+                goto done;
+            }
+            names = nn;
+            cap = nc;
+        }
+        names[n_names++] = (char *)s;
+    }
+    ck->shards = calloc(n_names, sizeof *ck->shards);
+    if (!ck->shards) {
+        rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    ck->n_shards = n_names;
+    for (size_t k = 0; k < ck->n_shards; k++) {
+        char *p = mt_path_join(dir, names[k]);
+        if (!p) {
+            rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        if (!mt_path_exists(p)) {
+            rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: shard %s listed in the index does not exist", index_path, p);
+            free(p);
+            goto done;
+        }
+        rc = mt_safetensors_open(&ck->shards[k], p);
+        if (rc == MT_OK) ck->file_bytes += mt_safetensors_file_size(ck->shards[k]);
+        free(p);
+        if (rc) goto done;
+    }
+    /* Every listed tensor is in the shard the map names. */
+    json_object_foreach(wm, key, val) {
+        const char *s = json_string_value(val);
+        size_t k = 0;
+        while (k < ck->n_shards && strcmp(names[k], s) != 0) k++;
+        if (!mt_safetensors_find(ck->shards[k], key)) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is listed in shard %s, which does not contain it",
+                           index_path, key, s);
+            goto done;
+        }
+    }
+    rc = gather_shards(ck);
+    if (rc == MT_OK) rc = build_index(ck, names);
+
+done:
+    free(names);
+    json_decref(root);
+    return rc;
+}
+
+static int open_single(mt_ckpt *ck, const char *st_path) {
+    ck->shards = calloc(1, sizeof *ck->shards);
+    if (!ck->shards) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int rc = mt_safetensors_open(&ck->shards[0], st_path);
+    if (rc) return rc;
+    ck->n_shards = 1;
+    ck->file_bytes += mt_safetensors_file_size(ck->shards[0]);
+    rc = gather_shards(ck);
+    if (rc == MT_OK) rc = build_index(ck, NULL);
+    return rc;
+}
+
+static int load_config_in(mt_ckpt *ck, const char *dir, const char *for_what) {
+    char *cp = mt_path_join(dir, "config.json");
+    if (!cp) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int rc;
+    if (!mt_path_exists(cp))
+        rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: needs %s beside it for the model configuration", for_what, cp);
+    else
+        rc = mt_config_load_hf(&ck->cfg, cp);
+    if (rc == MT_OK) ck->file_bytes += file_size(cp);
+    free(cp);
+    return rc;
+}
+
+static int open_hf_dir(mt_ckpt *ck, const char *dir) {
+    int rc = load_config_in(ck, dir, dir);
+    if (rc) return rc;
+    char *idx = mt_path_join(dir, "model.safetensors.index.json");
+    char *one = mt_path_join(dir, "model.safetensors");
+    if (!idx || !one) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+    else if (mt_path_exists(idx)) rc = open_sharded(ck, dir, idx);
+    else if (mt_path_exists(one)) rc = open_single(ck, one);
+    else
+        rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: no model.safetensors or model.safetensors.index.json in the directory",
+                       dir);
+    free(idx);
+    free(one);
+    if (rc == MT_OK) rc = find_tokenizer_files(ck, dir);
+    return rc;
+}
+
+/* ---- GGUF -------------------------------------------------------------- */
+
+/* Optional integer key; *present tells whether it was there. */
+static int gguf_int(const mt_gguf *g, const char *path, const char *key, int required, int64_t def, int *out) {
+    int64_t v = def;
+    if (mt_gguf_find_key(g, key) < 0) {
+        if (required) return mt_seterr(MT_ERR_FORMAT, "%s: missing required key %s", path, key);
+    } else if (mt_gguf_get_i64(g, key, &v) != MT_OK) {
+        return mt_seterr(MT_ERR_FORMAT, "%s: key %s is not an integer", path, key);
+    }
+    if (v < INT32_MIN || v > INT32_MAX)
+        return mt_seterr(MT_ERR_FORMAT, "%s: key %s = %lld out of range", path, key, (long long)v);
+    *out = (int)v;
+    return MT_OK;
+}
+
+static int gguf_float(const mt_gguf *g, const char *path, const char *key, int required, double def, float *out) {
+    double v = def;
+    if (mt_gguf_find_key(g, key) < 0) {
+        if (required) return mt_seterr(MT_ERR_FORMAT, "%s: missing required key %s", path, key);
+    } else if (mt_gguf_get_f64(g, key, &v) != MT_OK) {
+        return mt_seterr(MT_ERR_FORMAT, "%s: key %s is not a number", path, key);
+    }
+    *out = (float)v;
+    return MT_OK;
+}
+
+static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
+    memset(c, 0, sizeof *c);
+    const char *arch;
+    uint64_t alen;
+    if (mt_gguf_find_key(g, "general.architecture") < 0)
+        return mt_seterr(MT_ERR_FORMAT, "%s: missing required key general.architecture", path);
+    if (mt_gguf_get_str(g, "general.architecture", &arch, &alen) != MT_OK)
+        return mt_seterr(MT_ERR_FORMAT, "%s: general.architecture is not a string", path);
+    if (alen != 5 || memcmp(arch, "llama", 5) != 0)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported GGUF architecture %.*s", path,
+                         (int)(alen > 64 ? 64 : alen), arch);
+    int rc;
+    if ((rc = gguf_int(g, path, "llama.block_count", 1, 0, &c->n_layers))) return rc;
+    if ((rc = gguf_int(g, path, "llama.embedding_length", 1, 0, &c->hidden))) return rc;
+    if ((rc = gguf_int(g, path, "llama.feed_forward_length", 1, 0, &c->ffn))) return rc;
+    if ((rc = gguf_int(g, path, "llama.attention.head_count", 1, 0, &c->n_heads))) return rc;
+    if ((rc = gguf_int(g, path, "llama.attention.head_count_kv", 0, c->n_heads, &c->n_kv_heads))) return rc;
+    if (c->n_heads <= 0) return mt_seterr(MT_ERR_FORMAT, "%s: llama.attention.head_count is %d", path, c->n_heads);
+    if ((rc = gguf_int(g, path, "llama.attention.key_length", 0, c->hidden / c->n_heads, &c->head_dim))) return rc;
+    if ((rc = gguf_float(g, path, "llama.rope.freq_base", 0, 10000.0, &c->rope_theta))) return rc;
+    if ((rc = gguf_float(g, path, "llama.attention.layer_norm_rms_epsilon", 0, 1e-5, &c->norm_eps))) return rc;
+    if ((rc = gguf_int(g, path, "llama.expert_count", 0, 0, &c->n_experts))) return rc;
+    if (c->n_experts > 0) {
+        if ((rc = gguf_int(g, path, "llama.expert_used_count", 1, 0, &c->top_k))) return rc;
+    }
+    if ((rc = gguf_int(g, path, "llama.context_length", 0, 4096, &c->max_pos))) return rc;
+    const mt_tensor *emb = mt_gguf_find_tensor(g, "token_embd.weight");
+    if (!emb || emb->n_dims != 2)
+        return mt_seterr(MT_ERR_FORMAT, "%s: no 2-D tensor token_embd.weight", path);
+    int64_t vdef = emb->shape[0];
+    if (vdef > INT32_MAX) vdef = INT32_MAX;
+    if ((rc = gguf_int(g, path, "llama.vocab_size", 0, vdef, &c->vocab))) return rc;
+    if ((rc = gguf_int(g, path, "tokenizer.ggml.bos_token_id", 0, -1, &c->bos_id))) return rc;
+    if ((rc = gguf_int(g, path, "tokenizer.ggml.eos_token_id", 0, -1, &c->eos_id))) return rc;
+    if (mt_gguf_find_key(g, "moetool.layer_experts") >= 0) {
+        mt_gguf_type et;
+        uint64_t n;
+        const void *data;
+        if (mt_gguf_get_arr(g, "moetool.layer_experts", &et, &n) != MT_OK ||
+            (et != MT_GGUF_UINT32 && et != MT_GGUF_INT32) || mt_gguf_arr_data(g, "moetool.layer_experts", &data) != MT_OK)
+            return mt_seterr(MT_ERR_FORMAT, "%s: moetool.layer_experts is not an array of u32", path);
+        if (c->n_experts <= 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s: moetool.layer_experts in a dense model", path);
+        if (c->n_layers <= 0 || c->n_layers > MT_MAX_LAYERS || n != (uint64_t)c->n_layers)
+            return mt_seterr(MT_ERR_FORMAT, "%s: moetool.layer_experts has %llu entries for %d layers", path,
+                             (unsigned long long)n, c->n_layers);
+        const uint8_t *b = data;
+        for (int l = 0; l < c->n_layers; l++) {
+            uint32_t k = (uint32_t)b[4 * l] | (uint32_t)b[4 * l + 1] << 8 | (uint32_t)b[4 * l + 2] << 16 |
+                         (uint32_t)b[4 * l + 3] << 24;
+            if (k > (1u << 16))
+                return mt_seterr(MT_ERR_FORMAT, "%s: moetool.layer_experts[%d] = %u out of range", path, l, k);
+            c->layer_experts[l] = (int)k == c->n_experts ? 0 : (int)k;
+        }
+    }
+    snprintf(c->arch, sizeof c->arch, "%s", c->n_experts > 0 ? "mixtral" : "llama");
+    c->tie_embeddings = mt_gguf_find_tensor(g, "output.weight") == NULL;
+    c->rope_style = MT_ROPE_INTERLEAVED;
+    return mt_config_validate(c, path);
+}
+
+static int open_gguf(mt_ckpt *ck, const char *path) {
+    int rc = mt_gguf_open(&ck->gguf, path);
+    if (rc) return rc;
+    ck->file_bytes = file_size(path);
+    rc = gguf_config(&ck->cfg, ck->gguf, path);
+    if (rc) return rc;
+    size_t n = mt_gguf_tensor_count(ck->gguf);
+    ck->tensors = calloc(n ? n : 1, sizeof *ck->tensors);
+    if (!ck->tensors) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+    for (size_t i = 0; i < n; i++) {
+        const mt_tensor *t = mt_gguf_tensor(ck->gguf, i);
+        if (!t) return mt_seterr(MT_ERR_INTERNAL, "%s: tensor %zu missing", path, i);
+        ck->tensors[i] = *t;
+        ck->tensors[i].file_index = 0;
+    }
+    ck->n = n;
+    rc = build_index(ck, NULL);
+    if (rc) return rc;
+    char *dir = mt_path_dir(path);
+    if (!dir) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    rc = find_tokenizer_files(ck, dir);
+    free(dir);
+    return rc;
+}
+
+int mt_ckpt_open(mt_ckpt **out, const char *path) {
+    *out = NULL;
+    if (!path || !*path) return mt_seterr(MT_ERR_ARG, "no checkpoint path given");
+    mt_ckpt *ck = calloc(1, sizeof *ck);
+    if (!ck || !(ck->path = strdup(path))) {
+        free(ck);
+        return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    }
+    int rc;
+    if (mt_path_is_dir(path)) {
+        ck->fmt = MT_FMT_HF;
+        rc = open_hf_dir(ck, path);
+    } else if (!mt_path_exists(path)) {
+        rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: no such file or directory", path);
+    } else {
+        char magic[4] = {0};
+        FILE *f = fopen(path, "rb");
+        size_t got = f ? fread(magic, 1, 4, f) : 0;
+        if (f) fclose(f);
+        if (!f) {
+            rc = mt_seterr(MT_ERR_IO, "%s: cannot open", path);
+        } else if (got == 4 && memcmp(magic, "GGUF", 4) == 0) {
+            ck->fmt = MT_FMT_GGUF;
+            rc = open_gguf(ck, path);
+        } else {
+            ck->fmt = MT_FMT_SAFETENSORS;
+            char *dir = mt_path_dir(path);
+            if (!dir) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+            else {
+                rc = open_single(ck, path);
+                if (rc == MT_OK) rc = load_config_in(ck, dir, path);
+                if (rc == MT_OK) rc = find_tokenizer_files(ck, dir);
+            }
+            free(dir);
+        }
+    }
+    if (rc) {
+        mt_ckpt_free(ck);
+        return rc;
+    }
+    *out = ck;
+    return MT_OK;
+}

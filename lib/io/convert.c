@@ -1,0 +1,867 @@
+/* convert.c — checkpoint conversion between Hugging Face directories and
+ * GGUF, and retyping within either format.
+ *
+ * Everything streams: a plan (one entry per output tensor: name, type,
+ * shape, where its rows come from) is built and checked against the config
+ * first, then each output tensor is produced row by row from the mapped
+ * input, through one f32 row buffer and one output chunk buffer allocated
+ * once. A merged 3-D expert tensor is therefore written expert by expert and
+ * the model is never held in memory.
+ *
+ * HF -> GGUF follows llama.cpp's convert_hf_to_gguf.py for arch "llama":
+ * tensor names (token_embd, blk.N.attn_q, blk.N.ffn_gate_exps, ...), merged
+ * experts with ne = [hidden, ffn, E] (gate/up) and [ffn, hidden, E] (down),
+ * Q/K rows permuted for interleaved RoPE, 1-D norms and the router in F32,
+ * q8_0 rows that are not whole blocks falling back to f16. GGUF -> HF undoes
+ * all of it. Outputs appear under their final name only when complete. */
+#define _GNU_SOURCE
+#include "moetool/mt_tokenizer.h"
+#include "writer_impl.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- tensor slots of a Llama/Mixtral model ------------------------------ */
+enum {
+    S_EMB, S_OUT_NORM, S_LM_HEAD, S_ATTN_NORM, S_Q, S_K, S_V, S_O, S_FFN_NORM, S_ROUTER,
+    S_W1, S_W3, S_W2,                  /* experts: gate, up, down */
+    S_MLP_GATE, S_MLP_UP, S_MLP_DOWN,  /* dense MLP */
+};
+
+/* HF name; `e` is the expert for S_W1/S_W3/S_W2. */
+static void hf_name(char *b, size_t n, int slot, int l, int e) {
+    static const char *const w[] = {[S_W1] = "w1", [S_W3] = "w3", [S_W2] = "w2"};
+    switch (slot) {
+    case S_EMB: snprintf(b, n, "model.embed_tokens.weight"); break;
+    case S_OUT_NORM: snprintf(b, n, "model.norm.weight"); break;
+    case S_LM_HEAD: snprintf(b, n, "lm_head.weight"); break;
+    case S_ATTN_NORM: snprintf(b, n, "model.layers.%d.input_layernorm.weight", l); break;
+    case S_Q: snprintf(b, n, "model.layers.%d.self_attn.q_proj.weight", l); break;
+    case S_K: snprintf(b, n, "model.layers.%d.self_attn.k_proj.weight", l); break;
+    case S_V: snprintf(b, n, "model.layers.%d.self_attn.v_proj.weight", l); break;
+    case S_O: snprintf(b, n, "model.layers.%d.self_attn.o_proj.weight", l); break;
+    case S_FFN_NORM: snprintf(b, n, "model.layers.%d.post_attention_layernorm.weight", l); break;
+    case S_ROUTER: snprintf(b, n, "model.layers.%d.block_sparse_moe.gate.weight", l); break;
+    case S_W1: case S_W3: case S_W2:
+        snprintf(b, n, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, w[slot]);
+        break;
+    case S_MLP_GATE: snprintf(b, n, "model.layers.%d.mlp.gate_proj.weight", l); break;
+    case S_MLP_UP: snprintf(b, n, "model.layers.%d.mlp.up_proj.weight", l); break;
+    default: snprintf(b, n, "model.layers.%d.mlp.down_proj.weight", l); break;
+    }
+}
+
+static void gguf_name(char *b, size_t n, int slot, int l) {
+    static const char *const blk[] = {
+        [S_ATTN_NORM] = "attn_norm", [S_Q] = "attn_q", [S_K] = "attn_k", [S_V] = "attn_v",
+        [S_O] = "attn_output", [S_FFN_NORM] = "ffn_norm", [S_ROUTER] = "ffn_gate_inp",
+        [S_W1] = "ffn_gate_exps", [S_W3] = "ffn_up_exps", [S_W2] = "ffn_down_exps",
+        [S_MLP_GATE] = "ffn_gate", [S_MLP_UP] = "ffn_up", [S_MLP_DOWN] = "ffn_down",
+    };
+    switch (slot) {
+    case S_EMB: snprintf(b, n, "token_embd.weight"); break;
+    case S_OUT_NORM: snprintf(b, n, "output_norm.weight"); break;
+    case S_LM_HEAD: snprintf(b, n, "output.weight"); break;
+    default: snprintf(b, n, "blk.%d.%s.weight", l, blk[slot]); break;
+    }
+}
+
+/* Expected PyTorch-order shape of one (per-expert) tensor of a slot. */
+static int slot_shape(const mt_config *c, int slot, int l, int64_t *shape) {
+    int64_t H = c->hidden, F = c->ffn, V = c->vocab, hd = c->head_dim;
+    switch (slot) {
+    case S_EMB: case S_LM_HEAD: shape[0] = V; shape[1] = H; return 2;
+    case S_OUT_NORM: case S_ATTN_NORM: case S_FFN_NORM: shape[0] = H; return 1;
+    case S_Q: shape[0] = c->n_heads * hd; shape[1] = H; return 2;
+    case S_K: case S_V: shape[0] = c->n_kv_heads * hd; shape[1] = H; return 2;
+    case S_O: shape[0] = H; shape[1] = c->n_heads * hd; return 2;
+    case S_ROUTER: shape[0] = mt_config_layer_experts(c, l); shape[1] = H; return 2;
+    case S_W1: case S_W3: case S_MLP_GATE: case S_MLP_UP: shape[0] = F; shape[1] = H; return 2;
+    default: shape[0] = H; shape[1] = F; return 2;
+    }
+}
+
+/* ---- the plan ----------------------------------------------------------- */
+enum { PERM_NONE = 0, PERM_TO_GGUF = 1, PERM_TO_HF = 2 };
+
+typedef struct {
+    char name[128];              /* output name                              */
+    mt_dtype dtype;              /* output type                              */
+    int n_dims;
+    int64_t shape[MT_MAX_DIMS];  /* output shape, PyTorch order              */
+    uint64_t nbytes;
+    const mt_tensor *src;        /* single source (copy, or slice of 3-D)    */
+    int slice;                   /* >= 0: expert taken from a merged source  */
+    int stack;                   /* > 0: experts stacked from per-expert HF sources */
+    int slot, layer;
+    int perm, perm_heads;        /* Q/K row permutation                      */
+    int warn_fallback;           /* q8_0 request fell back to f16            */
+} plan_t;
+
+typedef struct {
+    const mt_ckpt *ck;
+    const mt_config *cfg;
+    const char *in_path, *out_path;
+    const mt_convert_opts *o;
+    plan_t *p;                   /* [n] */
+    size_t n, cap;
+    /* streaming buffers */
+    float *row;                  /* [max_cols] */
+    uint8_t *chunk;              /* [chunk_cap] */
+    size_t chunk_cap, chunk_len;
+    uint64_t done, total;
+    /* the output: one of two writers */
+    mt_gguf_writer *gw;
+    mt_hf_writer *hw;
+} conv;
+
+static plan_t *plan_add(conv *cv) {
+    if (cv->n == cv->cap) {
+        size_t cap = cv->cap ? 2 * cv->cap : 256;
+        plan_t *np = realloc(cv->p, cap * sizeof *np);
+        if (!np) return NULL;
+        cv->p = np;
+        cv->cap = cap;
+    }
+    plan_t *e = &cv->p[cv->n++];
+    memset(e, 0, sizeof *e);
+    e->slice = -1;
+    return e;
+}
+
+static int64_t shape_cols(const plan_t *e) { return e->n_dims ? e->shape[e->n_dims - 1] : 1; }
+
+static int is_block(mt_dtype t) { return mt_dtype_get(t) && mt_dtype_get(t)->block_elems > 1; }
+
+/* Type of a weight matrix (2-D or merged 3-D) given the request `want`. */
+static mt_dtype weight_type(const mt_tensor *src, int want, int64_t cols, int to_gguf, int *fallback) {
+    mt_dtype t = want >= 0 ? (mt_dtype)want : src->dtype;
+    if (to_gguf && mt_gguf_type_from_dtype(t) < 0) t = MT_DT_F32;
+    if (!to_gguf && !mt_st_dtype_name(t)) t = MT_DT_F32;
+    if (is_block(t) && cols % mt_dtype_get(t)->block_elems) {
+        *fallback = 1;
+        t = MT_DT_F16;
+    }
+    return t;
+}
+
+static int check_shape(const conv *cv, const mt_tensor *t, int n_dims, const int64_t *shape) {
+    int ok = t->n_dims == n_dims;
+    for (int d = 0; ok && d < n_dims; d++) ok = t->shape[d] == shape[d];
+    if (ok) return MT_OK;
+    char a[96] = "", b[96] = "";
+    size_t k = 0;
+    for (int d = 0; d < t->n_dims && k < sizeof a; d++)
+        k += (size_t)snprintf(a + k, sizeof a - k, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+    k = 0;
+    for (int d = 0; d < n_dims && k < sizeof b; d++)
+        k += (size_t)snprintf(b + k, sizeof b - k, "%s%lld", d ? "," : "", (long long)shape[d]);
+    return mt_seterr(MT_ERR_FORMAT, "%s: tensor '%s' has shape (%s), the config implies (%s)", cv->in_path, t->name, a, b);
+}
+
+static const mt_tensor *need_tensor(const conv *cv, const char *name, int *rc) {
+    const mt_tensor *t = mt_ckpt_find(cv->ck, name);
+    if (!t) *rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: missing tensor '%s'", cv->in_path, name);
+    return t;
+}
+
+/* Prefixes the current error message with the file and tensor. */
+static int rewrap(int rc, const char *path, const char *tensor) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", mt_last_error());
+    return mt_seterr(rc, "%s: tensor '%s': %s", path, tensor, msg);
+}
+
+static int finish_entry(conv *cv, plan_t *e) {
+    uint64_t numel = 1;
+    for (int d = 0; d < e->n_dims; d++) numel *= (uint64_t)e->shape[d];
+    int rc = mt_dtype_nbytes(e->dtype, numel, &e->nbytes);
+    if (rc) return rewrap(rc, cv->in_path, e->name);
+    cv->total += e->nbytes;
+    return MT_OK;
+}
+
+/* HF (or single safetensors) -> GGUF, by slots. */
+static int plan_hf_to_gguf(conv *cv) {
+    const mt_config *c = cv->cfg;
+    int want = cv->o->dtype, rc = MT_OK;
+    char nm[128];
+    int n_slots_layer[] = {S_ATTN_NORM, S_Q, S_K, S_V, S_O, S_FFN_NORM};
+    for (int pass = 0; pass < 2 + c->n_layers; pass++) {
+        /* pass 0: embeddings; 1..L: layers; L+1: output norm and head */
+        int slots[16], ns = 0, l = pass - 1;
+        if (pass == 0) slots[ns++] = S_EMB;
+        else if (pass == c->n_layers + 1) {
+            slots[ns++] = S_OUT_NORM;
+            if (!c->tie_embeddings || mt_ckpt_find(cv->ck, "lm_head.weight")) slots[ns++] = S_LM_HEAD;
+        } else {
+            for (int i = 0; i < 6; i++) slots[ns++] = n_slots_layer[i];
+            if (c->n_experts > 0) {
+                slots[ns++] = S_ROUTER;
+                slots[ns++] = S_W1;
+                slots[ns++] = S_W3;
+                slots[ns++] = S_W2;
+            } else {
+                slots[ns++] = S_MLP_GATE;
+                slots[ns++] = S_MLP_UP;
+                slots[ns++] = S_MLP_DOWN;
+            }
+        }
+        for (int i = 0; i < ns; i++) {
+            int s = slots[i];
+            plan_t *e = plan_add(cv);
+            if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+            e->slot = s;
+            e->layer = l;
+            gguf_name(e->name, sizeof e->name, s, l);
+            int64_t shp[2];
+            int nd = slot_shape(c, s, l, shp);
+            if (s == S_W1 || s == S_W3 || s == S_W2) {
+                int E = mt_config_layer_experts(c, l);
+                const mt_tensor *first = NULL;
+                for (int x = 0; x < E; x++) {
+                    hf_name(nm, sizeof nm, s, l, x);
+                    const mt_tensor *t = need_tensor(cv, nm, &rc);
+                    if (!t) return rc;
+                    if ((rc = check_shape(cv, t, nd, shp))) return rc;
+                    if (!first) first = t;
+                    else if (t->dtype != first->dtype && want < 0)
+                        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: experts of layer %d have different types (%s)", cv->in_path,
+                                         l, t->name);
+                }
+                e->stack = E;
+                e->src = first;
+                e->n_dims = 3;
+                e->shape[0] = E;
+                e->shape[1] = shp[0];
+                e->shape[2] = shp[1];
+                e->dtype = weight_type(first, want, shp[1], 1, &e->warn_fallback);
+            } else {
+                hf_name(nm, sizeof nm, s, l, 0);
+                const mt_tensor *t = need_tensor(cv, nm, &rc);
+                if (!t) return rc;
+                if ((rc = check_shape(cv, t, nd, shp))) return rc;
+                e->src = t;
+                e->n_dims = nd;
+                memcpy(e->shape, shp, sizeof shp);
+                if (nd == 1 || s == S_ROUTER) e->dtype = MT_DT_F32;
+                else e->dtype = weight_type(t, want, shp[1], 1, &e->warn_fallback);
+                if (c->rope_style == MT_ROPE_HALF && (s == S_Q || s == S_K)) {
+                    e->perm = PERM_TO_GGUF;
+                    e->perm_heads = s == S_Q ? c->n_heads : c->n_kv_heads;
+                }
+            }
+            if ((rc = finish_entry(cv, e))) return rc;
+        }
+    }
+    return MT_OK;
+}
+
+static const char *torch_dtype_name(mt_dtype t) {
+    return t == MT_DT_BF16 ? "bfloat16" : t == MT_DT_F16 ? "float16" : "float32";
+}
+
+/* The float type of an HF output of a GGUF: the request, else the dominant
+ * type (by bytes) of the 2-D+ weights when HF can store it, else f32. */
+static mt_dtype hf_target_type(const conv *cv) {
+    if (cv->o->dtype >= 0) return (mt_dtype)cv->o->dtype;
+    uint64_t bytes[MT_DT_COUNT] = {0};
+    for (size_t i = 0; i < mt_ckpt_count(cv->ck); i++) {
+        const mt_tensor *t = mt_ckpt_get(cv->ck, i);
+        if (t->n_dims >= 2 && (unsigned)t->dtype < MT_DT_COUNT && !strstr(t->name, "ffn_gate_inp"))
+            bytes[t->dtype] += t->nbytes;
+    }
+    int best = -1;
+    for (int d = 0; d < MT_DT_COUNT; d++)
+        if (bytes[d] && mt_dtype_get((mt_dtype)d)->is_float && (best < 0 || bytes[d] > bytes[best])) best = d;
+    if (best == MT_DT_BF16 || best == MT_DT_F16 || best == MT_DT_F32) return (mt_dtype)best;
+    return MT_DT_F32;
+}
+
+/* GGUF -> HF, by slots. */
+static int plan_gguf_to_hf(conv *cv) {
+    const mt_config *c = cv->cfg;
+    mt_dtype tt = hf_target_type(cv);
+    int rc = MT_OK;
+    char nm[128];
+    for (int pass = 0; pass < 2 + c->n_layers; pass++) {
+        int slots[16], ns = 0, l = pass - 1;
+        if (pass == 0) slots[ns++] = S_EMB;
+        else if (pass == c->n_layers + 1) {
+            slots[ns++] = S_OUT_NORM;
+            if (mt_ckpt_find(cv->ck, "output.weight")) slots[ns++] = S_LM_HEAD;
+        } else {
+            int ls[] = {S_ATTN_NORM, S_Q, S_K, S_V, S_O, S_FFN_NORM};
+            for (int i = 0; i < 6; i++) slots[ns++] = ls[i];
+            if (c->n_experts > 0) {
+                slots[ns++] = S_ROUTER;
+                slots[ns++] = S_W1;
+                slots[ns++] = S_W2;
+                slots[ns++] = S_W3;
+            } else {
+                slots[ns++] = S_MLP_GATE;
+                slots[ns++] = S_MLP_UP;
+                slots[ns++] = S_MLP_DOWN;
+            }
+        }
+        for (int i = 0; i < ns; i++) {
+            int s = slots[i];
+            int64_t shp[2];
+            int nd = slot_shape(c, s, l, shp);
+            gguf_name(nm, sizeof nm, s, l);
+            const mt_tensor *t = need_tensor(cv, nm, &rc);
+            if (!t) return rc;
+            if (s == S_W1 || s == S_W3 || s == S_W2) {
+                int E = mt_config_layer_experts(c, l);
+                int64_t s3[3] = {E, shp[0], shp[1]};
+                if ((rc = check_shape(cv, t, 3, s3))) return rc;
+                for (int x = 0; x < E; x++) {
+                    plan_t *e = plan_add(cv);
+                    if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+                    e->slot = s;
+                    e->layer = l;
+                    hf_name(e->name, sizeof e->name, s, l, x);
+                    e->src = t;
+                    e->slice = x;
+                    e->n_dims = 2;
+                    memcpy(e->shape, shp, sizeof shp);
+                    e->dtype = tt;
+                    if ((rc = finish_entry(cv, e))) return rc;
+                }
+                continue;
+            }
+            if ((rc = check_shape(cv, t, nd, shp))) return rc;
+            plan_t *e = plan_add(cv);
+            if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+            e->slot = s;
+            e->layer = l;
+            hf_name(e->name, sizeof e->name, s, l, 0);
+            e->src = t;
+            e->n_dims = nd;
+            memcpy(e->shape, shp, sizeof shp);
+            e->dtype = tt;
+            if (c->rope_style == MT_ROPE_INTERLEAVED && (s == S_Q || s == S_K)) {
+                e->perm = PERM_TO_HF;
+                e->perm_heads = s == S_Q ? c->n_heads : c->n_kv_heads;
+            }
+            if ((rc = finish_entry(cv, e))) return rc;
+        }
+    }
+    return MT_OK;
+}
+
+/* Same format: every tensor, retyped. GGUF keeps norms, the router and
+ * non-float tensors as they are; HF retypes every float tensor. */
+static int plan_same(conv *cv, int to_gguf) {
+    int want = cv->o->dtype, rc;
+    for (size_t i = 0; i < mt_ckpt_count(cv->ck); i++) {
+        const mt_tensor *t = mt_ckpt_get(cv->ck, i);
+        plan_t *e = plan_add(cv);
+        if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+        if (strlen(t->name) >= sizeof e->name)
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor name too long: %.60s...", cv->in_path, t->name);
+        snprintf(e->name, sizeof e->name, "%s", t->name);
+        e->src = t;
+        e->slot = -1;
+        e->n_dims = t->n_dims;
+        memcpy(e->shape, t->shape, sizeof e->shape);
+        const mt_dtype_info *di = mt_dtype_get(t->dtype);
+        int retype = di && di->is_float && want >= 0;
+        if (to_gguf && (t->n_dims < 2 || strstr(t->name, "ffn_gate_inp"))) retype = 0;
+        e->dtype = retype ? weight_type(t, want, shape_cols(e), to_gguf, &e->warn_fallback) : t->dtype;
+        if ((rc = finish_entry(cv, e))) return rc;
+    }
+    return MT_OK;
+}
+
+/* ---- streaming ---------------------------------------------------------- */
+static int out_flush(conv *cv) {
+    if (!cv->chunk_len) return MT_OK;
+    int rc = cv->gw ? mt_gguf_writer_write(cv->gw, cv->chunk, cv->chunk_len)
+                    : mt_hf_writer_write(cv->hw, cv->chunk, cv->chunk_len);
+    cv->chunk_len = 0;
+    return rc;
+}
+
+/* Source row of output row r of a permuted Q/K matrix. llama.cpp's permute:
+ * w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols), so
+ * GGUF row h*hd + 2i + j holds HF row h*hd + j*hd/2 + i. */
+static int64_t perm_row(int perm, int64_t r, int64_t hd) {
+    if (perm == PERM_NONE) return r;
+    int64_t h = r / hd, k = r % hd, half = hd / 2;
+    if (perm == PERM_TO_GGUF) return h * hd + (k % 2) * half + k / 2;
+    return h * hd + (k % half) * 2 + k / half;
+}
+
+static int stream_entry(conv *cv, const plan_t *e) {
+    int64_t cols = shape_cols(e);
+    uint64_t numel = 1;
+    for (int d = 0; d < e->n_dims; d++) numel *= (uint64_t)e->shape[d];
+    if (numel == 0) return MT_OK;
+    int64_t rows = (int64_t)(numel / (uint64_t)cols);
+    uint64_t out_row_bytes, in_row_bytes;
+    int rc = mt_dtype_nbytes(e->dtype, (uint64_t)cols, &out_row_bytes);
+    if (!rc) rc = mt_dtype_nbytes(e->src->dtype, (uint64_t)cols, &in_row_bytes);
+    if (rc) return rewrap(rc, cv->in_path, e->name);
+    int64_t per = e->stack ? rows / e->stack : rows;     /* rows per expert */
+    int64_t hd = e->perm ? (e->shape[0] / e->perm_heads) : 0;
+    if (e->perm && (hd <= 0 || hd % 2 || hd * e->perm_heads != e->shape[0]))
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor '%s': %lld rows cannot be split into %d heads of even size",
+                         cv->in_path, e->name, (long long)e->shape[0], e->perm_heads);
+    const mt_tensor *src = e->src;
+    char nm[128];
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t sr;
+        if (e->stack) {
+            if (r % per == 0) {
+                hf_name(nm, sizeof nm, e->slot, e->layer, (int)(r / per));
+                if (!(src = need_tensor(cv, nm, &rc))) return rc;
+                if ((rc = mt_dtype_nbytes(src->dtype, (uint64_t)cols, &in_row_bytes))) return rc;
+            }
+            sr = r % per;
+        } else if (e->slice >= 0) {
+            sr = (int64_t)e->slice * rows + r;
+        } else {
+            sr = perm_row(e->perm, r, hd);
+        }
+        const uint8_t *in = (const uint8_t *)src->data + (uint64_t)sr * in_row_bytes;
+        if (cv->chunk_len + out_row_bytes > cv->chunk_cap && (rc = out_flush(cv))) return rc;
+        uint8_t *dst = cv->chunk + cv->chunk_len;
+        if (src->dtype == e->dtype) {
+            memcpy(dst, in, (size_t)out_row_bytes);
+        } else {
+            if ((rc = mt_row_to_f32(src->dtype, in, cv->row, cols)) ||
+                (rc = mt_row_from_f32(e->dtype, cv->row, dst, cols)))
+                return rewrap(rc, cv->in_path, src->name);
+        }
+        cv->chunk_len += (size_t)out_row_bytes;
+    }
+    return MT_OK;
+}
+
+static int stream_all(conv *cv) {
+    int64_t max_cols = 1;
+    uint64_t max_row = 0;
+    for (size_t i = 0; i < cv->n; i++) {
+        int64_t c = shape_cols(&cv->p[i]);
+        if (c > max_cols) max_cols = c;
+        uint64_t rb;
+        if (mt_dtype_nbytes(cv->p[i].dtype, (uint64_t)c, &rb) == MT_OK && rb > max_row) max_row = rb;
+    }
+    if ((uint64_t)max_cols > SIZE_MAX / 4 || max_row > (1ull << 40))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: rows too long", cv->in_path);
+    cv->chunk_cap = (size_t)(max_row > (1u << 20) ? max_row : (1u << 20));
+    cv->row = malloc((size_t)max_cols * sizeof *cv->row);
+    cv->chunk = malloc(cv->chunk_cap);
+    if (!cv->row || !cv->chunk) return mt_seterr(MT_ERR_NOMEM, "out of memory for conversion buffers");
+    for (size_t i = 0; i < cv->n; i++) {
+        int rc = stream_entry(cv, &cv->p[i]);
+        if (!rc) rc = out_flush(cv);
+        if (rc) return rc;
+        cv->done += cv->p[i].nbytes;
+        if (cv->o->progress) cv->o->progress(cv->o->progress_user, "convert", cv->done, cv->total);
+    }
+    return MT_OK;
+}
+
+static void warn_fallbacks(const conv *cv) {
+    for (size_t i = 0; i < cv->n; i++)
+        if (cv->p[i].warn_fallback)
+            mt_log(MT_LOG_WARN, "%s: rows of %lld are not whole %s blocks; stored as f16 (as llama.cpp does)", cv->p[i].name,
+                   (long long)shape_cols(&cv->p[i]), mt_dtype_get((mt_dtype)cv->o->dtype)->name);
+}
+
+/* Warns about input tensors that no output tensor uses. */
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+static void warn_unused(const conv *cv) {
+    size_t n = mt_ckpt_count(cv->ck), m = 0;
+    const char **used = malloc((n + cv->n * 1 + 1) * sizeof *used);
+    if (!used) return;
+    /* collect the source names: stacked entries use E names, listed via the ckpt */
+    for (size_t i = 0; i < cv->n; i++)
+        if (!cv->p[i].stack && m < n + cv->n) used[m++] = cv->p[i].src->name;
+    qsort(used, m, sizeof *used, cmp_str);
+    size_t unused = 0;
+    const char *first = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *nm = mt_ckpt_get(cv->ck, i)->name;
+        if (bsearch(&nm, used, m, sizeof *used, cmp_str)) continue;
+        if (strstr(nm, ".block_sparse_moe.experts.")) continue; /* stacked */
+        if (!first) first = nm;
+        unused++;
+    }
+    if (unused)
+        mt_log(MT_LOG_WARN, "%s: %zu input tensor(s) have no place in the output and are dropped (first: %s)", cv->in_path,
+               unused, first);
+    free(used);
+}
+
+/* ---- GGUF metadata -------------------------------------------------------- */
+static uint32_t file_type_of(const conv *cv) {
+    uint64_t bytes[MT_DT_COUNT] = {0};
+    for (size_t i = 0; i < cv->n; i++)
+        if (cv->p[i].n_dims >= 2 && !strstr(cv->p[i].name, "ffn_gate_inp")) bytes[cv->p[i].dtype] += cv->p[i].nbytes;
+    int best = MT_DT_F32;
+    for (int d = 0; d < MT_DT_COUNT; d++)
+        if (bytes[d] > bytes[best]) best = d;
+    switch (best) {
+    case MT_DT_F16: return 1;
+    case MT_DT_Q4_0: return 2;
+    case MT_DT_Q8_0: return 7;
+    case MT_DT_BF16: return 32;
+    case MT_DT_TQ1_0: return 36;
+    case MT_DT_TQ2_0: return 37;
+    default: return 0;
+    }
+}
+
+static int gguf_tokenizer_kvs(conv *cv) {
+    mt_gguf_writer *w = cv->gw;
+    mt_tokenizer *tok = NULL;
+    int rc = mt_tok_load_for_ckpt(&tok, cv->ck);
+    if (rc) {
+        mt_log(MT_LOG_WARN, "%s: no usable tokenizer (%s); the GGUF has no tokenizer metadata", cv->in_path, mt_last_error());
+        mt_clearerr();
+        return MT_OK;
+    }
+    size_t nv = mt_tok_vocab_size(tok), V = (size_t)cv->cfg->vocab;
+    if (nv > V || nv == 0) {
+        mt_log(MT_LOG_WARN, "%s: tokenizer has %zu tokens for a model vocabulary of %zu; no tokenizer metadata written",
+               cv->in_path, nv, V);
+        mt_tok_free(tok);
+        return MT_OK;
+    }
+    const char **pieces = calloc(V, sizeof *pieces);
+    size_t *lens = calloc(V, sizeof *lens);
+    float *scores = calloc(V, sizeof *scores);
+    int32_t *types = calloc(V, sizeof *types);
+    char *pads = calloc(V - nv + 1, 24);
+    const char **merges = NULL;
+    size_t *mlens = NULL, nm = 0;
+    if (!pieces || !lens || !scores || !types || !pads) {
+        rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < V; i++) {
+        if (i < nv) {
+            pieces[i] = mt_tok_piece(tok, (int)i, &lens[i]);
+            scores[i] = mt_tok_score(tok, (int)i);
+            types[i] = mt_tok_type(tok, (int)i);
+        } else { /* padded embedding rows, named as llama.cpp names them */
+            char *p = pads + 24 * (i - nv);
+            lens[i] = (size_t)snprintf(p, 24, "[PAD%zu]", i);
+            pieces[i] = p;
+            scores[i] = -1000.0f;
+            types[i] = MT_PIECE_UNUSED;
+        }
+    }
+    int gpt2 = mt_tok_kind_of(tok) == MT_TOK_GPT2;
+    rc = mt_gguf_writer_kv_str(w, "tokenizer.ggml.model", gpt2 ? "gpt2" : "llama", gpt2 ? 4 : 5);
+    if (!rc) rc = mt_gguf_writer_kv_str(w, "tokenizer.ggml.pre", "default", 7);
+    if (!rc) rc = mt_gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", V, pieces, lens);
+    if (!rc && !gpt2) rc = mt_gguf_writer_kv_arr(w, "tokenizer.ggml.scores", MT_GGUF_FLOAT32, scores, V);
+    if (!rc) rc = mt_gguf_writer_kv_arr(w, "tokenizer.ggml.token_type", MT_GGUF_INT32, types, V);
+    if (!rc && gpt2) {
+        nm = mt_tok_merge_count(tok);
+        merges = calloc(nm + 1, sizeof *merges);
+        mlens = calloc(nm + 1, sizeof *mlens);
+        if (!merges || !mlens) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; i < nm && !rc; i++) merges[i] = mt_tok_merge(tok, i, &mlens[i]);
+        if (!rc) rc = mt_gguf_writer_kv_arr_str(w, "tokenizer.ggml.merges", nm, merges, mlens);
+    }
+    int bos = mt_tok_bos(tok), eos = mt_tok_eos(tok), unk = mt_tok_unk(tok);
+    if (bos < 0) bos = cv->cfg->bos_id;
+    if (eos < 0) eos = cv->cfg->eos_id;
+    if (!rc && bos >= 0) rc = mt_gguf_writer_kv_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
+    if (!rc && eos >= 0) rc = mt_gguf_writer_kv_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
+    if (!rc && unk >= 0) rc = mt_gguf_writer_kv_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
+    if (!rc) rc = mt_gguf_writer_kv_bool(w, "tokenizer.ggml.add_bos_token", 1);
+    if (!rc) rc = mt_gguf_writer_kv_bool(w, "tokenizer.ggml.add_eos_token", 0);
+    if (!rc && !gpt2) rc = mt_gguf_writer_kv_bool(w, "tokenizer.ggml.add_space_prefix", mt_tok_add_space_prefix(tok));
+done:
+    free(pieces);
+    free(lens);
+    free(scores);
+    free(types);
+    free(pads);
+    free(merges);
+    free(mlens);
+    mt_tok_free(tok);
+    return rc;
+}
+
+/* Base name of a path without extension, for general.name. */
+static void model_name(const char *path, char *b, size_t n) {
+    size_t L = strlen(path);
+    while (L > 1 && path[L - 1] == '/') L--;
+    size_t s = L;
+    while (s > 0 && path[s - 1] != '/') s--;
+    size_t len = L - s;
+    const char *dot = memchr(path + s, '.', len);
+    if (dot && !mt_path_is_dir(path)) len = (size_t)(dot - (path + s));
+    if (len >= n) len = n - 1;
+    memcpy(b, path + s, len);
+    b[len] = 0;
+}
+
+static int gguf_llama_kvs(conv *cv) {
+    mt_gguf_writer *w = cv->gw;
+    const mt_config *c = cv->cfg;
+    char name[256];
+    model_name(cv->in_path, name, sizeof name);
+    int rc = mt_gguf_writer_kv_str(w, "general.architecture", "llama", 5);
+    if (!rc) rc = mt_gguf_writer_kv_str(w, "general.name", name, strlen(name));
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.file_type", file_type_of(cv));
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.quantization_version", 2);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.vocab_size", (uint32_t)c->vocab);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.context_length", (uint32_t)c->max_pos);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.embedding_length", (uint32_t)c->hidden);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.block_count", (uint32_t)c->n_layers);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.feed_forward_length", (uint32_t)c->ffn);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.rope.dimension_count", (uint32_t)c->head_dim);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.head_count", (uint32_t)c->n_heads);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads);
+    if (!rc) rc = mt_gguf_writer_kv_f32(w, "llama.rope.freq_base", c->rope_theta);
+    if (!rc) rc = mt_gguf_writer_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
+    if (!rc && c->head_dim * c->n_heads != c->hidden) {
+        rc = mt_gguf_writer_kv_u32(w, "llama.attention.key_length", (uint32_t)c->head_dim);
+        if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.value_length", (uint32_t)c->head_dim);
+    }
+    if (!rc && c->n_experts > 0) {
+        rc = mt_gguf_writer_kv_u32(w, "llama.expert_count", (uint32_t)c->n_experts);
+        if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.expert_used_count", (uint32_t)c->top_k);
+        int per_layer = 0;
+        for (int l = 0; l < c->n_layers; l++) per_layer |= c->layer_experts[l] != 0;
+        if (!rc && per_layer) {
+            uint32_t le[MT_MAX_LAYERS];
+            for (int l = 0; l < c->n_layers; l++) le[l] = (uint32_t)mt_config_layer_experts(c, l);
+            rc = mt_gguf_writer_kv_arr(w, "moetool.layer_experts", MT_GGUF_UINT32, le, (uint64_t)c->n_layers);
+        }
+    }
+    if (!rc) rc = gguf_tokenizer_kvs(cv);
+    return rc;
+}
+
+/* GGUF -> GGUF: every key as it was, but the file type and the alignment. */
+static int gguf_copy_kvs(conv *cv) {
+    const mt_gguf *g = mt_ckpt_gguf(cv->ck);
+    if (!g) return mt_seterr(MT_ERR_INTERNAL, "%s: GGUF checkpoint without GGUF", cv->in_path);
+    int rc = MT_OK;
+    for (size_t k = 0; k < mt_gguf_key_count(g) && !rc; k++) {
+        const char *key = mt_gguf_key_name(g, (int)k);
+        if (!strcmp(key, "general.alignment")) continue;
+        if (!strcmp(key, "general.file_type")) {
+            rc = mt_gguf_writer_kv_u32(cv->gw, key, file_type_of(cv));
+            continue;
+        }
+        mt_gguf_type t;
+        const void *raw;
+        size_t len;
+        rc = mt_gguf_kv_raw(g, (int)k, &t, &raw, &len);
+        if (!rc) rc = mt_gguf_writer_kv_raw(cv->gw, key, t, raw, len);
+    }
+    return rc;
+}
+
+/* ---- HF side files -------------------------------------------------------- */
+static int copy_file(const char *src_dir, const char *name, const char *dst_dir) {
+    char *src = mt_path_join(src_dir, name);
+    if (!src) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int rc = MT_OK;
+    if (mt_path_exists(src)) {
+        mt_mapped m;
+        rc = mt_map_file(&m, src);
+        if (!rc) rc = mt_write_small_file(dst_dir, name, m.data, m.size);
+        mt_unmap_file(&m);
+    }
+    free(src);
+    return rc;
+}
+
+static int write_json(const char *dir, const char *name, json_t *j) {
+    char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+    json_decref(j);
+    if (!text) return mt_seterr(MT_ERR_NOMEM, "%s/%s: cannot build JSON", dir, name);
+    size_t n = strlen(text);
+    char *t2 = realloc(text, n + 2);
+    if (!t2) {
+        free(text);
+        return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    }
+    t2[n] = '\n';
+    int rc = mt_write_small_file(dir, name, t2, n + 1);
+    free(t2);
+    return rc;
+}
+
+/* config.json of an HF -> HF output: the source's, with torch_dtype updated. */
+static int hf_config_from_source(conv *cv, const char *src_dir, const char *dst, mt_dtype tt) {
+    char *p = mt_path_join(src_dir, "config.json");
+    if (!p) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    json_error_t err;
+    json_t *j = json_load_file(p, 0, &err);
+    free(p);
+    if (!j || !json_is_object(j)) {
+        json_decref(j);
+        char *text = NULL;
+        int rc = mt_config_to_hf_json(&text, cv->cfg, torch_dtype_name(tt));
+        if (rc) return rc;
+        rc = mt_write_small_file(dst, "config.json", text, strlen(text));
+        free(text);
+        return rc;
+    }
+    json_object_set_new(j, "torch_dtype", json_string(torch_dtype_name(tt)));
+    return write_json(dst, "config.json", j);
+}
+
+static int hf_tokenizer_from_gguf(conv *cv, const char *dst) {
+    mt_tokenizer *tok = NULL;
+    if (mt_tok_load_for_ckpt(&tok, cv->ck) != MT_OK) {
+        mt_log(MT_LOG_WARN, "%s: no tokenizer in the GGUF (%s); the output has none", cv->in_path, mt_last_error());
+        mt_clearerr();
+        return MT_OK;
+    }
+    int rc = MT_OK;
+    int bos = mt_tok_bos(tok), eos = mt_tok_eos(tok), unk = mt_tok_unk(tok);
+    if (mt_tok_kind_of(tok) == MT_TOK_SPM) {
+        char *p = mt_path_join(dst, "tokenizer.model");
+        if (!p) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        else rc = mt_tok_write_spm(tok, p);
+        free(p);
+        if (!rc) {
+            json_t *j = json_object();
+            size_t len;
+            const char *s;
+            json_object_set_new(j, "add_bos_token", json_true());
+            json_object_set_new(j, "add_eos_token", json_false());
+            if (bos >= 0 && (s = mt_tok_piece(tok, bos, &len))) json_object_set_new(j, "bos_token", json_stringn(s, len));
+            if (eos >= 0 && (s = mt_tok_piece(tok, eos, &len))) json_object_set_new(j, "eos_token", json_stringn(s, len));
+            if (unk >= 0 && (s = mt_tok_piece(tok, unk, &len))) json_object_set_new(j, "unk_token", json_stringn(s, len));
+            json_object_set_new(j, "legacy", json_true());
+            json_object_set_new(j, "model_max_length", json_integer(cv->cfg->max_pos));
+            json_object_set_new(j, "tokenizer_class", json_string("LlamaTokenizer"));
+            rc = write_json(dst, "tokenizer_config.json", j);
+        }
+    } else {
+        mt_log(MT_LOG_WARN, "%s: GPT-2 style vocabularies are not written back to tokenizer.json; the output has no tokenizer",
+               cv->in_path);
+    }
+    mt_tok_free(tok);
+    return rc;
+}
+
+static int hf_generation_config(conv *cv, const char *dst) {
+    json_t *j = json_object();
+    json_object_set_new(j, "_from_model_config", json_true());
+    if (cv->cfg->bos_id >= 0) json_object_set_new(j, "bos_token_id", json_integer(cv->cfg->bos_id));
+    if (cv->cfg->eos_id >= 0) json_object_set_new(j, "eos_token_id", json_integer(cv->cfg->eos_id));
+    return write_json(dst, "generation_config.json", j);
+}
+
+/* ---- entry points -------------------------------------------------------- */
+void mt_convert_opts_default(mt_convert_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->to = MT_FMT_GGUF;
+    o->dtype = -1;
+}
+
+int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts *opts) {
+    mt_convert_opts defaults;
+    if (!opts) {
+        mt_convert_opts_default(&defaults);
+        opts = &defaults;
+    }
+    if (!in_path || !out_path) return mt_seterr(MT_ERR_ARG, "convert: input and output paths are required");
+    int to_gguf = opts->to == MT_FMT_GGUF;
+    if (opts->to != MT_FMT_GGUF && opts->to != MT_FMT_HF)
+        return mt_seterr(MT_ERR_ARG, "%s: convert writes a Hugging Face directory or a GGUF file", out_path);
+    if (opts->dtype >= 0) {
+        mt_dtype d = (mt_dtype)opts->dtype;
+        int ok = d == MT_DT_F32 || d == MT_DT_F16 || d == MT_DT_BF16 || (to_gguf && (d == MT_DT_Q8_0 || d == MT_DT_Q4_0));
+        if (!ok)
+            return mt_seterr(MT_ERR_ARG, "%s: convert cannot write %s%s (f32, f16, bf16%s)", out_path,
+                             mt_dtype_get(d) ? mt_dtype_get(d)->name : "that type", to_gguf ? " to GGUF" : " to safetensors",
+                             to_gguf ? ", q8_0, q4_0" : "");
+    }
+    conv cv = {0};
+    cv.in_path = in_path;
+    cv.out_path = out_path;
+    cv.o = opts;
+    mt_ckpt *ck = NULL;
+    mt_out dir_out = {0};
+    int have_dir = 0;
+    char *src_dir = NULL;
+    int rc = mt_ckpt_open(&ck, in_path);
+    if (rc) return rc;
+    cv.ck = ck;
+    cv.cfg = mt_ckpt_config(ck);
+    int from_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
+
+    if (to_gguf && !from_gguf) rc = plan_hf_to_gguf(&cv);
+    else if (!to_gguf && from_gguf) rc = plan_gguf_to_hf(&cv);
+    else rc = plan_same(&cv, to_gguf);
+    if (rc) goto done;
+    if (from_gguf != to_gguf) warn_unused(&cv);
+    warn_fallbacks(&cv);
+
+    if (to_gguf) {
+        if ((rc = mt_gguf_writer_open(&cv.gw, out_path))) goto done;
+        rc = from_gguf ? gguf_copy_kvs(&cv) : gguf_llama_kvs(&cv);
+        for (size_t i = 0; i < cv.n && !rc; i++)
+            rc = mt_gguf_writer_add_tensor(cv.gw, cv.p[i].name, cv.p[i].dtype, cv.p[i].n_dims, cv.p[i].shape);
+        if (!rc) rc = stream_all(&cv);
+        if (!rc) rc = mt_gguf_writer_finish(cv.gw);
+        goto done;
+    }
+
+    /* HF directory */
+    if ((rc = mt_out_open_dir(&dir_out, out_path))) goto done;
+    have_dir = 1;
+    const char *dst = dir_out.tmp_path;
+    if ((rc = mt_hf_writer_open(&cv.hw, dst, opts->shard_bytes))) goto done;
+    for (size_t i = 0; i < cv.n && !rc; i++)
+        rc = mt_hf_writer_add(cv.hw, cv.p[i].name, cv.p[i].dtype, cv.p[i].n_dims, cv.p[i].shape);
+    if (!rc) rc = stream_all(&cv);
+    if (!rc) rc = mt_hf_writer_finish(cv.hw);
+    if (rc) goto done;
+    src_dir = mt_path_is_dir(in_path) ? strdup(in_path) : mt_path_dir(in_path);
+    if (!src_dir) {
+        rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (from_gguf) {
+        mt_config c2 = *cv.cfg;
+        c2.rope_style = MT_ROPE_HALF;
+        char *text = NULL;
+        rc = mt_config_to_hf_json(&text, &c2, torch_dtype_name(hf_target_type(&cv)));
+        if (!rc) rc = mt_write_small_file(dst, "config.json", text, strlen(text));
+        free(text);
+        if (!rc) rc = hf_tokenizer_from_gguf(&cv, dst);
+        if (!rc) rc = hf_generation_config(&cv, dst);
+    } else {
+        /* the dominant output type names torch_dtype */
+        uint64_t bytes[MT_DT_COUNT] = {0};
+        int best = MT_DT_F32;
+        for (size_t i = 0; i < cv.n; i++) bytes[cv.p[i].dtype] += cv.p[i].nbytes;
+        for (int d = 0; d < MT_DT_COUNT; d++)
+            if (bytes[d] > bytes[best]) best = d;
+        rc = hf_config_from_source(&cv, src_dir, dst, (mt_dtype)best);
+        static const char *const side[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                                           "generation_config.json", "special_tokens_map.json"};
+        for (size_t i = 0; i < sizeof side / sizeof side[0] && !rc; i++) rc = copy_file(src_dir, side[i], dst);
+    }
+    if (!rc) rc = mt_out_commit(&dir_out);
+
+done:
+    mt_gguf_writer_free(cv.gw); /* removes the temporary unless finished */
+    mt_hf_writer_free(cv.hw);
+    if (have_dir) mt_out_abort(&dir_out);
+    free(src_dir);
+    free(cv.p);
+    free(cv.row);
+    free(cv.chunk);
+    mt_ckpt_free(ck);
+    return rc;
+}

@@ -1,0 +1,364 @@
+/* hfconfig.c — the model description from and to a Hugging Face config.json.
+ *
+ * Layout read (a JSON object; keys as transformers writes them):
+ *   model_type                "mixtral" | "mistral" | "llama"  (else architectures[0]:
+ *                             MixtralForCausalLM | MistralForCausalLM | LlamaForCausalLM)
+ *   vocab_size, hidden_size, intermediate_size, num_hidden_layers,
+ *   num_attention_heads       required positive integers
+ *   num_key_value_heads       default num_attention_heads
+ *   head_dim                  default hidden_size / num_attention_heads (null = default)
+ *   num_local_experts, num_experts_per_tok   required for mixtral; dense models: 0
+ *   rope_theta                default 1e6 (mixtral), 10000 (mistral, llama)
+ *   rms_norm_eps              default 1e-5 (mixtral), 1e-6 (mistral, llama)
+ *   max_position_embeddings   default 131072 (mixtral, mistral), 2048 (llama)
+ *   tie_word_embeddings       default false
+ *   bos_token_id, eos_token_id  integer, null or absent (-1); a list takes its first
+ *   rope_scaling              must be absent or null (scaled RoPE is not implemented)
+ *   moe_layer_experts         moetool extension: [K0, K1, ...] experts per layer after
+ *                             merging (0 = num_local_experts); one entry per layer
+ * Other keys are ignored. Weights stored in HF layout use rotate_half RoPE
+ * (MT_ROPE_HALF). */
+#define _GNU_SOURCE
+#include "ckpt_impl.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MT_CFG_MAX_DIM (1 << 24)
+#define MT_CFG_MAX_EXPERTS (1 << 16)
+
+int mt_config_layer_experts(const mt_config *c, int l) {
+    if (l >= 0 && l < MT_MAX_LAYERS && c->layer_experts[l] > 0) return c->layer_experts[l];
+    return c->n_experts;
+}
+
+int mt_config_validate(const mt_config *c, const char *path) {
+#define POS(field, what)                                                                              \
+    if (c->field <= 0 || c->field >= MT_CFG_MAX_DIM)                                                  \
+        return mt_seterr(MT_ERR_FORMAT, "%s: %s is %d (expected 1 .. %d)", path, what, c->field,     \
+                         MT_CFG_MAX_DIM - 1);
+    POS(vocab, "vocab size")
+    POS(hidden, "hidden size")
+    POS(ffn, "intermediate size")
+    POS(n_heads, "attention head count")
+    POS(n_kv_heads, "key/value head count")
+    POS(head_dim, "head_dim")
+    POS(max_pos, "max_position_embeddings")
+#undef POS
+    if (c->n_layers <= 0 || c->n_layers > MT_MAX_LAYERS)
+        return mt_seterr(MT_ERR_FORMAT, "%s: layer count %d (expected 1 .. %d)", path, c->n_layers,
+                         MT_MAX_LAYERS);
+    if (c->n_heads % c->n_kv_heads)
+        return mt_seterr(MT_ERR_FORMAT, "%s: %d attention heads are not a multiple of %d key/value heads",
+                         path, c->n_heads, c->n_kv_heads);
+    if (c->head_dim % 2)
+        return mt_seterr(MT_ERR_FORMAT, "%s: head_dim %d is odd (RoPE needs pairs)", path, c->head_dim);
+    if ((int64_t)c->n_heads * c->head_dim >= MT_CFG_MAX_DIM)
+        return mt_seterr(MT_ERR_FORMAT, "%s: heads * head_dim = %lld is too large", path,
+                         (long long)c->n_heads * c->head_dim);
+    if (c->n_experts < 0 || c->n_experts > MT_CFG_MAX_EXPERTS)
+        return mt_seterr(MT_ERR_FORMAT, "%s: expert count %d (expected 0 .. %d)", path, c->n_experts,
+                         MT_CFG_MAX_EXPERTS);
+    if (c->n_experts == 0) {
+        if (c->top_k != 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s: experts per token %d in a dense model", path, c->top_k);
+        for (int l = 0; l < MT_MAX_LAYERS; l++)
+            if (c->layer_experts[l])
+                return mt_seterr(MT_ERR_FORMAT, "%s: per-layer expert counts in a dense model", path);
+    } else {
+        if (c->top_k <= 0 || c->top_k > c->n_experts)
+            return mt_seterr(MT_ERR_FORMAT, "%s: experts per token %d (expected 1 .. %d experts)", path,
+                             c->top_k, c->n_experts);
+        for (int l = 0; l < MT_MAX_LAYERS; l++) {
+            int k = c->layer_experts[l];
+            if (k == 0) continue;
+            if (l >= c->n_layers)
+                return mt_seterr(MT_ERR_FORMAT, "%s: expert count for layer %d past the %d layers", path, l,
+                                 c->n_layers);
+            if (k < c->top_k || k > MT_CFG_MAX_EXPERTS)
+                return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has %d experts (need %d .. %d)", path, l, k,
+                                 c->top_k, MT_CFG_MAX_EXPERTS);
+        }
+    }
+    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
+        return mt_seterr(MT_ERR_FORMAT, "%s: rope_theta %g is not a positive number", path, c->rope_theta);
+    if (!(c->norm_eps > 0) || !isfinite(c->norm_eps) || c->norm_eps > 1)
+        return mt_seterr(MT_ERR_FORMAT, "%s: rms_norm_eps %g out of range (0, 1]", path, c->norm_eps);
+    if (c->bos_id < -1 || c->bos_id >= c->vocab)
+        return mt_seterr(MT_ERR_FORMAT, "%s: bos_token_id %d outside the vocabulary (%d)", path, c->bos_id,
+                         c->vocab);
+    if (c->eos_id < -1 || c->eos_id >= c->vocab)
+        return mt_seterr(MT_ERR_FORMAT, "%s: eos_token_id %d outside the vocabulary (%d)", path, c->eos_id,
+                         c->vocab);
+    if (c->rope_style != MT_ROPE_HALF && c->rope_style != MT_ROPE_INTERLEAVED)
+        return mt_seterr(MT_ERR_FORMAT, "%s: unknown rope style %d", path, c->rope_style);
+    if (strcmp(c->arch, "mixtral") && strcmp(c->arch, "mistral") && strcmp(c->arch, "llama"))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, c->arch);
+    return MT_OK;
+}
+
+/* ---- reading ---------------------------------------------------------- */
+
+/* Integer-valued JSON number (4096 or 4096.0) in int range. */
+static int json_to_int(const json_t *v, int *out) {
+    if (json_is_integer(v)) {
+        json_int_t i = json_integer_value(v);
+        if (i < INT32_MIN || i > INT32_MAX) return 0;
+        *out = (int)i;
+        return 1;
+    }
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (!(d >= INT32_MIN && d <= INT32_MAX) || d != floor(d)) return 0;
+        *out = (int)d;
+        return 1;
+    }
+    return 0;
+}
+
+/* Required (def == NULL) or optional integer key. null counts as absent. */
+static int get_int(const json_t *root, const char *key, const int *def, int *out, const char *path) {
+    const json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        if (!def) return mt_seterr(MT_ERR_FORMAT, "%s: missing required key \"%s\"", path, key);
+        *out = *def;
+        return MT_OK;
+    }
+    if (!json_to_int(v, out))
+        return mt_seterr(MT_ERR_FORMAT, "%s: key \"%s\" is not an integer", path, key);
+    return MT_OK;
+}
+
+static int get_float(const json_t *root, const char *key, double def, float *out, const char *path) {
+    const json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = (float)def;
+        return MT_OK;
+    }
+    if (!json_is_number(v)) return mt_seterr(MT_ERR_FORMAT, "%s: key \"%s\" is not a number", path, key);
+    *out = (float)json_number_value(v);
+    return MT_OK;
+}
+
+/* Token id: integer, null/absent (-1), or a list whose first entry is used. */
+static int get_token_id(const json_t *root, const char *key, int *out, const char *path) {
+    const json_t *v = json_object_get(root, key);
+    *out = -1;
+    if (!v || json_is_null(v)) return MT_OK;
+    if (json_is_array(v)) {
+        if (json_array_size(v) == 0) return MT_OK;
+        v = json_array_get(v, 0);
+    }
+    if (!json_to_int(v, out) || *out < -1)
+        return mt_seterr(MT_ERR_FORMAT, "%s: key \"%s\" is not a token id", path, key);
+    return MT_OK;
+}
+
+static const struct {
+    const char *model_type, *class_name;
+    int moe;
+    double rope_theta, eps;
+    int max_pos;
+} g_archs[] = {
+    {"mixtral", "MixtralForCausalLM", 1, 1e6, 1e-5, 131072},
+    {"mistral", "MistralForCausalLM", 0, 10000.0, 1e-6, 131072},
+    {"llama", "LlamaForCausalLM", 0, 10000.0, 1e-6, 2048},
+};
+#define N_ARCHS (sizeof g_archs / sizeof g_archs[0])
+
+static int parse_root(mt_config *c, const json_t *root, const char *path) {
+    if (!json_is_object(root)) return mt_seterr(MT_ERR_FORMAT, "%s: config is not a JSON object", path);
+    const json_t *mt = json_object_get(root, "model_type");
+    const json_t *ar = json_object_get(root, "architectures");
+    int a = -1;
+    if (json_is_string(mt)) {
+        const char *s = json_string_value(mt);
+        for (size_t i = 0; i < N_ARCHS; i++)
+            if (strcmp(s, g_archs[i].model_type) == 0) a = (int)i;
+        if (a < 0) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, s);
+    } else if (mt && !json_is_null(mt)) {
+        return mt_seterr(MT_ERR_FORMAT, "%s: key \"model_type\" is not a string", path);
+    } else if (json_is_array(ar) && json_array_size(ar) > 0 && json_is_string(json_array_get(ar, 0))) {
+        const char *s = json_string_value(json_array_get(ar, 0));
+        for (size_t i = 0; i < N_ARCHS; i++)
+            if (strcmp(s, g_archs[i].class_name) == 0) a = (int)i;
+        if (a < 0) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, s);
+    } else {
+        return mt_seterr(MT_ERR_FORMAT, "%s: missing required key \"model_type\"", path);
+    }
+
+    memset(c, 0, sizeof *c);
+    snprintf(c->arch, sizeof c->arch, "%s", g_archs[a].model_type);
+    c->rope_style = MT_ROPE_HALF;
+    int rc;
+    if ((rc = get_int(root, "vocab_size", NULL, &c->vocab, path))) return rc;
+    if ((rc = get_int(root, "hidden_size", NULL, &c->hidden, path))) return rc;
+    if ((rc = get_int(root, "intermediate_size", NULL, &c->ffn, path))) return rc;
+    if ((rc = get_int(root, "num_hidden_layers", NULL, &c->n_layers, path))) return rc;
+    if ((rc = get_int(root, "num_attention_heads", NULL, &c->n_heads, path))) return rc;
+    if ((rc = get_int(root, "num_key_value_heads", &c->n_heads, &c->n_kv_heads, path))) return rc;
+    if (c->n_heads <= 0)
+        return mt_seterr(MT_ERR_FORMAT, "%s: num_attention_heads is %d", path, c->n_heads);
+    int hd_def = c->hidden / c->n_heads;
+    if ((rc = get_int(root, "head_dim", &hd_def, &c->head_dim, path))) return rc;
+    if (g_archs[a].moe) {
+        if ((rc = get_int(root, "num_local_experts", NULL, &c->n_experts, path))) return rc;
+        if ((rc = get_int(root, "num_experts_per_tok", NULL, &c->top_k, path))) return rc;
+        if (c->n_experts <= 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s: num_local_experts is %d", path, c->n_experts);
+    }
+    if ((rc = get_float(root, "rope_theta", g_archs[a].rope_theta, &c->rope_theta, path))) return rc;
+    if ((rc = get_float(root, "rms_norm_eps", g_archs[a].eps, &c->norm_eps, path))) return rc;
+    if ((rc = get_int(root, "max_position_embeddings", &g_archs[a].max_pos, &c->max_pos, path))) return rc;
+    const json_t *tie = json_object_get(root, "tie_word_embeddings");
+    if (tie && !json_is_null(tie)) {
+        if (!json_is_boolean(tie))
+            return mt_seterr(MT_ERR_FORMAT, "%s: key \"tie_word_embeddings\" is not a boolean", path);
+        c->tie_embeddings = json_is_true(tie);
+    }
+    if ((rc = get_token_id(root, "bos_token_id", &c->bos_id, path))) return rc;
+    if ((rc = get_token_id(root, "eos_token_id", &c->eos_id, path))) return rc;
+    const json_t *rs = json_object_get(root, "rope_scaling");
+    if (rs && !json_is_null(rs)) {
+        const json_t *ty = json_is_object(rs) ? json_object_get(rs, "rope_type") : NULL;
+        if (!ty && json_is_object(rs)) ty = json_object_get(rs, "type");
+        if (!(json_is_string(ty) && strcmp(json_string_value(ty), "default") == 0))
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: rope_scaling %s is not supported", path,
+                             json_is_string(ty) ? json_string_value(ty) : "(unknown type)");
+    }
+    const json_t *le = json_object_get(root, "moe_layer_experts");
+    if (le && !json_is_null(le)) {
+        if (!json_is_array(le))
+            return mt_seterr(MT_ERR_FORMAT, "%s: key \"moe_layer_experts\" is not a list", path);
+        if (c->n_experts == 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s: \"moe_layer_experts\" in a dense model", path);
+        if (c->n_layers <= 0 || c->n_layers > MT_MAX_LAYERS || json_array_size(le) != (size_t)c->n_layers)
+            return mt_seterr(MT_ERR_FORMAT, "%s: \"moe_layer_experts\" has %zu entries for %d layers", path,
+                             json_array_size(le), c->n_layers);
+        for (int l = 0; l < c->n_layers; l++) {
+            int k;
+            if (!json_to_int(json_array_get(le, (size_t)l), &k) || k < 0)
+                return mt_seterr(MT_ERR_FORMAT, "%s: moe_layer_experts[%d] is not a count", path, l);
+            c->layer_experts[l] = (k == c->n_experts) ? 0 : k;
+        }
+    }
+    return mt_config_validate(c, path);
+}
+
+int mt_config_from_hf_json(mt_config *out, const char *json_text, size_t len, const char *path) {
+    if (!path) path = "config.json";
+    if (!out || !json_text) return mt_seterr(MT_ERR_ARG, "%s: no config text", path);
+    json_error_t jerr;
+    json_t *root = json_loadb(json_text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return mt_seterr(MT_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, jerr.line,
+                         jerr.column, jerr.text);
+    mt_config c;
+    int rc = parse_root(&c, root, path);
+    json_decref(root);
+    if (rc == MT_OK) *out = c;
+    return rc;
+}
+
+int mt_config_load_hf(mt_config *out, const char *path) {
+    mt_mapped m;
+    int rc = mt_map_file(&m, path);
+    if (rc) {
+        if (!mt_path_exists(path)) return mt_seterr(MT_ERR_NOT_FOUND, "%s: config file not found", path);
+        return rc;
+    }
+    rc = mt_config_from_hf_json(out, m.data ? (const char *)m.data : "", m.size, path);
+    mt_unmap_file(&m);
+    return rc;
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+/* The shortest decimal that reads back as the same float, as a double, so
+ * that 1e-5f is written "1e-05" and not "9.9999997e-06". */
+static double float_short(float f) {
+    char buf[32];
+    for (int p = 1; p <= 9; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, (double)f);
+        if (strtof(buf, NULL) == f) return strtod(buf, NULL);
+    }
+    return (double)f;
+}
+
+static json_t *token_json(int id) { return id >= 0 ? json_integer(id) : json_null(); }
+
+int mt_config_to_hf_json(char **out, const mt_config *c, const char *torch_dtype) {
+    *out = NULL;
+    int rc = mt_config_validate(c, "config");
+    if (rc) return rc;
+    int a;
+    if (strcmp(c->arch, "llama") == 0) a = 2;
+    else if (c->n_experts > 0) a = 0;
+    else a = 1; /* dense Mixtral/Mistral: MistralForCausalLM */
+    json_t *r = json_object();
+    if (!r) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int bad = 0;
+#define SET(k, v) bad |= json_object_set_new(r, k, v)
+    SET("architectures", json_pack("[s]", g_archs[a].class_name));
+    SET("model_type", json_string(g_archs[a].model_type));
+    SET("vocab_size", json_integer(c->vocab));
+    SET("hidden_size", json_integer(c->hidden));
+    SET("intermediate_size", json_integer(c->ffn));
+    SET("num_hidden_layers", json_integer(c->n_layers));
+    SET("num_attention_heads", json_integer(c->n_heads));
+    SET("num_key_value_heads", json_integer(c->n_kv_heads));
+    SET("head_dim", json_integer(c->head_dim));
+    if (a == 0) {
+        SET("num_local_experts", json_integer(c->n_experts));
+        SET("num_experts_per_tok", json_integer(c->top_k));
+        SET("output_router_logits", json_false());
+        SET("router_aux_loss_coef", json_real(0.02));
+        SET("router_jitter_noise", json_real(0.0));
+    }
+    SET("rope_theta", json_real(float_short(c->rope_theta)));
+    SET("rms_norm_eps", json_real(float_short(c->norm_eps)));
+    SET("max_position_embeddings", json_integer(c->max_pos));
+    SET("hidden_act", json_string("silu"));
+    if (a == 2) {
+        SET("attention_bias", json_false());
+        SET("mlp_bias", json_false());
+        SET("pretraining_tp", json_integer(1));
+        SET("rope_scaling", json_null());
+    } else {
+        SET("sliding_window", json_null());
+    }
+    SET("attention_dropout", json_real(0.0));
+    SET("initializer_range", json_real(0.02));
+    SET("tie_word_embeddings", json_boolean(c->tie_embeddings));
+    SET("bos_token_id", token_json(c->bos_id));
+    SET("eos_token_id", token_json(c->eos_id));
+    SET("use_cache", json_true());
+    SET("torch_dtype", json_string(torch_dtype ? torch_dtype : "bfloat16"));
+    int any = 0;
+    for (int l = 0; l < c->n_layers; l++) any |= c->layer_experts[l] != 0;
+    if (a == 0 && any) {
+        json_t *arr = json_array();
+        for (int l = 0; l < c->n_layers; l++) bad |= json_array_append_new(arr, json_integer(mt_config_layer_experts(c, l)));
+        SET("moe_layer_experts", arr);
+    }
+#undef SET
+    char *s = bad ? NULL : json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(r);
+    if (!s) return mt_seterr(MT_ERR_NOMEM, "out of memory writing config.json");
+    /* json_dumps memory is malloc'd by jansson's default allocator (malloc). */
+    size_t n = strlen(s);
+    char *t = malloc(n + 2);
+    if (!t) {
+        free(s);
+        return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    }
+    memcpy(t, s, n);
+    t[n] = '\n';
+    t[n + 1] = 0;
+    free(s);
+    *out = t;
+    return MT_OK;
+}

@@ -1,0 +1,232 @@
+/* weights.c — maps a checkpoint's tensors onto mt_weights, the model
+ * description the runtime executes, without copying any weight.
+ *
+ * Names understood (L = layer, E = expert):
+ *   HF / safetensors                                  GGUF (llama.cpp)
+ *   model.embed_tokens.weight                         token_embd.weight
+ *   model.norm.weight                                 output_norm.weight
+ *   lm_head.weight (absent when tied)                 output.weight (absent when tied)
+ *   model.layers.L.input_layernorm.weight             blk.L.attn_norm.weight
+ *   model.layers.L.post_attention_layernorm.weight    blk.L.ffn_norm.weight
+ *   model.layers.L.self_attn.{q,k,v,o}_proj.weight    blk.L.attn_{q,k,v,output}.weight
+ *   MoE:
+ *   model.layers.L.block_sparse_moe.gate.weight       blk.L.ffn_gate_inp.weight
+ *   ...block_sparse_moe.experts.E.w1/w3/w2.weight     blk.L.ffn_{gate,up,down}_exps.weight, 3-D
+ *                                                     (E, ffn, hidden) / (E, hidden, ffn), or
+ *                                                     per expert blk.L.ffn_{gate,up,down}.E.weight
+ *   dense:
+ *   model.layers.L.mlp.{gate,up,down}_proj.weight     blk.L.ffn_{gate,up,down}.weight
+ * w1 = gate, w3 = up, w2 = down. Every shape is checked against the config,
+ * every type must be one the runtime runs (is_float) with whole blocks per row. */
+#define _GNU_SOURCE
+#include "ckpt_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const mt_ckpt *ck;
+    const char *path;
+    int gguf;
+} wctx;
+
+static void shape_str(char *buf, size_t n, const mt_tensor *t) {
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, n - k, "[");
+    for (int d = 0; d < t->n_dims && k < n; d++)
+        k += (size_t)snprintf(buf + k, n - k, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+/* Bytes of one row of `cols` elements of type dt, or an error naming tensor. */
+static int row_bytes(const wctx *w, const mt_tensor *t, int64_t cols, uint64_t *out) {
+    const mt_dtype_info *di = mt_dtype_get(t->dtype);
+    if (!di) return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s has an unknown storage type", w->path, t->name);
+    if (!di->is_float)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor %s has storage type %s, which the runtime cannot run",
+                         w->path, t->name, di->name);
+    if (cols % di->block_elems)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s: rows of %lld are not whole %s blocks of %d", w->path,
+                         t->name, (long long)cols, di->name, di->block_elems);
+    *out = (uint64_t)(cols / di->block_elems) * (uint64_t)di->block_bytes;
+    return MT_OK;
+}
+
+/* Finds `name` and checks it has exactly the dims d[0..nd). */
+static int get_tensor(const wctx *w, const char *name, int nd, const int64_t *d, const mt_tensor **out) {
+    const mt_tensor *t = mt_ckpt_find(w->ck, name);
+    *out = NULL;
+    if (!t) return mt_seterr(MT_ERR_NOT_FOUND, "%s: tensor %s is missing", w->path, name);
+    int ok = t->n_dims == nd;
+    for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == d[i];
+    if (!ok) {
+        char got[96], want[96];
+        mt_tensor e = {.n_dims = nd};
+        for (int i = 0; i < nd; i++) e.shape[i] = d[i];
+        shape_str(got, sizeof got, t);
+        shape_str(want, sizeof want, &e);
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s has shape %s, expected %s", w->path, name, got, want);
+    }
+    *out = t;
+    return MT_OK;
+}
+
+/* A (rows, cols) matrix, or a vector of n as a (1, n) matrix when rows == 0. */
+static int get_mat(const wctx *w, const char *name, int64_t rows, int64_t cols, mt_mat *m) {
+    const mt_tensor *t;
+    int64_t d[2] = {rows, cols};
+    int rc = rows ? get_tensor(w, name, 2, d, &t) : get_tensor(w, name, 1, &d[1], &t);
+    if (rc) return rc;
+    uint64_t rb;
+    if ((rc = row_bytes(w, t, cols, &rb))) return rc;
+    uint64_t r = rows ? (uint64_t)rows : 1;
+    if (t->nbytes != r * rb)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s holds %llu bytes, expected %llu", w->path, name,
+                         (unsigned long long)t->nbytes, (unsigned long long)(r * rb));
+    m->dtype = t->dtype;
+    m->rows = (int64_t)r;
+    m->cols = cols;
+    m->data = t->data;
+    m->row_stride = rb;
+    return MT_OK;
+}
+
+/* Expert slices of a merged (E, rows, cols) GGUF tensor. */
+static int get_experts3(const wctx *w, const char *name, int E, int64_t rows, int64_t cols, mt_mat *m) {
+    const mt_tensor *t;
+    int64_t d[3] = {E, rows, cols};
+    int rc = get_tensor(w, name, 3, d, &t);
+    if (rc) return rc;
+    uint64_t rb;
+    if ((rc = row_bytes(w, t, cols, &rb))) return rc;
+    uint64_t per = (uint64_t)rows * rb;
+    if (t->nbytes != (uint64_t)E * per)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s holds %llu bytes, expected %llu", w->path, name,
+                         (unsigned long long)t->nbytes, (unsigned long long)((uint64_t)E * per));
+    for (int e = 0; e < E; e++) {
+        m[e].dtype = t->dtype;
+        m[e].rows = rows;
+        m[e].cols = cols;
+        m[e].data = (const uint8_t *)t->data + (uint64_t)e * per;
+        m[e].row_stride = rb;
+    }
+    return MT_OK;
+}
+
+static int layer_init(const wctx *w, const mt_config *c, int l, mt_layer_weights *L) {
+    char n[160];
+    int rc;
+    const int64_t H = c->hidden, F = c->ffn;
+    const int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim;
+    const int E = L->n_experts;
+#define MAT(field, rows, cols, ...)                                   \
+    do {                                                              \
+        snprintf(n, sizeof n, __VA_ARGS__);                           \
+        if ((rc = get_mat(w, n, rows, cols, &(field)))) return rc;    \
+    } while (0)
+    if (w->gguf) {
+        MAT(L->attn_norm, 0, H, "blk.%d.attn_norm.weight", l);
+        MAT(L->wq, QD, H, "blk.%d.attn_q.weight", l);
+        MAT(L->wk, KD, H, "blk.%d.attn_k.weight", l);
+        MAT(L->wv, KD, H, "blk.%d.attn_v.weight", l);
+        MAT(L->wo, H, QD, "blk.%d.attn_output.weight", l);
+        MAT(L->ffn_norm, 0, H, "blk.%d.ffn_norm.weight", l);
+        if (E == 0) {
+            MAT(L->w1[0], F, H, "blk.%d.ffn_gate.weight", l);
+            MAT(L->w3[0], F, H, "blk.%d.ffn_up.weight", l);
+            MAT(L->w2[0], H, F, "blk.%d.ffn_down.weight", l);
+        } else {
+            MAT(L->router, E, H, "blk.%d.ffn_gate_inp.weight", l);
+            snprintf(n, sizeof n, "blk.%d.ffn_gate_exps.weight", l);
+            if (mt_ckpt_find(w->ck, n)) {
+                if ((rc = get_experts3(w, n, E, F, H, L->w1))) return rc;
+                snprintf(n, sizeof n, "blk.%d.ffn_up_exps.weight", l);
+                if ((rc = get_experts3(w, n, E, F, H, L->w3))) return rc;
+                snprintf(n, sizeof n, "blk.%d.ffn_down_exps.weight", l);
+                if ((rc = get_experts3(w, n, E, H, F, L->w2))) return rc;
+            } else {
+                for (int e = 0; e < E; e++) {
+                    MAT(L->w1[e], F, H, "blk.%d.ffn_gate.%d.weight", l, e);
+                    MAT(L->w3[e], F, H, "blk.%d.ffn_up.%d.weight", l, e);
+                    MAT(L->w2[e], H, F, "blk.%d.ffn_down.%d.weight", l, e);
+                }
+            }
+        }
+    } else {
+        MAT(L->attn_norm, 0, H, "model.layers.%d.input_layernorm.weight", l);
+        MAT(L->wq, QD, H, "model.layers.%d.self_attn.q_proj.weight", l);
+        MAT(L->wk, KD, H, "model.layers.%d.self_attn.k_proj.weight", l);
+        MAT(L->wv, KD, H, "model.layers.%d.self_attn.v_proj.weight", l);
+        MAT(L->wo, H, QD, "model.layers.%d.self_attn.o_proj.weight", l);
+        MAT(L->ffn_norm, 0, H, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (E == 0) {
+            MAT(L->w1[0], F, H, "model.layers.%d.mlp.gate_proj.weight", l);
+            MAT(L->w3[0], F, H, "model.layers.%d.mlp.up_proj.weight", l);
+            MAT(L->w2[0], H, F, "model.layers.%d.mlp.down_proj.weight", l);
+        } else {
+            MAT(L->router, E, H, "model.layers.%d.block_sparse_moe.gate.weight", l);
+            for (int e = 0; e < E; e++) {
+                MAT(L->w1[e], F, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
+                MAT(L->w3[e], F, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, e);
+                MAT(L->w2[e], H, F, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, e);
+            }
+        }
+    }
+#undef MAT
+    return MT_OK;
+}
+
+void mt_weights_free(mt_weights *w) {
+    if (!w) return;
+    free(w->layers); /* one block: layers, then every layer's expert matrices */
+    memset(w, 0, sizeof *w);
+}
+
+int mt_weights_init(mt_weights *w, const mt_ckpt *ck) {
+    memset(w, 0, sizeof *w);
+    if (!ck) return mt_seterr(MT_ERR_ARG, "weights: no checkpoint");
+    const mt_config *c = mt_ckpt_config(ck);
+    wctx x = {ck, mt_ckpt_path(ck), mt_ckpt_format(ck) == MT_FMT_GGUF};
+    int rc = mt_config_validate(c, x.path);
+    if (rc) return rc;
+    w->cfg = *c;
+
+    /* One allocation: layers[n_layers], then 3 * max(1, E_l) mats per layer. */
+    size_t n_mats = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        int E = mt_config_layer_experts(c, l);
+        n_mats += 3 * (size_t)(E > 0 ? E : 1);
+    }
+    size_t bytes = (size_t)c->n_layers * sizeof(mt_layer_weights) + n_mats * sizeof(mt_mat);
+    char *block = calloc(1, bytes);
+    if (!block) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory for the model description", x.path);
+    w->layers = (mt_layer_weights *)block;
+    mt_mat *mats = (mt_mat *)(block + (size_t)c->n_layers * sizeof(mt_layer_weights));
+
+    const int64_t V = c->vocab, H = c->hidden;
+    if (x.gguf) {
+        rc = get_mat(&x, "token_embd.weight", V, H, &w->tok_embd);
+        if (!rc) rc = get_mat(&x, "output_norm.weight", 0, H, &w->out_norm);
+        if (!rc && !c->tie_embeddings) rc = get_mat(&x, "output.weight", V, H, &w->lm_head);
+    } else {
+        rc = get_mat(&x, "model.embed_tokens.weight", V, H, &w->tok_embd);
+        if (!rc) rc = get_mat(&x, "model.norm.weight", 0, H, &w->out_norm);
+        if (!rc && !c->tie_embeddings) rc = get_mat(&x, "lm_head.weight", V, H, &w->lm_head);
+    }
+    if (!rc && c->tie_embeddings) w->lm_head = w->tok_embd;
+
+    for (int l = 0; !rc && l < c->n_layers; l++) {
+        mt_layer_weights *L = &w->layers[l];
+        int E = mt_config_layer_experts(c, l);
+        size_t k = (size_t)(E > 0 ? E : 1);
+        L->n_experts = E;
+        L->w1 = mats;
+        L->w3 = mats + k;
+        L->w2 = mats + 2 * k;
+        mats += 3 * k;
+        rc = layer_init(&x, c, l, L);
+    }
+    if (rc) mt_weights_free(w);
+    return rc;
+}

@@ -1,0 +1,344 @@
+/* kernels.c — the runtime's CPU kernels: plain C references, dispatch to
+ * the SIMD paths of kernels_x86.c, threading of matvecs over the pool, and
+ * batched matmul through OpenBLAS sgemm.
+ *
+ * Storage types handled: f32, f16, bf16, q8_0, q4_0 (llama.cpp blocks of 32:
+ * f16 d then 32 int8 for q8_0 / 16 nibble bytes for q4_0, value = d*q and
+ * d*(nibble-8), low nibbles are elements 0..15).
+ *
+ * Decode (matvec): for the block types x is quantised once per call to
+ * int8 blocks of 32 with an f32 scale (d = amax/127, round to nearest even),
+ * and rows are integer dot products, as llama.cpp does. The quantised x
+ * lives in a per-thread buffer that grows on first use and is freed when the
+ * thread exits: no allocation per call after the first. The relative error
+ * this adds is bounded per row by sum_b (amax_b(x)/254) * sum_{j in b} |w_j|
+ * (half a quantisation step per element), which tests/test_kernels.c checks.
+ *
+ * Prefill (matmul): Y = X · Wᵀ with cblas_sgemm. The pool splits W's rows
+ * (Y's columns) between threads and each thread calls a single-threaded
+ * sgemm on its block; non-f32 weights are converted to f32 in chunks of rows
+ * into the caller's scratch first. OpenBLAS's own threading is switched off
+ * (openblas_set_num_threads(1)) so it never competes with the pool; see
+ * docs/perf.md ("Kernels") for the measurement behind this choice. */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "kernels_impl.h"
+
+/* kernels_x86.c: each returns 1 when handled, 0 when there is no SIMD path. */
+int mt_x86_dot_rows(const mt_mat *W, const float *x, const int8_t *xq, const float *xd, const float *xs,
+                    float *y, int64_t r0, int64_t r1);
+int mt_x86_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
+int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *xs);
+
+/* Matvecs with fewer weights than this run on the calling thread only:
+ * the pool's sync (~1-2 µs) costs more than the work saved. */
+#define MT_MATVEC_MIN_PAR_WEIGHTS 32768
+/* Rows per thread are split on multiples of this (cache lines of y). */
+#define MT_MATVEC_ROW_ALIGN 16
+/* Batches below this many rows of X use matvecs instead of sgemm. */
+#define MT_MATMUL_MIN_N 4
+/* Rows of W converted to f32 at a time for sgemm (all threads together). */
+#define MT_MATMUL_CHUNK_ROWS 256
+
+int mt_kernel_supported(mt_dtype t) {
+    return t == MT_DT_F32 || t == MT_DT_F16 || t == MT_DT_BF16 || t == MT_DT_Q8_0 || t == MT_DT_Q4_0;
+}
+
+static int is_block_type(mt_dtype t) { return t == MT_DT_Q8_0 || t == MT_DT_Q4_0; }
+
+/* A matrix the kernels can run: supported type, whole blocks per row, rows
+ * that do not overlap. Anything else gets NaN outputs instead of a crash
+ * (the weights loader rejects such matrices with a message first). */
+static int mat_ok(const mt_mat *W) {
+    if (!W || !W->data || W->rows < 0 || W->cols < 0 || !mt_kernel_supported(W->dtype)) return 0;
+    const mt_dtype_info *di = mt_dtype_get(W->dtype);
+    if (W->cols % di->block_elems) return 0;
+    if ((uint64_t)W->cols / (uint64_t)di->block_elems * (uint64_t)di->block_bytes > W->row_stride && W->rows > 1) return 0;
+    return 1;
+}
+
+static void fill_nan(float *y, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) y[r] = NAN;
+}
+
+/* ---- reference ----------------------------------------------------------- */
+static inline float ld_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return mt_f16_to_f32(h);
+}
+static inline float ld_bf16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return mt_bf16_to_f32(h);
+}
+
+/* Weights decoded element by element (no buffer), products summed in double. */
+void mt_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1) {
+    if (!mat_ok(W)) {
+        fill_nan(y, r0, r1);
+        return;
+    }
+    const int64_t n = W->cols;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *w = (const uint8_t *)W->data + (uint64_t)r * W->row_stride;
+        double s = 0.0;
+        switch (W->dtype) {
+        case MT_DT_F32:
+            for (int64_t i = 0; i < n; i++) {
+                float v;
+                memcpy(&v, w + 4 * i, 4);
+                s += (double)v * x[i];
+            }
+            break;
+        case MT_DT_F16:
+            for (int64_t i = 0; i < n; i++) s += (double)ld_f16(w + 2 * i) * x[i];
+            break;
+        case MT_DT_BF16:
+            for (int64_t i = 0; i < n; i++) s += (double)ld_bf16(w + 2 * i) * x[i];
+            break;
+        case MT_DT_Q8_0:
+            for (int64_t b = 0; b < n / 32; b++) {
+                const uint8_t *blk = w + 34 * b;
+                const float d = ld_f16(blk);
+                for (int j = 0; j < 32; j++) s += (double)(d * (float)(int8_t)blk[2 + j]) * x[32 * b + j];
+            }
+            break;
+        case MT_DT_Q4_0:
+            for (int64_t b = 0; b < n / 32; b++) {
+                const uint8_t *blk = w + 18 * b;
+                const float d = ld_f16(blk);
+                for (int j = 0; j < 16; j++) {
+                    s += (double)(d * (float)((blk[2 + j] & 0x0f) - 8)) * x[32 * b + j];
+                    s += (double)(d * (float)((blk[2 + j] >> 4) - 8)) * x[32 * b + 16 + j];
+                }
+            }
+            break;
+        default:
+            break;
+        }
+        y[r] = (float)s;
+    }
+}
+
+/* ---- activation quantisation (block types) --------------------------------
+ * x (n floats, n % 32 == 0) -> xq int8 (n), xd f32 scale per 32, xs sum of
+ * the 32 int8 as f32 (q4_0 kernels multiply unsigned nibbles and subtract 8*xs). */
+static void quantize_x_ref(const float *x, int64_t n, int8_t *xq, float *xd, float *xs) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        xd[b] = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            xq[32 * b + j] = (int8_t)nearbyintf(xb[j] * id);
+            sum += xq[32 * b + j];
+        }
+        xs[b] = (float)sum;
+    }
+}
+
+static void quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *xs) {
+    if (!mt_x86_quantize_x(x, n, xq, xd, xs)) quantize_x_ref(x, n, xq, xd, xs);
+}
+
+/* Per-thread buffer for quantised x: grown on demand, freed at thread exit. */
+typedef struct {
+    void *buf;
+    size_t cap;
+} xq_tls;
+static pthread_key_t g_xq_key;
+static pthread_once_t g_xq_once = PTHREAD_ONCE_INIT;
+static int g_xq_key_ok;
+
+static void xq_tls_free(void *v) {
+    xq_tls *t = v;
+    if (t) free(t->buf);
+    free(t);
+}
+static void xq_key_init(void) { g_xq_key_ok = pthread_key_create(&g_xq_key, xq_tls_free) == 0; }
+
+/* Room for n int8 + 2 * n/32 floats on this thread; 0 when out of memory. */
+static int xq_buffers(int64_t n, int8_t **xq, float **xd, float **xs) {
+    pthread_once(&g_xq_once, xq_key_init);
+    if (!g_xq_key_ok) return 0;
+    xq_tls *t = pthread_getspecific(g_xq_key);
+    if (!t) {
+        t = calloc(1, sizeof *t);
+        if (!t) return 0;
+        if (pthread_setspecific(g_xq_key, t) != 0) {
+            free(t);
+            return 0;
+        }
+    }
+    const size_t qbytes = ((size_t)n + 63) & ~(size_t)63;
+    const size_t need = qbytes + 2 * (size_t)(n / 32) * sizeof(float);
+    if (need > t->cap) {
+        size_t cap = need < 4096 ? 4096 : need;
+        void *nb = NULL;
+        if (posix_memalign(&nb, 64, cap) != 0) return 0;
+        free(t->buf);
+        t->buf = nb;
+        t->cap = cap;
+    }
+    *xq = t->buf;
+    *xd = (float *)(void *)((uint8_t *)t->buf + qbytes);
+    *xs = *xd + n / 32;
+    return 1;
+}
+
+/* Rows [r0, r1) with x already quantised (xq/xd NULL for float types). */
+static void rows_prepared(const mt_mat *W, const float *x, const int8_t *xq, const float *xd, const float *xs,
+                          float *y, int64_t r0, int64_t r1) {
+    if (!mt_x86_dot_rows(W, x, xq, xd, xs, y, r0, r1)) mt_matvec_rows_ref(W, x, y, r0, r1);
+}
+
+void mt_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1) {
+    if (!mat_ok(W)) {
+        fill_nan(y, r0, r1);
+        return;
+    }
+    int8_t *xq = NULL;
+    float *xd = NULL, *xs = NULL;
+    if (is_block_type(W->dtype) && W->cols > 0) {
+        if (!xq_buffers(W->cols, &xq, &xd, &xs)) {
+            mt_matvec_rows_ref(W, x, y, r0, r1); /* no memory: slow but correct */
+            return;
+        }
+        quantize_x(x, W->cols, xq, xd, xs);
+    }
+    rows_prepared(W, x, xq, xd, xs, y, r0, r1);
+}
+
+/* ---- threaded matvec ------------------------------------------------------ */
+typedef struct {
+    const mt_mat *W;
+    const float *x;   /* (cols) */
+    const int8_t *xq; /* (cols) or NULL */
+    const float *xd;  /* (cols/32) or NULL */
+    const float *xs;  /* (cols/32) or NULL */
+    float *y;         /* (rows) */
+} matvec_task;
+
+static void matvec_worker(void *arg, int ith, int nth) {
+    const matvec_task *t = arg;
+    int64_t r0, r1;
+    mt_split_range(t->W->rows, ith, nth, MT_MATVEC_ROW_ALIGN, &r0, &r1);
+    if (r0 < r1) rows_prepared(t->W, t->x, t->xq, t->xd, t->xs, t->y, r0, r1);
+}
+
+void mt_matvec(mt_pool *p, const mt_mat *W, const float *x, float *y) {
+    if (!mat_ok(W)) {
+        if (W) fill_nan(y, 0, W->rows);
+        return;
+    }
+    const int nth = mt_pool_size(p);
+    if (nth == 1 || W->rows * W->cols < MT_MATVEC_MIN_PAR_WEIGHTS || W->rows < 2 * MT_MATVEC_ROW_ALIGN) {
+        mt_matvec_rows(W, x, y, 0, W->rows);
+        return;
+    }
+    matvec_task t = {W, x, NULL, NULL, NULL, y};
+    if (is_block_type(W->dtype)) {
+        int8_t *xq;
+        float *xd, *xs;
+        if (!xq_buffers(W->cols, &xq, &xd, &xs)) {
+            mt_matvec_rows_ref(W, x, y, 0, W->rows);
+            return;
+        }
+        quantize_x(x, W->cols, xq, xd, xs);
+        t.xq = xq;
+        t.xd = xd;
+        t.xs = xs;
+    }
+    mt_pool_run(p, matvec_worker, &t);
+}
+
+/* ---- rows to f32 ------------------------------------------------------------ */
+void mt_mat_row_f32(const mt_mat *W, int64_t r, float *out) {
+    if (!mat_ok(W) || r < 0 || r >= W->rows) {
+        if (W && W->cols > 0) fill_nan(out, 0, W->cols);
+        return;
+    }
+    const uint8_t *src = (const uint8_t *)W->data + (uint64_t)r * W->row_stride;
+    if (W->dtype == MT_DT_F32) {
+        memcpy(out, src, (size_t)W->cols * sizeof(float));
+        return;
+    }
+    if (!mt_x86_row_to_f32(W->dtype, src, out, W->cols)) mt_row_to_f32(W->dtype, src, out, W->cols);
+}
+
+/* ---- matmul ----------------------------------------------------------------- */
+size_t mt_matmul_scratch_floats(const mt_mat *W) {
+    if (!W || W->rows <= 0 || W->cols <= 0) return 0;
+    const int64_t rows = W->rows < MT_MATMUL_CHUNK_ROWS ? W->rows : MT_MATMUL_CHUNK_ROWS;
+    return (size_t)rows * (size_t)W->cols;
+}
+
+typedef struct {
+    const mt_mat *W;
+    const float *X;  /* (n, cols) */
+    int n;
+    float *Y;        /* (n, rows) */
+    float *scratch;  /* (chunk_rows, cols) shared out between threads */
+    int64_t chunk_rows;
+    int direct;      /* f32 weights usable by sgemm in place */
+} matmul_task;
+
+static void matmul_worker(void *arg, int ith, int nth) {
+    const matmul_task *t = arg;
+    const mt_mat *W = t->W;
+    const int64_t cols = W->cols, rows = W->rows;
+    /* Threads beyond the scratch's row count have nothing to convert into. */
+    const int nth_eff = (int64_t)nth > t->chunk_rows ? (int)t->chunk_rows : nth;
+    if (ith >= nth_eff) return;
+    int64_t r0, r1;
+    mt_split_range(rows, ith, nth_eff, MT_MATVEC_ROW_ALIGN, &r0, &r1);
+    if (r0 >= r1) return;
+    if (t->direct) {
+        const int64_t ld = (int64_t)(W->row_stride / sizeof(float));
+        const float *w = (const float *)W->data + r0 * ld;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->n, (int)(r1 - r0), (int)cols, 1.0f, t->X,
+                    (int)cols, w, (int)ld, 0.0f, t->Y + r0, (int)rows);
+        return;
+    }
+    const int64_t slice = t->chunk_rows / nth_eff; /* rows of f32 this thread holds */
+    float *buf = t->scratch + (int64_t)ith * slice * cols;
+    for (int64_t c0 = r0; c0 < r1; c0 += slice) {
+        const int64_t c1 = c0 + slice < r1 ? c0 + slice : r1;
+        for (int64_t r = c0; r < c1; r++) mt_mat_row_f32(W, r, buf + (r - c0) * cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->n, (int)(c1 - c0), (int)cols, 1.0f, t->X,
+                    (int)cols, buf, (int)cols, 0.0f, t->Y + c0, (int)rows);
+    }
+}
+
+static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
+static void blas_single_thread(void) { openblas_set_num_threads(1); }
+
+void mt_matmul(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y, float *scratch) {
+    if (n <= 0) return;
+    if (!mat_ok(W)) {
+        if (W && W->rows > 0) fill_nan(Y, 0, (int64_t)n * W->rows);
+        return;
+    }
+    if (W->rows == 0) return;
+    if (n < MT_MATMUL_MIN_N || W->cols == 0 || W->cols > INT32_MAX || W->rows > INT32_MAX) { /* BLAS takes int sizes */
+        for (int i = 0; i < n; i++) mt_matvec(p, W, X + (size_t)i * (size_t)W->cols, Y + (size_t)i * (size_t)W->rows);
+        return;
+    }
+    pthread_once(&g_blas_once, blas_single_thread);
+    matmul_task t = {W, X, n, Y, scratch, (int64_t)(mt_matmul_scratch_floats(W) / (size_t)W->cols), 0};
+    t.direct = W->dtype == MT_DT_F32 && ((uintptr_t)W->data % sizeof(float)) == 0 &&
+               W->row_stride % sizeof(float) == 0 && W->row_stride / sizeof(float) <= (uint64_t)INT32_MAX;
+    if (!t.direct && !scratch) {
+        fill_nan(Y, 0, (int64_t)n * W->rows);
+        return;
+    }
+    mt_pool_run(p, matmul_worker, &t);
+}

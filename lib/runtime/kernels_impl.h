@@ -1,0 +1,46 @@
+/* kernels_impl.h — private compute layer of the runtime: a thread pool and
+ * the per-storage-type kernels (matvec for decode, batched matmul for
+ * prefill). Every SIMD kernel has a plain C `_ref` twin; tests compare them. */
+#ifndef MT_KERNELS_IMPL_H
+#define MT_KERNELS_IMPL_H
+
+#include "moetool/mt_io.h"
+
+/* ---- thread pool --------------------------------------------------------
+ * n_threads workers including the caller. mt_pool_run runs fn(arg, ith, nth)
+ * on every thread (ith = 0 on the caller) and returns when all are done.
+ * Workers spin briefly before sleeping so back-to-back decode matvecs do
+ * not pay a wake-up each. */
+typedef struct mt_pool mt_pool;
+typedef void (*mt_task_fn)(void *arg, int ith, int nth);
+int mt_pool_init(mt_pool **out, int n_threads);
+void mt_pool_free(mt_pool *p);
+int mt_pool_size(const mt_pool *p);
+void mt_pool_run(mt_pool *p, mt_task_fn fn, void *arg);
+
+/* Splits [0, n) into nth nearly equal parts aligned to `align`; part ith. */
+void mt_split_range(int64_t n, int ith, int nth, int64_t align, int64_t *begin, int64_t *end);
+
+/* ---- kernels --------------------------------------------------------------
+ * W is (rows, cols) in its stored type; x has cols floats; y has rows floats.
+ * Supported types: f32, f16, bf16, q8_0, q4_0 (others: MT_ERR_UNSUPPORTED). */
+int mt_kernel_supported(mt_dtype t);
+
+/* y[r] = dot(W[r,:], x) for r in [r0, r1). Single-threaded. */
+void mt_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+void mt_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+
+/* Whole matvec split over the pool's threads. */
+void mt_matvec(mt_pool *p, const mt_mat *W, const float *x, float *y);
+
+/* Y (n, rows) = X (n, cols) · Wᵀ, threaded. Uses OpenBLAS sgemm on f32
+ * (weights of other types are converted in row chunks into `scratch`,
+ * which must hold mt_matmul_scratch_floats(W) floats), or matvecs when
+ * n is small. */
+size_t mt_matmul_scratch_floats(const mt_mat *W);
+void mt_matmul(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y, float *scratch);
+
+/* Row r of W as f32 (cols floats) — embeddings lookup. */
+void mt_mat_row_f32(const mt_mat *W, int64_t r, float *out);
+
+#endif

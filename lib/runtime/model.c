@@ -1,0 +1,225 @@
+/* model.c — a loaded model: the checkpoint (memory-mapped), the weight
+ * views the forward executes, the tokenizer found beside it (optional) and
+ * the thread pool every kernel runs on. Also parameter statistics. */
+#include "runtime_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void mt_model_opts_default(mt_model_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->n_threads = 0;
+}
+
+/* Every matrix the forward multiplies with must have a kernel. */
+static int check_mat(const mt_mat *w, const char *path, const char *what, int layer) {
+    if (!w->data || w->rows <= 0 || w->cols <= 0)
+        return mt_seterr(MT_ERR_FORMAT, "%s: %s of layer %d is missing or empty", path, what, layer);
+    if (!mt_kernel_supported(w->dtype))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s of layer %d is stored as %s, which the runtime cannot execute",
+                         path, what, layer, mt_dtype_get(w->dtype) ? mt_dtype_get(w->dtype)->name : "?");
+    return MT_OK;
+}
+
+static int check_shape(const mt_mat *w, int64_t rows, int64_t cols, const char *path, const char *what, int layer) {
+    if (w->rows != rows || w->cols != cols)
+        return mt_seterr(MT_ERR_FORMAT, "%s: %s of layer %d is (%lld, %lld), expected (%lld, %lld)", path, what, layer,
+                         (long long)w->rows, (long long)w->cols, (long long)rows, (long long)cols);
+    return MT_OK;
+}
+
+static int check_weights(const mt_model *m, const char *path) {
+    const mt_config *c = &m->w.cfg;
+    int st;
+    if (c->n_layers <= 0 || c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->head_dim <= 0 ||
+        c->vocab <= 0 || c->ffn <= 0)
+        return mt_seterr(MT_ERR_FORMAT, "%s: config has a non-positive dimension", path);
+    if (c->head_dim % 2)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: head_dim %d is odd; RoPE needs pairs", path, c->head_dim);
+    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta) || !(c->norm_eps >= 0) || !isfinite(c->norm_eps))
+        return mt_seterr(MT_ERR_FORMAT, "%s: rope theta %g or norm eps %g is not usable", path, (double)c->rope_theta,
+                         (double)c->norm_eps);
+    if (!m->w.layers) return mt_seterr(MT_ERR_FORMAT, "%s: no layers", path);
+    if (c->n_heads % c->n_kv_heads)
+        return mt_seterr(MT_ERR_FORMAT, "%s: %d attention heads are not a multiple of %d KV heads", path,
+                         c->n_heads, c->n_kv_heads);
+    if ((st = check_mat(&m->w.tok_embd, path, "token embedding", -1)) < 0) return st;
+    if ((st = check_mat(&m->w.lm_head, path, "lm_head", -1)) < 0) return st;
+    if ((st = check_mat(&m->w.out_norm, path, "final norm", -1)) < 0) return st;
+    const int64_t H = c->hidden, QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim;
+    if ((st = check_shape(&m->w.tok_embd, c->vocab, H, path, "token embedding", -1)) < 0) return st;
+    if ((st = check_shape(&m->w.lm_head, c->vocab, H, path, "lm_head", -1)) < 0) return st;
+    if ((st = check_shape(&m->w.out_norm, 1, H, path, "final norm", -1)) < 0) return st;
+    for (int l = 0; l < c->n_layers; l++) {
+        const mt_layer_weights *L = &m->w.layers[l];
+        if ((st = check_mat(&L->attn_norm, path, "attention norm", l)) < 0) return st;
+        if ((st = check_mat(&L->ffn_norm, path, "ffn norm", l)) < 0) return st;
+        if ((st = check_mat(&L->wq, path, "q_proj", l)) < 0) return st;
+        if ((st = check_mat(&L->wk, path, "k_proj", l)) < 0) return st;
+        if ((st = check_mat(&L->wv, path, "v_proj", l)) < 0) return st;
+        if ((st = check_mat(&L->wo, path, "o_proj", l)) < 0) return st;
+        if ((st = check_shape(&L->attn_norm, 1, H, path, "attention norm", l)) < 0) return st;
+        if ((st = check_shape(&L->ffn_norm, 1, H, path, "ffn norm", l)) < 0) return st;
+        if ((st = check_shape(&L->wq, QD, H, path, "q_proj", l)) < 0) return st;
+        if ((st = check_shape(&L->wk, KD, H, path, "k_proj", l)) < 0) return st;
+        if ((st = check_shape(&L->wv, KD, H, path, "v_proj", l)) < 0) return st;
+        if ((st = check_shape(&L->wo, H, QD, path, "o_proj", l)) < 0) return st;
+        if (L->n_experts < 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has a negative expert count", path, l);
+        if (L->n_experts > 0) {
+            if ((st = check_mat(&L->router, path, "router", l)) < 0) return st;
+            if ((st = check_shape(&L->router, L->n_experts, H, path, "router", l)) < 0) return st;
+            if (c->top_k <= 0 || c->top_k > L->n_experts)
+                return mt_seterr(MT_ERR_FORMAT, "%s: top_k %d is not in 1..%d experts of layer %d", path, c->top_k,
+                                 L->n_experts, l);
+        }
+        int ne = L->n_experts > 0 ? L->n_experts : 1;
+        if (!L->w1 || !L->w2 || !L->w3) return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has no MLP weights", path, l);
+        for (int e = 0; e < ne; e++) {
+            if ((st = check_mat(&L->w1[e], path, "expert w1", l)) < 0) return st;
+            if ((st = check_mat(&L->w2[e], path, "expert w2", l)) < 0) return st;
+            if ((st = check_mat(&L->w3[e], path, "expert w3", l)) < 0) return st;
+            if ((st = check_shape(&L->w1[e], c->ffn, H, path, "expert w1", l)) < 0) return st;
+            if ((st = check_shape(&L->w3[e], c->ffn, H, path, "expert w3", l)) < 0) return st;
+            if ((st = check_shape(&L->w2[e], H, c->ffn, path, "expert w2", l)) < 0) return st;
+        }
+    }
+    return MT_OK;
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
+    mt_model_opts def;
+    int st;
+    *out = NULL;
+    if (!opts) {
+        mt_model_opts_default(&def);
+        opts = &def;
+    }
+    if (opts->n_threads < 0 || opts->n_threads > 1024)
+        return mt_seterr(MT_ERR_ARG, "model: thread count %d out of range", opts->n_threads);
+    mt_model *m = calloc(1, sizeof *m);
+    if (!m) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+
+    if ((st = mt_ckpt_open(&m->ck, path)) < 0) goto fail;
+    if ((st = mt_weights_init(&m->w, m->ck)) < 0) goto fail;
+    m->weights_ok = 1;
+    if ((st = check_weights(m, path)) < 0) goto fail;
+
+    /* A checkpoint without a tokenizer is still usable on token ids. */
+    if (mt_tok_load_for_ckpt(&m->tok, m->ck) < 0) {
+        m->tok = NULL;
+        mt_clearerr();
+    }
+
+    int nt = opts->n_threads;
+    if (nt == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        nt = n > 0 ? (int)(n > 256 ? 256 : n) : 1;
+    }
+    if ((st = mt_pool_init(&m->pool, nt)) < 0) goto fail;
+    m->n_threads = mt_pool_size(m->pool);
+
+    const mt_config *c = &m->w.cfg;
+    size_t sc = 0;
+    sc = max_sz(sc, mt_matmul_scratch_floats(&m->w.lm_head));
+    for (int l = 0; l < c->n_layers; l++) {
+        const mt_layer_weights *L = &m->w.layers[l];
+        if (L->n_experts > m->max_experts) m->max_experts = L->n_experts;
+        sc = max_sz(sc, mt_matmul_scratch_floats(&L->wq));
+        sc = max_sz(sc, mt_matmul_scratch_floats(&L->wk));
+        sc = max_sz(sc, mt_matmul_scratch_floats(&L->wv));
+        sc = max_sz(sc, mt_matmul_scratch_floats(&L->wo));
+        int ne = L->n_experts > 0 ? L->n_experts : 1;
+        for (int e = 0; e < ne; e++) {
+            sc = max_sz(sc, mt_matmul_scratch_floats(&L->w1[e]));
+            sc = max_sz(sc, mt_matmul_scratch_floats(&L->w2[e]));
+            sc = max_sz(sc, mt_matmul_scratch_floats(&L->w3[e]));
+        }
+    }
+    m->matmul_scratch = sc;
+    m->routing_stride = c->n_experts > m->max_experts ? c->n_experts : m->max_experts;
+
+    /* Norm vectors are tiny: keep them as f32 once instead of per forward. */
+    m->norm_f32 = malloc(((size_t)2 * c->n_layers + 1) * (size_t)c->hidden * sizeof(float));
+    if (!m->norm_f32) {
+        st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory for norm weights", path);
+        goto fail;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        mt_mat_row_f32(&m->w.layers[l].attn_norm, 0, m->norm_f32 + (size_t)(2 * l) * c->hidden);
+        mt_mat_row_f32(&m->w.layers[l].ffn_norm, 0, m->norm_f32 + (size_t)(2 * l + 1) * c->hidden);
+    }
+    mt_mat_row_f32(&m->w.out_norm, 0, m->norm_f32 + (size_t)(2 * c->n_layers) * c->hidden);
+    *out = m;
+    return MT_OK;
+fail:
+    mt_model_free(m);
+    return st;
+}
+
+void mt_model_free(mt_model *m) {
+    if (!m) return;
+    free(m->norm_f32);
+    if (m->pool) mt_pool_free(m->pool);
+    if (m->tok) mt_tok_free(m->tok);
+    if (m->weights_ok) mt_weights_free(&m->w);
+    if (m->ck) mt_ckpt_free(m->ck);
+    free(m);
+}
+
+const mt_config *mt_model_config(const mt_model *m) { return &m->w.cfg; }
+const mt_weights *mt_model_weights(const mt_model *m) { return &m->w; }
+const mt_ckpt *mt_model_ckpt(const mt_model *m) { return m->ck; }
+const mt_tokenizer *mt_model_tokenizer(const mt_model *m) { return m->tok; }
+int mt_model_threads(const mt_model *m) { return m->n_threads; }
+
+static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {
+    if (!w->data || w->rows <= 0 || w->cols <= 0) return;
+    uint64_t n = (uint64_t)w->rows * (uint64_t)w->cols, b = 0;
+    *params += n;
+    if (mt_dtype_nbytes(w->dtype, n, &b) == MT_OK) *bytes += b;
+}
+
+void mt_model_param_stats(const mt_model *m, mt_param_stats *out) {
+    memset(out, 0, sizeof *out);
+    const mt_weights *w = &m->w;
+    const mt_config *c = &w->cfg;
+    uint64_t p = 0, b = 0;
+    add_mat(&w->tok_embd, &p, &b);
+    add_mat(&w->out_norm, &p, &b);
+    if (w->lm_head.data != w->tok_embd.data) add_mat(&w->lm_head, &p, &b);
+    double active = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const mt_layer_weights *L = &w->layers[l];
+        add_mat(&L->attn_norm, &p, &b);
+        add_mat(&L->wq, &p, &b);
+        add_mat(&L->wk, &p, &b);
+        add_mat(&L->wv, &p, &b);
+        add_mat(&L->wo, &p, &b);
+        add_mat(&L->ffn_norm, &p, &b);
+        if (L->n_experts > 0) {
+            add_mat(&L->router, &p, &b);
+            uint64_t ep = 0, eb = 0;
+            for (int e = 0; e < L->n_experts; e++) {
+                add_mat(&L->w1[e], &ep, &eb);
+                add_mat(&L->w2[e], &ep, &eb);
+                add_mat(&L->w3[e], &ep, &eb);
+            }
+            out->experts += ep;
+            out->expert_bytes += eb;
+            active += (double)ep * (double)c->top_k / (double)L->n_experts;
+        } else {
+            /* The dense MLP is always active and not an expert. */
+            add_mat(&L->w1[0], &p, &b);
+            add_mat(&L->w2[0], &p, &b);
+            add_mat(&L->w3[0], &p, &b);
+        }
+    }
+    out->total = p + out->experts;
+    out->weight_bytes = b + out->expert_bytes;
+    out->active = p + (uint64_t)(active + 0.5);
+}

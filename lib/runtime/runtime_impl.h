@@ -1,0 +1,67 @@
+/* runtime_impl.h — private structures of the CPU runtime: the loaded model
+ * (checkpoint + weight views + tokenizer + thread pool) and the inference
+ * context (KV cache and every scratch buffer, sized once for n_batch so that
+ * a forward never allocates). */
+#ifndef MT_RUNTIME_IMPL_H
+#define MT_RUNTIME_IMPL_H
+
+#include "moetool/mt_runtime.h"
+#include "kernels_impl.h"
+
+struct mt_model {
+    mt_ckpt *ck;
+    mt_weights w;            /* views into ck's mappings                    */
+    int weights_ok;          /* w must be freed                             */
+    mt_tokenizer *tok;       /* NULL when the checkpoint has none           */
+    mt_pool *pool;
+    int n_threads;
+    int max_experts;         /* max over layers of the expert count         */
+    int routing_stride;      /* experts per layer in routing counts: max of
+                                cfg.n_experts and every layer's count       */
+    size_t matmul_scratch;   /* floats: max mt_matmul_scratch_floats        */
+    float *norm_f32;         /* (2*n_layers+1, hidden): attn and ffn norm of
+                                each layer, then the final norm, as f32     */
+};
+
+struct mt_ctx {
+    mt_model *m;
+    int n_ctx, n_batch;
+    int pos;                 /* tokens in the cache                         */
+    int q_dim, kv_dim;       /* n_heads*head_dim, n_kv_heads*head_dim       */
+
+    float *k_cache;          /* (n_layers, n_ctx, kv_dim)                   */
+    float *v_cache;          /* (n_layers, n_ctx, kv_dim)                   */
+
+    /* scratch, all (n_batch, ...) */
+    float *x;                /* (n_batch, hidden)    residual stream        */
+    float *h;                /* (n_batch, hidden)    normed input           */
+    float *q;                /* (n_batch, q_dim)                            */
+    float *k;                /* (n_batch, kv_dim)                           */
+    float *v;                /* (n_batch, kv_dim)                           */
+    float *att_out;          /* (n_batch, q_dim)                            */
+    float *proj;             /* (n_batch, hidden)    o_proj / MoE output    */
+    float *perm;             /* (n_threads, max(q_dim, kv_dim)) un-permute  */
+    float *att_scores;       /* (n_threads, n_batch, n_ctx) attention probs */
+    float *rope_cos;         /* (n_ctx, head_dim/2)                         */
+    float *rope_sin;         /* (n_ctx, head_dim/2)                         */
+    float *router;           /* (n_batch, max_experts) logits               */
+    float *router_p;         /* (n_batch, max_experts) probabilities        */
+    int32_t *topk;           /* (n_batch, top_k) for the current layer      */
+    float *topk_w;           /* (n_batch, top_k) renormalised weights       */
+    int32_t *last_routing;   /* (n_layers, last_n, top_k); room for n_batch */
+    int last_n;              /* tokens in last_routing                      */
+    uint64_t *routing;       /* (n_layers, max_experts) counts              */
+    int32_t *ex_rows;        /* (n_batch) batch rows routed to one expert   */
+    float *ex_gate;          /* (n_batch) their gates                       */
+    float *ex_in;            /* (n_batch, hidden) gathered rows             */
+    float *ex_g;             /* (n_batch, ffn)       gate proj              */
+    float *ex_u;             /* (n_batch, ffn)       up proj                */
+    float *ex_out;           /* (n_batch, hidden)                           */
+    float *mm_scratch;       /* mt_matmul scratch (matmul_scratch floats)   */
+
+    mt_capture_fn cap_fn;
+    void *cap_user;
+    unsigned cap_mask;
+};
+
+#endif

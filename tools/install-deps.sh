@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what moetool needs to build and test on Debian 12 (run as root).
+# Build: cmake, a C compiler, OpenBLAS, jansson; tests: CMocka; fuzzing: clang
+# with its libFuzzer runtime; independent checks: numpy and the `gguf` reader.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  build-essential cmake pkg-config clang libclang-rt-dev \
+  libopenblas-dev libzstd-dev libarchive-dev libyaml-dev libcmocka-dev libjansson-dev \
+  python3 python3-pip >/dev/null
+# numpy: the independent numpy forward used by tests; gguf: llama.cpp's own
+# GGUF reader. Tests that need them skip (exit 77) when they are missing.
+python3 -m pip install -q numpy gguf 2>/dev/null \
+  || python3 -m pip install -q --break-system-packages numpy gguf \
+  || echo "install-deps: warning: pip install of numpy/gguf failed; python checks will be skipped" >&2
