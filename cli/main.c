@@ -4,6 +4,7 @@
 #include "cli_impl.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,8 +198,18 @@ static void log_to_stderr(void *user, mt_log_level level, const char *msg) {
     fprintf(stderr, "moetool: %s%s\n", level == MT_LOG_WARN ? "warning: " : "", msg);
 }
 
+/* Interrupted work leaves no partial output: remove temporaries and exit. */
+static void on_signal(int sig) {
+    mt_cleanup_outputs();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 int main(int argc, char **argv) {
     mt_set_log(log_to_stderr, NULL);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         printf(g_usage, cli_default_model());
         return argc < 2 ? MT_EXIT_USAGE : MT_EXIT_OK;

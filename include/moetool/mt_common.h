@@ -109,6 +109,12 @@ int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
  * with llama.cpp's reference rounding for the block types. */
 int mt_row_from_f32(mt_dtype t, const float *src, void *dst, int64_t n);
 
+/* Removes the temporary outputs of writers still in progress (convert's
+ * output directory, ...). For a program's SIGINT/SIGTERM handler: uses no
+ * allocation. Output files need no cleanup: they have no name until they
+ * are complete. */
+void mt_cleanup_outputs(void);
+
 /* Peak resident set size of this process in bytes (from getrusage). */
 uint64_t mt_peak_rss_bytes(void);
 /* Monotonic time in seconds. */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <stdint.h>
 #include <unistd.h>
 
 int mt_map_file(mt_mapped *m, const char *path) {
@@ -68,19 +69,71 @@ static int out_begin(mt_out *o, const char *path, int is_dir) {
     return MT_OK;
 }
 
+/* Registry of temporary directories being written, so that a signal handler
+ * in the program can remove them (mt_cleanup_outputs). Fixed storage: the
+ * handler must not allocate. */
+#define MT_PENDING_MAX 16
+static char g_pending[MT_PENDING_MAX][4096];
+static volatile int g_pending_used[MT_PENDING_MAX];
+
+static void pending_add(const char *path) {
+    for (int i = 0; i < MT_PENDING_MAX; i++)
+        if (!g_pending_used[i] && strlen(path) < sizeof g_pending[i]) {
+            strcpy(g_pending[i], path);
+            g_pending_used[i] = 1;
+            return;
+        }
+}
+
+static void pending_del(const char *path) {
+    for (int i = 0; i < MT_PENDING_MAX; i++)
+        if (g_pending_used[i] && !strcmp(g_pending[i], path)) g_pending_used[i] = 0;
+}
+
+static void rm_tree(const char *path);
+
+void mt_cleanup_outputs(void) {
+    for (int i = 0; i < MT_PENDING_MAX; i++)
+        if (g_pending_used[i]) {
+            g_pending_used[i] = 0;
+            rm_tree(g_pending[i]);
+        }
+}
+
+/* Files are created unnamed (O_TMPFILE) in the destination's directory and
+ * given a name only at commit, so that even a SIGKILL leaves nothing behind.
+ * Filesystems without O_TMPFILE fall back to a named "<path>.tmp-XXXXXX". */
 int mt_out_open_file(mt_out *o, const char *path) {
     int rc = out_begin(o, path, 0);
     if (rc) return rc;
-    int fd = mkstemp(o->tmp_path);
-    if (fd < 0) {
-        int e = errno;
-        rc = mt_seterr(MT_ERR_IO, "%s: cannot create temporary output: %s", path, strerror(e));
-        free(o->tmp_path);
-        o->tmp_path = NULL;
-        mt_out_abort(o);
-        return rc;
+    int fd = -1;
+#ifdef O_TMPFILE
+    char *dir = mt_path_dir(o->final_path);
+    if (dir) {
+        fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+        if (fd < 0 && errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
+            int e = errno;
+            free(dir);
+            rc = mt_seterr(MT_ERR_IO, "%s: cannot create output: %s", path, strerror(e));
+            mt_out_abort(o);
+            return rc;
+        }
+        free(dir);
+        if (fd >= 0) o->unnamed = 1;
     }
-    fchmod(fd, 0644);
+#endif
+    if (fd < 0) {
+        fd = mkstemp(o->tmp_path);
+        if (fd < 0) {
+            int e = errno;
+            rc = mt_seterr(MT_ERR_IO, "%s: cannot create temporary output: %s", path, strerror(e));
+            free(o->tmp_path);
+            o->tmp_path = NULL;
+            mt_out_abort(o);
+            return rc;
+        }
+        fchmod(fd, 0644);
+    }
     o->f = fdopen(fd, "wb");
     if (!o->f) {
         close(fd);
@@ -103,6 +156,7 @@ int mt_out_open_dir(mt_out *o, const char *path) {
         return rc;
     }
     chmod(o->tmp_path, 0755);
+    pending_add(o->tmp_path);
     return MT_OK;
 }
 
@@ -133,9 +187,43 @@ static void rm_tree(const char *path) {
     rmdir(path);
 }
 
+/* Links /proc/self/fd/N to tmpl ("...XXXXXX" filled with fresh letters). */
+static int link_unnamed(const char *proc, char *tmpl) {
+    static const char abc[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    size_t L = strlen(tmpl);
+    if (L < 6) return -1;
+    unsigned long long seed = (unsigned long long)getpid() * 2654435761ull ^ (unsigned long long)(uintptr_t)tmpl;
+    seed ^= (unsigned long long)(mt_now() * 1e9);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        for (size_t i = L - 6; i < L; i++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            tmpl[i] = abc[(seed >> 33) % 36];
+        }
+        if (linkat(AT_FDCWD, proc, AT_FDCWD, tmpl, AT_SYMLINK_FOLLOW) == 0) return 0;
+        if (errno != EEXIST) return -1;
+    }
+    return -1;
+}
+
 int mt_out_commit(mt_out *o) {
     if (o->f) {
         int bad = fflush(o->f) != 0 || fsync(fileno(o->f)) != 0;
+        if (!bad && o->unnamed) {
+            /* Give the unnamed file its temporary name, then rename below. */
+            char proc[64];
+            snprintf(proc, sizeof proc, "/proc/self/fd/%d", fileno(o->f));
+            if (link_unnamed(proc, o->tmp_path) != 0) {
+                int rc = mt_seterr(MT_ERR_IO, "%s: cannot name the output: %s", o->final_path, strerror(errno));
+                fclose(o->f);
+                o->f = NULL;
+                o->unnamed = 0;
+                free(o->tmp_path);
+                o->tmp_path = NULL;
+                mt_out_abort(o);
+                return rc;
+            }
+            o->unnamed = 0;
+        }
         bad |= fclose(o->f) != 0;
         o->f = NULL;
         if (bad) {
@@ -144,6 +232,7 @@ int mt_out_commit(mt_out *o) {
             return rc;
         }
     }
+    if (o->is_dir && o->tmp_path) pending_del(o->tmp_path);
     if (o->is_dir && mt_path_is_dir(o->final_path)) {
         /* Replace an existing output directory: move it aside first. */
         size_t n = strlen(o->final_path) + 32;
@@ -184,7 +273,9 @@ void mt_out_abort(mt_out *o) {
         fclose(o->f);
         o->f = NULL;
     }
-    if (o->tmp_path && !o->committed) rm_tree(o->tmp_path);
+    if (o->tmp_path && o->is_dir) pending_del(o->tmp_path);
+    if (o->tmp_path && !o->committed && !o->unnamed) rm_tree(o->tmp_path);
+    o->unnamed = 0;
     free(o->tmp_path);
     free(o->final_path);
     o->tmp_path = o->final_path = NULL;

@@ -28,6 +28,7 @@ typedef struct {
     FILE *f;          /* file outputs only */
     int is_dir;
     int committed;
+    int unnamed;      /* file created with O_TMPFILE: no name until commit */
 } mt_out;
 
 int mt_out_open_file(mt_out *o, const char *path);
