@@ -1,7 +1,7 @@
 /* bench_runtime.c — prefill and decode speed of the CPU runtime: loads a
  * model, prefills 256 tokens in one batch, then decodes 64 tokens one at a
  * time (greedy), and prints tokens/s for each phase (best of 3 runs).
- * usage: bench_runtime MODEL [THREADS] [N_PREFILL] [N_DECODE] */
+ * usage: bench_runtime MODEL [THREADS] [N_PREFILL] [N_DECODE] [REPS] */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -16,13 +16,15 @@ static int argmax(const float *x, int n) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL [THREADS] [N_PREFILL] [N_DECODE]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL [THREADS] [N_PREFILL] [N_DECODE] [REPS]\n", argv[0]);
         return 2;
     }
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = argc > 2 ? atoi(argv[2]) : 1;
     int np = argc > 3 ? atoi(argv[3]) : 256, nd = argc > 4 ? atoi(argv[4]) : 64;
+    int reps = argc > 5 ? atoi(argv[5]) : 3;
+    if (reps < 1) reps = 1;
     if (np < 1 || nd < 0) return 2;
     mt_model *m;
     if (mt_model_load(&m, argv[1], &mo) < 0) {
@@ -43,7 +45,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     double best_p = 1e30, best_d = 1e30;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < reps; rep++) {
         mt_ctx_reset(c);
         double t0 = mt_now();
         if (mt_ctx_forward(c, ids, np, logits, 0) < 0) {

@@ -44,8 +44,8 @@ for dt in f32 bf16 q8_0; do
     tg=$(echo "$line" | sed -E 's/.*decode [0-9]+ tokens ([0-9.]+) tok\/s.*/\1/')
     if [ -n "${LLAMA_BENCH:-}" ]; then
       out=$("$LLAMA_BENCH" -m "$T/m-$dt.gguf" -p 256 -n 64 -t "$th" -r "$REPS" -o csv 2>/dev/null || true)
-      lpp=$(echo "$out" | awk -F, 'NR>1 && $0 ~ /"256","0"/ {gsub(/"/,"",$0); n=split($0,a,","); print a[n-1]}' | head -1)
-      ltg=$(echo "$out" | awk -F, 'NR>1 && $0 ~ /"0","64"/ {gsub(/"/,"",$0); n=split($0,a,","); print a[n-1]}' | head -1)
+      lpp=$(echo "$out" | awk -F, 'NR>1 && $0 ~ /"256","0","0"/ {gsub(/"/,"",$0); n=split($0,a,","); print a[n-1]}' | head -1)
+      ltg=$(echo "$out" | awk -F, 'NR>1 && $0 ~ /"0","64","0"/ {gsub(/"/,"",$0); n=split($0,a,","); print a[n-1]}' | head -1)
       ratio=$(awk -v a="$tg" -v b="${ltg:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
       echo "| $dt | $th | $pp | ${lpp:--} | $tg | ${ltg:--} | $ratio |"
     else
