@@ -416,6 +416,7 @@ static int stream_entry(conv *cv, const plan_t *e) {
         int64_t sr;
         if (e->stack) {
             if (r % per == 0) {
+                if (r > 0) mt_drop_pages(src->data, src->nbytes); /* previous expert done */
                 hf_name(nm, sizeof nm, e->slot, e->layer, (int)(r / per));
                 if (!(src = need_tensor(cv, nm, &rc))) return rc;
                 if ((rc = mt_dtype_nbytes(src->dtype, (uint64_t)cols, &in_row_bytes))) return rc;
@@ -438,6 +439,12 @@ static int stream_entry(conv *cv, const plan_t *e) {
         }
         cv->chunk_len += (size_t)out_row_bytes;
     }
+    /* Input rows of this entry are written: let the kernel reclaim them. */
+    if (e->stack || e->slice < 0)
+        mt_drop_pages(src->data, src->nbytes);
+    else
+        mt_drop_pages((const uint8_t *)src->data + (uint64_t)e->slice * (uint64_t)rows * in_row_bytes,
+                      (uint64_t)rows * in_row_bytes);
     return MT_OK;
 }
 

@@ -45,6 +45,13 @@ int mt_map_file(mt_mapped *m, const char *path) {
     return MT_OK;
 }
 
+void mt_drop_pages(const void *p, uint64_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1);
+    uintptr_t b = ((uintptr_t)p + (uintptr_t)n) & ~(page - 1);
+    if (p && b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 void mt_unmap_file(mt_mapped *m) {
     if (!m) return;
     if (m->data) munmap(m->data, m->size);

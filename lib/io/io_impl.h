@@ -16,6 +16,11 @@ typedef struct {
 } mt_mapped;
 
 int mt_map_file(mt_mapped *m, const char *path);
+/* Drops the whole pages inside [p, p + n) of a read-only file mapping from
+ * this process's resident set (they are re-read from the file if touched
+ * again). Streaming writers call it on input they are done with, so peak
+ * RSS stays at a few tensors however large the checkpoint. */
+void mt_drop_pages(const void *p, uint64_t n);
 void mt_unmap_file(mt_mapped *m);
 
 /* An output that is written under "<path>.tmp-XXXXXX" and renamed over
