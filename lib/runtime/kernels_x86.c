@@ -70,45 +70,27 @@ static inline __m512 load16_bf16(const uint16_t *w, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w)), 16));
 }
 
-/* Rows are done four at a time, sharing each load of x; every row has one
- * 16-lane accumulator and the same instruction sequence in the 4-row and the
- * 1-row (tail) kernel, so a row's value never depends on its grouping. */
+/* One row at a time with four 16-lane accumulators. (A variant doing four
+ * rows at a time, sharing each load of x, was no faster on cached matrices
+ * and 1.6x slower on streamed f16/bf16 ones: see docs/perf.md.) */
 #define MT_DOT512(NAME, WT, LOAD)                                                          \
     static float NAME(const uint8_t *wp, const float *x, int64_t n) {                       \
         const WT *w = (const WT *)(const void *)wp;                                        \
-        __m512 a = _mm512_setzero_ps();                                                    \
-        int64_t i = 0;                                                                     \
-        for (; i + 16 <= n; i += 16) a = _mm512_fmadd_ps(LOAD(w + i, 0xffff), _mm512_loadu_ps(x + i), a); \
-        if (i < n) {                                                                       \
-            const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);                          \
-            a = _mm512_fmadd_ps(LOAD(w + i, m), _mm512_maskz_loadu_ps(m, x + i), a);       \
-        }                                                                                  \
-        return hsum512(a);                                                                 \
-    }                                                                                      \
-    static void NAME##4(const uint8_t *wp, uint64_t st, const float *x, int64_t n, float *y) { \
-        const WT *w0 = (const WT *)(const void *)wp, *w1 = (const WT *)(const void *)(wp + st); \
-        const WT *w2 = (const WT *)(const void *)(wp + 2 * st), *w3 = (const WT *)(const void *)(wp + 3 * st); \
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                          \
         int64_t i = 0;                                                                     \
-        for (; i + 16 <= n; i += 16) {                                                     \
-            const __m512 xv = _mm512_loadu_ps(x + i);                                      \
-            a0 = _mm512_fmadd_ps(LOAD(w0 + i, 0xffff), xv, a0);                            \
-            a1 = _mm512_fmadd_ps(LOAD(w1 + i, 0xffff), xv, a1);                            \
-            a2 = _mm512_fmadd_ps(LOAD(w2 + i, 0xffff), xv, a2);                            \
-            a3 = _mm512_fmadd_ps(LOAD(w3 + i, 0xffff), xv, a3);                            \
+        for (; i + 64 <= n; i += 64) {                                                     \
+            a0 = _mm512_fmadd_ps(LOAD(w + i, 0xffff), _mm512_loadu_ps(x + i), a0);         \
+            a1 = _mm512_fmadd_ps(LOAD(w + i + 16, 0xffff), _mm512_loadu_ps(x + i + 16), a1); \
+            a2 = _mm512_fmadd_ps(LOAD(w + i + 32, 0xffff), _mm512_loadu_ps(x + i + 32), a2); \
+            a3 = _mm512_fmadd_ps(LOAD(w + i + 48, 0xffff), _mm512_loadu_ps(x + i + 48), a3); \
         }                                                                                  \
+        for (; i + 16 <= n; i += 16)                                                       \
+            a0 = _mm512_fmadd_ps(LOAD(w + i, 0xffff), _mm512_loadu_ps(x + i), a0);         \
         if (i < n) {                                                                       \
             const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);                          \
-            const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);                             \
-            a0 = _mm512_fmadd_ps(LOAD(w0 + i, m), xv, a0);                                 \
-            a1 = _mm512_fmadd_ps(LOAD(w1 + i, m), xv, a1);                                 \
-            a2 = _mm512_fmadd_ps(LOAD(w2 + i, m), xv, a2);                                 \
-            a3 = _mm512_fmadd_ps(LOAD(w3 + i, m), xv, a3);                                 \
+            a1 = _mm512_fmadd_ps(LOAD(w + i, m), _mm512_maskz_loadu_ps(m, x + i), a1);     \
         }                                                                                  \
-        y[0] = hsum512(a0);                                                                \
-        y[1] = hsum512(a1);                                                                \
-        y[2] = hsum512(a2);                                                                \
-        y[3] = hsum512(a3);                                                                \
+        return hsum512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));       \
     }
 MT_DOT512(dot_f32, float, load16_f32)
 MT_DOT512(dot_f16, uint16_t, load16_f16)
@@ -116,9 +98,7 @@ MT_DOT512(dot_bf16, uint16_t, load16_bf16)
 
 #define MT_FLOAT_ROWS(NAME)                                                                \
     do {                                                                                   \
-        int64_t r = r0;                                                                    \
-        for (; r + 4 <= r1; r += 4) NAME##4(base + r * st, st, x, n, y + r);               \
-        for (; r < r1; r++) y[r] = NAME(base + r * st, x, n);                              \
+        for (int64_t r = r0; r < r1; r++) y[r] = NAME(base + r * st, x, n);                \
     } while (0)
 
 #else /* AVX2 */
