@@ -16,8 +16,9 @@ static const char *g_help =
     "\n"
     "  -o, --output OUT   output directory (hf) or file (gguf)\n"
     "  --to hf|gguf       output format (default: gguf if OUT ends in .gguf, else hf)\n"
-    "  --dtype TYPE       f32, f16, bf16 or q8_0 for the weight matrices (default:\n"
-    "                     keep each tensor's type; q8_0 is GGUF-only)\n"
+    "  --dtype TYPE       f32, f16, bf16, q8_0 or q4_0 for the weight matrices\n"
+    "                     (default: keep each tensor's type; q8_0 and q4_0 are\n"
+    "                     GGUF-only, with llama.cpp's reference rounding)\n"
     "  --shard-size MB    largest HF shard in MiB (default 4096)\n"
     "  -h, --help         this text\n";
 
@@ -40,8 +41,9 @@ int cmd_convert(int argc, char **argv) {
         case 'T': to = optarg; break;
         case 'd':
             o.dtype = mt_dtype_from_name(optarg);
-            if (o.dtype != MT_DT_F32 && o.dtype != MT_DT_F16 && o.dtype != MT_DT_BF16 && o.dtype != MT_DT_Q8_0)
-                return cli_usage_error("convert", "--dtype must be f32, f16, bf16 or q8_0, got '%s'", optarg);
+            if (o.dtype != MT_DT_F32 && o.dtype != MT_DT_F16 && o.dtype != MT_DT_BF16 && o.dtype != MT_DT_Q8_0 &&
+                o.dtype != MT_DT_Q4_0)
+                return cli_usage_error("convert", "--dtype must be f32, f16, bf16, q8_0 or q4_0, got '%s'", optarg);
             break;
         case 's':
             if (cli_parse_int("convert", "--shard-size", optarg, 1, 1 << 20, &v)) return MT_EXIT_USAGE;
@@ -65,8 +67,9 @@ int cmd_convert(int argc, char **argv) {
             return cli_usage_error("convert", "--to must be hf or gguf, got '%s'", to);
     }
     o.to = out_gguf ? MT_FMT_GGUF : MT_FMT_HF;
-    if (!out_gguf && o.dtype == MT_DT_Q8_0)
-        return cli_usage_error("convert", "--dtype q8_0 needs --to gguf (Hugging Face safetensors have no q8_0)");
+    if (!out_gguf && (o.dtype == MT_DT_Q8_0 || o.dtype == MT_DT_Q4_0))
+        return cli_usage_error("convert", "--dtype %s needs --to gguf (Hugging Face safetensors have no such type)",
+                               mt_dtype_get((mt_dtype)o.dtype)->name);
     o.progress = cli_progress;
     double t0 = mt_now();
     int rc = mt_convert(in, out, &o);
