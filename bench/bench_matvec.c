@@ -129,7 +129,7 @@ static int make_set(mat_set *s, mt_dtype t, int64_t rows, int64_t cols, int cold
     }
     for (int k = 1; k < s->copies; k++) memcpy(s->buf + (uint64_t)k * s->bytes, s->buf, s->bytes);
     free(row);
-    s->W = (mt_mat){t, rows, cols, s->buf, rb};
+    s->W = (mt_mat){.dtype = t, .rows = rows, .cols = cols, .data = s->buf, .row_stride = rb};
     return 0;
 }
 

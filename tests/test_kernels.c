@@ -296,15 +296,15 @@ static void test_unsupported(void **state) {
     assert_false(mt_kernel_supported(MT_DT_TQ2_0));
     uint8_t data[4096] = {0};
     float x[64] = {0}, y[8], scratch[64 * 8];
-    mt_mat W = {MT_DT_I32, 4, 16, data, 64};
+    mt_mat W = {.dtype = MT_DT_I32, .rows = 4, .cols = 16, .data = data, .row_stride = 64};
     mt_matvec(f->pools[1], &W, x, y);
     for (int i = 0; i < 4; i++) assert_true(isnan(y[i]));
-    mt_mat Q = {MT_DT_Q8_0, 4, 40, data, 64}; /* not whole blocks */
+    mt_mat Q = {.dtype = MT_DT_Q8_0, .rows = 4, .cols = 40, .data = data, .row_stride = 64}; /* not whole blocks */
     mt_matvec_rows(&Q, x, y, 0, 4);
     for (int i = 0; i < 4; i++) assert_true(isnan(y[i]));
     mt_mat_row_f32(&Q, 0, x);
     assert_true(isnan(x[0]));
-    mt_mat B = {MT_DT_F32, 4, 16, data, 64};
+    mt_mat B = {.dtype = MT_DT_F32, .rows = 4, .cols = 16, .data = data, .row_stride = 64};
     mt_mat_row_f32(&B, 4, x); /* row out of range */
     assert_true(isnan(x[0]));
     float X[5 * 16] = {0}, Y[5 * 4];

@@ -118,6 +118,13 @@ typedef struct {
     int64_t rows, cols;
     const void *data;
     uint64_t row_stride;        /* bytes */
+    /* Side data of codecs that keep it outside the rows (group scales and
+     * zero points, per-row offsets into a code stream, dictionaries); NULL
+     * for self-contained row types (f32 ... q4_0, tq1_0, tq2_0). Each
+     * codec documents its use in docs/formats.md. */
+    const void *aux[4];
+    uint64_t aux_bytes[4];
+    int64_t group;              /* codec group size, 0 if none             */
 } mt_mat;
 
 typedef struct {

@@ -872,3 +872,26 @@ done:
     mt_ckpt_free(ck);
     return rc;
 }
+
+/* ---- public helpers for other writers (quantize, merge) ------------------ */
+int mt_copy_tokenizer(const mt_ckpt *src, const char *dst_dir) {
+    if (mt_ckpt_format(src) == MT_FMT_GGUF) {
+        conv cv;
+        memset(&cv, 0, sizeof cv);
+        cv.ck = src;
+        cv.cfg = mt_ckpt_config(src);
+        cv.in_path = mt_ckpt_path(src);
+        int rc = hf_tokenizer_from_gguf(&cv, dst_dir);
+        if (!rc) rc = hf_generation_config(&cv, dst_dir);
+        return rc;
+    }
+    const char *in_path = mt_ckpt_path(src);
+    char *src_dir = mt_path_is_dir(in_path) ? strdup(in_path) : mt_path_dir(in_path);
+    if (!src_dir) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    static const char *const side[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                                       "generation_config.json", "special_tokens_map.json"};
+    int rc = MT_OK;
+    for (size_t i = 0; i < sizeof side / sizeof side[0] && !rc; i++) rc = copy_file(src_dir, side[i], dst_dir);
+    free(src_dir);
+    return rc;
+}

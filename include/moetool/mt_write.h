@@ -1,0 +1,104 @@
+/* mt_write.h — writing checkpoints: streaming GGUF, safetensors and Hugging
+ * Face shard writers, and all-or-nothing output directories. Every writer
+ * follows one pattern: declare everything that goes into the header first,
+ * then stream each tensor's bytes in declaration order (in pieces of any
+ * size); the writer computes offsets, pads, and puts the output in place only
+ * on _finish. _free on an unfinished writer removes every temporary. Used by
+ * convert, quantize and merge. */
+#ifndef MT_WRITE_H
+#define MT_WRITE_H
+
+#include "mt_io.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- GGUF v3 --------------------------------------------------------- */
+typedef struct mt_gguf_writer mt_gguf_writer;
+
+/* Output goes to "<path>.tmp-XXXXXX" until mt_gguf_writer_finish. */
+int mt_gguf_writer_open(mt_gguf_writer **out, const char *path);
+/* Metadata (keys must be unique; checked). */
+int mt_gguf_writer_kv_u32(mt_gguf_writer *w, const char *key, uint32_t v);
+int mt_gguf_writer_kv_i32(mt_gguf_writer *w, const char *key, int32_t v);
+int mt_gguf_writer_kv_u64(mt_gguf_writer *w, const char *key, uint64_t v);
+int mt_gguf_writer_kv_f32(mt_gguf_writer *w, const char *key, float v);
+int mt_gguf_writer_kv_bool(mt_gguf_writer *w, const char *key, int v);
+int mt_gguf_writer_kv_str(mt_gguf_writer *w, const char *key, const char *s, size_t len);
+/* Numeric array: n packed little-endian elements of elem_type. */
+int mt_gguf_writer_kv_arr(mt_gguf_writer *w, const char *key, mt_gguf_type elem_type,
+                          const void *data, uint64_t n);
+/* String array; lens may be NULL (then strings are NUL-terminated). */
+int mt_gguf_writer_kv_arr_str(mt_gguf_writer *w, const char *key, uint64_t n,
+                              const char *const *strs, const size_t *lens);
+/* A value copied verbatim from another GGUF (see mt_gguf_kv_raw). */
+int mt_gguf_writer_kv_raw(mt_gguf_writer *w, const char *key, mt_gguf_type type, const void *raw, size_t len);
+/* Tensor info; shape in PyTorch order (outermost first), 1..4 dims. */
+int mt_gguf_writer_add_tensor(mt_gguf_writer *w, const char *name, mt_dtype dtype,
+                              int n_dims, const int64_t *shape);
+/* Bytes of the declared tensors' data, in declaration order. The header is
+ * written on the first call; a call may span tensor boundaries. */
+int mt_gguf_writer_write(mt_gguf_writer *w, const void *data, size_t n);
+/* Checks every declared byte was written, pads, renames into place. */
+int mt_gguf_writer_finish(mt_gguf_writer *w);
+/* Frees; removes the temporary output when not finished. NULL ok. */
+void mt_gguf_writer_free(mt_gguf_writer *w);
+
+/* ---- safetensors ------------------------------------------------------
+ * One file: header JSON with keys sorted (as the Python library writes it),
+ * padded with spaces to a multiple of 8, optional "__metadata__"
+ * {"format": "pt"}; data laid out in declaration order. */
+typedef struct mt_st_writer mt_st_writer;
+
+int mt_st_writer_open(mt_st_writer **out, const char *path, int pt_metadata);
+int mt_st_writer_add(mt_st_writer *w, const char *name, mt_dtype dtype, int n_dims,
+                     const int64_t *shape);
+int mt_st_writer_write(mt_st_writer *w, const void *data, size_t n);
+int mt_st_writer_finish(mt_st_writer *w);
+void mt_st_writer_free(mt_st_writer *w);
+/* safetensors dtype string ("BF16") of a storage type, NULL if none. */
+const char *mt_st_dtype_name(mt_dtype t);
+
+/* ---- Hugging Face sharded weights -------------------------------------
+ * Writes into an existing directory (normally mt_outdir_path of an
+ * mt_outdir):
+ * model.safetensors when everything fits in shard_bytes, else
+ * model-0000K-of-0000N.safetensors + model.safetensors.index.json
+ * (metadata.total_size and weight_map). Tensors are split in declaration
+ * order; a tensor larger than shard_bytes gets a shard of its own. */
+typedef struct mt_hf_writer mt_hf_writer;
+
+int mt_hf_writer_open(mt_hf_writer **out, const char *dir, uint64_t shard_bytes);
+int mt_hf_writer_add(mt_hf_writer *w, const char *name, mt_dtype dtype, int n_dims,
+                     const int64_t *shape);
+/* Bytes of declared tensors, in declaration order; the shard layout is fixed
+ * on the first call. */
+int mt_hf_writer_write(mt_hf_writer *w, const void *data, size_t n);
+int mt_hf_writer_finish(mt_hf_writer *w);
+void mt_hf_writer_free(mt_hf_writer *w);
+
+/* ---- output directories -------------------------------------------------
+ * A directory written under a temporary name beside `path` and renamed over
+ * it by mt_outdir_commit (replacing an existing directory); mt_outdir_free
+ * before commit removes it. The CLI's signal handler removes it too
+ * (mt_cleanup_outputs). */
+typedef struct mt_outdir mt_outdir;
+int mt_outdir_open(mt_outdir **out, const char *path);
+/* The temporary directory to write files into. */
+const char *mt_outdir_path(const mt_outdir *o);
+int mt_outdir_commit(mt_outdir *o);
+void mt_outdir_free(mt_outdir *o);
+
+/* Writes text (config.json, ...) as dir/name. */
+int mt_write_text_file(const char *dir, const char *name, const char *text, size_t len);
+/* Copies tokenizer.model, tokenizer.json, tokenizer_config.json and
+ * generation_config.json from an HF checkpoint's directory when present;
+ * for a GGUF source writes tokenizer.model from its vocabulary (sentencepiece
+ * vocabularies only). Missing tokenizer: MT_OK with a logged warning. */
+int mt_copy_tokenizer(const mt_ckpt *src, const char *dst_dir);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
