@@ -43,7 +43,7 @@ read -r bw1 bw2 <<< "$bw"
 echo "read bandwidth now: 1 thread $bw1 GB/s, 2 threads $bw2 GB/s; weights streamed per decoded token: $streamed"
 echo
 
-echo "## Runtime: prefill 256 / decode 64 tokens/s (best of $REPS)"
+echo "#### Runtime: prefill 256 / decode 64 tokens/s (best of $REPS)"
 echo
 echo "floor = bandwidth floor in tokens/s (bytes streamed per token / read bandwidth); tg/floor = fraction of it reached"
 echo
@@ -76,7 +76,7 @@ for dt in $TYPES; do
 done
 echo
 
-echo "## Convert: throughput next to cat, peak RSS"
+echo "#### Convert: throughput next to cat, peak RSS"
 echo
 bytes=$(cat "$MODEL"/*.safetensors | wc -c)
 t_cat() { local s e; s=$(date +%s.%N); cat "$MODEL"/*.safetensors >"$T/cat.out"; e=$(date +%s.%N); echo "$s $e"; }
