@@ -21,7 +21,8 @@ static const char *g_help =
     "agreement and mean |p_ref - p_model| of the correct token. Reports size\n"
     "(bits per weight), tokens/s and the tokens routed to each expert.\n"
     "\n"
-    "  --text FILE       text to score (default: the bundled model's data/test.txt)\n"
+    "  --text FILE       text to score (default: MODEL/data/test.txt if present,\n"
+    "                    else the bundled model's held-out data/test.txt)\n"
     "  --ctx N           window length in tokens (default 256)\n"
     "  --protocol P      gptq (default) or llamacpp\n"
     "  --ref MODEL       reference model for KL / agreement (same tokenizer)\n"
@@ -114,9 +115,16 @@ int cmd_eval(int argc, char **argv) {
     const char *model_path = optind < argc ? argv[optind] : cli_default_model();
     char *text_default = NULL;
     if (!text_path) {
-        if (optind < argc)
-            return cli_usage_error("eval", "missing --text FILE");
+        /* A model directory that ships its held-out text (as the bundled one
+         * does) is scored on it; anything else on the bundled model's. */
         text_default = default_text(model_path);
+        FILE *probe = text_default ? fopen(text_default, "rb") : NULL;
+        if (probe) {
+            fclose(probe);
+        } else {
+            free(text_default);
+            text_default = default_text(cli_default_model());
+        }
         text_path = text_default;
     }
     eo.n_batch = eo.ctx;
