@@ -14,3 +14,10 @@ apt-get install -y -qq --no-install-recommends \
 python3 -m pip install -q numpy gguf 2>/dev/null \
   || python3 -m pip install -q --break-system-packages numpy gguf \
   || echo "install-deps: warning: pip install of numpy/gguf failed; python checks will be skipped" >&2
+# transformers on Debian's torch (python3-torch 1.13; transformers 4.40.2 is
+# a release that accepts it), for /usr/bin/python3: tests/cli_transformers.sh
+# loads moetool's Hugging Face outputs with it and compares perplexity and
+# logits. Skipped by the test when missing.
+apt-get install -y -qq --no-install-recommends python3-torch >/dev/null \
+  && /usr/bin/python3 -m pip install -q --break-system-packages "transformers==4.40.2" 2>/dev/null \
+  || echo "install-deps: warning: torch/transformers not installed; cli_transformers will be skipped" >&2

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Hugging Face checkpoints written by moetool load in `transformers` and
+# compute what moetool computes: a GGUF converted back to HF (f32 and bf16),
+# and (when the merge verb exists) an 8 -> 6 merged checkpoint. Uses the
+# Python that has torch (Debian's python3-torch + transformers 4.40, see
+# tools/install-deps.sh); skips (77) without it.
+set -u
+BIN=${MT_BIN:-build/cli/moetool}
+MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
+SRC=${MT_SOURCE_DIR:-.}
+PY=${MT_TORCH_PYTHON:-}
+if [ -z "$PY" ]; then
+  for p in /usr/bin/python3 python3; do
+    if "$p" -c 'import torch, transformers, tokenizers' >/dev/null 2>&1; then PY=$p; break; fi
+  done
+fi
+if [ -z "$PY" ]; then echo "skipped: no python with torch + transformers"; exit 77; fi
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0; passes=0
+TEXT=$MODEL/data/test.txt
+ppl_of() { "$BIN" eval "$1" --text "$TEXT" --ctx 128 --max-windows 8 --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["ppl"])'; }
+check() { # name dir [extra args]
+  local name=$1 dir=$2; shift 2
+  local p; p=$(ppl_of "$dir") || { echo "FAIL $name: moetool eval failed"; fails=$((fails + 1)); return; }
+  if "$PY" "$SRC/tests/transformers_check.py" "$dir" --tokenizer "$MODEL/tokenizer.json" --text "$TEXT" \
+       --ctx 128 --windows 8 --expect-ppl "$p" --rtol 1e-4 "$@"; then passes=$((passes + 1)); else
+    echo "FAIL $name"; fails=$((fails + 1)); fi
+}
+
+"$BIN" convert "$MODEL" -o "$T/m.gguf" 2>/dev/null && "$BIN" convert "$T/m.gguf" -o "$T/back-bf16" 2>/dev/null \
+  || { echo "FAIL: convert"; exit 1; }
+"$BIN" convert "$T/m.gguf" -o "$T/back-f32" --dtype f32 2>/dev/null || { echo "FAIL: convert f32"; exit 1; }
+check gguf-to-hf-bf16 "$T/back-bf16" --reference-logits "$MODEL/reference.json"
+check gguf-to-hf-f32 "$T/back-f32" --reference-logits "$MODEL/reference.json"
+if "$BIN" merge --help >/dev/null 2>&1; then
+  if "$BIN" merge "$MODEL" -o "$T/merged6" --experts 6 --calib-tokens 4096 >/dev/null 2>"$T/err"; then
+    check merged-8to6 "$T/merged6"
+  else
+    echo "FAIL merge: $(cat "$T/err")"; fails=$((fails + 1))
+  fi
+fi
+echo "$passes passed, $fails failed"
+[ "$fails" = 0 ]
