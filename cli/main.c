@@ -24,6 +24,7 @@ static const char *g_usage =
     "  convert   IN -o OUT            Hugging Face safetensors <-> GGUF, retype\n"
     "  eval      MODEL --text FILE    perplexity, KL vs a reference, speed, routing\n"
     "  generate  MODEL -p PROMPT      text continuation with a KV cache\n"
+    "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
     "sharded), a .safetensors file with config.json beside it, or a .gguf file.\n"
@@ -227,6 +228,7 @@ int main(int argc, char **argv) {
         {"convert", cmd_convert},
         {"eval", cmd_eval},
         {"generate", cmd_generate},
+        {"quantize", cmd_quantize},
     };
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
         if (!strcmp(verb, verbs[i].name)) return verbs[i].fn(argc - 1, argv + 1);

@@ -293,7 +293,7 @@ static void test_unsupported(void **state) {
     fixture *f = *state;
     assert_true(mt_kernel_supported(MT_DT_BF16));
     assert_false(mt_kernel_supported(MT_DT_I8));
-    assert_false(mt_kernel_supported(MT_DT_TQ2_0));
+    assert_false(mt_kernel_supported(MT_DT_TQ1_0));
     uint8_t data[4096] = {0};
     float x[64] = {0}, y[8], scratch[64 * 8];
     mt_mat W = {.dtype = MT_DT_I32, .rows = 4, .cols = 16, .data = data, .row_stride = 64};

@@ -78,6 +78,8 @@ typedef enum {
     MT_DT_F8_E4M3,
     MT_DT_F8_E5M2,
     MT_DT_BOOL,
+    MT_DT_QMOE,   /* ternary rows in the Tunstall code of mt_qmoe.h; variable
+                     size (block_bytes 0): codes in data, side arrays in aux */
     MT_DT_COUNT
 } mt_dtype;
 

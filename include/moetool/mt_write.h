@@ -78,6 +78,10 @@ int mt_hf_writer_write(mt_hf_writer *w, const void *data, size_t n);
 int mt_hf_writer_finish(mt_hf_writer *w);
 void mt_hf_writer_free(mt_hf_writer *w);
 
+/* The encoded bytes of metadata value k of a parsed GGUF (after its type
+ * field), for copying it into another GGUF unchanged (mt_gguf_writer_kv_raw). */
+int mt_gguf_kv_raw(const mt_gguf *g, int k, mt_gguf_type *type, const void **raw, size_t *len);
+
 /* ---- output directories -------------------------------------------------
  * A directory written under a temporary name beside `path` and renamed over
  * it by mt_outdir_commit (replacing an existing directory); mt_outdir_free

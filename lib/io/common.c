@@ -84,6 +84,7 @@ static const mt_dtype_info g_dtypes[MT_DT_COUNT] = {
     [MT_DT_F8_E4M3] = {"f8_e4m3", 1, 1, 1},
     [MT_DT_F8_E5M2] = {"f8_e5m2", 1, 1, 1},
     [MT_DT_BOOL] = {"bool", 1, 1, 0},
+    [MT_DT_QMOE] = {"qmoe", 1, 0, 1},
 };
 
 const mt_dtype_info *mt_dtype_get(mt_dtype t) {
@@ -107,6 +108,8 @@ int mt_dtype_nbytes(mt_dtype t, uint64_t n, uint64_t *out) {
     if (n % (uint64_t)d->block_elems)
         return mt_seterr(MT_ERR_FORMAT, "%llu elements is not a whole number of %s blocks (%d)",
                          (unsigned long long)n, d->name, d->block_elems);
+    if (d->block_bytes == 0)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s has no fixed size per element", d->name);
     uint64_t blocks = n / (uint64_t)d->block_elems;
     if (blocks > UINT64_MAX / (uint64_t)d->block_bytes)
         return mt_seterr(MT_ERR_FORMAT, "tensor size overflows");
@@ -208,6 +211,17 @@ int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n) {
                 dst[32 * b + j] = d * (float)((blk[2 + j] & 0x0f) - 8);
                 dst[32 * b + j + 16] = d * (float)((blk[2 + j] >> 4) - 8);
             }
+        }
+        return MT_OK;
+    case MT_DT_TQ2_0: /* llama.cpp block_tq2_0: qs[64] (2-bit q+1), f16 d */
+        if (n % 256) return mt_seterr(MT_ERR_FORMAT, "tq2_0 row of %lld elements", (long long)n);
+        for (int64_t b = 0; b < n / 256; b++) {
+            const uint8_t *blk = s + 66 * b;
+            uint16_t h;
+            memcpy(&h, blk + 64, 2);
+            float d = mt_f16_to_f32(h);
+            for (int e = 0; e < 256; e++)
+                dst[256 * b + e] = d * (float)(((blk[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3) - 1);
         }
         return MT_OK;
     default:

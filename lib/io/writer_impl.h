@@ -7,9 +7,7 @@
 
 #include "moetool/mt_write.h"
 
-/* The encoded bytes of metadata value k of a parsed GGUF (after its type
- * field), for copying it into another GGUF unchanged. */
-int mt_gguf_kv_raw(const mt_gguf *g, int k, mt_gguf_type *type, const void **raw, size_t *len);
+
 
 /* ggml type id of a storage type (-1 if GGUF has none) and back. */
 int mt_gguf_type_from_dtype(mt_dtype t);

@@ -28,6 +28,7 @@
 #include <cblas.h>
 
 #include "kernels_impl.h"
+#include "qmoe_kernel.h"
 
 /* kernels_x86.c: each returns 1 when handled, 0 when there is no SIMD path. */
 int mt_x86_dot_rows(const mt_mat *W, const float *x, const int8_t *xq, const float *xd, const float *xs,
@@ -46,7 +47,9 @@ int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *x
 #define MT_MATMUL_CHUNK_ROWS 256
 
 int mt_kernel_supported(mt_dtype t) {
-    return t == MT_DT_F32 || t == MT_DT_F16 || t == MT_DT_BF16 || t == MT_DT_Q8_0 || t == MT_DT_Q4_0;
+    if (t == MT_DT_QMOE) return 1; /* kernels_qmoe.c */
+    return t == MT_DT_F32 || t == MT_DT_F16 || t == MT_DT_BF16 || t == MT_DT_Q8_0 || t == MT_DT_Q4_0 ||
+           t == MT_DT_TQ2_0;
 }
 
 static int is_block_type(mt_dtype t) { return t == MT_DT_Q8_0 || t == MT_DT_Q4_0; }
@@ -55,6 +58,7 @@ static int is_block_type(mt_dtype t) { return t == MT_DT_Q8_0 || t == MT_DT_Q4_0
  * that do not overlap. Anything else gets NaN outputs instead of a crash
  * (the weights loader rejects such matrices with a message first). */
 static int mat_ok(const mt_mat *W) {
+    if (W && W->dtype == MT_DT_QMOE) return mt_qmoe_mat_ok(W);
     if (!W || !W->data || W->rows < 0 || W->cols < 0 || !mt_kernel_supported(W->dtype)) return 0;
     const mt_dtype_info *di = mt_dtype_get(W->dtype);
     if (W->cols % di->block_elems) return 0;
@@ -84,7 +88,12 @@ void mt_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, i
         fill_nan(y, r0, r1);
         return;
     }
+    if (W->dtype == MT_DT_QMOE) {
+        mt_qmoe_matvec_rows_ref(W, x, y, r0, r1);
+        return;
+    }
     const int64_t n = W->cols;
+    if (mt_tq_matvec_rows_ref(W, x, y, r0, r1)) return; /* ternary types: kernels_tq.c */
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *w = (const uint8_t *)W->data + (uint64_t)r * W->row_stride;
         double s = 0.0;
@@ -197,6 +206,11 @@ static int xq_buffers(int64_t n, int8_t **xq, float **xd, float **xs) {
 /* Rows [r0, r1) with x already quantised (xq/xd NULL for float types). */
 static void rows_prepared(const mt_mat *W, const float *x, const int8_t *xq, const float *xd, const float *xs,
                           float *y, int64_t r0, int64_t r1) {
+    if (W->dtype == MT_DT_QMOE) {
+        mt_qmoe_matvec_rows(W, x, y, r0, r1);
+        return;
+    }
+    if (mt_tq_matvec_rows(W, x, y, r0, r1)) return;
     if (!mt_x86_dot_rows(W, x, xq, xd, xs, y, r0, r1)) mt_matvec_rows_ref(W, x, y, r0, r1);
 }
 
@@ -264,6 +278,10 @@ void mt_matvec(mt_pool *p, const mt_mat *W, const float *x, float *y) {
 void mt_mat_row_f32(const mt_mat *W, int64_t r, float *out) {
     if (!mat_ok(W) || r < 0 || r >= W->rows) {
         if (W && W->cols > 0) fill_nan(out, 0, W->cols);
+        return;
+    }
+    if (W->dtype == MT_DT_QMOE) {
+        mt_qmoe_row_f32(W, r, out);
         return;
     }
     const uint8_t *src = (const uint8_t *)W->data + (uint64_t)r * W->row_stride;

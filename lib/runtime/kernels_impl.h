@@ -23,7 +23,7 @@ void mt_split_range(int64_t n, int ith, int nth, int64_t align, int64_t *begin, 
 
 /* ---- kernels --------------------------------------------------------------
  * W is (rows, cols) in its stored type; x has cols floats; y has rows floats.
- * Supported types: f32, f16, bf16, q8_0, q4_0 (others: MT_ERR_UNSUPPORTED). */
+ * Supported types: f32, f16, bf16, q8_0, q4_0, tq2_0 (others: MT_ERR_UNSUPPORTED). */
 int mt_kernel_supported(mt_dtype t);
 
 /* y[r] = dot(W[r,:], x) for r in [r0, r1). Single-threaded. */
@@ -39,6 +39,10 @@ void mt_matvec(mt_pool *p, const mt_mat *W, const float *x, float *y);
  * n is small. */
 size_t mt_matmul_scratch_floats(const mt_mat *W);
 void mt_matmul(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y, float *scratch);
+
+/* TQ2_0 rows (kernels_tq.c): return 0 without touching y for other types. */
+int mt_tq_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+int mt_tq_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 
 /* Row r of W as f32 (cols floats) — embeddings lookup. */
 void mt_mat_row_f32(const mt_mat *W, int64_t r, float *out);

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Quality table of `moetool quantize` on the bundled model (docs/quality.md):
+# RTN and GPTQ at 8, 4, 3, 2 bits and ternary, experts only, plus rows with
+# attention at 8 bits. Grids with a GGUF type are written, then scored with
+# `moetool eval OUT --ref MODEL`; the others are scored in memory with
+# --eval-only. All: test.txt, gptq protocol, ctx 256, KL/top-1 vs the bf16
+# original. Prints a markdown table on stdout.
+#   usage: bench/quant_table.sh [BUILD_DIR] [THREADS]
+set -eu
+BUILD=${1:-build}
+THREADS=${2:-2}
+BIN=$BUILD/cli/moetool
+MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+row() { # METHOD BITS GROUP ATTN_BITS LABEL
+  local method=$1 bits=$2 group=$3 attn=$4 label=$5 extra=()
+  [ "$attn" != 0 ] && extra=(--attn-bits "$attn")
+  if [ "$bits" = 3 ] || [ "$bits" = 2 ] || [ "$group" = row ]; then
+    "$BIN" quantize "$MODEL" --eval-only --method "$method" --bits "$bits" --group "$group" "${extra[@]}" \
+      --threads "$THREADS" --json >"$T/q.json"
+    cp "$T/q.json" "$T/e.json"
+  else
+    "$BIN" quantize "$MODEL" -o "$T/out.gguf" --method "$method" --bits "$bits" --group "$group" "${extra[@]}" \
+      --threads "$THREADS" --json >"$T/q.json"
+    "$BIN" eval "$T/out.gguf" --text "$MODEL/data/test.txt" --ref "$MODEL" --threads "$THREADS" --json >"$T/e.json"
+    rm -f "$T/out.gguf"
+  fi
+  python3 - "$T/q.json" "$T/e.json" "$label" "$method" <<'PY'
+import json, sys
+q = json.load(open(sys.argv[1])); e = json.load(open(sys.argv[2]))
+size = f"{q['file_bytes']/1e6:.2f} MB" if "file_bytes" in q else "(in memory)"
+print(f"| {sys.argv[4]} | {sys.argv[3]} | {q['expert_type']} | {q['bits_per_expert_weight']:.3f} | {q['bits_per_weight']:.3f} "
+      f"| {size} | {e['ppl']:.3f} | {e['kl_mean']:.5f} | {100*e['top1_agree']:.2f} % | {q['quantize_s']:.1f} s "
+      f"| {q['peak_rss']/1e6:.0f} MB |")
+PY
+}
+
+BASE=$("$BIN" eval "$MODEL" --threads "$THREADS" --json | python3 -c "import json,sys; print('%.3f' % json.load(sys.stdin)['ppl'])")
+echo "bf16 original: ppl $BASE"
+echo
+echo "| method | experts (attention) | type | bits/expert weight | bits/weight | file | ppl | KL vs bf16 | top-1 | quantize time | peak RSS |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for m in rtn gptq; do
+  row $m 8 32 0 "int8 g32 (bf16)"
+  row $m 4 32 0 "int4 g32 (bf16)"
+  row $m 3 128 0 "int3 g128 (bf16)"
+  row $m 2 128 0 "int2 g128 (bf16)"
+  row $m ternary 256 0 "ternary /256 (bf16)"
+  row $m ternary row 0 "ternary QMoE row (bf16)"
+  row $m 4 32 8 "int4 g32 (attn q8_0)"
+  row $m ternary 256 8 "ternary /256 (attn q8_0)"
+done

@@ -1,0 +1,260 @@
+/* cmd_quantize.c — `moetool quantize MODEL -o OUT.gguf`: RTN or GPTQ of the
+ * experts (and optionally attention) to llama.cpp block types, or, with
+ * --eval-only, any grid quantized and dequantized in memory and scored on
+ * held-out text against the original model. */
+#define _GNU_SOURCE
+#include "cli_impl.h"
+#include "moetool/mt_quant.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *g_help =
+    "usage: moetool quantize [MODEL] -o OUT.gguf [--method rtn|gptq] [--bits 8|4|3|2|ternary]\n"
+    "                        [--group N|row] [--experts-only | --attn-bits B]\n"
+    "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
+    "                        [--threads T] [--json]\n"
+    "       moetool quantize [MODEL] --eval-only [same options] [--text FILE]\n"
+    "\n"
+    "Quantizes the expert weights (attention, embeddings, router and norms are\n"
+    "kept as stored unless --attn-bits is given). GPTQ runs calibration text\n"
+    "through the model layer by layer (each layer sees the outputs of the\n"
+    "already-quantized layers before it) and uses, for each expert, only the\n"
+    "tokens routed to it (at most 4x the mean; experts with fewer than 16 fall\n"
+    "back to RTN and are reported).\n"
+    "\n"
+    "Grids and what they are written as:\n"
+    "  --bits 8 --group 32      llama.cpp Q8_0   (8.5 bits/weight)   file\n"
+    "  --bits 4 --group 32      llama.cpp Q4_0   (4.5 bits/weight)   file\n"
+    "  --bits ternary --group 256  llama.cpp TQ2_0 (2.06 bits/weight) file\n"
+    "  --bits ternary --group row  QMoE {min,0,max} per row             --eval-only\n"
+    "  --bits 8|4|3|2 --group N|row  symmetric int, one f16 scale per group --eval-only\n"
+    "Grids without a GGUF type are measured with --eval-only: the model is\n"
+    "quantized and dequantized in memory and scored on --text (gptq protocol,\n"
+    "ctx 256) against the original; no file is written.\n"
+    "\n"
+    "  -o, --output OUT    GGUF to write (appears only when complete)\n"
+    "  --method M          gptq (default) or rtn\n"
+    "  --bits B            8, 4 (default), 3, 2 or ternary\n"
+    "  --group N|row       columns per scale (default: 32 for 8/4 bits, 128 for\n"
+    "                      3/2 bits, 256 for ternary)\n"
+    "  --experts-only      require a MoE model and quantize only its experts\n"
+    "  --attn-bits B       also quantize q/k/v/o projections to B bits (8: q8_0,\n"
+    "                      4: q4_0, 3/2: group 128; o_proj by RTN)\n"
+    "  --calib FILE        calibration text (default MODEL/data/train.txt)\n"
+    "  --calib-tokens N    calibration tokens (default 16384, windows of 256)\n"
+    "  --damp F            GPTQ damping, fraction of mean diag(H) (default 0.1)\n"
+    "  --act-order         GPTQ columns by decreasing diag(H)\n"
+    "  --eval-only         quantize in memory and evaluate; write nothing\n"
+    "  --text FILE         text for --eval-only (default MODEL/data/test.txt)\n"
+    "  --threads T         CPU threads (default: all cores)\n"
+    "  --json              one JSON object on stdout\n"
+    "  -h, --help          this text\n";
+
+static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const char *out, uint64_t file_bytes, int json,
+                         const mt_eval_result *ev) {
+    const char *dtn = r->expert_dtype == MT_DT_F32 ? "none (eval only)" : mt_dtype_get(r->expert_dtype)->name;
+    int ne = r->n_experts > 0 ? r->n_experts : 1;
+    if (json) {
+        printf("{\"method\":\"%s\",\"grid\":", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
+        json_str(stdout, r->grid_name);
+        printf(",\"bits\":");
+        if (o->bits == MT_QUANT_TERNARY) printf("\"ternary\"");
+        else printf("%d", o->bits);
+        printf(",\"attn_bits\":%d,\"expert_type\":", o->attn_bits);
+        json_str(stdout, r->expert_dtype == MT_DT_F32 ? "none" : mt_dtype_get(r->expert_dtype)->name);
+        printf(",\"bits_per_expert_weight\":%.4f,\"bits_per_weight\":%.4f,\"expert_params\":%llu,\"total_params\":%llu",
+               r->bits_expert, r->bits_total, (unsigned long long)r->expert_params, (unsigned long long)r->total_params);
+        if (out) {
+            printf(",\"output\":");
+            json_str(stdout, out);
+            printf(",\"file_bytes\":%llu", (unsigned long long)file_bytes);
+        }
+        printf(",\"quantize_s\":%.3f,\"calib_s\":%.3f,\"peak_rss\":%llu,\"calib_tokens\":%d,\"rtn_fallback\":%d",
+               r->seconds, r->calib_seconds, (unsigned long long)r->peak_rss, r->n_calib_tokens, r->n_rtn_fallback);
+        printf(",\"mean_rel_output_err\":%.6g,\"expert_tokens\":[", r->mean_rel_err);
+        for (int l = 0; l < r->n_layers; l++) {
+            printf("%s[", l ? "," : "");
+            for (int e = 0; e < ne; e++)
+                printf("%s%llu", e ? "," : "", (unsigned long long)r->expert_tokens[(size_t)l * ne + e]);
+            printf("]");
+        }
+        printf("]");
+        if (ev)
+            printf(",\"ppl\":%.6f,\"ref_ppl\":%.6f,\"kl_mean\":%.8f,\"top1_agree\":%.6f,\"n_scored\":%llu", ev->ppl,
+                   ev->ref_ppl, ev->kl_mean, ev->top1_agree, (unsigned long long)ev->n_scored);
+        printf("}\n");
+        return;
+    }
+    printf("method:     %s, grid %s, experts stored as %s\n", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn", r->grid_name, dtn);
+    printf("size:       %.4f bits per expert weight, %.4f bits per weight overall", r->bits_expert, r->bits_total);
+    if (out) printf(", %s %.2f MB", out, (double)file_bytes / 1e6);
+    printf("\n");
+    if (o->method == MT_QUANT_GPTQ) {
+        printf("calib:      %d tokens, %.2f s; experts by RTN for lack of tokens: %d; mean rel. output error %.5f\n",
+               r->n_calib_tokens, r->calib_seconds, r->n_rtn_fallback, r->mean_rel_err);
+        printf("tokens per expert (after cap):\n");
+        for (int l = 0; l < r->n_layers; l++) {
+            printf("  layer %d:", l);
+            for (int e = 0; e < ne; e++) printf(" %llu", (unsigned long long)r->expert_tokens[(size_t)l * ne + e]);
+            printf("\n");
+        }
+    }
+    printf("time:       %.2f s, peak RSS %.1f MB\n", r->seconds, (double)r->peak_rss / 1e6);
+    if (ev)
+        printf("eval:       ppl %.4f (original %.4f), KL %.6f nats/token, top-1 agreement %.2f%% over %llu tokens\n",
+               ev->ppl, ev->ref_ppl, ev->kl_mean, 100.0 * ev->top1_agree, (unsigned long long)ev->n_scored);
+}
+
+static int parse_bits(const char *s, int *out) {
+    if (!strcmp(s, "ternary")) {
+        *out = MT_QUANT_TERNARY;
+        return 0;
+    }
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || end == s || v < 2 || v > 8) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int cmd_quantize(int argc, char **argv) {
+    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                         {"method", required_argument, 0, 'm'},
+                                         {"bits", required_argument, 0, 'b'},
+                                         {"group", required_argument, 0, 'g'},
+                                         {"experts-only", no_argument, 0, 'E'},
+                                         {"attn-bits", required_argument, 0, 'A'},
+                                         {"calib", required_argument, 0, 'c'},
+                                         {"calib-tokens", required_argument, 0, 'n'},
+                                         {"damp", required_argument, 0, 'd'},
+                                         {"act-order", no_argument, 0, 'a'},
+                                         {"eval-only", no_argument, 0, 'e'},
+                                         {"text", required_argument, 0, 't'},
+                                         {"threads", required_argument, 0, 'T'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    mt_quant_opts o;
+    mt_quant_opts_default(&o);
+    const char *out = NULL, *text_path = NULL;
+    int json = 0, eval_only = 0, threads = 0, c;
+    long v;
+    double f;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'm':
+            if (!strcmp(optarg, "gptq")) o.method = MT_QUANT_GPTQ;
+            else if (!strcmp(optarg, "rtn")) o.method = MT_QUANT_RTN;
+            else return cli_usage_error("quantize", "--method must be rtn or gptq, got '%s'", optarg);
+            break;
+        case 'b':
+            if (parse_bits(optarg, &o.bits) || (o.bits != 8 && o.bits != 4 && o.bits != 3 && o.bits != 2 && o.bits != 1))
+                return cli_usage_error("quantize", "--bits must be 8, 4, 3, 2 or ternary, got '%s'", optarg);
+            break;
+        case 'g':
+            if (!strcmp(optarg, "row")) o.group = MT_QUANT_GROUP_ROW;
+            else if (cli_parse_int("quantize", "--group", optarg, 1, 1 << 24, &v)) return MT_EXIT_USAGE;
+            else o.group = (int)v;
+            break;
+        case 'E': o.experts_only = 1; break;
+        case 'A':
+            if (parse_bits(optarg, &o.attn_bits) ||
+                (o.attn_bits != 8 && o.attn_bits != 4 && o.attn_bits != 3 && o.attn_bits != 2))
+                return cli_usage_error("quantize", "--attn-bits must be 8, 4, 3 or 2, got '%s'", optarg);
+            break;
+        case 'c': o.calib_path = optarg; break;
+        case 'n':
+            if (cli_parse_int("quantize", "--calib-tokens", optarg, 1, 1 << 30, &v)) return MT_EXIT_USAGE;
+            o.calib_tokens = (int)v;
+            break;
+        case 'd':
+            if (cli_parse_float("quantize", "--damp", optarg, &f)) return MT_EXIT_USAGE;
+            o.damp = f;
+            break;
+        case 'a': o.act_order = 1; break;
+        case 'e': eval_only = 1; break;
+        case 't': text_path = optarg; break;
+        case 'T':
+            if (cli_parse_int("quantize", "--threads", optarg, 1, 1024, &v)) return MT_EXIT_USAGE;
+            threads = (int)v;
+            break;
+        case 'j': json = 1; break;
+        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
+        default: return cli_usage_error("quantize", "unknown option");
+        }
+    }
+    if (argc - optind > 1) return cli_usage_error("quantize", "expects one MODEL, got %d", argc - optind);
+    if (!out && !eval_only) return cli_usage_error("quantize", "needs -o OUT.gguf (or --eval-only)");
+    if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
+    if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
+    const char *model_path = optind < argc ? argv[optind] : cli_default_model();
+    if (!json) o.progress = cli_progress;
+
+    mt_quant_report rep;
+    memset(&rep, 0, sizeof rep);
+    int rc;
+    if (!eval_only) {
+        rc = mt_quantize_file(model_path, out, &o, threads, &rep);
+        cli_progress_done();
+        if (rc) return cli_fail("quantize", rc);
+        struct stat sb;
+        uint64_t fb = stat(out, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+        print_report(&rep, &o, out, fb, json, NULL);
+        mt_quant_report_free(&rep);
+        return MT_EXIT_OK;
+    }
+
+    /* --eval-only: quantize the loaded model in place, score it against the original. */
+    int ret = MT_EXIT_FAIL;
+    mt_model *m = NULL, *ref = NULL;
+    mt_quant_state *qs = NULL;
+    char *text = NULL, *text_default = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0, text_len = 0;
+    mt_eval_result res;
+    memset(&res, 0, sizeof res);
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = threads;
+    if (!text_path) {
+        size_t n = strlen(model_path) + 32;
+        text_default = malloc(n);
+        if (text_default) snprintf(text_default, n, "%s/data/test.txt", model_path);
+        text_path = text_default;
+    }
+    if ((rc = mt_model_load(&m, model_path, &mo))) goto fail;
+    if ((rc = mt_model_load(&ref, model_path, &mo))) goto fail;
+    if (!mt_model_tokenizer(m)) {
+        rc = mt_seterr(MT_ERR_ARG, "%s: no tokenizer to read the evaluation text", model_path);
+        goto fail;
+    }
+    if ((rc = cli_read_text(text_path, &text, &text_len))) goto fail;
+    if ((rc = cli_encode(mt_model_tokenizer(m), text, text_len, 0, &ids, &n_ids))) goto fail;
+    if ((rc = mt_quant_model(&qs, m, &o, &rep))) goto fail;
+    cli_progress_done();
+    mt_eval_opts eo;
+    mt_eval_opts_default(&eo);
+    eo.n_batch = eo.ctx;
+    if (!json) eo.progress = cli_progress;
+    if ((rc = mt_eval_ppl(m, ref, ids, n_ids, &eo, &res))) goto fail;
+    cli_progress_done();
+    print_report(&rep, &o, NULL, 0, json, &res);
+    ret = MT_EXIT_OK;
+fail:
+    cli_progress_done();
+    if (ret != MT_EXIT_OK) ret = cli_fail("quantize", rc);
+    mt_eval_result_free(&res);
+    mt_quant_report_free(&rep);
+    free(ids);
+    free(text);
+    free(text_default);
+    mt_model_free(ref);
+    mt_model_free(m);
+    mt_quant_state_free(qs);
+    return ret;
+}

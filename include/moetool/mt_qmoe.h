@@ -1,0 +1,143 @@
+/* mt_qmoe.h — the sub-1-bit code for ternary experts (after QMoE, Frantar &
+ * Alistarh 2023) and the matrices the runtime executes in coded form.
+ *
+ * A ternary matrix stores per weight a symbol s in {0, +1, -1} and per row
+ * two values lo < 0 < hi (QMoE's grid {min, 0, max}); weight = hi when
+ * s = +1, lo when s = -1, 0 otherwise.
+ *
+ * The code is a Tunstall code (variable-to-fixed): a dictionary of up to
+ * 2^16 symbol sequences, each named by a uint16 codeword. The dictionary is
+ * the 2^16 most probable sequences under the symbol frequencies (the
+ * Tunstall tree, sequences capped at MT_QMOE_MAX_LEN symbols), so it is a
+ * function of three counts: a checkpoint stores the counts, not the 2^16
+ * entries (0 bits per weight amortised instead of ~0.4 on a 15M model).
+ * Rows are coded back to back; every MT_QMOE_GROUP_ROWS rows start a fresh
+ * codeword and have an offset, so thread splits (aligned to 16 rows) and
+ * single rows decode independently. Codewords may straddle the rows inside
+ * a group; the last one of a group is padded with zeros.
+ *
+ * Layout in memory (and of an mt_mat of type MT_DT_QMOE, see
+ * mt_qmoe_mat_view): data = codes (uint16, n_codes), aux[0] = group offsets
+ * (uint32, n_groups + 1, codeword index where each group starts), aux[1] =
+ * the dictionary (const mt_qmoe_dict *), aux[2] = scales (f16 pairs lo, hi
+ * per row), group = rows per group. Byte layout on disk: docs/qmoe.md.
+ *
+ * The dictionary build, the decoder and the fused matvec live in the runtime
+ * (lib/runtime/kernels_qmoe.c); the encoder, statistics and serialisation
+ * in lib/quant/qmoe_code.c. */
+#ifndef MT_QMOE_H
+#define MT_QMOE_H
+
+#include "mt_io.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MT_QMOE_DICT_SIZE 65536 /* codewords (uint16)                        */
+#define MT_QMOE_MAX_LEN 32      /* symbols per codeword at most (32-bit masks) */
+#define MT_QMOE_GROUP_ROWS 16   /* rows per independently decodable group     */
+
+/* Symbol values as stored in an int8 ternary matrix. */
+#define MT_QMOE_ZERO 0
+#define MT_QMOE_PLUS 1   /* weight = hi of the row */
+#define MT_QMOE_MINUS -1 /* weight = lo of the row */
+
+/* Dictionary: entry c (0 <= c < n_entries) decodes to len[c] symbols; bit i
+ * of mask[c] & 0xffffffff is set when symbol i is +1, bit i of mask[c] >> 32
+ * when it is -1. Read-only once built; shared by every matrix of a model. */
+typedef struct mt_qmoe_dict {
+    uint64_t counts[3];  /* symbol counts it was built from: zeros, +1, -1   */
+    int max_len;         /* longest sequence (<= MT_QMOE_MAX_LEN)            */
+    int n_entries;       /* codewords in use (<= MT_QMOE_DICT_SIZE)          */
+    uint8_t *len;        /* [n_entries]                                      */
+    uint64_t *mask;      /* [n_entries] plus | (uint64_t)minus << 32         */
+    /* Encoder trie: node 0 is the root; child[3 * k + s'] is the child of
+     * node k for symbol index s' (0: zero, 1: +1, 2: -1); a negative entry
+     * -(c + 1) is the leaf of codeword c. */
+    int32_t *child;      /* [n_nodes * 3]                                    */
+    int n_nodes;         /* internal nodes                                   */
+    double mean_len;     /* expected symbols per codeword under the counts   */
+} mt_qmoe_dict;
+
+/* Builds the Tunstall dictionary of up to n_entries codewords (<= 2^16,
+ * >= 3) with sequences of at most max_len symbols (1..32) for symbol
+ * frequencies (counts[s] + 1) / (sum + 3). Deterministic: the same counts
+ * give the same dictionary on every machine (docs/qmoe.md gives the exact
+ * procedure). */
+int mt_qmoe_dict_build(mt_qmoe_dict *d, const uint64_t counts[3], int n_entries, int max_len);
+void mt_qmoe_dict_free(mt_qmoe_dict *d);
+
+/* A coded ternary matrix (rows, cols). */
+typedef struct {
+    int64_t rows, cols;
+    int group_rows;             /* rows per group (MT_QMOE_GROUP_ROWS)        */
+    uint64_t n_codes;
+    uint16_t *codes;            /* [n_codes]                                   */
+    uint32_t *offsets;          /* [n_groups + 1] first codeword of each group */
+    uint16_t *scales;           /* [rows * 2] f16: lo, hi of each row          */
+    const mt_qmoe_dict *dict;   /* not owned                                   */
+} mt_qmoe_mat;
+
+static inline int64_t mt_qmoe_n_groups(int64_t rows, int group_rows) {
+    return (rows + group_rows - 1) / group_rows;
+}
+
+/* An mt_mat of type MT_DT_QMOE over q (no copy; q must outlive it). */
+void mt_qmoe_mat_view(mt_mat *out, const mt_qmoe_mat *q);
+
+/* Checks an MT_DT_QMOE mt_mat: sizes of codes, offsets and scales, offsets
+ * non-decreasing and inside the code stream, codewords inside the
+ * dictionary. MT_ERR_FORMAT naming `what` otherwise. The kernels trust a
+ * checked matrix (every codeword is a valid index; they never read outside
+ * the arrays even when the symbol count of a group is wrong). */
+int mt_qmoe_mat_check(const mt_mat *W, const char *what);
+
+/* Decodes rows [r0, r1) of an MT_DT_QMOE matrix to symbols
+ * (out: (r1 - r0) * cols int8 in {-1, 0, +1}). */
+int mt_qmoe_decode_rows(const mt_mat *W, int64_t r0, int64_t r1, int8_t *out);
+
+/* ---- encoder and statistics (lib/quant) -------------------------------- */
+
+/* QMoE's ternary grid for one row by round to nearest: lo = min(w),
+ * hi = max(w) (as f16, the stored precision), symbol +1 where w > hi/2,
+ * -1 where w < lo/2, else 0. */
+void mt_qmoe_ternary_rtn(const float *w, int64_t n, int8_t *syms, float *lo, float *hi);
+
+/* Adds the symbol counts of n symbols to counts[3] (zeros, +1, -1).
+ * MT_ERR_ARG when a symbol is not in {-1, 0, +1}. */
+int mt_qmoe_count(uint64_t counts[3], const int8_t *syms, int64_t n);
+
+/* Codes a ternary matrix: syms (rows, cols) in {-1, 0, +1}, lo and hi
+ * (rows) its row values (stored as f16, rounded to nearest). The result
+ * owns its arrays (mt_qmoe_mat_free) and points at dict. */
+int mt_qmoe_encode(mt_qmoe_mat *out, const mt_qmoe_dict *dict, const int8_t *syms, const float *lo,
+                   const float *hi, int64_t rows, int64_t cols);
+void mt_qmoe_mat_free(mt_qmoe_mat *q);
+
+/* Storage of a coded matrix, in bits, split by part (serialised layout of
+ * docs/qmoe.md; the dictionary is counted once per model by the caller). */
+typedef struct {
+    uint64_t code_bits, offset_bits, scale_bits, header_bits;
+    uint64_t total_bits;
+} mt_qmoe_size;
+void mt_qmoe_mat_size(const mt_qmoe_mat *q, mt_qmoe_size *s);
+/* Bytes of the serialised dictionary parameters. */
+uint64_t mt_qmoe_dict_bytes(void);
+
+/* Serialised matrix (docs/qmoe.md "matrix blob"): *out malloc'd, *n bytes. */
+int mt_qmoe_serialize(const mt_qmoe_mat *q, uint8_t **out, size_t *n);
+/* Parses a blob (magic, version, every count and offset checked, every
+ * codeword inside dict, every group decoding to exactly its symbols) into q,
+ * which owns copies of the arrays (blobs inside safetensors are not
+ * aligned); q->dict = dict. Free with mt_qmoe_mat_free. */
+int mt_qmoe_deserialize(mt_qmoe_mat *q, const mt_qmoe_dict *dict, const uint8_t *buf, size_t n,
+                        const char *what);
+/* Serialised dictionary parameters (16 + 3 * 8 bytes) and back. */
+void mt_qmoe_dict_serialize(const mt_qmoe_dict *d, uint8_t out[40]);
+int mt_qmoe_dict_deserialize(mt_qmoe_dict *d, const uint8_t *buf, size_t n, const char *what);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,96 @@
+/* mt_quant.h — `moetool quantize`: calibration through the runtime, RTN and
+ * GPTQ (Frantar et al. 2022) on expert (and optionally attention) weights,
+ * grids from 8 bits down to ternary, and GGUF output in llama.cpp's block
+ * types (Q8_0, Q4_0, TQ2_0) that the runtime and llama.cpp execute directly.
+ * Grids without a file type (3-bit, 2-bit, other groups, QMoE's per-row
+ * ternary) are evaluated in memory (mt_quant_model on a loaded model). */
+#ifndef MT_QUANT_H
+#define MT_QUANT_H
+
+#include "mt_runtime.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { MT_QUANT_RTN = 0, MT_QUANT_GPTQ = 1 } mt_quant_method;
+
+/* `bits` value meaning ternary {-1, 0, +1}·scale (or QMoE's {min, 0, max}). */
+#define MT_QUANT_TERNARY 1
+/* `group` value: one scale per row. */
+#define MT_QUANT_GROUP_ROW 0
+/* `group` value: the default of the width (32 for 8/4 bit so that they are
+ * Q8_0/Q4_0, 128 for 3/2 bit, 256 for ternary = TQ2_0). */
+#define MT_QUANT_GROUP_DEFAULT (-1)
+
+typedef struct {
+    mt_quant_method method;
+    int bits;              /* 8, 4, 3, 2 or MT_QUANT_TERNARY (experts)       */
+    int group;             /* columns per scale; MT_QUANT_GROUP_ROW/_DEFAULT  */
+    int attn_bits;         /* 0: attention kept as stored; else its width, with
+                              that width's default group (q8_0/q4_0 for 8/4) */
+    int experts_only;      /* require a MoE model (error on a dense one)      */
+    /* calibration (GPTQ) */
+    const char *calib_path;     /* NULL: <model dir>/data/train.txt          */
+    int calib_tokens;           /* default 16384                              */
+    int calib_window;           /* tokens per forward, default 256            */
+    double damp;                /* fraction of mean(diag H), default 0.1      */
+    int act_order;              /* columns by decreasing H_ii (static scales) */
+    int block;                  /* lazy-update block, default 128             */
+    double expert_cap;          /* tokens per expert <= cap·mean, default 4   */
+    int min_expert_tokens;      /* fewer: the expert falls back to RTN (16)   */
+    int sequential;             /* layer l calibrated on quantized layers < l (1) */
+    mt_progress_fn progress;
+    void *progress_user;
+} mt_quant_opts;
+void mt_quant_opts_default(mt_quant_opts *o);
+
+/* What was done, for the CLI's report and --json. */
+typedef struct {
+    int n_layers, n_experts;
+    uint64_t *expert_tokens;    /* [n_layers * max(1, n_experts)] calibration rows
+                                   per expert after the cap (caller frees)      */
+    int n_rtn_fallback;         /* experts quantized by RTN for lack of tokens  */
+    int n_calib_tokens;         /* calibration tokens actually run               */
+    mt_dtype expert_dtype;      /* storage type of quantized experts (F32 when the
+                                   grid has no file type: evaluation only)     */
+    mt_dtype attn_dtype;        /* likewise for attention (-1: untouched)       */
+    char grid_name[48];         /* "q4_0", "int3 g128", "ternary row (QMoE)"... */
+    double bits_expert;         /* bits per expert weight (codes + scales)      */
+    double bits_total;          /* bits per weight over all weights             */
+    uint64_t expert_params, total_params;
+    double seconds, calib_seconds;
+    uint64_t peak_rss;
+    double mean_rel_err;        /* mean over quantized matrices of the layer-output
+                                   error ‖(W−Ŵ)X‖² / ‖WX‖² on calibration data
+                                   (GPTQ; 0 for RTN without calibration)       */
+} mt_quant_report;
+void mt_quant_report_free(mt_quant_report *r);
+
+/* Checks options against a model's shapes: bit width, group dividing the
+ * columns, --experts-only on a dense model, a file type for `for_file`. */
+int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file);
+
+/* Quantizes the weights of a loaded model in place: the model's matrices are
+ * replaced by quantized ones owned by *out (GGUF block types when the grid
+ * has one, else dequantized f32), so that eval/generate on `m` afterwards run
+ * the quantized model. Free *out only after the last use of `m`. */
+typedef struct mt_quant_state mt_quant_state;
+int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt_quant_report *rep);
+void mt_quant_state_free(mt_quant_state *s);
+
+/* Writes a quantized model as GGUF: every tensor and key of `m`'s checkpoint
+ * (which must be a GGUF), quantized matrices in their block type. */
+int mt_quant_write_gguf(const mt_quant_state *s, const mt_model *m, const char *out_path);
+
+/* The whole verb: `in_path` (HF or GGUF) -> GGUF `out_path`. An HF source is
+ * first converted to a temporary GGUF beside the output (names, Q/K
+ * permutation and metadata exactly as `moetool convert` writes them; GPTQ
+ * treats rows independently, so quantizing permuted rows is the same). */
+int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_opts *o, int n_threads,
+                     mt_quant_report *rep);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

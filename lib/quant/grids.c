@@ -1,0 +1,239 @@
+/* grids.c — the quantization grids GPTQ and RTN round onto: GPTQ's
+ * symmetric uniform grid (2–8 bits, groups or rows), llama.cpp's Q8_0, Q4_0
+ * and TQ2_0 blocks with their reference scale rules (so that RTN output is
+ * byte-identical to llama.cpp's quantize_row_*_ref), and QMoE's per-row
+ * ternary {min, 0, max}. */
+#include "quant_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static float f16_round(float x) { return mt_f16_to_f32(mt_f32_to_f16(x)); }
+
+int mt_grid_make(mt_grid *g, int bits, int group, int64_t cols, const char *what) {
+    memset(g, 0, sizeof *g);
+    if (bits != 8 && bits != 4 && bits != 3 && bits != 2 && bits != MT_QUANT_TERNARY)
+        return mt_seterr(MT_ERR_ARG, "%s: %d-bit quantization is not supported (use 8, 4, 3, 2 or ternary)", what, bits);
+    if (group < MT_QUANT_GROUP_DEFAULT)
+        return mt_seterr(MT_ERR_ARG, "%s: group %d is not a group size", what, group);
+    if (group == MT_QUANT_GROUP_DEFAULT) group = bits >= 4 ? 32 : bits == MT_QUANT_TERNARY ? 256 : 128;
+    if (group != MT_QUANT_GROUP_ROW && (cols % group))
+        return mt_seterr(MT_ERR_ARG, "%s: group %d does not divide its %lld columns", what, group, (long long)cols);
+    if (bits == MT_QUANT_TERNARY) {
+        if (group == 256) {
+            g->kind = MT_GRID_TQ2_0;
+        } else if (group == MT_QUANT_GROUP_ROW) {
+            g->kind = MT_GRID_TERNARY_ROW;
+        } else {
+            return mt_seterr(MT_ERR_ARG, "%s: ternary takes group 256 (TQ2_0) or row (QMoE {min,0,max}), not %d", what,
+                             group);
+        }
+        g->group = group == MT_QUANT_GROUP_ROW ? (int)cols : group;
+        return MT_OK;
+    }
+    if (group == 32 && bits == 8) g->kind = MT_GRID_Q8_0;
+    else if (group == 32 && bits == 4) g->kind = MT_GRID_Q4_0;
+    else g->kind = MT_GRID_INT;
+    g->bits = bits;
+    g->group = group == MT_QUANT_GROUP_ROW ? (int)cols : group;
+    return MT_OK;
+}
+
+int mt_grid_dtype(const mt_grid *g) {
+    switch (g->kind) {
+    case MT_GRID_Q8_0: return MT_DT_Q8_0;
+    case MT_GRID_Q4_0: return MT_DT_Q4_0;
+    case MT_GRID_TQ2_0: return MT_DT_TQ2_0;
+    default: return -1;
+    }
+}
+
+double mt_grid_bits(const mt_grid *g, int64_t cols) {
+    switch (g->kind) {
+    case MT_GRID_Q8_0: return 34.0 * 8 / 32;
+    case MT_GRID_Q4_0: return 18.0 * 8 / 32;
+    case MT_GRID_TQ2_0: return 66.0 * 8 / 256;
+    case MT_GRID_TERNARY_ROW: return 2.0 + 32.0 / (double)cols; /* 2-bit codes + f16 min, max */
+    default: return g->bits + 16.0 / g->group;                  /* codes + one f16 scale */
+    }
+}
+
+void mt_grid_name(const mt_grid *g, char *buf, size_t n) {
+    switch (g->kind) {
+    case MT_GRID_Q8_0: snprintf(buf, n, "q8_0"); break;
+    case MT_GRID_Q4_0: snprintf(buf, n, "q4_0"); break;
+    case MT_GRID_TQ2_0: snprintf(buf, n, "tq2_0"); break;
+    case MT_GRID_TERNARY_ROW: snprintf(buf, n, "ternary row (QMoE)"); break;
+    default: snprintf(buf, n, "int%d g%d", g->bits, g->group); break;
+    }
+}
+
+/* Squared error of ternary rounding of x with scale d. */
+static double tern_err(const float *x, int n, float d) {
+    double e = 0;
+    const float id = d ? 1.0f / d : 0.0f;
+    for (int i = 0; i < n; i++) {
+        float q = roundf(x[i] * id);
+        q = q > 1 ? 1 : q < -1 ? -1 : q;
+        double r = (double)x[i] - (double)q * d;
+        e += r * r;
+    }
+    return e;
+}
+
+void mt_grid_fit(const mt_grid *g, const float *x, int n, float *a, float *b) {
+    float amax = 0, mn = 0, mx = 0, smax = 0;
+    for (int i = 0; i < n; i++) {
+        float v = fabsf(x[i]);
+        if (v > amax) {
+            amax = v;
+            smax = x[i];
+        }
+        if (x[i] < mn) mn = x[i];
+        if (x[i] > mx) mx = x[i];
+    }
+    switch (g->kind) {
+    case MT_GRID_INT: {
+        const int maxq = (1 << g->bits) - 1;
+        float xmax = amax > 0 ? amax : 1.0f;
+        *a = 2.0f * xmax / (float)maxq;
+        *b = (float)((maxq + 1) / 2);
+        return;
+    }
+    case MT_GRID_Q8_0: {
+        const float d = amax / 127.0f;
+        *a = f16_round(d);
+        *b = d ? 1.0f / d : 0.0f;
+        return;
+    }
+    case MT_GRID_Q4_0: {
+        const float d = smax / -8.0f;
+        *a = f16_round(d);
+        *b = d ? 1.0f / d : 0.0f;
+        return;
+    }
+    case MT_GRID_TQ2_0: {
+        float d = amax;
+        if (g->mse_scale && amax > 0) {
+            double best = tern_err(x, n, f16_round(amax));
+            for (int k = 6; k < 40; k++) {
+                float c = f16_round(amax * (float)k / 40.0f);
+                double e = tern_err(x, n, c);
+                if (e < best) {
+                    best = e;
+                    d = c;
+                }
+            }
+            /* Lloyd steps: with the support fixed, the best scale is the mean |x| on it. */
+            for (int it = 0; it < 3; it++) {
+                double s = 0;
+                int cnt = 0;
+                for (int i = 0; i < n; i++)
+                    if (fabsf(x[i]) > 0.5f * d) {
+                        s += fabsf(x[i]);
+                        cnt++;
+                    }
+                if (!cnt) break;
+                float c = f16_round((float)(s / cnt));
+                double e = tern_err(x, n, c);
+                if (!(e < best)) break;
+                best = e;
+                d = c;
+            }
+        }
+        *a = f16_round(d);
+        *b = d ? 1.0f / d : 0.0f;
+        if (g->mse_scale) *b = *a ? 1.0f / *a : 0.0f;
+        return;
+    }
+    case MT_GRID_TERNARY_ROW:
+        *a = f16_round(mn);
+        *b = f16_round(mx);
+        return;
+    }
+}
+
+int mt_grid_quant(const mt_grid *g, float a, float b, float x, float *dq) {
+    switch (g->kind) {
+    case MT_GRID_INT: {
+        const int maxq = (1 << g->bits) - 1;
+        float q = roundf(x / a) + b;
+        q = q < 0 ? 0 : q > (float)maxq ? (float)maxq : q;
+        *dq = a * (q - b);
+        return (int)q - (int)b;
+    }
+    case MT_GRID_Q8_0: {
+        float q = roundf(x * b);
+        q = q < -128 ? -128 : q > 127 ? 127 : q;
+        *dq = a * q;
+        return (int)q;
+    }
+    case MT_GRID_Q4_0: {
+        float v = x * b + 8.5f;
+        v = v < 0 ? 0 : v > 15.5f ? 15.5f : v;
+        int q = (int)v;
+        if (q > 15) q = 15;
+        *dq = a * (float)(q - 8);
+        return q - 8;
+    }
+    case MT_GRID_TQ2_0: {
+        long q = lroundf(x * b);
+        q = q < -1 ? -1 : q > 1 ? 1 : q;
+        *dq = a * (float)q;
+        return (int)q;
+    }
+    case MT_GRID_TERNARY_ROW:
+        if (b > 0 && x > 0.5f * b) {
+            *dq = b;
+            return 1;
+        }
+        if (a < 0 && x < 0.5f * a) {
+            *dq = a;
+            return -1;
+        }
+        *dq = 0;
+        return 0;
+    }
+    *dq = 0;
+    return 0;
+}
+
+void mt_grid_pack_row(const mt_grid *g, const int8_t *codes, const float *a, int64_t cols, uint8_t *dst) {
+    switch (g->kind) {
+    case MT_GRID_Q8_0:
+        for (int64_t blk = 0; blk < cols / 32; blk++) {
+            uint8_t *o = dst + 34 * blk;
+            uint16_t h = mt_f32_to_f16(a[blk]);
+            memcpy(o, &h, 2);
+            for (int j = 0; j < 32; j++) o[2 + j] = (uint8_t)codes[32 * blk + j];
+        }
+        break;
+    case MT_GRID_Q4_0:
+        for (int64_t blk = 0; blk < cols / 32; blk++) {
+            uint8_t *o = dst + 18 * blk;
+            uint16_t h = mt_f32_to_f16(a[blk]);
+            memcpy(o, &h, 2);
+            const int8_t *c = codes + 32 * blk;
+            for (int j = 0; j < 16; j++) o[2 + j] = (uint8_t)((c[j] + 8) | ((c[16 + j] + 8) << 4));
+        }
+        break;
+    case MT_GRID_TQ2_0:
+        /* block_tq2_0 {uint8 qs[64]; f16 d}: byte 32c+m holds, in bits 2l,
+         * element 128c + 32l + m as q+1. */
+        for (int64_t blk = 0; blk < cols / 256; blk++) {
+            uint8_t *o = dst + 66 * blk;
+            const int8_t *c = codes + 256 * blk;
+            memset(o, 0, 64);
+            for (int e = 0; e < 256; e++) {
+                int ch = e / 128, l = (e % 128) / 32, m = e % 32;
+                o[32 * ch + m] |= (uint8_t)((c[e] + 1) << (2 * l));
+            }
+            uint16_t h = mt_f32_to_f16(a[blk]);
+            memcpy(o + 64, &h, 2);
+        }
+        break;
+    default:
+        break;
+    }
+}

@@ -1,0 +1,30 @@
+/* qmoe_kernel.h — private to the runtime: the kernels that execute
+ * MT_DT_QMOE matrices (ternary weights in the Tunstall code of mt_qmoe.h)
+ * without materialising them. kernels.c dispatches here; tests and the
+ * bench call the variants directly to compare them. */
+#ifndef MT_QMOE_KERNEL_H
+#define MT_QMOE_KERNEL_H
+
+#include "moetool/mt_qmoe.h"
+
+/* Cheap structural check used on every call (pointers, sizes of the side
+ * arrays); the full validation of a loaded matrix is mt_qmoe_mat_check. */
+int mt_qmoe_mat_ok(const mt_mat *W);
+
+/* y[r] = dot(W[r,:], x) for r in [r0, r1). W is MT_DT_QMOE.
+ * _ref: symbol by symbol, each weight lo/hi/0 times x summed in double.
+ * _bits: portable C, per codeword the set bits of its +1 / -1 masks
+ *        (count trailing zeros) add x into two sums; y = hi·S₊ + lo·S₋.
+ * _avx512: the masks drive masked loads/adds of 16 floats (0 when the
+ *        build has no AVX-512: the caller falls back).
+ * mt_qmoe_matvec_rows: the one the runtime uses (_avx512 where built,
+ * else _bits; docs/qmoe.md). */
+void mt_qmoe_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+void mt_qmoe_matvec_rows_bits(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+int mt_qmoe_matvec_rows_avx512(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+void mt_qmoe_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+
+/* Row r of W as f32 (cols floats). */
+void mt_qmoe_row_f32(const mt_mat *W, int64_t r, float *out);
+
+#endif
