@@ -25,6 +25,7 @@ static const char *g_usage =
     "  eval      MODEL --text FILE    perplexity, KL vs a reference, speed, routing\n"
     "  generate  MODEL -p PROMPT      text continuation with a KV cache\n"
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
+    "  merge     MODEL -o OUT -k K    reduce experts per layer by calibrated merging\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
     "sharded), a .safetensors file with config.json beside it, or a .gguf file.\n"
@@ -229,6 +230,7 @@ int main(int argc, char **argv) {
         {"eval", cmd_eval},
         {"generate", cmd_generate},
         {"quantize", cmd_quantize},
+        {"merge", cmd_merge},
     };
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
         if (!strcmp(verb, verbs[i].name)) return verbs[i].fn(argc - 1, argv + 1);

@@ -1,0 +1,169 @@
+/* cmd_merge.c — `moetool merge MODEL -o OUT --experts K`: fewer experts per
+ * layer by calibrated merging or pruning, written as a HF Mixtral checkpoint.
+ * Flags map one to one onto mt_merge_opts. */
+#define _GNU_SOURCE
+#include "cli_impl.h"
+#include "moetool/mt_merge.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *g_help =
+    "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC) [--method M]\n"
+    "                     [--router R] [--calib FILE] [--calib-tokens N] [--sample N]\n"
+    "                     [--router-steps N] [--threads T] [--json]\n"
+    "\n"
+    "Reduces the experts of every MoE layer to K and writes a Hugging Face\n"
+    "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
+    "Statistics come from running the model on calibration text.\n"
+    "\n"
+    "  -o, --output OUT     output directory (appears only when complete)\n"
+    "  --experts K          experts per layer in the output (top_k <= K < experts)\n"
+    "  --layers SPEC        per-layer K, e.g. 0-1:6,2-3:4 (overrides --experts for\n"
+    "                       those layers; written as config key moe_layer_experts)\n"
+    "  --method M           prune | average | frequency | hc-smoe | mc-smoe | reap |\n"
+    "                       reap-merge (default reap-merge; see docs/merge.md)\n"
+    "  --router R           anchor | average | fit (default fit): how the K router\n"
+    "                       rows are made for merged groups (pruning slices rows)\n"
+    "  --router-steps N     fit router: 0 = least squares (default); N > 0 = N steps\n"
+    "                       of softmax regression instead\n"
+    "  --calib FILE         calibration text (default: MODEL/data/train.txt)\n"
+    "  --calib-tokens N     calibration tokens, windows of 256 (default 16384)\n"
+    "  --sample N           FFN inputs kept per layer for expert outputs (default 4096)\n"
+    "  --threads T          CPU threads (default: all cores)\n"
+    "  --json               one JSON object on stdout\n"
+    "  -h, --help           this text\n";
+
+int cmd_merge(int argc, char **argv) {
+    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                         {"experts", required_argument, 0, 'k'},
+                                         {"layers", required_argument, 0, 'l'},
+                                         {"method", required_argument, 0, 'm'},
+                                         {"router", required_argument, 0, 'r'},
+                                         {"router-steps", required_argument, 0, 'R'},
+                                         {"calib", required_argument, 0, 'c'},
+                                         {"calib-tokens", required_argument, 0, 'n'},
+                                         {"sample", required_argument, 0, 's'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    mt_merge_opts o;
+    mt_merge_opts_default(&o);
+    const char *out = NULL, *layers = NULL;
+    int json = 0, c;
+    long v;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'k':
+            if (cli_parse_int("merge", "--experts", optarg, 1, 64, &v)) return MT_EXIT_USAGE;
+            o.experts = (int)v;
+            break;
+        case 'l': layers = optarg; break;
+        case 'm':
+            if ((o.method = mt_merge_method_from_name(optarg)) < 0)
+                return cli_usage_error("merge", "--method must be prune, average, frequency, hc-smoe, mc-smoe, reap or reap-merge, got '%s'",
+                                       optarg);
+            break;
+        case 'r':
+            if ((o.router = mt_merge_router_from_name(optarg)) < 0)
+                return cli_usage_error("merge", "--router must be anchor, average or fit, got '%s'", optarg);
+            break;
+        case 'R':
+            if (cli_parse_int("merge", "--router-steps", optarg, 0, 100000, &v)) return MT_EXIT_USAGE;
+            o.router_steps = (int)v;
+            break;
+        case 'c': o.calib_path = optarg; break;
+        case 'n':
+            if (cli_parse_int("merge", "--calib-tokens", optarg, 256, 1L << 26, &v)) return MT_EXIT_USAGE;
+            o.calib_tokens = (int)v;
+            break;
+        case 's':
+            if (cli_parse_int("merge", "--sample", optarg, 16, 1 << 20, &v)) return MT_EXIT_USAGE;
+            o.sample_tokens = (int)v;
+            break;
+        case 't':
+            if (cli_parse_int("merge", "--threads", optarg, 1, 1024, &v)) return MT_EXIT_USAGE;
+            o.n_threads = (int)v;
+            break;
+        case 'j': json = 1; break;
+        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
+        default: return cli_usage_error("merge", "unknown option");
+        }
+    }
+    if (argc - optind > 1) return cli_usage_error("merge", "expects one MODEL, got %d", argc - optind);
+    const char *model = optind < argc ? argv[optind] : cli_default_model();
+    if (!out) return cli_usage_error("merge", "missing -o OUT");
+    if (!o.experts && !layers) return cli_usage_error("merge", "missing --experts K (or --layers SPEC)");
+    if (layers && mt_merge_parse_layers(&o, layers, 0)) return cli_usage_error("merge", "%s", mt_last_error());
+    char *calib_default = NULL;
+    if (!o.calib_path) {
+        size_t n = strlen(model) + 32;
+        calib_default = malloc(n);
+        if (!calib_default) return cli_fail("merge", MT_ERR_NOMEM);
+        snprintf(calib_default, n, "%s/data/train.txt", model);
+        if (access(calib_default, R_OK) != 0) {
+            free(calib_default);
+            return cli_usage_error("merge", "no --calib FILE given and %s/data/train.txt does not exist", model);
+        }
+        o.calib_path = calib_default;
+    }
+    if (!json) o.progress = cli_progress;
+    mt_merge_report r;
+    int rc = mt_merge(model, out, &o, &r);
+    cli_progress_done();
+    if (rc) {
+        free(calib_default);
+        /* Option errors found against the model (K vs experts, layers) are usage errors. */
+        return rc == MT_ERR_ARG ? (fprintf(stderr, "moetool merge: %s\n", mt_last_error()), MT_EXIT_USAGE)
+                                : cli_fail("merge", rc);
+    }
+    double rss = mt_peak_rss_bytes() / 1048576.0;
+    if (json) {
+        printf("{\"output\": ");
+        json_str(stdout, out);
+        printf(", \"method\": \"%s\", \"router\": \"%s\", \"router_steps\": %d, \"calib_tokens\": %llu,"
+               " \"experts_in\": %d, \"layer_experts\": [",
+               mt_merge_method_name(o.method), mt_merge_router_name(o.router), o.router_steps,
+               (unsigned long long)r.calib_tokens, r.experts_in);
+        for (int l = 0; l < r.n_layers; l++) printf("%s%d", l ? ", " : "", r.layer_k[l]);
+        printf("], \"groups\": [");
+        for (int l = 0; l < r.n_layers; l++) {
+            printf("%s[", l ? ", " : "");
+            for (int e = 0; e < r.experts_in; e++) printf("%s%d", e ? ", " : "", r.group[l][e]);
+            printf("]");
+        }
+        printf("], \"freq\": [");
+        for (int l = 0; l < r.n_layers; l++) {
+            printf("%s[", l ? ", " : "");
+            for (int e = 0; e < r.experts_in; e++) printf("%s%.4f", e ? ", " : "", r.freq[l][e]);
+            printf("]");
+        }
+        printf("], \"gate_mean\": [");
+        for (int l = 0; l < r.n_layers; l++) {
+            printf("%s[", l ? ", " : "");
+            for (int e = 0; e < r.experts_in; e++) printf("%s%.4f", e ? ", " : "", r.gate_mean[l][e]);
+            printf("]");
+        }
+        printf("], \"expert_params_in\": %llu, \"expert_params_out\": %llu, \"router_fit_rmse\": %.6f,"
+               " \"seconds\": %.3f, \"peak_rss_mib\": %.1f}\n",
+               (unsigned long long)r.expert_params_in, (unsigned long long)r.expert_params_out, r.router_fit_rmse,
+               r.seconds, rss);
+    } else {
+        printf("merged %s -> %s: %s, router %s, %llu calibration tokens\n", model, out, mt_merge_method_name(o.method),
+               mt_merge_router_name(o.router), (unsigned long long)r.calib_tokens);
+        for (int l = 0; l < r.n_layers; l++) {
+            printf("  layer %d: %d -> %d experts; groups", l, r.experts_in, r.layer_k[l]);
+            for (int e = 0; e < r.experts_in; e++) printf(" %d", r.group[l][e]);
+            printf("\n");
+        }
+        printf("expert parameters %llu -> %llu; %.2f s, peak RSS %.1f MiB\n", (unsigned long long)r.expert_params_in,
+               (unsigned long long)r.expert_params_out, r.seconds, rss);
+    }
+    free(calib_default);
+    return MT_EXIT_OK;
+}

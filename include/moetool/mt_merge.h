@@ -1,0 +1,119 @@
+/* mt_merge.h — reducing the experts of a MoE model (8 -> 6, 8 -> 4, or a
+ * count per layer) by calibrated merging or pruning, with the router reduced
+ * to K rows, written as a plain Hugging Face Mixtral checkpoint.
+ *
+ * Pipeline (lib/merge/merge.c): calibration text -> runtime forward with
+ * capture hooks (FFN inputs and router choices of every layer; routing
+ * frequencies over all tokens, a fixed-size sample of FFN inputs) -> per
+ * layer: every expert run in f32 on the sample -> grouping (method) ->
+ * neuron alignment -> weighted average -> K-row router -> streamed output.
+ * The math pieces are public so tests can check them against properties. */
+#ifndef MT_MERGE_H
+#define MT_MERGE_H
+
+#include "mt_io.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    MT_MERGE_PRUNE = 0,     /* keep the K most used experts, router rows sliced        */
+    MT_MERGE_AVERAGE,       /* uniform average of the least used into the most used    */
+    MT_MERGE_FREQUENCY,     /* same groups, aligned, frequency-weighted                */
+    MT_MERGE_HC_SMOE,       /* average-linkage clustering on expert outputs, aligned,
+                               frequency-weighted                                       */
+    MT_MERGE_MC_SMOE,       /* dominant experts + nearest by router logits, aligned,
+                               frequency-weighted                                       */
+    MT_MERGE_REAP,          /* keep the K most salient (gate x |output| over routed
+                               tokens), router rows sliced                              */
+    MT_MERGE_REAP_MERGE,    /* REAP's K most salient as anchors, every other expert
+                               merged into the anchor with the closest outputs,
+                               aligned, frequency-weighted                              */
+    MT_MERGE_METHOD_COUNT
+} mt_merge_method;
+
+typedef enum {
+    MT_MERGE_ROUTER_ANCHOR = 0, /* the row of the group's most used expert            */
+    MT_MERGE_ROUTER_AVERAGE,    /* frequency-weighted average of the group's rows      */
+    MT_MERGE_ROUTER_FIT,        /* least squares on calibration inputs to the log of
+                                   the group's summed routing probability               */
+    MT_MERGE_ROUTER_COUNT
+} mt_merge_router;
+
+/* Name <-> value ("hc-smoe", "fit"); -1 when unknown. */
+const char *mt_merge_method_name(int m);
+int mt_merge_method_from_name(const char *s);
+const char *mt_merge_router_name(int r);
+int mt_merge_router_from_name(const char *s);
+
+typedef struct {
+    int experts;                        /* K for every layer not in layer_experts   */
+    int layer_experts[MT_MAX_LAYERS];   /* per-layer K (0 = `experts`)              */
+    int method;                         /* mt_merge_method (default reap-merge)     */
+    int router;                         /* mt_merge_router (default fit)            */
+    const char *calib_path;             /* calibration text (required)              */
+    int calib_tokens;                   /* tokens of calibration (default 16384)    */
+    int window;                         /* tokens per calibration window (256)      */
+    int sample_tokens;                  /* FFN inputs kept per layer (default 4096) */
+    int router_steps;                   /* fit router: 0 = least squares on log
+                                           group probabilities; N > 0 = N Adam
+                                           steps of softmax regression to the
+                                           summed probabilities from the anchor rows */
+    int n_threads;                      /* 0 = all CPUs                              */
+    mt_progress_fn progress;
+    void *progress_user;
+} mt_merge_opts;
+
+void mt_merge_opts_default(mt_merge_opts *o);
+/* Parses "0-1:6,2-3:4" (layer ranges : K) into o->layer_experts. Layers
+ * are checked against n_layers (or only for syntax when n_layers <= 0). */
+int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers);
+
+typedef struct {
+    int n_layers;
+    int experts_in;                     /* experts per layer of the source           */
+    int layer_k[MT_MAX_LAYERS];         /* experts per layer written                 */
+    /* group[l][e]: output expert that source expert e of layer l went into,
+     * -1 when pruned. */
+    int8_t group[MT_MAX_LAYERS][64];
+    double freq[MT_MAX_LAYERS][64];     /* fraction of routed slots per expert       */
+    double gate_mean[MT_MAX_LAYERS][64]; /* mean renormalised gate when routed        */
+    uint64_t calib_tokens;              /* tokens run                                */
+    uint64_t expert_params_in, expert_params_out;
+    double router_fit_rmse;             /* mean over layers (fit router only)        */
+    double seconds;
+} mt_merge_report;
+
+/* Merges `model_path` (HF directory or safetensors with HF tensor names) into
+ * the HF checkpoint directory `out_path` (written under a temporary name,
+ * renamed when complete). `report` may be NULL. */
+int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *o, mt_merge_report *report);
+
+/* ---- building blocks (f32; row-major; shapes as in PyTorch) ------------- */
+
+/* SwiGLU expert: y (n, H) = w2 (H, F) · (silu(w1 (F, H) · x) * (w3 (F, H) · x))
+ * for x (n, H). act (n, F) receives the hidden activations when not NULL. */
+void mt_merge_expert_forward(const float *w1, const float *w3, const float *w2, int H, int F, const float *x, int n,
+                             float *y, float *act);
+
+/* Reorders hidden units in place: new unit j = old unit perm[j] (rows of w1
+ * and w3, columns of w2). The expert computes the same function. */
+int mt_merge_permute_expert(float *w1, float *w3, float *w2, int H, int F, const int *perm);
+
+/* Aligns a member's hidden units to an anchor's: perm[j] = the member unit
+ * matched to anchor unit j, maximising the summed correlation of their
+ * activations over n samples (anchor_act, member_act: (n, F)). Greedy
+ * assignment on the correlation matrix (O(F^2) memory, O(F^2 log F) time)
+ * then 2-opt swaps; no O(F^3) solve. */
+int mt_merge_align(const float *anchor_act, const float *member_act, int n, int F, int *perm);
+
+/* Reference MoE block in f32: router (E, H), top_k of softmax renormalised,
+ * experts e with w1[e], w3[e], w2[e]. y (n, H). */
+void mt_merge_moe_forward(const float *router, const float *const *w1, const float *const *w3,
+                          const float *const *w2, int E, int top_k, int H, int F, const float *x, int n, float *y);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

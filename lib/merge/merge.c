@@ -1,0 +1,730 @@
+/* merge.c — `moetool merge`: calibration through the runtime's capture
+ * hooks, per-layer grouping / alignment / averaging / router reduction, and
+ * the streamed HF Mixtral output.
+ *
+ * Memory: the calibration pass keeps, for every layer, routing counts and
+ * gate sums (E numbers) and a fixed-size sample of FFN inputs (S, H). The
+ * merge then works one layer at a time: that layer's experts in f32
+ * (3 E F H floats), their outputs on the sample (E, S, H) and one pair of
+ * activation matrices (S, F) for alignment. The output is streamed by the HF
+ * writer; nothing else of the model is copied (weights stay memory-mapped). */
+#define _GNU_SOURCE
+#include "merge_impl.h"
+
+#include "moetool/mt_runtime.h"
+#include "moetool/mt_write.h"
+
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MT_MERGE_MAX_EXPERTS 64
+
+static const char *const g_methods[MT_MERGE_METHOD_COUNT] = {"prune",   "average", "frequency", "hc-smoe",
+                                                              "mc-smoe", "reap",    "reap-merge"};
+static const char *const g_routers[MT_MERGE_ROUTER_COUNT] = {"anchor", "average", "fit"};
+
+const char *mt_merge_method_name(int m) { return m >= 0 && m < MT_MERGE_METHOD_COUNT ? g_methods[m] : "?"; }
+const char *mt_merge_router_name(int r) { return r >= 0 && r < MT_MERGE_ROUTER_COUNT ? g_routers[r] : "?"; }
+int mt_merge_method_from_name(const char *s) {
+    for (int i = 0; s && i < MT_MERGE_METHOD_COUNT; i++)
+        if (!strcmp(s, g_methods[i])) return i;
+    return -1;
+}
+int mt_merge_router_from_name(const char *s) {
+    for (int i = 0; s && i < MT_MERGE_ROUTER_COUNT; i++)
+        if (!strcmp(s, g_routers[i])) return i;
+    return -1;
+}
+
+void mt_merge_opts_default(mt_merge_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->method = MT_MERGE_REAP_MERGE; /* best at 8->4 on the bundled model (docs/merge.md) */
+    o->router = MT_MERGE_ROUTER_FIT;
+    o->calib_tokens = 16384;
+    o->window = 256;
+    o->sample_tokens = 4096;
+    o->router_steps = 0;
+}
+
+int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers) {
+    const char *p = spec;
+    if (!spec || !*spec) return mt_seterr(MT_ERR_ARG, "--layers: empty specification");
+    while (*p) {
+        char *end;
+        long a = strtol(p, &end, 10), b = a, k;
+        if (end == p || a < 0) goto bad;
+        p = end;
+        if (*p == '-') {
+            b = strtol(p + 1, &end, 10);
+            if (end == p + 1 || b < a) goto bad;
+            p = end;
+        }
+        if (*p != ':') goto bad;
+        k = strtol(p + 1, &end, 10);
+        if (end == p + 1 || k < 1 || k > MT_MERGE_MAX_EXPERTS) goto bad;
+        p = end;
+        if (b >= MT_MAX_LAYERS || (n_layers > 0 && b >= n_layers))
+            return mt_seterr(MT_ERR_ARG, "--layers '%s': layer %ld past the model's %d layers", spec, b, n_layers);
+        for (long l = a; l <= b; l++) o->layer_experts[l] = (int)k;
+        if (*p == ',') {
+            if (!*++p) goto bad;
+        } else if (*p) {
+            goto bad;
+        }
+    }
+    return MT_OK;
+bad:
+    return mt_seterr(MT_ERR_ARG, "--layers '%s': expected LAYER[-LAYER]:K[,...] (e.g. 0-1:6,2-3:4)", spec);
+}
+
+/* ---- calibration ------------------------------------------------------------ */
+
+typedef struct {
+    int L, E, H, top_k, S;
+    uint64_t stride;        /* keep every stride-th token of a layer's stream     */
+    uint64_t *count;        /* (L, E) routed slots                                */
+    double *gate_sum;       /* (L, E) renormalised gates summed                   */
+    float *sample;          /* (L, S, H) FFN inputs                               */
+    int *n_sample;          /* [L]                                                */
+    uint64_t *seen;         /* [L] tokens seen                                    */
+} calib;
+
+static int calib_hook(void *user, const mt_capture_event *ev) {
+    calib *c = user;
+    const int l = ev->layer;
+    if (l < 0 || l >= c->L) return 0;
+    if (ev->kind == MT_CAP_FFN_IN) {
+        for (int i = 0; i < ev->n_rows; i++) {
+            uint64_t t = c->seen[l]++;
+            if (t % c->stride == 0 && c->n_sample[l] < c->S) {
+                memcpy(c->sample + ((size_t)l * c->S + c->n_sample[l]) * c->H, ev->data + (size_t)i * ev->n_cols,
+                       (size_t)c->H * sizeof(float));
+                c->n_sample[l]++;
+            }
+        }
+    } else if (ev->kind == MT_CAP_ROUTER_LOGITS && ev->topk && ev->n_cols == c->E) {
+        for (int i = 0; i < ev->n_rows; i++) {
+            const float *lg = ev->data + (size_t)i * ev->n_cols;
+            const int32_t *tk = ev->topk + (size_t)i * c->top_k;
+            double mx = -DBL_MAX, s = 0, ks = 0;
+            for (int e = 0; e < c->E; e++) mx = lg[e] > mx ? lg[e] : mx;
+            for (int e = 0; e < c->E; e++) s += exp(lg[e] - mx);
+            for (int k = 0; k < c->top_k; k++) ks += exp(lg[tk[k]] - mx) / s;
+            for (int k = 0; k < c->top_k; k++) {
+                int e = tk[k];
+                if (e < 0 || e >= c->E) continue;
+                c->count[(size_t)l * c->E + e]++;
+                c->gate_sum[(size_t)l * c->E + e] += exp(lg[e] - mx) / s / ks;
+            }
+        }
+    }
+    return 0;
+}
+
+static int read_text(const char *path, char **out, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return mt_seterr(MT_ERR_IO, "%s: cannot open calibration text", path);
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    while (b) {
+        if (n + 4096 + 1 > cap) {
+            char *nb = realloc(b, cap *= 2);
+            if (!nb) {
+                free(b);
+                b = NULL;
+                break;
+            }
+            b = nb;
+        }
+        size_t r = fread(b + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!b) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory reading", path);
+    if (err) {
+        free(b);
+        return mt_seterr(MT_ERR_IO, "%s: read error", path);
+    }
+    b[n] = 0;
+    *out = b;
+    *len = n;
+    return MT_OK;
+}
+
+static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64_t *tokens_run) {
+    const mt_tokenizer *tok = mt_model_tokenizer(m);
+    if (!tok) return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer to encode the calibration text", mt_ckpt_path(mt_model_ckpt(m)));
+    char *text = NULL;
+    size_t len = 0, n_ids = 0;
+    int32_t *ids = NULL;
+    mt_ctx *ctx = NULL;
+    int st = read_text(o->calib_path, &text, &len);
+    if (st) return st;
+    size_t cap = len + 2;
+    ids = malloc(cap * sizeof *ids);
+    if (!ids) {
+        st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory encoding", o->calib_path);
+        goto done;
+    }
+    int bos = mt_tok_bos(tok);
+    size_t off = bos >= 0 ? 1 : 0;
+    if (bos >= 0) ids[0] = bos;
+    if ((st = mt_tok_encode(tok, text, len, ids + off, cap - off, &n_ids))) goto done;
+    if (n_ids > cap - off) {
+        st = mt_seterr(MT_ERR_INTERNAL, "%s: tokenizer produced more ids than bytes", o->calib_path);
+        goto done;
+    }
+    n_ids += off;
+    if (n_ids < (size_t)o->calib_tokens) {
+        st = mt_seterr(MT_ERR_ARG, "%s: calibration text has %zu tokens, --calib-tokens asks for %d", o->calib_path,
+                       n_ids, o->calib_tokens);
+        goto done;
+    }
+    const int W = o->window;
+    const size_t n_win = (size_t)o->calib_tokens / W;
+    if (n_win == 0) {
+        st = mt_seterr(MT_ERR_ARG, "--calib-tokens %d is less than one window of %d tokens", o->calib_tokens, W);
+        goto done;
+    }
+    if ((st = mt_ctx_init(&ctx, m, W, W))) goto done;
+    mt_ctx_set_capture(ctx, calib_hook, c, MT_CAP_FFN_IN | MT_CAP_ROUTER_LOGITS);
+    for (size_t w = 0; w < n_win; w++) {
+        mt_ctx_reset(ctx);
+        if ((st = mt_ctx_forward(ctx, ids + w * W, W, NULL, 0))) goto done;
+        if (o->progress) o->progress(o->progress_user, "calibrate", w + 1, n_win);
+    }
+    *tokens_run = (uint64_t)n_win * W;
+done:
+    mt_ctx_free(ctx);
+    free(text);
+    free(ids);
+    return st;
+}
+
+/* ---- one layer ------------------------------------------------------------- */
+
+static int mat_to_f32(const mt_mat *M, float *dst, const char *what) {
+    if (M->aux[0])
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: stored as %s with side data; convert to bf16 before merging", what,
+                         mt_dtype_get(M->dtype)->name);
+    for (int64_t r = 0; r < M->rows; r++) {
+        int st = mt_row_to_f32(M->dtype, (const char *)M->data + (uint64_t)r * M->row_stride, dst + r * M->cols,
+                               M->cols);
+        if (st) return st;
+    }
+    return MT_OK;
+}
+
+typedef struct {
+    int E, K, H, F, S, top_k;
+    float *W1, *W3, *W2;  /* (E, F, H), (E, F, H), (E, H, F)           */
+    float *R;             /* (E, H) router                              */
+    float *Y;             /* (E, S, H) expert outputs on the sample      */
+    float *P;             /* (S, E) routing probabilities               */
+    float *A, *B;         /* (S, F) activations for alignment            */
+    float *O1, *O3, *O2;  /* (K, F, H), (K, F, H), (K, H, F) outputs    */
+    float *RK;            /* (K, H) output router                        */
+    float *T;             /* (S, K) router targets                       */
+    int *perm;            /* (E, F)                                     */
+    const float *sample_x; /* (S, H) this layer's FFN inputs             */
+} layer_buf;
+
+static void sort_by(const double *v, int n, int *idx) {
+    for (int i = 0; i < n; i++) idx[i] = i;
+    for (int i = 1; i < n; i++) {
+        int x = idx[i], j = i;
+        while (j > 0 && v[idx[j - 1]] < v[x]) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = x;
+    }
+}
+
+/* REAP saliency per expert: mean over the sample tokens routed to it of
+ * (renormalised gate) x |expert output|. */
+static void reap_saliency(const layer_buf *b, double *score) {
+    const int E = b->E, S = b->S, H = b->H;
+    for (int e = 0; e < E; e++) {
+        double s = 0;
+        int n = 0;
+        for (int i = 0; i < S; i++) {
+            const float *p = b->P + (size_t)i * E;
+            int rank = 0;
+            double ks = 0;
+            for (int f = 0; f < E; f++) rank += p[f] > p[e] || (p[f] == p[e] && f < e);
+            if (rank >= b->top_k) continue;
+            for (int f = 0; f < E; f++) {
+                int rf = 0;
+                for (int g = 0; g < E; g++) rf += p[g] > p[f] || (p[g] == p[f] && g < f);
+                if (rf < b->top_k) ks += p[f];
+            }
+            const float *y = b->Y + ((size_t)e * S + i) * H;
+            double nrm = 0;
+            for (int j = 0; j < H; j++) nrm += (double)y[j] * y[j];
+            s += p[e] / ks * sqrt(nrm);
+            n++;
+        }
+        score[e] = n ? s / n : 0;
+    }
+}
+
+/* Groups per method: assign[e] in [0, K) or -1 (pruned); anchor_score[e]
+ * picks each group's anchor (its highest-scoring member). */
+static int make_groups(const mt_merge_opts *o, layer_buf *b, const double *freq, int *assign, double *anchor_score) {
+    const int E = b->E, K = b->K, S = b->S, H = b->H;
+    int order[MT_MERGE_MAX_EXPERTS];
+    double score[MT_MERGE_MAX_EXPERTS];
+    memcpy(anchor_score, freq, (size_t)E * sizeof(double));
+    switch (o->method) {
+    case MT_MERGE_REAP_MERGE:
+        /* REAP's K most salient experts are the anchors; every other expert
+         * joins the anchor whose outputs on the same tokens are closest. */
+        reap_saliency(b, score);
+        memcpy(anchor_score, score, (size_t)E * sizeof(double));
+        sort_by(score, E, order);
+        for (int k = 0; k < K; k++) assign[order[k]] = k;
+        for (int i = K; i < E; i++) {
+            int e = order[i], best = 0;
+            double bd = DBL_MAX;
+            for (int k = 0; k < K; k++) {
+                const float *ye = b->Y + (size_t)e * S * H, *ya = b->Y + (size_t)order[k] * S * H;
+                double d = 0;
+                for (size_t q = 0; q < (size_t)S * H; q++) d += ((double)ye[q] - ya[q]) * ((double)ye[q] - ya[q]);
+                if (d < bd) bd = d, best = k;
+            }
+            assign[e] = best;
+        }
+        return MT_OK;
+    case MT_MERGE_PRUNE:
+    case MT_MERGE_REAP:
+        if (o->method == MT_MERGE_PRUNE) {
+            memcpy(score, freq, (size_t)E * sizeof(double));
+        } else {
+            reap_saliency(b, score);
+        }
+        sort_by(score, E, order);
+        for (int e = 0; e < E; e++) assign[e] = -1;
+        for (int k = 0; k < K; k++) assign[order[k]] = k;
+        return MT_OK;
+    case MT_MERGE_AVERAGE:
+    case MT_MERGE_FREQUENCY:
+        /* The K most used stay; the i-th least used goes into the i-th most used. */
+        sort_by(freq, E, order);
+        for (int k = 0; k < K; k++) assign[order[k]] = k;
+        for (int i = 0; i < E - K; i++) assign[order[E - 1 - i]] = i % K;
+        return MT_OK;
+    case MT_MERGE_MC_SMOE: {
+        /* Dominant experts by frequency; each other expert joins the dominant
+         * one whose router logits over the sample correlate best with its own. */
+        sort_by(freq, E, order);
+        for (int k = 0; k < K; k++) assign[order[k]] = k;
+        for (int i = K; i < E; i++) {
+            int e = order[i], best = 0;
+            double bc = -DBL_MAX;
+            for (int k = 0; k < K; k++) {
+                int d = order[k];
+                double sa = 0, sb = 0, sab = 0, saa = 0, sbb = 0;
+                for (int t = 0; t < S; t++) {
+                    double x = log(b->P[(size_t)t * E + e] + 1e-30), y = log(b->P[(size_t)t * E + d] + 1e-30);
+                    sa += x, sb += y, sab += x * y, saa += x * x, sbb += y * y;
+                }
+                double cov = sab - sa * sb / S, va = saa - sa * sa / S, vb = sbb - sb * sb / S;
+                double cc = cov / sqrt(va * vb + 1e-30);
+                if (cc > bc) bc = cc, best = k;
+            }
+            assign[e] = best;
+        }
+        return MT_OK;
+    }
+    case MT_MERGE_HC_SMOE: {
+        /* Average linkage on the experts' mean outputs over the shared sample. */
+        double *mu = calloc((size_t)E * H, sizeof(double));
+        double *D = malloc((size_t)E * E * sizeof(double));
+        int st = MT_OK;
+        if (!mu || !D) {
+            st = mt_seterr(MT_ERR_NOMEM, "out of memory clustering experts");
+        } else {
+            for (int e = 0; e < E; e++)
+                for (int i = 0; i < S; i++)
+                    for (int j = 0; j < H; j++) mu[(size_t)e * H + j] += b->Y[((size_t)e * S + i) * H + j] / S;
+            for (int a = 0; a < E; a++)
+                for (int c = 0; c < E; c++) {
+                    double s = 0;
+                    for (int j = 0; j < H; j++) {
+                        double d = mu[(size_t)a * H + j] - mu[(size_t)c * H + j];
+                        s += d * d;
+                    }
+                    D[(size_t)a * E + c] = sqrt(s);
+                }
+            st = merge_cluster_average_linkage(D, E, K, assign);
+        }
+        free(mu);
+        free(D);
+        return st;
+    }
+    default: return mt_seterr(MT_ERR_ARG, "merge method %d unknown", o->method);
+    }
+}
+
+/* Builds O1/O3/O2 and RK for one layer from the groups. */
+static int merge_layer(const mt_merge_opts *o, layer_buf *b, const double *freq, const double *anchor_score,
+                       const int *assign, double *fit_rmse) {
+    const int E = b->E, K = b->K, H = b->H, F = b->F, S = b->S;
+    const size_t FH = (size_t)F * H;
+    int st = MT_OK;
+    const int align = o->method == MT_MERGE_FREQUENCY || o->method == MT_MERGE_HC_SMOE ||
+                      o->method == MT_MERGE_MC_SMOE || o->method == MT_MERGE_REAP_MERGE;
+    for (int k = 0; k < K; k++) {
+        int mem[MT_MERGE_MAX_EXPERTS], nm = 0, anchor = -1;
+        double wts[MT_MERGE_MAX_EXPERTS], wsum = 0;
+        for (int e = 0; e < E; e++)
+            if (assign[e] == k) {
+                mem[nm++] = e;
+                if (anchor < 0 || anchor_score[e] > anchor_score[anchor]) anchor = e;
+            }
+        if (nm == 0) return mt_seterr(MT_ERR_INTERNAL, "merge: output expert %d has no members", k);
+        const float *w1[MT_MERGE_MAX_EXPERTS], *w3[MT_MERGE_MAX_EXPERTS], *w2[MT_MERGE_MAX_EXPERTS];
+        const int *pm[MT_MERGE_MAX_EXPERTS];
+        if (align && nm > 1) mt_merge_expert_forward(b->W1 + anchor * FH, b->W3 + anchor * FH, b->W2 + anchor * FH,
+                                                     H, F, b->sample_x, S, b->Y, b->A);
+        for (int i = 0; i < nm; i++) {
+            int e = mem[i];
+            w1[i] = b->W1 + e * FH;
+            w3[i] = b->W3 + e * FH;
+            w2[i] = b->W2 + e * FH;
+            wts[i] = o->method == MT_MERGE_AVERAGE ? 1.0 : freq[e] + 1e-9;
+            wsum += wts[i];
+            int *p = b->perm + (size_t)e * F;
+            for (int j = 0; j < F; j++) p[j] = j;
+            if (align && nm > 1 && e != anchor) {
+                mt_merge_expert_forward(w1[i], w3[i], w2[i], H, F, b->sample_x, S, b->Y, b->B);
+                if ((st = mt_merge_align(b->A, b->B, S, F, p))) return st;
+            }
+            pm[i] = p;
+        }
+        for (int i = 0; i < nm; i++) wts[i] /= wsum;
+        merge_weighted_average(w1, w3, w2, pm, wts, nm, H, F, b->O1 + k * FH, b->O3 + k * FH, b->O2 + k * FH);
+        /* Router rows that need no fitting. */
+        float *rk = b->RK + (size_t)k * H;
+        if (o->router == MT_MERGE_ROUTER_AVERAGE && nm > 1) {
+            double fs = 0;
+            for (int i = 0; i < nm; i++) fs += freq[mem[i]] + 1e-9;
+            for (int j = 0; j < H; j++) {
+                double s = 0;
+                for (int i = 0; i < nm; i++) s += (freq[mem[i]] + 1e-9) / fs * b->R[(size_t)mem[i] * H + j];
+                rk[j] = (float)s;
+            }
+        } else {
+            memcpy(rk, b->R + (size_t)anchor * H, (size_t)H * sizeof(float));
+        }
+    }
+    int any_pruned = 0, any_merged = 0;
+    for (int e = 0; e < E; e++) any_pruned |= assign[e] < 0;
+    for (int k = 0; k < K; k++) {
+        int n = 0;
+        for (int e = 0; e < E; e++) n += assign[e] == k;
+        any_merged |= n > 1;
+    }
+    if (o->router == MT_MERGE_ROUTER_FIT && any_merged && !any_pruned) {
+        /* Targets: log of each group's summed routing probability, centred per
+         * token (softmax ignores a per-token constant). */
+        for (int i = 0; i < S; i++) {
+            float *t = b->T + (size_t)i * K;
+            double mean = 0;
+            for (int k = 0; k < K; k++) t[k] = 0;
+            for (int e = 0; e < E; e++) t[assign[e]] += b->P[(size_t)i * E + e];
+            if (o->router_steps > 0) continue;
+            for (int k = 0; k < K; k++) mean += (t[k] = logf(t[k] > 1e-30f ? t[k] : 1e-30f));
+            mean /= K;
+            for (int k = 0; k < K; k++) t[k] -= (float)mean;
+        }
+        if (o->router_steps > 0) {
+            /* start from the anchor rows, fit the summed probabilities */
+            st = merge_refine_router(b->sample_x, b->T, S, H, K, o->router_steps, 1e-3f, b->RK);
+        } else {
+            st = merge_fit_router(b->sample_x, b->T, S, H, K, 1e-4, b->RK, fit_rmse);
+        }
+        if (st) return st;
+    }
+    return MT_OK;
+}
+
+/* ---- output ----------------------------------------------------------------- */
+
+static int is_moe_tensor(const char *name) {
+    int l, n = 0;
+    return sscanf(name, "model.layers.%d.block_sparse_moe.%n", &l, &n) == 1 && n > 0;
+}
+
+static mt_dtype out_type(mt_dtype t) {
+    return (t == MT_DT_F32 || t == MT_DT_F16 || t == MT_DT_BF16) ? t : MT_DT_BF16;
+}
+
+/* Converts rows of f32 to `t` and streams them. */
+static int write_rows(mt_hf_writer *w, mt_dtype t, const float *src, int64_t rows, int64_t cols, void *buf) {
+    uint64_t rb;
+    int st = mt_dtype_nbytes(t, (uint64_t)cols, &rb);
+    if (st) return st;
+    for (int64_t r = 0; r < rows; r++) {
+        if ((st = mt_row_from_f32(t, src + r * cols, buf, cols))) return st;
+        if ((st = mt_hf_writer_write(w, buf, rb))) return st;
+    }
+    return MT_OK;
+}
+
+int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *o, mt_merge_report *rep) {
+    double t0 = mt_now();
+    mt_model *m = NULL;
+    mt_outdir *od = NULL;
+    mt_hf_writer *hw = NULL;
+    calib c = {0};
+    layer_buf b = {0};
+    char *cfg_text = NULL;
+    void *rowbuf = NULL;
+    mt_merge_report r0;
+    mt_merge_report *R = rep ? rep : &r0;
+    int st;
+    memset(R, 0, sizeof *R);
+    if (!o || !model_path || !out_path) return mt_seterr(MT_ERR_ARG, "merge: missing model, output or options");
+    if (o->method < 0 || o->method >= MT_MERGE_METHOD_COUNT) return mt_seterr(MT_ERR_ARG, "merge: unknown method %d", o->method);
+    if (o->router < 0 || o->router >= MT_MERGE_ROUTER_COUNT) return mt_seterr(MT_ERR_ARG, "merge: unknown router %d", o->router);
+    if (!o->calib_path) return mt_seterr(MT_ERR_ARG, "merge: --calib FILE is required");
+    if (o->window < 2 || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
+        return mt_seterr(MT_ERR_ARG, "merge: --calib-tokens, window or sample size out of range");
+
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = o->n_threads;
+    if ((st = mt_model_load(&m, model_path, &mo))) return st;
+    const mt_config *cf = mt_model_config(m);
+    const mt_weights *w = mt_model_weights(m);
+    const mt_ckpt *ck = mt_model_ckpt(m);
+    const int L = cf->n_layers, H = cf->hidden, F = cf->ffn;
+    if (cf->n_experts == 0) {
+        st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: dense model (no experts to merge)", model_path);
+        goto done;
+    }
+    if (mt_ckpt_format(ck) == MT_FMT_GGUF) {
+        st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: merge reads Hugging Face checkpoints; convert the GGUF with "
+                                           "`moetool convert IN -o DIR --to hf` first", model_path);
+        goto done;
+    }
+    int Emax = 0, reduced = 0;
+    for (int l = 0; l < L; l++) {
+        const int from_spec = o->layer_experts[l] > 0, E = w->layers[l].n_experts;
+        const int K = from_spec ? o->layer_experts[l] : o->experts ? o->experts : E;
+        if (E > MT_MERGE_MAX_EXPERTS) {
+            st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: layer %d has %d experts (merge handles up to %d)", model_path, l,
+                           E, MT_MERGE_MAX_EXPERTS);
+            goto done;
+        }
+        if (K > E || (K == E && o->experts && !from_spec)) {
+            st = mt_seterr(MT_ERR_ARG, "%s %d: layer %d has %d experts; K must be less", from_spec ? "--layers" : "--experts", K, l, E);
+            goto done;
+        }
+        if (K < cf->top_k) {
+            st = mt_seterr(MT_ERR_ARG, "--experts %d for layer %d is less than the %d experts each token uses", K, l,
+                           cf->top_k);
+            goto done;
+        }
+        R->layer_k[l] = K;
+        if (E > Emax) Emax = E;
+        reduced |= K < E;
+    }
+    if (!reduced) {
+        st = mt_seterr(MT_ERR_ARG, "merge: every layer keeps its %d experts; nothing to merge", cf->n_experts);
+        goto done;
+    }
+    for (int l = L; l < MT_MAX_LAYERS; l++)
+        if (o->layer_experts[l]) {
+            st = mt_seterr(MT_ERR_ARG, "--layers: layer %d past the model's %d layers", l, L);
+            goto done;
+        }
+    R->n_layers = L;
+    R->experts_in = cf->n_experts;
+
+    /* Calibration. */
+    c.L = L, c.E = cf->n_experts, c.H = H, c.top_k = cf->top_k, c.S = o->sample_tokens;
+    c.stride = (uint64_t)o->calib_tokens / (uint64_t)o->sample_tokens;
+    if (c.stride < 1) c.stride = 1;
+    c.count = calloc((size_t)L * c.E, sizeof *c.count);
+    c.gate_sum = calloc((size_t)L * c.E, sizeof *c.gate_sum);
+    c.sample = malloc((size_t)L * c.S * H * sizeof(float));
+    c.n_sample = calloc((size_t)L, sizeof(int));
+    c.seen = calloc((size_t)L, sizeof(uint64_t));
+    if (!c.count || !c.gate_sum || !c.sample || !c.n_sample || !c.seen) {
+        st = mt_seterr(MT_ERR_NOMEM, "out of memory for calibration statistics");
+        goto done;
+    }
+    /* The output directory first, so that a bad path fails before the work. */
+    if ((st = mt_outdir_open(&od, out_path))) goto done;
+    if ((st = run_calibration(m, o, &c, &R->calib_tokens))) goto done;
+
+    /* Output: declare every tensor first (the writer fixes its layout). */
+    if ((st = mt_hf_writer_open(&hw, mt_outdir_path(od), 0))) goto done;
+    for (size_t i = 0; i < mt_ckpt_count(ck); i++) {
+        const mt_tensor *t = mt_ckpt_get(ck, i);
+        if (is_moe_tensor(t->name)) continue;
+        if ((st = mt_hf_writer_add(hw, t->name, t->dtype, t->n_dims, t->shape))) goto done;
+    }
+    const mt_dtype et = out_type(w->layers[0].w1[0].dtype), rt = out_type(w->layers[0].router.dtype);
+    int Kmax = 0;
+    for (int l = 0; l < L; l++) {
+        char name[128];
+        int K = R->layer_k[l];
+        if (K > Kmax) Kmax = K;
+        snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
+        if ((st = mt_hf_writer_add(hw, name, rt, 2, (const int64_t[]){K, H}))) goto done;
+        for (int k = 0; k < K; k++) {
+            static const char *const wn[3] = {"w1", "w2", "w3"};
+            for (int q = 0; q < 3; q++) {
+                snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, k, wn[q]);
+                int64_t shape[2] = {q == 1 ? H : F, q == 1 ? F : H};
+                if ((st = mt_hf_writer_add(hw, name, et, 2, shape))) goto done;
+            }
+        }
+    }
+    for (size_t i = 0; i < mt_ckpt_count(ck); i++) {
+        const mt_tensor *t = mt_ckpt_get(ck, i);
+        if (is_moe_tensor(t->name)) continue;
+        if ((st = mt_hf_writer_write(hw, t->data, t->nbytes))) goto done;
+    }
+
+    /* Layer by layer. */
+    const size_t FH = (size_t)F * H;
+    const int S = o->sample_tokens;
+    b.W1 = malloc((size_t)Emax * FH * sizeof(float));
+    b.W3 = malloc((size_t)Emax * FH * sizeof(float));
+    b.W2 = malloc((size_t)Emax * FH * sizeof(float));
+    b.R = malloc((size_t)Emax * H * sizeof(float));
+    b.Y = malloc((size_t)Emax * S * H * sizeof(float));
+    b.P = malloc((size_t)S * Emax * sizeof(float));
+    b.A = malloc((size_t)S * F * sizeof(float));
+    b.B = malloc((size_t)S * F * sizeof(float));
+    b.O1 = malloc((size_t)Emax * FH * sizeof(float));
+    b.O3 = malloc((size_t)Emax * FH * sizeof(float));
+    b.O2 = malloc((size_t)Emax * FH * sizeof(float));
+    b.RK = malloc((size_t)Emax * H * sizeof(float));
+    b.T = malloc((size_t)S * Emax * sizeof(float));
+    b.perm = malloc((size_t)Emax * F * sizeof(int));
+    rowbuf = malloc((size_t)(F > H ? F : H) * 4 + 64);
+    if (!b.W1 || !b.W3 || !b.W2 || !b.R || !b.Y || !b.P || !b.A || !b.B || !b.O1 || !b.O3 || !b.O2 || !b.RK ||
+        !b.T || !b.perm || !rowbuf) {
+        st = mt_seterr(MT_ERR_NOMEM, "out of memory for one layer's merge buffers");
+        goto done;
+    }
+    double rmse_sum = 0;
+    int rmse_n = 0;
+    for (int l = 0; l < L; l++) {
+        const mt_layer_weights *Lw = &w->layers[l];
+        const int E = Lw->n_experts, K = R->layer_k[l];
+        char what[96];
+        b.E = E, b.K = K, b.H = H, b.F = F, b.top_k = cf->top_k;
+        b.S = c.n_sample[l];
+        b.sample_x = c.sample + (size_t)l * c.S * H;
+        if (b.S < 16) {
+            st = mt_seterr(MT_ERR_ARG, "%s: only %d calibration samples for layer %d", o->calib_path, b.S, l);
+            goto done;
+        }
+        snprintf(what, sizeof what, "layer %d router", l);
+        if ((st = mat_to_f32(&Lw->router, b.R, what))) goto done;
+        for (int e = 0; e < E; e++) {
+            snprintf(what, sizeof what, "layer %d expert %d", l, e);
+            if ((st = mat_to_f32(&Lw->w1[e], b.W1 + e * FH, what)) || (st = mat_to_f32(&Lw->w3[e], b.W3 + e * FH, what)) ||
+                (st = mat_to_f32(&Lw->w2[e], b.W2 + e * FH, what)))
+                goto done;
+        }
+        /* routing probabilities and expert outputs on the sample */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b.S, E, H, 1.0f, b.sample_x, H, b.R, H, 0.0f, b.P, E);
+        for (int i = 0; i < b.S; i++) {
+            float *p = b.P + (size_t)i * E, mx = -FLT_MAX, s = 0;
+            for (int e = 0; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+            for (int e = 0; e < E; e++) s += (p[e] = expf(p[e] - mx));
+            for (int e = 0; e < E; e++) p[e] /= s;
+        }
+        for (int e = 0; e < E; e++)
+            mt_merge_expert_forward(b.W1 + e * FH, b.W3 + e * FH, b.W2 + e * FH, H, F, b.sample_x, b.S,
+                                    b.Y + (size_t)e * b.S * H, b.A);
+        double freq[MT_MERGE_MAX_EXPERTS];
+        uint64_t tot = 0;
+        for (int e = 0; e < E; e++) tot += c.count[(size_t)l * c.E + e];
+        for (int e = 0; e < E; e++) {
+            freq[e] = tot ? (double)c.count[(size_t)l * c.E + e] / tot : 1.0 / E;
+            R->freq[l][e] = freq[e];
+            uint64_t ce = c.count[(size_t)l * c.E + e];
+            R->gate_mean[l][e] = ce ? c.gate_sum[(size_t)l * c.E + e] / (double)ce : 0.0;
+        }
+        int assign[MT_MERGE_MAX_EXPERTS];
+        double ascore[MT_MERGE_MAX_EXPERTS];
+        memcpy(ascore, freq, sizeof ascore);
+        if (K == E) {
+            for (int e = 0; e < E; e++) assign[e] = e;
+        } else if ((st = make_groups(o, &b, freq, assign, ascore))) {
+            goto done;
+        }
+        for (int e = 0; e < E; e++) R->group[l][e] = (int8_t)assign[e];
+        double rmse = -1;
+        if ((st = merge_layer(o, &b, freq, ascore, assign, &rmse))) goto done;
+        if (rmse >= 0) rmse_sum += rmse, rmse_n++;
+        if ((st = write_rows(hw, rt, b.RK, K, H, rowbuf))) goto done;
+        for (int k = 0; k < K; k++)
+            if ((st = write_rows(hw, et, b.O1 + k * FH, F, H, rowbuf)) ||
+                (st = write_rows(hw, et, b.O2 + k * FH, H, F, rowbuf)) ||
+                (st = write_rows(hw, et, b.O3 + k * FH, F, H, rowbuf)))
+                goto done;
+        R->expert_params_in += (uint64_t)E * 3 * FH;
+        R->expert_params_out += (uint64_t)K * 3 * FH;
+        if (o->progress) o->progress(o->progress_user, "merge", (uint64_t)l + 1, (uint64_t)L);
+    }
+    R->router_fit_rmse = rmse_n ? rmse_sum / rmse_n : 0;
+    if ((st = mt_hf_writer_finish(hw))) goto done;
+
+    mt_config oc = *cf;
+    int uniform = 1;
+    for (int l = 1; l < L; l++) uniform &= R->layer_k[l] == R->layer_k[0];
+    oc.n_experts = Kmax;
+    memset(oc.layer_experts, 0, sizeof oc.layer_experts);
+    if (!uniform)
+        for (int l = 0; l < L; l++) oc.layer_experts[l] = R->layer_k[l] == Kmax ? 0 : R->layer_k[l];
+    const char *tdt = et == MT_DT_F32 ? "float32" : et == MT_DT_F16 ? "float16" : "bfloat16";
+    if ((st = mt_config_to_hf_json(&cfg_text, &oc, tdt))) goto done;
+    if ((st = mt_write_text_file(mt_outdir_path(od), "config.json", cfg_text, strlen(cfg_text)))) goto done;
+    if ((st = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;
+    st = mt_outdir_commit(od); /* frees od whatever the outcome */
+    od = NULL;
+    if (st) goto done;
+    R->seconds = mt_now() - t0;
+done:
+    mt_hf_writer_free(hw);
+    mt_outdir_free(od);
+    free(cfg_text);
+    free(rowbuf);
+    free(c.count);
+    free(c.gate_sum);
+    free(c.sample);
+    free(c.n_sample);
+    free(c.seen);
+    free(b.W1);
+    free(b.W3);
+    free(b.W2);
+    free(b.R);
+    free(b.Y);
+    free(b.P);
+    free(b.A);
+    free(b.B);
+    free(b.O1);
+    free(b.O3);
+    free(b.O2);
+    free(b.RK);
+    free(b.T);
+    free(b.perm);
+    mt_model_free(m);
+    return st;
+}

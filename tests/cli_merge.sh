@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# moetool merge from the command line: 8 -> 6 on the bundled model with a
+# small calibration (fast), the output loads and evaluates, converts to GGUF
+# and the GGUF evaluates identically; per-layer counts reach the config; bad
+# options exit 2 (usage) or 1 (failure) with a message and leave no output.
+set -u
+BIN=${MT_BIN:-build/cli/moetool}
+MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
+SRC=${MT_SOURCE_DIR:-.}
+TEXT=$MODEL/data/test.txt
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0; passes=0
+ok() { passes=$((passes + 1)); }
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+if ! command -v python3 >/dev/null; then echo "skipped: python3 needed to read JSON"; exit 77; fi
+jget() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval('d' + sys.argv[2]))" "$@"; }
+FAST="--calib-tokens 2048 --sample 1024 --threads 2"
+
+# 8 -> 6 with the default method and router
+"$BIN" merge "$MODEL" -o "$T/m6" --experts 6 $FAST --json >"$T/m6.json" 2>"$T/err" || bad "merge 8->6: $(cat "$T/err")"
+[ "$(jget "$T/m6.json" "['layer_experts']")" = "[6, 6, 6, 6]" ] && ok || bad "layer_experts in JSON"
+[ "$(jget "$T/m6.json" "['expert_params_out'] * 8 == d['expert_params_in'] * 6")" = True ] && ok || bad "expert parameter counts"
+python3 -c "import json,sys; c=json.load(open(sys.argv[1])); sys.exit(0 if c['num_local_experts'] == 6 and 'moe_layer_experts' not in c else 1)" \
+  "$T/m6/config.json" && ok || bad "config.json num_local_experts != 6"
+[ -f "$T/m6/tokenizer.model" ] && ok || bad "tokenizer not copied"
+"$BIN" eval "$T/m6" --text "$TEXT" --ctx 256 --max-windows 20 --ref "$MODEL" --json >"$T/e6.json" 2>"$T/err" \
+  || bad "eval merged: $(cat "$T/err")"
+"$BIN" eval "$MODEL" --text "$TEXT" --ctx 256 --max-windows 20 --json >"$T/e8.json" 2>"$T/err" || bad "eval original"
+p6=$(jget "$T/e6.json" "['ppl']"); p8=$(jget "$T/e8.json" "['ppl']")
+python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if b < a < 2.5 * b else 1)" "$p6" "$p8" \
+  && ok || bad "merged ppl $p6 not in (original $p8, 2.5x)"
+[ "$(jget "$T/e6.json" "['size']['expert_params']")" = 9437184 ] && ok || bad "eval expert_params"
+
+# GGUF round trip evaluates identically
+"$BIN" convert "$T/m6" -o "$T/m6.gguf" 2>"$T/err" || bad "convert --to gguf: $(cat "$T/err")"
+"$BIN" eval "$T/m6.gguf" --text "$TEXT" --ctx 256 --max-windows 20 --json >"$T/g6.json" 2>"$T/err" || bad "eval gguf: $(cat "$T/err")"
+pg=$(jget "$T/g6.json" "['ppl']")
+python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if abs(a - b) <= 1e-6 * b else 1)" "$pg" "$p6" \
+  && ok || bad "gguf ppl $pg != hf ppl $p6"
+
+# per-layer counts: config states them, the runtime reads them
+"$BIN" merge "$MODEL" -o "$T/mix" --layers 0-1:6,2-3:4 --method reap $FAST >"$T/out" 2>"$T/err" || bad "merge --layers: $(cat "$T/err")"
+python3 -c "import json,sys; c=json.load(open(sys.argv[1])); sys.exit(0 if c['num_local_experts'] == 6 and c['moe_layer_experts'] == [6, 6, 4, 4] else 1)" \
+  "$T/mix/config.json" && ok || bad "config of --layers output"
+"$BIN" inspect "$T/mix" --json >"$T/mix.json" 2>"$T/err" && ok || bad "inspect --layers output: $(cat "$T/err")"
+"$BIN" eval "$T/mix" --text "$TEXT" --ctx 256 --max-windows 4 --json >"$T/emix.json" 2>"$T/err" && ok || bad "eval --layers output: $(cat "$T/err")"
+[ "$(jget "$T/emix.json" "['size']['expert_params']")" = $((2 * 6 * 393216 + 2 * 4 * 393216)) ] && ok || bad "per-layer expert params"
+
+# bad options: exit code, a message, no output
+expect() { # code description args...
+  local code=$1 what=$2; shift 2
+  rm -rf "$T/x"
+  "$BIN" merge "$@" >/dev/null 2>"$T/err"; local rc=$?
+  [ "$rc" = "$code" ] && ok || bad "$what: exit $rc, expected $code"
+  [ -s "$T/err" ] && ok || bad "$what: no message"
+  [ ! -e "$T/x" ] && ok || bad "$what: output left behind"
+  ls "$T" | grep -q '^x\.' && bad "$what: temporary left behind" || ok
+}
+expect 2 "K = experts" "$MODEL" -o "$T/x" --experts 8 $FAST
+expect 2 "K > experts" "$MODEL" -o "$T/x" --experts 9 $FAST
+expect 2 "K < top_k" "$MODEL" -o "$T/x" --experts 1 $FAST
+expect 2 "bad --layers" "$MODEL" -o "$T/x" --layers 0-1:6,x $FAST
+expect 2 "--layers past the layers" "$MODEL" -o "$T/x" --layers 0-9:6 $FAST
+expect 2 "bad method" "$MODEL" -o "$T/x" --experts 6 --method nope $FAST
+expect 2 "bad router" "$MODEL" -o "$T/x" --experts 6 --router nope $FAST
+expect 2 "no -o" "$MODEL" --experts 6 $FAST
+expect 2 "no --experts" "$MODEL" -o "$T/x" $FAST
+printf 'In the beginning God created the heaven and the earth.\n' >"$T/short.txt"
+expect 2 "calibration too short" "$MODEL" -o "$T/x" --experts 6 --calib "$T/short.txt" --calib-tokens 2048
+expect 1 "missing model" "$T/nonexistent" -o "$T/x" --experts 6 --calib "$TEXT" $FAST
+if python3 -c "import numpy" 2>/dev/null && [ -f "$SRC/tests/make_checkpoint.py" ]; then
+  python3 "$SRC/tests/make_checkpoint.py" "$T/fx" --case mistral_dense >/dev/null
+  expect 1 "dense model" "$T/fx/mistral_dense" -o "$T/x" --experts 2 --calib "$TEXT" $FAST
+  grep -q "dense" "$T/err" && ok || bad "dense model message: $(cat "$T/err")"
+fi
+
+echo "merged 8->6 ppl (20 windows) $p6, original $p8, gguf $pg"
+echo "$passes passed, $fails failed"
+[ "$fails" = 0 ]

@@ -1,0 +1,324 @@
+/* test_merge.c — expert merging: properties of the math (permuting hidden
+ * units keeps an expert's function; alignment recovers a planted
+ * permutation exactly; merging identical-up-to-permutation experts with
+ * averaged router rows reproduces the layer; least squares recovers a planted
+ * router; clustering finds planted groups), option errors with no output,
+ * and on the bundled model: layers left at their expert count come out
+ * bit-identical, merged layers have K experts and the output loads. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../lib/merge/merge_impl.h"
+#include "moetool/mt_runtime.h"
+#include "testutil.h"
+
+static uint64_t g_rng = 88172645463325252ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+static void fill(float *a, size_t n, float scale) {
+    for (size_t i = 0; i < n; i++) a[i] = frand() * scale;
+}
+static void random_perm(int *p, int n) {
+    for (int i = 0; i < n; i++) p[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)((frand() * 0.5f + 0.5f) * (i + 1));
+        if (j > i) j = i;
+        int t = p[i];
+        p[i] = p[j];
+        p[j] = t;
+    }
+}
+static float maxdiff(const float *a, const float *b, size_t n) {
+    float m = 0;
+    for (size_t i = 0; i < n; i++) m = fmaxf(m, fabsf(a[i] - b[i]));
+    return m;
+}
+
+enum { H = 24, F = 64, N = 512 };
+
+static void test_permute_keeps_function(void **state) {
+    (void)state;
+    float *w1 = malloc(sizeof(float) * F * H), *w3 = malloc(sizeof(float) * F * H), *w2 = malloc(sizeof(float) * H * F);
+    float *x = malloc(sizeof(float) * N * H), *y0 = malloc(sizeof(float) * N * H), *y1 = malloc(sizeof(float) * N * H);
+    int perm[F];
+    fill(w1, F * H, 0.3f), fill(w3, F * H, 0.3f), fill(w2, H * F, 0.3f), fill(x, N * H, 1.0f);
+    mt_merge_expert_forward(w1, w3, w2, H, F, x, N, y0, NULL);
+    random_perm(perm, F);
+    assert_int_equal(mt_merge_permute_expert(w1, w3, w2, H, F, perm), MT_OK);
+    mt_merge_expert_forward(w1, w3, w2, H, F, x, N, y1, NULL);
+    float d = maxdiff(y0, y1, (size_t)N * H);
+    assert_true(d < 1e-5f);
+    /* and the permutation did move things: w1 differs */
+    int same = 1;
+    for (int j = 0; j < F; j++) same &= perm[j] == j;
+    assert_false(same);
+    /* an invalid permutation is an error */
+    perm[0] = perm[1];
+    assert_int_equal(mt_merge_permute_expert(w1, w3, w2, H, F, perm), MT_ERR_ARG);
+    free(w1), free(w3), free(w2), free(x), free(y0), free(y1);
+}
+
+static void test_align_recovers_planted_permutation(void **state) {
+    (void)state;
+    float *a1 = malloc(sizeof(float) * F * H), *a3 = malloc(sizeof(float) * F * H), *a2 = malloc(sizeof(float) * H * F);
+    float *b1 = malloc(sizeof(float) * F * H), *b3 = malloc(sizeof(float) * F * H), *b2 = malloc(sizeof(float) * H * F);
+    float *x = malloc(sizeof(float) * N * H), *y = malloc(sizeof(float) * N * H);
+    float *aa = malloc(sizeof(float) * N * F), *ba = malloc(sizeof(float) * N * F);
+    int planted[F], found[F];
+    fill(a1, F * H, 0.3f), fill(a3, F * H, 0.3f), fill(a2, H * F, 0.3f), fill(x, N * H, 1.0f);
+    memcpy(b1, a1, sizeof(float) * F * H), memcpy(b3, a3, sizeof(float) * F * H), memcpy(b2, a2, sizeof(float) * H * F);
+    random_perm(planted, F);
+    assert_int_equal(mt_merge_permute_expert(b1, b3, b2, H, F, planted), MT_OK);
+    /* member unit j = anchor unit planted[j], plus small noise */
+    for (int i = 0; i < F * H; i++) b1[i] += 0.01f * frand(), b3[i] += 0.01f * frand();
+    mt_merge_expert_forward(a1, a3, a2, H, F, x, N, y, aa);
+    mt_merge_expert_forward(b1, b3, b2, H, F, x, N, y, ba);
+    assert_int_equal(mt_merge_align(aa, ba, N, F, found), MT_OK);
+    for (int j = 0; j < F; j++) assert_int_equal(planted[found[j]], j);
+    /* aligned back, the member's weights equal the anchor's up to the noise */
+    assert_int_equal(mt_merge_permute_expert(b1, b3, b2, H, F, found), MT_OK);
+    assert_true(maxdiff(a2, b2, (size_t)H * F) == 0.0f);
+    assert_true(maxdiff(a1, b1, (size_t)F * H) <= 0.01f);
+    free(a1), free(a3), free(a2), free(b1), free(b3), free(b2), free(x), free(y), free(aa), free(ba);
+}
+
+/* Four experts in two pairs; each pair is one function stored with its
+ * hidden units in two orders, and both members have the same router row.
+ * Aligning, averaging (frequency weights) and averaging the router rows
+ * gives a 2-expert layer with the same output (top-1 routing). */
+static void test_merge_identical_pairs_reproduces_layer(void **state) {
+    (void)state;
+    enum { E = 4, K = 2 };
+    float *w[3][E], *m[3][K], R[E * H], RK[K * H];
+    float *x = malloc(sizeof(float) * N * H), *y0 = malloc(sizeof(float) * N * H), *y1 = malloc(sizeof(float) * N * H);
+    float *act[2] = {malloc(sizeof(float) * N * F), malloc(sizeof(float) * N * F)};
+    float *scratch = malloc(sizeof(float) * N * H);
+    for (int q = 0; q < 3; q++) {
+        for (int e = 0; e < E; e++) w[q][e] = malloc(sizeof(float) * F * H);
+        for (int k = 0; k < K; k++) m[q][k] = malloc(sizeof(float) * F * H);
+    }
+    fill(x, N * H, 1.0f);
+    for (int p = 0; p < 2; p++) {
+        int a = 2 * p, b = 2 * p + 1, perm[F];
+        for (int q = 0; q < 3; q++) fill(w[q][a], F * H, 0.3f);
+        for (int q = 0; q < 3; q++) memcpy(w[q][b], w[q][a], sizeof(float) * F * H);
+        random_perm(perm, F);
+        assert_int_equal(mt_merge_permute_expert(w[0][b], w[1][b], w[2][b], H, F, perm), MT_OK);
+        fill(R + a * H, H, 1.0f);
+        memcpy(R + b * H, R + a * H, sizeof(float) * H);
+    }
+    mt_merge_moe_forward(R, (const float *const *)w[0], (const float *const *)w[1], (const float *const *)w[2], E, 1,
+                         H, F, x, N, y0);
+    for (int p = 0; p < 2; p++) {
+        int a = 2 * p, b = 2 * p + 1, pa[F], pb[F];
+        for (int j = 0; j < F; j++) pa[j] = j;
+        mt_merge_expert_forward(w[0][a], w[1][a], w[2][a], H, F, x, N, scratch, act[0]);
+        mt_merge_expert_forward(w[0][b], w[1][b], w[2][b], H, F, x, N, scratch, act[1]);
+        assert_int_equal(mt_merge_align(act[0], act[1], N, F, pb), MT_OK);
+        const float *m1[2] = {w[0][a], w[0][b]}, *m3[2] = {w[1][a], w[1][b]}, *m2[2] = {w[2][a], w[2][b]};
+        const int *pm[2] = {pa, pb};
+        const double wts[2] = {0.3, 0.7};
+        merge_weighted_average(m1, m3, m2, pm, wts, 2, H, F, m[0][p], m[1][p], m[2][p]);
+        for (int j = 0; j < H; j++) RK[p * H + j] = 0.5f * (R[a * H + j] + R[b * H + j]);
+    }
+    mt_merge_moe_forward(RK, (const float *const *)m[0], (const float *const *)m[1], (const float *const *)m[2], K, 1,
+                         H, F, x, N, y1);
+    assert_true(maxdiff(y0, y1, (size_t)N * H) < 1e-4f);
+    for (int q = 0; q < 3; q++) {
+        for (int e = 0; e < E; e++) free(w[q][e]);
+        for (int k = 0; k < K; k++) free(m[q][k]);
+    }
+    free(x), free(y0), free(y1), free(act[0]), free(act[1]), free(scratch);
+}
+
+static void test_router_fit_recovers_planted(void **state) {
+    (void)state;
+    enum { K = 5 };
+    float *X = malloc(sizeof(float) * N * H), *T = malloc(sizeof(float) * N * K), Rt[K * H], Rf[K * H];
+    fill(X, N * H, 1.0f);
+    fill(Rt, K * H, 1.0f);
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < K; k++) {
+            double s = 0;
+            for (int j = 0; j < H; j++) s += (double)X[i * H + j] * Rt[k * H + j];
+            T[i * K + k] = (float)s;
+        }
+    double rmse = -1;
+    assert_int_equal(merge_fit_router(X, T, N, H, K, 1e-9, Rf, &rmse), MT_OK);
+    assert_true(maxdiff(Rt, Rf, K * H) < 1e-3f);
+    assert_true(rmse >= 0 && rmse < 1e-3);
+    free(X), free(T);
+}
+
+static void test_cluster_planted_groups(void **state) {
+    (void)state;
+    /* points on a line: {0, 0.1}, {5, 5.2, 5.1}, {9} */
+    const double pos[6] = {0, 5, 0.1, 9, 5.2, 5.1};
+    double D[36];
+    int as[6];
+    for (int a = 0; a < 6; a++)
+        for (int b = 0; b < 6; b++) D[a * 6 + b] = fabs(pos[a] - pos[b]);
+    assert_int_equal(merge_cluster_average_linkage(D, 6, 3, as), MT_OK);
+    const int want[6] = {0, 1, 0, 2, 1, 1};
+    for (int i = 0; i < 6; i++) assert_int_equal(as[i], want[i]);
+    assert_int_equal(merge_cluster_average_linkage(D, 6, 7, as), MT_ERR_ARG);
+}
+
+static void test_parse_layers(void **state) {
+    (void)state;
+    mt_merge_opts o;
+    mt_merge_opts_default(&o);
+    assert_int_equal(mt_merge_parse_layers(&o, "0-1:6,2-3:4", 4), MT_OK);
+    assert_int_equal(o.layer_experts[0], 6);
+    assert_int_equal(o.layer_experts[1], 6);
+    assert_int_equal(o.layer_experts[2], 4);
+    assert_int_equal(o.layer_experts[3], 4);
+    assert_int_equal(o.layer_experts[4], 0);
+    const char *bad[] = {"", "0-1", "1-0:4", "a:4", "0:4,", "0:4;1:2", "0:0", "0:-1", "0:4x"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        mt_merge_opts_default(&o);
+        assert_int_equal(mt_merge_parse_layers(&o, bad[i], 4), MT_ERR_ARG);
+    }
+    assert_int_equal(mt_merge_parse_layers(&o, "0-4:6", 4), MT_ERR_ARG);
+    assert_int_equal(mt_merge_method_from_name("hc-smoe"), MT_MERGE_HC_SMOE);
+    assert_int_equal(mt_merge_method_from_name("nope"), -1);
+    assert_int_equal(mt_merge_router_from_name("fit"), MT_MERGE_ROUTER_FIT);
+}
+
+static int have_model(void) {
+    struct stat sb;
+    return stat(tu_model_path("config.json"), &sb) == 0 && stat(tu_model_path("data/train.txt"), &sb) == 0;
+}
+
+static void test_option_errors_leave_no_output(void **state) {
+    (void)state;
+    if (!have_model()) skip();
+    char *dir = tu_mkdtemp();
+    char out[4096], calib[4096];
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(calib, sizeof calib, "%s/short.txt", dir);
+    FILE *f = fopen(calib, "w");
+    fputs("In the beginning God created the heaven and the earth.\n", f);
+    fclose(f);
+    struct {
+        int k;
+        const char *layers, *calib;
+    } cases[] = {{8, NULL, NULL}, {9, NULL, NULL}, {1, NULL, NULL}, {6, NULL, calib}, {0, "0:1", NULL}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        mt_merge_opts o;
+        mt_merge_opts_default(&o);
+        o.experts = cases[i].k;
+        o.calib_path = cases[i].calib ? cases[i].calib : tu_model_path("data/train.txt");
+        o.calib_tokens = 512;
+        o.sample_tokens = 64;
+        o.n_threads = 2;
+        if (cases[i].layers) assert_int_equal(mt_merge_parse_layers(&o, cases[i].layers, 4), MT_OK);
+        int st = mt_merge(tu_model_dir(), out, &o, NULL);
+        assert_int_equal(st, MT_ERR_ARG);
+        assert_true(strlen(mt_last_error()) > 0);
+        struct stat sb;
+        assert_int_not_equal(stat(out, &sb), 0);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Layers 0-2 keep their 8 experts (must come out bit-identical, router
+ * included); layer 3 is merged to 6 with the fitted router. */
+static void test_merge_bundled_model(void **state) {
+    (void)state;
+    if (!have_model()) skip();
+    char *dir = tu_mkdtemp();
+    char out[4096];
+    snprintf(out, sizeof out, "%s/merged", dir);
+    mt_merge_opts o;
+    mt_merge_opts_default(&o);
+    o.calib_path = tu_model_path("data/train.txt");
+    o.calib_tokens = 1024;
+    o.sample_tokens = 512;
+    o.n_threads = 2;
+    assert_int_equal(mt_merge_parse_layers(&o, "0-2:8,3:6", 4), MT_OK);
+    mt_merge_report r;
+    int st = mt_merge(tu_model_dir(), out, &o, &r);
+    if (st) fprintf(stderr, "merge: %s\n", mt_last_error());
+    assert_int_equal(st, MT_OK);
+    assert_int_equal(r.layer_k[0], 8);
+    assert_int_equal(r.layer_k[3], 6);
+    assert_int_equal(r.calib_tokens, 1024);
+    mt_model *src = NULL, *dst = NULL;
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = 2;
+    assert_int_equal(mt_model_load(&src, tu_model_dir(), &mo), MT_OK);
+    assert_int_equal(mt_model_load(&dst, out, &mo), MT_OK);
+    const mt_config *dc = mt_model_config(dst);
+    assert_int_equal(dc->n_experts, 8);
+    assert_int_equal(mt_config_layer_experts(dc, 0), 8);
+    assert_int_equal(mt_config_layer_experts(dc, 3), 6);
+    const mt_weights *ws = mt_model_weights(src), *wd = mt_model_weights(dst);
+    for (int l = 0; l < 3; l++) {
+        const mt_layer_weights *a = &ws->layers[l], *b = &wd->layers[l];
+        assert_int_equal(b->n_experts, 8);
+        assert_memory_equal(a->router.data, b->router.data, (size_t)a->router.rows * a->router.row_stride);
+        for (int e = 0; e < 8; e++) {
+            assert_memory_equal(a->w1[e].data, b->w1[e].data, (size_t)a->w1[e].rows * a->w1[e].row_stride);
+            assert_memory_equal(a->w2[e].data, b->w2[e].data, (size_t)a->w2[e].rows * a->w2[e].row_stride);
+            assert_memory_equal(a->w3[e].data, b->w3[e].data, (size_t)a->w3[e].rows * a->w3[e].row_stride);
+        }
+    }
+    assert_int_equal(wd->layers[3].n_experts, 6);
+    assert_int_equal(wd->layers[3].router.rows, 6);
+    /* attention weights are copied unchanged */
+    assert_memory_equal(ws->layers[3].wq.data, wd->layers[3].wq.data,
+                        (size_t)ws->layers[3].wq.rows * ws->layers[3].wq.row_stride);
+    /* the merged model still predicts: perplexity on a slice of test.txt
+     * stays within 2x of the original's */
+    size_t len;
+    char *txt = tu_read_file(tu_model_path("data/test.txt"), &len);
+    assert_non_null(txt);
+    int32_t *ids = malloc((len + 16) * sizeof *ids);
+    size_t n = 0;
+    assert_int_equal(mt_tok_encode(mt_model_tokenizer(src), txt, len, ids, len + 16, &n), MT_OK);
+    mt_eval_opts eo;
+    mt_eval_opts_default(&eo);
+    eo.max_windows = 8;
+    mt_eval_result ra, rb;
+    assert_int_equal(mt_eval_ppl(src, NULL, ids, n, &eo, &ra), MT_OK);
+    assert_int_equal(mt_eval_ppl(dst, NULL, ids, n, &eo, &rb), MT_OK);
+    assert_true(rb.ppl > ra.ppl * 0.9 && rb.ppl < ra.ppl * 2.0);
+    mt_eval_result_free(&ra);
+    mt_eval_result_free(&rb);
+    free(txt);
+    free(ids);
+    mt_model_free(src);
+    mt_model_free(dst);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_permute_keeps_function),
+        cmocka_unit_test(test_align_recovers_planted_permutation),
+        cmocka_unit_test(test_merge_identical_pairs_reproduces_layer),
+        cmocka_unit_test(test_router_fit_recovers_planted),
+        cmocka_unit_test(test_cluster_planted_groups),
+        cmocka_unit_test(test_parse_layers),
+        cmocka_unit_test(test_option_errors_leave_no_output),
+        cmocka_unit_test(test_merge_bundled_model),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
