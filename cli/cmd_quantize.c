@@ -16,7 +16,8 @@ static const char *g_help =
     "                        [--group N|row] [--experts-only | --attn-bits B]\n"
     "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
     "                        [--threads T] [--json]\n"
-    "       moetool quantize [MODEL] --eval-only [same options] [--text FILE]\n"
+    "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
+    "                        [--text FILE]\n"
     "\n"
     "Quantizes the expert weights (attention, embeddings, router and norms are\n"
     "kept as stored unless --attn-bits is given). GPTQ runs calibration text\n"
@@ -30,6 +31,8 @@ static const char *g_help =
     "  --bits 4 --group 32      llama.cpp Q4_0   (4.5 bits/weight)   file\n"
     "  --bits ternary --group 256  llama.cpp TQ2_0 (2.06 bits/weight) file\n"
     "  --bits ternary --group row  QMoE {min,0,max} per row             --eval-only\n"
+    "    ... --codec qmoe       the same, coded with the qmoe dictionary code\n"
+    "                           (< 1 bit/weight) and executed coded   --eval-only\n"
     "  --bits 8|4|3|2 --group N|row  symmetric int, one f16 scale per group --eval-only\n"
     "Grids without a GGUF type are measured with --eval-only: the model is\n"
     "quantized and dequantized in memory and scored on --text (gptq protocol,\n"
@@ -47,6 +50,9 @@ static const char *g_help =
     "  --calib-tokens N    calibration tokens (default 16384, windows of 256)\n"
     "  --damp F            GPTQ damping, fraction of mean diag(H) (default 0.1)\n"
     "  --act-order         GPTQ columns by decreasing diag(H)\n"
+    "  --codec none|qmoe   qmoe: code the per-row ternary experts with one\n"
+    "                      dictionary for all experts and run the code directly\n"
+    "                      (needs --bits ternary --group row and --eval-only)\n"
     "  --eval-only         quantize in memory and evaluate; write nothing\n"
     "  --text FILE         text for --eval-only (default MODEL/data/test.txt)\n"
     "  --threads T         CPU threads (default: all cores)\n"
@@ -55,7 +61,9 @@ static const char *g_help =
 
 static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const char *out, uint64_t file_bytes, int json,
                          const mt_eval_result *ev) {
-    const char *dtn = r->expert_dtype == MT_DT_F32 ? "none (eval only)" : mt_dtype_get(r->expert_dtype)->name;
+    const char *dtn = r->expert_dtype == MT_DT_F32    ? "none (eval only)"
+                      : r->expert_dtype == MT_DT_QMOE ? "qmoe code (in memory, executed coded)"
+                                                       : mt_dtype_get(r->expert_dtype)->name;
     int ne = r->n_experts > 0 ? r->n_experts : 1;
     if (json) {
         printf("{\"method\":\"%s\",\"grid\":", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
@@ -63,7 +71,8 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
         printf(",\"bits\":");
         if (o->bits == MT_QUANT_TERNARY) printf("\"ternary\"");
         else printf("%d", o->bits);
-        printf(",\"attn_bits\":%d,\"expert_type\":", o->attn_bits);
+        printf(",\"attn_bits\":%d,\"codec\":\"%s\",\"expert_type\":", o->attn_bits,
+               o->codec == MT_QUANT_CODEC_QMOE ? "qmoe" : "none");
         json_str(stdout, r->expert_dtype == MT_DT_F32 ? "none" : mt_dtype_get(r->expert_dtype)->name);
         printf(",\"bits_per_expert_weight\":%.4f,\"bits_per_weight\":%.4f,\"expert_params\":%llu,\"total_params\":%llu",
                r->bits_expert, r->bits_total, (unsigned long long)r->expert_params, (unsigned long long)r->total_params);
@@ -74,6 +83,9 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
         }
         printf(",\"quantize_s\":%.3f,\"calib_s\":%.3f,\"peak_rss\":%llu,\"calib_tokens\":%d,\"rtn_fallback\":%d",
                r->seconds, r->calib_seconds, (unsigned long long)r->peak_rss, r->n_calib_tokens, r->n_rtn_fallback);
+        if (o->codec == MT_QUANT_CODEC_QMOE)
+            printf(",\"code_bits_per_expert_weight\":%.4f,\"symbol_entropy\":%.4f,\"zero_frac\":%.5f,\"code_s\":%.3f",
+                   r->code_bits_expert, r->symbol_entropy, r->zero_frac, r->code_seconds);
         printf(",\"mean_rel_output_err\":%.6g,\"expert_tokens\":[", r->mean_rel_err);
         for (int l = 0; l < r->n_layers; l++) {
             printf("%s[", l ? "," : "");
@@ -92,6 +104,10 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
     printf("size:       %.4f bits per expert weight, %.4f bits per weight overall", r->bits_expert, r->bits_total);
     if (out) printf(", %s %.2f MB", out, (double)file_bytes / 1e6);
     printf("\n");
+    if (o->codec == MT_QUANT_CODEC_QMOE)
+        printf("code:       %.4f bits per expert weight in codewords (symbol entropy %.4f, %.2f %% zeros); the rest\n"
+               "            is f16 row scales, group offsets, headers, dictionary; coded in %.2f s\n",
+               r->code_bits_expert, r->symbol_entropy, 100.0 * r->zero_frac, r->code_seconds);
     if (o->method == MT_QUANT_GPTQ) {
         printf("calib:      %d tokens, %.2f s; experts by RTN for lack of tokens: %d; mean rel. output error %.5f\n",
                r->n_calib_tokens, r->calib_seconds, r->n_rtn_fallback, r->mean_rel_err);
@@ -132,6 +148,7 @@ int cmd_quantize(int argc, char **argv) {
                                          {"damp", required_argument, 0, 'd'},
                                          {"act-order", no_argument, 0, 'a'},
                                          {"eval-only", no_argument, 0, 'e'},
+                                         {"codec", required_argument, 0, 'C'},
                                          {"text", required_argument, 0, 't'},
                                          {"threads", required_argument, 0, 'T'},
                                          {"json", no_argument, 0, 'j'},
@@ -178,6 +195,11 @@ int cmd_quantize(int argc, char **argv) {
             break;
         case 'a': o.act_order = 1; break;
         case 'e': eval_only = 1; break;
+        case 'C':
+            if (!strcmp(optarg, "qmoe")) o.codec = MT_QUANT_CODEC_QMOE;
+            else if (!strcmp(optarg, "none")) o.codec = MT_QUANT_CODEC_NONE;
+            else return cli_usage_error("quantize", "--codec must be none or qmoe, got '%s'", optarg);
+            break;
         case 't': text_path = optarg; break;
         case 'T':
             if (cli_parse_int("quantize", "--threads", optarg, 1, 1024, &v)) return MT_EXIT_USAGE;

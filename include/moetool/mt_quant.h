@@ -3,7 +3,10 @@
  * grids from 8 bits down to ternary, and GGUF output in llama.cpp's block
  * types (Q8_0, Q4_0, TQ2_0) that the runtime and llama.cpp execute directly.
  * Grids without a file type (3-bit, 2-bit, other groups, QMoE's per-row
- * ternary) are evaluated in memory (mt_quant_model on a loaded model). */
+ * ternary) are evaluated in memory (mt_quant_model on a loaded model).
+ * With codec MT_QUANT_CODEC_QMOE the per-row ternary experts are coded with
+ * the sub-1-bit dictionary code of mt_qmoe.h and the model executes the
+ * code directly (in memory; no file format yet). */
 #ifndef MT_QUANT_H
 #define MT_QUANT_H
 
@@ -14,6 +17,10 @@ extern "C" {
 #endif
 
 typedef enum { MT_QUANT_RTN = 0, MT_QUANT_GPTQ = 1 } mt_quant_method;
+/* How quantized experts are stored: the grid's own layout, or the qmoe
+ * dictionary code (ternary per-row grid only; one dictionary for all
+ * experts, built from their symbol counts). */
+typedef enum { MT_QUANT_CODEC_NONE = 0, MT_QUANT_CODEC_QMOE = 1 } mt_quant_codec;
 
 /* `bits` value meaning ternary {-1, 0, +1}·scale (or QMoE's {min, 0, max}). */
 #define MT_QUANT_TERNARY 1
@@ -30,6 +37,7 @@ typedef struct {
     int attn_bits;         /* 0: attention kept as stored; else its width, with
                               that width's default group (q8_0/q4_0 for 8/4) */
     int experts_only;      /* require a MoE model (error on a dense one)      */
+    mt_quant_codec codec;  /* QMOE: needs bits ternary, group row; in memory  */
     /* calibration (GPTQ) */
     const char *calib_path;     /* NULL: <model dir>/data/train.txt          */
     int calib_tokens;           /* default 16384                              */
@@ -64,6 +72,12 @@ typedef struct {
     double mean_rel_err;        /* mean over quantized matrices of the layer-output
                                    error ‖(W−Ŵ)X‖² / ‖WX‖² on calibration data
                                    (GPTQ; 0 for RTN without calibration)       */
+    /* codec qmoe (else 0): bits_expert above is then all-in (codewords,
+       group offsets, f16 row scales, blob headers, the dictionary block). */
+    double code_bits_expert;    /* codewords alone, bits per expert weight      */
+    double symbol_entropy;      /* order-0 entropy of the symbols, bits/weight  */
+    double zero_frac;           /* fraction of 0 symbols                         */
+    double code_seconds;        /* dictionary build + encoding                   */
 } mt_quant_report;
 void mt_quant_report_free(mt_quant_report *r);
 
@@ -73,8 +87,10 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file);
 
 /* Quantizes the weights of a loaded model in place: the model's matrices are
  * replaced by quantized ones owned by *out (GGUF block types when the grid
- * has one, else dequantized f32), so that eval/generate on `m` afterwards run
- * the quantized model. Free *out only after the last use of `m`. */
+ * has one, MT_DT_QMOE with codec qmoe, else dequantized f32), so that
+ * eval/generate on `m` afterwards run the quantized model. With codec qmoe
+ * the layers are quantized and calibrated exactly as without it (decoded
+ * ternary weights), then all experts are coded at the end. Free *out only after the last use of `m`. */
 typedef struct mt_quant_state mt_quant_state;
 int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt_quant_report *rep);
 void mt_quant_state_free(mt_quant_state *s);

@@ -5,10 +5,19 @@
  * sequential order) and so that eval runs the result, and GGUF output.
  *
  * Memory: the quantized matrices of all layers (their storage size, f32 for
- * evaluation-only grids) plus one layer of f32 weights and Hessians. */
+ * evaluation-only grids) plus one layer of f32 weights and Hessians.
+ *
+ * Codec qmoe (per-row ternary experts): each expert job also keeps its
+ * symbols and f16-rounded row values; after the last layer one Tunstall
+ * dictionary is built from the symbol counts of all experts, every expert
+ * is coded with it and its coded matrix (MT_DT_QMOE) replaces the decoded
+ * f32 one in the model, so eval runs the code. Until then the model holds
+ * the decoded ternary weights, so calibration is the same with or without
+ * the code. */
 #define _GNU_SOURCE
 #include "quant_impl.h"
 
+#include "moetool/mt_qmoe.h"
 #include "moetool/mt_write.h"
 
 #include <math.h>
@@ -51,12 +60,18 @@ typedef struct {
     uint64_t row_bytes;
     int64_t rows, cols;
     double bits;           /* storage bits per weight (nominal for f32)     */
+    /* codec qmoe, until coded: symbols (rows, cols) in {-1,0,+1} and the
+       f16-rounded row values lo, hi (rows) the grid used */
+    int8_t *syms;
+    float *lo, *hi;
+    mt_qmoe_mat coded;     /* codec qmoe, after coding (dtype MT_DT_QMOE)  */
 } qmat;
 
 struct mt_quant_state {
     int n_layers, ne;      /* ne: max(1, experts) per layer                 */
     qmat *q;               /* [n_layers][K_COUNT][ne]                        */
     mt_dtype expert_dtype;
+    mt_qmoe_dict dict;     /* codec qmoe: shared by every coded expert       */
 };
 
 static qmat *qm(mt_quant_state *s, int l, int k, int e) { return &s->q[((size_t)l * K_COUNT + (size_t)k) * (size_t)s->ne + (size_t)e]; }
@@ -64,8 +79,15 @@ static qmat *qm(mt_quant_state *s, int l, int k, int e) { return &s->q[((size_t)
 void mt_quant_state_free(mt_quant_state *s) {
     if (!s) return;
     size_t n = (size_t)s->n_layers * K_COUNT * (size_t)s->ne;
-    for (size_t i = 0; i < n; i++) free(s->q[i].data);
+    for (size_t i = 0; i < n; i++) {
+        free(s->q[i].data);
+        free(s->q[i].syms);
+        free(s->q[i].lo);
+        free(s->q[i].hi);
+        mt_qmoe_mat_free(&s->q[i].coded);
+    }
     free(s->q);
+    mt_qmoe_dict_free(&s->dict);
     free(s);
 }
 
@@ -80,6 +102,14 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
     if (o->experts_only && o->attn_bits)
         return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --attn-bits exclude each other");
     if ((rc = mt_grid_make(&g, o->bits, o->group, c->hidden, "--bits/--group on expert w1/w3"))) return rc;
+    if (o->codec != MT_QUANT_CODEC_NONE) {
+        if (o->codec != MT_QUANT_CODEC_QMOE) return mt_seterr(MT_ERR_ARG, "quantize: unknown codec %d", (int)o->codec);
+        if (g.kind != MT_GRID_TERNARY_ROW)
+            return mt_seterr(MT_ERR_ARG, "quantize: --codec qmoe codes QMoE's per-row ternary grid; use --bits ternary "
+                             "--group row");
+        if (for_file)
+            return mt_seterr(MT_ERR_ARG, "quantize: --codec qmoe has no file format yet; use --eval-only");
+    }
     if (for_file && mt_grid_dtype(&g) < 0) {
         char nm[48];
         mt_grid_name(&g, nm, sizeof nm);
@@ -113,6 +143,7 @@ typedef struct {
     mt_grid grid;
     const double *H;       /* NULL: RTN                                      */
     mt_gptq_params gp;
+    int keep_syms;         /* codec qmoe: keep symbols and row values       */
     int rc;
     char err[256];
     double rel_err;        /* ‖(W−Ŵ)X‖²/‖WX‖², -1 when no H             */
@@ -176,6 +207,14 @@ static void run_job(job_t *j) {
         q->row_bytes = (uint64_t)cols * sizeof(float);
         q->data = (uint8_t *)W;
         W = NULL;
+    }
+    if (j->keep_syms) {
+        /* one group per row: a = lo, b = hi, already f16-rounded (grids.c) */
+        q->syms = codes;
+        q->lo = a;
+        q->hi = b;
+        codes = NULL;
+        a = b = NULL;
     }
     q->used = 1;
 done:
@@ -250,6 +289,57 @@ static double mat_bits_stored(const mt_mat *w) {
     uint64_t b = 0;
     if (mt_dtype_nbytes(w->dtype, (uint64_t)(w->rows * w->cols), &b)) return 0;
     return (double)b * 8;
+}
+
+/* Codec qmoe: one dictionary from the symbol counts of all experts, every
+ * expert coded with it and swapped into w as MT_DT_QMOE; the decoded f32
+ * copies and the symbols are freed. *bits: all-in storage of the coded
+ * experts including the dictionary block. */
+static int code_experts(mt_quant_state *s, mt_weights *w, mt_quant_report *rep, double *bits) {
+    const double t0 = mt_now();
+    uint64_t counts[3] = {0, 0, 0}, code_bits = 0, total_bits = 8 * mt_qmoe_dict_bytes();
+    int rc;
+    for (int l = 0; l < s->n_layers; l++)
+        for (int k = K_W1; k <= K_W2; k++)
+            for (int e = 0; e < s->ne; e++) {
+                const qmat *q = qm(s, l, k, e);
+                if (q->used && q->syms && (rc = mt_qmoe_count(counts, q->syms, q->rows * q->cols))) return rc;
+            }
+    const uint64_t n = counts[0] + counts[1] + counts[2];
+    if (!n) return mt_seterr(MT_ERR_INTERNAL, "quantize: --codec qmoe found no ternary experts to code");
+    if ((rc = mt_qmoe_dict_build(&s->dict, counts, MT_QMOE_DICT_SIZE, MT_QMOE_MAX_LEN))) return rc;
+    for (int l = 0; l < s->n_layers; l++)
+        for (int k = K_W1; k <= K_W2; k++)
+            for (int e = 0; e < s->ne; e++) {
+                qmat *q = qm(s, l, k, e);
+                if (!q->used || !q->syms) continue;
+                if ((rc = mt_qmoe_encode(&q->coded, &s->dict, q->syms, q->lo, q->hi, q->rows, q->cols))) return rc;
+                mt_qmoe_size sz;
+                mt_qmoe_mat_size(&q->coded, &sz);
+                code_bits += sz.code_bits;
+                total_bits += sz.total_bits;
+                mt_qmoe_mat_view(layer_mat(&w->layers[l], k, e), &q->coded);
+                q->dtype = MT_DT_QMOE;
+                q->row_bytes = 0;
+                q->bits = (double)sz.total_bits / (double)(q->rows * q->cols);
+                free(q->data);
+                free(q->syms);
+                free(q->lo);
+                free(q->hi);
+                q->data = NULL;
+                q->syms = NULL;
+                q->lo = q->hi = NULL;
+            }
+    double H = 0;
+    for (int i = 0; i < 3; i++)
+        if (counts[i]) H -= (double)counts[i] / (double)n * log2((double)counts[i] / (double)n);
+    rep->symbol_entropy = H;
+    rep->zero_frac = (double)counts[0] / (double)n;
+    rep->code_bits_expert = (double)code_bits / (double)n;
+    rep->code_seconds = mt_now() - t0;
+    s->expert_dtype = MT_DT_QMOE;
+    *bits = (double)total_bits;
+    return MT_OK;
 }
 
 int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt_quant_report *rep) {
@@ -328,6 +418,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 j->src = layer_mat(L, k, e);
                 j->out = qm(s, l, k, e);
                 j->gp = gp;
+                j->keep_syms = !is_attn && o->codec == MT_QUANT_CODEC_QMOE;
                 if ((rc = mt_grid_make(&j->grid, is_attn ? o->attn_bits : o->bits,
                                          is_attn ? MT_QUANT_GROUP_DEFAULT : o->group, j->src->cols, "quantize")))
                     goto fail;
@@ -381,6 +472,12 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         }
         mt_calib_stats_free(&st);
         if (o->progress) o->progress(o->progress_user, "quantize", (uint64_t)l + 1, (uint64_t)c->n_layers);
+    }
+    if (o->codec == MT_QUANT_CODEC_QMOE) {
+        double coded_bits = 0;
+        if ((rc = code_experts(s, w, rep, &coded_bits))) goto fail;
+        qbits_new += coded_bits - ebits;
+        ebits = coded_bits;
     }
     rep->expert_dtype = s->expert_dtype;
     rep->expert_params = (uint64_t)eparams;
@@ -460,7 +557,7 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
         mt_dtype dt = t->dtype;
         if (k >= 0 && l >= 0 && l < s->n_layers && qm(s, l, k, 0)->used) {
             dt = qm(s, l, k, 0)->dtype;
-            if (dt == MT_DT_F32) {
+            if (dt == MT_DT_F32 || dt == MT_DT_QMOE) {
                 rc = mt_seterr(MT_ERR_ARG, "%s: %s was quantized on a grid without a GGUF type", out_path, t->name);
                 break;
             }
