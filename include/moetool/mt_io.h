@@ -18,6 +18,7 @@ typedef enum {
 } mt_rope_style;
 
 #define MT_MAX_LAYERS 512
+#define MT_MAX_ALIAS_ROWS 64   /* router rows of an aliased layer, at most */
 
 typedef struct {
     char arch[32];       /* "mixtral", "mistral", "llama"                      */
@@ -33,6 +34,14 @@ typedef struct {
     /* Per-layer expert counts (merge can leave layers with different K).
      * Entries are 0 when every layer has n_experts. */
     int layer_experts[MT_MAX_LAYERS];
+    /* Alias routing (config key moe_router_alias): layer l keeps
+     * router_rows[l] = R router rows for its K experts (R >= K), and router
+     * row r selects expert router_alias[l][r]; every expert is the target of
+     * at least one row. router_rows[l] == 0: no alias, one row per expert.
+     * Stored inline, not on the heap, because mt_config is copied by value;
+     * that bounds R by MT_MAX_ALIAS_ROWS. */
+    int router_rows[MT_MAX_LAYERS];
+    uint8_t router_alias[MT_MAX_LAYERS][MT_MAX_ALIAS_ROWS];
     float rope_theta;
     float norm_eps;
     int max_pos;
@@ -43,6 +52,10 @@ typedef struct {
 
 /* Experts in layer l (handles layer_experts overrides). */
 int mt_config_layer_experts(const mt_config *c, int l);
+/* Router rows of layer l: router_rows[l] when aliased, else its expert count. */
+int mt_config_router_rows(const mt_config *c, int l);
+/* 1 when any layer of `c` routes through an alias map. */
+int mt_config_has_alias(const mt_config *c);
 
 /* Parses a Hugging Face config.json. Mixtral, Mistral and Llama are
  * accepted; anything else is MT_ERR_UNSUPPORTED naming the architecture. */
@@ -135,7 +148,14 @@ typedef struct {
     mt_mat wo;          /* (hidden, n_heads * head_dim)              */
     mt_mat ffn_norm;    /* (1, hidden)                               */
     int n_experts;      /* 0: dense MLP in w1[0], w2[0], w3[0]       */
-    mt_mat router;      /* (n_experts, hidden); unused when dense    */
+    mt_mat router;      /* (n_experts, hidden); unused when dense.
+                           Aliased layer: a copy of the first router row
+                           aliasing each expert (what a plain K-expert
+                           reader would take); routing uses router_full */
+    mt_mat router_full; /* (n_router_rows, hidden): every router row;
+                           = router when the layer has no alias     */
+    int n_router_rows;  /* R; = n_experts without alias              */
+    const int32_t *alias; /* [n_router_rows] row -> expert, or NULL  */
     mt_mat *w1;         /* [max(1,n_experts)] gate (ffn, hidden)     */
     mt_mat *w3;         /* [max(1,n_experts)] up   (ffn, hidden)     */
     mt_mat *w2;         /* [max(1,n_experts)] down (hidden, ffn)     */
@@ -147,11 +167,14 @@ typedef struct {
     mt_mat out_norm;    /* (1, hidden)                               */
     mt_mat lm_head;     /* (vocab, hidden); = tok_embd when tied     */
     mt_layer_weights *layers;  /* [n_layers]                        */
+    void *alias_block;  /* alias maps and anchor router rows of
+                           aliased layers (owned), or NULL          */
 } mt_weights;
 
 /* Maps a checkpoint's tensors (HF names or GGUF names, per-expert 2-D or
  * merged 3-D expert tensors) onto the description above, checking every
- * shape against the config. No weight is copied. */
+ * shape against the config. No weight is copied, except the K anchor router
+ * rows of an aliased layer (kept in alias_block). */
 int mt_weights_init(mt_weights *w, const mt_ckpt *ck);
 void mt_weights_free(mt_weights *w);
 

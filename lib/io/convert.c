@@ -805,6 +805,15 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
     cv.ck = ck;
     cv.cfg = mt_ckpt_config(ck);
     int from_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
+    /* GGUF has no key for moetool's alias routing, and llama.cpp could not
+     * run R router rows over K experts: refuse rather than drop it. */
+    if (to_gguf && mt_config_has_alias(cv.cfg)) {
+        rc = mt_seterr(MT_ERR_UNSUPPORTED,
+                       "%s: config.json has moe_router_alias (more router rows than experts), which GGUF cannot "
+                       "express; convert to a Hugging Face directory instead",
+                       in_path);
+        goto done;
+    }
 
     if (to_gguf && !from_gguf) rc = plan_hf_to_gguf(&cv);
     else if (!to_gguf && from_gguf) rc = plan_gguf_to_hf(&cv);

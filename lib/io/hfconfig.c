@@ -16,6 +16,9 @@
  *   rope_scaling              must be absent or null (scaled RoPE is not implemented)
  *   moe_layer_experts         moetool extension: [K0, K1, ...] experts per layer after
  *                             merging (0 = num_local_experts); one entry per layer
+ *   moe_router_alias          moetool extension: one entry per layer, null (no alias)
+ *                             or [a0 .. a(R-1)]: router row r selects expert a_r of the
+ *                             layer's K; R <= 64 and every expert has a row
  * Other keys are ignored. Weights stored in HF layout use rotate_half RoPE
  * (MT_ROPE_HALF). */
 #define _GNU_SOURCE
@@ -33,6 +36,48 @@
 int mt_config_layer_experts(const mt_config *c, int l) {
     if (l >= 0 && l < MT_MAX_LAYERS && c->layer_experts[l] > 0) return c->layer_experts[l];
     return c->n_experts;
+}
+
+int mt_config_router_rows(const mt_config *c, int l) {
+    if (l >= 0 && l < MT_MAX_LAYERS && c->router_rows[l] > 0) return c->router_rows[l];
+    return mt_config_layer_experts(c, l);
+}
+
+int mt_config_has_alias(const mt_config *c) {
+    for (int l = 0; l < MT_MAX_LAYERS; l++)
+        if (c->router_rows[l]) return 1;
+    return 0;
+}
+
+/* Alias maps: rows within bounds, values name experts of the layer, every
+ * expert reachable (an unreachable one would be dead weight no router picks). */
+static int validate_alias(const mt_config *c, const char *path) {
+    for (int l = 0; l < MT_MAX_LAYERS; l++) {
+        const int R = c->router_rows[l];
+        if (R == 0) continue;
+        if (c->n_experts == 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias in a dense model", path);
+        if (l >= c->n_layers)
+            return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias for layer %d past the %d layers", path, l,
+                             c->n_layers);
+        const int K = mt_config_layer_experts(c, l);
+        if (R < 0 || R > MT_MAX_ALIAS_ROWS || R < K)
+            return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d] has %d rows for %d experts (need %d .. %d)",
+                             path, l, R, K, K, MT_MAX_ALIAS_ROWS);
+        uint64_t hit = 0; /* K <= R <= 64 */
+        for (int r = 0; r < R; r++) {
+            int e = c->router_alias[l][r];
+            if (e >= K)
+                return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d][%d] = %d is not an expert (layer %d has %d)",
+                                 path, l, r, e, l, K);
+            hit |= (uint64_t)1 << e;
+        }
+        for (int e = 0; e < K; e++)
+            if (!(hit >> e & 1))
+                return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d]: no router row selects expert %d", path, l,
+                                 e);
+    }
+    return MT_OK;
 }
 
 int mt_config_validate(const mt_config *c, const char *path) {
@@ -83,6 +128,8 @@ int mt_config_validate(const mt_config *c, const char *path) {
                                  c->top_k, MT_CFG_MAX_EXPERTS);
         }
     }
+    int rc = validate_alias(c, path);
+    if (rc) return rc;
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return mt_seterr(MT_ERR_FORMAT, "%s: rope_theta %g is not a positive number", path, c->rope_theta);
     if (!(c->norm_eps > 0) || !isfinite(c->norm_eps) || c->norm_eps > 1)
@@ -245,6 +292,36 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
             c->layer_experts[l] = (k == c->n_experts) ? 0 : k;
         }
     }
+    const json_t *al = json_object_get(root, "moe_router_alias");
+    if (al && !json_is_null(al)) {
+        if (!json_is_array(al))
+            return mt_seterr(MT_ERR_FORMAT, "%s: key \"moe_router_alias\" is not a list", path);
+        if (c->n_experts == 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s: \"moe_router_alias\" in a dense model", path);
+        if (c->n_layers <= 0 || c->n_layers > MT_MAX_LAYERS || json_array_size(al) != (size_t)c->n_layers)
+            return mt_seterr(MT_ERR_FORMAT, "%s: \"moe_router_alias\" has %zu entries for %d layers", path,
+                             json_array_size(al), c->n_layers);
+        for (int l = 0; l < c->n_layers; l++) {
+            const json_t *row = json_array_get(al, (size_t)l);
+            if (json_is_null(row)) continue;
+            const int K = mt_config_layer_experts(c, l);
+            size_t R = json_is_array(row) ? json_array_size(row) : 0;
+            if (!json_is_array(row))
+                return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d] is neither a list nor null", path, l);
+            if (R < (size_t)K || R > MT_MAX_ALIAS_ROWS)
+                return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d] has %zu rows for %d experts (need %d .. %d)",
+                                 path, l, R, K, K, MT_MAX_ALIAS_ROWS);
+            for (size_t r = 0; r < R; r++) {
+                int e;
+                if (!json_to_int(json_array_get(row, r), &e) || e < 0 || e >= K)
+                    return mt_seterr(MT_ERR_FORMAT,
+                                     "%s: moe_router_alias[%d][%zu] is not an expert index (layer %d has %d)", path, l,
+                                     r, l, K);
+                c->router_alias[l][r] = (uint8_t)e;
+            }
+            c->router_rows[l] = (int)R;
+        }
+    }
     return mt_config_validate(c, path);
 }
 
@@ -343,6 +420,16 @@ int mt_config_to_hf_json(char **out, const mt_config *c, const char *torch_dtype
         json_t *arr = json_array();
         for (int l = 0; l < c->n_layers; l++) bad |= json_array_append_new(arr, json_integer(mt_config_layer_experts(c, l)));
         SET("moe_layer_experts", arr);
+    }
+    if (a == 0 && mt_config_has_alias(c)) {
+        json_t *arr = json_array();
+        for (int l = 0; l < c->n_layers; l++) {
+            json_t *row = c->router_rows[l] ? json_array() : json_null();
+            for (int j = 0; j < c->router_rows[l]; j++)
+                bad |= json_array_append_new(row, json_integer(c->router_alias[l][j]));
+            bad |= json_array_append_new(arr, row);
+        }
+        SET("moe_router_alias", arr);
     }
 #undef SET
     char *s = bad ? NULL : json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));

@@ -17,7 +17,11 @@
  *   dense:
  *   model.layers.L.mlp.{gate,up,down}_proj.weight     blk.L.ffn_{gate,up,down}.weight
  * w1 = gate, w3 = up, w2 = down. Every shape is checked against the config,
- * every type must be one the runtime runs (is_float) with whole blocks per row. */
+ * every type must be one the runtime runs (is_float) with whole blocks per row.
+ * An aliased layer (config moe_router_alias) has a router of R rows over K
+ * experts: router_full is that (R, hidden) tensor, `alias` the row -> expert
+ * map, and `router` a (K, hidden) copy of the first row aliasing each
+ * expert, so that code reading one router row per expert still finds one. */
 #define _GNU_SOURCE
 #include "ckpt_impl.h"
 
@@ -137,7 +141,7 @@ static int layer_init(const wctx *w, const mt_config *c, int l, mt_layer_weights
             MAT(L->w3[0], F, H, "blk.%d.ffn_up.weight", l);
             MAT(L->w2[0], H, F, "blk.%d.ffn_down.weight", l);
         } else {
-            MAT(L->router, E, H, "blk.%d.ffn_gate_inp.weight", l);
+            MAT(L->router_full, L->n_router_rows, H, "blk.%d.ffn_gate_inp.weight", l);
             snprintf(n, sizeof n, "blk.%d.ffn_gate_exps.weight", l);
             if (mt_ckpt_find(w->ck, n)) {
                 if ((rc = get_experts3(w, n, E, F, H, L->w1))) return rc;
@@ -165,7 +169,7 @@ static int layer_init(const wctx *w, const mt_config *c, int l, mt_layer_weights
             MAT(L->w3[0], F, H, "model.layers.%d.mlp.up_proj.weight", l);
             MAT(L->w2[0], H, F, "model.layers.%d.mlp.down_proj.weight", l);
         } else {
-            MAT(L->router, E, H, "model.layers.%d.block_sparse_moe.gate.weight", l);
+            MAT(L->router_full, L->n_router_rows, H, "model.layers.%d.block_sparse_moe.gate.weight", l);
             for (int e = 0; e < E; e++) {
                 MAT(L->w1[e], F, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
                 MAT(L->w3[e], F, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, e);
@@ -177,9 +181,50 @@ static int layer_init(const wctx *w, const mt_config *c, int l, mt_layer_weights
     return MT_OK;
 }
 
+/* Alias maps (int32, from the config's bytes) and the anchor router rows of
+ * every aliased layer, in one block; rows 64-byte aligned for the kernels. */
+static int alias_init(mt_weights *w, const char *path) {
+    const mt_config *c = &w->cfg;
+    size_t bytes = 64;
+    for (int l = 0; l < c->n_layers; l++) {
+        const mt_layer_weights *L = &w->layers[l];
+        if (!c->router_rows[l] || L->n_experts <= 0) continue;
+        bytes += (size_t)L->n_router_rows * sizeof(int32_t);
+        bytes = (bytes + 63) & ~(size_t)63;
+        bytes += (size_t)L->n_experts * L->router_full.row_stride + 64;
+    }
+    char *blk = calloc(1, bytes);
+    if (!blk) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory for the router alias maps", path);
+    w->alias_block = blk;
+    char *p = (char *)(((uintptr_t)blk + 63) & ~(uintptr_t)63);
+    for (int l = 0; l < c->n_layers; l++) {
+        mt_layer_weights *L = &w->layers[l];
+        if (!c->router_rows[l] || L->n_experts <= 0) continue;
+        const int R = L->n_router_rows, K = L->n_experts;
+        int32_t *a = (int32_t *)p;
+        for (int r = 0; r < R; r++) a[r] = c->router_alias[l][r];
+        p += (size_t)R * sizeof(int32_t);
+        p = (char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+        const uint64_t rs = L->router_full.row_stride;
+        for (int e = 0; e < K; e++) {
+            int r = 0;
+            while (r < R && a[r] != e) r++; /* validated: every expert has a row */
+            memcpy(p + (size_t)e * rs, (const uint8_t *)L->router_full.data + (size_t)r * rs, rs);
+        }
+        L->alias = a;
+        L->router = L->router_full;
+        L->router.rows = K;
+        L->router.data = p;
+        p += (size_t)K * rs;
+        p = (char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+    }
+    return MT_OK;
+}
+
 void mt_weights_free(mt_weights *w) {
     if (!w) return;
     free(w->layers); /* one block: layers, then every layer's expert matrices */
+    free(w->alias_block);
     memset(w, 0, sizeof *w);
 }
 
@@ -221,12 +266,15 @@ int mt_weights_init(mt_weights *w, const mt_ckpt *ck) {
         int E = mt_config_layer_experts(c, l);
         size_t k = (size_t)(E > 0 ? E : 1);
         L->n_experts = E;
+        L->n_router_rows = E > 0 ? mt_config_router_rows(c, l) : 0;
         L->w1 = mats;
         L->w3 = mats + k;
         L->w2 = mats + 2 * k;
         mats += 3 * k;
         rc = layer_init(&x, c, l, L);
+        if (!rc && E > 0) L->router = L->router_full;
     }
+    if (!rc && mt_config_has_alias(c)) rc = alias_init(w, x.path);
     if (rc) mt_weights_free(w);
     return rc;
 }

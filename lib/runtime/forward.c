@@ -13,6 +13,13 @@
  *               x += Σ_k gate_k · W2_e(silu(W1_e h) ⊙ W3_e h)
  *   logits = rmsnorm(x) * w_out · lm_headᵀ
  *
+ * An aliased layer (router of R rows over K experts, row r -> expert
+ * alias[r]) takes the softmax and top-k over the R rows as above, then maps
+ * the chosen rows to experts; rows that alias one expert add their gates and
+ * that expert runs once (its later top-k slots become -1, gate 0). With
+ * aliased experts that are identical copies this is exactly the unaliased
+ * model. Routing counts, top-k ids and capture events name experts; the
+ * ROUTER_LOGITS event carries the R row logits.
  * A dense model (n_experts = 0) runs w1[0]/w3[0]/w2[0] with gate 1.
  * Prefill (n > 1) multiplies whole batches with mt_matmul; each expert gets
  * the rows routed to it gathered into one matrix, and its output is
@@ -71,6 +78,10 @@ int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) {
 
     const size_t L = (size_t)cf->n_layers, H = (size_t)cf->hidden, B = (size_t)n_batch;
     const size_t E = (size_t)(m->routing_stride > 0 ? m->routing_stride : 1);
+    size_t Rmax = E; /* router logits: aliased layers have more rows than experts */
+    for (int l = 0; l < cf->n_layers; l++)
+        if (m->w.layers[l].n_experts > 0 && (size_t)m->w.layers[l].n_router_rows > Rmax)
+            Rmax = (size_t)m->w.layers[l].n_router_rows;
     const size_t K = (size_t)(cf->top_k > 0 ? cf->top_k : 1);
     const size_t T = (size_t)m->n_threads;
     const size_t pd = (size_t)(c->q_dim > c->kv_dim ? c->q_dim : c->kv_dim);
@@ -95,8 +106,8 @@ int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) {
     sz[ns++] = fbytes3(T, B, (size_t)n_ctx);
     sz[ns++] = fbytes3((size_t)n_ctx, half, 1);
     sz[ns++] = fbytes3((size_t)n_ctx, half, 1);
-    sz[ns++] = fbytes3(B, E, 1);
-    sz[ns++] = fbytes3(B, E, 1);
+    sz[ns++] = fbytes3(B, Rmax, 1);
+    sz[ns++] = fbytes3(B, Rmax, 1);
     sz[ns++] = fbytes3(B, K, 1);
     sz[ns++] = fbytes3(B, 1, 1);
     sz[ns++] = fbytes3(B, H, 1);
@@ -366,6 +377,26 @@ static void route(mt_ctx *c, int n, int ne, int top_k) {
     }
 }
 
+/* Aliased layer: chosen router rows -> experts. A row whose expert an
+ * earlier slot of the same token already holds gives its gate to that slot
+ * and becomes -1 with gate 0, so each expert runs once per token. */
+static void fold_alias(mt_ctx *c, int n, int top_k, const int32_t *alias) {
+    for (int i = 0; i < n; i++) {
+        int32_t *tk = c->topk + (size_t)i * top_k;
+        float *tw = c->topk_w + (size_t)i * top_k;
+        for (int k = 0; k < top_k; k++) {
+            tk[k] = alias[tk[k]];
+            for (int q = 0; q < k; q++)
+                if (tk[q] == tk[k]) {
+                    tw[q] += tw[k];
+                    tw[k] = 0;
+                    tk[k] = -1;
+                    break;
+                }
+        }
+    }
+}
+
 /* One expert (or the dense MLP) over the gathered rows ex_in (m, hidden);
  * adds gate * output into proj at each row. */
 static int run_expert(mt_ctx *c, const mt_layer_weights *Lw, int layer, int e, int m_rows, int expert_id) {
@@ -409,9 +440,16 @@ static int ffn(mt_ctx *c, int layer, int n) {
         return run_expert(c, Lw, layer, 0, n, -1);
     }
     const int top_k = cf->top_k;
-    linear(c, &Lw->router, c->h, n, c->router);
-    route(c, n, ne, top_k);
-    if ((st = emit(c, MT_CAP_ROUTER_LOGITS, layer, -1, n, ne, c->router, NULL, NULL, c->topk))) return st;
+    if (Lw->alias) {
+        linear(c, &Lw->router_full, c->h, n, c->router);
+        route(c, n, Lw->n_router_rows, top_k);
+        fold_alias(c, n, top_k, Lw->alias);
+    } else {
+        linear(c, &Lw->router, c->h, n, c->router);
+        route(c, n, ne, top_k);
+    }
+    const int nr = Lw->alias ? Lw->n_router_rows : ne;
+    if ((st = emit(c, MT_CAP_ROUTER_LOGITS, layer, -1, n, nr, c->router, NULL, NULL, c->topk))) return st;
     int32_t *lr = c->last_routing + (size_t)layer * n * top_k;
     memcpy(lr, c->topk, (size_t)n * top_k * sizeof(int32_t));
     uint64_t *counts = c->routing + (size_t)layer * c->m->routing_stride;
