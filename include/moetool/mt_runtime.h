@@ -46,7 +46,7 @@ void mt_model_param_stats(const mt_model *m, mt_param_stats *out);
 typedef enum {
     MT_CAP_ATTN_IN = 1 << 0,       /* normed input of attention (n, hidden)      */
     MT_CAP_FFN_IN = 1 << 1,        /* normed input of router/experts (n, hidden) */
-    MT_CAP_ROUTER_LOGITS = 1 << 2, /* (n, n_experts)                             */
+    MT_CAP_ROUTER_LOGITS = 1 << 2, /* (n, router rows): n_experts, or R with alias */
     MT_CAP_EXPERT_IN = 1 << 3,     /* rows routed to one expert (m, hidden)      */
     MT_CAP_EXPERT_OUT = 1 << 4,    /* that expert's outputs before gating (m, hidden) */
     MT_CAP_LAYER_OUT = 1 << 5,     /* residual stream after the layer (n, hidden) */
@@ -60,7 +60,9 @@ typedef struct {
     const float *data;       /* (n_rows, n_cols) row-major                     */
     const int32_t *rows;     /* EXPERT_*: batch row of each data row           */
     const float *gates;      /* EXPERT_*: renormalised routing weight per row  */
-    const int32_t *topk;     /* ROUTER_LOGITS: (n, top_k) chosen experts       */
+    const int32_t *topk;     /* ROUTER_LOGITS: (n, top_k) chosen experts; with
+                                alias routing a slot whose expert was already
+                                chosen by another row is -1 (gate added there) */
 } mt_capture_event;
 
 typedef int (*mt_capture_fn)(void *user, const mt_capture_event *ev);
@@ -84,7 +86,8 @@ int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int a
 const uint64_t *mt_ctx_routing_counts(const mt_ctx *c);
 void mt_ctx_routing_reset(mt_ctx *c);
 /* Top-k experts chosen for the tokens of the last forward: (n, top_k) ids
- * per layer, layer-major: [layer][token][k]. */
+ * per layer, layer-major: [layer][token][k]; -1 marks a slot merged into an
+ * earlier one by alias routing. */
 const int32_t *mt_ctx_last_routing(const mt_ctx *c);
 
 /* ---- evaluation -------------------------------------------------------- */
