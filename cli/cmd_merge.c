@@ -11,7 +11,8 @@
 #include <unistd.h>
 
 static const char *g_help =
-    "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC) [--method M]\n"
+    "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC | --budget N)\n"
+    "                     [--method M]\n"
     "                     [--router R] [--calib FILE] [--calib-tokens N] [--sample N]\n"
     "                     [--router-steps N] [--threads T] [--json]\n"
     "\n"
@@ -23,8 +24,10 @@ static const char *g_help =
     "  --experts K          experts per layer in the output (top_k <= K < experts)\n"
     "  --layers SPEC        per-layer K, e.g. 0-1:6,2-3:4 (overrides --experts for\n"
     "                       those layers; written as config key moe_layer_experts)\n"
+    "  --budget N           N experts in all, spread over the layers by sensitivity\n"
+    "                       (layer-output error of the best kept set at each K)\n"
     "  --method M           prune | average | frequency | hc-smoe | mc-smoe | reap |\n"
-    "                       reap-merge (default reap-merge; see docs/merge.md)\n"
+    "                       reap-merge | naee (default reap-merge; see docs/merge.md)\n"
     "  --router R           anchor | average | fit (default fit): how the K router\n"
     "                       rows are made for merged groups (pruning slices rows)\n"
     "  --router-steps N     fit router: 0 = least squares (default); N > 0 = N steps\n"
@@ -40,6 +43,7 @@ int cmd_merge(int argc, char **argv) {
     static const struct option opts[] = {{"output", required_argument, 0, 'o'},
                                          {"experts", required_argument, 0, 'k'},
                                          {"layers", required_argument, 0, 'l'},
+                                         {"budget", required_argument, 0, 'b'},
                                          {"method", required_argument, 0, 'm'},
                                          {"router", required_argument, 0, 'r'},
                                          {"router-steps", required_argument, 0, 'R'},
@@ -64,9 +68,13 @@ int cmd_merge(int argc, char **argv) {
             o.experts = (int)v;
             break;
         case 'l': layers = optarg; break;
+        case 'b':
+            if (cli_parse_int("merge", "--budget", optarg, 1, 1 << 20, &v)) return MT_EXIT_USAGE;
+            o.budget = (int)v;
+            break;
         case 'm':
             if ((o.method = mt_merge_method_from_name(optarg)) < 0)
-                return cli_usage_error("merge", "--method must be prune, average, frequency, hc-smoe, mc-smoe, reap or reap-merge, got '%s'",
+                return cli_usage_error("merge", "--method must be prune, average, frequency, hc-smoe, mc-smoe, reap, reap-merge or naee, got '%s'",
                                        optarg);
             break;
         case 'r':
@@ -98,7 +106,8 @@ int cmd_merge(int argc, char **argv) {
     if (argc - optind > 1) return cli_usage_error("merge", "expects one MODEL, got %d", argc - optind);
     const char *model = optind < argc ? argv[optind] : cli_default_model();
     if (!out) return cli_usage_error("merge", "missing -o OUT");
-    if (!o.experts && !layers) return cli_usage_error("merge", "missing --experts K (or --layers SPEC)");
+    if (!o.experts && !layers && !o.budget) return cli_usage_error("merge", "missing --experts K (or --layers SPEC, --budget N)");
+    if (o.budget && (o.experts || layers)) return cli_usage_error("merge", "--budget cannot be combined with --experts or --layers");
     if (layers && mt_merge_parse_layers(&o, layers, 0)) return cli_usage_error("merge", "%s", mt_last_error());
     char *calib_default = NULL;
     if (!o.calib_path) {
@@ -149,7 +158,20 @@ int cmd_merge(int argc, char **argv) {
             for (int e = 0; e < r.experts_in; e++) printf("%s%.4f", e ? ", " : "", r.gate_mean[l][e]);
             printf("]");
         }
-        printf("], \"expert_params_in\": %llu, \"expert_params_out\": %llu, \"router_fit_rmse\": %.6f,"
+        printf("], \"recon_err\": [");
+        for (int l = 0; l < r.n_layers; l++) printf("%s%.6f", l ? ", " : "", r.recon_err[l]);
+        printf("], \"budget\": %d", o.budget);
+        if (o.budget) {
+            /* sensitivity[l][K - top_k] for K = top_k .. experts */
+            printf(", \"sensitivity\": [");
+            for (int l = 0; l < r.n_layers; l++) {
+                printf("%s[", l ? ", " : "");
+                for (int k = r.top_k; k <= r.experts_in; k++) printf("%s%.6f", k > r.top_k ? ", " : "", r.sensitivity[l][k]);
+                printf("]");
+            }
+            printf("]");
+        }
+        printf(", \"expert_params_in\": %llu, \"expert_params_out\": %llu, \"router_fit_rmse\": %.6f,"
                " \"seconds\": %.3f, \"peak_rss_mib\": %.1f}\n",
                (unsigned long long)r.expert_params_in, (unsigned long long)r.expert_params_out, r.router_fit_rmse,
                r.seconds, rss);
@@ -159,6 +181,7 @@ int cmd_merge(int argc, char **argv) {
         for (int l = 0; l < r.n_layers; l++) {
             printf("  layer %d: %d -> %d experts; groups", l, r.experts_in, r.layer_k[l]);
             for (int e = 0; e < r.experts_in; e++) printf(" %d", r.group[l][e]);
+            if (r.recon_err[l] >= 0) printf("; layer-output error %.4f", r.recon_err[l]);
             printf("\n");
         }
         printf("expert parameters %llu -> %llu; %.2f s, peak RSS %.1f MiB\n", (unsigned long long)r.expert_params_in,

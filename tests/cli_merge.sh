@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # moetool merge from the command line: 8 -> 6 on the bundled model with a
 # small calibration (fast), the output loads and evaluates, converts to GGUF
-# and the GGUF evaluates identically; per-layer counts reach the config; bad
+# and the GGUF evaluates identically; per-layer counts (--layers, --budget)
+# reach the config; --method naee prunes two per layer; bad
 # options exit 2 (usage) or 1 (failure) with a message and leave no output.
 set -u
 BIN=${MT_BIN:-build/cli/moetool}
@@ -47,6 +48,20 @@ python3 -c "import json,sys; c=json.load(open(sys.argv[1])); sys.exit(0 if c['nu
 "$BIN" eval "$T/mix" --text "$TEXT" --ctx 256 --max-windows 4 --json >"$T/emix.json" 2>"$T/err" && ok || bad "eval --layers output: $(cat "$T/err")"
 [ "$(jget "$T/emix.json" "['size']['expert_params']")" = $((2 * 6 * 393216 + 2 * 4 * 393216)) ] && ok || bad "per-layer expert params"
 
+# naee: two experts pruned per layer, the layer-output error reported
+"$BIN" merge "$MODEL" -o "$T/naee" --experts 6 --method naee $FAST --json >"$T/naee.json" 2>"$T/err" || bad "merge --method naee: $(cat "$T/err")"
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if all(g.count(-1) == 2 for g in d['groups']) and all(0 < e < 1 for e in d['recon_err']) else 1)" \
+  "$T/naee.json" && ok || bad "naee groups / recon_err: $(cat "$T/naee.json")"
+# --budget: per-layer counts sum to the budget, within [top_k, experts], stated in the config
+"$BIN" merge "$MODEL" -o "$T/bud" --budget 20 --method naee $FAST --json >"$T/bud.json" 2>"$T/err" || bad "merge --budget: $(cat "$T/err")"
+python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1])); c = json.load(open(sys.argv[2])); k = d['layer_experts']
+ok = sum(k) == 20 and all(2 <= x <= 8 for x in k) and c['num_local_experts'] == max(k)
+ok = ok and (c.get('moe_layer_experts', k) == k if len(set(k)) > 1 else 'moe_layer_experts' not in c)
+sys.exit(0 if ok else 1)" "$T/bud.json" "$T/bud/config.json" && ok || bad "--budget counts: $(cat "$T/bud.json")"
+"$BIN" eval "$T/bud" --text "$TEXT" --ctx 256 --max-windows 4 --json >/dev/null 2>"$T/err" && ok || bad "eval --budget output: $(cat "$T/err")"
+
 # bad options: exit code, a message, no output
 expect() { # code description args...
   local code=$1 what=$2; shift 2
@@ -66,6 +81,9 @@ expect 2 "bad method" "$MODEL" -o "$T/x" --experts 6 --method nope $FAST
 expect 2 "bad router" "$MODEL" -o "$T/x" --experts 6 --router nope $FAST
 expect 2 "no -o" "$MODEL" --experts 6 $FAST
 expect 2 "no --experts" "$MODEL" -o "$T/x" $FAST
+expect 2 "--budget with --experts" "$MODEL" -o "$T/x" --budget 20 --experts 6 $FAST
+expect 2 "--budget below top_k per layer" "$MODEL" -o "$T/x" --budget 7 $FAST
+expect 2 "--budget of every expert" "$MODEL" -o "$T/x" --budget 32 $FAST
 printf 'In the beginning God created the heaven and the earth.\n' >"$T/short.txt"
 expect 2 "calibration too short" "$MODEL" -o "$T/x" --experts 6 --calib "$T/short.txt" --calib-tokens 2048
 expect 1 "missing model" "$T/nonexistent" -o "$T/x" --experts 6 --calib "$TEXT" $FAST

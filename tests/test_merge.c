@@ -2,7 +2,9 @@
  * units keeps an expert's function; alignment recovers a planted
  * permutation exactly; merging identical-up-to-permutation experts with
  * averaged router rows reproduces the layer; least squares recovers a planted
- * router; clustering finds planted groups), option errors with no output,
+ * router; clustering finds planted groups; the NAEE search finds a planted
+ * best kept set and its error matches a direct computation; the budget
+ * allocation is optimal and within bounds), option errors with no output,
  * and on the bundled model: layers left at their expert count come out
  * bit-identical, merged layers have K experts and the output loads. */
 #include <stdarg.h>
@@ -198,6 +200,186 @@ static void test_parse_layers(void **state) {
     assert_int_equal(mt_merge_router_from_name("fit"), MT_MERGE_ROUTER_FIT);
 }
 
+/* ---- NAEE search ----------------------------------------------------------- */
+
+/* Direct layer-output error of a kept set: per token, the top_k of the kept
+ * experts by probability, renormalised, against the top_k of all. */
+static double g_ref_energy; /* sum of |original output|^2, set by naee_reference */
+static double naee_reference(const float *Y, const float *P, int E, int S, int Hd, int top_k, uint64_t keep) {
+    double err = 0;
+    g_ref_energy = 0;
+    for (int i = 0; i < S; i++) {
+        const float *p = P + (size_t)i * E;
+        double y0[64] = {0}, y1[64] = {0};
+        for (int pass = 0; pass < 2; pass++) {
+            double *y = pass ? y1 : y0;
+            int used[64] = {0}, sel[64];
+            double sum = 0;
+            for (int k = 0; k < top_k; k++) {
+                int best = -1;
+                for (int e = 0; e < E; e++)
+                    if (!used[e] && (!pass || (keep >> e & 1)) && (best < 0 || p[e] > p[best])) best = e;
+                used[best] = 1, sel[k] = best, sum += p[best];
+            }
+            for (int k = 0; k < top_k; k++)
+                for (int j = 0; j < Hd; j++) y[j] += p[sel[k]] / sum * Y[((size_t)sel[k] * S + i) * Hd + j];
+        }
+        for (int j = 0; j < Hd; j++) err += (y0[j] - y1[j]) * (y0[j] - y1[j]), g_ref_energy += y0[j] * y0[j];
+    }
+    return err;
+}
+
+/* Probabilities from logits (S, E), in place. */
+static void softmax_rows(float *P, int S, int E) {
+    for (int i = 0; i < S; i++) {
+        float *p = P + (size_t)i * E, mx = p[0], s = 0;
+        for (int e = 1; e < E; e++) mx = fmaxf(mx, p[e]);
+        for (int e = 0; e < E; e++) s += (p[e] = expf(p[e] - mx));
+        for (int e = 0; e < E; e++) p[e] /= s;
+    }
+}
+
+static int popcount64(uint64_t m) {
+    int n = 0;
+    for (; m; m &= m - 1) n++;
+    return n;
+}
+
+/* The search's error equals the direct computation for every kept set, and
+ * the exhaustive search returns the argmin over all C(8, 5) sets. */
+static void test_naee_error_matches_reference(void **state) {
+    (void)state;
+    enum { E = 8, S = 96, Hd = 8, TK = 2, K = 5 };
+    float *Y = malloc(sizeof(float) * E * S * Hd), *P = malloc(sizeof(float) * S * E);
+    fill(Y, (size_t)E * S * Hd, 1.0f);
+    fill(P, (size_t)S * E, 2.0f);
+    softmax_rows(P, S, E);
+    merge_naee *nz = NULL;
+    assert_int_equal(merge_naee_init(&nz, Y, P, E, S, Hd, TK), MT_OK);
+    double best = 1e300, e0 = 0;
+    uint64_t bm = 0, keep = 0;
+    for (uint64_t m = 0; m < (1u << E); m++) {
+        if (popcount64(m) < TK) continue;
+        double ref = naee_reference(Y, P, E, S, Hd, TK, m), got = merge_naee_error(nz, m);
+        assert_true(fabs(ref - got) <= 1e-6 * (1 + ref));
+        if (popcount64(m) == K && ref < best - 1e-12) best = ref, bm = m;
+    }
+    /* the energy: the original output's squared norm */
+    assert_true(fabs(g_ref_energy - merge_naee_energy(nz)) <= 1e-6 * g_ref_energy);
+    assert_int_equal(merge_naee_search(nz, K, &keep, &e0), MT_OK);
+    assert_int_equal(popcount64(keep), K);
+    assert_true(fabs(e0 - best) <= 1e-9 * (1 + best));
+    assert_true(keep == bm || fabs(naee_reference(Y, P, E, S, Hd, TK, keep) - best) <= 1e-9 * (1 + best));
+    assert_int_equal(merge_naee_search(nz, 1, &keep, &e0), MT_ERR_ARG); /* K < top_k */
+    assert_int_equal(merge_naee_search(nz, 9, &keep, &e0), MT_ERR_ARG);
+    merge_naee_free(nz);
+    free(Y), free(P);
+}
+
+/* Planted: with top-1 routing, experts 6 and 7 are the most used but are
+ * exact duplicates of experts 4 and 2, and every token routed to them has
+ * its duplicate second. Removing 6 and 7 loses nothing; any other pair of
+ * removals does. Frequency pruning would remove two of 0..5 instead. */
+static void test_naee_finds_planted_duplicates(void **state) {
+    (void)state;
+    enum { E = 8, S = 400, Hd = 12 };
+    float *Y = malloc(sizeof(float) * E * S * Hd), *P = malloc(sizeof(float) * S * E);
+    fill(Y, (size_t)E * S * Hd, 1.0f);
+    memcpy(Y + (size_t)7 * S * Hd, Y + (size_t)2 * S * Hd, sizeof(float) * S * Hd);
+    memcpy(Y + (size_t)6 * S * Hd, Y + (size_t)4 * S * Hd, sizeof(float) * S * Hd);
+    int used[E] = {0};
+    for (int i = 0; i < S; i++) {
+        float *p = P + (size_t)i * E;
+        fill(p, E, 1.0f); /* logits in [-1, 1) */
+        int t = i % 4 == 0 ? 6 : i % 4 == 1 ? 7 : (int)((frand() * 0.5f + 0.5f) * 6) % 6;
+        p[t] = 3.0f;
+        if (t == 6) p[4] = 2.0f;
+        if (t == 7) p[2] = 2.0f;
+        used[t]++;
+    }
+    softmax_rows(P, S, E);
+    assert_true(used[6] > used[0] && used[7] > used[5]);
+    merge_naee *nz = NULL;
+    uint64_t keep = 0;
+    double err = -1;
+    assert_int_equal(merge_naee_init(&nz, Y, P, E, S, Hd, 1), MT_OK);
+    assert_int_equal(merge_naee_search(nz, 6, &keep, &err), MT_OK);
+    assert_int_equal(keep, 0x3f);
+    assert_true(err < 1e-9 * merge_naee_energy(nz));
+    /* and the next best set is clearly worse */
+    assert_true(merge_naee_error(nz, 0x3f ^ 0x01 ^ 0x40) > 0.01 * merge_naee_energy(nz));
+    merge_naee_free(nz);
+    free(Y), free(P);
+}
+
+/* Planted for the greedy path: 16 experts, top-2, keep 8 (C(16, 8) = 12870
+ * > 5000 subsets): the odd experts are never routed (logits far below), so
+ * the even ones reproduce the layer exactly. */
+static void test_naee_greedy_finds_never_routed(void **state) {
+    (void)state;
+    enum { E = 16, S = 256, Hd = 8 };
+    float *Y = malloc(sizeof(float) * E * S * Hd), *P = malloc(sizeof(float) * S * E);
+    fill(Y, (size_t)E * S * Hd, 1.0f);
+    for (int e = 1; e < E; e += 2) /* make the never-routed ones loud: large outputs */
+        for (size_t q = 0; q < (size_t)S * Hd; q++) Y[(size_t)e * S * Hd + q] *= 10.0f;
+    fill(P, (size_t)S * E, 2.0f);
+    for (int i = 0; i < S; i++)
+        for (int e = 1; e < E; e += 2) P[(size_t)i * E + e] -= 20.0f;
+    softmax_rows(P, S, E);
+    merge_naee *nz = NULL;
+    uint64_t keep = 0;
+    double err = -1;
+    assert_int_equal(merge_naee_init(&nz, Y, P, E, S, Hd, 2), MT_OK);
+    assert_true(merge_naee_energy(nz) > 0);
+    assert_int_equal(merge_naee_search(nz, 8, &keep, &err), MT_OK);
+    assert_int_equal(keep, 0x5555);
+    assert_true(err < 1e-9 * merge_naee_energy(nz));
+    /* one step further (keep 6 of the 8 routed) costs something, and equals
+     * the direct computation */
+    assert_int_equal(merge_naee_search(nz, 6, &keep, &err), MT_OK);
+    assert_int_equal(popcount64(keep), 6);
+    assert_int_equal(keep & 0xaaaa, 0);
+    assert_true(err > 0 && fabs(err - naee_reference(Y, P, E, S, Hd, 2, keep)) <= 1e-6 * err);
+    merge_naee_free(nz);
+    free(Y), free(P);
+}
+
+/* The budget allocation: sums to the budget, respects top_k <= K <= E, and
+ * reaches the least total cost (checked by enumerating every allocation). */
+static void test_budget_allocation_optimal(void **state) {
+    (void)state;
+    enum { L = 3, C = MT_MERGE_MAX_EXPERTS + 1, TK = 2 };
+    const int El[L] = {8, 8, 6};
+    double cost[L * C];
+    for (int l = 0; l < L; l++) {
+        double v = 0;
+        for (int k = El[l]; k >= 0; k--) { /* increasing as K falls, at different rates */
+            cost[l * C + k] = v;
+            v += (0.5f + 0.5f * frand()) * (l + 1);
+        }
+    }
+    for (int budget = L * TK; budget <= 22; budget++) {
+        int K[L];
+        assert_int_equal(merge_budget_allocate(cost, El, L, TK, budget, K), MT_OK);
+        double got = 0, best = 1e300;
+        int sum = 0;
+        for (int l = 0; l < L; l++) {
+            assert_true(K[l] >= TK && K[l] <= El[l]);
+            sum += K[l], got += cost[l * C + K[l]];
+        }
+        assert_int_equal(sum, budget);
+        for (int a = TK; a <= El[0]; a++)
+            for (int b = TK; b <= El[1]; b++) {
+                int c = budget - a - b;
+                if (c >= TK && c <= El[2]) best = fmin(best, cost[a] + cost[C + b] + cost[2 * C + c]);
+            }
+        assert_true(fabs(got - best) < 1e-12);
+    }
+    int K[L];
+    assert_int_equal(merge_budget_allocate(cost, El, L, TK, L * TK - 1, K), MT_ERR_ARG);
+    assert_int_equal(merge_budget_allocate(cost, El, L, TK, 23, K), MT_ERR_ARG);
+}
+
 static int have_model(void) {
     struct stat sb;
     return stat(tu_model_path("config.json"), &sb) == 0 && stat(tu_model_path("data/train.txt"), &sb) == 0;
@@ -216,11 +398,14 @@ static void test_option_errors_leave_no_output(void **state) {
     struct {
         int k;
         const char *layers, *calib;
-    } cases[] = {{8, NULL, NULL}, {9, NULL, NULL}, {1, NULL, NULL}, {6, NULL, calib}, {0, "0:1", NULL}};
+        int budget;
+    } cases[] = {{8, NULL, NULL, 0}, {9, NULL, NULL, 0},  {1, NULL, NULL, 0},  {6, NULL, calib, 0},
+                 {0, "0:1", NULL, 0}, {6, NULL, NULL, 20}, {0, NULL, NULL, 7}, {0, NULL, NULL, 32}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         mt_merge_opts o;
         mt_merge_opts_default(&o);
         o.experts = cases[i].k;
+        o.budget = cases[i].budget;
         o.calib_path = cases[i].calib ? cases[i].calib : tu_model_path("data/train.txt");
         o.calib_tokens = 512;
         o.sample_tokens = 64;
@@ -309,6 +494,62 @@ static void test_merge_bundled_model(void **state) {
     free(dir);
 }
 
+/* --budget 20 on the bundled model (4 layers x 8 experts, top-2): the
+ * per-layer counts sum to 20, stay within [2, 8], reach the config, and
+ * every count is the one minimising the summed sensitivities reported. */
+static void test_merge_budget_bundled(void **state) {
+    (void)state;
+    if (!have_model()) skip();
+    char *dir = tu_mkdtemp();
+    char out[4096];
+    snprintf(out, sizeof out, "%s/budget", dir);
+    mt_merge_opts o;
+    mt_merge_opts_default(&o);
+    o.calib_path = tu_model_path("data/train.txt");
+    o.calib_tokens = 1024;
+    o.sample_tokens = 512;
+    o.n_threads = 2;
+    o.budget = 20;
+    o.method = MT_MERGE_NAEE;
+    mt_merge_report *r = malloc(sizeof *r);
+    int st = mt_merge(tu_model_dir(), out, &o, r);
+    if (st) fprintf(stderr, "merge: %s\n", mt_last_error());
+    assert_int_equal(st, MT_OK);
+    int sum = 0;
+    for (int l = 0; l < 4; l++) {
+        assert_true(r->layer_k[l] >= 2 && r->layer_k[l] <= 8);
+        sum += r->layer_k[l];
+        /* no error with every expert kept; keeping 2 costs more than keeping 7 */
+        assert_true(r->sensitivity[l][8] == 0);
+        assert_true(r->sensitivity[l][2] > r->sensitivity[l][7]);
+        if (r->layer_k[l] < 8) assert_true(fabs(r->recon_err[l] - r->sensitivity[l][r->layer_k[l]]) < 1e-9);
+    }
+    assert_int_equal(sum, 20);
+    double got = 0, best = 1e300;
+    for (int l = 0; l < 4; l++) got += r->sensitivity[l][r->layer_k[l]];
+    for (int a = 2; a <= 8; a++)
+        for (int b = 2; b <= 8; b++)
+            for (int c = 2; c <= 8; c++) {
+                int d = 20 - a - b - c;
+                if (d >= 2 && d <= 8)
+                    best = fmin(best, r->sensitivity[0][a] + r->sensitivity[1][b] + r->sensitivity[2][c] + r->sensitivity[3][d]);
+            }
+    assert_true(fabs(got - best) < 1e-12);
+    mt_model *dst = NULL;
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = 2;
+    assert_int_equal(mt_model_load(&dst, out, &mo), MT_OK);
+    for (int l = 0; l < 4; l++) {
+        assert_int_equal(mt_config_layer_experts(mt_model_config(dst), l), r->layer_k[l]);
+        assert_int_equal(mt_model_weights(dst)->layers[l].router.rows, r->layer_k[l]);
+    }
+    mt_model_free(dst);
+    free(r);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_permute_keeps_function),
@@ -317,8 +558,13 @@ int main(void) {
         cmocka_unit_test(test_router_fit_recovers_planted),
         cmocka_unit_test(test_cluster_planted_groups),
         cmocka_unit_test(test_parse_layers),
+        cmocka_unit_test(test_naee_error_matches_reference),
+        cmocka_unit_test(test_naee_finds_planted_duplicates),
+        cmocka_unit_test(test_naee_greedy_finds_never_routed),
+        cmocka_unit_test(test_budget_allocation_optimal),
         cmocka_unit_test(test_option_errors_leave_no_output),
         cmocka_unit_test(test_merge_bundled_model),
+        cmocka_unit_test(test_merge_budget_bundled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

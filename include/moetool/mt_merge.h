@@ -30,6 +30,10 @@ typedef enum {
     MT_MERGE_REAP_MERGE,    /* REAP's K most salient as anchors, every other expert
                                merged into the anchor with the closest outputs,
                                aligned, frequency-weighted                              */
+    MT_MERGE_NAEE,          /* keep the K experts whose sliced-router layer output best
+                               reconstructs the original on the calibration sample
+                               (NAEE search: every subset, or greedy elimination when
+                               there are more than 5000), router rows sliced            */
     MT_MERGE_METHOD_COUNT
 } mt_merge_method;
 
@@ -50,6 +54,9 @@ int mt_merge_router_from_name(const char *s);
 typedef struct {
     int experts;                        /* K for every layer not in layer_experts   */
     int layer_experts[MT_MAX_LAYERS];   /* per-layer K (0 = `experts`)              */
+    int budget;                         /* > 0: total experts over all layers, spread
+                                           by sensitivity (instead of experts /
+                                           layer_experts)                            */
     int method;                         /* mt_merge_method (default reap-merge)     */
     int router;                         /* mt_merge_router (default fit)            */
     const char *calib_path;             /* calibration text (required)              */
@@ -73,6 +80,7 @@ int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers);
 typedef struct {
     int n_layers;
     int experts_in;                     /* experts per layer of the source           */
+    int top_k;                          /* experts each token uses                   */
     int layer_k[MT_MAX_LAYERS];         /* experts per layer written                 */
     /* group[l][e]: output expert that source expert e of layer l went into,
      * -1 when pruned. */
@@ -82,6 +90,14 @@ typedef struct {
     uint64_t calib_tokens;              /* tokens run                                */
     uint64_t expert_params_in, expert_params_out;
     double router_fit_rmse;             /* mean over layers (fit router only)        */
+    /* recon_err[l]: relative error of layer l's output on the sample
+     * (|y' - y|^2 / |y|^2 summed over the sample) with the kept experts and
+     * the router sliced; set for naee (-1 otherwise). */
+    double recon_err[MT_MAX_LAYERS];
+    /* With a budget: sensitivity[l][K] = the same relative error of the best
+     * kept set of K experts (the naee search), K = top_k .. experts; the
+     * budget's per-layer counts minimise its sum. */
+    double sensitivity[MT_MAX_LAYERS][65];
     double seconds;
 } mt_merge_report;
 

@@ -21,10 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MT_MERGE_MAX_EXPERTS 64
 
 static const char *const g_methods[MT_MERGE_METHOD_COUNT] = {"prune",   "average", "frequency", "hc-smoe",
-                                                              "mc-smoe", "reap",    "reap-merge"};
+                                                              "mc-smoe", "reap",    "reap-merge", "naee"};
 static const char *const g_routers[MT_MERGE_ROUTER_COUNT] = {"anchor", "average", "fit"};
 
 const char *mt_merge_method_name(int m) { return m >= 0 && m < MT_MERGE_METHOD_COUNT ? g_methods[m] : "?"; }
@@ -277,12 +276,28 @@ static void reap_saliency(const layer_buf *b, double *score) {
 
 /* Groups per method: assign[e] in [0, K) or -1 (pruned); anchor_score[e]
  * picks each group's anchor (its highest-scoring member). */
-static int make_groups(const mt_merge_opts *o, layer_buf *b, const double *freq, int *assign, double *anchor_score) {
+static int make_groups(const mt_merge_opts *o, layer_buf *b, const double *freq, int *assign, double *anchor_score,
+                       double *recon_err) {
     const int E = b->E, K = b->K, S = b->S, H = b->H;
     int order[MT_MERGE_MAX_EXPERTS];
     double score[MT_MERGE_MAX_EXPERTS];
     memcpy(anchor_score, freq, (size_t)E * sizeof(double));
     switch (o->method) {
+    case MT_MERGE_NAEE: {
+        /* the kept set whose sliced-router output best reconstructs the layer's */
+        merge_naee *nz = NULL;
+        uint64_t keep = 0;
+        double err = 0;
+        int st = merge_naee_init(&nz, b->Y, b->P, E, S, H, b->top_k);
+        if (!st) st = merge_naee_search(nz, K, &keep, &err);
+        if (!st) {
+            double en = merge_naee_energy(nz);
+            *recon_err = en > 0 ? err / en : 0;
+            for (int e = 0, k = 0; e < E; e++) assign[e] = keep >> e & 1 ? k++ : -1;
+        }
+        merge_naee_free(nz);
+        return st;
+    }
     case MT_MERGE_REAP_MERGE:
         /* REAP's K most salient experts are the anchors; every other expert
          * joins the anchor whose outputs on the same tokens are closest. */
@@ -456,6 +471,35 @@ static int merge_layer(const mt_merge_opts *o, layer_buf *b, const double *freq,
     return MT_OK;
 }
 
+/* Dequantizes layer l's router and experts into b (E, H, F, S, sample_x set
+ * by the caller) and computes the routing probabilities P and the expert
+ * outputs Y on the sample. */
+static int load_layer(layer_buf *b, const mt_layer_weights *Lw, int l) {
+    const int E = b->E, H = b->H, F = b->F;
+    const size_t FH = (size_t)F * H;
+    char what[96];
+    int st;
+    snprintf(what, sizeof what, "layer %d router", l);
+    if ((st = mat_to_f32(&Lw->router, b->R, what))) return st;
+    for (int e = 0; e < E; e++) {
+        snprintf(what, sizeof what, "layer %d expert %d", l, e);
+        if ((st = mat_to_f32(&Lw->w1[e], b->W1 + e * FH, what)) || (st = mat_to_f32(&Lw->w3[e], b->W3 + e * FH, what)) ||
+            (st = mat_to_f32(&Lw->w2[e], b->W2 + e * FH, what)))
+            return st;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->S, E, H, 1.0f, b->sample_x, H, b->R, H, 0.0f, b->P, E);
+    for (int i = 0; i < b->S; i++) {
+        float *p = b->P + (size_t)i * E, mx = -FLT_MAX, s = 0;
+        for (int e = 0; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+        for (int e = 0; e < E; e++) s += (p[e] = expf(p[e] - mx));
+        for (int e = 0; e < E; e++) p[e] /= s;
+    }
+    for (int e = 0; e < E; e++)
+        mt_merge_expert_forward(b->W1 + e * FH, b->W3 + e * FH, b->W2 + e * FH, H, F, b->sample_x, b->S,
+                                b->Y + (size_t)e * b->S * H, b->A);
+    return MT_OK;
+}
+
 /* ---- output ----------------------------------------------------------------- */
 
 static int is_moe_tensor(const char *name) {
@@ -516,16 +560,25 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
                                            "`moetool convert IN -o DIR --to hf` first", model_path);
         goto done;
     }
-    int Emax = 0, reduced = 0;
+    int Emax = 0, reduced = 0, Etot = 0;
+    int has_layers = 0;
+    for (int l = 0; l < MT_MAX_LAYERS; l++) has_layers |= o->layer_experts[l] > 0;
+    if (o->budget < 0 || (o->budget > 0 && (o->experts || has_layers))) {
+        st = mt_seterr(MT_ERR_ARG, "--budget %d: give either --budget or --experts/--layers", o->budget);
+        goto done;
+    }
     for (int l = 0; l < L; l++) {
         const int from_spec = o->layer_experts[l] > 0, E = w->layers[l].n_experts;
-        const int K = from_spec ? o->layer_experts[l] : o->experts ? o->experts : E;
+        const int K = o->budget ? E : from_spec ? o->layer_experts[l] : o->experts ? o->experts : E;
         if (E > MT_MERGE_MAX_EXPERTS) {
             st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: layer %d has %d experts (merge handles up to %d)", model_path, l,
                            E, MT_MERGE_MAX_EXPERTS);
             goto done;
         }
-        if (K > E || (K == E && o->experts && !from_spec)) {
+        Etot += E;
+        if (o->budget) {
+            /* counts come from the sensitivity pass below */
+        } else if (K > E || (K == E && o->experts && !from_spec)) {
             st = mt_seterr(MT_ERR_ARG, "%s %d: layer %d has %d experts; K must be less", from_spec ? "--layers" : "--experts", K, l, E);
             goto done;
         }
@@ -538,7 +591,12 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         if (E > Emax) Emax = E;
         reduced |= K < E;
     }
-    if (!reduced) {
+    if (o->budget && (o->budget < L * cf->top_k || o->budget >= Etot)) {
+        st = mt_seterr(MT_ERR_ARG, "--budget %d: must be at least %d (top_k %d per layer) and less than the %d experts "
+                                   "of the model", o->budget, L * cf->top_k, cf->top_k, Etot);
+        goto done;
+    }
+    if (!reduced && !o->budget) {
         st = mt_seterr(MT_ERR_ARG, "merge: every layer keeps its %d experts; nothing to merge", cf->n_experts);
         goto done;
     }
@@ -549,6 +607,8 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         }
     R->n_layers = L;
     R->experts_in = cf->n_experts;
+    R->top_k = cf->top_k;
+    for (int l = 0; l < L; l++) R->recon_err[l] = -1;
 
     /* Calibration. */
     c.L = L, c.E = cf->n_experts, c.H = H, c.top_k = cf->top_k, c.S = o->sample_tokens;
@@ -566,6 +626,67 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     /* The output directory first, so that a bad path fails before the work. */
     if ((st = mt_outdir_open(&od, out_path))) goto done;
     if ((st = run_calibration(m, o, &c, &R->calib_tokens))) goto done;
+
+    /* One layer's buffers. */
+    const size_t FH = (size_t)F * H;
+    const int S = o->sample_tokens;
+    b.W1 = malloc((size_t)Emax * FH * sizeof(float));
+    b.W3 = malloc((size_t)Emax * FH * sizeof(float));
+    b.W2 = malloc((size_t)Emax * FH * sizeof(float));
+    b.R = malloc((size_t)Emax * H * sizeof(float));
+    b.Y = malloc((size_t)Emax * S * H * sizeof(float));
+    b.P = malloc((size_t)S * Emax * sizeof(float));
+    b.A = malloc((size_t)S * F * sizeof(float));
+    b.B = malloc((size_t)S * F * sizeof(float));
+    b.O1 = malloc((size_t)Emax * FH * sizeof(float));
+    b.O3 = malloc((size_t)Emax * FH * sizeof(float));
+    b.O2 = malloc((size_t)Emax * FH * sizeof(float));
+    b.RK = malloc((size_t)Emax * H * sizeof(float));
+    b.T = malloc((size_t)S * Emax * sizeof(float));
+    b.perm = malloc((size_t)Emax * F * sizeof(int));
+    rowbuf = malloc((size_t)(F > H ? F : H) * 4 + 64);
+    if (!b.W1 || !b.W3 || !b.W2 || !b.R || !b.Y || !b.P || !b.A || !b.B || !b.O1 || !b.O3 || !b.O2 || !b.RK ||
+        !b.T || !b.perm || !rowbuf) {
+        st = mt_seterr(MT_ERR_NOMEM, "out of memory for one layer's merge buffers");
+        goto done;
+    }
+    for (int l = 0; l < L; l++)
+        if (c.n_sample[l] < 16) {
+            st = mt_seterr(MT_ERR_ARG, "%s: only %d calibration samples for layer %d", o->calib_path, c.n_sample[l], l);
+            goto done;
+        }
+    if (o->budget) {
+        /* Sensitivity: relative layer-output error of the best kept set at
+         * every K (NAEE search), then the counts with the least summed error. */
+        enum { C = MT_MERGE_MAX_EXPERTS + 1 };
+        int El[MT_MAX_LAYERS];
+        double *cost = calloc((size_t)L * C, sizeof(double));
+        if (!cost) {
+            st = mt_seterr(MT_ERR_NOMEM, "out of memory for the budget");
+            goto done;
+        }
+        for (int l = 0; l < L && !st; l++) {
+            merge_naee *nz = NULL;
+            El[l] = w->layers[l].n_experts;
+            b.E = El[l], b.K = El[l], b.H = H, b.F = F, b.top_k = cf->top_k;
+            b.S = c.n_sample[l];
+            b.sample_x = c.sample + (size_t)l * c.S * H;
+            if (!(st = load_layer(&b, &w->layers[l], l)) && !(st = merge_naee_init(&nz, b.Y, b.P, b.E, b.S, H, b.top_k))) {
+                const double en = merge_naee_energy(nz);
+                for (int k = b.top_k; k <= b.E && !st; k++) {
+                    uint64_t keep;
+                    double err = 0;
+                    st = merge_naee_search(nz, k, &keep, &err);
+                    cost[(size_t)l * C + k] = R->sensitivity[l][k] = en > 0 ? err / en : 0;
+                }
+            }
+            merge_naee_free(nz);
+            if (o->progress) o->progress(o->progress_user, "sensitivity", (uint64_t)l + 1, (uint64_t)L);
+        }
+        if (!st) st = merge_budget_allocate(cost, El, L, cf->top_k, o->budget, R->layer_k);
+        free(cost);
+        if (st) goto done;
+    }
 
     /* Output: declare every tensor first (the writer fixes its layout). */
     if ((st = mt_hf_writer_open(&hw, mt_outdir_path(od), 0))) goto done;
@@ -598,60 +719,15 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     }
 
     /* Layer by layer. */
-    const size_t FH = (size_t)F * H;
-    const int S = o->sample_tokens;
-    b.W1 = malloc((size_t)Emax * FH * sizeof(float));
-    b.W3 = malloc((size_t)Emax * FH * sizeof(float));
-    b.W2 = malloc((size_t)Emax * FH * sizeof(float));
-    b.R = malloc((size_t)Emax * H * sizeof(float));
-    b.Y = malloc((size_t)Emax * S * H * sizeof(float));
-    b.P = malloc((size_t)S * Emax * sizeof(float));
-    b.A = malloc((size_t)S * F * sizeof(float));
-    b.B = malloc((size_t)S * F * sizeof(float));
-    b.O1 = malloc((size_t)Emax * FH * sizeof(float));
-    b.O3 = malloc((size_t)Emax * FH * sizeof(float));
-    b.O2 = malloc((size_t)Emax * FH * sizeof(float));
-    b.RK = malloc((size_t)Emax * H * sizeof(float));
-    b.T = malloc((size_t)S * Emax * sizeof(float));
-    b.perm = malloc((size_t)Emax * F * sizeof(int));
-    rowbuf = malloc((size_t)(F > H ? F : H) * 4 + 64);
-    if (!b.W1 || !b.W3 || !b.W2 || !b.R || !b.Y || !b.P || !b.A || !b.B || !b.O1 || !b.O3 || !b.O2 || !b.RK ||
-        !b.T || !b.perm || !rowbuf) {
-        st = mt_seterr(MT_ERR_NOMEM, "out of memory for one layer's merge buffers");
-        goto done;
-    }
     double rmse_sum = 0;
     int rmse_n = 0;
     for (int l = 0; l < L; l++) {
         const mt_layer_weights *Lw = &w->layers[l];
         const int E = Lw->n_experts, K = R->layer_k[l];
-        char what[96];
         b.E = E, b.K = K, b.H = H, b.F = F, b.top_k = cf->top_k;
         b.S = c.n_sample[l];
         b.sample_x = c.sample + (size_t)l * c.S * H;
-        if (b.S < 16) {
-            st = mt_seterr(MT_ERR_ARG, "%s: only %d calibration samples for layer %d", o->calib_path, b.S, l);
-            goto done;
-        }
-        snprintf(what, sizeof what, "layer %d router", l);
-        if ((st = mat_to_f32(&Lw->router, b.R, what))) goto done;
-        for (int e = 0; e < E; e++) {
-            snprintf(what, sizeof what, "layer %d expert %d", l, e);
-            if ((st = mat_to_f32(&Lw->w1[e], b.W1 + e * FH, what)) || (st = mat_to_f32(&Lw->w3[e], b.W3 + e * FH, what)) ||
-                (st = mat_to_f32(&Lw->w2[e], b.W2 + e * FH, what)))
-                goto done;
-        }
-        /* routing probabilities and expert outputs on the sample */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b.S, E, H, 1.0f, b.sample_x, H, b.R, H, 0.0f, b.P, E);
-        for (int i = 0; i < b.S; i++) {
-            float *p = b.P + (size_t)i * E, mx = -FLT_MAX, s = 0;
-            for (int e = 0; e < E; e++) mx = p[e] > mx ? p[e] : mx;
-            for (int e = 0; e < E; e++) s += (p[e] = expf(p[e] - mx));
-            for (int e = 0; e < E; e++) p[e] /= s;
-        }
-        for (int e = 0; e < E; e++)
-            mt_merge_expert_forward(b.W1 + e * FH, b.W3 + e * FH, b.W2 + e * FH, H, F, b.sample_x, b.S,
-                                    b.Y + (size_t)e * b.S * H, b.A);
+        if ((st = load_layer(&b, Lw, l))) goto done;
         double freq[MT_MERGE_MAX_EXPERTS];
         uint64_t tot = 0;
         for (int e = 0; e < E; e++) tot += c.count[(size_t)l * c.E + e];
@@ -666,7 +742,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         memcpy(ascore, freq, sizeof ascore);
         if (K == E) {
             for (int e = 0; e < E; e++) assign[e] = e;
-        } else if ((st = make_groups(o, &b, freq, assign, ascore))) {
+        } else if ((st = make_groups(o, &b, freq, assign, ascore, &R->recon_err[l]))) {
             goto done;
         }
         for (int e = 0; e < E; e++) R->group[l][e] = (int8_t)assign[e];

@@ -27,4 +27,29 @@ int merge_fit_router(const float *X, const float *T, int n, int H, int K, double
  * (n, K). */
 int merge_refine_router(const float *X, const float *Q, int n, int H, int K, int steps, float lr, float *R);
 
+/* NAEE-style search over kept experts (naee.c). Y (E, S, H): the experts'
+ * outputs on S sample tokens; P (S, E): routing probabilities (softmax of the
+ * router logits). The layer output of a token is its top_k experts' outputs
+ * weighted by their renormalised probabilities; with only the experts in a
+ * kept set (bit e of `keep`), the kept rows' probabilities are renormalised
+ * and their top_k taken, as the pruned checkpoint routes. */
+#define MT_NAEE_EXHAUSTIVE_MAX 5000 /* enumerate every subset up to this many */
+typedef struct merge_naee merge_naee;
+int merge_naee_init(merge_naee **out, const float *Y, const float *P, int E, int S, int H, int top_k);
+void merge_naee_free(merge_naee *n);
+/* Summed squared error of the layer output over the sample with `keep`. */
+double merge_naee_error(const merge_naee *n, uint64_t keep);
+/* Summed squared norm of the original layer output over the sample. */
+double merge_naee_energy(const merge_naee *n);
+/* The K experts to keep (top_k <= K <= E) with the least error: every subset
+ * when C(E, K) <= MT_NAEE_EXHAUSTIVE_MAX, else greedy backward elimination.
+ * Ties go to the lexicographically first set. */
+int merge_naee_search(const merge_naee *n, int K, uint64_t *keep, double *err);
+
+/* Spreads `budget` experts over L layers: K[l] in [top_k, E[l]], sum K = budget,
+ * minimising sum_l cost[l * (MT_MERGE_MAX_EXPERTS + 1) + K[l]] (exact dynamic
+ * programme over layers x experts used). */
+#define MT_MERGE_MAX_EXPERTS 64
+int merge_budget_allocate(const double *cost, const int *E, int L, int top_k, int budget, int *K);
+
 #endif
