@@ -28,8 +28,13 @@ static const char *g_help =
     "                       (layer-output error of the best kept set at each K)\n"
     "  --method M           prune | average | frequency | hc-smoe | mc-smoe | reap |\n"
     "                       reap-merge | naee (default reap-merge; see docs/merge.md)\n"
-    "  --router R           anchor | average | fit (default fit): how the K router\n"
-    "                       rows are made for merged groups (pruning slices rows)\n"
+    "  --router R           anchor | average | fit | alias (default fit): how the K\n"
+    "                       router rows are made for merged groups (pruning slices\n"
+    "                       rows). alias keeps every original router row, mapped to\n"
+    "                       its group's merged expert (config moe_router_alias):\n"
+    "                       exact routing, but the output loads in moetool only\n"
+    "                       (not transformers, no convert --to gguf); merging\n"
+    "                       methods only\n"
     "  --router-steps N     fit router: 0 = least squares (default); N > 0 = N steps\n"
     "                       of softmax regression instead\n"
     "  --calib FILE         calibration text (default: MODEL/data/train.txt)\n"
@@ -79,7 +84,7 @@ int cmd_merge(int argc, char **argv) {
             break;
         case 'r':
             if ((o.router = mt_merge_router_from_name(optarg)) < 0)
-                return cli_usage_error("merge", "--router must be anchor, average or fit, got '%s'", optarg);
+                return cli_usage_error("merge", "--router must be anchor, average, fit or alias, got '%s'", optarg);
             break;
         case 'R':
             if (cli_parse_int("merge", "--router-steps", optarg, 0, 100000, &v)) return MT_EXIT_USAGE;

@@ -2,7 +2,8 @@
 # moetool merge from the command line: 8 -> 6 on the bundled model with a
 # small calibration (fast), the output loads and evaluates, converts to GGUF
 # and the GGUF evaluates identically; per-layer counts (--layers, --budget)
-# reach the config; --method naee prunes two per layer; bad
+# reach the config; --method naee prunes two per layer; --router alias
+# evaluates and is refused by convert --to gguf; bad
 # options exit 2 (usage) or 1 (failure) with a message and leave no output.
 set -u
 BIN=${MT_BIN:-build/cli/moetool}
@@ -62,6 +63,23 @@ ok = ok and (c.get('moe_layer_experts', k) == k if len(set(k)) > 1 else 'moe_lay
 sys.exit(0 if ok else 1)" "$T/bud.json" "$T/bud/config.json" && ok || bad "--budget counts: $(cat "$T/bud.json")"
 "$BIN" eval "$T/bud" --text "$TEXT" --ctx 256 --max-windows 4 --json >/dev/null 2>"$T/err" && ok || bad "eval --budget output: $(cat "$T/err")"
 
+# --router alias: all 8 router rows kept, aliased to the 6 merged experts;
+# moetool evaluates it, convert --to gguf refuses it (no output)
+"$BIN" merge "$MODEL" -o "$T/al" --experts 6 --router alias $FAST --json >"$T/al.json" 2>"$T/err" || bad "merge --router alias: $(cat "$T/err")"
+python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1])); c = json.load(open(sys.argv[2]))
+ok = c['num_local_experts'] == 6 and c['moe_router_alias'] == d['groups'] and all(sorted(set(g)) == list(range(6)) for g in d['groups'])
+sys.exit(0 if ok else 1)" "$T/al.json" "$T/al/config.json" && ok || bad "alias config: $(cat "$T/al/config.json")"
+"$BIN" eval "$T/al" --text "$TEXT" --ctx 256 --max-windows 20 --ref "$MODEL" --json >"$T/eal.json" 2>"$T/err" || bad "eval alias: $(cat "$T/err")"
+pa=$(jget "$T/eal.json" "['ppl']")
+python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if b < a < 2.5 * b else 1)" "$pa" "$p8" \
+  && ok || bad "alias ppl $pa not in (original $p8, 2.5x)"
+[ "$(jget "$T/eal.json" "['size']['expert_params']")" = 9437184 ] && ok || bad "alias expert_params"
+"$BIN" convert "$T/al" -o "$T/al.gguf" >/dev/null 2>"$T/err"; rc=$?
+[ "$rc" = 1 ] && grep -qi "alias" "$T/err" && ok || bad "convert alias to gguf: exit $rc, $(cat "$T/err")"
+[ ! -e "$T/al.gguf" ] && ok || bad "convert alias to gguf left output"
+
 # bad options: exit code, a message, no output
 expect() { # code description args...
   local code=$1 what=$2; shift 2
@@ -79,6 +97,7 @@ expect 2 "bad --layers" "$MODEL" -o "$T/x" --layers 0-1:6,x $FAST
 expect 2 "--layers past the layers" "$MODEL" -o "$T/x" --layers 0-9:6 $FAST
 expect 2 "bad method" "$MODEL" -o "$T/x" --experts 6 --method nope $FAST
 expect 2 "bad router" "$MODEL" -o "$T/x" --experts 6 --router nope $FAST
+expect 2 "--router alias with pruning" "$MODEL" -o "$T/x" --experts 6 --router alias --method reap $FAST
 expect 2 "no -o" "$MODEL" --experts 6 $FAST
 expect 2 "no --experts" "$MODEL" -o "$T/x" $FAST
 expect 2 "--budget with --experts" "$MODEL" -o "$T/x" --budget 20 --experts 6 $FAST
@@ -93,6 +112,6 @@ if python3 -c "import numpy" 2>/dev/null && [ -f "$SRC/tests/make_checkpoint.py"
   grep -q "dense" "$T/err" && ok || bad "dense model message: $(cat "$T/err")"
 fi
 
-echo "merged 8->6 ppl (20 windows) $p6, original $p8, gguf $pg"
+echo "merged 8->6 ppl (20 windows) $p6, alias router $pa, original $p8, gguf $pg"
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]

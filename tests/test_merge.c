@@ -6,7 +6,8 @@
  * best kept set and its error matches a direct computation; the budget
  * allocation is optimal and within bounds), option errors with no output,
  * and on the bundled model: layers left at their expert count come out
- * bit-identical, merged layers have K experts and the output loads. */
+ * bit-identical, merged layers have K experts and the output loads;
+ * --router alias over planted identical experts reproduces the logits. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +22,7 @@
 
 #include "../lib/merge/merge_impl.h"
 #include "moetool/mt_runtime.h"
+#include "moetool/mt_write.h"
 #include "testutil.h"
 
 static uint64_t g_rng = 88172645463325252ull;
@@ -550,6 +552,156 @@ static void test_merge_budget_bundled(void **state) {
     free(dir);
 }
 
+/* ---- --router alias ------------------------------------------------------ */
+
+/* Writes the bundled model with expert e + 4 of every layer replaced by an
+ * exact copy of expert e (router rows unchanged): four pairs of identical
+ * experts per layer, each pair still routed by two different rows. */
+static void write_duplicated(const char *dir) {
+    mt_ckpt *ck;
+    assert_int_equal(mt_ckpt_open(&ck, tu_model_dir()), MT_OK);
+    mt_hf_writer *w;
+    assert_int_equal(mt_hf_writer_open(&w, dir, 0), MT_OK);
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < mt_ckpt_count(ck); i++) {
+            const mt_tensor *t = mt_ckpt_get(ck, i);
+            const void *data = t->data;
+            int l, e, n = 0;
+            char wn[4] = {0};
+            if (sscanf(t->name, "model.layers.%d.block_sparse_moe.experts.%d.%2s.weight%n", &l, &e, wn, &n) == 3 &&
+                e >= 4) {
+                char src[160];
+                snprintf(src, sizeof src, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e - 4, wn);
+                const mt_tensor *s = mt_ckpt_find(ck, src);
+                assert_non_null(s);
+                assert_int_equal(s->nbytes, t->nbytes);
+                data = s->data;
+            }
+            if (pass == 0)
+                assert_int_equal(mt_hf_writer_add(w, t->name, t->dtype, t->n_dims, t->shape), MT_OK);
+            else
+                assert_int_equal(mt_hf_writer_write(w, data, t->nbytes), MT_OK);
+        }
+    assert_int_equal(mt_hf_writer_finish(w), MT_OK);
+    mt_hf_writer_free(w);
+    char *cfg = NULL;
+    assert_int_equal(mt_config_to_hf_json(&cfg, mt_ckpt_config(ck), "bfloat16"), MT_OK);
+    assert_int_equal(mt_write_text_file(dir, "config.json", cfg, strlen(cfg)), MT_OK);
+    free(cfg);
+    assert_int_equal(mt_copy_tokenizer(ck, dir), MT_OK);
+    mt_ckpt_free(ck);
+}
+
+/* Merging groups of identical experts 8 -> 4 with --router alias is exact:
+ * hc-smoe finds the planted pairs (zero output distance), the merged expert
+ * equals both members, every original router row is kept and aliased to it,
+ * so the logits equal the duplicated model's. A 4-row router could not do
+ * this: the pair's two rows would have to become one. Also: alias with a
+ * pruning method and an aliased input are refused. */
+static void test_merge_alias_identical_exact(void **state) {
+    (void)state;
+    if (!have_model()) skip();
+    char *dir = tu_mkdtemp();
+    char dup[4096], out[4096], out2[4096];
+    snprintf(dup, sizeof dup, "%s/dup", dir);
+    snprintf(out, sizeof out, "%s/alias", dir);
+    snprintf(out2, sizeof out2, "%s/again", dir);
+    assert_int_equal(mkdir(dup, 0755), 0);
+    write_duplicated(dup);
+
+    mt_merge_opts o;
+    mt_merge_opts_default(&o);
+    o.calib_path = tu_model_path("data/train.txt");
+    o.calib_tokens = 1024;
+    o.sample_tokens = 256;
+    o.n_threads = 2;
+    o.experts = 4;
+    o.router = MT_MERGE_ROUTER_ALIAS;
+    o.method = MT_MERGE_PRUNE; /* pruned experts have no target */
+    assert_int_equal(mt_merge(dup, out, &o, NULL), MT_ERR_ARG);
+    assert_non_null(strstr(mt_last_error(), "alias"));
+    struct stat sb;
+    assert_int_not_equal(stat(out, &sb), 0);
+
+    o.method = MT_MERGE_HC_SMOE;
+    mt_merge_report *r = malloc(sizeof *r);
+    int st = mt_merge(dup, out, &o, r);
+    if (st) fprintf(stderr, "merge: %s\n", mt_last_error());
+    assert_int_equal(st, MT_OK);
+    for (int l = 0; l < 4; l++)
+        for (int e = 0; e < 4; e++) {
+            assert_true(r->group[l][e] >= 0 && r->group[l][e] < 4);
+            assert_int_equal(r->group[l][e], r->group[l][e + 4]);
+        }
+
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = 2;
+    mt_model *ma = NULL, *mb = NULL;
+    assert_int_equal(mt_model_load(&ma, dup, &mo), MT_OK);
+    assert_int_equal(mt_model_load(&mb, out, &mo), MT_OK);
+    const mt_config *cb = mt_model_config(mb);
+    assert_int_equal(cb->n_experts, 4);
+    const mt_weights *wa = mt_model_weights(ma), *wb = mt_model_weights(mb);
+    for (int l = 0; l < 4; l++) {
+        assert_int_equal(mt_config_router_rows(cb, l), 8);
+        for (int e = 0; e < 8; e++) assert_int_equal(cb->router_alias[l][e], r->group[l][e]);
+        const mt_layer_weights *a = &wa->layers[l], *b = &wb->layers[l];
+        assert_int_equal(b->n_experts, 4);
+        assert_int_equal(b->n_router_rows, 8);
+        /* merged experts are bit-identical to both members */
+        for (int e = 0; e < 8; e++) {
+            const int k = r->group[l][e];
+            assert_memory_equal(a->w1[e].data, b->w1[k].data, (size_t)a->w1[e].rows * a->w1[e].row_stride);
+            assert_memory_equal(a->w2[e].data, b->w2[k].data, (size_t)a->w2[e].rows * a->w2[e].row_stride);
+            assert_memory_equal(a->w3[e].data, b->w3[k].data, (size_t)a->w3[e].rows * a->w3[e].row_stride);
+        }
+        /* every router row copied unchanged */
+        assert_memory_equal(a->router_full.data, b->router_full.data, (size_t)8 * a->router_full.row_stride);
+    }
+
+    /* logits on a slice of test.txt */
+    enum { NT = 128 };
+    size_t len, n = 0;
+    char *txt = tu_read_file(tu_model_path("data/test.txt"), &len);
+    assert_non_null(txt);
+    int32_t *ids = malloc((len + 16) * sizeof *ids);
+    assert_int_equal(mt_tok_encode(mt_model_tokenizer(ma), txt, len, ids, len + 16, &n), MT_OK);
+    assert_true(n >= NT);
+    const int V = mt_model_config(ma)->vocab;
+    float *la = malloc((size_t)NT * V * sizeof(float)), *lb = malloc((size_t)NT * V * sizeof(float));
+    mt_ctx *ca, *cc;
+    assert_int_equal(mt_ctx_init(&ca, ma, NT, NT), MT_OK);
+    assert_int_equal(mt_ctx_init(&cc, mb, NT, NT), MT_OK);
+    assert_int_equal(mt_ctx_forward(ca, ids, NT, la, 1), MT_OK);
+    assert_int_equal(mt_ctx_forward(cc, ids, NT, lb, 1), MT_OK);
+    double md = 0, mx = 0;
+    for (size_t i = 0; i < (size_t)NT * V; i++) md = fmax(md, fabs((double)la[i] - lb[i])), mx = fmax(mx, fabs(la[i]));
+    printf("alias merge of identical pairs 8->4: max |logit diff| = %.3g over %d tokens (max |logit| %.1f)\n", md, NT, mx);
+    /* f32 rounding only: a token whose top-2 rows alias one expert runs it
+     * once with the summed gate instead of twice (measured 1.05e-5 at
+     * |logit| <= 14.1, under 1e-6 relative); a wrong group or row is ~1e-1 */
+    assert_true(md <= 2e-6 * fmax(mx, 1.0));
+
+    /* an aliased checkpoint is not merged again */
+    o.experts = 3;
+    assert_int_equal(mt_merge(out, out2, &o, NULL), MT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(mt_last_error(), "moe_router_alias"));
+    assert_int_not_equal(stat(out2, &sb), 0);
+
+    mt_ctx_free(ca);
+    mt_ctx_free(cc);
+    free(la);
+    free(lb);
+    free(txt);
+    free(ids);
+    free(r);
+    mt_model_free(ma);
+    mt_model_free(mb);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_permute_keeps_function),
@@ -565,6 +717,7 @@ int main(void) {
         cmocka_unit_test(test_option_errors_leave_no_output),
         cmocka_unit_test(test_merge_bundled_model),
         cmocka_unit_test(test_merge_budget_bundled),
+        cmocka_unit_test(test_merge_alias_identical_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

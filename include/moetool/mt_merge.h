@@ -1,6 +1,7 @@
 /* mt_merge.h — reducing the experts of a MoE model (8 -> 6, 8 -> 4, or a
  * count per layer) by calibrated merging or pruning, with the router reduced
- * to K rows, written as a plain Hugging Face Mixtral checkpoint.
+ * to K rows, written as a plain Hugging Face Mixtral checkpoint (or, with
+ * MT_MERGE_ROUTER_ALIAS, the original rows aliased to the merged experts).
  *
  * Pipeline (lib/merge/merge.c): calibration text -> runtime forward with
  * capture hooks (FFN inputs and router choices of every layer; routing
@@ -42,6 +43,11 @@ typedef enum {
     MT_MERGE_ROUTER_AVERAGE,    /* frequency-weighted average of the group's rows      */
     MT_MERGE_ROUTER_FIT,        /* least squares on calibration inputs to the log of
                                    the group's summed routing probability               */
+    MT_MERGE_ROUTER_ALIAS,      /* keep every original router row unchanged, each mapped
+                                   to the merged expert of its group (config key
+                                   moe_router_alias): exact routing, loads in moetool
+                                   only; merging methods only (a pruned expert has no
+                                   target)                                               */
     MT_MERGE_ROUTER_COUNT
 } mt_merge_router;
 

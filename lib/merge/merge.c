@@ -24,7 +24,7 @@
 
 static const char *const g_methods[MT_MERGE_METHOD_COUNT] = {"prune",   "average", "frequency", "hc-smoe",
                                                               "mc-smoe", "reap",    "reap-merge", "naee"};
-static const char *const g_routers[MT_MERGE_ROUTER_COUNT] = {"anchor", "average", "fit"};
+static const char *const g_routers[MT_MERGE_ROUTER_COUNT] = {"anchor", "average", "fit", "alias"};
 
 const char *mt_merge_method_name(int m) { return m >= 0 && m < MT_MERGE_METHOD_COUNT ? g_methods[m] : "?"; }
 const char *mt_merge_router_name(int r) { return r >= 0 && r < MT_MERGE_ROUTER_COUNT ? g_routers[r] : "?"; }
@@ -539,6 +539,11 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (!o || !model_path || !out_path) return mt_seterr(MT_ERR_ARG, "merge: missing model, output or options");
     if (o->method < 0 || o->method >= MT_MERGE_METHOD_COUNT) return mt_seterr(MT_ERR_ARG, "merge: unknown method %d", o->method);
     if (o->router < 0 || o->router >= MT_MERGE_ROUTER_COUNT) return mt_seterr(MT_ERR_ARG, "merge: unknown router %d", o->router);
+    if (o->router == MT_MERGE_ROUTER_ALIAS &&
+        (o->method == MT_MERGE_PRUNE || o->method == MT_MERGE_REAP || o->method == MT_MERGE_NAEE))
+        return mt_seterr(MT_ERR_ARG, "--router alias: method %s prunes experts and a pruned expert's router row has no "
+                                     "merged expert to alias; use a merging method (average, frequency, hc-smoe, "
+                                     "mc-smoe, reap-merge)", mt_merge_method_name(o->method));
     if (!o->calib_path) return mt_seterr(MT_ERR_ARG, "merge: --calib FILE is required");
     if (o->window < 2 || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
         return mt_seterr(MT_ERR_ARG, "merge: --calib-tokens, window or sample size out of range");
@@ -558,6 +563,13 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (mt_ckpt_format(ck) == MT_FMT_GGUF) {
         st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: merge reads Hugging Face checkpoints; convert the GGUF with "
                                            "`moetool convert IN -o DIR --to hf` first", model_path);
+        goto done;
+    }
+    if (mt_config_has_alias(cf)) {
+        /* its experts are already merged behind aliased router rows; the
+         * statistics below count router rows as experts */
+        st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: checkpoint already routes through moe_router_alias; merge reads "
+                                           "models with one router row per expert", model_path);
         goto done;
     }
     int Emax = 0, reduced = 0, Etot = 0;
@@ -701,8 +713,10 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         char name[128];
         int K = R->layer_k[l];
         if (K > Kmax) Kmax = K;
+        /* alias: the layer keeps all of its E router rows */
+        const int64_t rows = o->router == MT_MERGE_ROUTER_ALIAS ? w->layers[l].n_experts : K;
         snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
-        if ((st = mt_hf_writer_add(hw, name, rt, 2, (const int64_t[]){K, H}))) goto done;
+        if ((st = mt_hf_writer_add(hw, name, rt, 2, (const int64_t[]){rows, H}))) goto done;
         for (int k = 0; k < K; k++) {
             static const char *const wn[3] = {"w1", "w2", "w3"};
             for (int q = 0; q < 3; q++) {
@@ -749,7 +763,12 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         double rmse = -1;
         if ((st = merge_layer(o, &b, freq, ascore, assign, &rmse))) goto done;
         if (rmse >= 0) rmse_sum += rmse, rmse_n++;
-        if ((st = write_rows(hw, rt, b.RK, K, H, rowbuf))) goto done;
+        if (o->router == MT_MERGE_ROUTER_ALIAS) {
+            /* the original rows (f32 holds bf16/f16 exactly), each routed to its group */
+            if ((st = write_rows(hw, rt, b.R, E, H, rowbuf))) goto done;
+        } else if ((st = write_rows(hw, rt, b.RK, K, H, rowbuf))) {
+            goto done;
+        }
         for (int k = 0; k < K; k++)
             if ((st = write_rows(hw, et, b.O1 + k * FH, F, H, rowbuf)) ||
                 (st = write_rows(hw, et, b.O2 + k * FH, H, F, rowbuf)) ||
@@ -767,6 +786,15 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     for (int l = 1; l < L; l++) uniform &= R->layer_k[l] == R->layer_k[0];
     oc.n_experts = Kmax;
     memset(oc.layer_experts, 0, sizeof oc.layer_experts);
+    memset(oc.router_rows, 0, sizeof oc.router_rows);
+    memset(oc.router_alias, 0, sizeof oc.router_alias);
+    if (o->router == MT_MERGE_ROUTER_ALIAS)
+        for (int l = 0; l < L; l++) {
+            const int E = w->layers[l].n_experts;
+            if (R->layer_k[l] == E) continue; /* unchanged layer: one row per expert */
+            oc.router_rows[l] = E;
+            for (int e = 0; e < E; e++) oc.router_alias[l][e] = (uint8_t)R->group[l][e];
+        }
     if (!uniform)
         for (int l = 0; l < L; l++) oc.layer_experts[l] = R->layer_k[l] == Kmax ? 0 : R->layer_k[l];
     const char *tdt = et == MT_DT_F32 ? "float32" : et == MT_DT_F16 ? "float16" : "bfloat16";
