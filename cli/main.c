@@ -25,7 +25,7 @@ static const char *g_usage =
     "  eval      MODEL --text FILE    perplexity, KL vs a reference, speed, routing\n"
     "  generate  MODEL -p PROMPT      text continuation with a KV cache\n"
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
-    "  merge     MODEL -o OUT -k K    reduce experts per layer by calibrated merging\n"
+    "  merge     MODEL -o OUT --experts K   reduce experts per layer by calibrated merging\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
     "sharded), a .safetensors file with config.json beside it, or a .gguf file.\n"
