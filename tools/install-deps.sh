@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Installs what moetool needs to build and test on Debian 12 (run as root).
+# usage: tools/install-deps.sh [--all]
+#   --all  also the heavy independent checkers of the test suite: Debian's
+#          python3-torch with transformers (about 1 GB). CI uses it.
 # Build: cmake, a C compiler, OpenBLAS, jansson; tests: CMocka; fuzzing: clang
 # with its libFuzzer runtime; independent checks: numpy and the `gguf` reader.
 set -euo pipefail
@@ -14,6 +17,8 @@ apt-get install -y -qq --no-install-recommends \
 python3 -m pip install -q numpy gguf 2>/dev/null \
   || python3 -m pip install -q --break-system-packages numpy gguf \
   || echo "install-deps: warning: pip install of numpy/gguf failed; python checks will be skipped" >&2
+[ "${1:-}" = "--all" ] || exit 0
+
 # transformers on Debian's torch (python3-torch 1.13; transformers 4.40.2 is
 # a release that accepts it), for /usr/bin/python3: tests/cli_transformers.sh
 # loads moetool's Hugging Face outputs with it and compares perplexity and
