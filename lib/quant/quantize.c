@@ -622,7 +622,14 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = n_threads;
-    if ((rc = mt_model_load(&m, src, &mo))) goto done;
+    rc = mt_model_load(&m, src, &mo);
+    if (made_tmp) {
+        /* The model keeps the temporary mapped: its name can go now, so an
+         * interrupted quantize leaves no converted copy beside the output. */
+        unlink(tmp);
+        made_tmp = 0;
+    }
+    if (rc) goto done;
     if ((rc = mt_quant_model(&s, m, &o, rep))) goto done;
     rc = mt_quant_write_gguf(s, m, out_path);
     rep->peak_rss = mt_peak_rss_bytes();
