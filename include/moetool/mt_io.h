@@ -48,7 +48,19 @@ typedef struct {
     int tie_embeddings;
     int bos_id, eos_id;  /* -1 when unknown */
     int rope_style;      /* mt_rope_style of the stored Q/K weights           */
+    /* config.json "quantization_config" (HF directories only). */
+    int quant;           /* mt_quant_format: which quantized tensors to expect */
+    int quant_zero_offset; /* AutoGPTQ layout: stored zero = zero - this (1 for
+                              checkpoint_format "gptq", 0 for "gptq_v2")     */
 } mt_config;
+
+/* quantization_config.quant_method of an HF checkpoint. */
+typedef enum {
+    MT_QFMT_NONE = 0,
+    MT_QFMT_GPTQ = 1, /* AutoGPTQ tensor layout: <m>.qweight/.qzeros/.scales/.g_idx */
+    MT_QFMT_QMOE = 2, /* experts as <m>.weight.qmoe blobs + qmoe.dictionary (docs/qmoe.md);
+                         other quantized linears in the AutoGPTQ layout          */
+} mt_quant_format;
 
 /* Experts in layer l (handles layer_experts overrides). */
 int mt_config_layer_experts(const mt_config *c, int l);
@@ -63,6 +75,8 @@ int mt_config_from_hf_json(mt_config *out, const char *json_text, size_t len, co
 int mt_config_load_hf(mt_config *out, const char *config_json_path);
 /* Writes config.json text for `c` (caller frees *out with free()). */
 int mt_config_to_hf_json(char **out, const mt_config *c, const char *torch_dtype);
+/* The same with a "quantization_config" object (JSON text; NULL: none). */
+int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dtype, const char *quant_json);
 
 /* ---- tensors ------------------------------------------------------------ */
 #define MT_MAX_DIMS 4
@@ -169,12 +183,19 @@ typedef struct {
     mt_layer_weights *layers;  /* [n_layers]                        */
     void *alias_block;  /* alias maps and anchor router rows of
                            aliased layers (owned), or NULL          */
+    void **owned;       /* matrices unpacked at load (AutoGPTQ layout) */
+    size_t n_owned;
 } mt_weights;
 
 /* Maps a checkpoint's tensors (HF names or GGUF names, per-expert 2-D or
  * merged 3-D expert tensors) onto the description above, checking every
  * shape against the config. No weight is copied, except the K anchor router
- * rows of an aliased layer (kept in alias_block). */
+ * rows of an aliased layer (kept in alias_block) and matrices stored in the
+ * AutoGPTQ layout (repacked at load into Q4_0/Q8_0 when the codes fit, else
+ * dequantized to f32; kept in `owned`). A qmoe-coded matrix
+ * (<name>.weight.qmoe) becomes an mt_mat of type MT_DT_QMOE whose `data` is
+ * the raw blob, `aux_bytes[3]` its size and every other aux NULL: the runtime
+ * (mt_model_load) parses and checks it. */
 int mt_weights_init(mt_weights *w, const mt_ckpt *ck);
 void mt_weights_free(mt_weights *w);
 

@@ -34,6 +34,13 @@
 extern "C" {
 #endif
 
+/* Serialised form (docs/qmoe.md "Byte layout"; lib/runtime/qmoe_blob.c). */
+#define MT_QMOE_MAGIC "QMOE"       /* matrix blob                      */
+#define MT_QMOE_DICT_MAGIC "QMDT"  /* dictionary parameters            */
+#define MT_QMOE_VERSION 1
+#define MT_QMOE_HEADER_BYTES 40    /* matrix blob header                */
+#define MT_QMOE_DICT_BYTES 40      /* dictionary parameters, whole      */
+#define MT_QMOE_SCALES_F16 1       /* scale type: f16 (lo, hi) per row  */
 #define MT_QMOE_DICT_SIZE 65536 /* codewords (uint16)                        */
 #define MT_QMOE_MAX_LEN 32      /* symbols per codeword at most (32-bit masks) */
 #define MT_QMOE_GROUP_ROWS 16   /* rows per independently decodable group     */

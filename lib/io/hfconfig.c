@@ -216,6 +216,48 @@ static const struct {
 };
 #define N_ARCHS (sizeof g_archs / sizeof g_archs[0])
 
+/* AutoGPTQ layout options of a quantization_config (or of its "gptq" part). */
+static int parse_gptq_layout(const json_t *q, mt_config *c, const char *path) {
+    const json_t *cf = json_object_get(q, "checkpoint_format");
+    c->quant_zero_offset = 1;
+    if (cf && !json_is_null(cf)) {
+        const char *f = json_is_string(cf) ? json_string_value(cf) : "";
+        if (!strcmp(f, "gptq_v2")) c->quant_zero_offset = 0;
+        else if (strcmp(f, "gptq") != 0)
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: quantization_config.checkpoint_format \"%s\" is not supported "
+                             "(gptq, gptq_v2)", path, f);
+    }
+    const json_t *b = json_object_get(q, "bits");
+    int bits = 0;
+    if (b && (!json_to_int(b, &bits) || (bits != 2 && bits != 4 && bits != 8)))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: quantization_config.bits must be 2, 4 or 8 for the AutoGPTQ layout",
+                         path);
+    return MT_OK;
+}
+
+/* "quantization_config": none, gptq (AutoGPTQ/GPTQModel layout) or qmoe. */
+static int parse_quant(const json_t *root, mt_config *c, const char *path) {
+    const json_t *q = json_object_get(root, "quantization_config");
+    c->quant = MT_QFMT_NONE;
+    if (!q || json_is_null(q)) return MT_OK;
+    if (!json_is_object(q)) return mt_seterr(MT_ERR_FORMAT, "%s: quantization_config is not an object", path);
+    const json_t *m = json_object_get(q, "quant_method");
+    const char *name = json_is_string(m) ? json_string_value(m) : NULL;
+    if (!name) return mt_seterr(MT_ERR_FORMAT, "%s: quantization_config has no quant_method", path);
+    if (!strcmp(name, "gptq")) {
+        c->quant = MT_QFMT_GPTQ;
+        return parse_gptq_layout(q, c, path);
+    }
+    if (!strcmp(name, "qmoe")) {
+        c->quant = MT_QFMT_QMOE;
+        const json_t *g = json_object_get(q, "gptq");
+        c->quant_zero_offset = 1;
+        return json_is_object(g) ? parse_gptq_layout(g, c, path) : MT_OK;
+    }
+    return mt_seterr(MT_ERR_UNSUPPORTED, "%s: quantization_config.quant_method \"%s\" is not supported (gptq, qmoe)",
+                     path, name);
+}
+
 static int parse_root(mt_config *c, const json_t *root, const char *path) {
     if (!json_is_object(root)) return mt_seterr(MT_ERR_FORMAT, "%s: config is not a JSON object", path);
     const json_t *mt = json_object_get(root, "model_type");
@@ -322,6 +364,7 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
             c->router_rows[l] = (int)R;
         }
     }
+    if ((rc = parse_quant(root, c, path))) return rc;
     return mt_config_validate(c, path);
 }
 
@@ -368,6 +411,10 @@ static double float_short(float f) {
 static json_t *token_json(int id) { return id >= 0 ? json_integer(id) : json_null(); }
 
 int mt_config_to_hf_json(char **out, const mt_config *c, const char *torch_dtype) {
+    return mt_config_to_hf_json_q(out, c, torch_dtype, NULL);
+}
+
+int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dtype, const char *quant_json) {
     *out = NULL;
     int rc = mt_config_validate(c, "config");
     if (rc) return rc;
@@ -430,6 +477,16 @@ int mt_config_to_hf_json(char **out, const mt_config *c, const char *torch_dtype
             bad |= json_array_append_new(arr, row);
         }
         SET("moe_router_alias", arr);
+    }
+    if (quant_json) {
+        json_error_t je;
+        json_t *q = json_loads(quant_json, 0, &je);
+        if (!json_is_object(q)) {
+            json_decref(q);
+            json_decref(r);
+            return mt_seterr(MT_ERR_INTERNAL, "quantization_config is not a JSON object: %s", je.text);
+        }
+        SET("quantization_config", q);
     }
 #undef SET
     char *s = bad ? NULL : json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));

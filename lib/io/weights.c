@@ -33,6 +33,7 @@ typedef struct {
     const mt_ckpt *ck;
     const char *path;
     int gguf;
+    mt_weights *w;  /* for matrices unpacked at load (owned) */
 } wctx;
 
 static void shape_str(char *buf, size_t n, const mt_tensor *t) {
@@ -76,10 +77,200 @@ static int get_tensor(const wctx *w, const char *name, int nd, const int64_t *d,
     return MT_OK;
 }
 
+/* ---- quantized HF checkpoints ----------------------------------------------
+ * AutoGPTQ / GPTQModel layout of a linear module <m> (out_features = rows,
+ * in_features = cols, b bits, G groups of columns):
+ *   <m>.qweight  I32 (cols·b/32, rows): 32/b codes per word along the input
+ *                dimension, code j of a word in bits [j·b, (j+1)·b)
+ *   <m>.qzeros   I32 (G, rows·b/32): zero points packed the same way along
+ *                the output dimension, stored minus quant_zero_offset
+ *   <m>.scales   F16 (G, rows)
+ *   <m>.g_idx    I32 (cols), optional: group of each input column
+ * weight[r][i] = scales[g][r] · (code[i][r] − zero[g][r]), g = g_idx[i]. */
+
+static int keep_owned(const wctx *w, void *p) {
+    void **o = realloc(w->w->owned, (w->w->n_owned + 1) * sizeof *o);
+    if (!o) {
+        free(p);
+        return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", w->path);
+    }
+    o[w->w->n_owned++] = p;
+    w->w->owned = o;
+    return MT_OK;
+}
+
+static uint32_t rd32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* A typed tensor <base><suffix> of 1 or 2 dims, or NULL (when optional). */
+static int gptq_part(const wctx *w, const char *base, const char *suffix, mt_dtype dt, int nd, const int64_t *d,
+                     int optional, const mt_tensor **out) {
+    char n[192];
+    snprintf(n, sizeof n, "%s%s", base, suffix);
+    *out = NULL;
+    if (optional && !mt_ckpt_find(w->ck, n)) return MT_OK;
+    const mt_tensor *t;
+    int rc = get_tensor(w, n, nd, d, &t);
+    if (rc) return rc;
+    if (t->dtype != dt)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s has storage type %s, expected %s", w->path, n,
+                         mt_dtype_get(t->dtype) ? mt_dtype_get(t->dtype)->name : "?", mt_dtype_get(dt)->name);
+    *out = t;
+    return MT_OK;
+}
+
+/* Unpacks an AutoGPTQ-layout matrix: Q4_0 / Q8_0 blocks when every group is a
+ * whole number of 32-column blocks, the zero point is the symmetric one and
+ * the codes fit (what `moetool quantize --format hf` writes), else f32. */
+static int get_gptq(const wctx *w, const char *base, int64_t rows, int64_t cols, mt_mat *m) {
+    char n[192];
+    snprintf(n, sizeof n, "%s.qweight", base);
+    const mt_tensor *qw = mt_ckpt_find(w->ck, n), *sc, *qz, *gi;
+    if (!qw || qw->n_dims != 2 || qw->shape[1] != rows || qw->shape[0] <= 0 || (qw->shape[0] * 32) % cols)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s does not have the shape of a (%lld, %lld) matrix", w->path, n,
+                         (long long)rows, (long long)cols);
+    const int bits = (int)(qw->shape[0] * 32 / cols);
+    if (bits != 2 && bits != 4 && bits != 8)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor %s holds %d-bit codes (2, 4 and 8 are supported)", w->path, n,
+                         bits);
+    const int per = 32 / bits;
+    int rc = gptq_part(w, base, ".qweight", MT_DT_I32, 2, (const int64_t[]){cols / per, rows}, 0, &qw);
+    if (rc) return rc;
+    snprintf(n, sizeof n, "%s.scales", base);
+    const mt_tensor *st = mt_ckpt_find(w->ck, n);
+    if (!st || st->n_dims != 2 || st->shape[0] < 1 || st->shape[0] > cols)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is missing or not (groups, %lld)", w->path, n, (long long)rows);
+    const int64_t G = st->shape[0];
+    if (rows % per)
+        return mt_seterr(MT_ERR_FORMAT, "%s: %s: %lld rows do not pack into 32-bit zero points", w->path, base,
+                         (long long)rows);
+    if ((rc = gptq_part(w, base, ".scales", MT_DT_F16, 2, (const int64_t[]){G, rows}, 0, &sc)) ||
+        (rc = gptq_part(w, base, ".qzeros", MT_DT_I32, 2, (const int64_t[]){G, rows / per}, 0, &qz)) ||
+        (rc = gptq_part(w, base, ".g_idx", MT_DT_I32, 1, (const int64_t[]){cols}, 1, &gi)))
+        return rc;
+    /* group of each column: g_idx, else consecutive groups of cols / G */
+    int natural = cols % G == 0;
+    const int64_t gs = natural ? cols / G : 0;
+    for (int64_t i = 0; gi && i < cols; i++) {
+        const int32_t g = (int32_t)rd32((const uint8_t *)gi->data + 4 * i);
+        if (g < 0 || g >= G)
+            return mt_seterr(MT_ERR_FORMAT, "%s: %s.g_idx[%lld] = %d is not a group (0..%lld)", w->path, base,
+                             (long long)i, g, (long long)G - 1);
+        if (!natural || g != i / gs) natural = 0;
+    }
+    if (!natural && !gi)
+        return mt_seterr(MT_ERR_FORMAT, "%s: %s: %lld groups do not divide %lld columns and there is no g_idx",
+                         w->path, base, (long long)G, (long long)cols);
+    const uint8_t *QW = qw->data, *QZ = qz->data, *SC = sc->data, *GI = gi ? gi->data : NULL;
+    const int off = w->w->cfg.quant_zero_offset, mask = (1 << bits) - 1;
+#define CODE(i, r) ((int)(rd32(QW + 4 * ((uint64_t)((i) / per) * (uint64_t)rows + (uint64_t)(r))) >> (bits * ((i) % per)) & mask))
+#define ZERO(g, r) (((int)(rd32(QZ + 4 * ((uint64_t)(g) * (uint64_t)(rows / per) + (uint64_t)((r) / per))) >> (bits * ((r) % per))) & mask) + off)
+#define GROUP(i) (GI ? (int64_t)(int32_t)rd32(GI + 4 * (i)) : (i) / gs)
+    /* Q4_0 / Q8_0 when representable */
+    mt_dtype qt = bits == 4 ? MT_DT_Q4_0 : bits == 8 ? MT_DT_Q8_0 : MT_DT_F32;
+    const int want_zero = bits == 4 ? 8 : 128;
+    if (qt != MT_DT_F32 && (!natural || gs % 32)) qt = MT_DT_F32;
+    for (int64_t g = 0; qt != MT_DT_F32 && g < G; g++)
+        for (int64_t r = 0; r < rows; r++)
+            if (ZERO(g, r) != want_zero) {
+                qt = MT_DT_F32;
+                break;
+            }
+    if (qt == MT_DT_Q8_0) /* code 0 would be -128, outside Q8_0's symmetric range */
+        for (int64_t i = 0; qt == MT_DT_Q8_0 && i < cols; i++)
+            for (int64_t r = 0; r < rows; r++)
+                if (CODE(i, r) == 0) {
+                    qt = MT_DT_F32;
+                    break;
+                }
+    uint64_t rb;
+    if ((rc = mt_dtype_nbytes(qt, (uint64_t)cols, &rb))) return rc;
+    uint8_t *buf = malloc((size_t)(rb * (uint64_t)rows));
+    if (!buf) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory unpacking %s", w->path, base);
+    for (int64_t r = 0; r < rows; r++) {
+        uint8_t *dst = buf + (uint64_t)r * rb;
+        if (qt == MT_DT_F32) {
+            float *o = (float *)dst;
+            for (int64_t i = 0; i < cols; i++) {
+                const int64_t g = GROUP(i);
+                uint16_t h;
+                memcpy(&h, SC + 2 * ((uint64_t)g * (uint64_t)rows + (uint64_t)r), 2);
+                o[i] = mt_f16_to_f32(h) * (float)(CODE(i, r) - ZERO(g, r));
+            }
+            continue;
+        }
+        for (int64_t b0 = 0; b0 < cols; b0 += 32) {
+            const int64_t g = b0 / gs;
+            memcpy(dst, SC + 2 * ((uint64_t)g * (uint64_t)rows + (uint64_t)r), 2); /* f16 d = the group's scale */
+            if (qt == MT_DT_Q4_0) {
+                for (int j = 0; j < 16; j++)
+                    dst[2 + j] = (uint8_t)(CODE(b0 + j, r) | CODE(b0 + 16 + j, r) << 4);
+                dst += 18;
+            } else {
+                for (int j = 0; j < 32; j++) dst[2 + j] = (uint8_t)(int8_t)(CODE(b0 + j, r) - 128);
+                dst += 34;
+            }
+        }
+    }
+#undef CODE
+#undef ZERO
+#undef GROUP
+    if (qt == MT_DT_F32)
+        mt_log(MT_LOG_INFO, "%s: %s: %d-bit AutoGPTQ codes without a runtime block type here; unpacked to f32",
+               w->path, base, bits);
+    if ((rc = keep_owned(w, buf))) return rc;
+    m->dtype = qt;
+    m->rows = rows;
+    m->cols = cols;
+    m->data = buf;
+    m->row_stride = rb;
+    return MT_OK;
+}
+
+/* A qmoe blob <name>.qmoe: shape checked from its header here, the rest by
+ * the runtime when it builds the dictionary (mt_model_load). */
+static int get_qmoe(const wctx *w, const char *name, int64_t rows, int64_t cols, mt_mat *m) {
+    char n[192];
+    snprintf(n, sizeof n, "%s.qmoe", name);
+    const mt_tensor *t = mt_ckpt_find(w->ck, n);
+    if (t->dtype != MT_DT_U8 || t->n_dims != 1 || t->nbytes < 40 || memcmp(t->data, "QMOE", 4) != 0)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is not a qmoe matrix (U8 blob starting \"QMOE\")", w->path, n);
+    uint64_t r, c;
+    memcpy(&r, (const uint8_t *)t->data + 8, 8);
+    memcpy(&c, (const uint8_t *)t->data + 16, 8);
+    if (r != (uint64_t)rows || c != (uint64_t)cols)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s codes a (%llu, %llu) matrix, expected (%lld, %lld)", w->path, n,
+                         (unsigned long long)r, (unsigned long long)c, (long long)rows, (long long)cols);
+    memset(m, 0, sizeof *m);
+    m->dtype = MT_DT_QMOE;
+    m->rows = rows;
+    m->cols = cols;
+    m->data = t->data;
+    m->aux_bytes[3] = t->nbytes;
+    return MT_OK;
+}
+
 /* A (rows, cols) matrix, or a vector of n as a (1, n) matrix when rows == 0. */
 static int get_mat(const wctx *w, const char *name, int64_t rows, int64_t cols, mt_mat *m) {
     const mt_tensor *t;
     int64_t d[2] = {rows, cols};
+    const int quant = w->gguf ? MT_QFMT_NONE : w->w->cfg.quant;
+    if (quant != MT_QFMT_NONE && rows && !mt_ckpt_find(w->ck, name)) {
+        const size_t len = strlen(name);
+        char n[192];
+        snprintf(n, sizeof n, "%s.qmoe", name);
+        if (quant == MT_QFMT_QMOE && mt_ckpt_find(w->ck, n)) return get_qmoe(w, name, rows, cols, m);
+        if (len > 7 && len < sizeof n && !strcmp(name + len - 7, ".weight")) {
+            snprintf(n, sizeof n, "%.*s.qweight", (int)(len - 7), name);
+            if (mt_ckpt_find(w->ck, n)) {
+                n[len - 7] = 0;
+                return get_gptq(w, n, rows, cols, m);
+            }
+        }
+    }
     int rc = rows ? get_tensor(w, name, 2, d, &t) : get_tensor(w, name, 1, &d[1], &t);
     if (rc) return rc;
     uint64_t rb;
@@ -225,6 +416,8 @@ void mt_weights_free(mt_weights *w) {
     if (!w) return;
     free(w->layers); /* one block: layers, then every layer's expert matrices */
     free(w->alias_block);
+    for (size_t i = 0; i < w->n_owned; i++) free(w->owned[i]);
+    free(w->owned);
     memset(w, 0, sizeof *w);
 }
 
@@ -232,7 +425,7 @@ int mt_weights_init(mt_weights *w, const mt_ckpt *ck) {
     memset(w, 0, sizeof *w);
     if (!ck) return mt_seterr(MT_ERR_ARG, "weights: no checkpoint");
     const mt_config *c = mt_ckpt_config(ck);
-    wctx x = {ck, mt_ckpt_path(ck), mt_ckpt_format(ck) == MT_FMT_GGUF};
+    wctx x = {ck, mt_ckpt_path(ck), mt_ckpt_format(ck) == MT_FMT_GGUF, w};
     int rc = mt_config_validate(c, x.path);
     if (rc) return rc;
     w->cfg = *c;

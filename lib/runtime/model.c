@@ -91,6 +91,68 @@ static int check_weights(const mt_model *m, const char *path) {
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
+/* Every matrix of the model, for passes over all of them. */
+static size_t all_mats(mt_weights *w, mt_mat **out, size_t cap) {
+    size_t n = 0;
+#define PUT(M)                     \
+    do {                           \
+        if (n < cap) out[n] = (M); \
+        n++;                       \
+    } while (0)
+    PUT(&w->tok_embd);
+    if (!w->cfg.tie_embeddings) PUT(&w->lm_head);
+    for (int l = 0; l < w->cfg.n_layers; l++) {
+        mt_layer_weights *L = &w->layers[l];
+        PUT(&L->wq);
+        PUT(&L->wk);
+        PUT(&L->wv);
+        PUT(&L->wo);
+        for (int e = 0; e < (L->n_experts > 0 ? L->n_experts : 1); e++) {
+            PUT(&L->w1[e]);
+            PUT(&L->w3[e]);
+            PUT(&L->w2[e]);
+        }
+    }
+#undef PUT
+    return n;
+}
+
+/* qmoe checkpoints: builds the dictionary from the `qmoe.dictionary` tensor
+ * and parses every coded matrix (mt_weights_init left the raw blobs), each
+ * checked in full before a kernel can run on it. */
+static int load_qmoe(mt_model *m, const char *path) {
+    size_t n = all_mats(&m->w, NULL, 0), nq = 0;
+    mt_mat **mats = malloc(n * sizeof *mats);
+    if (!mats) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+    all_mats(&m->w, mats, n);
+    for (size_t i = 0; i < n; i++) nq += mats[i]->dtype == MT_DT_QMOE;
+    int st = MT_OK;
+    if (!nq) goto done;
+    const mt_tensor *t = mt_ckpt_find(m->ck, "qmoe.dictionary");
+    if (!t || t->dtype != MT_DT_U8) {
+        st = mt_seterr(MT_ERR_FORMAT, "%s: qmoe-coded weights but no U8 tensor qmoe.dictionary", path);
+        goto done;
+    }
+    char what[256];
+    snprintf(what, sizeof what, "%s: qmoe.dictionary", path);
+    if ((st = mt_qmoe_dict_deserialize(&m->qdict, t->data, (size_t)t->nbytes, what))) goto done;
+    if (!(m->qmats = calloc(nq, sizeof *m->qmats))) {
+        st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        mt_mat *W = mats[i];
+        if (W->dtype != MT_DT_QMOE) continue;
+        snprintf(what, sizeof what, "%s: coded matrix %zu", path, i);
+        if ((st = mt_qmoe_deserialize(&m->qmats[m->n_qmats], &m->qdict, W->data, (size_t)W->aux_bytes[3], what)))
+            goto done;
+        mt_qmoe_mat_view(W, &m->qmats[m->n_qmats++]);
+    }
+done:
+    free(mats);
+    return st;
+}
+
 int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
     mt_model_opts def;
     int st;
@@ -107,6 +169,7 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
     if ((st = mt_ckpt_open(&m->ck, path)) < 0) goto fail;
     if ((st = mt_weights_init(&m->w, m->ck)) < 0) goto fail;
     m->weights_ok = 1;
+    if ((st = load_qmoe(m, path)) < 0) goto fail;
     if ((st = check_weights(m, path)) < 0) goto fail;
 
     /* A checkpoint without a tokenizer is still usable on token ids. */
@@ -167,6 +230,9 @@ void mt_model_free(mt_model *m) {
     if (m->pool) mt_pool_free(m->pool);
     if (m->tok) mt_tok_free(m->tok);
     if (m->weights_ok) mt_weights_free(&m->w);
+    for (size_t i = 0; i < m->n_qmats; i++) mt_qmoe_mat_free(&m->qmats[i]);
+    free(m->qmats);
+    mt_qmoe_dict_free(&m->qdict);
     if (m->ck) mt_ckpt_free(m->ck);
     free(m);
 }
@@ -181,7 +247,11 @@ static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {
     if (!w->data || w->rows <= 0 || w->cols <= 0) return;
     uint64_t n = (uint64_t)w->rows * (uint64_t)w->cols, b = 0;
     *params += n;
-    if (mt_dtype_nbytes(w->dtype, n, &b) == MT_OK) *bytes += b;
+    if (w->dtype == MT_DT_QMOE) /* as serialised: header, group offsets, codewords, f16 row pairs */
+        *bytes += MT_QMOE_HEADER_BYTES + 4 * ((uint64_t)mt_qmoe_n_groups(w->rows, w->group) + 1) + w->aux_bytes[3] +
+                  4 * (uint64_t)w->rows;
+    else if (mt_dtype_nbytes(w->dtype, n, &b) == MT_OK)
+        *bytes += b;
 }
 
 void mt_model_param_stats(const mt_model *m, mt_param_stats *out) {

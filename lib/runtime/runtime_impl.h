@@ -5,6 +5,7 @@
 #ifndef MT_RUNTIME_IMPL_H
 #define MT_RUNTIME_IMPL_H
 
+#include "moetool/mt_qmoe.h"
 #include "moetool/mt_runtime.h"
 #include "kernels_impl.h"
 
@@ -21,6 +22,9 @@ struct mt_model {
     size_t matmul_scratch;   /* floats: max mt_matmul_scratch_floats        */
     float *norm_f32;         /* (2*n_layers+1, hidden): attn and ffn norm of
                                 each layer, then the final norm, as f32     */
+    mt_qmoe_dict qdict;      /* qmoe checkpoints: the dictionary ...          */
+    mt_qmoe_mat *qmats;      /* ... and every coded matrix, parsed at load    */
+    size_t n_qmats;
 };
 
 struct mt_ctx {
