@@ -288,12 +288,110 @@ static void test_mat_row_f32(void **state) {
     }
 }
 
+/* llama.cpp quantize_row_tq1_0_ref, transcribed (block: qs[48], qh[4], f16 d). */
+static void llama_quantize_tq1_0(const float *x, uint8_t *y, int64_t k) {
+    for (int64_t i = 0; i < k / 256; i++, y += 54) {
+        float amax = 0.0f;
+        for (int j = 0; j < 256; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax, id = d ? 1.0f / d : 0.0f;
+        uint16_t h = mt_f32_to_f16(d);
+        memcpy(y + 52, &h, 2);
+        for (size_t j = 0; j < 32; j += 32) {
+            for (size_t m = 0; m < 32; ++m) {
+                uint8_t q = 0;
+                for (size_t n = 0; n < 5; ++n) q = (uint8_t)(q * 3 + (int)lroundf(x[m + n * 32] * id) + 1);
+                y[j + m] = (uint8_t)(((uint16_t)q * 256 + (243 - 1)) / 243);
+            }
+            x += 5 * 32;
+        }
+        for (size_t j = 32; j < 48; j += 16) {
+            for (size_t m = 0; m < 16; ++m) {
+                uint8_t q = 0;
+                for (size_t n = 0; n < 5; ++n) q = (uint8_t)(q * 3 + (int)lroundf(x[m + n * 16] * id) + 1);
+                y[j + m] = (uint8_t)(((uint16_t)q * 256 + (243 - 1)) / 243);
+            }
+            x += 5 * 16;
+        }
+        for (size_t j = 0; j < 4; ++j) {
+            uint8_t q = 0;
+            for (size_t m = 0; m < 4; ++m) q = (uint8_t)(q * 3 + (int)lroundf(x[j + m * 4] * id) + 1);
+            q = (uint8_t)(q * 3);
+            y[48 + j] = (uint8_t)(((uint16_t)q * 256 + (243 - 1)) / 243);
+        }
+        x += 16;
+    }
+}
+
+/* llama.cpp dequantize_row_tq1_0, transcribed. */
+static void llama_dequantize_tq1_0(const uint8_t *x, float *y, int64_t k) {
+    static const uint8_t pow3[6] = {1, 3, 9, 27, 81, 243};
+    for (int64_t i = 0; i < k / 256; i++, x += 54) {
+        uint16_t h;
+        memcpy(&h, x + 52, 2);
+        const float d = mt_f16_to_f32(h);
+        for (size_t n = 0; n < 5; ++n)
+            for (size_t m = 0; m < 32; ++m) *y++ = (float)(((uint16_t)(uint8_t)(x[m] * pow3[n]) * 3 >> 8) - 1) * d;
+        for (size_t n = 0; n < 5; ++n)
+            for (size_t m = 0; m < 16; ++m) *y++ = (float)(((uint16_t)(uint8_t)(x[32 + m] * pow3[n]) * 3 >> 8) - 1) * d;
+        for (size_t n = 0; n < 4; ++n)
+            for (size_t j = 0; j < 4; ++j) *y++ = (float)(((uint16_t)(uint8_t)(x[48 + j] * pow3[n]) * 3 >> 8) - 1) * d;
+    }
+}
+
+/* TQ1_0: mt_tq1_0_pack equals llama.cpp's packing of the same codes,
+ * decoding equals llama.cpp's, and both matvecs equal the decoded dot. */
+static void test_tq1_0(void **state) {
+    (void)state;
+    enum { ROWS = 21, COLS = 768 };
+    const uint64_t rb = 54 * COLS / 256;
+    uint8_t *data = malloc(ROWS * rb), mine[54];
+    float *w = malloc(COLS * sizeof *w), *wl = malloc(COLS * sizeof *wl), *wm = malloc(COLS * sizeof *wm);
+    float x[COLS], y1[ROWS], y2[ROWS];
+    int8_t q[256], back[256];
+    assert_true(mt_kernel_supported(MT_DT_TQ1_0));
+    for (int r = 0; r < ROWS; r++) {
+        for (int i = 0; i < COLS; i++) w[i] = rnd_unit() * (float)(r + 1);
+        if (r == 3) memset(w, 0, 256 * sizeof *w); /* an all-zero block */
+        llama_quantize_tq1_0(w, data + r * rb, COLS);
+        for (int b = 0; b < COLS / 256; b++) {
+            const uint8_t *blk = data + r * rb + 54 * b;
+            float amax = 0.0f;
+            for (int j = 0; j < 256; j++) amax = fmaxf(amax, fabsf(w[256 * b + j]));
+            for (int j = 0; j < 256; j++) q[j] = (int8_t)lroundf(amax ? w[256 * b + j] / amax : 0.0f);
+            uint16_t h;
+            memcpy(&h, blk + 52, 2);
+            mt_tq1_0_pack(q, h, mine);
+            assert_memory_equal(mine, blk, 54);
+            mt_tq1_0_unpack(blk, back);
+            assert_memory_equal(back, q, 256);
+        }
+        assert_int_equal(mt_row_to_f32(MT_DT_TQ1_0, data + r * rb, wm, COLS), MT_OK);
+        llama_dequantize_tq1_0(data + r * rb, wl, COLS);
+        assert_memory_equal(wm, wl, COLS * sizeof *wm);
+    }
+    for (int i = 0; i < COLS; i++) x[i] = rnd_unit();
+    mt_mat W = {.dtype = MT_DT_TQ1_0, .rows = ROWS, .cols = COLS, .data = data, .row_stride = rb};
+    mt_matvec_rows_ref(&W, x, y1, 0, ROWS);
+    mt_matvec_rows(&W, x, y2, 0, ROWS);
+    for (int r = 0; r < ROWS; r++) {
+        llama_dequantize_tq1_0(data + r * rb, wl, COLS);
+        double dot = 0, A = 0;
+        for (int i = 0; i < COLS; i++) dot += (double)wl[i] * x[i], A += fabs((double)wl[i] * x[i]);
+        assert_true(fabs(y1[r] - dot) <= 1e-5 * (A + 1e-30));
+        assert_true(fabs(y2[r] - dot) <= 1e-5 * (A + 1e-30));
+    }
+    free(data);
+    free(w);
+    free(wl);
+    free(wm);
+}
+
 /* Inputs the kernels cannot run give NaN outputs, never a crash. */
 static void test_unsupported(void **state) {
     fixture *f = *state;
     assert_true(mt_kernel_supported(MT_DT_BF16));
     assert_false(mt_kernel_supported(MT_DT_I8));
-    assert_false(mt_kernel_supported(MT_DT_TQ1_0));
+    assert_false(mt_kernel_supported(MT_DT_I64));
     uint8_t data[4096] = {0};
     float x[64] = {0}, y[8], scratch[64 * 8];
     mt_mat W = {.dtype = MT_DT_I32, .rows = 4, .cols = 16, .data = data, .row_stride = 64};
@@ -319,6 +417,7 @@ int main(void) {
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_mat_row_f32),
         cmocka_unit_test(test_unsupported),
+        cmocka_unit_test(test_tq1_0),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -107,6 +107,11 @@ uint16_t mt_f32_to_f16(float f);
  * multiple of the block size. Plain C reference; fast paths live in the
  * runtime's kernels. */
 int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
+/* llama.cpp's TQ1_0 block (54 bytes, 256 ternary weights: 5 per byte in
+ * base 3 for the first 240, 4 per byte for the last 16, then f16 d): the
+ * codes q in {-1, 0, +1} of one block, and the block of 256 codes and d. */
+void mt_tq1_0_unpack(const uint8_t *blk, int8_t *q);
+void mt_tq1_0_pack(const int8_t *q, uint16_t d_f16, uint8_t *blk);
 /* Quantizes/converts n f32 values into type t (f32, f16, bf16, q8_0, q4_0),
  * with llama.cpp's reference rounding for the block types. */
 int mt_row_from_f32(mt_dtype t, const float *src, void *dst, int64_t n);

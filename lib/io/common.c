@@ -213,6 +213,18 @@ int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n) {
             }
         }
         return MT_OK;
+    case MT_DT_TQ1_0:
+        if (n % 256) return mt_seterr(MT_ERR_FORMAT, "tq1_0 row of %lld elements", (long long)n);
+        for (int64_t b = 0; b < n / 256; b++) {
+            const uint8_t *blk = s + 54 * b;
+            int8_t q[256];
+            uint16_t h;
+            memcpy(&h, blk + 52, 2);
+            const float d = mt_f16_to_f32(h);
+            mt_tq1_0_unpack(blk, q);
+            for (int e = 0; e < 256; e++) dst[256 * b + e] = d * (float)q[e];
+        }
+        return MT_OK;
     case MT_DT_TQ2_0: /* llama.cpp block_tq2_0: qs[64] (2-bit q+1), f16 d */
         if (n % 256) return mt_seterr(MT_ERR_FORMAT, "tq2_0 row of %lld elements", (long long)n);
         for (int64_t b = 0; b < n / 256; b++) {
@@ -228,6 +240,41 @@ int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n) {
         return mt_seterr(MT_ERR_UNSUPPORTED, "conversion from %s to f32 is not supported",
                          mt_dtype_get(t) ? mt_dtype_get(t)->name : "?");
     }
+}
+
+/* block_tq1_0 {uint8 qs[48]; uint8 qh[4]; f16 d}: byte m < 32 holds weights
+ * m + 32k (k = 0..4), byte 32 + m < 48 weights 160 + m + 16k, qh[j] weights
+ * 240 + j + 4k (k = 0..3, then a zero digit), each byte the base-3 number of
+ * its q + 1 digits (first weight most significant) scaled to 256/243 and
+ * rounded up, so that digit k is ((uint8)(byte · 3^k) · 3) >> 8. */
+void mt_tq1_0_unpack(const uint8_t *blk, int8_t *q) {
+    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    for (int k = 0; k < 5; k++) {
+        for (int m = 0; m < 32; m++) q[m + 32 * k] = (int8_t)((((uint8_t)(blk[m] * pow3[k])) * 3) >> 8) - 1;
+        for (int m = 0; m < 16; m++) q[160 + m + 16 * k] = (int8_t)((((uint8_t)(blk[32 + m] * pow3[k])) * 3) >> 8) - 1;
+    }
+    for (int k = 0; k < 4; k++)
+        for (int j = 0; j < 4; j++) q[240 + j + 4 * k] = (int8_t)((((uint8_t)(blk[48 + j] * pow3[k])) * 3) >> 8) - 1;
+}
+
+void mt_tq1_0_pack(const int8_t *q, uint16_t d_f16, uint8_t *blk) {
+    for (int m = 0; m < 32; m++) {
+        unsigned v = 0;
+        for (int k = 0; k < 5; k++) v = v * 3 + (unsigned)(q[m + 32 * k] + 1);
+        blk[m] = (uint8_t)((v * 256 + 242) / 243);
+    }
+    for (int m = 0; m < 16; m++) {
+        unsigned v = 0;
+        for (int k = 0; k < 5; k++) v = v * 3 + (unsigned)(q[160 + m + 16 * k] + 1);
+        blk[32 + m] = (uint8_t)((v * 256 + 242) / 243);
+    }
+    for (int j = 0; j < 4; j++) {
+        unsigned v = 0;
+        for (int k = 0; k < 4; k++) v = v * 3 + (unsigned)(q[240 + j + 4 * k] + 1);
+        v *= 3;
+        blk[48 + j] = (uint8_t)((v * 256 + 242) / 243);
+    }
+    memcpy(blk + 52, &d_f16, 2);
 }
 
 int mt_row_from_f32(mt_dtype t, const float *src, void *dst, int64_t n) {

@@ -49,7 +49,7 @@ int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *x
 int mt_kernel_supported(mt_dtype t) {
     if (t == MT_DT_QMOE) return 1; /* kernels_qmoe.c */
     return t == MT_DT_F32 || t == MT_DT_F16 || t == MT_DT_BF16 || t == MT_DT_Q8_0 || t == MT_DT_Q4_0 ||
-           t == MT_DT_TQ2_0;
+           t == MT_DT_TQ1_0 || t == MT_DT_TQ2_0;
 }
 
 static int is_block_type(mt_dtype t) { return t == MT_DT_Q8_0 || t == MT_DT_Q4_0; }
