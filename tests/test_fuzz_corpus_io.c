@@ -1,7 +1,7 @@
-/* test_fuzz_corpus_io.c — replays every seed in fuzz/corpus/safetensors and
- * fuzz/corpus/config through the parsers the fuzzers drive, plus every
- * truncation of each seed: any status is fine, a crash (or a sanitizer
- * report in a sanitizer build) is not. */
+/* test_fuzz_corpus_io.c — replays every seed in fuzz/corpus/safetensors,
+ * fuzz/corpus/config and fuzz/corpus/qmoe through the parsers the fuzzers
+ * drive, plus every truncation of each seed: any status is fine, a crash
+ * (or a sanitizer report in a sanitizer build) is not. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "moetool/mt_io.h"
+#include "moetool/mt_qmoe.h"
 #include "testutil.h"
 
 typedef void (*feed_fn)(const uint8_t *data, size_t size);
@@ -42,6 +43,35 @@ static void feed_config(const uint8_t *data, size_t size) {
     } else {
         assert_true(mt_last_error()[0] != 0);
     }
+}
+
+/* As fuzz/fuzz_qmoe.c: blobs against a fixed dictionary; a parsed blob
+ * must decode every row. */
+static void feed_qmoe(const uint8_t *data, size_t size) {
+    static mt_qmoe_dict dict;
+    static int ready;
+    if (!ready) {
+        const uint64_t counts[3] = {850, 75, 75};
+        assert_int_equal(mt_qmoe_dict_build(&dict, counts, MT_QMOE_DICT_SIZE - 1, MT_QMOE_MAX_LEN), MT_OK);
+        ready = 1;
+    }
+    if (size >= 1 + MT_QMOE_DICT_BYTES && data[0] == 'D') {
+        mt_qmoe_dict d;
+        if (mt_qmoe_dict_deserialize(&d, data + 1, MT_QMOE_DICT_BYTES, "corpus") == MT_OK) mt_qmoe_dict_free(&d);
+        return;
+    }
+    mt_qmoe_mat q;
+    if (mt_qmoe_deserialize(&q, &dict, data, size, "corpus") != MT_OK) {
+        assert_true(mt_last_error()[0] != 0);
+        return;
+    }
+    mt_mat W;
+    mt_qmoe_mat_view(&W, &q);
+    int8_t *rows = malloc((size_t)(q.rows * q.cols) + 1);
+    assert_non_null(rows);
+    assert_int_equal(mt_qmoe_decode_rows(&W, 0, q.rows, rows), MT_OK);
+    free(rows);
+    mt_qmoe_mat_free(&q);
 }
 
 static int replay(const char *sub, feed_fn feed) {
@@ -85,10 +115,18 @@ static void test_config_corpus(void **state) {
     assert_true(n >= 3);
 }
 
+static void test_qmoe_corpus(void **state) {
+    (void)state;
+    int n = replay("qmoe", feed_qmoe);
+    printf("qmoe corpus: %d files\n", n);
+    assert_true(n >= 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_safetensors_corpus),
         cmocka_unit_test(test_config_corpus),
+        cmocka_unit_test(test_qmoe_corpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
