@@ -108,7 +108,7 @@ static uint32_t rd32(const uint8_t *p) {
 /* A typed tensor <base><suffix> of 1 or 2 dims, or NULL (when optional). */
 static int gptq_part(const wctx *w, const char *base, const char *suffix, mt_dtype dt, int nd, const int64_t *d,
                      int optional, const mt_tensor **out) {
-    char n[192];
+    char n[256];
     snprintf(n, sizeof n, "%s%s", base, suffix);
     *out = NULL;
     if (optional && !mt_ckpt_find(w->ck, n)) return MT_OK;
@@ -126,7 +126,7 @@ static int gptq_part(const wctx *w, const char *base, const char *suffix, mt_dty
  * whole number of 32-column blocks, the zero point is the symmetric one and
  * the codes fit (what `moetool quantize --format hf` writes), else f32. */
 static int get_gptq(const wctx *w, const char *base, int64_t rows, int64_t cols, mt_mat *m) {
-    char n[192];
+    char n[256];
     snprintf(n, sizeof n, "%s.qweight", base);
     const mt_tensor *qw = mt_ckpt_find(w->ck, n), *sc, *qz, *gi;
     if (!qw || qw->n_dims != 2 || qw->shape[1] != rows || qw->shape[0] <= 0 || (qw->shape[0] * 32) % cols)

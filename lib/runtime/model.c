@@ -4,6 +4,7 @@
 #include "runtime_impl.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -91,26 +92,31 @@ static int check_weights(const mt_model *m, const char *path) {
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
-/* Every matrix of the model, for passes over all of them. */
-static size_t all_mats(mt_weights *w, mt_mat **out, size_t cap) {
+/* Every matrix of the model, for passes over all of them, with names in
+ * Hugging Face terms for messages (names may be NULL). */
+typedef char mat_name[80];
+static size_t all_mats(mt_weights *w, mt_mat **out, mat_name *names, size_t cap) {
     size_t n = 0;
-#define PUT(M)                     \
-    do {                           \
-        if (n < cap) out[n] = (M); \
-        n++;                       \
+#define PUT(M, ...)                                                     \
+    do {                                                                \
+        if (n < cap) {                                                  \
+            out[n] = (M);                                               \
+            if (names) snprintf(names[n], sizeof names[n], __VA_ARGS__); \
+        }                                                               \
+        n++;                                                            \
     } while (0)
-    PUT(&w->tok_embd);
-    if (!w->cfg.tie_embeddings) PUT(&w->lm_head);
+    PUT(&w->tok_embd, "embed_tokens");
+    if (!w->cfg.tie_embeddings) PUT(&w->lm_head, "lm_head");
     for (int l = 0; l < w->cfg.n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
-        PUT(&L->wq);
-        PUT(&L->wk);
-        PUT(&L->wv);
-        PUT(&L->wo);
+        PUT(&L->wq, "layer %d q_proj", l);
+        PUT(&L->wk, "layer %d k_proj", l);
+        PUT(&L->wv, "layer %d v_proj", l);
+        PUT(&L->wo, "layer %d o_proj", l);
         for (int e = 0; e < (L->n_experts > 0 ? L->n_experts : 1); e++) {
-            PUT(&L->w1[e]);
-            PUT(&L->w3[e]);
-            PUT(&L->w2[e]);
+            PUT(&L->w1[e], "layer %d expert %d w1", l, e);
+            PUT(&L->w3[e], "layer %d expert %d w3", l, e);
+            PUT(&L->w2[e], "layer %d expert %d w2", l, e);
         }
     }
 #undef PUT
@@ -121,19 +127,23 @@ static size_t all_mats(mt_weights *w, mt_mat **out, size_t cap) {
  * and parses every coded matrix (mt_weights_init left the raw blobs), each
  * checked in full before a kernel can run on it. */
 static int load_qmoe(mt_model *m, const char *path) {
-    size_t n = all_mats(&m->w, NULL, 0), nq = 0;
+    size_t n = all_mats(&m->w, NULL, NULL, 0), nq = 0;
     mt_mat **mats = malloc(n * sizeof *mats);
-    if (!mats) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
-    all_mats(&m->w, mats, n);
-    for (size_t i = 0; i < n; i++) nq += mats[i]->dtype == MT_DT_QMOE;
+    mat_name *names = malloc(n * sizeof *names);
     int st = MT_OK;
+    if (!mats || !names) {
+        st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    all_mats(&m->w, mats, names, n);
+    for (size_t i = 0; i < n; i++) nq += mats[i]->dtype == MT_DT_QMOE;
     if (!nq) goto done;
     const mt_tensor *t = mt_ckpt_find(m->ck, "qmoe.dictionary");
     if (!t || t->dtype != MT_DT_U8) {
         st = mt_seterr(MT_ERR_FORMAT, "%s: qmoe-coded weights but no U8 tensor qmoe.dictionary", path);
         goto done;
     }
-    char what[256];
+    char what[4200];
     snprintf(what, sizeof what, "%s: qmoe.dictionary", path);
     if ((st = mt_qmoe_dict_deserialize(&m->qdict, t->data, (size_t)t->nbytes, what))) goto done;
     if (!(m->qmats = calloc(nq, sizeof *m->qmats))) {
@@ -143,13 +153,14 @@ static int load_qmoe(mt_model *m, const char *path) {
     for (size_t i = 0; i < n; i++) {
         mt_mat *W = mats[i];
         if (W->dtype != MT_DT_QMOE) continue;
-        snprintf(what, sizeof what, "%s: coded matrix %zu", path, i);
+        snprintf(what, sizeof what, "%s: %s (qmoe)", path, names[i]);
         if ((st = mt_qmoe_deserialize(&m->qmats[m->n_qmats], &m->qdict, W->data, (size_t)W->aux_bytes[3], what)))
             goto done;
         mt_qmoe_mat_view(W, &m->qmats[m->n_qmats++]);
     }
 done:
     free(mats);
+    free(names);
     return st;
 }
 
