@@ -16,13 +16,15 @@
  * mt_qmoe_decode_rows) or to the stream (ZSTD_decompress*), one thread.
  *
  * Part 2 (matvec): µs per y = W x at 1 and N threads, coded (the runtime's
- * fused kernel through mt_matvec, and the one-stage AVX-512 kernel for
- * comparison) vs the same matrix in bf16 (mt_matvec). Every coded result
- * is checked against the reference kernel. Shapes: the
+ * fused kernel through mt_matvec, and the previous default, the two-stage
+ * bitplane kernel _planes, for comparison) vs the same matrix in bf16
+ * (mt_matvec). Every coded result (both kernels) is checked against the
+ * reference kernel. Shapes: the
  * model's own 512x256 (w1) and 256x512 (w2) of layer 0 expert 0, hot in
- * cache as in decoding the 15M model; synthetic ternary 3584x1024 and
- * 14336x4096 (80 % zeros), cold: enough copies are cycled to exceed
- * 256 MiB so every weight comes from DRAM as in decoding a large model.
+ * cache as in decoding the 15M model; synthetic ternary 3584x1024,
+ * 14336x4096 and 4096x14336 (80 % zeros), cold: enough copies are cycled
+ * to exceed 256 MiB so every weight comes from DRAM as in decoding a large
+ * model.
  * Each number is the best of many short windows (the machine is shared). */
 #define _GNU_SOURCE
 #include <math.h>
@@ -282,32 +284,40 @@ static void run_matvec(void *v) {
     for (int k = 0; k < c->copies; k++) mt_matvec(c->pool, &c->mats[k], c->x, c->y);
 }
 
-/* The one-stage AVX-512 kernel over the pool, split as mt_matvec splits. */
+/* The two-stage bitplane kernel over the pool, split as mt_matvec splits
+ * (the one-stage or portable kernel where it does not apply). */
 typedef struct {
     const mt_mat *W;
     const float *x;
     float *y;
-} one_task;
-static void one_rows(void *arg, int ith, int nth) {
-    one_task *t = arg;
+} prev_task;
+static void prev_rows(void *arg, int ith, int nth) {
+    prev_task *t = arg;
     int64_t r0, r1;
     mt_split_range(t->W->rows, ith, nth, 16, &r0, &r1);
-    if (r0 < r1 && !mt_qmoe_matvec_rows_avx512(t->W, t->x, t->y, r0, r1))
+    if (r0 < r1 && !mt_qmoe_matvec_rows_planes(t->W, t->x, t->y, r0, r1) &&
+        !mt_qmoe_matvec_rows_avx512(t->W, t->x, t->y, r0, r1))
         mt_qmoe_matvec_rows_bits(t->W, t->x, t->y, r0, r1);
 }
-static void run_onestage(void *v) {
+static void run_prev(void *v) {
     mv_ctx *c = v;
     for (int k = 0; k < c->copies; k++) {
-        one_task t = {&c->mats[k], c->x, c->y};
-        mt_pool_run(c->pool, one_rows, &t);
+        prev_task t = {&c->mats[k], c->x, c->y};
+        mt_pool_run(c->pool, prev_rows, &t);
     }
 }
 
-/* Largest |y - y_ref| / max(Σ|w x| of the row), y from mt_matvec. */
-static double check_kernel(mt_pool *p, const mt_mat *W, const float *x, float *y) {
+/* Largest |y - y_ref| / max |y_ref|, y from mt_matvec (old: from the
+ * previous default kernel). */
+static double check_kernel(mt_pool *p, const mt_mat *W, const float *x, float *y, int old) {
     float *yr = malloc((size_t)W->rows * sizeof(float));
     mt_qmoe_matvec_rows_ref(W, x, yr, 0, W->rows);
-    mt_matvec(p, W, x, y);
+    if (old) {
+        mv_ctx c = {p, (mt_mat *)W, 1, x, y};
+        run_prev(&c);
+    } else {
+        mt_matvec(p, W, x, y);
+    }
     double e = 0.0, a = 0.0;
     for (int64_t r = 0; r < W->rows; r++) {
         const double d = fabs((double)y[r] - (double)yr[r]);
@@ -366,11 +376,15 @@ static void matvec_case(const char *name, const mt_qmoe_dict *d, const int8_t *s
     for (int ti = 0; ti < 2; ti++) {
         mt_pool *p;
         mt_pool_init(&p, ti ? g_threads : 1);
-        const double err = check_kernel(p, &cm[0], x, y);
-        if (!(err <= 1e-5)) fprintf(stderr, "bench_qmoe: %s: coded matvec differs from the reference by %.3g\n", name, err);
+        for (int old = 0; old < 2; old++) {
+            const double err = check_kernel(p, &cm[0], x, y, old);
+            if (!(err <= 1e-5))
+                fprintf(stderr, "bench_qmoe: %s: coded matvec (%s) differs from the reference by %.3g\n", name,
+                        old ? "2-stage" : "runtime", err);
+        }
         mv_ctx a = {p, cm, cc, x, y}, b = {p, bm, cb, x, y};
         us[ti][0] = 1e6 * best_time(run_matvec, &a) / cc;
-        us[ti][1] = 1e6 * best_time(run_onestage, &a) / cc;
+        us[ti][1] = 1e6 * best_time(run_prev, &a) / cc;
         us[ti][2] = 1e6 * best_time(run_matvec, &b) / cb;
         mt_pool_free(p);
     }
@@ -431,8 +445,8 @@ int main(int argc, char **argv) {
     }
     if (g_threads < 1) g_threads = 1;
     printf("## Fused coded matvec vs bf16 matvec (us per matvec; speed-up = bf16 time / coded time)\n\n");
-    printf("coded: the runtime's kernel (mt_matvec); 1-stage: the one-stage AVX-512 kernel\n\n");
-    printf("| matrix | cache | coded bits/weight | coded 1 thr | 1-stage 1 thr | bf16 1 thr | coded %d thr | 1-stage %d thr | bf16 %d thr | speed-up 1 / %d thr |\n",
+    printf("coded: the runtime's kernel (mt_matvec); 2-stage: the previous default (_planes)\n\n");
+    printf("| matrix | cache | coded bits/weight | coded 1 thr | 2-stage 1 thr | bf16 1 thr | coded %d thr | 2-stage %d thr | bf16 %d thr | speed-up 1 / %d thr |\n",
            g_threads, g_threads, g_threads, g_threads);
     printf("|---|---|---|---|---|---|---|---|---|---|\n");
     /* the model's own: layer 0 expert 0 w1 (t[0]) and w2 (t[2]), the model's dictionary */
@@ -441,6 +455,7 @@ int main(int argc, char **argv) {
     synthetic_case("synthetic 3584x1024, 80 % zeros", 3584, 1024, 0.8, 0);
     synthetic_case("synthetic 3584x1024, 80 % zeros", 3584, 1024, 0.8, 1);
     if (big) synthetic_case("synthetic 14336x4096, 80 % zeros", 14336, 4096, 0.8, 1);
+    if (big) synthetic_case("synthetic 4096x14336, 80 % zeros", 4096, 14336, 0.8, 1);
     printf("\n(hot: one matrix repeated, it stays in cache; cold: copies cycled past 256 MiB, weights from DRAM.)\n");
     for (int k = 0; k < n; k++) {
         free(t[k].syms);

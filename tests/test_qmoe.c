@@ -11,12 +11,16 @@
  *    through the serialised blob as well, and on every expert matrix of the
  *    bundled model (QMoE's RTN ternary grid), where the code must also take
  *    <= 1.0 bit per expert weight all-in;
- *  - fused matvec (portable, AVX-512, dispatch, threaded, row ranges that
- *    start inside a group) against a dense dot product in double of the
+ *  - fused matvec (portable, AVX-512 one-stage, two-stage bitplanes, LUT,
+ *    dispatch, threaded, row ranges that start inside a group; rows that
+ *    end inside the last 32-bit plane word, several 16-word chunks) against
+ *    a dense dot product in double of the
  *    original symbols times the f16-rounded row values; row decode and
  *    batched matmul likewise;
  *  - malformed blobs (truncated, bad magic, offsets, codewords, flipped
- *    bytes) give errors, never crashes.
+ *    bytes) give errors, never crashes; every kernel on unchecked,
+ *    inconsistent matrices (shapes that each kernel takes) reads nothing
+ *    outside the arrays (checked under ASan in the asan build).
  * Tolerance: TOL_FLOAT_SUM · Σ|w_j x_j| (f32 sums of up to a few thousand
  * terms, as test_kernels.c). */
 #include <setjmp.h>
@@ -247,9 +251,10 @@ static void test_matvec_random(void **state) {
     assert_int_equal(mt_qmoe_dict_build(&d, g_model_like, MT_QMOE_DICT_SIZE, MT_QMOE_MAX_LEN), MT_OK);
     mt_pool *pool;
     assert_int_equal(mt_pool_init(&pool, 3), MT_OK);
-    const int64_t extra[][2] = {{512, 256}, {256, 512}, {300, 200}};
-    const size_t ns = sizeof g_shapes / sizeof g_shapes[0];
-    for (size_t si = 0; si < ns + 3; si++) {
+    /* 200, 1000: rows end 8 bits into a 32-bit plane word; 48: 16 bits; 4104: 9 chunks of 16 words */
+    const int64_t extra[][2] = {{512, 256}, {256, 512}, {300, 200}, {20, 48}, {19, 4104}, {40, 1000}};
+    const size_t ns = sizeof g_shapes / sizeof g_shapes[0], ne = sizeof extra / sizeof extra[0];
+    for (size_t si = 0; si < ns + ne; si++) {
         const int64_t rows = si < ns ? g_shapes[si][0] : extra[si - ns][0];
         const int64_t cols = si < ns ? g_shapes[si][1] : extra[si - ns][1];
         for (size_t pi = 0; pi < sizeof g_pz / sizeof g_pz[0]; pi++) {
@@ -266,6 +271,14 @@ static void test_matvec_random(void **state) {
             check_close(y, ref, a, 0, rows, "bits");
             if (mt_qmoe_matvec_rows_avx512(&c.W, x, y, 0, rows)) check_close(y, ref, a, 0, rows, "avx512");
             for (int64_t r = 0; r < rows; r++) y[r] = NAN;
+            if (mt_qmoe_matvec_rows_planes(&c.W, x, y, 0, rows)) check_close(y, ref, a, 0, rows, "planes");
+            for (int64_t r = 0; r < rows; r++) y[r] = NAN;
+            if (mt_qmoe_matvec_rows_lut(&c.W, x, y, 0, rows)) {
+                check_close(y, ref, a, 0, rows, "lut");
+            } else {
+                for (int64_t r = 0; r < rows; r++) assert_true(isnan(y[r])); /* declined: y untouched */
+            }
+            for (int64_t r = 0; r < rows; r++) y[r] = NAN;
             mt_matvec(pool, &c.W, x, y);
             check_close(y, ref, a, 0, rows, "mt_matvec");
             /* rows starting and ending inside groups */
@@ -278,6 +291,12 @@ static void test_matvec_random(void **state) {
                 for (int64_t r = r1; r < rows; r++) assert_true(isnan(y[r]));
                 mt_qmoe_matvec_rows_bits(&c.W, x, y, r0, r1);
                 check_close(y, ref, a, r0, r1, "range bits");
+                for (int64_t r = 0; r < rows; r++) y[r] = NAN;
+                if (mt_qmoe_matvec_rows_lut(&c.W, x, y, r0, r1)) {
+                    check_close(y, ref, a, r0, r1, "range lut");
+                    for (int64_t r = 0; r < r0; r++) assert_true(isnan(y[r]));
+                    for (int64_t r = r1; r < rows; r++) assert_true(isnan(y[r]));
+                }
             }
             /* rows to f32 */
             for (int64_t r = 0; r < rows; r += 1 + rows / 7) {
@@ -294,6 +313,19 @@ static void test_matvec_random(void **state) {
             free(a);
             free_coded(&c);
         }
+    }
+    /* a group of more than 16 rows: the LUT kernel (one lane per row of a group) declines, y untouched */
+    {
+        coded c;
+        make_coded(&c, &d, 64, 64, 0.8);
+        mt_mat W2 = c.W;
+        W2.group = 32;
+        float x[64], y[64];
+        for (int j = 0; j < 64; j++) x[j] = 1.0f;
+        for (int r = 0; r < 64; r++) y[r] = NAN;
+        assert_int_equal(mt_qmoe_matvec_rows_lut(&W2, x, y, 0, 64), 0);
+        for (int r = 0; r < 64; r++) assert_true(isnan(y[r]));
+        free_coded(&c);
     }
     /* batched matmul goes through row decode + sgemm */
     {
@@ -376,6 +408,50 @@ static void test_bad_blobs(void **state) {
     mt_qmoe_matvec_rows_bits(&W, x, y, 0, 40);
     mt_qmoe_matvec_rows_ref(&W, x, y, 0, 40);
     assert_int_equal(mt_qmoe_mat_check(&W, "t"), MT_ERR_FORMAT);
+    /* the same on a shape every kernel takes (cols % 16 == 0), with each kernel called directly:
+     * flipped blobs, then unchecked offsets (decreasing, past the end, groups too short or too
+     * long) and codewords outside the dictionary */
+    {
+        coded c2;
+        make_coded(&c2, &d, 40, 64, 0.85);
+        uint8_t *blob2;
+        size_t n2;
+        assert_int_equal(mt_qmoe_serialize(&c2.q, &blob2, &n2), MT_OK);
+        uint8_t *b3 = malloc(n2);
+        float x2[64], y2[40];
+        for (int j = 0; j < 64; j++) x2[j] = (float)rnd_unit();
+        for (int it = 0; it < 2000; it++) {
+            memcpy(b3, blob2, n2);
+            const int flips = 1 + (int)(rnd_u32() % 3);
+            for (int f = 0; f < flips; f++) b3[rnd_u32() % n2] ^= (uint8_t)(1u << (rnd_u32() % 8));
+            if (mt_qmoe_deserialize(&q, &d, b3, n2, "fuzz") == MT_OK) {
+                mt_mat W3;
+                mt_qmoe_mat_view(&W3, &q);
+                mt_qmoe_matvec_rows_lut(&W3, x2, y2, 0, 40);
+                mt_qmoe_matvec_rows_planes(&W3, x2, y2, 0, 40);
+                mt_qmoe_matvec_rows_avx512(&W3, x2, y2, 3, 37);
+                mt_qmoe_mat_free(&q);
+            }
+        }
+        const uint32_t nc = (uint32_t)c2.q.n_codes;
+        const uint32_t offs[4][4] = {{0, 5, 3, 100000}, {0, 1, 2, nc}, {0, nc, nc, nc}, {0, nc - 1, nc - 1, nc}};
+        for (int k = 0; k < 4; k++) {
+            mt_mat W3 = c2.W;
+            W3.aux[0] = (void *)offs[k];
+            W3.aux_bytes[0] = sizeof offs[k];
+            for (int dk = 0; dk < 2; dk++) {
+                W3.aux[1] = dk ? (void *)&small : (void *)&d; /* small: most codewords past its entries */
+                mt_qmoe_matvec_rows_lut(&W3, x2, y2, 0, 40);
+                mt_qmoe_matvec_rows_lut(&W3, x2, y2, 17, 33);
+                mt_qmoe_matvec_rows_planes(&W3, x2, y2, 0, 40);
+                mt_qmoe_matvec_rows_avx512(&W3, x2, y2, 0, 40);
+                mt_qmoe_matvec_rows(&W3, x2, y2, 0, 40);
+            }
+        }
+        free(b3);
+        free(blob2);
+        free_coded(&c2);
+    }
     free(b2);
     free(blob);
     free_coded(&c);

@@ -17,8 +17,8 @@ int mt_qmoe_mat_ok(const mt_mat *W);
  *        (count trailing zeros) add x into two sums; y = hi·S₊ + lo·S₋.
  * _avx512: the masks drive masked loads/adds of 16 floats (0 when the
  *        build has no AVX-512: the caller falls back).
- * mt_qmoe_matvec_rows: the one the runtime uses (_planes where it applies,
- * else _avx512 where built, else _bits; docs/qmoe.md). */
+ * mt_qmoe_matvec_rows: the one the runtime uses (_lut where it applies,
+ * else _planes, else _avx512 where built, else _bits; docs/qmoe.md). */
 void mt_qmoe_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 void mt_qmoe_matvec_rows_bits(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 int mt_qmoe_matvec_rows_avx512(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
@@ -27,6 +27,13 @@ int mt_qmoe_matvec_rows_avx512(const mt_mat *W, const float *x, float *y, int64_
  *        columns per mask. Returns 0 without touching y when not built with
  *        AVX-512 or when cols % 16 != 0 or a group exceeds 16·16384 symbols. */
 int mt_qmoe_matvec_rows_planes(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+/* _lut: the same planes (stage 1 prefetching the dictionary entries a few
+ *        codewords ahead), then the 16 rows of a group at once, one per
+ *        lane: each 4-bit slice of a plane indexes a per-call table of the
+ *        16 subset sums of 4 x values (vpermps). Returns 0 without touching
+ *        y when not built with AVX-512, when a group has more than 16 rows,
+ *        cols % 8 != 0 or cols > 16384, or the table cannot be allocated. */
+int mt_qmoe_matvec_rows_lut(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 void mt_qmoe_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 
 /* Row r of W as f32 (cols floats). */
