@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Quality table of `moetool quantize` on the bundled model (docs/quality.md):
 # RTN and GPTQ at 8, 4, 3, 2 bits and ternary, experts only, plus rows with
-# attention at 8 bits. Grids with a GGUF type are written, then scored with
-# `moetool eval OUT --ref MODEL`; the others are scored in memory with
-# --eval-only. All: test.txt, gptq protocol, ctx 256, KL/top-1 vs the bf16
-# original. Prints a markdown table on stdout.
+# attention at 8 bits, and the symmetric and asymmetric (--asym) int grids at
+# 4/3/2 bits g128 and 2 bits per row. Grids with a GGUF type are written,
+# then scored with `moetool eval OUT --ref MODEL`; the others are scored in
+# memory with --eval-only. All: test.txt, gptq protocol, ctx 256, KL/top-1
+# vs the bf16 original. Prints a markdown table on stdout.
 #   usage: bench/quant_table.sh [BUILD_DIR] [THREADS]
 set -eu
 BUILD=${1:-build}
@@ -14,10 +15,12 @@ MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
-row() { # METHOD BITS GROUP ATTN_BITS LABEL
-  local method=$1 bits=$2 group=$3 attn=$4 label=$5 extra=()
-  [ "$attn" != 0 ] && extra=(--attn-bits "$attn")
-  if [ "$bits" = 3 ] || [ "$bits" = 2 ] || [ "$group" = row ]; then
+row() { # METHOD BITS GROUP ATTN_BITS LABEL [ASYM]
+  local method=$1 bits=$2 group=$3 attn=$4 label=$5 asym=${6:-0} extra=()
+  [ "$attn" != 0 ] && extra+=(--attn-bits "$attn")
+  [ "$asym" != 0 ] && extra+=(--asym)
+  if [ "$bits" = 3 ] || [ "$bits" = 2 ] || [ "$group" = row ] || [ "$asym" != 0 ] ||
+     { [ "$bits" != ternary ] && [ "$group" != 32 ]; }; then
     "$BIN" quantize "$MODEL" --eval-only --method "$method" --bits "$bits" --group "$group" "${extra[@]}" \
       --threads "$THREADS" --json >"$T/q.json"
     cp "$T/q.json" "$T/e.json"
@@ -51,4 +54,13 @@ for m in rtn gptq; do
   row $m ternary row 0 "ternary QMoE row (bf16)"
   row $m 4 32 8 "int4 g32 (attn q8_0)"
   row $m ternary 256 8 "ternary /256 (attn q8_0)"
+done
+for m in rtn gptq; do
+  for bg in "4 128" "3 128" "2 128" "2 row"; do
+    set -- $bg
+    g=g$2
+    [ "$2" = row ] && g=row
+    row $m "$1" "$2" 0 "int$1 $g (bf16)"
+    row $m "$1" "$2" 0 "int$1 $g asym (bf16)" 1
+  done
 done

@@ -1,48 +1,61 @@
-/* cmd_quantize.c — `moetool quantize MODEL -o OUT.gguf`: RTN or GPTQ of the
- * experts (and optionally attention) to llama.cpp block types, or, with
- * --eval-only, any grid quantized and dequantized in memory and scored on
+/* cmd_quantize.c — `moetool quantize MODEL -o OUT`: RTN or GPTQ of the
+ * experts (and optionally attention and embeddings) to llama.cpp block types
+ * in GGUF, or to the AutoGPTQ layout / the qmoe code in a Hugging Face
+ * directory, or, with --eval-only, any grid quantized in memory and scored on
  * held-out text against the original model. */
 #define _GNU_SOURCE
 #include "cli_impl.h"
 #include "moetool/mt_quant.h"
 
+#include <dirent.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 static const char *g_help =
-    "usage: moetool quantize [MODEL] -o OUT.gguf [--method rtn|gptq] [--bits 8|4|3|2|ternary]\n"
-    "                        [--group N|row] [--experts-only | --attn-bits B]\n"
+    "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
+    "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
+    "                        [--experts-only | --attn-bits B] [--embed-bits 8|4]\n"
     "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
     "                        [--threads T] [--json]\n"
     "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
     "                        [--text FILE]\n"
     "\n"
-    "Quantizes the expert weights (attention, embeddings, router and norms are\n"
-    "kept as stored unless --attn-bits is given). GPTQ runs calibration text\n"
+    "Quantizes the expert weights (attention and embeddings are kept as stored\n"
+    "unless --attn-bits / --embed-bits are given; router and norms always are).\n"
+    "GPTQ runs calibration text\n"
     "through the model layer by layer (each layer sees the outputs of the\n"
     "already-quantized layers before it) and uses, for each expert, only the\n"
     "tokens routed to it (at most 4x the mean; experts with fewer than 16 fall\n"
     "back to RTN and are reported).\n"
     "\n"
     "Grids and what they are written as:\n"
-    "  --bits 8 --group 32      llama.cpp Q8_0   (8.5 bits/weight)   file\n"
-    "  --bits 4 --group 32      llama.cpp Q4_0   (4.5 bits/weight)   file\n"
-    "  --bits ternary --group 256  llama.cpp TQ2_0 (2.06 bits/weight) file\n"
+    "  --bits 8 --group 32      Q8_0 (8.5 bits/weight): GGUF, or AutoGPTQ int8 (hf)\n"
+    "  --bits 4 --group 32      Q4_0 (4.5 bits/weight): GGUF, or AutoGPTQ int4 (hf)\n"
+    "  --bits ternary --group 256  llama.cpp TQ2_0 (2.06 bits/weight): GGUF\n"
+    "    ... --ternary-type tq1_0  the same weights as TQ1_0 (1.69 bits/weight)\n"
     "  --bits ternary --group row  QMoE {min,0,max} per row             --eval-only\n"
     "    ... --codec qmoe       the same, coded with the qmoe dictionary code\n"
-    "                           (< 1 bit/weight) and executed coded   --eval-only\n"
+    "                           (< 1 bit/weight), executed coded: --format hf\n"
     "  --bits 8|4|3|2 --group N|row  symmetric int, one f16 scale per group --eval-only\n"
+    "    ... --asym             asymmetric int, f16 scale + B-bit zero per group --eval-only\n"
     "Grids without a GGUF type are measured with --eval-only: the model is\n"
     "quantized and dequantized in memory and scored on --text (gptq protocol,\n"
     "ctx 256) against the original; no file is written.\n"
     "\n"
-    "  -o, --output OUT    GGUF to write (appears only when complete)\n"
+    "  -o, --output OUT    file (gguf) or directory (hf) to write; appears only\n"
+    "                      when complete\n"
+    "  --format gguf|hf    output format (default gguf; hf needs an HF source)\n"
     "  --method M          gptq (default) or rtn\n"
     "  --bits B            8, 4 (default), 3, 2 or ternary\n"
     "  --group N|row       columns per scale (default: 32 for 8/4 bits, 128 for\n"
     "                      3/2 bits, 256 for ternary)\n"
+    "  --asym              asymmetric int grid: per group min/max (widened to hold\n"
+    "                      0), scale (max-min)/(2^B-1) and an integer zero point;\n"
+    "                      grids without a file type only (3/2 bits, 8/4 with a\n"
+    "                      group other than 32; attention with --attn-bits 3/2);\n"
+    "                      --eval-only\n"
     "  --experts-only      require a MoE model and quantize only its experts\n"
     "  --attn-bits B       also quantize q/k/v/o projections to B bits (8: q8_0,\n"
     "                      4: q4_0, 3/2: group 128; o_proj by RTN)\n"
@@ -50,9 +63,17 @@ static const char *g_help =
     "  --calib-tokens N    calibration tokens (default 16384, windows of 256)\n"
     "  --damp F            GPTQ damping, fraction of mean diag(H) (default 0.1)\n"
     "  --act-order         GPTQ columns by decreasing diag(H)\n"
+    "  --embed-bits 8|4    also quantize token embeddings and lm_head to Q8_0 /\n"
+    "                      Q4_0 (round to nearest; gguf, or hf with --codec qmoe)\n"
+    "  --ternary-type T    tq2_0 (default) or tq1_0 for --bits ternary --group 256\n"
+    "  --ternary-range R   GPTQ, --bits ternary --group row: levels and zero\n"
+    "                      thresholds of each row at R x (min, max); larger R\n"
+    "                      gives more zeros, so fewer bits with --codec qmoe, at\n"
+    "                      some perplexity (default 1.4 with --codec qmoe, else 1)\n"
     "  --codec none|qmoe   qmoe: code the per-row ternary experts with one\n"
     "                      dictionary for all experts and run the code directly\n"
-    "                      (needs --bits ternary --group row and --eval-only)\n"
+    "                      (needs --bits ternary --group row; --format hf or\n"
+    "                      --eval-only)\n"
     "  --eval-only         quantize in memory and evaluate; write nothing\n"
     "  --text FILE         text for --eval-only (default MODEL/data/test.txt)\n"
     "  --threads T         CPU threads (default: all cores)\n"
@@ -62,7 +83,7 @@ static const char *g_help =
 static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const char *out, uint64_t file_bytes, int json,
                          const mt_eval_result *ev) {
     const char *dtn = r->expert_dtype == MT_DT_F32    ? "none (eval only)"
-                      : r->expert_dtype == MT_DT_QMOE ? "qmoe code (in memory, executed coded)"
+                      : r->expert_dtype == MT_DT_QMOE ? "qmoe code (executed coded)"
                                                        : mt_dtype_get(r->expert_dtype)->name;
     int ne = r->n_experts > 0 ? r->n_experts : 1;
     if (json) {
@@ -71,7 +92,8 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
         printf(",\"bits\":");
         if (o->bits == MT_QUANT_TERNARY) printf("\"ternary\"");
         else printf("%d", o->bits);
-        printf(",\"attn_bits\":%d,\"codec\":\"%s\",\"expert_type\":", o->attn_bits,
+        printf(",\"asym\":%s", o->asym ? "true" : "false");
+        printf(",\"attn_bits\":%d,\"embed_bits\":%d,\"codec\":\"%s\",\"expert_type\":", o->attn_bits, o->embed_bits,
                o->codec == MT_QUANT_CODEC_QMOE ? "qmoe" : "none");
         json_str(stdout, r->expert_dtype == MT_DT_F32 ? "none" : mt_dtype_get(r->expert_dtype)->name);
         printf(",\"bits_per_expert_weight\":%.4f,\"bits_per_weight\":%.4f,\"expert_params\":%llu,\"total_params\":%llu",
@@ -83,6 +105,10 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
         }
         printf(",\"quantize_s\":%.3f,\"calib_s\":%.3f,\"peak_rss\":%llu,\"calib_tokens\":%d,\"rtn_fallback\":%d",
                r->seconds, r->calib_seconds, (unsigned long long)r->peak_rss, r->n_calib_tokens, r->n_rtn_fallback);
+        if (o->bits == MT_QUANT_TERNARY && o->group == MT_QUANT_GROUP_ROW && o->method == MT_QUANT_GPTQ)
+            printf(",\"ternary_range\":%g", o->ternary_range > 0                ? o->ternary_range
+                                             : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE
+                                                                                : 1.0);
         if (o->codec == MT_QUANT_CODEC_QMOE)
             printf(",\"code_bits_per_expert_weight\":%.4f,\"symbol_entropy\":%.4f,\"zero_frac\":%.5f,\"code_s\":%.3f",
                    r->code_bits_expert, r->symbol_entropy, r->zero_frac, r->code_seconds);
@@ -124,6 +150,23 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
                ev->ppl, ev->ref_ppl, ev->kl_mean, 100.0 * ev->top1_agree, (unsigned long long)ev->n_scored);
 }
 
+/* Bytes of a file, or of the files of a directory (one level). */
+static uint64_t path_bytes(const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) return 0;
+    if (!S_ISDIR(sb.st_mode)) return (uint64_t)sb.st_size;
+    uint64_t n = 0;
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode)) n += (uint64_t)sb.st_size;
+    }
+    closedir(d);
+    return n;
+}
+
 static int parse_bits(const char *s, int *out) {
     if (!strcmp(s, "ternary")) {
         *out = MT_QUANT_TERNARY;
@@ -141,6 +184,7 @@ int cmd_quantize(int argc, char **argv) {
                                          {"method", required_argument, 0, 'm'},
                                          {"bits", required_argument, 0, 'b'},
                                          {"group", required_argument, 0, 'g'},
+                                         {"asym", no_argument, 0, 'S'},
                                          {"experts-only", no_argument, 0, 'E'},
                                          {"attn-bits", required_argument, 0, 'A'},
                                          {"calib", required_argument, 0, 'c'},
@@ -149,6 +193,10 @@ int cmd_quantize(int argc, char **argv) {
                                          {"act-order", no_argument, 0, 'a'},
                                          {"eval-only", no_argument, 0, 'e'},
                                          {"codec", required_argument, 0, 'C'},
+                                         {"format", required_argument, 0, 'F'},
+                                         {"embed-bits", required_argument, 0, 'B'},
+                                         {"ternary-range", required_argument, 0, 'R'},
+                                         {"ternary-type", required_argument, 0, 'Y'},
                                          {"text", required_argument, 0, 't'},
                                          {"threads", required_argument, 0, 'T'},
                                          {"json", no_argument, 0, 'j'},
@@ -178,6 +226,7 @@ int cmd_quantize(int argc, char **argv) {
             else if (cli_parse_int("quantize", "--group", optarg, 1, 1 << 24, &v)) return MT_EXIT_USAGE;
             else o.group = (int)v;
             break;
+        case 'S': o.asym = 1; break;
         case 'E': o.experts_only = 1; break;
         case 'A':
             if (parse_bits(optarg, &o.attn_bits) ||
@@ -200,6 +249,26 @@ int cmd_quantize(int argc, char **argv) {
             else if (!strcmp(optarg, "none")) o.codec = MT_QUANT_CODEC_NONE;
             else return cli_usage_error("quantize", "--codec must be none or qmoe, got '%s'", optarg);
             break;
+        case 'F':
+            if (!strcmp(optarg, "hf")) o.format = MT_FMT_HF;
+            else if (!strcmp(optarg, "gguf")) o.format = MT_FMT_GGUF;
+            else return cli_usage_error("quantize", "--format must be gguf or hf, got '%s'", optarg);
+            break;
+        case 'B':
+            if (parse_bits(optarg, &o.embed_bits) || (o.embed_bits != 8 && o.embed_bits != 4))
+                return cli_usage_error("quantize", "--embed-bits must be 8 or 4, got '%s'", optarg);
+            break;
+        case 'Y':
+            if (!strcmp(optarg, "tq1_0")) o.tq1 = 1;
+            else if (!strcmp(optarg, "tq2_0")) o.tq1 = 0;
+            else return cli_usage_error("quantize", "--ternary-type must be tq2_0 or tq1_0, got '%s'", optarg);
+            break;
+        case 'R':
+            if (cli_parse_float("quantize", "--ternary-range", optarg, &f)) return MT_EXIT_USAGE;
+            if (!(f >= 0.5 && f <= 4.0))
+                return cli_usage_error("quantize", "--ternary-range must be in 0.5..4, got '%s'", optarg);
+            o.ternary_range = f;
+            break;
         case 't': text_path = optarg; break;
         case 'T':
             if (cli_parse_int("quantize", "--threads", optarg, 1, 1024, &v)) return MT_EXIT_USAGE;
@@ -211,7 +280,7 @@ int cmd_quantize(int argc, char **argv) {
         }
     }
     if (argc - optind > 1) return cli_usage_error("quantize", "expects one MODEL, got %d", argc - optind);
-    if (!out && !eval_only) return cli_usage_error("quantize", "needs -o OUT.gguf (or --eval-only)");
+    if (!out && !eval_only) return cli_usage_error("quantize", "needs -o OUT (or --eval-only)");
     if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = optind < argc ? argv[optind] : cli_default_model();
@@ -224,9 +293,7 @@ int cmd_quantize(int argc, char **argv) {
         rc = mt_quantize_file(model_path, out, &o, threads, &rep);
         cli_progress_done();
         if (rc) return cli_fail("quantize", rc);
-        struct stat sb;
-        uint64_t fb = stat(out, &sb) == 0 ? (uint64_t)sb.st_size : 0;
-        print_report(&rep, &o, out, fb, json, NULL);
+        print_report(&rep, &o, out, path_bytes(out), json, NULL);
         mt_quant_report_free(&rep);
         return MT_EXIT_OK;
     }

@@ -70,5 +70,18 @@ check q8_0 "--dtype q8_0" 0.25 0.005
 # q4_0 of every matrix: llama.cpp shows 0.85 against the f32 reference.
 check q4_0 "--dtype q4_0" 2.5 -
 
+# moetool quantize's ternary TQ1_0 (RTN experts): llama.cpp loads it and
+# gives the same greedy continuation as moetool (no logit bound: ternary).
+q="$tmp/tq1_0.gguf"
+echo "== tq1_0: moetool quantize --method rtn --bits ternary --group 256 --ternary-type tq1_0"
+if "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$q" --method rtn --bits ternary --group 256 --ternary-type tq1_0 \
+        --threads 2 >/dev/null &&
+   "$MT_BIN" generate "$q" -p "$prompt" -n 16 --threads 2 --json > "$tmp/tq1.gen.json"; then
+    timeout 600 "$PY" "$CHECK" "$q" --reference "$MT_MODEL_DIR/reference.json" --expect "$tmp/tq1.gen.json" \
+        --prompt "$prompt" || { echo "FAIL tq1_0"; fail=1; }
+else
+    echo "FAIL tq1_0: moetool quantize/generate failed"; fail=1
+fi
+
 if [ $fail -ne 0 ]; then echo "cli_llamacpp: FAIL"; exit 1; fi
 echo "cli_llamacpp: PASS"

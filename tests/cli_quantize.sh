@@ -34,6 +34,38 @@ sys.exit(0 if abs(q - o) <= 0.03 * o else 1)
 PY
 rm -f "$T/q4.gguf"
 
+# TQ1_0 holds the TQ2_0 grid's weights exactly: same perplexity, and (when
+# llama.cpp's gguf-py is there) the same dequantized tensors.
+for t in tq1_0 tq2_0; do
+  "$BIN" quantize "$MODEL" -o "$T/$t.gguf" --method rtn --bits ternary --group 256 --ternary-type $t --threads 2 >/dev/null 2>"$T/err" || { bad "rtn $t failed"; cat "$T/err"; }
+  "$BIN" eval "$T/$t.gguf" --max-windows 6 --json --threads 2 >"$T/$t.json" 2>"$T/err" || { bad "eval of $t failed"; cat "$T/err"; }
+done
+python3 - "$T/tq1_0.json" "$T/tq2_0.json" <<'PY' && ok || bad "tq1_0 and tq2_0 perplexities differ"
+import json, sys
+a = json.load(open(sys.argv[1]))["ppl"]; b = json.load(open(sys.argv[2]))["ppl"]
+sys.exit(0 if abs(a - b) <= 1e-6 * b else 1)
+PY
+if python3 -c 'import gguf, numpy' >/dev/null 2>&1; then
+  python3 - "$T/tq1_0.gguf" "$T/tq2_0.gguf" <<'PY' && ok || bad "gguf-py: TQ1_0 tensors differ from TQ2_0"
+import sys
+import numpy as np
+from gguf import GGUFReader
+import gguf.quants
+a = {t.name: t for t in GGUFReader(sys.argv[1]).tensors}
+b = {t.name: t for t in GGUFReader(sys.argv[2]).tensors}
+n = 0
+for k, t in a.items():
+    if t.tensor_type.name != "TQ1_0":
+        continue
+    assert b[k].tensor_type.name == "TQ2_0", k
+    if not np.array_equal(gguf.quants.dequantize(t.data, t.tensor_type), gguf.quants.dequantize(b[k].data, b[k].tensor_type)):
+        sys.exit(1)
+    n += 1
+sys.exit(0 if n == 12 else 1)
+PY
+fi
+rm -f "$T"/tq*.gguf
+
 # --eval-only: a grid without a file type, measured in memory.
 "$BIN" quantize "$MODEL" --eval-only --method rtn --bits 3 --group 128 --json --threads 2 >"$T/ev.json" 2>"$T/err" || { bad "eval-only failed"; cat "$T/err"; }
 grep -q '"ppl":' "$T/ev.json" && grep -q '"kl_mean":' "$T/ev.json" && ok || bad "eval-only json lacks ppl/kl"
@@ -46,6 +78,8 @@ expect_err 1 "ternary takes group" "$BIN" quantize "$MODEL" -o "$T/out.gguf" --b
 printf 'In the beginning God created the heaven and the earth.\n' >"$T/short.txt"
 expect_err 1 "short.txt" "$BIN" quantize "$MODEL" -o "$T/out.gguf" --calib "$T/short.txt"
 expect_err 2 "needs -o" "$BIN" quantize "$MODEL"
+expect_err 1 "tq1_0 needs" "$BIN" quantize "$MODEL" -o "$T/out.gguf" --bits 4 --ternary-type tq1_0
+expect_err 2 "ternary-type" "$BIN" quantize "$MODEL" -o "$T/out.gguf" --ternary-type tq3
 if python3 -c "import numpy" 2>/dev/null && [ -f "$SRC/tests/make_checkpoint.py" ]; then
   python3 "$SRC/tests/make_checkpoint.py" "$T/fx" --case mistral_dense >/dev/null 2>&1
   D=$(ls -d "$T"/fx/*/ 2>/dev/null | head -1)

@@ -265,8 +265,11 @@ static void test_bad_codec_options(void **st) {
     assert_int_equal(mt_quant_check(&o, &c, 0), MT_ERR_ARG);
     o.bits = MT_QUANT_TERNARY;
     assert_int_equal(mt_quant_check(&o, &c, 0), MT_OK);
-    assert_int_equal(mt_quant_check(&o, &c, 1), MT_ERR_ARG); /* no file format */
-    assert_non_null(strstr(mt_last_error(), "--eval-only"));
+    assert_int_equal(mt_quant_check(&o, &c, 1), MT_ERR_ARG); /* coded experts are stored in HF only */
+    assert_non_null(strstr(mt_last_error(), "--format hf"));
+    o.format = MT_FMT_HF;
+    assert_int_equal(mt_quant_check(&o, &c, 1), MT_OK);
+    o.format = MT_FMT_GGUF;
     o.codec = (mt_quant_codec)7;
     assert_int_equal(mt_quant_check(&o, &c, 0), MT_ERR_ARG);
 }

@@ -9,7 +9,13 @@
  *     tensor types, and evaluates to the same perplexity as the model
  *     quantized in memory (TOL_PPL_SAME), close to the original for q8_0;
  *   - bad options and short calibration text fail with a message and leave
- *     no output file. */
+ *     no output file;
+ *   - calibration: the rows kept for each expert are the FFN inputs of the
+ *     tokens the router sent to it (first `cap` of them), Hessians,
+ *     intermediate activations and output errors equal direct double-
+ *     precision sums (and mt_gptq_output_err), and mt_quant_model's GPTQ of
+ *     layer 0 equals mt_gptq_quantize on the Hessian of mt_calib_layer,
+ *     for 1 and 2 threads alike. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,6 +34,9 @@
 
 #define TOL_PPL_SAME 1e-3   /* file vs in-memory model: only Q/K row order differs */
 #define TOL_MATVEC 1e-4     /* relative to sum |w||x|                           */
+#define TOL_H 1e-12         /* Hessian entries, relative to sqrt(H_ii H_jj)      */
+#define TOL_MID 1e-5        /* silu(g)·u, relative to (Σ|w1||x|)(Σ|w3||x|)       */
+#define TOL_ERR 1e-4        /* output errors, relative                          */
 
 static uint64_t g_rng = 0x853C49E6748FEA9Bull;
 static float rnd(void) {
@@ -81,7 +90,7 @@ static void rtn_pack(const float *row, int64_t cols, int bits, int group, uint8_
     float *w = malloc((size_t)cols * sizeof *w), *a = malloc((size_t)cols * sizeof *a), *b = malloc((size_t)cols * sizeof *b);
     int8_t *codes = malloc((size_t)cols);
     memcpy(w, row, (size_t)cols * sizeof *w);
-    mt_gptq_params p = {0.1, 128, 0};
+    mt_gptq_params p = {.damp = 0.1, .block = 128};
     assert_int_equal(mt_gptq_quantize(w, 1, cols, NULL, &g, &p, codes, a, b), MT_OK);
     mt_grid_pack_row(&g, codes, a, cols, out);
     /* Ŵ left in w is what the packed row decodes to. */
@@ -293,12 +302,251 @@ static void test_bad_options(void **st) {
     free(dir);
 }
 
+/* ---- calibration ------------------------------------------------------------ */
+/* FFN inputs and router choices of one layer, straight from the hooks. */
+typedef struct {
+    int layer, top_k;
+    int64_t hidden;
+    float *ffn_in;         /* (n, hidden), all windows in order */
+    int32_t *topk;         /* (n, top_k) */
+    int64_t n;
+} ref_hook;
+
+static int ref_capture(void *user, const mt_capture_event *ev) {
+    ref_hook *r = user;
+    if (ev->layer != r->layer) return 0;
+    if (ev->kind == MT_CAP_FFN_IN) {
+        r->ffn_in = realloc(r->ffn_in, (size_t)((r->n + ev->n_rows) * r->hidden) * sizeof(float));
+        memcpy(r->ffn_in + r->n * r->hidden, ev->data, (size_t)(ev->n_rows * r->hidden) * sizeof(float));
+    } else if (ev->kind == MT_CAP_ROUTER_LOGITS) {
+        r->topk = realloc(r->topk, (size_t)((r->n + ev->n_rows) * r->top_k) * sizeof(int32_t));
+        memcpy(r->topk + r->n * r->top_k, ev->topk, (size_t)(ev->n_rows * r->top_k) * sizeof(int32_t));
+        r->n += ev->n_rows; /* FFN_IN comes first */
+    }
+    return 0;
+}
+
+static const float *rows_at(const mt_calib_rows *x, int64_t i) {
+    return x->blk[i / MT_CALIB_BLOCK] + (i % MT_CALIB_BLOCK) * x->cols;
+}
+
+static void test_calib_rows_and_stats(void **st) {
+    (void)st;
+    mt_model *m = NULL;
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = 2;
+    assert_int_equal(mt_model_load(&m, tu_model_dir(), &mo), MT_OK);
+    const mt_config *c = mt_model_config(m);
+    const int layer = 1, win = 256, n = 3 * win;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    assert_int_equal(mt_calib_tokens(m, tu_model_path("data/train.txt"), n, &ids, &n_ids), MT_OK);
+
+    /* Reference: every window through layers 0..layer with a plain hook. */
+    ref_hook r = {layer, c->top_k, c->hidden, NULL, NULL, 0};
+    mt_ctx *ctx = NULL;
+    assert_int_equal(mt_ctx_init(&ctx, m, win, win), MT_OK);
+    mt_ctx_set_capture(ctx, ref_capture, &r, MT_CAP_FFN_IN | MT_CAP_ROUTER_LOGITS);
+    for (int off = 0; off < n; off += win) {
+        mt_ctx_reset(ctx);
+        assert_int_equal(mt_ctx_forward(ctx, ids + off, win, NULL, 0), MT_OK);
+    }
+    mt_ctx_free(ctx);
+    assert_int_equal(r.n, n);
+
+    const uint64_t caps[2] = {100000, 60};
+    for (int ci = 0; ci < 2; ci++) {
+        mt_calib_capture cc;
+        assert_int_equal(mt_calib_capture_layer(m, layer, ids, (size_t)n, win, 1, caps[ci], &cc), MT_OK);
+        assert_int_equal(cc.n_tokens, n);
+        assert_int_equal(cc.attn.n, n);
+        int64_t tot = 0;
+        for (int e = 0; e < cc.n_exp; e++) {
+            /* the tokens routed to e, in order, first cap of them */
+            int64_t k = 0;
+            for (int64_t t = 0; t < n && (uint64_t)k < caps[ci]; t++) {
+                int hit = 0;
+                for (int s2 = 0; s2 < c->top_k; s2++) hit |= r.topk[t * c->top_k + s2] == e;
+                if (!hit) continue;
+                assert_true(k < cc.x[e].n);
+                assert_memory_equal(rows_at(&cc.x[e], k), r.ffn_in + t * c->hidden, (size_t)c->hidden * sizeof(float));
+                k++;
+            }
+            assert_int_equal(cc.x[e].n, k);
+            tot += k;
+        }
+        if (ci == 0) assert_int_equal(tot, (int64_t)n * c->top_k); /* no cap: every token feeds top_k experts */
+        if (ci == 1) {
+            mt_calib_capture_free(&cc);
+            continue;
+        }
+
+        /* Hessian and intermediate activations of expert 3 against direct sums. */
+        const mt_layer_weights *L = &mt_model_weights(m)->layers[layer];
+        const int e = 3;
+        const mt_calib_rows *x = &cc.x[e];
+        const int64_t Hd = c->hidden, F = c->ffn;
+        double *H = malloc((size_t)(Hd * Hd) * sizeof *H);
+        assert_int_equal(mt_calib_hessian(x, H), MT_OK);
+        double worst = 0;
+        for (int64_t i = 0; i < Hd; i++)
+            for (int64_t j = 0; j < Hd; j++) {
+                double s = 0, si = 0, sj = 0;
+                for (int64_t t = 0; t < x->n; t++) {
+                    const float *v = rows_at(x, t);
+                    s += (double)v[i] * v[j];
+                    si += (double)v[i] * v[i];
+                    sj += (double)v[j] * v[j];
+                }
+                const double d = fabs(H[i * Hd + j] - s) / (sqrt(si * sj) + 1e-300);
+                if (d > worst) worst = d;
+            }
+        printf("expert %d: %lld rows, Hessian worst rel. diff %.3g\n", e, (long long)x->n, worst);
+        assert_true(worst <= TOL_H);
+
+        mt_calib_rows y;
+        assert_int_equal(mt_calib_mid(x, &L->w1[e], &L->w3[e], &y), MT_OK);
+        assert_int_equal(y.n, x->n);
+        assert_int_equal(y.cols, F);
+        float *w1 = malloc((size_t)(F * Hd) * sizeof *w1), *w3 = malloc((size_t)(F * Hd) * sizeof *w3);
+        for (int64_t i = 0; i < F; i++) {
+            mt_row_to_f32(L->w1[e].dtype, (const uint8_t *)L->w1[e].data + i * L->w1[e].row_stride, w1 + i * Hd, Hd);
+            mt_row_to_f32(L->w3[e].dtype, (const uint8_t *)L->w3[e].data + i * L->w3[e].row_stride, w3 + i * Hd, Hd);
+        }
+        worst = 0;
+        for (int64_t t = 0; t < x->n; t += 7) {
+            const float *v = rows_at(x, t);
+            for (int64_t i = 0; i < F; i++) {
+                double g = 0, u = 0, ag = 0, au = 0;
+                for (int64_t k = 0; k < Hd; k++) {
+                    g += (double)w1[i * Hd + k] * v[k];
+                    u += (double)w3[i * Hd + k] * v[k];
+                    ag += fabs((double)w1[i * Hd + k] * v[k]);
+                    au += fabs((double)w3[i * Hd + k] * v[k]);
+                }
+                const double want = g / (1 + exp(-g)) * u;
+                const double d = fabs(rows_at(&y, t)[i] - want) / (ag * au + 1e-30);
+                if (d > worst) worst = d;
+            }
+        }
+        printf("expert %d: silu(W1 x)(W3 x) worst rel. diff %.3g\n", e, worst);
+        assert_true(worst <= TOL_MID);
+
+        /* Output error of a perturbed w2 on y against tr(D H Dᵀ) (gptq.c). */
+        const mt_mat *w2 = &L->w2[e];
+        float *W = malloc((size_t)(w2->rows * w2->cols) * sizeof *W), *Wq = malloc((size_t)(w2->rows * w2->cols) * sizeof *Wq);
+        for (int64_t i = 0; i < w2->rows; i++)
+            mt_row_to_f32(w2->dtype, (const uint8_t *)w2->data + i * w2->row_stride, W + i * w2->cols, w2->cols);
+        for (int64_t i = 0; i < w2->rows * w2->cols; i++) Wq[i] = W[i] * (1.0f + 0.05f * rnd());
+        double *Hm = malloc((size_t)(F * F) * sizeof *Hm);
+        assert_int_equal(mt_calib_hessian(&y, Hm), MT_OK);
+        double err, ref;
+        assert_int_equal(mt_calib_output_err(w2, Wq, &y, &err, &ref), MT_OK);
+        const double err0 = mt_gptq_output_err(W, Wq, w2->rows, w2->cols, Hm);
+        float *Z = calloc((size_t)(w2->rows * w2->cols), sizeof *Z);
+        const double ref0 = mt_gptq_output_err(W, Z, w2->rows, w2->cols, Hm);
+        printf("expert %d w2: output error %.6g (via H %.6g), reference %.6g (via H %.6g)\n", e, err, err0, ref, ref0);
+        assert_true(err > 0 && fabs(err - err0) <= TOL_ERR * err0);
+        assert_true(fabs(ref - ref0) <= TOL_ERR * ref0);
+        free(Z);
+        free(Hm);
+        free(W);
+        free(Wq);
+        free(w1);
+        free(w3);
+        mt_calib_rows_free(&y);
+        free(H);
+        mt_calib_capture_free(&cc);
+    }
+    free(r.ffn_in);
+    free(r.topk);
+    free(ids);
+    mt_model_free(m);
+}
+
+/* mt_quant_model (GPTQ q4_0, rows captured, Hessians built per job) on
+ * layer 0 == mt_gptq_quantize with the Hessians of mt_calib_layer (all at
+ * once), byte for byte, with 1 and 2 threads. */
+static void test_quant_model_per_job(void **st) {
+    (void)st;
+    mt_quant_opts o;
+    mt_quant_opts_default(&o);
+    o.bits = 4;
+    o.calib_tokens = 1024;
+    o.calib_path = tu_model_path("data/train.txt");
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = 2;
+    mt_model *ref = NULL;
+    assert_int_equal(mt_model_load(&ref, tu_model_dir(), &mo), MT_OK);
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    assert_int_equal(mt_calib_tokens(ref, o.calib_path, o.calib_tokens, &ids, &n_ids), MT_OK);
+    const mt_config *c = mt_model_config(ref);
+    mt_calib_stats cs;
+    const uint64_t cap = (uint64_t)ceil(o.expert_cap * 1024.0 * c->top_k / c->n_experts);
+    assert_int_equal(mt_calib_layer(ref, 0, ids, 1024, o.calib_window, 0, cap, &cs), MT_OK);
+    const mt_layer_weights *L0 = &mt_model_weights(ref)->layers[0];
+    const mt_gptq_params gp = {.damp = o.damp, .block = o.block, .act_order = o.act_order};
+    for (int threads = 1; threads <= 2; threads++) {
+        mo.n_threads = threads;
+        mt_model *m = NULL;
+        assert_int_equal(mt_model_load(&m, tu_model_dir(), &mo), MT_OK);
+        mt_quant_state *qs = NULL;
+        mt_quant_report rep;
+        assert_int_equal(mt_quant_model(&qs, m, &o, &rep), MT_OK);
+        const mt_layer_weights *L = &mt_model_weights(m)->layers[0];
+        for (int e = 0; e < c->n_experts; e++) {
+            assert_int_equal(rep.expert_tokens[e], cs.count[e]);
+            const mt_mat *src[3] = {&L0->w1[e], &L0->w3[e], &L0->w2[e]}, *got[3] = {&L->w1[e], &L->w3[e], &L->w2[e]};
+            const double *hs[3] = {cs.h_in[e], cs.h_in[e], cs.h_mid[e]};
+            for (int k = 0; k < 3; k++) {
+                const int64_t rows = src[k]->rows, cols = src[k]->cols;
+                mt_grid g;
+                assert_int_equal(mt_grid_make(&g, 4, MT_QUANT_GROUP_DEFAULT, cols, "test"), MT_OK);
+                float *W = malloc((size_t)(rows * cols) * sizeof *W), *a = malloc((size_t)(rows * cols) * sizeof *a),
+                      *b = malloc((size_t)(rows * cols) * sizeof *b);
+                int8_t *codes = malloc((size_t)(rows * cols));
+                double *H = malloc((size_t)(cols * cols) * sizeof *H);
+                memcpy(H, hs[k], (size_t)(cols * cols) * sizeof *H);
+                for (int64_t i = 0; i < rows; i++)
+                    mt_row_to_f32(src[k]->dtype, (const uint8_t *)src[k]->data + i * src[k]->row_stride, W + i * cols, cols);
+                assert_int_equal(mt_gptq_quantize(W, rows, cols, H, &g, &gp, codes, a, b), MT_OK);
+                uint64_t rb;
+                assert_int_equal(mt_dtype_nbytes(MT_DT_Q4_0, (uint64_t)cols, &rb), MT_OK);
+                uint8_t *packed = malloc((size_t)(rb * (uint64_t)rows));
+                for (int64_t i = 0; i < rows; i++) mt_grid_pack_row(&g, codes + i * cols, a + i * (cols / g.group), cols, packed + i * rb);
+                assert_int_equal(got[k]->dtype, MT_DT_Q4_0);
+                assert_int_equal(got[k]->row_stride, rb);
+                assert_memory_equal(got[k]->data, packed, (size_t)(rb * (uint64_t)rows));
+                free(packed);
+                free(H);
+                free(codes);
+                free(W);
+                free(a);
+                free(b);
+            }
+        }
+        printf("%d thread(s): layer 0 experts byte-identical to GPTQ on mt_calib_layer's Hessians; mean rel. err %.6g\n",
+               threads, rep.mean_rel_err);
+        mt_quant_report_free(&rep);
+        mt_model_free(m);
+        mt_quant_state_free(qs);
+    }
+    mt_calib_stats_free(&cs);
+    free(ids);
+    mt_model_free(ref);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rtn_bit_identical),
         cmocka_unit_test(test_tq2_0_decode_and_kernel),
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_gguf_outputs),
+        cmocka_unit_test(test_calib_rows_and_stats),
+        cmocka_unit_test(test_quant_model_per_job),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

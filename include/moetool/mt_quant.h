@@ -30,14 +30,29 @@ typedef enum { MT_QUANT_CODEC_NONE = 0, MT_QUANT_CODEC_QMOE = 1 } mt_quant_codec
  * Q8_0/Q4_0, 128 for 3/2 bit, 256 for ternary = TQ2_0). */
 #define MT_QUANT_GROUP_DEFAULT (-1)
 
+/* Default ternary_range of GPTQ with codec qmoe: 0.86 instead of 1.11 coded
+ * bits per expert weight on the bundled model (docs/quality.md). */
+#define MT_QUANT_TERNARY_RANGE_QMOE 1.4
+
 typedef struct {
     mt_quant_method method;
     int bits;              /* 8, 4, 3, 2 or MT_QUANT_TERNARY (experts)       */
     int group;             /* columns per scale; MT_QUANT_GROUP_ROW/_DEFAULT  */
+    int asym;              /* asymmetric int grids (min/max and a zero point per
+                              group; experts, and attention with --attn-bits):
+                              only grids without a file type (int 2/3 bits, 8/4
+                              bits with a group other than 32), evaluated in
+                              memory; error for q8_0/q4_0/tq2_0 and ternary */
     int attn_bits;         /* 0: attention kept as stored; else its width, with
                               that width's default group (q8_0/q4_0 for 8/4) */
     int experts_only;      /* require a MoE model (error on a dense one)      */
-    mt_quant_codec codec;  /* QMOE: needs bits ternary, group row; in memory  */
+    mt_quant_codec codec;  /* QMOE: needs bits ternary, group row; HF output  */
+    int embed_bits;        /* 0: embeddings and lm_head kept as stored; 8 or 4:
+                              Q8_0 / Q4_0 (round to nearest)                 */
+    int tq1;               /* ternary group 256: store TQ1_0 (1.69 bits) instead
+                              of TQ2_0 (2.06); same grid, same weights      */
+    mt_format format;      /* file output: MT_FMT_GGUF (default) or MT_FMT_HF
+                              (AutoGPTQ layout for int8/int4, qmoe blobs)    */
     /* calibration (GPTQ) */
     const char *calib_path;     /* NULL: <model dir>/data/train.txt          */
     int calib_tokens;           /* default 16384                              */
@@ -45,6 +60,11 @@ typedef struct {
     double damp;                /* fraction of mean(diag H), default 0.1      */
     int act_order;              /* columns by decreasing H_ii (static scales) */
     int block;                  /* lazy-update block, default 128             */
+    double ternary_range;       /* GPTQ on the per-row ternary grid: row levels
+                                   and zero thresholds at range·(min, max); > 1
+                                   gives more zeros, so fewer coded bits. 0: the
+                                   codec's default (MT_QUANT_TERNARY_RANGE_QMOE
+                                   with qmoe, else 1 = QMoE's {min, 0, max})  */
     double expert_cap;          /* tokens per expert <= cap·mean, default 4   */
     int min_expert_tokens;      /* fewer: the expert falls back to RTN (16)   */
     int sequential;             /* layer l calibrated on quantized layers < l (1) */
@@ -99,7 +119,16 @@ void mt_quant_state_free(mt_quant_state *s);
  * (which must be a GGUF), quantized matrices in their block type. */
 int mt_quant_write_gguf(const mt_quant_state *s, const mt_model *m, const char *out_path);
 
-/* The whole verb: `in_path` (HF or GGUF) -> GGUF `out_path`. An HF source is
+/* Writes a quantized model as a Hugging Face directory: every tensor of `m`'s
+ * checkpoint (which must be HF) as it was, quantized linears in the
+ * AutoGPTQ/GPTQModel layout (qweight/qzeros/scales/g_idx; Q8_0 and Q4_0 grids
+ * only, which it holds exactly), qmoe-coded experts as `<name>.qmoe` blobs plus
+ * `qmoe.dictionary`, and config.json with its quantization_config
+ * (docs/formats.md). Written under a temporary name, renamed when complete. */
+int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o, const char *out_dir);
+
+/* The whole verb: `in_path` (HF or GGUF) -> GGUF `out_path`, or with format
+ * MT_FMT_HF an HF source -> HF directory `out_path` (mt_quant_write_hf). An HF source is
  * first converted to a temporary GGUF beside the output (names, Q/K
  * permutation and metadata exactly as `moetool convert` writes them; GPTQ
  * treats rows independently, so quantizing permuted rows is the same). */

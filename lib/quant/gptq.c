@@ -49,6 +49,16 @@ static void prepare_h(float *W, int64_t rows, int64_t cols, double *H, double da
     for (int64_t i = 0; i < cols; i++) H[i * cols + i] += damp * mean;
 }
 
+/* MT_GRID_TERNARY_ROW with p->ternary_range > 0: the row's levels (and so
+ * its zero thresholds, half of each) widened from f16(min), f16(max) to
+ * f16(range·min), f16(range·max). Only GPTQ does this: its error feedback
+ * lets the wider zero band cost less than it does to plain rounding. */
+static void widen_ternary(const mt_grid *g, const mt_gptq_params *p, float *lo, float *hi) {
+    if (g->kind != MT_GRID_TERNARY_ROW || !(p->ternary_range > 0) || p->ternary_range == 1.0) return;
+    *lo = mt_f16_to_f32(mt_f32_to_f16((float)(p->ternary_range * *lo)));
+    *hi = mt_f16_to_f32(mt_f32_to_f16((float)(p->ternary_range * *hi)));
+}
+
 typedef struct {
     int64_t i;
     double d;
@@ -92,8 +102,10 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
         /* Scales come from the original weights (GPTQ's static groups): the
          * group a column belongs to is fixed, its quantization order is not. */
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t k = 0; k < ng; k++)
+            for (int64_t k = 0; k < ng; k++) {
                 mt_grid_fit(g, W + r * cols + k * g->group, g->group, a + r * ng + k, b + r * ng + k);
+                widen_ternary(g, p, a + r * ng + k, b + r * ng + k);
+            }
         perm = malloc((size_t)cols * sizeof *perm);
         diag_t *dg = malloc((size_t)cols * sizeof *dg);
         double *Hp = malloc((size_t)cols * (size_t)cols * sizeof *Hp);
@@ -131,7 +143,10 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
             for (int64_t j = i1; j < i2; j++) {
                 const int64_t col = perm ? perm[j] : j, gi = col / g->group;
                 float *pa = a + r * ng + gi, *pb = b + r * ng + gi;
-                if (!perm && col % g->group == 0) mt_grid_fit(g, w + j, g->group, pa, pb);
+                if (!perm && col % g->group == 0) {
+                    mt_grid_fit(g, w + j, g->group, pa, pb);
+                    widen_ternary(g, p, pa, pb);
+                }
                 float dq;
                 codes[r * cols + col] = (int8_t)mt_grid_quant(g, *pa, *pb, w[j], &dq);
                 const float err = (w[j] - dq) / U[j * cols + j];

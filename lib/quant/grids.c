@@ -1,5 +1,5 @@
 /* grids.c — the quantization grids GPTQ and RTN round onto: GPTQ's
- * symmetric uniform grid (2–8 bits, groups or rows), llama.cpp's Q8_0, Q4_0
+ * symmetric and asymmetric uniform grids (2–8 bits, groups or rows), llama.cpp's Q8_0, Q4_0
  * and TQ2_0 blocks with their reference scale rules (so that RTN output is
  * byte-identical to llama.cpp's quantize_row_*_ref), and QMoE's per-row
  * ternary {min, 0, max}. */
@@ -40,6 +40,19 @@ int mt_grid_make(mt_grid *g, int bits, int group, int64_t cols, const char *what
     return MT_OK;
 }
 
+int mt_grid_asym(mt_grid *g, const char *what) {
+    if (g->kind == MT_GRID_INT || g->kind == MT_GRID_INT_ASYM) {
+        g->kind = MT_GRID_INT_ASYM;
+        return MT_OK;
+    }
+    char nm[48];
+    mt_grid_name(g, nm, sizeof nm);
+    return mt_seterr(MT_ERR_ARG, "%s: %s %s; --asym takes only the int grids without a file type (3 or 2 bits, "
+                     "or 8/4 bits with a group other than 32), measured with --eval-only", what, nm,
+                     g->kind == MT_GRID_TERNARY_ROW ? "has its own {min, 0, max} levels per row"
+                                                    : "is llama.cpp's symmetric block type (a file type, no zero point)");
+}
+
 int mt_grid_dtype(const mt_grid *g) {
     switch (g->kind) {
     case MT_GRID_Q8_0: return MT_DT_Q8_0;
@@ -55,6 +68,7 @@ double mt_grid_bits(const mt_grid *g, int64_t cols) {
     case MT_GRID_Q4_0: return 18.0 * 8 / 32;
     case MT_GRID_TQ2_0: return 66.0 * 8 / 256;
     case MT_GRID_TERNARY_ROW: return 2.0 + 32.0 / (double)cols; /* 2-bit codes + f16 min, max */
+    case MT_GRID_INT_ASYM: return g->bits + (16.0 + g->bits) / g->group; /* codes + f16 scale + b-bit zero */
     default: return g->bits + 16.0 / g->group;                  /* codes + one f16 scale */
     }
 }
@@ -65,6 +79,7 @@ void mt_grid_name(const mt_grid *g, char *buf, size_t n) {
     case MT_GRID_Q4_0: snprintf(buf, n, "q4_0"); break;
     case MT_GRID_TQ2_0: snprintf(buf, n, "tq2_0"); break;
     case MT_GRID_TERNARY_ROW: snprintf(buf, n, "ternary row (QMoE)"); break;
+    case MT_GRID_INT_ASYM: snprintf(buf, n, "int%d g%d asym", g->bits, g->group); break;
     default: snprintf(buf, n, "int%d g%d", g->bits, g->group); break;
     }
 }
@@ -99,6 +114,22 @@ void mt_grid_fit(const mt_grid *g, const float *x, int n, float *a, float *b) {
         float xmax = amax > 0 ? amax : 1.0f;
         *a = 2.0f * xmax / (float)maxq;
         *b = (float)((maxq + 1) / 2);
+        return;
+    }
+    case MT_GRID_INT_ASYM: {
+        /* As GPTQ's reference with sym=False: the range always holds 0, so
+         * 0 is a level and the zero point lies in [0, 2^b-1]. */
+        const int maxq = (1 << g->bits) - 1;
+        float lo = mn, hi = mx;
+        if (lo == hi) {
+            lo = -1.0f;
+            hi = 1.0f;
+        }
+        float s = f16_round((hi - lo) / (float)maxq);
+        if (!(s > 0)) s = 0x1p-24f; /* smallest f16 subnormal: a range too narrow for f16 */
+        float z = roundf(-lo / s);
+        *a = s;
+        *b = z < 0 ? 0.0f : z > (float)maxq ? (float)maxq : z;
         return;
     }
     case MT_GRID_Q8_0: {
@@ -156,12 +187,14 @@ void mt_grid_fit(const mt_grid *g, const float *x, int n, float *a, float *b) {
 
 int mt_grid_quant(const mt_grid *g, float a, float b, float x, float *dq) {
     switch (g->kind) {
-    case MT_GRID_INT: {
+    case MT_GRID_INT:
+    case MT_GRID_INT_ASYM: {
+        /* code q − 2^(bits-1) for both: the symmetric grid's zero b is 2^(bits-1) */
         const int maxq = (1 << g->bits) - 1;
         float q = roundf(x / a) + b;
         q = q < 0 ? 0 : q > (float)maxq ? (float)maxq : q;
         *dq = a * (q - b);
-        return (int)q - (int)b;
+        return (int)q - (1 << (g->bits - 1));
     }
     case MT_GRID_Q8_0: {
         float q = roundf(x * b);

@@ -18,11 +18,15 @@ typedef enum {
     MT_GRID_Q4_0,         /* llama.cpp q4_0: d = max/-8, q = min(15, (int)(x/d + 8.5)); a, b as q8_0 */
     MT_GRID_TQ2_0,        /* ternary per 256-block, llama.cpp's TQ2_0 layout; a = f16(d), b = 1/d */
     MT_GRID_TERNARY_ROW,  /* QMoE: per row {min, 0, max}, thresholds min/2, max/2; a = min, b = max */
+    MT_GRID_INT_ASYM,     /* asymmetric uniform grid (GPTQ's sym=False): min, max of the
+                             group widened to include 0, scale f16((max−min)/(2^b-1)),
+                             zero round(−min/scale) in [0, 2^b-1], levels scale·(q − zero);
+                             a = scale, b = zero (an integer); codes q − 2^(b-1) */
 } mt_grid_kind;
 
 typedef struct {
     mt_grid_kind kind;
-    int bits;             /* MT_GRID_INT only                              */
+    int bits;             /* MT_GRID_INT and MT_GRID_INT_ASYM only          */
     int group;            /* columns per (a, b); = cols for per-row grids    */
     int mse_scale;        /* TQ2_0: pick d minimising the block's squared error
                              (used by GPTQ) instead of llama.cpp's d = absmax */
@@ -31,6 +35,11 @@ typedef struct {
 /* Resolves (bits, group) for a matrix of `cols` columns. MT_ERR_ARG with a
  * message naming `what` when the width or group does not fit. */
 int mt_grid_make(mt_grid *g, int bits, int group, int64_t cols, const char *what);
+/* Turns a grid from mt_grid_make into the asymmetric one (MT_GRID_INT ->
+ * MT_GRID_INT_ASYM; unchanged if already asymmetric). MT_ERR_ARG, with a
+ * message naming `what`, for the file-type grids (Q8_0, Q4_0, TQ2_0) and
+ * the per-row ternary grid. */
+int mt_grid_asym(mt_grid *g, const char *what);
 /* File type of a grid (Q8_0, Q4_0, TQ2_0) or -1 when it has none. */
 int mt_grid_dtype(const mt_grid *g);
 /* Storage bits per weight (codes + scales); nominal for grids without a type. */
@@ -54,6 +63,10 @@ typedef struct {
     double damp;          /* fraction of mean(diag H) added to the diagonal */
     int block;            /* lazy-update block (columns)                    */
     int act_order;        /* columns by decreasing diag H; scales from the original W */
+    double ternary_range; /* MT_GRID_TERNARY_ROW only: levels and thresholds
+                             of each row at range·(min, max) instead of (min,
+                             max) (> 1: more zeros, fewer bits once coded);
+                             0 or 1: QMoE's grid. Other grids ignore it.  */
 } mt_gptq_params;
 
 int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_grid *g,
@@ -69,10 +82,61 @@ int mt_gptq_chol_inv(double *H, int64_t cols);
 double mt_gptq_output_err(const float *W, const float *Wq, int64_t rows, int64_t cols, const double *H);
 
 /* ---- calibration ----------------------------------------------------------
- * Per-layer statistics from capture hooks: H for attention inputs, expert
- * inputs (only the rows routed to each expert, capped), and expert
- * intermediate activations silu(W1 x)·(W3 x) for w2. */
-typedef struct mt_calib mt_calib;
+ * A layer's calibration inputs are captured once as f32 rows: the attention
+ * input of every token and each expert's routed input rows (capped per
+ * expert, first rows first). GPTQ's Hessians H = Σ x xᵀ (f64) are built
+ * from the rows one matrix at a time, and an expert's intermediate
+ * activations silu(W1 x)·(W3 x), w2's inputs, are computed from its rows
+ * when w2 is quantized; so a layer needs its rows (O(tokens · hidden))
+ * plus the Hessians of the matrices being quantized, not those of all its
+ * experts at once. */
+#define MT_CALIB_BLOCK 256    /* rows per block of mt_calib_rows              */
+typedef struct {
+    int64_t cols;         /* row width                                     */
+    int64_t n;            /* rows held                                     */
+    int nblk, blk_cap;
+    float **blk;          /* [nblk] (MT_CALIB_BLOCK, cols) each; block i holds
+                             rows i·MT_CALIB_BLOCK.., the last one fewer    */
+} mt_calib_rows;
+
+void mt_calib_rows_init(mt_calib_rows *x, int64_t cols);
+int mt_calib_rows_add(mt_calib_rows *x, const float *rows, int64_t m);
+void mt_calib_rows_free(mt_calib_rows *x);
+/* Rows held in block i. */
+static inline int64_t mt_calib_rows_in(const mt_calib_rows *x, int i) {
+    const int64_t r = x->n - (int64_t)i * MT_CALIB_BLOCK;
+    return r < MT_CALIB_BLOCK ? r : MT_CALIB_BLOCK;
+}
+/* H (cols, cols) f64 = Σ x xᵀ over the rows of x, both triangles. */
+int mt_calib_hessian(const mt_calib_rows *x, double *H);
+/* y (width w1->rows; initialised here, freed by the caller) = silu(x W1ᵀ)·(x W3ᵀ)
+ * for every row x, with W1/W3 as stored (converted to f32 in chunks). */
+int mt_calib_mid(const mt_calib_rows *x, const mt_mat *w1, const mt_mat *w3, mt_calib_rows *y);
+/* Layer-output error of a quantized matrix on the rows x: err = ‖(W − Ŵ) Xᵀ‖²,
+ * ref = ‖W Xᵀ‖² (= tr(D H Dᵀ), tr(W H Wᵀ) with D = W − Ŵ and H of x), W as
+ * stored in w, Ŵ (w->rows, w->cols) f32. f32 products, f64 sums. */
+int mt_calib_output_err(const mt_mat *w, const float *Wq, const mt_calib_rows *x, double *err, double *ref);
+
+/* The captured inputs of one layer. */
+typedef struct {
+    int n_exp;            /* experts (1 for a dense MLP)                   */
+    int64_t hidden, ffn;
+    mt_calib_rows attn;   /* attention inputs of every token (with_attn)   */
+    mt_calib_rows *x;     /* [n_exp] routed input rows of each expert      */
+    uint64_t n_tokens;    /* tokens run                                    */
+} mt_calib_capture;
+
+/* Runs ids through layers 0..layer of m (windows of `window` tokens) and
+ * keeps the inputs of `layer` (attention too when with_attn); cap: rows
+ * per expert. */
+int mt_calib_capture_layer(mt_model *m, int layer, const int32_t *ids, size_t n_ids, int window, int with_attn,
+                           uint64_t cap, mt_calib_capture *cc);
+void mt_calib_capture_free(mt_calib_capture *cc);
+
+/* All Hessians of a layer at once, from mt_calib_capture_layer: H for
+ * attention inputs, for each expert's routed inputs (w1/w3) and for its
+ * intermediate activations (w2). Holds n_exp·(hidden² + ffn²) doubles:
+ * for tests and small models; quantization builds them one at a time. */
 typedef struct {
     int n_exp;            /* experts (1 for a dense MLP)                   */
     int64_t hidden, ffn;
@@ -86,8 +150,7 @@ typedef struct {
 /* Reads and tokenizes the calibration text; MT_ERR_ARG when it has fewer
  * than `need` tokens (the message names the file). */
 int mt_calib_tokens(const mt_model *m, const char *path, int need, int32_t **ids, size_t *n);
-/* Runs ids through layers 0..layer of m and accumulates the statistics of
- * `layer` (attention too when with_attn). cap: rows per expert. */
+/* mt_calib_capture_layer, then every Hessian of `layer`. */
 int mt_calib_layer(mt_model *m, int layer, const int32_t *ids, size_t n_ids, int window, int with_attn,
                    uint64_t cap, mt_calib_stats *st);
 void mt_calib_stats_free(mt_calib_stats *st);

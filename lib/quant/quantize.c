@@ -5,7 +5,15 @@
  * sequential order) and so that eval runs the result, and GGUF output.
  *
  * Memory: the quantized matrices of all layers (their storage size, f32 for
- * evaluation-only grids) plus one layer of f32 weights and Hessians.
+ * evaluation-only grids), the model's own weights (mapped), one layer's
+ * calibration rows (tokens · hidden f32 per top-k slot, see calib.c) and
+ * the working set of the matrices being quantized: each job builds the
+ * Hessian of its matrix from the rows (w2: from the expert's intermediate
+ * activations, computed in the job), quantizes, measures the output error
+ * on the rows and frees it all. Jobs run on up to --threads threads, and
+ * a job starts only while the working sets in flight fit half of the
+ * memory available when the layer starts (one job always runs), so a
+ * Mixtral-width layer holds one or a few experts' Hessians, not eight.
  *
  * Codec qmoe (per-row ternary experts): each expert job also keeps its
  * symbols and f16-rounded row values; after the last layer one Tunstall
@@ -39,6 +47,8 @@ void mt_quant_opts_default(mt_quant_opts *o) {
     o->calib_window = 256;
     o->damp = 0.1;
     o->block = 128;
+    o->format = MT_FMT_GGUF;
+    o->ternary_range = 0; /* MT_QUANT_TERNARY_RANGE_QMOE with codec qmoe, else 1 */
     o->expert_cap = 4.0;
     o->min_expert_tokens = 16;
     o->sequential = 1;
@@ -72,6 +82,7 @@ struct mt_quant_state {
     qmat *q;               /* [n_layers][K_COUNT][ne]                        */
     mt_dtype expert_dtype;
     mt_qmoe_dict dict;     /* codec qmoe: shared by every coded expert       */
+    qmat embd, head;       /* embed_bits: token embeddings, untied lm_head   */
 };
 
 static qmat *qm(mt_quant_state *s, int l, int k, int e) { return &s->q[((size_t)l * K_COUNT + (size_t)k) * (size_t)s->ne + (size_t)e]; }
@@ -87,6 +98,8 @@ void mt_quant_state_free(mt_quant_state *s) {
         mt_qmoe_mat_free(&s->q[i].coded);
     }
     free(s->q);
+    free(s->embd.data);
+    free(s->head.data);
     mt_qmoe_dict_free(&s->dict);
     free(s);
 }
@@ -101,26 +114,54 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
         return mt_seterr(MT_ERR_ARG, "quantize: the model is dense (no experts); --experts-only needs a MoE model");
     if (o->experts_only && o->attn_bits)
         return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --attn-bits exclude each other");
+    if (c->quant != MT_QFMT_NONE)
+        return mt_seterr(MT_ERR_ARG, "quantize: the model is already quantized (quantization_config); start from the "
+                         "original weights");
     if ((rc = mt_grid_make(&g, o->bits, o->group, c->hidden, "--bits/--group on expert w1/w3"))) return rc;
+    if (o->asym && (rc = mt_grid_asym(&g, "quantize: --asym on the experts"))) return rc;
     if (o->codec != MT_QUANT_CODEC_NONE) {
         if (o->codec != MT_QUANT_CODEC_QMOE) return mt_seterr(MT_ERR_ARG, "quantize: unknown codec %d", (int)o->codec);
         if (g.kind != MT_GRID_TERNARY_ROW)
             return mt_seterr(MT_ERR_ARG, "quantize: --codec qmoe codes QMoE's per-row ternary grid; use --bits ternary "
                              "--group row");
-        if (for_file)
-            return mt_seterr(MT_ERR_ARG, "quantize: --codec qmoe has no file format yet; use --eval-only");
+        if (for_file && o->format != MT_FMT_HF)
+            return mt_seterr(MT_ERR_ARG, "quantize: --codec qmoe is stored in a Hugging Face directory; use --format hf");
     }
-    if (for_file && mt_grid_dtype(&g) < 0) {
+    const int hf = for_file && o->format == MT_FMT_HF;
+    if (o->format != MT_FMT_HF && o->format != MT_FMT_GGUF)
+        return mt_seterr(MT_ERR_ARG, "quantize: output format must be hf or gguf");
+    if (hf && o->codec == MT_QUANT_CODEC_NONE && mt_grid_dtype(&g) != MT_DT_Q8_0 && mt_grid_dtype(&g) != MT_DT_Q4_0) {
+        char nm[48];
+        mt_grid_name(&g, nm, sizeof nm);
+        return mt_seterr(MT_ERR_ARG, "quantize: %s has no Hugging Face (AutoGPTQ) layout here; --format hf takes 8 or 4 "
+                         "bits with group 32, or --bits ternary --group row --codec qmoe", nm);
+    }
+    if (for_file && o->codec == MT_QUANT_CODEC_NONE && mt_grid_dtype(&g) < 0) {
         char nm[48];
         mt_grid_name(&g, nm, sizeof nm);
         return mt_seterr(MT_ERR_ARG, "quantize: %s has no GGUF type; use --eval-only to measure it (files take 8 or 4 bits "
                          "with group 32, or ternary with group 256)", nm);
     }
+    if (o->tq1 && mt_grid_dtype(&g) != MT_DT_TQ2_0)
+        return mt_seterr(MT_ERR_ARG, "quantize: --ternary-type tq1_0 needs --bits ternary --group 256");
+    if (hf && o->codec == MT_QUANT_CODEC_NONE && o->attn_bits && o->attn_bits != o->bits)
+        return mt_seterr(MT_ERR_ARG, "quantize: the AutoGPTQ layout has one width; --attn-bits %d with --bits %d needs "
+                         "--format gguf", o->attn_bits, o->bits);
+    if (o->embed_bits) {
+        if (o->embed_bits != 8 && o->embed_bits != 4)
+            return mt_seterr(MT_ERR_ARG, "quantize: --embed-bits must be 8 or 4, got %d", o->embed_bits);
+        if ((rc = mt_grid_make(&g, o->embed_bits, MT_QUANT_GROUP_DEFAULT, c->hidden, "--embed-bits on embeddings")))
+            return rc;
+        if (hf && o->codec == MT_QUANT_CODEC_NONE)
+            return mt_seterr(MT_ERR_ARG, "quantize: the AutoGPTQ layout has no quantized embeddings; use --format gguf "
+                             "(or the qmoe format)");
+    }
     if ((rc = mt_grid_make(&g, o->bits, o->group, c->ffn, "--bits/--group on expert w2"))) return rc;
     if (o->attn_bits) {
         if ((rc = mt_grid_make(&g, o->attn_bits, MT_QUANT_GROUP_DEFAULT, c->hidden, "--attn-bits on attention"))) return rc;
+        if (o->asym && (rc = mt_grid_asym(&g, "quantize: --asym with --attn-bits"))) return rc;
         if (for_file && mt_grid_dtype(&g) < 0)
-            return mt_seterr(MT_ERR_ARG, "quantize: --attn-bits %d has no GGUF type; use --eval-only", o->attn_bits);
+            return mt_seterr(MT_ERR_ARG, "quantize: --attn-bits %d has no file type; use --eval-only", o->attn_bits);
         if ((rc = mt_grid_make(&g, o->attn_bits, MT_QUANT_GROUP_DEFAULT, q_dim(c), "--attn-bits on o_proj"))) return rc;
     }
     if (o->method == MT_QUANT_GPTQ) {
@@ -141,21 +182,45 @@ typedef struct {
     const mt_mat *src;
     qmat *out;
     mt_grid grid;
-    const double *H;       /* NULL: RTN                                      */
+    const mt_calib_rows *x; /* GPTQ: src's calibration inputs; NULL: RTN      */
+    const mt_mat *w1, *w3; /* expert w2: its inputs are silu(x W1ᵀ)·(x W3ᵀ)   */
     mt_gptq_params gp;
     int keep_syms;         /* codec qmoe: keep symbols and row values       */
+    uint64_t mem;          /* working set at its peak, bytes (estimate)     */
     int rc;
     char err[256];
-    double rel_err;        /* ‖(W−Ŵ)X‖²/‖WX‖², -1 when no H             */
+    double rel_err;        /* ‖(W−Ŵ)X‖²/‖WX‖², -1 when not calibrated       */
 } job_t;
+
+/* Bytes a job holds at its peak: W f32, codes, group parameters, the packed
+ * output; with calibration the Hessian (f64) and GPTQ's f32 factor and
+ * error block (act-order: a permuted copy of H and W), w2's intermediate
+ * activations. */
+static uint64_t job_mem(const job_t *j) {
+    const uint64_t rows = (uint64_t)j->src->rows, cols = (uint64_t)j->src->cols;
+    const uint64_t ng = cols / (uint64_t)j->grid.group;
+    uint64_t m = rows * cols * (sizeof(float) + 1) + 2 * rows * ng * sizeof(float);
+    uint64_t rb = 0;
+    int dt = mt_grid_dtype(&j->grid);
+    if (dt >= 0 && !mt_dtype_nbytes((mt_dtype)dt, cols, &rb)) m += rb * rows;
+    if (j->x) {
+        m += cols * cols * (sizeof(double) + sizeof(float)) + rows * (uint64_t)(j->gp.block > 0 ? j->gp.block : 128) * 4;
+        if (j->gp.act_order) m += cols * cols * sizeof(double) + rows * cols * sizeof(float);
+        if (j->w1) m += (uint64_t)j->x->n * cols * sizeof(float);
+    }
+    return m;
+}
 
 static void run_job(job_t *j) {
     const int64_t rows = j->src->rows, cols = j->src->cols, ng = cols / j->grid.group;
-    float *W = malloc((size_t)(rows * cols) * sizeof *W), *W0 = NULL;
+    float *W = malloc((size_t)(rows * cols) * sizeof *W);
     int8_t *codes = malloc((size_t)(rows * cols));
     float *a = malloc((size_t)(rows * ng) * sizeof *a), *b = malloc((size_t)(rows * ng) * sizeof *b);
     double *H = NULL;
+    mt_calib_rows mid;
+    const mt_calib_rows *x = j->x;
     int rc = MT_OK;
+    mt_calib_rows_init(&mid, cols);
     j->rel_err = -1;
     if (!W || !codes || !a || !b) {
         rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
@@ -164,30 +229,30 @@ static void run_job(job_t *j) {
     for (int64_t r = 0; r < rows; r++)
         if ((rc = mt_row_to_f32(j->src->dtype, (const uint8_t *)j->src->data + r * j->src->row_stride, W + r * cols, cols)))
             goto done;
-    if (j->H) {
-        H = malloc((size_t)(cols * cols) * sizeof *H);
-        W0 = malloc((size_t)(rows * cols) * sizeof *W0);
-        if (!H || !W0) {
-            rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+    if (x) {
+        if (j->w1) {
+            if ((rc = mt_calib_mid(x, j->w1, j->w3, &mid))) goto done;
+            x = &mid;
+        }
+        if (!(H = malloc((size_t)(cols * cols) * sizeof *H))) {
+            rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory for a %lld-column Hessian", (long long)cols);
             goto done;
         }
-        memcpy(H, j->H, (size_t)(cols * cols) * sizeof *H);
-        memcpy(W0, W, (size_t)(rows * cols) * sizeof *W);
+        if ((rc = mt_calib_hessian(x, H))) goto done;
     }
     mt_grid g = j->grid;
-    if (g.kind == MT_GRID_TQ2_0 && j->H) g.mse_scale = 1;
+    if (g.kind == MT_GRID_TQ2_0 && H) g.mse_scale = 1;
     rc = mt_gptq_quantize(W, rows, cols, H, &g, &j->gp, codes, a, b);
+    free(H);
+    H = NULL;
     if (rc) goto done;
-    if (j->H) {
-        double e = mt_gptq_output_err(W0, W, rows, cols, j->H);
-        /* ‖WX‖² = tr(W H Wᵀ): error of an all-zero Ŵ. */
-        float *Z = calloc((size_t)(rows * cols), sizeof *Z);
-        if (Z) {
-            double ref = mt_gptq_output_err(W0, Z, rows, cols, j->H);
-            j->rel_err = ref > 0 ? e / ref : 0;
-            free(Z);
-        }
+    if (x) {
+        /* ‖WX‖²: the error of an all-zero Ŵ. */
+        double e, ref;
+        if ((rc = mt_calib_output_err(j->src, W, x, &e, &ref))) goto done;
+        j->rel_err = ref > 0 ? e / ref : 0;
     }
+    mt_calib_rows_free(&mid);
     qmat *q = j->out;
     q->rows = rows;
     q->cols = cols;
@@ -220,8 +285,8 @@ static void run_job(job_t *j) {
 done:
     if (rc) snprintf(j->err, sizeof j->err, "%s", mt_last_error());
     j->rc = rc;
+    mt_calib_rows_free(&mid);
     free(W);
-    free(W0);
     free(codes);
     free(a);
     free(b);
@@ -232,23 +297,62 @@ typedef struct {
     job_t *jobs;
     int n;
     int next;
+    int running;
+    uint64_t budget, in_use;
     pthread_mutex_t mu;
+    pthread_cond_t cv;
 } pool_t;
 
+/* Takes jobs in order; the next one waits while others run and its working
+ * set would take the memory in flight past the budget. */
 static void *worker(void *arg) {
     pool_t *p = arg;
+    pthread_mutex_lock(&p->mu);
     for (;;) {
-        pthread_mutex_lock(&p->mu);
-        int i = p->next++;
+        if (p->next >= p->n) break;
+        job_t *j = &p->jobs[p->next];
+        if (p->running > 0 && p->in_use + j->mem > p->budget) {
+            pthread_cond_wait(&p->cv, &p->mu);
+            continue;
+        }
+        p->next++;
+        p->running++;
+        p->in_use += j->mem;
         pthread_mutex_unlock(&p->mu);
-        if (i >= p->n) return NULL;
-        run_job(&p->jobs[i]);
+        run_job(j);
+        pthread_mutex_lock(&p->mu);
+        p->running--;
+        p->in_use -= j->mem;
+        pthread_cond_broadcast(&p->cv);
     }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
 }
 
-/* Runs the jobs on up to n_threads threads (GPTQ per matrix is independent). */
+/* Memory the jobs of a layer may hold at once: half of what the system
+ * reports available (MemAvailable; else half the physical memory). */
+static uint64_t mem_budget(void) {
+    uint64_t kb = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long v;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &v) == 1) {
+                kb = v;
+                break;
+            }
+        fclose(f);
+    }
+    if (kb) return kb * 1024 / 2;
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 2 : UINT64_MAX;
+}
+
+/* Runs the jobs on up to n_threads threads (GPTQ per matrix is independent,
+ * so the results do not depend on the schedule). */
 static int run_jobs(job_t *jobs, int n, int n_threads) {
-    pool_t p = {jobs, n, 0, PTHREAD_MUTEX_INITIALIZER};
+    pool_t p = {jobs, n, 0, 0, mem_budget(), 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
     if (n_threads > n) n_threads = n;
     if (n_threads > 64) n_threads = 64;
     pthread_t th[64];
@@ -257,6 +361,8 @@ static int run_jobs(job_t *jobs, int n, int n_threads) {
         if (pthread_create(&th[started], NULL, worker, &p) == 0) started++;
     worker(&p);
     for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    pthread_cond_destroy(&p.cv);
+    pthread_mutex_destroy(&p.mu);
     for (int i = 0; i < n; i++)
         if (jobs[i].rc) return mt_seterr(jobs[i].rc, "%s", jobs[i].err);
     return MT_OK;
@@ -289,6 +395,36 @@ static double mat_bits_stored(const mt_mat *w) {
     uint64_t b = 0;
     if (mt_dtype_nbytes(w->dtype, (uint64_t)(w->rows * w->cols), &b)) return 0;
     return (double)b * 8;
+}
+
+/* Whether entry i of s->q is an attention matrix. */
+static int is_attn_index(const mt_quant_state *s, size_t i) {
+    return (int)(i / (size_t)s->ne % K_COUNT) <= K_O;
+}
+
+/* Rewrites a TQ2_0 matrix as TQ1_0 (lossless: same codes, same f16 d). */
+static int repack_tq1(qmat *q) {
+    uint64_t rb;
+    int rc = mt_dtype_nbytes(MT_DT_TQ1_0, (uint64_t)q->cols, &rb);
+    if (rc) return rc;
+    uint8_t *out = malloc((size_t)(rb * (uint64_t)q->rows));
+    if (!out) return mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+    const int64_t nb = q->cols / 256;
+    for (int64_t r = 0; r < q->rows; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = q->data + (uint64_t)r * q->row_bytes + 66 * (uint64_t)b;
+            int8_t c[256];
+            uint16_t d;
+            for (int e = 0; e < 256; e++) c[e] = (int8_t)(((blk[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3) - 1);
+            memcpy(&d, blk + 64, 2);
+            mt_tq1_0_pack(c, d, out + (uint64_t)r * rb + 54 * (uint64_t)b);
+        }
+    free(q->data);
+    q->data = out;
+    q->dtype = MT_DT_TQ1_0;
+    q->row_bytes = rb;
+    q->bits = 54.0 * 8 / 256;
+    return MT_OK;
 }
 
 /* Codec qmoe: one dictionary from the symbol counts of all experts, every
@@ -360,8 +496,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     int32_t *ids = NULL;
     size_t n_ids = 0;
     job_t *jobs = NULL;
-    mt_calib_stats st;
-    memset(&st, 0, sizeof st);
+    mt_calib_capture cc;
+    memset(&cc, 0, sizeof cc);
     if (!s) return mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
     s->n_layers = c->n_layers;
     s->ne = ne;
@@ -388,6 +524,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     }
     mt_grid ge;
     mt_grid_make(&ge, o->bits, o->group, c->hidden, "experts");
+    if (o->asym) mt_grid_asym(&ge, "experts");
     char nm[48];
     mt_grid_name(&ge, nm, sizeof nm);
     snprintf(rep->grid_name, sizeof rep->grid_name, "%s", nm);
@@ -395,7 +532,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     double qbits_new = 0, qbits_old = 0, ebits = 0, eparams = 0, rel_sum = 0;
     int rel_n = 0;
     const int nthreads = mt_model_threads(m);
-    mt_gptq_params gp = {o->damp, o->block, o->act_order};
+    mt_gptq_params gp = {o->damp, o->block, o->act_order,
+                         o->ternary_range > 0 ? o->ternary_range
+                         : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0};
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
@@ -404,12 +543,17 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             const double tc = mt_now();
             uint64_t cap = (uint64_t)ceil(o->expert_cap * (double)n_ids *
                                           (L->n_experts > 0 ? (double)c->top_k / L->n_experts : 1.0));
-            if ((rc = mt_calib_layer(m, l, ids, n_ids, o->calib_window, with_attn, cap, &st))) goto fail;
+            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, o->calib_window, with_attn, cap, &cc))) goto fail;
             rep->calib_seconds += mt_now() - tc;
-            for (int e = 0; e < lne; e++) rep->expert_tokens[(size_t)l * ne + e] = st.count[e];
+            for (int e = 0; e < lne; e++) rep->expert_tokens[(size_t)l * ne + e] = (uint64_t)cc.x[e].n;
         }
+        /* Largest working sets first: w2 (ffn-wide Hessian) before w1/w3
+         * and attention, so that the big jobs overlap each other and the
+         * small ones fill in at the end. */
+        static const int order[K_COUNT] = {K_W2, K_W1, K_W3, K_Q, K_K, K_V, K_O};
         int nj = 0;
-        for (int k = 0; k < K_COUNT; k++) {
+        for (int ki = 0; ki < K_COUNT; ki++) {
+            const int k = order[ki];
             int is_attn = k <= K_O;
             if (is_attn && !with_attn) continue;
             for (int e = 0; e < (is_attn ? 1 : lne); e++) {
@@ -422,22 +566,28 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 if ((rc = mt_grid_make(&j->grid, is_attn ? o->attn_bits : o->bits,
                                          is_attn ? MT_QUANT_GROUP_DEFAULT : o->group, j->src->cols, "quantize")))
                     goto fail;
+                if (o->asym && (rc = mt_grid_asym(&j->grid, "quantize"))) goto fail;
                 if (gptq) {
                     if (is_attn) {
                         /* o_proj's input (attention output) has no capture
                          * hook: it is rounded (RTN). */
-                        j->H = k == K_O ? NULL : st.h_attn;
-                    } else if (st.count[e] < (uint64_t)(o->min_expert_tokens > 0 ? o->min_expert_tokens : 1)) {
-                        j->H = NULL;
+                        j->x = k == K_O ? NULL : &cc.attn;
+                    } else if ((uint64_t)cc.x[e].n < (uint64_t)(o->min_expert_tokens > 0 ? o->min_expert_tokens : 1)) {
+                        j->x = NULL;
                         if (k == K_W1) {
                             rep->n_rtn_fallback++;
                             mt_log(MT_LOG_WARN, "quantize: layer %d expert %d got %llu calibration tokens; rounded (RTN)", l,
-                                   e, (unsigned long long)st.count[e]);
+                                   e, (unsigned long long)cc.x[e].n);
                         }
                     } else {
-                        j->H = k == K_W2 ? st.h_mid[e] : st.h_in[e];
+                        j->x = &cc.x[e];
+                        if (k == K_W2) {
+                            j->w1 = &L->w1[e];
+                            j->w3 = &L->w3[e];
+                        }
                     }
                 }
+                j->mem = job_mem(j);
             }
         }
         if ((rc = run_jobs(jobs, nj, nthreads))) goto fail;
@@ -470,8 +620,67 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             nw.row_stride = j->out->row_bytes;
             *dst = nw;
         }
-        mt_calib_stats_free(&st);
+        mt_calib_capture_free(&cc);
         if (o->progress) o->progress(o->progress_user, "quantize", (uint64_t)l + 1, (uint64_t)c->n_layers);
+    }
+    if (o->tq1) {
+        /* TQ2_0 -> TQ1_0: the same codes and scales, packed 5 per byte. */
+        for (size_t i = 0; i < (size_t)s->n_layers * K_COUNT * (size_t)s->ne; i++) {
+            qmat *q = &s->q[i];
+            if (!q->used || q->dtype != MT_DT_TQ2_0) continue;
+            const double numel = (double)(q->rows * q->cols);
+            const double old_bits = q->bits;
+            if ((rc = repack_tq1(q))) goto fail;
+            qbits_new += (q->bits - old_bits) * numel;
+            if (!is_attn_index(s, i)) {
+                ebits += (q->bits - old_bits) * numel;
+                s->expert_dtype = MT_DT_TQ1_0;
+            } else {
+                rep->attn_dtype = MT_DT_TQ1_0;
+            }
+        }
+        for (int l = 0; l < c->n_layers; l++)
+            for (int k = 0; k < K_COUNT; k++)
+                for (int e = 0; e < s->ne; e++) {
+                    const qmat *q = qm(s, l, k, e);
+                    if (!q->used || q->dtype != MT_DT_TQ1_0) continue;
+                    mt_mat *dst = layer_mat(&w->layers[l], k, e);
+                    dst->dtype = q->dtype;
+                    dst->data = q->data;
+                    dst->row_stride = q->row_bytes;
+                }
+        snprintf(rep->grid_name, sizeof rep->grid_name, "tq1_0");
+    }
+    if (o->embed_bits) {
+        /* Embeddings and an untied lm_head by round to nearest: the lookup
+         * has no input statistics, and lm_head's error is small at 8/4 bits. */
+        const int tied = c->tie_embeddings;
+        mt_mat *src[2] = {&w->tok_embd, tied ? NULL : &w->lm_head};
+        qmat *dst[2] = {&s->embd, &s->head};
+        for (int i = 0; i < 2; i++) {
+            if (!src[i]) continue;
+            job_t j;
+            memset(&j, 0, sizeof j);
+            j.src = src[i];
+            j.out = dst[i];
+            if ((rc = mt_grid_make(&j.grid, o->embed_bits, MT_QUANT_GROUP_DEFAULT, src[i]->cols, "--embed-bits"))) goto fail;
+            run_job(&j);
+            if ((rc = j.rc)) {
+                mt_seterr(rc, "%s", j.err);
+                goto fail;
+            }
+            qbits_old += mat_bits_stored(src[i]);
+            qbits_new += j.out->bits * (double)(src[i]->rows * src[i]->cols);
+            mt_mat nw;
+            memset(&nw, 0, sizeof nw);
+            nw.dtype = j.out->dtype;
+            nw.rows = j.out->rows;
+            nw.cols = j.out->cols;
+            nw.data = j.out->data;
+            nw.row_stride = j.out->row_bytes;
+            *src[i] = nw;
+        }
+        if (tied) w->lm_head = w->tok_embd;
     }
     if (o->codec == MT_QUANT_CODEC_QMOE) {
         double coded_bits = 0;
@@ -492,7 +701,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     *out = s;
     return MT_OK;
 fail:
-    mt_calib_stats_free(&st);
+    mt_calib_capture_free(&cc);
     free(ids);
     free(jobs);
     mt_quant_state_free(s);
@@ -519,10 +728,19 @@ static int gguf_kind(const char *name, int *layer) {
     return -1;
 }
 
+/* The quantized embeddings / lm_head for a tensor name, or NULL. */
+static const qmat *embed_q(const mt_quant_state *s, const char *name, int gguf) {
+    const qmat *q = NULL;
+    if (!strcmp(name, gguf ? "token_embd.weight" : "model.embed_tokens.weight")) q = &s->embd;
+    else if (!strcmp(name, gguf ? "output.weight" : "lm_head.weight")) q = &s->head;
+    return q && q->used ? q : NULL;
+}
+
 static uint32_t file_type(mt_dtype t) {
     switch (t) {
     case MT_DT_Q8_0: return 7;
     case MT_DT_Q4_0: return 2;
+    case MT_DT_TQ1_0: return 36;
     case MT_DT_TQ2_0: return 37;
     default: return 32;
     }
@@ -555,6 +773,8 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
         const mt_tensor *t = mt_gguf_tensor(g, i);
         int l = -1, k = gguf_kind(t->name, &l);
         mt_dtype dt = t->dtype;
+        const qmat *eq = embed_q(s, t->name, 1);
+        if (eq) dt = eq->dtype;
         if (k >= 0 && l >= 0 && l < s->n_layers && qm(s, l, k, 0)->used) {
             dt = qm(s, l, k, 0)->dtype;
             if (dt == MT_DT_F32 || dt == MT_DT_QMOE) {
@@ -581,12 +801,250 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
                 }
                 rc = mt_gguf_writer_write(gw, q->data, (size_t)(q->row_bytes * (uint64_t)q->rows));
             }
+        } else if (embed_q(s, t->name, 1)) {
+            const qmat *eq = embed_q(s, t->name, 1);
+            rc = mt_gguf_writer_write(gw, eq->data, (size_t)(eq->row_bytes * (uint64_t)eq->rows));
         } else {
             rc = mt_gguf_writer_write(gw, t->data, (size_t)t->nbytes);
         }
     }
     if (!rc) rc = mt_gguf_writer_finish(gw);
     mt_gguf_writer_free(gw);
+    return rc;
+}
+
+/* ---- Hugging Face output ------------------------------------------------------
+ * Quantized linears in the AutoGPTQ / GPTQModel layout (checkpoint_format
+ * "gptq": zero points stored minus one), which holds Q8_0 and Q4_0 exactly:
+ * both are d·(q − z) with one f16 d per 32 columns and the symmetric zero
+ * z = 128 / 8. qmoe-coded experts as blobs (docs/qmoe.md). */
+
+/* (layer, kind, expert) of an HF linear weight name; -1 when not one. */
+static int hf_kind(const char *name, int *layer, int *expert) {
+    int l, e, n = 0;
+    char part[16];
+    *expert = 0;
+    if (sscanf(name, "model.layers.%d.self_attn.%1[qkvo]_proj.weight%n", &l, part, &n) == 2 && n && !name[n]) {
+        *layer = l;
+        return part[0] == 'q' ? K_Q : part[0] == 'k' ? K_K : part[0] == 'v' ? K_V : K_O;
+    }
+    n = 0;
+    if (sscanf(name, "model.layers.%d.block_sparse_moe.experts.%d.w%1[123].weight%n", &l, &e, part, &n) == 3 && n &&
+        !name[n]) {
+        *layer = l;
+        *expert = e;
+        return part[0] == '1' ? K_W1 : part[0] == '3' ? K_W3 : K_W2;
+    }
+    n = 0;
+    if (sscanf(name, "model.layers.%d.mlp.%15[a-z]_proj.weight%n", &l, part, &n) == 2 && n && !name[n]) {
+        *layer = l;
+        return !strcmp(part, "gate") ? K_W1 : !strcmp(part, "up") ? K_W3 : !strcmp(part, "down") ? K_W2 : -1;
+    }
+    return -1;
+}
+
+/* The quantized matrix stored for an HF tensor name, or NULL. */
+static const qmat *hf_q(const mt_quant_state *s0, const char *name) {
+    mt_quant_state *s = (mt_quant_state *)s0;
+    int l, e, k = hf_kind(name, &l, &e);
+    if (k >= 0) {
+        if (l < 0 || l >= s->n_layers || e < 0 || e >= s->ne) return NULL;
+        const qmat *q = qm(s, l, k, e);
+        return q->used ? q : NULL;
+    }
+    return embed_q(s, name, 0);
+}
+
+/* The four AutoGPTQ tensors of a Q8_0/Q4_0 matrix (rows = out_features,
+ * cols = in_features): qweight, qzeros, scales, g_idx, in this order. */
+static int gptq_shapes(const qmat *q, int64_t shapes[4][2], int *nd, const char *name) {
+    const int bits = q->dtype == MT_DT_Q4_0 ? 4 : 8, per = 32 / bits;
+    if (q->rows % per)
+        return mt_seterr(MT_ERR_ARG, "%s: %lld rows do not pack into the AutoGPTQ zero points (multiple of %d)", name,
+                         (long long)q->rows, per);
+    const int64_t R = q->rows, C = q->cols;
+    shapes[0][0] = C / per, shapes[0][1] = R;
+    shapes[1][0] = C / 32, shapes[1][1] = R / per;
+    shapes[2][0] = C / 32, shapes[2][1] = R;
+    shapes[3][0] = C, shapes[3][1] = 0;
+    nd[0] = nd[1] = nd[2] = 2, nd[3] = 1;
+    return MT_OK;
+}
+
+static const char *const g_gptq_suffix[4] = {".qweight", ".qzeros", ".scales", ".g_idx"};
+static const mt_dtype g_gptq_dtype[4] = {MT_DT_I32, MT_DT_I32, MT_DT_F16, MT_DT_I32};
+
+/* Streams the AutoGPTQ tensors of q (declared by gptq_shapes). */
+static int write_gptq(mt_hf_writer *hw, const qmat *q) {
+    const int bits = q->dtype == MT_DT_Q4_0 ? 4 : 8, per = 32 / bits;
+    const int64_t R = q->rows, C = q->cols, NB = C / 32;
+    const size_t bb = bits == 4 ? 18 : 34;
+    uint32_t *qw = calloc((size_t)(C / per * R), sizeof *qw);
+    uint16_t *sc = malloc((size_t)(NB * R) * sizeof *sc);
+    uint32_t *small = malloc((size_t)(C > NB * (R / per) ? C : NB * (R / per)) * sizeof *small);
+    int rc = MT_OK;
+    if (!qw || !sc || !small) {
+        rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+        goto done;
+    }
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t b = 0; b < NB; b++) {
+            const uint8_t *blk = q->data + (uint64_t)r * q->row_bytes + (uint64_t)b * bb;
+            memcpy(&sc[b * R + r], blk, 2);
+            for (int j = 0; j < 32; j++) {
+                const int64_t i = b * 32 + j;
+                const uint32_t code = bits == 4 ? (uint32_t)(j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4)
+                                                : (uint32_t)((int)(int8_t)blk[2 + j] + 128);
+                qw[(i / per) * R + r] |= code << (bits * (i % per));
+            }
+        }
+    if ((rc = mt_hf_writer_write(hw, qw, (size_t)(C / per * R) * 4))) goto done;
+    /* zero points 8 / 128, stored minus one, packed along the output dimension */
+    for (int64_t i = 0; i < NB * (R / per); i++) small[i] = bits == 4 ? 0x77777777u : 0x7f7f7f7fu;
+    if ((rc = mt_hf_writer_write(hw, small, (size_t)(NB * (R / per)) * 4))) goto done;
+    if ((rc = mt_hf_writer_write(hw, sc, (size_t)(NB * R) * 2))) goto done;
+    for (int64_t i = 0; i < C; i++) small[i] = (uint32_t)(i / 32);
+    rc = mt_hf_writer_write(hw, small, (size_t)C * 4);
+done:
+    free(qw);
+    free(sc);
+    free(small);
+    return rc;
+}
+
+/* quantization_config of the output (JSON text, malloc'd). */
+static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, const mt_config *c) {
+    size_t cap = 4096, n = 0;
+    char *b = malloc(cap);
+    if (!b) return NULL;
+#define OUT(...)                                                          \
+    do {                                                                  \
+        int k_ = snprintf(b + n, cap - n, __VA_ARGS__);                   \
+        if (k_ < 0 || (size_t)k_ >= cap - n) {                            \
+            free(b);                                                      \
+            return NULL;                                                  \
+        }                                                                 \
+        n += (size_t)k_;                                                  \
+    } while (0)
+    const char *exp = c->n_experts > 0 ? "block_sparse_moe.experts" : "mlp";
+    if (o->codec == MT_QUANT_CODEC_QMOE) {
+        OUT("{\"quant_method\": \"qmoe\", \"bits\": \"ternary\", \"group_rows\": %d, \"dictionary\": {\"kind\": "
+            "\"tunstall\", \"max_len\": %d, \"n_entries\": %d, \"counts\": [%llu, %llu, %llu]}, \"modules\": [\"%s\"], "
+            "\"method\": \"%s\"",
+            MT_QMOE_GROUP_ROWS, s->dict.max_len, s->dict.n_entries, (unsigned long long)s->dict.counts[0],
+            (unsigned long long)s->dict.counts[1], (unsigned long long)s->dict.counts[2], exp,
+            o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
+        if (o->attn_bits || o->embed_bits) {
+            OUT(", \"gptq\": {\"checkpoint_format\": \"gptq\", \"sym\": true, \"desc_act\": false, \"group_size\": 32, "
+                "\"modules\": {");
+            int first = 1;
+            if (o->attn_bits) {
+                OUT("\"self_attn\": %d", o->attn_bits);
+                first = 0;
+            }
+            if (o->embed_bits) OUT("%s\"embed_tokens\": %d, \"lm_head\": %d", first ? "" : ", ", o->embed_bits, o->embed_bits);
+            OUT("}}");
+        }
+        OUT("}");
+    } else {
+        OUT("{\"quant_method\": \"gptq\", \"bits\": %d, \"group_size\": 32, \"desc_act\": false, \"sym\": true, "
+            "\"damp_percent\": %g, \"true_sequential\": true, \"static_groups\": false, \"checkpoint_format\": \"gptq\", "
+            "\"meta\": {\"quantizer\": [\"moetool\"], \"method\": \"%s\"}, \"modules_in_block_to_quantize\": [",
+            o->bits, o->damp, o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
+        if (o->attn_bits)
+            OUT("[\"self_attn.k_proj\", \"self_attn.v_proj\", \"self_attn.q_proj\"], [\"self_attn.o_proj\"], ");
+        const int ne = c->n_experts > 0 ? c->n_experts : 1;
+        for (int pass = 0; pass < 2; pass++) {
+            OUT("%s[", pass ? ", " : "");
+            for (int e = 0; e < ne; e++) {
+                if (c->n_experts > 0) {
+                    if (pass == 0) OUT("%s\"%s.%d.w1\", \"%s.%d.w3\"", e ? ", " : "", exp, e, exp, e);
+                    else OUT("%s\"%s.%d.w2\"", e ? ", " : "", exp, e);
+                } else {
+                    OUT(pass == 0 ? "\"mlp.gate_proj\", \"mlp.up_proj\"" : "\"mlp.down_proj\"");
+                }
+            }
+            OUT("]");
+        }
+        OUT("]}");
+    }
+#undef OUT
+    return b;
+}
+
+int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o, const char *out_dir) {
+    const mt_ckpt *ck = mt_model_ckpt(m);
+    const mt_config *c = mt_model_config(m);
+    if (mt_ckpt_format(ck) == MT_FMT_GGUF)
+        return mt_seterr(MT_ERR_ARG, "%s: Hugging Face output needs a Hugging Face source model", out_dir);
+    mt_outdir *od = NULL;
+    mt_hf_writer *hw = NULL;
+    char *qjson = NULL, *cfg = NULL, name[256];
+    int rc;
+    if ((rc = mt_outdir_open(&od, out_dir))) return rc;
+    if ((rc = mt_hf_writer_open(&hw, mt_outdir_path(od), 0))) goto done;
+    const size_t nt = mt_ckpt_count(ck);
+    mt_dtype float_t = MT_DT_BF16;
+    for (int pass = 0; pass < 2 && !rc; pass++) {
+        for (size_t i = 0; i < nt && !rc; i++) {
+            const mt_tensor *t = mt_ckpt_get(ck, i);
+            const qmat *q = hf_q(s, t->name);
+            const size_t len = strlen(t->name);
+            if (!strcmp(t->name, "model.embed_tokens.weight")) float_t = t->dtype;
+            if (!q) {
+                rc = pass ? mt_hf_writer_write(hw, t->data, (size_t)t->nbytes)
+                          : mt_hf_writer_add(hw, t->name, t->dtype, t->n_dims, t->shape);
+                continue;
+            }
+            if (q->dtype == MT_DT_QMOE) {
+                uint8_t *blob = NULL;
+                size_t nb = 0;
+                if ((rc = mt_qmoe_serialize(&q->coded, &blob, &nb))) break;
+                snprintf(name, sizeof name, "%s.qmoe", t->name);
+                rc = pass ? mt_hf_writer_write(hw, blob, nb) : mt_hf_writer_add(hw, name, MT_DT_U8, 1, (const int64_t[]){(int64_t)nb});
+                free(blob);
+                continue;
+            }
+            if ((q->dtype != MT_DT_Q8_0 && q->dtype != MT_DT_Q4_0) || len < 8 || strcmp(t->name + len - 7, ".weight")) {
+                rc = mt_seterr(MT_ERR_ARG, "%s: %s was quantized to a grid without a Hugging Face layout", out_dir, t->name);
+                break;
+            }
+            if (pass) {
+                rc = write_gptq(hw, q);
+                continue;
+            }
+            int64_t shapes[4][2];
+            int nd[4];
+            if ((rc = gptq_shapes(q, shapes, nd, t->name))) break;
+            for (int k = 0; k < 4 && !rc; k++) {
+                snprintf(name, sizeof name, "%.*s%s", (int)(len - 7), t->name, g_gptq_suffix[k]);
+                rc = mt_hf_writer_add(hw, name, g_gptq_dtype[k], nd[k], shapes[k]);
+            }
+        }
+        if (!rc && o->codec == MT_QUANT_CODEC_QMOE) {
+            uint8_t d[MT_QMOE_DICT_BYTES];
+            mt_qmoe_dict_serialize(&s->dict, d);
+            rc = pass ? mt_hf_writer_write(hw, d, sizeof d)
+                      : mt_hf_writer_add(hw, "qmoe.dictionary", MT_DT_U8, 1, (const int64_t[]){MT_QMOE_DICT_BYTES});
+        }
+    }
+    if (rc) goto done;
+    if ((rc = mt_hf_writer_finish(hw))) goto done;
+    if (!(qjson = hf_quant_json(s, o, c))) {
+        rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", out_dir);
+        goto done;
+    }
+    const char *tdt = float_t == MT_DT_F32 ? "float32" : float_t == MT_DT_F16 ? "float16" : "bfloat16";
+    if ((rc = mt_config_to_hf_json_q(&cfg, c, tdt, qjson))) goto done;
+    if ((rc = mt_write_text_file(mt_outdir_path(od), "config.json", cfg, strlen(cfg)))) goto done;
+    if ((rc = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;
+    rc = mt_outdir_commit(od); /* frees od whatever the outcome */
+    od = NULL;
+done:
+    mt_hf_writer_free(hw);
+    mt_outdir_free(od);
+    free(qjson);
+    free(cfg);
     return rc;
 }
 
@@ -609,7 +1067,9 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
         o.calib_path = calib;
     }
     const char *src = in_path;
-    if (!is_gguf) {
+    if (o.format == MT_FMT_HF && is_gguf)
+        return mt_seterr(MT_ERR_ARG, "%s: --format hf needs a Hugging Face source (moetool convert --to hf first)", in_path);
+    if (!is_gguf && o.format == MT_FMT_GGUF) {
         /* Source in GGUF conventions (names, Q/K order, metadata) first. */
         snprintf(tmp, sizeof tmp, "%s.src-%ld.gguf", out_path, (long)getpid());
         mt_convert_opts co;
@@ -631,7 +1091,7 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
     }
     if (rc) goto done;
     if ((rc = mt_quant_model(&s, m, &o, rep))) goto done;
-    rc = mt_quant_write_gguf(s, m, out_path);
+    rc = o.format == MT_FMT_HF ? mt_quant_write_hf(s, m, &o, out_path) : mt_quant_write_gguf(s, m, out_path);
     rep->peak_rss = mt_peak_rss_bytes();
 done:
     mt_quant_state_free(s);

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# `moetool quantize --format hf`: AutoGPTQ-layout int4/int8 directories and
+# qmoe-coded directories that `moetool eval` runs directly.
+# - int4: the HF directory evaluates to the same perplexity as the same
+#   quantization written as GGUF, and its tensors unpacked by an independent
+#   AutoGPTQ reader equal the GGUF's weights dequantized by llama.cpp's gguf-py
+#   (tests/check_autogptq.py; skipped without gguf/numpy).
+# - qmoe: the coded directory evaluates to the in-memory coded model's
+#   perplexity (--eval-only), reports < 1 bit per expert weight, and a blob
+#   with a codeword outside the dictionary is refused by name.
+# - bad options / sources: one-line error, non-zero exit, nothing written.
+set -u
+BIN=${MT_BIN:-build/cli/moetool}
+MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
+SRC=${MT_SOURCE_DIR:-.}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0; passes=0
+ok() { passes=$((passes + 1)); }
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+expect_err() { # CODE PATTERN CMD...
+  local want=$1 pat=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local got=$?
+  if [ "$got" != "$want" ]; then bad "exit $got (want $want): $*"; head -5 "$T/err"; return; fi
+  if ! grep -q -- "$pat" "$T/err"; then bad "stderr lacks '$pat': $*"; head -5 "$T/err"; return; fi
+  if ls -d "$T"/bad* >/dev/null 2>&1; then bad "output left behind: $*"; ls "$T"; return; fi
+  ok
+}
+ppl() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ppl"])' "$1"; }
+W=(--max-windows 12 --threads 2 --json)
+
+# int4, AutoGPTQ layout vs GGUF Q4_0 of the same quantization.
+"$BIN" quantize "$MODEL" -o "$T/q4hf" --format hf --method rtn --bits 4 --threads 2 >/dev/null 2>"$T/err" || { bad "hf int4 failed"; cat "$T/err"; }
+"$BIN" quantize "$MODEL" -o "$T/q4.gguf" --method rtn --bits 4 --threads 2 >/dev/null 2>"$T/err" || { bad "gguf q4_0 failed"; cat "$T/err"; }
+"$BIN" eval "$T/q4hf" "${W[@]}" >"$T/a.json" 2>"$T/err" || { bad "eval hf int4 failed"; cat "$T/err"; }
+"$BIN" eval "$T/q4.gguf" "${W[@]}" >"$T/b.json" 2>"$T/err" || { bad "eval gguf q4_0 failed"; cat "$T/err"; }
+a=$(ppl "$T/a.json"); b=$(ppl "$T/b.json")
+python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(a-b) <= 1e-6*b else 1)" "$a" "$b" \
+  && ok || bad "hf int4 ppl $a != gguf q4_0 ppl $b"
+grep -q 'experts.0.w1.weight"' "$T/q4hf/model.safetensors" && bad "bf16 expert weight left in the int4 output" || ok
+if python3 -c 'import gguf, numpy' >/dev/null 2>&1; then
+  python3 "$SRC/tests/check_autogptq.py" "$T/q4hf" "$T/q4.gguf" 4 && ok || bad "AutoGPTQ layout check (int4)"
+else
+  echo "skipped: AutoGPTQ layout check (python3 cannot import gguf and numpy)"
+fi
+rm -rf "$T/q4hf" "$T/q4.gguf"
+
+# int8: the same weights in two other encodings the loader must read
+# exactly: codes and zero points all one lower (zero 127: no Q8_0 repack,
+# unpacked to f32) and checkpoint_format gptq_v2 (zero points stored as is).
+"$BIN" quantize "$MODEL" -o "$T/q8hf" --format hf --method rtn --bits 8 --threads 2 >/dev/null 2>"$T/err" || { bad "hf int8 failed"; cat "$T/err"; }
+"$BIN" eval "$T/q8hf" "${W[@]}" >"$T/e8.json" 2>"$T/err" || { bad "eval hf int8 failed"; cat "$T/err"; }
+for variant in shift v2; do
+  rm -rf "$T/q8$variant" && cp -r "$T/q8hf" "$T/q8$variant"
+  python3 - "$T/q8$variant" "$variant" <<'PY' || bad "could not rewrite the int8 directory ($variant)"
+import json, struct, sys
+import numpy as np
+d, variant = sys.argv[1], sys.argv[2]
+p = d + "/model.safetensors"
+b = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+for name, info in h.items():
+    if name == "__metadata__":
+        continue
+    s, e = info["data_offsets"]
+    o = 8 + n
+    if variant == "shift" and (name.endswith(".qweight") or name.endswith(".qzeros")):
+        w = np.frombuffer(bytes(b[o + s:o + e]), dtype=np.uint8).copy()
+        assert w.min() >= 1, name
+        b[o + s:o + e] = (w - 1).tobytes()      # every packed 8-bit code and zero point minus one
+    if variant == "v2" and name.endswith(".qzeros"):
+        w = np.frombuffer(bytes(b[o + s:o + e]), dtype=np.uint8).copy()
+        b[o + s:o + e] = (w + 1).tobytes()      # gptq_v2 stores the zero point itself
+open(p, "wb").write(b)
+if variant == "v2":
+    c = json.load(open(d + "/config.json"))
+    c["quantization_config"]["checkpoint_format"] = "gptq_v2"
+    json.dump(c, open(d + "/config.json", "w"), indent=2)
+PY
+  "$BIN" eval "$T/q8$variant" "${W[@]}" >"$T/e8$variant.json" 2>"$T/err" || { bad "eval int8 $variant failed"; cat "$T/err"; }
+  a=$(ppl "$T/e8.json"); b=$(ppl "$T/e8$variant.json")
+  # v2 repacks to the same Q8_0 (exact); shift runs the f32 kernel on the same weights
+  python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(a-b) <= 2e-4*b else 1)" "$a" "$b" \
+    && ok || bad "int8 $variant ppl $b != $a"
+  rm -rf "$T/q8$variant"
+done
+rm -rf "$T/q8hf"
+
+# qmoe: coded directory == coded model in memory.
+"$BIN" quantize "$MODEL" -o "$T/qm" --format hf --method rtn --bits ternary --group row --codec qmoe --json --threads 2 >"$T/q.json" 2>"$T/err" || { bad "hf qmoe failed"; cat "$T/err"; }
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["bits_per_expert_weight"] < 1.0 and j["expert_type"] == "qmoe" else 1)' "$T/q.json" \
+  && ok || bad "qmoe output not below 1 bit per expert weight: $(cat "$T/q.json")"
+grep -q '"quant_method": "qmoe"' "$T/qm/config.json" && ok || bad "config.json lacks quant_method qmoe"
+"$BIN" eval "$T/qm" "${W[@]}" >"$T/c.json" 2>"$T/err" || { bad "eval qmoe dir failed"; cat "$T/err"; }
+"$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --codec qmoe --text "$MODEL/data/test.txt" --json --threads 2 >"$T/d.json" 2>"$T/err" || { bad "eval-only qmoe failed"; cat "$T/err"; }
+# --eval-only scores all of test.txt; compare on the same windows instead:
+"$BIN" eval "$T/qm" --threads 2 --json >"$T/c_all.json" 2>/dev/null
+c=$(ppl "$T/c_all.json"); d=$(ppl "$T/d.json")
+python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(a-b) <= 1e-4*b else 1)" "$c" "$d" \
+  && ok || bad "qmoe dir ppl $c != in-memory coded ppl $d"
+# A codeword outside the dictionary (65535 entries: codeword 0xffff is not one).
+python3 - "$T/qm/model.safetensors" <<'PY' || bad "could not corrupt the blob"
+import json, struct, sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+name = "model.layers.1.block_sparse_moe.experts.2.w2.weight.qmoe"
+s, e = h[name]["data_offsets"]
+o = 8 + n + s
+rows = struct.unpack("<Q", b[o + 8:o + 16])[0]; g = struct.unpack("<H", b[o + 6:o + 8])[0]
+codes = o + 40 + 4 * ((rows + g - 1) // g + 1)
+b[codes + 10:codes + 12] = b"\xff\xff"
+open(p, "wb").write(b)
+PY
+expect_err 1 "layer 1 expert 2 w2" "$BIN" eval "$T/qm" --max-windows 1
+
+# Bad options and sources: nothing written.
+expect_err 1 "format hf" "$BIN" quantize "$MODEL" -o "$T/bad1" --method rtn --bits ternary --group row --codec qmoe
+expect_err 1 "Hugging Face" "$BIN" quantize "$MODEL" -o "$T/bad2" --format hf --method rtn --bits ternary
+expect_err 1 "one width" "$BIN" quantize "$MODEL" -o "$T/bad3" --format hf --method rtn --bits 4 --attn-bits 8
+expect_err 1 "embeddings" "$BIN" quantize "$MODEL" -o "$T/bad4" --format hf --method rtn --bits 4 --embed-bits 8
+expect_err 2 "format" "$BIN" quantize "$MODEL" -o "$T/bad5" --format onnx
+expect_err 1 "already quantized" "$BIN" quantize "$T/qm" -o "$T/bad6" --format hf --method rtn --bits 4
+"$BIN" convert "$MODEL" -o "$T/m.gguf" --to gguf >/dev/null 2>&1
+expect_err 1 "Hugging Face source" "$BIN" quantize "$T/m.gguf" -o "$T/bad7" --format hf --method rtn --bits 4
+mkdir -p "$T/cfg" && cp "$MODEL"/*.json "$MODEL"/*.safetensors "$T/cfg/" 2>/dev/null
+python3 - "$T/cfg/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["quantization_config"] = {"quant_method": "awq", "bits": 4}
+json.dump(c, open(sys.argv[1], "w"))
+PY
+expect_err 1 "awq" "$BIN" eval "$T/cfg" --max-windows 1
+"$BIN" quantize --help | grep -q -- "--format gguf|hf" && ok || bad "help lacks --format"
+
+echo "cli_quant_hf: $passes passed, $fails failed"
+[ "$fails" = 0 ]
