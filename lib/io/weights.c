@@ -123,8 +123,10 @@ static int gptq_part(const wctx *w, const char *base, const char *suffix, mt_dty
 }
 
 /* Unpacks an AutoGPTQ-layout matrix: Q4_0 / Q8_0 blocks when every group is a
- * whole number of 32-column blocks, the zero point is the symmetric one and
- * the codes fit (what `moetool quantize --format hf` writes), else f32. */
+ * whole number of 32-column blocks and the zero point is the symmetric one
+ * (what `moetool quantize --format hf` writes), else f32. An 8-bit code 0 is
+ * -128 in Q8_0, which the int8 kernels handle (|w| is their unsigned
+ * operand, so 0x80 reads as 128). */
 static int get_gptq(const wctx *w, const char *base, int64_t rows, int64_t cols, mt_mat *m) {
     char n[256];
     snprintf(n, sizeof n, "%s.qweight", base);
@@ -179,13 +181,6 @@ static int get_gptq(const wctx *w, const char *base, int64_t rows, int64_t cols,
                 qt = MT_DT_F32;
                 break;
             }
-    if (qt == MT_DT_Q8_0) /* code 0 would be -128, outside Q8_0's symmetric range */
-        for (int64_t i = 0; qt == MT_DT_Q8_0 && i < cols; i++)
-            for (int64_t r = 0; r < rows; r++)
-                if (CODE(i, r) == 0) {
-                    qt = MT_DT_F32;
-                    break;
-                }
     uint64_t rb;
     if ((rc = mt_dtype_nbytes(qt, (uint64_t)cols, &rb))) return rc;
     uint8_t *buf = malloc((size_t)(rb * (uint64_t)rows));
