@@ -2,7 +2,7 @@
  * entropy bound and zstd, and its fused decode+matvec against bf16 matvec.
  *
  * Usage: bench_qmoe [model_dir (default models/kjv-mixtral-15m)] [seconds_per_case (0.3)]
- *                   [--no-big] [--matvec-only] [--threads N (2)]
+ *                   [--no-big] [--matvec-only] [--threads N (2)] [--avx2]
  *
  * Part 1 (ratio, decode speed): every expert matrix of the model quantized
  * to QMoE's ternary grid by round to nearest (per row {min, 0, max},
@@ -18,8 +18,10 @@
  * Part 2 (matvec): µs per y = W x at 1 and N threads, coded (the runtime's
  * fused kernel through mt_matvec, and the previous default, the two-stage
  * bitplane kernel _planes, for comparison) vs the same matrix in bf16
- * (mt_matvec). Every coded result (both kernels) is checked against the
- * reference kernel. Shapes: the
+ * (mt_matvec). --avx2 adds, in the same run, the LUT kernel in AVX2
+ * (_avx2, what a machine without AVX-512 runs) and the portable _bits
+ * kernel (what it ran before). Every coded result (every kernel) is checked
+ * against the reference kernel. Shapes: the
  * model's own 512x256 (w1) and 256x512 (w2) of layer 0 expert 0, hot in
  * cache as in decoding the 15M model; synthetic ternary 3584x1024,
  * 14336x4096 and 4096x14336 (80 % zeros), cold: enough copies are cycled
@@ -42,7 +44,7 @@
 #define COLD_BYTES (256u << 20)
 #define WINDOWS 1024
 static double g_secs = 0.3;
-static int g_threads = 2, g_matvec_only = 0;
+static int g_threads = 2, g_matvec_only = 0, g_avx2 = 0;
 
 typedef struct {
     int64_t rows, cols;
@@ -278,42 +280,52 @@ typedef struct {
     int copies;
     const float *x;
     float *y;
+    int kind; /* run_prev: a KIND_ */
 } mv_ctx;
 static void run_matvec(void *v) {
     mv_ctx *c = v;
     for (int k = 0; k < c->copies; k++) mt_matvec(c->pool, &c->mats[k], c->x, c->y);
 }
 
-/* The two-stage bitplane kernel over the pool, split as mt_matvec splits
- * (the one-stage or portable kernel where it does not apply). */
+/* A kernel other than the runtime's over the pool, split as mt_matvec
+ * splits: KIND_PLANES the two-stage bitplane kernel (the one-stage or
+ * portable kernel where it does not apply), KIND_AVX2 the LUT kernel in
+ * AVX2 (the portable one where it does not apply), KIND_BITS the portable
+ * one. */
+enum { KIND_RUNTIME, KIND_PLANES, KIND_AVX2, KIND_BITS };
+static const char *const g_kind_name[] = {"runtime", "2-stage", "avx2", "bits"};
 typedef struct {
     const mt_mat *W;
     const float *x;
     float *y;
+    int kind;
 } prev_task;
 static void prev_rows(void *arg, int ith, int nth) {
     prev_task *t = arg;
     int64_t r0, r1;
     mt_split_range(t->W->rows, ith, nth, 16, &r0, &r1);
-    if (r0 < r1 && !mt_qmoe_matvec_rows_planes(t->W, t->x, t->y, r0, r1) &&
-        !mt_qmoe_matvec_rows_avx512(t->W, t->x, t->y, r0, r1))
-        mt_qmoe_matvec_rows_bits(t->W, t->x, t->y, r0, r1);
+    if (r0 >= r1) return;
+    if (t->kind == KIND_PLANES && (mt_qmoe_matvec_rows_planes(t->W, t->x, t->y, r0, r1) ||
+                                   mt_qmoe_matvec_rows_avx512(t->W, t->x, t->y, r0, r1)))
+        return;
+    if (t->kind == KIND_AVX2 && mt_qmoe_matvec_rows_avx2(t->W, t->x, t->y, r0, r1)) return;
+    mt_qmoe_matvec_rows_bits(t->W, t->x, t->y, r0, r1);
 }
 static void run_prev(void *v) {
     mv_ctx *c = v;
     for (int k = 0; k < c->copies; k++) {
-        prev_task t = {&c->mats[k], c->x, c->y};
+        prev_task t = {&c->mats[k], c->x, c->y, c->kind};
         mt_pool_run(c->pool, prev_rows, &t);
     }
 }
 
-/* Largest |y - y_ref| / max |y_ref|, y from mt_matvec (old: from the
- * previous default kernel). */
-static double check_kernel(mt_pool *p, const mt_mat *W, const float *x, float *y, int old) {
+/* Largest |y - y_ref| / max |y_ref|, y from mt_matvec (kind KIND_RUNTIME)
+ * or from another kernel. */
+static double check_kernel(mt_pool *p, const mt_mat *W, const float *x, float *y, int kind) {
     float *yr = malloc((size_t)W->rows * sizeof(float));
     mt_qmoe_matvec_rows_ref(W, x, yr, 0, W->rows);
-    if (old) {
-        mv_ctx c = {p, (mt_mat *)W, 1, x, y};
+    if (kind != KIND_RUNTIME) {
+        mv_ctx c = {p, (mt_mat *)W, 1, x, y, kind};
         run_prev(&c);
     } else {
         mt_matvec(p, W, x, y);
@@ -372,25 +384,35 @@ static void matvec_case(const char *name, const mt_qmoe_dict *d, const int8_t *s
     }
     float *x = malloc((size_t)cols * sizeof(float)), *y = malloc((size_t)rows * sizeof(float));
     for (int64_t j = 0; j < cols; j++) x[j] = (float)(2.0 * rnd_unit() - 1.0);
-    double us[2][3];
+    /* us[threads][column]: runtime, 2-stage, [avx2, bits,] bf16 */
+    const int nk = g_avx2 ? 4 : 2;
+    double us[2][5];
     for (int ti = 0; ti < 2; ti++) {
         mt_pool *p;
         mt_pool_init(&p, ti ? g_threads : 1);
-        for (int old = 0; old < 2; old++) {
-            const double err = check_kernel(p, &cm[0], x, y, old);
+        for (int kind = 0; kind < nk; kind++) {
+            const double err = check_kernel(p, &cm[0], x, y, kind);
             if (!(err <= 1e-5))
                 fprintf(stderr, "bench_qmoe: %s: coded matvec (%s) differs from the reference by %.3g\n", name,
-                        old ? "2-stage" : "runtime", err);
+                        g_kind_name[kind], err);
         }
-        mv_ctx a = {p, cm, cc, x, y}, b = {p, bm, cb, x, y};
+        mv_ctx a = {p, cm, cc, x, y, KIND_RUNTIME}, b = {p, bm, cb, x, y, KIND_RUNTIME};
         us[ti][0] = 1e6 * best_time(run_matvec, &a) / cc;
-        us[ti][1] = 1e6 * best_time(run_prev, &a) / cc;
-        us[ti][2] = 1e6 * best_time(run_matvec, &b) / cb;
+        for (int kind = 1; kind < nk; kind++) {
+            a.kind = kind;
+            us[ti][kind] = 1e6 * best_time(run_prev, &a) / cc;
+        }
+        us[ti][nk] = 1e6 * best_time(run_matvec, &b) / cb;
         mt_pool_free(p);
     }
-    printf("| %s | %s | %.3f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx / %.2fx |\n", name, cold ? "cold" : "hot",
-           (double)sz.total_bits / (double)(rows * cols), us[0][0], us[0][1], us[0][2], us[1][0], us[1][1], us[1][2],
-           us[0][2] / us[0][0], us[1][2] / us[1][0]);
+    printf("| %s | %s | %.3f |", name, cold ? "cold" : "hot", (double)sz.total_bits / (double)(rows * cols));
+    for (int ti = 0; ti < 2; ti++)
+        for (int k = 0; k <= nk; k++) printf(" %.1f |", us[ti][k]);
+    if (g_avx2)
+        printf(" %.2fx / %.2fx | %.2fx / %.2fx |\n", us[0][nk] / us[0][0], us[1][nk] / us[1][0], us[0][nk] / us[0][2],
+               us[1][nk] / us[1][2]);
+    else
+        printf(" %.2fx / %.2fx |\n", us[0][nk] / us[0][0], us[1][nk] / us[1][0]);
     fflush(stdout);
     free(x);
     free(y);
@@ -430,6 +452,7 @@ int main(int argc, char **argv) {
         if (strcmp(argv[i], "--no-big") == 0) big = 0;
         else if (strcmp(argv[i], "--matvec-only") == 0) g_matvec_only = 1;
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) g_threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--avx2") == 0) g_avx2 = 1;
         else if (i == 1) dir = argv[i];
         else g_secs = atof(argv[i]);
     }
@@ -445,10 +468,19 @@ int main(int argc, char **argv) {
     }
     if (g_threads < 1) g_threads = 1;
     printf("## Fused coded matvec vs bf16 matvec (us per matvec; speed-up = bf16 time / coded time)\n\n");
-    printf("coded: the runtime's kernel (mt_matvec); 2-stage: the previous default (_planes)\n\n");
-    printf("| matrix | cache | coded bits/weight | coded 1 thr | 2-stage 1 thr | bf16 1 thr | coded %d thr | 2-stage %d thr | bf16 %d thr | speed-up 1 / %d thr |\n",
-           g_threads, g_threads, g_threads, g_threads);
-    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("coded: the runtime's kernel (mt_matvec); 2-stage: the previous default (_planes)%s\n\n",
+           g_avx2 ? "; avx2: the LUT kernel in AVX2 (_avx2); bits: the portable kernel (_bits)" : "");
+    if (g_avx2) {
+        printf("| matrix | cache | coded bits/weight | coded 1 thr | 2-stage 1 thr | avx2 1 thr | bits 1 thr | bf16 1 thr | "
+               "coded %d thr | 2-stage %d thr | avx2 %d thr | bits %d thr | bf16 %d thr | speed-up 1 / %d thr | "
+               "avx2 speed-up 1 / %d thr |\n",
+               g_threads, g_threads, g_threads, g_threads, g_threads, g_threads, g_threads);
+        printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    } else {
+        printf("| matrix | cache | coded bits/weight | coded 1 thr | 2-stage 1 thr | bf16 1 thr | coded %d thr | 2-stage %d thr | bf16 %d thr | speed-up 1 / %d thr |\n",
+               g_threads, g_threads, g_threads, g_threads);
+        printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    }
     /* the model's own: layer 0 expert 0 w1 (t[0]) and w2 (t[2]), the model's dictionary */
     matvec_case("model w1 512x256", &d, t[0].syms, t[0].lo, t[0].hi, t[0].rows, t[0].cols, 0);
     matvec_case("model w2 256x512", &d, t[2].syms, t[2].lo, t[2].hi, t[2].rows, t[2].cols, 0);

@@ -12,7 +12,7 @@
  *    bundled model (QMoE's RTN ternary grid), where the code must also take
  *    <= 1.0 bit per expert weight all-in;
  *  - fused matvec (portable, AVX-512 one-stage, two-stage bitplanes, LUT,
- *    dispatch, threaded, row ranges that start inside a group; rows that
+ *    LUT in AVX2, dispatch, threaded, row ranges that start inside a group; rows that
  *    end inside the last 32-bit plane word, several 16-word chunks) against
  *    a dense dot product in double of the
  *    original symbols times the f16-rounded row values; row decode and
@@ -55,6 +55,15 @@ static double rnd_unit(void) { return (double)rnd_u32() / 4294967296.0; } /* [0,
 /* Ternary symbols with P(0) = pz and +1/-1 equally likely otherwise. */
 static void fill_syms(int8_t *s, int64_t n, double pz) {
     for (int64_t i = 0; i < n; i++) s[i] = rnd_unit() < pz ? 0 : (rnd_u32() & 1) ? 1 : -1;
+}
+
+/* Whether this CPU runs the AVX2 kernel (x86-64 with AVX2). */
+static int cpu_avx2(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
 }
 
 static const uint64_t g_model_like[3] = {846, 77, 77}; /* the bundled model's RTN ternary */
@@ -251,6 +260,7 @@ static void test_matvec_random(void **state) {
     assert_int_equal(mt_qmoe_dict_build(&d, g_model_like, MT_QMOE_DICT_SIZE, MT_QMOE_MAX_LEN), MT_OK);
     mt_pool *pool;
     assert_int_equal(mt_pool_init(&pool, 3), MT_OK);
+    int n_avx2 = 0; /* cases the AVX2 kernel took */
     /* 200, 1000: rows end 8 bits into a 32-bit plane word; 48: 16 bits; 4104: 9 chunks of 16 words */
     const int64_t extra[][2] = {{512, 256}, {256, 512}, {300, 200}, {20, 48}, {19, 4104}, {40, 1000}};
     const size_t ns = sizeof g_shapes / sizeof g_shapes[0], ne = sizeof extra / sizeof extra[0];
@@ -279,6 +289,15 @@ static void test_matvec_random(void **state) {
                 for (int64_t r = 0; r < rows; r++) assert_true(isnan(y[r])); /* declined: y untouched */
             }
             for (int64_t r = 0; r < rows; r++) y[r] = NAN;
+            if (mt_qmoe_matvec_rows_avx2(&c.W, x, y, 0, rows)) {
+                check_close(y, ref, a, 0, rows, "avx2");
+                n_avx2++;
+            } else {
+                for (int64_t r = 0; r < rows; r++) assert_true(isnan(y[r]));
+                /* declines only the shapes _lut declines (or a CPU without AVX2) */
+                assert_true(cols % 8 != 0 || !cpu_avx2());
+            }
+            for (int64_t r = 0; r < rows; r++) y[r] = NAN;
             mt_matvec(pool, &c.W, x, y);
             check_close(y, ref, a, 0, rows, "mt_matvec");
             /* rows starting and ending inside groups */
@@ -294,6 +313,12 @@ static void test_matvec_random(void **state) {
                 for (int64_t r = 0; r < rows; r++) y[r] = NAN;
                 if (mt_qmoe_matvec_rows_lut(&c.W, x, y, r0, r1)) {
                     check_close(y, ref, a, r0, r1, "range lut");
+                    for (int64_t r = 0; r < r0; r++) assert_true(isnan(y[r]));
+                    for (int64_t r = r1; r < rows; r++) assert_true(isnan(y[r]));
+                }
+                for (int64_t r = 0; r < rows; r++) y[r] = NAN;
+                if (mt_qmoe_matvec_rows_avx2(&c.W, x, y, r0, r1)) {
+                    check_close(y, ref, a, r0, r1, "range avx2");
                     for (int64_t r = 0; r < r0; r++) assert_true(isnan(y[r]));
                     for (int64_t r = r1; r < rows; r++) assert_true(isnan(y[r]));
                 }
@@ -324,9 +349,13 @@ static void test_matvec_random(void **state) {
         for (int j = 0; j < 64; j++) x[j] = 1.0f;
         for (int r = 0; r < 64; r++) y[r] = NAN;
         assert_int_equal(mt_qmoe_matvec_rows_lut(&W2, x, y, 0, 64), 0);
+        assert_int_equal(mt_qmoe_matvec_rows_avx2(&W2, x, y, 0, 64), 0);
         for (int r = 0; r < 64; r++) assert_true(isnan(y[r]));
         free_coded(&c);
     }
+    /* the AVX2 kernel ran wherever the CPU has AVX2 (every x86-64 build builds it) */
+    if (cpu_avx2()) assert_true(n_avx2 > 0);
+    print_message("AVX2 LUT kernel checked on %d cases\n", n_avx2);
     /* batched matmul goes through row decode + sgemm */
     {
         coded c;
@@ -428,6 +457,8 @@ static void test_bad_blobs(void **state) {
                 mt_mat W3;
                 mt_qmoe_mat_view(&W3, &q);
                 mt_qmoe_matvec_rows_lut(&W3, x2, y2, 0, 40);
+                mt_qmoe_matvec_rows_avx2(&W3, x2, y2, 0, 40);
+                mt_qmoe_matvec_rows_avx2(&W3, x2, y2, 9, 31);
                 mt_qmoe_matvec_rows_planes(&W3, x2, y2, 0, 40);
                 mt_qmoe_matvec_rows_avx512(&W3, x2, y2, 3, 37);
                 mt_qmoe_mat_free(&q);
@@ -443,6 +474,8 @@ static void test_bad_blobs(void **state) {
                 W3.aux[1] = dk ? (void *)&small : (void *)&d; /* small: most codewords past its entries */
                 mt_qmoe_matvec_rows_lut(&W3, x2, y2, 0, 40);
                 mt_qmoe_matvec_rows_lut(&W3, x2, y2, 17, 33);
+                mt_qmoe_matvec_rows_avx2(&W3, x2, y2, 0, 40);
+                mt_qmoe_matvec_rows_avx2(&W3, x2, y2, 17, 33);
                 mt_qmoe_matvec_rows_planes(&W3, x2, y2, 0, 40);
                 mt_qmoe_matvec_rows_avx512(&W3, x2, y2, 0, 40);
                 mt_qmoe_matvec_rows(&W3, x2, y2, 0, 40);
@@ -451,6 +484,29 @@ static void test_bad_blobs(void **state) {
         free(b3);
         free(blob2);
         free_coded(&c2);
+    }
+    /* the LUT kernels on a wider shape (264 columns: a full chunk of 8 plane words and a partial one,
+     * rows ending inside a word) with the same unchecked offsets and dictionaries */
+    {
+        coded c3;
+        make_coded(&c3, &d, 40, 264, 0.85);
+        float x3[264], y3[40];
+        for (int j = 0; j < 264; j++) x3[j] = (float)rnd_unit();
+        const uint32_t nc = (uint32_t)c3.q.n_codes;
+        const uint32_t offs[4][4] = {{0, 5, 3, 100000}, {0, 1, 2, nc}, {0, nc, nc, nc}, {0, nc - 1, nc - 1, nc}};
+        for (int k = 0; k < 4; k++) {
+            mt_mat W3 = c3.W;
+            W3.aux[0] = (void *)offs[k];
+            W3.aux_bytes[0] = sizeof offs[k];
+            for (int dk = 0; dk < 2; dk++) {
+                W3.aux[1] = dk ? (void *)&small : (void *)&d;
+                mt_qmoe_matvec_rows_lut(&W3, x3, y3, 0, 40);
+                mt_qmoe_matvec_rows_avx2(&W3, x3, y3, 0, 40);
+                mt_qmoe_matvec_rows_avx2(&W3, x3, y3, 5, 39);
+                mt_qmoe_matvec_rows(&W3, x3, y3, 0, 40);
+            }
+        }
+        free_coded(&c3);
     }
     free(b2);
     free(blob);

@@ -18,7 +18,7 @@
  * work differently: codewords to +1/-1 bitplanes of the group, then sums
  * under the planes; _lut, the default, does the second stage for the 16
  * rows of a group at once by table lookups (vpermps on 4-bit slices) and is
- * the fastest.
+ * the fastest; _avx2 is the same with 8 lanes, for CPUs without AVX-512.
  *
  * Robustness: the tables always have MT_QMOE_DICT_SIZE entries (unused
  * ones decode to nothing), offsets are clamped to the code stream and every
@@ -31,11 +31,21 @@
 #include "kernels_impl.h"
 #include "qmoe_kernel.h"
 
-#if defined(__F16C__) || (defined(__AVX512F__) && defined(__AVX512DQ__))
-#include <immintrin.h>
-#endif
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define MT_QMOE_AVX512 1
+#endif
+/* The AVX2 kernel is built on every x86-64 GCC/Clang build, whatever the
+ * -march, with per-function target attributes, and taken at run time when
+ * the CPU has AVX2 (__builtin_cpu_supports, which also checks that the OS
+ * saves the YMM registers). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MT_QMOE_AVX2 1
+#define MT_QMOE_AVX2_FN __attribute__((target("avx2")))
+#else
+#define MT_QMOE_AVX2_FN
+#endif
+#if defined(__F16C__) || defined(MT_QMOE_AVX512) || defined(MT_QMOE_AVX2)
+#include <immintrin.h>
 #endif
 
 /* ---- dictionary: Tunstall tree -------------------------------------------
@@ -505,6 +515,7 @@ int mt_qmoe_matvec_rows_avx512(const mt_mat *W, const float *x, float *y, int64_
 #define QP_MAX_BITS (16 * 16384) /* symbols of one group: 16 rows of 16384 */
 #define QP_WORDS (QP_MAX_BITS / 64 + 2)
 
+#ifdef MT_QMOE_AVX512
 /* Stage 1: the first `need` symbols (a multiple of 8) of codewords
  * [k0, k1) into the planes P, M (bytes 0 .. need/8; bits past the stream
  * read 0). Bit writer as in zstd's BIT_flushBitsFast: the pending bits sit
@@ -542,7 +553,6 @@ static void qp_expand(const uint16_t *codes, uint64_t k0, uint64_t k1, const uin
     }
 }
 
-#ifdef MT_QMOE_AVX512
 /* Stage 2: y[r] for rows [rs, re) of the group starting at row gr0 from
  * its planes: S+ and S- by masked adds of x, 32 columns per step. */
 #define QP_ADD(acc, k, xv) _mm512_mask_add_ps((acc), (k), (acc), (xv))
@@ -672,16 +682,17 @@ int mt_qmoe_matvec_rows_planes(const mt_mat *W, const float *x, float *y, int64_
  * end) and 16 rows fit the plane buffer; otherwise the caller falls back. */
 #define QL_AHEAD 10
 
-#ifdef MT_QMOE_AVX512
+#if defined(MT_QMOE_AVX512) || defined(MT_QMOE_AVX2)
 /* The high 64 bits of v to an unaligned address (one vpextrq; _mm_storeh_pd
  * is an aligned double store as far as the compiler is concerned). */
-static inline void ql_store_hi(uint8_t *p, __m128i v) {
+static inline MT_QMOE_AVX2_FN void ql_store_hi(uint8_t *p, __m128i v) {
     const uint64_t h = (uint64_t)_mm_extract_epi64(v, 1);
     memcpy(p, &h, 8);
 }
 
-/* Stage 1 with the contract of qp_expand (same planes, same bytes written). */
-static void ql_expand(const uint16_t *codes, uint64_t k0, uint64_t k1, const uint8_t *len, const uint64_t *mask,
+/* Stage 1 with the contract of qp_expand (same planes, same bytes written).
+ * Shared with the AVX2 kernel: it needs SSE4.1 only. */
+static MT_QMOE_AVX2_FN void ql_expand(const uint16_t *codes, uint64_t k0, uint64_t k1, const uint8_t *len, const uint64_t *mask,
                       uint64_t need, uint8_t *P, uint8_t *M) {
     const uint16_t *c = codes + k0, *const ce = codes + k1;
     __m128i acc = _mm_setzero_si128(); /* pending bits: +1 plane in the low, -1 plane in the high 64 bits */
@@ -724,7 +735,9 @@ static void ql_expand(const uint16_t *codes, uint64_t k0, uint64_t k1, const uin
         memset(M + ob + 8, 0, ob_end - ob);
     }
 }
+#endif
 
+#ifdef MT_QMOE_AVX512
 /* r[0..15]: 16 rows of 16 words each (row i in r[i]). On return col[j]
  * holds word j of every row (lane i = row i), j = 4L + k for 128-bit lane
  * L and k = 0..3; see the order in ql_cols. */
@@ -843,14 +856,160 @@ int mt_qmoe_matvec_rows_lut(const mt_mat *W, const float *x, float *y, int64_t r
 #endif
 }
 
+/* ---- the LUT kernel in AVX2 (machines without AVX-512) ---------------------------
+ * Stage 1 is ql_expand. Stage 2 as in ql_rows, one row per lane, with 8
+ * lanes: the 16 rows of a group in two halves of 8, each read as 8 rows x
+ * 8 plane words (256 columns) and transposed (8 x 8 32-bit words, 24
+ * shuffles). vpermps on 8 lanes indexes 8 table entries, so the table of a
+ * block of 4 columns is two vectors: the subset sums of x[4b .. 4b+2]
+ * (nibble bit 3 clear) and the same plus x[4b+3] (bit 3 set); a nibble
+ * costs two lookups with the same 3-bit index and a blend on its bit 3
+ * (vblendvps reads the sign bit: the word shifted left so bit 3 lands
+ * there). Same shape limits as _lut. */
+#ifdef MT_QMOE_AVX2
+/* r[i]: word w0 .. w0+7 of row i -> r[j]: word w0 + j of rows 0..7 (lane i = row i). */
+static inline __attribute__((always_inline)) MT_QMOE_AVX2_FN void qa_transpose(__m256i r[8]) {
+    __m256i t[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) { /* r[4i + k], 128-bit lane L: word 4L + k of rows 4i .. 4i + 3 */
+        r[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int k = 0; k < 4; k++) {
+        t[k] = _mm256_permute2x128_si256(r[k], r[4 + k], 0x20);     /* word k     */
+        t[4 + k] = _mm256_permute2x128_si256(r[k], r[4 + k], 0x31); /* word 4 + k */
+    }
+    for (int j = 0; j < 8; j++) r[j] = t[j];
+}
+
+/* acc += T[b][nibble b of each lane] for the 8 nibbles of a word; T2 holds
+ * 8 blocks of (low half, high half) vectors. */
+#define QA_NIB(acc, T2, b, idx, sel)                                                                \
+    (acc) = _mm256_add_ps((acc), _mm256_blendv_ps(_mm256_permutevar8x32_ps((T2)[2 * (b)], (idx)),  \
+                                                  _mm256_permutevar8x32_ps((T2)[2 * (b) + 1], (idx)), \
+                                                  _mm256_castsi256_ps(sel)))
+#define QA_LOOKUP(acc, w, T2)                                                                       \
+    do {                                                                                            \
+        QA_NIB(acc[0], T2, 0, (w), _mm256_slli_epi32((w), 28));                                     \
+        QA_NIB(acc[1], T2, 1, _mm256_srli_epi32((w), 4), _mm256_slli_epi32((w), 24));               \
+        QA_NIB(acc[0], T2, 2, _mm256_srli_epi32((w), 8), _mm256_slli_epi32((w), 20));               \
+        QA_NIB(acc[1], T2, 3, _mm256_srli_epi32((w), 12), _mm256_slli_epi32((w), 16));              \
+        QA_NIB(acc[0], T2, 4, _mm256_srli_epi32((w), 16), _mm256_slli_epi32((w), 12));              \
+        QA_NIB(acc[1], T2, 5, _mm256_srli_epi32((w), 20), _mm256_slli_epi32((w), 8));               \
+        QA_NIB(acc[0], T2, 6, _mm256_srli_epi32((w), 24), _mm256_slli_epi32((w), 4));               \
+        QA_NIB(acc[1], T2, 7, _mm256_srli_epi32((w), 28), (w));                                     \
+    } while (0)
+
+/* Sums under one plane of 8 rows (row i at byte i * (cols / 8) of B) into
+ * s[0..7]: nd 32-bit words per row, T has 16 * nd vectors. Full chunks of 8
+ * words stay inside the 16 rows of the buffer (4·nd <= cols/8 + 3 bytes per
+ * row); the last, partial one is read with a lane mask. */
+static MT_QMOE_AVX2_FN void qa_rows8(const uint8_t *B, int64_t cols, int64_t nd, const __m256 *T, float *s) {
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    const int64_t rb = cols / 8; /* bytes per row */
+    for (int64_t w0 = 0; w0 < nd; w0 += 8) {
+        const int64_t nw = nd - w0 < 8 ? nd - w0 : 8;
+        const uint8_t *b = B + 4 * w0;
+        __m256i rw[8];
+        if (nw == 8) {
+            for (int i = 0; i < 8; i++) rw[i] = _mm256_loadu_si256((const __m256i *)(const void *)(b + i * rb));
+        } else {
+            const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nw), lane);
+            for (int i = 0; i < 8; i++) rw[i] = _mm256_maskload_epi32((const int *)(const void *)(b + i * rb), lm);
+        }
+        qa_transpose(rw);
+        for (int64_t j = 0; j < nw; j++) QA_LOOKUP(acc, rw[j], T + 16 * (w0 + j));
+    }
+    _mm256_storeu_ps(s, _mm256_add_ps(acc[0], acc[1]));
+}
+#undef QA_LOOKUP
+#undef QA_NIB
+
+/* T[2b] lane s: sum of x[4b + i] over the set bits i of s (s < 8); T[2b + 1]
+ * the same plus x[4b + 3]; x read as 0 from cols on. */
+static MT_QMOE_AVX2_FN void qa_table(const float *x, int64_t cols, int64_t nblk, __m256 *T) {
+    for (int64_t b = 0; b < nblk; b++) {
+        float v[4];
+        for (int i = 0; i < 4; i++) v[i] = 4 * b + i < cols ? x[4 * b + i] : 0.0f;
+        const __m256 lo =
+            _mm256_setr_ps(0.0f, v[0], v[1], v[0] + v[1], v[2], v[0] + v[2], v[1] + v[2], v[0] + v[1] + v[2]);
+        T[2 * b] = lo;
+        T[2 * b + 1] = _mm256_add_ps(lo, _mm256_set1_ps(v[3]));
+    }
+}
+
+/* The body of mt_qmoe_matvec_rows_avx2 once the CPU is known to have AVX2
+ * (kept out of the caller so no AVX instruction runs before the check). */
+static __attribute__((noinline)) MT_QMOE_AVX2_FN int qa_matvec(const mt_mat *W, const float *x, float *y, int64_t r0,
+                                                               int64_t r1) {
+    if (!mt_qmoe_mat_ok(W) || r0 < 0 || r1 > W->rows) {
+        for (int64_t r = r0; r < r1; r++) y[r] = NAN;
+        return 1;
+    }
+    const int64_t G = W->group, cols = W->cols;
+    if (G > 16 || cols % 8 != 0 || (uint64_t)16 * (uint64_t)cols > QP_MAX_BITS) return 0;
+    if (r0 >= r1) return 1;
+    const int64_t nd = (cols + 31) / 32; /* 32-bit plane words per row */
+    __m256 *T = aligned_alloc(32, (size_t)(16 * nd) * sizeof(__m256));
+    if (!T) return 0;
+    qa_table(x, cols, 8 * nd, T);
+    const mt_qmoe_dict *d = W->aux[1];
+    const uint16_t *codes = W->data;
+    uint64_t P[QP_WORDS], M[QP_WORDS];
+    const size_t used = (size_t)(2 * cols + 16); /* bytes of 16 rows and the reads past the last one */
+    memset(P, 0, used); /* rows a group does not decode are read, and ignored */
+    memset(M, 0, used);
+    float sp[16], sm[16];
+    const int64_t half = cols; /* bytes of 8 rows of a plane */
+    for (int64_t g = r0 / G; g * G < r1; g++) {
+        const int64_t gr0 = g * G, gr1 = gr0 + G < W->rows ? gr0 + G : W->rows;
+        const int64_t rs = r0 > gr0 ? r0 : gr0, re = r1 < gr1 ? r1 : gr1;
+        uint64_t k0, k1;
+        group_span(W, g, &k0, &k1);
+        ql_expand(codes, k0, k1, d->len, d->mask, (uint64_t)(re - gr0) * (uint64_t)cols, (uint8_t *)P, (uint8_t *)M);
+        qa_rows8((const uint8_t *)P, cols, nd, T, sp);
+        qa_rows8((const uint8_t *)M, cols, nd, T, sm);
+        if (re - gr0 > 8) { /* the second 8 rows only where wanted */
+            qa_rows8((const uint8_t *)P + half, cols, nd, T, sp + 8);
+            qa_rows8((const uint8_t *)M + half, cols, nd, T, sm + 8);
+        }
+        for (int64_t r = rs; r < re; r++) {
+            float lo, hi;
+            row_scales(W, r, &lo, &hi);
+            y[r] = hi * sp[r - gr0] + lo * sm[r - gr0];
+        }
+    }
+    free(T);
+    return 1;
+}
+#endif
+
+int mt_qmoe_matvec_rows_avx2(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1) {
+#ifdef MT_QMOE_AVX2
+    if (!__builtin_cpu_supports("avx2")) return 0;
+    return qa_matvec(W, x, y, r0, r1);
+#else
+    (void)W, (void)x, (void)y, (void)r0, (void)r1;
+    return 0;
+#endif
+}
+
 /* The LUT kernel where built and the shape fits, else the two-stage
  * kernel, else the one-stage AVX-512 kernel (branch-free, so its cost does
- * not grow with the nonzeros per codeword), else the portable one
+ * not grow with the nonzeros per codeword); without AVX-512, the LUT kernel
+ * in AVX2 where the CPU has it and the shape fits; else the portable one
  * (docs/qmoe.md). */
 void mt_qmoe_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1) {
     if (mt_qmoe_matvec_rows_lut(W, x, y, r0, r1)) return;
     if (mt_qmoe_matvec_rows_planes(W, x, y, r0, r1)) return;
-    if (!mt_qmoe_matvec_rows_avx512(W, x, y, r0, r1)) mt_qmoe_matvec_rows_bits(W, x, y, r0, r1);
+    if (mt_qmoe_matvec_rows_avx512(W, x, y, r0, r1)) return;
+    if (!mt_qmoe_matvec_rows_avx2(W, x, y, r0, r1)) mt_qmoe_matvec_rows_bits(W, x, y, r0, r1);
 }
 
 /* ---- one row to f32 ------------------------------------------------------------ */

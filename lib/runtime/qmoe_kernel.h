@@ -18,7 +18,8 @@ int mt_qmoe_mat_ok(const mt_mat *W);
  * _avx512: the masks drive masked loads/adds of 16 floats (0 when the
  *        build has no AVX-512: the caller falls back).
  * mt_qmoe_matvec_rows: the one the runtime uses (_lut where it applies,
- * else _planes, else _avx512 where built, else _bits; docs/qmoe.md). */
+ * else _planes, else _avx512 where built with AVX-512; without it _avx2
+ * where the CPU has AVX2 and the shape fits; else _bits; docs/qmoe.md). */
 void mt_qmoe_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 void mt_qmoe_matvec_rows_bits(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 int mt_qmoe_matvec_rows_avx512(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
@@ -34,6 +35,12 @@ int mt_qmoe_matvec_rows_planes(const mt_mat *W, const float *x, float *y, int64_
  *        y when not built with AVX-512, when a group has more than 16 rows,
  *        cols % 8 != 0 or cols > 16384, or the table cannot be allocated. */
 int mt_qmoe_matvec_rows_lut(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+/* _avx2: _lut with AVX2 only (8 lanes: two halves of 8 rows, two 8-entry
+ *        lookups and a blend per 4-bit slice), built on every x86-64 build
+ *        whatever -march, run where the CPU has AVX2. Returns 0 without
+ *        touching y when the CPU (or the build's target) has no AVX2 or on
+ *        the shapes _lut declines. */
+int mt_qmoe_matvec_rows_avx2(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 void mt_qmoe_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 
 /* Row r of W as f32 (cols floats). */
