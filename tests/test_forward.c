@@ -227,6 +227,8 @@ static int on_capture(void *user, const mt_capture_event *ev) {
     case MT_CAP_EXPERT_OUT:
         if (ev->n_cols != s->hidden || !ev->rows || !ev->gates) s->bad++;
         break;
+    default:
+        break;
     }
     return 0;
 }
@@ -274,6 +276,219 @@ static void test_capture(void **state) {
     assert_int_equal(mt_ctx_pos(c), 0);
     free(lg);
     free(lg2);
+    free(s);
+    mt_ctx_free(c);
+}
+
+/* ---- attention-output and final-norm taps -----------------------------------
+ * Checked against the model's own weights in f64: the layer's FFN input is
+ * rmsnorm(x_prev + attn_out·Woᵀ)·w_ffn with x_prev the previous layer's
+ * output (the embeddings for layer 0), so o_proj of the captured rows is
+ * the attention block's contribution; FINAL_NORM is rmsnorm(last layer
+ * output)·w_out and lm_head of it gives the logits. Token-by-token decode
+ * delivers the same rows as the batch. */
+enum { TAP_LAYERS = 16 };
+typedef struct {
+    int n, layers, hidden, q_dim;
+    int row0;                        /* batch row of the first captured row */
+    float *attn_out[TAP_LAYERS];     /* (N_CASE, q_dim) */
+    float *ffn_in[TAP_LAYERS];       /* (N_CASE, hidden) */
+    float *layer_out[TAP_LAYERS];    /* (N_CASE, hidden) */
+    float *final_norm;               /* (N_CASE, hidden) */
+    int n_attn_out, n_final, bad, abort_final;
+} tap_state;
+
+static int on_tap(void *user, const mt_capture_event *ev) {
+    tap_state *s = user;
+    const int l = ev->layer;
+    const size_t r0 = (size_t)s->row0;
+    switch (ev->kind) {
+    case MT_CAP_ATTN_OUT:
+        s->n_attn_out++;
+        if (l < 0 || l >= s->layers || ev->n_rows != s->n || ev->n_cols != s->q_dim || ev->expert != -1) {
+            s->bad++;
+            return 0;
+        }
+        memcpy(s->attn_out[l] + r0 * s->q_dim, ev->data, (size_t)ev->n_rows * s->q_dim * sizeof(float));
+        break;
+    case MT_CAP_FFN_IN:
+        memcpy(s->ffn_in[l] + r0 * s->hidden, ev->data, (size_t)ev->n_rows * s->hidden * sizeof(float));
+        break;
+    case MT_CAP_LAYER_OUT:
+        memcpy(s->layer_out[l] + r0 * s->hidden, ev->data, (size_t)ev->n_rows * s->hidden * sizeof(float));
+        break;
+    case MT_CAP_FINAL_NORM:
+        s->n_final++;
+        if (l != s->layers || ev->n_rows != s->n || ev->n_cols != s->hidden || ev->expert != -1) {
+            s->bad++;
+            return 0;
+        }
+        if (s->abort_final) return MT_ERR_INTERNAL;
+        memcpy(s->final_norm + r0 * s->hidden, ev->data, (size_t)ev->n_rows * s->hidden * sizeof(float));
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static float *mat_f32(const mt_mat *w) {
+    float *o = malloc((size_t)(w->rows * w->cols) * sizeof *o);
+    assert_non_null(o);
+    for (int64_t r = 0; r < w->rows; r++)
+        assert_int_equal(mt_row_to_f32(w->dtype, (const uint8_t *)w->data + r * w->row_stride, o + r * w->cols, w->cols),
+                         MT_OK);
+    return o;
+}
+
+/* f64 rmsnorm of one row. */
+static void rms_ref(double *out, const double *x, const float *w, int dim, double eps) {
+    double ss = 0;
+    for (int j = 0; j < dim; j++) ss += x[j] * x[j];
+    double r = 1.0 / sqrt(ss / dim + eps);
+    for (int j = 0; j < dim; j++) out[j] = w[j] * x[j] * r;
+}
+
+static void test_capture_taps(void **state) {
+    (void)state;
+    const mt_config *cf = mt_model_config(g_model);
+    const mt_weights *W = mt_model_weights(g_model);
+    const int H = cf->hidden, QD = cf->n_heads * cf->head_dim, V = cf->vocab, L = cf->n_layers;
+    assert_true(L <= TAP_LAYERS);
+    tap_state *s = calloc(1, sizeof *s);
+    s->n = N_CASE;
+    s->layers = L;
+    s->hidden = H;
+    s->q_dim = QD;
+    for (int l = 0; l < L; l++) {
+        s->attn_out[l] = calloc((size_t)N_CASE * QD, sizeof(float));
+        s->ffn_in[l] = calloc((size_t)N_CASE * H, sizeof(float));
+        s->layer_out[l] = calloc((size_t)N_CASE * H, sizeof(float));
+    }
+    s->final_norm = calloc((size_t)N_CASE * H, sizeof(float));
+    mt_ctx *c;
+    assert_int_equal(mt_ctx_init(&c, g_model, 32, N_CASE), MT_OK);
+    const unsigned mask = MT_CAP_ATTN_OUT | MT_CAP_FFN_IN | MT_CAP_LAYER_OUT | MT_CAP_FINAL_NORM;
+    mt_ctx_set_capture(c, on_tap, s, mask);
+    float *lg = malloc((size_t)N_CASE * V * sizeof *lg);
+    assert_int_equal(mt_ctx_forward(c, g_ids, N_CASE, lg, 1), MT_OK);
+    assert_int_equal(s->bad, 0);
+    assert_int_equal(s->n_attn_out, L);
+    assert_int_equal(s->n_final, 1);
+
+    /* o_proj(attn_out) closes the residual: FFN_IN from it within f32 noise. */
+    double *x = malloc((size_t)H * sizeof *x), *y = malloc((size_t)H * sizeof *y);
+    float *row = malloc((size_t)H * sizeof *row);
+    double md_ffn = 0, md_final = 0, md_logit = 0;
+    for (int l = 0; l < L; l++) {
+        const mt_layer_weights *Lw = &W->layers[l];
+        float *wo = mat_f32(&Lw->wo), *wn = mat_f32(&Lw->ffn_norm);
+        for (int i = 0; i < N_CASE; i++) {
+            if (l == 0) {
+                assert_int_equal(mt_row_to_f32(W->tok_embd.dtype,
+                                               (const uint8_t *)W->tok_embd.data + (size_t)g_ids[i] * W->tok_embd.row_stride,
+                                               row, H),
+                                 MT_OK);
+            } else {
+                memcpy(row, s->layer_out[l - 1] + (size_t)i * H, (size_t)H * sizeof(float));
+            }
+            const float *a = s->attn_out[l] + (size_t)i * QD;
+            for (int j = 0; j < H; j++) {
+                double acc = row[j];
+                for (int u = 0; u < QD; u++) acc += (double)wo[(size_t)j * QD + u] * a[u];
+                x[j] = acc;
+            }
+            rms_ref(y, x, wn, H, cf->norm_eps);
+            for (int j = 0; j < H; j++) md_ffn = fmax(md_ffn, fabs(y[j] - s->ffn_in[l][(size_t)i * H + j]));
+        }
+        free(wo);
+        free(wn);
+    }
+    /* FINAL_NORM = rmsnorm(last layer output)·w_out; lm_head of it = logits. */
+    float *wn = mat_f32(&W->out_norm), *head = mat_f32(&W->lm_head);
+    for (int i = 0; i < N_CASE; i++) {
+        for (int j = 0; j < H; j++) x[j] = s->layer_out[L - 1][(size_t)i * H + j];
+        rms_ref(y, x, wn, H, cf->norm_eps);
+        const float *f = s->final_norm + (size_t)i * H;
+        for (int j = 0; j < H; j++) md_final = fmax(md_final, fabs(y[j] - f[j]));
+        for (int v = 0; v < V; v++) {
+            double acc = 0;
+            for (int j = 0; j < H; j++) acc += (double)head[(size_t)v * H + j] * f[j];
+            md_logit = fmax(md_logit, fabs(acc - lg[(size_t)i * V + v]));
+        }
+    }
+    printf("taps: ffn_in from attn_out maxdiff %.3g, final norm %.3g, logits from it %.3g\n", md_ffn, md_final,
+           md_logit);
+    assert_true(md_ffn <= 1e-4);
+    assert_true(md_final <= 1e-5);
+    assert_true(md_logit <= 1e-4);
+
+    /* Without logits FINAL_NORM still delivers every row, the same rows. */
+    float *fn_batch = malloc((size_t)N_CASE * H * sizeof *fn_batch);
+    float *ao_batch = malloc((size_t)N_CASE * QD * sizeof *ao_batch);
+    memcpy(fn_batch, s->final_norm, (size_t)N_CASE * H * sizeof(float));
+    memcpy(ao_batch, s->attn_out[L - 1], (size_t)N_CASE * QD * sizeof(float));
+    memset(s->final_norm, 0, (size_t)N_CASE * H * sizeof(float));
+    mt_ctx_reset(c);
+    assert_int_equal(mt_ctx_forward(c, g_ids, N_CASE, NULL, 0), MT_OK);
+    assert_memory_equal(s->final_norm, fn_batch, (size_t)N_CASE * H * sizeof(float));
+
+    /* Token by token (matvec path, last-token logits): the same rows, and
+     * the logits are lm_head of the captured row. */
+    s->n = 1;
+    mt_ctx_reset(c);
+    double md_tok = 0, md_tok_logit = 0;
+    for (int i = 0; i < N_CASE; i++) {
+        s->row0 = i;
+        assert_int_equal(mt_ctx_forward(c, g_ids + i, 1, lg, 0), MT_OK);
+        const float *f = s->final_norm + (size_t)i * H;
+        for (int v = 0; v < V; v++) {
+            double acc = 0;
+            for (int j = 0; j < H; j++) acc += (double)head[(size_t)v * H + j] * f[j];
+            md_tok_logit = fmax(md_tok_logit, fabs(acc - lg[v]));
+        }
+    }
+    for (size_t k = 0; k < (size_t)N_CASE * H; k++) md_tok = fmax(md_tok, fabs((double)s->final_norm[k] - fn_batch[k]));
+    for (size_t k = 0; k < (size_t)N_CASE * QD; k++)
+        md_tok = fmax(md_tok, fabs((double)s->attn_out[L - 1][k] - ao_batch[k]));
+    printf("taps: decode vs batch maxdiff %.3g, decode logits %.3g\n", md_tok, md_tok_logit);
+    assert_int_equal(s->bad, 0);
+    assert_true(md_tok <= 1e-4);
+    assert_true(md_tok_logit <= 1e-4);
+
+    /* Capturing the final norm does not change the last-token logits. */
+    float *l1 = malloc((size_t)V * sizeof *l1), *l2 = malloc((size_t)V * sizeof *l2);
+    s->n = N_CASE;
+    s->row0 = 0;
+    mt_ctx_reset(c);
+    assert_int_equal(mt_ctx_forward(c, g_ids, N_CASE, l1, 0), MT_OK);
+    mt_ctx_set_capture(c, NULL, NULL, 0);
+    mt_ctx_reset(c);
+    assert_int_equal(mt_ctx_forward(c, g_ids, N_CASE, l2, 0), MT_OK);
+    assert_memory_equal(l1, l2, (size_t)V * sizeof(float));
+    /* An abort at FINAL_NORM leaves the position where it was. */
+    mt_ctx_set_capture(c, on_tap, s, MT_CAP_FINAL_NORM);
+    s->abort_final = 1;
+    mt_ctx_reset(c);
+    assert_int_equal(mt_ctx_forward(c, g_ids, N_CASE, l1, 0), MT_ERR_INTERNAL);
+    assert_int_equal(mt_ctx_pos(c), 0);
+
+    free(l1);
+    free(l2);
+    free(fn_batch);
+    free(ao_batch);
+    free(wn);
+    free(head);
+    free(x);
+    free(y);
+    free(row);
+    free(lg);
+    for (int l = 0; l < L; l++) {
+        free(s->attn_out[l]);
+        free(s->ffn_in[l]);
+        free(s->layer_out[l]);
+    }
+    free(s->final_norm);
     free(s);
     mt_ctx_free(c);
 }
@@ -377,7 +592,8 @@ static void test_param_stats(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_logits), cmocka_unit_test(test_prefill_vs_decode),
-        cmocka_unit_test(test_capture),          cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_capture),          cmocka_unit_test(test_capture_taps),
+        cmocka_unit_test(test_errors),
         cmocka_unit_test(test_generate),         cmocka_unit_test(test_param_stats),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

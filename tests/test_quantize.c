@@ -15,7 +15,9 @@
  *     intermediate activations and output errors equal direct double-
  *     precision sums (and mt_gptq_output_err), and mt_quant_model's GPTQ of
  *     layer 0 equals mt_gptq_quantize on the Hessian of mt_calib_layer,
- *     for 1 and 2 threads alike. */
+ *     for 1 and 2 threads alike; with --attn-bits/--embed-bits its o_proj
+ *     and lm_head equal mt_gptq_quantize on the Hessians of the attention
+ *     outputs and of the final-norm outputs, below RTN's output error. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -539,6 +541,124 @@ static void test_quant_model_per_job(void **st) {
     mt_model_free(ref);
 }
 
+/* q4_0 (group 32) of src by GPTQ on a copy of H (NULL: RTN), packed;
+ * *err = tr(D H Dᵀ) on Href with D = W − Ŵ. */
+static uint8_t *q4_packed(const mt_mat *src, const double *H0, const double *Href, double *err) {
+    const int64_t rows = src->rows, cols = src->cols;
+    mt_grid g;
+    assert_int_equal(mt_grid_make(&g, 4, MT_QUANT_GROUP_DEFAULT, cols, "test"), MT_OK);
+    float *W = malloc((size_t)(rows * cols) * sizeof *W), *Wo = malloc((size_t)(rows * cols) * sizeof *Wo);
+    float *a = malloc((size_t)(rows * cols) * sizeof *a), *b = malloc((size_t)(rows * cols) * sizeof *b);
+    int8_t *codes = malloc((size_t)(rows * cols));
+    double *H = NULL;
+    if (H0) {
+        H = malloc((size_t)(cols * cols) * sizeof *H);
+        memcpy(H, H0, (size_t)(cols * cols) * sizeof *H);
+    }
+    for (int64_t i = 0; i < rows; i++)
+        mt_row_to_f32(src->dtype, (const uint8_t *)src->data + i * src->row_stride, W + i * cols, cols);
+    memcpy(Wo, W, (size_t)(rows * cols) * sizeof *W);
+    const mt_gptq_params gp = {.damp = 0.1, .block = 128};
+    assert_int_equal(mt_gptq_quantize(W, rows, cols, H, &g, &gp, codes, a, b), MT_OK);
+    *err = mt_gptq_output_err(Wo, W, rows, cols, Href);
+    uint64_t rb;
+    assert_int_equal(mt_dtype_nbytes(MT_DT_Q4_0, (uint64_t)cols, &rb), MT_OK);
+    uint8_t *packed = malloc((size_t)(rb * (uint64_t)rows));
+    for (int64_t i = 0; i < rows; i++) mt_grid_pack_row(&g, codes + i * cols, a + i * (cols / g.group), cols, packed + i * rb);
+    free(H);
+    free(codes);
+    free(W);
+    free(Wo);
+    free(a);
+    free(b);
+    return packed;
+}
+
+/* GPTQ of o_proj and lm_head in mt_quant_model (q4_0 experts, --attn-bits 4,
+ * --embed-bits 4): layer 0's o_proj == mt_gptq_quantize on the Hessian of
+ * the attention outputs (mt_calib_layer), the untied lm_head ==
+ * mt_gptq_quantize on the Hessian of the final-norm outputs of the
+ * calibration windows through the quantized model, byte for byte; and
+ * each has a lower output error than RTN on its Hessian. */
+static void test_quant_model_oproj_lm_head(void **st) {
+    (void)st;
+    mt_quant_opts o;
+    mt_quant_opts_default(&o);
+    o.bits = 4;
+    o.attn_bits = 4;
+    o.embed_bits = 4;
+    o.calib_tokens = 1024;
+    o.calib_path = tu_model_path("data/train.txt");
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = 2;
+    mt_model *ref = NULL, *m = NULL;
+    assert_int_equal(mt_model_load(&ref, tu_model_dir(), &mo), MT_OK);
+    assert_int_equal(mt_model_load(&m, tu_model_dir(), &mo), MT_OK);
+    const mt_config *c = mt_model_config(ref);
+    assert_false(c->tie_embeddings);
+    const int64_t qd = (int64_t)c->n_heads * c->head_dim, Hd = c->hidden;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    assert_int_equal(mt_calib_tokens(ref, o.calib_path, o.calib_tokens, &ids, &n_ids), MT_OK);
+    mt_calib_stats cs;
+    const uint64_t cap = (uint64_t)ceil(o.expert_cap * 1024.0 * c->top_k / c->n_experts);
+    assert_int_equal(mt_calib_layer(ref, 0, ids, 1024, o.calib_window, 1, cap, &cs), MT_OK);
+    assert_int_equal(cs.q_dim, qd);
+    assert_non_null(cs.h_attn_out);
+    /* every token's row: the trace is the sum of squares of 1024 rows, > 0 */
+    double tr = 0;
+    for (int64_t i = 0; i < qd; i++) tr += cs.h_attn_out[i * qd + i];
+    assert_true(tr > 0);
+
+    mt_quant_state *qs = NULL;
+    mt_quant_report rep;
+    assert_int_equal(mt_quant_model(&qs, m, &o, &rep), MT_OK);
+    const mt_weights *Wr = mt_model_weights(ref), *Wm = mt_model_weights(m);
+    double e_gptq, e_rtn;
+    uint8_t *want = q4_packed(&Wr->layers[0].wo, cs.h_attn_out, cs.h_attn_out, &e_gptq);
+    uint8_t *rtn = q4_packed(&Wr->layers[0].wo, NULL, cs.h_attn_out, &e_rtn);
+    const mt_mat *got = &Wm->layers[0].wo;
+    assert_int_equal(got->dtype, MT_DT_Q4_0);
+    assert_memory_equal(got->data, want, (size_t)(got->row_stride * (uint64_t)got->rows));
+    printf("o_proj layer 0: output error GPTQ %.6g, RTN %.6g\n", e_gptq, e_rtn);
+    assert_true(e_gptq < e_rtn);
+    free(want);
+    free(rtn);
+
+    /* lm_head: the final-norm rows of the quantized model (lm_head itself
+     * does not enter them). */
+    mt_calib_rows fx;
+    assert_int_equal(mt_calib_capture_final(m, ids, 1024, o.calib_window, &fx), MT_OK);
+    assert_int_equal(fx.n, 1024);
+    assert_int_equal(fx.cols, Hd);
+    double *H = malloc((size_t)(Hd * Hd) * sizeof *H);
+    assert_int_equal(mt_calib_hessian(&fx, H), MT_OK);
+    want = q4_packed(&Wr->lm_head, H, H, &e_gptq);
+    rtn = q4_packed(&Wr->lm_head, NULL, H, &e_rtn);
+    got = &Wm->lm_head;
+    assert_int_equal(got->dtype, MT_DT_Q4_0);
+    assert_memory_equal(got->data, want, (size_t)(got->row_stride * (uint64_t)got->rows));
+    printf("lm_head: output error GPTQ %.6g, RTN %.6g\n", e_gptq, e_rtn);
+    assert_true(e_gptq < e_rtn);
+    free(want);
+    free(rtn);
+    /* embeddings stay RTN */
+    rtn = q4_packed(&Wr->tok_embd, NULL, H, &e_rtn);
+    got = &Wm->tok_embd;
+    assert_int_equal(got->dtype, MT_DT_Q4_0);
+    assert_memory_equal(got->data, rtn, (size_t)(got->row_stride * (uint64_t)got->rows));
+    free(rtn);
+    free(H);
+    mt_calib_rows_free(&fx);
+    mt_quant_report_free(&rep);
+    mt_quant_state_free(qs);
+    mt_calib_stats_free(&cs);
+    free(ids);
+    mt_model_free(m);
+    mt_model_free(ref);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rtn_bit_identical),
@@ -547,6 +667,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_outputs),
         cmocka_unit_test(test_calib_rows_and_stats),
         cmocka_unit_test(test_quant_model_per_job),
+        cmocka_unit_test(test_quant_model_oproj_lm_head),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -48,7 +48,8 @@ typedef struct {
     int experts_only;      /* require a MoE model (error on a dense one)      */
     mt_quant_codec codec;  /* QMOE: needs bits ternary, group row; HF output  */
     int embed_bits;        /* 0: embeddings and lm_head kept as stored; 8 or 4:
-                              Q8_0 / Q4_0 (round to nearest)                 */
+                              Q8_0 / Q4_0 (embeddings round to nearest; an
+                              untied lm_head by GPTQ with method GPTQ)      */
     int tq1;               /* ternary group 256: store TQ1_0 (1.69 bits) instead
                               of TQ2_0 (2.06); same grid, same weights      */
     mt_format format;      /* file output: MT_FMT_GGUF (default) or MT_FMT_HF

@@ -50,6 +50,10 @@ typedef enum {
     MT_CAP_EXPERT_IN = 1 << 3,     /* rows routed to one expert (m, hidden)      */
     MT_CAP_EXPERT_OUT = 1 << 4,    /* that expert's outputs before gating (m, hidden) */
     MT_CAP_LAYER_OUT = 1 << 5,     /* residual stream after the layer (n, hidden) */
+    MT_CAP_ATTN_OUT = 1 << 6,      /* attention output, o_proj's input (n, n_heads·head_dim) */
+    MT_CAP_FINAL_NORM = 1 << 7,    /* final-norm output, lm_head's input (n, hidden);
+                                      layer = n_layers, once per forward, every token
+                                      of the batch (with or without logits) */
 } mt_capture_kind;
 
 typedef struct {

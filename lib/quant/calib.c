@@ -1,8 +1,10 @@
 /* calib.c — calibration inputs for GPTQ, gathered through the runtime's
  * capture hooks one layer at a time: calibration windows run through layers
  * 0..l (the forward is stopped after layer l) and the hook keeps, as f32
- * rows, the attention input of every token and each expert's routed input
- * rows (capped per expert, first rows first). Hessians H = Σ x xᵀ (f64) are
+ * rows, the attention input and output (o_proj's input) of every token and
+ * each expert's routed input rows (capped per expert, first rows first);
+ * lm_head's inputs, the final-norm outputs, come from one pass through the
+ * whole model. Hessians H = Σ x xᵀ (f64) are
  * built from those rows one matrix at a time, and an expert's intermediate
  * activations silu(W1 x)·(W3 x), which w2 multiplies, are computed from its
  * rows with the layer's W1/W3 when its w2 is quantized: the rows of a layer
@@ -236,6 +238,7 @@ done:
 void mt_calib_capture_free(mt_calib_capture *cc) {
     if (!cc) return;
     mt_calib_rows_free(&cc->attn);
+    mt_calib_rows_free(&cc->attn_out);
     for (int e = 0; cc->x && e < cc->n_exp; e++) mt_calib_rows_free(&cc->x[e]);
     free(cc->x);
     memset(cc, 0, sizeof *cc);
@@ -262,6 +265,8 @@ static int hook(void *user, const mt_capture_event *ev) {
     case MT_CAP_ATTN_IN:
         cc->n_tokens += (uint64_t)ev->n_rows;
         return hc->with_attn ? add_rows(hc, &cc->attn, ev->data, ev->n_rows, UINT64_MAX) : 0;
+    case MT_CAP_ATTN_OUT:
+        return hc->with_attn ? add_rows(hc, &cc->attn_out, ev->data, ev->n_rows, UINT64_MAX) : 0;
     case MT_CAP_FFN_IN:
         return hc->dense ? add_rows(hc, &cc->x[0], ev->data, ev->n_rows, hc->cap) : 0;
     case MT_CAP_EXPERT_IN:
@@ -285,6 +290,7 @@ int mt_calib_capture_layer(mt_model *m, int layer, const int32_t *ids, size_t n_
     cc->hidden = c->hidden;
     cc->ffn = c->ffn;
     mt_calib_rows_init(&cc->attn, c->hidden);
+    mt_calib_rows_init(&cc->attn_out, (int64_t)c->n_heads * c->head_dim);
     hook_ctx hc = {layer, L->n_experts == 0, with_attn, MT_OK, cap, cc};
     mt_ctx *ctx = NULL;
     int rc = MT_OK;
@@ -294,7 +300,9 @@ int mt_calib_capture_layer(mt_model *m, int layer, const int32_t *ids, size_t n_
     }
     for (int e = 0; e < ne; e++) mt_calib_rows_init(&cc->x[e], c->hidden);
     if ((rc = mt_ctx_init(&ctx, m, window, window))) goto done;
-    mt_ctx_set_capture(ctx, hook, &hc, MT_CAP_ATTN_IN | MT_CAP_FFN_IN | MT_CAP_EXPERT_IN | MT_CAP_LAYER_OUT);
+    mt_ctx_set_capture(ctx, hook, &hc,
+                       MT_CAP_ATTN_IN | MT_CAP_FFN_IN | MT_CAP_EXPERT_IN | MT_CAP_LAYER_OUT |
+                           (with_attn ? (unsigned)MT_CAP_ATTN_OUT : 0u));
     for (size_t off = 0; off + (size_t)window <= n_ids; off += (size_t)window) {
         mt_ctx_reset(ctx);
         rc = mt_ctx_forward(ctx, ids + off, window, NULL, 0);
@@ -314,10 +322,39 @@ done:
     return rc;
 }
 
+typedef struct {
+    mt_calib_rows *x;
+    int rc;
+} final_ctx;
+
+static int final_hook(void *user, const mt_capture_event *ev) {
+    final_ctx *fc = user;
+    if (ev->kind != MT_CAP_FINAL_NORM) return 0;
+    return fc->rc = mt_calib_rows_add(fc->x, ev->data, ev->n_rows);
+}
+
+int mt_calib_capture_final(mt_model *m, const int32_t *ids, size_t n_ids, int window, mt_calib_rows *x) {
+    mt_calib_rows_init(x, mt_model_config(m)->hidden);
+    final_ctx fc = {x, MT_OK};
+    mt_ctx *ctx = NULL;
+    int rc = mt_ctx_init(&ctx, m, window, window);
+    if (rc) return rc;
+    mt_ctx_set_capture(ctx, final_hook, &fc, MT_CAP_FINAL_NORM);
+    for (size_t off = 0; off + (size_t)window <= n_ids && !rc; off += (size_t)window) {
+        mt_ctx_reset(ctx);
+        rc = mt_ctx_forward(ctx, ids + off, window, NULL, 0);
+        if (fc.rc) rc = fc.rc;
+    }
+    mt_ctx_free(ctx);
+    if (rc) mt_calib_rows_free(x);
+    return rc;
+}
+
 /* ---- all statistics of a layer at once ----------------------------------------- */
 void mt_calib_stats_free(mt_calib_stats *st) {
     if (!st) return;
     free(st->h_attn);
+    free(st->h_attn_out);
     for (int e = 0; e < st->n_exp; e++) {
         if (st->h_in) free(st->h_in[e]);
         if (st->h_mid) free(st->h_mid[e]);
@@ -341,15 +378,21 @@ int mt_calib_layer(mt_model *m, int layer, const int32_t *ids, size_t n_ids, int
     st->hidden = Hd;
     st->ffn = F;
     st->n_tokens = cc.n_tokens;
+    st->q_dim = cc.attn_out.cols;
     st->h_in = calloc((size_t)ne, sizeof *st->h_in);
     st->h_mid = calloc((size_t)ne, sizeof *st->h_mid);
     st->count = calloc((size_t)ne, sizeof *st->count);
-    if (with_attn) st->h_attn = malloc((size_t)(Hd * Hd) * sizeof *st->h_attn);
-    if (!st->h_in || !st->h_mid || !st->count || (with_attn && !st->h_attn)) {
+    if (with_attn) {
+        st->h_attn = malloc((size_t)(Hd * Hd) * sizeof *st->h_attn);
+        st->h_attn_out = malloc((size_t)(st->q_dim * st->q_dim) * sizeof *st->h_attn_out);
+    }
+    if (!st->h_in || !st->h_mid || !st->count || (with_attn && (!st->h_attn || !st->h_attn_out))) {
         rc = mt_seterr(MT_ERR_NOMEM, "calibration: out of memory for layer %d statistics", layer);
         goto done;
     }
-    if (with_attn && (rc = mt_calib_hessian(&cc.attn, st->h_attn))) goto done;
+    if (with_attn &&
+        ((rc = mt_calib_hessian(&cc.attn, st->h_attn)) || (rc = mt_calib_hessian(&cc.attn_out, st->h_attn_out))))
+        goto done;
     for (int e = 0; e < ne; e++) {
         st->count[e] = (uint64_t)cc.x[e].n;
         st->h_in[e] = malloc((size_t)(Hd * Hd) * sizeof(double));

@@ -83,8 +83,8 @@ double mt_gptq_output_err(const float *W, const float *Wq, int64_t rows, int64_t
 
 /* ---- calibration ----------------------------------------------------------
  * A layer's calibration inputs are captured once as f32 rows: the attention
- * input of every token and each expert's routed input rows (capped per
- * expert, first rows first). GPTQ's Hessians H = Σ x xᵀ (f64) are built
+ * input and attention output (o_proj's input) of every token and each
+ * expert's routed input rows (capped per expert, first rows first). GPTQ's Hessians H = Σ x xᵀ (f64) are built
  * from the rows one matrix at a time, and an expert's intermediate
  * activations silu(W1 x)·(W3 x), w2's inputs, are computed from its rows
  * when w2 is quantized; so a layer needs its rows (O(tokens · hidden))
@@ -122,25 +122,33 @@ typedef struct {
     int n_exp;            /* experts (1 for a dense MLP)                   */
     int64_t hidden, ffn;
     mt_calib_rows attn;   /* attention inputs of every token (with_attn)   */
+    mt_calib_rows attn_out; /* attention outputs, o_proj's inputs, of every
+                             token (n_heads·head_dim wide; with_attn)       */
     mt_calib_rows *x;     /* [n_exp] routed input rows of each expert      */
     uint64_t n_tokens;    /* tokens run                                    */
 } mt_calib_capture;
 
 /* Runs ids through layers 0..layer of m (windows of `window` tokens) and
- * keeps the inputs of `layer` (attention too when with_attn); cap: rows
- * per expert. */
+ * keeps the inputs of `layer` (attention's and o_proj's too when
+ * with_attn); cap: rows per expert. */
 int mt_calib_capture_layer(mt_model *m, int layer, const int32_t *ids, size_t n_ids, int window, int with_attn,
                            uint64_t cap, mt_calib_capture *cc);
 void mt_calib_capture_free(mt_calib_capture *cc);
+/* Runs ids through the whole model (windows of `window` tokens) and keeps
+ * the final-norm output of every token, lm_head's input, in x (hidden
+ * wide; initialised here, freed by the caller). */
+int mt_calib_capture_final(mt_model *m, const int32_t *ids, size_t n_ids, int window, mt_calib_rows *x);
 
 /* All Hessians of a layer at once, from mt_calib_capture_layer: H for
- * attention inputs, for each expert's routed inputs (w1/w3) and for its
+ * attention inputs and outputs, for each expert's routed inputs (w1/w3) and for its
  * intermediate activations (w2). Holds n_exp·(hidden² + ffn²) doubles:
  * for tests and small models; quantization builds them one at a time. */
 typedef struct {
     int n_exp;            /* experts (1 for a dense MLP)                   */
     int64_t hidden, ffn;
     double *h_attn;       /* (hidden, hidden) or NULL                      */
+    double *h_attn_out;   /* (q_dim, q_dim), o_proj's inputs, or NULL      */
+    int64_t q_dim;        /* n_heads·head_dim                              */
     double **h_in;        /* [n_exp] (hidden, hidden)                      */
     double **h_mid;       /* [n_exp] (ffn, ffn)                            */
     uint64_t *count;      /* [n_exp] rows accumulated                      */

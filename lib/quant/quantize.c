@@ -1,6 +1,8 @@
 /* quantize.c — the quantize verb's driver: options, layer-by-layer
  * calibration + GPTQ/RTN of every selected matrix (experts, optionally
- * attention), the quantized matrices swapped into the loaded model so that
+ * attention: q/k/v on the attention input, o_proj on the attention output;
+ * then optionally embeddings by RTN and lm_head by GPTQ on the final-norm
+ * output), the quantized matrices swapped into the loaded model so that
  * the next layer is calibrated on the already-quantized ones (QMoE/GPTQ's
  * sequential order) and so that eval runs the result, and GGUF output.
  *
@@ -569,9 +571,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 if (o->asym && (rc = mt_grid_asym(&j->grid, "quantize"))) goto fail;
                 if (gptq) {
                     if (is_attn) {
-                        /* o_proj's input (attention output) has no capture
-                         * hook: it is rounded (RTN). */
-                        j->x = k == K_O ? NULL : &cc.attn;
+                        /* q/k/v on the attention input; o_proj on the
+                         * attention output of the same pass. */
+                        j->x = k == K_O ? &cc.attn_out : &cc.attn;
                     } else if ((uint64_t)cc.x[e].n < (uint64_t)(o->min_expert_tokens > 0 ? o->min_expert_tokens : 1)) {
                         j->x = NULL;
                         if (k == K_W1) {
@@ -652,22 +654,39 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         snprintf(rep->grid_name, sizeof rep->grid_name, "tq1_0");
     }
     if (o->embed_bits) {
-        /* Embeddings and an untied lm_head by round to nearest: the lookup
-         * has no input statistics, and lm_head's error is small at 8/4 bits. */
+        /* Token embeddings by round to nearest: a lookup has no input
+         * statistics. An untied lm_head by GPTQ on the final-norm outputs of
+         * the calibration windows run through the quantized model (its
+         * embeddings included), RTN without calibration. A tied matrix
+         * serves both and stays RTN. */
         const int tied = c->tie_embeddings;
         mt_mat *src[2] = {&w->tok_embd, tied ? NULL : &w->lm_head};
         qmat *dst[2] = {&s->embd, &s->head};
+        mt_calib_rows fx;
+        mt_calib_rows_init(&fx, c->hidden);
         for (int i = 0; i < 2; i++) {
             if (!src[i]) continue;
             job_t j;
             memset(&j, 0, sizeof j);
             j.src = src[i];
             j.out = dst[i];
+            j.gp = gp;
             if ((rc = mt_grid_make(&j.grid, o->embed_bits, MT_QUANT_GROUP_DEFAULT, src[i]->cols, "--embed-bits"))) goto fail;
+            if (i == 1 && gptq) {
+                const double tc = mt_now();
+                if ((rc = mt_calib_capture_final(m, ids, n_ids, o->calib_window, &fx))) goto fail;
+                rep->calib_seconds += mt_now() - tc;
+                j.x = &fx;
+            }
             run_job(&j);
+            mt_calib_rows_free(&fx);
             if ((rc = j.rc)) {
                 mt_seterr(rc, "%s", j.err);
                 goto fail;
+            }
+            if (j.rel_err >= 0) {
+                rel_sum += j.rel_err;
+                rel_n++;
             }
             qbits_old += mat_bits_stored(src[i]);
             qbits_new += j.out->bits * (double)(src[i]->rows * src[i]->cols);

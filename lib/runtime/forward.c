@@ -13,6 +13,11 @@
  *               x += Σ_k gate_k · W2_e(silu(W1_e h) ⊙ W3_e h)
  *   logits = rmsnorm(x) * w_out · lm_headᵀ
  *
+ * Capture events (mt_runtime.h) are delivered at ATTN_IN, ATTN_OUT (attn,
+ * before Wo), FFN_IN, ROUTER_LOGITS, EXPERT_IN/OUT and LAYER_OUT of every
+ * layer and at FINAL_NORM (rmsnorm(x) * w_out of all rows) after the last;
+ * a kind not in the mask costs one test of the mask.
+ *
  * An aliased layer (router of R rows over K experts, row r -> expert
  * alias[r]) takes the softmax and top-k over the R rows as above, then maps
  * the chosen rows to experts; rows that alias one expert add their gates and
@@ -511,6 +516,7 @@ int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int a
         }
         attn_task at = {c, l, n};
         mt_pool_run(m->pool, attn_worker, &at);
+        if ((st = emit(c, MT_CAP_ATTN_OUT, l, -1, n, c->q_dim, c->att_out, NULL, NULL, NULL))) return st;
         linear(c, &Lw->wo, c->att_out, n, c->proj);
         for (size_t j = 0; j < (size_t)n * H; j++) c->x[j] += c->proj[j];
 
@@ -520,17 +526,28 @@ int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int a
         for (size_t j = 0; j < (size_t)n * H; j++) c->x[j] += c->proj[j];
         if ((st = emit(c, MT_CAP_LAYER_OUT, l, -1, n, H, c->x, NULL, NULL, NULL))) return st;
     }
+    /* With FINAL_NORM asked for, every row is normed (whatever the logits)
+     * and delivered before the position moves, so an abort leaves it. */
+    const float *fn = m->norm_f32 + (size_t)(2 * cf->n_layers) * H;
+    const int normed = (c->cap_mask & (unsigned)MT_CAP_FINAL_NORM) != 0;
+    if (normed) {
+        rmsnorm(c->h, c->x, fn, n, H, cf->norm_eps);
+        if ((st = emit(c, MT_CAP_FINAL_NORM, cf->n_layers, -1, n, H, c->h, NULL, NULL, NULL))) return st;
+    }
     c->last_n = n;
     c->pos += n;
 
     if (logits) {
-        const float *fn = m->norm_f32 + (size_t)(2 * cf->n_layers) * H;
         if (all_logits) {
-            rmsnorm(c->h, c->x, fn, n, H, cf->norm_eps);
+            if (!normed) rmsnorm(c->h, c->x, fn, n, H, cf->norm_eps);
             linear(c, &m->w.lm_head, c->h, n, logits);
         } else {
-            rmsnorm(c->h, c->x + (size_t)(n - 1) * H, fn, 1, H, cf->norm_eps);
-            linear(c, &m->w.lm_head, c->h, 1, logits);
+            const float *hl = c->h + (size_t)(n - 1) * H;
+            if (!normed) {
+                rmsnorm(c->h, c->x + (size_t)(n - 1) * H, fn, 1, H, cf->norm_eps);
+                hl = c->h;
+            }
+            linear(c, &m->w.lm_head, hl, 1, logits);
         }
     }
     return MT_OK;
