@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quality table of `moetool quantize` on the bundled model (docs/quality.md):
 # RTN and GPTQ at 8, 4, 3, 2 bits and ternary, experts only, plus rows with
-# attention at 8 bits, and the symmetric and asymmetric (--asym) int grids at
-# 4/3/2 bits g128 and 2 bits per row. Grids with a GGUF type are written,
+# attention at 8 bits (and embeddings at 4), TQ1_0 and qmoe-coded HF files,
+# and the symmetric and asymmetric (--asym) int grids at 4/3/2 bits g128 and
+# 2 bits per row. Grids with a GGUF type are written,
 # then scored with `moetool eval OUT --ref MODEL`; the others are scored in
 # memory with --eval-only. All: test.txt, gptq protocol, ctx 256, KL/top-1
 # vs the bf16 original. Prints a markdown table on stdout.
@@ -15,11 +16,19 @@ MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
-row() { # METHOD BITS GROUP ATTN_BITS LABEL [ASYM]
-  local method=$1 bits=$2 group=$3 attn=$4 label=$5 asym=${6:-0} extra=()
+row() { # METHOD BITS GROUP ATTN_BITS LABEL [ASYM [FILE-FLAGS...]]
+  local method=$1 bits=$2 group=$3 attn=$4 label=$5 asym=${6:-0} extra=() file=()
+  shift 6 2>/dev/null || shift $#
+  file=("$@")
   [ "$attn" != 0 ] && extra+=(--attn-bits "$attn")
   [ "$asym" != 0 ] && extra+=(--asym)
-  if [ "$bits" = 3 ] || [ "$bits" = 2 ] || [ "$group" = row ] || [ "$asym" != 0 ] ||
+  if [ ${#file[@]} -gt 0 ]; then
+    # a file the grid has only with these flags (TQ1_0, qmoe HF directory)
+    "$BIN" quantize "$MODEL" -o "$T/out" --method "$method" --bits "$bits" --group "$group" "${extra[@]}" \
+      "${file[@]}" --threads "$THREADS" --json >"$T/q.json"
+    "$BIN" eval "$T/out" --text "$MODEL/data/test.txt" --ref "$MODEL" --threads "$THREADS" --json >"$T/e.json"
+    rm -rf "$T/out"
+  elif [ "$bits" = 3 ] || [ "$bits" = 2 ] || [ "$group" = row ] || [ "$asym" != 0 ] ||
      { [ "$bits" != ternary ] && [ "$group" != 32 ]; }; then
     "$BIN" quantize "$MODEL" --eval-only --method "$method" --bits "$bits" --group "$group" "${extra[@]}" \
       --threads "$THREADS" --json >"$T/q.json"
@@ -54,6 +63,10 @@ for m in rtn gptq; do
   row $m ternary row 0 "ternary QMoE row (bf16)"
   row $m 4 32 8 "int4 g32 (attn q8_0)"
   row $m ternary 256 8 "ternary /256 (attn q8_0)"
+  row $m ternary 256 0 "ternary /256 as TQ1_0 (bf16)" 0 --ternary-type tq1_0
+  row $m ternary row 0 "ternary row + qmoe code, HF (bf16)" 0 --format hf --codec qmoe
+  row $m ternary row 8 "ternary row + qmoe code, HF (attn 8, embeddings 4)" 0 --format hf --codec qmoe --embed-bits 4
+  row $m 4 32 8 "int4 g32 (attn q8_0, embeddings q4_0)" 0 --embed-bits 4
 done
 for m in rtn gptq; do
   for bg in "4 128" "3 128" "2 128" "2 row"; do
