@@ -1,12 +1,12 @@
 /* mt_quant.h — `moetool quantize`: calibration through the runtime, RTN and
- * GPTQ (Frantar et al. 2022) on expert (and optionally attention) weights,
- * grids from 8 bits down to ternary, and GGUF output in llama.cpp's block
- * types (Q8_0, Q4_0, TQ2_0) that the runtime and llama.cpp execute directly.
- * Grids without a file type (3-bit, 2-bit, other groups, QMoE's per-row
- * ternary) are evaluated in memory (mt_quant_model on a loaded model).
- * With codec MT_QUANT_CODEC_QMOE the per-row ternary experts are coded with
- * the sub-1-bit dictionary code of mt_qmoe.h and the model executes the
- * code directly (in memory; no file format yet). */
+ * GPTQ (Frantar et al. 2022) on expert, attention and (lm_head) weights,
+ * grids from 8 bits down to ternary. Outputs: GGUF in llama.cpp's block
+ * types (Q8_0, Q4_0, TQ1_0, TQ2_0) that the runtime and llama.cpp execute
+ * directly, or a Hugging Face directory with the AutoGPTQ layout (int8/int4)
+ * or, with codec MT_QUANT_CODEC_QMOE, the per-row ternary experts in the
+ * sub-1-bit dictionary code of mt_qmoe.h, which the runtime executes coded.
+ * Grids without a file type (3-bit, 2-bit, other groups, asymmetric) are
+ * evaluated in memory (mt_quant_model on a loaded model). */
 #ifndef MT_QUANT_H
 #define MT_QUANT_H
 
