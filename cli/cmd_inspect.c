@@ -41,6 +41,24 @@ typedef struct {
     uint64_t dtype_params[MT_DT_COUNT];
 } counts;
 
+static uint64_t mat_params(const mt_mat *m) { return m->data ? (uint64_t)(m->rows * m->cols) : 0; }
+
+/* Parameters of the model description: what a quantized checkpoint holds in
+ * packed form (AutoGPTQ words, qmoe blobs) counted as the weights it codes. */
+static uint64_t logical_params(const mt_weights *w) {
+    const mt_config *cfg = &w->cfg;
+    uint64_t n = mat_params(&w->tok_embd) + mat_params(&w->out_norm) + (cfg->tie_embeddings ? 0 : mat_params(&w->lm_head));
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const mt_layer_weights *L = &w->layers[l];
+        n += mat_params(&L->attn_norm) + mat_params(&L->ffn_norm) + mat_params(&L->wq) + mat_params(&L->wk) +
+             mat_params(&L->wv) + mat_params(&L->wo);
+        if (L->n_experts > 0) n += mat_params(&L->router_full);
+        for (int e = 0; e < (L->n_experts > 0 ? L->n_experts : 1); e++)
+            n += mat_params(&L->w1[e]) + mat_params(&L->w2[e]) + mat_params(&L->w3[e]);
+    }
+    return n;
+}
+
 static void count_weights(const mt_weights *w, counts *c) {
     const mt_config *cfg = &w->cfg;
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -156,6 +174,14 @@ int cmd_inspect(int argc, char **argv) {
         cnt.bytes += t->nbytes;
         cnt.dtype_params[t->dtype] += (uint64_t)mt_tensor_numel(t);
     }
+    /* Quantized checkpoints store packed tensors: count parameters from the
+     * model description, and the storage shares by bytes. */
+    const int packed = cfg->quant != MT_QFMT_NONE;
+    if (packed) {
+        cnt.total = logical_params(&w);
+        memset(cnt.dtype_params, 0, sizeof cnt.dtype_params);
+        for (size_t i = 0; i < n; i++) cnt.dtype_params[mt_ckpt_get(ck, i)->dtype] += mt_ckpt_get(ck, i)->nbytes;
+    }
     cnt.active = cnt.total;
     count_weights(&w, &cnt);
 
@@ -174,7 +200,8 @@ int cmd_inspect(int argc, char **argv) {
                (unsigned long long)cnt.experts, (unsigned long long)cnt.active);
         printf(",\"tensor_bytes\":%llu,\"file_bytes\":%llu", (unsigned long long)cnt.bytes,
                (unsigned long long)mt_ckpt_file_bytes(ck));
-        printf(",\"dtypes\":{");
+        printf(",\"quantization\":\"%s\",\"dtypes%s\":{",
+               cfg->quant == MT_QFMT_QMOE ? "qmoe" : cfg->quant == MT_QFMT_GPTQ ? "gptq" : "none", packed ? "_bytes" : "");
         int first = 1;
         for (int t = 0; t < MT_DT_COUNT; t++)
             if (cnt.dtype_params[t]) {
@@ -209,11 +236,14 @@ int cmd_inspect(int argc, char **argv) {
                cfg->tie_embeddings ? "; tied embeddings" : "");
         printf("parameters:   %.2fM total, %.2fM in experts, %.2fM active per token\n", cnt.total / 1e6,
                cnt.experts / 1e6, cnt.active / 1e6);
-        printf("storage:      %llu bytes of tensors, %llu bytes on disk;", (unsigned long long)cnt.bytes,
-               (unsigned long long)mt_ckpt_file_bytes(ck));
+        printf("storage:      %llu bytes of tensors, %llu bytes on disk;%s", (unsigned long long)cnt.bytes,
+               (unsigned long long)mt_ckpt_file_bytes(ck),
+               packed ? (cfg->quant == MT_QFMT_QMOE ? " quantized (qmoe), by bytes:" : " quantized (gptq), by bytes:")
+                      : "");
         for (int t = 0; t < MT_DT_COUNT; t++)
             if (cnt.dtype_params[t])
-                printf(" %s %.1f%%", mt_dtype_get((mt_dtype)t)->name, 100.0 * cnt.dtype_params[t] / cnt.total);
+                printf(" %s %.1f%%", mt_dtype_get((mt_dtype)t)->name,
+                       100.0 * cnt.dtype_params[t] / (packed ? cnt.bytes : cnt.total));
         printf("\n");
         print_tok(stdout, ck, 0);
         printf("tensors:      %zu\n", n);

@@ -92,6 +92,10 @@ rm -rf "$T/q8hf"
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["bits_per_expert_weight"] < 1.0 and j["expert_type"] == "qmoe" else 1)' "$T/q.json" \
   && ok || bad "qmoe output not below 1 bit per expert weight: $(cat "$T/q.json")"
 grep -q '"quant_method": "qmoe"' "$T/qm/config.json" && ok || bad "config.json lacks quant_method qmoe"
+# inspect counts the coded weights as the parameters they stand for
+"$BIN" inspect "$T/qm" --json >"$T/i1.json" 2>"$T/err" && "$BIN" inspect "$MODEL" --json >"$T/i0.json" 2>>"$T/err" || { bad "inspect failed"; cat "$T/err"; }
+python3 -c 'import json,sys; a,b=(json.load(open(f))["params"] for f in sys.argv[1:]); sys.exit(0 if a == b else 1)' "$T/i1.json" "$T/i0.json" \
+  && ok || bad "inspect of the qmoe directory counts other parameters than the original"
 "$BIN" eval "$T/qm" "${W[@]}" >"$T/c.json" 2>"$T/err" || { bad "eval qmoe dir failed"; cat "$T/err"; }
 "$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --codec qmoe --text "$MODEL/data/test.txt" --json --threads 2 >"$T/d.json" 2>"$T/err" || { bad "eval-only qmoe failed"; cat "$T/err"; }
 # --eval-only scores all of test.txt; compare on the same windows instead:
