@@ -127,6 +127,7 @@ expect_err 1 "one width" "$BIN" quantize "$MODEL" -o "$T/bad3" --format hf --met
 expect_err 1 "embeddings" "$BIN" quantize "$MODEL" -o "$T/bad4" --format hf --method rtn --bits 4 --embed-bits 8
 expect_err 2 "format" "$BIN" quantize "$MODEL" -o "$T/bad5" --format onnx
 expect_err 1 "already quantized" "$BIN" quantize "$T/qm" -o "$T/bad6" --format hf --method rtn --bits 4
+expect_err 1 "is quantized" "$BIN" convert "$T/qm" -o "$T/bad8.gguf"
 "$BIN" convert "$MODEL" -o "$T/m.gguf" --to gguf >/dev/null 2>&1
 expect_err 1 "Hugging Face source" "$BIN" quantize "$T/m.gguf" -o "$T/bad7" --format hf --method rtn --bits 4
 mkdir -p "$T/cfg" && cp "$MODEL"/*.json "$MODEL"/*.safetensors "$T/cfg/" 2>/dev/null

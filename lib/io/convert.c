@@ -805,6 +805,13 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
     cv.ck = ck;
     cv.cfg = mt_ckpt_config(ck);
     int from_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
+    if (cv.cfg->quant != MT_QFMT_NONE) {
+        rc = mt_seterr(MT_ERR_UNSUPPORTED,
+                       "%s: the checkpoint is quantized (quantization_config %s); convert reads unquantized "
+                       "weights (quantize the original to GGUF with `moetool quantize` instead)",
+                       in_path, cv.cfg->quant == MT_QFMT_QMOE ? "qmoe" : "gptq");
+        goto done;
+    }
     /* GGUF has no key for moetool's alias routing, and llama.cpp could not
      * run R router rows over K experts: refuse rather than drop it. */
     if (to_gguf && mt_config_has_alias(cv.cfg)) {
