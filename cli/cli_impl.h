@@ -37,6 +37,9 @@ int cli_parse_float(const char *verb, const char *opt, const char *s, double *ou
 
 /* Reads a whole text file (NUL-terminated). */
 int cli_read_text(const char *path, char **out, size_t *len);
+/* 1 when `out` names `in` itself, or a directory or file containing it (writing
+ * there would replace the input). */
+int cli_out_replaces_in(const char *in, const char *out);
 
 /* Minimal JSON writer to a FILE: strings are escaped. */
 void json_str(FILE *f, const char *s);

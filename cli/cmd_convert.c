@@ -56,6 +56,7 @@ int cmd_convert(int argc, char **argv) {
     if (argc - optind > 1) return cli_usage_error("convert", "expects one input, got %d", argc - optind);
     const char *in = optind < argc ? argv[optind] : cli_default_model();
     if (!out) return cli_usage_error("convert", "missing -o OUT");
+    if (cli_out_replaces_in(in, out)) return cli_usage_error("convert", "-o %s would replace the input %s", out, in);
     size_t L = strlen(out);
     int out_gguf = L > 5 && !strcmp(out + L - 5, ".gguf");
     if (to) {

@@ -285,6 +285,8 @@ int cmd_quantize(int argc, char **argv) {
     if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = optind < argc ? argv[optind] : cli_default_model();
+    if (out && cli_out_replaces_in(model_path, out))
+        return cli_usage_error("quantize", "-o %s would replace the input %s", out, model_path);
     if (!json) o.progress = cli_progress;
 
     mt_quant_report rep;

@@ -4,6 +4,7 @@
 #include "cli_impl.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -101,6 +102,13 @@ int cli_parse_float(const char *verb, const char *opt, const char *s, double *ou
     }
     *out = v;
     return 0;
+}
+
+int cli_out_replaces_in(const char *in, const char *out) {
+    char a[PATH_MAX], b[PATH_MAX];
+    if (!realpath(in, a) || !realpath(out, b)) return 0; /* out does not exist yet */
+    const size_t n = strlen(b);
+    return !strncmp(a, b, n) && (a[n] == 0 || a[n] == '/');
 }
 
 int cli_read_text(const char *path, char **out, size_t *len) {

@@ -92,6 +92,7 @@ rm -rf "$T/q8hf"
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["bits_per_expert_weight"] < 1.0 and j["expert_type"] == "qmoe" else 1)' "$T/q.json" \
   && ok || bad "qmoe output not below 1 bit per expert weight: $(cat "$T/q.json")"
 grep -q '"quant_method": "qmoe"' "$T/qm/config.json" && ok || bad "config.json lacks quant_method qmoe"
+expect_err 1 "is quantized" "$BIN" merge "$T/qm" -o "$T/bad9" --experts 6 --calib "$MODEL/data/train.txt"
 # inspect counts the coded weights as the parameters they stand for
 "$BIN" inspect "$T/qm" --json >"$T/i1.json" 2>"$T/err" && "$BIN" inspect "$MODEL" --json >"$T/i0.json" 2>>"$T/err" || { bad "inspect failed"; cat "$T/err"; }
 python3 -c 'import json,sys; a,b=(json.load(open(f))["params"] for f in sys.argv[1:]); sys.exit(0 if a == b else 1)' "$T/i1.json" "$T/i0.json" \
@@ -128,8 +129,14 @@ expect_err 1 "embeddings" "$BIN" quantize "$MODEL" -o "$T/bad4" --format hf --me
 expect_err 2 "format" "$BIN" quantize "$MODEL" -o "$T/bad5" --format onnx
 expect_err 1 "already quantized" "$BIN" quantize "$T/qm" -o "$T/bad6" --format hf --method rtn --bits 4
 expect_err 1 "is quantized" "$BIN" convert "$T/qm" -o "$T/bad8.gguf"
+expect_err 1 "ternary-range" "$BIN" quantize "$MODEL" -o "$T/bad10.gguf" --method rtn --bits 4 --ternary-range 1.2
+expect_err 1 "exclude" "$BIN" quantize "$MODEL" -o "$T/bad11.gguf" --method rtn --bits 4 --experts-only --embed-bits 8
+cp -r "$T/qm" "$T/self" && expect_err 2 "replace the input" "$BIN" quantize "$T/self" -o "$T/self" --format hf --method rtn --bits 4
+[ -f "$T/self/config.json" ] && ok || bad "quantize -o INPUT removed the input"
 "$BIN" convert "$MODEL" -o "$T/m.gguf" --to gguf >/dev/null 2>&1
 expect_err 1 "Hugging Face source" "$BIN" quantize "$T/m.gguf" -o "$T/bad7" --format hf --method rtn --bits 4
+"$BIN" quantize "$MODEL" -o "$T/q4b.gguf" --method rtn --bits 4 >/dev/null 2>&1
+expect_err 1 "already quantized" "$BIN" quantize "$T/q4b.gguf" -o "$T/bad12.gguf" --method rtn --bits 8
 mkdir -p "$T/cfg" && cp "$MODEL"/*.json "$MODEL"/*.safetensors "$T/cfg/" 2>/dev/null
 python3 - "$T/cfg/config.json" <<'PY'
 import json, sys

@@ -221,7 +221,9 @@ static int parse_gptq_layout(const json_t *q, mt_config *c, const char *path) {
     const json_t *cf = json_object_get(q, "checkpoint_format");
     c->quant_zero_offset = 1;
     if (cf && !json_is_null(cf)) {
-        const char *f = json_is_string(cf) ? json_string_value(cf) : "";
+        if (!json_is_string(cf))
+            return mt_seterr(MT_ERR_FORMAT, "%s: quantization_config.checkpoint_format must be a string", path);
+        const char *f = json_string_value(cf);
         if (!strcmp(f, "gptq_v2")) c->quant_zero_offset = 0;
         else if (strcmp(f, "gptq") != 0)
             return mt_seterr(MT_ERR_UNSUPPORTED, "%s: quantization_config.checkpoint_format \"%s\" is not supported "

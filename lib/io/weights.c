@@ -257,7 +257,13 @@ static int get_mat(const wctx *w, const char *name, int64_t rows, int64_t cols, 
         const size_t len = strlen(name);
         char n[192];
         snprintf(n, sizeof n, "%s.qmoe", name);
-        if (quant == MT_QFMT_QMOE && mt_ckpt_find(w->ck, n)) return get_qmoe(w, name, rows, cols, m);
+        if (quant == MT_QFMT_QMOE && mt_ckpt_find(w->ck, n)) {
+            /* the code is for expert (or dense MLP) weights only: the runtime
+             * parses blobs there and nowhere else */
+            if (!strstr(name, ".block_sparse_moe.experts.") && !strstr(name, ".mlp."))
+                return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s: qmoe code is only for expert weights", w->path, n);
+            return get_qmoe(w, name, rows, cols, m);
+        }
         if (len > 7 && len < sizeof n && !strcmp(name + len - 7, ".weight")) {
             snprintf(n, sizeof n, "%.*s.qweight", (int)(len - 7), name);
             if (mt_ckpt_find(w->ck, n)) {

@@ -565,6 +565,11 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
                                            "`moetool convert IN -o DIR --to hf` first", model_path);
         goto done;
     }
+    if (cf->quant != MT_QFMT_NONE) {
+        st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: the checkpoint is quantized (quantization_config); merge reads "
+                                           "unquantized weights (merge the original, then quantize)", model_path);
+        goto done;
+    }
     if (mt_config_has_alias(cf)) {
         /* its experts are already merged behind aliased router rows; the
          * statistics below count router rows as experts */

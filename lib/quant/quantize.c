@@ -144,6 +144,23 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
         return mt_seterr(MT_ERR_ARG, "quantize: %s has no GGUF type; use --eval-only to measure it (files take 8 or 4 bits "
                          "with group 32, or ternary with group 256)", nm);
     }
+    if (o->experts_only && o->embed_bits)
+        return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --embed-bits exclude each other");
+    if (o->ternary_range > 0 && (o->method != MT_QUANT_GPTQ || g.kind != MT_GRID_TERNARY_ROW))
+        return mt_seterr(MT_ERR_ARG, "quantize: --ternary-range applies to GPTQ with --bits ternary --group row");
+    if (hf) {
+        /* AutoGPTQ zero points pack 32/bits output rows per word */
+        const int ab = o->codec == MT_QUANT_CODEC_NONE ? o->bits : 0;
+        const struct { int bits; int64_t rows; const char *what; } pk[] = {
+            {ab, c->ffn, "expert w1/w3"}, {ab, c->hidden, "expert w2"},
+            {o->attn_bits, q_dim(c), "q_proj"}, {o->attn_bits, (int64_t)c->n_kv_heads * c->head_dim, "k_proj/v_proj"},
+            {o->attn_bits, c->hidden, "o_proj"}, {o->embed_bits, c->vocab, "embeddings/lm_head"}};
+        for (size_t i = 0; i < sizeof pk / sizeof pk[0]; i++)
+            if (pk[i].bits >= 2 && pk[i].rows % (32 / pk[i].bits))
+                return mt_seterr(MT_ERR_ARG, "quantize: %s has %lld rows, which the AutoGPTQ layout cannot pack at %d bits "
+                                 "(a multiple of %d); use --format gguf", pk[i].what, (long long)pk[i].rows, pk[i].bits,
+                                 32 / pk[i].bits);
+    }
     if (o->tq1 && mt_grid_dtype(&g) != MT_DT_TQ2_0)
         return mt_seterr(MT_ERR_ARG, "quantize: --ternary-type tq1_0 needs --bits ternary --group 256");
     if (hf && o->codec == MT_QUANT_CODEC_NONE && o->attn_bits && o->attn_bits != o->bits)
@@ -488,6 +505,18 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     mt_weights *w = (mt_weights *)mt_model_weights(m);
     int rc = mt_quant_check(o, c, 0);
     if (rc) return rc;
+    /* Quantizing already-quantized weights would report the source's loss as
+     * none: the matrices to quantize must be stored as floats. */
+    for (int l = 0; l < c->n_layers; l++) {
+        mt_layer_weights *L = &w->layers[l];
+        for (int k = o->attn_bits ? K_Q : K_W1; k < K_COUNT; k++)
+            for (int e = 0; e < (k <= K_O ? 1 : L->n_experts > 0 ? L->n_experts : 1); e++) {
+                const mt_dtype t = layer_mat(L, k, e)->dtype;
+                if (t != MT_DT_F32 && t != MT_DT_F16 && t != MT_DT_BF16)
+                    return mt_seterr(MT_ERR_ARG, "%s: layer %d is already quantized (%s); quantize the original weights",
+                                     mt_ckpt_path(mt_model_ckpt(m)), l, mt_dtype_get(t) ? mt_dtype_get(t)->name : "?");
+            }
+    }
     const double t0 = mt_now();
     mt_param_stats ps;
     mt_model_param_stats(m, &ps);
@@ -939,7 +968,16 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
 #define OUT(...)                                                          \
     do {                                                                  \
         int k_ = snprintf(b + n, cap - n, __VA_ARGS__);                   \
-        if (k_ < 0 || (size_t)k_ >= cap - n) {                            \
+        if (k_ >= 0 && (size_t)k_ >= cap - n) { /* grow and redo */       \
+            char *g_ = realloc(b, cap = 2 * cap + (size_t)k_);            \
+            if (!g_) {                                                    \
+                free(b);                                                  \
+                return NULL;                                              \
+            }                                                             \
+            b = g_;                                                       \
+            k_ = snprintf(b + n, cap - n, __VA_ARGS__);                   \
+        }                                                                 \
+        if (k_ < 0) {                                                     \
             free(b);                                                      \
             return NULL;                                                  \
         }                                                                 \

@@ -1,6 +1,7 @@
 /* model.c — a loaded model: the checkpoint (memory-mapped), the weight
  * views the forward executes, the tokenizer found beside it (optional) and
  * the thread pool every kernel runs on. Also parameter statistics. */
+#include "qmoe_kernel.h"
 #include "runtime_impl.h"
 
 #include <math.h>
@@ -21,6 +22,8 @@ static int check_mat(const mt_mat *w, const char *path, const char *what, int la
     if (!mt_kernel_supported(w->dtype))
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s of layer %d is stored as %s, which the runtime cannot execute",
                          path, what, layer, mt_dtype_get(w->dtype) ? mt_dtype_get(w->dtype)->name : "?");
+    if (w->dtype == MT_DT_QMOE && !mt_qmoe_mat_ok(w))
+        return mt_seterr(MT_ERR_FORMAT, "%s: %s of layer %d is a qmoe matrix that was not parsed", path, what, layer);
     return MT_OK;
 }
 
@@ -258,7 +261,7 @@ static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {
     if (!w->data || w->rows <= 0 || w->cols <= 0) return;
     uint64_t n = (uint64_t)w->rows * (uint64_t)w->cols, b = 0;
     *params += n;
-    if (w->dtype == MT_DT_QMOE) /* as serialised: header, group offsets, codewords, f16 row pairs */
+    if (w->dtype == MT_DT_QMOE && w->group >= 1) /* as serialised: header, group offsets, codewords, f16 row pairs */
         *bytes += MT_QMOE_HEADER_BYTES + 4 * ((uint64_t)mt_qmoe_n_groups(w->rows, w->group) + 1) + w->aux_bytes[3] +
                   4 * (uint64_t)w->rows;
     else if (mt_dtype_nbytes(w->dtype, n, &b) == MT_OK)
