@@ -40,13 +40,8 @@ static mt_model *load(void) {
 }
 
 static int32_t *test_ids(const mt_model *m, size_t *n) {
-    size_t len;
-    char *text = tu_read_file(tu_model_path("data/test.txt"), &len);
-    assert_non_null(text);
-    size_t cap = len + 16;
-    int32_t *ids = malloc(cap * sizeof *ids);
-    assert_int_equal(mt_tok_encode(mt_model_tokenizer(m), text, len, ids, cap, n), MT_OK);
-    free(text);
+    int32_t *ids = tu_test_ids(mt_model_tokenizer(m), n);
+    assert_non_null(ids);
     return ids;
 }
 

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include "moetool/mt_tokenizer.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,4 +54,16 @@ void tu_rmtree(const char *path) {
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", path);
+}
+
+int32_t *tu_test_ids(const mt_tokenizer *tok, size_t *n) {
+    size_t len;
+    char *text = tu_read_file(tu_model_path("data/test.txt"), &len);
+    int32_t *ids = text ? malloc((len + 16) * sizeof *ids) : NULL;
+    if (ids && mt_tok_encode(tok, text, len, ids, len + 16, n) != MT_OK) {
+        free(ids);
+        ids = NULL;
+    }
+    free(text);
+    return ids;
 }

@@ -17,4 +17,8 @@ char *tu_read_file(const char *path, size_t *len);
 char *tu_mkdtemp(void);
 /* rm -rf of a directory made by tu_mkdtemp. */
 void tu_rmtree(const char *path);
+/* The bundled model's held-out data/test.txt as token ids of `tok`
+ * (malloc'd, *n of them); NULL on failure. */
+struct mt_tokenizer;
+int32_t *tu_test_ids(const struct mt_tokenizer *tok, size_t *n);
 #endif

@@ -416,9 +416,14 @@ static double mat_bits_stored(const mt_mat *w) {
     return (double)b * 8;
 }
 
-/* Whether entry i of s->q is an attention matrix. */
-static int is_attn_index(const mt_quant_state *s, size_t i) {
-    return (int)(i / (size_t)s->ne % K_COUNT) <= K_O;
+/* Points a model matrix at a quantized one (block types; not qmoe). */
+static void mat_view(mt_mat *dst, const qmat *q) {
+    memset(dst, 0, sizeof *dst);
+    dst->dtype = q->dtype;
+    dst->rows = q->rows;
+    dst->cols = q->cols;
+    dst->data = q->data;
+    dst->row_stride = q->row_bytes;
 }
 
 /* Rewrites a TQ2_0 matrix as TQ1_0 (lossless: same codes, same f16 d). */
@@ -641,44 +646,28 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 rep->attn_dtype = j->out->dtype;
             }
             /* Swap the quantized matrix in: later layers calibrate on it. */
-            mt_mat *dst = (mt_mat *)j->src;
-            mt_mat nw;
-            memset(&nw, 0, sizeof nw);
-            nw.dtype = j->out->dtype;
-            nw.rows = j->out->rows;
-            nw.cols = j->out->cols;
-            nw.data = j->out->data;
-            nw.row_stride = j->out->row_bytes;
-            *dst = nw;
+            mat_view((mt_mat *)j->src, j->out);
         }
         mt_calib_capture_free(&cc);
         if (o->progress) o->progress(o->progress_user, "quantize", (uint64_t)l + 1, (uint64_t)c->n_layers);
     }
     if (o->tq1) {
         /* TQ2_0 -> TQ1_0: the same codes and scales, packed 5 per byte. */
-        for (size_t i = 0; i < (size_t)s->n_layers * K_COUNT * (size_t)s->ne; i++) {
-            qmat *q = &s->q[i];
-            if (!q->used || q->dtype != MT_DT_TQ2_0) continue;
-            const double numel = (double)(q->rows * q->cols);
-            const double old_bits = q->bits;
-            if ((rc = repack_tq1(q))) goto fail;
-            qbits_new += (q->bits - old_bits) * numel;
-            if (!is_attn_index(s, i)) {
-                ebits += (q->bits - old_bits) * numel;
-                s->expert_dtype = MT_DT_TQ1_0;
-            } else {
-                rep->attn_dtype = MT_DT_TQ1_0;
-            }
-        }
         for (int l = 0; l < c->n_layers; l++)
             for (int k = 0; k < K_COUNT; k++)
                 for (int e = 0; e < s->ne; e++) {
-                    const qmat *q = qm(s, l, k, e);
-                    if (!q->used || q->dtype != MT_DT_TQ1_0) continue;
-                    mt_mat *dst = layer_mat(&w->layers[l], k, e);
-                    dst->dtype = q->dtype;
-                    dst->data = q->data;
-                    dst->row_stride = q->row_bytes;
+                    qmat *q = qm(s, l, k, e);
+                    if (!q->used || q->dtype != MT_DT_TQ2_0) continue;
+                    const double numel = (double)(q->rows * q->cols), old_bits = q->bits;
+                    if ((rc = repack_tq1(q))) goto fail;
+                    qbits_new += (q->bits - old_bits) * numel;
+                    if (k > K_O) {
+                        ebits += (q->bits - old_bits) * numel;
+                        s->expert_dtype = MT_DT_TQ1_0;
+                    } else {
+                        rep->attn_dtype = MT_DT_TQ1_0;
+                    }
+                    mat_view(layer_mat(&w->layers[l], k, e), q);
                 }
         snprintf(rep->grid_name, sizeof rep->grid_name, "tq1_0");
     }
@@ -719,14 +708,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             }
             qbits_old += mat_bits_stored(src[i]);
             qbits_new += j.out->bits * (double)(src[i]->rows * src[i]->cols);
-            mt_mat nw;
-            memset(&nw, 0, sizeof nw);
-            nw.dtype = j.out->dtype;
-            nw.rows = j.out->rows;
-            nw.cols = j.out->cols;
-            nw.data = j.out->data;
-            nw.row_stride = j.out->row_bytes;
-            *src[i] = nw;
+            mat_view(src[i], j.out);
         }
         if (tied) w->lm_head = w->tok_embd;
     }

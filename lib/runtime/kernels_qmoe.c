@@ -25,11 +25,50 @@
  * column index is bounded, so even an unchecked matrix cannot make a kernel
  * read out of bounds; mt_qmoe_mat_check reports what is wrong with one. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels_impl.h"
 #include "qmoe_kernel.h"
+
+/* Per-thread scratch for the x-sum tables of the LUT kernels: one 64-byte
+ * aligned buffer per thread, grown as needed and freed when the thread exits,
+ * so that a matvec (one per token and expert) does not allocate. NULL when
+ * out of memory (the kernel then declines). */
+typedef struct {
+    void *p;
+    size_t n;
+} tab_buf;
+static pthread_key_t g_tab_key;
+static pthread_once_t g_tab_once = PTHREAD_ONCE_INIT;
+static int g_tab_ok;
+static void tab_free(void *v) {
+    tab_buf *b = v;
+    if (b) free(b->p);
+    free(b);
+}
+static void tab_init(void) { g_tab_ok = pthread_key_create(&g_tab_key, tab_free) == 0; }
+static __attribute__((unused)) void *tab_get(size_t bytes) {
+    pthread_once(&g_tab_once, tab_init);
+    if (!g_tab_ok) return NULL;
+    tab_buf *b = pthread_getspecific(g_tab_key);
+    if (!b) {
+        if (!(b = calloc(1, sizeof *b))) return NULL;
+        if (pthread_setspecific(g_tab_key, b)) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (b->n < bytes) {
+        void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        if (!p) return NULL;
+        free(b->p);
+        b->p = p;
+        b->n = bytes;
+    }
+    return b->p;
+}
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define MT_QMOE_AVX512 1
@@ -825,7 +864,7 @@ int mt_qmoe_matvec_rows_lut(const mt_mat *W, const float *x, float *y, int64_t r
     if (G > 16 || cols % 8 != 0 || (uint64_t)16 * (uint64_t)cols > QP_MAX_BITS) return 0;
     if (r0 >= r1) return 1;
     const int64_t nd = (cols + 31) / 32; /* 32-bit plane words per row */
-    __m512 *T = aligned_alloc(64, (size_t)(8 * nd) * sizeof(__m512));
+    __m512 *T = tab_get((size_t)(8 * nd) * sizeof(__m512));
     if (!T) return 0;
     ql_table(x, cols, 8 * nd, T);
     const mt_qmoe_dict *d = W->aux[1];
@@ -848,7 +887,6 @@ int mt_qmoe_matvec_rows_lut(const mt_mat *W, const float *x, float *y, int64_t r
             y[r] = hi * sp[r - gr0] + lo * sm[r - gr0];
         }
     }
-    free(T);
     return 1;
 #else
     (void)W, (void)x, (void)y, (void)r0, (void)r1;
@@ -956,7 +994,7 @@ static __attribute__((noinline)) MT_QMOE_AVX2_FN int qa_matvec(const mt_mat *W, 
     if (G > 16 || cols % 8 != 0 || (uint64_t)16 * (uint64_t)cols > QP_MAX_BITS) return 0;
     if (r0 >= r1) return 1;
     const int64_t nd = (cols + 31) / 32; /* 32-bit plane words per row */
-    __m256 *T = aligned_alloc(32, (size_t)(16 * nd) * sizeof(__m256));
+    __m256 *T = tab_get((size_t)(16 * nd) * sizeof(__m256));
     if (!T) return 0;
     qa_table(x, cols, 8 * nd, T);
     const mt_qmoe_dict *d = W->aux[1];
@@ -985,7 +1023,6 @@ static __attribute__((noinline)) MT_QMOE_AVX2_FN int qa_matvec(const mt_mat *W, 
             y[r] = hi * sp[r - gr0] + lo * sm[r - gr0];
         }
     }
-    free(T);
     return 1;
 }
 #endif

@@ -30,8 +30,8 @@ int mt_qmoe_matvec_rows_avx512(const mt_mat *W, const float *x, float *y, int64_
 int mt_qmoe_matvec_rows_planes(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 /* _lut: the same planes (stage 1 prefetching the dictionary entries a few
  *        codewords ahead), then the 16 rows of a group at once, one per
- *        lane: each 4-bit slice of a plane indexes a per-call table of the
- *        16 subset sums of 4 x values (vpermps). Returns 0 without touching
+ *        lane: each 4-bit slice of a plane indexes a table (built per call in
+ *        a per-thread buffer) of the 16 subset sums of 4 x values (vpermps). Returns 0 without touching
  *        y when not built with AVX-512, when a group has more than 16 rows,
  *        cols % 8 != 0 or cols > 16384, or the table cannot be allocated. */
 int mt_qmoe_matvec_rows_lut(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
