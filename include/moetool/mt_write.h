@@ -57,8 +57,6 @@ int mt_st_writer_add(mt_st_writer *w, const char *name, mt_dtype dtype, int n_di
 int mt_st_writer_write(mt_st_writer *w, const void *data, size_t n);
 int mt_st_writer_finish(mt_st_writer *w);
 void mt_st_writer_free(mt_st_writer *w);
-/* safetensors dtype string ("BF16") of a storage type, NULL if none. */
-const char *mt_st_dtype_name(mt_dtype t);
 
 /* ---- Hugging Face sharded weights -------------------------------------
  * Writes into an existing directory (normally mt_outdir_path of an

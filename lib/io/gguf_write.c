@@ -189,7 +189,7 @@ int mt_gguf_writer_add_tensor(mt_gguf_writer *w, const char *name, mt_dtype dtyp
     size_t nl = strlen(name);
     if (nl == 0 || nl >= GGML_MAX_NAME)
         return mt_seterr(MT_ERR_ARG, "%s: tensor name '%s' must have 1..%d bytes", w->path, name, GGML_MAX_NAME - 1);
-    int gt = mt_gguf_type_from_dtype(dtype);
+    int gt = mt_dtype_ggml_type(dtype);
     const mt_dtype_info *di = mt_dtype_get(dtype);
     if (gt < 0 || !di)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor '%s': storage type %s has no GGUF equivalent", w->path, name,

@@ -7,10 +7,4 @@
 
 #include "moetool/mt_write.h"
 
-
-
-/* ggml type id of a storage type (-1 if GGUF has none) and back. */
-int mt_gguf_type_from_dtype(mt_dtype t);
-int mt_gguf_dtype_from_type(uint32_t ggml_type);
-
 #endif
