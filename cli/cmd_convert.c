@@ -41,8 +41,7 @@ int cmd_convert(int argc, char **argv) {
         case 'T': to = optarg; break;
         case 'd':
             o.dtype = mt_dtype_from_name(optarg);
-            if (o.dtype != MT_DT_F32 && o.dtype != MT_DT_F16 && o.dtype != MT_DT_BF16 && o.dtype != MT_DT_Q8_0 &&
-                o.dtype != MT_DT_Q4_0)
+            if (o.dtype < 0 || !mt_dtype_get((mt_dtype)o.dtype)->from_f32) /* what we can write from f32 */
                 return cli_usage_error("convert", "--dtype must be f32, f16, bf16, q8_0 or q4_0, got '%s'", optarg);
             break;
         case 's':
@@ -68,7 +67,7 @@ int cmd_convert(int argc, char **argv) {
             return cli_usage_error("convert", "--to must be hf or gguf, got '%s'", to);
     }
     o.to = out_gguf ? MT_FMT_GGUF : MT_FMT_HF;
-    if (!out_gguf && (o.dtype == MT_DT_Q8_0 || o.dtype == MT_DT_Q4_0))
+    if (!out_gguf && o.dtype >= 0 && !mt_dtype_is_plain_float((mt_dtype)o.dtype))
         return cli_usage_error("convert", "--dtype %s needs --to gguf (Hugging Face safetensors have no such type)",
                                mt_dtype_get((mt_dtype)o.dtype)->name);
     o.progress = cli_progress;
