@@ -336,10 +336,11 @@ static void test_gptq(void **state) {
          * zeros 2^(b-1) - 1; g_idx i / 32 */
         for (int64_t r = 0; r < R; r++)
             for (int64_t i = 0; i < C; i++) {
+                const uint8_t *blk = m + (uint64_t)r * rb + (uint64_t)(i / 32) * (uint64_t)mt_dtype_get(t)->block_bytes;
                 float f[32];
-                assert_int_equal(mt_row_to_f32(t, m + (uint64_t)r * rb + (uint64_t)(i / 32) * (uint64_t)mt_dtype_get(t)->block_bytes, f, 32), MT_OK);
+                assert_int_equal(mt_row_to_f32(t, blk, f, 32), MT_OK);
                 uint16_t h;
-                memcpy(&h, m + (uint64_t)r * rb + (uint64_t)(i / 32) * (uint64_t)mt_dtype_get(t)->block_bytes, 2);
+                memcpy(&h, blk, 2);
                 const int code = (int)(qw[(i / per) * R + r] >> (bits * (i % per))) & ((1 << bits) - 1);
                 assert_true(f[i % 32] == mt_f16_to_f32(h) * (float)(code - (1 << (bits - 1))));
                 assert_int_equal(sc[(i / 32) * R + r], h);

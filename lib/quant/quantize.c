@@ -132,7 +132,8 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
     const int hf = for_file && o->format == MT_FMT_HF;
     if (o->format != MT_FMT_HF && o->format != MT_FMT_GGUF)
         return mt_seterr(MT_ERR_ARG, "quantize: output format must be hf or gguf");
-    if (hf && o->codec == MT_QUANT_CODEC_NONE && !(mt_dtype_get(mt_grid_dtype(&g)) && mt_dtype_get(mt_grid_dtype(&g))->gptq_bits)) {
+    const mt_dtype_info *gd = mt_dtype_get((mt_dtype)mt_grid_dtype(&g));
+    if (hf && o->codec == MT_QUANT_CODEC_NONE && !(gd && gd->gptq_bits)) {
         char nm[48];
         mt_grid_name(&g, nm, sizeof nm);
         return mt_seterr(MT_ERR_ARG, "quantize: %s has no Hugging Face (AutoGPTQ) layout here; --format hf takes 8 or 4 "
