@@ -7,7 +7,9 @@
 
 #include "moetool/mt_write.h"
 
-
+/* The metadata key every GGUF moetool writes carries (value "moetool"); it
+ * is how a previous output is recognised (docs/outputs.md). */
+#define MT_GGUF_MOETOOL_KEY "moetool.writer"
 
 /* ggml type id of a storage type (-1 if GGUF has none) and back. */
 int mt_gguf_type_from_dtype(mt_dtype t);
