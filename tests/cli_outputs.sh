@@ -109,7 +109,7 @@ mkdir -p "$T/decoy/k4.tmp-1-abcdef/sub" && touch "$T/decoy/k4.tmp-notes" "$T/dec
 k4_left() { ls -d "$T"/decoy/k4.tmp-* | grep -v -e "k4.tmp-1-abcdef$" -e "k4.tmp-notes$" -e "k4.tmp-$$-abcdef$"; }
 "$BIN" convert "$S" -o "$T/decoy/k4" --to hf --shard-size 1 2>/dev/null &
 p=$!
-for _ in $(seq 400); do k4_left >/dev/null && break; sleep 0.005; done
+while kill -0 $p 2>/dev/null && ! k4_left >/dev/null; do sleep 0.005; done
 kill -9 $p 2>/dev/null; wait $p 2>/dev/null
 k4_left >/dev/null && ok || bad "test setup: convert was not killed while writing"
 expect_ok "$BIN" convert "$S" -o "$T/decoy/k4" --to hf --shard-size 1
@@ -123,7 +123,7 @@ sig_case() { # SIG OUT CMD... : signalled once its temporary exists; exit 1, one
   local sig=$1 out=$2; shift 2
   MOETOOL_NO_O_TMPFILE=1 "$@" >/dev/null 2>"$T/sigerr" &
   local p=$!
-  for _ in $(seq 2000); do compgen -G "$out.tmp-*" >/dev/null && break; sleep 0.005; done
+  while kill -0 $p 2>/dev/null && ! compgen -G "$out.tmp-*" >/dev/null; do sleep 0.005; done
   kill -"$sig" $p; wait $p; local rc=$?
   [ $rc = 1 ] && [ "$(wc -l <"$T/sigerr")" = 1 ] && grep -q "$sig" "$T/sigerr" && ok ||
     { bad "SIG$sig: exit $rc (want 1 and one line naming the signal): $*"; head -3 "$T/sigerr"; }
@@ -153,7 +153,7 @@ kill_case() { # NAME DELAYS CMD... (CMD writes $T/NAME)
     env ${KENV:-} "$@" >/dev/null 2>&1 &
     local p=$!
     if [ "$d" = poll ]; then
-      for _ in $(seq 2000); do compgen -G "$out.tmp-*" >/dev/null && break; sleep 0.002; done
+      while kill -0 $p 2>/dev/null && ! compgen -G "$out.tmp-*" >/dev/null; do sleep 0.002; done
     else
       sleep "$d"
     fi
