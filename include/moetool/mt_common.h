@@ -21,6 +21,7 @@ typedef enum {
     MT_ERR_ARG = -5,         /* bad option or argument from the caller */
     MT_ERR_NOT_FOUND = -6,   /* missing tensor, key, file */
     MT_ERR_INTERNAL = -7,    /* broken invariant reported instead of aborting */
+    MT_ERR_REFUSED = -8,     /* output refused by the output policy (docs/outputs.md) */
 } mt_status;
 
 /* Name of a status ("MT_ERR_FORMAT"), never NULL. */
@@ -60,11 +61,11 @@ typedef void (*mt_progress_fn)(void *user, const char *what, uint64_t done, uint
 /* ---- storage types: the table and its codecs (mt_dtype.h, mt_codec.h) -- */
 #include "moetool/mt_dtype.h"
 
-/* Removes the temporary outputs of writers still in progress (convert's
- * output directory, ...). For a program's SIGINT/SIGTERM handler: uses no
- * allocation. Output files need no cleanup: they have no name until they
- * are complete. */
-void mt_cleanup_outputs(void);
+/* Removes every temporary output still registered (files, directories and
+ * the files inside them; docs/outputs.md) and returns how many paths it
+ * removed. Async-signal-safe: for a program's signal handler (it calls only
+ * unlink and rmdir on precomputed paths). */
+int mt_cleanup_outputs(void);
 
 /* Peak resident set size of this process in bytes (from getrusage). */
 uint64_t mt_peak_rss_bytes(void);

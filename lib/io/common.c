@@ -25,6 +25,7 @@ const char *mt_status_name(int status) {
     case MT_ERR_ARG: return "MT_ERR_ARG";
     case MT_ERR_NOT_FOUND: return "MT_ERR_NOT_FOUND";
     case MT_ERR_INTERNAL: return "MT_ERR_INTERNAL";
+    case MT_ERR_REFUSED: return "MT_ERR_REFUSED";
     default: return "MT_ERR_UNKNOWN";
     }
 }

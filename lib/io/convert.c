@@ -781,6 +781,8 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
                              di ? di->name : "that type", to_gguf ? " to GGUF" : " to safetensors",
                              to_gguf ? ", q8_0, q4_0" : "");
     }
+    int rc = mt_output_check(out_path, to_gguf ? MT_OUTPUT_GGUF : MT_OUTPUT_HF_DIR, opts->force, in_path, NULL, 0);
+    if (rc) return rc;
     conv cv = {0};
     cv.in_path = in_path;
     cv.out_path = out_path;
@@ -789,8 +791,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
     mt_out dir_out = {0};
     int have_dir = 0;
     char *src_dir = NULL;
-    int rc = mt_ckpt_open(&ck, in_path);
-    if (rc) return rc;
+    if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
     cv.ck = ck;
     cv.cfg = mt_ckpt_config(ck);
     int from_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;

@@ -7,4 +7,8 @@
 
 #include "moetool/mt_write.h"
 
+/* The metadata key every GGUF moetool writes carries (value "moetool"); it
+ * is how a previous output is recognised (docs/outputs.md). */
+#define MT_GGUF_MOETOOL_KEY "moetool.writer"
+
 #endif

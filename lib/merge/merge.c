@@ -548,6 +548,9 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (o->window < 2 || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
         return mt_seterr(MT_ERR_ARG, "merge: --calib-tokens, window or sample size out of range");
 
+    const char *calib_in[] = {o->calib_path};
+    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, model_path, calib_in, 1))) return st;
+
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = o->n_threads;

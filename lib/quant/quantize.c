@@ -1072,26 +1072,32 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
     mt_quant_state *s = NULL;
     int rc, made_tmp = 0;
     memset(rep, 0, sizeof *rep);
+    if (!o.calib_path) {
+        default_calib(in_path, calib, sizeof calib);
+        o.calib_path = calib;
+    }
+    const char *calib_in[] = {o.calib_path};
+    if ((rc = mt_output_check(out_path, o.format == MT_FMT_HF ? MT_OUTPUT_HF_DIR : MT_OUTPUT_GGUF, o.force, in_path,
+                              calib_in, 1)))
+        return rc;
     if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
     rc = mt_quant_check(&o, mt_ckpt_config(ck), 1);
     const int is_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
     mt_ckpt_free(ck);
     if (rc) return rc;
-    if (!o.calib_path) {
-        default_calib(in_path, calib, sizeof calib);
-        o.calib_path = calib;
-    }
     const char *src = in_path;
     if (o.format == MT_FMT_HF && is_gguf)
         return mt_seterr(MT_ERR_ARG, "%s: --format hf needs a Hugging Face source (moetool convert --to hf first)", in_path);
     if (!is_gguf && o.format == MT_FMT_GGUF) {
-        /* Source in GGUF conventions (names, Q/K order, metadata) first. */
-        snprintf(tmp, sizeof tmp, "%s.src-%ld.gguf", out_path, (long)getpid());
+        /* Source in GGUF conventions (names, Q/K order, metadata) first, as a
+         * registered temporary that a later run sweeps if this one is killed. */
+        snprintf(tmp, sizeof tmp, "%s.tmp-%ld-source", out_path, (long)getpid());
         mt_convert_opts co;
         mt_convert_opts_default(&co);
         co.to = MT_FMT_GGUF;
-        if ((rc = mt_convert(in_path, tmp, &co))) return rc;
+        if ((rc = mt_output_tmp_add(tmp))) return rc;
         made_tmp = 1;
+        if ((rc = mt_convert(in_path, tmp, &co))) goto done;
         src = tmp;
     }
     mt_model_opts mo;
@@ -1102,6 +1108,7 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
         /* The model keeps the temporary mapped: its name can go now, so an
          * interrupted quantize leaves no converted copy beside the output. */
         unlink(tmp);
+        mt_output_tmp_forget(tmp);
         made_tmp = 0;
     }
     if (rc) goto done;
@@ -1111,7 +1118,10 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
 done:
     mt_quant_state_free(s);
     mt_model_free(m);
-    if (made_tmp) unlink(tmp);
+    if (made_tmp) {
+        unlink(tmp);
+        mt_output_tmp_forget(tmp);
+    }
     if (rc) mt_quant_report_free(rep);
     return rc;
 }
