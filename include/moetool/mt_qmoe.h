@@ -23,7 +23,7 @@
  * per row), group = rows per group. Byte layout on disk: docs/qmoe.md.
  *
  * The dictionary build, the decoder and the fused matvec live in the runtime
- * (lib/runtime/kernels_qmoe.c); the encoder, statistics and serialisation
+ * (lib/runtime/backend/cpu/kernels_qmoe.c); the encoder, statistics and serialisation
  * in lib/quant/qmoe_code.c. */
 #ifndef MT_QMOE_H
 #define MT_QMOE_H
