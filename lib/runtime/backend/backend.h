@@ -146,7 +146,7 @@ int mt_backend_cpu_init(mt_backend **out, int n_threads);
 void mt_backend_free(mt_backend *be);
 
 /* Linear algebra outside a model's forward (quant, merge): the CPU backend
- * without a pool (BLAS threads itself). Never freed; not to be freed. */
+ * without a pool (BLAS threads itself); static, mt_backend_free ignores it. */
 mt_backend *mt_backend_default(void);
 
 /* cos/sin tables of RoPE as Hugging Face computes them in f32, (n_ctx, d/2)
