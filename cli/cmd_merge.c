@@ -137,6 +137,7 @@ int cmd_merge(int argc, char **argv) {
     int rc = mt_merge(model, out, &o, &r);
     cli_progress_done();
     if (rc) {
+        mt_merge_report_free(&r);
         free(calib_default);
         /* Option errors found against the model (K vs experts, layers) are usage errors. */
         return rc == MT_ERR_ARG ? (fprintf(stderr, "moetool merge: %s\n", mt_last_error()), MT_EXIT_USAGE)
@@ -198,6 +199,7 @@ int cmd_merge(int argc, char **argv) {
         printf("expert parameters %llu -> %llu; %.2f s, peak RSS %.1f MiB\n", (unsigned long long)r.expert_params_in,
                (unsigned long long)r.expert_params_out, r.seconds, rss);
     }
+    mt_merge_report_free(&r);
     free(calib_default);
     return MT_EXIT_OK;
 }

@@ -110,5 +110,26 @@ if [ "$(id -u)" != 0 ]; then
   expect_err "ro" "$BIN" convert "$MODEL" -o "$T/ro/out.gguf"; no_output "$T/ro/out.gguf"
 fi
 
+# ---- the model description refuses what the family does not describe
+# (one line naming the file and what is wrong; exit 1; no output)
+cfgset() { python3 -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.update(json.loads(sys.argv[2])); json.dump(c, open(p, "w"))' "$T/m/config.json" "$1"; }
+mk; cfgset '{"model_type": "qwen2_moe", "architectures": ["Qwen2MoeForCausalLM"]}'
+expect_err "config.json: unsupported architecture qwen2_moe" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
+mk; cfgset '{"hidden_act": "gelu"}'
+expect_err "config.json: hidden_act gelu is not supported for mixtral" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
+expect_err "hidden_act gelu" "$BIN" eval "$T/m" --text "$MODEL/data/test.txt"
+mk; cfgset '{"attention_bias": true}'
+expect_err "config.json: attention_bias = true is not supported" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
+mk; cfgset '{"rope_scaling": {"type": "yarn", "factor": 4.0}}'
+expect_err "config.json: rope_scaling yarn is not supported" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
+# a tensor the family needs is missing: renamed in the shard header and the index
+mk; sed -i 's/model.layers.0.self_attn.q_proj.weight/model.layers.0.self_attn.x_proj.weight/' "$T/m/$S1" "$T/m/model.safetensors.index.json"
+expect_err "tensor 'model.layers.0.self_attn.q_proj.weight' (expected shape \[256, 256\])" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
+expect_err "tensor model.layers.0.self_attn.q_proj.weight is missing (expected shape \[256, 256\])" "$BIN" eval "$T/m" --text "$MODEL/data/test.txt"
+# a tensor of the wrong shape for the config: the config claims a wider FFN
+mk; cfgset '{"intermediate_size": 1024}'
+expect_err "block_sparse_moe.experts.0.w1.weight' has shape (512,256), the config implies (1024,256)" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
+expect_err "expected \[1024, 256\]" "$BIN" eval "$T/m" --text "$MODEL/data/test.txt"
+
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]

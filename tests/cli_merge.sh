@@ -3,7 +3,7 @@
 # small calibration (fast), the output loads and evaluates, converts to GGUF
 # and the GGUF evaluates identically; per-layer counts (--layers, --budget)
 # reach the config; --method naee prunes two per layer; --router alias
-# evaluates and is refused by convert --to gguf; bad
+# evaluates and is refused by convert --to gguf; merge reads a GGUF too; bad
 # options exit 2 (usage) or 1 (failure) with a message and leave no output.
 set -u
 BIN=${MT_BIN:-build/cli/moetool}
@@ -40,6 +40,39 @@ python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(
 pg=$(jget "$T/g6.json" "['ppl']")
 python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if abs(a - b) <= 1e-6 * b else 1)" "$pg" "$p6" \
   && ok || bad "gguf ppl $pg != hf ppl $p6"
+
+# merge from a GGUF: the kept tensors come back under their HF names with the
+# source's values (Q/K rows un-permuted), and the result evaluates like the
+# merge of the HF original (same weights; calibration runs in float order of
+# the GGUF path, so allow 1 %)
+"$BIN" convert "$MODEL" -o "$T/src.gguf" 2>"$T/err" || bad "convert to gguf: $(cat "$T/err")"
+"$BIN" merge "$T/src.gguf" -o "$T/mg6" --experts 6 --calib "$MODEL/data/train.txt" $FAST >"$T/out" 2>"$T/err" || bad "merge from gguf: $(cat "$T/err")"
+python3 - "$MODEL" "$T/mg6" <<'PY' && ok || bad "merge from gguf: kept tensors differ from the source"
+import json, struct, sys, os, glob
+import numpy as np
+def load(d):
+    out = {}
+    for f in glob.glob(os.path.join(d, "*.safetensors")):
+        b = open(f, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+        for k, v in h.items():
+            if k == "__metadata__": continue
+            raw = b[8 + n + v["data_offsets"][0]: 8 + n + v["data_offsets"][1]]
+            if v["dtype"] == "BF16": a = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            elif v["dtype"] == "F32": a = np.frombuffer(raw, np.float32)
+            else: a = np.frombuffer(raw, np.float16).astype(np.float32)
+            out[k] = a.reshape(v["shape"])
+    return out
+src, got = load(sys.argv[1]), load(sys.argv[2])
+kept = [k for k in src if "block_sparse_moe" not in k]
+assert kept and all(k in got for k in kept), "missing tensors"
+assert all(np.array_equal(src[k], got[k]) for k in kept), [k for k in kept if not np.array_equal(src[k], got[k])][:3]
+c = json.load(open(os.path.join(sys.argv[2], "config.json")))
+assert c["num_local_experts"] == 6 and c["model_type"] == "mixtral"
+PY
+"$BIN" eval "$T/mg6" --text "$TEXT" --ctx 256 --max-windows 20 --json >"$T/eg6.json" 2>"$T/err" || bad "eval merged from gguf: $(cat "$T/err")"
+pgm=$(jget "$T/eg6.json" "['ppl']")
+python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if abs(a - b) <= 0.01 * b else 1)" "$pgm" "$p6" \
+  && ok || bad "merged-from-gguf ppl $pgm vs merged-from-hf $p6"
 
 # per-layer counts: config states them, the runtime reads them
 "$BIN" merge "$MODEL" -o "$T/mix" --layers 0-1:6,2-3:4 --method reap $FAST >"$T/out" 2>"$T/err" || bad "merge --layers: $(cat "$T/err")"

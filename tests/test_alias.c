@@ -118,13 +118,16 @@ static void build(const char *dir, int aliased) {
     }
     assert_int_equal(mt_hf_writer_finish(w), MT_OK);
     mt_hf_writer_free(w);
-    mt_config c = *mt_ckpt_config(ck);
+    mt_config c;
+    assert_int_equal(mt_config_copy(&c, mt_ckpt_config(ck)), MT_OK);
     if (aliased) {
-        c.layer_experts[LAYER] = 7;
-        c.router_rows[LAYER] = 8;
-        for (int r = 0; r < 8; r++) c.router_alias[LAYER][r] = (uint8_t)g_alias[r];
+        int32_t a[8];
+        for (int r = 0; r < 8; r++) a[r] = g_alias[r];
+        assert_int_equal(mt_config_set_layer_experts(&c, LAYER, 7), MT_OK);
+        assert_int_equal(mt_config_set_router_alias(&c, LAYER, 8, a), MT_OK);
     }
     write_config(dir, &c);
+    mt_config_free(&c);
     for (int k = 0; k < 3; k++) free(merged[k]);
     mt_ckpt_free(ck);
 }
@@ -361,14 +364,18 @@ static const char *BASE =
     " \"num_experts_per_tok\": 2";
 
 static int parse(const char *tail, mt_config *c) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s%s}", BASE, tail);
-    return mt_config_from_hf_json(c, buf, strlen(buf), "/x/config.json");
+    const size_t n = strlen(BASE) + strlen(tail) + 2;
+    char *buf = malloc(n);
+    snprintf(buf, n, "%s%s}", BASE, tail);
+    mt_config_free(c);
+    int rc = mt_config_from_hf_json(c, buf, strlen(buf), "/x/config.json");
+    free(buf);
+    return rc;
 }
 
 static void test_bad_maps(void **state) {
     (void)state;
-    mt_config *c = malloc(sizeof *c);
+    mt_config *c = calloc(1, sizeof *c);
     /* accepted: more rows than experts, null for a layer, per-layer K */
     assert_int_equal(parse(", \"moe_router_alias\": [null, [0, 1, 2, 3, 3, 0]]", c), MT_OK);
     assert_int_equal(mt_config_router_rows(c, 0), 4);
@@ -382,8 +389,8 @@ static void test_bad_maps(void **state) {
     assert_int_equal(mt_config_to_hf_json(&text, c, NULL), MT_OK);
     assert_int_equal(mt_config_from_hf_json(&d, text, strlen(text), "rt"), MT_OK);
     free(text);
-    assert_memory_equal(d.router_rows, c->router_rows, sizeof d.router_rows);
-    assert_memory_equal(d.router_alias, c->router_alias, sizeof d.router_alias);
+    assert_true(mt_config_equal(&d, c));
+    mt_config_free(&d);
 
     static const struct {
         const char *tail, *needle;
@@ -403,23 +410,30 @@ static void test_bad_maps(void **state) {
             fail_msg("case %zu: rc %d, error \"%s\" (want \"%s\")", i, rc, mt_last_error(), bad[i].needle);
     }
     /* more rows than MT_MAX_ALIAS_ROWS */
-    char big[512] = ", \"moe_router_alias\": [null, [0, 1, 2, 3";
-    for (int r = 4; r <= MT_MAX_ALIAS_ROWS; r++) strcat(big, ", 0");
-    strcat(big, "]]");
+    char *big = malloc(64 + 3 * (size_t)MT_MAX_ALIAS_ROWS), *q = big;
+    q += sprintf(q, ", \"moe_router_alias\": [null, [0, 1, 2, 3");
+    for (int r = 4; r <= MT_MAX_ALIAS_ROWS; r++) q += sprintf(q, ", 0");
+    strcpy(q, "]]");
     assert_int_equal(parse(big, c), MT_ERR_FORMAT);
-    assert_non_null(strstr(mt_last_error(), "has 65 rows for 4 experts"));
+    char want[64];
+    snprintf(want, sizeof want, "has %d rows for 4 experts", MT_MAX_ALIAS_ROWS + 1);
+    assert_non_null(strstr(mt_last_error(), want));
+    free(big);
     /* dense model */
     const char *dense = "{\"model_type\": \"mistral\", \"vocab_size\": 100, \"hidden_size\": 64,"
                         " \"intermediate_size\": 32, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
                         " \"moe_router_alias\": [null, [0]]}";
+    mt_config_free(c);
     assert_int_equal(mt_config_from_hf_json(c, dense, strlen(dense), "/x/config.json"), MT_ERR_FORMAT);
     assert_non_null(strstr(mt_last_error(), "dense"));
     /* a config struct filled by hand is validated by the writer too */
     assert_int_equal(parse("", c), MT_OK);
-    c->router_rows[1] = 5;
-    for (int r = 0; r < 5; r++) c->router_alias[1][r] = (uint8_t)(r % 3); /* expert 3 unreachable */
+    int32_t a5[5];
+    for (int r = 0; r < 5; r++) a5[r] = r % 3; /* expert 3 unreachable */
+    assert_int_equal(mt_config_set_router_alias(c, 1, 5, a5), MT_OK);
     assert_int_equal(mt_config_to_hf_json(&text, c, NULL), MT_ERR_FORMAT);
     assert_null(text);
+    mt_config_free(c);
     free(c);
 }
 
@@ -433,11 +447,15 @@ static void test_router_shape_mismatch(void **state) {
     assert_int_equal(symlink(src, dst), 0);
     mt_ckpt *ck;
     assert_int_equal(mt_ckpt_open(&ck, g_dir_b), MT_OK);
-    mt_config c = *mt_ckpt_config(ck);
+    mt_config c;
+    assert_int_equal(mt_config_copy(&c, mt_ckpt_config(ck)), MT_OK);
     mt_ckpt_free(ck);
-    c.router_rows[LAYER] = 9;
-    c.router_alias[LAYER][8] = 6;
+    int32_t a9[9];
+    memcpy(a9, mt_config_router_alias(&c, LAYER), 8 * sizeof *a9);
+    a9[8] = 6;
+    assert_int_equal(mt_config_set_router_alias(&c, LAYER, 9, a9), MT_OK);
     write_config(dir, &c);
+    mt_config_free(&c);
     mt_model *m = NULL;
     assert_int_equal(mt_model_load(&m, dir, NULL), MT_ERR_FORMAT);
     assert_null(m);

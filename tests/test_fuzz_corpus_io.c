@@ -40,6 +40,7 @@ static void feed_config(const uint8_t *data, size_t size) {
         char *s = NULL;
         assert_int_equal(mt_config_to_hf_json(&s, &c, "bfloat16"), MT_OK);
         free(s);
+        mt_config_free(&c);
     } else {
         assert_true(mt_last_error()[0] != 0);
     }

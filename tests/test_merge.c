@@ -350,7 +350,7 @@ static void test_naee_greedy_finds_never_routed(void **state) {
  * reaches the least total cost (checked by enumerating every allocation). */
 static void test_budget_allocation_optimal(void **state) {
     (void)state;
-    enum { L = 3, C = MT_MERGE_MAX_EXPERTS + 1, TK = 2 };
+    enum { L = 3, C = 65, TK = 2 };
     const int El[L] = {8, 8, 6};
     double cost[L * C];
     for (int l = 0; l < L; l++) {
@@ -362,7 +362,7 @@ static void test_budget_allocation_optimal(void **state) {
     }
     for (int budget = L * TK; budget <= 22; budget++) {
         int K[L];
-        assert_int_equal(merge_budget_allocate(cost, El, L, TK, budget, K), MT_OK);
+        assert_int_equal(merge_budget_allocate(cost, C, El, L, TK, budget, K), MT_OK);
         double got = 0, best = 1e300;
         int sum = 0;
         for (int l = 0; l < L; l++) {
@@ -378,8 +378,8 @@ static void test_budget_allocation_optimal(void **state) {
         assert_true(fabs(got - best) < 1e-12);
     }
     int K[L];
-    assert_int_equal(merge_budget_allocate(cost, El, L, TK, L * TK - 1, K), MT_ERR_ARG);
-    assert_int_equal(merge_budget_allocate(cost, El, L, TK, 23, K), MT_ERR_ARG);
+    assert_int_equal(merge_budget_allocate(cost, C, El, L, TK, L * TK - 1, K), MT_ERR_ARG);
+    assert_int_equal(merge_budget_allocate(cost, C, El, L, TK, 23, K), MT_ERR_ARG);
 }
 
 static int have_model(void) {
@@ -494,6 +494,7 @@ static void test_merge_bundled_model(void **state) {
     mt_model_free(dst);
     tu_rmtree(dir);
     free(dir);
+    mt_merge_report_free(&r);
 }
 
 /* --budget 20 on the bundled model (4 layers x 8 experts, top-2): the
@@ -547,6 +548,7 @@ static void test_merge_budget_bundled(void **state) {
         assert_int_equal(mt_model_weights(dst)->layers[l].router.rows, r->layer_k[l]);
     }
     mt_model_free(dst);
+    mt_merge_report_free(r);
     free(r);
     tu_rmtree(dir);
     free(dir);
@@ -695,6 +697,7 @@ static void test_merge_alias_identical_exact(void **state) {
     free(lb);
     free(txt);
     free(ids);
+    mt_merge_report_free(r);
     free(r);
     mt_model_free(ma);
     mt_model_free(mb);

@@ -246,7 +246,8 @@ static void test_bad_codec_options(void **st) {
     (void)st;
     mt_ckpt *ck = NULL;
     if (mt_ckpt_open(&ck, tu_model_dir()) != MT_OK) skip();
-    mt_config c = *mt_ckpt_config(ck);
+    mt_config c;
+    assert_int_equal(mt_config_copy(&c, mt_ckpt_config(ck)), MT_OK);
     mt_ckpt_free(ck);
     mt_quant_opts o;
     mt_quant_opts_default(&o);
@@ -267,6 +268,7 @@ static void test_bad_codec_options(void **st) {
     o.format = MT_FMT_GGUF;
     o.codec = (mt_quant_codec)7;
     assert_int_equal(mt_quant_check(&o, &c, 0), MT_ERR_ARG);
+    mt_config_free(&c);
 }
 
 int main(void) {

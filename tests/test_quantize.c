@@ -250,7 +250,8 @@ static void test_bad_options(void **st) {
     (void)st;
     mt_ckpt *ck = NULL;
     assert_int_equal(mt_ckpt_open(&ck, tu_model_dir()), MT_OK);
-    mt_config c = *mt_ckpt_config(ck);
+    mt_config c;
+    assert_int_equal(mt_config_copy(&c, mt_ckpt_config(ck)), MT_OK);
     mt_ckpt_free(ck);
     mt_quant_opts o;
     mt_quant_opts_default(&o);
@@ -297,6 +298,7 @@ static void test_bad_options(void **st) {
     assert_int_equal(system(cmd), 0);
     tu_rmtree(dir);
     free(dir);
+    mt_config_free(&c);
 }
 
 /* ---- calibration ------------------------------------------------------------ */

@@ -17,11 +17,16 @@ typedef enum {
     MT_ROPE_INTERLEAVED = 1, /* GGUF 'llama': pairs (2i, 2i+1), Q/K rows permuted */
 } mt_rope_style;
 
-#define MT_MAX_LAYERS 512
-#define MT_MAX_ALIAS_ROWS 64   /* router rows of an aliased layer, at most */
+#define MT_MAX_LAYERS 512       /* validation bound on n_layers; nothing is sized by it */
+#define MT_MAX_ALIAS_ROWS 65536 /* validation bound on the router rows of an aliased layer */
 
+/* Ownership of the per-layer arrays: an mt_config owns them (heap, NULL when
+ * every layer has the default). mt_config_free releases them, mt_config_copy
+ * makes an independent copy. A struct assignment (`c2 = *c`) is a borrowed
+ * view: it may be read while `c` lives, but never freed nor written through.
+ * Set them with mt_config_set_layer_experts / mt_config_set_router_alias. */
 typedef struct {
-    char arch[32];       /* "mixtral", "mistral", "llama"                      */
+    char arch[32];       /* "mixtral", "mistral", "llama" (mt_arch_get)        */
     int n_layers;
     int hidden;          /* d_model                                           */
     int ffn;             /* intermediate size of one expert (or the dense MLP) */
@@ -31,17 +36,17 @@ typedef struct {
     int vocab;
     int n_experts;       /* experts per layer; 0 = dense model                */
     int top_k;           /* experts per token; 0 when dense                   */
-    /* Per-layer expert counts (merge can leave layers with different K).
-     * Entries are 0 when every layer has n_experts. */
-    int layer_experts[MT_MAX_LAYERS];
+    /* [n_layers] experts per layer (merge can leave layers with different
+     * K); an entry of 0 means n_experts. NULL: every layer has n_experts. */
+    int *layer_experts;
     /* Alias routing (config key moe_router_alias): layer l keeps
      * router_rows[l] = R router rows for its K experts (R >= K), and router
      * row r selects expert router_alias[l][r]; every expert is the target of
      * at least one row. router_rows[l] == 0: no alias, one row per expert.
-     * Stored inline, not on the heap, because mt_config is copied by value;
-     * that bounds R by MT_MAX_ALIAS_ROWS. */
-    int router_rows[MT_MAX_LAYERS];
-    uint8_t router_alias[MT_MAX_LAYERS][MT_MAX_ALIAS_ROWS];
+     * Both NULL when no layer is aliased; router_alias[l] is NULL for a
+     * layer without alias. */
+    int *router_rows;          /* [n_layers]                                  */
+    int32_t **router_alias;    /* [n_layers][router_rows[l]]                  */
     float rope_theta;
     float norm_eps;
     int max_pos;
@@ -62,6 +67,20 @@ typedef enum {
                          other quantized linears in the AutoGPTQ layout          */
 } mt_quant_format;
 
+/* Releases the per-layer arrays (the struct itself is the caller's). */
+void mt_config_free(mt_config *c);
+/* *dst = an owned copy of *src (dst's previous contents are not freed). */
+int mt_config_copy(mt_config *dst, const mt_config *src);
+/* Experts of layer l (0 = n_experts); allocates the array on first use. */
+int mt_config_set_layer_experts(mt_config *c, int l, int k);
+/* Router alias of layer l: R rows, alias[r] the expert of row r; R = 0
+ * removes it. The rows are copied. */
+int mt_config_set_router_alias(mt_config *c, int l, int R, const int32_t *alias);
+/* The alias map of layer l ([router_rows] entries), or NULL. */
+const int32_t *mt_config_router_alias(const mt_config *c, int l);
+/* 1 when a and b describe the same model (per-layer arrays by value; a NULL
+ * array equals one of zeros). */
+int mt_config_equal(const mt_config *a, const mt_config *b);
 /* Experts in layer l (handles layer_experts overrides). */
 int mt_config_layer_experts(const mt_config *c, int l);
 /* Router rows of layer l: router_rows[l] when aliased, else its expert count. */

@@ -85,29 +85,38 @@ void mt_merge_opts_default(mt_merge_opts *o);
  * are checked against n_layers (or only for syntax when n_layers <= 0). */
 int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers);
 
+/* Per-layer arrays are on the heap, sized by the model (no expert or layer
+ * bound): mt_merge allocates them, the caller releases them with
+ * mt_merge_report_free (also after a failed mt_merge; safe on a zeroed
+ * report). */
 typedef struct {
     int n_layers;
     int experts_in;                     /* experts per layer of the source           */
     int top_k;                          /* experts each token uses                   */
-    int layer_k[MT_MAX_LAYERS];         /* experts per layer written                 */
+    int *layer_k;                       /* [n_layers] experts per layer written      */
     /* group[l][e]: output expert that source expert e of layer l went into,
      * -1 when pruned. */
-    int8_t group[MT_MAX_LAYERS][64];
-    double freq[MT_MAX_LAYERS][64];     /* fraction of routed slots per expert       */
-    double gate_mean[MT_MAX_LAYERS][64]; /* mean renormalised gate when routed        */
+    int **group;                        /* [n_layers][experts_in]                    */
+    double **freq;                      /* [n_layers][experts_in] fraction of routed
+                                           slots per expert                          */
+    double **gate_mean;                 /* [n_layers][experts_in] mean renormalised
+                                           gate when routed                          */
     uint64_t calib_tokens;              /* tokens run                                */
     uint64_t expert_params_in, expert_params_out;
     double router_fit_rmse;             /* mean over layers (fit router only)        */
     /* recon_err[l]: relative error of layer l's output on the sample
      * (|y' - y|^2 / |y|^2 summed over the sample) with the kept experts and
      * the router sliced; set for naee (-1 otherwise). */
-    double recon_err[MT_MAX_LAYERS];
+    double *recon_err;                  /* [n_layers]                                */
     /* With a budget: sensitivity[l][K] = the same relative error of the best
      * kept set of K experts (the naee search), K = top_k .. experts; the
      * budget's per-layer counts minimise its sum. */
-    double sensitivity[MT_MAX_LAYERS][65];
+    double **sensitivity;               /* [n_layers][experts_in + 1]                */
     double seconds;
+    void *mem;                          /* the one block behind the arrays (owned)   */
 } mt_merge_report;
+
+void mt_merge_report_free(mt_merge_report *r);
 
 /* Merges `model_path` (HF directory or safetensors with HF tensor names) into
  * the HF checkpoint directory `out_path` (written under a temporary name,

@@ -16,6 +16,7 @@
  * into the mappings. */
 #define _GNU_SOURCE
 #include "ckpt_impl.h"
+#include "moetool/mt_arch.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -39,6 +40,7 @@ struct mt_ckpt {
 
 void mt_ckpt_free(mt_ckpt *ck) {
     if (!ck) return;
+    mt_config_free(&ck->cfg);
     for (size_t i = 0; ck->shards && i < ck->n_shards; i++) mt_safetensors_free(ck->shards[i]);
     free(ck->shards);
     if (ck->gguf) mt_gguf_free(ck->gguf);
@@ -345,9 +347,13 @@ static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
         if ((rc = gguf_int(g, path, "llama.expert_used_count", 1, 0, &c->top_k))) return rc;
     }
     if ((rc = gguf_int(g, path, "llama.context_length", 0, 4096, &c->max_pos))) return rc;
-    const mt_tensor *emb = mt_gguf_find_tensor(g, "token_embd.weight");
-    if (!emb || emb->n_dims != 2)
-        return mt_seterr(MT_ERR_FORMAT, "%s: no 2-D tensor token_embd.weight", path);
+    /* GGUF "llama" is the Llama-style family: Mixtral with experts, else Llama */
+    const mt_arch *fam = mt_arch_get(c->n_experts > 0 ? "mixtral" : "llama");
+    char emb_name[64], head_name[64];
+    mt_arch_name(emb_name, sizeof emb_name, mt_arch_tensor_of(fam, MT_ROLE_TOK_EMBD), MT_FMT_GGUF, -1, -1);
+    mt_arch_name(head_name, sizeof head_name, mt_arch_tensor_of(fam, MT_ROLE_LM_HEAD), MT_FMT_GGUF, -1, -1);
+    const mt_tensor *emb = mt_gguf_find_tensor(g, emb_name);
+    if (!emb || emb->n_dims != 2) return mt_seterr(MT_ERR_FORMAT, "%s: no 2-D tensor %s", path, emb_name);
     int64_t vdef = emb->shape[0];
     if (vdef > INT32_MAX) vdef = INT32_MAX;
     if ((rc = gguf_int(g, path, "llama.vocab_size", 0, vdef, &c->vocab))) return rc;
@@ -371,11 +377,11 @@ static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
                          (uint32_t)b[4 * l + 3] << 24;
             if (k > (1u << 16))
                 return mt_seterr(MT_ERR_FORMAT, "%s: moetool.layer_experts[%d] = %u out of range", path, l, k);
-            c->layer_experts[l] = (int)k == c->n_experts ? 0 : (int)k;
+            if ((rc = mt_config_set_layer_experts(c, l, (int)k == c->n_experts ? 0 : (int)k))) return rc;
         }
     }
     snprintf(c->arch, sizeof c->arch, "%s", c->n_experts > 0 ? "mixtral" : "llama");
-    c->tie_embeddings = mt_gguf_find_tensor(g, "output.weight") == NULL;
+    c->tie_embeddings = mt_gguf_find_tensor(g, head_name) == NULL;
     c->rope_style = MT_ROPE_INTERLEAVED;
     return mt_config_validate(c, path);
 }

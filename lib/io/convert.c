@@ -15,6 +15,7 @@
  * q8_0 rows that are not whole blocks falling back to f16. GGUF -> HF undoes
  * all of it. Outputs appear under their final name only when complete. */
 #define _GNU_SOURCE
+#include "moetool/mt_arch.h"
 #include "moetool/mt_tokenizer.h"
 #include "writer_impl.h"
 
@@ -23,71 +24,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- tensor slots of a Llama/Mixtral model ------------------------------ */
-enum {
-    S_EMB, S_OUT_NORM, S_LM_HEAD, S_ATTN_NORM, S_Q, S_K, S_V, S_O, S_FFN_NORM, S_ROUTER,
-    S_W1, S_W3, S_W2,                  /* experts: gate, up, down */
-    S_MLP_GATE, S_MLP_UP, S_MLP_DOWN,  /* dense MLP */
-};
-
-/* HF name; `e` is the expert for S_W1/S_W3/S_W2. */
-static void hf_name(char *b, size_t n, int slot, int l, int e) {
-    static const char *const w[] = {[S_W1] = "w1", [S_W3] = "w3", [S_W2] = "w2"};
-    switch (slot) {
-    case S_EMB: snprintf(b, n, "model.embed_tokens.weight"); break;
-    case S_OUT_NORM: snprintf(b, n, "model.norm.weight"); break;
-    case S_LM_HEAD: snprintf(b, n, "lm_head.weight"); break;
-    case S_ATTN_NORM: snprintf(b, n, "model.layers.%d.input_layernorm.weight", l); break;
-    case S_Q: snprintf(b, n, "model.layers.%d.self_attn.q_proj.weight", l); break;
-    case S_K: snprintf(b, n, "model.layers.%d.self_attn.k_proj.weight", l); break;
-    case S_V: snprintf(b, n, "model.layers.%d.self_attn.v_proj.weight", l); break;
-    case S_O: snprintf(b, n, "model.layers.%d.self_attn.o_proj.weight", l); break;
-    case S_FFN_NORM: snprintf(b, n, "model.layers.%d.post_attention_layernorm.weight", l); break;
-    case S_ROUTER: snprintf(b, n, "model.layers.%d.block_sparse_moe.gate.weight", l); break;
-    case S_W1: case S_W3: case S_W2:
-        snprintf(b, n, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, w[slot]);
-        break;
-    case S_MLP_GATE: snprintf(b, n, "model.layers.%d.mlp.gate_proj.weight", l); break;
-    case S_MLP_UP: snprintf(b, n, "model.layers.%d.mlp.up_proj.weight", l); break;
-    default: snprintf(b, n, "model.layers.%d.mlp.down_proj.weight", l); break;
-    }
+/* Role of a tensor name in the checkpoint's format, or NULL. */
+static const mt_arch_tensor *role_of(const mt_config *c, const char *name, mt_format fmt) {
+    return mt_arch_parse(mt_arch_get(c->arch), name, fmt == MT_FMT_SAFETENSORS ? MT_FMT_HF : fmt, NULL, NULL);
 }
 
-static void gguf_name(char *b, size_t n, int slot, int l) {
-    static const char *const blk[] = {
-        [S_ATTN_NORM] = "attn_norm", [S_Q] = "attn_q", [S_K] = "attn_k", [S_V] = "attn_v",
-        [S_O] = "attn_output", [S_FFN_NORM] = "ffn_norm", [S_ROUTER] = "ffn_gate_inp",
-        [S_W1] = "ffn_gate_exps", [S_W3] = "ffn_up_exps", [S_W2] = "ffn_down_exps",
-        [S_MLP_GATE] = "ffn_gate", [S_MLP_UP] = "ffn_up", [S_MLP_DOWN] = "ffn_down",
-    };
-    switch (slot) {
-    case S_EMB: snprintf(b, n, "token_embd.weight"); break;
-    case S_OUT_NORM: snprintf(b, n, "output_norm.weight"); break;
-    case S_LM_HEAD: snprintf(b, n, "output.weight"); break;
-    default: snprintf(b, n, "blk.%d.%s.weight", l, blk[slot]); break;
-    }
-}
-
-/* Expected PyTorch-order shape of one (per-expert) tensor of a slot. */
-static int slot_shape(const mt_config *c, int slot, int l, int64_t *shape) {
-    int64_t H = c->hidden, F = c->ffn, V = c->vocab, hd = c->head_dim;
-    switch (slot) {
-    case S_EMB: case S_LM_HEAD: shape[0] = V; shape[1] = H; return 2;
-    case S_OUT_NORM: case S_ATTN_NORM: case S_FFN_NORM: shape[0] = H; return 1;
-    case S_Q: shape[0] = c->n_heads * hd; shape[1] = H; return 2;
-    case S_K: case S_V: shape[0] = c->n_kv_heads * hd; shape[1] = H; return 2;
-    case S_O: shape[0] = H; shape[1] = c->n_heads * hd; return 2;
-    case S_ROUTER: shape[0] = mt_config_layer_experts(c, l); shape[1] = H; return 2;
-    case S_W1: case S_W3: case S_MLP_GATE: case S_MLP_UP: shape[0] = F; shape[1] = H; return 2;
-    default: shape[0] = H; shape[1] = F; return 2;
-    }
+/* Kept in F32 in GGUF whatever the requested type (norms, router)? */
+static int f32_in_gguf(const mt_config *c, const mt_tensor *t, mt_format fmt) {
+    const mt_arch_tensor *r = role_of(c, t->name, fmt);
+    return t->n_dims < 2 || (r && (r->flags & MT_ROLE_F_F32_GGUF));
 }
 
 /* ---- the plan ----------------------------------------------------------- */
 enum { PERM_NONE = 0, PERM_TO_GGUF = 1, PERM_TO_HF = 2 };
 
 typedef struct {
-    char name[128];              /* output name                              */
+    char name[160];              /* output name                              */
     mt_dtype dtype;              /* output type                              */
     int n_dims;
     int64_t shape[MT_MAX_DIMS];  /* output shape, PyTorch order              */
@@ -95,7 +47,8 @@ typedef struct {
     const mt_tensor *src;        /* single source (copy, or slice of 3-D)    */
     int slice;                   /* >= 0: expert taken from a merged source  */
     int stack;                   /* > 0: experts stacked from per-expert HF sources */
-    int slot, layer;
+    const mt_arch_tensor *role; /* NULL: copied by name (same format)  */
+    int layer;
     int perm, perm_heads;        /* Q/K row permutation                      */
     int warn_fallback;           /* q8_0 request fell back to f16            */
 } plan_t;
@@ -161,9 +114,13 @@ static int check_shape(const conv *cv, const mt_tensor *t, int n_dims, const int
     return mt_seterr(MT_ERR_FORMAT, "%s: tensor '%s' has shape (%s), the config implies (%s)", cv->in_path, t->name, a, b);
 }
 
-static const mt_tensor *need_tensor(const conv *cv, const char *name, int *rc) {
+static const mt_tensor *need_tensor(const conv *cv, const char *name, int nd, const int64_t *shape, int *rc) {
     const mt_tensor *t = mt_ckpt_find(cv->ck, name);
-    if (!t) *rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: missing tensor '%s'", cv->in_path, name);
+    if (!t) {
+        char want[96];
+        mt_arch_shape_str(want, sizeof want, nd, shape);
+        *rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: missing tensor '%s' (expected shape %s)", cv->in_path, name, want);
+    }
     return t;
 }
 
@@ -183,78 +140,65 @@ static int finish_entry(conv *cv, plan_t *e) {
     return MT_OK;
 }
 
-/* HF (or single safetensors) -> GGUF, by slots. */
+/* An optional role (lm_head) is converted when the source has it; it may be
+ * absent only when the config ties it to the embeddings. */
+static int skip_optional(const conv *cv, const mt_arch_item *it, const char *src_name) {
+    return (it->t->flags & MT_ROLE_F_OPTIONAL) && cv->cfg->tie_embeddings && !mt_ckpt_find(cv->ck, src_name);
+}
+
+/* HF (or single safetensors) -> GGUF, by the family's role table. */
 static int plan_hf_to_gguf(conv *cv) {
     const mt_config *c = cv->cfg;
     int want = cv->o->dtype, rc = MT_OK;
-    char nm[128];
-    int n_slots_layer[] = {S_ATTN_NORM, S_Q, S_K, S_V, S_O, S_FFN_NORM};
-    for (int pass = 0; pass < 2 + c->n_layers; pass++) {
-        /* pass 0: embeddings; 1..L: layers; L+1: output norm and head */
-        int slots[16], ns = 0, l = pass - 1;
-        if (pass == 0) slots[ns++] = S_EMB;
-        else if (pass == c->n_layers + 1) {
-            slots[ns++] = S_OUT_NORM;
-            if (!c->tie_embeddings || mt_ckpt_find(cv->ck, "lm_head.weight")) slots[ns++] = S_LM_HEAD;
-        } else {
-            for (int i = 0; i < 6; i++) slots[ns++] = n_slots_layer[i];
-            if (c->n_experts > 0) {
-                slots[ns++] = S_ROUTER;
-                slots[ns++] = S_W1;
-                slots[ns++] = S_W3;
-                slots[ns++] = S_W2;
-            } else {
-                slots[ns++] = S_MLP_GATE;
-                slots[ns++] = S_MLP_UP;
-                slots[ns++] = S_MLP_DOWN;
-            }
-        }
-        for (int i = 0; i < ns; i++) {
-            int s = slots[i];
-            plan_t *e = plan_add(cv);
-            if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-            e->slot = s;
-            e->layer = l;
-            gguf_name(e->name, sizeof e->name, s, l);
-            int64_t shp[2];
-            int nd = slot_shape(c, s, l, shp);
-            if (s == S_W1 || s == S_W3 || s == S_W2) {
-                int E = mt_config_layer_experts(c, l);
-                const mt_tensor *first = NULL;
-                for (int x = 0; x < E; x++) {
-                    hf_name(nm, sizeof nm, s, l, x);
-                    const mt_tensor *t = need_tensor(cv, nm, &rc);
-                    if (!t) return rc;
-                    if ((rc = check_shape(cv, t, nd, shp))) return rc;
-                    if (!first) first = t;
-                    else if (t->dtype != first->dtype && want < 0)
-                        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: experts of layer %d have different types (%s)", cv->in_path,
-                                         l, t->name);
-                }
-                e->stack = E;
-                e->src = first;
-                e->n_dims = 3;
-                e->shape[0] = E;
-                e->shape[1] = shp[0];
-                e->shape[2] = shp[1];
-                e->dtype = weight_type(first, want, shp[1], 1, &e->warn_fallback);
-            } else {
-                hf_name(nm, sizeof nm, s, l, 0);
-                const mt_tensor *t = need_tensor(cv, nm, &rc);
+    char nm[160];
+    mt_arch_iter it;
+    mt_arch_item a;
+    if ((rc = mt_arch_iter_init(&it, c, MT_ITER_OPTIONAL, cv->in_path))) return rc;
+    while (mt_arch_iter_next(&it, &a)) {
+        const mt_arch_tensor *r = a.t;
+        if (skip_optional(cv, &a, a.hf)) continue;
+        plan_t *e = plan_add(cv);
+        if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+        e->role = r;
+        e->layer = a.layer;
+        snprintf(e->name, sizeof e->name, "%s", a.gguf);
+        const int nd = a.n_dims;
+        const int64_t *shp = a.shape;
+        if (r->flags & MT_ROLE_F_EXPERT) {
+            const int E = a.n_experts;
+            const mt_tensor *first = NULL;
+            for (int x = 0; x < E; x++) {
+                mt_arch_name(nm, sizeof nm, r, MT_FMT_HF, a.layer, x);
+                const mt_tensor *t = need_tensor(cv, nm, nd, shp, &rc);
                 if (!t) return rc;
                 if ((rc = check_shape(cv, t, nd, shp))) return rc;
-                e->src = t;
-                e->n_dims = nd;
-                memcpy(e->shape, shp, sizeof shp);
-                if (nd == 1 || s == S_ROUTER) e->dtype = MT_DT_F32;
-                else e->dtype = weight_type(t, want, shp[1], 1, &e->warn_fallback);
-                if (c->rope_style == MT_ROPE_HALF && (s == S_Q || s == S_K)) {
-                    e->perm = PERM_TO_GGUF;
-                    e->perm_heads = s == S_Q ? c->n_heads : c->n_kv_heads;
-                }
+                if (!first) first = t;
+                else if (t->dtype != first->dtype && want < 0)
+                    return mt_seterr(MT_ERR_UNSUPPORTED, "%s: experts of layer %d have different types (%s)", cv->in_path,
+                                     a.layer, t->name);
             }
-            if ((rc = finish_entry(cv, e))) return rc;
+            e->stack = E;
+            e->src = first;
+            e->n_dims = 3;
+            e->shape[0] = E;
+            e->shape[1] = shp[0];
+            e->shape[2] = shp[1];
+            e->dtype = weight_type(first, want, shp[1], 1, &e->warn_fallback);
+        } else {
+            const mt_tensor *t = need_tensor(cv, a.hf, nd, shp, &rc);
+            if (!t) return rc;
+            if ((rc = check_shape(cv, t, nd, shp))) return rc;
+            e->src = t;
+            e->n_dims = nd;
+            memcpy(e->shape, shp, sizeof a.shape);
+            if (nd == 1 || (r->flags & MT_ROLE_F_F32_GGUF)) e->dtype = MT_DT_F32;
+            else e->dtype = weight_type(t, want, shp[1], 1, &e->warn_fallback);
+            if (c->rope_style == MT_ROPE_HALF && (r->flags & MT_ROLE_F_ROPE)) {
+                e->perm = PERM_TO_GGUF;
+                e->perm_heads = r->role == MT_ROLE_WQ ? c->n_heads : c->n_kv_heads;
+            }
         }
+        if ((rc = finish_entry(cv, e))) return rc;
     }
     return MT_OK;
 }
@@ -266,7 +210,7 @@ static mt_dtype hf_target_type(const conv *cv) {
     uint64_t bytes[MT_DT_COUNT] = {0};
     for (size_t i = 0; i < mt_ckpt_count(cv->ck); i++) {
         const mt_tensor *t = mt_ckpt_get(cv->ck, i);
-        if (t->n_dims >= 2 && (unsigned)t->dtype < MT_DT_COUNT && !strstr(t->name, "ffn_gate_inp"))
+        if (t->n_dims >= 2 && (unsigned)t->dtype < MT_DT_COUNT && !f32_in_gguf(cv->cfg, t, MT_FMT_GGUF))
             bytes[t->dtype] += t->nbytes;
     }
     int best = -1;
@@ -275,74 +219,57 @@ static mt_dtype hf_target_type(const conv *cv) {
     return best >= 0 && mt_dtype_is_plain_float((mt_dtype)best) ? (mt_dtype)best : MT_DT_F32;
 }
 
-/* GGUF -> HF, by slots. */
+/* GGUF -> HF, by the family's role table. */
 static int plan_gguf_to_hf(conv *cv) {
     const mt_config *c = cv->cfg;
     mt_dtype tt = hf_target_type(cv);
     int rc = MT_OK;
-    char nm[128];
-    for (int pass = 0; pass < 2 + c->n_layers; pass++) {
-        int slots[16], ns = 0, l = pass - 1;
-        if (pass == 0) slots[ns++] = S_EMB;
-        else if (pass == c->n_layers + 1) {
-            slots[ns++] = S_OUT_NORM;
-            if (mt_ckpt_find(cv->ck, "output.weight")) slots[ns++] = S_LM_HEAD;
-        } else {
-            int ls[] = {S_ATTN_NORM, S_Q, S_K, S_V, S_O, S_FFN_NORM};
-            for (int i = 0; i < 6; i++) slots[ns++] = ls[i];
-            if (c->n_experts > 0) {
-                slots[ns++] = S_ROUTER;
-                slots[ns++] = S_W1;
-                slots[ns++] = S_W2;
-                slots[ns++] = S_W3;
-            } else {
-                slots[ns++] = S_MLP_GATE;
-                slots[ns++] = S_MLP_UP;
-                slots[ns++] = S_MLP_DOWN;
-            }
-        }
-        for (int i = 0; i < ns; i++) {
-            int s = slots[i];
-            int64_t shp[2];
-            int nd = slot_shape(c, s, l, shp);
-            gguf_name(nm, sizeof nm, s, l);
-            const mt_tensor *t = need_tensor(cv, nm, &rc);
+    mt_arch_iter it;
+    mt_arch_item a;
+    if ((rc = mt_arch_iter_init(&it, c, MT_ITER_OPTIONAL, cv->in_path))) return rc;
+    while (mt_arch_iter_next(&it, &a)) {
+        const mt_arch_tensor *r = a.t;
+        if (skip_optional(cv, &a, a.gguf)) continue;
+        const int nd = a.n_dims;
+        const int64_t *shp = a.shape;
+        if (r->flags & MT_ROLE_F_EXPERT) {
+            const int E = a.n_experts;
+            const int64_t s3[3] = {E, shp[0], shp[1]};
+            const mt_tensor *t = need_tensor(cv, a.gguf, 3, s3, &rc);
             if (!t) return rc;
-            if (s == S_W1 || s == S_W3 || s == S_W2) {
-                int E = mt_config_layer_experts(c, l);
-                int64_t s3[3] = {E, shp[0], shp[1]};
-                if ((rc = check_shape(cv, t, 3, s3))) return rc;
-                for (int x = 0; x < E; x++) {
-                    plan_t *e = plan_add(cv);
-                    if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-                    e->slot = s;
-                    e->layer = l;
-                    hf_name(e->name, sizeof e->name, s, l, x);
-                    e->src = t;
-                    e->slice = x;
-                    e->n_dims = 2;
-                    memcpy(e->shape, shp, sizeof shp);
-                    e->dtype = tt;
-                    if ((rc = finish_entry(cv, e))) return rc;
-                }
-                continue;
+            if ((rc = check_shape(cv, t, 3, s3))) return rc;
+            for (int x = 0; x < E; x++) {
+                plan_t *e = plan_add(cv);
+                if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+                e->role = r;
+                e->layer = a.layer;
+                mt_arch_name(e->name, sizeof e->name, r, MT_FMT_HF, a.layer, x);
+                e->src = t;
+                e->slice = x;
+                e->n_dims = 2;
+                memcpy(e->shape, shp, sizeof a.shape);
+                e->dtype = tt;
+                if ((rc = finish_entry(cv, e))) return rc;
             }
-            if ((rc = check_shape(cv, t, nd, shp))) return rc;
-            plan_t *e = plan_add(cv);
-            if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-            e->slot = s;
-            e->layer = l;
-            hf_name(e->name, sizeof e->name, s, l, 0);
-            e->src = t;
-            e->n_dims = nd;
-            memcpy(e->shape, shp, sizeof shp);
-            e->dtype = tt;
-            if (c->rope_style == MT_ROPE_INTERLEAVED && (s == S_Q || s == S_K)) {
-                e->perm = PERM_TO_HF;
-                e->perm_heads = s == S_Q ? c->n_heads : c->n_kv_heads;
-            }
-            if ((rc = finish_entry(cv, e))) return rc;
+            continue;
         }
+        const mt_tensor *t = need_tensor(cv, a.gguf, nd, shp, &rc);
+        if (!t) return rc;
+        if ((rc = check_shape(cv, t, nd, shp))) return rc;
+        plan_t *e = plan_add(cv);
+        if (!e) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+        e->role = r;
+        e->layer = a.layer;
+        snprintf(e->name, sizeof e->name, "%s", a.hf);
+        e->src = t;
+        e->n_dims = nd;
+        memcpy(e->shape, shp, sizeof a.shape);
+        e->dtype = tt;
+        if (c->rope_style == MT_ROPE_INTERLEAVED && (r->flags & MT_ROLE_F_ROPE)) {
+            e->perm = PERM_TO_HF;
+            e->perm_heads = r->role == MT_ROLE_WQ ? c->n_heads : c->n_kv_heads;
+        }
+        if ((rc = finish_entry(cv, e))) return rc;
     }
     return MT_OK;
 }
@@ -359,12 +286,11 @@ static int plan_same(conv *cv, int to_gguf) {
             return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor name too long: %.60s...", cv->in_path, t->name);
         snprintf(e->name, sizeof e->name, "%s", t->name);
         e->src = t;
-        e->slot = -1;
         e->n_dims = t->n_dims;
         memcpy(e->shape, t->shape, sizeof e->shape);
         const mt_dtype_info *di = mt_dtype_get(t->dtype);
         int retype = di && di->is_float && want >= 0;
-        if (to_gguf && (t->n_dims < 2 || strstr(t->name, "ffn_gate_inp"))) retype = 0;
+        if (to_gguf && f32_in_gguf(cv->cfg, t, mt_ckpt_format(cv->ck))) retype = 0;
         e->dtype = retype ? weight_type(t, want, shape_cols(e), to_gguf, &e->warn_fallback) : t->dtype;
         if ((rc = finish_entry(cv, e))) return rc;
     }
@@ -380,14 +306,8 @@ static int out_flush(conv *cv) {
     return rc;
 }
 
-/* Source row of output row r of a permuted Q/K matrix. llama.cpp's permute:
- * w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols), so
- * GGUF row h*hd + 2i + j holds HF row h*hd + j*hd/2 + i. */
 static int64_t perm_row(int perm, int64_t r, int64_t hd) {
-    if (perm == PERM_NONE) return r;
-    int64_t h = r / hd, k = r % hd, half = hd / 2;
-    if (perm == PERM_TO_GGUF) return h * hd + (k % 2) * half + k / 2;
-    return h * hd + (k % half) * 2 + k / half;
+    return perm == PERM_NONE ? r : mt_rope_perm_row(perm == PERM_TO_GGUF, r, hd);
 }
 
 static int stream_entry(conv *cv, const plan_t *e) {
@@ -406,14 +326,14 @@ static int stream_entry(conv *cv, const plan_t *e) {
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor '%s': %lld rows cannot be split into %d heads of even size",
                          cv->in_path, e->name, (long long)e->shape[0], e->perm_heads);
     const mt_tensor *src = e->src;
-    char nm[128];
+    char nm[160];
     for (int64_t r = 0; r < rows; r++) {
         int64_t sr;
         if (e->stack) {
             if (r % per == 0) {
                 if (r > 0) mt_drop_pages(src->data, src->nbytes); /* previous expert done */
-                hf_name(nm, sizeof nm, e->slot, e->layer, (int)(r / per));
-                if (!(src = need_tensor(cv, nm, &rc))) return rc;
+                mt_arch_name(nm, sizeof nm, e->role, MT_FMT_HF, e->layer, (int)(r / per));
+                if (!(src = need_tensor(cv, nm, 2, e->shape + 1, &rc))) return rc;
                 if ((rc = mt_dtype_nbytes(src->dtype, (uint64_t)cols, &in_row_bytes))) return rc;
             }
             sr = r % per;
@@ -490,7 +410,8 @@ static void warn_unused(const conv *cv) {
     for (size_t i = 0; i < n; i++) {
         const char *nm = mt_ckpt_get(cv->ck, i)->name;
         if (bsearch(&nm, used, m, sizeof *used, cmp_str)) continue;
-        if (strstr(nm, ".block_sparse_moe.experts.")) continue; /* stacked */
+        const mt_arch_tensor *role = role_of(cv->cfg, nm, mt_ckpt_format(cv->ck));
+        if (role && (role->flags & MT_ROLE_F_EXPERT)) continue; /* stacked */
         if (!first) first = nm;
         unused++;
     }
@@ -504,7 +425,9 @@ static void warn_unused(const conv *cv) {
 static uint32_t file_type_of(const conv *cv) {
     uint64_t bytes[MT_DT_COUNT] = {0};
     for (size_t i = 0; i < cv->n; i++)
-        if (cv->p[i].n_dims >= 2 && !strstr(cv->p[i].name, "ffn_gate_inp")) bytes[cv->p[i].dtype] += cv->p[i].nbytes;
+        if (cv->p[i].n_dims >= 2 && !(role_of(cv->cfg, cv->p[i].name, MT_FMT_GGUF) &&
+                                      (role_of(cv->cfg, cv->p[i].name, MT_FMT_GGUF)->flags & MT_ROLE_F_F32_GGUF)))
+            bytes[cv->p[i].dtype] += cv->p[i].nbytes;
     int best = MT_DT_F32;
     for (int d = 0; d < MT_DT_COUNT; d++)
         if (bytes[d] > bytes[best]) best = d;
@@ -627,11 +550,13 @@ static int gguf_llama_kvs(conv *cv) {
         rc = mt_gguf_writer_kv_u32(w, "llama.expert_count", (uint32_t)c->n_experts);
         if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.expert_used_count", (uint32_t)c->top_k);
         int per_layer = 0;
-        for (int l = 0; l < c->n_layers; l++) per_layer |= c->layer_experts[l] != 0;
+        for (int l = 0; c->layer_experts && l < c->n_layers; l++) per_layer |= c->layer_experts[l] != 0;
         if (!rc && per_layer) {
-            uint32_t le[MT_MAX_LAYERS];
+            uint32_t *le = malloc((size_t)c->n_layers * sizeof *le);
+            if (!le) return mt_seterr(MT_ERR_NOMEM, "out of memory");
             for (int l = 0; l < c->n_layers; l++) le[l] = (uint32_t)mt_config_layer_experts(c, l);
             rc = mt_gguf_writer_kv_arr(w, "moetool.layer_experts", MT_GGUF_UINT32, le, (uint64_t)c->n_layers);
+            free(le);
         }
     }
     if (!rc) rc = gguf_tokenizer_kvs(cv);

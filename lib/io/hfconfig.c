@@ -23,6 +23,7 @@
  * (MT_ROPE_HALF). */
 #define _GNU_SOURCE
 #include "ckpt_impl.h"
+#include "moetool/mt_arch.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -34,48 +35,129 @@
 #define MT_CFG_MAX_EXPERTS (1 << 16)
 
 int mt_config_layer_experts(const mt_config *c, int l) {
-    if (l >= 0 && l < MT_MAX_LAYERS && c->layer_experts[l] > 0) return c->layer_experts[l];
+    if (c->layer_experts && l >= 0 && l < c->n_layers && c->layer_experts[l] > 0) return c->layer_experts[l];
     return c->n_experts;
 }
 
 int mt_config_router_rows(const mt_config *c, int l) {
-    if (l >= 0 && l < MT_MAX_LAYERS && c->router_rows[l] > 0) return c->router_rows[l];
+    if (c->router_rows && l >= 0 && l < c->n_layers && c->router_rows[l] > 0) return c->router_rows[l];
     return mt_config_layer_experts(c, l);
 }
 
 int mt_config_has_alias(const mt_config *c) {
-    for (int l = 0; l < MT_MAX_LAYERS; l++)
+    for (int l = 0; c->router_rows && l < c->n_layers; l++)
         if (c->router_rows[l]) return 1;
     return 0;
+}
+
+const int32_t *mt_config_router_alias(const mt_config *c, int l) {
+    if (!c->router_alias || l < 0 || l >= c->n_layers) return NULL;
+    return c->router_alias[l];
+}
+
+void mt_config_free(mt_config *c) {
+    if (!c) return;
+    for (int l = 0; c->router_alias && l < c->n_layers; l++) free(c->router_alias[l]);
+    free(c->router_alias);
+    free(c->router_rows);
+    free(c->layer_experts);
+    c->router_alias = NULL;
+    c->router_rows = NULL;
+    c->layer_experts = NULL;
+}
+
+int mt_config_equal(const mt_config *a, const mt_config *b) {
+    mt_config x = *a, y = *b;
+    x.layer_experts = y.layer_experts = NULL;
+    x.router_rows = y.router_rows = NULL;
+    x.router_alias = y.router_alias = NULL;
+    if (memcmp(&x, &y, sizeof x) != 0) return 0;
+    for (int l = 0; l < a->n_layers; l++) {
+        const int ka = a->layer_experts ? a->layer_experts[l] : 0, kb = b->layer_experts ? b->layer_experts[l] : 0;
+        const int ra = a->router_rows ? a->router_rows[l] : 0, rb = b->router_rows ? b->router_rows[l] : 0;
+        if (ka != kb || ra != rb) return 0;
+        if (ra && memcmp(a->router_alias[l], b->router_alias[l], (size_t)ra * sizeof(int32_t)) != 0) return 0;
+    }
+    return 1;
+}
+
+static int n_layers_ok(const mt_config *c) { return c->n_layers > 0 && c->n_layers <= MT_MAX_LAYERS; }
+
+int mt_config_set_layer_experts(mt_config *c, int l, int k) {
+    if (!n_layers_ok(c) || l < 0 || l >= c->n_layers || k < 0)
+        return mt_seterr(MT_ERR_ARG, "config: layer %d / expert count %d out of range", l, k);
+    if (!c->layer_experts && !(c->layer_experts = calloc((size_t)c->n_layers, sizeof *c->layer_experts)))
+        return mt_seterr(MT_ERR_NOMEM, "config: out of memory");
+    c->layer_experts[l] = k;
+    return MT_OK;
+}
+
+int mt_config_set_router_alias(mt_config *c, int l, int R, const int32_t *alias) {
+    if (!n_layers_ok(c) || l < 0 || l >= c->n_layers || R < 0 || R > MT_MAX_ALIAS_ROWS || (R && !alias))
+        return mt_seterr(MT_ERR_ARG, "config: router alias of layer %d with %d rows out of range", l, R);
+    if (!c->router_rows) {
+        c->router_rows = calloc((size_t)c->n_layers, sizeof *c->router_rows);
+        c->router_alias = calloc((size_t)c->n_layers, sizeof *c->router_alias);
+        if (!c->router_rows || !c->router_alias) {
+            free(c->router_rows);
+            free(c->router_alias);
+            c->router_rows = NULL;
+            c->router_alias = NULL;
+            return mt_seterr(MT_ERR_NOMEM, "config: out of memory");
+        }
+    }
+    int32_t *a = NULL;
+    if (R && !(a = malloc((size_t)R * sizeof *a))) return mt_seterr(MT_ERR_NOMEM, "config: out of memory");
+    if (R) memcpy(a, alias, (size_t)R * sizeof *a);
+    free(c->router_alias[l]);
+    c->router_alias[l] = a;
+    c->router_rows[l] = R;
+    return MT_OK;
+}
+
+int mt_config_copy(mt_config *dst, const mt_config *src) {
+    mt_config c = *src;
+    c.layer_experts = NULL;
+    c.router_rows = NULL;
+    c.router_alias = NULL;
+    int rc = MT_OK;
+    for (int l = 0; !rc && src->layer_experts && l < src->n_layers; l++)
+        rc = mt_config_set_layer_experts(&c, l, src->layer_experts[l]);
+    for (int l = 0; !rc && src->router_rows && l < src->n_layers; l++)
+        rc = mt_config_set_router_alias(&c, l, src->router_rows[l], src->router_alias[l]);
+    if (rc) {
+        mt_config_free(&c);
+        return rc;
+    }
+    *dst = c;
+    return MT_OK;
 }
 
 /* Alias maps: rows within bounds, values name experts of the layer, every
  * expert reachable (an unreachable one would be dead weight no router picks). */
 static int validate_alias(const mt_config *c, const char *path) {
-    for (int l = 0; l < MT_MAX_LAYERS; l++) {
+    for (int l = 0; c->router_rows && l < c->n_layers; l++) {
         const int R = c->router_rows[l];
         if (R == 0) continue;
         if (c->n_experts == 0)
             return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias in a dense model", path);
-        if (l >= c->n_layers)
-            return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias for layer %d past the %d layers", path, l,
-                             c->n_layers);
         const int K = mt_config_layer_experts(c, l);
         if (R < 0 || R > MT_MAX_ALIAS_ROWS || R < K)
             return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d] has %d rows for %d experts (need %d .. %d)",
                              path, l, R, K, K, MT_MAX_ALIAS_ROWS);
-        uint64_t hit = 0; /* K <= R <= 64 */
-        for (int r = 0; r < R; r++) {
-            int e = c->router_alias[l][r];
-            if (e >= K)
+        const int32_t *a = c->router_alias ? c->router_alias[l] : NULL;
+        if (!a) return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d] has no rows", path, l);
+        for (int r = 0; r < R; r++)
+            if (a[r] < 0 || a[r] >= K)
                 return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d][%d] = %d is not an expert (layer %d has %d)",
-                                 path, l, r, e, l, K);
-            hit |= (uint64_t)1 << e;
-        }
-        for (int e = 0; e < K; e++)
-            if (!(hit >> e & 1))
+                                 path, l, r, a[r], l, K);
+        for (int e = 0; e < K; e++) { /* every expert reachable; R is small next to a layer's weights */
+            int r = 0;
+            while (r < R && a[r] != e) r++;
+            if (r == R)
                 return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d]: no router row selects expert %d", path, l,
                                  e);
+        }
     }
     return MT_OK;
 }
@@ -110,19 +192,16 @@ int mt_config_validate(const mt_config *c, const char *path) {
     if (c->n_experts == 0) {
         if (c->top_k != 0)
             return mt_seterr(MT_ERR_FORMAT, "%s: experts per token %d in a dense model", path, c->top_k);
-        for (int l = 0; l < MT_MAX_LAYERS; l++)
+        for (int l = 0; c->layer_experts && l < c->n_layers; l++)
             if (c->layer_experts[l])
                 return mt_seterr(MT_ERR_FORMAT, "%s: per-layer expert counts in a dense model", path);
     } else {
         if (c->top_k <= 0 || c->top_k > c->n_experts)
             return mt_seterr(MT_ERR_FORMAT, "%s: experts per token %d (expected 1 .. %d experts)", path,
                              c->top_k, c->n_experts);
-        for (int l = 0; l < MT_MAX_LAYERS; l++) {
+        for (int l = 0; c->layer_experts && l < c->n_layers; l++) {
             int k = c->layer_experts[l];
             if (k == 0) continue;
-            if (l >= c->n_layers)
-                return mt_seterr(MT_ERR_FORMAT, "%s: expert count for layer %d past the %d layers", path, l,
-                                 c->n_layers);
             if (k < c->top_k || k > MT_CFG_MAX_EXPERTS)
                 return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has %d experts (need %d .. %d)", path, l, k,
                                  c->top_k, MT_CFG_MAX_EXPERTS);
@@ -142,8 +221,7 @@ int mt_config_validate(const mt_config *c, const char *path) {
                          c->vocab);
     if (c->rope_style != MT_ROPE_HALF && c->rope_style != MT_ROPE_INTERLEAVED)
         return mt_seterr(MT_ERR_FORMAT, "%s: unknown rope style %d", path, c->rope_style);
-    if (strcmp(c->arch, "mixtral") && strcmp(c->arch, "mistral") && strcmp(c->arch, "llama"))
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, c->arch);
+    if (!mt_arch_get(c->arch)) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, c->arch);
     return MT_OK;
 }
 
@@ -204,18 +282,6 @@ static int get_token_id(const json_t *root, const char *key, int *out, const cha
     return MT_OK;
 }
 
-static const struct {
-    const char *model_type, *class_name;
-    int moe;
-    double rope_theta, eps;
-    int max_pos;
-} g_archs[] = {
-    {"mixtral", "MixtralForCausalLM", 1, 1e6, 1e-5, 131072},
-    {"mistral", "MistralForCausalLM", 0, 10000.0, 1e-6, 131072},
-    {"llama", "LlamaForCausalLM", 0, 10000.0, 1e-6, 2048},
-};
-#define N_ARCHS (sizeof g_archs / sizeof g_archs[0])
-
 /* AutoGPTQ layout options of a quantization_config (or of its "gptq" part). */
 static int parse_gptq_layout(const json_t *q, mt_config *c, const char *path) {
     const json_t *cf = json_object_get(q, "checkpoint_format");
@@ -260,31 +326,46 @@ static int parse_quant(const json_t *root, mt_config *c, const char *path) {
                      path, name);
 }
 
+/* Keys that change the math: refused unless the family runs what they ask. */
+static int check_family_keys(const json_t *root, const mt_arch *fam, const char *path) {
+    const json_t *act = json_object_get(root, "hidden_act");
+    if (act && !json_is_null(act) && (!json_is_string(act) || strcmp(json_string_value(act), fam->hidden_act)))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: hidden_act %s is not supported for %s (only %s)", path,
+                         json_is_string(act) ? json_string_value(act) : "(not a string)", fam->name, fam->hidden_act);
+    static const char *const bias_keys[] = {"attention_bias", "mlp_bias"};
+    for (size_t i = 0; i < sizeof bias_keys / sizeof bias_keys[0]; i++) {
+        const json_t *b = json_object_get(root, bias_keys[i]);
+        if (b && json_is_true(b) && !fam->attn_bias)
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s = true is not supported for %s (its projections have no biases)",
+                             path, bias_keys[i], fam->name);
+    }
+    return MT_OK;
+}
+
 static int parse_root(mt_config *c, const json_t *root, const char *path) {
     if (!json_is_object(root)) return mt_seterr(MT_ERR_FORMAT, "%s: config is not a JSON object", path);
     const json_t *mt = json_object_get(root, "model_type");
     const json_t *ar = json_object_get(root, "architectures");
-    int a = -1;
+    const mt_arch *fam = NULL;
     if (json_is_string(mt)) {
         const char *s = json_string_value(mt);
-        for (size_t i = 0; i < N_ARCHS; i++)
-            if (strcmp(s, g_archs[i].model_type) == 0) a = (int)i;
-        if (a < 0) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, s);
+        if (!(fam = mt_arch_find_hf(s, NULL)))
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, s);
     } else if (mt && !json_is_null(mt)) {
         return mt_seterr(MT_ERR_FORMAT, "%s: key \"model_type\" is not a string", path);
     } else if (json_is_array(ar) && json_array_size(ar) > 0 && json_is_string(json_array_get(ar, 0))) {
         const char *s = json_string_value(json_array_get(ar, 0));
-        for (size_t i = 0; i < N_ARCHS; i++)
-            if (strcmp(s, g_archs[i].class_name) == 0) a = (int)i;
-        if (a < 0) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, s);
+        if (!(fam = mt_arch_find_hf(NULL, s)))
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, s);
     } else {
         return mt_seterr(MT_ERR_FORMAT, "%s: missing required key \"model_type\"", path);
     }
+    int rc;
+    if ((rc = check_family_keys(root, fam, path))) return rc;
 
     memset(c, 0, sizeof *c);
-    snprintf(c->arch, sizeof c->arch, "%s", g_archs[a].model_type);
-    c->rope_style = MT_ROPE_HALF;
-    int rc;
+    snprintf(c->arch, sizeof c->arch, "%s", fam->name);
+    c->rope_style = (int)fam->hf_rope;
     if ((rc = get_int(root, "vocab_size", NULL, &c->vocab, path))) return rc;
     if ((rc = get_int(root, "hidden_size", NULL, &c->hidden, path))) return rc;
     if ((rc = get_int(root, "intermediate_size", NULL, &c->ffn, path))) return rc;
@@ -295,15 +376,15 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
         return mt_seterr(MT_ERR_FORMAT, "%s: num_attention_heads is %d", path, c->n_heads);
     int hd_def = c->hidden / c->n_heads;
     if ((rc = get_int(root, "head_dim", &hd_def, &c->head_dim, path))) return rc;
-    if (g_archs[a].moe) {
+    if (fam->moe) {
         if ((rc = get_int(root, "num_local_experts", NULL, &c->n_experts, path))) return rc;
         if ((rc = get_int(root, "num_experts_per_tok", NULL, &c->top_k, path))) return rc;
         if (c->n_experts <= 0)
             return mt_seterr(MT_ERR_FORMAT, "%s: num_local_experts is %d", path, c->n_experts);
     }
-    if ((rc = get_float(root, "rope_theta", g_archs[a].rope_theta, &c->rope_theta, path))) return rc;
-    if ((rc = get_float(root, "rms_norm_eps", g_archs[a].eps, &c->norm_eps, path))) return rc;
-    if ((rc = get_int(root, "max_position_embeddings", &g_archs[a].max_pos, &c->max_pos, path))) return rc;
+    if ((rc = get_float(root, "rope_theta", fam->rope_theta, &c->rope_theta, path))) return rc;
+    if ((rc = get_float(root, "rms_norm_eps", fam->norm_eps, &c->norm_eps, path))) return rc;
+    if ((rc = get_int(root, "max_position_embeddings", &fam->max_pos, &c->max_pos, path))) return rc;
     const json_t *tie = json_object_get(root, "tie_word_embeddings");
     if (tie && !json_is_null(tie)) {
         if (!json_is_boolean(tie))
@@ -333,7 +414,7 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
             int k;
             if (!json_to_int(json_array_get(le, (size_t)l), &k) || k < 0)
                 return mt_seterr(MT_ERR_FORMAT, "%s: moe_layer_experts[%d] is not a count", path, l);
-            c->layer_experts[l] = (k == c->n_experts) ? 0 : k;
+            if ((rc = mt_config_set_layer_experts(c, l, k == c->n_experts ? 0 : k))) return rc;
         }
     }
     const json_t *al = json_object_get(root, "moe_router_alias");
@@ -355,15 +436,21 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
             if (R < (size_t)K || R > MT_MAX_ALIAS_ROWS)
                 return mt_seterr(MT_ERR_FORMAT, "%s: moe_router_alias[%d] has %zu rows for %d experts (need %d .. %d)",
                                  path, l, R, K, K, MT_MAX_ALIAS_ROWS);
+            int32_t *a = malloc(R * sizeof *a);
+            if (!a) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
             for (size_t r = 0; r < R; r++) {
                 int e;
-                if (!json_to_int(json_array_get(row, r), &e) || e < 0 || e >= K)
+                if (!json_to_int(json_array_get(row, r), &e) || e < 0 || e >= K) {
+                    free(a);
                     return mt_seterr(MT_ERR_FORMAT,
                                      "%s: moe_router_alias[%d][%zu] is not an expert index (layer %d has %d)", path, l,
                                      r, l, K);
-                c->router_alias[l][r] = (uint8_t)e;
+                }
+                a[r] = e;
             }
-            c->router_rows[l] = (int)R;
+            rc = mt_config_set_router_alias(c, l, (int)R, a);
+            free(a);
+            if (rc) return rc;
         }
     }
     if ((rc = parse_quant(root, c, path))) return rc;
@@ -379,9 +466,11 @@ int mt_config_from_hf_json(mt_config *out, const char *json_text, size_t len, co
         return mt_seterr(MT_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, jerr.line,
                          jerr.column, jerr.text);
     mt_config c;
+    memset(&c, 0, sizeof c);
     int rc = parse_root(&c, root, path);
     json_decref(root);
     if (rc == MT_OK) *out = c;
+    else mt_config_free(&c);
     return rc;
 }
 
@@ -420,16 +509,16 @@ int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dty
     *out = NULL;
     int rc = mt_config_validate(c, "config");
     if (rc) return rc;
-    int a;
-    if (strcmp(c->arch, "llama") == 0) a = 2;
-    else if (c->n_experts > 0) a = 0;
-    else a = 1; /* dense Mixtral/Mistral: MistralForCausalLM */
+    /* dense Mixtral (every expert merged away) is written as a Mistral */
+    const mt_arch *fam = mt_arch_get(strcmp(c->arch, "llama") == 0 ? "llama" : c->n_experts > 0 ? "mixtral" : "mistral");
+    if (!fam) return mt_seterr(MT_ERR_INTERNAL, "config: no family for %s", c->arch);
+    const int a = fam->moe ? 0 : strcmp(fam->name, "llama") == 0 ? 2 : 1;
     json_t *r = json_object();
     if (!r) return mt_seterr(MT_ERR_NOMEM, "out of memory");
     int bad = 0;
 #define SET(k, v) bad |= json_object_set_new(r, k, v)
-    SET("architectures", json_pack("[s]", g_archs[a].class_name));
-    SET("model_type", json_string(g_archs[a].model_type));
+    SET("architectures", json_pack("[s]", fam->hf_class));
+    SET("model_type", json_string(fam->hf_model_type));
     SET("vocab_size", json_integer(c->vocab));
     SET("hidden_size", json_integer(c->hidden));
     SET("intermediate_size", json_integer(c->ffn));
@@ -464,7 +553,7 @@ int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dty
     SET("use_cache", json_true());
     SET("torch_dtype", json_string(torch_dtype ? torch_dtype : "bfloat16"));
     int any = 0;
-    for (int l = 0; l < c->n_layers; l++) any |= c->layer_experts[l] != 0;
+    for (int l = 0; c->layer_experts && l < c->n_layers; l++) any |= c->layer_experts[l] != 0;
     if (a == 0 && any) {
         json_t *arr = json_array();
         for (int l = 0; l < c->n_layers; l++) bad |= json_array_append_new(arr, json_integer(mt_config_layer_experts(c, l)));
@@ -473,9 +562,9 @@ int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dty
     if (a == 0 && mt_config_has_alias(c)) {
         json_t *arr = json_array();
         for (int l = 0; l < c->n_layers; l++) {
-            json_t *row = c->router_rows[l] ? json_array() : json_null();
-            for (int j = 0; j < c->router_rows[l]; j++)
-                bad |= json_array_append_new(row, json_integer(c->router_alias[l][j]));
+            const int R = c->router_rows[l];
+            json_t *row = R ? json_array() : json_null();
+            for (int j = 0; j < R; j++) bad |= json_array_append_new(row, json_integer(c->router_alias[l][j]));
             bad |= json_array_append_new(arr, row);
         }
         SET("moe_router_alias", arr);

@@ -1,21 +1,10 @@
 /* weights.c — maps a checkpoint's tensors onto mt_weights, the model
  * description the runtime executes, without copying any weight.
  *
- * Names understood (L = layer, E = expert):
- *   HF / safetensors                                  GGUF (llama.cpp)
- *   model.embed_tokens.weight                         token_embd.weight
- *   model.norm.weight                                 output_norm.weight
- *   lm_head.weight (absent when tied)                 output.weight (absent when tied)
- *   model.layers.L.input_layernorm.weight             blk.L.attn_norm.weight
- *   model.layers.L.post_attention_layernorm.weight    blk.L.ffn_norm.weight
- *   model.layers.L.self_attn.{q,k,v,o}_proj.weight    blk.L.attn_{q,k,v,output}.weight
- *   MoE:
- *   model.layers.L.block_sparse_moe.gate.weight       blk.L.ffn_gate_inp.weight
- *   ...block_sparse_moe.experts.E.w1/w3/w2.weight     blk.L.ffn_{gate,up,down}_exps.weight, 3-D
- *                                                     (E, ffn, hidden) / (E, hidden, ffn), or
- *                                                     per expert blk.L.ffn_{gate,up,down}.E.weight
- *   dense:
- *   model.layers.L.mlp.{gate,up,down}_proj.weight     blk.L.ffn_{gate,up,down}.weight
+ * Which tensors, under which names (HF or GGUF) and of which shapes: the
+ * family's role table (lib/io/arch), walked by mt_arch_iter. Experts in GGUF
+ * are one merged 3-D tensor per role, (E, ffn, hidden) / (E, hidden, ffn),
+ * or one tensor per expert in older files.
  * w1 = gate, w3 = up, w2 = down. Every shape is checked against the config,
  * every type must be one the runtime runs (is_float) with whole blocks per row.
  * An aliased layer (config moe_router_alias) has a router of R rows over K
@@ -24,6 +13,7 @@
  * expert, so that code reading one router row per expert still finds one. */
 #define _GNU_SOURCE
 #include "ckpt_impl.h"
+#include "moetool/mt_arch.h"
 #include "moetool/mt_qmoe.h"
 
 #include <stdio.h>
@@ -63,7 +53,11 @@ static int row_bytes(const wctx *w, const mt_tensor *t, int64_t cols, uint64_t *
 static int get_tensor(const wctx *w, const char *name, int nd, const int64_t *d, const mt_tensor **out) {
     const mt_tensor *t = mt_ckpt_find(w->ck, name);
     *out = NULL;
-    if (!t) return mt_seterr(MT_ERR_NOT_FOUND, "%s: tensor %s is missing", w->path, name);
+    if (!t) {
+        char want[96];
+        mt_arch_shape_str(want, sizeof want, nd, d);
+        return mt_seterr(MT_ERR_NOT_FOUND, "%s: tensor %s is missing (expected shape %s)", w->path, name, want);
+    }
     int ok = t->n_dims == nd;
     for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == d[i];
     if (!ok) {
@@ -218,7 +212,8 @@ static int get_qmoe(const wctx *w, const char *name, int64_t rows, int64_t cols,
 }
 
 /* A (rows, cols) matrix, or a vector of n as a (1, n) matrix when rows == 0. */
-static int get_mat(const wctx *w, const char *name, int64_t rows, int64_t cols, mt_mat *m) {
+static int get_mat(const wctx *w, const mt_arch_tensor *role, const char *name, int64_t rows, int64_t cols,
+                   mt_mat *m) {
     const mt_tensor *t;
     int64_t d[2] = {rows, cols};
     const int quant = w->gguf ? MT_QFMT_NONE : w->w->cfg.quant;
@@ -229,7 +224,7 @@ static int get_mat(const wctx *w, const char *name, int64_t rows, int64_t cols, 
         if (quant == MT_QFMT_QMOE && mt_ckpt_find(w->ck, n)) {
             /* the code is for expert (or dense MLP) weights only: the runtime
              * parses blobs there and nowhere else */
-            if (!strstr(name, ".block_sparse_moe.experts.") && !strstr(name, ".mlp."))
+            if (!(role->flags & (MT_ROLE_F_EXPERT | MT_ROLE_F_DENSE)))
                 return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s: qmoe code is only for expert weights", w->path, n);
             return get_qmoe(w, name, rows, cols, m);
         }
@@ -279,67 +274,76 @@ static int get_experts3(const wctx *w, const char *name, int E, int64_t rows, in
     return MT_OK;
 }
 
-static int layer_init(const wctx *w, const mt_config *c, int l, mt_layer_weights *L) {
-    char n[160];
-    int rc;
-    const int64_t H = c->hidden, F = c->ffn;
-    const int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim;
-    const int E = L->n_experts;
-#define MAT(field, rows, cols, ...)                                   \
-    do {                                                              \
-        snprintf(n, sizeof n, __VA_ARGS__);                           \
-        if ((rc = get_mat(w, n, rows, cols, &(field)))) return rc;    \
-    } while (0)
-    if (w->gguf) {
-        MAT(L->attn_norm, 0, H, "blk.%d.attn_norm.weight", l);
-        MAT(L->wq, QD, H, "blk.%d.attn_q.weight", l);
-        MAT(L->wk, KD, H, "blk.%d.attn_k.weight", l);
-        MAT(L->wv, KD, H, "blk.%d.attn_v.weight", l);
-        MAT(L->wo, H, QD, "blk.%d.attn_output.weight", l);
-        MAT(L->ffn_norm, 0, H, "blk.%d.ffn_norm.weight", l);
-        if (E == 0) {
-            MAT(L->w1[0], F, H, "blk.%d.ffn_gate.weight", l);
-            MAT(L->w3[0], F, H, "blk.%d.ffn_up.weight", l);
-            MAT(L->w2[0], H, F, "blk.%d.ffn_down.weight", l);
-        } else {
-            MAT(L->router_full, L->n_router_rows, H, "blk.%d.ffn_gate_inp.weight", l);
-            snprintf(n, sizeof n, "blk.%d.ffn_gate_exps.weight", l);
-            if (mt_ckpt_find(w->ck, n)) {
-                if ((rc = get_experts3(w, n, E, F, H, L->w1))) return rc;
-                snprintf(n, sizeof n, "blk.%d.ffn_up_exps.weight", l);
-                if ((rc = get_experts3(w, n, E, F, H, L->w3))) return rc;
-                snprintf(n, sizeof n, "blk.%d.ffn_down_exps.weight", l);
-                if ((rc = get_experts3(w, n, E, H, F, L->w2))) return rc;
-            } else {
-                for (int e = 0; e < E; e++) {
-                    MAT(L->w1[e], F, H, "blk.%d.ffn_gate.%d.weight", l, e);
-                    MAT(L->w3[e], F, H, "blk.%d.ffn_up.%d.weight", l, e);
-                    MAT(L->w2[e], H, F, "blk.%d.ffn_down.%d.weight", l, e);
-                }
-            }
+/* The mt_mat(s) of a role in a layer: one, or the layer's E expert mats. */
+static mt_mat *role_mats(mt_weights *w, mt_role role, int l) {
+    mt_layer_weights *L = l >= 0 ? &w->layers[l] : NULL;
+    switch (role) {
+    case MT_ROLE_TOK_EMBD: return &w->tok_embd;
+    case MT_ROLE_OUT_NORM: return &w->out_norm;
+    case MT_ROLE_LM_HEAD: return &w->lm_head;
+    default: break;
+    }
+    if (!L) return NULL;
+    switch (role) {
+    case MT_ROLE_ATTN_NORM: return &L->attn_norm;
+    case MT_ROLE_WQ: return &L->wq;
+    case MT_ROLE_WK: return &L->wk;
+    case MT_ROLE_WV: return &L->wv;
+    case MT_ROLE_WO: return &L->wo;
+    case MT_ROLE_FFN_NORM: return &L->ffn_norm;
+    case MT_ROLE_ROUTER: return &L->router_full;
+    case MT_ROLE_EXP_GATE: case MT_ROLE_FFN_GATE: return L->w1;
+    case MT_ROLE_EXP_UP: case MT_ROLE_FFN_UP: return L->w3;
+    case MT_ROLE_EXP_DOWN: case MT_ROLE_FFN_DOWN: return L->w2;
+    default: return NULL;
+    }
+}
+
+const mt_mat *mt_weights_mat(const mt_weights *w, mt_role role, int layer, int expert) {
+    if (!w || (layer >= 0 && (!w->layers || layer >= w->cfg.n_layers))) return NULL;
+    const int E = layer >= 0 ? w->layers[layer].n_experts : 0;
+    const int moe_role = role == MT_ROLE_ROUTER || role == MT_ROLE_EXP_GATE || role == MT_ROLE_EXP_UP ||
+                         role == MT_ROLE_EXP_DOWN;
+    const int dense_role = role == MT_ROLE_FFN_GATE || role == MT_ROLE_FFN_UP || role == MT_ROLE_FFN_DOWN;
+    if ((moe_role && E <= 0) || (dense_role && E > 0)) return NULL;
+    if (role == MT_ROLE_ROUTER) return &w->layers[layer].router;
+    const mt_mat *m = role_mats((mt_weights *)w, role, layer);
+    if (!m) return NULL;
+    if (role == MT_ROLE_EXP_GATE || role == MT_ROLE_EXP_UP || role == MT_ROLE_EXP_DOWN) {
+        if (expert < 0 || expert >= E) return NULL;
+        return m + expert;
+    }
+    return m;
+}
+
+/* Every tensor of the family's table, located by name in the checkpoint's
+ * format and checked against the shape the config implies. */
+static int map_all(const wctx *x, const mt_config *c) {
+    mt_arch_iter it;
+    mt_arch_item a;
+    int rc = mt_arch_iter_init(&it, c, 0, x->path);
+    if (rc) return rc;
+    const mt_format fmt = x->gguf ? MT_FMT_GGUF : MT_FMT_HF;
+    while (!rc && mt_arch_iter_next(&it, &a)) {
+        const mt_arch_tensor *t = a.t;
+        mt_mat *m = role_mats(x->w, t->role, a.layer);
+        const int64_t rows = a.n_dims == 1 ? 0 : a.shape[0], cols = a.n_dims == 1 ? a.shape[0] : a.shape[1];
+        if (!(t->flags & MT_ROLE_F_EXPERT)) {
+            rc = get_mat(x, a.t, x->gguf ? a.gguf : a.hf, rows, cols, m);
+            continue;
         }
-    } else {
-        MAT(L->attn_norm, 0, H, "model.layers.%d.input_layernorm.weight", l);
-        MAT(L->wq, QD, H, "model.layers.%d.self_attn.q_proj.weight", l);
-        MAT(L->wk, KD, H, "model.layers.%d.self_attn.k_proj.weight", l);
-        MAT(L->wv, KD, H, "model.layers.%d.self_attn.v_proj.weight", l);
-        MAT(L->wo, H, QD, "model.layers.%d.self_attn.o_proj.weight", l);
-        MAT(L->ffn_norm, 0, H, "model.layers.%d.post_attention_layernorm.weight", l);
-        if (E == 0) {
-            MAT(L->w1[0], F, H, "model.layers.%d.mlp.gate_proj.weight", l);
-            MAT(L->w3[0], F, H, "model.layers.%d.mlp.up_proj.weight", l);
-            MAT(L->w2[0], H, F, "model.layers.%d.mlp.down_proj.weight", l);
-        } else {
-            MAT(L->router_full, L->n_router_rows, H, "model.layers.%d.block_sparse_moe.gate.weight", l);
-            for (int e = 0; e < E; e++) {
-                MAT(L->w1[e], F, H, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, e);
-                MAT(L->w3[e], F, H, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, e);
-                MAT(L->w2[e], H, F, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, e);
-            }
+        char n[192];
+        if (x->gguf && mt_ckpt_find(x->ck, a.gguf)) {
+            rc = get_experts3(x, a.gguf, a.n_experts, rows, cols, m);
+            continue;
+        }
+        for (int e = 0; !rc && e < a.n_experts; e++) {
+            if (mt_arch_name(n, sizeof n, t, fmt, a.layer, e) < 0)
+                return mt_seterr(MT_ERR_INTERNAL, "%s: tensor name of %s too long", x->path, t->label);
+            rc = get_mat(x, a.t, n, rows, cols, &m[e]);
         }
     }
-#undef MAT
-    return MT_OK;
+    return rc;
 }
 
 /* Alias maps (int32, from the config's bytes) and the anchor router rows of
@@ -349,7 +353,7 @@ static int alias_init(mt_weights *w, const char *path) {
     size_t bytes = 64;
     for (int l = 0; l < c->n_layers; l++) {
         const mt_layer_weights *L = &w->layers[l];
-        if (!c->router_rows[l] || L->n_experts <= 0) continue;
+        if (!mt_config_router_alias(c, l) || L->n_experts <= 0) continue;
         bytes += (size_t)L->n_router_rows * sizeof(int32_t);
         bytes = (bytes + 63) & ~(size_t)63;
         bytes += (size_t)L->n_experts * L->router_full.row_stride + 64;
@@ -360,10 +364,10 @@ static int alias_init(mt_weights *w, const char *path) {
     char *p = (char *)(((uintptr_t)blk + 63) & ~(uintptr_t)63);
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
-        if (!c->router_rows[l] || L->n_experts <= 0) continue;
+        if (!mt_config_router_alias(c, l) || L->n_experts <= 0) continue;
         const int R = L->n_router_rows, K = L->n_experts;
         int32_t *a = (int32_t *)p;
-        for (int r = 0; r < R; r++) a[r] = c->router_alias[l][r];
+        memcpy(a, mt_config_router_alias(c, l), (size_t)R * sizeof *a);
         p += (size_t)R * sizeof(int32_t);
         p = (char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
         const uint64_t rs = L->router_full.row_stride;
@@ -388,6 +392,7 @@ void mt_weights_free(mt_weights *w) {
     free(w->alias_block);
     for (size_t i = 0; i < w->n_owned; i++) free(w->owned[i]);
     free(w->owned);
+    mt_config_free(&w->cfg);
     memset(w, 0, sizeof *w);
 }
 
@@ -398,7 +403,7 @@ int mt_weights_init(mt_weights *w, const mt_ckpt *ck) {
     wctx x = {ck, mt_ckpt_path(ck), mt_ckpt_format(ck) == MT_FMT_GGUF, w};
     int rc = mt_config_validate(c, x.path);
     if (rc) return rc;
-    w->cfg = *c;
+    if ((rc = mt_config_copy(&w->cfg, c))) return rc;
 
     /* One allocation: layers[n_layers], then 3 * max(1, E_l) mats per layer. */
     size_t n_mats = 0;
@@ -412,19 +417,7 @@ int mt_weights_init(mt_weights *w, const mt_ckpt *ck) {
     w->layers = (mt_layer_weights *)block;
     mt_mat *mats = (mt_mat *)(block + (size_t)c->n_layers * sizeof(mt_layer_weights));
 
-    const int64_t V = c->vocab, H = c->hidden;
-    if (x.gguf) {
-        rc = get_mat(&x, "token_embd.weight", V, H, &w->tok_embd);
-        if (!rc) rc = get_mat(&x, "output_norm.weight", 0, H, &w->out_norm);
-        if (!rc && !c->tie_embeddings) rc = get_mat(&x, "output.weight", V, H, &w->lm_head);
-    } else {
-        rc = get_mat(&x, "model.embed_tokens.weight", V, H, &w->tok_embd);
-        if (!rc) rc = get_mat(&x, "model.norm.weight", 0, H, &w->out_norm);
-        if (!rc && !c->tie_embeddings) rc = get_mat(&x, "lm_head.weight", V, H, &w->lm_head);
-    }
-    if (!rc && c->tie_embeddings) w->lm_head = w->tok_embd;
-
-    for (int l = 0; !rc && l < c->n_layers; l++) {
+    for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         int E = mt_config_layer_experts(c, l);
         size_t k = (size_t)(E > 0 ? E : 1);
@@ -434,9 +427,11 @@ int mt_weights_init(mt_weights *w, const mt_ckpt *ck) {
         L->w3 = mats + k;
         L->w2 = mats + 2 * k;
         mats += 3 * k;
-        rc = layer_init(&x, c, l, L);
-        if (!rc && E > 0) L->router = L->router_full;
     }
+    rc = map_all(&x, c);
+    if (!rc && c->tie_embeddings) w->lm_head = w->tok_embd;
+    for (int l = 0; !rc && l < c->n_layers; l++)
+        if (w->layers[l].n_experts > 0) w->layers[l].router = w->layers[l].router_full;
     if (!rc && mt_config_has_alias(c)) rc = alias_init(w, x.path);
     if (rc) mt_weights_free(w);
     return rc;

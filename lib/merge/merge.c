@@ -13,6 +13,7 @@
 
 #include "backend.h"
 
+#include "moetool/mt_arch.h"
 #include "moetool/mt_runtime.h"
 #include "moetool/mt_write.h"
 
@@ -65,7 +66,7 @@ int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers) {
         }
         if (*p != ':') goto bad;
         k = strtol(p + 1, &end, 10);
-        if (end == p + 1 || k < 1 || k > MT_MERGE_MAX_EXPERTS) goto bad;
+        if (end == p + 1 || k < 1 || k > (1 << 16)) goto bad;
         p = end;
         if (b >= MT_MAX_LAYERS || (n_layers > 0 && b >= n_layers))
             return mt_seterr(MT_ERR_ARG, "--layers '%s': layer %ld past the model's %d layers", spec, b, n_layers);
@@ -233,7 +234,48 @@ typedef struct {
     float *T;             /* (S, K) router targets                       */
     int *perm;            /* (E, F)                                     */
     const float *sample_x; /* (S, H) this layer's FFN inputs             */
+    /* per-expert scratch, [E] each */
+    int *order, *assign;
+    double *score, *freq, *ascore;
+    const float **pw1, **pw3, **pw2;
+    const int **ppm;
 } layer_buf;
+
+/* The report's arrays, in one block: layer_k, recon_err [L]; group, freq,
+ * gate_mean [L][E]; sensitivity [L][E + 1]. */
+static int report_alloc(mt_merge_report *r, int L, int E) {
+    const size_t n = (size_t)L, e = (size_t)E;
+    const size_t bytes = n * sizeof(int) + n * sizeof(double) + 5 * n * sizeof(void *) + n * e * sizeof(int) +
+                         2 * n * e * sizeof(double) + n * (e + 1) * sizeof(double) + 64;
+    char *p = calloc(1, bytes);
+    if (!p) return mt_seterr(MT_ERR_NOMEM, "merge: out of memory for the report");
+    r->mem = p;
+    /* doubles first (8-byte aligned), then pointers, then ints */
+    double *d = (double *)p;
+    r->recon_err = d, d += n;
+    double *fr = d, *gm = fr + n * e, *se = gm + n * e;
+    char *q = (char *)(se + n * (e + 1));
+    r->freq = (double **)q, q += n * sizeof(void *);
+    r->gate_mean = (double **)q, q += n * sizeof(void *);
+    r->sensitivity = (double **)q, q += n * sizeof(void *);
+    r->group = (int **)q, q += n * sizeof(void *);
+    q += n * sizeof(void *); /* spare slot keeps the int area aligned */
+    int *ip = (int *)q;
+    r->layer_k = ip, ip += n;
+    for (size_t l = 0; l < n; l++) {
+        r->freq[l] = fr + l * e;
+        r->gate_mean[l] = gm + l * e;
+        r->sensitivity[l] = se + l * (e + 1);
+        r->group[l] = ip + l * e;
+    }
+    return MT_OK;
+}
+
+void mt_merge_report_free(mt_merge_report *r) {
+    if (!r) return;
+    free(r->mem);
+    memset(r, 0, sizeof *r);
+}
 
 static void sort_by(const double *v, int n, int *idx) {
     for (int i = 0; i < n; i++) idx[i] = i;
@@ -280,8 +322,8 @@ static void reap_saliency(const layer_buf *b, double *score) {
 static int make_groups(const mt_merge_opts *o, layer_buf *b, const double *freq, int *assign, double *anchor_score,
                        double *recon_err) {
     const int E = b->E, K = b->K, S = b->S, H = b->H;
-    int order[MT_MERGE_MAX_EXPERTS];
-    double score[MT_MERGE_MAX_EXPERTS];
+    int *order = b->order;
+    double *score = b->score;
     memcpy(anchor_score, freq, (size_t)E * sizeof(double));
     switch (o->method) {
     case MT_MERGE_NAEE: {
@@ -397,17 +439,19 @@ static int merge_layer(const mt_merge_opts *o, layer_buf *b, const double *freq,
     int st = MT_OK;
     const int align = o->method == MT_MERGE_FREQUENCY || o->method == MT_MERGE_HC_SMOE ||
                       o->method == MT_MERGE_MC_SMOE || o->method == MT_MERGE_REAP_MERGE;
+    int *mem = b->order;
+    double *wts = b->score;
+    const float **w1 = b->pw1, **w3 = b->pw3, **w2 = b->pw2;
+    const int **pm = b->ppm;
     for (int k = 0; k < K; k++) {
-        int mem[MT_MERGE_MAX_EXPERTS], nm = 0, anchor = -1;
-        double wts[MT_MERGE_MAX_EXPERTS], wsum = 0;
+        int nm = 0, anchor = -1;
+        double wsum = 0;
         for (int e = 0; e < E; e++)
             if (assign[e] == k) {
                 mem[nm++] = e;
                 if (anchor < 0 || anchor_score[e] > anchor_score[anchor]) anchor = e;
             }
         if (nm == 0) return mt_seterr(MT_ERR_INTERNAL, "merge: output expert %d has no members", k);
-        const float *w1[MT_MERGE_MAX_EXPERTS], *w3[MT_MERGE_MAX_EXPERTS], *w2[MT_MERGE_MAX_EXPERTS];
-        const int *pm[MT_MERGE_MAX_EXPERTS];
         if (align && nm > 1) mt_merge_expert_forward(b->W1 + anchor * FH, b->W3 + anchor * FH, b->W2 + anchor * FH,
                                                      H, F, b->sample_x, S, b->Y, b->A);
         for (int i = 0; i < nm; i++) {
@@ -504,9 +548,85 @@ static int load_layer(layer_buf *b, const mt_layer_weights *Lw, int l) {
 
 /* ---- output ----------------------------------------------------------------- */
 
-static int is_moe_tensor(const char *name) {
-    int l, n = 0;
-    return sscanf(name, "model.layers.%d.block_sparse_moe.%n", &l, &n) == 1 && n > 0;
+static mt_dtype out_type(mt_dtype t);
+static int write_rows(mt_hf_writer *w, mt_dtype t, const float *src, int64_t rows, int64_t cols, void *buf);
+
+/* Router and expert tensors are rewritten; everything else is copied. */
+static int is_moe_tensor(const mt_config *c, const char *name, mt_format fmt) {
+    const mt_arch_tensor *t = mt_arch_parse(mt_arch_get(c->arch), name, fmt, NULL, NULL);
+    return t && (t->flags & MT_ROLE_F_MOE);
+}
+
+/* The tensors merge keeps as they are, in output (HF) form. An HF source
+ * gives its own tensors (every one but the router and the experts), copied
+ * byte for byte; a GGUF source gives the family's other roles under their HF
+ * names, rows converted back: Q/K rows un-permuted, types safetensors cannot
+ * hold (q8_0, ...) widened to bf16. */
+typedef struct {
+    char name[160];
+    const mt_tensor *src;
+    mt_dtype dtype;
+    int n_dims;
+    int64_t shape[MT_MAX_DIMS];
+    int perm_heads;   /* > 0: GGUF Q/K rows to un-permute */
+} keep_t;
+
+static int keep_list(const mt_ckpt *ck, const mt_config *cf, keep_t **out, size_t *n_out) {
+    const mt_format fmt = mt_ckpt_format(ck);
+    keep_t *k = calloc(mt_ckpt_count(ck) + 1, sizeof *k);
+    size_t n = 0;
+    if (!k) return mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+    *out = k;
+    if (fmt != MT_FMT_GGUF) {
+        for (size_t i = 0; i < mt_ckpt_count(ck); i++) {
+            const mt_tensor *t = mt_ckpt_get(ck, i);
+            if (is_moe_tensor(cf, t->name, fmt)) continue;
+            if (strlen(t->name) >= sizeof k[n].name)
+                return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor name too long: %.60s...", mt_ckpt_path(ck), t->name);
+            snprintf(k[n].name, sizeof k[n].name, "%s", t->name);
+            k[n].src = t;
+            k[n].dtype = t->dtype;
+            k[n].n_dims = t->n_dims;
+            memcpy(k[n].shape, t->shape, sizeof k[n].shape);
+            n++;
+        }
+        *n_out = n;
+        return MT_OK;
+    }
+    mt_arch_iter it;
+    mt_arch_item a;
+    int st = mt_arch_iter_init(&it, cf, 0, mt_ckpt_path(ck));
+    while (!st && mt_arch_iter_next(&it, &a)) {
+        if (a.t->flags & MT_ROLE_F_MOE) continue;
+        const mt_tensor *t = mt_ckpt_find(ck, a.gguf);
+        if (!t) return mt_seterr(MT_ERR_NOT_FOUND, "%s: tensor %s is missing", mt_ckpt_path(ck), a.gguf);
+        keep_t *e = &k[n++];
+        snprintf(e->name, sizeof e->name, "%s", a.hf);
+        e->src = t;
+        e->dtype = out_type(t->dtype);
+        e->n_dims = a.n_dims;
+        memcpy(e->shape, a.shape, sizeof a.shape);
+        if (cf->rope_style == MT_ROPE_INTERLEAVED && (a.t->flags & MT_ROLE_F_ROPE))
+            e->perm_heads = a.t->role == MT_ROLE_WQ ? cf->n_heads : cf->n_kv_heads;
+    }
+    *n_out = n;
+    return st;
+}
+
+/* Streams a kept tensor: its bytes, or converted rows. */
+static int write_keep(mt_hf_writer *hw, const keep_t *e, const mt_config *cf, float *row, void *buf) {
+    const mt_tensor *t = e->src;
+    if (!e->perm_heads && e->dtype == t->dtype) return mt_hf_writer_write(hw, t->data, t->nbytes);
+    const int64_t cols = e->n_dims == 1 ? e->shape[0] : e->shape[1], rows = e->n_dims == 1 ? 1 : e->shape[0];
+    uint64_t ib;
+    int st = mt_dtype_nbytes(t->dtype, (uint64_t)cols, &ib);
+    if (st) return st;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t sr = e->perm_heads ? mt_rope_perm_row(0, r, cf->head_dim) : r;
+        if ((st = mt_row_to_f32(t->dtype, (const uint8_t *)t->data + (uint64_t)sr * ib, row, cols))) return st;
+        if ((st = write_rows(hw, e->dtype, row, 1, cols, buf))) return st;
+    }
+    return MT_OK;
 }
 
 static mt_dtype out_type(mt_dtype t) {
@@ -533,7 +653,13 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     calib c = {0};
     layer_buf b = {0};
     char *cfg_text = NULL;
-    void *rowbuf = NULL;
+    void *rowbuf = NULL, *keep_buf = NULL;
+    keep_t *keep = NULL;
+    size_t n_keep = 0;
+    mt_config oc;
+    memset(&oc, 0, sizeof oc);
+    float *keep_row = NULL;
+    const mt_arch *fam = NULL;
     mt_merge_report r0;
     mt_merge_report *R = rep ? rep : &r0;
     int st;
@@ -565,11 +691,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: dense model (no experts to merge)", model_path);
         goto done;
     }
-    if (mt_ckpt_format(ck) == MT_FMT_GGUF) {
-        st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: merge reads Hugging Face checkpoints; convert the GGUF with "
-                                           "`moetool convert IN -o DIR --to hf` first", model_path);
-        goto done;
-    }
+    if ((st = mt_arch_of(&fam, cf, model_path))) goto done;
     if (cf->quant != MT_QFMT_NONE) {
         st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: the checkpoint is quantized (quantization_config); merge reads "
                                            "unquantized weights (merge the original, then quantize)", model_path);
@@ -582,7 +704,9 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
                                            "models with one router row per expert", model_path);
         goto done;
     }
-    int Emax = 0, reduced = 0, Etot = 0;
+    int Emax = cf->n_experts, reduced = 0, Etot = 0;
+    for (int l = 0; l < L; l++) Emax = w->layers[l].n_experts > Emax ? w->layers[l].n_experts : Emax;
+    if ((st = report_alloc(R, L, Emax))) goto done;
     int has_layers = 0;
     for (int l = 0; l < MT_MAX_LAYERS; l++) has_layers |= o->layer_experts[l] > 0;
     if (o->budget < 0 || (o->budget > 0 && (o->experts || has_layers))) {
@@ -592,9 +716,10 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     for (int l = 0; l < L; l++) {
         const int from_spec = o->layer_experts[l] > 0, E = w->layers[l].n_experts;
         const int K = o->budget ? E : from_spec ? o->layer_experts[l] : o->experts ? o->experts : E;
-        if (E > MT_MERGE_MAX_EXPERTS) {
-            st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: layer %d has %d experts (merge handles up to %d)", model_path, l,
-                           E, MT_MERGE_MAX_EXPERTS);
+        if (E > MT_NAEE_MAX_EXPERTS && (o->method == MT_MERGE_NAEE || o->budget)) {
+            st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: layer %d has %d experts; --method naee and --budget search kept "
+                           "sets of at most %d experts (use another method or --experts)", model_path, l, E,
+                           MT_NAEE_MAX_EXPERTS);
             goto done;
         }
         Etot += E;
@@ -666,9 +791,19 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     b.RK = malloc((size_t)Emax * H * sizeof(float));
     b.T = malloc((size_t)S * Emax * sizeof(float));
     b.perm = malloc((size_t)Emax * F * sizeof(int));
+    b.order = malloc((size_t)Emax * sizeof(int));
+    b.assign = malloc((size_t)Emax * sizeof(int));
+    b.score = malloc((size_t)Emax * sizeof(double));
+    b.freq = malloc((size_t)Emax * sizeof(double));
+    b.ascore = malloc((size_t)Emax * sizeof(double));
+    b.pw1 = malloc((size_t)Emax * sizeof(float *));
+    b.pw3 = malloc((size_t)Emax * sizeof(float *));
+    b.pw2 = malloc((size_t)Emax * sizeof(float *));
+    b.ppm = malloc((size_t)Emax * sizeof(int *));
     rowbuf = malloc((size_t)(F > H ? F : H) * 4 + 64);
     if (!b.W1 || !b.W3 || !b.W2 || !b.R || !b.Y || !b.P || !b.A || !b.B || !b.O1 || !b.O3 || !b.O2 || !b.RK ||
-        !b.T || !b.perm || !rowbuf) {
+        !b.T || !b.perm || !rowbuf || !b.order || !b.assign || !b.score || !b.freq || !b.ascore || !b.pw1 || !b.pw3 ||
+        !b.pw2 || !b.ppm) {
         st = mt_seterr(MT_ERR_NOMEM, "out of memory for one layer's merge buffers");
         goto done;
     }
@@ -680,10 +815,12 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (o->budget) {
         /* Sensitivity: relative layer-output error of the best kept set at
          * every K (NAEE search), then the counts with the least summed error. */
-        enum { C = MT_MERGE_MAX_EXPERTS + 1 };
-        int El[MT_MAX_LAYERS];
+        const int C = Emax + 1;
+        int *El = malloc((size_t)L * sizeof *El);
         double *cost = calloc((size_t)L * C, sizeof(double));
-        if (!cost) {
+        if (!cost || !El) {
+            free(El);
+            free(cost);
             st = mt_seterr(MT_ERR_NOMEM, "out of memory for the budget");
             goto done;
         }
@@ -696,27 +833,26 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
             if (!(st = load_layer(&b, &w->layers[l], l)) && !(st = merge_naee_init(&nz, b.Y, b.P, b.E, b.S, H, b.top_k))) {
                 const double en = merge_naee_energy(nz);
                 for (int k = b.top_k; k <= b.E && !st; k++) {
-                    uint64_t keep;
+                    uint64_t mask;
                     double err = 0;
-                    st = merge_naee_search(nz, k, &keep, &err);
+                    st = merge_naee_search(nz, k, &mask, &err);
                     cost[(size_t)l * C + k] = R->sensitivity[l][k] = en > 0 ? err / en : 0;
                 }
             }
             merge_naee_free(nz);
             if (o->progress) o->progress(o->progress_user, "sensitivity", (uint64_t)l + 1, (uint64_t)L);
         }
-        if (!st) st = merge_budget_allocate(cost, El, L, cf->top_k, o->budget, R->layer_k);
+        if (!st) st = merge_budget_allocate(cost, C, El, L, cf->top_k, o->budget, R->layer_k);
         free(cost);
+        free(El);
         if (st) goto done;
     }
 
     /* Output: declare every tensor first (the writer fixes its layout). */
     if ((st = mt_hf_writer_open(&hw, mt_outdir_path(od), 0))) goto done;
-    for (size_t i = 0; i < mt_ckpt_count(ck); i++) {
-        const mt_tensor *t = mt_ckpt_get(ck, i);
-        if (is_moe_tensor(t->name)) continue;
-        if ((st = mt_hf_writer_add(hw, t->name, t->dtype, t->n_dims, t->shape))) goto done;
-    }
+    if ((st = keep_list(ck, cf, &keep, &n_keep))) goto done;
+    for (size_t i = 0; i < n_keep; i++)
+        if ((st = mt_hf_writer_add(hw, keep[i].name, keep[i].dtype, keep[i].n_dims, keep[i].shape))) goto done;
     const mt_dtype et = out_type(w->layers[0].w1[0].dtype), rt = out_type(w->layers[0].router.dtype);
     int Kmax = 0;
     for (int l = 0; l < L; l++) {
@@ -725,22 +861,30 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         if (K > Kmax) Kmax = K;
         /* alias: the layer keeps all of its E router rows */
         const int64_t rows = o->router == MT_MERGE_ROUTER_ALIAS ? w->layers[l].n_experts : K;
-        snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
+        mt_arch_name(name, sizeof name, mt_arch_tensor_of(fam, MT_ROLE_ROUTER), MT_FMT_HF, l, -1);
         if ((st = mt_hf_writer_add(hw, name, rt, 2, (const int64_t[]){rows, H}))) goto done;
         for (int k = 0; k < K; k++) {
-            static const char *const wn[3] = {"w1", "w2", "w3"};
+            /* declared w1, w2, w3 (HF name order), written in that order below */
+            static const mt_role wr[3] = {MT_ROLE_EXP_GATE, MT_ROLE_EXP_DOWN, MT_ROLE_EXP_UP};
             for (int q = 0; q < 3; q++) {
-                snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, k, wn[q]);
-                int64_t shape[2] = {q == 1 ? H : F, q == 1 ? F : H};
+                const mt_arch_tensor *rt_ = mt_arch_tensor_of(fam, wr[q]);
+                mt_arch_name(name, sizeof name, rt_, MT_FMT_HF, l, k);
+                int64_t shape[2];
+                mt_arch_shape(rt_, cf, l, shape);
                 if ((st = mt_hf_writer_add(hw, name, et, 2, shape))) goto done;
             }
         }
     }
-    for (size_t i = 0; i < mt_ckpt_count(ck); i++) {
-        const mt_tensor *t = mt_ckpt_get(ck, i);
-        if (is_moe_tensor(t->name)) continue;
-        if ((st = mt_hf_writer_write(hw, t->data, t->nbytes))) goto done;
+    if (n_keep) {
+        int64_t maxc = 1;
+        for (size_t i = 0; i < n_keep; i++) maxc = keep[i].shape[keep[i].n_dims - 1] > maxc ? keep[i].shape[keep[i].n_dims - 1] : maxc;
+        if (!(keep_row = malloc((size_t)maxc * sizeof *keep_row)) || !(keep_buf = malloc((size_t)maxc * 4))) {
+            st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+            goto done;
+        }
     }
+    for (size_t i = 0; i < n_keep; i++)
+        if ((st = write_keep(hw, &keep[i], cf, keep_row, keep_buf))) goto done;
 
     /* Layer by layer. */
     double rmse_sum = 0;
@@ -752,7 +896,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         b.S = c.n_sample[l];
         b.sample_x = c.sample + (size_t)l * c.S * H;
         if ((st = load_layer(&b, Lw, l))) goto done;
-        double freq[MT_MERGE_MAX_EXPERTS];
+        double *freq = b.freq;
         uint64_t tot = 0;
         for (int e = 0; e < E; e++) tot += c.count[(size_t)l * c.E + e];
         for (int e = 0; e < E; e++) {
@@ -761,15 +905,15 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
             uint64_t ce = c.count[(size_t)l * c.E + e];
             R->gate_mean[l][e] = ce ? c.gate_sum[(size_t)l * c.E + e] / (double)ce : 0.0;
         }
-        int assign[MT_MERGE_MAX_EXPERTS];
-        double ascore[MT_MERGE_MAX_EXPERTS];
-        memcpy(ascore, freq, sizeof ascore);
+        int *assign = b.assign;
+        double *ascore = b.ascore;
+        memcpy(ascore, freq, (size_t)E * sizeof *ascore);
         if (K == E) {
             for (int e = 0; e < E; e++) assign[e] = e;
         } else if ((st = make_groups(o, &b, freq, assign, ascore, &R->recon_err[l]))) {
             goto done;
         }
-        for (int e = 0; e < E; e++) R->group[l][e] = (int8_t)assign[e];
+        for (int e = 0; e < E; e++) R->group[l][e] = assign[e];
         double rmse = -1;
         if ((st = merge_layer(o, &b, freq, ascore, assign, &rmse))) goto done;
         if (rmse >= 0) rmse_sum += rmse, rmse_n++;
@@ -791,22 +935,30 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     R->router_fit_rmse = rmse_n ? rmse_sum / rmse_n : 0;
     if ((st = mt_hf_writer_finish(hw))) goto done;
 
-    mt_config oc = *cf;
+    /* the merged model's config: the source's scalars, per-layer arrays rebuilt */
+    oc = *cf;
+    oc.layer_experts = NULL;
+    oc.router_rows = NULL;
+    oc.router_alias = NULL;
     int uniform = 1;
     for (int l = 1; l < L; l++) uniform &= R->layer_k[l] == R->layer_k[0];
     oc.n_experts = Kmax;
-    memset(oc.layer_experts, 0, sizeof oc.layer_experts);
-    memset(oc.router_rows, 0, sizeof oc.router_rows);
-    memset(oc.router_alias, 0, sizeof oc.router_alias);
     if (o->router == MT_MERGE_ROUTER_ALIAS)
-        for (int l = 0; l < L; l++) {
+        for (int l = 0; l < L && !st; l++) {
             const int E = w->layers[l].n_experts;
             if (R->layer_k[l] == E) continue; /* unchanged layer: one row per expert */
-            oc.router_rows[l] = E;
-            for (int e = 0; e < E; e++) oc.router_alias[l][e] = (uint8_t)R->group[l][e];
+            int32_t *a = malloc((size_t)E * sizeof *a);
+            if (!a) {
+                st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+                break;
+            }
+            for (int e = 0; e < E; e++) a[e] = R->group[l][e];
+            st = mt_config_set_router_alias(&oc, l, E, a);
+            free(a);
         }
     if (!uniform)
-        for (int l = 0; l < L; l++) oc.layer_experts[l] = R->layer_k[l] == Kmax ? 0 : R->layer_k[l];
+        for (int l = 0; l < L && !st; l++) st = mt_config_set_layer_experts(&oc, l, R->layer_k[l] == Kmax ? 0 : R->layer_k[l]);
+    if (st) goto done;
     const char *tdt = mt_dtype_config_torch_name(et, "bfloat16");
     if ((st = mt_config_to_hf_json(&cfg_text, &oc, tdt))) goto done;
     if ((st = mt_write_text_file(mt_outdir_path(od), "config.json", cfg_text, strlen(cfg_text)))) goto done;
@@ -820,6 +972,10 @@ done:
     mt_outdir_free(od);
     free(cfg_text);
     free(rowbuf);
+    mt_config_free(&oc);
+    free(keep);
+    free(keep_row);
+    free(keep_buf);
     free(c.count);
     free(c.gate_sum);
     free(c.sample);
@@ -839,6 +995,16 @@ done:
     free(b.RK);
     free(b.T);
     free(b.perm);
+    free(b.order);
+    free(b.assign);
+    free(b.score);
+    free(b.freq);
+    free(b.ascore);
+    free(b.pw1);
+    free(b.pw3);
+    free(b.pw2);
+    free(b.ppm);
+    if (!rep) mt_merge_report_free(&r0);
     mt_model_free(m);
     return st;
 }

@@ -46,10 +46,13 @@ double merge_naee_energy(const merge_naee *n);
  * Ties go to the lexicographically first set. */
 int merge_naee_search(const merge_naee *n, int K, uint64_t *keep, double *err);
 
+/* Kept sets are 64-bit masks: the naee search (and --budget, which uses it)
+ * takes layers of at most this many experts; the other methods have no bound. */
+#define MT_NAEE_MAX_EXPERTS 64
+
 /* Spreads `budget` experts over L layers: K[l] in [top_k, E[l]], sum K = budget,
- * minimising sum_l cost[l * (MT_MERGE_MAX_EXPERTS + 1) + K[l]] (exact dynamic
+ * minimising sum_l cost[l * stride + K[l]] (stride > max E[l]; exact dynamic
  * programme over layers x experts used). */
-#define MT_MERGE_MAX_EXPERTS 64
-int merge_budget_allocate(const double *cost, const int *E, int L, int top_k, int budget, int *K);
+int merge_budget_allocate(const double *cost, int stride, const int *E, int L, int top_k, int budget, int *K);
 
 #endif

@@ -167,11 +167,11 @@ int merge_naee_search(const merge_naee *n, int K, uint64_t *keep, double *err) {
     return MT_OK;
 }
 
-int merge_budget_allocate(const double *cost, const int *E, int L, int top_k, int budget, int *K) {
-    enum { C = MT_MERGE_MAX_EXPERTS + 1 };
+int merge_budget_allocate(const double *cost, int stride, const int *E, int L, int top_k, int budget, int *K) {
+    const int C = stride;
     int lo = 0, hi = 0;
     for (int l = 0; l < L; l++) {
-        if (E[l] < top_k || E[l] > MT_MERGE_MAX_EXPERTS)
+        if (E[l] < top_k || E[l] >= stride)
             return mt_seterr(MT_ERR_ARG, "--budget: layer %d has %d experts", l, E[l]);
         lo += top_k, hi += E[l];
     }

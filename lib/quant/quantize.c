@@ -27,6 +27,7 @@
 #define _GNU_SOURCE
 #include "quant_impl.h"
 
+#include "moetool/mt_arch.h"
 #include "moetool/mt_qmoe.h"
 #include "moetool/mt_write.h"
 
@@ -738,35 +739,40 @@ fail:
 }
 
 /* ---- GGUF output ------------------------------------------------------------ */
-/* (layer, kind) of a llama.cpp tensor name; -1 when not a quantized kind. */
-static int gguf_kind(const char *name, int *layer) {
-    static const struct { const char *s; int k; } map[] = {
-        {"attn_q", K_Q}, {"attn_k", K_K}, {"attn_v", K_V}, {"attn_output", K_O},
-        {"ffn_gate_exps", K_W1}, {"ffn_up_exps", K_W3}, {"ffn_down_exps", K_W2},
-        {"ffn_gate", K_W1}, {"ffn_up", K_W3}, {"ffn_down", K_W2},
-    };
-    char part[64];
-    int l, n = 0;
-    if (sscanf(name, "blk.%d.%63[^.].weight%n", &l, part, &n) != 2 || name[n]) return -1;
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-        if (!strcmp(part, map[i].s)) {
-            *layer = l;
-            return map[i].k;
-        }
-    return -1;
+/* (layer, kind, expert) of a tensor name in a format, by the family's role
+ * table; -1 when not a quantized kind. A stacked GGUF expert tensor gives
+ * expert -1. */
+static int role_kind(const mt_config *c, const char *name, mt_format fmt, int *layer, int *expert) {
+    int l = -1, e = -1;
+    const mt_arch_tensor *t = mt_arch_parse(mt_arch_get(c->arch), name, fmt, &l, &e);
+    *layer = l;
+    *expert = e < 0 ? 0 : e;
+    if (!t) return -1;
+    switch (t->role) {
+    case MT_ROLE_WQ: return K_Q;
+    case MT_ROLE_WK: return K_K;
+    case MT_ROLE_WV: return K_V;
+    case MT_ROLE_WO: return K_O;
+    case MT_ROLE_EXP_GATE: case MT_ROLE_FFN_GATE: return K_W1;
+    case MT_ROLE_EXP_UP: case MT_ROLE_FFN_UP: return K_W3;
+    case MT_ROLE_EXP_DOWN: case MT_ROLE_FFN_DOWN: return K_W2;
+    default: return -1;
+    }
 }
 
 /* The quantized embeddings / lm_head for a tensor name, or NULL. */
-static const qmat *embed_q(const mt_quant_state *s, const char *name, int gguf) {
+static const qmat *embed_q(const mt_quant_state *s, const mt_config *c, const char *name, mt_format fmt) {
+    const mt_arch_tensor *t = mt_arch_parse(mt_arch_get(c->arch), name, fmt, NULL, NULL);
     const qmat *q = NULL;
-    if (!strcmp(name, gguf ? "token_embd.weight" : "model.embed_tokens.weight")) q = &s->embd;
-    else if (!strcmp(name, gguf ? "output.weight" : "lm_head.weight")) q = &s->head;
+    if (t && t->role == MT_ROLE_TOK_EMBD) q = &s->embd;
+    else if (t && t->role == MT_ROLE_LM_HEAD) q = &s->head;
     return q && q->used ? q : NULL;
 }
 
 int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char *out_path) {
     mt_quant_state *s = (mt_quant_state *)s0;
     const mt_gguf *g = mt_ckpt_gguf(mt_model_ckpt(m));
+    const mt_config *c = mt_model_config(m);
     if (!g) return mt_seterr(MT_ERR_ARG, "%s: quantized GGUF output needs a GGUF-loaded model", out_path);
     const size_t nt = mt_gguf_tensor_count(g);
     int rc;
@@ -789,9 +795,9 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
         rc = mt_gguf_writer_kv_u32(gw, "general.file_type", mt_dtype_gguf_file_type(s->expert_dtype));
     for (size_t i = 0; i < nt && !rc; i++) {
         const mt_tensor *t = mt_gguf_tensor(g, i);
-        int l = -1, k = gguf_kind(t->name, &l);
+        int l = -1, e0, k = role_kind(c, t->name, MT_FMT_GGUF, &l, &e0);
         mt_dtype dt = t->dtype;
-        const qmat *eq = embed_q(s, t->name, 1);
+        const qmat *eq = embed_q(s, c, t->name, MT_FMT_GGUF);
         if (eq) dt = eq->dtype;
         if (k >= 0 && l >= 0 && l < s->n_layers && qm(s, l, k, 0)->used) {
             dt = qm(s, l, k, 0)->dtype;
@@ -804,7 +810,7 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
     }
     for (size_t i = 0; i < nt && !rc; i++) {
         const mt_tensor *t = mt_gguf_tensor(g, i);
-        int l = -1, k = gguf_kind(t->name, &l);
+        int l = -1, e0, k = role_kind(c, t->name, MT_FMT_GGUF, &l, &e0);
         if (k >= 0 && l >= 0 && l < s->n_layers && qm(s, l, k, 0)->used) {
             int n_e = t->n_dims == 3 ? (int)t->shape[0] : 1;
             if (n_e > s->ne) {
@@ -819,8 +825,8 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
                 }
                 rc = mt_gguf_writer_write(gw, q->data, (size_t)(q->row_bytes * (uint64_t)q->rows));
             }
-        } else if (embed_q(s, t->name, 1)) {
-            const qmat *eq = embed_q(s, t->name, 1);
+        } else if (embed_q(s, c, t->name, MT_FMT_GGUF)) {
+            const qmat *eq = embed_q(s, c, t->name, MT_FMT_GGUF);
             rc = mt_gguf_writer_write(gw, eq->data, (size_t)(eq->row_bytes * (uint64_t)eq->rows));
         } else {
             rc = mt_gguf_writer_write(gw, t->data, (size_t)t->nbytes);
@@ -837,40 +843,16 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
  * both are d·(q − z) with one f16 d per 32 columns and the symmetric zero
  * z = 128 / 8. qmoe-coded experts as blobs (docs/qmoe.md). */
 
-/* (layer, kind, expert) of an HF linear weight name; -1 when not one. */
-static int hf_kind(const char *name, int *layer, int *expert) {
-    int l, e, n = 0;
-    char part[16];
-    *expert = 0;
-    if (sscanf(name, "model.layers.%d.self_attn.%1[qkvo]_proj.weight%n", &l, part, &n) == 2 && n && !name[n]) {
-        *layer = l;
-        return part[0] == 'q' ? K_Q : part[0] == 'k' ? K_K : part[0] == 'v' ? K_V : K_O;
-    }
-    n = 0;
-    if (sscanf(name, "model.layers.%d.block_sparse_moe.experts.%d.w%1[123].weight%n", &l, &e, part, &n) == 3 && n &&
-        !name[n]) {
-        *layer = l;
-        *expert = e;
-        return part[0] == '1' ? K_W1 : part[0] == '3' ? K_W3 : K_W2;
-    }
-    n = 0;
-    if (sscanf(name, "model.layers.%d.mlp.%15[a-z]_proj.weight%n", &l, part, &n) == 2 && n && !name[n]) {
-        *layer = l;
-        return !strcmp(part, "gate") ? K_W1 : !strcmp(part, "up") ? K_W3 : !strcmp(part, "down") ? K_W2 : -1;
-    }
-    return -1;
-}
-
 /* The quantized matrix stored for an HF tensor name, or NULL. */
-static const qmat *hf_q(const mt_quant_state *s0, const char *name) {
+static const qmat *hf_q(const mt_quant_state *s0, const mt_config *c, const char *name) {
     mt_quant_state *s = (mt_quant_state *)s0;
-    int l, e, k = hf_kind(name, &l, &e);
+    int l, e, k = role_kind(c, name, MT_FMT_HF, &l, &e);
     if (k >= 0) {
         if (l < 0 || l >= s->n_layers || e < 0 || e >= s->ne) return NULL;
         const qmat *q = qm(s, l, k, e);
         return q->used ? q : NULL;
     }
-    return embed_q(s, name, 0);
+    return embed_q(s, c, name, MT_FMT_HF);
 }
 
 /* The four AutoGPTQ tensors of a Q8_0/Q4_0 matrix (rows = out_features,
@@ -941,7 +923,14 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
         }                                                                 \
         n += (size_t)k_;                                                  \
     } while (0)
-    const char *exp = c->n_experts > 0 ? "block_sparse_moe.experts" : "mlp";
+    /* module names from the family's table: "<attn module>.<label>", ... */
+    const mt_arch *fam = mt_arch_get(c->arch);
+    if (!fam) {
+        free(b);
+        return NULL;
+    }
+#define LBL(role) mt_arch_tensor_of(fam, role)->label
+    const char *exp = c->n_experts > 0 ? fam->hf_moe_module : fam->hf_mlp_module, *att = fam->hf_attn_module;
     if (o->codec == MT_QUANT_CODEC_QMOE) {
         OUT("{\"quant_method\": \"qmoe\", \"bits\": \"ternary\", \"group_rows\": %d, \"dictionary\": {\"kind\": "
             "\"tunstall\", \"max_len\": %d, \"n_entries\": %d, \"counts\": [%llu, %llu, %llu]}, \"modules\": [\"%s\"], "
@@ -954,10 +943,12 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
                 "\"modules\": {");
             int first = 1;
             if (o->attn_bits) {
-                OUT("\"self_attn\": %d", o->attn_bits);
+                OUT("\"%s\": %d", att, o->attn_bits);
                 first = 0;
             }
-            if (o->embed_bits) OUT("%s\"embed_tokens\": %d, \"lm_head\": %d", first ? "" : ", ", o->embed_bits, o->embed_bits);
+            if (o->embed_bits)
+                OUT("%s\"%s\": %d, \"%s\": %d", first ? "" : ", ", LBL(MT_ROLE_TOK_EMBD), o->embed_bits,
+                    LBL(MT_ROLE_LM_HEAD), o->embed_bits);
             OUT("}}");
         }
         OUT("}");
@@ -967,22 +958,28 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
             "\"meta\": {\"quantizer\": [\"moetool\"], \"method\": \"%s\"}, \"modules_in_block_to_quantize\": [",
             o->bits, o->damp, o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
         if (o->attn_bits)
-            OUT("[\"self_attn.k_proj\", \"self_attn.v_proj\", \"self_attn.q_proj\"], [\"self_attn.o_proj\"], ");
+            OUT("[\"%s.%s\", \"%s.%s\", \"%s.%s\"], [\"%s.%s\"], ", att, LBL(MT_ROLE_WK), att, LBL(MT_ROLE_WV), att,
+                LBL(MT_ROLE_WQ), att, LBL(MT_ROLE_WO));
         const int ne = c->n_experts > 0 ? c->n_experts : 1;
         for (int pass = 0; pass < 2; pass++) {
             OUT("%s[", pass ? ", " : "");
             for (int e = 0; e < ne; e++) {
                 if (c->n_experts > 0) {
-                    if (pass == 0) OUT("%s\"%s.%d.w1\", \"%s.%d.w3\"", e ? ", " : "", exp, e, exp, e);
-                    else OUT("%s\"%s.%d.w2\"", e ? ", " : "", exp, e);
+                    if (pass == 0)
+                        OUT("%s\"%s.%d.%s\", \"%s.%d.%s\"", e ? ", " : "", exp, e, LBL(MT_ROLE_EXP_GATE), exp, e,
+                            LBL(MT_ROLE_EXP_UP));
+                    else OUT("%s\"%s.%d.%s\"", e ? ", " : "", exp, e, LBL(MT_ROLE_EXP_DOWN));
+                } else if (pass == 0) {
+                    OUT("\"%s.%s\", \"%s.%s\"", exp, LBL(MT_ROLE_FFN_GATE), exp, LBL(MT_ROLE_FFN_UP));
                 } else {
-                    OUT(pass == 0 ? "\"mlp.gate_proj\", \"mlp.up_proj\"" : "\"mlp.down_proj\"");
+                    OUT("\"%s.%s\"", exp, LBL(MT_ROLE_FFN_DOWN));
                 }
             }
             OUT("]");
         }
         OUT("]}");
     }
+#undef LBL
 #undef OUT
     return b;
 }
@@ -992,10 +989,12 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
     const mt_config *c = mt_model_config(m);
     if (mt_ckpt_format(ck) == MT_FMT_GGUF)
         return mt_seterr(MT_ERR_ARG, "%s: Hugging Face output needs a Hugging Face source model", out_dir);
+    const mt_arch *fam = NULL;
+    int rc = mt_arch_of(&fam, c, out_dir);
+    if (rc) return rc;
     mt_outdir *od = NULL;
     mt_hf_writer *hw = NULL;
     char *qjson = NULL, *cfg = NULL, name[256];
-    int rc;
     if ((rc = mt_outdir_open(&od, out_dir))) return rc;
     if ((rc = mt_hf_writer_open(&hw, mt_outdir_path(od), 0))) goto done;
     const size_t nt = mt_ckpt_count(ck);
@@ -1003,9 +1002,10 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
     for (int pass = 0; pass < 2 && !rc; pass++) {
         for (size_t i = 0; i < nt && !rc; i++) {
             const mt_tensor *t = mt_ckpt_get(ck, i);
-            const qmat *q = hf_q(s, t->name);
+            const qmat *q = hf_q(s, c, t->name);
             const size_t len = strlen(t->name);
-            if (!strcmp(t->name, "model.embed_tokens.weight")) float_t = t->dtype;
+            const mt_arch_tensor *role = mt_arch_parse(fam, t->name, MT_FMT_HF, NULL, NULL);
+            if (role && role->role == MT_ROLE_TOK_EMBD) float_t = t->dtype;
             if (!q) {
                 rc = pass ? mt_hf_writer_write(hw, t->data, (size_t)t->nbytes)
                           : mt_hf_writer_add(hw, t->name, t->dtype, t->n_dims, t->shape);
