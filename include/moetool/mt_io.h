@@ -237,6 +237,9 @@ typedef struct {
                               (f32, f16, bf16, q8_0); norms stay f32 in GGUF
                               and the router stays f32 (llama.cpp convention)   */
     uint64_t shard_bytes;  /* HF output: max bytes per shard (0 = 4 GiB)      */
+    int require_tokenizer; /* 1: refuse to write an output without the source's
+                              tokenizer (the CLI's default; --no-tokenizer
+                              clears it); 0 (library default): warn only      */
     mt_progress_fn progress;
     void *progress_user;
 } mt_convert_opts;

@@ -38,6 +38,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- context ------------------------------------------------------------ */
 
@@ -67,7 +68,8 @@ static void rope_tables(float *cos_t, float *sin_t, int n_ctx, int head_dim, flo
     }
 }
 
-int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) {
+/* With `dry`, only checks that the scratch fits in memory (mt_ctx_check). */
+static int ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch, int dry) {
     *out = NULL;
     const mt_config *cf = &m->w.cfg;
     if (n_ctx <= 0 || n_batch <= 0)
@@ -120,17 +122,31 @@ int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) {
     sz[ns++] = fbytes3(B, (size_t)cf->ffn, 1);
     sz[ns++] = fbytes3(B, H, 1);
     sz[ns++] = fbytes3(m->matmul_scratch ? m->matmul_scratch : 1, 1, 1);
+    /* The scratch is estimated before any of it is allocated: attention
+     * scores grow with threads x batch x context, and a context far past
+     * what the machine holds is refused with the numbers, not attempted. */
+    double total = 0;
+    for (int i = 0; i < ns; i++) total += (double)sz[i];
+    const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
     for (int i = 0; i < ns; i++) {
-        if (sz[i] == 0) {
+        if (sz[i] == 0 || (ram > 0 && total > ram)) {
             mt_ctx_free(c);
-            return mt_seterr(MT_ERR_ARG, "context: n_ctx %d x n_batch %d is too large for this model", n_ctx, n_batch);
+            return mt_seterr(MT_ERR_NOMEM,
+                             "context of %d tokens (batches of %d, %d threads) needs %.1f GiB of scratch, more than "
+                             "the %.1f GiB of memory here; use a shorter context or fewer threads",
+                             n_ctx, n_batch, (int)T, sz[i] == 0 ? INFINITY : total / 1073741824.0, ram / 1073741824.0);
         }
+        if (dry) continue;
         *fdst[i] = malloc(sz[i]);
         if (!*fdst[i]) {
             mt_ctx_free(c);
             return mt_seterr(MT_ERR_NOMEM, "context: out of memory (%zu bytes for n_ctx %d, n_batch %d)", sz[i],
                              n_ctx, n_batch);
         }
+    }
+    if (dry) {
+        mt_ctx_free(c);
+        return MT_OK;
     }
     size_t lr = fbytes3(L, B, K), rc = fbytes3(L, E, 2), er = fbytes3(B, 1, 1), tk = fbytes3(B, K, 1);
     if (!lr || !rc || !er || !tk) {
@@ -150,6 +166,13 @@ int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) {
     rope_tables(c->rope_cos, c->rope_sin, n_ctx, cf->head_dim, cf->rope_theta);
     *out = c;
     return MT_OK;
+}
+
+int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) { return ctx_init(out, m, n_ctx, n_batch, 0); }
+
+int mt_ctx_check(mt_model *m, int n_ctx, int n_batch) {
+    mt_ctx *c;
+    return ctx_init(&c, m, n_ctx, n_batch, 1);
 }
 
 void mt_ctx_free(mt_ctx *c) {

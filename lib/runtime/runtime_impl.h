@@ -14,6 +14,7 @@ struct mt_model {
     mt_weights w;            /* views into ck's mappings                    */
     int weights_ok;          /* w must be freed                             */
     mt_tokenizer *tok;       /* NULL when the checkpoint has none           */
+    char *tok_err;           /* why tok is NULL (loader message), or NULL   */
     mt_pool *pool;
     int n_threads;
     int max_experts;         /* max over layers of the expert count         */
