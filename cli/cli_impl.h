@@ -15,7 +15,8 @@ enum {
     MT_EXIT_USAGE = 2,  /* bad command line                                 */
 };
 
-/* Prints "moetool <verb>: <library message>" and returns MT_EXIT_FAIL. */
+/* Prints "moetool <verb>: <library message>" and returns MT_EXIT_FAIL, or
+ * MT_EXIT_USAGE for an output the output policy refused (MT_ERR_REFUSED). */
 int cli_fail(const char *verb, int status);
 /* Prints "moetool <verb>: <message>" + hint and returns MT_EXIT_USAGE. */
 int cli_usage_error(const char *verb, const char *fmt, ...)
@@ -46,9 +47,6 @@ int cli_parse_float(const char *verb, const char *opt, const char *s, double *ou
 /* rel inside MODEL when it is a directory, else beside the MODEL file
  * (malloc'd; NULL when out of memory). */
 char *cli_beside_model(const char *model, const char *rel);
-/* 1 when `out` names `in` itself, or a directory or file containing it (writing
- * there would replace the input). */
-int cli_out_replaces_in(const char *in, const char *out);
 
 /* Minimal JSON writer to a FILE: strings are escaped, and bytes that are
  * not valid UTF-8 are written as U+FFFD, so the output is always valid JSON. */

@@ -20,7 +20,11 @@ static const char *g_help =
     "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
     "Statistics come from running the model on calibration text.\n"
     "\n"
-    "  -o, --output OUT     output directory (appears only when complete)\n"
+    "  -o, --output OUT     output directory (appears only when complete); an\n"
+    "                       existing OUT is replaced only when moetool wrote it\n"
+    "                       (docs/outputs.md)\n"
+    "  --force              replace an existing OUT that moetool did not write (a\n"
+    "                       symbolic link: the link itself); never an input\n"
     "  --experts K          experts per layer in the output (top_k <= K < experts)\n"
     "  --layers SPEC        per-layer K, e.g. 0-1:6,2-3:4 (overrides --experts for\n"
     "                       those layers; written as config key moe_layer_experts)\n"
@@ -37,8 +41,8 @@ static const char *g_help =
     "                       methods only\n"
     "  --router-steps N     fit router: 0 = least squares (default); N > 0 = N steps\n"
     "                       of softmax regression instead\n"
-    "  --calib FILE         calibration text (default: MODEL/data/train.txt, named on\n"
-    "                       stderr when used; a missing one is an error)\n"
+    "  --calib FILE         calibration text (default: MODEL/data/train.txt; a\n"
+    "                       missing one is an error naming it)\n"
     "  --calib-tokens N     calibration tokens, windows of 256 (default 16384)\n"
     "  --sample N           FFN inputs kept per layer for expert outputs (default 4096)\n"
     "  --threads T          CPU threads (default: all cores)\n"
@@ -61,6 +65,7 @@ int cmd_merge(int argc, char **argv) {
                                          {"threads", required_argument, 0, 't'},
                                          {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_merge_opts o;
@@ -110,6 +115,7 @@ int cmd_merge(int argc, char **argv) {
             break;
         case 'L': o.allow_long_context = 1; break;
         case 'j': json = 1; break;
+        case 'f': o.force = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_bad_option("merge", c, argv);
         }
@@ -130,7 +136,6 @@ int cmd_merge(int argc, char **argv) {
             free(calib_default);
             return r;
         }
-        fprintf(stderr, "moetool merge: no --calib given: calibrating on %s\n", calib_default);
         o.calib_path = calib_default;
     }
     if (!json) o.progress = cli_progress;

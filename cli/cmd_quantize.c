@@ -46,7 +46,10 @@ static const char *g_help =
     "ctx 256) against the original; no file is written.\n"
     "\n"
     "  -o, --output OUT    file (gguf) or directory (hf) to write; appears only\n"
-    "                      when complete\n"
+    "                      when complete; an existing OUT is replaced only when\n"
+    "                      moetool wrote it (docs/outputs.md)\n"
+    "  --force             replace an existing OUT that moetool did not write (a\n"
+    "                      symbolic link: the link itself); never an input\n"
     "  --format gguf|hf    output format (default gguf; hf needs an HF source)\n"
     "  --method M          gptq (default) or rtn\n"
     "  --bits B            8, 4 (default), 3, 2 or ternary\n"
@@ -60,9 +63,9 @@ static const char *g_help =
     "  --experts-only      require a MoE model and quantize only its experts\n"
     "  --attn-bits B       also quantize q/k/v/o projections to B bits (8: q8_0,\n"
     "                      4: q4_0, 3/2: group 128)\n"
-    "  --calib FILE        calibration text (default: data/train.txt in MODEL's\n"
-    "                      directory, or beside a MODEL file; the one used is\n"
-    "                      named on stderr, and a missing one is an error)\n"
+    "  --calib FILE        calibration text (default: MODEL/data/train.txt, or\n"
+    "                      data/train.txt beside a MODEL file, which is then\n"
+    "                      named on stderr; a missing one is an error)\n"
     "  --calib-tokens N    calibration tokens (default 16384, windows of 256)\n"
     "  --damp F            GPTQ damping, fraction of mean diag(H) (default 0.1)\n"
     "  --act-order         GPTQ columns by decreasing diag(H)\n"
@@ -207,6 +210,7 @@ int cmd_quantize(int argc, char **argv) {
                                          {"threads", required_argument, 0, 'T'},
                                          {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_quant_opts o;
@@ -284,6 +288,7 @@ int cmd_quantize(int argc, char **argv) {
             break;
         case 'L': o.allow_long_context = 1; break;
         case 'j': json = 1; break;
+        case 'f': o.force = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_bad_option("quantize", c, argv);
         }
@@ -294,8 +299,6 @@ int cmd_quantize(int argc, char **argv) {
     if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = optind < argc ? argv[optind] : cli_default_model();
-    if (out && cli_out_replaces_in(model_path, out))
-        return cli_usage_error("quantize", "-o %s would replace the input %s", out, model_path);
     char *calib_default = NULL;
     if (o.method == MT_QUANT_GPTQ && !o.calib_path) {
         /* Where the library would look, said out loud (beside a GGUF file that
@@ -307,7 +310,9 @@ int cmd_quantize(int argc, char **argv) {
             free(calib_default);
             return r;
         }
-        fprintf(stderr, "moetool quantize: no --calib given: calibrating on %s\n", calib_default);
+        struct stat sb;
+        if (stat(model_path, &sb) != 0 || !S_ISDIR(sb.st_mode)) /* beside a file: say where */
+            fprintf(stderr, "moetool quantize: no --calib given: calibrating on %s\n", calib_default);
         o.calib_path = calib_default;
     }
     if (!json) o.progress = cli_progress;

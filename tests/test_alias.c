@@ -472,9 +472,18 @@ static void test_convert(void **state) {
     float *lb = malloc((size_t)32 * V * sizeof(float)), *lc = malloc((size_t)32 * V * sizeof(float));
     assert_int_equal(mt_ctx_forward(cb, g_ids, 32, lb, 1), MT_OK);
     assert_int_equal(mt_ctx_forward(cx, g_ids, 32, lc, 1), MT_OK);
-    double md = 0;
-    for (size_t i = 0; i < (size_t)32 * V; i++) md = fmax(md, fabs((double)lb[i] - lc[i]));
-    assert_true(md <= 1e-5); /* bf16 -> f32 is exact */
+    double md = 0, mx = 0;
+    for (size_t i = 0; i < (size_t)32 * V; i++) {
+        md = fmax(md, fabs((double)lb[i] - lc[i]));
+        mx = fmax(mx, fabs((double)lb[i]));
+    }
+    /* bf16 -> f32 is exact, so the weights are equal; the two runs differ
+     * only in float summation order (bf16 rows are widened before the BLAS
+     * product, f32 rows are fed to it in place, and OpenBLAS picks its
+     * kernel by shape and alignment). Bound: 2e-6 of the largest logit,
+     * ~17 float ulps of it; a wrong weight moves logits by far more. */
+    printf("bf16 vs converted f32: max |logit diff| = %.3g (max |logit| %.3g)\n", md, mx);
+    assert_true(md <= 2e-6 * fmax(mx, 1.0));
     free(lb);
     free(lc);
     mt_ctx_free(cb);

@@ -481,15 +481,20 @@ static void test_quant_model_per_job(void **st) {
     size_t n_ids = 0;
     assert_int_equal(mt_calib_tokens(ref, o.calib_path, o.calib_tokens, &ids, &n_ids), MT_OK);
     const mt_config *c = mt_model_config(ref);
-    mt_calib_stats cs;
     const uint64_t cap = (uint64_t)ceil(o.expert_cap * 1024.0 * c->top_k / c->n_experts);
-    assert_int_equal(mt_calib_layer(ref, 0, ids, 1024, o.calib_window, 0, cap, &cs), MT_OK);
     const mt_layer_weights *L0 = &mt_model_weights(ref)->layers[0];
     const mt_gptq_params gp = {.damp = o.damp, .block = o.block, .act_order = o.act_order};
     for (int threads = 1; threads <= 2; threads++) {
         mo.n_threads = threads;
         mt_model *m = NULL;
         assert_int_equal(mt_model_load(&m, tu_model_dir(), &mo), MT_OK);
+        /* The statistics come from the same model at the same thread count:
+         * prefill splits its BLAS products by thread, and on some OpenBLAS
+         * kernels a split changes float summation order, so captures at 1
+         * and 2 threads may differ in the last ulp (and a GPTQ code with
+         * them). What is claimed here is per-job == all-at-once. */
+        mt_calib_stats cs;
+        assert_int_equal(mt_calib_layer(m, 0, ids, 1024, o.calib_window, 0, cap, &cs), MT_OK);
         mt_quant_state *qs = NULL;
         mt_quant_report rep;
         assert_int_equal(mt_quant_model(&qs, m, &o, &rep), MT_OK);
@@ -530,8 +535,8 @@ static void test_quant_model_per_job(void **st) {
         mt_quant_report_free(&rep);
         mt_model_free(m);
         mt_quant_state_free(qs);
+        mt_calib_stats_free(&cs);
     }
-    mt_calib_stats_free(&cs);
     free(ids);
     mt_model_free(ref);
 }
