@@ -25,6 +25,14 @@ int cli_usage_error(const char *verb, const char *fmt, ...)
 #endif
     ;
 
+/* For getopt's '?' or ':' (optstrings start with ':', opterr = 0): one
+ * line naming the option, returns MT_EXIT_USAGE. */
+int cli_bad_option(const char *verb, int c, char **argv);
+/* -o "" is refused before any work: returns -1 after printing. */
+int cli_check_output(const char *verb, const char *out);
+/* Prints a name read from a file with control bytes escaped, padded to width. */
+void cli_term_str(FILE *f, const char *s, int width);
+
 /* Progress on stderr, redrawn in place, only when stderr is a terminal. */
 void cli_progress(void *user, const char *what, uint64_t done, uint64_t total);
 void cli_progress_done(void);
@@ -36,10 +44,12 @@ const char *cli_default_model(void);
 int cli_parse_int(const char *verb, const char *opt, const char *s, long lo, long hi, long *out);
 int cli_parse_float(const char *verb, const char *opt, const char *s, double *out);
 
-/* Reads a whole text file (NUL-terminated). */
-int cli_read_text(const char *path, char **out, size_t *len);
+/* rel inside MODEL when it is a directory, else beside the MODEL file
+ * (malloc'd; NULL when out of memory). */
+char *cli_beside_model(const char *model, const char *rel);
 
-/* Minimal JSON writer to a FILE: strings are escaped. */
+/* Minimal JSON writer to a FILE: strings are escaped, and bytes that are
+ * not valid UTF-8 are written as U+FFFD, so the output is always valid JSON. */
 void json_str(FILE *f, const char *s);
 void json_strn(FILE *f, const char *s, size_t n);
 

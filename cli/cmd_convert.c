@@ -8,7 +8,7 @@
 
 static const char *g_help =
     "usage: moetool convert [IN] -o OUT [--to hf|gguf] [--dtype TYPE] [--shard-size MB]\n"
-    "                       [--force]\n"
+    "                       [--no-tokenizer] [--force]\n"
     "\n"
     "Converts a checkpoint between Hugging Face safetensors (directory, single\n"
     "or sharded) and GGUF v3 as llama.cpp reads it (arch 'llama', merged 3-D\n"
@@ -24,6 +24,8 @@ static const char *g_help =
     "                     (default: keep each tensor's type; q8_0 and q4_0 are\n"
     "                     GGUF-only, with llama.cpp's reference rounding)\n"
     "  --shard-size MB    largest HF shard in MiB (default 4096)\n"
+    "  --no-tokenizer     write the output even when the input's tokenizer cannot\n"
+    "                     be read or carried over (by default that is an error)\n"
     "  -h, --help         this text\n";
 
 int cmd_convert(int argc, char **argv) {
@@ -31,16 +33,19 @@ int cmd_convert(int argc, char **argv) {
                                          {"to", required_argument, 0, 'T'},
                                          {"dtype", required_argument, 0, 'd'},
                                          {"shard-size", required_argument, 0, 's'},
+                                         {"no-tokenizer", no_argument, 0, 'N'},
                                          {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_convert_opts o;
     mt_convert_opts_default(&o);
+    o.require_tokenizer = 1;
     const char *out = NULL, *to = NULL;
     int c;
     long v;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
         case 'T': to = optarg; break;
@@ -53,14 +58,16 @@ int cmd_convert(int argc, char **argv) {
             if (cli_parse_int("convert", "--shard-size", optarg, 1, 1 << 20, &v)) return MT_EXIT_USAGE;
             o.shard_bytes = (uint64_t)v << 20;
             break;
+        case 'N': o.require_tokenizer = 0; break;
         case 'f': o.force = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_usage_error("convert", "unknown option");
+        default: return cli_bad_option("convert", c, argv);
         }
     }
     if (argc - optind > 1) return cli_usage_error("convert", "expects one input, got %d", argc - optind);
     const char *in = optind < argc ? argv[optind] : cli_default_model();
     if (!out) return cli_usage_error("convert", "missing -o OUT");
+    if (cli_check_output("convert", out)) return MT_EXIT_USAGE;
     size_t L = strlen(out);
     int out_gguf = L > 5 && !strcmp(out + L - 5, ".gguf");
     if (to) {

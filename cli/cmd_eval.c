@@ -9,7 +9,8 @@
 
 static const char *g_help =
     "usage: moetool eval [MODEL] [--text FILE] [--ctx N] [--protocol gptq|llamacpp]\n"
-    "                    [--ref MODEL] [--threads T] [--max-windows N] [--json]\n"
+    "                    [--ref MODEL] [--threads T] [--max-windows N]\n"
+    "                    [--allow-long-context] [--json]\n"
     "\n"
     "Perplexity of a text under one of two protocols:\n"
     "  gptq      the whole text tokenized without BOS, cut into non-overlapping\n"
@@ -22,12 +23,17 @@ static const char *g_help =
     "(bits per weight), tokens/s and the tokens routed to each expert.\n"
     "\n"
     "  --text FILE       text to score (default: MODEL/data/test.txt if present,\n"
-    "                    else the bundled model's held-out data/test.txt)\n"
-    "  --ctx N           window length in tokens (default 256)\n"
+    "                    else the bundled model's held-out data/test.txt, with a\n"
+    "                    line on stderr saying so; it suits models made from the\n"
+    "                    bundled one, which share its tokenizer)\n"
+    "  --ctx N           window length in tokens (default 256; at most the\n"
+    "                    model's max_position_embeddings)\n"
+    "  --allow-long-context  allow --ctx beyond max_position_embeddings\n"
     "  --protocol P      gptq (default) or llamacpp\n"
     "  --ref MODEL       reference model for KL / agreement (same tokenizer)\n"
     "  --threads T       CPU threads (default: all cores)\n"
-    "  --max-windows N   score only the first N windows\n"
+    "  --max-windows N   score only the first N windows (only the text they\n"
+    "                    need is read)\n"
     "  --json            one JSON object on stdout\n"
     "  -h, --help        this text\n";
 
@@ -71,6 +77,7 @@ int cmd_eval(int argc, char **argv) {
                                          {"ref", required_argument, 0, 'r'},
                                          {"threads", required_argument, 0, 'T'},
                                          {"max-windows", required_argument, 0, 'w'},
+                                         {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -79,10 +86,11 @@ int cmd_eval(int argc, char **argv) {
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     const char *text_path = NULL, *ref_path = NULL;
-    int json = 0, c;
+    int json = 0, long_ctx = 0, c;
     long v;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 't': text_path = optarg; break;
         case 'c':
@@ -99,16 +107,17 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'r': ref_path = optarg; break;
         case 'T':
-            if (cli_parse_int("eval", "--threads", optarg, 1, 1024, &v)) return MT_EXIT_USAGE;
+            if (cli_parse_int("eval", "--threads", optarg, 1, MT_MAX_THREADS, &v)) return MT_EXIT_USAGE;
             mo.n_threads = (int)v;
             break;
         case 'w':
             if (cli_parse_int("eval", "--max-windows", optarg, 1, 1 << 30, &v)) return MT_EXIT_USAGE;
             eo.max_windows = (int)v;
             break;
+        case 'L': long_ctx = 1; break;
         case 'j': json = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_usage_error("eval", "unknown option");
+        default: return cli_bad_option("eval", c, argv);
         }
     }
     if (argc - optind > 1) return cli_usage_error("eval", "expects one MODEL, got %d", argc - optind);
@@ -124,6 +133,8 @@ int cmd_eval(int argc, char **argv) {
         } else {
             free(text_default);
             text_default = default_text(cli_default_model());
+            fprintf(stderr, "moetool eval: no --text given and %s/data/test.txt does not exist: scoring %s\n",
+                    model_path, text_default ? text_default : "?");
         }
         text_path = text_default;
     }
@@ -132,26 +143,34 @@ int cmd_eval(int argc, char **argv) {
 
     int ret = MT_EXIT_FAIL, rc;
     mt_model *m = NULL, *ref = NULL;
-    char *text = NULL;
     int32_t *ids = NULL;
-    size_t n_ids = 0, text_len = 0;
+    size_t n_ids = 0;
+    int whole = 0;
     mt_eval_result res;
     memset(&res, 0, sizeof res);
 
-    if ((rc = cli_read_text(text_path, &text, &text_len))) goto fail;
     if ((rc = mt_model_load(&m, model_path, &mo))) goto fail;
     if (ref_path && (rc = mt_model_load(&ref, ref_path, &mo))) goto fail;
     const mt_tokenizer *tok = mt_model_tokenizer(m);
     if (!tok) {
-        rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer (tokenizer.model, tokenizer.json or GGUF vocabulary) to read the text with", model_path);
+        rc = mt_seterr(MT_ERR_NOT_FOUND, "no tokenizer to read the text with: %s", mt_model_tokenizer_error(m));
         goto fail;
     }
+    const int max_pos = mt_model_config(m)->max_pos;
+    if (max_pos > 0 && eo.ctx > max_pos && !long_ctx) {
+        ret = cli_usage_error("eval", "--ctx %d is longer than the model's context of %d tokens "
+                              "(max_position_embeddings); --allow-long-context to score anyway", eo.ctx, max_pos);
+        goto done;
+    }
+    if ((rc = mt_ctx_check(m, eo.ctx, eo.n_batch)) || (ref && (rc = mt_ctx_check(ref, eo.ctx, eo.n_batch)))) goto fail;
     if (ref && mt_model_config(ref)->vocab != mt_model_config(m)->vocab) {
         rc = mt_seterr(MT_ERR_ARG, "%s: reference vocabulary (%d) differs from the model's (%d)", ref_path,
                        mt_model_config(ref)->vocab, mt_model_config(m)->vocab);
         goto fail;
     }
-    if ((rc = cli_encode(tok, text, text_len, 0, &ids, &n_ids))) goto fail;
+    /* With --max-windows only the text those windows need is read. */
+    if ((rc = mt_tok_encode_file(tok, text_path, (size_t)eo.max_windows * (size_t)eo.ctx, &ids, &n_ids, &whole)))
+        goto fail;
     if (n_ids < (size_t)eo.ctx) {
         rc = mt_seterr(MT_ERR_ARG, "%s: %zu tokens is shorter than one window of --ctx %d", text_path, n_ids, eo.ctx);
         goto fail;
@@ -207,8 +226,8 @@ int cmd_eval(int argc, char **argv) {
         printf("size:       %.2f MiB on disk; %.2fM params (%.2fM in experts, %.2fM active/token); %.2f bits/weight, "
                "%.2f bits/expert weight\n",
                file_bytes / 1048576.0, ps.total / 1e6, ps.experts / 1e6, ps.active / 1e6, bpw_all, bpw_exp);
-        printf("text:       %s: %zu tokens; protocol %s, ctx %d: %d windows, %llu tokens scored\n", text_path, n_ids,
-               proto, eo.ctx, res.n_windows, (unsigned long long)res.n_scored);
+        printf("text:       %s: %zu tokens%s; protocol %s, ctx %d: %d windows, %llu tokens scored\n", text_path, n_ids,
+               whole ? "" : " read", proto, eo.ctx, res.n_windows, (unsigned long long)res.n_scored);
         printf("perplexity: %.4f\n", res.ppl);
         if (res.has_ref)
             printf("vs ref:     %s: ppl %.4f; KL(ref||model) %.6f nats/token, top-1 agreement %.2f%%, mean |dp| %.5f\n",
@@ -224,7 +243,6 @@ fail:
 done:
     mt_eval_result_free(&res);
     free(ids);
-    free(text);
     free(text_default);
     mt_model_free(ref);
     mt_model_free(m);

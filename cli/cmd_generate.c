@@ -8,7 +8,8 @@
 
 static const char *g_help =
     "usage: moetool generate [MODEL] -p PROMPT [-n N] [--temp T] [--top-p P]\n"
-    "                        [--seed S] [--threads T] [--no-bos] [--json]\n"
+    "                        [--seed S] [--threads T] [--no-bos] [--allow-long-context]\n"
+    "                        [--json]\n"
     "\n"
     "Continues PROMPT (BOS is prepended). Greedy by default; with --temp > 0\n"
     "samples with temperature and nucleus (top-p) filtering from a seeded RNG.\n"
@@ -16,7 +17,10 @@ static const char *g_help =
     "with a KV cache; timing goes to stderr.\n"
     "\n"
     "  -p, --prompt TEXT  prompt text\n"
-    "  -n N               tokens to generate (default 64)\n"
+    "  -n N               tokens to generate (default 64; 0 = prefill only, timing\n"
+    "                     on stderr); prompt + N may not pass the model's context\n"
+    "                     (max_position_embeddings)\n"
+    "  --allow-long-context  allow prompt + N beyond max_position_embeddings\n"
     "  --temp T           temperature (default 0 = greedy)\n"
     "  --top-p P          nucleus mass (default 1.0)\n"
     "  --seed S           RNG seed (default 1)\n"
@@ -51,6 +55,7 @@ int cmd_generate(int argc, char **argv) {
                                          {"threads", required_argument, 0, 'T'},
                                          {"no-bos", no_argument, 0, 'B'},
                                          {"ignore-eos", no_argument, 0, 'E'},
+                                         {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -63,11 +68,12 @@ int cmd_generate(int argc, char **argv) {
     long v;
     double d;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "p:n:h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":p:n:h", opts, NULL)) != -1) {
         switch (c) {
         case 'p': prompt = optarg; break;
         case 'n':
-            if (cli_parse_int("generate", "-n", optarg, 1, 1 << 20, &v)) return MT_EXIT_USAGE;
+            if (cli_parse_int("generate", "-n", optarg, 0, 1 << 20, &v)) return MT_EXIT_USAGE;
             so.n_predict = (int)v;
             break;
         case 't':
@@ -85,14 +91,15 @@ int cmd_generate(int argc, char **argv) {
             so.seed = (uint64_t)v;
             break;
         case 'T':
-            if (cli_parse_int("generate", "--threads", optarg, 1, 1024, &v)) return MT_EXIT_USAGE;
+            if (cli_parse_int("generate", "--threads", optarg, 1, MT_MAX_THREADS, &v)) return MT_EXIT_USAGE;
             mo.n_threads = (int)v;
             break;
         case 'B': add_bos = 0; break;
         case 'E': so.stop_at_eos = 0; break;
+        case 'L': so.allow_long_context = 1; break;
         case 'j': json = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_usage_error("generate", "unknown option");
+        default: return cli_bad_option("generate", c, argv);
         }
     }
     if (argc - optind > 1) return cli_usage_error("generate", "expects one MODEL, got %d", argc - optind);
@@ -108,7 +115,7 @@ int cmd_generate(int argc, char **argv) {
     if ((rc = mt_model_load(&m, model_path, &mo))) goto fail;
     const mt_tokenizer *tok = mt_model_tokenizer(m);
     if (!tok) {
-        rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer to read the prompt with", model_path);
+        rc = mt_seterr(MT_ERR_NOT_FOUND, "no tokenizer to read the prompt with: %s", mt_model_tokenizer_error(m));
         goto fail;
     }
     if ((rc = cli_encode(tok, prompt, strlen(prompt), add_bos, &pids, &n_p))) goto fail;
@@ -116,7 +123,13 @@ int cmd_generate(int argc, char **argv) {
         rc = mt_seterr(MT_ERR_ARG, "the prompt is empty");
         goto fail;
     }
-    out = malloc((size_t)so.n_predict * sizeof *out);
+    const int max_pos = mt_model_config(m)->max_pos;
+    if (max_pos > 0 && !so.allow_long_context && (int64_t)n_p + so.n_predict - 1 > max_pos) {
+        ret = cli_usage_error("generate", "the prompt (%zu tokens) and -n %d pass the model's context of %d tokens "
+                              "(max_position_embeddings); lower -n or --allow-long-context", n_p, so.n_predict, max_pos);
+        goto done;
+    }
+    out = malloc((size_t)(so.n_predict > 0 ? so.n_predict : 1) * sizeof *out);
     if (!out) {
         rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
         goto fail;

@@ -117,7 +117,9 @@ static int inspect_lone_safetensors(const char *path, int json) {
             printf(",\"dtype\":\"%s\",\"shape\":%s,\"bytes\":%llu}", mt_dtype_get(t->dtype)->name, sh,
                    (unsigned long long)t->nbytes);
         } else {
-            printf("  %-60s %-6s %-20s %llu\n", t->name, mt_dtype_get(t->dtype)->name, sh, (unsigned long long)t->nbytes);
+            printf("  ");
+            cli_term_str(stdout, t->name, 60);
+            printf(" %-6s %-20s %llu\n", mt_dtype_get(t->dtype)->name, sh, (unsigned long long)t->nbytes);
         }
     }
     if (json) printf("],\"params\":{\"total\":%llu},\"bytes\":%llu}\n", (unsigned long long)total, (unsigned long long)bytes);
@@ -132,12 +134,13 @@ int cmd_inspect(int argc, char **argv) {
         {"json", no_argument, 0, 'j'}, {"tensors", no_argument, 0, 't'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'j': json = 1; break;
         case 't': list = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_usage_error("inspect", "unknown option");
+        default: return cli_bad_option("inspect", c, argv);
         }
     }
     if (argc - optind > 1) return cli_usage_error("inspect", "expects one PATH, got %d", argc - optind);
@@ -252,8 +255,9 @@ int cmd_inspect(int argc, char **argv) {
                 const mt_tensor *t = mt_ckpt_get(ck, i);
                 char sh[128];
                 shape_str(t, sh, sizeof sh);
-                printf("  %-58s %-6s %-18s %10llu\n", t->name, mt_dtype_get(t->dtype)->name, sh,
-                       (unsigned long long)t->nbytes);
+                printf("  ");
+                cli_term_str(stdout, t->name, 58);
+                printf(" %-6s %-18s %10llu\n", mt_dtype_get(t->dtype)->name, sh, (unsigned long long)t->nbytes);
             }
         }
     }

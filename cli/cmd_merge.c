@@ -14,7 +14,7 @@ static const char *g_help =
     "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC | --budget N)\n"
     "                     [--method M]\n"
     "                     [--router R] [--calib FILE] [--calib-tokens N] [--sample N]\n"
-    "                     [--router-steps N] [--threads T] [--json]\n"
+    "                     [--router-steps N] [--threads T] [--allow-long-context] [--json]\n"
     "\n"
     "Reduces the experts of every MoE layer to K and writes a Hugging Face\n"
     "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
@@ -41,10 +41,13 @@ static const char *g_help =
     "                       methods only\n"
     "  --router-steps N     fit router: 0 = least squares (default); N > 0 = N steps\n"
     "                       of softmax regression instead\n"
-    "  --calib FILE         calibration text (default: MODEL/data/train.txt)\n"
+    "  --calib FILE         calibration text (default: MODEL/data/train.txt; a\n"
+    "                       missing one is an error naming it)\n"
     "  --calib-tokens N     calibration tokens, windows of 256 (default 16384)\n"
     "  --sample N           FFN inputs kept per layer for expert outputs (default 4096)\n"
     "  --threads T          CPU threads (default: all cores)\n"
+    "  --allow-long-context calibrate in windows longer than the model's\n"
+    "                       max_position_embeddings\n"
     "  --json               one JSON object on stdout\n"
     "  -h, --help           this text\n";
 
@@ -60,6 +63,7 @@ int cmd_merge(int argc, char **argv) {
                                          {"calib-tokens", required_argument, 0, 'n'},
                                          {"sample", required_argument, 0, 's'},
                                          {"threads", required_argument, 0, 't'},
+                                         {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
                                          {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
@@ -70,7 +74,8 @@ int cmd_merge(int argc, char **argv) {
     int json = 0, c;
     long v;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
         case 'k':
@@ -105,30 +110,31 @@ int cmd_merge(int argc, char **argv) {
             o.sample_tokens = (int)v;
             break;
         case 't':
-            if (cli_parse_int("merge", "--threads", optarg, 1, 1024, &v)) return MT_EXIT_USAGE;
+            if (cli_parse_int("merge", "--threads", optarg, 1, MT_MAX_THREADS, &v)) return MT_EXIT_USAGE;
             o.n_threads = (int)v;
             break;
+        case 'L': o.allow_long_context = 1; break;
         case 'j': json = 1; break;
         case 'f': o.force = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_usage_error("merge", "unknown option");
+        default: return cli_bad_option("merge", c, argv);
         }
     }
     if (argc - optind > 1) return cli_usage_error("merge", "expects one MODEL, got %d", argc - optind);
     const char *model = optind < argc ? argv[optind] : cli_default_model();
     if (!out) return cli_usage_error("merge", "missing -o OUT");
+    if (cli_check_output("merge", out)) return MT_EXIT_USAGE;
     if (!o.experts && !layers && !o.budget) return cli_usage_error("merge", "missing --experts K (or --layers SPEC, --budget N)");
     if (o.budget && (o.experts || layers)) return cli_usage_error("merge", "--budget cannot be combined with --experts or --layers");
     if (layers && mt_merge_parse_layers(&o, layers, 0)) return cli_usage_error("merge", "%s", mt_last_error());
     char *calib_default = NULL;
     if (!o.calib_path) {
-        size_t n = strlen(model) + 32;
-        calib_default = malloc(n);
-        if (!calib_default) return cli_fail("merge", MT_ERR_NOMEM);
-        snprintf(calib_default, n, "%s/data/train.txt", model);
+        if (!(calib_default = cli_beside_model(model, "data/train.txt"))) return cli_fail("merge", MT_ERR_NOMEM);
         if (access(calib_default, R_OK) != 0) {
+            int r = cli_usage_error("merge", "no --calib FILE given and %s (data/train.txt beside the model) does not exist",
+                                    calib_default);
             free(calib_default);
-            return cli_usage_error("merge", "no --calib FILE given and %s/data/train.txt does not exist", model);
+            return r;
         }
         o.calib_path = calib_default;
     }

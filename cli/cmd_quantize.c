@@ -12,13 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char *g_help =
     "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
     "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
     "                        [--experts-only | --attn-bits B] [--embed-bits 8|4]\n"
     "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
-    "                        [--threads T] [--json]\n"
+    "                        [--threads T] [--allow-long-context] [--json]\n"
     "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
     "                        [--text FILE]\n"
     "\n"
@@ -62,7 +63,9 @@ static const char *g_help =
     "  --experts-only      require a MoE model and quantize only its experts\n"
     "  --attn-bits B       also quantize q/k/v/o projections to B bits (8: q8_0,\n"
     "                      4: q4_0, 3/2: group 128)\n"
-    "  --calib FILE        calibration text (default MODEL/data/train.txt)\n"
+    "  --calib FILE        calibration text (default: MODEL/data/train.txt, or\n"
+    "                      data/train.txt beside a MODEL file, which is then\n"
+    "                      named on stderr; a missing one is an error)\n"
     "  --calib-tokens N    calibration tokens (default 16384, windows of 256)\n"
     "  --damp F            GPTQ damping, fraction of mean diag(H) (default 0.1)\n"
     "  --act-order         GPTQ columns by decreasing diag(H)\n"
@@ -81,6 +84,8 @@ static const char *g_help =
     "  --eval-only         quantize in memory and evaluate; write nothing\n"
     "  --text FILE         text for --eval-only (default MODEL/data/test.txt)\n"
     "  --threads T         CPU threads (default: all cores)\n"
+    "  --allow-long-context  calibrate in windows longer than the model's\n"
+    "                      max_position_embeddings\n"
     "  --json              one JSON object on stdout\n"
     "  -h, --help          this text\n";
 
@@ -203,6 +208,7 @@ int cmd_quantize(int argc, char **argv) {
                                          {"ternary-type", required_argument, 0, 'Y'},
                                          {"text", required_argument, 0, 't'},
                                          {"threads", required_argument, 0, 'T'},
+                                         {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
                                          {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
@@ -214,7 +220,8 @@ int cmd_quantize(int argc, char **argv) {
     long v;
     double f;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":ho:", opts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
         case 'm':
@@ -276,20 +283,38 @@ int cmd_quantize(int argc, char **argv) {
             break;
         case 't': text_path = optarg; break;
         case 'T':
-            if (cli_parse_int("quantize", "--threads", optarg, 1, 1024, &v)) return MT_EXIT_USAGE;
+            if (cli_parse_int("quantize", "--threads", optarg, 1, MT_MAX_THREADS, &v)) return MT_EXIT_USAGE;
             threads = (int)v;
             break;
+        case 'L': o.allow_long_context = 1; break;
         case 'j': json = 1; break;
         case 'f': o.force = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_usage_error("quantize", "unknown option");
+        default: return cli_bad_option("quantize", c, argv);
         }
     }
     if (argc - optind > 1) return cli_usage_error("quantize", "expects one MODEL, got %d", argc - optind);
     if (!out && !eval_only) return cli_usage_error("quantize", "needs -o OUT (or --eval-only)");
+    if (cli_check_output("quantize", out)) return MT_EXIT_USAGE;
     if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = optind < argc ? argv[optind] : cli_default_model();
+    char *calib_default = NULL;
+    if (o.method == MT_QUANT_GPTQ && !o.calib_path) {
+        /* Where the library would look, said out loud (beside a GGUF file that
+         * is e.g. /tmp/data/train.txt, which nobody would guess). */
+        if (!(calib_default = cli_beside_model(model_path, "data/train.txt"))) return cli_fail("quantize", MT_ERR_NOMEM);
+        if (access(calib_default, R_OK) != 0) {
+            int r = cli_usage_error("quantize", "no --calib FILE given and %s (data/train.txt beside the model) does not "
+                                    "exist", calib_default);
+            free(calib_default);
+            return r;
+        }
+        struct stat sb;
+        if (stat(model_path, &sb) != 0 || !S_ISDIR(sb.st_mode)) /* beside a file: say where */
+            fprintf(stderr, "moetool quantize: no --calib given: calibrating on %s\n", calib_default);
+        o.calib_path = calib_default;
+    }
     if (!json) o.progress = cli_progress;
 
     mt_quant_report rep;
@@ -298,6 +323,7 @@ int cmd_quantize(int argc, char **argv) {
     if (!eval_only) {
         rc = mt_quantize_file(model_path, out, &o, threads, &rep);
         cli_progress_done();
+        free(calib_default);
         if (rc) return cli_fail("quantize", rc);
         print_report(&rep, &o, out, path_bytes(out), json, NULL);
         mt_quant_report_free(&rep);
@@ -308,9 +334,9 @@ int cmd_quantize(int argc, char **argv) {
     int ret = MT_EXIT_FAIL;
     mt_model *m = NULL, *ref = NULL;
     mt_quant_state *qs = NULL;
-    char *text = NULL, *text_default = NULL;
+    char *text_default = NULL;
     int32_t *ids = NULL;
-    size_t n_ids = 0, text_len = 0;
+    size_t n_ids = 0;
     mt_eval_result res;
     memset(&res, 0, sizeof res);
     mt_model_opts mo;
@@ -325,11 +351,10 @@ int cmd_quantize(int argc, char **argv) {
     if ((rc = mt_model_load(&m, model_path, &mo))) goto fail;
     if ((rc = mt_model_load(&ref, model_path, &mo))) goto fail;
     if (!mt_model_tokenizer(m)) {
-        rc = mt_seterr(MT_ERR_ARG, "%s: no tokenizer to read the evaluation text", model_path);
+        rc = mt_seterr(MT_ERR_ARG, "no tokenizer to read the evaluation text with: %s", mt_model_tokenizer_error(m));
         goto fail;
     }
-    if ((rc = cli_read_text(text_path, &text, &text_len))) goto fail;
-    if ((rc = cli_encode(mt_model_tokenizer(m), text, text_len, 0, &ids, &n_ids))) goto fail;
+    if ((rc = mt_tok_encode_file(mt_model_tokenizer(m), text_path, 0, &ids, &n_ids, NULL))) goto fail;
     if ((rc = mt_quant_model(&qs, m, &o, &rep))) goto fail;
     cli_progress_done();
     mt_eval_opts eo;
@@ -346,8 +371,8 @@ fail:
     mt_eval_result_free(&res);
     mt_quant_report_free(&rep);
     free(ids);
-    free(text);
     free(text_default);
+    free(calib_default);
     mt_model_free(ref);
     mt_model_free(m);
     mt_quant_state_free(qs);

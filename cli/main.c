@@ -4,11 +4,14 @@
 #include "cli_impl.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef MT_DEFAULT_MODEL_DIR
@@ -55,9 +58,23 @@ int cli_usage_error(const char *verb, const char *fmt, ...) {
     va_start(ap, fmt);
     fprintf(stderr, "moetool %s: ", verb);
     vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n(see `moetool %s --help`)\n", verb);
+    fprintf(stderr, " (see `moetool %s --help`)\n", verb);
     va_end(ap);
     return MT_EXIT_USAGE;
+}
+
+int cli_bad_option(const char *verb, int c, char **argv) {
+    /* getopt's own messages are off (opterr = 0): this is the one line. */
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    if (c == ':') return cli_usage_error(verb, "option %s needs a value", arg);
+    if (optopt) return cli_usage_error(verb, "unknown option -%c", optopt);
+    return cli_usage_error(verb, "unknown option %s", arg);
+}
+
+int cli_check_output(const char *verb, const char *out) {
+    if (!out) return 0;
+    if (!*out) return cli_usage_error(verb, "-o names no file (empty path)"), -1;
+    return 0;
 }
 
 static volatile sig_atomic_t g_progress_shown;
@@ -96,48 +113,24 @@ int cli_parse_float(const char *verb, const char *opt, const char *s, double *ou
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end) {
-        cli_usage_error(verb, "%s expects a number, got '%s'", opt, s);
+    if (errno || end == s || *end || !isfinite(v)) {
+        cli_usage_error(verb, "%s expects a finite number, got '%s'", opt, s);
         return -1;
     }
     *out = v;
     return 0;
 }
 
-int cli_read_text(const char *path, char **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mt_seterr(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    if (!buf) {
-        fclose(f);
-        return mt_seterr(MT_ERR_NOMEM, "out of memory");
-    }
-    for (;;) {
-        if (n + 1 >= cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return mt_seterr(MT_ERR_NOMEM, "out of memory reading %s", path);
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t k = fread(buf + n, 1, cap - n - 1, f);
-        n += k;
-        if (k == 0) break;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(buf);
-        return mt_seterr(MT_ERR_IO, "%s: read failed", path);
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return MT_OK;
+char *cli_beside_model(const char *model, const char *rel) {
+    struct stat sb;
+    const size_t n = strlen(model) + strlen(rel) + 4;
+    char *p = malloc(n);
+    if (!p) return NULL;
+    const char *sl = strrchr(model, '/');
+    if (stat(model, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(p, n, "%s/%s", model, rel);
+    else if (sl) snprintf(p, n, "%.*s/%s", (int)(sl - model), model, rel);
+    else snprintf(p, n, "%s", rel);
+    return p;
 }
 
 int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n) {
@@ -172,10 +165,41 @@ int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bo
     return MT_OK;
 }
 
+/* Length of the well-formed UTF-8 sequence at p (Unicode table 3-7: no
+ * overlongs, surrogates or values above U+10FFFF), or, when there is none,
+ * minus the length of its maximal well-formed prefix (at least 1 byte), which
+ * is replaced by one U+FFFD as Unicode recommends (and Python decodes). */
+static long utf8_len(const unsigned char *p, size_t n) {
+    if (p[0] < 0x80) return 1;
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) len = 2;
+    else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        len = 3;
+        if (p[0] == 0xe0) lo = 0xa0;
+        if (p[0] == 0xed) hi = 0x9f;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        len = 4;
+        if (p[0] == 0xf0) lo = 0x90;
+        if (p[0] == 0xf4) hi = 0x8f;
+    } else
+        return -1;
+    for (size_t k = 1; k < len; k++) {
+        if (k >= n || p[k] < (k == 1 ? lo : 0x80) || p[k] > (k == 1 ? hi : 0xbf)) return -(long)k;
+    }
+    return (long)len;
+}
+
 void json_strn(FILE *f, const char *s, size_t n) {
     fputc('"', f);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            long k = utf8_len((const unsigned char *)s + i, n - i);
+            if (k < 0) fputs("\\ufffd", f), i += (size_t)(-k) - 1;
+            else fwrite(s + i, 1, (size_t)k, f), i += (size_t)k - 1;
+            continue;
+        }
         switch (c) {
         case '"': fputs("\\\"", f); break;
         case '\\': fputs("\\\\", f); break;
@@ -199,6 +223,28 @@ static void log_to_stderr(void *user, mt_log_level level, const char *msg) {
     if (level == MT_LOG_DEBUG && !getenv("MOETOOL_DEBUG")) return;
     cli_progress_done();
     fprintf(stderr, "moetool: %s%s\n", level == MT_LOG_WARN ? "warning: " : "", msg);
+}
+
+/* Terminal output of names read from files: control bytes (escape
+ * sequences, C1 controls) and bytes that are not UTF-8 are shown as \xNN,
+ * never sent to the terminal. */
+void cli_term_str(FILE *f, const char *s, int width) {
+    int n = 0;
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0, len = strlen(s); i < len;) {
+        long k = p[i] < 0x80 ? 1 : utf8_len(p + i, len - i);
+        const int c1 = k == 2 && p[i] == 0xc2 && p[i + 1] < 0xa0;
+        if (k < 0 || c1 || p[i] < 0x20 || p[i] == 0x7f) {
+            size_t m = k < 0 ? (size_t)-k : (size_t)k;
+            for (size_t j = 0; j < m; j++) n += fprintf(f, "\\x%02x", p[i + j]);
+            i += m;
+        } else {
+            fwrite(p + i, 1, (size_t)k, f);
+            i += (size_t)k;
+            n++;
+        }
+    }
+    for (; n < width; n++) fputc(' ', f);
 }
 
 /* Interrupted work leaves no partial output: remove the registered

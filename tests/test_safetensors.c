@@ -156,6 +156,25 @@ static uint8_t *build(const char *header, const void *data, size_t dlen, size_t 
     return b;
 }
 
+/* A zero dimension gives 0 without the other dimensions' product
+ * overflowing on the way (UBSan: signed overflow); an overflowing count is -1. */
+static void test_numel(void **state) {
+    (void)state;
+    mt_tensor t;
+    memset(&t, 0, sizeof t);
+    t.n_dims = 3;
+    t.shape[0] = (int64_t)1 << 62;
+    t.shape[1] = 4;
+    t.shape[2] = 0;
+    assert_int_equal(mt_tensor_numel(&t), 0);
+    t.n_dims = 2;
+    assert_int_equal(mt_tensor_numel(&t), -1);
+    t.shape[1] = 1;
+    assert_int_equal(mt_tensor_numel(&t), (int64_t)1 << 62);
+    t.n_dims = 0;
+    assert_int_equal(mt_tensor_numel(&t), 1);
+}
+
 static void test_built_in_memory(void **state) {
     (void)state;
     /* bf16 (3, 1), f8 (2,), a 4-D (1, 1, 1, 2) f32, spaces padding the header,
@@ -350,6 +369,7 @@ static void test_bundled_shards(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_python_written_file),
+        cmocka_unit_test(test_numel),
         cmocka_unit_test(test_built_in_memory),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_bundled_shards),

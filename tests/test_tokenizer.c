@@ -493,6 +493,64 @@ static void expect_spm_error(const void *buf, size_t len, int want_rc, const cha
     if (want_msg && !strstr(mt_last_error(), want_msg)) fail_msg("message '%s' lacks '%s'", mt_last_error(), want_msg);
 }
 
+/* A CONTROL piece has no text: nothing is copied (no memcpy from NULL,
+ * which UBSan reports), and the length stays as it was. */
+static void test_piece_text_control(void **state) {
+    (void)state;
+    mt_tokenizer *t = load_spm();
+    assert_int_equal(mt_tok_type(t, mt_tok_bos(t)), MT_PIECE_CONTROL);
+    char buf[8];
+    size_t at = 0;
+    assert_int_equal(mt_tok_piece_text(t, mt_tok_bos(t), buf, sizeof buf, &at), MT_OK);
+    assert_int_equal(at, 0);
+    assert_int_equal(mt_tok_piece_text(t, mt_tok_eos(t), NULL, 0, &at), MT_OK);
+    assert_int_equal(at, 0);
+    mt_tok_free(t);
+}
+
+/* mt_tok_encode_file with a bound returns a prefix of the whole file's
+ * encoding, at least as long as asked, without reading the whole file. */
+static void check_encode_file(const mt_tokenizer *t, const char *path, const char *what) {
+    size_t len, n_all;
+    char *text = tu_read_file(path, &len);
+    assert_non_null(text);
+    int32_t *all = encode(t, text, len, &n_all);
+    const size_t bounds[] = {0, 1, 255, 4096, n_all, n_all + 1};
+    for (size_t k = 0; k < sizeof bounds / sizeof bounds[0]; k++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        int whole = -1;
+        assert_int_equal(mt_tok_encode_file(t, path, bounds[k], &ids, &n, &whole), MT_OK);
+        if (bounds[k] == 0 || bounds[k] > n_all) {
+            assert_int_equal(n, n_all);
+            assert_int_equal(whole, 1);
+        }
+        assert_true(n >= (bounds[k] < n_all ? bounds[k] : n_all));
+        assert_true(n <= n_all);
+        if (bounds[k] > 0 && bounds[k] <= 4096) assert_int_equal(whole, 0); /* stopped early */
+        if (memcmp(ids, all, n * sizeof *ids) != 0) fail_msg("%s: %s bound %zu: not a prefix", what, path, bounds[k]);
+        free(ids);
+    }
+    free(all);
+    free(text);
+}
+
+static void test_encode_file(void **state) {
+    (void)state;
+    mt_tokenizer *t = load_spm();
+    check_encode_file(t, tu_model_path("data/test.txt"), "tokenizer.model");
+    mt_tok_free(t);
+    t = load_json_tok(tu_model_path("tokenizer.json"));
+    check_encode_file(t, tu_model_path("data/test.txt"), "tokenizer.json");
+    mt_tok_free(t);
+    int32_t *ids = NULL;
+    size_t n = 1;
+    assert_int_not_equal(mt_tok_encode_file(t = load_spm(), "/nonexistent/x.txt", 5, &ids, &n, NULL), MT_OK);
+    assert_null(ids);
+    assert_int_equal(n, 0);
+    mt_tok_free(t);
+}
+
 static void test_hostile_spm(void **state) {
     (void)state;
     /* a small valid model: written from a few pieces, then truncated at every length */
@@ -707,6 +765,8 @@ int main(void) {
         cmocka_unit_test(test_gguf),
         cmocka_unit_test(test_for_ckpt),
         cmocka_unit_test(test_decode_pieces),
+        cmocka_unit_test(test_piece_text_control),
+        cmocka_unit_test(test_encode_file),
         cmocka_unit_test(test_hostile_spm),
         cmocka_unit_test(test_hostile_json),
         cmocka_unit_test(test_fuzz_corpora),

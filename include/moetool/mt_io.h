@@ -256,6 +256,9 @@ typedef struct {
                               (f32, f16, bf16, q8_0); norms stay f32 in GGUF
                               and the router stays f32 (llama.cpp convention)   */
     uint64_t shard_bytes;  /* HF output: max bytes per shard (0 = 4 GiB)      */
+    int require_tokenizer; /* 1: refuse to write an output without the source's
+                              tokenizer (the CLI's default; --no-tokenizer
+                              clears it); 0 (library default): warn only      */
     int force;             /* replace an existing output moetool did not write
                               (docs/outputs.md)                               */
     mt_progress_fn progress;

@@ -68,6 +68,7 @@ typedef struct {
     const char *calib_path;             /* calibration text (required)              */
     int calib_tokens;                   /* tokens of calibration (default 16384)    */
     int window;                         /* tokens per calibration window (256)      */
+    int allow_long_context;             /* 1: window may pass max_pos               */
     int sample_tokens;                  /* FFN inputs kept per layer (default 4096) */
     int router_steps;                   /* fit router: 0 = least squares on log
                                            group probabilities; N > 0 = N Adam

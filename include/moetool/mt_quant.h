@@ -58,6 +58,7 @@ typedef struct {
     const char *calib_path;     /* NULL: <model dir>/data/train.txt          */
     int calib_tokens;           /* default 16384                              */
     int calib_window;           /* tokens per forward, default 256            */
+    int allow_long_context;     /* 1: calib_window may pass max_pos           */
     double damp;                /* fraction of mean(diag H), default 0.1      */
     int act_order;              /* columns by decreasing H_ii (static scales) */
     int block;                  /* lazy-update block, default 128             */

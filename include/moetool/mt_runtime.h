@@ -16,8 +16,11 @@ extern "C" {
 /* ---- model ------------------------------------------------------------- */
 typedef struct mt_model mt_model;
 
+/* Most threads a model (its thread pool) runs with. */
+#define MT_MAX_THREADS 512
+
 typedef struct {
-    int n_threads;          /* 0 = number of online CPUs                    */
+    int n_threads;          /* 0 = number of online CPUs, at most MT_MAX_THREADS */
 } mt_model_opts;
 void mt_model_opts_default(mt_model_opts *o);
 
@@ -28,6 +31,8 @@ const mt_weights *mt_model_weights(const mt_model *m);
 const mt_ckpt *mt_model_ckpt(const mt_model *m);
 /* NULL when the checkpoint has no tokenizer (eval of ids still works). */
 const mt_tokenizer *mt_model_tokenizer(const mt_model *m);
+/* Why mt_model_tokenizer is NULL (the loader's message), or "" when it is not. */
+const char *mt_model_tokenizer_error(const mt_model *m);
 int mt_model_threads(const mt_model *m);
 
 /* Parameter counts: total, in experts, active per token. */
@@ -76,6 +81,9 @@ typedef struct mt_ctx mt_ctx;
 
 /* n_ctx: KV cache length; n_batch: most tokens per forward call. */
 int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch);
+/* Whether mt_ctx_init(m, n_ctx, n_batch) would fit in this machine's memory:
+ * MT_OK, or MT_ERR_NOMEM with a message giving the bytes it would need. */
+int mt_ctx_check(mt_model *m, int n_ctx, int n_batch);
 void mt_ctx_free(mt_ctx *c);
 void mt_ctx_reset(mt_ctx *c);           /* empties the KV cache             */
 int mt_ctx_pos(const mt_ctx *c);        /* tokens in the cache              */
@@ -139,6 +147,7 @@ typedef struct {
     float top_p;             /* default 1.0                                   */
     uint64_t seed;
     int stop_at_eos;         /* default 1                                     */
+    int allow_long_context;  /* 1: prompt + n_predict may pass max_pos        */
 } mt_sample_opts;
 void mt_sample_opts_default(mt_sample_opts *o);
 

@@ -57,6 +57,14 @@ int mt_tok_add_space_prefix(const mt_tokenizer *t);
  * a larger buffer. Invalid UTF-8 is encoded through byte fallback. */
 int mt_tok_encode(const mt_tokenizer *t, const char *text, size_t len,
                   int32_t *ids, size_t cap, size_t *n);
+/* Encodes the text of a file (no BOS) into a malloc'd *ids. max_tokens 0:
+ * the whole text. Otherwise reading stops once max_tokens are available (the
+ * file is read in growing pieces cut at line starts, pipes included): *ids
+ * are then the first tokens of the whole text's encoding, at least
+ * max_tokens of them unless the text is shorter. *whole (may be NULL) says
+ * whether the whole file was read. */
+int mt_tok_encode_file(const mt_tokenizer *t, const char *path, size_t max_tokens, int32_t **ids, size_t *n,
+                       int *whole);
 /* Decodes ids to UTF-8 (caller frees *out). Control tokens decode to "".
  * With `strip_leading_space`, the dummy-prefix space of the first piece is
  * removed, so that decode(encode(x)) == x. */

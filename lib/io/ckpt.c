@@ -18,11 +18,14 @@
 #include "ckpt_impl.h"
 #include "moetool/mt_arch.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 struct mt_ckpt {
     mt_format fmt;
@@ -170,8 +173,10 @@ static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path) {
     if (!root)
         return mt_seterr(MT_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", index_path, jerr.line,
                          jerr.column, jerr.text);
-    char **names = NULL;   /* [n_names] distinct shard file names */
-    size_t cap = 0, n_names = 0;
+    char **names = NULL;   /* [n_names] distinct shard file names          */
+    ck_named *ent = NULL;  /* [nk] (shard name, entry number), sorted      */
+    size_t *shard_of = NULL; /* [nk] shard number of each weight_map entry */
+    size_t nk = 0, n_names = 0;
     json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     if (!json_is_object(wm)) {
         rc = mt_seterr(MT_ERR_FORMAT, "%s: missing \"weight_map\" object", index_path);
@@ -183,7 +188,17 @@ static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path) {
     }
     const char *key;
     json_t *val;
-    /* Distinct shard names, in the order the map first mentions them. */
+    /* Distinct shard names, in the order the map first mentions them, found by
+     * sorting (n log n: an index may list hundreds of thousands of names). */
+    nk = json_object_size(wm);
+    ent = calloc(nk, sizeof *ent);
+    shard_of = calloc(nk, sizeof *shard_of);
+    names = calloc(nk, sizeof *names);
+    if (!ent || !shard_of || !names) {
+        rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    size_t i = 0;
     json_object_foreach(wm, key, val) {
         if (!json_is_string(val)) {
             rc = mt_seterr(MT_ERR_FORMAT, "%s: weight_map entry for %s is not a file name", index_path, key);
@@ -195,21 +210,17 @@ static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path) {
                            index_path, s, key);
             goto done;
         }
-        size_t k = 0;
-        while (k < n_names && strcmp(names[k], s) != 0) k++;
-        if (k < n_names) continue;
-        if (n_names == cap) {
-            size_t nc = cap ? 2 * cap : 8;
-            char **nn = realloc(names, nc * sizeof *nn);
-            if (!nn) {
-                rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
-                goto done;
-            }
-            names = nn;
-            cap = nc;
-        }
-        names[n_names++] = (char *)s;
+        ent[i].name = s;
+        ent[i].idx = i;
+        i++;
     }
+    qsort(ent, nk, sizeof *ent, cmp_named); /* by name, then by first mention */
+    for (size_t a = 0, b; a < nk; a = b) /* each entry -> its name's first mention */
+        for (b = a; b < nk && strcmp(ent[b].name, ent[a].name) == 0; b++) shard_of[ent[b].idx] = ent[a].idx;
+    for (size_t k = 0; k < nk; k++) /* shard numbers in order of first mention */
+        shard_of[k] = shard_of[k] == k ? n_names++ : shard_of[shard_of[k]];
+    i = 0;
+    json_object_foreach(wm, key, val) names[shard_of[i++]] = (char *)json_string_value(val);
     ck->shards = calloc(n_names, sizeof *ck->shards);
     if (!ck->shards) {
         rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
@@ -233,13 +244,12 @@ static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path) {
         if (rc) goto done;
     }
     /* Every listed tensor is in the shard the map names. */
+    i = 0;
     json_object_foreach(wm, key, val) {
-        const char *s = json_string_value(val);
-        size_t k = 0;
-        while (k < ck->n_shards && strcmp(names[k], s) != 0) k++;
+        size_t k = shard_of[i++];
         if (!mt_safetensors_find(ck->shards[k], key)) {
             rc = mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is listed in shard %s, which does not contain it",
-                           index_path, key, s);
+                           index_path, key, names[k]);
             goto done;
         }
     }
@@ -248,6 +258,8 @@ static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path) {
 
 done:
     free(names);
+    free(ent);
+    free(shard_of);
     json_decref(root);
     return rc;
 }
@@ -301,8 +313,15 @@ static int gguf_int(const mt_gguf *g, const char *path, const char *key, int req
     int64_t v = def;
     if (mt_gguf_find_key(g, key) < 0) {
         if (required) return mt_seterr(MT_ERR_FORMAT, "%s: missing required key %s", path, key);
-    } else if (mt_gguf_get_i64(g, key, &v) != MT_OK) {
-        return mt_seterr(MT_ERR_FORMAT, "%s: key %s is not an integer", path, key);
+    } else {
+        /* Hyperparameters are integers: a BOOL or float here is a broken file,
+         * not a value to round. */
+        mt_gguf_type ty = mt_gguf_key_type(g, mt_gguf_find_key(g, key));
+        if (ty == MT_GGUF_BOOL || ty == MT_GGUF_FLOAT32 || ty == MT_GGUF_FLOAT64)
+            return mt_seterr(MT_ERR_FORMAT, "%s: key %s is stored as %s, not as an integer", path, key,
+                             ty == MT_GGUF_BOOL ? "BOOL" : ty == MT_GGUF_FLOAT32 ? "FLOAT32" : "FLOAT64");
+        if (mt_gguf_get_i64(g, key, &v) != MT_OK)
+            return mt_seterr(MT_ERR_FORMAT, "%s: key %s is not an integer", path, key);
     }
     if (v < INT32_MIN || v > INT32_MAX)
         return mt_seterr(MT_ERR_FORMAT, "%s: key %s = %lld out of range", path, key, (long long)v);
@@ -411,6 +430,52 @@ static int open_gguf(mt_ckpt *ck, const char *path) {
     return rc;
 }
 
+/* The first bytes of a model file, opened without blocking: anything but a
+ * regular file (a FIFO, a device) is refused by name. */
+static int read_head(const char *path, unsigned char *buf, size_t cap, size_t *got, uint64_t *size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return mt_seterr(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int rc = mt_seterr(MT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        int rc = mt_seterr(MT_ERR_IO, "%s: not a regular file (%s)", path, mt_file_kind(st.st_mode));
+        close(fd);
+        return rc;
+    }
+    ssize_t n = pread(fd, buf, cap, 0);
+    close(fd);
+    if (n < 0) return mt_seterr(MT_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    *got = (size_t)n;
+    *size = (uint64_t)st.st_size;
+    return MT_OK;
+}
+
+/* safetensors begin with a little-endian u64 header length that fits in the
+ * file, then the JSON header's '{'. */
+static int looks_like_safetensors(const unsigned char *h, size_t got, uint64_t size) {
+    if (got < 9 || size < 9) return 0;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = n << 8 | h[i];
+    return n <= size - 8 && h[8] == '{';
+}
+
+/* Bytes for a message: "\"In the b\"" with anything unprintable as \xNN. */
+static const char *show_bytes(const unsigned char *b, size_t n, char *out, size_t cap) {
+    size_t k = 0;
+    out[k++] = '"';
+    for (size_t i = 0; i < n && k + 6 < cap; i++) {
+        if (b[i] >= 0x20 && b[i] < 0x7f && b[i] != '"' && b[i] != '\\') out[k++] = (char)b[i];
+        else k += (size_t)snprintf(out + k, cap - k, "\\x%02x", b[i]);
+    }
+    out[k++] = '"';
+    out[k] = 0;
+    return out;
+}
+
 int mt_ckpt_open(mt_ckpt **out, const char *path) {
     *out = NULL;
     if (!path || !*path) return mt_seterr(MT_ERR_ARG, "no checkpoint path given");
@@ -426,15 +491,26 @@ int mt_ckpt_open(mt_ckpt **out, const char *path) {
     } else if (!mt_path_exists(path)) {
         rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: no such file or directory", path);
     } else {
-        char magic[4] = {0};
-        FILE *f = fopen(path, "rb");
-        size_t got = f ? fread(magic, 1, 4, f) : 0;
-        if (f) fclose(f);
-        if (!f) {
-            rc = mt_seterr(MT_ERR_IO, "%s: cannot open", path);
-        } else if (got == 4 && memcmp(magic, "GGUF", 4) == 0) {
+        unsigned char head[16] = {0};
+        size_t got = 0;
+        uint64_t fsize = 0;
+        rc = read_head(path, head, sizeof head, &got, &fsize);
+        size_t L = strlen(path);
+        const int named_gguf = L > 5 && strcmp(path + L - 5, ".gguf") == 0;
+        if (rc) {
+            /* read_head said why */
+        } else if (got >= 4 && memcmp(head, "GGUF", 4) == 0) {
             ck->fmt = MT_FMT_GGUF;
             rc = open_gguf(ck, path);
+        } else if (named_gguf) {
+            char shown[40];
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: not a GGUF file: it begins with %s, a GGUF file with \"GGUF\"", path,
+                           show_bytes(head, got < 4 ? got : 4, shown, sizeof shown));
+        } else if (!looks_like_safetensors(head, got, fsize)) {
+            char shown[40];
+            rc = mt_seterr(MT_ERR_FORMAT,
+                           "%s: not a model (neither a GGUF file nor safetensors; it begins with %s)", path,
+                           show_bytes(head, got < 8 ? got : 8, shown, sizeof shown));
         } else {
             ck->fmt = MT_FMT_SAFETENSORS;
             char *dir = mt_path_dir(path);

@@ -680,6 +680,29 @@ static int hf_generation_config(conv *cv, const char *dst) {
 }
 
 /* ---- entry points -------------------------------------------------------- */
+/* An output without the tokenizer is no use for text: refuse where the
+ * tokenizer cannot be read or written, naming why. */
+static int check_tokenizer(conv *cv, int to_gguf) {
+    mt_tokenizer *tok = NULL;
+    if (mt_tok_load_for_ckpt(&tok, cv->ck) != MT_OK) {
+        char *why = strdup(mt_last_error());
+        int rc = mt_seterr(MT_ERR_NOT_FOUND, "%s; the output would have no tokenizer (--no-tokenizer to write it anyway)",
+                           why ? why : cv->in_path);
+        free(why);
+        return rc;
+    }
+    int rc = MT_OK;
+    size_t nv = mt_tok_vocab_size(tok), V = (size_t)cv->cfg->vocab;
+    if (to_gguf && (nv > V || nv == 0))
+        rc = mt_seterr(MT_ERR_FORMAT, "%s: tokenizer has %zu tokens for a model vocabulary of %zu; the output would have no "
+                       "tokenizer (--no-tokenizer to write it anyway)", cv->in_path, nv, V);
+    else if (!to_gguf && mt_ckpt_format(cv->ck) == MT_FMT_GGUF && mt_tok_kind_of(tok) != MT_TOK_SPM)
+        rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: GPT-2 style vocabularies are not written back to tokenizer.json; the output "
+                       "would have no tokenizer (--no-tokenizer to write it anyway)", cv->in_path);
+    mt_tok_free(tok);
+    return rc;
+}
+
 void mt_convert_opts_default(mt_convert_opts *o) {
     memset(o, 0, sizeof *o);
     o->to = MT_FMT_GGUF;
@@ -736,6 +759,8 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
                        in_path);
         goto done;
     }
+
+    if (cv.o->require_tokenizer && (rc = check_tokenizer(&cv, to_gguf))) goto done;
 
     if (to_gguf && !from_gguf) rc = plan_hf_to_gguf(&cv);
     else if (!to_gguf && from_gguf) rc = plan_gguf_to_hf(&cv);

@@ -12,9 +12,20 @@
 #include <stdint.h>
 #include <unistd.h>
 
+const char *mt_file_kind(unsigned mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    return S_ISREG(mode) ? "a regular file" : "not a file";
+}
+
 int mt_map_file(mt_mapped *m, const char *path) {
     memset(m, 0, sizeof *m);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO (or device) given as an input must be refused, not
+     * waited on; symlinks are followed (the Hugging Face cache is made of them). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return mt_seterr(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -24,7 +35,7 @@ int mt_map_file(mt_mapped *m, const char *path) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return mt_seterr(MT_ERR_IO, "%s: not a regular file", path);
+        return mt_seterr(MT_ERR_IO, "%s: not a regular file (%s)", path, mt_file_kind(st.st_mode));
     }
     m->size = (size_t)st.st_size;
     if (m->size > 0) {

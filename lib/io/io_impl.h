@@ -16,6 +16,8 @@ typedef struct {
 } mt_mapped;
 
 int mt_map_file(mt_mapped *m, const char *path);
+/* "a FIFO", "a directory", ... for a stat st_mode (error messages). */
+const char *mt_file_kind(unsigned mode);
 /* Drops the whole pages inside [p, p + n) of a read-only file mapping from
  * this process's resident set (they are re-read from the file if touched
  * again). Streaming writers call it on input they are done with, so peak

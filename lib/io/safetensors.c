@@ -35,9 +35,16 @@ struct mt_safetensors {
     char *names;            /* all tensor names, NUL-separated               */
 };
 
+/* A zero dimension makes the count 0 whatever the others are (a shape such as
+ * [2^62, 4, 0] must not overflow on the way); a count past INT64_MAX is -1. */
 int64_t mt_tensor_numel(const mt_tensor *t) {
+    const int nd = t->n_dims < MT_MAX_DIMS ? t->n_dims : MT_MAX_DIMS;
+    for (int i = 0; i < nd; i++)
+        if (t->shape[i] == 0) return 0;
     int64_t n = 1;
-    for (int i = 0; i < t->n_dims && i < MT_MAX_DIMS; i++) n *= t->shape[i];
+    for (int i = 0; i < nd; i++) {
+        if (t->shape[i] < 0 || __builtin_mul_overflow(n, t->shape[i], &n)) return -1;
+    }
     return n;
 }
 

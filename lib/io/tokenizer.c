@@ -858,7 +858,7 @@ int mt_tok_piece_text(const mt_tokenizer *t, int id, char *buf, size_t cap, size
     int rc = piece_text(t, id, &d);
     if (rc == MT_OK) { /* copies what fits; *len is the full length */
         size_t at = *len;
-        if (at < cap) memcpy(buf + at, d.p, d.n < cap - at ? d.n : cap - at);
+        if (at < cap && d.n) memcpy(buf + at, d.p, d.n < cap - at ? d.n : cap - at);
         *len = at + d.n;
     }
     free(d.p);
@@ -1110,7 +1110,23 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         return mt_tok_from_gguf(out, g, mt_ckpt_path(ck));
     }
     const mt_tokenizer_files *f = mt_ckpt_tokenizer_files(ck);
-    if (f && f->spm_model_path) return mt_tok_load_spm(out, f->spm_model_path);
+    if (f && f->spm_model_path) {
+        int rc = mt_tok_load_spm(out, f->spm_model_path);
+        if (rc == MT_OK || !f->hf_json_path) return rc;
+        /* A broken tokenizer.model with a tokenizer.json beside it: use that,
+         * and say so. When both are broken, both messages are kept. */
+        char *why = strdup(mt_last_error());
+        int rc2 = mt_tok_load_hf_json(out, f->hf_json_path);
+        if (rc2 == MT_OK)
+            mt_log(MT_LOG_WARN, "%s; using %s instead", why ? why : "tokenizer.model unreadable", f->hf_json_path);
+        else {
+            char *why2 = strdup(mt_last_error());
+            rc = mt_seterr(rc, "%s; and %s", why ? why : "tokenizer.model unreadable", why2 ? why2 : "");
+            free(why2);
+        }
+        free(why);
+        return rc2 == MT_OK ? MT_OK : rc;
+    }
     if (f && f->hf_json_path) return mt_tok_load_hf_json(out, f->hf_json_path);
     return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer.model or tokenizer.json beside the checkpoint", mt_ckpt_path(ck));
 }

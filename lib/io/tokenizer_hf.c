@@ -489,16 +489,25 @@ int mt_tok_load_hf_json(mt_tokenizer **out, const char *path) {
     char *dir = mt_path_dir(path);
     char *cfg_path = dir ? mt_path_join(dir, "tokenizer_config.json") : NULL;
     if (cfg_path && mt_path_exists(cfg_path)) {
-        json_error_t err;
-        json_t *cfg = json_load_file(cfg_path, 0, &err);
-        if (json_is_object(cfg)) {
-            config_special(*out, cfg, "bos_token", &(*out)->bos);
-            config_special(*out, cfg, "eos_token", &(*out)->eos);
+        /* Mapped, not json_load_file: a FIFO here is refused, not waited on. */
+        if ((rc = mt_map_file(&m, cfg_path)) == MT_OK) {
+            json_error_t err;
+            json_t *cfg = json_loadb(m.data ? (const char *)m.data : "", m.size, 0, &err);
+            mt_unmap_file(&m);
+            if (json_is_object(cfg)) {
+                config_special(*out, cfg, "bos_token", &(*out)->bos);
+                config_special(*out, cfg, "eos_token", &(*out)->eos);
+            }
+            json_decref(cfg);
         }
-        json_decref(cfg);
     }
     free(dir);
     free(cfg_path);
+    if (rc) {
+        mt_tok_free(*out);
+        *out = NULL;
+        return rc;
+    }
     mt_clearerr();
     return MT_OK;
 }

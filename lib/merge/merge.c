@@ -126,61 +126,30 @@ static int calib_hook(void *user, const mt_capture_event *ev) {
     return 0;
 }
 
-static int read_text(const char *path, char **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mt_seterr(MT_ERR_IO, "%s: cannot open calibration text", path);
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        if (n + 4096 + 1 > cap) {
-            char *nb = realloc(b, cap *= 2);
-            if (!nb) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-        }
-        size_t r = fread(b + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!b) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory reading", path);
-    if (err) {
-        free(b);
-        return mt_seterr(MT_ERR_IO, "%s: read error", path);
-    }
-    b[n] = 0;
-    *out = b;
-    *len = n;
-    return MT_OK;
-}
-
 static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64_t *tokens_run) {
     const mt_tokenizer *tok = mt_model_tokenizer(m);
-    if (!tok) return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer to encode the calibration text", mt_ckpt_path(mt_model_ckpt(m)));
-    char *text = NULL;
-    size_t len = 0, n_ids = 0;
-    int32_t *ids = NULL;
+    if (!tok)
+        return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer to encode the calibration text with: %s",
+                         mt_ckpt_path(mt_model_ckpt(m)), mt_model_tokenizer_error(m));
+    const int max_pos = mt_model_config(m)->max_pos;
+    if (max_pos > 0 && o->window > max_pos && !o->allow_long_context)
+        return mt_seterr(MT_ERR_ARG, "calibration windows of %d tokens are longer than the model's context of %d "
+                         "(max_position_embeddings); --allow-long-context to calibrate anyway", o->window, max_pos);
+    size_t n_ids = 0;
+    int32_t *ids = NULL, *text_ids = NULL;
     mt_ctx *ctx = NULL;
-    int st = read_text(o->calib_path, &text, &len);
+    /* Only the tokens needed are read (streamed), BOS first when there is one. */
+    int st = mt_tok_encode_file(tok, o->calib_path, (size_t)o->calib_tokens, &text_ids, &n_ids, NULL);
     if (st) return st;
-    size_t cap = len + 2;
-    ids = malloc(cap * sizeof *ids);
+    int bos = mt_tok_bos(tok);
+    size_t off = bos >= 0 ? 1 : 0;
+    ids = malloc((n_ids + 1) * sizeof *ids);
     if (!ids) {
         st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory encoding", o->calib_path);
         goto done;
     }
-    int bos = mt_tok_bos(tok);
-    size_t off = bos >= 0 ? 1 : 0;
     if (bos >= 0) ids[0] = bos;
-    if ((st = mt_tok_encode(tok, text, len, ids + off, cap - off, &n_ids))) goto done;
-    if (n_ids > cap - off) {
-        st = mt_seterr(MT_ERR_INTERNAL, "%s: tokenizer produced more ids than bytes", o->calib_path);
-        goto done;
-    }
+    if (n_ids) memcpy(ids + off, text_ids, n_ids * sizeof *ids);
     n_ids += off;
     if (n_ids < (size_t)o->calib_tokens) {
         st = mt_seterr(MT_ERR_ARG, "%s: calibration text has %zu tokens, --calib-tokens asks for %d", o->calib_path,
@@ -203,7 +172,7 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64
     *tokens_run = (uint64_t)n_win * W;
 done:
     mt_ctx_free(ctx);
-    free(text);
+    free(text_ids);
     free(ids);
     return st;
 }

@@ -26,61 +26,23 @@ int mt_calib_tokens(const mt_model *m, const char *path, int need, int32_t **ids
     *ids = NULL;
     *n = 0;
     const mt_tokenizer *tok = mt_model_tokenizer(m);
-    if (!tok) return mt_seterr(MT_ERR_ARG, "%s: the model has no tokenizer to read calibration text with", path);
-    FILE *f = fopen(path, "rb");
-    if (!f) return mt_seterr(MT_ERR_IO, "%s: cannot open calibration text", path);
-    char *text = NULL;
-    size_t len = 0, cap = 0;
-    int rc = MT_OK;
-    for (;;) {
-        if (len + 65536 + 1 > cap) {
-            cap = (len + 65536 + 1) * 2;
-            char *t = realloc(text, cap);
-            if (!t) {
-                rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
-                goto done;
-            }
-            text = t;
-        }
-        size_t got = fread(text + len, 1, 65536, f);
-        len += got;
-        if (got < 65536) break;
-    }
-    if (ferror(f)) {
-        rc = mt_seterr(MT_ERR_IO, "%s: read error", path);
-        goto done;
-    }
-    size_t cnt = 0, want = len / 2 + 16;
-    int32_t *buf = malloc(want * sizeof *buf);
-    if (!buf) {
-        rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
-        goto done;
-    }
-    rc = mt_tok_encode(tok, text, len, buf, want, &cnt);
-    if (!rc && cnt > want) {
-        int32_t *b2 = realloc(buf, cnt * sizeof *buf);
-        if (!b2) rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
-        else {
-            buf = b2;
-            rc = mt_tok_encode(tok, text, len, buf, cnt, &cnt);
-        }
-    }
-    if (rc) {
-        free(buf);
-        goto done;
-    }
+    if (!tok)
+        return mt_seterr(MT_ERR_ARG, "%s: no tokenizer to read the calibration text with: %s", path,
+                         mt_model_tokenizer_error(m));
+    /* Only the tokens needed are read (streamed): a huge text costs nothing more. */
+    size_t cnt = 0;
+    int32_t *buf = NULL;
+    int rc = mt_tok_encode_file(tok, path, need > 0 ? (size_t)need : 1, &buf, &cnt, NULL);
+    if (rc) return rc;
     if (cnt < (size_t)need) {
         free(buf);
-        rc = mt_seterr(MT_ERR_ARG, "%s: calibration text has %zu tokens, %d needed (lower --calib-tokens or give a longer text)",
-                       path, cnt, need);
-        goto done;
+        return mt_seterr(MT_ERR_ARG,
+                         "%s: calibration text has %zu tokens, %d needed (lower --calib-tokens or give a longer text)",
+                         path, cnt, need);
     }
     *ids = buf;
     *n = cnt;
-done:
-    free(text);
-    fclose(f);
-    return rc;
+    return MT_OK;
 }
 
 /* ---- rows ------------------------------------------------------------------ */

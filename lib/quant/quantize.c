@@ -553,6 +553,12 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             default_calib(mt_ckpt_path(mt_model_ckpt(m)), def, sizeof def);
             cp = def;
         }
+        const int max_pos = mt_model_config(m)->max_pos;
+        if (max_pos > 0 && o->calib_window > max_pos && !o->allow_long_context) {
+            rc = mt_seterr(MT_ERR_ARG, "calibration windows of %d tokens are longer than the model's context of %d "
+                           "(max_position_embeddings); --allow-long-context to calibrate anyway", o->calib_window, max_pos);
+            goto fail;
+        }
         if ((rc = mt_calib_tokens(m, cp, o->calib_tokens, &ids, &n_ids))) goto fail;
         n_ids = (size_t)o->calib_tokens / (size_t)o->calib_window * (size_t)o->calib_window;
         rep->n_calib_tokens = (int)n_ids;

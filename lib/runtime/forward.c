@@ -35,8 +35,10 @@
  * them. Every buffer is allocated once in mt_ctx_init. */
 #include "runtime_impl.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- context ------------------------------------------------------------ */
 
@@ -51,7 +53,8 @@ static size_t fbytes3(size_t a, size_t b, size_t c) {
     return abc * sizeof(float);
 }
 
-int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) {
+/* With `dry`, only checks that the scratch fits in memory (mt_ctx_check). */
+static int ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch, int dry) {
     *out = NULL;
     const mt_config *cf = &m->w.cfg;
     mt_backend *be = m->be;
@@ -103,17 +106,31 @@ int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) {
     sz[ns++] = fbytes3(B, (size_t)cf->ffn, 1);
     sz[ns++] = fbytes3(B, H, 1);
     sz[ns++] = fbytes3(B, K, 1);
+    /* The scratch is estimated before any of it is allocated: attention
+     * scores grow with threads x batch x context, and a context far past
+     * what the machine holds is refused with the numbers, not attempted. */
+    double total = 0;
+    for (int i = 0; i < ns; i++) total += (double)sz[i];
+    const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
     for (int i = 0; i < ns; i++) {
-        if (sz[i] == 0) {
+        if (sz[i] == 0 || (ram > 0 && total > ram)) {
             mt_ctx_free(c);
-            return mt_seterr(MT_ERR_ARG, "context: n_ctx %d x n_batch %d is too large for this model", n_ctx, n_batch);
+            return mt_seterr(MT_ERR_NOMEM,
+                             "context of %d tokens (batches of %d, %d threads) needs %.1f GiB of scratch, more than "
+                             "the %.1f GiB of memory here; use a shorter context or fewer threads",
+                             n_ctx, n_batch, be->n_threads, sz[i] == 0 ? INFINITY : total / 1073741824.0, ram / 1073741824.0);
         }
+        if (dry) continue;
         *fdst[i] = be->ops->buf_alloc(be, sz[i]);
         if (!*fdst[i]) {
             mt_ctx_free(c);
             return mt_seterr(MT_ERR_NOMEM, "context: out of memory (%zu bytes for n_ctx %d, n_batch %d)", sz[i],
                              n_ctx, n_batch);
         }
+    }
+    if (dry) {
+        mt_ctx_free(c);
+        return MT_OK;
     }
     size_t lr = fbytes3(L, B, K), rc = fbytes3(L, E, 2), er = fbytes3(B, 1, 1), tk = fbytes3(B, K, 1);
     size_t cw = H > (size_t)c->q_dim ? H : (size_t)c->q_dim, cap = fbytes3(B, cw > Rmax ? cw : Rmax, 1);
@@ -153,6 +170,13 @@ int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) {
     if (rs_h != c->rope_sin) free(rs_h);
     *out = c;
     return MT_OK;
+}
+
+int mt_ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch) { return ctx_init(out, m, n_ctx, n_batch, 0); }
+
+int mt_ctx_check(mt_model *m, int n_ctx, int n_batch) {
+    mt_ctx *c;
+    return ctx_init(&c, m, n_ctx, n_batch, 1);
 }
 
 void mt_ctx_free(mt_ctx *c) {

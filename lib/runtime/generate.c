@@ -117,7 +117,7 @@ int mt_generate(mt_model *m, const int32_t *prompt, int n_prompt, const mt_sampl
         return mt_seterr(MT_ERR_ARG, "generate: temp %g must be >= 0 and top_p %g in (0, 1]", (double)o->temp,
                          (double)o->top_p);
     if (o->n_predict > 0 && !out_ids) return mt_seterr(MT_ERR_ARG, "generate: no output buffer");
-    int max_pos = cf->max_pos > 0 ? cf->max_pos : INT32_MAX / 2;
+    int max_pos = cf->max_pos > 0 && !o->allow_long_context ? cf->max_pos : INT32_MAX / 2;
     if (n_prompt > max_pos)
         return mt_seterr(MT_ERR_ARG, "generate: the prompt has %d tokens, more than the model's context of %d",
                          n_prompt, max_pos);

@@ -177,7 +177,7 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
         mt_model_opts_default(&def);
         opts = &def;
     }
-    if (opts->n_threads < 0 || opts->n_threads > 1024)
+    if (opts->n_threads < 0 || opts->n_threads > MT_MAX_THREADS)
         return mt_seterr(MT_ERR_ARG, "model: thread count %d out of range", opts->n_threads);
     mt_model *m = calloc(1, sizeof *m);
     if (!m) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
@@ -190,6 +190,7 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
     /* A checkpoint without a tokenizer is still usable on token ids. */
     if (mt_tok_load_for_ckpt(&m->tok, m->ck) < 0) {
         m->tok = NULL;
+        m->tok_err = strdup(mt_last_error());
         mt_clearerr();
     }
 
@@ -233,6 +234,7 @@ void mt_model_free(mt_model *m) {
         mt_backend_free(m->be);
     }
     if (m->tok) mt_tok_free(m->tok);
+    free(m->tok_err);
     if (m->weights_ok) mt_weights_free(&m->w);
     for (size_t i = 0; i < m->n_qmats; i++) mt_qmoe_mat_free(&m->qmats[i]);
     free(m->qmats);
@@ -245,6 +247,7 @@ const mt_config *mt_model_config(const mt_model *m) { return &m->w.cfg; }
 const mt_weights *mt_model_weights(const mt_model *m) { return &m->w; }
 const mt_ckpt *mt_model_ckpt(const mt_model *m) { return m->ck; }
 const mt_tokenizer *mt_model_tokenizer(const mt_model *m) { return m->tok; }
+const char *mt_model_tokenizer_error(const mt_model *m) { return m && m->tok_err ? m->tok_err : ""; }
 int mt_model_threads(const mt_model *m) { return m->be->n_threads; }
 
 static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {

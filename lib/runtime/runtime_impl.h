@@ -15,6 +15,7 @@ struct mt_model {
     int weights_ok;          /* w must be freed                             */
     mt_tokenizer *tok;       /* NULL when the checkpoint has none           */
     mt_backend *be;          /* every op of the forward runs here           */
+    char *tok_err;           /* why tok is NULL (loader message), or NULL   */
     int max_experts;         /* max over layers of the expert count         */
     int routing_stride;      /* experts per layer in routing counts: max of
                                 cfg.n_experts and every layer's count       */

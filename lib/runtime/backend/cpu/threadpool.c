@@ -40,11 +40,12 @@
 #endif
 
 #include "kernels_impl.h"
+#include "moetool/mt_runtime.h"
 
 /* How long a worker keeps spinning for the next task after finishing one,
  * and how long the caller spins for workers before sleeping. */
 #define MT_POOL_SPIN_NS 100000  /* 100 µs */
-#define MT_POOL_MAX_THREADS 512
+#define MT_POOL_MAX_THREADS MT_MAX_THREADS
 
 struct mt_pool {
     int n_threads;                 /* including the caller                  */
