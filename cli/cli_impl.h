@@ -15,7 +15,8 @@ enum {
     MT_EXIT_USAGE = 2,  /* bad command line                                 */
 };
 
-/* Prints "moetool <verb>: <library message>" and returns MT_EXIT_FAIL. */
+/* Prints "moetool <verb>: <library message>" and returns MT_EXIT_FAIL, or
+ * MT_EXIT_USAGE for an output the output policy refused (MT_ERR_REFUSED). */
 int cli_fail(const char *verb, int status);
 /* Prints "moetool <verb>: <message>" + hint and returns MT_EXIT_USAGE. */
 int cli_usage_error(const char *verb, const char *fmt, ...)
@@ -37,9 +38,6 @@ int cli_parse_float(const char *verb, const char *opt, const char *s, double *ou
 
 /* Reads a whole text file (NUL-terminated). */
 int cli_read_text(const char *path, char **out, size_t *len);
-/* 1 when `out` names `in` itself, or a directory or file containing it (writing
- * there would replace the input). */
-int cli_out_replaces_in(const char *in, const char *out);
 
 /* Minimal JSON writer to a FILE: strings are escaped. */
 void json_str(FILE *f, const char *s);

@@ -8,13 +8,17 @@
 
 static const char *g_help =
     "usage: moetool convert [IN] -o OUT [--to hf|gguf] [--dtype TYPE] [--shard-size MB]\n"
+    "                       [--force]\n"
     "\n"
     "Converts a checkpoint between Hugging Face safetensors (directory, single\n"
     "or sharded) and GGUF v3 as llama.cpp reads it (arch 'llama', merged 3-D\n"
     "expert tensors, router kept F32, Q/K rows permuted). Streams tensor by\n"
     "tensor; OUT appears only when complete (written under a temporary name).\n"
     "\n"
-    "  -o, --output OUT   output directory (hf) or file (gguf)\n"
+    "  -o, --output OUT   output directory (hf) or file (gguf); an existing OUT is\n"
+    "                     replaced only when moetool wrote it (docs/outputs.md)\n"
+    "  --force            replace an existing OUT that moetool did not write (a\n"
+    "                     symbolic link: the link itself); never an input\n"
     "  --to hf|gguf       output format (default: gguf if OUT ends in .gguf, else hf)\n"
     "  --dtype TYPE       f32, f16, bf16, q8_0 or q4_0 for the weight matrices\n"
     "                     (default: keep each tensor's type; q8_0 and q4_0 are\n"
@@ -27,6 +31,7 @@ int cmd_convert(int argc, char **argv) {
                                          {"to", required_argument, 0, 'T'},
                                          {"dtype", required_argument, 0, 'd'},
                                          {"shard-size", required_argument, 0, 's'},
+                                         {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_convert_opts o;
@@ -41,14 +46,14 @@ int cmd_convert(int argc, char **argv) {
         case 'T': to = optarg; break;
         case 'd':
             o.dtype = mt_dtype_from_name(optarg);
-            if (o.dtype != MT_DT_F32 && o.dtype != MT_DT_F16 && o.dtype != MT_DT_BF16 && o.dtype != MT_DT_Q8_0 &&
-                o.dtype != MT_DT_Q4_0)
+            if (o.dtype < 0 || !mt_dtype_get((mt_dtype)o.dtype)->from_f32) /* what we can write from f32 */
                 return cli_usage_error("convert", "--dtype must be f32, f16, bf16, q8_0 or q4_0, got '%s'", optarg);
             break;
         case 's':
             if (cli_parse_int("convert", "--shard-size", optarg, 1, 1 << 20, &v)) return MT_EXIT_USAGE;
             o.shard_bytes = (uint64_t)v << 20;
             break;
+        case 'f': o.force = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_usage_error("convert", "unknown option");
         }
@@ -56,7 +61,6 @@ int cmd_convert(int argc, char **argv) {
     if (argc - optind > 1) return cli_usage_error("convert", "expects one input, got %d", argc - optind);
     const char *in = optind < argc ? argv[optind] : cli_default_model();
     if (!out) return cli_usage_error("convert", "missing -o OUT");
-    if (cli_out_replaces_in(in, out)) return cli_usage_error("convert", "-o %s would replace the input %s", out, in);
     size_t L = strlen(out);
     int out_gguf = L > 5 && !strcmp(out + L - 5, ".gguf");
     if (to) {
@@ -68,7 +72,7 @@ int cmd_convert(int argc, char **argv) {
             return cli_usage_error("convert", "--to must be hf or gguf, got '%s'", to);
     }
     o.to = out_gguf ? MT_FMT_GGUF : MT_FMT_HF;
-    if (!out_gguf && (o.dtype == MT_DT_Q8_0 || o.dtype == MT_DT_Q4_0))
+    if (!out_gguf && o.dtype >= 0 && !mt_dtype_is_plain_float((mt_dtype)o.dtype))
         return cli_usage_error("convert", "--dtype %s needs --to gguf (Hugging Face safetensors have no such type)",
                                mt_dtype_get((mt_dtype)o.dtype)->name);
     o.progress = cli_progress;

@@ -20,7 +20,11 @@ static const char *g_help =
     "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
     "Statistics come from running the model on calibration text.\n"
     "\n"
-    "  -o, --output OUT     output directory (appears only when complete)\n"
+    "  -o, --output OUT     output directory (appears only when complete); an\n"
+    "                       existing OUT is replaced only when moetool wrote it\n"
+    "                       (docs/outputs.md)\n"
+    "  --force              replace an existing OUT that moetool did not write (a\n"
+    "                       symbolic link: the link itself); never an input\n"
     "  --experts K          experts per layer in the output (top_k <= K < experts)\n"
     "  --layers SPEC        per-layer K, e.g. 0-1:6,2-3:4 (overrides --experts for\n"
     "                       those layers; written as config key moe_layer_experts)\n"
@@ -57,6 +61,7 @@ int cmd_merge(int argc, char **argv) {
                                          {"sample", required_argument, 0, 's'},
                                          {"threads", required_argument, 0, 't'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_merge_opts o;
@@ -104,6 +109,7 @@ int cmd_merge(int argc, char **argv) {
             o.n_threads = (int)v;
             break;
         case 'j': json = 1; break;
+        case 'f': o.force = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_usage_error("merge", "unknown option");
         }

@@ -45,7 +45,10 @@ static const char *g_help =
     "ctx 256) against the original; no file is written.\n"
     "\n"
     "  -o, --output OUT    file (gguf) or directory (hf) to write; appears only\n"
-    "                      when complete\n"
+    "                      when complete; an existing OUT is replaced only when\n"
+    "                      moetool wrote it (docs/outputs.md)\n"
+    "  --force             replace an existing OUT that moetool did not write (a\n"
+    "                      symbolic link: the link itself); never an input\n"
     "  --format gguf|hf    output format (default gguf; hf needs an HF source)\n"
     "  --method M          gptq (default) or rtn\n"
     "  --bits B            8, 4 (default), 3, 2 or ternary\n"
@@ -201,6 +204,7 @@ int cmd_quantize(int argc, char **argv) {
                                          {"text", required_argument, 0, 't'},
                                          {"threads", required_argument, 0, 'T'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_quant_opts o;
@@ -276,6 +280,7 @@ int cmd_quantize(int argc, char **argv) {
             threads = (int)v;
             break;
         case 'j': json = 1; break;
+        case 'f': o.force = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_usage_error("quantize", "unknown option");
         }
@@ -285,8 +290,6 @@ int cmd_quantize(int argc, char **argv) {
     if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = optind < argc ? argv[optind] : cli_default_model();
-    if (out && cli_out_replaces_in(model_path, out))
-        return cli_usage_error("quantize", "-o %s would replace the input %s", out, model_path);
     if (!json) o.progress = cli_progress;
 
     mt_quant_report rep;

@@ -47,7 +47,7 @@ int cli_fail(const char *verb, int status) {
     cli_progress_done();
     const char *msg = mt_last_error();
     fprintf(stderr, "moetool %s: %s\n", verb, *msg ? msg : mt_status_name(status));
-    return MT_EXIT_FAIL;
+    return status == MT_ERR_REFUSED ? MT_EXIT_USAGE : MT_EXIT_FAIL;
 }
 
 int cli_usage_error(const char *verb, const char *fmt, ...) {
@@ -60,7 +60,7 @@ int cli_usage_error(const char *verb, const char *fmt, ...) {
     return MT_EXIT_USAGE;
 }
 
-static int g_progress_shown;
+static volatile sig_atomic_t g_progress_shown;
 
 void cli_progress(void *user, const char *what, uint64_t done, uint64_t total) {
     (void)user;
@@ -102,13 +102,6 @@ int cli_parse_float(const char *verb, const char *opt, const char *s, double *ou
     }
     *out = v;
     return 0;
-}
-
-int cli_out_replaces_in(const char *in, const char *out) {
-    char a[PATH_MAX], b[PATH_MAX];
-    if (!realpath(in, a) || !realpath(out, b)) return 0; /* out does not exist yet */
-    const size_t n = strlen(b);
-    return !strncmp(a, b, n) && (a[n] == 0 || a[n] == '/');
 }
 
 int cli_read_text(const char *path, char **out, size_t *len) {
@@ -208,18 +201,51 @@ static void log_to_stderr(void *user, mt_log_level level, const char *msg) {
     fprintf(stderr, "moetool: %s%s\n", level == MT_LOG_WARN ? "warning: " : "", msg);
 }
 
-/* Interrupted work leaves no partial output: remove temporaries and exit. */
+/* Interrupted work leaves no partial output: remove the registered
+ * temporaries, say so in one line and exit 1. Async-signal-safe: the
+ * library's cleanup calls only unlink/rmdir on precomputed paths; the rest is
+ * write and _exit. */
+static void say(const char *s) {
+    size_t n = strlen(s);
+    while (n) {
+        ssize_t k = write(STDERR_FILENO, s, n);
+        if (k <= 0) return;
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
 static void on_signal(int sig) {
-    mt_cleanup_outputs();
-    signal(sig, SIG_DFL);
-    raise(sig);
+    const int removed = mt_cleanup_outputs();
+    if (g_progress_shown) say("\r\033[K");
+    switch (sig) {
+    case SIGXFSZ: say("moetool: stopped: a file reached the file size limit (ulimit -f)"); break;
+    case SIGINT: say("moetool: interrupted (SIGINT)"); break;
+    case SIGTERM: say("moetool: terminated (SIGTERM)"); break;
+    default: say("moetool: hung up (SIGHUP)"); break;
+    }
+    say(removed ? "; the unfinished output was removed\n" : "\n");
+    _exit(MT_EXIT_FAIL);
+}
+
+static void catch_signals(void) {
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGXFSZ};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaddset(&sa.sa_mask, sigs[i]);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+        struct sigaction old;
+        /* a signal ignored by whoever started us (nohup) stays ignored */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+        sigaction(sigs[i], &sa, NULL);
+    }
 }
 
 int main(int argc, char **argv) {
     mt_set_log(log_to_stderr, NULL);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    signal(SIGHUP, on_signal);
+    catch_signals();
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         printf(g_usage, cli_default_model());
         return argc < 2 ? MT_EXIT_USAGE : MT_EXIT_OK;

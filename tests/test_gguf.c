@@ -391,7 +391,7 @@ static void test_writer_roundtrip(void **state) {
     memcpy(&nkv, file + 16, 8);
     assert_int_equal(ver, 3);
     assert_int_equal(nt, 4);
-    assert_int_equal(nkv, 8);
+    assert_int_equal(nkv, 9); /* the 8 declared + moetool.writer */
     assert_int_equal(flen % 32, 0);
 
     mt_gguf *g;
@@ -412,6 +412,10 @@ static void test_writer_roundtrip(void **state) {
     assert_int_equal(mt_gguf_get_i64(g, "nope", &iv), MT_ERR_NOT_FOUND);
     assert_int_equal(mt_gguf_get_i64(g, "general.architecture", &iv), MT_ERR_FORMAT);
     assert_int_equal(mt_gguf_key_type(g, mt_gguf_find_key(g, "k.bool")), MT_GGUF_BOOL);
+    const char *ws;
+    uint64_t wl;
+    assert_int_equal(mt_gguf_get_str(g, "moetool.writer", &ws, &wl), MT_OK); /* how outputs are recognised */
+    assert_true(wl == 7 && !memcmp(ws, "moetool", 7));
     mt_gguf_type et;
     uint64_t n;
     const void *ad;

@@ -67,3 +67,14 @@ int32_t *tu_test_ids(const mt_tokenizer *tok, size_t *n) {
     free(text);
     return ids;
 }
+
+uint32_t tu_rand_u32(uint64_t *state) {
+    uint64_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    return (uint32_t)(x >> 32);
+}
+
+float tu_rand_unit(uint64_t *state) { return (float)tu_rand_u32(state) / 4294967296.0f * 2.0f - 1.0f; }

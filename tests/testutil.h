@@ -21,4 +21,9 @@ void tu_rmtree(const char *path);
  * (malloc'd, *n of them); NULL on failure. */
 struct mt_tokenizer;
 int32_t *tu_test_ids(const struct mt_tokenizer *tok, size_t *n);
+/* Deterministic test data (xorshift64 over *state, any nonzero seed):
+ * 32 random bits, or a float in [-1, 1). */
+uint32_t tu_rand_u32(uint64_t *state);
+float tu_rand_unit(uint64_t *state);
+
 #endif

@@ -21,6 +21,7 @@ typedef enum {
     MT_ERR_ARG = -5,         /* bad option or argument from the caller */
     MT_ERR_NOT_FOUND = -6,   /* missing tensor, key, file */
     MT_ERR_INTERNAL = -7,    /* broken invariant reported instead of aborting */
+    MT_ERR_REFUSED = -8,     /* output refused by the output policy (docs/outputs.md) */
 } mt_status;
 
 /* Name of a status ("MT_ERR_FORMAT"), never NULL. */
@@ -57,70 +58,14 @@ void mt_log(mt_log_level level, const char *fmt, ...)
  * draws a line on a terminal; NULL callback means silent. */
 typedef void (*mt_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
 
-/* ---- storage types ("dtypes") ----------------------------------------
- * Values are our own; GGUF and safetensors codes are mapped in lib/io.
- * Block types store `block_elems` weights in `block_bytes` bytes, along the
- * innermost (column) dimension; a row is always a whole number of blocks. */
-typedef enum {
-    MT_DT_F32 = 0,
-    MT_DT_F16,
-    MT_DT_BF16,
-    MT_DT_Q8_0,   /* llama.cpp block: f16 d; int8 qs[32]                   */
-    MT_DT_Q4_0,   /* llama.cpp block: f16 d; uint8 qs[16] (low nibble first half) */
-    MT_DT_TQ1_0,  /* llama.cpp ternary, 256 weights in 54 bytes            */
-    MT_DT_TQ2_0,  /* llama.cpp ternary, 256 weights in 66 bytes            */
-    MT_DT_I8,
-    MT_DT_I16,
-    MT_DT_I32,
-    MT_DT_I64,
-    MT_DT_U8,
-    MT_DT_F64,
-    MT_DT_F8_E4M3,
-    MT_DT_F8_E5M2,
-    MT_DT_BOOL,
-    MT_DT_QMOE,   /* ternary rows in the Tunstall code of mt_qmoe.h; variable
-                     size (block_bytes 0): codes in data, side arrays in aux */
-    MT_DT_COUNT
-} mt_dtype;
+/* ---- storage types: the table and its codecs (mt_dtype.h, mt_codec.h) -- */
+#include "moetool/mt_dtype.h"
 
-typedef struct {
-    const char *name;   /* "bf16", "q8_0", ... as users type it */
-    int block_elems;    /* 1 for scalar types */
-    int block_bytes;    /* bytes of one block (element size for scalars) */
-    int is_float;       /* usable as model weight by the runtime */
-} mt_dtype_info;
-
-const mt_dtype_info *mt_dtype_get(mt_dtype t);
-/* Parses a user-typed name ("bf16", "Q8_0", "f32"); returns -1 if unknown. */
-int mt_dtype_from_name(const char *name);
-/* Bytes of `n` elements; sets *out and returns MT_OK, or MT_ERR_FORMAT when
- * n is not a multiple of the block size or the product overflows. */
-int mt_dtype_nbytes(mt_dtype t, uint64_t n, uint64_t *out);
-
-/* ---- scalar conversions (exact, round-to-nearest-even) ---------------- */
-float mt_bf16_to_f32(uint16_t h);
-uint16_t mt_f32_to_bf16(float f);
-float mt_f16_to_f32(uint16_t h);
-uint16_t mt_f32_to_f16(float f);
-
-/* Converts `n` elements of a row of type `t` to f32. For block types n is a
- * multiple of the block size. Plain C reference; fast paths live in the
- * runtime's kernels. */
-int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
-/* llama.cpp's TQ1_0 block (54 bytes, 256 ternary weights: 5 per byte in
- * base 3 for the first 240, 4 per byte for the last 16, then f16 d): the
- * codes q in {-1, 0, +1} of one block, and the block of 256 codes and d. */
-void mt_tq1_0_unpack(const uint8_t *blk, int8_t *q);
-void mt_tq1_0_pack(const int8_t *q, uint16_t d_f16, uint8_t *blk);
-/* Quantizes/converts n f32 values into type t (f32, f16, bf16, q8_0, q4_0),
- * with llama.cpp's reference rounding for the block types. */
-int mt_row_from_f32(mt_dtype t, const float *src, void *dst, int64_t n);
-
-/* Removes the temporary outputs of writers still in progress (convert's
- * output directory, ...). For a program's SIGINT/SIGTERM handler: uses no
- * allocation. Output files need no cleanup: they have no name until they
- * are complete. */
-void mt_cleanup_outputs(void);
+/* Removes every temporary output still registered (files, directories and
+ * the files inside them; docs/outputs.md) and returns how many paths it
+ * removed. Async-signal-safe: for a program's signal handler (it calls only
+ * unlink and rmdir on precomputed paths). */
+int mt_cleanup_outputs(void);
 
 /* Peak resident set size of this process in bytes (from getrusage). */
 uint64_t mt_peak_rss_bytes(void);

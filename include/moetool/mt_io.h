@@ -264,13 +264,16 @@ typedef struct {
                               (f32, f16, bf16, q8_0); norms stay f32 in GGUF
                               and the router stays f32 (llama.cpp convention)   */
     uint64_t shard_bytes;  /* HF output: max bytes per shard (0 = 4 GiB)      */
+    int force;             /* replace an existing output moetool did not write
+                              (docs/outputs.md)                               */
     mt_progress_fn progress;
     void *progress_user;
 } mt_convert_opts;
 
 void mt_convert_opts_default(mt_convert_opts *o);
 /* Streams `in_path` to `out_path`; out_path is written under a temporary
- * name and renamed at the end; on error nothing is left behind. */
+ * name and put in place at the end under the output policy (mt_write.h,
+ * docs/outputs.md); on error nothing is left behind. */
 int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts *opts);
 
 #ifdef __cplusplus

@@ -74,6 +74,8 @@ typedef struct {
                                            steps of softmax regression to the
                                            summed probabilities from the anchor rows */
     int n_threads;                      /* 0 = all CPUs                              */
+    int force;                          /* replace an existing output moetool did not
+                                           write (docs/outputs.md)                   */
     mt_progress_fn progress;
     void *progress_user;
 } mt_merge_opts;

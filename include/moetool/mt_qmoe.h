@@ -23,8 +23,9 @@
  * per row), group = rows per group. Byte layout on disk: docs/qmoe.md.
  *
  * The dictionary build, the decoder and the fused matvec live in the runtime
- * (lib/runtime/kernels_qmoe.c); the encoder, statistics and serialisation
- * in lib/quant/qmoe_code.c. */
+ * (lib/runtime/kernels_qmoe.c), with the serialised form
+ * (lib/runtime/qmoe_blob.c, byte layout at its top); the encoder and
+ * statistics in lib/quant/qmoe_code.c. */
 #ifndef MT_QMOE_H
 #define MT_QMOE_H
 
@@ -39,6 +40,8 @@ extern "C" {
 #define MT_QMOE_DICT_MAGIC "QMDT"  /* dictionary parameters            */
 #define MT_QMOE_VERSION 1
 #define MT_QMOE_HEADER_BYTES 40    /* matrix blob header                */
+#define MT_QMOE_OFF_ROWS 8         /* header: rows R (u64) at this byte */
+#define MT_QMOE_OFF_COLS 16        /* header: cols C (u64) at this byte */
 #define MT_QMOE_DICT_BYTES 40      /* dictionary parameters, whole      */
 #define MT_QMOE_SCALES_F16 1       /* scale type: f16 (lo, hi) per row  */
 #define MT_QMOE_DICT_SIZE 65536 /* codewords (uint16)                        */
@@ -141,7 +144,7 @@ int mt_qmoe_serialize(const mt_qmoe_mat *q, uint8_t **out, size_t *n);
 int mt_qmoe_deserialize(mt_qmoe_mat *q, const mt_qmoe_dict *dict, const uint8_t *buf, size_t n,
                         const char *what);
 /* Serialised dictionary parameters (16 + 3 * 8 bytes) and back. */
-void mt_qmoe_dict_serialize(const mt_qmoe_dict *d, uint8_t out[40]);
+void mt_qmoe_dict_serialize(const mt_qmoe_dict *d, uint8_t out[MT_QMOE_DICT_BYTES]);
 int mt_qmoe_dict_deserialize(mt_qmoe_dict *d, const uint8_t *buf, size_t n, const char *what);
 
 #ifdef __cplusplus

@@ -69,6 +69,8 @@ typedef struct {
     double expert_cap;          /* tokens per expert <= cap·mean, default 4   */
     int min_expert_tokens;      /* fewer: the expert falls back to RTN (16)   */
     int sequential;             /* layer l calibrated on quantized layers < l (1) */
+    int force;                  /* replace an existing output moetool did not
+                                   write (docs/outputs.md)                    */
     mt_progress_fn progress;
     void *progress_user;
 } mt_quant_opts;

@@ -17,7 +17,8 @@ extern "C" {
 /* ---- GGUF v3 --------------------------------------------------------- */
 typedef struct mt_gguf_writer mt_gguf_writer;
 
-/* Output goes to "<path>.tmp-XXXXXX" until mt_gguf_writer_finish. */
+/* Output is unnamed (or a registered "<path>.tmp-<pid>-XXXXXX") until
+ * mt_gguf_writer_finish; the file carries the key moetool.writer. */
 int mt_gguf_writer_open(mt_gguf_writer **out, const char *path);
 /* Metadata (keys must be unique; checked). */
 int mt_gguf_writer_kv_u32(mt_gguf_writer *w, const char *key, uint32_t v);
@@ -57,8 +58,6 @@ int mt_st_writer_add(mt_st_writer *w, const char *name, mt_dtype dtype, int n_di
 int mt_st_writer_write(mt_st_writer *w, const void *data, size_t n);
 int mt_st_writer_finish(mt_st_writer *w);
 void mt_st_writer_free(mt_st_writer *w);
-/* safetensors dtype string ("BF16") of a storage type, NULL if none. */
-const char *mt_st_dtype_name(mt_dtype t);
 
 /* ---- Hugging Face sharded weights -------------------------------------
  * Writes into an existing directory (normally mt_outdir_path of an
@@ -82,11 +81,32 @@ void mt_hf_writer_free(mt_hf_writer *w);
  * field), for copying it into another GGUF unchanged (mt_gguf_writer_kv_raw). */
 int mt_gguf_kv_raw(const mt_gguf *g, int k, mt_gguf_type *type, const void **raw, size_t *len);
 
+/* ---- output policy (docs/outputs.md) ------------------------------------
+ * Every verb that writes calls mt_output_check before any work. It refuses
+ * (MT_ERR_REFUSED, message naming the path) an output that is, is inside, or
+ * contains an input (compared by device and inode: the model path, every
+ * entry of a model directory or the side files of a model file, and each
+ * other input such as calibration text), and an existing output path that
+ * is neither a previous moetool output of the same kind nor approved by
+ * `force` (a symbolic link is never a moetool output; with force only the
+ * link itself is replaced). It also removes the temporaries
+ * "OUT.tmp-<pid>-XXXXXX" that killed processes left beside `out_path`.
+ * The writers' commit checks the same rule again before replacing anything. */
+typedef enum { MT_OUTPUT_GGUF = 0, MT_OUTPUT_HF_DIR = 1 } mt_output_kind;
+int mt_output_check(const char *out_path, mt_output_kind kind, int force, const char *model_path,
+                    const char *const *other_inputs, size_t n_other);
+/* Registers (and forgets) a temporary file a caller creates itself, so that
+ * mt_cleanup_outputs removes it; its name should follow
+ * "<output>.tmp-<pid>-XXXXXX" (6 of [a-z0-9]) so that a later run sweeps it. */
+int mt_output_tmp_add(const char *path);
+void mt_output_tmp_forget(const char *path);
+
 /* ---- output directories -------------------------------------------------
- * A directory written under a temporary name beside `path` and renamed over
- * it by mt_outdir_commit (replacing an existing directory); mt_outdir_free
- * before commit removes it. The CLI's signal handler removes it too
- * (mt_cleanup_outputs). */
+ * A directory written under a registered temporary name beside `path` and
+ * put in place by mt_outdir_commit (with the marker file .moetool-output
+ * listing its files; replacing only what the policy allows); mt_outdir_free
+ * before commit removes it. A signal handler removes it with
+ * mt_cleanup_outputs. */
 typedef struct mt_outdir mt_outdir;
 int mt_outdir_open(mt_outdir **out, const char *path);
 /* The temporary directory to write files into. */

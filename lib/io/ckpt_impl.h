@@ -5,9 +5,6 @@
 
 #include "io_impl.h"
 
-/* safetensors dtype string ("BF16") <-> mt_dtype; -1 / NULL when unknown. */
-int mt_safetensors_dtype_from_name(const char *s);
-const char *mt_safetensors_dtype_name(mt_dtype t);
 /* Size in bytes of the file (or buffer) behind a parsed safetensors. */
 uint64_t mt_safetensors_file_size(const mt_safetensors *st);
 

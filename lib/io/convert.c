@@ -138,8 +138,8 @@ static int is_block(mt_dtype t) { return mt_dtype_get(t) && mt_dtype_get(t)->blo
 /* Type of a weight matrix (2-D or merged 3-D) given the request `want`. */
 static mt_dtype weight_type(const mt_tensor *src, int want, int64_t cols, int to_gguf, int *fallback) {
     mt_dtype t = want >= 0 ? (mt_dtype)want : src->dtype;
-    if (to_gguf && mt_gguf_type_from_dtype(t) < 0) t = MT_DT_F32;
-    if (!to_gguf && !mt_st_dtype_name(t)) t = MT_DT_F32;
+    if (to_gguf && mt_dtype_ggml_type(t) < 0) t = MT_DT_F32;
+    if (!to_gguf && !mt_dtype_st_name(t)) t = MT_DT_F32;
     if (is_block(t) && cols % mt_dtype_get(t)->block_elems) {
         *fallback = 1;
         t = MT_DT_F16;
@@ -259,10 +259,6 @@ static int plan_hf_to_gguf(conv *cv) {
     return MT_OK;
 }
 
-static const char *torch_dtype_name(mt_dtype t) {
-    return t == MT_DT_BF16 ? "bfloat16" : t == MT_DT_F16 ? "float16" : "float32";
-}
-
 /* The float type of an HF output of a GGUF: the request, else the dominant
  * type (by bytes) of the 2-D+ weights when HF can store it, else f32. */
 static mt_dtype hf_target_type(const conv *cv) {
@@ -276,8 +272,7 @@ static mt_dtype hf_target_type(const conv *cv) {
     int best = -1;
     for (int d = 0; d < MT_DT_COUNT; d++)
         if (bytes[d] && mt_dtype_get((mt_dtype)d)->is_float && (best < 0 || bytes[d] > bytes[best])) best = d;
-    if (best == MT_DT_BF16 || best == MT_DT_F16 || best == MT_DT_F32) return (mt_dtype)best;
-    return MT_DT_F32;
+    return best >= 0 && mt_dtype_is_plain_float((mt_dtype)best) ? (mt_dtype)best : MT_DT_F32;
 }
 
 /* GGUF -> HF, by slots. */
@@ -513,15 +508,7 @@ static uint32_t file_type_of(const conv *cv) {
     int best = MT_DT_F32;
     for (int d = 0; d < MT_DT_COUNT; d++)
         if (bytes[d] > bytes[best]) best = d;
-    switch (best) {
-    case MT_DT_F16: return 1;
-    case MT_DT_Q4_0: return 2;
-    case MT_DT_Q8_0: return 7;
-    case MT_DT_BF16: return 32;
-    case MT_DT_TQ1_0: return 36;
-    case MT_DT_TQ2_0: return 37;
-    default: return 0;
-    }
+    return mt_dtype_gguf_file_type((mt_dtype)best);
 }
 
 static int gguf_tokenizer_kvs(conv *cv) {
@@ -713,13 +700,13 @@ static int hf_config_from_source(conv *cv, const char *src_dir, const char *dst,
     if (!j || !json_is_object(j)) {
         json_decref(j);
         char *text = NULL;
-        int rc = mt_config_to_hf_json(&text, cv->cfg, torch_dtype_name(tt));
+        int rc = mt_config_to_hf_json(&text, cv->cfg, mt_dtype_config_torch_name(tt, "float32"));
         if (rc) return rc;
         rc = mt_write_small_file(dst, "config.json", text, strlen(text));
         free(text);
         return rc;
     }
-    json_object_set_new(j, "torch_dtype", json_string(torch_dtype_name(tt)));
+    json_object_set_new(j, "torch_dtype", json_string(mt_dtype_config_torch_name(tt, "float32")));
     return write_json(dst, "config.json", j);
 }
 
@@ -786,12 +773,16 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         return mt_seterr(MT_ERR_ARG, "%s: convert writes a Hugging Face directory or a GGUF file", out_path);
     if (opts->dtype >= 0) {
         mt_dtype d = (mt_dtype)opts->dtype;
-        int ok = d == MT_DT_F32 || d == MT_DT_F16 || d == MT_DT_BF16 || (to_gguf && (d == MT_DT_Q8_0 || d == MT_DT_Q4_0));
+        /* GGUF: what we quantize from f32; safetensors: the plain float types */
+        const mt_dtype_info *di = mt_dtype_get(d);
+        int ok = di && di->from_f32 && (to_gguf ? di->ggml_type >= 0 : mt_dtype_is_plain_float(d));
         if (!ok)
             return mt_seterr(MT_ERR_ARG, "%s: convert cannot write %s%s (f32, f16, bf16%s)", out_path,
-                             mt_dtype_get(d) ? mt_dtype_get(d)->name : "that type", to_gguf ? " to GGUF" : " to safetensors",
+                             di ? di->name : "that type", to_gguf ? " to GGUF" : " to safetensors",
                              to_gguf ? ", q8_0, q4_0" : "");
     }
+    int rc = mt_output_check(out_path, to_gguf ? MT_OUTPUT_GGUF : MT_OUTPUT_HF_DIR, opts->force, in_path, NULL, 0);
+    if (rc) return rc;
     conv cv = {0};
     cv.in_path = in_path;
     cv.out_path = out_path;
@@ -800,8 +791,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
     mt_out dir_out = {0};
     int have_dir = 0;
     char *src_dir = NULL;
-    int rc = mt_ckpt_open(&ck, in_path);
-    if (rc) return rc;
+    if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
     cv.ck = ck;
     cv.cfg = mt_ckpt_config(ck);
     int from_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
@@ -858,7 +848,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         mt_config c2 = *cv.cfg;
         c2.rope_style = MT_ROPE_HALF;
         char *text = NULL;
-        rc = mt_config_to_hf_json(&text, &c2, torch_dtype_name(hf_target_type(&cv)));
+        rc = mt_config_to_hf_json(&text, &c2, mt_dtype_config_torch_name(hf_target_type(&cv), "float32"));
         if (!rc) rc = mt_write_small_file(dst, "config.json", text, strlen(text));
         free(text);
         if (!rc) rc = hf_tokenizer_from_gguf(&cv, dst);

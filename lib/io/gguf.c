@@ -65,45 +65,6 @@ struct mt_gguf {
     size_t *t_sorted;        /* [n_tensors] indices sorted by name           */
 };
 
-/* ---- ggml type ids ---------------------------------------------------- */
-static const struct {
-    uint32_t id;
-    int dtype;               /* mt_dtype, or -1: known to ggml, not to us    */
-    const char *name;
-} g_ggml_types[] = {
-    {0, MT_DT_F32, "F32"},     {1, MT_DT_F16, "F16"},       {2, MT_DT_Q4_0, "Q4_0"},
-    {3, -1, "Q4_1"},           {6, -1, "Q5_0"},             {7, -1, "Q5_1"},
-    {8, MT_DT_Q8_0, "Q8_0"},   {9, -1, "Q8_1"},             {10, -1, "Q2_K"},
-    {11, -1, "Q3_K"},          {12, -1, "Q4_K"},            {13, -1, "Q5_K"},
-    {14, -1, "Q6_K"},          {15, -1, "Q8_K"},            {16, -1, "IQ2_XXS"},
-    {17, -1, "IQ2_XS"},        {18, -1, "IQ3_XXS"},         {19, -1, "IQ1_S"},
-    {20, -1, "IQ4_NL"},        {21, -1, "IQ3_S"},           {22, -1, "IQ2_S"},
-    {23, -1, "IQ4_XS"},        {24, MT_DT_I8, "I8"},        {25, MT_DT_I16, "I16"},
-    {26, MT_DT_I32, "I32"},    {27, MT_DT_I64, "I64"},      {28, MT_DT_F64, "F64"},
-    {29, -1, "IQ1_M"},         {30, MT_DT_BF16, "BF16"},    {34, MT_DT_TQ1_0, "TQ1_0"},
-    {35, MT_DT_TQ2_0, "TQ2_0"}, {39, -1, "MXFP4"},          {40, -1, "NVFP4"},
-    {41, -1, "Q1_0"},
-};
-#define N_GGML_TYPES (sizeof g_ggml_types / sizeof g_ggml_types[0])
-
-int mt_gguf_dtype_from_type(uint32_t id) {
-    for (size_t i = 0; i < N_GGML_TYPES; i++)
-        if (g_ggml_types[i].id == id) return g_ggml_types[i].dtype;
-    return -1;
-}
-
-int mt_gguf_type_from_dtype(mt_dtype t) {
-    for (size_t i = 0; i < N_GGML_TYPES; i++)
-        if (g_ggml_types[i].dtype == (int)t) return (int)g_ggml_types[i].id;
-    return -1;
-}
-
-static const char *ggml_type_name(uint32_t id) {
-    for (size_t i = 0; i < N_GGML_TYPES; i++)
-        if (g_ggml_types[i].id == id) return g_ggml_types[i].name;
-    return "unknown";
-}
-
 /* ---- bounded cursor ---------------------------------------------------- */
 typedef struct {
     const uint8_t *p;
@@ -405,10 +366,10 @@ static int parse_into(mt_gguf *g) {
         uint32_t ty;
         uint64_t off;
         if ((rc = get_u32(&c, &ty, "tensor type")) || (rc = get_u64(&c, &off, "tensor offset"))) return rc;
-        int dt = mt_gguf_dtype_from_type(ty);
+        int dt = mt_dtype_from_ggml_type(ty);
         if (dt < 0)
             return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor '%s' has ggml type %u (%s), which moetool cannot read", nm,
-                             t->name, ty, ggml_type_name(ty));
+                             t->name, ty, mt_ggml_type_name(ty));
         t->dtype = (mt_dtype)dt;
         const mt_dtype_info *di = mt_dtype_get(t->dtype);
         if (ne[0] % (uint64_t)di->block_elems)

@@ -189,7 +189,7 @@ int mt_gguf_writer_add_tensor(mt_gguf_writer *w, const char *name, mt_dtype dtyp
     size_t nl = strlen(name);
     if (nl == 0 || nl >= GGML_MAX_NAME)
         return mt_seterr(MT_ERR_ARG, "%s: tensor name '%s' must have 1..%d bytes", w->path, name, GGML_MAX_NAME - 1);
-    int gt = mt_gguf_type_from_dtype(dtype);
+    int gt = mt_dtype_ggml_type(dtype);
     const mt_dtype_info *di = mt_dtype_get(dtype);
     if (gt < 0 || !di)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor '%s': storage type %s has no GGUF equivalent", w->path, name,
@@ -234,8 +234,12 @@ int mt_gguf_writer_add_tensor(mt_gguf_writer *w, const char *name, mt_dtype dtyp
 static const uint8_t g_zeros[GGUF_ALIGN];
 
 static int write_header(mt_gguf_writer *w) {
+    int rc = MT_OK;
+    uint64_t k = 0;
+    while (k < w->n_kv && strcmp(w->keys[k], MT_GGUF_MOETOOL_KEY)) k++;
+    if (k == w->n_kv && (rc = mt_gguf_writer_kv_str(w, MT_GGUF_MOETOOL_KEY, "moetool", 7))) return rc;
     uint8_t b[8];
-    int rc = mt_out_write(&w->out, "GGUF", 4);
+    rc = mt_out_write(&w->out, "GGUF", 4);
     le32(b, 3);
     if (!rc) rc = mt_out_write(&w->out, b, 4);
     le64(b, w->n_t);

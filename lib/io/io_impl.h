@@ -23,10 +23,13 @@ int mt_map_file(mt_mapped *m, const char *path);
 void mt_drop_pages(const void *p, uint64_t n);
 void mt_unmap_file(mt_mapped *m);
 
-/* An output that is written under "<path>.tmp-XXXXXX" and renamed over
- * <path> by mt_out_commit; mt_out_abort (also safe after commit) removes the
- * temporary. Works for a file (mt_out_open_file) or a directory
- * (mt_out_open_dir, whose files are written inside tmp_path). */
+/* An output that appears only when complete (output.c, docs/outputs.md): a
+ * file is written unnamed (O_TMPFILE) or as a registered
+ * "<path>.tmp-<pid>-XXXXXX", a directory as such a registered temporary
+ * directory (files go inside tmp_path); mt_out_commit puts it at <path> under
+ * the output policy (replacing only a moetool output of the same kind or a
+ * path mt_output_check approved); mt_out_abort (also safe after commit)
+ * removes the temporary. */
 typedef struct {
     char *final_path;
     char *tmp_path;
@@ -34,6 +37,7 @@ typedef struct {
     int is_dir;
     int committed;
     int unnamed;      /* file created with O_TMPFILE: no name until commit */
+                      /* tmp_path: the temporary's name (NULL while unnamed) */
 } mt_out;
 
 int mt_out_open_file(mt_out *o, const char *path);
@@ -43,7 +47,8 @@ int mt_out_write(mt_out *o, const void *buf, size_t n);
 int mt_out_commit(mt_out *o);
 void mt_out_abort(mt_out *o);
 
-/* Writes a whole small file (config.json, ...) at dir/name. */
+/* Writes a whole small file (config.json, ...) at dir/name; a file inside a
+ * registered temporary directory is registered too. */
 int mt_write_small_file(const char *dir, const char *name, const void *buf, size_t n);
 
 /* malloc'd "a/b"; NULL on allocation failure. */

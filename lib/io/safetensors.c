@@ -37,30 +37,6 @@ struct mt_safetensors {
     void (*owner_free)(void *);
 };
 
-typedef struct {
-    const char *st_name;
-    mt_dtype dt;
-} st_dtype_map;
-
-static const st_dtype_map g_st_dtypes[] = {
-    {"F32", MT_DT_F32},         {"F16", MT_DT_F16},         {"BF16", MT_DT_BF16},
-    {"F64", MT_DT_F64},         {"I8", MT_DT_I8},           {"I16", MT_DT_I16},
-    {"I32", MT_DT_I32},         {"I64", MT_DT_I64},         {"U8", MT_DT_U8},
-    {"BOOL", MT_DT_BOOL},       {"F8_E4M3", MT_DT_F8_E4M3}, {"F8_E5M2", MT_DT_F8_E5M2},
-};
-
-int mt_safetensors_dtype_from_name(const char *s) {
-    for (size_t i = 0; i < sizeof g_st_dtypes / sizeof g_st_dtypes[0]; i++)
-        if (strcmp(s, g_st_dtypes[i].st_name) == 0) return (int)g_st_dtypes[i].dt;
-    return -1;
-}
-
-const char *mt_safetensors_dtype_name(mt_dtype t) {
-    for (size_t i = 0; i < sizeof g_st_dtypes / sizeof g_st_dtypes[0]; i++)
-        if (g_st_dtypes[i].dt == t) return g_st_dtypes[i].st_name;
-    return NULL;
-}
-
 int64_t mt_tensor_numel(const mt_tensor *t) {
     int64_t n = 1;
     for (int i = 0; i < t->n_dims && i < MT_MAX_DIMS; i++) n *= t->shape[i];
@@ -145,7 +121,7 @@ static int parse_entry(mt_tensor *t, uint64_t *begin, uint64_t *end, const json_
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s: missing or non-array \"shape\"", file, tname);
     if (!json_is_array(jo) || json_array_size(jo) != 2)
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s: \"data_offsets\" is not [begin, end]", file, tname);
-    int dt = mt_safetensors_dtype_from_name(json_string_value(jd));
+    int dt = mt_dtype_from_st_name(json_string_value(jd));
     if (dt < 0)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor %s: unsupported dtype \"%s\"", file, tname,
                          json_string_value(jd));

@@ -35,30 +35,12 @@ struct mt_st_writer {
     uint64_t cur_done;
 };
 
-const char *mt_st_dtype_name(mt_dtype t) {
-    switch (t) {
-    case MT_DT_F32: return "F32";
-    case MT_DT_F16: return "F16";
-    case MT_DT_BF16: return "BF16";
-    case MT_DT_I8: return "I8";
-    case MT_DT_I16: return "I16";
-    case MT_DT_I32: return "I32";
-    case MT_DT_I64: return "I64";
-    case MT_DT_U8: return "U8";
-    case MT_DT_F64: return "F64";
-    case MT_DT_F8_E4M3: return "F8_E4M3";
-    case MT_DT_F8_E5M2: return "F8_E5M2";
-    case MT_DT_BOOL: return "BOOL";
-    default: return NULL;
-    }
-}
-
 /* Shared declaration checks; fills *t (name not copied). */
 static int declare(const char *path, st_tensor *t, const char *name, mt_dtype dtype, int n_dims, const int64_t *shape) {
     if (!name[0]) return mt_seterr(MT_ERR_ARG, "%s: empty tensor name", path);
-    if (!mt_st_dtype_name(dtype))
+    if (!mt_dtype_st_name(dtype))
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor '%s': storage type %s cannot be stored in safetensors", path,
-                         name, mt_dtype_get(dtype) ? mt_dtype_get(dtype)->name : "?");
+                         name, mt_dtype_name(dtype));
     if (n_dims < 0 || n_dims > MT_MAX_DIMS)
         return mt_seterr(MT_ERR_ARG, "%s: tensor '%s' has %d dimensions", path, name, n_dims);
     memset(t, 0, sizeof *t);
@@ -192,7 +174,7 @@ static int write_header(mt_st_writer *w) {
         first = 0;
         sb_json_str(&b, t->name);
         sb_str(&b, ":{\"dtype\":\"");
-        sb_str(&b, mt_st_dtype_name(t->dtype));
+        sb_str(&b, mt_dtype_st_name(t->dtype));
         sb_str(&b, "\",\"shape\":[");
         for (int d = 0; d < t->n_dims; d++) {
             snprintf(num, sizeof num, "%s%lld", d ? "," : "", (long long)t->shape[d]);

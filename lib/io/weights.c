@@ -24,6 +24,7 @@
  * expert, so that code reading one router row per expert still finds one. */
 #define _GNU_SOURCE
 #include "ckpt_impl.h"
+#include "moetool/mt_qmoe.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,7 +118,7 @@ static int gptq_part(const wctx *w, const char *base, const char *suffix, mt_dty
     if (rc) return rc;
     if (t->dtype != dt)
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s has storage type %s, expected %s", w->path, n,
-                         mt_dtype_get(t->dtype) ? mt_dtype_get(t->dtype)->name : "?", mt_dtype_get(dt)->name);
+                         mt_dtype_name(t->dtype), mt_dtype_name(dt));
     *out = t;
     return MT_OK;
 }
@@ -166,53 +167,19 @@ static int get_gptq(const wctx *w, const char *base, int64_t rows, int64_t cols,
     if (!natural && !gi)
         return mt_seterr(MT_ERR_FORMAT, "%s: %s: %lld groups do not divide %lld columns and there is no g_idx",
                          w->path, base, (long long)G, (long long)cols);
-    const uint8_t *QW = qw->data, *QZ = qz->data, *SC = sc->data, *GI = gi ? gi->data : NULL;
-    const int off = w->w->cfg.quant_zero_offset, mask = (1 << bits) - 1;
-#define CODE(i, r) ((int)(rd32(QW + 4 * ((uint64_t)((i) / per) * (uint64_t)rows + (uint64_t)(r))) >> (bits * ((i) % per)) & mask))
-#define ZERO(g, r) (((int)(rd32(QZ + 4 * ((uint64_t)(g) * (uint64_t)(rows / per) + (uint64_t)((r) / per))) >> (bits * ((r) % per))) & mask) + off)
-#define GROUP(i) (GI ? (int64_t)(int32_t)rd32(GI + 4 * (i)) : (i) / gs)
-    /* Q4_0 / Q8_0 when representable */
-    mt_dtype qt = bits == 4 ? MT_DT_Q4_0 : bits == 8 ? MT_DT_Q8_0 : MT_DT_F32;
-    const int want_zero = bits == 4 ? 8 : 128;
-    if (qt != MT_DT_F32 && (!natural || gs % 32)) qt = MT_DT_F32;
-    for (int64_t g = 0; qt != MT_DT_F32 && g < G; g++)
-        for (int64_t r = 0; r < rows; r++)
-            if (ZERO(g, r) != want_zero) {
-                qt = MT_DT_F32;
-                break;
-            }
+    const mt_gptq_view v = {bits, rows, cols, G, w->w->cfg.quant_zero_offset, qw->data, qz->data, sc->data,
+                            natural ? NULL : gi->data};
+    /* q4_0 / q8_0 when representable (the table's type of that AutoGPTQ width) */
+    const int bt = mt_dtype_from_gptq_bits(bits);
+    const mt_dtype qt = bt >= 0 && mt_gptq_is_block(&v) ? (mt_dtype)bt : MT_DT_F32;
     uint64_t rb;
     if ((rc = mt_dtype_nbytes(qt, (uint64_t)cols, &rb))) return rc;
     uint8_t *buf = malloc((size_t)(rb * (uint64_t)rows));
     if (!buf) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory unpacking %s", w->path, base);
     for (int64_t r = 0; r < rows; r++) {
-        uint8_t *dst = buf + (uint64_t)r * rb;
-        if (qt == MT_DT_F32) {
-            float *o = (float *)dst;
-            for (int64_t i = 0; i < cols; i++) {
-                const int64_t g = GROUP(i);
-                uint16_t h;
-                memcpy(&h, SC + 2 * ((uint64_t)g * (uint64_t)rows + (uint64_t)r), 2);
-                o[i] = mt_f16_to_f32(h) * (float)(CODE(i, r) - ZERO(g, r));
-            }
-            continue;
-        }
-        for (int64_t b0 = 0; b0 < cols; b0 += 32) {
-            const int64_t g = b0 / gs;
-            memcpy(dst, SC + 2 * ((uint64_t)g * (uint64_t)rows + (uint64_t)r), 2); /* f16 d = the group's scale */
-            if (qt == MT_DT_Q4_0) {
-                for (int j = 0; j < 16; j++)
-                    dst[2 + j] = (uint8_t)(CODE(b0 + j, r) | CODE(b0 + 16 + j, r) << 4);
-                dst += 18;
-            } else {
-                for (int j = 0; j < 32; j++) dst[2 + j] = (uint8_t)(int8_t)(CODE(b0 + j, r) - 128);
-                dst += 34;
-            }
-        }
+        if (qt == MT_DT_F32) mt_gptq_row_to_f32(&v, r, (float *)(buf + (uint64_t)r * rb));
+        else mt_gptq_row_to_blocks(&v, r, buf + (uint64_t)r * rb);
     }
-#undef CODE
-#undef ZERO
-#undef GROUP
     if (qt == MT_DT_F32)
         mt_log(MT_LOG_INFO, "%s: %s: %d-bit AutoGPTQ codes without a runtime block type here; unpacked to f32",
                w->path, base, bits);
@@ -231,11 +198,13 @@ static int get_qmoe(const wctx *w, const char *name, int64_t rows, int64_t cols,
     char n[192];
     snprintf(n, sizeof n, "%s.qmoe", name);
     const mt_tensor *t = mt_ckpt_find(w->ck, n);
-    if (t->dtype != MT_DT_U8 || t->n_dims != 1 || t->nbytes < 40 || memcmp(t->data, "QMOE", 4) != 0)
-        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is not a qmoe matrix (U8 blob starting \"QMOE\")", w->path, n);
+    if (t->dtype != MT_DT_U8 || t->n_dims != 1 || t->nbytes < MT_QMOE_HEADER_BYTES ||
+        memcmp(t->data, MT_QMOE_MAGIC, 4) != 0)
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is not a qmoe matrix (U8 blob starting \"" MT_QMOE_MAGIC "\")",
+                         w->path, n);
     uint64_t r, c;
-    memcpy(&r, (const uint8_t *)t->data + 8, 8);
-    memcpy(&c, (const uint8_t *)t->data + 16, 8);
+    memcpy(&r, (const uint8_t *)t->data + MT_QMOE_OFF_ROWS, 8);
+    memcpy(&c, (const uint8_t *)t->data + MT_QMOE_OFF_COLS, 8);
     if (r != (uint64_t)rows || c != (uint64_t)cols)
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s codes a (%llu, %llu) matrix, expected (%lld, %lld)", w->path, n,
                          (unsigned long long)r, (unsigned long long)c, (long long)rows, (long long)cols);

@@ -7,10 +7,8 @@
 
 #include "moetool/mt_write.h"
 
-
-
-/* ggml type id of a storage type (-1 if GGUF has none) and back. */
-int mt_gguf_type_from_dtype(mt_dtype t);
-int mt_gguf_dtype_from_type(uint32_t ggml_type);
+/* The metadata key every GGUF moetool writes carries (value "moetool"); it
+ * is how a previous output is recognised (docs/outputs.md). */
+#define MT_GGUF_MOETOOL_KEY "moetool.writer"
 
 #endif

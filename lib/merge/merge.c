@@ -508,7 +508,7 @@ static int is_moe_tensor(const char *name) {
 }
 
 static mt_dtype out_type(mt_dtype t) {
-    return (t == MT_DT_F32 || t == MT_DT_F16 || t == MT_DT_BF16) ? t : MT_DT_BF16;
+    return mt_dtype_is_plain_float(t) ? t : MT_DT_BF16;
 }
 
 /* Converts rows of f32 to `t` and streams them. */
@@ -547,6 +547,9 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (!o->calib_path) return mt_seterr(MT_ERR_ARG, "merge: --calib FILE is required");
     if (o->window < 2 || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
         return mt_seterr(MT_ERR_ARG, "merge: --calib-tokens, window or sample size out of range");
+
+    const char *calib_in[] = {o->calib_path};
+    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, model_path, calib_in, 1))) return st;
 
     mt_model_opts mo;
     mt_model_opts_default(&mo);
@@ -802,7 +805,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         }
     if (!uniform)
         for (int l = 0; l < L; l++) oc.layer_experts[l] = R->layer_k[l] == Kmax ? 0 : R->layer_k[l];
-    const char *tdt = et == MT_DT_F32 ? "float32" : et == MT_DT_F16 ? "float16" : "bfloat16";
+    const char *tdt = mt_dtype_config_torch_name(et, "bfloat16");
     if ((st = mt_config_to_hf_json(&cfg_text, &oc, tdt))) goto done;
     if ((st = mt_write_text_file(mt_outdir_path(od), "config.json", cfg_text, strlen(cfg_text)))) goto done;
     if ((st = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;

@@ -63,10 +63,9 @@ int mt_grid_dtype(const mt_grid *g) {
 }
 
 double mt_grid_bits(const mt_grid *g, int64_t cols) {
+    const mt_dtype_info *dt = mt_dtype_get((mt_dtype)mt_grid_dtype(g));
+    if (dt) return dt->block_bytes * 8.0 / dt->block_elems; /* a storage type's blocks */
     switch (g->kind) {
-    case MT_GRID_Q8_0: return 34.0 * 8 / 32;
-    case MT_GRID_Q4_0: return 18.0 * 8 / 32;
-    case MT_GRID_TQ2_0: return 66.0 * 8 / 256;
     case MT_GRID_TERNARY_ROW: return 2.0 + 32.0 / (double)cols; /* 2-bit codes + f16 min, max */
     case MT_GRID_INT_ASYM: return g->bits + (16.0 + g->bits) / g->group; /* codes + f16 scale + b-bit zero */
     default: return g->bits + 16.0 / g->group;                  /* codes + one f16 scale */
@@ -235,36 +234,16 @@ int mt_grid_quant(const mt_grid *g, float a, float b, float x, float *dq) {
 void mt_grid_pack_row(const mt_grid *g, const int8_t *codes, const float *a, int64_t cols, uint8_t *dst) {
     switch (g->kind) {
     case MT_GRID_Q8_0:
-        for (int64_t blk = 0; blk < cols / 32; blk++) {
-            uint8_t *o = dst + 34 * blk;
-            uint16_t h = mt_f32_to_f16(a[blk]);
-            memcpy(o, &h, 2);
-            for (int j = 0; j < 32; j++) o[2 + j] = (uint8_t)codes[32 * blk + j];
-        }
+        for (int64_t blk = 0; blk < cols / MT_QK8_0; blk++)
+            mt_q8_0_pack(codes + MT_QK8_0 * blk, mt_f32_to_f16(a[blk]), dst + MT_Q8_0_BYTES * blk);
         break;
     case MT_GRID_Q4_0:
-        for (int64_t blk = 0; blk < cols / 32; blk++) {
-            uint8_t *o = dst + 18 * blk;
-            uint16_t h = mt_f32_to_f16(a[blk]);
-            memcpy(o, &h, 2);
-            const int8_t *c = codes + 32 * blk;
-            for (int j = 0; j < 16; j++) o[2 + j] = (uint8_t)((c[j] + 8) | ((c[16 + j] + 8) << 4));
-        }
+        for (int64_t blk = 0; blk < cols / MT_QK4_0; blk++)
+            mt_q4_0_pack(codes + MT_QK4_0 * blk, mt_f32_to_f16(a[blk]), dst + MT_Q4_0_BYTES * blk);
         break;
     case MT_GRID_TQ2_0:
-        /* block_tq2_0 {uint8 qs[64]; f16 d}: byte 32c+m holds, in bits 2l,
-         * element 128c + 32l + m as q+1. */
-        for (int64_t blk = 0; blk < cols / 256; blk++) {
-            uint8_t *o = dst + 66 * blk;
-            const int8_t *c = codes + 256 * blk;
-            memset(o, 0, 64);
-            for (int e = 0; e < 256; e++) {
-                int ch = e / 128, l = (e % 128) / 32, m = e % 32;
-                o[32 * ch + m] |= (uint8_t)((c[e] + 1) << (2 * l));
-            }
-            uint16_t h = mt_f32_to_f16(a[blk]);
-            memcpy(o + 64, &h, 2);
-        }
+        for (int64_t blk = 0; blk < cols / MT_QK_K; blk++)
+            mt_tq2_0_pack(codes + MT_QK_K * blk, mt_f32_to_f16(a[blk]), dst + MT_TQ2_0_BYTES * blk);
         break;
     default:
         break;

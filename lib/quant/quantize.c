@@ -132,7 +132,8 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
     const int hf = for_file && o->format == MT_FMT_HF;
     if (o->format != MT_FMT_HF && o->format != MT_FMT_GGUF)
         return mt_seterr(MT_ERR_ARG, "quantize: output format must be hf or gguf");
-    if (hf && o->codec == MT_QUANT_CODEC_NONE && mt_grid_dtype(&g) != MT_DT_Q8_0 && mt_grid_dtype(&g) != MT_DT_Q4_0) {
+    const mt_dtype_info *gd = mt_dtype_get((mt_dtype)mt_grid_dtype(&g));
+    if (hf && o->codec == MT_QUANT_CODEC_NONE && !(gd && gd->gptq_bits)) {
         char nm[48];
         mt_grid_name(&g, nm, sizeof nm);
         return mt_seterr(MT_ERR_ARG, "quantize: %s has no Hugging Face (AutoGPTQ) layout here; --format hf takes 8 or 4 "
@@ -433,21 +434,18 @@ static int repack_tq1(qmat *q) {
     if (rc) return rc;
     uint8_t *out = malloc((size_t)(rb * (uint64_t)q->rows));
     if (!out) return mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
-    const int64_t nb = q->cols / 256;
+    const int64_t nb = q->cols / MT_QK_K;
     for (int64_t r = 0; r < q->rows; r++)
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = q->data + (uint64_t)r * q->row_bytes + 66 * (uint64_t)b;
-            int8_t c[256];
-            uint16_t d;
-            for (int e = 0; e < 256; e++) c[e] = (int8_t)(((blk[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3) - 1);
-            memcpy(&d, blk + 64, 2);
-            mt_tq1_0_pack(c, d, out + (uint64_t)r * rb + 54 * (uint64_t)b);
+            int8_t c[MT_QK_K];
+            const uint16_t d = mt_tq2_0_unpack(q->data + (uint64_t)r * q->row_bytes + MT_TQ2_0_BYTES * (uint64_t)b, c);
+            mt_tq1_0_pack(c, d, out + (uint64_t)r * rb + MT_TQ1_0_BYTES * (uint64_t)b);
         }
     free(q->data);
     q->data = out;
     q->dtype = MT_DT_TQ1_0;
     q->row_bytes = rb;
-    q->bits = 54.0 * 8 / 256;
+    q->bits = MT_TQ1_0_BYTES * 8.0 / MT_QK_K;
     return MT_OK;
 }
 
@@ -517,9 +515,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         for (int k = o->attn_bits ? K_Q : K_W1; k < K_COUNT; k++)
             for (int e = 0; e < (k <= K_O ? 1 : L->n_experts > 0 ? L->n_experts : 1); e++) {
                 const mt_dtype t = layer_mat(L, k, e)->dtype;
-                if (t != MT_DT_F32 && t != MT_DT_F16 && t != MT_DT_BF16)
+                if (!mt_dtype_is_plain_float(t))
                     return mt_seterr(MT_ERR_ARG, "%s: layer %d is already quantized (%s); quantize the original weights",
-                                     mt_ckpt_path(mt_model_ckpt(m)), l, mt_dtype_get(t) ? mt_dtype_get(t)->name : "?");
+                                     mt_ckpt_path(mt_model_ckpt(m)), l, mt_dtype_name(t));
             }
     }
     const double t0 = mt_now();
@@ -766,16 +764,6 @@ static const qmat *embed_q(const mt_quant_state *s, const char *name, int gguf) 
     return q && q->used ? q : NULL;
 }
 
-static uint32_t file_type(mt_dtype t) {
-    switch (t) {
-    case MT_DT_Q8_0: return 7;
-    case MT_DT_Q4_0: return 2;
-    case MT_DT_TQ1_0: return 36;
-    case MT_DT_TQ2_0: return 37;
-    default: return 32;
-    }
-}
-
 int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char *out_path) {
     mt_quant_state *s = (mt_quant_state *)s0;
     const mt_gguf *g = mt_ckpt_gguf(mt_model_ckpt(m));
@@ -788,7 +776,7 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
         const char *key = mt_gguf_key_name(g, (int)k);
         if (!strcmp(key, "general.alignment")) continue;
         if (!strcmp(key, "general.file_type")) {
-            rc = mt_gguf_writer_kv_u32(gw, key, file_type(s->expert_dtype));
+            rc = mt_gguf_writer_kv_u32(gw, key, mt_dtype_gguf_file_type(s->expert_dtype));
             continue;
         }
         mt_gguf_type t;
@@ -798,7 +786,7 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
         if (!rc) rc = mt_gguf_writer_kv_raw(gw, key, t, raw, len);
     }
     if (!rc && mt_gguf_find_key(g, "general.file_type") < 0)
-        rc = mt_gguf_writer_kv_u32(gw, "general.file_type", file_type(s->expert_dtype));
+        rc = mt_gguf_writer_kv_u32(gw, "general.file_type", mt_dtype_gguf_file_type(s->expert_dtype));
     for (size_t i = 0; i < nt && !rc; i++) {
         const mt_tensor *t = mt_gguf_tensor(g, i);
         int l = -1, k = gguf_kind(t->name, &l);
@@ -888,7 +876,7 @@ static const qmat *hf_q(const mt_quant_state *s0, const char *name) {
 /* The four AutoGPTQ tensors of a Q8_0/Q4_0 matrix (rows = out_features,
  * cols = in_features): qweight, qzeros, scales, g_idx, in this order. */
 static int gptq_shapes(const qmat *q, int64_t shapes[4][2], int *nd, const char *name) {
-    const int bits = q->dtype == MT_DT_Q4_0 ? 4 : 8, per = 32 / bits;
+    const int bits = mt_dtype_get(q->dtype)->gptq_bits, per = 32 / bits;
     if (q->rows % per)
         return mt_seterr(MT_ERR_ARG, "%s: %lld rows do not pack into the AutoGPTQ zero points (multiple of %d)", name,
                          (long long)q->rows, per);
@@ -906,39 +894,27 @@ static const mt_dtype g_gptq_dtype[4] = {MT_DT_I32, MT_DT_I32, MT_DT_F16, MT_DT_
 
 /* Streams the AutoGPTQ tensors of q (declared by gptq_shapes). */
 static int write_gptq(mt_hf_writer *hw, const qmat *q) {
-    const int bits = q->dtype == MT_DT_Q4_0 ? 4 : 8, per = 32 / bits;
+    const int bits = mt_dtype_get(q->dtype)->gptq_bits, per = 32 / bits;
     const int64_t R = q->rows, C = q->cols, NB = C / 32;
-    const size_t bb = bits == 4 ? 18 : 34;
     uint32_t *qw = calloc((size_t)(C / per * R), sizeof *qw);
+    uint32_t *qz = malloc((size_t)(NB * (R / per) + 1) * sizeof *qz);
     uint16_t *sc = malloc((size_t)(NB * R) * sizeof *sc);
-    uint32_t *small = malloc((size_t)(C > NB * (R / per) ? C : NB * (R / per)) * sizeof *small);
+    int32_t *gi = malloc((size_t)C * sizeof *gi);
     int rc = MT_OK;
-    if (!qw || !sc || !small) {
+    if (!qw || !qz || !sc || !gi) {
         rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
         goto done;
     }
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t b = 0; b < NB; b++) {
-            const uint8_t *blk = q->data + (uint64_t)r * q->row_bytes + (uint64_t)b * bb;
-            memcpy(&sc[b * R + r], blk, 2);
-            for (int j = 0; j < 32; j++) {
-                const int64_t i = b * 32 + j;
-                const uint32_t code = bits == 4 ? (uint32_t)(j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4)
-                                                : (uint32_t)((int)(int8_t)blk[2 + j] + 128);
-                qw[(i / per) * R + r] |= code << (bits * (i % per));
-            }
-        }
-    if ((rc = mt_hf_writer_write(hw, qw, (size_t)(C / per * R) * 4))) goto done;
-    /* zero points 8 / 128, stored minus one, packed along the output dimension */
-    for (int64_t i = 0; i < NB * (R / per); i++) small[i] = bits == 4 ? 0x77777777u : 0x7f7f7f7fu;
-    if ((rc = mt_hf_writer_write(hw, small, (size_t)(NB * (R / per)) * 4))) goto done;
-    if ((rc = mt_hf_writer_write(hw, sc, (size_t)(NB * R) * 2))) goto done;
-    for (int64_t i = 0; i < C; i++) small[i] = (uint32_t)(i / 32);
-    rc = mt_hf_writer_write(hw, small, (size_t)C * 4);
+    mt_gptq_pack(bits, q->data, q->row_bytes, R, C, qw, qz, sc, gi);
+    if (!rc) rc = mt_hf_writer_write(hw, qw, (size_t)(C / per * R) * 4);
+    if (!rc) rc = mt_hf_writer_write(hw, qz, (size_t)(NB * (R / per)) * 4);
+    if (!rc) rc = mt_hf_writer_write(hw, sc, (size_t)(NB * R) * 2);
+    if (!rc) rc = mt_hf_writer_write(hw, gi, (size_t)C * 4);
 done:
     free(qw);
+    free(qz);
     free(sc);
-    free(small);
+    free(gi);
     return rc;
 }
 
@@ -1044,7 +1020,7 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
                 free(blob);
                 continue;
             }
-            if ((q->dtype != MT_DT_Q8_0 && q->dtype != MT_DT_Q4_0) || len < 8 || strcmp(t->name + len - 7, ".weight")) {
+            if (!mt_dtype_get(q->dtype)->gptq_bits || len < 8 || strcmp(t->name + len - 7, ".weight")) {
                 rc = mt_seterr(MT_ERR_ARG, "%s: %s was quantized to a grid without a Hugging Face layout", out_dir, t->name);
                 break;
             }
@@ -1073,7 +1049,7 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
         rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", out_dir);
         goto done;
     }
-    const char *tdt = float_t == MT_DT_F32 ? "float32" : float_t == MT_DT_F16 ? "float16" : "bfloat16";
+    const char *tdt = mt_dtype_config_torch_name(float_t, "bfloat16");
     if ((rc = mt_config_to_hf_json_q(&cfg, c, tdt, qjson))) goto done;
     if ((rc = mt_write_text_file(mt_outdir_path(od), "config.json", cfg, strlen(cfg)))) goto done;
     if ((rc = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;
@@ -1096,26 +1072,32 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
     mt_quant_state *s = NULL;
     int rc, made_tmp = 0;
     memset(rep, 0, sizeof *rep);
+    if (!o.calib_path) {
+        default_calib(in_path, calib, sizeof calib);
+        o.calib_path = calib;
+    }
+    const char *calib_in[] = {o.calib_path};
+    if ((rc = mt_output_check(out_path, o.format == MT_FMT_HF ? MT_OUTPUT_HF_DIR : MT_OUTPUT_GGUF, o.force, in_path,
+                              calib_in, 1)))
+        return rc;
     if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
     rc = mt_quant_check(&o, mt_ckpt_config(ck), 1);
     const int is_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
     mt_ckpt_free(ck);
     if (rc) return rc;
-    if (!o.calib_path) {
-        default_calib(in_path, calib, sizeof calib);
-        o.calib_path = calib;
-    }
     const char *src = in_path;
     if (o.format == MT_FMT_HF && is_gguf)
         return mt_seterr(MT_ERR_ARG, "%s: --format hf needs a Hugging Face source (moetool convert --to hf first)", in_path);
     if (!is_gguf && o.format == MT_FMT_GGUF) {
-        /* Source in GGUF conventions (names, Q/K order, metadata) first. */
-        snprintf(tmp, sizeof tmp, "%s.src-%ld.gguf", out_path, (long)getpid());
+        /* Source in GGUF conventions (names, Q/K order, metadata) first, as a
+         * registered temporary that a later run sweeps if this one is killed. */
+        snprintf(tmp, sizeof tmp, "%s.tmp-%ld-source", out_path, (long)getpid());
         mt_convert_opts co;
         mt_convert_opts_default(&co);
         co.to = MT_FMT_GGUF;
-        if ((rc = mt_convert(in_path, tmp, &co))) return rc;
+        if ((rc = mt_output_tmp_add(tmp))) return rc;
         made_tmp = 1;
+        if ((rc = mt_convert(in_path, tmp, &co))) goto done;
         src = tmp;
     }
     mt_model_opts mo;
@@ -1126,6 +1108,7 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
         /* The model keeps the temporary mapped: its name can go now, so an
          * interrupted quantize leaves no converted copy beside the output. */
         unlink(tmp);
+        mt_output_tmp_forget(tmp);
         made_tmp = 0;
     }
     if (rc) goto done;
@@ -1135,7 +1118,10 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
 done:
     mt_quant_state_free(s);
     mt_model_free(m);
-    if (made_tmp) unlink(tmp);
+    if (made_tmp) {
+        unlink(tmp);
+        mt_output_tmp_forget(tmp);
+    }
     if (rc) mt_quant_report_free(rep);
     return rc;
 }

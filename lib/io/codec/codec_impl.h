@@ -1,0 +1,27 @@
+/* codec_impl.h — private to lib/io: the row codecs the storage-type table
+ * (lib/io/dtype.c) points at. n is a whole number of blocks (checked by
+ * mt_row_to_f32 / mt_row_from_f32 before they dispatch). */
+#ifndef MT_CODEC_IMPL_H
+#define MT_CODEC_IMPL_H
+
+#include "moetool/mt_common.h"
+
+void mt_f32_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_f32_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_f16_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_f16_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_bf16_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_bf16_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q8_0_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q8_0_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q4_0_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q4_0_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_tq1_0_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_tq2_0_row_to_f32(const void *src, float *dst, int64_t n);
+
+/* Every weight of the n / elems blocks (of `bytes` bytes each) at src as
+ * d·q, with the codes and f16 d from `unpack` (block.c). */
+typedef uint16_t (*mt_block_unpack_fn)(const uint8_t *blk, int8_t *q);
+void mt_blocks_to_f32(const uint8_t *src, float *dst, int64_t n, int elems, int bytes, mt_block_unpack_fn unpack);
+
+#endif
