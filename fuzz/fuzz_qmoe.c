@@ -6,7 +6,7 @@
  * starting with 'D' feeds the dictionary-parameter reader instead (small
  * dictionaries only, so that each run stays fast). */
 #include "moetool/mt_qmoe.h"
-#include "../lib/runtime/kernels_impl.h"
+#include "../lib/runtime/backend/cpu/kernels_impl.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -23,7 +23,7 @@
  * per row), group = rows per group. Byte layout on disk: docs/qmoe.md.
  *
  * The dictionary build, the decoder and the fused matvec live in the runtime
- * (lib/runtime/kernels_qmoe.c), with the serialised form
+ * (lib/runtime/backend/cpu/kernels_qmoe.c), with the serialised form
  * (lib/runtime/qmoe_blob.c, byte layout at its top); the encoder and
  * statistics in lib/quant/qmoe_code.c. */
 #ifndef MT_QMOE_H

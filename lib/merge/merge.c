@@ -11,10 +11,11 @@
 #define _GNU_SOURCE
 #include "merge_impl.h"
 
+#include "backend.h"
+
 #include "moetool/mt_runtime.h"
 #include "moetool/mt_write.h"
 
-#include <cblas.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -475,6 +476,7 @@ static int merge_layer(const mt_merge_opts *o, layer_buf *b, const double *freq,
  * by the caller) and computes the routing probabilities P and the expert
  * outputs Y on the sample. */
 static int load_layer(layer_buf *b, const mt_layer_weights *Lw, int l) {
+    mt_backend *be = mt_backend_default();
     const int E = b->E, H = b->H, F = b->F;
     const size_t FH = (size_t)F * H;
     char what[96];
@@ -487,7 +489,7 @@ static int load_layer(layer_buf *b, const mt_layer_weights *Lw, int l) {
             (st = mat_to_f32(&Lw->w2[e], b->W2 + e * FH, what)))
             return st;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->S, E, H, 1.0f, b->sample_x, H, b->R, H, 0.0f, b->P, E);
+    be->ops->gemm_f32(be, 0, 1, b->S, E, H, 1.0f, b->sample_x, H, b->R, H, 0.0f, b->P, E);
     for (int i = 0; i < b->S; i++) {
         float *p = b->P + (size_t)i * E, mx = -FLT_MAX, s = 0;
         for (int e = 0; e < E; e++) mx = p[e] > mx ? p[e] : mx;

@@ -1,22 +1,20 @@
 /* merge_math.c — the numerical parts of expert merging, in f32/f64 on
  * dequantized weights: SwiGLU expert forward, hidden-unit permutation and
  * alignment, a reference MoE block, clustering and router fitting. Matrix
- * products go through OpenBLAS sgemm (already a dependency of the runtime). */
+ * products and the Cholesky solve go through the runtime's backend
+ * (OpenBLAS / LAPACK on the CPU). */
 #include "merge_impl.h"
 
-#include <cblas.h>
+#include "backend.h"
+
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* LAPACK (from OpenBLAS): Cholesky solve of a symmetric positive definite
- * system, for the router's normal equations. */
-extern void dposv_(const char *uplo, const int *n, const int *nrhs, double *a, const int *lda, double *b,
-                   const int *ldb, int *info);
-
 void mt_merge_expert_forward(const float *w1, const float *w3, const float *w2, int H, int F, const float *x, int n,
                              float *y, float *act) {
+    mt_backend *be = mt_backend_default();
     float *g = act ? act : malloc((size_t)n * F * sizeof(float));
     float *u = malloc((size_t)n * F * sizeof(float));
     if (!g || !u) {
@@ -26,10 +24,10 @@ void mt_merge_expert_forward(const float *w1, const float *w3, const float *w2, 
         free(u);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, H, 1.0f, x, H, w1, H, 0.0f, g, F);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, H, 1.0f, x, H, w3, H, 0.0f, u, F);
+    be->ops->gemm_f32(be, 0, 1, n, F, H, 1.0f, x, H, w1, H, 0.0f, g, F);
+    be->ops->gemm_f32(be, 0, 1, n, F, H, 1.0f, x, H, w3, H, 0.0f, u, F);
     for (size_t i = 0; i < (size_t)n * F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, F, 1.0f, g, F, w2, F, 0.0f, y, H);
+    be->ops->gemm_f32(be, 0, 1, n, H, F, 1.0f, g, F, w2, F, 0.0f, y, H);
     if (!act) free(g);
     free(u);
 }
@@ -98,6 +96,7 @@ static int cand_cmp(const void *x, const void *y) {
 #define MT_ALIGN_CANDS 8
 
 int mt_merge_align(const float *anchor_act, const float *member_act, int n, int F, int *perm) {
+    mt_backend *be = mt_backend_default();
     if (n < 2 || F < 1) return mt_seterr(MT_ERR_ARG, "alignment needs at least 2 samples and 1 unit");
     int T = F < MT_ALIGN_CANDS ? F : MT_ALIGN_CANDS;
     float *Za = malloc((size_t)n * F * sizeof(float));
@@ -112,7 +111,7 @@ int mt_merge_align(const float *anchor_act, const float *member_act, int n, int 
     }
     standardize(anchor_act, n, F, Za);
     standardize(member_act, n, F, Zm);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, F, n, 1.0f, Za, F, Zm, F, 0.0f, C, F);
+    be->ops->gemm_f32(be, 1, 0, F, F, n, 1.0f, Za, F, Zm, F, 0.0f, C, F);
     for (int a = 0; a < F; a++) {
         const float *row = C + (size_t)a * F;
         cand *top = cs + (size_t)a * T;
@@ -279,6 +278,7 @@ void merge_weighted_average(const float *const *w1, const float *const *w3, cons
 }
 
 int merge_fit_router(const float *X, const float *T, int n, int H, int K, double lambda, float *R, double *rmse) {
+    mt_backend *be = mt_backend_default();
     float *G = malloc((size_t)H * H * sizeof(float));   /* X^T X (H, H) */
     float *B = malloc((size_t)H * K * sizeof(float));   /* X^T T (H, K) */
     double *Gd = malloc((size_t)H * H * sizeof(double));
@@ -289,8 +289,8 @@ int merge_fit_router(const float *X, const float *T, int n, int H, int K, double
         st = mt_seterr(MT_ERR_NOMEM, "out of memory fitting the router");
         goto done;
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, H, n, 1.0f, X, H, X, H, 0.0f, G, H);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, K, n, 1.0f, X, H, T, K, 0.0f, B, K);
+    be->ops->gemm_f32(be, 1, 0, H, H, n, 1.0f, X, H, X, H, 0.0f, G, H);
+    be->ops->gemm_f32(be, 1, 0, H, K, n, 1.0f, X, H, T, K, 0.0f, B, K);
     double tr = 0;
     for (int i = 0; i < H; i++) tr += G[(size_t)i * H + i];
     double reg = lambda * (tr / H > 0 ? tr / H : 1.0);
@@ -298,15 +298,15 @@ int merge_fit_router(const float *X, const float *T, int n, int H, int K, double
         for (int j = 0; j < H; j++) Gd[(size_t)j * H + i] = G[(size_t)i * H + j] + (i == j ? reg : 0.0);
     for (int i = 0; i < H; i++)
         for (int k = 0; k < K; k++) Bd[(size_t)k * H + i] = B[(size_t)i * K + k];
-    int info = 0, nn = H, nr = K;
-    dposv_("L", &nn, &nr, Gd, &nn, Bd, &nn, &info);
+    /* Cholesky solve of the (regularised) normal equations. */
+    int info = be->ops->posv_f64(be, 'L', H, K, Gd, H, Bd, H);
     if (info != 0) {
         st = mt_seterr(MT_ERR_INTERNAL, "router fit: normal equations not positive definite (info %d)", info);
         goto done;
     }
     for (int k = 0; k < K; k++)
         for (int i = 0; i < H; i++) R[(size_t)k * H + i] = (float)Bd[(size_t)k * H + i];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, K, H, 1.0f, X, H, R, H, 0.0f, P, K);
+    be->ops->gemm_f32(be, 0, 1, n, K, H, 1.0f, X, H, R, H, 0.0f, P, K);
     double s = 0;
     for (size_t i = 0; i < (size_t)n * K; i++) s += ((double)P[i] - T[i]) * ((double)P[i] - T[i]);
     if (rmse) *rmse = sqrt(s / ((double)n * K));
@@ -320,6 +320,7 @@ done:
 }
 
 int merge_refine_router(const float *X, const float *Q, int n, int H, int K, int steps, float lr, float *R) {
+    mt_backend *be = mt_backend_default();
     float *P = malloc((size_t)n * K * sizeof(float));
     float *g = malloc((size_t)K * H * sizeof(float));
     float *m1 = calloc((size_t)K * H, sizeof(float));
@@ -330,7 +331,7 @@ int merge_refine_router(const float *X, const float *Q, int n, int H, int K, int
         goto done;
     }
     for (int t = 1; t <= steps; t++) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, K, H, 1.0f, X, H, R, H, 0.0f, P, K);
+        be->ops->gemm_f32(be, 0, 1, n, K, H, 1.0f, X, H, R, H, 0.0f, P, K);
         for (int i = 0; i < n; i++) {
             float *p = P + (size_t)i * K;
             float mx = -FLT_MAX, s = 0;
@@ -339,7 +340,7 @@ int merge_refine_router(const float *X, const float *Q, int n, int H, int K, int
             for (int k = 0; k < K; k++) p[k] = (p[k] / s - Q[(size_t)i * K + k]) / (float)n;
         }
         /* dL/dR (K, H) = (P - Q)^T X / n */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, H, n, 1.0f, P, K, X, H, 0.0f, g, H);
+        be->ops->gemm_f32(be, 1, 0, K, H, n, 1.0f, P, K, X, H, 0.0f, g, H);
         const float b1 = 0.9f, b2 = 0.999f;
         float c1 = 1.0f - powf(b1, (float)t), c2 = 1.0f - powf(b2, (float)t);
         for (size_t i = 0; i < (size_t)K * H; i++) {

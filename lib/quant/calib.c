@@ -12,7 +12,8 @@
  * quantized exist at once. */
 #include "quant_impl.h"
 
-#include <cblas.h>
+#include "backend.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +125,7 @@ int mt_calib_rows_add(mt_calib_rows *x, const float *rows, int64_t m) {
 
 int mt_calib_hessian(const mt_calib_rows *x, double *H) {
     const int64_t n = x->cols;
+    mt_backend *be = mt_backend_default();
     double *xd = malloc((size_t)(MT_CALIB_BLOCK * n) * sizeof *xd);
     if (!xd) return mt_seterr(MT_ERR_NOMEM, "calibration: out of memory for a Hessian");
     memset(H, 0, (size_t)(n * n) * sizeof *H);
@@ -131,7 +133,7 @@ int mt_calib_hessian(const mt_calib_rows *x, double *H) {
         const int64_t m = mt_calib_rows_in(x, b);
         const float *X = x->blk[b];
         for (int64_t i = 0; i < m * n; i++) xd[i] = X[i];
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)n, (int)m, 1.0, xd, (int)n, 1.0, H, (int)n);
+        be->ops->syrk_f64(be, (int)n, (int)m, 1.0, xd, (int)n, 1.0, H, (int)n);
     }
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < i; j++) H[i * n + j] = H[j * n + i];
@@ -153,6 +155,7 @@ static int rows_f32(const mt_mat *w, int64_t r0, int64_t k, float *dst) {
 
 int mt_calib_mid(const mt_calib_rows *x, const mt_mat *w1, const mt_mat *w3, mt_calib_rows *y) {
     const int64_t Hd = x->cols, F = w1->rows, B = MT_CALIB_BLOCK;
+    mt_backend *be = mt_backend_default();
     mt_calib_rows_init(y, F);
     if (w1->cols != Hd || w3->cols != Hd || w3->rows != F)
         return mt_seterr(MT_ERR_INTERNAL, "calibration: expert shapes do not match its inputs");
@@ -180,8 +183,8 @@ int mt_calib_mid(const mt_calib_rows *x, const mt_mat *w1, const mt_mat *w3, mt_
         for (int b = 0; b < x->nblk; b++) {
             const int64_t m = mt_calib_rows_in(x, b);
             /* (m, 2k): gate pre-activations then up projections of these rows */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)(2 * k), (int)Hd, 1.0f, x->blk[b],
-                        (int)Hd, w13, (int)Hd, 0.0f, gu, (int)(2 * k));
+            be->ops->gemm_f32(be, 0, 1, (int)m, (int)(2 * k), (int)Hd, 1.0f, x->blk[b], (int)Hd, w13, (int)Hd, 0.0f,
+                              gu, (int)(2 * k));
             float *yb = y->blk[b];
             for (int64_t i = 0; i < m; i++) {
                 const float *g = gu + i * 2 * k, *u = g + k;
@@ -202,6 +205,7 @@ done:
 
 int mt_calib_output_err(const mt_mat *w, const float *Wq, const mt_calib_rows *x, double *err, double *ref) {
     const int64_t rows = w->rows, cols = w->cols, B = MT_CALIB_BLOCK;
+    mt_backend *be = mt_backend_default();
     *err = *ref = 0;
     if (x->cols != cols) return mt_seterr(MT_ERR_INTERNAL, "calibration: matrix width does not match its inputs");
     /* [D; W] for ERR_CHUNK rows, D = W − Ŵ, times each block of xᵀ. */
@@ -220,8 +224,8 @@ int mt_calib_output_err(const mt_mat *w, const float *Wq, const mt_calib_rows *x
         for (int64_t i = 0; i < k * cols; i++) D[i] = W[i] - Wq[r0 * cols + i];
         for (int b = 0; b < x->nblk; b++) {
             const int64_t m = mt_calib_rows_in(x, b);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(2 * k), (int)m, (int)cols, 1.0f, dw, (int)cols,
-                        x->blk[b], (int)cols, 0.0f, p, (int)m);
+            be->ops->gemm_f32(be, 0, 1, (int)(2 * k), (int)m, (int)cols, 1.0f, dw, (int)cols, x->blk[b], (int)cols,
+                              0.0f, p, (int)m);
             for (int64_t i = 0; i < k * m; i++) se += (double)p[i] * p[i];
             for (int64_t i = k * m; i < 2 * k * m; i++) sr += (double)p[i] * p[i];
         }

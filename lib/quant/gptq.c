@@ -1,34 +1,32 @@
 /* gptq.c — GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training
  * Quantization for Generative Pre-trained Transformers"), as in its
  * reference implementation: dead columns zeroed, damping λ·mean(diag H),
- * the upper Cholesky factor of H⁻¹ (LAPACK dpotrf/dpotri from OpenBLAS),
+ * the upper Cholesky factor of H⁻¹ (the backend's potrf/potri: LAPACK on the CPU),
  * columns quantized one at a time with the error fed forward inside a
  * block of `block` columns and applied to the rest of the matrix once per
- * block as one sgemm (the "lazy batch" update), optional act-order.
+ * block as one gemm (the "lazy batch" update), optional act-order.
  * A plain column-by-column f64 version is kept as the test reference. */
 #include "quant_impl.h"
 
-#include <cblas.h>
+#include "backend.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* LAPACK (Fortran ABI, shipped inside OpenBLAS). */
-void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
-void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
-
 int mt_gptq_chol_inv(double *H, int64_t cols) {
     if (cols <= 0 || cols > 1 << 30) return mt_seterr(MT_ERR_ARG, "gptq: %lld columns", (long long)cols);
     const int n = (int)cols;
-    int info = 0;
+    mt_backend *be = mt_backend_default();
+    int info;
     /* Row-major H seen by Fortran is Hᵀ = H; 'L' there is the row-major
      * upper triangle. potrf+potri leave H⁻¹ in it; potrf again gives
      * column-major L with H⁻¹ = L Lᵀ, i.e. row-major U = Lᵀ, Uᵀ U = H⁻¹. */
-    dpotrf_("L", &n, H, &n, &info);
-    if (info) return mt_seterr(MT_ERR_INTERNAL, "gptq: Hessian is not positive definite (dpotrf info %d)", info);
-    dpotri_("L", &n, H, &n, &info);
-    if (info) return mt_seterr(MT_ERR_INTERNAL, "gptq: Hessian inverse failed (dpotri info %d)", info);
-    dpotrf_("L", &n, H, &n, &info);
+    if ((info = be->ops->potrf_f64(be, 'L', n, H, n)))
+        return mt_seterr(MT_ERR_INTERNAL, "gptq: Hessian is not positive definite (Cholesky info %d)", info);
+    if ((info = be->ops->potri_f64(be, 'L', n, H, n)))
+        return mt_seterr(MT_ERR_INTERNAL, "gptq: Hessian inverse failed (info %d)", info);
+    info = be->ops->potrf_f64(be, 'L', n, H, n);
     if (info) return mt_seterr(MT_ERR_INTERNAL, "gptq: inverse Hessian is not positive definite (info %d)", info);
     for (int64_t i = 0; i < cols; i++)
         for (int64_t j = 0; j < i; j++) H[i * cols + j] = 0.0; /* row-major lower: leftovers */
@@ -94,6 +92,7 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
         return MT_OK;
     }
     const int64_t ng = cols / g->group, B = p->block > 0 ? p->block : 128;
+    mt_backend *be = mt_backend_default();
     int rc = MT_OK;
     int64_t *perm = NULL;
     float *Wp = NULL, *U = NULL, *E = NULL;
@@ -157,8 +156,8 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
             }
         }
         if (i2 < cols)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)(cols - i2), (int)nb, -1.0f, E,
-                        (int)B, U + i1 * cols + i2, (int)cols, 1.0f, Wk + i2, (int)cols);
+            be->ops->gemm_f32(be, 0, 0, (int)rows, (int)(cols - i2), (int)nb, -1.0f, E, (int)B, U + i1 * cols + i2,
+                              (int)cols, 1.0f, Wk + i2, (int)cols);
     }
     if (perm)
         for (int64_t r = 0; r < rows; r++)

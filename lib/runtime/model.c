@@ -1,7 +1,7 @@
 /* model.c — a loaded model: the checkpoint (memory-mapped), the weight
  * views the forward executes, the tokenizer found beside it (optional) and
- * the thread pool every kernel runs on. Also parameter statistics. */
-#include "qmoe_kernel.h"
+ * the backend every op runs on (the CPU backend with its thread pool).
+ * Also parameter statistics. */
 #include "runtime_impl.h"
 
 #include <math.h>
@@ -15,16 +15,19 @@ void mt_model_opts_default(mt_model_opts *o) {
     o->n_threads = 0;
 }
 
-/* Every matrix the forward multiplies with must have a kernel. */
-static int check_mat(const mt_mat *w, const char *path, const char *what, int layer) {
+/* Every matrix the forward multiplies with must have a kernel on the
+ * backend, which also gets to prepare it (scratch sizes, device copies). */
+static int check_mat(mt_backend *be, const mt_mat *w, const char *path, const char *what, int layer) {
     if (!w->data || w->rows <= 0 || w->cols <= 0)
         return mt_seterr(MT_ERR_FORMAT, "%s: %s of layer %d is missing or empty", path, what, layer);
-    if (!mt_kernel_supported(w->dtype))
+    const int st = be->ops->mat_supported(be, w);
+    if (st == MT_ERR_UNSUPPORTED)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s of layer %d is stored as %s, which the runtime cannot execute",
                          path, what, layer, mt_dtype_get(w->dtype) ? mt_dtype_get(w->dtype)->name : "?");
-    if (w->dtype == MT_DT_QMOE && !mt_qmoe_mat_ok(w))
+    if (st && w->dtype == MT_DT_QMOE)
         return mt_seterr(MT_ERR_FORMAT, "%s: %s of layer %d is a qmoe matrix that was not parsed", path, what, layer);
-    return MT_OK;
+    if (st) return mt_seterr(st, "%s: %s of layer %d cannot run on the %s backend", path, what, layer, be->name);
+    return be->ops->weight_prepare(be, w);
 }
 
 static int check_shape(const mt_mat *w, int64_t rows, int64_t cols, const char *path, const char *what, int layer) {
@@ -49,21 +52,21 @@ static int check_weights(const mt_model *m, const char *path) {
     if (c->n_heads % c->n_kv_heads)
         return mt_seterr(MT_ERR_FORMAT, "%s: %d attention heads are not a multiple of %d KV heads", path,
                          c->n_heads, c->n_kv_heads);
-    if ((st = check_mat(&m->w.tok_embd, path, "token embedding", -1)) < 0) return st;
-    if ((st = check_mat(&m->w.lm_head, path, "lm_head", -1)) < 0) return st;
-    if ((st = check_mat(&m->w.out_norm, path, "final norm", -1)) < 0) return st;
+    if ((st = check_mat(m->be, &m->w.tok_embd, path, "token embedding", -1)) < 0) return st;
+    if ((st = check_mat(m->be, &m->w.lm_head, path, "lm_head", -1)) < 0) return st;
+    if ((st = check_mat(m->be, &m->w.out_norm, path, "final norm", -1)) < 0) return st;
     const int64_t H = c->hidden, QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim;
     if ((st = check_shape(&m->w.tok_embd, c->vocab, H, path, "token embedding", -1)) < 0) return st;
     if ((st = check_shape(&m->w.lm_head, c->vocab, H, path, "lm_head", -1)) < 0) return st;
     if ((st = check_shape(&m->w.out_norm, 1, H, path, "final norm", -1)) < 0) return st;
     for (int l = 0; l < c->n_layers; l++) {
         const mt_layer_weights *L = &m->w.layers[l];
-        if ((st = check_mat(&L->attn_norm, path, "attention norm", l)) < 0) return st;
-        if ((st = check_mat(&L->ffn_norm, path, "ffn norm", l)) < 0) return st;
-        if ((st = check_mat(&L->wq, path, "q_proj", l)) < 0) return st;
-        if ((st = check_mat(&L->wk, path, "k_proj", l)) < 0) return st;
-        if ((st = check_mat(&L->wv, path, "v_proj", l)) < 0) return st;
-        if ((st = check_mat(&L->wo, path, "o_proj", l)) < 0) return st;
+        if ((st = check_mat(m->be, &L->attn_norm, path, "attention norm", l)) < 0) return st;
+        if ((st = check_mat(m->be, &L->ffn_norm, path, "ffn norm", l)) < 0) return st;
+        if ((st = check_mat(m->be, &L->wq, path, "q_proj", l)) < 0) return st;
+        if ((st = check_mat(m->be, &L->wk, path, "k_proj", l)) < 0) return st;
+        if ((st = check_mat(m->be, &L->wv, path, "v_proj", l)) < 0) return st;
+        if ((st = check_mat(m->be, &L->wo, path, "o_proj", l)) < 0) return st;
         if ((st = check_shape(&L->attn_norm, 1, H, path, "attention norm", l)) < 0) return st;
         if ((st = check_shape(&L->ffn_norm, 1, H, path, "ffn norm", l)) < 0) return st;
         if ((st = check_shape(&L->wq, QD, H, path, "q_proj", l)) < 0) return st;
@@ -73,8 +76,9 @@ static int check_weights(const mt_model *m, const char *path) {
         if (L->n_experts < 0)
             return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has a negative expert count", path, l);
         if (L->n_experts > 0) {
-            if ((st = check_mat(&L->router, path, "router", l)) < 0) return st;
+            if ((st = check_mat(m->be, &L->router, path, "router", l)) < 0) return st;
             if ((st = check_shape(&L->router, L->n_experts, H, path, "router", l)) < 0) return st;
+            if (L->alias && (st = m->be->ops->weight_prepare(m->be, &L->router_full)) < 0) return st;
             if (c->top_k <= 0 || c->top_k > L->n_experts)
                 return mt_seterr(MT_ERR_FORMAT, "%s: top_k %d is not in 1..%d experts of layer %d", path, c->top_k,
                                  L->n_experts, l);
@@ -82,9 +86,9 @@ static int check_weights(const mt_model *m, const char *path) {
         int ne = L->n_experts > 0 ? L->n_experts : 1;
         if (!L->w1 || !L->w2 || !L->w3) return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has no MLP weights", path, l);
         for (int e = 0; e < ne; e++) {
-            if ((st = check_mat(&L->w1[e], path, "expert w1", l)) < 0) return st;
-            if ((st = check_mat(&L->w2[e], path, "expert w2", l)) < 0) return st;
-            if ((st = check_mat(&L->w3[e], path, "expert w3", l)) < 0) return st;
+            if ((st = check_mat(m->be, &L->w1[e], path, "expert w1", l)) < 0) return st;
+            if ((st = check_mat(m->be, &L->w2[e], path, "expert w2", l)) < 0) return st;
+            if ((st = check_mat(m->be, &L->w3[e], path, "expert w3", l)) < 0) return st;
             if ((st = check_shape(&L->w1[e], c->ffn, H, path, "expert w1", l)) < 0) return st;
             if ((st = check_shape(&L->w3[e], c->ffn, H, path, "expert w3", l)) < 0) return st;
             if ((st = check_shape(&L->w2[e], H, c->ffn, path, "expert w2", l)) < 0) return st;
@@ -92,8 +96,6 @@ static int check_weights(const mt_model *m, const char *path) {
     }
     return MT_OK;
 }
-
-static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
 /* Every matrix of the model, for passes over all of them, with names in
  * Hugging Face terms for messages (names may be NULL). */
@@ -184,7 +186,6 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
     if ((st = mt_weights_init(&m->w, m->ck)) < 0) goto fail;
     m->weights_ok = 1;
     if ((st = load_qmoe(m, path)) < 0) goto fail;
-    if ((st = check_weights(m, path)) < 0) goto fail;
 
     /* A checkpoint without a tokenizer is still usable on token ids. */
     if (mt_tok_load_for_ckpt(&m->tok, m->ck) < 0) {
@@ -197,40 +198,27 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         nt = n > 0 ? (int)(n > 256 ? 256 : n) : 1;
     }
-    if ((st = mt_pool_init(&m->pool, nt)) < 0) goto fail;
-    m->n_threads = mt_pool_size(m->pool);
+    if ((st = mt_backend_cpu_init(&m->be, nt)) < 0) goto fail;
+    if ((st = check_weights(m, path)) < 0) goto fail;
 
     const mt_config *c = &m->w.cfg;
-    size_t sc = 0;
-    sc = max_sz(sc, mt_matmul_scratch_floats(&m->w.lm_head));
-    for (int l = 0; l < c->n_layers; l++) {
-        const mt_layer_weights *L = &m->w.layers[l];
-        if (L->n_experts > m->max_experts) m->max_experts = L->n_experts;
-        sc = max_sz(sc, mt_matmul_scratch_floats(&L->wq));
-        sc = max_sz(sc, mt_matmul_scratch_floats(&L->wk));
-        sc = max_sz(sc, mt_matmul_scratch_floats(&L->wv));
-        sc = max_sz(sc, mt_matmul_scratch_floats(&L->wo));
-        int ne = L->n_experts > 0 ? L->n_experts : 1;
-        for (int e = 0; e < ne; e++) {
-            sc = max_sz(sc, mt_matmul_scratch_floats(&L->w1[e]));
-            sc = max_sz(sc, mt_matmul_scratch_floats(&L->w2[e]));
-            sc = max_sz(sc, mt_matmul_scratch_floats(&L->w3[e]));
-        }
-    }
-    m->matmul_scratch = sc;
+    for (int l = 0; l < c->n_layers; l++)
+        if (m->w.layers[l].n_experts > m->max_experts) m->max_experts = m->w.layers[l].n_experts;
     m->routing_stride = c->n_experts > m->max_experts ? c->n_experts : m->max_experts;
 
     /* Norm vectors are tiny: keep them as f32 once instead of per forward. */
-    m->norm_f32 = malloc(((size_t)2 * c->n_layers + 1) * (size_t)c->hidden * sizeof(float));
+    const size_t H = (size_t)c->hidden;
+    m->norm_f32 = m->be->ops->buf_alloc(m->be, ((size_t)2 * c->n_layers + 1) * H * sizeof(float));
     if (!m->norm_f32) {
         st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory for norm weights", path);
         goto fail;
     }
+    const int32_t row0 = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        mt_mat_row_f32(&m->w.layers[l].attn_norm, 0, m->norm_f32 + (size_t)(2 * l) * c->hidden);
-        mt_mat_row_f32(&m->w.layers[l].ffn_norm, 0, m->norm_f32 + (size_t)(2 * l + 1) * c->hidden);
+        m->be->ops->get_rows(m->be, &m->w.layers[l].attn_norm, &row0, 1, m->norm_f32 + (size_t)(2 * l) * H);
+        m->be->ops->get_rows(m->be, &m->w.layers[l].ffn_norm, &row0, 1, m->norm_f32 + (size_t)(2 * l + 1) * H);
     }
-    mt_mat_row_f32(&m->w.out_norm, 0, m->norm_f32 + (size_t)(2 * c->n_layers) * c->hidden);
+    m->be->ops->get_rows(m->be, &m->w.out_norm, &row0, 1, m->norm_f32 + (size_t)(2 * c->n_layers) * H);
     *out = m;
     return MT_OK;
 fail:
@@ -240,8 +228,10 @@ fail:
 
 void mt_model_free(mt_model *m) {
     if (!m) return;
-    free(m->norm_f32);
-    if (m->pool) mt_pool_free(m->pool);
+    if (m->be) {
+        m->be->ops->buf_free(m->be, m->norm_f32);
+        mt_backend_free(m->be);
+    }
     if (m->tok) mt_tok_free(m->tok);
     if (m->weights_ok) mt_weights_free(&m->w);
     for (size_t i = 0; i < m->n_qmats; i++) mt_qmoe_mat_free(&m->qmats[i]);
@@ -255,7 +245,7 @@ const mt_config *mt_model_config(const mt_model *m) { return &m->w.cfg; }
 const mt_weights *mt_model_weights(const mt_model *m) { return &m->w; }
 const mt_ckpt *mt_model_ckpt(const mt_model *m) { return m->ck; }
 const mt_tokenizer *mt_model_tokenizer(const mt_model *m) { return m->tok; }
-int mt_model_threads(const mt_model *m) { return m->n_threads; }
+int mt_model_threads(const mt_model *m) { return m->be->n_threads; }
 
 static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {
     if (!w->data || w->rows <= 0 || w->cols <= 0) return;

@@ -1,27 +1,26 @@
-/* runtime_impl.h — private structures of the CPU runtime: the loaded model
- * (checkpoint + weight views + tokenizer + thread pool) and the inference
- * context (KV cache and every scratch buffer, sized once for n_batch so that
- * a forward never allocates). */
+/* runtime_impl.h — private structures of the runtime: the loaded model
+ * (checkpoint + weight views + tokenizer + the backend it runs on) and the
+ * inference context (KV cache and every scratch buffer in backend memory,
+ * sized once for n_batch so that a forward never allocates). */
 #ifndef MT_RUNTIME_IMPL_H
 #define MT_RUNTIME_IMPL_H
 
 #include "moetool/mt_qmoe.h"
 #include "moetool/mt_runtime.h"
-#include "kernels_impl.h"
+#include "backend.h"
 
 struct mt_model {
     mt_ckpt *ck;
     mt_weights w;            /* views into ck's mappings                    */
     int weights_ok;          /* w must be freed                             */
     mt_tokenizer *tok;       /* NULL when the checkpoint has none           */
-    mt_pool *pool;
-    int n_threads;
+    mt_backend *be;          /* every op of the forward runs here           */
     int max_experts;         /* max over layers of the expert count         */
     int routing_stride;      /* experts per layer in routing counts: max of
                                 cfg.n_experts and every layer's count       */
-    size_t matmul_scratch;   /* floats: max mt_matmul_scratch_floats        */
     float *norm_f32;         /* (2*n_layers+1, hidden): attn and ffn norm of
-                                each layer, then the final norm, as f32     */
+                                each layer, then the final norm, as f32;
+                                backend memory                              */
     mt_qmoe_dict qdict;      /* qmoe checkpoints: the dictionary ...          */
     mt_qmoe_mat *qmats;      /* ... and every coded matrix, parsed at load    */
     size_t n_qmats;
@@ -36,7 +35,7 @@ struct mt_ctx {
     float *k_cache;          /* (n_layers, n_ctx, kv_dim)                   */
     float *v_cache;          /* (n_layers, n_ctx, kv_dim)                   */
 
-    /* scratch, all (n_batch, ...) */
+    /* backend memory; scratch all (n_batch, ...) */
     float *x;                /* (n_batch, hidden)    residual stream        */
     float *h;                /* (n_batch, hidden)    normed input           */
     float *q;                /* (n_batch, q_dim)                            */
@@ -44,24 +43,30 @@ struct mt_ctx {
     float *v;                /* (n_batch, kv_dim)                           */
     float *att_out;          /* (n_batch, q_dim)                            */
     float *proj;             /* (n_batch, hidden)    o_proj / MoE output    */
-    float *perm;             /* (n_threads, max(q_dim, kv_dim)) un-permute  */
-    float *att_scores;       /* (n_threads, n_batch, n_ctx) attention probs */
+    float *att_scratch;      /* backend's attn_scratch_floats(n_batch, n_ctx) */
     float *rope_cos;         /* (n_ctx, head_dim/2)                         */
     float *rope_sin;         /* (n_ctx, head_dim/2)                         */
     float *router;           /* (n_batch, max_experts) logits               */
     float *router_p;         /* (n_batch, max_experts) probabilities        */
     int32_t *topk;           /* (n_batch, top_k) for the current layer      */
     float *topk_w;           /* (n_batch, top_k) renormalised weights       */
+
+    /* host memory (aliases of the buffers above when the backend's memory
+     * is host memory, else copies downloaded when needed) */
+    int32_t *topk_h;         /* (n_batch, top_k)                            */
+    float *topk_w_h;         /* (n_batch, top_k)                            */
+    float *cap_h;            /* (n_batch, max(hidden, q_dim, Rmax)) capture
+                                staging; NULL on host memory                */
+
     int32_t *last_routing;   /* (n_layers, last_n, top_k); room for n_batch */
     int last_n;              /* tokens in last_routing                      */
-    uint64_t *routing;       /* (n_layers, max_experts) counts              */
-    int32_t *ex_rows;        /* (n_batch) batch rows routed to one expert   */
-    float *ex_gate;          /* (n_batch) their gates                       */
+    uint64_t *routing;       /* (n_layers, max_experts) counts, host        */
+    int32_t *ex_rows;        /* (n_batch) batch rows routed to one expert, host */
+    float *ex_gate;          /* (n_batch) their gates, host                 */
     float *ex_in;            /* (n_batch, hidden) gathered rows             */
     float *ex_g;             /* (n_batch, ffn)       gate proj              */
     float *ex_u;             /* (n_batch, ffn)       up proj                */
     float *ex_out;           /* (n_batch, hidden)                           */
-    float *mm_scratch;       /* mt_matmul scratch (matmul_scratch floats)   */
 
     mt_capture_fn cap_fn;
     void *cap_user;

@@ -1,4 +1,4 @@
-/* kernels_impl.h — private compute layer of the runtime: a thread pool and
+/* kernels_impl.h — private to the CPU backend (backend_cpu.c): a thread pool and
  * the per-storage-type kernels (matvec for decode, batched matmul for
  * prefill). Every SIMD kernel has a plain C `_ref` twin; tests compare them. */
 #ifndef MT_KERNELS_IMPL_H
