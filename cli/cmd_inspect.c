@@ -24,6 +24,7 @@ static const char *fmt_name(mt_format f) {
     case MT_FMT_HF: return "hf";
     case MT_FMT_SAFETENSORS: return "safetensors";
     case MT_FMT_GGUF: return "gguf";
+    case MT_FMT_PYTORCH: return "pytorch";
     }
     return "?";
 }

@@ -1,5 +1,6 @@
 /* test_fuzz_corpus_io.c — replays every seed in fuzz/corpus/safetensors,
- * fuzz/corpus/config and fuzz/corpus/qmoe through the parsers the fuzzers
+ * fuzz/corpus/config, fuzz/corpus/qmoe, fuzz/corpus/pickle and
+ * fuzz/corpus/pytorch through the parsers the fuzzers
  * drive, plus every truncation of each seed: any status is fine, a crash
  * (or a sanitizer report in a sanitizer build) is not. */
 #define _GNU_SOURCE
@@ -75,6 +76,34 @@ static void feed_qmoe(const uint8_t *data, size_t size) {
     mt_qmoe_mat_free(&q);
 }
 
+static void feed_pickle(const uint8_t *data, size_t size) {
+    mt_pickle_dict *d = NULL;
+    if (mt_pickle_load_state_dict(&d, data, size, "corpus.pkl") == MT_OK) {
+        for (size_t i = 0; i < mt_pickle_count(d); i++)
+            assert_true(mt_pickle_get(d, i)->offset <= mt_pickle_get(d, i)->storage_numel);
+        mt_pickle_free(d);
+    } else {
+        assert_null(d);
+        assert_true(mt_last_error()[0] != 0);
+    }
+}
+
+static void feed_pytorch(const uint8_t *data, size_t size) {
+    mt_safetensors *st = NULL;
+    if (mt_pytorch_parse(&st, data, size, "corpus.bin") == MT_OK) {
+        for (size_t i = 0; i < mt_safetensors_count(st); i++) {
+            const mt_tensor *t = mt_safetensors_get(st, i);
+            volatile uint8_t sink = 0;
+            for (uint64_t k = 0; k < t->nbytes; k++) sink ^= ((const uint8_t *)t->data)[k];
+            (void)sink;
+        }
+        mt_safetensors_free(st);
+    } else {
+        assert_null(st);
+        assert_true(mt_last_error()[0] != 0);
+    }
+}
+
 static int replay(const char *sub, feed_fn feed) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/fuzz/corpus/%s", tu_source_dir(), sub);
@@ -123,8 +152,24 @@ static void test_qmoe_corpus(void **state) {
     assert_true(n >= 3);
 }
 
+static void test_pickle_corpus(void **state) {
+    (void)state;
+    int n = replay("pickle", feed_pickle);
+    printf("pickle corpus: %d files\n", n);
+    assert_true(n >= 3);
+}
+
+static void test_pytorch_corpus(void **state) {
+    (void)state;
+    int n = replay("pytorch", feed_pytorch);
+    printf("pytorch corpus: %d files\n", n);
+    assert_true(n >= 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pickle_corpus),
+        cmocka_unit_test(test_pytorch_corpus),
         cmocka_unit_test(test_safetensors_corpus),
         cmocka_unit_test(test_config_corpus),
         cmocka_unit_test(test_qmoe_corpus),

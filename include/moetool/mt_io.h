@@ -127,6 +127,32 @@ size_t mt_safetensors_count(const mt_safetensors *st);
 const mt_tensor *mt_safetensors_get(const mt_safetensors *st, size_t i);
 const mt_tensor *mt_safetensors_find(const mt_safetensors *st, const char *name);
 
+/* ---- PyTorch checkpoints (torch.save zip: pytorch_model.bin) -------------
+ * Read through libarchive; the pickle in <archive>/data.pkl is interpreted by
+ * a restricted unpickler that never executes anything (docs/formats.md has
+ * the byte layout and the opcode/global allow-list). The result is the same
+ * view of named tensors a safetensors file gives: stored (uncompressed)
+ * storages are mapped in place, compressed ones decompressed once. */
+int mt_pytorch_open(mt_safetensors **out, const char *path);
+/* The same on a zip in a buffer the caller keeps alive (used by the fuzzer). */
+int mt_pytorch_parse(mt_safetensors **out, const void *buf, size_t len, const char *name_for_errors);
+
+/* The restricted unpickler alone: a state dict of tensors, in pickle order. */
+typedef struct {
+    const char *name;        /* state dict key                               */
+    mt_dtype dtype;
+    const char *storage;     /* key of the storage: <archive>/data/<storage> */
+    uint64_t storage_numel;  /* elements of the whole storage                */
+    uint64_t offset;         /* first element of this tensor in the storage  */
+    int n_dims;
+    int64_t shape[MT_MAX_DIMS];
+} mt_pickle_tensor;
+typedef struct mt_pickle_dict mt_pickle_dict;
+int mt_pickle_load_state_dict(mt_pickle_dict **out, const void *buf, size_t len, const char *name_for_errors);
+void mt_pickle_free(mt_pickle_dict *d);
+size_t mt_pickle_count(const mt_pickle_dict *d);
+const mt_pickle_tensor *mt_pickle_get(const mt_pickle_dict *d, size_t i);
+
 /* ---- tokenizer sources found next to a checkpoint ---------------------- */
 typedef struct {
     char *spm_model_path;    /* tokenizer.model, or NULL                     */
@@ -134,13 +160,14 @@ typedef struct {
 } mt_tokenizer_files;
 
 /* ---- checkpoint: one view over any supported format -------------------- */
-typedef enum { MT_FMT_HF = 0, MT_FMT_SAFETENSORS = 1, MT_FMT_GGUF = 2 } mt_format;
+typedef enum { MT_FMT_HF = 0, MT_FMT_SAFETENSORS = 1, MT_FMT_GGUF = 2, MT_FMT_PYTORCH = 3 } mt_format;
 
 typedef struct mt_gguf mt_gguf;
 typedef struct mt_ckpt mt_ckpt;
 
-/* Opens a HF directory, a single .safetensors (config.json expected beside
- * it) or a .gguf. Detects the format by content, not by name. */
+/* Opens a HF directory (safetensors, or pytorch_model.bin when there is no
+ * safetensors), a single .safetensors or PyTorch .bin (config.json expected
+ * beside it) or a .gguf. Detects the format by content, not by name. */
 int mt_ckpt_open(mt_ckpt **out, const char *path);
 void mt_ckpt_free(mt_ckpt *ck);
 mt_format mt_ckpt_format(const mt_ckpt *ck);

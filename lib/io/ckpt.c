@@ -3,7 +3,10 @@
  * model.safetensors.index.json), a single .safetensors file with config.json
  * beside it, or a GGUF file (llama.cpp's "llama" architecture, MoE or dense).
  * The format is detected by content: a directory is HF, a file starting with
- * "GGUF" is GGUF, anything else is tried as safetensors.
+ * "GGUF" is GGUF, a zip or a bare pickle is a PyTorch .bin (pytorch.c),
+ * anything else is tried as safetensors. A directory without safetensors may
+ * hold pytorch_model.bin or pytorch_model.bin.index.json (same layout as the
+ * safetensors index) instead.
  *
  * model.safetensors.index.json layout (as transformers writes it):
  *   { "metadata": { "total_size": N, ... },
@@ -162,7 +165,10 @@ static int shard_name_ok(const char *s) {
     return 1;
 }
 
-static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path) {
+/* Opens one weights file: safetensors or a PyTorch zip. */
+typedef int (*shard_open_fn)(mt_safetensors **out, const char *path);
+
+static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path, shard_open_fn open_shard) {
     mt_mapped m;
     int rc = mt_map_file(&m, index_path);
     if (rc) return rc;
@@ -238,7 +244,7 @@ static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path) {
             free(p);
             goto done;
         }
-        rc = mt_safetensors_open(&ck->shards[k], p);
+        rc = open_shard(&ck->shards[k], p);
         if (rc == MT_OK) ck->file_bytes += mt_safetensors_file_size(ck->shards[k]);
         free(p);
         if (rc) goto done;
@@ -264,10 +270,10 @@ done:
     return rc;
 }
 
-static int open_single(mt_ckpt *ck, const char *st_path) {
+static int open_single(mt_ckpt *ck, const char *st_path, shard_open_fn open_shard) {
     ck->shards = calloc(1, sizeof *ck->shards);
     if (!ck->shards) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-    int rc = mt_safetensors_open(&ck->shards[0], st_path);
+    int rc = open_shard(&ck->shards[0], st_path);
     if (rc) return rc;
     ck->n_shards = 1;
     ck->file_bytes += mt_safetensors_file_size(ck->shards[0]);
@@ -294,14 +300,22 @@ static int open_hf_dir(mt_ckpt *ck, const char *dir) {
     if (rc) return rc;
     char *idx = mt_path_join(dir, "model.safetensors.index.json");
     char *one = mt_path_join(dir, "model.safetensors");
-    if (!idx || !one) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
-    else if (mt_path_exists(idx)) rc = open_sharded(ck, dir, idx);
-    else if (mt_path_exists(one)) rc = open_single(ck, one);
+    char *pt_idx = mt_path_join(dir, "pytorch_model.bin.index.json");
+    char *pt_one = mt_path_join(dir, "pytorch_model.bin");
+    if (!idx || !one || !pt_idx || !pt_one) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+    else if (mt_path_exists(idx)) rc = open_sharded(ck, dir, idx, mt_safetensors_open);
+    else if (mt_path_exists(one)) rc = open_single(ck, one, mt_safetensors_open);
+    else if (mt_path_exists(pt_idx)) rc = open_sharded(ck, dir, pt_idx, mt_pytorch_open);
+    else if (mt_path_exists(pt_one)) rc = open_single(ck, pt_one, mt_pytorch_open);
     else
-        rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: no model.safetensors or model.safetensors.index.json in the directory",
+        rc = mt_seterr(MT_ERR_NOT_FOUND,
+                       "%s: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+                       "pytorch_model.bin.index.json in the directory",
                        dir);
     free(idx);
     free(one);
+    free(pt_idx);
+    free(pt_one);
     if (rc == MT_OK) rc = find_tokenizer_files(ck, dir);
     return rc;
 }
@@ -506,21 +520,26 @@ int mt_ckpt_open(mt_ckpt **out, const char *path) {
             char shown[40];
             rc = mt_seterr(MT_ERR_FORMAT, "%s: not a GGUF file: it begins with %s, a GGUF file with \"GGUF\"", path,
                            show_bytes(head, got < 4 ? got : 4, shown, sizeof shown));
-        } else if (!looks_like_safetensors(head, got, fsize)) {
-            char shown[40];
-            rc = mt_seterr(MT_ERR_FORMAT,
-                           "%s: not a model (neither a GGUF file nor safetensors; it begins with %s)", path,
-                           show_bytes(head, got < 8 ? got : 8, shown, sizeof shown));
         } else {
-            ck->fmt = MT_FMT_SAFETENSORS;
-            char *dir = mt_path_dir(path);
-            if (!dir) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
-            else {
-                rc = open_single(ck, path);
-                if (rc == MT_OK) rc = load_config_in(ck, dir, path);
-                if (rc == MT_OK) rc = find_tokenizer_files(ck, dir);
+            /* zip (torch.save), or PROTO 2 + LONG1 magic number: legacy torch, refused by name */
+            const int is_pt =
+                got >= 4 && (memcmp(head, "PK\003\004", 4) == 0 || memcmp(head, "\x80\x02\x8a\x0a", 4) == 0);
+            if (!is_pt && !looks_like_safetensors(head, got, fsize)) {
+                char shown[40];
+                rc = mt_seterr(MT_ERR_FORMAT,
+                               "%s: not a model (neither GGUF, safetensors nor a PyTorch checkpoint; it begins with %s)",
+                               path, show_bytes(head, got < 8 ? got : 8, shown, sizeof shown));
+            } else {
+                ck->fmt = is_pt ? MT_FMT_PYTORCH : MT_FMT_SAFETENSORS;
+                char *dir = mt_path_dir(path);
+                if (!dir) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+                else {
+                    rc = open_single(ck, path, is_pt ? mt_pytorch_open : mt_safetensors_open);
+                    if (rc == MT_OK) rc = load_config_in(ck, dir, path);
+                    if (rc == MT_OK) rc = find_tokenizer_files(ck, dir);
+                }
+                free(dir);
             }
-            free(dir);
         }
     }
     if (rc) {

@@ -8,6 +8,13 @@
 /* Size in bytes of the file (or buffer) behind a parsed safetensors. */
 uint64_t mt_safetensors_file_size(const mt_safetensors *st);
 
+/* A safetensors-like view over tensors another reader found (the PyTorch
+ * zip): takes `tensors` ([n], malloc'd; names and data owned by `owner`)
+ * and `owner`, released by owner_free(owner) when the view is freed (also
+ * on error). Builds the by-name index; a name seen twice is MT_ERR_FORMAT. */
+int mt_safetensors_adopt(mt_safetensors **out, const char *name, uint64_t file_size, mt_tensor *tensors, size_t n,
+                         void *owner, void (*owner_free)(void *));
+
 /* Range checks shared by the HF and GGUF config readers: positive sizes,
  * heads divisible by kv heads, top_k <= n_experts, layer count, even
  * head_dim, finite positive rope_theta/eps. Message names `path`. */

@@ -33,6 +33,8 @@ struct mt_safetensors {
     mt_tensor *tensors;     /* [n] in data-offset order                      */
     size_t *by_name;        /* [n] indices into tensors, sorted by name      */
     char *names;            /* all tensor names, NUL-separated               */
+    void *owner;            /* adopted tensors (PyTorch zip): names and data */
+    void (*owner_free)(void *);
 };
 
 /* A zero dimension makes the count 0 whatever the others are (a shape such as
@@ -55,6 +57,7 @@ void mt_safetensors_free(mt_safetensors *st) {
     free(st->tensors);
     free(st->by_name);
     free(st->names);
+    if (st->owner_free) st->owner_free(st->owner);
     free(st);
 }
 
@@ -310,6 +313,43 @@ done:
         mt_safetensors_free(st);
         return rc;
     }
+    *out = st;
+    return MT_OK;
+}
+
+int mt_safetensors_adopt(mt_safetensors **out, const char *name, uint64_t file_size, mt_tensor *tensors, size_t n,
+                         void *owner, void (*owner_free)(void *)) {
+    *out = NULL;
+    mt_safetensors *st = calloc(1, sizeof *st);
+    st_named *named = calloc(n ? n : 1, sizeof *named);
+    if (!st || !named || !(st->name = strdup(name)) || !(st->by_name = calloc(n ? n : 1, sizeof *st->by_name))) {
+        free(named);
+        if (st) free(st->name);
+        free(st);
+        free(tensors);
+        if (owner_free) owner_free(owner);
+        return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", name);
+    }
+    st->tensors = tensors;
+    st->n = n;
+    st->file_size = (size_t)file_size;
+    st->owner = owner;
+    st->owner_free = owner_free;
+    for (size_t k = 0; k < n; k++) {
+        named[k].name = tensors[k].name;
+        named[k].idx = k;
+    }
+    qsort(named, n, sizeof *named, cmp_named);
+    for (size_t k = 0; k < n; k++) {
+        if (k && strcmp(named[k].name, named[k - 1].name) == 0) {
+            int rc = mt_seterr(MT_ERR_FORMAT, "%s: tensor %s appears twice", name, named[k].name);
+            free(named);
+            mt_safetensors_free(st);
+            return rc;
+        }
+        st->by_name[k] = named[k].idx;
+    }
+    free(named);
     *out = st;
     return MT_OK;
 }
