@@ -8,7 +8,7 @@
 
 static const char *g_help =
     "usage: moetool convert [IN] -o OUT [--to hf|gguf] [--dtype TYPE] [--shard-size MB]\n"
-    "                       [--no-tokenizer] [--force]\n"
+    "                       [--no-tokenizer] [--force] [--quiet]\n"
     "\n"
     "Converts a checkpoint between Hugging Face safetensors (directory, single\n"
     "or sharded) and GGUF v3 as llama.cpp reads it (arch 'llama', merged 3-D\n"
@@ -19,6 +19,7 @@ static const char *g_help =
     "                     replaced only when moetool wrote it (docs/outputs.md)\n"
     "  --force            replace an existing OUT that moetool did not write (a\n"
     "                     symbolic link: the link itself); never an input\n"
+    "  --quiet            no progress lines on stderr\n"
     "  --to hf|gguf       output format (default: gguf if OUT ends in .gguf, else hf)\n"
     "  --dtype TYPE       f32, f16, bf16, q8_0 or q4_0 for the weight matrices\n"
     "                     (default: keep each tensor's type; q8_0 and q4_0 are\n"
@@ -35,13 +36,14 @@ int cmd_convert(int argc, char **argv) {
                                          {"shard-size", required_argument, 0, 's'},
                                          {"no-tokenizer", no_argument, 0, 'N'},
                                          {"force", no_argument, 0, 'f'},
+                                         {"quiet", no_argument, 0, 'Q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_convert_opts o;
     mt_convert_opts_default(&o);
     o.require_tokenizer = 1;
     const char *out = NULL, *to = NULL;
-    int c;
+    int c, quiet = 0;
     long v;
     optind = 1;
     opterr = 0;
@@ -60,6 +62,7 @@ int cmd_convert(int argc, char **argv) {
             break;
         case 'N': o.require_tokenizer = 0; break;
         case 'f': o.force = 1; break;
+        case 'Q': quiet = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_bad_option("convert", c, argv);
         }
@@ -82,7 +85,7 @@ int cmd_convert(int argc, char **argv) {
     if (!out_gguf && o.dtype >= 0 && !mt_dtype_is_plain_float((mt_dtype)o.dtype))
         return cli_usage_error("convert", "--dtype %s needs --to gguf (Hugging Face safetensors have no such type)",
                                mt_dtype_get((mt_dtype)o.dtype)->name);
-    o.progress = cli_progress;
+    if (!quiet) o.progress = cli_progress;
     double t0 = mt_now();
     int rc = mt_convert(in, out, &o);
     cli_progress_done();

@@ -10,7 +10,7 @@
 static const char *g_help =
     "usage: moetool eval [MODEL] [--text FILE] [--ctx N] [--protocol gptq|llamacpp]\n"
     "                    [--ref MODEL] [--threads T] [--max-windows N]\n"
-    "                    [--allow-long-context] [--json]\n"
+    "                    [--allow-long-context] [--json] [--quiet]\n"
     "\n"
     "Perplexity of a text under one of two protocols:\n"
     "  gptq      the whole text tokenized without BOS, cut into non-overlapping\n"
@@ -35,6 +35,7 @@ static const char *g_help =
     "  --max-windows N   score only the first N windows (only the text they\n"
     "                    need is read)\n"
     "  --json            one JSON object on stdout\n"
+    "  --quiet           no progress lines on stderr\n"
     "  -h, --help        this text\n";
 
 static void routing_picture(const mt_eval_result *r) {
@@ -79,6 +80,7 @@ int cmd_eval(int argc, char **argv) {
                                          {"max-windows", required_argument, 0, 'w'},
                                          {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"quiet", no_argument, 0, 'Q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_eval_opts eo;
@@ -86,7 +88,7 @@ int cmd_eval(int argc, char **argv) {
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     const char *text_path = NULL, *ref_path = NULL;
-    int json = 0, long_ctx = 0, c;
+    int json = 0, quiet = 0, long_ctx = 0, c;
     long v;
     optind = 1;
     opterr = 0;
@@ -116,6 +118,7 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'L': long_ctx = 1; break;
         case 'j': json = 1; break;
+        case 'Q': quiet = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_bad_option("eval", c, argv);
         }
@@ -139,7 +142,7 @@ int cmd_eval(int argc, char **argv) {
         text_path = text_default;
     }
     eo.n_batch = eo.ctx;
-    if (!json) eo.progress = cli_progress;
+    if (!quiet) eo.progress = cli_progress;
 
     int ret = MT_EXIT_FAIL, rc;
     mt_model *m = NULL, *ref = NULL;

@@ -14,7 +14,7 @@ static const char *g_help =
     "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC | --budget N)\n"
     "                     [--method M]\n"
     "                     [--router R] [--calib FILE] [--calib-tokens N] [--sample N]\n"
-    "                     [--router-steps N] [--threads T] [--allow-long-context] [--json]\n"
+    "                     [--router-steps N] [--threads T] [--allow-long-context] [--json] [--quiet]\n"
     "\n"
     "Reduces the experts of every MoE layer to K and writes a Hugging Face\n"
     "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
@@ -49,6 +49,7 @@ static const char *g_help =
     "  --allow-long-context calibrate in windows longer than the model's\n"
     "                       max_position_embeddings\n"
     "  --json               one JSON object on stdout\n"
+    "  --quiet              no progress lines on stderr\n"
     "  -h, --help           this text\n";
 
 int cmd_merge(int argc, char **argv) {
@@ -66,12 +67,13 @@ int cmd_merge(int argc, char **argv) {
                                          {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
                                          {"force", no_argument, 0, 'f'},
+                                         {"quiet", no_argument, 0, 'Q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_merge_opts o;
     mt_merge_opts_default(&o);
     const char *out = NULL, *layers = NULL;
-    int json = 0, c;
+    int json = 0, quiet = 0, c;
     long v;
     optind = 1;
     opterr = 0;
@@ -116,6 +118,7 @@ int cmd_merge(int argc, char **argv) {
         case 'L': o.allow_long_context = 1; break;
         case 'j': json = 1; break;
         case 'f': o.force = 1; break;
+        case 'Q': quiet = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_bad_option("merge", c, argv);
         }
@@ -138,7 +141,7 @@ int cmd_merge(int argc, char **argv) {
         }
         o.calib_path = calib_default;
     }
-    if (!json) o.progress = cli_progress;
+    if (!quiet) o.progress = cli_progress;
     mt_merge_report r;
     int rc = mt_merge(model, out, &o, &r);
     cli_progress_done();

@@ -19,7 +19,7 @@ static const char *g_help =
     "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
     "                        [--experts-only | --attn-bits B] [--embed-bits 8|4]\n"
     "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
-    "                        [--threads T] [--allow-long-context] [--json]\n"
+    "                        [--threads T] [--allow-long-context] [--json] [--quiet]\n"
     "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
     "                        [--text FILE]\n"
     "\n"
@@ -87,6 +87,7 @@ static const char *g_help =
     "  --allow-long-context  calibrate in windows longer than the model's\n"
     "                      max_position_embeddings\n"
     "  --json              one JSON object on stdout\n"
+    "  --quiet             no progress lines on stderr\n"
     "  -h, --help          this text\n";
 
 static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const char *out, uint64_t file_bytes, int json,
@@ -211,12 +212,13 @@ int cmd_quantize(int argc, char **argv) {
                                          {"allow-long-context", no_argument, 0, 'L'},
                                          {"json", no_argument, 0, 'j'},
                                          {"force", no_argument, 0, 'f'},
+                                         {"quiet", no_argument, 0, 'Q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     mt_quant_opts o;
     mt_quant_opts_default(&o);
     const char *out = NULL, *text_path = NULL;
-    int json = 0, eval_only = 0, threads = 0, c;
+    int json = 0, quiet = 0, eval_only = 0, threads = 0, c;
     long v;
     double f;
     optind = 1;
@@ -289,6 +291,7 @@ int cmd_quantize(int argc, char **argv) {
         case 'L': o.allow_long_context = 1; break;
         case 'j': json = 1; break;
         case 'f': o.force = 1; break;
+        case 'Q': quiet = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
         default: return cli_bad_option("quantize", c, argv);
         }
@@ -315,7 +318,7 @@ int cmd_quantize(int argc, char **argv) {
             fprintf(stderr, "moetool quantize: no --calib given: calibrating on %s\n", calib_default);
         o.calib_path = calib_default;
     }
-    if (!json) o.progress = cli_progress;
+    if (!quiet) o.progress = cli_progress;
 
     mt_quant_report rep;
     memset(&rep, 0, sizeof rep);
@@ -360,7 +363,7 @@ int cmd_quantize(int argc, char **argv) {
     mt_eval_opts eo;
     mt_eval_opts_default(&eo);
     eo.n_batch = eo.ctx;
-    if (!json) eo.progress = cli_progress;
+    if (!quiet) eo.progress = cli_progress;
     if ((rc = mt_eval_ppl(m, ref, ids, n_ids, &eo, &res))) goto fail;
     cli_progress_done();
     print_report(&rep, &o, NULL, 0, json, &res);

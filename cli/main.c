@@ -78,16 +78,89 @@ int cli_check_output(const char *verb, const char *out) {
 }
 
 static volatile sig_atomic_t g_progress_shown;
+/* The one progress drawer of every verb. The job started at g_t0 (process
+ * start, or the end of the previous job); the rate is measured from the first
+ * report on, so model loading does not skew the ETA. */
+static double g_t0, g_phase_t0, g_first_t, g_last_report, g_last_print;
+static uint64_t g_first_done;
+static int g_have_first;
+static char g_phase[64]; /* "job: unit" of the last report: a new one starts a phase */
 
+static void fmt_secs(char *b, size_t n, double s) {
+    if (s < 0) s = 0;
+    unsigned long t = (unsigned long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(b, n, "%luh%02lum", t / 3600, t / 60 % 60);
+    else if (t >= 60)
+        snprintf(b, n, "%lum%02lus", t / 60, t % 60);
+    else
+        snprintf(b, n, "%lus", t);
+}
+
+/* what is "verb: unit" with optional details after ';' ("eval: window; ppl
+ * 12.3"); a unit named "bytes" is drawn in MiB. On a terminal one line is
+ * redrawn with \r; otherwise a line at most every 2 s, none in the first 2 s,
+ * and the last one, so logs stay short and quick failures print nothing. */
 void cli_progress(void *user, const char *what, uint64_t done, uint64_t total) {
     (void)user;
-    if (!isatty(STDERR_FILENO)) return;
-    if (total)
-        fprintf(stderr, "\r%s: %5.1f%% (%llu/%llu)\033[K", what, 100.0 * (double)done / (double)total,
-                (unsigned long long)done, (unsigned long long)total);
-    else
-        fprintf(stderr, "\r%s: %llu\033[K", what, (unsigned long long)done);
-    g_progress_shown = 1;
+    const double now = mt_now();
+    if (g_t0 <= 0) g_t0 = g_phase_t0 = g_last_report = now;
+    const char *semi = strchr(what, ';');
+    const int head = semi ? (int)(semi - what) : (int)strlen(what);
+    const size_t plen = strlen(g_phase);
+    const int same_phase = (int)plen == (head < (int)sizeof g_phase ? head : (int)sizeof g_phase - 1) &&
+                           !strncmp(g_phase, what, plen);
+    if (!g_have_first || done < g_first_done || !same_phase) {
+        snprintf(g_phase, sizeof g_phase, "%.*s", head, what);
+        g_have_first = 1;
+        g_first_done = done;
+        g_first_t = now;
+        g_phase_t0 = g_last_report;
+    }
+    g_last_report = now;
+    const int tty = isatty(STDERR_FILENO);
+    const int last = total && done >= total;
+    if (!tty && (now - g_t0 < 2.0 || (!last && now - g_last_print < 2.0))) return;
+    g_last_print = now;
+    const int bytes = head >= 5 && !strncmp(what + head - 5, "bytes", 5);
+    const double scale = bytes ? 1.0 / 1048576.0 : 1.0;
+    double rate = 0;
+    if (done > g_first_done && now > g_first_t)
+        rate = (double)(done - g_first_done) / (now - g_first_t);
+    else if (now > g_phase_t0)
+        rate = (double)done / (now - g_phase_t0);
+    char line[320], eta[32] = "?";
+    int n = bytes ? snprintf(line, sizeof line, "moetool %.*s: %.1f", head > 7 ? head - 7 : 0, what,
+                             (double)done * scale)
+                  : snprintf(line, sizeof line, "moetool %.*s %llu", head, what, (unsigned long long)done);
+    if (total) {
+        n += bytes ? snprintf(line + n, sizeof line - (size_t)n, "/%.1f MiB", (double)total * scale)
+                   : snprintf(line + n, sizeof line - (size_t)n, "/%llu", (unsigned long long)total);
+        n += snprintf(line + n, sizeof line - (size_t)n, " (%.0f%%)", 100.0 * (double)done / (double)total);
+    }
+    if (semi && n < (int)sizeof line) n += snprintf(line + n, sizeof line - (size_t)n, ", %s", semi + 1 + (semi[1] == ' '));
+    if (n < (int)sizeof line && rate > 0) {
+        const double r = rate * scale;
+        const char *unit = bytes ? "MiB" : what;
+        for (int i = 0; !bytes && i < head; i++)
+            if (what[i] == ' ') unit = what + i + 1;
+        const int ul = bytes ? 3 : head - (int)(unit - what);
+        n += r >= 1 || bytes ? snprintf(line + n, sizeof line - (size_t)n, ", %.2f %.*s/s", r, ul, unit)
+                             : snprintf(line + n, sizeof line - (size_t)n, ", %.1f s/%.*s", 1.0 / r, ul, unit);
+    }
+    if (total && n < (int)sizeof line) {
+        if (last)
+            fmt_secs(eta, sizeof eta, now - g_phase_t0), snprintf(line + n, sizeof line - (size_t)n, ", done in %s", eta);
+        else if (rate > 0)
+            fmt_secs(eta, sizeof eta, (double)(total - done) / rate),
+                snprintf(line + n, sizeof line - (size_t)n, ", ETA %s", eta);
+    }
+    if (tty) {
+        fprintf(stderr, "\r%s\033[K", line);
+        g_progress_shown = 1;
+    } else {
+        fprintf(stderr, "%s\n", line);
+    }
 }
 
 void cli_progress_done(void) {
@@ -95,6 +168,10 @@ void cli_progress_done(void) {
         fprintf(stderr, "\r\033[K");
         g_progress_shown = 0;
     }
+    /* The next job's clock starts now. */
+    g_t0 = g_phase_t0 = g_last_report = mt_now();
+    g_have_first = 0;
+    g_last_print = 0;
 }
 
 int cli_parse_int(const char *verb, const char *opt, const char *s, long lo, long hi, long *out) {
@@ -292,6 +369,7 @@ static void catch_signals(void) {
 int main(int argc, char **argv) {
     mt_set_log(log_to_stderr, NULL);
     catch_signals();
+    cli_progress_done(); /* the first job's clock starts with the process */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         printf(g_usage, cli_default_model());
         return argc < 2 ? MT_EXIT_USAGE : MT_EXIT_OK;

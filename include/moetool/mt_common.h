@@ -54,8 +54,10 @@ void mt_log(mt_log_level level, const char *fmt, ...)
 #endif
     ;
 
-/* Progress of long work (convert, eval): done out of total units. The CLI
- * draws a line on a terminal; NULL callback means silent. */
+/* Progress of long work (convert, eval, quantize, merge): done out of total
+ * units. what is "job: unit" ("quantize: layer", "convert: bytes"), optionally
+ * followed by "; details" ("eval: window; ppl 12.34"). The library never
+ * prints: the CLI draws the line on stderr; NULL callback means silent. */
 typedef void (*mt_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
 
 /* ---- storage types: the table and its codecs (mt_dtype.h, mt_codec.h) -- */

@@ -383,7 +383,7 @@ static int stream_all(conv *cv) {
         if (!rc) rc = out_flush(cv);
         if (rc) return rc;
         cv->done += cv->p[i].nbytes;
-        if (cv->o->progress) cv->o->progress(cv->o->progress_user, "convert", cv->done, cv->total);
+        if (cv->o->progress) cv->o->progress(cv->o->progress_user, "convert: bytes", cv->done, cv->total);
     }
     return MT_OK;
 }

@@ -167,7 +167,7 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64
     for (size_t w = 0; w < n_win; w++) {
         mt_ctx_reset(ctx);
         if ((st = mt_ctx_forward(ctx, ids + w * W, W, NULL, 0))) goto done;
-        if (o->progress) o->progress(o->progress_user, "calibrate", w + 1, n_win);
+        if (o->progress) o->progress(o->progress_user, "merge: calibration window", w + 1, n_win);
     }
     *tokens_run = (uint64_t)n_win * W;
 done:
@@ -809,7 +809,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
                 }
             }
             merge_naee_free(nz);
-            if (o->progress) o->progress(o->progress_user, "sensitivity", (uint64_t)l + 1, (uint64_t)L);
+            if (o->progress) o->progress(o->progress_user, "merge: sensitivity layer", (uint64_t)l + 1, (uint64_t)L);
         }
         if (!st) st = merge_budget_allocate(cost, C, El, L, cf->top_k, o->budget, R->layer_k);
         free(cost);
@@ -899,7 +899,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
                 goto done;
         R->expert_params_in += (uint64_t)E * 3 * FH;
         R->expert_params_out += (uint64_t)K * 3 * FH;
-        if (o->progress) o->progress(o->progress_user, "merge", (uint64_t)l + 1, (uint64_t)L);
+        if (o->progress) o->progress(o->progress_user, "merge: layer", (uint64_t)l + 1, (uint64_t)L);
     }
     R->router_fit_rmse = rmse_n ? rmse_sum / rmse_n : 0;
     if ((st = mt_hf_writer_finish(hw))) goto done;

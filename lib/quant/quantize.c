@@ -576,6 +576,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     mt_gptq_params gp = {o->damp, o->block, o->act_order,
                          o->ternary_range > 0 ? o->ternary_range
                          : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0};
+    uint64_t n_mats_done = 0;
+    const double t_start = mt_now();
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
@@ -654,7 +656,13 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             mat_view((mt_mat *)j->src, j->out);
         }
         mt_calib_capture_free(&cc);
-        if (o->progress) o->progress(o->progress_user, "quantize", (uint64_t)l + 1, (uint64_t)c->n_layers);
+        n_mats_done += nj;
+        if (o->progress) {
+            char what[96];
+            snprintf(what, sizeof what, "quantize: layer; %llu matrices done, %.2f matrices/s",
+                     (unsigned long long)n_mats_done, n_mats_done / fmax(mt_now() - t_start, 1e-9));
+            o->progress(o->progress_user, what, (uint64_t)l + 1, (uint64_t)c->n_layers);
+        }
     }
     if (o->tq1) {
         /* TQ2_0 -> TQ1_0: the same codes and scales, packed 5 per byte. */

@@ -14,6 +14,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,7 +149,11 @@ int mt_eval_ppl(mt_model *m, mt_model *ref, const int32_t *ids, size_t n_ids, co
                 }
             }
         }
-        if (o->progress) o->progress(o->progress_user, "eval", (uint64_t)w + 1, (uint64_t)n_win);
+        if (o->progress) {
+            char what[64];
+            snprintf(what, sizeof what, "eval: window; ppl %.4f", n_scored ? exp(nll / (double)n_scored) : 0.0);
+            o->progress(o->progress_user, what, (uint64_t)w + 1, (uint64_t)n_win);
+        }
     }
     out->nll_sum = nll;
     out->n_scored = n_scored;
