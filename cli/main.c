@@ -86,6 +86,21 @@ static uint64_t g_first_done;
 static int g_have_first;
 static char g_phase[64]; /* "job: unit" of the last report: a new one starts a phase */
 
+/* Appends to line[cap] at n, never past its end; returns the new length. */
+static int addf(char *line, int cap, int n, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+static int addf(char *line, int cap, int n, const char *fmt, ...) {
+    if (n >= cap - 1) return n;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(line + n, (size_t)(cap - n), fmt, ap);
+    va_end(ap);
+    return k < 0 ? n : n + k < cap - 1 ? n + k : cap - 1;
+}
+
 static void fmt_secs(char *b, size_t n, double s) {
     if (s < 0) s = 0;
     unsigned long t = (unsigned long)(s + 0.5);
@@ -130,30 +145,30 @@ void cli_progress(void *user, const char *what, uint64_t done, uint64_t total) {
     else if (now > g_phase_t0)
         rate = (double)done / (now - g_phase_t0);
     char line[320], eta[32] = "?";
-    int n = bytes ? snprintf(line, sizeof line, "moetool %.*s: %.1f", head > 7 ? head - 7 : 0, what,
-                             (double)done * scale)
-                  : snprintf(line, sizeof line, "moetool %.*s %llu", head, what, (unsigned long long)done);
+    const int cap = (int)sizeof line;
+    int n = bytes ? addf(line, cap, 0, "moetool %.*s: %.1f", head > 7 ? head - 7 : 0, what, (double)done * scale)
+                  : addf(line, cap, 0, "moetool %.*s %llu", head, what, (unsigned long long)done);
     if (total) {
-        n += bytes ? snprintf(line + n, sizeof line - (size_t)n, "/%.1f MiB", (double)total * scale)
-                   : snprintf(line + n, sizeof line - (size_t)n, "/%llu", (unsigned long long)total);
-        n += snprintf(line + n, sizeof line - (size_t)n, " (%.0f%%)", 100.0 * (double)done / (double)total);
+        n = bytes ? addf(line, cap, n, "/%.1f MiB", (double)total * scale)
+                  : addf(line, cap, n, "/%llu", (unsigned long long)total);
+        n = addf(line, cap, n, " (%.0f%%)", 100.0 * (double)done / (double)total);
     }
-    if (semi && n < (int)sizeof line) n += snprintf(line + n, sizeof line - (size_t)n, ", %s", semi + 1 + (semi[1] == ' '));
-    if (n < (int)sizeof line && rate > 0) {
+    if (semi) n = addf(line, cap, n, ", %s", semi + 1 + (semi[1] == ' '));
+    if (rate > 0) {
         const double r = rate * scale;
         const char *unit = bytes ? "MiB" : what;
         for (int i = 0; !bytes && i < head; i++)
             if (what[i] == ' ') unit = what + i + 1;
         const int ul = bytes ? 3 : head - (int)(unit - what);
-        n += r >= 1 || bytes ? snprintf(line + n, sizeof line - (size_t)n, ", %.2f %.*s/s", r, ul, unit)
-                             : snprintf(line + n, sizeof line - (size_t)n, ", %.1f s/%.*s", 1.0 / r, ul, unit);
+        n = r >= 1 || bytes ? addf(line, cap, n, ", %.2f %.*s/s", r, ul, unit)
+                            : addf(line, cap, n, ", %.1f s/%.*s", 1.0 / r, ul, unit);
     }
-    if (total && n < (int)sizeof line) {
-        if (last)
-            fmt_secs(eta, sizeof eta, now - g_phase_t0), snprintf(line + n, sizeof line - (size_t)n, ", done in %s", eta);
-        else if (rate > 0)
-            fmt_secs(eta, sizeof eta, (double)(total - done) / rate),
-                snprintf(line + n, sizeof line - (size_t)n, ", ETA %s", eta);
+    if (total && last) {
+        fmt_secs(eta, sizeof eta, now - g_phase_t0);
+        addf(line, cap, n, ", done in %s", eta);
+    } else if (total && rate > 0) {
+        fmt_secs(eta, sizeof eta, (double)(total - done) / rate);
+        addf(line, cap, n, ", ETA %s", eta);
     }
     if (tty) {
         fprintf(stderr, "\r%s\033[K", line);
@@ -163,11 +178,16 @@ void cli_progress(void *user, const char *what, uint64_t done, uint64_t total) {
     }
 }
 
-void cli_progress_done(void) {
+/* Clears a drawn terminal line (before a warning or error line). */
+static void progress_clear(void) {
     if (g_progress_shown) {
         fprintf(stderr, "\r\033[K");
         g_progress_shown = 0;
     }
+}
+
+void cli_progress_done(void) {
+    progress_clear();
     /* The next job's clock starts now. */
     g_t0 = g_phase_t0 = g_last_report = mt_now();
     g_have_first = 0;
@@ -298,7 +318,7 @@ void json_str(FILE *f, const char *s) { json_strn(f, s, strlen(s)); }
 static void log_to_stderr(void *user, mt_log_level level, const char *msg) {
     (void)user;
     if (level == MT_LOG_DEBUG && !getenv("MOETOOL_DEBUG")) return;
-    cli_progress_done();
+    progress_clear();
     fprintf(stderr, "moetool: %s%s\n", level == MT_LOG_WARN ? "warning: " : "", msg);
 }
 

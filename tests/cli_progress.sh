@@ -62,7 +62,7 @@ fi
 # Not a terminal: a job of more than ~2 s (GPTQ) prints plain lines naming
 # the layer, no more than one per 2 s plus the last; --quiet none.
 t0=$(date +%s.%N)
-"$BIN" quantize "$MODEL" -o "$T/g.gguf" --bits 4 --calib-tokens 4096 --threads 2 --json >"$T/g.json" 2>"$T/g.err" \
+"$BIN" quantize "$MODEL" -o "$T/g.gguf" --bits 4 --calib-tokens 16384 --threads 2 --json >"$T/g.json" 2>"$T/g.err" \
   || bad "gptq quantize failed: $(head -3 "$T/g.err")"
 secs=$(python3 -c "import sys; print(int(float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)")
 is_json "$T/g.json" && ok || bad "gptq --json stdout is not JSON"
@@ -74,7 +74,7 @@ if [ "$secs" -ge 3 ]; then
 fi
 [ "$n" -le $((secs / 2 + 2)) ] && ok || bad "$n progress lines in ${secs} s: more than one per 2 s"
 rm -f "$T/g.gguf"
-"$BIN" quantize "$MODEL" -o "$T/g.gguf" --bits 4 --calib-tokens 4096 --threads 2 --quiet >/dev/null 2>"$T/gq.err" \
+"$BIN" quantize "$MODEL" -o "$T/g.gguf" --bits 4 --calib-tokens 16384 --threads 2 --quiet >/dev/null 2>"$T/gq.err" \
   || bad "gptq quantize --quiet failed"
 [ -s "$T/gq.err" ] && bad "quantize --quiet wrote to stderr: $(head -2 "$T/gq.err")" || ok
 # A quick job off a terminal prints nothing but its result.
