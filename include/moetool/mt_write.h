@@ -33,6 +33,9 @@ int mt_gguf_writer_kv_arr(mt_gguf_writer *w, const char *key, mt_gguf_type elem_
 /* String array; lens may be NULL (then strings are NUL-terminated). */
 int mt_gguf_writer_kv_arr_str(mt_gguf_writer *w, const char *key, uint64_t n,
                               const char *const *strs, const size_t *lens);
+/* general.quantized_by = "moetool" (llama.cpp's key) when file_type (a
+ * GGUF general.file_type) is a quantized type; nothing for float types. */
+int mt_gguf_writer_kv_quantized_by(mt_gguf_writer *w, uint32_t file_type);
 /* A value copied verbatim from another GGUF (see mt_gguf_kv_raw). */
 int mt_gguf_writer_kv_raw(mt_gguf_writer *w, const char *key, mt_gguf_type type, const void *raw, size_t len);
 /* Tensor info; shape in PyTorch order (outermost first), 1..4 dims. */

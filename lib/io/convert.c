@@ -20,6 +20,7 @@
 #include "writer_impl.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -523,14 +524,101 @@ static void model_name(const char *path, char *b, size_t n) {
     b[len] = 0;
 }
 
+/* gguf-py's model_weight_count_rounded_notation (utility.py): the count
+ * scaled to K/M/B/T with at least min_digits significant integer digits or
+ * decimals. Python's round() rounds half to even, as nearbyint does. */
+static void weight_count_notation(char *b, size_t n, uint64_t count, int min_digits) {
+    double x = (double)count, scaled;
+    const char *suffix;
+    if (x > 1e12) scaled = x * 1e-12, suffix = "T";
+    else if (x > 1e9) scaled = x * 1e-9, suffix = "B";
+    else if (x > 1e6) scaled = x * 1e-6, suffix = "M";
+    else scaled = x * 1e-3, suffix = "K";
+    char digits[32];
+    snprintf(digits, sizeof digits, "%.0f", nearbyint(scaled));
+    const char *d = digits;
+    while (*d == '0') d++;
+    int fix = min_digits - (int)strlen(d);
+    snprintf(b, n, "%.*f%s", fix > 0 ? fix : 0, scaled, suffix);
+}
+
+/* general.size_label as llama.cpp's converter computes it from the tensors it
+ * writes (GGUFWriter.get_total_parameter_count + gguf.size_label): for MoE,
+ * "<experts>x<shared + one expert's params>", else the total. */
+static void size_label_of(const conv *cv, char *b, size_t n) {
+    uint64_t total = 0, shared = 0, expert = 0, expert_sum = 0, n_exp_tensors = 0;
+    for (size_t i = 0; i < cv->n; i++) {
+        const int nd = cv->p[i].n_dims;
+        uint64_t size = 1;
+        for (int d = 0; d < nd; d++) size *= (uint64_t)cv->p[i].shape[d];
+        const char *name = cv->p[i].name;
+        if (strstr(name, "_exps.") && nd >= 3) {
+            uint64_t ne = (uint64_t)cv->p[i].shape[strstr(name, ".bias") ? nd - 2 : nd - 3];
+            if (ne) expert += size / ne;
+            expert_sum += ne;
+            n_exp_tensors++;
+        } else {
+            shared += size;
+        }
+        total += size;
+    }
+    uint64_t n_exp = n_exp_tensors ? expert_sum / n_exp_tensors : 0;
+    if (n_exp > 0) {
+        char pretty[32];
+        weight_count_notation(pretty, sizeof pretty, shared + expert, 2);
+        snprintf(b, n, "%llux%s", (unsigned long long)n_exp, pretty);
+    } else {
+        weight_count_notation(b, n, total, 2);
+    }
+}
+
+/* chat_template of tokenizer_config.json beside an HF input, as llama.cpp's
+ * converter stores it: a string as tokenizer.chat_template; a list of
+ * {name, template} as tokenizer.chat_template ("default") and
+ * tokenizer.chat_template.<name>. No file or no template: nothing. */
+static int gguf_chat_template_kvs(conv *cv) {
+    char *dir = mt_path_is_dir(cv->in_path) ? strdup(cv->in_path) : mt_path_dir(cv->in_path);
+    char *p = dir ? mt_path_join(dir, "tokenizer_config.json") : NULL;
+    free(dir);
+    if (!p) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int rc = MT_OK;
+    json_t *j = mt_path_exists(p) ? json_load_file(p, 0, NULL) : NULL;
+    json_t *t = j ? json_object_get(j, "chat_template") : NULL;
+    if (json_is_string(t)) {
+        rc = mt_gguf_writer_kv_str(cv->gw, "tokenizer.chat_template", json_string_value(t), json_string_length(t));
+    } else if (json_is_array(t)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(t, i, e) {
+            json_t *nm = json_object_get(e, "name"), *tp = json_object_get(e, "template");
+            if (rc || !json_is_string(nm) || !json_is_string(tp)) continue;
+            char key[256];
+            if (!strcmp(json_string_value(nm), "default")) snprintf(key, sizeof key, "tokenizer.chat_template");
+            else if ((size_t)snprintf(key, sizeof key, "tokenizer.chat_template.%s", json_string_value(nm)) >= sizeof key)
+                continue;
+            rc = mt_gguf_writer_kv_str(cv->gw, key, json_string_value(tp), json_string_length(tp));
+        }
+    }
+    json_decref(j);
+    free(p);
+    return rc;
+}
+
 static int gguf_llama_kvs(conv *cv) {
     mt_gguf_writer *w = cv->gw;
     const mt_config *c = cv->cfg;
-    char name[256];
+    char name[256], size_label[64];
     model_name(cv->in_path, name, sizeof name);
+    size_label_of(cv, size_label, sizeof size_label);
+    const uint32_t ft = file_type_of(cv);
+    /* general.* as llama.cpp's convert_hf_to_gguf.py writes them */
     int rc = mt_gguf_writer_kv_str(w, "general.architecture", "llama", 5);
+    if (!rc) rc = mt_gguf_writer_kv_str(w, "general.type", "model", 5);
     if (!rc) rc = mt_gguf_writer_kv_str(w, "general.name", name, strlen(name));
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.file_type", file_type_of(cv));
+    if (!rc) rc = mt_gguf_writer_kv_str(w, "general.basename", name, strlen(name));
+    if (!rc) rc = mt_gguf_writer_kv_str(w, "general.size_label", size_label, strlen(size_label));
+    if (!rc) rc = mt_gguf_writer_kv_quantized_by(w, ft);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.file_type", ft);
     if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.quantization_version", 2);
     if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.vocab_size", (uint32_t)c->vocab);
     if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.context_length", (uint32_t)c->max_pos);
@@ -542,10 +630,8 @@ static int gguf_llama_kvs(conv *cv) {
     if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads);
     if (!rc) rc = mt_gguf_writer_kv_f32(w, "llama.rope.freq_base", c->rope_theta);
     if (!rc) rc = mt_gguf_writer_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
-    if (!rc && c->head_dim * c->n_heads != c->hidden) {
-        rc = mt_gguf_writer_kv_u32(w, "llama.attention.key_length", (uint32_t)c->head_dim);
-        if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.value_length", (uint32_t)c->head_dim);
-    }
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.key_length", (uint32_t)c->head_dim);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.value_length", (uint32_t)c->head_dim);
     if (!rc && c->n_experts > 0) {
         rc = mt_gguf_writer_kv_u32(w, "llama.expert_count", (uint32_t)c->n_experts);
         if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.expert_used_count", (uint32_t)c->top_k);
@@ -560,6 +646,7 @@ static int gguf_llama_kvs(conv *cv) {
         }
     }
     if (!rc) rc = gguf_tokenizer_kvs(cv);
+    if (!rc) rc = gguf_chat_template_kvs(cv);
     return rc;
 }
 
@@ -570,9 +657,10 @@ static int gguf_copy_kvs(conv *cv) {
     int rc = MT_OK;
     for (size_t k = 0; k < mt_gguf_key_count(g) && !rc; k++) {
         const char *key = mt_gguf_key_name(g, (int)k);
-        if (!strcmp(key, "general.alignment")) continue;
+        if (!strcmp(key, "general.alignment") || !strcmp(key, "general.quantized_by")) continue;
         if (!strcmp(key, "general.file_type")) {
             rc = mt_gguf_writer_kv_u32(cv->gw, key, file_type_of(cv));
+            if (!rc) rc = mt_gguf_writer_kv_quantized_by(cv->gw, file_type_of(cv));
             continue;
         }
         mt_gguf_type t;
@@ -661,6 +749,11 @@ static int hf_tokenizer_from_gguf(conv *cv, const char *dst) {
             json_object_set_new(j, "legacy", json_true());
             json_object_set_new(j, "model_max_length", json_integer(cv->cfg->max_pos));
             json_object_set_new(j, "tokenizer_class", json_string("LlamaTokenizer"));
+            const mt_gguf *g = mt_ckpt_gguf(cv->ck);
+            const char *tmpl;
+            uint64_t tlen;
+            if (g && mt_gguf_get_str(g, "tokenizer.chat_template", &tmpl, &tlen) == MT_OK)
+                json_object_set_new(j, "chat_template", json_stringn(tmpl, (size_t)tlen));
             rc = write_json(dst, "tokenizer_config.json", j);
         }
     } else {

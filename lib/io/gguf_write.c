@@ -148,6 +148,12 @@ int mt_gguf_writer_kv_str(mt_gguf_writer *w, const char *key, const char *s, siz
     return rc ? rc : put_str(w, s, len);
 }
 
+int mt_gguf_writer_kv_quantized_by(mt_gguf_writer *w, uint32_t file_type) {
+    int d = mt_dtype_from_gguf_file_type(file_type);
+    if (d < 0 || mt_dtype_is_plain_float((mt_dtype)d)) return MT_OK;
+    return mt_gguf_writer_kv_str(w, "general.quantized_by", "moetool", 7);
+}
+
 int mt_gguf_writer_kv_raw(mt_gguf_writer *w, const char *key, mt_gguf_type type, const void *raw, size_t len) {
     int rc = kv_begin(w, key, type);
     return rc ? rc : buf_put(w, raw, len);

@@ -794,7 +794,7 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
     if ((rc = mt_gguf_writer_open(&gw, out_path))) return rc;
     for (size_t k = 0; k < mt_gguf_key_count(g) && !rc; k++) {
         const char *key = mt_gguf_key_name(g, (int)k);
-        if (!strcmp(key, "general.alignment")) continue;
+        if (!strcmp(key, "general.alignment") || !strcmp(key, "general.quantized_by")) continue;
         if (!strcmp(key, "general.file_type")) {
             rc = mt_gguf_writer_kv_u32(gw, key, mt_dtype_gguf_file_type(s->expert_dtype));
             continue;
@@ -807,6 +807,7 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
     }
     if (!rc && mt_gguf_find_key(g, "general.file_type") < 0)
         rc = mt_gguf_writer_kv_u32(gw, "general.file_type", mt_dtype_gguf_file_type(s->expert_dtype));
+    if (!rc) rc = mt_gguf_writer_kv_quantized_by(gw, mt_dtype_gguf_file_type(s->expert_dtype));
     for (size_t i = 0; i < nt && !rc; i++) {
         const mt_tensor *t = mt_gguf_tensor(g, i);
         int l = -1, e0, k = role_kind(c, t->name, MT_FMT_GGUF, &l, &e0);
