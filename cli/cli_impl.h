@@ -54,13 +54,14 @@ void json_strn(FILE *f, const char *s, size_t n);
 
 /* Verbs: entry points and option tables (cli/verbs.c lists them). */
 extern const cli_verb cli_verb_inspect, cli_verb_convert, cli_verb_eval, cli_verb_generate, cli_verb_quantize,
-    cli_verb_merge;
+    cli_verb_merge, cli_verb_run;
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 
 /* Encodes text with the model's tokenizer into a malloc'd array. */
 int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n);

@@ -26,6 +26,7 @@ static const char *g_usage =
     "  generate  MODEL -p PROMPT      text continuation with a KV cache\n"
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
     "  merge     MODEL -o OUT --experts K   reduce experts per layer by calibrated merging\n"
+    "  run       RECIPE.yaml          a YAML pipeline of steps with quality gates (docs/recipes.md)\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
     "sharded), a .safetensors file with config.json beside it, or a .gguf file.\n"
@@ -34,7 +35,8 @@ static const char *g_usage =
     "\n"
     "`moetool <verb> --help` describes each verb.\n"
     "\n"
-    "exit codes: 0 success, 1 the work failed (message on stderr), 2 bad usage.\n";
+    "exit codes: 0 success, 1 the work failed (message on stderr), 2 bad usage,\n"
+    "3 a recipe's gate failed (run).\n";
 
 /* Interrupted work leaves no partial output: remove the registered
  * temporaries, say so in one line and exit 1. Async-signal-safe: the

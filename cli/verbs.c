@@ -11,5 +11,6 @@ const cli_verb *const cli_verbs[] = {
     &cli_verb_generate,
     &cli_verb_quantize,
     &cli_verb_merge,
+    &cli_verb_run,
     NULL,
 };
