@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,11 +170,44 @@ static void test_bundled(void **state) {
     }
 }
 
+/* The fuzzer's seeds and every truncation of each: a recipe or a one-line
+ * positioned message, never a crash (a sanitizer build checks memory). */
+static void test_corpus(void **state) {
+    (void)state;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/fuzz/corpus/recipe", tu_source_dir());
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int seeds = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        size_t len = 0;
+        char *data = tu_read_file(path, &len);
+        assert_non_null(data);
+        for (size_t n = 0; n <= len; n += n < 64 ? 1 : 7) {
+            char *copy = malloc(n + 1);
+            memcpy(copy, data, n);
+            recipe *r = NULL;
+            char err[512];
+            if (recipe_parse(&r, "seed.yaml", copy, n, 0, err, sizeof err) == 0) recipe_free(r);
+            else assert_true(strncmp(err, "seed.yaml:", 10) == 0 && !strchr(err, '\n'));
+            free(copy);
+        }
+        free(data);
+        seeds++;
+    }
+    closedir(d);
+    assert_true(seeds >= 5);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_bundled),
+        cmocka_unit_test(test_corpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
