@@ -77,7 +77,7 @@ $PY -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['exit_code']==
 cached merged q4 score && ok
 
 # ---- 6. a failing step: exit 1 naming the step and its log
-sed -e 's/      experts: 6/      experts: 9/' "$T/d.yaml" >"$T/stepfail.yaml"
+sed -e 's/      experts: 6/      layers: "0-9:6"/' "$T/d.yaml" >"$T/stepfail.yaml"
 "$BIN" run "$T/stepfail.yaml" --workdir "$W" >"$T/out" 2>"$T/err"; rc=$?
 [ $rc = 1 ] && grep -q "step 'merged' (merge) failed with exit 2: .*log:" "$T/err" && ok || { bad "failing step: exit $rc"; cat "$T/err"; }
 ! grep -q "q4 (quantize): running" "$T/err" && ok || bad "a step after a failed one ran"
@@ -114,6 +114,17 @@ printf 'version: 1\nmodel: %s/nope\nsteps:\n  - name: m\n    eval: {}\n' "$T" >"
 printf 'version: 1\nmodel: %s\nsteps:\n  - name: m\n    eval: {}\n' "$SRC/README.md" >"$T/b3.yaml"
 "$BIN" run "$T/b3.yaml" --dry-run >"$T/out" 2>"$T/err"; rc=$?
 [ $rc = 2 ] && grep -q "b3.yaml:2:8: model .*README.md: " "$T/err" && ok || { bad "not a model: exit $rc"; cat "$T/err"; }
+sed -e 's/      experts: 6/      experts: 9/' "$T/d.yaml" >"$T/b4.yaml"   # more than the model has
+"$BIN" run "$T/b4.yaml" --dry-run >"$T/out" 2>"$T/err"; rc=$?
+[ $rc = 2 ] && grep -q "b4.yaml:16:16: merge: experts 9 does not fit the base model (8 experts, top-2)" "$T/err" && ok || { bad "experts 9: exit $rc"; cat "$T/err"; }
+printf 'version: 1\nmodel: %s\nsteps:\n  - name: e\n    eval: {ref: %s}\n' "$MODEL" "$T/small" >"$T/b5.yaml"
+mkdir -p "$T/small" && $PY - "$MODEL/config.json" "$T/small/config.json" <<'EOF2'
+import json, sys
+c = json.load(open(sys.argv[1])); c["vocab_size"] = 32000; json.dump(c, open(sys.argv[2], "w"))
+EOF2
+for f in "$MODEL"/*.safetensors "$MODEL"/*.json; do [ -e "$T/small/$(basename "$f")" ] || ln -s "$f" "$T/small/"; done
+"$BIN" run "$T/b5.yaml" --dry-run >"$T/out" 2>"$T/err"; rc=$?
+[ $rc = 2 ] && grep -q "b5.yaml:5:17: .*small has a vocabulary of 32000 tokens, the base model .* one of 4096" "$T/err" && ok || { bad "ref of another vocabulary: exit $rc"; cat "$T/err"; }
 "$BIN" run "$T/nosuch.yaml" >"$T/out" 2>"$T/err"; rc=$?
 [ $rc = 2 ] && grep -q "nosuch.yaml: No such file" "$T/err" && ok || bad "missing recipe: exit $rc"
 "$BIN" run >"$T/out" 2>"$T/err"; [ $? = 2 ] && ok || bad "run without a recipe"

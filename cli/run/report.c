@@ -187,7 +187,7 @@ static void svg_scatter(const report_input *in, FILE *f) {
         if (isnan(ppl) || isnan(bytes)) continue;
         xs[n] = bytes / 1048576.0, ys[n] = ppl, names[n] = r->steps[i].name, n++;
         const double ref = num(res, "ref_ppl", NULL);
-        if (!isnan(ref) && n < 65 && strcmp(names[0], "base")) {
+        if (!isnan(ref) && n < 65) {
             int have_base = 0;
             for (int k = 0; k < n; k++) have_base |= !strcmp(names[k], "base model");
             if (!have_base) xs[n] = (double)tree_bytes(r->model, 0) / 1048576.0, ys[n] = ref, names[n] = "base model", n++;

@@ -476,6 +476,53 @@ static int gate_value(const json_t *res, recipe_metric m, double *v) {
 
 /* ------------------------------------------------------------- the run */
 
+/* Before any work: every model the recipe names by path opens and shares
+ * the base model's vocabulary (a mismatch would surface hours later as a
+ * failed eval --ref or a meaningless KL), and merge steps on the base model
+ * ask for a K the model can give (top_k <= K < experts). Outputs of steps do
+ * not exist yet: the verbs check those when they run. */
+static int check_models(const recipe *r, char *err, size_t errn) {
+    mt_ckpt *base = NULL;
+    if (mt_ckpt_open(&base, r->model) != MT_OK)
+        return snprintf(err, errn, "%s:%d:%d: model %s: %s", r->path, r->model_pos.line, r->model_pos.col, r->model,
+                        mt_last_error()), -1;
+    const mt_config *bc = mt_ckpt_config(base);
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < r->n_steps; i++) {
+        const recipe_step *s = &r->steps[i];
+        const int on_base = (!s->model && s->input < 0) || (s->model && !strcmp(s->model, "${model}"));
+        for (size_t k = 0; rc == 0 && k <= s->n_kv; k++) {
+            const char *path = NULL;
+            recipe_pos pos;
+            if (k == s->n_kv) path = s->model, pos = s->model_pos;
+            else if (!strcmp(s->kv[k].opt->name, "ref")) path = s->kv[k].value, pos = s->kv[k].pos;
+            if (!path || strstr(path, "${")) continue;
+            mt_ckpt *ck = NULL;
+            if (mt_ckpt_open(&ck, path) != MT_OK) {
+                rc = snprintf(err, errn, "%s:%d:%d: model %s: %s", r->path, pos.line, pos.col, path, mt_last_error());
+            } else if (mt_ckpt_config(ck)->vocab != bc->vocab) {
+                rc = snprintf(err, errn, "%s:%d:%d: %s has a vocabulary of %d tokens, the base model %s one of %d",
+                              r->path, pos.line, pos.col, path, mt_ckpt_config(ck)->vocab, r->model, bc->vocab);
+            }
+            mt_ckpt_free(ck);
+            rc = rc ? -1 : 0;
+        }
+        if (rc || !on_base || strcmp(s->verb->name, "merge")) continue;
+        for (size_t k = 0; k < s->n_kv; k++) {
+            if (strcmp(s->kv[k].opt->name, "experts")) continue;
+            const int K = atoi(s->kv[k].value);
+            if (bc->n_experts <= 0 || K < bc->top_k || K >= bc->n_experts) {
+                rc = -1;
+                snprintf(err, errn, "%s:%d:%d: merge: experts %d does not fit the base model (%d experts, top-%d): "
+                         "it needs top_k <= K < experts", r->path, s->kv[k].pos.line, s->kv[k].pos.col, K,
+                         bc->n_experts, bc->top_k);
+            }
+        }
+    }
+    mt_ckpt_free(base);
+    return rc;
+}
+
 static char *default_workdir(const char *recipe_path) {
     const char *base = strrchr(recipe_path, '/');
     base = base ? base + 1 : recipe_path;
@@ -532,15 +579,11 @@ int cmd_run(int argc, char **argv) {
         ret = cli_usage_error("run", "--force names no step of %s: '%s'", A.recipe, A.force);
         goto done;
     }
-    /* The base model must open (header, config, tensor names) before any work. */
-    mt_ckpt *ck = NULL;
-    if (mt_ckpt_open(&ck, r->model) != MT_OK) {
-        fprintf(stderr, "moetool run: %s:%d:%d: model %s: %s\n", r->path, r->model_pos.line, r->model_pos.col, r->model,
-                mt_last_error());
+    if (check_models(r, err, sizeof err)) {
+        fprintf(stderr, "moetool run: %s\n", err);
         ret = MT_EXIT_USAGE;
         goto done;
     }
-    mt_ckpt_free(ck);
     pl.work = A.workdir ? strdup(A.workdir) : default_workdir(A.recipe);
     pl.s = calloc(r->n_steps, sizeof *pl.s);
     if (!pl.work || !pl.s || hash_path("/proc/self/exe", pl.exe_hash) || hash_path(r->model, pl.model_hash)) {
