@@ -46,7 +46,7 @@ void mt_merge_opts_default(mt_merge_opts *o) {
     o->method = MT_MERGE_REAP_MERGE; /* best at 8->4 on the bundled model (docs/merge.md) */
     o->router = MT_MERGE_ROUTER_FIT;
     o->calib_tokens = 16384;
-    o->window = 256;
+    o->window = 0; /* MT_MERGE_WINDOW, or the model's context when shorter */
     o->sample_tokens = 4096;
     o->router_steps = 0;
 }
@@ -132,9 +132,10 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64
         return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer to encode the calibration text with: %s",
                          mt_ckpt_path(mt_model_ckpt(m)), mt_model_tokenizer_error(m));
     const int max_pos = mt_model_config(m)->max_pos;
-    if (max_pos > 0 && o->window > max_pos && !o->allow_long_context)
+    const int W = o->window ? o->window : max_pos > 0 && max_pos < MT_MERGE_WINDOW ? max_pos : MT_MERGE_WINDOW;
+    if (max_pos > 0 && W > max_pos && !o->allow_long_context)
         return mt_seterr(MT_ERR_ARG, "calibration windows of %d tokens are longer than the model's context of %d "
-                         "(max_position_embeddings); --allow-long-context to calibrate anyway", o->window, max_pos);
+                         "(max_position_embeddings); --allow-long-context to calibrate anyway", W, max_pos);
     size_t n_ids = 0;
     int32_t *ids = NULL, *text_ids = NULL;
     mt_ctx *ctx = NULL;
@@ -156,7 +157,6 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64
                        n_ids, o->calib_tokens);
         goto done;
     }
-    const int W = o->window;
     const size_t n_win = (size_t)o->calib_tokens / W;
     if (n_win == 0) {
         st = mt_seterr(MT_ERR_ARG, "--calib-tokens %d is less than one window of %d tokens", o->calib_tokens, W);
@@ -642,7 +642,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
                                      "merged expert to alias; use a merging method (average, frequency, hc-smoe, "
                                      "mc-smoe, reap-merge)", mt_merge_method_name(o->method));
     if (!o->calib_path) return mt_seterr(MT_ERR_ARG, "merge: --calib FILE is required");
-    if (o->window < 2 || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
+    if ((o->window && o->window < 2) || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
         return mt_seterr(MT_ERR_ARG, "merge: --calib-tokens, window or sample size out of range");
 
     const char *calib_in[] = {o->calib_path};

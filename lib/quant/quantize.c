@@ -47,7 +47,7 @@ void mt_quant_opts_default(mt_quant_opts *o) {
     o->bits = 4;
     o->group = MT_QUANT_GROUP_DEFAULT;
     o->calib_tokens = 16384;
-    o->calib_window = 256;
+    o->calib_window = 0; /* 256, or the model's context when shorter */
     o->damp = 0.1;
     o->block = 128;
     o->format = MT_FMT_GGUF;
@@ -55,6 +55,13 @@ void mt_quant_opts_default(mt_quant_opts *o) {
     o->expert_cap = 4.0;
     o->min_expert_tokens = 16;
     o->sequential = 1;
+}
+
+/* Calibration window: the one asked for, else 256 tokens or the model's
+ * whole context (max_position_embeddings) when that is shorter. */
+static int calib_window(const mt_quant_opts *o, const mt_config *c) {
+    if (o->calib_window) return o->calib_window;
+    return c->max_pos > 0 && c->max_pos < MT_QUANT_CALIB_WINDOW ? c->max_pos : MT_QUANT_CALIB_WINDOW;
 }
 
 void mt_quant_report_free(mt_quant_report *r) {
@@ -186,11 +193,10 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
         if ((rc = mt_grid_make(&g, o->attn_bits, MT_QUANT_GROUP_DEFAULT, q_dim(c), "--attn-bits on o_proj"))) return rc;
     }
     if (o->method == MT_QUANT_GPTQ) {
-        if (o->calib_window < 2 || o->calib_window > 65536)
-            return mt_seterr(MT_ERR_ARG, "quantize: calibration window %d out of range", o->calib_window);
-        if (o->calib_tokens < o->calib_window)
-            return mt_seterr(MT_ERR_ARG, "quantize: --calib-tokens %d is less than one window of %d", o->calib_tokens,
-                             o->calib_window);
+        const int W = calib_window(o, c);
+        if (W < 2 || W > 65536) return mt_seterr(MT_ERR_ARG, "quantize: calibration window %d out of range", W);
+        if (o->calib_tokens < W)
+            return mt_seterr(MT_ERR_ARG, "quantize: --calib-tokens %d is less than one window of %d", o->calib_tokens, W);
         if (!(o->damp >= 0) || o->damp > 10) return mt_seterr(MT_ERR_ARG, "quantize: damping %g out of range", o->damp);
         if (o->block <= 0) return mt_seterr(MT_ERR_ARG, "quantize: block %d out of range", o->block);
         if (!(o->expert_cap > 0)) return mt_seterr(MT_ERR_ARG, "quantize: expert cap %g out of range", o->expert_cap);
@@ -546,6 +552,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         goto fail;
     }
     const int gptq = o->method == MT_QUANT_GPTQ;
+    const int W = calib_window(o, c);
     if (gptq) {
         char def[4096];
         const char *cp = o->calib_path;
@@ -554,13 +561,13 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             cp = def;
         }
         const int max_pos = mt_model_config(m)->max_pos;
-        if (max_pos > 0 && o->calib_window > max_pos && !o->allow_long_context) {
+        if (max_pos > 0 && W > max_pos && !o->allow_long_context) {
             rc = mt_seterr(MT_ERR_ARG, "calibration windows of %d tokens are longer than the model's context of %d "
-                           "(max_position_embeddings); --allow-long-context to calibrate anyway", o->calib_window, max_pos);
+                           "(max_position_embeddings); --allow-long-context to calibrate anyway", W, max_pos);
             goto fail;
         }
         if ((rc = mt_calib_tokens(m, cp, o->calib_tokens, &ids, &n_ids))) goto fail;
-        n_ids = (size_t)o->calib_tokens / (size_t)o->calib_window * (size_t)o->calib_window;
+        n_ids = (size_t)o->calib_tokens / (size_t)W * (size_t)W;
         rep->n_calib_tokens = (int)n_ids;
     }
     mt_grid ge;
@@ -586,7 +593,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             const double tc = mt_now();
             uint64_t cap = (uint64_t)ceil(o->expert_cap * (double)n_ids *
                                           (L->n_experts > 0 ? (double)c->top_k / L->n_experts : 1.0));
-            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, o->calib_window, with_attn, cap, &cc))) goto fail;
+            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, W, with_attn, cap, &cc))) goto fail;
             rep->calib_seconds += mt_now() - tc;
             for (int e = 0; e < lne; e++) rep->expert_tokens[(size_t)l * ne + e] = (uint64_t)cc.x[e].n;
         }
@@ -705,7 +712,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             if ((rc = mt_grid_make(&j.grid, o->embed_bits, MT_QUANT_GROUP_DEFAULT, src[i]->cols, "--embed-bits"))) goto fail;
             if (i == 1 && gptq) {
                 const double tc = mt_now();
-                if ((rc = mt_calib_capture_final(m, ids, n_ids, o->calib_window, &fx))) goto fail;
+                if ((rc = mt_calib_capture_final(m, ids, n_ids, W, &fx))) goto fail;
                 rep->calib_seconds += mt_now() - tc;
                 j.x = &fx;
             }
