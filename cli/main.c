@@ -28,11 +28,13 @@ static const char *g_usage =
     "  convert   IN -o OUT            Hugging Face safetensors <-> GGUF, retype\n"
     "  eval      MODEL --text FILE    perplexity, KL vs a reference, speed, routing\n"
     "  generate  MODEL -p PROMPT      text continuation with a KV cache\n"
+    "  tokenize  MODEL -p TEXT        token ids and pieces (--decode IDS: back)\n"
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
     "  merge     MODEL -o OUT --experts K   reduce experts per layer by calibrated merging\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
-    "sharded), a .safetensors file with config.json beside it, or a .gguf file.\n"
+    "sharded), a .safetensors file with config.json beside it, a PyTorch\n"
+    "pytorch_model.bin, or a .gguf file.\n"
     "When omitted, the bundled model is used:\n"
     "  %s\n"
     "\n"
@@ -407,6 +409,7 @@ int main(int argc, char **argv) {
         {"convert", cmd_convert},
         {"eval", cmd_eval},
         {"generate", cmd_generate},
+        {"tokenize", cmd_tokenize},
         {"quantize", cmd_quantize},
         {"merge", cmd_merge},
     };
