@@ -63,13 +63,9 @@ static void routing_picture(const mt_eval_result *r) {
     }
 }
 
-static char *default_text(const char *model) {
-    /* The bundled model ships its held-out text. */
-    size_t n = strlen(model) + 32;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/data/test.txt", model);
-    return p;
-}
+/* data/test.txt inside a model directory or beside a model file (the
+ * bundled model ships its held-out text there). */
+static char *default_text(const char *model) { return cli_beside_model(model, "data/test.txt"); }
 
 int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"text", required_argument, 0, 't'},
@@ -135,10 +131,11 @@ int cmd_eval(int argc, char **argv) {
         if (probe) {
             fclose(probe);
         } else {
+            fprintf(stderr, "moetool eval: no --text given and %s does not exist: scoring ",
+                    text_default ? text_default : "data/test.txt");
             free(text_default);
             text_default = default_text(cli_default_model());
-            fprintf(stderr, "moetool eval: no --text given and %s/data/test.txt does not exist: scoring %s\n",
-                    model_path, text_default ? text_default : "?");
+            fprintf(stderr, "%s\n", text_default ? text_default : "?");
         }
         text_path = text_default;
     }

@@ -204,8 +204,10 @@ static int plan_hf_to_gguf(conv *cv) {
     return MT_OK;
 }
 
-/* The float type of an HF output of a GGUF: the request, else the dominant
- * type (by bytes) of the 2-D+ weights when HF can store it, else f32. */
+/* The float type of an HF output of a GGUF for the tensors GGUF keeps in
+ * F32 (norms, router): the request, else the dominant plain float type (by
+ * bytes) of the other 2-D+ weights, else f32 — so HF -> GGUF -> HF gives
+ * the original types back. */
 static mt_dtype hf_target_type(const conv *cv) {
     if (cv->o->dtype >= 0) return (mt_dtype)cv->o->dtype;
     uint64_t bytes[MT_DT_COUNT] = {0};
@@ -216,8 +218,19 @@ static mt_dtype hf_target_type(const conv *cv) {
     }
     int best = -1;
     for (int d = 0; d < MT_DT_COUNT; d++)
-        if (bytes[d] && mt_dtype_get((mt_dtype)d)->is_float && (best < 0 || bytes[d] > bytes[best])) best = d;
-    return best >= 0 && mt_dtype_is_plain_float((mt_dtype)best) ? (mt_dtype)best : MT_DT_F32;
+        if (bytes[d] && mt_dtype_is_plain_float((mt_dtype)d) && (best < 0 || bytes[d] > bytes[best])) best = d;
+    return best >= 0 ? (mt_dtype)best : MT_DT_F32;
+}
+
+/* The HF type of one GGUF tensor without --dtype: its own type when
+ * safetensors holds it, f32 for a block-quantized one (its exact values;
+ * --dtype bf16 gives a smaller, rounded copy), `tt` for what GGUF keeps in
+ * F32 by convention. */
+static mt_dtype hf_type_of(const conv *cv, const mt_tensor *t, const mt_arch_tensor *r, mt_dtype tt) {
+    if (cv->o->dtype >= 0) return (mt_dtype)cv->o->dtype;
+    if (t->n_dims < 2 || (r->flags & MT_ROLE_F_F32_GGUF)) return tt;
+    if (mt_dtype_is_plain_float(t->dtype)) return t->dtype;
+    return MT_DT_F32;
 }
 
 /* GGUF -> HF, by the family's role table. */
@@ -249,7 +262,7 @@ static int plan_gguf_to_hf(conv *cv) {
                 e->slice = x;
                 e->n_dims = 2;
                 memcpy(e->shape, shp, sizeof a.shape);
-                e->dtype = tt;
+                e->dtype = hf_type_of(cv, t, r, tt);
                 if ((rc = finish_entry(cv, e))) return rc;
             }
             continue;
@@ -265,7 +278,7 @@ static int plan_gguf_to_hf(conv *cv) {
         e->src = t;
         e->n_dims = nd;
         memcpy(e->shape, shp, sizeof a.shape);
-        e->dtype = tt;
+        e->dtype = hf_type_of(cv, t, r, tt);
         if (c->rope_style == MT_ROPE_INTERLEAVED && (r->flags & MT_ROLE_F_ROPE)) {
             e->perm = PERM_TO_HF;
             e->perm_heads = r->role == MT_ROLE_WQ ? c->n_heads : c->n_kv_heads;
