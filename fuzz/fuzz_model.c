@@ -5,7 +5,8 @@
  * tokenizer), and is loaded as every verb loads it. Any input must load or
  * fail with a message; what loads is run: every tokenizer piece decoded,
  * a short text encoded, and two tokens through the forward pass (every
- * weight path, the qmoe decoder included). */
+ * weight path, the qmoe decoder included); an SPM vocabulary is also
+ * written back as tokenizer.json. */
 #include "bundle.h"
 #include "moetool/mt_runtime.h"
 #include "moetool/mt_tokenizer.h"
@@ -26,6 +27,8 @@ static void exercise(mt_model *m) {
             len = 0;
             mt_tok_piece_text(t, (int)i, buf, sizeof buf, &len);
         }
+        /* what GGUF -> HF writes from this vocabulary */
+        if (mt_tok_kind_of(t) == MT_TOK_SPM) mt_tok_write_hf_json(t, g_dir);
         int32_t ids[64];
         size_t n = 0;
         static const char text[] = "In the beginning \xe2\x80\x94 <s> caf\xc3\xa9 \xff 12";

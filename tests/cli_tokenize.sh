@@ -37,6 +37,17 @@ while IFS= read -r line; do
 done <"$T/cases"
 [ "$n" -ge 3 ] && ok || bad "only $n tokenizer cases in reference.json"
 
+# GGUF -> HF writes tokenizer.json: moetool's own reader of it (tokenizer.model
+# removed) gives the same ids
+"$BIN" convert "$T/m.gguf" -o "$T/back" --quiet >/dev/null 2>"$T/err" || bad "convert back: $(cat "$T/err")"
+rm -f "$T/back/tokenizer.model"
+while IFS= read -r line; do
+  text=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["text"], end="")' "$line")
+  want=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ids"])' "$line")
+  got=$("$BIN" tokenize "$T/back" -p "$text" --no-bos --json 2>"$T/err" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ids"])' 2>>"$T/err")
+  [ "$got" = "$want" ] && ok || bad "tokenizer.json written from the GGUF: ids $got, want $want $(head -2 "$T/err")"
+done <"$T/cases"
+
 # BOS first by default; --file equals -p on the same text
 first=$("$BIN" tokenize "$MODEL" -p "In the beginning" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ids"][0], d["pieces"][0])')
 [ "$first" = "1 <s>" ] && ok || bad "first token '$first', want '1 <s>'"

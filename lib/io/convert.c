@@ -750,6 +750,7 @@ static int hf_tokenizer_from_gguf(conv *cv, const char *dst) {
         if (!p) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
         else rc = mt_tok_write_spm(tok, p);
         free(p);
+        if (!rc) rc = mt_tok_write_hf_json(tok, dst);
         if (!rc) {
             json_t *j = json_object();
             size_t len;
