@@ -92,5 +92,6 @@ int cmd_convert(int argc, char **argv) {
     if (rc) return cli_fail("convert", rc);
     fprintf(stderr, "moetool convert: wrote %s (%s) in %.2f s, peak RSS %.1f MiB\n", out, out_gguf ? "gguf" : "hf",
             mt_now() - t0, mt_peak_rss_bytes() / 1048576.0);
+    cli_note_portability("convert", out);
     return MT_EXIT_OK;
 }

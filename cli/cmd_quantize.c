@@ -325,11 +325,15 @@ int cmd_quantize(int argc, char **argv) {
     memset(&rep, 0, sizeof rep);
     int rc;
     if (!eval_only) {
+        char *cmdline = cli_command_line(argc, argv);
+        o.command = cmdline;
         rc = mt_quantize_file(model_path, out, &o, threads, &rep);
+        free(cmdline);
         cli_progress_done();
         free(calib_default);
         if (rc) return cli_fail("quantize", rc);
         print_report(&rep, &o, out, path_bytes(out), json, NULL);
+        cli_note_portability("quantize", out);
         mt_quant_report_free(&rep);
         return MT_EXIT_OK;
     }

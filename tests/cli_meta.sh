@@ -84,6 +84,14 @@ PY
 if "$BIN" quantize "$T/bf16.gguf" -o "$T/quant.gguf" --method rtn --bits 8 --group 32 >/dev/null 2>"$T/err"; then
   python3 -c "import gguf, sys; f = gguf.GGUFReader(sys.argv[1]).fields.get('general.quantized_by'); sys.exit(0 if f is not None and f.contents() == 'moetool' else 1)" \
     "$T/quant.gguf" && ok || bad "quantize output lacks general.quantized_by"
+  # what quantize did: moetool.provenance, a JSON string
+  python3 - "$T/quant.gguf" "$T/bf16.gguf" <<'PY' && ok || bad "quantize output's moetool.provenance"
+import gguf, json, sys
+p = json.loads(gguf.GGUFReader(sys.argv[1]).fields["moetool.provenance"].contents())
+assert p["verb"] == "quantize" and p["source"] == sys.argv[2], p
+assert p["options"]["method"] == "rtn" and p["options"]["experts"] == "q8_0", p
+assert p["command"].startswith("moetool quantize ") and "--bits 8" in p["command"], p
+PY
 else
   bad "quantize: $(cat "$T/err")"
 fi

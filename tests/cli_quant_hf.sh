@@ -92,6 +92,13 @@ rm -rf "$T/q8hf"
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["bits_per_expert_weight"] < 1.0 and j["expert_type"] == "qmoe" else 1)' "$T/q.json" \
   && ok || bad "qmoe output not below 1 bit per expert weight: $(cat "$T/q.json")"
 grep -q '"quant_method": "qmoe"' "$T/qm/config.json" && ok || bad "config.json lacks quant_method qmoe"
+python3 - "$T/qm/config.json" "$T/qm/README.md" <<'PY' && ok || bad "qmoe output: provenance / model card"
+import json, sys
+m = json.load(open(sys.argv[1]))["moetool"]
+assert m["verb"] == "quantize" and m["options"]["codec"] == "qmoe" and m["options"]["method"] == "rtn", m
+card = open(sys.argv[2]).read()
+assert "| codec | qmoe |" in card and "moetool runs this checkpoint" in card, card
+PY
 expect_err 1 "is quantized" "$BIN" merge "$T/qm" -o "$T/bad9" --experts 6 --calib "$MODEL/data/train.txt"
 # inspect counts the coded weights as the parameters they stand for
 "$BIN" inspect "$T/qm" --json >"$T/i1.json" 2>"$T/err" && "$BIN" inspect "$MODEL" --json >"$T/i0.json" 2>>"$T/err" || { bad "inspect failed"; cat "$T/err"; }

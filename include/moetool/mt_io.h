@@ -87,6 +87,9 @@ int mt_config_layer_experts(const mt_config *c, int l);
 int mt_config_router_rows(const mt_config *c, int l);
 /* 1 when any layer of `c` routes through an alias map. */
 int mt_config_has_alias(const mt_config *c);
+/* NULL when transformers and llama.cpp load the model as moetool runs it;
+ * else a sentence saying why not (router alias, per-layer expert counts). */
+const char *mt_config_portability(const mt_config *c);
 
 /* Parses a Hugging Face config.json. Mixtral, Mistral and Llama are
  * accepted; anything else is MT_ERR_UNSUPPORTED naming the architecture. */

@@ -80,6 +80,9 @@ typedef struct {
     int n_threads;                      /* 0 = all CPUs                              */
     int force;                          /* replace an existing output moetool did not
                                            write (docs/outputs.md)                   */
+    const char *command;                /* the command line, recorded in the output
+                                           (config.json "moetool", README.md); may be
+                                           NULL                                      */
     mt_progress_fn progress;
     void *progress_user;
 } mt_merge_opts;

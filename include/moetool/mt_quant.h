@@ -74,6 +74,8 @@ typedef struct {
     int sequential;             /* layer l calibrated on quantized layers < l (1) */
     int force;                  /* replace an existing output moetool did not
                                    write (docs/outputs.md)                    */
+    const char *command;        /* the command line, recorded in the output;
+                                   may be NULL                                */
     mt_progress_fn progress;
     void *progress_user;
 } mt_quant_opts;
@@ -122,8 +124,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
 void mt_quant_state_free(mt_quant_state *s);
 
 /* Writes a quantized model as GGUF: every tensor and key of `m`'s checkpoint
- * (which must be a GGUF), quantized matrices in their block type. */
-int mt_quant_write_gguf(const mt_quant_state *s, const mt_model *m, const char *out_path);
+ * (which must be a GGUF), quantized matrices in their block type, and what
+ * was done (`o`) as the key moetool.provenance (a JSON string). */
+int mt_quant_write_gguf(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o, const char *out_path);
 
 /* Writes a quantized model as a Hugging Face directory: every tensor of `m`'s
  * checkpoint (which must be HF) as it was, quantized linears in the

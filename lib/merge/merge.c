@@ -614,6 +614,46 @@ static int write_rows(mt_hf_writer *w, mt_dtype t, const float *src, int64_t row
     return MT_OK;
 }
 
+/* What the merge did, for config.json and README.md (lib/io/provenance.c). */
+static mt_prov *merge_provenance(const char *model_path, const mt_merge_opts *o, const mt_merge_report *R, int L,
+                                 int uniform, int Kmax) {
+    mt_prov *p = mt_prov_new("merge", model_path);
+    if (!p) return NULL;
+    mt_prov_tag(p, "moe");
+    mt_prov_tag(p, "merge");
+    mt_prov_str(p, "method", mt_merge_method_name(o->method));
+    mt_prov_str(p, "router", mt_merge_router_name(o->router));
+    char buf[64 * 8], *q = buf;
+    size_t left = sizeof buf;
+    for (int l = 0; l < L && left > 16; l++) {
+        int k = snprintf(q, left, "%s%d", l ? "," : "", R->layer_k[l]);
+        if (k < 0 || (size_t)k >= left) break;
+        q += k, left -= (size_t)k;
+    }
+    mt_prov_str(p, "experts_per_layer", buf);
+    if (o->budget > 0) mt_prov_int(p, "budget", o->budget);
+    mt_prov_str(p, "calibration_text", o->calib_path);
+    mt_prov_int(p, "calibration_tokens", o->calib_tokens);
+    mt_prov_int(p, "sample_tokens", o->sample_tokens);
+    if (o->router_steps) mt_prov_int(p, "router_steps", o->router_steps);
+    mt_prov_command(p, o->command);
+    if (o->router == MT_MERGE_ROUTER_ALIAS)
+        mt_prov_note(p, "The router keeps every original row, each mapped to its merged expert (config key "
+                        "`moe_router_alias`): only moetool runs this checkpoint; transformers and llama.cpp would "
+                        "misroute it.");
+    else if (!uniform) {
+        char note[256];
+        snprintf(note, sizeof note,
+                 "Layers keep different numbers of experts (at most %d; config key `moe_layer_experts`): moetool runs "
+                 "this checkpoint, transformers and llama.cpp cannot load it.", Kmax);
+        mt_prov_note(p, note);
+    } else {
+        mt_prov_note(p, "A plain Mixtral checkpoint: transformers loads it (`AutoModelForCausalLM`), and `moetool "
+                        "convert DIR -o model.gguf` gives llama.cpp a GGUF.");
+    }
+    return p;
+}
+
 int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *o, mt_merge_report *rep) {
     double t0 = mt_now();
     mt_model *m = NULL;
@@ -622,6 +662,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     calib c = {0};
     layer_buf b = {0};
     char *cfg_text = NULL;
+    mt_prov *prov = NULL;
     void *rowbuf = NULL, *keep_buf = NULL;
     keep_t *keep = NULL;
     size_t n_keep = 0;
@@ -930,13 +971,20 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (st) goto done;
     const char *tdt = mt_dtype_config_torch_name(et, "bfloat16");
     if ((st = mt_config_to_hf_json(&cfg_text, &oc, tdt))) goto done;
+    if (!(prov = merge_provenance(model_path, o, R, L, uniform, Kmax))) {
+        st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+        goto done;
+    }
+    if ((st = mt_prov_config(prov, &cfg_text))) goto done;
     if ((st = mt_write_text_file(mt_outdir_path(od), "config.json", cfg_text, strlen(cfg_text)))) goto done;
+    if ((st = mt_prov_write_card(prov, mt_outdir_path(od), strrchr(out_path, '/') ? strrchr(out_path, '/') + 1 : out_path))) goto done;
     if ((st = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;
     st = mt_outdir_commit(od); /* frees od whatever the outcome */
     od = NULL;
     if (st) goto done;
     R->seconds = mt_now() - t0;
 done:
+    mt_prov_free(prov);
     mt_hf_writer_free(hw);
     mt_outdir_free(od);
     free(cfg_text);

@@ -93,6 +93,9 @@ struct mt_quant_state {
     mt_dtype expert_dtype;
     mt_qmoe_dict dict;     /* codec qmoe: shared by every coded expert       */
     qmat embd, head;       /* embed_bits: token embeddings, untied lm_head   */
+    char grid_name[48];    /* the report's, for the output's provenance      */
+    double bits_expert, bits_total;
+    const char *source;    /* the verb's input path (NULL: the model's)      */
 };
 
 static qmat *qm(mt_quant_state *s, int l, int k, int e) { return &s->q[((size_t)l * K_COUNT + (size_t)k) * (size_t)s->ne + (size_t)e]; }
@@ -748,6 +751,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     rep->peak_rss = mt_peak_rss_bytes();
     free(ids);
     free(jobs);
+    snprintf(s->grid_name, sizeof s->grid_name, "%s", rep->grid_name);
+    s->bits_expert = rep->bits_expert;
+    s->bits_total = rep->bits_total;
     *out = s;
     return MT_OK;
 fail:
@@ -790,7 +796,32 @@ static const qmat *embed_q(const mt_quant_state *s, const mt_config *c, const ch
     return q && q->used ? q : NULL;
 }
 
-int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char *out_path) {
+/* What quantize did, for config.json / README.md or the GGUF key
+ * moetool.provenance (lib/io/provenance.c). */
+static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o) {
+    mt_prov *p = mt_prov_new("quantize", s->source ? s->source : mt_ckpt_path(mt_model_ckpt(m)));
+    if (!p) return NULL;
+    mt_prov_tag(p, "moe");
+    mt_prov_tag(p, "quantized");
+    mt_prov_str(p, "method", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
+    mt_prov_str(p, "experts", s->grid_name);
+    if (o->codec == MT_QUANT_CODEC_QMOE) mt_prov_str(p, "codec", "qmoe");
+    if (o->attn_bits) mt_prov_int(p, "attention_bits", o->attn_bits);
+    if (o->embed_bits) mt_prov_int(p, "embedding_bits", o->embed_bits);
+    mt_prov_num(p, "bits_per_expert_weight", s->bits_expert);
+    mt_prov_num(p, "bits_per_weight", s->bits_total);
+    if (o->method == MT_QUANT_GPTQ) {
+        if (o->calib_path) mt_prov_str(p, "calibration_text", o->calib_path);
+        mt_prov_int(p, "calibration_tokens", o->calib_tokens);
+        mt_prov_num(p, "damp", o->damp);
+        if (o->act_order) mt_prov_int(p, "act_order", 1);
+        if (o->ternary_range > 0) mt_prov_num(p, "ternary_range", o->ternary_range);
+    }
+    mt_prov_command(p, o->command);
+    return p;
+}
+
+int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const mt_quant_opts *o, const char *out_path) {
     mt_quant_state *s = (mt_quant_state *)s0;
     const mt_gguf *g = mt_ckpt_gguf(mt_model_ckpt(m));
     const mt_config *c = mt_model_config(m);
@@ -801,7 +832,9 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
     if ((rc = mt_gguf_writer_open(&gw, out_path))) return rc;
     for (size_t k = 0; k < mt_gguf_key_count(g) && !rc; k++) {
         const char *key = mt_gguf_key_name(g, (int)k);
-        if (!strcmp(key, "general.alignment") || !strcmp(key, "general.quantized_by")) continue;
+        if (!strcmp(key, "general.alignment") || !strcmp(key, "general.quantized_by") ||
+            !strcmp(key, "moetool.provenance"))
+            continue;
         if (!strcmp(key, "general.file_type")) {
             rc = mt_gguf_writer_kv_u32(gw, key, mt_dtype_gguf_file_type(s->expert_dtype));
             continue;
@@ -815,6 +848,14 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
     if (!rc && mt_gguf_find_key(g, "general.file_type") < 0)
         rc = mt_gguf_writer_kv_u32(gw, "general.file_type", mt_dtype_gguf_file_type(s->expert_dtype));
     if (!rc) rc = mt_gguf_writer_kv_quantized_by(gw, mt_dtype_gguf_file_type(s->expert_dtype));
+    if (!rc) {
+        mt_prov *p = quant_provenance(s, m, o);
+        char *pj = mt_prov_json(p);
+        rc = pj ? mt_gguf_writer_kv_str(gw, "moetool.provenance", pj, strlen(pj))
+                : mt_seterr(MT_ERR_NOMEM, "%s: out of memory", out_path);
+        free(pj);
+        mt_prov_free(p);
+    }
     for (size_t i = 0; i < nt && !rc; i++) {
         const mt_tensor *t = mt_gguf_tensor(g, i);
         int l = -1, e0, k = role_kind(c, t->name, MT_FMT_GGUF, &l, &e0);
@@ -1017,6 +1058,7 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
     mt_outdir *od = NULL;
     mt_hf_writer *hw = NULL;
     char *qjson = NULL, *cfg = NULL, name[256];
+    mt_prov *prov = NULL;
     if ((rc = mt_outdir_open(&od, out_dir))) return rc;
     if ((rc = mt_hf_writer_open(&hw, mt_outdir_path(od), 0))) goto done;
     const size_t nt = mt_ckpt_count(ck);
@@ -1073,11 +1115,26 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
     }
     const char *tdt = mt_dtype_config_torch_name(float_t, "bfloat16");
     if ((rc = mt_config_to_hf_json_q(&cfg, c, tdt, qjson))) goto done;
+    if (!(prov = quant_provenance(s, m, o))) {
+        rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", out_dir);
+        goto done;
+    }
+    if (o->codec == MT_QUANT_CODEC_QMOE)
+        mt_prov_note(prov, "The experts are stored in moetool's sub-1-bit qmoe code (`*.qmoe` blobs and "
+                           "`qmoe.dictionary`, docs/formats.md): moetool runs this checkpoint; other tools cannot.");
+    else
+        mt_prov_note(prov, "Quantized linears are in the AutoGPTQ/GPTQModel layout described by "
+                           "`quantization_config` in config.json (docs/formats.md lists which loaders read it).");
+    if ((rc = mt_prov_config(prov, &cfg))) goto done;
     if ((rc = mt_write_text_file(mt_outdir_path(od), "config.json", cfg, strlen(cfg)))) goto done;
+    if ((rc = mt_prov_write_card(prov, mt_outdir_path(od),
+                                 strrchr(out_dir, '/') ? strrchr(out_dir, '/') + 1 : out_dir)))
+        goto done;
     if ((rc = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;
     rc = mt_outdir_commit(od); /* frees od whatever the outcome */
     od = NULL;
 done:
+    mt_prov_free(prov);
     mt_hf_writer_free(hw);
     mt_outdir_free(od);
     free(qjson);
@@ -1135,7 +1192,8 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
     }
     if (rc) goto done;
     if ((rc = mt_quant_model(&s, m, &o, rep))) goto done;
-    rc = o.format == MT_FMT_HF ? mt_quant_write_hf(s, m, &o, out_path) : mt_quant_write_gguf(s, m, out_path);
+    s->source = in_path;
+    rc = o.format == MT_FMT_HF ? mt_quant_write_hf(s, m, &o, out_path) : mt_quant_write_gguf(s, m, &o, out_path);
     rep->peak_rss = mt_peak_rss_bytes();
 done:
     mt_quant_state_free(s);
