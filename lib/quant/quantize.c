@@ -1040,7 +1040,11 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
             }
             OUT("]");
         }
-        OUT("]}");
+        OUT("]");
+        /* GPTQModel and vLLM skip modules by negative `dynamic` matches and
+         * do not read modules_in_block_to_quantize everywhere: say it both ways. */
+        if (!o->attn_bits) OUT(", \"dynamic\": {\"-:.*\\\\.%s\\\\..*\": {}}", att);
+        OUT("}");
     }
 #undef LBL
 #undef OUT
@@ -1123,10 +1127,30 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
         mt_prov_note(prov, "The experts are stored in moetool's sub-1-bit qmoe code (`*.qmoe` blobs and "
                            "`qmoe.dictionary`, docs/formats.md): moetool runs this checkpoint; other tools cannot.");
     else
-        mt_prov_note(prov, "Quantized linears are in the AutoGPTQ/GPTQModel layout described by "
-                           "`quantization_config` in config.json (docs/formats.md lists which loaders read it).");
+        mt_prov_note(prov, o->attn_bits == o->bits
+                               ? "Every linear of each block is in the AutoGPTQ/GPTQModel layout "
+                                 "(`quantization_config` in config.json, and `quantize_config.json` for AutoGPTQ)."
+                               : "The experts are in the AutoGPTQ/GPTQModel layout, attention stays in floats: "
+                                 "`quantization_config` in config.json says so by `modules_in_block_to_quantize` "
+                                 "(transformers with optimum >= 1.20) and by a negative `dynamic` rule (GPTQModel, "
+                                 "vLLM); there is no `quantize_config.json`, so AutoGPTQ refuses it rather than "
+                                 "misreading the attention as quantized (docs/formats.md).");
     if ((rc = mt_prov_config(prov, &cfg))) goto done;
     if ((rc = mt_write_text_file(mt_outdir_path(od), "config.json", cfg, strlen(cfg)))) goto done;
+    /* AutoGPTQ's from_quantized reads quantize_config.json and quantizes every
+     * linear of each block whatever modules_in_block_to_quantize says: written
+     * only when that is what the checkpoint holds (attention at the experts'
+     * width), so an experts-only output is refused by it instead of misread. */
+    if (o->codec == MT_QUANT_CODEC_NONE && o->attn_bits == o->bits) {
+        char qc[512];
+        int k = snprintf(qc, sizeof qc,
+                         "{\n  \"bits\": %d,\n  \"group_size\": 32,\n  \"damp_percent\": %g,\n  \"desc_act\": false,\n"
+                         "  \"static_groups\": false,\n  \"sym\": true,\n  \"true_sequential\": true,\n"
+                         "  \"model_name_or_path\": null,\n  \"model_file_base_name\": \"model\",\n"
+                         "  \"quant_method\": \"gptq\",\n  \"checkpoint_format\": \"gptq\"\n}\n",
+                         o->bits, o->damp);
+        if ((rc = mt_write_text_file(mt_outdir_path(od), "quantize_config.json", qc, (size_t)k))) goto done;
+    }
     if ((rc = mt_prov_write_card(prov, mt_outdir_path(od),
                                  strrchr(out_dir, '/') ? strrchr(out_dir, '/') + 1 : out_dir)))
         goto done;
