@@ -323,6 +323,15 @@ done:
     free(H);
 }
 
+/* Progress per finished matrix (called under the pool's lock, so the
+ * callback never runs twice at once). */
+typedef struct {
+    mt_progress_fn fn;
+    void *user;
+    uint64_t done, total;
+    int layer, n_layers;
+} job_progress;
+
 typedef struct {
     job_t *jobs;
     int n;
@@ -331,6 +340,7 @@ typedef struct {
     uint64_t budget, in_use;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    job_progress *prog;
 } pool_t;
 
 /* Takes jobs in order; the next one waits while others run and its working
@@ -353,6 +363,12 @@ static void *worker(void *arg) {
         pthread_mutex_lock(&p->mu);
         p->running--;
         p->in_use -= j->mem;
+        if (p->prog && p->prog->fn) {
+            char what[64];
+            p->prog->done++;
+            snprintf(what, sizeof what, "quantize: matrix; layer %d/%d", p->prog->layer + 1, p->prog->n_layers);
+            p->prog->fn(p->prog->user, what, p->prog->done, p->prog->total);
+        }
         pthread_cond_broadcast(&p->cv);
     }
     pthread_mutex_unlock(&p->mu);
@@ -381,8 +397,8 @@ static uint64_t mem_budget(void) {
 
 /* Runs the jobs on up to n_threads threads (GPTQ per matrix is independent,
  * so the results do not depend on the schedule). */
-static int run_jobs(job_t *jobs, int n, int n_threads) {
-    pool_t p = {jobs, n, 0, 0, mem_budget(), 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+static int run_jobs(job_t *jobs, int n, int n_threads, job_progress *prog) {
+    pool_t p = {jobs, n, 0, 0, mem_budget(), 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, prog};
     if (n_threads > n) n_threads = n;
     if (n_threads > 64) n_threads = 64;
     pthread_t th[64];
@@ -586,14 +602,21 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     mt_gptq_params gp = {o->damp, o->block, o->act_order,
                          o->ternary_range > 0 ? o->ternary_range
                          : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0};
-    uint64_t n_mats_done = 0;
-    const double t_start = mt_now();
+    job_progress prog = {o->progress, o->progress_user, 0, 0, 0, c->n_layers};
+    for (int l = 0; l < c->n_layers; l++)
+        prog.total += (uint64_t)(o->attn_bits > 0 ? 4 : 0) +
+                      3 * (uint64_t)(w->layers[l].n_experts > 0 ? w->layers[l].n_experts : 1);
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
         const int with_attn = o->attn_bits > 0;
         if (gptq) {
             const double tc = mt_now();
+            if (o->progress) {
+                char what[64];
+                snprintf(what, sizeof what, "quantize: matrix; layer %d/%d, calibrating", l + 1, c->n_layers);
+                o->progress(o->progress_user, what, prog.done, prog.total);
+            }
             uint64_t cap = (uint64_t)ceil(o->expert_cap * (double)n_ids *
                                           (L->n_experts > 0 ? (double)c->top_k / L->n_experts : 1.0));
             if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, W, with_attn, cap, &cc))) goto fail;
@@ -643,7 +666,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 j->mem = job_mem(j);
             }
         }
-        if ((rc = run_jobs(jobs, nj, nthreads))) goto fail;
+        prog.layer = l;
+        if ((rc = run_jobs(jobs, nj, nthreads, &prog))) goto fail;
         for (int i = 0; i < nj; i++) {
             job_t *j = &jobs[i];
             const double numel = (double)(j->src->rows * j->src->cols);
@@ -666,13 +690,6 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             mat_view((mt_mat *)j->src, j->out);
         }
         mt_calib_capture_free(&cc);
-        n_mats_done += nj;
-        if (o->progress) {
-            char what[96];
-            snprintf(what, sizeof what, "quantize: layer; %llu matrices done, %.2f matrices/s",
-                     (unsigned long long)n_mats_done, n_mats_done / fmax(mt_now() - t_start, 1e-9));
-            o->progress(o->progress_user, what, (uint64_t)l + 1, (uint64_t)c->n_layers);
-        }
     }
     if (o->tq1) {
         /* TQ2_0 -> TQ1_0: the same codes and scales, packed 5 per byte. */
