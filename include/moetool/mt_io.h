@@ -291,6 +291,9 @@ typedef struct {
                               clears it); 0 (library default): warn only      */
     int force;             /* replace an existing output moetool did not write
                               (docs/outputs.md)                               */
+    int moetool_only;      /* 1: write a GGUF that only moetool runs (per-layer
+                              expert counts, key moetool.layer_experts); 0:
+                              refuse such a model                             */
     mt_progress_fn progress;
     void *progress_user;
 } mt_convert_opts;

@@ -867,6 +867,27 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         goto done;
     }
 
+    /* llama.cpp reads one expert count per model (and so does transformers):
+     * a GGUF of per-layer counts runs in moetool only. No exact padding
+     * exists: a router without a bias cannot switch a padded expert off. */
+    if (to_gguf && !cv.o->moetool_only) {
+        char counts[256] = "";
+        size_t k = 0;
+        int uniform = 1;
+        for (int l = 0; l < cv.cfg->n_layers; l++) {
+            uniform &= mt_config_layer_experts(cv.cfg, l) == cv.cfg->n_experts;
+            if (k < sizeof counts - 16) k += (size_t)snprintf(counts + k, sizeof counts - k, "%s%d", l ? "," : "",
+                                                              mt_config_layer_experts(cv.cfg, l));
+        }
+        if (!uniform) {
+            rc = mt_seterr(MT_ERR_UNSUPPORTED,
+                           "%s: its layers keep different numbers of experts (%s), which llama.cpp cannot load and no "
+                           "padding can make exact (a router without a bias cannot switch padded experts off); "
+                           "--moetool-only writes a GGUF that only moetool runs",
+                           in_path, counts);
+            goto done;
+        }
+    }
     if (cv.o->require_tokenizer && (rc = check_tokenizer(&cv, to_gguf))) goto done;
 
     if (to_gguf && !from_gguf) rc = plan_hf_to_gguf(&cv);

@@ -1215,6 +1215,7 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
         mt_convert_opts co;
         mt_convert_opts_default(&co);
         co.to = MT_FMT_GGUF;
+        co.moetool_only = 1; /* an internal copy: per-layer expert counts are fine */
         if ((rc = mt_output_tmp_add(tmp))) return rc;
         made_tmp = 1;
         if ((rc = mt_convert(in_path, tmp, &co))) goto done;
