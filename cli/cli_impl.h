@@ -53,15 +53,24 @@ void json_str(FILE *f, const char *s);
 void json_strn(FILE *f, const char *s, size_t n);
 
 /* Verbs: entry points and option tables (cli/verbs.c lists them). */
-extern const cli_verb cli_verb_inspect, cli_verb_convert, cli_verb_eval, cli_verb_generate, cli_verb_quantize,
-    cli_verb_merge, cli_verb_run;
+extern const cli_verb cli_verb_inspect, cli_verb_convert, cli_verb_eval, cli_verb_generate, cli_verb_tokenize,
+    cli_verb_quantize, cli_verb_merge, cli_verb_run;
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+
+/* After writing OUT: one stderr line when transformers and llama.cpp cannot
+ * load it as moetool runs it (mt_config_portability). */
+void cli_note_portability(const char *verb, const char *out);
+
+/* "moetool VERB ARGS..." quoted for a POSIX shell (malloc'd; NULL when out of
+ * memory): recorded in outputs as the command that made them. */
+char *cli_command_line(int argc, char **argv);
 
 /* Encodes text with the model's tokenizer into a malloc'd array. */
 int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n);

@@ -46,6 +46,9 @@ static const cli_opt convert_opts[] = {
      "tensor's type; q8_0 and q4_0 are GGUF-only, with llama.cpp's reference rounding)", NULL,
      CLI_AT(convert_args, dtype), .set = set_dtype},
     {"shard-size", 0, CLI_INT, "MB", "largest HF shard in MiB", "4096", CLI_AT(convert_args, shard_mb), 1, 1 << 20},
+    {"moetool-only", 0, CLI_BOOL, NULL, "write a GGUF of a model with per-layer expert counts (merge "
+     "--layers/--budget), which only moetool runs (llama.cpp needs one count; by default an error)", NULL,
+     CLI_AT(convert_args, c.moetool_only)},
     {"no-tokenizer", 0, CLI_BOOL, NULL, "write the output even when the input's tokenizer cannot be read or carried "
      "over (by default that is an error)", NULL, CLI_AT(convert_args, c.require_tokenizer), .flags = CLI_OPT_INVERT},
 };
@@ -53,7 +56,7 @@ static const cli_opt convert_opts[] = {
 const cli_verb cli_verb_convert = {
     .name = "convert",
     .synopsis = "usage: moetool convert [IN] -o OUT [--to hf|gguf] [--dtype TYPE] [--shard-size MB]\n"
-                "                       [--no-tokenizer] [--force] [--quiet]",
+                "                       [--no-tokenizer] [--moetool-only] [--force] [--quiet]",
     .about = "Converts a checkpoint between Hugging Face safetensors (directory, single\n"
              "or sharded) and GGUF v3 as llama.cpp reads it (arch 'llama', merged 3-D\n"
              "expert tensors, router kept F32, Q/K rows permuted). Streams tensor by\n"
@@ -95,5 +98,6 @@ int cmd_convert(int argc, char **argv) {
     if (rc) return cli_fail("convert", rc);
     fprintf(stderr, "moetool convert: wrote %s (%s) in %.2f s, peak RSS %.1f MiB\n", out, out_gguf ? "gguf" : "hf",
             mt_now() - t0, mt_peak_rss_bytes() / 1048576.0);
+    cli_note_portability("convert", out);
     return MT_EXIT_OK;
 }

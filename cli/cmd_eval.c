@@ -11,6 +11,7 @@ typedef struct {
     mt_model_opts m;
     const char *text, *ref;
     int json, quiet, long_ctx;
+    int ctx_given; /* else the default shrinks to a shorter model context */
 } eval_args;
 
 static void eval_init(void *p) {
@@ -20,6 +21,13 @@ static void eval_init(void *p) {
     mt_model_opts_default(&a->m);
 }
 
+static int set_ctx(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
+    eval_args *a = p;
+    a->e.ctx = atoi(value); /* range-checked by the table */
+    a->ctx_given = 1;
+    return 0;
+}
+
 static const char *const protocol_choices[] = {"gptq", "llamacpp", NULL};
 static const int protocol_values[] = {MT_PPL_GPTQ, MT_PPL_LLAMACPP};
 
@@ -27,8 +35,8 @@ static const cli_opt eval_opts[] = {
     {"text", 0, CLI_PATH, "FILE", "text to score (default: MODEL/data/test.txt if present, else the bundled model's "
      "held-out data/test.txt, with a line on stderr saying so; it suits models made from the bundled one, which share "
      "its tokenizer)", NULL, CLI_AT(eval_args, text)},
-    {"ctx", 0, CLI_INT, "N", "window length in tokens (default 256; at most the model's max_position_embeddings)",
-     NULL, CLI_AT(eval_args, e.ctx), 2, 1 << 20},
+    {"ctx", 0, CLI_INT, "N", "window length in tokens (default 256, or the model's max_position_embeddings when "
+     "shorter; at most that)", NULL, CLI_AT(eval_args, e.ctx), 2, 1 << 20, .set = set_ctx},
     {"allow-long-context", 0, CLI_BOOL, NULL, "allow --ctx beyond max_position_embeddings", NULL,
      CLI_AT(eval_args, long_ctx)},
     {"protocol", 0, CLI_ENUM, "P", "gptq or llamacpp", "gptq", CLI_AT(eval_args, e.protocol),
@@ -90,13 +98,9 @@ static void routing_picture(const mt_eval_result *r) {
     }
 }
 
-static char *default_text(const char *model) {
-    /* The bundled model ships its held-out text. */
-    size_t n = strlen(model) + 32;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/data/test.txt", model);
-    return p;
-}
+/* data/test.txt inside a model directory or beside a model file (the
+ * bundled model ships its held-out text there). */
+static char *default_text(const char *model) { return cli_beside_model(model, "data/test.txt"); }
 
 int cmd_eval(int argc, char **argv) {
     eval_args A;
@@ -107,7 +111,7 @@ int cmd_eval(int argc, char **argv) {
     mt_eval_opts eo = A.e;
     mt_model_opts mo = A.m;
     const char *text_path = A.text, *ref_path = A.ref;
-    const int json = A.json, quiet = A.quiet, long_ctx = A.long_ctx;
+    const int json = A.json, quiet = A.quiet, long_ctx = A.long_ctx, ctx_given = A.ctx_given;
     const char *model_path = model_arg ? model_arg : cli_default_model();
     char *text_default = NULL;
     if (!text_path) {
@@ -118,10 +122,11 @@ int cmd_eval(int argc, char **argv) {
         if (probe) {
             fclose(probe);
         } else {
+            fprintf(stderr, "moetool eval: no --text given and %s does not exist: scoring ",
+                    text_default ? text_default : "data/test.txt");
             free(text_default);
             text_default = default_text(cli_default_model());
-            fprintf(stderr, "moetool eval: no --text given and %s/data/test.txt does not exist: scoring %s\n",
-                    model_path, text_default ? text_default : "?");
+            fprintf(stderr, "%s\n", text_default ? text_default : "?");
         }
         text_path = text_default;
     }
@@ -144,6 +149,7 @@ int cmd_eval(int argc, char **argv) {
         goto fail;
     }
     const int max_pos = mt_model_config(m)->max_pos;
+    if (!ctx_given && max_pos > 0 && eo.ctx > max_pos) eo.ctx = eo.n_batch = max_pos; /* the default fits the model */
     if (max_pos > 0 && eo.ctx > max_pos && !long_ctx) {
         ret = cli_usage_error("eval", "--ctx %d is longer than the model's context of %d tokens "
                               "(max_position_embeddings); --allow-long-context to score anyway", eo.ctx, max_pos);

@@ -36,7 +36,8 @@ static const cli_opt merge_opts[] = {
     {"layers", 0, CLI_STRING, "SPEC", "per-layer K, e.g. 0-1:6,2-3:4 (overrides --experts for those layers; written "
      "as config key moe_layer_experts)", NULL, CLI_AT(merge_args, layers)},
     {"budget", 0, CLI_INT, "N", "N experts in all, spread over the layers by sensitivity (layer-output error of the "
-     "best kept set at each K)", NULL, CLI_AT(merge_args, o.budget), 1, 1 << 20},
+     "best kept set at each K). Different K per layer (--layers, --budget) runs in moetool only: transformers and "
+     "llama.cpp need one K", NULL, CLI_AT(merge_args, o.budget), 1, 1 << 20},
     {"method", 0, CLI_ENUM, "M", "prune | average | frequency | hc-smoe | mc-smoe | reap | reap-merge | naee (see "
      "docs/merge.md)", "reap-merge", CLI_AT(merge_args, o.method), .choices = cli_merge_methods},
     {"router", 0, CLI_ENUM, "R", "anchor | average | fit | alias: how the K router rows are made for merged groups "
@@ -47,7 +48,8 @@ static const cli_opt merge_opts[] = {
      "regression instead", NULL, CLI_AT(merge_args, o.router_steps), 0, 100000},
     {"calib", 0, CLI_PATH, "FILE", "calibration text (default: MODEL/data/train.txt; a missing one is an error "
      "naming it)", NULL, CLI_AT(merge_args, o.calib_path)},
-    {"calib-tokens", 0, CLI_INT, "N", "calibration tokens, windows of 256", "16384", CLI_AT(merge_args, o.calib_tokens),
+    {"calib-tokens", 0, CLI_INT, "N", "calibration tokens (default 16384), in windows of 256 or of the model's "
+     "whole context when shorter", NULL, CLI_AT(merge_args, o.calib_tokens),
      256, 1L << 26},
     {"sample", 0, CLI_INT, "N", "FFN inputs kept per layer for expert outputs", "4096",
      CLI_AT(merge_args, o.sample_tokens), 16, 1 << 20},
@@ -105,7 +107,10 @@ int cmd_merge(int argc, char **argv) {
     }
     if (!quiet) o.progress = cli_progress;
     mt_merge_report r;
+    char *cmdline = cli_command_line(argc, argv);
+    o.command = cmdline;
     int rc = mt_merge(model, out, &o, &r);
+    free(cmdline);
     cli_progress_done();
     if (rc) {
         mt_merge_report_free(&r);
@@ -115,6 +120,7 @@ int cmd_merge(int argc, char **argv) {
                                 : cli_fail("merge", rc);
     }
     double rss = mt_peak_rss_bytes() / 1048576.0;
+    cli_note_portability("merge", out);
     if (json) {
         printf("{\"output\": ");
         json_str(stdout, out);

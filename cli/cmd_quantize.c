@@ -77,7 +77,8 @@ static const cli_opt quantize_opts[] = {
      NULL, CLI_AT(quantize_args, q.attn_bits), .choices = attn_choices, .values = bits_values},
     {"calib", 0, CLI_PATH, "FILE", "calibration text (default: MODEL/data/train.txt, or data/train.txt beside a MODEL "
      "file, which is then named on stderr; a missing one is an error)", NULL, CLI_AT(quantize_args, q.calib_path)},
-    {"calib-tokens", 0, CLI_INT, "N", "calibration tokens, in windows of 256", "16384",
+    {"calib-tokens", 0, CLI_INT, "N", "calibration tokens (default 16384), in windows of 256 or of the model's "
+     "whole context when shorter", NULL,
      CLI_AT(quantize_args, q.calib_tokens), 1, 1 << 30},
     {"damp", 0, CLI_FLOAT, "F", "GPTQ damping, fraction of mean diag(H)", "0.1", CLI_AT(quantize_args, q.damp),
      .flo = -HUGE_VAL, .flags = CLI_OPT_NO_HI},
@@ -268,11 +269,15 @@ int cmd_quantize(int argc, char **argv) {
     memset(&rep, 0, sizeof rep);
     int rc;
     if (!eval_only) {
+        char *cmdline = cli_command_line(argc, argv);
+        o.command = cmdline;
         rc = mt_quantize_file(model_path, out, &o, threads, &rep);
+        free(cmdline);
         cli_progress_done();
         free(calib_default);
         if (rc) return cli_fail("quantize", rc);
         print_report(&rep, &o, out, path_bytes(out), json, NULL);
+        cli_note_portability("quantize", out);
         mt_quant_report_free(&rep);
         return MT_EXIT_OK;
     }

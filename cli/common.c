@@ -176,6 +176,41 @@ char *cli_beside_model(const char *model, const char *rel) {
     return p;
 }
 
+void cli_note_portability(const char *verb, const char *out) {
+    mt_ckpt *ck = NULL;
+    if (mt_ckpt_open(&ck, out) != MT_OK) {
+        mt_clearerr();
+        return;
+    }
+    const char *why = mt_config_portability(mt_ckpt_config(ck));
+    if (why) fprintf(stderr, "moetool %s: note: %s: %s\n", verb, out, why);
+    mt_ckpt_free(ck);
+}
+
+char *cli_command_line(int argc, char **argv) {
+    size_t n = 8;
+    for (int i = 0; i < argc; i++) n += 4 * strlen(argv[i]) + 3;
+    char *s = malloc(n), *q = s;
+    if (!s) return NULL;
+    q += sprintf(q, "moetool");
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        *q++ = ' ';
+        if (*a && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == strlen(a)) {
+            q += sprintf(q, "%s", a);
+            continue;
+        }
+        *q++ = '\'';
+        for (; *a; a++) {
+            if (*a == '\'') q += sprintf(q, "'\\''");
+            else *q++ = *a;
+        }
+        *q++ = '\'';
+    }
+    *q = 0;
+    return s;
+}
+
 int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n) {
     size_t cap = len + 16, got = 0;
     int32_t *buf = malloc(cap * sizeof *buf);

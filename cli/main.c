@@ -4,7 +4,6 @@
 #include "cli_impl.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -24,12 +23,14 @@ static const char *g_usage =
     "  convert   IN -o OUT            Hugging Face safetensors <-> GGUF, retype\n"
     "  eval      MODEL --text FILE    perplexity, KL vs a reference, speed, routing\n"
     "  generate  MODEL -p PROMPT      text continuation with a KV cache\n"
+    "  tokenize  MODEL -p TEXT        token ids and pieces (--decode IDS: back)\n"
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
     "  merge     MODEL -o OUT --experts K   reduce experts per layer by calibrated merging\n"
     "  run       RECIPE.yaml          a YAML pipeline of steps with quality gates (docs/recipes.md)\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
-    "sharded), a .safetensors file with config.json beside it, or a .gguf file.\n"
+    "sharded), a .safetensors file with config.json beside it, a PyTorch\n"
+    "pytorch_model.bin, or a .gguf file.\n"
     "When omitted, the bundled model is used:\n"
     "  %s\n"
     "\n"
@@ -89,7 +90,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? MT_EXIT_USAGE : MT_EXIT_OK;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("moetool 0.1.0\n");
+        printf("moetool " MT_VERSION "\n");
         return MT_EXIT_OK;
     }
     const char *verb = argv[1];

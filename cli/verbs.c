@@ -9,6 +9,7 @@ const cli_verb *const cli_verbs[] = {
     &cli_verb_convert,
     &cli_verb_eval,
     &cli_verb_generate,
+    &cli_verb_tokenize,
     &cli_verb_quantize,
     &cli_verb_merge,
     &cli_verb_run,
