@@ -49,6 +49,11 @@ print("demo: ppl ratio %.4f, KL %.4f, top-1 %.4f" % (g["perplexity_ratio"]["valu
 EOF
 grep -q "<svg" "$W/report.html" && grep -q 'class="point"' "$W/report.html" && grep -q 'class="routing"' "$W/report.html" && ok || bad "report.html lacks its plots"
 
+# large input files' digests are remembered; they are SHA-256 as coreutils computes it
+S1=$(ls "$MODEL"/*00001-of-*.safetensors)
+want=$(sha256sum "$S1" | cut -d' ' -f1)
+grep -q " $want\$" "$W/file-hashes" && ok || bad "file-hashes lacks the SHA-256 of $S1 ($want): $(cat "$W/file-hashes" 2>&1)"
+
 # ---- 2. rerun: every step cached, nothing runs, same summary gates
 cp "$W/summary.json" "$T/s1.json"
 "$BIN" run "$SRC/recipes/demo.yaml" --workdir "$W" >"$T/out" 2>"$T/err"; rc=$?

@@ -90,6 +90,44 @@ static int hash_file(sha256_ctx *c, const char *path) {
     return 0;
 }
 
+/* Digests of large files are remembered in WORK/file-hashes, keyed by
+ * device, inode, size and modification time (as git and ccache trust a
+ * file's stat data), so a rerun does not read a many-GB model again. */
+#define HASH_CACHE_MIN (16u << 20)
+static char *g_hash_cache;     /* the cache file, NULL: none       */
+static int g_hash_cache_write; /* dry runs read it but write nothing */
+
+static int file_digest(const char *path, const struct stat *sb, char out[65]) {
+    char key[160];
+    snprintf(key, sizeof key, "%llu %llu %lld %lld.%09ld ", (unsigned long long)sb->st_dev,
+             (unsigned long long)sb->st_ino, (long long)sb->st_size, (long long)sb->st_mtim.tv_sec,
+             (long)sb->st_mtim.tv_nsec);
+    const int cached = g_hash_cache && (uint64_t)sb->st_size >= HASH_CACHE_MIN;
+    if (cached) {
+        FILE *f = fopen(g_hash_cache, "r");
+        char line[256];
+        const size_t kl = strlen(key);
+        int hit = 0;
+        while (f && !hit && fgets(line, sizeof line, f))
+            if (!strncmp(line, key, kl) && strlen(line + kl) >= 64 && strspn(line + kl, "0123456789abcdef") == 64) {
+                memcpy(out, line + kl, 64);
+                out[64] = 0;
+                hit = 1;
+            }
+        if (f) fclose(f);
+        if (hit) return 0;
+    }
+    sha256_ctx c;
+    sha256_init(&c);
+    if (hash_file(&c, path)) return -1;
+    sha256_hex(&c, out);
+    if (cached && g_hash_cache_write) {
+        FILE *f = fopen(g_hash_cache, "a");
+        if (f) fprintf(f, "%s%s\n", key, out), fclose(f);
+    }
+    return 0;
+}
+
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* Names and contents of a file or (recursively, sorted) a directory. */
@@ -97,8 +135,11 @@ static int hash_tree(sha256_ctx *c, const char *path, int depth) {
     struct stat sb;
     if (stat(path, &sb) != 0 || depth > 16) return -1;
     if (!S_ISDIR(sb.st_mode)) {
+        char d[65];
+        if (file_digest(path, &sb, d)) return -1;
         sha256_update(c, "F", 1);
-        return hash_file(c, path);
+        sha256_update(c, d, 64);
+        return 0;
     }
     DIR *d = opendir(path);
     if (!d) return -1;
@@ -586,6 +627,12 @@ int cmd_run(int argc, char **argv) {
     }
     pl.work = A.workdir ? strdup(A.workdir) : default_workdir(A.recipe);
     pl.s = calloc(r->n_steps, sizeof *pl.s);
+    if (pl.work && !A.dry_run && mkdir_p(pl.work)) {
+        fprintf(stderr, "moetool run: %s: %s\n", pl.work, strerror(errno));
+        goto done;
+    }
+    g_hash_cache = pl.work ? join(pl.work, "file-hashes") : NULL;
+    g_hash_cache_write = !A.dry_run;
     if (!pl.work || !pl.s || hash_path("/proc/self/exe", pl.exe_hash) || hash_path(r->model, pl.model_hash)) {
         fprintf(stderr, "moetool run: cannot hash the model %s or this binary\n", r->model);
         goto done;
@@ -675,6 +722,8 @@ int cmd_run(int argc, char **argv) {
     free(rs);
     free(rg);
 done:
+    free(g_hash_cache);
+    g_hash_cache = NULL;
     plan_free(&pl);
     recipe_free(r);
     return ret;
