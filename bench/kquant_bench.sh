@@ -24,10 +24,10 @@ echo "| file | threads | moetool pp256 | llama.cpp pp256 | moetool tg64 | llama.
 echo "|---|---|---|---|---|---|---|"
 for spec in ${MT_BENCH_FTYPES:-Q4_K_M:15 Q6_K:18}; do
   name=${spec%%:*}; ft=${spec#*:}
-  "$PY" "$SRC/tests/llamacpp_quant.py" quantize "$T/f32.gguf" "$T/$name.gguf" "$ft" >/dev/null
+  "$PY" "$SRC/tests/llamacpp_quant.py" quantize "$T/f32.gguf" "$T/$name.gguf" "$ft" >/dev/null 2>&1
   for th in 1 2; do
     m=$("$BR" "$T/$name.gguf" "$th" 256 64 "$REPS")
-    l=$("$PY" "$SRC/bench/llamacpp_speed.py" "$T/$name.gguf" "$th" 256 64 "$REPS")
+    l=$("$PY" "$SRC/bench/llamacpp_speed.py" "$T/$name.gguf" "$th" 256 64 "$REPS" 2>/dev/null)
     mpp=$(echo "$m" | sed -E 's/.*prefill [0-9]+ tokens ([0-9.]+) tok\/s.*/\1/')
     mtg=$(echo "$m" | sed -E 's/.*decode [0-9]+ tokens ([0-9.]+) tok\/s.*/\1/')
     lpp=$(echo "$l" | sed -E 's/.*prefill [0-9]+ tokens ([0-9.]+) tok\/s.*/\1/')

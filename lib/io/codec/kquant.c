@@ -94,18 +94,22 @@ static void q3_K_block(const uint8_t *b, float *y) {
     }
 }
 
-/* q4_K and q5_K: qh NULL for q4_K. */
+/* q4_K and q5_K: qh NULL for q4_K. Inner loops over 32 contiguous bytes so
+ * that the compiler vectorises them (each weight is still one product and
+ * one difference, rounded on its own). */
 static void q45_K_block(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, float *y) {
     const float d = ld_half(b), dmin = ld_half(b + 2);
     for (int s = 0; s < 8; s++) {
         uint8_t sc, m;
         mt_q4_K_scale_min(b + 4, s, &sc, &m);
         const float dl = d * (float)sc, ml = dmin * (float)m;
-        for (int k = 0; k < 32; k++) {
-            int q = (qs[32 * (s / 2) + k] >> (4 * (s % 2))) & 0x0f;
-            if (qh) q |= ((qh[k] >> s) & 1) << 4;
-            y[32 * s + k] = dl * (float)q - ml;
-        }
+        const uint8_t *q = qs + 32 * (s / 2);
+        const int sh = 4 * (s % 2);
+        float *ys = y + 32 * s;
+        if (qh)
+            for (int k = 0; k < 32; k++) ys[k] = dl * (float)(((q[k] >> sh) & 0x0f) | ((qh[k] >> s) & 1) << 4) - ml;
+        else
+            for (int k = 0; k < 32; k++) ys[k] = dl * (float)((q[k] >> sh) & 0x0f) - ml;
     }
 }
 
@@ -114,15 +118,17 @@ static void q5_K_block(const uint8_t *b, float *y) { q45_K_block(b, b + 16, b + 
 
 static void q6_K_block(const uint8_t *b, float *y) {
     const float d = ld_half(b + 208);
-    for (int s = 0; s < 16; s++) {
-        const float dl = d * (float)(int8_t)b[192 + s];
-        for (int k = 0; k < 16; k++) {
-            const int e = 16 * s + k, h = e / 128, i = e % 128;
-            const int lo = (b[64 * h + i % 64] >> (4 * (i / 64))) & 0x0f;
-            const int hi = (b[128 + 32 * h + i % 32] >> (2 * (i / 32))) & 3;
-            y[e] = dl * (float)((lo | hi << 4) - 32);
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 4; l++) { /* weights 128h + 32l + m: sub-blocks 8h + 2l and 8h + 2l + 1 */
+            const uint8_t *ql = b + 64 * h + 32 * (l % 2), *qh = b + 128 + 32 * h;
+            const int sl = 4 * (l / 2), shh = 2 * l;
+            for (int half = 0; half < 2; half++) {
+                const float dl = d * (float)(int8_t)b[192 + 8 * h + 2 * l + half];
+                float *ys = y + 128 * h + 32 * l + 16 * half;
+                for (int m = 16 * half; m < 16 * half + 16; m++)
+                    ys[m - 16 * half] = dl * (float)((((ql[m] >> sl) & 0x0f) | ((qh[m] >> shh) & 3) << 4) - 32);
+            }
         }
-    }
 }
 
 static void q8_K_block(const uint8_t *b, float *y) {
