@@ -231,9 +231,16 @@ int cmd_inspect(int argc, char **argv) {
         printf("format:       %s\n", fmt_name(mt_ckpt_format(ck)));
         printf("architecture: %s, %d layers, hidden %d, heads %d (kv %d, head_dim %d), vocab %d\n", cfg->arch,
                cfg->n_layers, cfg->hidden, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim, cfg->vocab);
-        if (cfg->n_experts > 0)
-            printf("experts:      %d per layer, top-%d, expert ffn %d\n", cfg->n_experts, cfg->top_k, cfg->ffn);
-        else
+        if (cfg->n_experts > 0) {
+            printf("experts:      %d per layer, top-%d, expert ffn %d", cfg->n_experts, cfg->top_k, cfg->ffn);
+            if (!mt_config_renorm_topk(cfg)) printf(", top-k gates not renormalised");
+            if (cfg->ffn_shared > 0) printf(", shared expert ffn %d", cfg->ffn_shared);
+            printf("\n");
+            int dense = 0;
+            for (int l = 0; l < cfg->n_layers; l++)
+                if (mt_config_layer_experts(cfg, l) == 0) printf(dense++ ? " %d" : "mlp:          dense-MLP layers %d", l);
+            if (dense) printf(", ffn %d\n", mt_config_dense_ffn(cfg));
+        } else
             printf("mlp:          dense, ffn %d\n", cfg->ffn);
         printf("rope:         theta %g, %s pairs; rms eps %g; context %d%s\n", cfg->rope_theta,
                cfg->rope_style == MT_ROPE_HALF ? "half-split" : "interleaved", cfg->norm_eps, cfg->max_pos,

@@ -9,5 +9,6 @@
 extern const mt_arch mt_arch_mixtral;
 extern const mt_arch mt_arch_mistral;
 extern const mt_arch mt_arch_llama;
+extern const mt_arch mt_arch_qwen2moe;
 
 #endif
