@@ -2,7 +2,10 @@
  * independent implementations. A generator script per family writes small
  * random checkpoints in the family's exact Hugging Face layout with their
  * reference logits and routing (Qwen2-MoE: tests/make_qwen2moe.py, which
- * uses transformers' own Qwen2MoeForCausalLM for both). Here, per case:
+ * uses transformers' own Qwen2MoeForCausalLM for both; Qwen3-MoE, which
+ * transformers 4.40 lacks: tests/make_qk_checkpoint.py writes the
+ * checkpoints, tests/ref_qk_moe.py, a float64 numpy forward written from the
+ * published modeling code, the references). Here, per case:
  *   - our logits within 1e-4 (absolute) of the reference, the same top-k
  *     experts in every layer for every token, prefill equal to decode;
  *   - HF -> GGUF (the family's llama.cpp architecture) gives the same logits
@@ -11,8 +14,8 @@
  *   - GGUF -> HF gives the same logits again and a config.json that reads
  *     back to the same model description.
  * The Qwen2-MoE cases need a Python with torch + transformers
- * (MT_TORCH_PYTHON, else /usr/bin/python3 or python3); exits 77 (skipped)
- * without it. */
+ * (MT_TORCH_PYTHON, else /usr/bin/python3 or python3), the others python3
+ * with numpy; exits 77 (skipped) when neither is there. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -139,7 +142,7 @@ static void check_case(const char *name) {
     for (int l = 0; l < L; l++) dense_layers += mt_config_layer_experts(&cf, l) == 0;
     const int st = mt_convert(path, gg, &co);
     /* what llama.cpp's architecture cannot hold is refused by name: dense-MLP
-     * layers in qwen2moe */
+     * layers in qwen2moe / qwen3moe */
     if (dense_layers) {
         printf(", GGUF refused: %s\n", mt_last_error());
         assert_int_equal(st, MT_ERR_UNSUPPORTED);
@@ -212,8 +215,9 @@ int main(void) {
         snprintf(cmd, sizeof cmd, "%s -c 'import torch, transformers, tokenizers' >/dev/null 2>&1", cands[i]);
         if (system(cmd) == 0) py = cands[i];
     }
-    if (!py) {
-        printf("skipped: no python with torch + transformers\n");
+    const int numpy = system("python3 -c 'import numpy' >/dev/null 2>&1") == 0;
+    if (!py && !numpy) {
+        printf("skipped: no python with numpy (nor torch + transformers)\n");
         return 77;
     }
     g_dir = tu_mkdtemp();
@@ -225,6 +229,16 @@ int main(void) {
         rc = run(cmd);
         ran += rc == 0;
         if (rc == 77) rc = 0;
+    } else {
+        printf("Qwen2-MoE cases skipped: no python with torch + transformers\n");
+    }
+    if (!rc && numpy) { /* Qwen3-MoE: HF layout written in numpy, independent float64 reference */
+        snprintf(cmd, sizeof cmd,
+                 "python3 '%s/tests/make_qk_checkpoint.py' '%s' --model-dir '%s' && "
+                 "python3 '%s/tests/ref_qk_moe.py' '%s/qwen3moe' '%s/qwen3moe-sparse'",
+                 tu_source_dir(), g_dir, tu_model_dir(), tu_source_dir(), g_dir, g_dir);
+        rc = run(cmd);
+        ran += rc == 0;
     }
     if (rc || !ran) {
         tu_rmtree(g_dir);

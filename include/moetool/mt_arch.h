@@ -41,6 +41,8 @@ typedef enum {
     MT_ROLE_SHEXP_UP,
     MT_ROLE_SHEXP_DOWN,
     MT_ROLE_SHEXP_ROUTER, /* (1, hidden): the shared expert's sigmoid gate */
+    MT_ROLE_Q_NORM,     /* QK-norm weights (Qwen3-MoE: per head, OLMoE:  */
+    MT_ROLE_K_NORM,     /* over the whole projection)                    */
     MT_ROLE_COUNT
 } mt_role;
 
@@ -69,6 +71,7 @@ typedef enum {
     MT_DIM_FFN_DENSE,   /* ffn_dense: dense-MLP layers of a MoE model (0 = ffn) */
     MT_DIM_FFN_SHARED,  /* ffn_shared: the shared expert                   */
     MT_DIM_ONE,         /* 1 (a gate row)                                  */
+    MT_DIM_HEAD,        /* head_dim                                        */
 } mt_dim;
 
 typedef struct {
@@ -82,6 +85,13 @@ typedef struct {
 } mt_arch_tensor;
 
 typedef enum { MT_ROUTE_SOFTMAX = 0, MT_ROUTE_SIGMOID = 1 } mt_route_fn;
+
+/* RMSNorm on Q and K after their projections, before RoPE. */
+typedef enum {
+    MT_QK_NORM_NONE = 0,
+    MT_QK_NORM_HEAD = 1, /* each head's head_dim values (Qwen3-MoE)              */
+    MT_QK_NORM_FULL = 2, /* the whole q (n_heads·head_dim) / k projection (OLMoE) */
+} mt_qk_norm;
 
 /* One family. Hyperparameters describe the math the runtime must run; a
  * family whose math the runtime lacks is refused by name at load. */
@@ -100,7 +110,7 @@ typedef struct {
     int n_shared_experts;        /* always-on experts beside the routed ones     */
     int shared_gate;             /* shared expert output scaled by
                                     sigmoid(x · shared_expert_gate)              */
-    int qk_norm;                 /* RMSNorm on Q and K per head                  */
+    mt_qk_norm qk_norm;          /* RMSNorm on Q and K                           */
     int attn_bias;               /* biases on q/k/v projections                  */
     mt_rope_style hf_rope;       /* RoPE pairing of HF-stored Q/K rows           */
     mt_rope_style gguf_rope;     /* ... and of GGUF-stored ones (llama: permuted

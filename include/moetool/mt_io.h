@@ -241,6 +241,8 @@ typedef struct {
     mt_mat sh_w3;       /* shared expert up   (ffn_shared, hidden)   */
     mt_mat sh_w2;       /* shared expert down (hidden, ffn_shared)   */
     mt_mat sh_gate;     /* (1, hidden): output scaled by sigmoid(h · sh_gate) */
+    mt_mat q_norm;      /* QK-norm: (1, head_dim) per head or (1, q_dim)  */
+    mt_mat k_norm;      /*          (1, head_dim) per head or (1, kv_dim) */
 } mt_layer_weights;
 
 typedef struct {

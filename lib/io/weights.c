@@ -302,6 +302,8 @@ static mt_mat *role_mats(mt_weights *w, mt_role role, int l) {
     case MT_ROLE_SHEXP_UP: return &L->sh_w3;
     case MT_ROLE_SHEXP_DOWN: return &L->sh_w2;
     case MT_ROLE_SHEXP_ROUTER: return &L->sh_gate;
+    case MT_ROLE_Q_NORM: return &L->q_norm;
+    case MT_ROLE_K_NORM: return &L->k_norm;
     default: return NULL;
     }
 }

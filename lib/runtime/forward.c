@@ -18,7 +18,8 @@
  *               [+ sigmoid(h · w_sg) · W2_s(silu(W1_s h) ⊙ W3_s h): the
  *               shared expert, when the layer has one]
  * q/k/v get their biases added after the projections when the family has
- * them (Qwen2-MoE).
+ * them (Qwen2-MoE); q and k are RMS-normed before RoPE with the family's
+ * QK-norm (Qwen3-MoE: each head; OLMoE: the whole projection).
  *   logits = rmsnorm(x) * w_out · lm_headᵀ
  *
  * Capture events (mt_runtime.h) are delivered at ATTN_IN, ATTN_OUT (attn,
@@ -370,6 +371,13 @@ int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int a
                 op->add(be, c->k + (size_t)i * c->kv_dim, b + c->q_dim, (size_t)c->kv_dim);
                 op->add(be, c->v + (size_t)i * c->kv_dim, b + c->q_dim + c->kv_dim, (size_t)c->kv_dim);
             }
+        }
+        if (m->qkn_f32) { /* QK-norm before RoPE: per head, or over the whole projection */
+            const int ph = m->qk_norm == MT_QK_NORM_HEAD;
+            const size_t qn = ph ? (size_t)cf->head_dim : (size_t)c->q_dim, kn = ph ? (size_t)cf->head_dim : (size_t)c->kv_dim;
+            const float *wq = m->qkn_f32 + (size_t)l * (qn + kn);
+            op->rmsnorm(be, c->q, c->q, wq, ph ? n * cf->n_heads : n, (int)qn, cf->norm_eps);
+            op->rmsnorm(be, c->k, c->k, wq + qn, ph ? n * cf->n_kv_heads : n, (int)kn, cf->norm_eps);
         }
         mt_be_rope_args rq = {c->q, n, c->q_dim, cf->n_heads, cf->head_dim, c->pos, c->rope_cos, c->rope_sin, style};
         mt_be_rope_args rk = {c->k, n, c->kv_dim, cf->n_kv_heads, cf->head_dim, c->pos, c->rope_cos, c->rope_sin, style};

@@ -5,6 +5,7 @@
 #ifndef MT_RUNTIME_IMPL_H
 #define MT_RUNTIME_IMPL_H
 
+#include "moetool/mt_arch.h"
 #include "moetool/mt_qmoe.h"
 #include "moetool/mt_runtime.h"
 #include "backend.h"
@@ -22,6 +23,9 @@ struct mt_model {
     float *norm_f32;         /* (2*n_layers+1, hidden): attn and ffn norm of
                                 each layer, then the final norm, as f32;
                                 backend memory                              */
+    mt_qk_norm qk_norm;      /* the family's QK-norm                        */
+    float *qkn_f32;          /* (n_layers, qn + kn): q_norm, k_norm weights
+                                as f32, backend memory; NULL without       */
     float *bias_f32;         /* (n_layers, q_dim + 2 kv_dim): q/k/v biases as
                                 f32, backend memory; NULL without biases   */
     mt_qmoe_dict qdict;      /* qmoe checkpoints: the dictionary ...          */

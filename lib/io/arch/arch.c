@@ -6,7 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static const mt_arch *const g_families[] = {&mt_arch_mixtral, &mt_arch_mistral, &mt_arch_llama, &mt_arch_qwen2moe};
+static const mt_arch *const g_families[] = {&mt_arch_mixtral, &mt_arch_mistral, &mt_arch_llama, &mt_arch_qwen2moe,
+                                             &mt_arch_qwen3moe};
 #define N_FAMILIES (sizeof g_families / sizeof g_families[0])
 
 const mt_arch *mt_arch_get(const char *name) {
@@ -135,6 +136,7 @@ static int64_t dim(mt_dim d, const mt_config *c, int layer) {
     case MT_DIM_FFN_DENSE: return mt_config_dense_ffn(c);
     case MT_DIM_FFN_SHARED: return c->ffn_shared;
     case MT_DIM_ONE: return 1;
+    case MT_DIM_HEAD: return c->head_dim;
     default: return 1;
     }
 }
