@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Qwen3-MoE through every verb. Their checkpoints are written in
+# Qwen3-MoE and OLMoE through every verb. Their checkpoints are written in
 # the exact HF layout by tests/make_qk_checkpoint.py (numpy; transformers
 # 4.40 has neither family) and their reference outputs computed by
 # tests/ref_qk_moe.py (float64 numpy from the published modeling code,
 # independent of moetool); logits and routing against that reference are
 # test_families' part. Here:
-#   - convert HF -> GGUF (qwen3moe): llama.cpp (llama-cpp-python, f32
+#   - convert HF -> GGUF (qwen3moe / olmoe): llama.cpp (llama-cpp-python, f32
 #     KV cache: its default f16 cache alone moves QK-normed logits by ~1e-2)
 #     loads it, its logits match the reference within 1e-3, its greedy tokens
 #     equal `moetool generate`'s, its perplexity moetool's within 1e-3;
@@ -53,8 +53,8 @@ llama() { # GGUF REFERENCE-DIR GEN.json [extra llamacpp_check args]
 
 QK=$T/qk
 "$LPY" "$SRC/tests/make_qk_checkpoint.py" "$QK" --model-dir "$MODEL" >/dev/null &&
-  "$LPY" "$SRC/tests/ref_qk_moe.py" "$QK/qwen3moe" || { echo "FAIL: generator / reference"; exit 1; }
-for fam in qwen3moe; do
+  "$LPY" "$SRC/tests/ref_qk_moe.py" "$QK/qwen3moe" "$QK/olmoe" || { echo "FAIL: generator / reference"; exit 1; }
+for fam in qwen3moe olmoe; do
   D=$QK/$fam
   echo "== $fam"
   "$BIN" inspect "$D" | grep -q "architecture: $fam" && ok || bad "$fam: inspect"
@@ -93,6 +93,27 @@ done
 # ---- bad input
 edit() { "$LPY" -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); exec(sys.argv[2]); json.dump(d, open(p,'w'))" "$T/b/config.json" "$1"; }
 mk() { rm -rf "$T/b"; cp -r "$QK/$1" "$T/b"; }
+mk olmoe; edit 'd["clip_qkv"]=8.0'
+expect_err "config.json: clip_qkv = a value is not supported for olmoe" "$BIN" convert "$T/b" -o "$T/bad-out.gguf"
+no_output "$T/bad-out.gguf"
+mk olmoe; edit 'd["num_key_value_heads"]=2'
+expect_err "tensor model.layers.0.self_attn.k_proj.weight has shape \[64, 64\], expected \[32, 64\]" "$BIN" inspect "$T/b"
+mk olmoe; rm -f "$T/b/model.safetensors"
+"$LPY" - "$QK/olmoe/model.safetensors" "$T/b/model.safetensors" <<'PYEOF'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack_from("<Q", b)[0]; h = json.loads(b[8:8 + n])
+drop = "model.layers.1.self_attn.k_norm.weight"
+keep = {k: v for k, v in h.items() if k != drop}
+data, off, hdr = [], 0, {}
+for k, v in keep.items():
+    if k == "__metadata__": hdr[k] = v; continue
+    s, e = v["data_offsets"]; data.append(b[8 + n + s:8 + n + e])
+    hdr[k] = dict(v, data_offsets=[off, off + e - s]); off += e - s
+j = json.dumps(hdr).encode(); j += b" " * (-len(j) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(j)) + j + b"".join(data))
+PYEOF
+expect_err "tensor model.layers.1.self_attn.k_norm.weight is missing (expected shape \[64\])" \
+  "$BIN" eval "$T/b" --text "$T/text.txt"
 mk qwen3moe; edit 'd["head_dim"]=16'
 expect_err "tensor model.layers.0.self_attn.q_proj.weight has shape \[128, 64\], expected \[64, 64\]" \
   "$BIN" eval "$T/b" --text "$T/text.txt"

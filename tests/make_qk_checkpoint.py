@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes small random checkpoints of the QK-norm MoE families in their exact
 Hugging Face layout (tensor names, shapes, config.json keys as
-transformers' Qwen3MoeConfig writes them; float32 safetensors),
+transformers' Qwen3MoeConfig / OlmoeConfig write them; float32 safetensors),
 for families transformers 4.40 lacks. numpy only; the reference outputs come
 from tests/ref_qk_moe.py, which reads these files back independently.
 
@@ -15,6 +15,11 @@ OUT_DIR/cases. Cases:
                    norm_topk_prob true -- also the GGUF / llama.cpp case
   qwen3moe-sparse  3 layers, mlp_only_layers [1] (a dense MLP of
                    intermediate_size), norm_topk_prob false, tied embeddings
+  olmoe            OLMoE: 2 layers, 4 heads (no GQA, as OLMoE-1B-7B and
+                   llama.cpp's olmoe), 8 experts top-2, norm_topk_prob false
+                   -- also the GGUF / llama.cpp case
+  olmoe-gqa        GQA 4/2 (k_norm over n_kv_heads*head_dim), 4 experts,
+                   norm_topk_prob true, tied embeddings
 """
 import argparse
 import json
@@ -40,6 +45,13 @@ CASES = {
                             num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1],
                             use_sliding_window=False, sliding_window=None, max_window_layers=3, rms_norm_eps=1e-6,
                             router_aux_loss_coef=0.001, tie_word_embeddings=True, seed=12),
+    "olmoe": dict(model_type="olmoe", architectures=["OlmoeForCausalLM"], num_hidden_layers=2, intermediate_size=32,
+                  num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False, clip_qkv=None,
+                  rms_norm_eps=1e-5, router_aux_loss_coef=0.01, pad_token_id=1, tie_word_embeddings=False, seed=13),
+    "olmoe-gqa": dict(model_type="olmoe", architectures=["OlmoeForCausalLM"], num_hidden_layers=2,
+                      intermediate_size=32, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                      norm_topk_prob=True, clip_qkv=None, rms_norm_eps=1e-5, router_aux_loss_coef=0.01,
+                      pad_token_id=1, tie_word_embeddings=True, seed=14),
 }
 
 

@@ -2,8 +2,8 @@
  * independent implementations. A generator script per family writes small
  * random checkpoints in the family's exact Hugging Face layout with their
  * reference logits and routing (Qwen2-MoE: tests/make_qwen2moe.py, which
- * uses transformers' own Qwen2MoeForCausalLM for both; Qwen3-MoE, which
- * transformers 4.40 lacks: tests/make_qk_checkpoint.py writes the
+ * uses transformers' own Qwen2MoeForCausalLM for both; Qwen3-MoE and OLMoE,
+ * which transformers 4.40 lacks: tests/make_qk_checkpoint.py writes the
  * checkpoints, tests/ref_qk_moe.py, a float64 numpy forward written from the
  * published modeling code, the references). Here, per case:
  *   - our logits within 1e-4 (absolute) of the reference, the same top-k
@@ -142,11 +142,12 @@ static void check_case(const char *name) {
     for (int l = 0; l < L; l++) dense_layers += mt_config_layer_experts(&cf, l) == 0;
     const int st = mt_convert(path, gg, &co);
     /* what llama.cpp's architecture cannot hold is refused by name: dense-MLP
-     * layers in qwen2moe / qwen3moe */
-    if (dense_layers) {
+     * layers in qwen2moe / qwen3moe, grouped-query attention in olmoe */
+    const int gqa_refused = !strcmp(cf.arch, "olmoe") && cf.n_kv_heads != cf.n_heads;
+    if (dense_layers || gqa_refused) {
         printf(", GGUF refused: %s\n", mt_last_error());
         assert_int_equal(st, MT_ERR_UNSUPPORTED);
-        assert_non_null(strstr(mt_last_error(), "dense MLP"));
+        assert_non_null(strstr(mt_last_error(), dense_layers ? "dense MLP" : "grouped-query attention"));
     } else {
         assert_int_equal(st, MT_OK);
         mt_config cg;
@@ -232,11 +233,11 @@ int main(void) {
     } else {
         printf("Qwen2-MoE cases skipped: no python with torch + transformers\n");
     }
-    if (!rc && numpy) { /* Qwen3-MoE: HF layout written in numpy, independent float64 reference */
+    if (!rc && numpy) { /* Qwen3-MoE, OLMoE: HF layout written in numpy, independent float64 reference */
         snprintf(cmd, sizeof cmd,
                  "python3 '%s/tests/make_qk_checkpoint.py' '%s' --model-dir '%s' && "
-                 "python3 '%s/tests/ref_qk_moe.py' '%s/qwen3moe' '%s/qwen3moe-sparse'",
-                 tu_source_dir(), g_dir, tu_model_dir(), tu_source_dir(), g_dir, g_dir);
+                 "python3 '%s/tests/ref_qk_moe.py' '%s/qwen3moe' '%s/qwen3moe-sparse' '%s/olmoe' '%s/olmoe-gqa'",
+                 tu_source_dir(), g_dir, tu_model_dir(), tu_source_dir(), g_dir, g_dir, g_dir, g_dir);
         rc = run(cmd);
         ran += rc == 0;
     }

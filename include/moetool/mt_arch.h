@@ -113,6 +113,8 @@ typedef struct {
     mt_qk_norm qk_norm;          /* RMSNorm on Q and K                           */
     int attn_bias;               /* biases on q/k/v projections                  */
     mt_rope_style hf_rope;       /* RoPE pairing of HF-stored Q/K rows           */
+    int gguf_kv_eq_heads;        /* llama.cpp's arch sizes k_norm by hidden: its
+                                    GGUF holds only n_kv_heads == n_heads      */
     mt_rope_style gguf_rope;     /* ... and of GGUF-stored ones (llama: permuted
                                     to pairs; qwen2moe: as HF, NEOX rope)       */
     /* HF config.json keys that differ between families */

@@ -619,6 +619,10 @@ static int gguf_family_kvs(conv *cv) {
             return mt_seterr(MT_ERR_UNSUPPORTED,
                              "%s: layer %d is a dense MLP (decoder_sparse_step / mlp_only_layers), which llama.cpp's "
                              "%s GGUF cannot hold", cv->in_path, l, ga);
+    if (fam->gguf_kv_eq_heads && c->n_kv_heads != c->n_heads)
+        return mt_seterr(MT_ERR_UNSUPPORTED,
+                         "%s: %d key/value heads for %d query heads: llama.cpp's %s GGUF holds k_norm of the hidden "
+                         "size only (no grouped-query attention)", cv->in_path, c->n_kv_heads, c->n_heads, ga);
     char name[256], size_label[64], key[96];
 #define AK(suffix) (snprintf(key, sizeof key, "%s.%s", ga, suffix), key)
     model_name(cv->in_path, name, sizeof name);

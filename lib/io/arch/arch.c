@@ -7,7 +7,7 @@
 #include <string.h>
 
 static const mt_arch *const g_families[] = {&mt_arch_mixtral, &mt_arch_mistral, &mt_arch_llama, &mt_arch_qwen2moe,
-                                             &mt_arch_qwen3moe};
+                                             &mt_arch_qwen3moe, &mt_arch_olmoe};
 #define N_FAMILIES (sizeof g_families / sizeof g_families[0])
 
 const mt_arch *mt_arch_get(const char *name) {
