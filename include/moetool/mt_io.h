@@ -176,6 +176,12 @@ const mt_pickle_tensor *mt_pickle_get(const mt_pickle_dict *d, size_t i);
 typedef struct {
     char *spm_model_path;    /* tokenizer.model, or NULL                     */
     char *hf_json_path;      /* tokenizer.json, or NULL                      */
+    /* a checkpoint read from an archive: the files' bytes instead (owned by
+       the checkpoint; NULL when absent) */
+    const void *spm_model_buf;
+    size_t spm_model_len;
+    const char *hf_json_buf, *hf_config_buf; /* tokenizer.json, tokenizer_config.json */
+    size_t hf_json_len, hf_config_len;
 } mt_tokenizer_files;
 
 /* ---- checkpoint: one view over any supported format -------------------- */
@@ -200,6 +206,9 @@ uint64_t mt_ckpt_file_bytes(const mt_ckpt *ck);
 const mt_tokenizer_files *mt_ckpt_tokenizer_files(const mt_ckpt *ck);
 /* The GGUF behind a GGUF checkpoint (tokenizer metadata lives there), else NULL. */
 const mt_gguf *mt_ckpt_gguf(const mt_ckpt *ck);
+/* Whether the checkpoint was read from an archive (.tar, .tar.gz, .tar.zst,
+ * .zip...): reading verbs take it, writing verbs refuse it. */
+int mt_ckpt_is_archive(const mt_ckpt *ck);
 
 /* ---- the model description the runtime executes ------------------------
  * A matrix is a view into mapped data: `rows` output features of `cols`

@@ -43,6 +43,7 @@ struct mt_ckpt {
     size_t *by_name;            /* [n] indices sorted by name                */
     uint64_t file_bytes;
     mt_tokenizer_files tok;
+    mt_archive *arc;            /* read from an archive: the files' bytes    */
 };
 
 void mt_ckpt_free(mt_ckpt *ck) {
@@ -55,9 +56,12 @@ void mt_ckpt_free(mt_ckpt *ck) {
     free(ck->by_name);
     free(ck->tok.spm_model_path);
     free(ck->tok.hf_json_path);
+    mt_archive_free(ck->arc);
     free(ck->path);
     free(ck);
 }
+
+int mt_ckpt_is_archive(const mt_ckpt *ck) { return ck && ck->arc; }
 
 mt_format mt_ckpt_format(const mt_ckpt *ck) { return ck->fmt; }
 const char *mt_ckpt_path(const mt_ckpt *ck) { return ck->path; }
@@ -169,14 +173,35 @@ static int shard_name_ok(const char *s) {
 /* Opens one weights file: safetensors or a PyTorch zip. */
 typedef int (*shard_open_fn)(mt_safetensors **out, const char *path);
 
+/* Opens one weights file held in memory (a member of an archive). */
+typedef int (*shard_parse_fn)(mt_safetensors **out, const void *buf, size_t len, const char *name_for_errors);
+
+/* A member of the checkpoint's archive as a shard, named "ARCHIVE:NAME". */
+static int open_member_shard(mt_ckpt *ck, mt_safetensors **out, const char *name, shard_parse_fn parse) {
+    const mt_archive_member *m = mt_archive_get(ck->arc, name);
+    if (!m) return mt_seterr(MT_ERR_NOT_FOUND, "%s: no %s in the archive", ck->path, name);
+    char shown[4400];
+    snprintf(shown, sizeof shown, "%s:%s", ck->path, name);
+    int rc = parse(out, m->data, m->size, shown);
+    if (rc == MT_OK) ck->file_bytes += m->size;
+    return rc;
+}
+
 static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path, shard_open_fn open_shard) {
     mt_mapped m;
-    int rc = mt_map_file(&m, index_path);
-    if (rc) return rc;
+    const mt_archive_member *im = ck->arc ? mt_archive_get(ck->arc, index_path) : NULL;
+    const shard_parse_fn parse = open_shard == mt_pytorch_open ? mt_pytorch_parse : mt_safetensors_parse;
+    int rc = MT_OK;
+    if (im) {
+        m.data = im->data;
+        m.size = im->size;
+    } else if ((rc = mt_map_file(&m, index_path))) {
+        return rc;
+    }
     ck->file_bytes += m.size;
     json_error_t jerr;
     json_t *root = json_loadb(m.data ? (const char *)m.data : "", m.size, JSON_REJECT_DUPLICATES, &jerr);
-    mt_unmap_file(&m);
+    if (!im) mt_unmap_file(&m);
     if (!root)
         return mt_seterr(MT_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", index_path, jerr.line,
                          jerr.column, jerr.text);
@@ -235,6 +260,10 @@ static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path, sh
     }
     ck->n_shards = n_names;
     for (size_t k = 0; k < ck->n_shards; k++) {
+        if (ck->arc) {
+            if ((rc = open_member_shard(ck, &ck->shards[k], names[k], parse))) goto done;
+            continue;
+        }
         char *p = mt_path_join(dir, names[k]);
         if (!p) {
             rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
@@ -278,6 +307,17 @@ static int open_single(mt_ckpt *ck, const char *st_path, shard_open_fn open_shar
     if (rc) return rc;
     ck->n_shards = 1;
     ck->file_bytes += mt_safetensors_file_size(ck->shards[0]);
+    rc = gather_shards(ck);
+    if (rc == MT_OK) rc = build_index(ck, NULL);
+    return rc;
+}
+
+static int open_archive_single(mt_ckpt *ck, const char *name, shard_parse_fn parse) {
+    ck->shards = calloc(1, sizeof *ck->shards);
+    if (!ck->shards) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int rc = open_member_shard(ck, &ck->shards[0], name, parse);
+    if (rc) return rc;
+    ck->n_shards = 1;
     rc = gather_shards(ck);
     if (rc == MT_OK) rc = build_index(ck, NULL);
     return rc;
@@ -512,6 +552,68 @@ static const char *show_bytes(const unsigned char *b, size_t n, char *out, size_
     return out;
 }
 
+/* ---- archives ------------------------------------------------------------ */
+/* A GGUF or a Hugging Face directory inside an archive, from memory. */
+static int open_archive(mt_ckpt *ck, const char *path) {
+    int rc = mt_archive_read(&ck->arc, path);
+    if (rc) return rc;
+    const mt_archive_member *cfg = mt_archive_get(ck->arc, "config.json"), *gg = NULL;
+    for (size_t i = 0; i < ck->arc->n; i++) {
+        const char *nm = ck->arc->m[i].name;
+        size_t L = strlen(nm);
+        if (L > 5 && !strcmp(nm + L - 5, ".gguf")) {
+            if (gg) return mt_seterr(MT_ERR_FORMAT, "%s: more than one .gguf (%s, %s): one model per archive", path,
+                                     gg->name, nm);
+            gg = &ck->arc->m[i];
+        }
+    }
+    char shown[4400];
+    if (gg && !cfg) {
+        ck->fmt = MT_FMT_GGUF;
+        snprintf(shown, sizeof shown, "%s:%s", path, gg->name);
+        if ((rc = mt_gguf_parse(&ck->gguf, gg->data, gg->size, shown))) return rc;
+        ck->file_bytes = gg->size;
+        if ((rc = gguf_config(&ck->cfg, ck->gguf, shown))) return rc;
+        size_t n = mt_gguf_tensor_count(ck->gguf);
+        ck->tensors = calloc(n ? n : 1, sizeof *ck->tensors);
+        if (!ck->tensors) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+        for (size_t i = 0; i < n; i++) ck->tensors[i] = *mt_gguf_tensor(ck->gguf, i);
+        ck->n = n;
+        return build_index(ck, NULL);
+    }
+    if (!cfg) return mt_seterr(MT_ERR_NOT_FOUND, "%s: neither config.json nor a .gguf in the archive", path);
+    ck->fmt = MT_FMT_HF;
+    snprintf(shown, sizeof shown, "%s:config.json", path);
+    if ((rc = mt_config_from_hf_json(&ck->cfg, (const char *)cfg->data, cfg->size, shown))) return rc;
+    ck->file_bytes += cfg->size;
+    if (mt_archive_get(ck->arc, "model.safetensors.index.json"))
+        rc = open_sharded(ck, NULL, "model.safetensors.index.json", mt_safetensors_open);
+    else if (mt_archive_get(ck->arc, "model.safetensors"))
+        rc = open_archive_single(ck, "model.safetensors", mt_safetensors_parse);
+    else if (mt_archive_get(ck->arc, "pytorch_model.bin.index.json"))
+        rc = open_sharded(ck, NULL, "pytorch_model.bin.index.json", mt_pytorch_open);
+    else if (mt_archive_get(ck->arc, "pytorch_model.bin"))
+        rc = open_archive_single(ck, "pytorch_model.bin", mt_pytorch_parse);
+    else
+        rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: config.json but no model.safetensors, model.safetensors.index.json, "
+                       "pytorch_model.bin or its index in the archive", path);
+    if (rc) return rc;
+    const mt_archive_member *t;
+    if ((t = mt_archive_get(ck->arc, "tokenizer.model")) && t->size) {
+        ck->tok.spm_model_buf = t->data;
+        ck->tok.spm_model_len = t->size;
+    }
+    if ((t = mt_archive_get(ck->arc, "tokenizer.json")) && t->size) {
+        ck->tok.hf_json_buf = (const char *)t->data;
+        ck->tok.hf_json_len = t->size;
+    }
+    if ((t = mt_archive_get(ck->arc, "tokenizer_config.json"))) {
+        ck->tok.hf_config_buf = (const char *)t->data;
+        ck->tok.hf_config_len = t->size;
+    }
+    return MT_OK;
+}
+
 int mt_ckpt_open(mt_ckpt **out, const char *path) {
     *out = NULL;
     if (!path || !*path) return mt_seterr(MT_ERR_ARG, "no checkpoint path given");
@@ -526,6 +628,8 @@ int mt_ckpt_open(mt_ckpt **out, const char *path) {
         rc = open_hf_dir(ck, path);
     } else if (!mt_path_exists(path)) {
         rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: no such file or directory", path);
+    } else if (mt_archive_name(path)) {
+        rc = open_archive(ck, path);
     } else {
         unsigned char head[16] = {0};
         size_t got = 0;

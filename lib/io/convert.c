@@ -875,6 +875,10 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
     int have_dir = 0;
     char *src_dir = NULL;
     if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
+    if (mt_ckpt_is_archive(ck)) {
+        mt_ckpt_free(ck);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: an archive is read in place by inspect, eval, generate and tokenize; unpack it to %s it", in_path, "convert");
+    }
     cv.ck = ck;
     cv.cfg = mt_ckpt_config(ck);
     int from_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;

@@ -698,6 +698,10 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     mt_model_opts_default(&mo);
     mo.n_threads = o->n_threads;
     if ((st = mt_model_load(&m, model_path, &mo))) return st;
+    if (mt_ckpt_is_archive(mt_model_ckpt(m))) {
+        mt_model_free(m);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: an archive is read in place by inspect, eval, generate and tokenize; unpack it to %s it", model_path, "merge");
+    }
     const mt_config *cf = mt_model_config(m);
     const mt_weights *w = mt_model_weights(m);
     const mt_ckpt *ck = mt_model_ckpt(m);

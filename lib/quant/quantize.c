@@ -1229,6 +1229,10 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
                               calib_in, 1)))
         return rc;
     if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
+    if (mt_ckpt_is_archive(ck)) {
+        mt_ckpt_free(ck);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: an archive is read in place by inspect, eval, generate and tokenize; unpack it to %s it", in_path, "quantize");
+    }
     rc = mt_quant_check(&o, mt_ckpt_config(ck), 1);
     const int is_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
     mt_ckpt_free(ck);
