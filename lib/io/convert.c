@@ -362,6 +362,10 @@ static int stream_entry(conv *cv, const plan_t *e) {
         if (src->dtype == e->dtype) {
             memcpy(dst, in, (size_t)out_row_bytes);
         } else {
+            const mt_dtype_info *sd = mt_dtype_get(src->dtype);
+            if (sd && sd->block_elems > 1 && mt_dtype_find_nonfinite_block(src->dtype, in, cols / sd->block_elems) >= 0)
+                return mt_seterr(MT_ERR_FORMAT, "%s: tensor '%s': row %lld has a %s block with a NaN or infinite scale",
+                                 cv->in_path, src->name, (long long)sr, sd->name);
             if ((rc = mt_row_to_f32(src->dtype, in, cv->row, cols)) ||
                 (rc = mt_row_from_f32(e->dtype, cv->row, dst, cols)))
                 return rewrap(rc, cv->in_path, src->name);

@@ -49,6 +49,19 @@ static int row_bytes(const wctx *w, const mt_tensor *t, int64_t cols, uint64_t *
     return MT_OK;
 }
 
+/* A block type's scales must be finite: a NaN/inf d would turn every output
+ * of the matrix into NaN far from its cause. Names the first such block. */
+static int check_scales(const wctx *w, const mt_tensor *t, uint64_t row_bytes) {
+    const mt_dtype_info *di = mt_dtype_get(t->dtype);
+    if (!di || di->block_elems == 1 || di->block_bytes <= 0) return MT_OK;
+    const int64_t nb = (int64_t)(t->nbytes / (uint64_t)di->block_bytes);
+    const int64_t b = mt_dtype_find_nonfinite_block(t->dtype, t->data, nb);
+    if (b < 0) return MT_OK;
+    const uint64_t per_row = row_bytes / (uint64_t)di->block_bytes;
+    return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s: %s block %lld (row %llu) has a NaN or infinite scale", w->path,
+                     t->name, di->name, (long long)b, (unsigned long long)(per_row ? (uint64_t)b / per_row : 0));
+}
+
 /* Finds `name` and checks it has exactly the dims d[0..nd). */
 static int get_tensor(const wctx *w, const char *name, int nd, const int64_t *d, const mt_tensor **out) {
     const mt_tensor *t = mt_ckpt_find(w->ck, name);
@@ -244,6 +257,7 @@ static int get_mat(const wctx *w, const mt_arch_tensor *role, const char *name, 
     if (t->nbytes != r * rb)
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s holds %llu bytes, expected %llu", w->path, name,
                          (unsigned long long)t->nbytes, (unsigned long long)(r * rb));
+    if ((rc = check_scales(w, t, rb))) return rc;
     m->dtype = t->dtype;
     m->rows = (int64_t)r;
     m->cols = cols;
@@ -264,6 +278,7 @@ static int get_experts3(const wctx *w, const char *name, int E, int64_t rows, in
     if (t->nbytes != (uint64_t)E * per)
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s holds %llu bytes, expected %llu", w->path, name,
                          (unsigned long long)t->nbytes, (unsigned long long)((uint64_t)E * per));
+    if ((rc = check_scales(w, t, rb))) return rc;
     for (int e = 0; e < E; e++) {
         m[e].dtype = t->dtype;
         m[e].rows = rows;

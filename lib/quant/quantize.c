@@ -541,16 +541,27 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     int rc = mt_quant_check(o, c, 0);
     if (rc) return rc;
     /* Quantizing already-quantized weights would report the source's loss as
-     * none: the matrices to quantize must be stored as floats. */
+     * none: the matrices to quantize must be stored as floats, or in one of
+     * llama.cpp's read-only types (K-quants, q4_1/q5_x, iq4: what users
+     * download, with no original at hand), which are dequantized to f32 and
+     * named in the report (source_dtype) so the CLI says so. moetool's own
+     * grids (q8_0, q4_0, ternary, qmoe) are refused: start from the original. */
+    rep->source_dtype = -1;
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         for (int k = o->attn_bits ? K_Q : K_W1; k < K_COUNT; k++)
             for (int e = 0; e < (k <= K_O || k >= K_SW1 ? 1 : L->n_experts > 0 ? L->n_experts : 1); e++) {
                 if (!layer_mat(L, k, e)->data) continue;
                 const mt_dtype t = layer_mat(L, k, e)->dtype;
-                if (!mt_dtype_is_plain_float(t))
-                    return mt_seterr(MT_ERR_ARG, "%s: layer %d is already quantized (%s); quantize the original weights",
-                                     mt_ckpt_path(mt_model_ckpt(m)), l, mt_dtype_name(t));
+                if (mt_dtype_is_plain_float(t)) continue;
+                const mt_dtype_info *di = mt_dtype_get(t);
+                if (di && di->to_f32 && !di->from_f32 && t != MT_DT_TQ1_0 && t != MT_DT_TQ2_0) {
+                    if (rep->source_dtype < 0) rep->source_dtype = (int)t;
+                    else if (rep->source_dtype != (int)t) rep->source_mixed = 1;
+                    continue;
+                }
+                return mt_seterr(MT_ERR_ARG, "%s: layer %d is already quantized (%s); quantize the original weights",
+                                 mt_ckpt_path(mt_model_ckpt(m)), l, mt_dtype_name(t));
             }
     }
     const double t0 = mt_now();
