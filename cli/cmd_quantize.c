@@ -152,6 +152,11 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
                       : r->expert_dtype == MT_DT_QMOE ? "qmoe code (executed coded)"
                                                        : mt_dtype_get(r->expert_dtype)->name;
     int ne = r->n_experts > 0 ? r->n_experts : 1;
+    const int deq = r->source_dtype >= 0 && !mt_dtype_is_plain_float((mt_dtype)r->source_dtype);
+    if (deq)
+        fprintf(stderr, "moetool quantize: note: the matrices quantized were stored as %s%s; they were dequantized to "
+                "f32 first (the result carries both roundings); other tensors are kept as stored\n",
+                mt_dtype_name((mt_dtype)r->source_dtype), r->source_mixed ? " and other llama.cpp types" : "");
     if (json) {
         printf("{\"method\":\"%s\",\"grid\":", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
         json_str(stdout, r->grid_name);
@@ -178,6 +183,10 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
         if (o->codec == MT_QUANT_CODEC_QMOE)
             printf(",\"code_bits_per_expert_weight\":%.4f,\"symbol_entropy\":%.4f,\"zero_frac\":%.5f,\"code_s\":%.3f",
                    r->code_bits_expert, r->symbol_entropy, r->zero_frac, r->code_seconds);
+        if (deq) {
+            printf(",\"dequantized_from\":");
+            json_str(stdout, mt_dtype_name((mt_dtype)r->source_dtype));
+        }
         printf(",\"mean_rel_output_err\":%.6g,\"expert_tokens\":[", r->mean_rel_err);
         for (int l = 0; l < r->n_layers; l++) {
             printf("%s[", l ? "," : "");

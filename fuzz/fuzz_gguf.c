@@ -20,6 +20,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (mt_gguf_find_tensor(g, t->name) != t) abort();
             if (t->file_offset + t->nbytes > size) abort();
             if (t->nbytes) sink += ((const uint8_t *)t->data)[0] + ((const uint8_t *)t->data)[t->nbytes - 1];
+            /* the first row through its type's decoder (block layouts of
+             * lib/io/codec), whatever bytes it holds */
+            const mt_dtype_info *di = mt_dtype_get(t->dtype);
+            const int64_t cols = t->shape[t->n_dims - 1];
+            uint64_t rb;
+            float row[4096];
+            if (di && di->to_f32 && cols <= 4096 && mt_dtype_nbytes(t->dtype, (uint64_t)cols, &rb) == MT_OK &&
+                rb <= t->nbytes && mt_row_to_f32(t->dtype, t->data, row, cols) == MT_OK)
+                sink += (uint64_t)(row[cols - 1] != row[cols - 1]);
+            if (di && di->block_elems > 1 && di->block_bytes > 0)
+                sink += (uint64_t)mt_dtype_find_nonfinite_block(t->dtype, t->data, (int64_t)(t->nbytes / (uint64_t)di->block_bytes));
         }
         for (size_t k = 0; k < mt_gguf_key_count(g); k++) {
             const char *key = mt_gguf_key_name(g, (int)k);

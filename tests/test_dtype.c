@@ -37,6 +37,24 @@ static const struct {
     {MT_DT_BF16, "BF16", 30, 1, 2, 32},   /* LLAMA_FTYPE_MOSTLY_BF16 */
     {MT_DT_TQ1_0, "TQ1_0", 34, 256, 54, 36}, /* LLAMA_FTYPE_MOSTLY_TQ1_0 */
     {MT_DT_TQ2_0, "TQ2_0", 35, 256, 66, 37}, /* LLAMA_FTYPE_MOSTLY_TQ2_0 */
+    {MT_DT_Q4_1, "Q4_1", 3, 32, 20, 3},   /* LLAMA_FTYPE_MOSTLY_Q4_1 */
+    {MT_DT_Q5_0, "Q5_0", 6, 32, 22, 8},   /* LLAMA_FTYPE_MOSTLY_Q5_0 */
+    {MT_DT_Q5_1, "Q5_1", 7, 32, 24, 9},   /* LLAMA_FTYPE_MOSTLY_Q5_1 */
+    {MT_DT_Q2_K, "Q2_K", 10, 256, 84, 10},   /* LLAMA_FTYPE_MOSTLY_Q2_K */
+    {MT_DT_Q3_K, "Q3_K", 11, 256, 110, 12},  /* LLAMA_FTYPE_MOSTLY_Q3_K_M */
+    {MT_DT_Q4_K, "Q4_K", 12, 256, 144, 15},  /* LLAMA_FTYPE_MOSTLY_Q4_K_M */
+    {MT_DT_Q5_K, "Q5_K", 13, 256, 176, 17},  /* LLAMA_FTYPE_MOSTLY_Q5_K_M */
+    {MT_DT_Q6_K, "Q6_K", 14, 256, 210, 18},  /* LLAMA_FTYPE_MOSTLY_Q6_K */
+    {MT_DT_Q8_K, "Q8_K", 15, 256, 292, -1},  /* activations only */
+    {MT_DT_IQ4_NL, "IQ4_NL", 20, 32, 18, 25},   /* LLAMA_FTYPE_MOSTLY_IQ4_NL */
+    {MT_DT_IQ4_XS, "IQ4_XS", 23, 256, 136, 30}, /* LLAMA_FTYPE_MOSTLY_IQ4_XS */
+    {MT_DT_IQ2_XXS, "IQ2_XXS", 16, 256, 66, 19}, /* LLAMA_FTYPE_MOSTLY_IQ2_XXS */
+    {MT_DT_IQ2_XS, "IQ2_XS", 17, 256, 74, 20},   /* LLAMA_FTYPE_MOSTLY_IQ2_XS */
+    {MT_DT_IQ2_S, "IQ2_S", 22, 256, 82, 28},     /* LLAMA_FTYPE_MOSTLY_IQ2_S */
+    {MT_DT_IQ3_XXS, "IQ3_XXS", 18, 256, 98, 23}, /* LLAMA_FTYPE_MOSTLY_IQ3_XXS */
+    {MT_DT_IQ3_S, "IQ3_S", 21, 256, 110, 26},    /* LLAMA_FTYPE_MOSTLY_IQ3_S */
+    {MT_DT_IQ1_S, "IQ1_S", 19, 256, 50, 24},     /* LLAMA_FTYPE_MOSTLY_IQ1_S */
+    {MT_DT_IQ1_M, "IQ1_M", 29, 256, 56, 31},     /* LLAMA_FTYPE_MOSTLY_IQ1_M */
 };
 #define N_REF (sizeof g_ref / sizeof g_ref[0])
 
@@ -113,7 +131,10 @@ static void test_rows(void **state) {
     assert_int_equal(mt_dtype_from_name("float32"), MT_DT_F32);
     assert_int_equal(mt_dtype_from_name("Q8_0"), MT_DT_Q8_0);
     assert_int_equal(mt_dtype_from_name("int8"), -1);
-    assert_int_equal(mt_dtype_from_name("q4_k"), -1);
+    assert_int_equal(mt_dtype_from_name("q4_k"), MT_DT_Q4_K);
+    assert_int_equal(mt_dtype_from_name("Q6_K"), MT_DT_Q6_K);
+    assert_int_equal(mt_dtype_from_name("IQ2_XXS"), MT_DT_IQ2_XXS);
+    assert_int_equal(mt_dtype_from_name("mxfp4"), -1);
     assert_int_equal(mt_dtype_from_st_name("bf16"), -1); /* safetensors names are case-sensitive */
     assert_int_equal(mt_dtype_from_st_name("F8_E4M3"), MT_DT_F8_E4M3);
     assert_int_equal(mt_dtype_from_gptq_bits(4), MT_DT_Q4_0);
@@ -138,8 +159,10 @@ static void test_llama_cpp_numbers(void **state) {
     assert_string_equal(mt_ggml_type_name(12), "Q4_K");
     assert_string_equal(mt_ggml_type_name(4), "unknown"); /* retired */
     assert_string_equal(mt_ggml_type_name(1000), "unknown");
-    assert_int_equal(mt_dtype_from_ggml_type(12), -1);
-    assert_int_equal(mt_dtype_from_gguf_file_type(15), -1); /* MOSTLY_Q4_K_M: none of ours */
+    assert_int_equal(mt_dtype_from_ggml_type(12), MT_DT_Q4_K);
+    assert_int_equal(mt_dtype_from_ggml_type(39), -1); /* MXFP4: not read */
+    assert_int_equal(mt_dtype_from_gguf_file_type(15), MT_DT_Q4_K); /* MOSTLY_Q4_K_M */
+    assert_int_equal(mt_dtype_from_gguf_file_type(14), -1);         /* MOSTLY_Q4_K_S: no row of its own */
 }
 
 /* ---- from_f32 then to_f32 within the format's bound -------------------- */

@@ -200,7 +200,7 @@ static void test_bad_tensors(void **state) {
     t[0].ne[2] = t[0].ne[3] = t[0].ne[4] = 1;
     CASE(MT_ERR_FORMAT, "dimensions", 72);
     memcpy(t, g_ok, sizeof t);
-    t[1].type = 12; /* Q4_K: ggml knows it, we do not */
+    t[1].type = 39; /* MXFP4: ggml knows it, we do not */
     CASE(MT_ERR_UNSUPPORTED, "b.weight", 72);
     memcpy(t, g_ok, sizeof t);
     t[1].type = 200; /* nobody knows it */
@@ -511,6 +511,14 @@ static void test_corpus(void **state) {
             for (size_t i = 0; i < mt_gguf_tensor_count(g); i++) {
                 const mt_tensor *t = mt_gguf_tensor(g, i);
                 assert_true(t->file_offset + t->nbytes <= len);
+                /* readable block types decode their first row (K-quant seeds) */
+                const mt_dtype_info *di = mt_dtype_get(t->dtype);
+                const int64_t cols = t->shape[t->n_dims - 1];
+                uint64_t rb;
+                float row[1024];
+                if (di && di->to_f32 && di->block_elems > 1 && cols <= 1024 &&
+                    mt_dtype_nbytes(t->dtype, (uint64_t)cols, &rb) == MT_OK && rb <= t->nbytes)
+                    assert_int_equal(mt_row_to_f32(t->dtype, t->data, row, cols), MT_OK);
             }
             mt_gguf_free(g);
         } else {

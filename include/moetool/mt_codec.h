@@ -27,6 +27,33 @@ uint16_t mt_f32_to_f16(float f);
 #define MT_QK_K 256          /* the ternary super-block                          */
 #define MT_TQ1_0_BYTES 54    /* block_tq1_0 { uint8 qs[48]; uint8 qh[4]; f16 d; } */
 #define MT_TQ2_0_BYTES 66    /* block_tq2_0 { uint8 qs[64]; f16 d; }             */
+/* read-only blocks (layouts at the top of legacy.c, kquant.c, iq4.c) */
+#define MT_Q4_1_BYTES 20
+#define MT_Q5_0_BYTES 22
+#define MT_Q5_1_BYTES 24
+#define MT_Q2_K_BYTES 84
+#define MT_Q3_K_BYTES 110
+#define MT_Q4_K_BYTES 144
+#define MT_Q5_K_BYTES 176
+#define MT_Q6_K_BYTES 210
+#define MT_Q8_K_BYTES 292
+#define MT_IQ4_NL_BYTES 18
+#define MT_IQ4_XS_BYTES 136
+#define MT_IQ2_XXS_BYTES 66   /* lattice i-quants: layouts at the top of iquant.c */
+#define MT_IQ2_XS_BYTES 74
+#define MT_IQ2_S_BYTES 82
+#define MT_IQ3_XXS_BYTES 98
+#define MT_IQ3_S_BYTES 110
+#define MT_IQ1_S_BYTES 50
+#define MT_IQ1_M_BYTES 56
+
+/* The 6-bit scale *sc and min *m of sub-block j (0..7) of a q4_K/q5_K
+ * block, from its 12 scale bytes s; the signed 6-bit scale (−32..31) of
+ * sub-block j (0..15) of a q3_K block from its 12 scale bytes. */
+void mt_q4_K_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m);
+int mt_q3_K_scale(const uint8_t *s, int j);
+/* iq4_nl / iq4_xs code -> value (ggml-common.h kvalues_iq4nl). */
+extern const int8_t mt_iq4nl_values[16];
 
 /* One block from its codes and f16 scale d, and back (the codes; the
  * return value is d as f16 bits). q8_0 codes are -128..127, q4_0 codes

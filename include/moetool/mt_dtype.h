@@ -39,6 +39,24 @@ typedef enum {
     MT_DT_BOOL,
     MT_DT_QMOE,   /* ternary rows in the Tunstall code of mt_qmoe.h; variable
                      size (block_bytes 0): codes in data, side arrays in aux */
+    MT_DT_Q4_1,   /* llama.cpp legacy blocks of 32 (lib/io/codec/legacy.c)  */
+    MT_DT_Q5_0,
+    MT_DT_Q5_1,
+    MT_DT_Q2_K,   /* llama.cpp K-quants, 256 weights (lib/io/codec/kquant.c) */
+    MT_DT_Q3_K,
+    MT_DT_Q4_K,
+    MT_DT_Q5_K,
+    MT_DT_Q6_K,
+    MT_DT_Q8_K,
+    MT_DT_IQ4_NL, /* llama.cpp non-linear 4-bit (lib/io/codec/iq4.c)        */
+    MT_DT_IQ4_XS,
+    MT_DT_IQ2_XXS, /* llama.cpp lattice i-quants (lib/io/codec/iquant.c)    */
+    MT_DT_IQ2_XS,
+    MT_DT_IQ2_S,
+    MT_DT_IQ3_XXS,
+    MT_DT_IQ3_S,
+    MT_DT_IQ1_S,
+    MT_DT_IQ1_M,
     MT_DT_COUNT
 } mt_dtype;
 
@@ -103,6 +121,11 @@ const char *mt_dtype_config_torch_name(mt_dtype t, const char *fallback);
 /* Bytes of `n` elements; sets *out and returns MT_OK, or MT_ERR_FORMAT when
  * n is not a multiple of the block size or the product overflows. */
 int mt_dtype_nbytes(mt_dtype t, uint64_t n, uint64_t *out);
+
+/* Whether every scale of the `nblocks` blocks of type t at data is finite
+ * (types without block scales: always). Returns the index of the first
+ * block with a NaN/inf scale, or -1 when all are finite. */
+int64_t mt_dtype_find_nonfinite_block(mt_dtype t, const void *data, int64_t nblocks);
 
 /* Converts `n` elements of a row of type `t` to f32 (the table's to_f32);
  * MT_ERR_FORMAT when n is not whole blocks, MT_ERR_UNSUPPORTED without a

@@ -106,6 +106,10 @@ typedef struct {
     double symbol_entropy;      /* order-0 entropy of the symbols, bits/weight  */
     double zero_frac;           /* fraction of 0 symbols                         */
     double code_seconds;        /* dictionary build + encoding                   */
+    int source_dtype;           /* stored type of the matrices quantized when they
+                                   were dequantized first (a llama.cpp type such
+                                   as q4_K); -1 or a float type: none          */
+    int source_mixed;           /* several such types (source_dtype the first)  */
 } mt_quant_report;
 void mt_quant_report_free(mt_quant_report *r);
 

@@ -1,7 +1,8 @@
 /* ckpt.c — one read-only view over any checkpoint we load: a Hugging Face
  * directory (config.json + model.safetensors, or shards listed in
  * model.safetensors.index.json), a single .safetensors file with config.json
- * beside it, or a GGUF file (llama.cpp's "llama" architecture, MoE or dense).
+ * beside it, or a GGUF file (llama.cpp's "llama" architecture, MoE or dense,
+ * or another family's architecture: mt_arch.gguf_arch).
  * The format is detected by content: a directory is HF, a file starting with
  * "GGUF" is GGUF, a zip or a bare pickle is a PyTorch .bin (pytorch.c),
  * anything else is tried as safetensors. A directory without safetensors may
@@ -394,6 +395,9 @@ static int gguf_float(const mt_gguf *g, const char *path, const char *key, int r
     return MT_OK;
 }
 
+/* GGUF keys "<arch>.<suffix>" of the file's architecture. */
+#define AK(suffix) (snprintf(key, sizeof key, "%s.%s", ga, suffix), key)
+
 static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
     memset(c, 0, sizeof *c);
     const char *arch;
@@ -402,26 +406,43 @@ static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
         return mt_seterr(MT_ERR_FORMAT, "%s: missing required key general.architecture", path);
     if (mt_gguf_get_str(g, "general.architecture", &arch, &alen) != MT_OK)
         return mt_seterr(MT_ERR_FORMAT, "%s: general.architecture is not a string", path);
-    if (alen != 5 || memcmp(arch, "llama", 5) != 0)
+    char ga[32], key[96];
+    snprintf(ga, sizeof ga, "%.*s", (int)(alen < sizeof ga ? alen : 0), arch);
+    const mt_arch *fam = mt_arch_find_gguf(ga);
+    if (mt_arch_refusal(NULL, ga)) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s", path, mt_arch_refusal(NULL, ga));
+    if (!fam || alen >= sizeof ga)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported GGUF architecture %.*s", path,
                          (int)(alen > 64 ? 64 : alen), arch);
     int rc;
-    if ((rc = gguf_int(g, path, "llama.block_count", 1, 0, &c->n_layers))) return rc;
-    if ((rc = gguf_int(g, path, "llama.embedding_length", 1, 0, &c->hidden))) return rc;
-    if ((rc = gguf_int(g, path, "llama.feed_forward_length", 1, 0, &c->ffn))) return rc;
-    if ((rc = gguf_int(g, path, "llama.attention.head_count", 1, 0, &c->n_heads))) return rc;
-    if ((rc = gguf_int(g, path, "llama.attention.head_count_kv", 0, c->n_heads, &c->n_kv_heads))) return rc;
-    if (c->n_heads <= 0) return mt_seterr(MT_ERR_FORMAT, "%s: llama.attention.head_count is %d", path, c->n_heads);
-    if ((rc = gguf_int(g, path, "llama.attention.key_length", 0, c->hidden / c->n_heads, &c->head_dim))) return rc;
-    if ((rc = gguf_float(g, path, "llama.rope.freq_base", 0, 10000.0, &c->rope_theta))) return rc;
-    if ((rc = gguf_float(g, path, "llama.attention.layer_norm_rms_epsilon", 0, 1e-5, &c->norm_eps))) return rc;
-    if ((rc = gguf_int(g, path, "llama.expert_count", 0, 0, &c->n_experts))) return rc;
+    if ((rc = gguf_int(g, path, AK("block_count"), 1, 0, &c->n_layers))) return rc;
+    if ((rc = gguf_int(g, path, AK("embedding_length"), 1, 0, &c->hidden))) return rc;
+    if ((rc = gguf_int(g, path, AK("feed_forward_length"), 1, 0, &c->ffn))) return rc;
+    if ((rc = gguf_int(g, path, AK("attention.head_count"), 1, 0, &c->n_heads))) return rc;
+    if ((rc = gguf_int(g, path, AK("attention.head_count_kv"), 0, c->n_heads, &c->n_kv_heads))) return rc;
+    if (c->n_heads <= 0) return mt_seterr(MT_ERR_FORMAT, "%s: %s is %d", path, AK("attention.head_count"), c->n_heads);
+    if ((rc = gguf_int(g, path, AK("attention.key_length"), 0, c->hidden / c->n_heads, &c->head_dim))) return rc;
+    if ((rc = gguf_float(g, path, AK("rope.freq_base"), 0, 10000.0, &c->rope_theta))) return rc;
+    if ((rc = gguf_float(g, path, AK("attention.layer_norm_rms_epsilon"), 0, 1e-5, &c->norm_eps))) return rc;
+    if ((rc = gguf_int(g, path, AK("expert_count"), 0, 0, &c->n_experts))) return rc;
     if (c->n_experts > 0) {
-        if ((rc = gguf_int(g, path, "llama.expert_used_count", 1, 0, &c->top_k))) return rc;
+        if ((rc = gguf_int(g, path, AK("expert_used_count"), 1, 0, &c->top_k))) return rc;
     }
-    if ((rc = gguf_int(g, path, "llama.context_length", 0, 4096, &c->max_pos))) return rc;
+    if (fam->hf_key_expert_ffn) { /* feed_forward_length sizes dense MLPs, experts have their own */
+        c->ffn_dense = c->ffn;
+        if ((rc = gguf_int(g, path, AK("expert_feed_forward_length"), 1, 0, &c->ffn))) return rc;
+    }
+    if (fam->n_shared_experts > 0 && c->n_experts > 0 &&
+        (rc = gguf_int(g, path, AK("expert_shared_feed_forward_length"), 1, 0, &c->ffn_shared)))
+        return rc;
+    if (mt_gguf_find_key(g, AK("expert_weights_norm")) >= 0) {
+        int64_t v = 0;
+        if (mt_gguf_key_type(g, mt_gguf_find_key(g, key)) != MT_GGUF_BOOL || mt_gguf_get_i64(g, key, &v) != MT_OK)
+            return mt_seterr(MT_ERR_FORMAT, "%s: key %s is not a BOOL", path, key);
+        c->topk_norm = v ? MT_TOPK_NORM_ON : MT_TOPK_NORM_OFF;
+    }
+    if ((rc = gguf_int(g, path, AK("context_length"), 0, 4096, &c->max_pos))) return rc;
     /* GGUF "llama" is the Llama-style family: Mixtral with experts, else Llama */
-    const mt_arch *fam = mt_arch_get(c->n_experts > 0 ? "mixtral" : "llama");
+    if (!strcmp(fam->gguf_arch, "llama")) fam = mt_arch_get(c->n_experts > 0 ? "mixtral" : "llama");
     char emb_name[64], head_name[64];
     mt_arch_name(emb_name, sizeof emb_name, mt_arch_tensor_of(fam, MT_ROLE_TOK_EMBD), MT_FMT_GGUF, -1, -1);
     mt_arch_name(head_name, sizeof head_name, mt_arch_tensor_of(fam, MT_ROLE_LM_HEAD), MT_FMT_GGUF, -1, -1);
@@ -429,7 +450,7 @@ static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
     if (!emb || emb->n_dims != 2) return mt_seterr(MT_ERR_FORMAT, "%s: no 2-D tensor %s", path, emb_name);
     int64_t vdef = emb->shape[0];
     if (vdef > INT32_MAX) vdef = INT32_MAX;
-    if ((rc = gguf_int(g, path, "llama.vocab_size", 0, vdef, &c->vocab))) return rc;
+    if ((rc = gguf_int(g, path, AK("vocab_size"), 0, vdef, &c->vocab))) return rc;
     if ((rc = gguf_int(g, path, "tokenizer.ggml.bos_token_id", 0, -1, &c->bos_id))) return rc;
     if ((rc = gguf_int(g, path, "tokenizer.ggml.eos_token_id", 0, -1, &c->eos_id))) return rc;
     if (mt_gguf_find_key(g, "moetool.layer_experts") >= 0) {
@@ -453,11 +474,12 @@ static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
             if ((rc = mt_config_set_layer_experts(c, l, (int)k == c->n_experts ? 0 : (int)k))) return rc;
         }
     }
-    snprintf(c->arch, sizeof c->arch, "%s", c->n_experts > 0 ? "mixtral" : "llama");
+    snprintf(c->arch, sizeof c->arch, "%s", fam->name);
     c->tie_embeddings = mt_gguf_find_tensor(g, head_name) == NULL;
-    c->rope_style = MT_ROPE_INTERLEAVED;
+    c->rope_style = (int)fam->gguf_rope;
     return mt_config_validate(c, path);
 }
+#undef AK
 
 static int open_gguf(mt_ckpt *ck, const char *path) {
     int rc = mt_gguf_open(&ck->gguf, path);

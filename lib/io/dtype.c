@@ -36,6 +36,28 @@ static const mt_dtype_info g_dtypes[MT_DT_COUNT] = {
     [MT_DT_F8_E5M2] = {"f8_e5m2", 1, 1, 1, "F8_E5M2", "float8_e5m2", NONE, NONE, NULL, NULL},
     [MT_DT_BOOL] = {"bool", 1, 1, 0, "BOOL", "bool", NONE, NONE, NULL, NULL},
     [MT_DT_QMOE] = {"qmoe", 1, 0, 1, NULL, NULL, NONE, NONE, NULL, NULL},
+    /* read only: no from_f32. file_type: the LLAMA_FTYPE of the mix a type
+     * dominates in llama-quantize's output (Q3_K_M 12, Q4_K_M 15, Q5_K_M 17;
+     * IQ3_S 26, not IQ3_XS 22 or IQ3_M 27; IQ2_S 28, not IQ2_M 29);
+     * Q8_K is llama.cpp's activation type and has none. */
+    [MT_DT_Q4_1] = {"q4_1", 32, MT_Q4_1_BYTES, 1, NULL, NULL, 3, 3, mt_q4_1_row_to_f32, NULL},
+    [MT_DT_Q5_0] = {"q5_0", 32, MT_Q5_0_BYTES, 1, NULL, NULL, 6, 8, mt_q5_0_row_to_f32, NULL},
+    [MT_DT_Q5_1] = {"q5_1", 32, MT_Q5_1_BYTES, 1, NULL, NULL, 7, 9, mt_q5_1_row_to_f32, NULL},
+    [MT_DT_Q2_K] = {"q2_k", MT_QK_K, MT_Q2_K_BYTES, 1, NULL, NULL, 10, 10, mt_q2_K_row_to_f32, NULL},
+    [MT_DT_Q3_K] = {"q3_k", MT_QK_K, MT_Q3_K_BYTES, 1, NULL, NULL, 11, 12, mt_q3_K_row_to_f32, NULL},
+    [MT_DT_Q4_K] = {"q4_k", MT_QK_K, MT_Q4_K_BYTES, 1, NULL, NULL, 12, 15, mt_q4_K_row_to_f32, NULL},
+    [MT_DT_Q5_K] = {"q5_k", MT_QK_K, MT_Q5_K_BYTES, 1, NULL, NULL, 13, 17, mt_q5_K_row_to_f32, NULL},
+    [MT_DT_Q6_K] = {"q6_k", MT_QK_K, MT_Q6_K_BYTES, 1, NULL, NULL, 14, 18, mt_q6_K_row_to_f32, NULL},
+    [MT_DT_Q8_K] = {"q8_k", MT_QK_K, MT_Q8_K_BYTES, 1, NULL, NULL, 15, NONE, mt_q8_K_row_to_f32, NULL},
+    [MT_DT_IQ4_NL] = {"iq4_nl", 32, MT_IQ4_NL_BYTES, 1, NULL, NULL, 20, 25, mt_iq4_nl_row_to_f32, NULL},
+    [MT_DT_IQ4_XS] = {"iq4_xs", MT_QK_K, MT_IQ4_XS_BYTES, 1, NULL, NULL, 23, 30, mt_iq4_xs_row_to_f32, NULL},
+    [MT_DT_IQ2_XXS] = {"iq2_xxs", MT_QK_K, MT_IQ2_XXS_BYTES, 1, NULL, NULL, 16, 19, mt_iq2_xxs_row_to_f32, NULL},
+    [MT_DT_IQ2_XS] = {"iq2_xs", MT_QK_K, MT_IQ2_XS_BYTES, 1, NULL, NULL, 17, 20, mt_iq2_xs_row_to_f32, NULL},
+    [MT_DT_IQ2_S] = {"iq2_s", MT_QK_K, MT_IQ2_S_BYTES, 1, NULL, NULL, 22, 28, mt_iq2_s_row_to_f32, NULL},
+    [MT_DT_IQ3_XXS] = {"iq3_xxs", MT_QK_K, MT_IQ3_XXS_BYTES, 1, NULL, NULL, 18, 23, mt_iq3_xxs_row_to_f32, NULL},
+    [MT_DT_IQ3_S] = {"iq3_s", MT_QK_K, MT_IQ3_S_BYTES, 1, NULL, NULL, 21, 26, mt_iq3_s_row_to_f32, NULL},
+    [MT_DT_IQ1_S] = {"iq1_s", MT_QK_K, MT_IQ1_S_BYTES, 1, NULL, NULL, 19, 24, mt_iq1_s_row_to_f32, NULL},
+    [MT_DT_IQ1_M] = {"iq1_m", MT_QK_K, MT_IQ1_M_BYTES, 1, NULL, NULL, 29, 31, mt_iq1_m_row_to_f32, NULL},
 };
 
 /* ggml's names of its tensor types (ggml.h enum ggml_type; ids 4, 5, 31..33
@@ -127,6 +149,53 @@ int mt_dtype_nbytes(mt_dtype t, uint64_t n, uint64_t *out) {
         return mt_seterr(MT_ERR_FORMAT, "tensor size overflows");
     *out = blocks * (uint64_t)d->block_bytes;
     return MT_OK;
+}
+
+/* Byte offsets of a block's scales: f16 unless noted (q8_K: one f32). */
+int64_t mt_dtype_find_nonfinite_block(mt_dtype t, const void *data, int64_t nblocks) {
+    static const struct {
+        mt_dtype t;
+        int8_t n, f32;
+        uint8_t off[2];
+    } scales[] = {
+        {MT_DT_Q8_0, 1, 0, {0}},   {MT_DT_Q4_0, 1, 0, {0}},     {MT_DT_TQ1_0, 1, 0, {52}},
+        {MT_DT_TQ2_0, 1, 0, {64}}, {MT_DT_Q4_1, 2, 0, {0, 2}},  {MT_DT_Q5_0, 1, 0, {0}},
+        {MT_DT_Q5_1, 2, 0, {0, 2}}, {MT_DT_Q2_K, 2, 0, {80, 82}}, {MT_DT_Q3_K, 1, 0, {108}},
+        {MT_DT_Q4_K, 2, 0, {0, 2}}, {MT_DT_Q5_K, 2, 0, {0, 2}},  {MT_DT_Q6_K, 1, 0, {208}},
+        {MT_DT_Q8_K, 1, 1, {0}},   {MT_DT_IQ4_NL, 1, 0, {0}},   {MT_DT_IQ4_XS, 1, 0, {0}},
+        {MT_DT_IQ2_XXS, 1, 0, {0}}, {MT_DT_IQ2_XS, 1, 0, {0}},  {MT_DT_IQ2_S, 1, 0, {0}},
+        {MT_DT_IQ3_XXS, 1, 0, {0}}, {MT_DT_IQ3_S, 1, 0, {0}},   {MT_DT_IQ1_S, 1, 0, {0}},
+    };
+    if (t == MT_DT_IQ1_M) { /* d's four nibbles are the top nibbles of the uint16 scales at 48 */
+        const uint8_t *p = data;
+        for (int64_t b = 0; b < nblocks; b++, p += MT_IQ1_M_BYTES) {
+            uint16_t sc[4];
+            memcpy(sc, p + 48, 8);
+            const uint16_t h = (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
+            if ((h & 0x7c00u) == 0x7c00u) return b;
+        }
+        return -1;
+    }
+    const mt_dtype_info *d = mt_dtype_get(t);
+    for (size_t i = 0; d && i < sizeof scales / sizeof scales[0]; i++) {
+        if (scales[i].t != t) continue;
+        const uint8_t *p = data;
+        for (int64_t b = 0; b < nblocks; b++, p += d->block_bytes)
+            for (int k = 0; k < scales[i].n; k++) {
+                const int off = scales[i].off[k];
+                if (scales[i].f32) {
+                    uint32_t u;
+                    memcpy(&u, p + off, 4);
+                    if ((u & 0x7f800000u) == 0x7f800000u) return b;
+                } else {
+                    uint16_t h;
+                    memcpy(&h, p + off, 2);
+                    if ((h & 0x7c00u) == 0x7c00u) return b;
+                }
+            }
+        return -1;
+    }
+    return -1;
 }
 
 int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n) {

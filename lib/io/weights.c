@@ -49,6 +49,19 @@ static int row_bytes(const wctx *w, const mt_tensor *t, int64_t cols, uint64_t *
     return MT_OK;
 }
 
+/* A block type's scales must be finite: a NaN/inf d would turn every output
+ * of the matrix into NaN far from its cause. Names the first such block. */
+static int check_scales(const wctx *w, const mt_tensor *t, uint64_t row_bytes) {
+    const mt_dtype_info *di = mt_dtype_get(t->dtype);
+    if (!di || di->block_elems == 1 || di->block_bytes <= 0) return MT_OK;
+    const int64_t nb = (int64_t)(t->nbytes / (uint64_t)di->block_bytes);
+    const int64_t b = mt_dtype_find_nonfinite_block(t->dtype, t->data, nb);
+    if (b < 0) return MT_OK;
+    const uint64_t per_row = row_bytes / (uint64_t)di->block_bytes;
+    return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s: %s block %lld (row %llu) has a NaN or infinite scale", w->path,
+                     t->name, di->name, (long long)b, (unsigned long long)(per_row ? (uint64_t)b / per_row : 0));
+}
+
 /* Finds `name` and checks it has exactly the dims d[0..nd). */
 static int get_tensor(const wctx *w, const char *name, int nd, const int64_t *d, const mt_tensor **out) {
     const mt_tensor *t = mt_ckpt_find(w->ck, name);
@@ -244,6 +257,7 @@ static int get_mat(const wctx *w, const mt_arch_tensor *role, const char *name, 
     if (t->nbytes != r * rb)
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s holds %llu bytes, expected %llu", w->path, name,
                          (unsigned long long)t->nbytes, (unsigned long long)(r * rb));
+    if ((rc = check_scales(w, t, rb))) return rc;
     m->dtype = t->dtype;
     m->rows = (int64_t)r;
     m->cols = cols;
@@ -264,6 +278,7 @@ static int get_experts3(const wctx *w, const char *name, int E, int64_t rows, in
     if (t->nbytes != (uint64_t)E * per)
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s holds %llu bytes, expected %llu", w->path, name,
                          (unsigned long long)t->nbytes, (unsigned long long)((uint64_t)E * per));
+    if ((rc = check_scales(w, t, rb))) return rc;
     for (int e = 0; e < E; e++) {
         m[e].dtype = t->dtype;
         m[e].rows = rows;
@@ -295,6 +310,15 @@ static mt_mat *role_mats(mt_weights *w, mt_role role, int l) {
     case MT_ROLE_EXP_GATE: case MT_ROLE_FFN_GATE: return L->w1;
     case MT_ROLE_EXP_UP: case MT_ROLE_FFN_UP: return L->w3;
     case MT_ROLE_EXP_DOWN: case MT_ROLE_FFN_DOWN: return L->w2;
+    case MT_ROLE_BQ: return &L->bq;
+    case MT_ROLE_BK: return &L->bk;
+    case MT_ROLE_BV: return &L->bv;
+    case MT_ROLE_SHEXP_GATE: return &L->sh_w1;
+    case MT_ROLE_SHEXP_UP: return &L->sh_w3;
+    case MT_ROLE_SHEXP_DOWN: return &L->sh_w2;
+    case MT_ROLE_SHEXP_ROUTER: return &L->sh_gate;
+    case MT_ROLE_Q_NORM: return &L->q_norm;
+    case MT_ROLE_K_NORM: return &L->k_norm;
     default: return NULL;
     }
 }
@@ -303,12 +327,13 @@ const mt_mat *mt_weights_mat(const mt_weights *w, mt_role role, int layer, int e
     if (!w || (layer >= 0 && (!w->layers || layer >= w->cfg.n_layers))) return NULL;
     const int E = layer >= 0 ? w->layers[layer].n_experts : 0;
     const int moe_role = role == MT_ROLE_ROUTER || role == MT_ROLE_EXP_GATE || role == MT_ROLE_EXP_UP ||
-                         role == MT_ROLE_EXP_DOWN;
+                         role == MT_ROLE_EXP_DOWN || role == MT_ROLE_SHEXP_GATE || role == MT_ROLE_SHEXP_UP ||
+                         role == MT_ROLE_SHEXP_DOWN || role == MT_ROLE_SHEXP_ROUTER;
     const int dense_role = role == MT_ROLE_FFN_GATE || role == MT_ROLE_FFN_UP || role == MT_ROLE_FFN_DOWN;
     if ((moe_role && E <= 0) || (dense_role && E > 0)) return NULL;
     if (role == MT_ROLE_ROUTER) return &w->layers[layer].router;
     const mt_mat *m = role_mats((mt_weights *)w, role, layer);
-    if (!m) return NULL;
+    if (!m || !m->data) return NULL;
     if (role == MT_ROLE_EXP_GATE || role == MT_ROLE_EXP_UP || role == MT_ROLE_EXP_DOWN) {
         if (expert < 0 || expert >= E) return NULL;
         return m + expert;

@@ -18,10 +18,31 @@ void mt_q4_0_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_q4_0_row_from_f32(const float *src, void *dst, int64_t n);
 void mt_tq1_0_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_tq2_0_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q4_1_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q5_0_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q5_1_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q2_K_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q3_K_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q4_K_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q5_K_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q6_K_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q8_K_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq4_nl_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq4_xs_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq2_xxs_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq2_xs_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq2_s_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq3_xxs_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq3_s_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq1_s_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_iq1_m_row_to_f32(const void *src, float *dst, int64_t n);
 
 /* Every weight of the n / elems blocks (of `bytes` bytes each) at src as
  * d·q, with the codes and f16 d from `unpack` (block.c). */
 typedef uint16_t (*mt_block_unpack_fn)(const uint8_t *blk, int8_t *q);
 void mt_blocks_to_f32(const uint8_t *src, float *dst, int64_t n, int elems, int bytes, mt_block_unpack_fn unpack);
+/* The same with a decoder that writes a whole block's floats (kquant.c). */
+void mt_blocks_each_to_f32(const uint8_t *src, float *dst, int64_t n, int elems, int bytes,
+                           void (*block)(const uint8_t *, float *));
 
 #endif

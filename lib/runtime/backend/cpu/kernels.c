@@ -49,10 +49,15 @@ int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *x
 int mt_kernel_supported(mt_dtype t) {
     if (t == MT_DT_QMOE) return 1; /* kernels_qmoe.c */
     return t == MT_DT_F32 || t == MT_DT_F16 || t == MT_DT_BF16 || t == MT_DT_Q8_0 || t == MT_DT_Q4_0 ||
-           t == MT_DT_TQ1_0 || t == MT_DT_TQ2_0;
+           t == MT_DT_TQ1_0 || t == MT_DT_TQ2_0 || mt_kq_supported(t);
 }
 
-static int is_block_type(mt_dtype t) { return t == MT_DT_Q8_0 || t == MT_DT_Q4_0; }
+/* Types whose matvec quantises x first: to q8_0-like blocks of 32, or to
+ * q8_K for q4_K/q6_K (kernels_kq.c; its scales in xd, its int16 sums of 16
+ * codes in the room of xs). The other read-only llama.cpp types get x
+ * rounded as llama.cpp's activation type would hold it (xf). */
+static int is_block_type(mt_dtype t) { return t == MT_DT_Q8_0 || t == MT_DT_Q4_0 || mt_kq_is_q8K_type(t); }
+static int rounds_x(mt_dtype t) { return mt_kq_supported(t) && !mt_kq_is_q8K_type(t); }
 
 /* A matrix the kernels can run: supported type, whole blocks per row, rows
  * that do not overlap. Anything else gets NaN outputs instead of a crash
@@ -94,6 +99,7 @@ void mt_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, i
     }
     const int64_t n = W->cols;
     if (mt_tq_matvec_rows_ref(W, x, y, r0, r1)) return; /* ternary types: kernels_tq.c */
+    if (mt_kq_matvec_rows_ref(W, x, y, r0, r1)) return; /* llama.cpp's read-only types: kernels_kq.c */
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *w = (const uint8_t *)W->data + (uint64_t)r * W->row_stride;
         double s = 0.0;
@@ -154,8 +160,11 @@ static void quantize_x_ref(const float *x, int64_t n, int8_t *xq, float *xd, flo
     }
 }
 
-static void quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *xs) {
-    if (!mt_x86_quantize_x(x, n, xq, xd, xs)) quantize_x_ref(x, n, xq, xd, xs);
+static void quantize_x(mt_dtype t, const float *x, int64_t n, int8_t *xq, float *xd, float *xs) {
+    if (mt_kq_is_q8K_type(t))
+        mt_kq_quantize_x_q8K(x, n, xq, xd, (int16_t *)(void *)xs);
+    else if (!mt_x86_quantize_x(x, n, xq, xd, xs))
+        quantize_x_ref(x, n, xq, xd, xs);
 }
 
 /* Per-thread buffer for quantised x: grown on demand, freed at thread exit. */
@@ -174,8 +183,9 @@ static void xq_tls_free(void *v) {
 }
 static void xq_key_init(void) { g_xq_key_ok = pthread_key_create(&g_xq_key, xq_tls_free) == 0; }
 
-/* Room for n int8 + 2 * n/32 floats on this thread; 0 when out of memory. */
-static int xq_buffers(int64_t n, int8_t **xq, float **xd, float **xs) {
+/* Room for n int8 + 2 * n/32 floats + xf_floats floats (xf) on this thread;
+ * 0 when out of memory. */
+static int xq_buffers(int64_t n, int8_t **xq, float **xd, float **xs, size_t xf_floats, float **xf) {
     pthread_once(&g_xq_once, xq_key_init);
     if (!g_xq_key_ok) return 0;
     xq_tls *t = pthread_getspecific(g_xq_key);
@@ -188,7 +198,8 @@ static int xq_buffers(int64_t n, int8_t **xq, float **xd, float **xs) {
         }
     }
     const size_t qbytes = ((size_t)n + 63) & ~(size_t)63;
-    const size_t need = qbytes + 2 * (size_t)(n / 32) * sizeof(float);
+    const size_t xbytes = 2 * (size_t)(n / 32) * sizeof(float);
+    const size_t need = qbytes + xbytes + xf_floats * sizeof(float);
     if (need > t->cap) {
         size_t cap = need < 4096 ? 4096 : need;
         void *nb = NULL;
@@ -200,6 +211,7 @@ static int xq_buffers(int64_t n, int8_t **xq, float **xd, float **xs) {
     *xq = t->buf;
     *xd = (float *)(void *)((uint8_t *)t->buf + qbytes);
     *xs = *xd + n / 32;
+    if (xf) *xf = (float *)(void *)((uint8_t *)t->buf + qbytes + xbytes);
     return 1;
 }
 
@@ -211,6 +223,7 @@ static void rows_prepared(const mt_mat *W, const float *x, const int8_t *xq, con
         return;
     }
     if (mt_tq_matvec_rows(W, x, y, r0, r1)) return;
+    if (mt_kq_matvec_rows(W, x, xq, xd, (const int16_t *)(const void *)xs, y, r0, r1)) return;
     if (!mt_x86_dot_rows(W, x, xq, xd, xs, y, r0, r1)) mt_matvec_rows_ref(W, x, y, r0, r1);
 }
 
@@ -221,12 +234,19 @@ void mt_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64
     }
     int8_t *xq = NULL;
     float *xd = NULL, *xs = NULL;
-    if (is_block_type(W->dtype) && W->cols > 0) {
-        if (!xq_buffers(W->cols, &xq, &xd, &xs)) {
+    if ((is_block_type(W->dtype) || rounds_x(W->dtype)) && W->cols > 0) {
+        float *xf = NULL;
+        if (!xq_buffers(W->cols, &xq, &xd, &xs, rounds_x(W->dtype) ? (size_t)W->cols : 0, &xf)) {
             mt_matvec_rows_ref(W, x, y, r0, r1); /* no memory: slow but correct */
             return;
         }
-        quantize_x(x, W->cols, xq, xd, xs);
+        if (rounds_x(W->dtype)) {
+            mt_kq_round_x(W->dtype, x, W->cols, xf);
+            x = xf;
+            xq = NULL;
+        } else {
+            quantize_x(W->dtype, x, W->cols, xq, xd, xs);
+        }
     }
     rows_prepared(W, x, xq, xd, xs, y, r0, r1);
 }
@@ -259,17 +279,22 @@ void mt_matvec(mt_pool *p, const mt_mat *W, const float *x, float *y) {
         return;
     }
     matvec_task t = {W, x, NULL, NULL, NULL, y};
-    if (is_block_type(W->dtype)) {
+    if (is_block_type(W->dtype) || rounds_x(W->dtype)) {
         int8_t *xq;
-        float *xd, *xs;
-        if (!xq_buffers(W->cols, &xq, &xd, &xs)) {
+        float *xd, *xs, *xf = NULL;
+        if (!xq_buffers(W->cols, &xq, &xd, &xs, rounds_x(W->dtype) ? (size_t)W->cols : 0, &xf)) {
             mt_matvec_rows_ref(W, x, y, 0, W->rows);
             return;
         }
-        quantize_x(x, W->cols, xq, xd, xs);
-        t.xq = xq;
-        t.xd = xd;
-        t.xs = xs;
+        if (rounds_x(W->dtype)) {
+            mt_kq_round_x(W->dtype, x, W->cols, xf);
+            t.x = xf;
+        } else {
+            quantize_x(W->dtype, x, W->cols, xq, xd, xs);
+            t.xq = xq;
+            t.xd = xd;
+            t.xs = xs;
+        }
     }
     mt_pool_run(p, matvec_worker, &t);
 }
@@ -351,6 +376,19 @@ void mt_matmul(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y, flo
         return;
     }
     pthread_once(&g_blas_once, blas_single_thread);
+    if (mt_kq_supported(W->dtype)) {
+        /* x as llama.cpp's activation type holds it (q8_K / q8_0 values),
+         * so that prefill computes what llama.cpp's integer dots compute */
+        int8_t *xq;
+        float *xd, *xs, *xf;
+        if (!xq_buffers(W->cols, &xq, &xd, &xs, (size_t)n * (size_t)W->cols, &xf)) {
+            fill_nan(Y, 0, (int64_t)n * W->rows);
+            return;
+        }
+        for (int i = 0; i < n; i++)
+            mt_kq_round_x(W->dtype, X + (size_t)i * (size_t)W->cols, W->cols, xf + (size_t)i * (size_t)W->cols);
+        X = xf;
+    }
     matmul_task t = {W, X, n, Y, scratch, (int64_t)(mt_matmul_scratch_floats(W) / (size_t)W->cols), 0};
     t.direct = W->dtype == MT_DT_F32 && ((uintptr_t)W->data % sizeof(float)) == 0 &&
                W->row_stride % sizeof(float) == 0 && W->row_stride / sizeof(float) <= (uint64_t)INT32_MAX;

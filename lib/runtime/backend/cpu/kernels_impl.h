@@ -44,6 +44,25 @@ void mt_matmul(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y, flo
 int mt_tq_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 int mt_tq_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 
+/* Read-only llama.cpp block types (kernels_kq.c: q4_1, q5_0, q5_1, q2_K..q8_K,
+ * iq4_nl, iq4_xs): whether t is one; whether its matvec wants x as q8_K
+ * (q4_K, q6_K); x to q8_K (n a multiple of 256: codes xq, scales xd per
+ * 256, sums of 16 codes bsums) as llama.cpp's quantize_row_q8_K; rows
+ * (return 0 without touching y for other types; xq NULL: the reference). */
+int mt_kq_supported(mt_dtype t);
+int mt_kq_is_q8K_type(mt_dtype t);
+void mt_kq_quantize_x_q8K(const float *x, int64_t n, int8_t *xq, float *xd, int16_t *bsums);
+/* x (n floats) as llama.cpp's activation type for weights of type t holds
+ * it: q8_K values (per 256) for K-quants and iq4_xs, q8_0 values (per 32,
+ * f16 scale) for q4_1, q5_0, q5_1, iq4_nl. */
+void mt_kq_round_x(mt_dtype t, const float *x, int64_t n, float *out);
+int mt_kq_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
+int mt_kq_matvec_rows(const mt_mat *W, const float *x, const int8_t *xq, const float *xd, const int16_t *bs,
+                      float *y, int64_t r0, int64_t r1);
+/* The q4_K / q6_K row dot with q8_K x in plain C (nb super-blocks). */
+float mt_kq_dot_q8K_c(mt_dtype t, const uint8_t *row, const int8_t *xq, const float *xd, const int16_t *bs,
+                      int64_t nb);
+
 /* Row r of W as f32 (cols floats) — embeddings lookup. */
 void mt_mat_row_f32(const mt_mat *W, int64_t r, float *out);
 
