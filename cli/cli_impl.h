@@ -60,6 +60,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_distill(int argc, char **argv);
 
 /* Encodes text with the model's tokenizer into a malloc'd array. */
 int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n);
