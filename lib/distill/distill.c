@@ -238,7 +238,7 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
             goto done;
         }
     if (n_ids < (size_t)T + 1) {
-        st = mt_seterr(MT_ERR_ARG, "%s: %zu tokens, too short for one sequence of --seq %d (+1 target)", o->data_path,
+        st = mt_seterr(MT_ERR_FORMAT, "%s: %zu tokens, too short for one sequence of --seq %d (+1 target)", o->data_path,
                        n_ids, T);
         goto done;
     }
