@@ -115,10 +115,10 @@ int dt_model_init(dt_model *m, const dt_config *c, int B, int T, mt_backend *be)
     if (!blk) goto oom;
     for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) *ptr[i] = blk, blk += sz[i];
 
-    const size_t ssz[] = {N * H, N * H, N * QD, N * KD, N * KD, N * QD, N * F, N * F, N * F, (size_t)T * T,
+    const size_t ssz[] = {N * H, N * H, N * QD, N * KD, N * KD, N * QD, N * F, N * F, N * F, (size_t)T * T, (size_t)3 * V,
                           (size_t)T * (c->head_dim / 2), (size_t)T * (c->head_dim / 2)};
     float **sptr[] = {&m->s.dres, &m->s.dx, &m->s.dq, &m->s.dk, &m->s.dv, &m->s.datto, &m->s.dh1, &m->s.dh3,
-                      &m->s.dhg, &m->s.datt, &m->rope_cos, &m->rope_sin};
+                      &m->s.dhg, &m->s.datt, &m->s.rowq, &m->rope_cos, &m->rope_sin};
     total = 0;
     for (size_t i = 0; i < sizeof ssz / sizeof ssz[0]; i++) total += ssz[i];
     blk = m->scratch_block = malloc(total * sizeof(float));
@@ -323,44 +323,45 @@ void dt_forward(dt_model *m, const int32_t *tokens) {
     linear(be, a->logits, a->xnf, m->p.lm_head, N, H, V, 0.0f);
 }
 
-/* Per row, in double: CE = lse(z) − z_y; with q = softmax(z/τ), p = softmax(t/τ),
+/* Per row: CE = lse(z) − z_y; with q = softmax(z/τ), p = softmax(t/τ),
  * KL = Σ p (log p − log q). dloss/dz = (1−α)/N·(softmax z − onehot) + α·τ/N·(q − p)
- * (the α·τ² scale times the 1/τ of z/τ). */
+ * (the α·τ² scale times the 1/τ of z/τ). One exp per element and softmax
+ * (two at τ = 1, three otherwise), sums in double. */
 dt_loss dt_loss_backward_logits(dt_model *m, const int32_t *targets, const float *teacher, float alpha, float temp) {
     const int V = m->c.vocab, N = m->B * m->T;
-    const double wce = alpha > 0 && teacher ? 1.0 - alpha : 1.0, wkd = alpha > 0 && teacher ? alpha : 0.0;
-    const double invT = 1.0 / temp;
+    const int kd = alpha > 0 && teacher;
+    const double wce = kd ? 1.0 - alpha : 1.0, wkd = kd ? alpha : 0.0;
+    const float invT = 1.0f / temp;
+    float *e1 = m->s.rowq, *eT = temp == 1.0f ? e1 : m->s.rowq + V, *ep = m->s.rowq + 2 * (size_t)V;
     double ce_sum = 0, kd_sum = 0;
     for (int i = 0; i < N; i++) {
         float *z = m->a.logits + (size_t)i * V;
-        double mx = -DBL_MAX, s = 0;
+        float mx = -FLT_MAX;
         for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-        for (int j = 0; j < V; j++) s += exp(z[j] - mx);
-        const double lse = mx + log(s);
+        double s1 = 0;
+        for (int j = 0; j < V; j++) s1 += e1[j] = expf(z[j] - mx);
+        const double lse = mx + log(s1);
         ce_sum += lse - z[targets[i]];
-        double smx = 0, slse = 0, tmx = 0, tlse = 0;
-        const float *t = teacher ? teacher + (size_t)i * V : NULL;
-        if (wkd > 0) {
-            double ss = 0, ts = 0;
-            smx = -DBL_MAX, tmx = -DBL_MAX;
-            for (int j = 0; j < V; j++) {
-                smx = z[j] * invT > smx ? z[j] * invT : smx;
-                tmx = t[j] * invT > tmx ? t[j] * invT : tmx;
+        double sT = s1, sp = 1, lseT = lse, lsep = 0;
+        if (kd) {
+            const float *t = teacher + (size_t)i * V;
+            float tm = -FLT_MAX;
+            for (int j = 0; j < V; j++) tm = t[j] > tm ? t[j] : tm;
+            sp = 0;
+            for (int j = 0; j < V; j++) sp += ep[j] = expf((t[j] - tm) * invT);
+            lsep = tm * invT + log(sp);
+            if (eT != e1) {
+                sT = 0;
+                for (int j = 0; j < V; j++) sT += eT[j] = expf((z[j] - mx) * invT);
+                lseT = mx * invT + log(sT);
             }
-            for (int j = 0; j < V; j++) ss += exp(z[j] * invT - smx), ts += exp(t[j] * invT - tmx);
-            slse = smx + log(ss), tlse = tmx + log(ts);
             double kl = 0;
-            for (int j = 0; j < V; j++) {
-                const double lp = t[j] * invT - tlse, lq = z[j] * invT - slse;
-                kl += exp(lp) * (lp - lq);
-            }
-            kd_sum += kl;
+            for (int j = 0; j < V; j++) kl += ep[j] * (((double)t[j] * invT - lsep) - ((double)z[j] * invT - lseT));
+            kd_sum += kl / sp;
         }
-        for (int j = 0; j < V; j++) {
-            double g = wce * (exp(z[j] - lse) - (j == targets[i]));
-            if (wkd > 0) g += wkd * temp * (exp(z[j] * invT - slse) - exp(t[j] * invT - tlse));
-            z[j] = (float)(g / N);
-        }
+        const double a1 = wce / s1 / N, aT = wkd * temp / sT / N, ap = wkd * temp / sp / N;
+        for (int j = 0; j < V; j++) z[j] = (float)(a1 * e1[j] + (kd ? aT * eT[j] - ap * ep[j] : 0.0));
+        z[targets[i]] -= (float)(wce / N);
     }
     dt_loss r;
     r.ce = ce_sum / N;

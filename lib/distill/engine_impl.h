@@ -92,6 +92,7 @@ typedef struct {
     float *dh3;   /* (N, F)                                  */
     float *dhg;   /* (N, F)                                  */
     float *datt;  /* (T, T) one head's score gradient        */
+    float *rowq;  /* (3, V) one row's softmaxes in the loss   */
 } dt_grads_scratch;
 
 typedef struct {
