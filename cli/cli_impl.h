@@ -58,9 +58,18 @@ int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
+
+/* After writing OUT: one stderr line when transformers and llama.cpp cannot
+ * load it as moetool runs it (mt_config_portability). */
+void cli_note_portability(const char *verb, const char *out);
+
+/* "moetool VERB ARGS..." quoted for a POSIX shell (malloc'd; NULL when out of
+ * memory): recorded in outputs as the command that made them. */
+char *cli_command_line(int argc, char **argv);
 
 /* Encodes text with the model's tokenizer into a malloc'd array. */
 int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n);

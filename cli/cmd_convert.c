@@ -8,7 +8,7 @@
 
 static const char *g_help =
     "usage: moetool convert [IN] -o OUT [--to hf|gguf] [--dtype TYPE] [--shard-size MB]\n"
-    "                       [--no-tokenizer] [--force] [--quiet]\n"
+    "                       [--no-tokenizer] [--moetool-only] [--force] [--quiet]\n"
     "\n"
     "Converts a checkpoint between Hugging Face safetensors (directory, single\n"
     "or sharded) and GGUF v3 as llama.cpp reads it (arch 'llama', merged 3-D\n"
@@ -25,6 +25,9 @@ static const char *g_help =
     "                     (default: keep each tensor's type; q8_0 and q4_0 are\n"
     "                     GGUF-only, with llama.cpp's reference rounding)\n"
     "  --shard-size MB    largest HF shard in MiB (default 4096)\n"
+    "  --moetool-only     write a GGUF of a model with per-layer expert counts\n"
+    "                     (merge --layers/--budget), which only moetool runs\n"
+    "                     (llama.cpp needs one count; by default an error)\n"
     "  --no-tokenizer     write the output even when the input's tokenizer cannot\n"
     "                     be read or carried over (by default that is an error)\n"
     "  -h, --help         this text\n";
@@ -35,6 +38,7 @@ int cmd_convert(int argc, char **argv) {
                                          {"dtype", required_argument, 0, 'd'},
                                          {"shard-size", required_argument, 0, 's'},
                                          {"no-tokenizer", no_argument, 0, 'N'},
+                                         {"moetool-only", no_argument, 0, 'M'},
                                          {"force", no_argument, 0, 'f'},
                                          {"quiet", no_argument, 0, 'Q'},
                                          {"help", no_argument, 0, 'h'},
@@ -61,6 +65,7 @@ int cmd_convert(int argc, char **argv) {
             o.shard_bytes = (uint64_t)v << 20;
             break;
         case 'N': o.require_tokenizer = 0; break;
+        case 'M': o.moetool_only = 1; break;
         case 'f': o.force = 1; break;
         case 'Q': quiet = 1; break;
         case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
@@ -92,5 +97,6 @@ int cmd_convert(int argc, char **argv) {
     if (rc) return cli_fail("convert", rc);
     fprintf(stderr, "moetool convert: wrote %s (%s) in %.2f s, peak RSS %.1f MiB\n", out, out_gguf ? "gguf" : "hf",
             mt_now() - t0, mt_peak_rss_bytes() / 1048576.0);
+    cli_note_portability("convert", out);
     return MT_EXIT_OK;
 }

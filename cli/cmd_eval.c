@@ -26,8 +26,8 @@ static const char *g_help =
     "                    else the bundled model's held-out data/test.txt, with a\n"
     "                    line on stderr saying so; it suits models made from the\n"
     "                    bundled one, which share its tokenizer)\n"
-    "  --ctx N           window length in tokens (default 256; at most the\n"
-    "                    model's max_position_embeddings)\n"
+    "  --ctx N           window length in tokens (default 256, or the model's\n"
+    "                    max_position_embeddings when shorter; at most that)\n"
     "  --allow-long-context  allow --ctx beyond max_position_embeddings\n"
     "  --protocol P      gptq (default) or llamacpp\n"
     "  --ref MODEL       reference model for KL / agreement (same tokenizer)\n"
@@ -63,13 +63,9 @@ static void routing_picture(const mt_eval_result *r) {
     }
 }
 
-static char *default_text(const char *model) {
-    /* The bundled model ships its held-out text. */
-    size_t n = strlen(model) + 32;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/data/test.txt", model);
-    return p;
-}
+/* data/test.txt inside a model directory or beside a model file (the
+ * bundled model ships its held-out text there). */
+static char *default_text(const char *model) { return cli_beside_model(model, "data/test.txt"); }
 
 int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"text", required_argument, 0, 't'},
@@ -88,7 +84,7 @@ int cmd_eval(int argc, char **argv) {
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     const char *text_path = NULL, *ref_path = NULL;
-    int json = 0, quiet = 0, long_ctx = 0, c;
+    int json = 0, quiet = 0, long_ctx = 0, ctx_given = 0, c;
     long v;
     optind = 1;
     opterr = 0;
@@ -98,6 +94,7 @@ int cmd_eval(int argc, char **argv) {
         case 'c':
             if (cli_parse_int("eval", "--ctx", optarg, 2, 1 << 20, &v)) return MT_EXIT_USAGE;
             eo.ctx = (int)v;
+            ctx_given = 1;
             break;
         case 'p':
             if (!strcmp(optarg, "gptq"))
@@ -134,10 +131,11 @@ int cmd_eval(int argc, char **argv) {
         if (probe) {
             fclose(probe);
         } else {
+            fprintf(stderr, "moetool eval: no --text given and %s does not exist: scoring ",
+                    text_default ? text_default : "data/test.txt");
             free(text_default);
             text_default = default_text(cli_default_model());
-            fprintf(stderr, "moetool eval: no --text given and %s/data/test.txt does not exist: scoring %s\n",
-                    model_path, text_default ? text_default : "?");
+            fprintf(stderr, "%s\n", text_default ? text_default : "?");
         }
         text_path = text_default;
     }
@@ -160,6 +158,7 @@ int cmd_eval(int argc, char **argv) {
         goto fail;
     }
     const int max_pos = mt_model_config(m)->max_pos;
+    if (!ctx_given && max_pos > 0 && eo.ctx > max_pos) eo.ctx = eo.n_batch = max_pos; /* the default fits the model */
     if (max_pos > 0 && eo.ctx > max_pos && !long_ctx) {
         ret = cli_usage_error("eval", "--ctx %d is longer than the model's context of %d tokens "
                               "(max_position_embeddings); --allow-long-context to score anyway", eo.ctx, max_pos);

@@ -42,6 +42,12 @@ typedef struct {
     uint64_t dtype_params[MT_DT_COUNT];
 } counts;
 
+static int uniform_experts(const mt_config *c) {
+    for (int l = 0; l < c->n_layers; l++)
+        if (mt_config_layer_experts(c, l) != c->n_experts) return 0;
+    return 1;
+}
+
 static uint64_t mat_params(const mt_mat *m) { return m->data ? (uint64_t)(m->rows * m->cols) : 0; }
 
 /* Parameters of the model description: what a quantized checkpoint holds in
@@ -200,6 +206,17 @@ int cmd_inspect(int argc, char **argv) {
                cfg->n_layers, cfg->hidden, cfg->ffn, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim, cfg->vocab,
                cfg->n_experts, cfg->top_k, cfg->rope_theta, cfg->norm_eps, cfg->max_pos,
                cfg->tie_embeddings ? "true" : "false", cfg->rope_style == MT_ROPE_HALF ? "half" : "interleaved");
+        const char *why = mt_config_portability(cfg);
+        if (uniform_experts(cfg)) {
+            printf(",\"layer_experts\":null");
+        } else {
+            printf(",\"layer_experts\":[");
+            for (int l = 0; l < cfg->n_layers; l++) printf("%s%d", l ? "," : "", mt_config_layer_experts(cfg, l));
+            printf("]");
+        }
+        printf(",\"portable\":%s,\"portability\":", why ? "false" : "true");
+        if (why) json_str(stdout, why);
+        else printf("null");
         printf(",\"params\":{\"total\":%llu,\"experts\":%llu,\"active\":%llu}", (unsigned long long)cnt.total,
                (unsigned long long)cnt.experts, (unsigned long long)cnt.active);
         printf(",\"tensor_bytes\":%llu,\"file_bytes\":%llu", (unsigned long long)cnt.bytes,
@@ -231,10 +248,16 @@ int cmd_inspect(int argc, char **argv) {
         printf("format:       %s\n", fmt_name(mt_ckpt_format(ck)));
         printf("architecture: %s, %d layers, hidden %d, heads %d (kv %d, head_dim %d), vocab %d\n", cfg->arch,
                cfg->n_layers, cfg->hidden, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim, cfg->vocab);
-        if (cfg->n_experts > 0)
+        if (cfg->n_experts > 0 && uniform_experts(cfg)) {
             printf("experts:      %d per layer, top-%d, expert ffn %d\n", cfg->n_experts, cfg->top_k, cfg->ffn);
-        else
+        } else if (cfg->n_experts > 0) {
+            printf("experts:      ");
+            for (int l = 0; l < cfg->n_layers; l++) printf("%s%d", l ? "," : "", mt_config_layer_experts(cfg, l));
+            printf(" per layer, top-%d, expert ffn %d\n", cfg->top_k, cfg->ffn);
+        } else {
             printf("mlp:          dense, ffn %d\n", cfg->ffn);
+        }
+        if (mt_config_portability(cfg)) printf("portable:     no: %s\n", mt_config_portability(cfg));
         printf("rope:         theta %g, %s pairs; rms eps %g; context %d%s\n", cfg->rope_theta,
                cfg->rope_style == MT_ROPE_HALF ? "half-split" : "interleaved", cfg->norm_eps, cfg->max_pos,
                cfg->tie_embeddings ? "; tied embeddings" : "");

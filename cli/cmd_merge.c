@@ -30,6 +30,8 @@ static const char *g_help =
     "                       those layers; written as config key moe_layer_experts)\n"
     "  --budget N           N experts in all, spread over the layers by sensitivity\n"
     "                       (layer-output error of the best kept set at each K)\n"
+    "                       Different K per layer (--layers, --budget) runs in\n"
+    "                       moetool only: transformers and llama.cpp need one K\n"
     "  --method M           prune | average | frequency | hc-smoe | mc-smoe | reap |\n"
     "                       reap-merge | naee (default reap-merge; see docs/merge.md)\n"
     "  --router R           anchor | average | fit | alias (default fit): how the K\n"
@@ -43,7 +45,8 @@ static const char *g_help =
     "                       of softmax regression instead\n"
     "  --calib FILE         calibration text (default: MODEL/data/train.txt; a\n"
     "                       missing one is an error naming it)\n"
-    "  --calib-tokens N     calibration tokens, windows of 256 (default 16384)\n"
+    "  --calib-tokens N     calibration tokens (default 16384), in windows of 256\n"
+    "                       or of the model's whole context when shorter\n"
     "  --sample N           FFN inputs kept per layer for expert outputs (default 4096)\n"
     "  --threads T          CPU threads (default: all cores)\n"
     "  --allow-long-context calibrate in windows longer than the model's\n"
@@ -143,7 +146,10 @@ int cmd_merge(int argc, char **argv) {
     }
     if (!quiet) o.progress = cli_progress;
     mt_merge_report r;
+    char *cmdline = cli_command_line(argc, argv);
+    o.command = cmdline;
     int rc = mt_merge(model, out, &o, &r);
+    free(cmdline);
     cli_progress_done();
     if (rc) {
         mt_merge_report_free(&r);
@@ -153,6 +159,7 @@ int cmd_merge(int argc, char **argv) {
                                 : cli_fail("merge", rc);
     }
     double rss = mt_peak_rss_bytes() / 1048576.0;
+    cli_note_portability("merge", out);
     if (json) {
         printf("{\"output\": ");
         json_str(stdout, out);

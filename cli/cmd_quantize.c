@@ -66,7 +66,8 @@ static const char *g_help =
     "  --calib FILE        calibration text (default: MODEL/data/train.txt, or\n"
     "                      data/train.txt beside a MODEL file, which is then\n"
     "                      named on stderr; a missing one is an error)\n"
-    "  --calib-tokens N    calibration tokens (default 16384, windows of 256)\n"
+    "  --calib-tokens N    calibration tokens (default 16384), in windows of 256\n"
+    "                      or of the model's whole context when shorter\n"
     "  --damp F            GPTQ damping, fraction of mean diag(H) (default 0.1)\n"
     "  --act-order         GPTQ columns by decreasing diag(H)\n"
     "  --embed-bits 8|4    also quantize token embeddings and lm_head to Q8_0 /\n"
@@ -324,11 +325,15 @@ int cmd_quantize(int argc, char **argv) {
     memset(&rep, 0, sizeof rep);
     int rc;
     if (!eval_only) {
+        char *cmdline = cli_command_line(argc, argv);
+        o.command = cmdline;
         rc = mt_quantize_file(model_path, out, &o, threads, &rep);
+        free(cmdline);
         cli_progress_done();
         free(calib_default);
         if (rc) return cli_fail("quantize", rc);
         print_report(&rep, &o, out, path_bytes(out), json, NULL);
+        cli_note_portability("quantize", out);
         mt_quant_report_free(&rep);
         return MT_EXIT_OK;
     }

@@ -28,12 +28,14 @@ static const char *g_usage =
     "  convert   IN -o OUT            Hugging Face safetensors <-> GGUF, retype\n"
     "  eval      MODEL --text FILE    perplexity, KL vs a reference, speed, routing\n"
     "  generate  MODEL -p PROMPT      text continuation with a KV cache\n"
+    "  tokenize  MODEL -p TEXT        token ids and pieces (--decode IDS: back)\n"
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
     "  merge     MODEL -o OUT --experts K   reduce experts per layer by calibrated merging\n"
     "  distill   TEACHER -o OUT --student dense   train a dense student by KD\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
-    "sharded), a .safetensors file with config.json beside it, or a .gguf file.\n"
+    "sharded), a .safetensors file with config.json beside it, a PyTorch\n"
+    "pytorch_model.bin, or a .gguf file.\n"
     "When omitted, the bundled model is used:\n"
     "  %s\n"
     "\n"
@@ -231,6 +233,41 @@ char *cli_beside_model(const char *model, const char *rel) {
     return p;
 }
 
+void cli_note_portability(const char *verb, const char *out) {
+    mt_ckpt *ck = NULL;
+    if (mt_ckpt_open(&ck, out) != MT_OK) {
+        mt_clearerr();
+        return;
+    }
+    const char *why = mt_config_portability(mt_ckpt_config(ck));
+    if (why) fprintf(stderr, "moetool %s: note: %s: %s\n", verb, out, why);
+    mt_ckpt_free(ck);
+}
+
+char *cli_command_line(int argc, char **argv) {
+    size_t n = 8;
+    for (int i = 0; i < argc; i++) n += 4 * strlen(argv[i]) + 3;
+    char *s = malloc(n), *q = s;
+    if (!s) return NULL;
+    q += sprintf(q, "moetool");
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        *q++ = ' ';
+        if (*a && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == strlen(a)) {
+            q += sprintf(q, "%s", a);
+            continue;
+        }
+        *q++ = '\'';
+        for (; *a; a++) {
+            if (*a == '\'') q += sprintf(q, "'\\''");
+            else *q++ = *a;
+        }
+        *q++ = '\'';
+    }
+    *q = 0;
+    return s;
+}
+
 int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n) {
     size_t cap = len + 16, got = 0;
     int32_t *buf = malloc(cap * sizeof *buf);
@@ -396,7 +433,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? MT_EXIT_USAGE : MT_EXIT_OK;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("moetool 0.1.0\n");
+        printf("moetool " MT_VERSION "\n");
         return MT_EXIT_OK;
     }
     const char *verb = argv[1];
@@ -408,6 +445,7 @@ int main(int argc, char **argv) {
         {"convert", cmd_convert},
         {"eval", cmd_eval},
         {"generate", cmd_generate},
+        {"tokenize", cmd_tokenize},
         {"quantize", cmd_quantize},
         {"merge", cmd_merge},
         {"distill", cmd_distill},

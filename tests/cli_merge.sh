@@ -81,6 +81,31 @@ python3 -c "import json,sys; c=json.load(open(sys.argv[1])); sys.exit(0 if c['nu
 "$BIN" inspect "$T/mix" --json >"$T/mix.json" 2>"$T/err" && ok || bad "inspect --layers output: $(cat "$T/err")"
 "$BIN" eval "$T/mix" --text "$TEXT" --ctx 256 --max-windows 4 --json >"$T/emix.json" 2>"$T/err" && ok || bad "eval --layers output: $(cat "$T/err")"
 [ "$(jget "$T/emix.json" "['size']['expert_params']")" = $((2 * 6 * 393216 + 2 * 4 * 393216)) ] && ok || bad "per-layer expert params"
+# ... and say plainly who can load them: merge, inspect and convert name it;
+# the uniform merge is portable
+"$BIN" merge "$MODEL" -o "$T/mix" --layers 0-1:6,2-3:4 --method reap $FAST >/dev/null 2>"$T/err"
+grep -q "note: $T/mix: its layers keep different numbers of experts" "$T/err" && ok || bad "merge --layers says nothing about portability: $(cat "$T/err")"
+[ "$(jget "$T/mix.json" "['layer_experts'], d['portable']")" = "([6, 6, 4, 4], False)" ] && ok || bad "inspect: layer_experts/portable"
+[ "$(jget "$T/m6.json" "['layer_experts']")" = "[6, 6, 6, 6]" ] && "$BIN" inspect "$T/m6" --json | python3 -c "import json,sys; sys.exit(0 if json.load(sys.stdin)['portable'] else 1)" \
+  && ok || bad "inspect: uniform merge not portable"
+"$BIN" convert "$T/mix" -o "$T/mix.gguf" --quiet >/dev/null 2>"$T/err"; rc=$?
+[ $rc = 1 ] && grep -q "different numbers of experts (6,6,4,4).*--moetool-only" "$T/err" && [ ! -e "$T/mix.gguf" ] && ok \
+  || bad "convert --to gguf of per-layer counts: exit $rc, $(cat "$T/err")"
+"$BIN" convert "$T/mix" -o "$T/mix.gguf" --moetool-only --quiet >/dev/null 2>"$T/err"
+grep -q "note: $T/mix.gguf: .*llama.cpp cannot" "$T/err" && ok || bad "convert --moetool-only says nothing: $(cat "$T/err")"
+"$BIN" eval "$T/mix.gguf" --text "$TEXT" --ctx 256 --max-windows 4 --json >"$T/emixg.json" 2>"$T/err" || bad "eval mix.gguf: $(cat "$T/err")"
+python3 -c "import json,sys; a=json.load(open(sys.argv[1]))['ppl']; b=json.load(open(sys.argv[2]))['ppl']; sys.exit(0 if abs(a-b) <= 1e-4*b else 1)" \
+  "$T/emix.json" "$T/emixg.json" && ok || bad "per-layer GGUF ppl differs from its HF source"
+# what merge did, in the output: config.json "moetool" and README.md
+python3 - "$T/mix/config.json" "$T/mix/README.md" "$T/m6/README.md" <<'PY' && ok || bad "merge provenance"
+import json, sys
+m = json.load(open(sys.argv[1]))["moetool"]
+assert m["verb"] == "merge" and m["options"]["method"] == "reap" and m["options"]["experts_per_layer"] == "6,6,4,4", m
+assert m["command"].startswith("moetool merge ") and "--layers 0-1:6,2-3:4" in m["command"], m
+card = open(sys.argv[2]).read()
+assert card.startswith("---\n") and "| method | reap |" in card and "transformers and llama.cpp cannot" in card, card
+assert "plain Mixtral checkpoint" in open(sys.argv[3]).read()
+PY
 
 # naee: two experts pruned per layer, the layer-output error reported
 "$BIN" merge "$MODEL" -o "$T/naee" --experts 6 --method naee $FAST --json >"$T/naee.json" 2>"$T/err" || bad "merge --method naee: $(cat "$T/err")"

@@ -84,8 +84,67 @@ PY
 if "$BIN" quantize "$T/bf16.gguf" -o "$T/quant.gguf" --method rtn --bits 8 --group 32 >/dev/null 2>"$T/err"; then
   python3 -c "import gguf, sys; f = gguf.GGUFReader(sys.argv[1]).fields.get('general.quantized_by'); sys.exit(0 if f is not None and f.contents() == 'moetool' else 1)" \
     "$T/quant.gguf" && ok || bad "quantize output lacks general.quantized_by"
+  # what quantize did: moetool.provenance, a JSON string
+  python3 - "$T/quant.gguf" "$T/bf16.gguf" <<'PY' && ok || bad "quantize output's moetool.provenance"
+import gguf, json, sys
+p = json.loads(gguf.GGUFReader(sys.argv[1]).fields["moetool.provenance"].contents())
+assert p["verb"] == "quantize" and p["source"] == sys.argv[2], p
+assert p["options"]["method"] == "rtn" and p["options"]["experts"] == "q8_0", p
+assert p["command"].startswith("moetool quantize ") and "--bits 8" in p["command"], p
+PY
 else
   bad "quantize: $(cat "$T/err")"
+fi
+
+# GGUF -> HF keeps each tensor's type where safetensors holds it (bf16 stays
+# bf16) and writes a block-quantized tensor as f32 with exactly the values
+# gguf-py's own dequantizer gives; norms take the weights' float type.
+if "$BIN" quantize "$MODEL" -o "$T/q4.gguf" --method rtn --bits 4 --quiet >/dev/null 2>"$T/err" &&
+   "$BIN" convert "$T/q4.gguf" -o "$T/q4hf" --quiet >/dev/null 2>>"$T/err"; then
+  python3 - "$T/q4.gguf" "$T/q4hf" <<'PY' && ok || bad "GGUF -> HF types/values"
+import gguf, json, os, struct, sys
+import numpy as np
+from gguf.quants import dequantize
+r = gguf.GGUFReader(sys.argv[1])
+g = {t.name: t for t in r.tensors}
+st = {}
+for f in sorted(os.listdir(sys.argv[2])):
+    if f.endswith(".safetensors"):
+        b = open(os.path.join(sys.argv[2], f), "rb").read()
+        n = struct.unpack("<Q", b[:8])[0]
+        h = json.loads(b[8:8 + n])
+        for k, v in h.items():
+            if k != "__metadata__":
+                a, e = v["data_offsets"]
+                st[k] = (v["dtype"], v["shape"], b[8 + n + a:8 + n + e])
+def arr(dt, shape, raw):
+    if dt == "F32": return np.frombuffer(raw, "<f4").reshape(shape)
+    if dt == "BF16": return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    raise SystemExit("unexpected dtype " + dt)
+errs = []
+def want_types(hf, gg):
+    t = g[gg]
+    dt, shape, raw = st[hf]
+    return t, dt, shape, raw
+# attention: bf16 in the GGUF, bf16 in HF, same bits
+t, dt, shape, raw = want_types("model.layers.0.self_attn.v_proj.weight", "blk.0.attn_v.weight")
+if t.tensor_type != gguf.GGMLQuantizationType.BF16 or dt != "BF16" or bytes(t.data.tobytes()) != raw:
+    errs.append("attn_v: %s -> %s, bytes equal %s" % (t.tensor_type.name, dt, bytes(t.data.tobytes()) == raw))
+# an expert: Q4_0 in the GGUF, F32 in HF equal to gguf-py's dequantization
+t = g["blk.1.ffn_down_exps.weight"]
+deq = dequantize(t.data, t.tensor_type)
+dt, shape, raw = st["model.layers.1.block_sparse_moe.experts.3.w2.weight"]
+if t.tensor_type != gguf.GGMLQuantizationType.Q4_0 or dt != "F32" or not np.array_equal(arr(dt, shape, raw), deq[3]):
+    errs.append("expert 3 w2 of layer 1: %s -> %s, values differ" % (t.tensor_type.name, dt))
+# a norm: F32 in the GGUF (convention), bf16 (the weights' float type) in HF
+dt, shape, raw = st["model.layers.0.input_layernorm.weight"]
+if dt != "BF16":
+    errs.append("input_layernorm: %s, want BF16" % dt)
+if errs:
+    print("\n".join(errs)); sys.exit(1)
+PY
+else
+  bad "quantize/convert q4: $(cat "$T/err")"
 fi
 
 echo "$passes passed, $fails failed"

@@ -25,12 +25,12 @@ on_tty() {
 }
 
 if command -v script >/dev/null && on_tty "$T/probe" "echo probe" && grep -q probe "$T/probe"; then
-  # quantize: a line per layer, with matrices done, rate and ETA.
+  # quantize: a line per matrix, with the layer, rate and ETA.
   on_tty "$T/q.tty" "$B quantize $M -o $T/q.gguf --method rtn --bits 4 --threads 2 --json >$T/q.json" \
     || bad "quantize on a terminal: $(head -3 "$T/q.tty")"
-  grep -q "moetool quantize: layer 4/4 (100%), 96 matrices done" "$T/q.tty" && ok \
-    || bad "quantize on a terminal shows no 'layer 4/4': $(head -3 "$T/q.tty")"
-  grep -q "moetool quantize: layer 1/4 .*ETA" "$T/q.tty" && ok || bad "quantize progress has no ETA: $(head -3 "$T/q.tty")"
+  grep -q "moetool quantize: matrix 96/96 (100%), layer 4/4" "$T/q.tty" && ok \
+    || bad "quantize on a terminal shows no 'matrix 96/96': $(head -3 "$T/q.tty")"
+  grep -q "moetool quantize: matrix [0-9]*/96 ([0-9]*%), layer 1/4.*ETA" "$T/q.tty" && ok || bad "quantize progress has no ETA: $(head -3 "$T/q.tty")"
   is_json "$T/q.json" && ok || bad "quantize --json stdout is not JSON with progress on: $(head -c 300 "$T/q.json")"
   rm -f "$T/q.gguf"
   on_tty "$T/qq.tty" "$B quantize $M -o $T/q.gguf --method rtn --bits 4 --threads 2 --json --quiet >$T/qq.json" \
@@ -67,10 +67,10 @@ t0=$(date +%s.%N)
 secs=$(python3 -c "import sys; print(int(float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)")
 is_json "$T/g.json" && ok || bad "gptq --json stdout is not JSON"
 grep -q $'\r' "$T/g.err" && bad "progress off a terminal uses \\r" || ok
-n=$(grep -c "^moetool quantize: layer [1-4]/4" "$T/g.err")
+n=$(grep -c "^moetool quantize: matrix [0-9]*/96 ([0-9]*%), layer [1-4]/4" "$T/g.err")
 if [ "$secs" -ge 3 ]; then
   [ "$n" -ge 1 ] && ok || bad "quantize ran ${secs} s and printed no progress line off a terminal"
-  grep -q "^moetool quantize: layer 4/4 (100%).*done in" "$T/g.err" && ok || bad "no final progress line: $(cat "$T/g.err")"
+  grep -q "^moetool quantize: matrix 96/96 (100%), layer 4/4.*done in" "$T/g.err" && ok || bad "no final progress line: $(cat "$T/g.err")"
 fi
 [ "$n" -le $((secs / 2 + 2)) ] && ok || bad "$n progress lines in ${secs} s: more than one per 2 s"
 rm -f "$T/g.gguf"

@@ -43,6 +43,31 @@ if python3 -c 'import gguf, numpy' >/dev/null 2>&1; then
 else
   echo "skipped: AutoGPTQ layout check (python3 cannot import gguf and numpy)"
 fi
+# What loaders read: experts-only output excludes attention by both
+# modules_in_block_to_quantize and a negative `dynamic` rule (GPTQModel, vLLM:
+# re.match on the module name) and has no quantize_config.json (AutoGPTQ would
+# read every block linear as quantized); with --attn-bits at the same width
+# every block linear is quantized and quantize_config.json is written.
+"$BIN" quantize "$MODEL" -o "$T/q4att" --format hf --method rtn --bits 4 --attn-bits 4 --threads 2 >/dev/null 2>"$T/err" \
+  || { bad "hf int4 with --attn-bits 4 failed"; cat "$T/err"; }
+python3 - "$T/q4hf" "$T/q4att" <<'PY' && ok || bad "loader metadata of the GPTQ outputs"
+import json, os, re, sys
+only, full = sys.argv[1], sys.argv[2]
+q = json.load(open(only + "/config.json"))["quantization_config"]
+(pat, val), = q["dynamic"].items()
+assert pat.startswith("-:") and val == {}, q["dynamic"]
+rx = pat[2:]
+assert re.match(rx, "model.layers.3.self_attn.q_proj") and re.match(rx, "model.layers.0.self_attn.o_proj")
+assert not re.match(rx, "model.layers.0.block_sparse_moe.experts.7.w2")
+assert not any("self_attn" in m for g in q["modules_in_block_to_quantize"] for m in g)
+assert not os.path.exists(only + "/quantize_config.json")
+qf = json.load(open(full + "/config.json"))["quantization_config"]
+assert "dynamic" not in qf and any("self_attn.q_proj" in m for g in qf["modules_in_block_to_quantize"] for m in g)
+qc = json.load(open(full + "/quantize_config.json"))
+assert qc["bits"] == 4 and qc["group_size"] == 32 and qc["sym"] and not qc["desc_act"], qc
+assert qc["checkpoint_format"] == "gptq" and qc["model_file_base_name"] == "model", qc
+PY
+rm -rf "$T/q4att"
 rm -rf "$T/q4hf" "$T/q4.gguf"
 
 # int8: the same weights in two other encodings the loader must read
@@ -92,6 +117,13 @@ rm -rf "$T/q8hf"
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["bits_per_expert_weight"] < 1.0 and j["expert_type"] == "qmoe" else 1)' "$T/q.json" \
   && ok || bad "qmoe output not below 1 bit per expert weight: $(cat "$T/q.json")"
 grep -q '"quant_method": "qmoe"' "$T/qm/config.json" && ok || bad "config.json lacks quant_method qmoe"
+python3 - "$T/qm/config.json" "$T/qm/README.md" <<'PY' && ok || bad "qmoe output: provenance / model card"
+import json, sys
+m = json.load(open(sys.argv[1]))["moetool"]
+assert m["verb"] == "quantize" and m["options"]["codec"] == "qmoe" and m["options"]["method"] == "rtn", m
+card = open(sys.argv[2]).read()
+assert "| codec | qmoe |" in card and "moetool runs this checkpoint" in card, card
+PY
 expect_err 1 "is quantized" "$BIN" merge "$T/qm" -o "$T/bad9" --experts 6 --calib "$MODEL/data/train.txt"
 # inspect counts the coded weights as the parameters they stand for
 "$BIN" inspect "$T/qm" --json >"$T/i1.json" 2>"$T/err" && "$BIN" inspect "$MODEL" --json >"$T/i0.json" 2>>"$T/err" || { bad "inspect failed"; cat "$T/err"; }

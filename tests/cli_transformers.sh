@@ -33,6 +33,19 @@ check() { # name dir [extra args]
 "$BIN" convert "$T/m.gguf" -o "$T/back-f32" --dtype f32 2>/dev/null || { echo "FAIL: convert f32"; exit 1; }
 check gguf-to-hf-bf16 "$T/back-bf16" --reference-logits "$MODEL/reference.json"
 check gguf-to-hf-f32 "$T/back-f32" --reference-logits "$MODEL/reference.json"
+# GGUF -> HF writes tokenizer.json: transformers' fast tokenizer loads it
+# (no sentencepiece) and gives sentencepiece's ids for every reference case
+if "$PY" - "$T/back-bf16" "$MODEL/reference.json" <<'PY'
+import json, sys
+from transformers import AutoTokenizer
+t = AutoTokenizer.from_pretrained(sys.argv[1])
+assert type(t).__name__ == "LlamaTokenizerFast", type(t).__name__
+for c in json.load(open(sys.argv[2]))["tokenizer_cases"]:
+    ids = t.encode(c["text"])
+    assert ids == [1] + c["ids"], (c["text"], ids, c["ids"])
+    assert t.decode(ids, skip_special_tokens=True) == c["text"], c["text"]
+PY
+then passes=$((passes + 1)); else echo "FAIL gguf-to-hf tokenizer.json in transformers"; fails=$((fails + 1)); fi
 if "$BIN" merge --help >/dev/null 2>&1; then
   if "$BIN" merge "$MODEL" -o "$T/merged6" --experts 6 --calib-tokens 4096 >/dev/null 2>"$T/err"; then
     check merged-8to6 "$T/merged6"

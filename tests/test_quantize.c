@@ -496,7 +496,7 @@ static void test_quant_model_per_job(void **st) {
          * and 2 threads may differ in the last ulp (and a GPTQ code with
          * them). What is claimed here is per-job == all-at-once. */
         mt_calib_stats cs;
-        assert_int_equal(mt_calib_layer(m, 0, ids, 1024, o.calib_window, 0, cap, &cs), MT_OK);
+        assert_int_equal(mt_calib_layer(m, 0, ids, 1024, MT_QUANT_CALIB_WINDOW, 0, cap, &cs), MT_OK);
         mt_quant_state *qs = NULL;
         mt_quant_report rep;
         assert_int_equal(mt_quant_model(&qs, m, &o, &rep), MT_OK);
@@ -605,7 +605,7 @@ static void test_quant_model_oproj_lm_head(void **st) {
     assert_int_equal(mt_calib_tokens(ref, o.calib_path, o.calib_tokens, &ids, &n_ids), MT_OK);
     mt_calib_stats cs;
     const uint64_t cap = (uint64_t)ceil(o.expert_cap * 1024.0 * c->top_k / c->n_experts);
-    assert_int_equal(mt_calib_layer(ref, 0, ids, 1024, o.calib_window, 1, cap, &cs), MT_OK);
+    assert_int_equal(mt_calib_layer(ref, 0, ids, 1024, MT_QUANT_CALIB_WINDOW, 1, cap, &cs), MT_OK);
     assert_int_equal(cs.q_dim, qd);
     assert_non_null(cs.h_attn_out);
     /* every token's row: the trace is the sum of squares of 1024 rows, > 0 */
@@ -631,7 +631,7 @@ static void test_quant_model_oproj_lm_head(void **st) {
     /* lm_head: the final-norm rows of the quantized model (lm_head itself
      * does not enter them). */
     mt_calib_rows fx;
-    assert_int_equal(mt_calib_capture_final(m, ids, 1024, o.calib_window, &fx), MT_OK);
+    assert_int_equal(mt_calib_capture_final(m, ids, 1024, MT_QUANT_CALIB_WINDOW, &fx), MT_OK);
     assert_int_equal(fx.n, 1024);
     assert_int_equal(fx.cols, Hd);
     double *H = malloc((size_t)(Hd * Hd) * sizeof *H);

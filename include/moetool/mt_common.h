@@ -4,6 +4,8 @@
 #ifndef MT_COMMON_H
 #define MT_COMMON_H
 
+#define MT_VERSION "0.1.0" /* the tool's version, recorded in what it writes */
+
 #include <stddef.h>
 #include <stdint.h>
 

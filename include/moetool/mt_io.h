@@ -87,6 +87,9 @@ int mt_config_layer_experts(const mt_config *c, int l);
 int mt_config_router_rows(const mt_config *c, int l);
 /* 1 when any layer of `c` routes through an alias map. */
 int mt_config_has_alias(const mt_config *c);
+/* NULL when transformers and llama.cpp load the model as moetool runs it;
+ * else a sentence saying why not (router alias, per-layer expert counts). */
+const char *mt_config_portability(const mt_config *c);
 
 /* Parses a Hugging Face config.json. Mixtral, Mistral and Llama are
  * accepted; anything else is MT_ERR_UNSUPPORTED naming the architecture. */
@@ -288,6 +291,9 @@ typedef struct {
                               clears it); 0 (library default): warn only      */
     int force;             /* replace an existing output moetool did not write
                               (docs/outputs.md)                               */
+    int moetool_only;      /* 1: write a GGUF that only moetool runs (per-layer
+                              expert counts, key moetool.layer_experts); 0:
+                              refuse such a model                             */
     mt_progress_fn progress;
     void *progress_user;
 } mt_convert_opts;

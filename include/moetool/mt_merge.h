@@ -11,6 +11,7 @@
  * The math pieces are public so tests can check them against properties. */
 #ifndef MT_MERGE_H
 #define MT_MERGE_H
+#define MT_MERGE_WINDOW 256 /* default calibration window, tokens */
 
 #include "mt_io.h"
 
@@ -67,7 +68,9 @@ typedef struct {
     int router;                         /* mt_merge_router (default fit)            */
     const char *calib_path;             /* calibration text (required)              */
     int calib_tokens;                   /* tokens of calibration (default 16384)    */
-    int window;                         /* tokens per calibration window (256)      */
+    int window;                         /* tokens per calibration window; 0:
+                                           MT_MERGE_WINDOW, or max_position_embeddings
+                                           when shorter                             */
     int allow_long_context;             /* 1: window may pass max_pos               */
     int sample_tokens;                  /* FFN inputs kept per layer (default 4096) */
     int router_steps;                   /* fit router: 0 = least squares on log
@@ -77,6 +80,9 @@ typedef struct {
     int n_threads;                      /* 0 = all CPUs                              */
     int force;                          /* replace an existing output moetool did not
                                            write (docs/outputs.md)                   */
+    const char *command;                /* the command line, recorded in the output
+                                           (config.json "moetool", README.md); may be
+                                           NULL                                      */
     mt_progress_fn progress;
     void *progress_user;
 } mt_merge_opts;

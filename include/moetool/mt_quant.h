@@ -29,6 +29,7 @@ typedef enum { MT_QUANT_CODEC_NONE = 0, MT_QUANT_CODEC_QMOE = 1 } mt_quant_codec
 /* `group` value: the default of the width (32 for 8/4 bit so that they are
  * Q8_0/Q4_0, 128 for 3/2 bit, 256 for ternary = TQ2_0). */
 #define MT_QUANT_GROUP_DEFAULT (-1)
+#define MT_QUANT_CALIB_WINDOW 256  /* default calibration window, tokens */
 
 /* Default ternary_range of GPTQ with codec qmoe: 0.86 instead of 1.11 coded
  * bits per expert weight on the bundled model (docs/quality.md). */
@@ -57,7 +58,8 @@ typedef struct {
     /* calibration (GPTQ) */
     const char *calib_path;     /* NULL: <model dir>/data/train.txt          */
     int calib_tokens;           /* default 16384                              */
-    int calib_window;           /* tokens per forward, default 256            */
+    int calib_window;           /* tokens per forward; 0: MT_QUANT_CALIB_WINDOW, or
+                                   max_position_embeddings when shorter       */
     int allow_long_context;     /* 1: calib_window may pass max_pos           */
     double damp;                /* fraction of mean(diag H), default 0.1      */
     int act_order;              /* columns by decreasing H_ii (static scales) */
@@ -72,6 +74,8 @@ typedef struct {
     int sequential;             /* layer l calibrated on quantized layers < l (1) */
     int force;                  /* replace an existing output moetool did not
                                    write (docs/outputs.md)                    */
+    const char *command;        /* the command line, recorded in the output;
+                                   may be NULL                                */
     mt_progress_fn progress;
     void *progress_user;
 } mt_quant_opts;
@@ -120,8 +124,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
 void mt_quant_state_free(mt_quant_state *s);
 
 /* Writes a quantized model as GGUF: every tensor and key of `m`'s checkpoint
- * (which must be a GGUF), quantized matrices in their block type. */
-int mt_quant_write_gguf(const mt_quant_state *s, const mt_model *m, const char *out_path);
+ * (which must be a GGUF), quantized matrices in their block type, and what
+ * was done (`o`) as the key moetool.provenance (a JSON string). */
+int mt_quant_write_gguf(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o, const char *out_path);
 
 /* Writes a quantized model as a Hugging Face directory: every tensor of `m`'s
  * checkpoint (which must be HF) as it was, quantized linears in the

@@ -76,6 +76,10 @@ int mt_tok_piece_text(const mt_tokenizer *t, int id, char *buf, size_t cap, size
 /* Writes a sentencepiece tokenizer.model (protobuf) for an SPM tokenizer,
  * so a GGUF converted back to HF carries a loadable tokenizer. */
 int mt_tok_write_spm(const mt_tokenizer *t, const char *path);
+/* Writes DIR/tokenizer.json (Hugging Face tokenizers' format, as
+ * transformers' LlamaConverter lays it out) for an SPM tokenizer, so the
+ * fast tokenizer loads it without sentencepiece. */
+int mt_tok_write_hf_json(const mt_tokenizer *t, const char *dir);
 
 #ifdef __cplusplus
 }

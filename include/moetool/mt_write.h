@@ -117,6 +117,25 @@ const char *mt_outdir_path(const mt_outdir *o);
 int mt_outdir_commit(mt_outdir *o);
 void mt_outdir_free(mt_outdir *o);
 
+/* ---- provenance (lib/io/provenance.c) ------------------------------------
+ * What a verb did, recorded in its output: mt_prov_config adds a "moetool"
+ * object {"version", "verb", "source", "options", "command"} to a
+ * config.json text; mt_prov_json is the same object (for the GGUF key
+ * moetool.provenance); mt_prov_write_card writes DIR/README.md (tags, the
+ * options as a table, the command, notes). No time stamps. */
+typedef struct mt_prov mt_prov;
+mt_prov *mt_prov_new(const char *verb, const char *source); /* NULL: out of memory */
+void mt_prov_free(mt_prov *p);
+void mt_prov_str(mt_prov *p, const char *key, const char *val);
+void mt_prov_int(mt_prov *p, const char *key, long long val);
+void mt_prov_num(mt_prov *p, const char *key, double val);
+void mt_prov_command(mt_prov *p, const char *command);
+void mt_prov_note(mt_prov *p, const char *markdown);
+void mt_prov_tag(mt_prov *p, const char *tag);
+char *mt_prov_json(const mt_prov *p); /* malloc'd */
+int mt_prov_config(const mt_prov *p, char **config_text);
+int mt_prov_write_card(const mt_prov *p, const char *dir, const char *title);
+
 /* Writes text (config.json, ...) as dir/name. */
 int mt_write_text_file(const char *dir, const char *name, const char *text, size_t len);
 /* Copies tokenizer.model, tokenizer.json, tokenizer_config.json and

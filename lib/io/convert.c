@@ -204,8 +204,10 @@ static int plan_hf_to_gguf(conv *cv) {
     return MT_OK;
 }
 
-/* The float type of an HF output of a GGUF: the request, else the dominant
- * type (by bytes) of the 2-D+ weights when HF can store it, else f32. */
+/* The float type of an HF output of a GGUF for the tensors GGUF keeps in
+ * F32 (norms, router): the request, else the dominant plain float type (by
+ * bytes) of the other 2-D+ weights, else f32 — so HF -> GGUF -> HF gives
+ * the original types back. */
 static mt_dtype hf_target_type(const conv *cv) {
     if (cv->o->dtype >= 0) return (mt_dtype)cv->o->dtype;
     uint64_t bytes[MT_DT_COUNT] = {0};
@@ -216,8 +218,19 @@ static mt_dtype hf_target_type(const conv *cv) {
     }
     int best = -1;
     for (int d = 0; d < MT_DT_COUNT; d++)
-        if (bytes[d] && mt_dtype_get((mt_dtype)d)->is_float && (best < 0 || bytes[d] > bytes[best])) best = d;
-    return best >= 0 && mt_dtype_is_plain_float((mt_dtype)best) ? (mt_dtype)best : MT_DT_F32;
+        if (bytes[d] && mt_dtype_is_plain_float((mt_dtype)d) && (best < 0 || bytes[d] > bytes[best])) best = d;
+    return best >= 0 ? (mt_dtype)best : MT_DT_F32;
+}
+
+/* The HF type of one GGUF tensor without --dtype: its own type when
+ * safetensors holds it, f32 for a block-quantized one (its exact values;
+ * --dtype bf16 gives a smaller, rounded copy), `tt` for what GGUF keeps in
+ * F32 by convention. */
+static mt_dtype hf_type_of(const conv *cv, const mt_tensor *t, const mt_arch_tensor *r, mt_dtype tt) {
+    if (cv->o->dtype >= 0) return (mt_dtype)cv->o->dtype;
+    if (t->n_dims < 2 || (r->flags & MT_ROLE_F_F32_GGUF)) return tt;
+    if (mt_dtype_is_plain_float(t->dtype)) return t->dtype;
+    return MT_DT_F32;
 }
 
 /* GGUF -> HF, by the family's role table. */
@@ -249,7 +262,7 @@ static int plan_gguf_to_hf(conv *cv) {
                 e->slice = x;
                 e->n_dims = 2;
                 memcpy(e->shape, shp, sizeof a.shape);
-                e->dtype = tt;
+                e->dtype = hf_type_of(cv, t, r, tt);
                 if ((rc = finish_entry(cv, e))) return rc;
             }
             continue;
@@ -265,7 +278,7 @@ static int plan_gguf_to_hf(conv *cv) {
         e->src = t;
         e->n_dims = nd;
         memcpy(e->shape, shp, sizeof a.shape);
-        e->dtype = tt;
+        e->dtype = hf_type_of(cv, t, r, tt);
         if (c->rope_style == MT_ROPE_INTERLEAVED && (r->flags & MT_ROLE_F_ROPE)) {
             e->perm = PERM_TO_HF;
             e->perm_heads = r->role == MT_ROLE_WQ ? c->n_heads : c->n_kv_heads;
@@ -737,6 +750,7 @@ static int hf_tokenizer_from_gguf(conv *cv, const char *dst) {
         if (!p) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
         else rc = mt_tok_write_spm(tok, p);
         free(p);
+        if (!rc) rc = mt_tok_write_hf_json(tok, dst);
         if (!rc) {
             json_t *j = json_object();
             size_t len;
@@ -853,6 +867,27 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         goto done;
     }
 
+    /* llama.cpp reads one expert count per model (and so does transformers):
+     * a GGUF of per-layer counts runs in moetool only. No exact padding
+     * exists: a router without a bias cannot switch a padded expert off. */
+    if (to_gguf && !cv.o->moetool_only) {
+        char counts[256] = "";
+        size_t k = 0;
+        int uniform = 1;
+        for (int l = 0; l < cv.cfg->n_layers; l++) {
+            uniform &= mt_config_layer_experts(cv.cfg, l) == cv.cfg->n_experts;
+            if (k < sizeof counts - 16) k += (size_t)snprintf(counts + k, sizeof counts - k, "%s%d", l ? "," : "",
+                                                              mt_config_layer_experts(cv.cfg, l));
+        }
+        if (!uniform) {
+            rc = mt_seterr(MT_ERR_UNSUPPORTED,
+                           "%s: its layers keep different numbers of experts (%s), which llama.cpp cannot load and no "
+                           "padding can make exact (a router without a bias cannot switch padded experts off); "
+                           "--moetool-only writes a GGUF that only moetool runs",
+                           in_path, counts);
+            goto done;
+        }
+    }
     if (cv.o->require_tokenizer && (rc = check_tokenizer(&cv, to_gguf))) goto done;
 
     if (to_gguf && !from_gguf) rc = plan_hf_to_gguf(&cv);

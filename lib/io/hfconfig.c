@@ -50,6 +50,18 @@ int mt_config_has_alias(const mt_config *c) {
     return 0;
 }
 
+const char *mt_config_portability(const mt_config *c) {
+    if (mt_config_has_alias(c))
+        return "its router keeps every original row, each mapped to a merged expert (moe_router_alias): moetool "
+               "runs it; transformers and llama.cpp cannot";
+    for (int l = 0; c->layer_experts && l < c->n_layers; l++)
+        if (mt_config_layer_experts(c, l) != c->n_experts)
+            return "its layers keep different numbers of experts (moe_layer_experts): moetool runs it; transformers "
+                   "and llama.cpp cannot (a router without a bias cannot switch padded experts off, so no exact "
+                   "padding exists; merge with one --experts K for a portable model)";
+    return NULL;
+}
+
 const int32_t *mt_config_router_alias(const mt_config *c, int l) {
     if (!c->router_alias || l < 0 || l >= c->n_layers) return NULL;
     return c->router_alias[l];

@@ -46,7 +46,7 @@ void mt_merge_opts_default(mt_merge_opts *o) {
     o->method = MT_MERGE_REAP_MERGE; /* best at 8->4 on the bundled model (docs/merge.md) */
     o->router = MT_MERGE_ROUTER_FIT;
     o->calib_tokens = 16384;
-    o->window = 256;
+    o->window = 0; /* MT_MERGE_WINDOW, or the model's context when shorter */
     o->sample_tokens = 4096;
     o->router_steps = 0;
 }
@@ -132,9 +132,10 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64
         return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer to encode the calibration text with: %s",
                          mt_ckpt_path(mt_model_ckpt(m)), mt_model_tokenizer_error(m));
     const int max_pos = mt_model_config(m)->max_pos;
-    if (max_pos > 0 && o->window > max_pos && !o->allow_long_context)
+    const int W = o->window ? o->window : max_pos > 0 && max_pos < MT_MERGE_WINDOW ? max_pos : MT_MERGE_WINDOW;
+    if (max_pos > 0 && W > max_pos && !o->allow_long_context)
         return mt_seterr(MT_ERR_ARG, "calibration windows of %d tokens are longer than the model's context of %d "
-                         "(max_position_embeddings); --allow-long-context to calibrate anyway", o->window, max_pos);
+                         "(max_position_embeddings); --allow-long-context to calibrate anyway", W, max_pos);
     size_t n_ids = 0;
     int32_t *ids = NULL, *text_ids = NULL;
     mt_ctx *ctx = NULL;
@@ -156,7 +157,6 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64
                        n_ids, o->calib_tokens);
         goto done;
     }
-    const int W = o->window;
     const size_t n_win = (size_t)o->calib_tokens / W;
     if (n_win == 0) {
         st = mt_seterr(MT_ERR_ARG, "--calib-tokens %d is less than one window of %d tokens", o->calib_tokens, W);
@@ -614,6 +614,46 @@ static int write_rows(mt_hf_writer *w, mt_dtype t, const float *src, int64_t row
     return MT_OK;
 }
 
+/* What the merge did, for config.json and README.md (lib/io/provenance.c). */
+static mt_prov *merge_provenance(const char *model_path, const mt_merge_opts *o, const mt_merge_report *R, int L,
+                                 int uniform, int Kmax) {
+    mt_prov *p = mt_prov_new("merge", model_path);
+    if (!p) return NULL;
+    mt_prov_tag(p, "moe");
+    mt_prov_tag(p, "merge");
+    mt_prov_str(p, "method", mt_merge_method_name(o->method));
+    mt_prov_str(p, "router", mt_merge_router_name(o->router));
+    char buf[64 * 8], *q = buf;
+    size_t left = sizeof buf;
+    for (int l = 0; l < L && left > 16; l++) {
+        int k = snprintf(q, left, "%s%d", l ? "," : "", R->layer_k[l]);
+        if (k < 0 || (size_t)k >= left) break;
+        q += k, left -= (size_t)k;
+    }
+    mt_prov_str(p, "experts_per_layer", buf);
+    if (o->budget > 0) mt_prov_int(p, "budget", o->budget);
+    mt_prov_str(p, "calibration_text", o->calib_path);
+    mt_prov_int(p, "calibration_tokens", o->calib_tokens);
+    mt_prov_int(p, "sample_tokens", o->sample_tokens);
+    if (o->router_steps) mt_prov_int(p, "router_steps", o->router_steps);
+    mt_prov_command(p, o->command);
+    if (o->router == MT_MERGE_ROUTER_ALIAS)
+        mt_prov_note(p, "The router keeps every original row, each mapped to its merged expert (config key "
+                        "`moe_router_alias`): only moetool runs this checkpoint; transformers and llama.cpp would "
+                        "misroute it.");
+    else if (!uniform) {
+        char note[256];
+        snprintf(note, sizeof note,
+                 "Layers keep different numbers of experts (at most %d; config key `moe_layer_experts`): moetool runs "
+                 "this checkpoint, transformers and llama.cpp cannot load it.", Kmax);
+        mt_prov_note(p, note);
+    } else {
+        mt_prov_note(p, "A plain Mixtral checkpoint: transformers loads it (`AutoModelForCausalLM`), and `moetool "
+                        "convert DIR -o model.gguf` gives llama.cpp a GGUF.");
+    }
+    return p;
+}
+
 int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *o, mt_merge_report *rep) {
     double t0 = mt_now();
     mt_model *m = NULL;
@@ -622,6 +662,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     calib c = {0};
     layer_buf b = {0};
     char *cfg_text = NULL;
+    mt_prov *prov = NULL;
     void *rowbuf = NULL, *keep_buf = NULL;
     keep_t *keep = NULL;
     size_t n_keep = 0;
@@ -642,7 +683,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
                                      "merged expert to alias; use a merging method (average, frequency, hc-smoe, "
                                      "mc-smoe, reap-merge)", mt_merge_method_name(o->method));
     if (!o->calib_path) return mt_seterr(MT_ERR_ARG, "merge: --calib FILE is required");
-    if (o->window < 2 || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
+    if ((o->window && o->window < 2) || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
         return mt_seterr(MT_ERR_ARG, "merge: --calib-tokens, window or sample size out of range");
 
     const char *calib_in[] = {o->calib_path};
@@ -930,13 +971,20 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (st) goto done;
     const char *tdt = mt_dtype_config_torch_name(et, "bfloat16");
     if ((st = mt_config_to_hf_json(&cfg_text, &oc, tdt))) goto done;
+    if (!(prov = merge_provenance(model_path, o, R, L, uniform, Kmax))) {
+        st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+        goto done;
+    }
+    if ((st = mt_prov_config(prov, &cfg_text))) goto done;
     if ((st = mt_write_text_file(mt_outdir_path(od), "config.json", cfg_text, strlen(cfg_text)))) goto done;
+    if ((st = mt_prov_write_card(prov, mt_outdir_path(od), strrchr(out_path, '/') ? strrchr(out_path, '/') + 1 : out_path))) goto done;
     if ((st = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;
     st = mt_outdir_commit(od); /* frees od whatever the outcome */
     od = NULL;
     if (st) goto done;
     R->seconds = mt_now() - t0;
 done:
+    mt_prov_free(prov);
     mt_hf_writer_free(hw);
     mt_outdir_free(od);
     free(cfg_text);

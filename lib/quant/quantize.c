@@ -47,7 +47,7 @@ void mt_quant_opts_default(mt_quant_opts *o) {
     o->bits = 4;
     o->group = MT_QUANT_GROUP_DEFAULT;
     o->calib_tokens = 16384;
-    o->calib_window = 256;
+    o->calib_window = 0; /* 256, or the model's context when shorter */
     o->damp = 0.1;
     o->block = 128;
     o->format = MT_FMT_GGUF;
@@ -55,6 +55,13 @@ void mt_quant_opts_default(mt_quant_opts *o) {
     o->expert_cap = 4.0;
     o->min_expert_tokens = 16;
     o->sequential = 1;
+}
+
+/* Calibration window: the one asked for, else 256 tokens or the model's
+ * whole context (max_position_embeddings) when that is shorter. */
+static int calib_window(const mt_quant_opts *o, const mt_config *c) {
+    if (o->calib_window) return o->calib_window;
+    return c->max_pos > 0 && c->max_pos < MT_QUANT_CALIB_WINDOW ? c->max_pos : MT_QUANT_CALIB_WINDOW;
 }
 
 void mt_quant_report_free(mt_quant_report *r) {
@@ -86,6 +93,9 @@ struct mt_quant_state {
     mt_dtype expert_dtype;
     mt_qmoe_dict dict;     /* codec qmoe: shared by every coded expert       */
     qmat embd, head;       /* embed_bits: token embeddings, untied lm_head   */
+    char grid_name[48];    /* the report's, for the output's provenance      */
+    double bits_expert, bits_total;
+    const char *source;    /* the verb's input path (NULL: the model's)      */
 };
 
 static qmat *qm(mt_quant_state *s, int l, int k, int e) { return &s->q[((size_t)l * K_COUNT + (size_t)k) * (size_t)s->ne + (size_t)e]; }
@@ -186,11 +196,10 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
         if ((rc = mt_grid_make(&g, o->attn_bits, MT_QUANT_GROUP_DEFAULT, q_dim(c), "--attn-bits on o_proj"))) return rc;
     }
     if (o->method == MT_QUANT_GPTQ) {
-        if (o->calib_window < 2 || o->calib_window > 65536)
-            return mt_seterr(MT_ERR_ARG, "quantize: calibration window %d out of range", o->calib_window);
-        if (o->calib_tokens < o->calib_window)
-            return mt_seterr(MT_ERR_ARG, "quantize: --calib-tokens %d is less than one window of %d", o->calib_tokens,
-                             o->calib_window);
+        const int W = calib_window(o, c);
+        if (W < 2 || W > 65536) return mt_seterr(MT_ERR_ARG, "quantize: calibration window %d out of range", W);
+        if (o->calib_tokens < W)
+            return mt_seterr(MT_ERR_ARG, "quantize: --calib-tokens %d is less than one window of %d", o->calib_tokens, W);
         if (!(o->damp >= 0) || o->damp > 10) return mt_seterr(MT_ERR_ARG, "quantize: damping %g out of range", o->damp);
         if (o->block <= 0) return mt_seterr(MT_ERR_ARG, "quantize: block %d out of range", o->block);
         if (!(o->expert_cap > 0)) return mt_seterr(MT_ERR_ARG, "quantize: expert cap %g out of range", o->expert_cap);
@@ -314,6 +323,15 @@ done:
     free(H);
 }
 
+/* Progress per finished matrix (called under the pool's lock, so the
+ * callback never runs twice at once). */
+typedef struct {
+    mt_progress_fn fn;
+    void *user;
+    uint64_t done, total;
+    int layer, n_layers;
+} job_progress;
+
 typedef struct {
     job_t *jobs;
     int n;
@@ -322,6 +340,7 @@ typedef struct {
     uint64_t budget, in_use;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    job_progress *prog;
 } pool_t;
 
 /* Takes jobs in order; the next one waits while others run and its working
@@ -344,6 +363,12 @@ static void *worker(void *arg) {
         pthread_mutex_lock(&p->mu);
         p->running--;
         p->in_use -= j->mem;
+        if (p->prog && p->prog->fn) {
+            char what[64];
+            p->prog->done++;
+            snprintf(what, sizeof what, "quantize: matrix; layer %d/%d", p->prog->layer + 1, p->prog->n_layers);
+            p->prog->fn(p->prog->user, what, p->prog->done, p->prog->total);
+        }
         pthread_cond_broadcast(&p->cv);
     }
     pthread_mutex_unlock(&p->mu);
@@ -372,8 +397,8 @@ static uint64_t mem_budget(void) {
 
 /* Runs the jobs on up to n_threads threads (GPTQ per matrix is independent,
  * so the results do not depend on the schedule). */
-static int run_jobs(job_t *jobs, int n, int n_threads) {
-    pool_t p = {jobs, n, 0, 0, mem_budget(), 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+static int run_jobs(job_t *jobs, int n, int n_threads, job_progress *prog) {
+    pool_t p = {jobs, n, 0, 0, mem_budget(), 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, prog};
     if (n_threads > n) n_threads = n;
     if (n_threads > 64) n_threads = 64;
     pthread_t th[64];
@@ -546,6 +571,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         goto fail;
     }
     const int gptq = o->method == MT_QUANT_GPTQ;
+    const int W = calib_window(o, c);
     if (gptq) {
         char def[4096];
         const char *cp = o->calib_path;
@@ -554,13 +580,13 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             cp = def;
         }
         const int max_pos = mt_model_config(m)->max_pos;
-        if (max_pos > 0 && o->calib_window > max_pos && !o->allow_long_context) {
+        if (max_pos > 0 && W > max_pos && !o->allow_long_context) {
             rc = mt_seterr(MT_ERR_ARG, "calibration windows of %d tokens are longer than the model's context of %d "
-                           "(max_position_embeddings); --allow-long-context to calibrate anyway", o->calib_window, max_pos);
+                           "(max_position_embeddings); --allow-long-context to calibrate anyway", W, max_pos);
             goto fail;
         }
         if ((rc = mt_calib_tokens(m, cp, o->calib_tokens, &ids, &n_ids))) goto fail;
-        n_ids = (size_t)o->calib_tokens / (size_t)o->calib_window * (size_t)o->calib_window;
+        n_ids = (size_t)o->calib_tokens / (size_t)W * (size_t)W;
         rep->n_calib_tokens = (int)n_ids;
     }
     mt_grid ge;
@@ -576,17 +602,24 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     mt_gptq_params gp = {o->damp, o->block, o->act_order,
                          o->ternary_range > 0 ? o->ternary_range
                          : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0};
-    uint64_t n_mats_done = 0;
-    const double t_start = mt_now();
+    job_progress prog = {o->progress, o->progress_user, 0, 0, 0, c->n_layers};
+    for (int l = 0; l < c->n_layers; l++)
+        prog.total += (uint64_t)(o->attn_bits > 0 ? 4 : 0) +
+                      3 * (uint64_t)(w->layers[l].n_experts > 0 ? w->layers[l].n_experts : 1);
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
         const int with_attn = o->attn_bits > 0;
         if (gptq) {
             const double tc = mt_now();
+            if (o->progress) {
+                char what[64];
+                snprintf(what, sizeof what, "quantize: matrix; layer %d/%d, calibrating", l + 1, c->n_layers);
+                o->progress(o->progress_user, what, prog.done, prog.total);
+            }
             uint64_t cap = (uint64_t)ceil(o->expert_cap * (double)n_ids *
                                           (L->n_experts > 0 ? (double)c->top_k / L->n_experts : 1.0));
-            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, o->calib_window, with_attn, cap, &cc))) goto fail;
+            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, W, with_attn, cap, &cc))) goto fail;
             rep->calib_seconds += mt_now() - tc;
             for (int e = 0; e < lne; e++) rep->expert_tokens[(size_t)l * ne + e] = (uint64_t)cc.x[e].n;
         }
@@ -633,7 +666,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 j->mem = job_mem(j);
             }
         }
-        if ((rc = run_jobs(jobs, nj, nthreads))) goto fail;
+        prog.layer = l;
+        if ((rc = run_jobs(jobs, nj, nthreads, &prog))) goto fail;
         for (int i = 0; i < nj; i++) {
             job_t *j = &jobs[i];
             const double numel = (double)(j->src->rows * j->src->cols);
@@ -656,13 +690,6 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             mat_view((mt_mat *)j->src, j->out);
         }
         mt_calib_capture_free(&cc);
-        n_mats_done += nj;
-        if (o->progress) {
-            char what[96];
-            snprintf(what, sizeof what, "quantize: layer; %llu matrices done, %.2f matrices/s",
-                     (unsigned long long)n_mats_done, n_mats_done / fmax(mt_now() - t_start, 1e-9));
-            o->progress(o->progress_user, what, (uint64_t)l + 1, (uint64_t)c->n_layers);
-        }
     }
     if (o->tq1) {
         /* TQ2_0 -> TQ1_0: the same codes and scales, packed 5 per byte. */
@@ -705,7 +732,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             if ((rc = mt_grid_make(&j.grid, o->embed_bits, MT_QUANT_GROUP_DEFAULT, src[i]->cols, "--embed-bits"))) goto fail;
             if (i == 1 && gptq) {
                 const double tc = mt_now();
-                if ((rc = mt_calib_capture_final(m, ids, n_ids, o->calib_window, &fx))) goto fail;
+                if ((rc = mt_calib_capture_final(m, ids, n_ids, W, &fx))) goto fail;
                 rep->calib_seconds += mt_now() - tc;
                 j.x = &fx;
             }
@@ -741,6 +768,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     rep->peak_rss = mt_peak_rss_bytes();
     free(ids);
     free(jobs);
+    snprintf(s->grid_name, sizeof s->grid_name, "%s", rep->grid_name);
+    s->bits_expert = rep->bits_expert;
+    s->bits_total = rep->bits_total;
     *out = s;
     return MT_OK;
 fail:
@@ -783,7 +813,32 @@ static const qmat *embed_q(const mt_quant_state *s, const mt_config *c, const ch
     return q && q->used ? q : NULL;
 }
 
-int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char *out_path) {
+/* What quantize did, for config.json / README.md or the GGUF key
+ * moetool.provenance (lib/io/provenance.c). */
+static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o) {
+    mt_prov *p = mt_prov_new("quantize", s->source ? s->source : mt_ckpt_path(mt_model_ckpt(m)));
+    if (!p) return NULL;
+    mt_prov_tag(p, "moe");
+    mt_prov_tag(p, "quantized");
+    mt_prov_str(p, "method", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
+    mt_prov_str(p, "experts", s->grid_name);
+    if (o->codec == MT_QUANT_CODEC_QMOE) mt_prov_str(p, "codec", "qmoe");
+    if (o->attn_bits) mt_prov_int(p, "attention_bits", o->attn_bits);
+    if (o->embed_bits) mt_prov_int(p, "embedding_bits", o->embed_bits);
+    mt_prov_num(p, "bits_per_expert_weight", s->bits_expert);
+    mt_prov_num(p, "bits_per_weight", s->bits_total);
+    if (o->method == MT_QUANT_GPTQ) {
+        if (o->calib_path) mt_prov_str(p, "calibration_text", o->calib_path);
+        mt_prov_int(p, "calibration_tokens", o->calib_tokens);
+        mt_prov_num(p, "damp", o->damp);
+        if (o->act_order) mt_prov_int(p, "act_order", 1);
+        if (o->ternary_range > 0) mt_prov_num(p, "ternary_range", o->ternary_range);
+    }
+    mt_prov_command(p, o->command);
+    return p;
+}
+
+int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const mt_quant_opts *o, const char *out_path) {
     mt_quant_state *s = (mt_quant_state *)s0;
     const mt_gguf *g = mt_ckpt_gguf(mt_model_ckpt(m));
     const mt_config *c = mt_model_config(m);
@@ -794,7 +849,9 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
     if ((rc = mt_gguf_writer_open(&gw, out_path))) return rc;
     for (size_t k = 0; k < mt_gguf_key_count(g) && !rc; k++) {
         const char *key = mt_gguf_key_name(g, (int)k);
-        if (!strcmp(key, "general.alignment") || !strcmp(key, "general.quantized_by")) continue;
+        if (!strcmp(key, "general.alignment") || !strcmp(key, "general.quantized_by") ||
+            !strcmp(key, "moetool.provenance"))
+            continue;
         if (!strcmp(key, "general.file_type")) {
             rc = mt_gguf_writer_kv_u32(gw, key, mt_dtype_gguf_file_type(s->expert_dtype));
             continue;
@@ -808,6 +865,14 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const char 
     if (!rc && mt_gguf_find_key(g, "general.file_type") < 0)
         rc = mt_gguf_writer_kv_u32(gw, "general.file_type", mt_dtype_gguf_file_type(s->expert_dtype));
     if (!rc) rc = mt_gguf_writer_kv_quantized_by(gw, mt_dtype_gguf_file_type(s->expert_dtype));
+    if (!rc) {
+        mt_prov *p = quant_provenance(s, m, o);
+        char *pj = mt_prov_json(p);
+        rc = pj ? mt_gguf_writer_kv_str(gw, "moetool.provenance", pj, strlen(pj))
+                : mt_seterr(MT_ERR_NOMEM, "%s: out of memory", out_path);
+        free(pj);
+        mt_prov_free(p);
+    }
     for (size_t i = 0; i < nt && !rc; i++) {
         const mt_tensor *t = mt_gguf_tensor(g, i);
         int l = -1, e0, k = role_kind(c, t->name, MT_FMT_GGUF, &l, &e0);
@@ -992,7 +1057,11 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
             }
             OUT("]");
         }
-        OUT("]}");
+        OUT("]");
+        /* GPTQModel and vLLM skip modules by negative `dynamic` matches and
+         * do not read modules_in_block_to_quantize everywhere: say it both ways. */
+        if (!o->attn_bits) OUT(", \"dynamic\": {\"-:.*\\\\.%s\\\\..*\": {}}", att);
+        OUT("}");
     }
 #undef LBL
 #undef OUT
@@ -1010,6 +1079,7 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
     mt_outdir *od = NULL;
     mt_hf_writer *hw = NULL;
     char *qjson = NULL, *cfg = NULL, name[256];
+    mt_prov *prov = NULL;
     if ((rc = mt_outdir_open(&od, out_dir))) return rc;
     if ((rc = mt_hf_writer_open(&hw, mt_outdir_path(od), 0))) goto done;
     const size_t nt = mt_ckpt_count(ck);
@@ -1066,11 +1136,46 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
     }
     const char *tdt = mt_dtype_config_torch_name(float_t, "bfloat16");
     if ((rc = mt_config_to_hf_json_q(&cfg, c, tdt, qjson))) goto done;
+    if (!(prov = quant_provenance(s, m, o))) {
+        rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", out_dir);
+        goto done;
+    }
+    if (o->codec == MT_QUANT_CODEC_QMOE)
+        mt_prov_note(prov, "The experts are stored in moetool's sub-1-bit qmoe code (`*.qmoe` blobs and "
+                           "`qmoe.dictionary`, docs/formats.md): moetool runs this checkpoint; other tools cannot.");
+    else
+        mt_prov_note(prov, o->attn_bits == o->bits
+                               ? "Every linear of each block is in the AutoGPTQ/GPTQModel layout "
+                                 "(`quantization_config` in config.json, and `quantize_config.json` for AutoGPTQ)."
+                               : "The experts are in the AutoGPTQ/GPTQModel layout, attention stays in floats: "
+                                 "`quantization_config` in config.json says so by `modules_in_block_to_quantize` "
+                                 "(transformers with optimum >= 1.20) and by a negative `dynamic` rule (GPTQModel, "
+                                 "vLLM); there is no `quantize_config.json`, so AutoGPTQ refuses it rather than "
+                                 "misreading the attention as quantized (docs/formats.md).");
+    if ((rc = mt_prov_config(prov, &cfg))) goto done;
     if ((rc = mt_write_text_file(mt_outdir_path(od), "config.json", cfg, strlen(cfg)))) goto done;
+    /* AutoGPTQ's from_quantized reads quantize_config.json and quantizes every
+     * linear of each block whatever modules_in_block_to_quantize says: written
+     * only when that is what the checkpoint holds (attention at the experts'
+     * width), so an experts-only output is refused by it instead of misread. */
+    if (o->codec == MT_QUANT_CODEC_NONE && o->attn_bits == o->bits) {
+        char qc[512];
+        int k = snprintf(qc, sizeof qc,
+                         "{\n  \"bits\": %d,\n  \"group_size\": 32,\n  \"damp_percent\": %g,\n  \"desc_act\": false,\n"
+                         "  \"static_groups\": false,\n  \"sym\": true,\n  \"true_sequential\": true,\n"
+                         "  \"model_name_or_path\": null,\n  \"model_file_base_name\": \"model\",\n"
+                         "  \"quant_method\": \"gptq\",\n  \"checkpoint_format\": \"gptq\"\n}\n",
+                         o->bits, o->damp);
+        if ((rc = mt_write_text_file(mt_outdir_path(od), "quantize_config.json", qc, (size_t)k))) goto done;
+    }
+    if ((rc = mt_prov_write_card(prov, mt_outdir_path(od),
+                                 strrchr(out_dir, '/') ? strrchr(out_dir, '/') + 1 : out_dir)))
+        goto done;
     if ((rc = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;
     rc = mt_outdir_commit(od); /* frees od whatever the outcome */
     od = NULL;
 done:
+    mt_prov_free(prov);
     mt_hf_writer_free(hw);
     mt_outdir_free(od);
     free(qjson);
@@ -1110,6 +1215,7 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
         mt_convert_opts co;
         mt_convert_opts_default(&co);
         co.to = MT_FMT_GGUF;
+        co.moetool_only = 1; /* an internal copy: per-layer expert counts are fine */
         if ((rc = mt_output_tmp_add(tmp))) return rc;
         made_tmp = 1;
         if ((rc = mt_convert(in_path, tmp, &co))) goto done;
@@ -1128,7 +1234,8 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
     }
     if (rc) goto done;
     if ((rc = mt_quant_model(&s, m, &o, rep))) goto done;
-    rc = o.format == MT_FMT_HF ? mt_quant_write_hf(s, m, &o, out_path) : mt_quant_write_gguf(s, m, out_path);
+    s->source = in_path;
+    rc = o.format == MT_FMT_HF ? mt_quant_write_hf(s, m, &o, out_path) : mt_quant_write_gguf(s, m, &o, out_path);
     rep->peak_rss = mt_peak_rss_bytes();
 done:
     mt_quant_state_free(s);

@@ -1,0 +1,183 @@
+/* cmd_tokenize.c — `moetool tokenize MODEL -p TEXT`: the token ids and
+ * pieces the model's tokenizer gives a text, and `--decode` for the way
+ * back. The same tokenizer eval, generate and calibration use. */
+#define _GNU_SOURCE
+#include "cli_impl.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *g_help =
+    "usage: moetool tokenize [MODEL] (-p TEXT | --file FILE) [--no-bos] [--json]\n"
+    "       moetool tokenize [MODEL] --decode IDS [--json]\n"
+    "\n"
+    "Shows how the model's tokenizer (tokenizer.model, tokenizer.json, or the\n"
+    "GGUF's own) encodes a text: one line per token with its id and its piece\n"
+    "as the vocabulary stores it (U+2581 for a space, <0xNN> for a byte), BOS\n"
+    "first as eval and generate prepend it. --decode turns ids back into text.\n"
+    "\n"
+    "  -p, --prompt TEXT  the text to encode\n"
+    "  --file FILE        encode the text of FILE (a regular file)\n"
+    "  --decode IDS       decode ids, separated by commas or spaces\n"
+    "  --no-bos           do not prepend BOS\n"
+    "  --json             print {\"n\", \"ids\", \"pieces\"} (pieces as UTF-8, invalid\n"
+    "                     bytes as U+FFFD; ids are exact) or, with --decode,\n"
+    "                     {\"ids\", \"text\"}\n"
+    "  -h, --help         this text\n";
+
+/* "1, 415,1233" -> ids (malloc'd). Each id must be in [0, vocab). */
+static int parse_ids(const char *s, int vocab, int32_t **out, size_t *n) {
+    size_t cap = 16, k = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids) return cli_usage_error("tokenize", "out of memory");
+    const char *p = s;
+    for (;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v >= vocab) {
+            free(ids);
+            return cli_usage_error("tokenize", "--decode: '%.*s' is not a token id (0..%d)", (int)strcspn(p, " ,\t\n"),
+                                   p, vocab - 1);
+        }
+        if (k == cap) {
+            int32_t *g = realloc(ids, (cap *= 2) * sizeof *ids);
+            if (!g) {
+                free(ids);
+                return cli_usage_error("tokenize", "out of memory");
+            }
+            ids = g;
+        }
+        ids[k++] = (int32_t)v;
+        p = end;
+    }
+    if (!k) {
+        free(ids);
+        return cli_usage_error("tokenize", "--decode: no ids given");
+    }
+    *out = ids;
+    *n = k;
+    return 0;
+}
+
+int cmd_tokenize(int argc, char **argv) {
+    static const struct option opts[] = {{"prompt", required_argument, 0, 'p'},
+                                         {"file", required_argument, 0, 'f'},
+                                         {"decode", required_argument, 0, 'd'},
+                                         {"no-bos", no_argument, 0, 'B'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *prompt = NULL, *file = NULL, *decode = NULL;
+    int json = 0, add_bos = 1, c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":p:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'p': prompt = optarg; break;
+        case 'f': file = optarg; break;
+        case 'd': decode = optarg; break;
+        case 'B': add_bos = 0; break;
+        case 'j': json = 1; break;
+        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
+        default: return cli_bad_option("tokenize", c, argv);
+        }
+    }
+    if (optind < argc - 1) return cli_usage_error("tokenize", "unexpected argument '%s'", argv[optind + 1]);
+    if (!!prompt + !!file + !!decode != 1)
+        return cli_usage_error("tokenize", "give exactly one of -p TEXT, --file FILE or --decode IDS");
+    const char *model_path = optind < argc ? argv[optind] : cli_default_model();
+
+    int ret = MT_EXIT_FAIL, rc;
+    mt_model *m = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *text = NULL;
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = 1;
+    if ((rc = mt_model_load(&m, model_path, &mo))) goto fail;
+    const mt_tokenizer *tok = mt_model_tokenizer(m);
+    if (!tok) {
+        rc = mt_seterr(MT_ERR_NOT_FOUND, "no tokenizer: %s", mt_model_tokenizer_error(m));
+        goto fail;
+    }
+    if (decode) {
+        if ((ret = parse_ids(decode, (int)mt_tok_vocab_size(tok), &ids, &n))) goto done;
+        ret = MT_EXIT_FAIL;
+        size_t len = 0;
+        if ((rc = mt_tok_decode(tok, ids, n, 1, &text, &len))) goto fail;
+        if (json) {
+            printf("{\"ids\":[");
+            for (size_t i = 0; i < n; i++) printf("%s%d", i ? "," : "", ids[i]);
+            printf("],\"text\":");
+            json_strn(stdout, text, len);
+            printf("}\n");
+        } else {
+            fwrite(text, 1, len, stdout);
+            putchar('\n');
+        }
+        ret = MT_EXIT_OK;
+        goto done;
+    }
+    if (file) {
+        size_t n_text = 0;
+        int32_t *body = NULL;
+        if ((rc = mt_tok_encode_file(tok, file, 0, &body, &n_text, NULL))) goto fail;
+        const int bos = add_bos ? mt_tok_bos(tok) : -1;
+        if (add_bos && bos < 0) {
+            free(body);
+            rc = mt_seterr(MT_ERR_FORMAT, "the tokenizer has no BOS token; --no-bos to encode without");
+            goto fail;
+        }
+        ids = malloc((n_text + 1) * sizeof *ids);
+        if (!ids) {
+            free(body);
+            rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", file);
+            goto fail;
+        }
+        if (bos >= 0) ids[n++] = bos;
+        if (n_text) memcpy(ids + n, body, n_text * sizeof *ids);
+        n += n_text;
+        free(body);
+    } else if ((rc = cli_encode(tok, prompt, strlen(prompt), add_bos, &ids, &n))) {
+        goto fail;
+    }
+    if (json) {
+        printf("{\"n\":%zu,\"ids\":[", n);
+        for (size_t i = 0; i < n; i++) printf("%s%d", i ? "," : "", ids[i]);
+        printf("],\"pieces\":[");
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t len = 0;
+        const char *piece = mt_tok_piece(tok, ids[i], &len);
+        if (!piece) len = 0;
+        if (json) {
+            if (i) putchar(',');
+            json_strn(stdout, piece ? piece : "", len);
+        } else {
+            char buf[256];
+            if (len > sizeof buf - 1) len = sizeof buf - 1;
+            if (len) memcpy(buf, piece, len);
+            buf[len] = 0;
+            printf("%8d  ", ids[i]);
+            cli_term_str(stdout, buf, 0);
+            putchar('\n');
+        }
+    }
+    if (json) printf("]}\n");
+    else fprintf(stderr, "%zu tokens\n", n);
+    ret = MT_EXIT_OK;
+    goto done;
+fail:
+    ret = cli_fail("tokenize", rc);
+done:
+    free(text);
+    free(ids);
+    mt_model_free(m);
+    return ret;
+}
