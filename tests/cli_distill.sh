@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # moetool distill: usage and input errors (one line, exit 2 / 1, nothing
 # written), a NaN loss stops with the step number, and resume after kill -9
-# reproduces the uninterrupted run's losses and weights exactly.
+# reproduces the uninterrupted run's losses and weights exactly; the student
+# converted to GGUF generates the same greedy text in llama.cpp.
 set -u
 BIN=${MT_BIN:-build/cli/moetool}
 MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
@@ -38,7 +39,7 @@ RUN=(--student dense --tokens 3072 --batch 2 --seq 32 --threads 2 --checkpoint-e
 [ -e "$T/full.ckpt" ] && { echo "FAIL checkpoint left after a complete run"; fails=$((fails + 1)); }
 "$BIN" distill "$MODEL" -o "$T/cut" "${RUN[@]}" >/dev/null &
 pid=$!
-for _ in $(seq 600); do
+for _ in $(seq 6000); do
   if [ -e "$T/cut.ckpt" ] && [ "$(od -An -t u8 -j $((8 + 13 * 8)) -N 8 "$T/cut.ckpt" | tr -d ' ')" -ge 8 ] 2>/dev/null; then break; fi
   sleep 0.1
 done
@@ -60,10 +61,19 @@ cmp -s "$T/full/model.safetensors" "$T/cut/model.safetensors" || { echo "FAIL re
 # a checkpoint from other options is refused
 "$BIN" distill "$MODEL" -o "$T/cut2" "${RUN[@]}" >/dev/null 2>&1 &
 pid=$!
-for _ in $(seq 600); do [ -e "$T/cut2.ckpt" ] && break; sleep 0.1; done
+for _ in $(seq 6000); do [ -e "$T/cut2.ckpt" ] && break; sleep 0.1; done
 kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 rm -rf "$T/o"
 expect ckpt-other-options 1 "$BIN" distill "$MODEL" -o "$T/cut2" --student dense --tokens 3072 --batch 2 --seq 32 \
   --threads 2 --lr 5e-4 --resume --quiet
+# the student as a llama-arch GGUF: llama.cpp's greedy text equals moetool's (when llama_cpp is installed)
+PY=${PYTHON:-python3}
+if "$PY" -c 'import llama_cpp' >/dev/null 2>&1; then
+  "$BIN" convert "$T/full" -o "$T/full.gguf" --quiet >/dev/null &&
+    "$BIN" generate "$T/full.gguf" -p "And Paul said" -n 16 --threads 2 --json >"$T/gen.json" 2>/dev/null &&
+    timeout 600 "$PY" "${MT_SOURCE_DIR:-.}/tests/llamacpp_check.py" "$T/full.gguf" --expect "$T/gen.json" \
+      --prompt "And Paul said" >"$T/llama.log" 2>&1 && echo "ok llama.cpp greedy text equal" ||
+    { echo "FAIL llama.cpp: $(tail -3 "$T/llama.log")"; fails=$((fails + 1)); }
+else echo "llama.cpp part skipped: no llama_cpp in $PY"; fi
 echo "$fails failed"
 [ "$fails" = 0 ]
