@@ -36,6 +36,7 @@ static int conv(const char *in, const char *out, mt_format to, int dtype, uint64
     o.to = to;
     o.dtype = dtype;
     o.shard_bytes = shard;
+    o.moetool_only = 1; /* the synthetic per-layer checkpoints are moetool's own */
     int rc = mt_convert(in, out, &o);
     if (rc) fprintf(stderr, "convert %s -> %s: %s: %s\n", in, out, mt_status_name(rc), mt_last_error());
     return rc;
@@ -636,6 +637,16 @@ static void test_layer_experts_synthetic(void **state) {
     assert_int_equal(mt_gguf_find_tensor(g, "blk.1.ffn_gate_inp.weight")->shape[0], 2);
     assert_int_equal(mt_gguf_find_tensor(q8, "blk.1.ffn_gate_inp.weight")->dtype, MT_DT_F32);
     assert_int_equal(mt_gguf_find_tensor(q8, "blk.1.ffn_down_exps.weight")->dtype, MT_DT_Q8_0);
+    /* without moetool_only the library refuses it, naming the counts */
+    char hf[4200], out[4200];
+    snprintf(hf, sizeof hf, "%s/synth1", d);
+    snprintf(out, sizeof out, "%s/refused.gguf", d);
+    mt_convert_opts o;
+    mt_convert_opts_default(&o);
+    o.to = MT_FMT_GGUF;
+    assert_int_equal(mt_convert(hf, out, &o), MT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(mt_last_error(), "different numbers of experts (3,2)"));
+    assert_int_equal(access(out, F_OK), -1);
     mt_gguf_free(g);
     mt_gguf_free(q8);
     tu_rmtree(d);
