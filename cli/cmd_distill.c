@@ -13,7 +13,7 @@
 
 static const char *g_help =
     "usage: moetool distill [TEACHER] -o OUT --student dense [--width W]\n"
-    "                       [--init concat|average|random] [--data FILE] [--tokens N]\n"
+    "                       [--init concat|average|random] [--init-tokens N] [--data FILE] [--tokens N]\n"
     "                       [--kd-weight A] [--temperature T] [--lr LR] [--warmup N]\n"
     "                       [--batch B] [--seq S] [--seed N] [--checkpoint-every N]\n"
     "                       [--resume] [--threads T] [--force] [--json] [--quiet]\n"
@@ -36,6 +36,8 @@ static const char *g_help =
     "                       down_proj scaled by their mean gate; average: experts\n"
     "                       averaged by routing frequency in W/expert-width groups;\n"
     "                       random: N(0, 0.02), the baseline\n"
+    "  --init-tokens N      tokens of the data the teacher routes to rank experts for\n"
+    "                       concat/average (default 32768)\n"
     "  --data FILE          training text (default: TEACHER/data/train.txt)\n"
     "  --tokens N           training tokens (default 524288); steps = N / (B x S)\n"
     "  --kd-weight A        weight of the KD term in [0, 1] (default 0.5)\n"
@@ -82,6 +84,7 @@ int cmd_distill(int argc, char **argv) {
                                          {"student", required_argument, 0, 'S'},
                                          {"width", required_argument, 0, 'w'},
                                          {"init", required_argument, 0, 'i'},
+                                         {"init-tokens", required_argument, 0, 'I'},
                                          {"data", required_argument, 0, 'd'},
                                          {"tokens", required_argument, 0, 'n'},
                                          {"kd-weight", required_argument, 0, 'a'},
@@ -118,6 +121,10 @@ int cmd_distill(int argc, char **argv) {
         case 'i':
             if ((o.init = mt_distill_init_from_name(optarg)) < 0)
                 return cli_usage_error("distill", "--init must be concat, average or random, got '%s'", optarg);
+            break;
+        case 'I':
+            if (cli_parse_int("distill", "--init-tokens", optarg, 1, 1L << 30, &v)) return MT_EXIT_USAGE;
+            o.init_tokens = (int)v;
             break;
         case 'd': o.data_path = optarg; break;
         case 'n':

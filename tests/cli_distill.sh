@@ -17,7 +17,7 @@ expect() { # name want_rc cmd...
     echo "FAIL $name: rc $rc (want $want), $lines stderr lines: $(cat "$T/err")"; ls "$T"; fails=$((fails + 1)); rm -rf "$T/o"
   else echo "ok $name: $(cat "$T/err")"; fi
 }
-TINY=(--tokens 1024 --batch 2 --seq 32 --threads 2 --quiet)
+TINY=(--tokens 1024 --batch 2 --seq 32 --init-tokens 256 --threads 2 --quiet)
 expect no-student 2 "$BIN" distill "$MODEL" -o "$T/o"
 expect bad-student 2 "$BIN" distill "$MODEL" -o "$T/o" --student moe
 expect bad-init 2 "$BIN" distill "$MODEL" -o "$T/o" --student dense --init svd
@@ -34,7 +34,7 @@ grep -q "step 1: loss is NaN" "$T/err" || { echo "FAIL nan-loss message"; fails=
 expect resume-without-ckpt 1 "$BIN" distill "$MODEL" -o "$T/o" --student dense --resume "${TINY[@]}"
 
 # Resume: the uninterrupted run, then one killed after its checkpoint at step 8 and resumed.
-RUN=(--student dense --tokens 3072 --batch 2 --seq 32 --threads 2 --checkpoint-every 4 --quiet --json)
+RUN=(--student dense --tokens 3072 --batch 2 --seq 32 --init-tokens 256 --threads 2 --checkpoint-every 4 --quiet --json)
 "$BIN" distill "$MODEL" -o "$T/full" "${RUN[@]}" >"$T/full.json" || { echo "FAIL full run"; exit 1; }
 [ -e "$T/full.ckpt" ] && { echo "FAIL checkpoint left after a complete run"; fails=$((fails + 1)); }
 "$BIN" distill "$MODEL" -o "$T/cut" "${RUN[@]}" >/dev/null &
@@ -65,7 +65,7 @@ for _ in $(seq 6000); do [ -e "$T/cut2.ckpt" ] && break; sleep 0.1; done
 kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 rm -rf "$T/o"
 expect ckpt-other-options 1 "$BIN" distill "$MODEL" -o "$T/cut2" --student dense --tokens 3072 --batch 2 --seq 32 \
-  --threads 2 --lr 5e-4 --resume --quiet
+  --init-tokens 256 --threads 2 --lr 5e-4 --resume --quiet
 # the student as a llama-arch GGUF: llama.cpp's greedy text equals moetool's (when llama_cpp is installed)
 PY=${PYTHON:-python3}
 if "$PY" -c 'import llama_cpp' >/dev/null 2>&1; then

@@ -30,7 +30,7 @@ for cfg in "2 32 0.5 2" "1 48 0 1" "3 16 1 1"; do
   rm -rf "$T/g"
 done
 # a short run: its output in transformers gives moetool's perplexity
-"$BIN" distill "$MODEL" -o "$T/student" --student dense --tokens 4096 --batch 4 --seq 64 --threads 2 --quiet \
+"$BIN" distill "$MODEL" -o "$T/student" --student dense --tokens 4096 --batch 4 --seq 64 --init-tokens 1024 --threads 2 --quiet \
   >/dev/null || { echo "FAIL distill run"; exit 1; }
 p=$("$BIN" eval "$T/student" --text "$TEXT" --ctx 128 --max-windows 8 --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
 if "$PY" "$SRC/tests/transformers_check.py" "$T/student" --tokenizer "$MODEL/tokenizer.json" --text "$TEXT" \

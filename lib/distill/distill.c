@@ -154,9 +154,12 @@ static int ckpt_load(const char *path, dt_model *m, const uint64_t *want, uint64
     }
     for (int i = 0; i < CK_WORDS; i++)
         if (i != CK_STEP && i != CK_RNG && i != CK_TOKENS && words[i] != want[i]) {
+            static const char *names[CK_WORDS] = {"layers", "hidden", "heads", "kv heads", "head dim", "width",
+                                                  "vocab", "batch", "seq", "steps", "seed", "init",
+                                                  "training options (kd-weight, temperature, lr, warmup, tokens)"};
             st = mt_seterr(MT_ERR_FORMAT, "%s: checkpoint was written with other options or another teacher "
-                           "(field %d: %llu, this run %llu)", path, i, (unsigned long long)words[i],
-                           (unsigned long long)want[i]);
+                           "(%s: %llu, this run %llu)", path, names[i] ? names[i] : "shape",
+                           (unsigned long long)words[i], (unsigned long long)want[i]);
             goto done;
         }
     if (words[CK_STEP] > words[CK_STEPS]) st = mt_seterr(MT_ERR_FORMAT, "%s: checkpoint step out of range", path);
