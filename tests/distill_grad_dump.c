@@ -83,6 +83,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("loss %.9f ce %.9f kd %.9f\n", L.loss, L.ce, L.kd);
+    free(tok), free(tgt), free(tl), free(ids);
+    mt_ctx_free(ctx);
+    dt_model_free(&m);
+    mt_config_free(&sc);
+    mt_backend_free(be);
+    mt_model_free(t);
     return 0;
 fail:
     fprintf(stderr, "distill_grad_dump: %s\n", mt_last_error());
