@@ -248,12 +248,23 @@ int cmd_inspect(int argc, char **argv) {
         printf("format:       %s\n", fmt_name(mt_ckpt_format(ck)));
         printf("architecture: %s, %d layers, hidden %d, heads %d (kv %d, head_dim %d), vocab %d\n", cfg->arch,
                cfg->n_layers, cfg->hidden, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim, cfg->vocab);
-        if (cfg->n_experts > 0 && uniform_experts(cfg)) {
-            printf("experts:      %d per layer, top-%d, expert ffn %d\n", cfg->n_experts, cfg->top_k, cfg->ffn);
-        } else if (cfg->n_experts > 0) {
-            printf("experts:      ");
-            for (int l = 0; l < cfg->n_layers; l++) printf("%s%d", l ? "," : "", mt_config_layer_experts(cfg, l));
-            printf(" per layer, top-%d, expert ffn %d\n", cfg->top_k, cfg->ffn);
+        if (cfg->n_experts > 0) {
+            int varied = 0, dense = 0; /* dense-MLP layers are listed on their own line */
+            for (int l = 0; l < cfg->n_layers; l++)
+                varied |= mt_config_layer_experts(cfg, l) && mt_config_layer_experts(cfg, l) != cfg->n_experts;
+            if (!varied) {
+                printf("experts:      %d per layer, top-%d, expert ffn %d", cfg->n_experts, cfg->top_k, cfg->ffn);
+            } else {
+                printf("experts:      ");
+                for (int l = 0; l < cfg->n_layers; l++) printf("%s%d", l ? "," : "", mt_config_layer_experts(cfg, l));
+                printf(" per layer, top-%d, expert ffn %d", cfg->top_k, cfg->ffn);
+            }
+            if (!mt_config_renorm_topk(cfg)) printf(", top-k gates not renormalised");
+            if (cfg->ffn_shared > 0) printf(", shared expert ffn %d", cfg->ffn_shared);
+            printf("\n");
+            for (int l = 0; l < cfg->n_layers; l++)
+                if (mt_config_layer_experts(cfg, l) == 0) printf(dense++ ? " %d" : "mlp:          dense-MLP layers %d", l);
+            if (dense) printf(", ffn %d\n", mt_config_dense_ffn(cfg));
         } else {
             printf("mlp:          dense, ffn %d\n", cfg->ffn);
         }

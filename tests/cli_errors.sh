@@ -113,8 +113,8 @@ fi
 # ---- the model description refuses what the family does not describe
 # (one line naming the file and what is wrong; exit 1; no output)
 cfgset() { python3 -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.update(json.loads(sys.argv[2])); json.dump(c, open(p, "w"))' "$T/m/config.json" "$1"; }
-mk; cfgset '{"model_type": "qwen2_moe", "architectures": ["Qwen2MoeForCausalLM"]}'
-expect_err "config.json: unsupported architecture qwen2_moe" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
+mk; cfgset '{"model_type": "jamba", "architectures": ["JambaForCausalLM"]}'
+expect_err "config.json: unsupported architecture jamba" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
 mk; cfgset '{"hidden_act": "gelu"}'
 expect_err "config.json: hidden_act gelu is not supported for mixtral" "$BIN" convert "$T/m" -o "$T/out.gguf"; no_output "$T/out.gguf"
 expect_err "hidden_act gelu" "$BIN" eval "$T/m" --text "$MODEL/data/test.txt"

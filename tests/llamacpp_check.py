@@ -206,6 +206,8 @@ def main():
     ap.add_argument("--ppl-expect", type=float)
     ap.add_argument("--ppl-rtol", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kv-f32", action="store_true",
+                    help="f32 KV cache (llama.cpp's default f16 cache rounds keys/values: ~1e-2 on QK-normed heads)")
     a = ap.parse_args()
 
     try:
@@ -221,9 +223,10 @@ def main():
         print(f"error: {e}")
         return 2
 
+    kv = dict(type_k=0, type_v=0) if a.kv_f32 else {}  # 0 = GGML_TYPE_F32
     try:
         llm = llama_cpp.Llama(model_path=a.gguf, n_ctx=256, n_threads=a.threads,
-                              logits_all=False, verbose=False)
+                              logits_all=False, verbose=False, **kv)
     except Exception as e:  # llama.cpp refuses the file: the writer is wrong
         report("load", False, f"llama.cpp cannot load {a.gguf}: {e}")
         return 1
@@ -245,7 +248,7 @@ def main():
         with open(a.ppl, encoding="utf-8") as f:
             text = f.read()
         pl = llama_cpp.Llama(model_path=a.gguf, n_ctx=a.ppl_ctx, n_batch=a.ppl_ctx,
-                             n_threads=a.threads, logits_all=True, verbose=False)
+                             n_threads=a.threads, logits_all=True, verbose=False, **kv)
         ppl, count, n_chunk = perplexity(pl, text, a.ppl_ctx)
         if count == 0:
             report("ppl", False, f"{a.ppl}: shorter than one window of {a.ppl_ctx} tokens")

@@ -158,7 +158,7 @@ static void test_router(void **state) {
     int32_t tk[N * K];
     fill(lg, N * R);
     lg[3 * R + 1] = lg[3 * R + 4] = 2.5f; /* a tie: the lower row wins the first slot */
-    mt_be_router_args a = {lg, pr, tk, gates, N, R, K, NULL};
+    mt_be_router_args a = {lg, pr, tk, gates, N, R, K, NULL, 1};
     be->ops->router_topk(be, &a);
     for (int i = 0; i < N; i++) {
         double p[R], mx = -1e30, s = 0;
@@ -180,7 +180,7 @@ static void test_router(void **state) {
     const int32_t alias[R] = {0, 0, 1, 1, 2, 2};
     int32_t tk2[N * K];
     float g2[N * K];
-    mt_be_router_args b = {lg, pr, tk2, g2, N, R, K, alias};
+    mt_be_router_args b = {lg, pr, tk2, g2, N, R, K, alias, 1};
     be->ops->router_topk(be, &b);
     for (int i = 0; i < N; i++) {
         const int e0 = alias[tk[i * K]], e1 = alias[tk[i * K + 1]];

@@ -312,8 +312,8 @@ static void test_bad_dirs(void **state) {
     expect_open_error(dir, MT_ERR_NOT_FOUND, "config.json", NULL);
     write_text(dir, "config.json", "{\"model_type\": \"mixtral\", \"vocab_size\": 4096, \"hidden_size\": 256}");
     expect_open_error(dir, MT_ERR_FORMAT, p, "intermediate_size");
-    write_text(dir, "config.json", "{\"model_type\": \"qwen2_moe\", \"vocab_size\": 4096}");
-    expect_open_error(dir, MT_ERR_UNSUPPORTED, p, "qwen2_moe");
+    write_text(dir, "config.json", "{\"model_type\": \"jamba\", \"vocab_size\": 4096}");
+    expect_open_error(dir, MT_ERR_UNSUPPORTED, p, "jamba");
     write_text(dir, "config.json", "{\"architectures\": [\"GPT2LMHeadModel\"], \"model_type\": \"gpt2\"}");
     expect_open_error(dir, MT_ERR_UNSUPPORTED, p, "gpt2");
     free(p);
@@ -807,8 +807,8 @@ static void test_tiny_gguf(void **state) {
     char *p = join(dir, "m.gguf");
     tlist l;
     gguf_tensors(&l, 0, 0);
-    write_tiny_gguf(p, &l, 1, "qwen2moe");
-    expect_open_error(p, MT_ERR_UNSUPPORTED, p, "qwen2moe");
+    write_tiny_gguf(p, &l, 1, "jamba");
+    expect_open_error(p, MT_ERR_UNSUPPORTED, p, "jamba");
     int k = index_of(&l, "blk.1.ffn_up_exps.weight");
     l.t[k].shape[0] = 3;
     write_tiny_gguf(p, &l, 1, "llama");

@@ -146,7 +146,7 @@ static void test_rejected(void **state) {
         int status;
         const char *part;
     } cases[] = {
-        {"{\"model_type\": \"qwen2_moe\", \"vocab_size\": 1}", MT_ERR_UNSUPPORTED, "qwen2_moe"},
+        {"{\"model_type\": \"jamba\", \"vocab_size\": 1}", MT_ERR_UNSUPPORTED, "jamba"},
         {"{\"model_type\": \"gpt2\"}", MT_ERR_UNSUPPORTED, "gpt2"},
         {"{\"architectures\": [\"GPT2LMHeadModel\"]}", MT_ERR_UNSUPPORTED, "GPT2LMHeadModel"},
         {"{\"model_type\": 5}", MT_ERR_FORMAT, "model_type"},

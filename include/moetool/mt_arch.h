@@ -34,6 +34,15 @@ typedef enum {
     MT_ROLE_FFN_GATE,
     MT_ROLE_FFN_UP,
     MT_ROLE_FFN_DOWN,
+    MT_ROLE_BQ,         /* q/k/v projection biases (Qwen2-MoE)           */
+    MT_ROLE_BK,
+    MT_ROLE_BV,
+    MT_ROLE_SHEXP_GATE, /* shared expert: always on, beside the routed ones */
+    MT_ROLE_SHEXP_UP,
+    MT_ROLE_SHEXP_DOWN,
+    MT_ROLE_SHEXP_ROUTER, /* (1, hidden): the shared expert's sigmoid gate */
+    MT_ROLE_Q_NORM,     /* QK-norm weights (Qwen3-MoE: per head, OLMoE:  */
+    MT_ROLE_K_NORM,     /* over the whole projection)                    */
     MT_ROLE_COUNT
 } mt_role;
 
@@ -59,6 +68,10 @@ typedef enum {
     MT_DIM_Q,           /* n_heads * head_dim                              */
     MT_DIM_KV,          /* n_kv_heads * head_dim                           */
     MT_DIM_ROUTER,      /* router rows of the layer (= its experts without alias) */
+    MT_DIM_FFN_DENSE,   /* ffn_dense: dense-MLP layers of a MoE model (0 = ffn) */
+    MT_DIM_FFN_SHARED,  /* ffn_shared: the shared expert                   */
+    MT_DIM_ONE,         /* 1 (a gate row)                                  */
+    MT_DIM_HEAD,        /* head_dim                                        */
 } mt_dim;
 
 typedef struct {
@@ -72,6 +85,13 @@ typedef struct {
 } mt_arch_tensor;
 
 typedef enum { MT_ROUTE_SOFTMAX = 0, MT_ROUTE_SIGMOID = 1 } mt_route_fn;
+
+/* RMSNorm on Q and K after their projections, before RoPE. */
+typedef enum {
+    MT_QK_NORM_NONE = 0,
+    MT_QK_NORM_HEAD = 1, /* each head's head_dim values (Qwen3-MoE)              */
+    MT_QK_NORM_FULL = 2, /* the whole q (n_heads·head_dim) / k projection (OLMoE) */
+} mt_qk_norm;
 
 /* One family. Hyperparameters describe the math the runtime must run; a
  * family whose math the runtime lacks is refused by name at load. */
@@ -88,9 +108,27 @@ typedef struct {
     mt_route_fn routing;         /* scores over experts                          */
     int renorm_topk;             /* top-k weights renormalised to sum 1          */
     int n_shared_experts;        /* always-on experts beside the routed ones     */
-    int qk_norm;                 /* RMSNorm on Q and K per head                  */
+    int shared_gate;             /* shared expert output scaled by
+                                    sigmoid(x · shared_expert_gate)              */
+    mt_qk_norm qk_norm;          /* RMSNorm on Q and K                           */
     int attn_bias;               /* biases on q/k/v projections                  */
     mt_rope_style hf_rope;       /* RoPE pairing of HF-stored Q/K rows           */
+    int gguf_kv_eq_heads;        /* llama.cpp's arch sizes k_norm by hidden: its
+                                    GGUF holds only n_kv_heads == n_heads      */
+    mt_rope_style gguf_rope;     /* ... and of GGUF-stored ones (llama: permuted
+                                    to pairs; qwen2moe: as HF, NEOX rope)       */
+    /* HF config.json keys that differ between families */
+    const char *hf_key_experts;    /* "num_local_experts" | "num_experts"        */
+    const char *hf_key_expert_ffn; /* NULL: intermediate_size sizes the experts;
+                                      else the experts' key, and
+                                      intermediate_size sizes dense-MLP layers  */
+    const char *hf_key_shared_ffn; /* shared expert's intermediate size, or NULL */
+    const char *hf_key_norm_topk;  /* key overriding renorm_topk, or NULL        */
+    int hf_sparse_layers;          /* decoder_sparse_step / mlp_only_layers say
+                                      which layers are dense MLPs              */
+    const char *const *hf_refuse_set; /* keys that ask for math the family does
+                                      not run here unless absent, null or false
+                                      (use_sliding_window, clip_qkv; NULL-ended) */
     const char *hidden_act;      /* the only activation the family runs ("silu") */
     /* HF module names quantization_config lists (relative to a layer) */
     const char *hf_attn_module;  /* "self_attn"                                  */
@@ -105,6 +143,11 @@ typedef struct {
 const mt_arch *mt_arch_get(const char *name);
 /* The family of an HF model_type / architectures[0] class name, or NULL. */
 const mt_arch *mt_arch_find_hf(const char *model_type, const char *class_name);
+/* Why a known family is refused (HF model_type or GGUF architecture), or
+ * NULL: "DeepSeek-V2 multi-head latent attention (MLA) is not supported". */
+const char *mt_arch_refusal(const char *hf_model_type, const char *gguf_arch);
+/* The first family written to GGUF as architecture `gguf_arch`, or NULL. */
+const mt_arch *mt_arch_find_gguf(const char *gguf_arch);
 /* Family of a config: its arch; MT_ERR_UNSUPPORTED naming `path` if unknown. */
 int mt_arch_of(const mt_arch **out, const mt_config *c, const char *path);
 /* The table row of `role` in `a`, or NULL when the family has no such role. */

@@ -30,6 +30,10 @@ typedef struct {
     int n_layers;
     int hidden;          /* d_model                                           */
     int ffn;             /* intermediate size of one expert (or the dense MLP) */
+    int ffn_dense;       /* dense-MLP layers of a MoE model, when their size
+                            differs (Qwen2-MoE intermediate_size); 0 = ffn   */
+    int ffn_shared;      /* shared expert's intermediate size; 0 = none      */
+    int topk_norm;       /* mt_topk_norm: top-k gates renormalised or not    */
     int n_heads;
     int n_kv_heads;
     int head_dim;
@@ -37,7 +41,9 @@ typedef struct {
     int n_experts;       /* experts per layer; 0 = dense model                */
     int top_k;           /* experts per token; 0 when dense                   */
     /* [n_layers] experts per layer (merge can leave layers with different
-     * K); an entry of 0 means n_experts. NULL: every layer has n_experts. */
+     * K); an entry of 0 means n_experts, MT_LAYER_DENSE a dense-MLP layer
+     * of a MoE model (Qwen2-MoE decoder_sparse_step / mlp_only_layers).
+     * NULL: every layer has n_experts. */
     int *layer_experts;
     /* Alias routing (config key moe_router_alias): layer l keeps
      * router_rows[l] = R router rows for its K experts (R >= K), and router
@@ -58,6 +64,12 @@ typedef struct {
     int quant_zero_offset; /* AutoGPTQ layout: stored zero = zero - this (1 for
                               checkpoint_format "gptq", 0 for "gptq_v2")     */
 } mt_config;
+
+#define MT_LAYER_DENSE (-1)
+
+/* Whether the top-k gates are renormalised to sum 1: the family's default
+ * (mt_arch.renorm_topk) unless the checkpoint says (norm_topk_prob). */
+typedef enum { MT_TOPK_NORM_FAMILY = 0, MT_TOPK_NORM_ON = 1, MT_TOPK_NORM_OFF = 2 } mt_topk_norm;
 
 /* quantization_config.quant_method of an HF checkpoint. */
 typedef enum {
@@ -81,7 +93,11 @@ const int32_t *mt_config_router_alias(const mt_config *c, int l);
 /* 1 when a and b describe the same model (per-layer arrays by value; a NULL
  * array equals one of zeros). */
 int mt_config_equal(const mt_config *a, const mt_config *b);
-/* Experts in layer l (handles layer_experts overrides). */
+/* 1 when the top-k gates of `c` are renormalised (topk_norm or the family's). */
+int mt_config_renorm_topk(const mt_config *c);
+/* Intermediate size of layer l's dense MLP (ffn_dense, else ffn). */
+int mt_config_dense_ffn(const mt_config *c);
+/* Experts in layer l (handles layer_experts overrides; 0 for a dense layer). */
 int mt_config_layer_experts(const mt_config *c, int l);
 /* Router rows of layer l: router_rows[l] when aliased, else its expert count. */
 int mt_config_router_rows(const mt_config *c, int l);
@@ -160,6 +176,12 @@ const mt_pickle_tensor *mt_pickle_get(const mt_pickle_dict *d, size_t i);
 typedef struct {
     char *spm_model_path;    /* tokenizer.model, or NULL                     */
     char *hf_json_path;      /* tokenizer.json, or NULL                      */
+    /* a checkpoint read from an archive: the files' bytes instead (owned by
+       the checkpoint; NULL when absent) */
+    const void *spm_model_buf;
+    size_t spm_model_len;
+    const char *hf_json_buf, *hf_config_buf; /* tokenizer.json, tokenizer_config.json */
+    size_t hf_json_len, hf_config_len;
 } mt_tokenizer_files;
 
 /* ---- checkpoint: one view over any supported format -------------------- */
@@ -184,6 +206,9 @@ uint64_t mt_ckpt_file_bytes(const mt_ckpt *ck);
 const mt_tokenizer_files *mt_ckpt_tokenizer_files(const mt_ckpt *ck);
 /* The GGUF behind a GGUF checkpoint (tokenizer metadata lives there), else NULL. */
 const mt_gguf *mt_ckpt_gguf(const mt_ckpt *ck);
+/* Whether the checkpoint was read from an archive (.tar, .tar.gz, .tar.zst,
+ * .zip...): reading verbs take it, writing verbs refuse it. */
+int mt_ckpt_is_archive(const mt_ckpt *ck);
 
 /* ---- the model description the runtime executes ------------------------
  * A matrix is a view into mapped data: `rows` output features of `cols`
@@ -222,6 +247,14 @@ typedef struct {
     mt_mat *w1;         /* [max(1,n_experts)] gate (ffn, hidden)     */
     mt_mat *w3;         /* [max(1,n_experts)] up   (ffn, hidden)     */
     mt_mat *w2;         /* [max(1,n_experts)] down (hidden, ffn)     */
+    /* Present only when the family has them (data NULL otherwise): */
+    mt_mat bq, bk, bv;  /* (1, q_dim), (1, kv_dim), (1, kv_dim) biases */
+    mt_mat sh_w1;       /* shared expert gate (ffn_shared, hidden)   */
+    mt_mat sh_w3;       /* shared expert up   (ffn_shared, hidden)   */
+    mt_mat sh_w2;       /* shared expert down (hidden, ffn_shared)   */
+    mt_mat sh_gate;     /* (1, hidden): output scaled by sigmoid(h · sh_gate) */
+    mt_mat q_norm;      /* QK-norm: (1, head_dim) per head or (1, q_dim)  */
+    mt_mat k_norm;      /*          (1, head_dim) per head or (1, kv_dim) */
 } mt_layer_weights;
 
 typedef struct {

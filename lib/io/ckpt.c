@@ -1,7 +1,8 @@
 /* ckpt.c — one read-only view over any checkpoint we load: a Hugging Face
  * directory (config.json + model.safetensors, or shards listed in
  * model.safetensors.index.json), a single .safetensors file with config.json
- * beside it, or a GGUF file (llama.cpp's "llama" architecture, MoE or dense).
+ * beside it, or a GGUF file (llama.cpp's "llama" architecture, MoE or dense,
+ * or another family's architecture: mt_arch.gguf_arch).
  * The format is detected by content: a directory is HF, a file starting with
  * "GGUF" is GGUF, a zip or a bare pickle is a PyTorch .bin (pytorch.c),
  * anything else is tried as safetensors. A directory without safetensors may
@@ -42,6 +43,7 @@ struct mt_ckpt {
     size_t *by_name;            /* [n] indices sorted by name                */
     uint64_t file_bytes;
     mt_tokenizer_files tok;
+    mt_archive *arc;            /* read from an archive: the files' bytes    */
 };
 
 void mt_ckpt_free(mt_ckpt *ck) {
@@ -54,9 +56,12 @@ void mt_ckpt_free(mt_ckpt *ck) {
     free(ck->by_name);
     free(ck->tok.spm_model_path);
     free(ck->tok.hf_json_path);
+    mt_archive_free(ck->arc);
     free(ck->path);
     free(ck);
 }
+
+int mt_ckpt_is_archive(const mt_ckpt *ck) { return ck && ck->arc; }
 
 mt_format mt_ckpt_format(const mt_ckpt *ck) { return ck->fmt; }
 const char *mt_ckpt_path(const mt_ckpt *ck) { return ck->path; }
@@ -168,14 +173,35 @@ static int shard_name_ok(const char *s) {
 /* Opens one weights file: safetensors or a PyTorch zip. */
 typedef int (*shard_open_fn)(mt_safetensors **out, const char *path);
 
+/* Opens one weights file held in memory (a member of an archive). */
+typedef int (*shard_parse_fn)(mt_safetensors **out, const void *buf, size_t len, const char *name_for_errors);
+
+/* A member of the checkpoint's archive as a shard, named "ARCHIVE:NAME". */
+static int open_member_shard(mt_ckpt *ck, mt_safetensors **out, const char *name, shard_parse_fn parse) {
+    const mt_archive_member *m = mt_archive_get(ck->arc, name);
+    if (!m) return mt_seterr(MT_ERR_NOT_FOUND, "%s: no %s in the archive", ck->path, name);
+    char shown[4400];
+    snprintf(shown, sizeof shown, "%s:%s", ck->path, name);
+    int rc = parse(out, m->data, m->size, shown);
+    if (rc == MT_OK) ck->file_bytes += m->size;
+    return rc;
+}
+
 static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path, shard_open_fn open_shard) {
     mt_mapped m;
-    int rc = mt_map_file(&m, index_path);
-    if (rc) return rc;
+    const mt_archive_member *im = ck->arc ? mt_archive_get(ck->arc, index_path) : NULL;
+    const shard_parse_fn parse = open_shard == mt_pytorch_open ? mt_pytorch_parse : mt_safetensors_parse;
+    int rc = MT_OK;
+    if (im) {
+        m.data = im->data;
+        m.size = im->size;
+    } else if ((rc = mt_map_file(&m, index_path))) {
+        return rc;
+    }
     ck->file_bytes += m.size;
     json_error_t jerr;
     json_t *root = json_loadb(m.data ? (const char *)m.data : "", m.size, JSON_REJECT_DUPLICATES, &jerr);
-    mt_unmap_file(&m);
+    if (!im) mt_unmap_file(&m);
     if (!root)
         return mt_seterr(MT_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", index_path, jerr.line,
                          jerr.column, jerr.text);
@@ -234,6 +260,10 @@ static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path, sh
     }
     ck->n_shards = n_names;
     for (size_t k = 0; k < ck->n_shards; k++) {
+        if (ck->arc) {
+            if ((rc = open_member_shard(ck, &ck->shards[k], names[k], parse))) goto done;
+            continue;
+        }
         char *p = mt_path_join(dir, names[k]);
         if (!p) {
             rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
@@ -277,6 +307,17 @@ static int open_single(mt_ckpt *ck, const char *st_path, shard_open_fn open_shar
     if (rc) return rc;
     ck->n_shards = 1;
     ck->file_bytes += mt_safetensors_file_size(ck->shards[0]);
+    rc = gather_shards(ck);
+    if (rc == MT_OK) rc = build_index(ck, NULL);
+    return rc;
+}
+
+static int open_archive_single(mt_ckpt *ck, const char *name, shard_parse_fn parse) {
+    ck->shards = calloc(1, sizeof *ck->shards);
+    if (!ck->shards) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int rc = open_member_shard(ck, &ck->shards[0], name, parse);
+    if (rc) return rc;
+    ck->n_shards = 1;
     rc = gather_shards(ck);
     if (rc == MT_OK) rc = build_index(ck, NULL);
     return rc;
@@ -354,6 +395,9 @@ static int gguf_float(const mt_gguf *g, const char *path, const char *key, int r
     return MT_OK;
 }
 
+/* GGUF keys "<arch>.<suffix>" of the file's architecture. */
+#define AK(suffix) (snprintf(key, sizeof key, "%s.%s", ga, suffix), key)
+
 static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
     memset(c, 0, sizeof *c);
     const char *arch;
@@ -362,26 +406,43 @@ static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
         return mt_seterr(MT_ERR_FORMAT, "%s: missing required key general.architecture", path);
     if (mt_gguf_get_str(g, "general.architecture", &arch, &alen) != MT_OK)
         return mt_seterr(MT_ERR_FORMAT, "%s: general.architecture is not a string", path);
-    if (alen != 5 || memcmp(arch, "llama", 5) != 0)
+    char ga[32], key[96];
+    snprintf(ga, sizeof ga, "%.*s", (int)(alen < sizeof ga ? alen : 0), arch);
+    const mt_arch *fam = mt_arch_find_gguf(ga);
+    if (mt_arch_refusal(NULL, ga)) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s", path, mt_arch_refusal(NULL, ga));
+    if (!fam || alen >= sizeof ga)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported GGUF architecture %.*s", path,
                          (int)(alen > 64 ? 64 : alen), arch);
     int rc;
-    if ((rc = gguf_int(g, path, "llama.block_count", 1, 0, &c->n_layers))) return rc;
-    if ((rc = gguf_int(g, path, "llama.embedding_length", 1, 0, &c->hidden))) return rc;
-    if ((rc = gguf_int(g, path, "llama.feed_forward_length", 1, 0, &c->ffn))) return rc;
-    if ((rc = gguf_int(g, path, "llama.attention.head_count", 1, 0, &c->n_heads))) return rc;
-    if ((rc = gguf_int(g, path, "llama.attention.head_count_kv", 0, c->n_heads, &c->n_kv_heads))) return rc;
-    if (c->n_heads <= 0) return mt_seterr(MT_ERR_FORMAT, "%s: llama.attention.head_count is %d", path, c->n_heads);
-    if ((rc = gguf_int(g, path, "llama.attention.key_length", 0, c->hidden / c->n_heads, &c->head_dim))) return rc;
-    if ((rc = gguf_float(g, path, "llama.rope.freq_base", 0, 10000.0, &c->rope_theta))) return rc;
-    if ((rc = gguf_float(g, path, "llama.attention.layer_norm_rms_epsilon", 0, 1e-5, &c->norm_eps))) return rc;
-    if ((rc = gguf_int(g, path, "llama.expert_count", 0, 0, &c->n_experts))) return rc;
+    if ((rc = gguf_int(g, path, AK("block_count"), 1, 0, &c->n_layers))) return rc;
+    if ((rc = gguf_int(g, path, AK("embedding_length"), 1, 0, &c->hidden))) return rc;
+    if ((rc = gguf_int(g, path, AK("feed_forward_length"), 1, 0, &c->ffn))) return rc;
+    if ((rc = gguf_int(g, path, AK("attention.head_count"), 1, 0, &c->n_heads))) return rc;
+    if ((rc = gguf_int(g, path, AK("attention.head_count_kv"), 0, c->n_heads, &c->n_kv_heads))) return rc;
+    if (c->n_heads <= 0) return mt_seterr(MT_ERR_FORMAT, "%s: %s is %d", path, AK("attention.head_count"), c->n_heads);
+    if ((rc = gguf_int(g, path, AK("attention.key_length"), 0, c->hidden / c->n_heads, &c->head_dim))) return rc;
+    if ((rc = gguf_float(g, path, AK("rope.freq_base"), 0, 10000.0, &c->rope_theta))) return rc;
+    if ((rc = gguf_float(g, path, AK("attention.layer_norm_rms_epsilon"), 0, 1e-5, &c->norm_eps))) return rc;
+    if ((rc = gguf_int(g, path, AK("expert_count"), 0, 0, &c->n_experts))) return rc;
     if (c->n_experts > 0) {
-        if ((rc = gguf_int(g, path, "llama.expert_used_count", 1, 0, &c->top_k))) return rc;
+        if ((rc = gguf_int(g, path, AK("expert_used_count"), 1, 0, &c->top_k))) return rc;
     }
-    if ((rc = gguf_int(g, path, "llama.context_length", 0, 4096, &c->max_pos))) return rc;
+    if (fam->hf_key_expert_ffn) { /* feed_forward_length sizes dense MLPs, experts have their own */
+        c->ffn_dense = c->ffn;
+        if ((rc = gguf_int(g, path, AK("expert_feed_forward_length"), 1, 0, &c->ffn))) return rc;
+    }
+    if (fam->n_shared_experts > 0 && c->n_experts > 0 &&
+        (rc = gguf_int(g, path, AK("expert_shared_feed_forward_length"), 1, 0, &c->ffn_shared)))
+        return rc;
+    if (mt_gguf_find_key(g, AK("expert_weights_norm")) >= 0) {
+        int64_t v = 0;
+        if (mt_gguf_key_type(g, mt_gguf_find_key(g, key)) != MT_GGUF_BOOL || mt_gguf_get_i64(g, key, &v) != MT_OK)
+            return mt_seterr(MT_ERR_FORMAT, "%s: key %s is not a BOOL", path, key);
+        c->topk_norm = v ? MT_TOPK_NORM_ON : MT_TOPK_NORM_OFF;
+    }
+    if ((rc = gguf_int(g, path, AK("context_length"), 0, 4096, &c->max_pos))) return rc;
     /* GGUF "llama" is the Llama-style family: Mixtral with experts, else Llama */
-    const mt_arch *fam = mt_arch_get(c->n_experts > 0 ? "mixtral" : "llama");
+    if (!strcmp(fam->gguf_arch, "llama")) fam = mt_arch_get(c->n_experts > 0 ? "mixtral" : "llama");
     char emb_name[64], head_name[64];
     mt_arch_name(emb_name, sizeof emb_name, mt_arch_tensor_of(fam, MT_ROLE_TOK_EMBD), MT_FMT_GGUF, -1, -1);
     mt_arch_name(head_name, sizeof head_name, mt_arch_tensor_of(fam, MT_ROLE_LM_HEAD), MT_FMT_GGUF, -1, -1);
@@ -389,7 +450,7 @@ static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
     if (!emb || emb->n_dims != 2) return mt_seterr(MT_ERR_FORMAT, "%s: no 2-D tensor %s", path, emb_name);
     int64_t vdef = emb->shape[0];
     if (vdef > INT32_MAX) vdef = INT32_MAX;
-    if ((rc = gguf_int(g, path, "llama.vocab_size", 0, vdef, &c->vocab))) return rc;
+    if ((rc = gguf_int(g, path, AK("vocab_size"), 0, vdef, &c->vocab))) return rc;
     if ((rc = gguf_int(g, path, "tokenizer.ggml.bos_token_id", 0, -1, &c->bos_id))) return rc;
     if ((rc = gguf_int(g, path, "tokenizer.ggml.eos_token_id", 0, -1, &c->eos_id))) return rc;
     if (mt_gguf_find_key(g, "moetool.layer_experts") >= 0) {
@@ -413,11 +474,12 @@ static int gguf_config(mt_config *c, const mt_gguf *g, const char *path) {
             if ((rc = mt_config_set_layer_experts(c, l, (int)k == c->n_experts ? 0 : (int)k))) return rc;
         }
     }
-    snprintf(c->arch, sizeof c->arch, "%s", c->n_experts > 0 ? "mixtral" : "llama");
+    snprintf(c->arch, sizeof c->arch, "%s", fam->name);
     c->tie_embeddings = mt_gguf_find_tensor(g, head_name) == NULL;
-    c->rope_style = MT_ROPE_INTERLEAVED;
+    c->rope_style = (int)fam->gguf_rope;
     return mt_config_validate(c, path);
 }
+#undef AK
 
 static int open_gguf(mt_ckpt *ck, const char *path) {
     int rc = mt_gguf_open(&ck->gguf, path);
@@ -490,6 +552,68 @@ static const char *show_bytes(const unsigned char *b, size_t n, char *out, size_
     return out;
 }
 
+/* ---- archives ------------------------------------------------------------ */
+/* A GGUF or a Hugging Face directory inside an archive, from memory. */
+static int open_archive(mt_ckpt *ck, const char *path) {
+    int rc = mt_archive_read(&ck->arc, path);
+    if (rc) return rc;
+    const mt_archive_member *cfg = mt_archive_get(ck->arc, "config.json"), *gg = NULL;
+    for (size_t i = 0; i < ck->arc->n; i++) {
+        const char *nm = ck->arc->m[i].name;
+        size_t L = strlen(nm);
+        if (L > 5 && !strcmp(nm + L - 5, ".gguf")) {
+            if (gg) return mt_seterr(MT_ERR_FORMAT, "%s: more than one .gguf (%s, %s): one model per archive", path,
+                                     gg->name, nm);
+            gg = &ck->arc->m[i];
+        }
+    }
+    char shown[4400];
+    if (gg && !cfg) {
+        ck->fmt = MT_FMT_GGUF;
+        snprintf(shown, sizeof shown, "%s:%s", path, gg->name);
+        if ((rc = mt_gguf_parse(&ck->gguf, gg->data, gg->size, shown))) return rc;
+        ck->file_bytes = gg->size;
+        if ((rc = gguf_config(&ck->cfg, ck->gguf, shown))) return rc;
+        size_t n = mt_gguf_tensor_count(ck->gguf);
+        ck->tensors = calloc(n ? n : 1, sizeof *ck->tensors);
+        if (!ck->tensors) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+        for (size_t i = 0; i < n; i++) ck->tensors[i] = *mt_gguf_tensor(ck->gguf, i);
+        ck->n = n;
+        return build_index(ck, NULL);
+    }
+    if (!cfg) return mt_seterr(MT_ERR_NOT_FOUND, "%s: neither config.json nor a .gguf in the archive", path);
+    ck->fmt = MT_FMT_HF;
+    snprintf(shown, sizeof shown, "%s:config.json", path);
+    if ((rc = mt_config_from_hf_json(&ck->cfg, (const char *)cfg->data, cfg->size, shown))) return rc;
+    ck->file_bytes += cfg->size;
+    if (mt_archive_get(ck->arc, "model.safetensors.index.json"))
+        rc = open_sharded(ck, NULL, "model.safetensors.index.json", mt_safetensors_open);
+    else if (mt_archive_get(ck->arc, "model.safetensors"))
+        rc = open_archive_single(ck, "model.safetensors", mt_safetensors_parse);
+    else if (mt_archive_get(ck->arc, "pytorch_model.bin.index.json"))
+        rc = open_sharded(ck, NULL, "pytorch_model.bin.index.json", mt_pytorch_open);
+    else if (mt_archive_get(ck->arc, "pytorch_model.bin"))
+        rc = open_archive_single(ck, "pytorch_model.bin", mt_pytorch_parse);
+    else
+        rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: config.json but no model.safetensors, model.safetensors.index.json, "
+                       "pytorch_model.bin or its index in the archive", path);
+    if (rc) return rc;
+    const mt_archive_member *t;
+    if ((t = mt_archive_get(ck->arc, "tokenizer.model")) && t->size) {
+        ck->tok.spm_model_buf = t->data;
+        ck->tok.spm_model_len = t->size;
+    }
+    if ((t = mt_archive_get(ck->arc, "tokenizer.json")) && t->size) {
+        ck->tok.hf_json_buf = (const char *)t->data;
+        ck->tok.hf_json_len = t->size;
+    }
+    if ((t = mt_archive_get(ck->arc, "tokenizer_config.json"))) {
+        ck->tok.hf_config_buf = (const char *)t->data;
+        ck->tok.hf_config_len = t->size;
+    }
+    return MT_OK;
+}
+
 int mt_ckpt_open(mt_ckpt **out, const char *path) {
     *out = NULL;
     if (!path || !*path) return mt_seterr(MT_ERR_ARG, "no checkpoint path given");
@@ -504,6 +628,8 @@ int mt_ckpt_open(mt_ckpt **out, const char *path) {
         rc = open_hf_dir(ck, path);
     } else if (!mt_path_exists(path)) {
         rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: no such file or directory", path);
+    } else if (mt_archive_name(path)) {
+        rc = open_archive(ck, path);
     } else {
         unsigned char head[16] = {0};
         size_t got = 0;

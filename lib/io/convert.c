@@ -617,15 +617,31 @@ static int gguf_chat_template_kvs(conv *cv) {
     return rc;
 }
 
-static int gguf_llama_kvs(conv *cv) {
+/* general.* and the family's "<arch>.*" hyperparameters, as llama.cpp's
+ * convert_hf_to_gguf.py writes them for that architecture (mt_arch.gguf_arch;
+ * families with their own expert size write expert_feed_forward_length and
+ * expert_shared_feed_forward_length beside feed_forward_length). */
+static int gguf_family_kvs(conv *cv) {
     mt_gguf_writer *w = cv->gw;
     const mt_config *c = cv->cfg;
-    char name[256], size_label[64];
+    const mt_arch *fam = mt_arch_get(c->arch);
+    if (!fam) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", cv->in_path, c->arch);
+    const char *ga = fam->gguf_arch;
+    for (int l = 0; fam->hf_sparse_layers && c->n_experts > 0 && l < c->n_layers; l++)
+        if (mt_config_layer_experts(c, l) == 0)
+            return mt_seterr(MT_ERR_UNSUPPORTED,
+                             "%s: layer %d is a dense MLP (decoder_sparse_step / mlp_only_layers), which llama.cpp's "
+                             "%s GGUF cannot hold", cv->in_path, l, ga);
+    if (fam->gguf_kv_eq_heads && c->n_kv_heads != c->n_heads)
+        return mt_seterr(MT_ERR_UNSUPPORTED,
+                         "%s: %d key/value heads for %d query heads: llama.cpp's %s GGUF holds k_norm of the hidden "
+                         "size only (no grouped-query attention)", cv->in_path, c->n_kv_heads, c->n_heads, ga);
+    char name[256], size_label[64], key[96];
+#define AK(suffix) (snprintf(key, sizeof key, "%s.%s", ga, suffix), key)
     model_name(cv->in_path, name, sizeof name);
     size_label_of(cv, size_label, sizeof size_label);
     const uint32_t ft = file_type_of(cv);
-    /* general.* as llama.cpp's convert_hf_to_gguf.py writes them */
-    int rc = mt_gguf_writer_kv_str(w, "general.architecture", "llama", 5);
+    int rc = mt_gguf_writer_kv_str(w, "general.architecture", ga, strlen(ga));
     if (!rc) rc = mt_gguf_writer_kv_str(w, "general.type", "model", 5);
     if (!rc) rc = mt_gguf_writer_kv_str(w, "general.name", name, strlen(name));
     if (!rc) rc = mt_gguf_writer_kv_str(w, "general.basename", name, strlen(name));
@@ -633,23 +649,34 @@ static int gguf_llama_kvs(conv *cv) {
     if (!rc) rc = mt_gguf_writer_kv_quantized_by(w, ft);
     if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.file_type", ft);
     if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.quantization_version", 2);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.vocab_size", (uint32_t)c->vocab);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.context_length", (uint32_t)c->max_pos);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.embedding_length", (uint32_t)c->hidden);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.block_count", (uint32_t)c->n_layers);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.feed_forward_length", (uint32_t)c->ffn);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.rope.dimension_count", (uint32_t)c->head_dim);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.head_count", (uint32_t)c->n_heads);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads);
-    if (!rc) rc = mt_gguf_writer_kv_f32(w, "llama.rope.freq_base", c->rope_theta);
-    if (!rc) rc = mt_gguf_writer_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.key_length", (uint32_t)c->head_dim);
-    if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.attention.value_length", (uint32_t)c->head_dim);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("vocab_size"), (uint32_t)c->vocab);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("context_length"), (uint32_t)c->max_pos);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("embedding_length"), (uint32_t)c->hidden);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("block_count"), (uint32_t)c->n_layers);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("feed_forward_length"),
+                                        (uint32_t)(fam->hf_key_expert_ffn ? mt_config_dense_ffn(c) : c->ffn));
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("rope.dimension_count"), (uint32_t)c->head_dim);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("attention.head_count"), (uint32_t)c->n_heads);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("attention.head_count_kv"), (uint32_t)c->n_kv_heads);
+    if (!rc) rc = mt_gguf_writer_kv_f32(w, AK("rope.freq_base"), c->rope_theta);
+    if (!rc) rc = mt_gguf_writer_kv_f32(w, AK("attention.layer_norm_rms_epsilon"), c->norm_eps);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("attention.key_length"), (uint32_t)c->head_dim);
+    if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("attention.value_length"), (uint32_t)c->head_dim);
     if (!rc && c->n_experts > 0) {
-        rc = mt_gguf_writer_kv_u32(w, "llama.expert_count", (uint32_t)c->n_experts);
-        if (!rc) rc = mt_gguf_writer_kv_u32(w, "llama.expert_used_count", (uint32_t)c->top_k);
+        rc = mt_gguf_writer_kv_u32(w, AK("expert_count"), (uint32_t)c->n_experts);
+        if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("expert_used_count"), (uint32_t)c->top_k);
+        if (!rc && fam->hf_key_expert_ffn)
+            rc = mt_gguf_writer_kv_u32(w, AK("expert_feed_forward_length"), (uint32_t)c->ffn);
+        if (!rc && fam->n_shared_experts > 0)
+            rc = mt_gguf_writer_kv_u32(w, AK("expert_shared_feed_forward_length"), (uint32_t)c->ffn_shared);
+        /* a checkpoint overriding the family's top-k normalisation says so
+         * (llama.cpp's own key; its qwen2moe graph never renormalises) */
+        if (!rc && mt_config_renorm_topk(c) != fam->renorm_topk) {
+            const uint8_t v = (uint8_t)mt_config_renorm_topk(c);
+            rc = mt_gguf_writer_kv_bool(w, AK("expert_weights_norm"), v);
+        }
         int per_layer = 0;
-        for (int l = 0; c->layer_experts && l < c->n_layers; l++) per_layer |= c->layer_experts[l] != 0;
+        for (int l = 0; c->layer_experts && l < c->n_layers; l++) per_layer |= c->layer_experts[l] > 0;
         if (!rc && per_layer) {
             uint32_t *le = malloc((size_t)c->n_layers * sizeof *le);
             if (!le) return mt_seterr(MT_ERR_NOMEM, "out of memory");
@@ -658,6 +685,7 @@ static int gguf_llama_kvs(conv *cv) {
             free(le);
         }
     }
+#undef AK
     if (!rc) rc = gguf_tokenizer_kvs(cv);
     if (!rc) rc = gguf_chat_template_kvs(cv);
     return rc;
@@ -847,6 +875,10 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
     int have_dir = 0;
     char *src_dir = NULL;
     if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
+    if (mt_ckpt_is_archive(ck)) {
+        mt_ckpt_free(ck);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: an archive is read in place by inspect, eval, generate and tokenize; unpack it to %s it", in_path, "convert");
+    }
     cv.ck = ck;
     cv.cfg = mt_ckpt_config(ck);
     int from_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
@@ -875,7 +907,8 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         size_t k = 0;
         int uniform = 1;
         for (int l = 0; l < cv.cfg->n_layers; l++) {
-            uniform &= mt_config_layer_experts(cv.cfg, l) == cv.cfg->n_experts;
+            const int dense = cv.cfg->layer_experts && cv.cfg->layer_experts[l] == MT_LAYER_DENSE; /* the family's */
+            uniform &= dense || mt_config_layer_experts(cv.cfg, l) == cv.cfg->n_experts;
             if (k < sizeof counts - 16) k += (size_t)snprintf(counts + k, sizeof counts - k, "%s%d", l ? "," : "",
                                                               mt_config_layer_experts(cv.cfg, l));
         }
@@ -899,7 +932,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
 
     if (to_gguf) {
         if ((rc = mt_gguf_writer_open(&cv.gw, out_path))) goto done;
-        rc = from_gguf ? gguf_copy_kvs(&cv) : gguf_llama_kvs(&cv);
+        rc = from_gguf ? gguf_copy_kvs(&cv) : gguf_family_kvs(&cv);
         for (size_t i = 0; i < cv.n && !rc; i++)
             rc = mt_gguf_writer_add_tensor(cv.gw, cv.p[i].name, cv.p[i].dtype, cv.p[i].n_dims, cv.p[i].shape);
         if (!rc) rc = stream_all(&cv);

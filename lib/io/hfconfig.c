@@ -36,8 +36,18 @@
 
 int mt_config_layer_experts(const mt_config *c, int l) {
     if (c->layer_experts && l >= 0 && l < c->n_layers && c->layer_experts[l] > 0) return c->layer_experts[l];
+    if (c->layer_experts && l >= 0 && l < c->n_layers && c->layer_experts[l] == MT_LAYER_DENSE) return 0;
     return c->n_experts;
 }
+
+int mt_config_renorm_topk(const mt_config *c) {
+    if (c->topk_norm == MT_TOPK_NORM_ON) return 1;
+    if (c->topk_norm == MT_TOPK_NORM_OFF) return 0;
+    const mt_arch *a = mt_arch_get(c->arch);
+    return a ? a->renorm_topk : 1;
+}
+
+int mt_config_dense_ffn(const mt_config *c) { return c->ffn_dense > 0 ? c->ffn_dense : c->ffn; }
 
 int mt_config_router_rows(const mt_config *c, int l) {
     if (c->router_rows && l >= 0 && l < c->n_layers && c->router_rows[l] > 0) return c->router_rows[l];
@@ -54,8 +64,8 @@ const char *mt_config_portability(const mt_config *c) {
     if (mt_config_has_alias(c))
         return "its router keeps every original row, each mapped to a merged expert (moe_router_alias): moetool "
                "runs it; transformers and llama.cpp cannot";
-    for (int l = 0; c->layer_experts && l < c->n_layers; l++)
-        if (mt_config_layer_experts(c, l) != c->n_experts)
+    for (int l = 0; c->layer_experts && l < c->n_layers; l++) /* dense-MLP layers are the family's own */
+        if (c->layer_experts[l] != MT_LAYER_DENSE && mt_config_layer_experts(c, l) != c->n_experts)
             return "its layers keep different numbers of experts (moe_layer_experts): moetool runs it; transformers "
                    "and llama.cpp cannot (a router without a bias cannot switch padded experts off, so no exact "
                    "padding exists; merge with one --experts K for a portable model)";
@@ -96,7 +106,7 @@ int mt_config_equal(const mt_config *a, const mt_config *b) {
 static int n_layers_ok(const mt_config *c) { return c->n_layers > 0 && c->n_layers <= MT_MAX_LAYERS; }
 
 int mt_config_set_layer_experts(mt_config *c, int l, int k) {
-    if (!n_layers_ok(c) || l < 0 || l >= c->n_layers || k < 0)
+    if (!n_layers_ok(c) || l < 0 || l >= c->n_layers || (k < 0 && k != MT_LAYER_DENSE))
         return mt_seterr(MT_ERR_ARG, "config: layer %d / expert count %d out of range", l, k);
     if (!c->layer_experts && !(c->layer_experts = calloc((size_t)c->n_layers, sizeof *c->layer_experts)))
         return mt_seterr(MT_ERR_NOMEM, "config: out of memory");
@@ -213,7 +223,7 @@ int mt_config_validate(const mt_config *c, const char *path) {
                              c->top_k, c->n_experts);
         for (int l = 0; c->layer_experts && l < c->n_layers; l++) {
             int k = c->layer_experts[l];
-            if (k == 0) continue;
+            if (k == 0 || k == MT_LAYER_DENSE) continue;
             if (k < c->top_k || k > MT_CFG_MAX_EXPERTS)
                 return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has %d experts (need %d .. %d)", path, l, k,
                                  c->top_k, MT_CFG_MAX_EXPERTS);
@@ -221,6 +231,15 @@ int mt_config_validate(const mt_config *c, const char *path) {
     }
     int rc = validate_alias(c, path);
     if (rc) return rc;
+    if (c->ffn_dense < 0 || c->ffn_dense >= MT_CFG_MAX_DIM || c->ffn_shared < 0 || c->ffn_shared >= MT_CFG_MAX_DIM)
+        return mt_seterr(MT_ERR_FORMAT, "%s: dense-MLP / shared-expert intermediate size %d / %d out of range", path,
+                         c->ffn_dense, c->ffn_shared);
+    if (c->topk_norm < MT_TOPK_NORM_FAMILY || c->topk_norm > MT_TOPK_NORM_OFF)
+        return mt_seterr(MT_ERR_FORMAT, "%s: unknown top-k normalisation %d", path, c->topk_norm);
+    const mt_arch *fam = mt_arch_get(c->arch);
+    if (fam && fam->n_shared_experts > 0 && c->n_experts > 0 && c->ffn_shared <= 0)
+        return mt_seterr(MT_ERR_FORMAT, "%s: %s has a shared expert but its intermediate size is %d", path, fam->name,
+                         c->ffn_shared);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return mt_seterr(MT_ERR_FORMAT, "%s: rope_theta %g is not a positive number", path, c->rope_theta);
     if (!(c->norm_eps > 0) || !isfinite(c->norm_eps) || c->norm_eps > 1)
@@ -344,12 +363,39 @@ static int check_family_keys(const json_t *root, const mt_arch *fam, const char 
     if (act && !json_is_null(act) && (!json_is_string(act) || strcmp(json_string_value(act), fam->hidden_act)))
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: hidden_act %s is not supported for %s (only %s)", path,
                          json_is_string(act) ? json_string_value(act) : "(not a string)", fam->name, fam->hidden_act);
+    for (const char *const *k = fam->hf_refuse_set; k && *k; k++) {
+        const json_t *v = json_object_get(root, *k);
+        if (v && !json_is_null(v) && !json_is_false(v))
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s = %s is not supported for %s", path, *k,
+                             json_is_true(v) ? "true" : "a value", fam->name);
+    }
     static const char *const bias_keys[] = {"attention_bias", "mlp_bias"};
     for (size_t i = 0; i < sizeof bias_keys / sizeof bias_keys[0]; i++) {
         const json_t *b = json_object_get(root, bias_keys[i]);
         if (b && json_is_true(b) && !fam->attn_bias)
             return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s = true is not supported for %s (its projections have no biases)",
                              path, bias_keys[i], fam->name);
+    }
+    return MT_OK;
+}
+
+/* Qwen2-MoE: layer l is a dense MLP unless (l + 1) % decoder_sparse_step == 0
+ * and l is not in mlp_only_layers (transformers' Qwen2MoeDecoderLayer). */
+static int parse_sparse_layers(const json_t *root, mt_config *c, const char *path) {
+    int one = 1, step, rc;
+    if ((rc = get_int(root, "decoder_sparse_step", &one, &step, path))) return rc;
+    if (step <= 0) return mt_seterr(MT_ERR_FORMAT, "%s: decoder_sparse_step is %d", path, step);
+    for (int l = 0; l < c->n_layers && l < MT_MAX_LAYERS; l++)
+        if ((l + 1) % step && (rc = mt_config_set_layer_experts(c, l, MT_LAYER_DENSE))) return rc;
+    const json_t *mo = json_object_get(root, "mlp_only_layers");
+    if (!mo || json_is_null(mo)) return MT_OK;
+    if (!json_is_array(mo)) return mt_seterr(MT_ERR_FORMAT, "%s: key \"mlp_only_layers\" is not a list", path);
+    for (size_t i = 0; i < json_array_size(mo); i++) {
+        int l;
+        if (!json_to_int(json_array_get(mo, i), &l) || l < 0 || l >= c->n_layers)
+            return mt_seterr(MT_ERR_FORMAT, "%s: mlp_only_layers[%zu] is not a layer index (0 .. %d)", path, i,
+                             c->n_layers - 1);
+        if ((rc = mt_config_set_layer_experts(c, l, MT_LAYER_DENSE))) return rc;
     }
     return MT_OK;
 }
@@ -361,6 +407,7 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
     const mt_arch *fam = NULL;
     if (json_is_string(mt)) {
         const char *s = json_string_value(mt);
+        if (mt_arch_refusal(s, NULL)) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s", path, mt_arch_refusal(s, NULL));
         if (!(fam = mt_arch_find_hf(s, NULL)))
             return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", path, s);
     } else if (mt && !json_is_null(mt)) {
@@ -381,6 +428,17 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
     if ((rc = get_int(root, "vocab_size", NULL, &c->vocab, path))) return rc;
     if ((rc = get_int(root, "hidden_size", NULL, &c->hidden, path))) return rc;
     if ((rc = get_int(root, "intermediate_size", NULL, &c->ffn, path))) return rc;
+    if (fam->hf_key_expert_ffn) { /* experts sized apart from the dense MLP */
+        c->ffn_dense = c->ffn;
+        if ((rc = get_int(root, fam->hf_key_expert_ffn, NULL, &c->ffn, path))) return rc;
+    }
+    if (fam->hf_key_shared_ffn && (rc = get_int(root, fam->hf_key_shared_ffn, NULL, &c->ffn_shared, path))) return rc;
+    if (fam->hf_key_norm_topk) {
+        const json_t *nt = json_object_get(root, fam->hf_key_norm_topk);
+        if (nt && !json_is_null(nt) && !json_is_boolean(nt))
+            return mt_seterr(MT_ERR_FORMAT, "%s: key \"%s\" is not a boolean", path, fam->hf_key_norm_topk);
+        if (json_is_boolean(nt)) c->topk_norm = json_is_true(nt) ? MT_TOPK_NORM_ON : MT_TOPK_NORM_OFF;
+    }
     if ((rc = get_int(root, "num_hidden_layers", NULL, &c->n_layers, path))) return rc;
     if ((rc = get_int(root, "num_attention_heads", NULL, &c->n_heads, path))) return rc;
     if ((rc = get_int(root, "num_key_value_heads", &c->n_heads, &c->n_kv_heads, path))) return rc;
@@ -389,10 +447,10 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
     int hd_def = c->hidden / c->n_heads;
     if ((rc = get_int(root, "head_dim", &hd_def, &c->head_dim, path))) return rc;
     if (fam->moe) {
-        if ((rc = get_int(root, "num_local_experts", NULL, &c->n_experts, path))) return rc;
+        if ((rc = get_int(root, fam->hf_key_experts, NULL, &c->n_experts, path))) return rc;
         if ((rc = get_int(root, "num_experts_per_tok", NULL, &c->top_k, path))) return rc;
         if (c->n_experts <= 0)
-            return mt_seterr(MT_ERR_FORMAT, "%s: num_local_experts is %d", path, c->n_experts);
+            return mt_seterr(MT_ERR_FORMAT, "%s: %s is %d", path, fam->hf_key_experts, c->n_experts);
     }
     if ((rc = get_float(root, "rope_theta", fam->rope_theta, &c->rope_theta, path))) return rc;
     if ((rc = get_float(root, "rms_norm_eps", fam->norm_eps, &c->norm_eps, path))) return rc;
@@ -465,6 +523,7 @@ static int parse_root(mt_config *c, const json_t *root, const char *path) {
             if (rc) return rc;
         }
     }
+    if (fam->hf_sparse_layers && (rc = parse_sparse_layers(root, c, path))) return rc;
     if ((rc = parse_quant(root, c, path))) return rc;
     return mt_config_validate(c, path);
 }
@@ -513,6 +572,25 @@ static double float_short(float f) {
 
 static json_t *token_json(int id) { return id >= 0 ? json_integer(id) : json_null(); }
 
+/* Dense-MLP layers as decoder_sparse_step (the smallest step giving exactly
+ * them) or, when no step does, as mlp_only_layers with step 1. */
+static int set_sparse_layers(json_t *r, const mt_config *c) {
+    int step = 0;
+    for (int s = 1; s <= c->n_layers && !step; s++) {
+        int ok = 1;
+        for (int l = 0; ok && l < c->n_layers; l++)
+            ok = (mt_config_layer_experts(c, l) == 0) == ((l + 1) % s != 0 || c->n_experts == 0);
+        if (ok) step = s;
+    }
+    json_t *mo = json_array();
+    int bad = !mo;
+    for (int l = 0; !step && mo && l < c->n_layers; l++)
+        if (mt_config_layer_experts(c, l) == 0) bad |= json_array_append_new(mo, json_integer(l));
+    bad |= json_object_set_new(r, "decoder_sparse_step", json_integer(step ? step : 1));
+    bad |= json_object_set_new(r, "mlp_only_layers", mo);
+    return bad;
+}
+
 int mt_config_to_hf_json(char **out, const mt_config *c, const char *torch_dtype) {
     return mt_config_to_hf_json_q(out, c, torch_dtype, NULL);
 }
@@ -521,10 +599,14 @@ int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dty
     *out = NULL;
     int rc = mt_config_validate(c, "config");
     if (rc) return rc;
-    /* dense Mixtral (every expert merged away) is written as a Mistral */
-    const mt_arch *fam = mt_arch_get(strcmp(c->arch, "llama") == 0 ? "llama" : c->n_experts > 0 ? "mixtral" : "mistral");
+    /* dense Mixtral (every expert merged away) is written as a Mistral; other
+     * families keep their class (their config takes num_experts = 0) */
+    const mt_arch *fam = mt_arch_get(c->arch);
+    if (fam && !strcmp(fam->gguf_arch, "llama"))
+        fam = mt_arch_get(strcmp(c->arch, "llama") == 0 ? "llama" : c->n_experts > 0 ? "mixtral" : "mistral");
     if (!fam) return mt_seterr(MT_ERR_INTERNAL, "config: no family for %s", c->arch);
-    const int a = fam->moe ? 0 : strcmp(fam->name, "llama") == 0 ? 2 : 1;
+    /* a: 0 Mixtral, 1 Mistral, 2 Llama, 3 another family (its own keys) */
+    const int a = strcmp(fam->gguf_arch, "llama") ? 3 : fam->moe ? 0 : strcmp(fam->name, "llama") == 0 ? 2 : 1;
     json_t *r = json_object();
     if (!r) return mt_seterr(MT_ERR_NOMEM, "out of memory");
     int bad = 0;
@@ -533,11 +615,21 @@ int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dty
     SET("model_type", json_string(fam->hf_model_type));
     SET("vocab_size", json_integer(c->vocab));
     SET("hidden_size", json_integer(c->hidden));
-    SET("intermediate_size", json_integer(c->ffn));
+    SET("intermediate_size", json_integer(a == 3 ? mt_config_dense_ffn(c) : c->ffn));
     SET("num_hidden_layers", json_integer(c->n_layers));
     SET("num_attention_heads", json_integer(c->n_heads));
     SET("num_key_value_heads", json_integer(c->n_kv_heads));
     SET("head_dim", json_integer(c->head_dim));
+    if (a == 3) {
+        SET(fam->hf_key_experts, json_integer(c->n_experts));
+        SET("num_experts_per_tok", json_integer(c->n_experts > 0 ? c->top_k : 1));
+        if (fam->hf_key_expert_ffn) SET(fam->hf_key_expert_ffn, json_integer(c->ffn));
+        if (fam->hf_key_shared_ffn) SET(fam->hf_key_shared_ffn, json_integer(c->ffn_shared));
+        if (fam->hf_key_norm_topk) SET(fam->hf_key_norm_topk, json_boolean(mt_config_renorm_topk(c)));
+        if (fam->hf_sparse_layers) bad |= set_sparse_layers(r, c);
+        SET("output_router_logits", json_false());
+        SET("router_aux_loss_coef", json_real(0.001));
+    }
     if (a == 0) {
         SET("num_local_experts", json_integer(c->n_experts));
         SET("num_experts_per_tok", json_integer(c->top_k));
@@ -554,6 +646,9 @@ int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dty
         SET("mlp_bias", json_false());
         SET("pretraining_tp", json_integer(1));
         SET("rope_scaling", json_null());
+    } else if (a == 3) {
+        SET("attention_bias", json_false());
+        for (const char *const *k = fam->hf_refuse_set; k && *k; k++) SET(*k, json_null());
     } else {
         SET("sliding_window", json_null());
     }
@@ -565,13 +660,13 @@ int mt_config_to_hf_json_q(char **out, const mt_config *c, const char *torch_dty
     SET("use_cache", json_true());
     SET("torch_dtype", json_string(torch_dtype ? torch_dtype : "bfloat16"));
     int any = 0;
-    for (int l = 0; c->layer_experts && l < c->n_layers; l++) any |= c->layer_experts[l] != 0;
-    if (a == 0 && any) {
+    for (int l = 0; c->layer_experts && l < c->n_layers; l++) any |= c->layer_experts[l] > 0;
+    if ((a == 0 || a == 3) && any) {
         json_t *arr = json_array();
         for (int l = 0; l < c->n_layers; l++) bad |= json_array_append_new(arr, json_integer(mt_config_layer_experts(c, l)));
         SET("moe_layer_experts", arr);
     }
-    if (a == 0 && mt_config_has_alias(c)) {
+    if ((a == 0 || a == 3) && mt_config_has_alias(c)) {
         json_t *arr = json_array();
         for (int l = 0; l < c->n_layers; l++) {
             const int R = c->router_rows[l];

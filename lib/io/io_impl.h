@@ -60,4 +60,22 @@ char *mt_path_dir(const char *path);
 int mt_path_is_dir(const char *path);
 int mt_path_exists(const char *path);
 
+/* ---- archives (archive.c) ----------------------------------------------
+ * The model files of an archive, read into memory (names without the
+ * archive's directory). mt_archive_name: whether a path names an archive by
+ * its extension (.tar, .tar.gz, .tgz, .tar.zst, .tzst, .tar.xz, .txz, .zip). */
+typedef struct {
+    char *name;
+    uint8_t *data;
+    size_t size;
+} mt_archive_member;
+typedef struct {
+    size_t n;
+    mt_archive_member *m;
+} mt_archive;
+int mt_archive_name(const char *path);
+int mt_archive_read(mt_archive **out, const char *path);
+const mt_archive_member *mt_archive_get(const mt_archive *a, const char *name);
+void mt_archive_free(mt_archive *a);
+
 #endif

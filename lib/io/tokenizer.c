@@ -1110,6 +1110,20 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         return mt_tok_from_gguf(out, g, mt_ckpt_path(ck));
     }
     const mt_tokenizer_files *f = mt_ckpt_tokenizer_files(ck);
+    if (f && (f->spm_model_buf || f->hf_json_buf)) { /* read from an archive */
+        char name[4400];
+        int rc = MT_ERR_NOT_FOUND;
+        if (f->spm_model_buf) {
+            snprintf(name, sizeof name, "%s:tokenizer.model", mt_ckpt_path(ck));
+            rc = mt_tok_parse_spm(out, f->spm_model_buf, f->spm_model_len, name);
+            if (rc == MT_OK || !f->hf_json_buf) return rc;
+            mt_log(MT_LOG_WARN, "%s; using tokenizer.json instead", mt_last_error());
+        }
+        snprintf(name, sizeof name, "%s:tokenizer.json", mt_ckpt_path(ck));
+        rc = mt_tok_parse_hf_json(out, f->hf_json_buf, f->hf_json_len, name);
+        if (rc == MT_OK && f->hf_config_buf) mt_tok_apply_hf_config(*out, f->hf_config_buf, f->hf_config_len);
+        return rc;
+    }
     if (f && f->spm_model_path) {
         int rc = mt_tok_load_spm(out, f->spm_model_path);
         if (rc == MT_OK || !f->hf_json_path) return rc;

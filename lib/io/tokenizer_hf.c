@@ -478,6 +478,16 @@ static void config_special(mt_tokenizer *t, json_t *cfg, const char *key, int *d
     if (id >= 0) *dst = id;
 }
 
+void mt_tok_apply_hf_config(mt_tokenizer *t, const char *text, size_t len) {
+    json_error_t err;
+    json_t *cfg = json_loadb(text ? text : "", len, 0, &err);
+    if (json_is_object(cfg)) {
+        config_special(t, cfg, "bos_token", &t->bos);
+        config_special(t, cfg, "eos_token", &t->eos);
+    }
+    json_decref(cfg);
+}
+
 int mt_tok_load_hf_json(mt_tokenizer **out, const char *path) {
     if (!out || !path) return mt_seterr(MT_ERR_ARG, "mt_tok_load_hf_json: NULL argument");
     mt_mapped m;
@@ -491,14 +501,8 @@ int mt_tok_load_hf_json(mt_tokenizer **out, const char *path) {
     if (cfg_path && mt_path_exists(cfg_path)) {
         /* Mapped, not json_load_file: a FIFO here is refused, not waited on. */
         if ((rc = mt_map_file(&m, cfg_path)) == MT_OK) {
-            json_error_t err;
-            json_t *cfg = json_loadb(m.data ? (const char *)m.data : "", m.size, 0, &err);
+            mt_tok_apply_hf_config(*out, (const char *)m.data, m.size);
             mt_unmap_file(&m);
-            if (json_is_object(cfg)) {
-                config_special(*out, cfg, "bos_token", &(*out)->bos);
-                config_special(*out, cfg, "eos_token", &(*out)->eos);
-            }
-            json_decref(cfg);
         }
     }
     free(dir);

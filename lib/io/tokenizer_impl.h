@@ -132,6 +132,8 @@ void mt_tok_synth_scores(mt_tokenizer *t);
 /* The tokenizer stored in GGUF metadata (tokenizer.ggml.*); `path` names
  * the file in messages. */
 int mt_tok_from_gguf(mt_tokenizer **out, const mt_gguf *g, const char *path);
+/* bos_token / eos_token of a tokenizer_config.json text, when they name pieces. */
+void mt_tok_apply_hf_config(mt_tokenizer *t, const char *text, size_t len);
 
 /* ---- tokenizer_hf.c: GPT-2 pre-tokenizer --------------------------------
  * Length in bytes of the next word of text[0..len) under `split`

@@ -295,6 +295,15 @@ static mt_mat *role_mats(mt_weights *w, mt_role role, int l) {
     case MT_ROLE_EXP_GATE: case MT_ROLE_FFN_GATE: return L->w1;
     case MT_ROLE_EXP_UP: case MT_ROLE_FFN_UP: return L->w3;
     case MT_ROLE_EXP_DOWN: case MT_ROLE_FFN_DOWN: return L->w2;
+    case MT_ROLE_BQ: return &L->bq;
+    case MT_ROLE_BK: return &L->bk;
+    case MT_ROLE_BV: return &L->bv;
+    case MT_ROLE_SHEXP_GATE: return &L->sh_w1;
+    case MT_ROLE_SHEXP_UP: return &L->sh_w3;
+    case MT_ROLE_SHEXP_DOWN: return &L->sh_w2;
+    case MT_ROLE_SHEXP_ROUTER: return &L->sh_gate;
+    case MT_ROLE_Q_NORM: return &L->q_norm;
+    case MT_ROLE_K_NORM: return &L->k_norm;
     default: return NULL;
     }
 }
@@ -303,12 +312,13 @@ const mt_mat *mt_weights_mat(const mt_weights *w, mt_role role, int layer, int e
     if (!w || (layer >= 0 && (!w->layers || layer >= w->cfg.n_layers))) return NULL;
     const int E = layer >= 0 ? w->layers[layer].n_experts : 0;
     const int moe_role = role == MT_ROLE_ROUTER || role == MT_ROLE_EXP_GATE || role == MT_ROLE_EXP_UP ||
-                         role == MT_ROLE_EXP_DOWN;
+                         role == MT_ROLE_EXP_DOWN || role == MT_ROLE_SHEXP_GATE || role == MT_ROLE_SHEXP_UP ||
+                         role == MT_ROLE_SHEXP_DOWN || role == MT_ROLE_SHEXP_ROUTER;
     const int dense_role = role == MT_ROLE_FFN_GATE || role == MT_ROLE_FFN_UP || role == MT_ROLE_FFN_DOWN;
     if ((moe_role && E <= 0) || (dense_role && E > 0)) return NULL;
     if (role == MT_ROLE_ROUTER) return &w->layers[layer].router;
     const mt_mat *m = role_mats((mt_weights *)w, role, layer);
-    if (!m) return NULL;
+    if (!m || !m->data) return NULL;
     if (role == MT_ROLE_EXP_GATE || role == MT_ROLE_EXP_UP || role == MT_ROLE_EXP_DOWN) {
         if (expert < 0 || expert >= E) return NULL;
         return m + expert;

@@ -520,10 +520,15 @@ static int load_layer(layer_buf *b, const mt_layer_weights *Lw, int l) {
 static mt_dtype out_type(mt_dtype t);
 static int write_rows(mt_hf_writer *w, mt_dtype t, const float *src, int64_t rows, int64_t cols, void *buf);
 
+/* The routed part of a MoE layer: the router and the routed experts. A
+ * shared expert (and its gate) is not routed: merge keeps it as it is. */
+static int is_routed(const mt_arch_tensor *t) {
+    return t && (t->role == MT_ROLE_ROUTER || (t->flags & MT_ROLE_F_EXPERT));
+}
+
 /* Router and expert tensors are rewritten; everything else is copied. */
 static int is_moe_tensor(const mt_config *c, const char *name, mt_format fmt) {
-    const mt_arch_tensor *t = mt_arch_parse(mt_arch_get(c->arch), name, fmt, NULL, NULL);
-    return t && (t->flags & MT_ROLE_F_MOE);
+    return is_routed(mt_arch_parse(mt_arch_get(c->arch), name, fmt, NULL, NULL));
 }
 
 /* The tensors merge keeps as they are, in output (HF) form. An HF source
@@ -566,7 +571,7 @@ static int keep_list(const mt_ckpt *ck, const mt_config *cf, keep_t **out, size_
     mt_arch_item a;
     int st = mt_arch_iter_init(&it, cf, 0, mt_ckpt_path(ck));
     while (!st && mt_arch_iter_next(&it, &a)) {
-        if (a.t->flags & MT_ROLE_F_MOE) continue;
+        if (is_routed(a.t)) continue;
         const mt_tensor *t = mt_ckpt_find(ck, a.gguf);
         if (!t) return mt_seterr(MT_ERR_NOT_FOUND, "%s: tensor %s is missing", mt_ckpt_path(ck), a.gguf);
         keep_t *e = &k[n++];
@@ -693,6 +698,10 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     mt_model_opts_default(&mo);
     mo.n_threads = o->n_threads;
     if ((st = mt_model_load(&m, model_path, &mo))) return st;
+    if (mt_ckpt_is_archive(mt_model_ckpt(m))) {
+        mt_model_free(m);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: an archive is read in place by inspect, eval, generate and tokenize; unpack it to %s it", model_path, "merge");
+    }
     const mt_config *cf = mt_model_config(m);
     const mt_weights *w = mt_model_weights(m);
     const mt_ckpt *ck = mt_model_ckpt(m);
@@ -714,6 +723,12 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
                                            "models with one router row per expert", model_path);
         goto done;
     }
+    for (int l = 0; l < L; l++)
+        if (w->layers[l].n_experts == 0) {
+            st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: layer %d is a dense MLP (decoder_sparse_step / mlp_only_layers); "
+                                               "merge reads models whose every layer has experts", model_path, l);
+            goto done;
+        }
     int Emax = cf->n_experts, reduced = 0, Etot = 0;
     for (int l = 0; l < L; l++) Emax = w->layers[l].n_experts > Emax ? w->layers[l].n_experts : Emax;
     if ((st = report_alloc(R, L, Emax))) goto done;

@@ -205,6 +205,7 @@ void mt_calib_capture_free(mt_calib_capture *cc) {
     if (!cc) return;
     mt_calib_rows_free(&cc->attn);
     mt_calib_rows_free(&cc->attn_out);
+    mt_calib_rows_free(&cc->ffn_in);
     for (int e = 0; cc->x && e < cc->n_exp; e++) mt_calib_rows_free(&cc->x[e]);
     free(cc->x);
     memset(cc, 0, sizeof *cc);
@@ -212,6 +213,7 @@ void mt_calib_capture_free(mt_calib_capture *cc) {
 
 typedef struct {
     int layer, dense, with_attn, rc;
+    int shared; /* the layer has a shared expert: keep every FFN input */
     uint64_t cap;
     mt_calib_capture *cc;
 } hook_ctx;
@@ -234,6 +236,7 @@ static int hook(void *user, const mt_capture_event *ev) {
     case MT_CAP_ATTN_OUT:
         return hc->with_attn ? add_rows(hc, &cc->attn_out, ev->data, ev->n_rows, UINT64_MAX) : 0;
     case MT_CAP_FFN_IN:
+        if (hc->shared && add_rows(hc, &cc->ffn_in, ev->data, ev->n_rows, UINT64_MAX)) return hc->rc;
         return hc->dense ? add_rows(hc, &cc->x[0], ev->data, ev->n_rows, hc->cap) : 0;
     case MT_CAP_EXPERT_IN:
         if (!hc->dense && ev->expert >= 0 && ev->expert < cc->n_exp)
@@ -257,7 +260,8 @@ int mt_calib_capture_layer(mt_model *m, int layer, const int32_t *ids, size_t n_
     cc->ffn = c->ffn;
     mt_calib_rows_init(&cc->attn, c->hidden);
     mt_calib_rows_init(&cc->attn_out, (int64_t)c->n_heads * c->head_dim);
-    hook_ctx hc = {layer, L->n_experts == 0, with_attn, MT_OK, cap, cc};
+    mt_calib_rows_init(&cc->ffn_in, c->hidden);
+    hook_ctx hc = {layer, L->n_experts == 0, with_attn, MT_OK, L->sh_w1.data != NULL, cap, cc};
     mt_ctx *ctx = NULL;
     int rc = MT_OK;
     if (!(cc->x = calloc((size_t)ne, sizeof *cc->x))) {

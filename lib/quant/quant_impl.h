@@ -125,6 +125,8 @@ typedef struct {
     mt_calib_rows attn_out; /* attention outputs, o_proj's inputs, of every
                              token (n_heads·head_dim wide; with_attn)       */
     mt_calib_rows *x;     /* [n_exp] routed input rows of each expert      */
+    mt_calib_rows ffn_in; /* FFN inputs of every token, when the layer has a
+                             shared expert (its calibration)                */
     uint64_t n_tokens;    /* tokens run                                    */
 } mt_calib_capture;
 

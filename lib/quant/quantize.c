@@ -71,7 +71,10 @@ void mt_quant_report_free(mt_quant_report *r) {
 }
 
 /* Matrix kinds of a layer. */
-enum { K_Q, K_K, K_V, K_O, K_W1, K_W3, K_W2, K_COUNT };
+/* Kinds of quantized matrix per layer: attention, the routed experts (or the
+ * dense MLP, as expert 0), the shared expert (not routed: one per layer,
+ * quantized with the experts' grid, calibrated on every token). */
+enum { K_Q, K_K, K_V, K_O, K_W1, K_W3, K_W2, K_SW1, K_SW3, K_SW2, K_COUNT };
 
 typedef struct {
     int used;
@@ -422,6 +425,9 @@ static mt_mat *layer_mat(mt_layer_weights *L, int k, int e) {
     case K_O: return &L->wo;
     case K_W1: return &L->w1[e];
     case K_W3: return &L->w3[e];
+    case K_SW1: return &L->sh_w1;
+    case K_SW3: return &L->sh_w3;
+    case K_SW2: return &L->sh_w2;
     default: return &L->w2[e];
     }
 }
@@ -539,7 +545,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         for (int k = o->attn_bits ? K_Q : K_W1; k < K_COUNT; k++)
-            for (int e = 0; e < (k <= K_O ? 1 : L->n_experts > 0 ? L->n_experts : 1); e++) {
+            for (int e = 0; e < (k <= K_O || k >= K_SW1 ? 1 : L->n_experts > 0 ? L->n_experts : 1); e++) {
+                if (!layer_mat(L, k, e)->data) continue;
                 const mt_dtype t = layer_mat(L, k, e)->dtype;
                 if (!mt_dtype_is_plain_float(t))
                     return mt_seterr(MT_ERR_ARG, "%s: layer %d is already quantized (%s); quantize the original weights",
@@ -620,19 +627,25 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             uint64_t cap = (uint64_t)ceil(o->expert_cap * (double)n_ids *
                                           (L->n_experts > 0 ? (double)c->top_k / L->n_experts : 1.0));
             if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, W, with_attn, cap, &cc))) goto fail;
+            if (L->sh_w1.data && cc.ffn_in.n == 0) {
+                rc = mt_seterr(MT_ERR_INTERNAL, "quantize: layer %d: no calibration rows for the shared expert", l);
+                goto fail;
+            }
             rep->calib_seconds += mt_now() - tc;
             for (int e = 0; e < lne; e++) rep->expert_tokens[(size_t)l * ne + e] = (uint64_t)cc.x[e].n;
         }
         /* Largest working sets first: w2 (ffn-wide Hessian) before w1/w3
          * and attention, so that the big jobs overlap each other and the
          * small ones fill in at the end. */
-        static const int order[K_COUNT] = {K_W2, K_W1, K_W3, K_Q, K_K, K_V, K_O};
+        static const int order[K_COUNT] = {K_SW2, K_W2, K_SW1, K_SW3, K_W1, K_W3, K_Q, K_K, K_V, K_O};
         int nj = 0;
         for (int ki = 0; ki < K_COUNT; ki++) {
             const int k = order[ki];
-            int is_attn = k <= K_O;
+            int is_attn = k <= K_O, is_shared = k >= K_SW1;
             if (is_attn && !with_attn) continue;
-            for (int e = 0; e < (is_attn ? 1 : lne); e++) {
+            /* the shared expert: not under the qmoe code, which holds routed experts */
+            if (is_shared && (!L->sh_w1.data || o->codec == MT_QUANT_CODEC_QMOE)) continue;
+            for (int e = 0; e < (is_attn || is_shared ? 1 : lne); e++) {
                 job_t *j = &jobs[nj++];
                 memset(j, 0, sizeof *j);
                 j->src = layer_mat(L, k, e);
@@ -648,6 +661,12 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                         /* q/k/v on the attention input; o_proj on the
                          * attention output of the same pass. */
                         j->x = k == K_O ? &cc.attn_out : &cc.attn;
+                    } else if (is_shared) { /* every token's FFN input */
+                        j->x = &cc.ffn_in;
+                        if (k == K_SW2) {
+                            j->w1 = &L->sh_w1;
+                            j->w3 = &L->sh_w3;
+                        }
                     } else if ((uint64_t)cc.x[e].n < (uint64_t)(o->min_expert_tokens > 0 ? o->min_expert_tokens : 1)) {
                         j->x = NULL;
                         if (k == K_W1) {
@@ -800,6 +819,9 @@ static int role_kind(const mt_config *c, const char *name, mt_format fmt, int *l
     case MT_ROLE_EXP_GATE: case MT_ROLE_FFN_GATE: return K_W1;
     case MT_ROLE_EXP_UP: case MT_ROLE_FFN_UP: return K_W3;
     case MT_ROLE_EXP_DOWN: case MT_ROLE_FFN_DOWN: return K_W2;
+    case MT_ROLE_SHEXP_GATE: return K_SW1;
+    case MT_ROLE_SHEXP_UP: return K_SW3;
+    case MT_ROLE_SHEXP_DOWN: return K_SW2;
     default: return -1;
     }
 }
@@ -1055,6 +1077,12 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
                     OUT("\"%s.%s\"", exp, LBL(MT_ROLE_FFN_DOWN));
                 }
             }
+            if (c->n_experts > 0 && c->ffn_shared > 0 && mt_arch_tensor_of(fam, MT_ROLE_SHEXP_GATE)) {
+                if (pass == 0)
+                    OUT(", \"%s.%s\", \"%s.%s\"", fam->hf_mlp_module, LBL(MT_ROLE_SHEXP_GATE), fam->hf_mlp_module,
+                        LBL(MT_ROLE_SHEXP_UP));
+                else OUT(", \"%s.%s\"", fam->hf_mlp_module, LBL(MT_ROLE_SHEXP_DOWN));
+            }
             OUT("]");
         }
         OUT("]");
@@ -1201,6 +1229,10 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
                               calib_in, 1)))
         return rc;
     if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
+    if (mt_ckpt_is_archive(ck)) {
+        mt_ckpt_free(ck);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: an archive is read in place by inspect, eval, generate and tokenize; unpack it to %s it", in_path, "quantize");
+    }
     rc = mt_quant_check(&o, mt_ckpt_config(ck), 1);
     const int is_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
     mt_ckpt_free(ck);

@@ -12,8 +12,14 @@
  *               x += attn Woᵀ
  *               h = rmsnorm(x) * w_ffn
  *               p = softmax(h Wrᵀ) in f32; top-k (ties: lower expert first);
- *               gates = p_topk / sum(p_topk)
+ *               gates = p_topk / sum(p_topk) (unless the family / config
+ *               says not to renormalise: Qwen2-MoE's norm_topk_prob false)
  *               x += Σ_k gate_k · W2_e(silu(W1_e h) ⊙ W3_e h)
+ *               [+ sigmoid(h · w_sg) · W2_s(silu(W1_s h) ⊙ W3_s h): the
+ *               shared expert, when the layer has one]
+ * q/k/v get their biases added after the projections when the family has
+ * them (Qwen2-MoE); q and k are RMS-normed before RoPE with the family's
+ * QK-norm (Qwen3-MoE: each head; OLMoE: the whole projection).
  *   logits = rmsnorm(x) * w_out · lm_headᵀ
  *
  * Capture events (mt_runtime.h) are delivered at ATTN_IN, ATTN_OUT (attn,
@@ -76,6 +82,9 @@ static int ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch, int dry) 
         if (m->w.layers[l].n_experts > 0 && (size_t)m->w.layers[l].n_router_rows > Rmax)
             Rmax = (size_t)m->w.layers[l].n_router_rows;
     const size_t K = (size_t)(cf->top_k > 0 ? cf->top_k : 1);
+    size_t F = (size_t)cf->ffn; /* widest MLP: experts, dense layers, shared expert */
+    if ((size_t)mt_config_dense_ffn(cf) > F) F = (size_t)mt_config_dense_ffn(cf);
+    if ((size_t)cf->ffn_shared > F) F = (size_t)cf->ffn_shared;
     const size_t half = (size_t)cf->head_dim / 2;
     const size_t att = be->ops->attn_scratch_floats(be, n_batch, n_ctx);
     size_t sz[24];
@@ -102,8 +111,8 @@ static int ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch, int dry) 
     sz[ns++] = fbytes3(B, Rmax, 1);
     sz[ns++] = fbytes3(B, K, 1);
     sz[ns++] = fbytes3(B, H, 1);
-    sz[ns++] = fbytes3(B, (size_t)cf->ffn, 1);
-    sz[ns++] = fbytes3(B, (size_t)cf->ffn, 1);
+    sz[ns++] = fbytes3(B, F, 1);
+    sz[ns++] = fbytes3(B, F, 1);
     sz[ns++] = fbytes3(B, H, 1);
     sz[ns++] = fbytes3(B, K, 1);
     /* The scratch is estimated before any of it is allocated: attention
@@ -132,6 +141,7 @@ static int ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch, int dry) 
         mt_ctx_free(c);
         return MT_OK;
     }
+    c->renorm = mt_config_renorm_topk(cf);
     size_t lr = fbytes3(L, B, K), rc = fbytes3(L, E, 2), er = fbytes3(B, 1, 1), tk = fbytes3(B, K, 1);
     size_t cw = H > (size_t)c->q_dim ? H : (size_t)c->q_dim, cap = fbytes3(B, cw > Rmax ? cw : Rmax, 1);
     if (!lr || !rc || !er || !tk || !cap) {
@@ -240,17 +250,39 @@ static int run_expert(mt_ctx *c, const mt_layer_weights *Lw, int layer, int e, i
     const mt_config *cf = &c->m->w.cfg;
     const mt_backend_ops *op = c->m->be->ops;
     mt_backend *be = c->m->be;
-    const int H = cf->hidden, F = cf->ffn;
+    const int H = cf->hidden;
+    const int64_t F = Lw->w1[e].rows;
     int st;
     if ((st = emit(c, MT_CAP_EXPERT_IN, layer, expert_id, m_rows, H, c->ex_in, c->ex_rows, c->ex_gate, NULL)))
         return st;
     op->linear(be, &Lw->w1[e], c->ex_in, m_rows, c->ex_g);
     op->linear(be, &Lw->w3[e], c->ex_in, m_rows, c->ex_u);
-    op->swiglu(be, c->ex_g, c->ex_u, (size_t)m_rows * F);
+    op->swiglu(be, c->ex_g, c->ex_u, (size_t)m_rows * (size_t)F);
     op->linear(be, &Lw->w2[e], c->ex_g, m_rows, c->ex_out);
     if ((st = emit(c, MT_CAP_EXPERT_OUT, layer, expert_id, m_rows, H, c->ex_out, c->ex_rows, c->ex_gate, NULL)))
         return st;
     op->scatter_add_rows(be, c->proj, c->ex_out, c->ex_rows, c->ex_gate, m_rows, H);
+    return 0;
+}
+
+/* The shared expert of a MoE layer (Qwen2-MoE): every row of h, its output
+ * scaled by sigmoid(h · sh_gate) and added after the routed experts', as
+ * transformers' Qwen2MoeSparseMoeBlock adds it. */
+static int shared_expert(mt_ctx *c, const mt_layer_weights *Lw, int n) {
+    mt_backend *be = c->m->be;
+    const mt_backend_ops *op = be->ops;
+    const int H = c->m->w.cfg.hidden;
+    op->linear(be, &Lw->sh_gate, c->h, n, c->router); /* (n, 1); routing is done with c->router */
+    op->download(be, c->ex_gate, c->router, (size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        c->ex_rows[i] = i;
+        c->ex_gate[i] = 1.0f / (1.0f + expf(-c->ex_gate[i]));
+    }
+    op->linear(be, &Lw->sh_w1, c->h, n, c->ex_g);
+    op->linear(be, &Lw->sh_w3, c->h, n, c->ex_u);
+    op->swiglu(be, c->ex_g, c->ex_u, (size_t)n * (size_t)Lw->sh_w1.rows);
+    op->linear(be, &Lw->sh_w2, c->ex_g, n, c->ex_out);
+    op->scatter_add_rows(be, c->proj, c->ex_out, c->ex_rows, c->ex_gate, n, H);
     return 0;
 }
 
@@ -278,7 +310,7 @@ static int ffn(mt_ctx *c, int layer, int n) {
     const int top_k = cf->top_k;
     const int nr = Lw->alias ? Lw->n_router_rows : ne;
     op->linear(be, Lw->alias ? &Lw->router_full : &Lw->router, c->h, n, c->router);
-    mt_be_router_args ra = {c->router, c->router_p, c->topk, c->topk_w, n, nr, top_k, Lw->alias};
+    mt_be_router_args ra = {c->router, c->router_p, c->topk, c->topk_w, n, nr, top_k, Lw->alias, c->renorm};
     op->router_topk(be, &ra);
     const size_t nk = (size_t)n * top_k;
     op->download(be, c->topk_h, c->topk, nk * sizeof(int32_t));
@@ -301,7 +333,7 @@ static int ffn(mt_ctx *c, int layer, int n) {
         op->gather_rows(be, c->ex_in, c->h, c->ex_rows, mrows, H);
         if ((st = run_expert(c, Lw, layer, e, mrows, e))) return st;
     }
-    return 0;
+    return Lw->sh_w1.data ? shared_expert(c, Lw, n) : 0;
 }
 
 /* ---- forward --------------------------------------------------------------- */
@@ -332,6 +364,21 @@ int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int a
         op->linear(be, &Lw->wq, c->h, n, c->q);
         op->linear(be, &Lw->wk, c->h, n, c->k);
         op->linear(be, &Lw->wv, c->h, n, c->v);
+        if (m->bias_f32) { /* q/k/v biases (the family's attn_bias) */
+            const float *b = m->bias_f32 + (size_t)l * (c->q_dim + 2 * c->kv_dim);
+            for (int i = 0; i < n; i++) {
+                op->add(be, c->q + (size_t)i * c->q_dim, b, (size_t)c->q_dim);
+                op->add(be, c->k + (size_t)i * c->kv_dim, b + c->q_dim, (size_t)c->kv_dim);
+                op->add(be, c->v + (size_t)i * c->kv_dim, b + c->q_dim + c->kv_dim, (size_t)c->kv_dim);
+            }
+        }
+        if (m->qkn_f32) { /* QK-norm before RoPE: per head, or over the whole projection */
+            const int ph = m->qk_norm == MT_QK_NORM_HEAD;
+            const size_t qn = ph ? (size_t)cf->head_dim : (size_t)c->q_dim, kn = ph ? (size_t)cf->head_dim : (size_t)c->kv_dim;
+            const float *wq = m->qkn_f32 + (size_t)l * (qn + kn);
+            op->rmsnorm(be, c->q, c->q, wq, ph ? n * cf->n_heads : n, (int)qn, cf->norm_eps);
+            op->rmsnorm(be, c->k, c->k, wq + qn, ph ? n * cf->n_kv_heads : n, (int)kn, cf->norm_eps);
+        }
         mt_be_rope_args rq = {c->q, n, c->q_dim, cf->n_heads, cf->head_dim, c->pos, c->rope_cos, c->rope_sin, style};
         mt_be_rope_args rk = {c->k, n, c->kv_dim, cf->n_kv_heads, cf->head_dim, c->pos, c->rope_cos, c->rope_sin, style};
         op->rope(be, &rq);

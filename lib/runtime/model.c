@@ -84,15 +84,38 @@ static int check_weights(const mt_model *m, const char *path) {
                                  L->n_experts, l);
         }
         int ne = L->n_experts > 0 ? L->n_experts : 1;
+        const int64_t F = L->n_experts > 0 ? c->ffn : mt_config_dense_ffn(c), FS = c->ffn_shared;
         if (!L->w1 || !L->w2 || !L->w3) return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has no MLP weights", path, l);
         for (int e = 0; e < ne; e++) {
             if ((st = check_mat(m->be, &L->w1[e], path, "expert w1", l)) < 0) return st;
             if ((st = check_mat(m->be, &L->w2[e], path, "expert w2", l)) < 0) return st;
             if ((st = check_mat(m->be, &L->w3[e], path, "expert w3", l)) < 0) return st;
-            if ((st = check_shape(&L->w1[e], c->ffn, H, path, "expert w1", l)) < 0) return st;
-            if ((st = check_shape(&L->w3[e], c->ffn, H, path, "expert w3", l)) < 0) return st;
-            if ((st = check_shape(&L->w2[e], H, c->ffn, path, "expert w2", l)) < 0) return st;
+            if ((st = check_shape(&L->w1[e], F, H, path, "expert w1", l)) < 0) return st;
+            if ((st = check_shape(&L->w3[e], F, H, path, "expert w3", l)) < 0) return st;
+            if ((st = check_shape(&L->w2[e], H, F, path, "expert w2", l)) < 0) return st;
         }
+        /* optional parts: biases, shared expert (the family's table says) */
+        const struct {
+            const mt_mat *w;
+            int64_t r, c;
+            const char *what;
+        } opt[] = {{&L->bq, 1, QD, "q_proj bias"},          {&L->bk, 1, KD, "k_proj bias"},
+                   {&L->bv, 1, KD, "v_proj bias"},          {&L->sh_w1, FS, H, "shared expert gate_proj"},
+                   {&L->sh_w3, FS, H, "shared expert up_proj"}, {&L->sh_w2, H, FS, "shared expert down_proj"},
+                   {&L->sh_gate, 1, H, "shared expert gate"},
+                   {&L->q_norm, 1, m->qk_norm == MT_QK_NORM_HEAD ? c->head_dim : QD, "q_norm"},
+                   {&L->k_norm, 1, m->qk_norm == MT_QK_NORM_HEAD ? c->head_dim : KD, "k_norm"}};
+        for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++) {
+            if (!opt[i].w->data) continue;
+            if ((st = check_mat(m->be, opt[i].w, path, opt[i].what, l)) < 0) return st;
+            if ((st = check_shape(opt[i].w, opt[i].r, opt[i].c, path, opt[i].what, l)) < 0) return st;
+        }
+        if (!L->bq.data != !L->bk.data || !L->bq.data != !L->bv.data)
+            return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has some q/k/v biases but not all", path, l);
+        if (!L->q_norm.data != !m->qk_norm || !L->k_norm.data != !m->qk_norm)
+            return mt_seterr(MT_ERR_FORMAT, "%s: layer %d: q_norm / k_norm do not match the family's QK-norm", path, l);
+        if (L->sh_w1.data && (!L->sh_w2.data || !L->sh_w3.data || !L->sh_gate.data))
+            return mt_seterr(MT_ERR_FORMAT, "%s: layer %d has an incomplete shared expert", path, l);
     }
     return MT_OK;
 }
@@ -118,6 +141,11 @@ static size_t all_mats(mt_weights *w, mt_mat **out, mat_name *names, size_t cap)
         PUT(&L->wk, "layer %d k_proj", l);
         PUT(&L->wv, "layer %d v_proj", l);
         PUT(&L->wo, "layer %d o_proj", l);
+        if (L->sh_w1.data) {
+            PUT(&L->sh_w1, "layer %d shared expert gate_proj", l);
+            PUT(&L->sh_w3, "layer %d shared expert up_proj", l);
+            PUT(&L->sh_w2, "layer %d shared expert down_proj", l);
+        }
         for (int e = 0; e < (L->n_experts > 0 ? L->n_experts : 1); e++) {
             PUT(&L->w1[e], "layer %d expert %d w1", l, e);
             PUT(&L->w3[e], "layer %d expert %d w3", l, e);
@@ -200,6 +228,8 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
         nt = n > 0 ? (int)(n > 256 ? 256 : n) : 1;
     }
     if ((st = mt_backend_cpu_init(&m->be, nt)) < 0) goto fail;
+    const mt_arch *fam = mt_arch_get(m->w.cfg.arch);
+    m->qk_norm = fam ? fam->qk_norm : MT_QK_NORM_NONE;
     if ((st = check_weights(m, path)) < 0) goto fail;
 
     const mt_config *c = &m->w.cfg;
@@ -220,6 +250,37 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
         m->be->ops->get_rows(m->be, &m->w.layers[l].ffn_norm, &row0, 1, m->norm_f32 + (size_t)(2 * l + 1) * H);
     }
     m->be->ops->get_rows(m->be, &m->w.out_norm, &row0, 1, m->norm_f32 + (size_t)(2 * c->n_layers) * H);
+    if (m->qk_norm) { /* QK-norm weights as f32, (n_layers, qn + kn) */
+        const size_t qn = (size_t)m->w.layers[0].q_norm.cols, kn = (size_t)m->w.layers[0].k_norm.cols;
+        m->qkn_f32 = m->be->ops->buf_alloc(m->be, (size_t)c->n_layers * (qn + kn) * sizeof(float));
+        if (!m->qkn_f32) {
+            st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory for QK-norm weights", path);
+            goto fail;
+        }
+        for (int l = 0; l < c->n_layers; l++) {
+            m->be->ops->get_rows(m->be, &m->w.layers[l].q_norm, &row0, 1, m->qkn_f32 + (size_t)l * (qn + kn));
+            m->be->ops->get_rows(m->be, &m->w.layers[l].k_norm, &row0, 1, m->qkn_f32 + (size_t)l * (qn + kn) + qn);
+        }
+    }
+    if (m->w.layers[0].bq.data) { /* q/k/v biases as f32 too, (n_layers, q_dim + 2 kv_dim) */
+        const size_t QD = (size_t)c->n_heads * c->head_dim, KD = (size_t)c->n_kv_heads * c->head_dim;
+        m->bias_f32 = m->be->ops->buf_alloc(m->be, (size_t)c->n_layers * (QD + 2 * KD) * sizeof(float));
+        if (!m->bias_f32) {
+            st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory for bias vectors", path);
+            goto fail;
+        }
+        for (int l = 0; l < c->n_layers; l++) {
+            float *b = m->bias_f32 + (size_t)l * (QD + 2 * KD);
+            const mt_layer_weights *L = &m->w.layers[l];
+            if (!L->bq.data) {
+                st = mt_seterr(MT_ERR_FORMAT, "%s: layer %d has no q/k/v biases but layer 0 has", path, l);
+                goto fail;
+            }
+            m->be->ops->get_rows(m->be, &L->bq, &row0, 1, b);
+            m->be->ops->get_rows(m->be, &L->bk, &row0, 1, b + QD);
+            m->be->ops->get_rows(m->be, &L->bv, &row0, 1, b + QD + KD);
+        }
+    }
     *out = m;
     return MT_OK;
 fail:
@@ -231,6 +292,8 @@ void mt_model_free(mt_model *m) {
     if (!m) return;
     if (m->be) {
         m->be->ops->buf_free(m->be, m->norm_f32);
+        m->be->ops->buf_free(m->be, m->bias_f32);
+        m->be->ops->buf_free(m->be, m->qkn_f32);
         mt_backend_free(m->be);
     }
     if (m->tok) mt_tok_free(m->tok);
@@ -278,6 +341,10 @@ void mt_model_param_stats(const mt_model *m, mt_param_stats *out) {
         add_mat(&L->wv, &p, &b);
         add_mat(&L->wo, &p, &b);
         add_mat(&L->ffn_norm, &p, &b);
+        /* biases and the shared expert: always active, not experts */
+        const mt_mat *always[] = {&L->bq,    &L->bk,    &L->bv,      &L->sh_w1,
+                                  &L->sh_w3, &L->sh_w2, &L->sh_gate, &L->q_norm, &L->k_norm};
+        for (size_t i = 0; i < sizeof always / sizeof always[0]; i++) add_mat(always[i], &p, &b);
         if (L->n_experts > 0) {
             add_mat(&L->router, &p, &b);
             uint64_t ep = 0, eb = 0;

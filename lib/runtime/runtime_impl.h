@@ -5,6 +5,7 @@
 #ifndef MT_RUNTIME_IMPL_H
 #define MT_RUNTIME_IMPL_H
 
+#include "moetool/mt_arch.h"
 #include "moetool/mt_qmoe.h"
 #include "moetool/mt_runtime.h"
 #include "backend.h"
@@ -22,6 +23,11 @@ struct mt_model {
     float *norm_f32;         /* (2*n_layers+1, hidden): attn and ffn norm of
                                 each layer, then the final norm, as f32;
                                 backend memory                              */
+    mt_qk_norm qk_norm;      /* the family's QK-norm                        */
+    float *qkn_f32;          /* (n_layers, qn + kn): q_norm, k_norm weights
+                                as f32, backend memory; NULL without       */
+    float *bias_f32;         /* (n_layers, q_dim + 2 kv_dim): q/k/v biases as
+                                f32, backend memory; NULL without biases   */
     mt_qmoe_dict qdict;      /* qmoe checkpoints: the dictionary ...          */
     mt_qmoe_mat *qmats;      /* ... and every coded matrix, parsed at load    */
     size_t n_qmats;
@@ -32,6 +38,7 @@ struct mt_ctx {
     int n_ctx, n_batch;
     int pos;                 /* tokens in the cache                         */
     int q_dim, kv_dim;       /* n_heads*head_dim, n_kv_heads*head_dim       */
+    int renorm;              /* top-k gates renormalised (config / family)  */
 
     float *k_cache;          /* (n_layers, n_ctx, kv_dim)                   */
     float *v_cache;          /* (n_layers, n_ctx, kv_dim)                   */
@@ -65,8 +72,9 @@ struct mt_ctx {
     int32_t *ex_rows;        /* (n_batch) batch rows routed to one expert, host */
     float *ex_gate;          /* (n_batch) their gates, host                 */
     float *ex_in;            /* (n_batch, hidden) gathered rows             */
-    float *ex_g;             /* (n_batch, ffn)       gate proj              */
-    float *ex_u;             /* (n_batch, ffn)       up proj                */
+    float *ex_g;             /* (n_batch, max ffn)   gate proj (max of ffn,
+                                ffn_dense, ffn_shared)                      */
+    float *ex_u;             /* (n_batch, max ffn)   up proj                */
     float *ex_out;           /* (n_batch, hidden)                           */
 
     mt_capture_fn cap_fn;

@@ -6,7 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static const mt_arch *const g_families[] = {&mt_arch_mixtral, &mt_arch_mistral, &mt_arch_llama};
+static const mt_arch *const g_families[] = {&mt_arch_mixtral, &mt_arch_mistral, &mt_arch_llama, &mt_arch_qwen2moe,
+                                             &mt_arch_qwen3moe, &mt_arch_olmoe};
 #define N_FAMILIES (sizeof g_families / sizeof g_families[0])
 
 const mt_arch *mt_arch_get(const char *name) {
@@ -20,6 +21,29 @@ const mt_arch *mt_arch_find_hf(const char *model_type, const char *class_name) {
         if (model_type && !strcmp(g_families[i]->hf_model_type, model_type)) return g_families[i];
         if (!model_type && class_name && !strcmp(g_families[i]->hf_class, class_name)) return g_families[i];
     }
+    return NULL;
+}
+
+/* Families recognised but refused by name: what they need that moetool
+ * does not run. */
+static const struct {
+    const char *hf_model_type, *gguf_arch, *why;
+} g_refused[] = {
+    {"deepseek_v2", "deepseek2", "DeepSeek-V2 multi-head latent attention (MLA) is not supported"},
+    {"deepseek_v3", NULL, "DeepSeek-V3 multi-head latent attention (MLA) is not supported"},
+};
+
+const char *mt_arch_refusal(const char *hf_model_type, const char *gguf_arch) {
+    for (size_t i = 0; i < sizeof g_refused / sizeof g_refused[0]; i++) {
+        if (hf_model_type && !strcmp(g_refused[i].hf_model_type, hf_model_type)) return g_refused[i].why;
+        if (gguf_arch && g_refused[i].gguf_arch && !strcmp(g_refused[i].gguf_arch, gguf_arch)) return g_refused[i].why;
+    }
+    return NULL;
+}
+
+const mt_arch *mt_arch_find_gguf(const char *gguf_arch) {
+    for (size_t i = 0; gguf_arch && i < N_FAMILIES; i++)
+        if (!strcmp(g_families[i]->gguf_arch, gguf_arch)) return g_families[i];
     return NULL;
 }
 
@@ -109,6 +133,10 @@ static int64_t dim(mt_dim d, const mt_config *c, int layer) {
     case MT_DIM_Q: return (int64_t)c->n_heads * c->head_dim;
     case MT_DIM_KV: return (int64_t)c->n_kv_heads * c->head_dim;
     case MT_DIM_ROUTER: return mt_config_router_rows(c, layer);
+    case MT_DIM_FFN_DENSE: return mt_config_dense_ffn(c);
+    case MT_DIM_FFN_SHARED: return c->ffn_shared;
+    case MT_DIM_ONE: return 1;
+    case MT_DIM_HEAD: return c->head_dim;
     default: return 1;
     }
 }

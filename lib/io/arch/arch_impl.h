@@ -9,5 +9,8 @@
 extern const mt_arch mt_arch_mixtral;
 extern const mt_arch mt_arch_mistral;
 extern const mt_arch mt_arch_llama;
+extern const mt_arch mt_arch_qwen2moe;
+extern const mt_arch mt_arch_qwen3moe;
+extern const mt_arch mt_arch_olmoe;
 
 #endif

@@ -51,6 +51,7 @@ static const mt_arch_tensor g_llama_tensors[] = {
         .name = nm, .hf_model_type = type, .hf_class = cls, .gguf_arch = "llama", .moe = is_moe,                     \
         .rope_theta = theta, .norm_eps = eps, .max_pos = maxpos, .routing = MT_ROUTE_SOFTMAX, .renorm_topk = 1,      \
         .n_shared_experts = 0, .qk_norm = 0, .attn_bias = 0, .hf_rope = MT_ROPE_HALF, .hidden_act = "silu",          \
+        .gguf_rope = MT_ROPE_INTERLEAVED, .hf_key_experts = "num_local_experts",                                     \
         .hf_attn_module = "self_attn", .hf_moe_module = "block_sparse_moe.experts", .hf_mlp_module = "mlp",         \
         .tensors = g_llama_tensors, .n_tensors = (int)(sizeof g_llama_tensors / sizeof g_llama_tensors[0]),          \
     }

@@ -67,7 +67,8 @@ typedef struct {
 } mt_be_attn_args;
 
 /* Router: probabilities p = softmax(logits) per row in f32, the top_k rows
- * of p (ties to the lower index), gates = p_topk / Σ p_topk. With alias
+ * of p (ties to the lower index), gates = p_topk / Σ p_topk (renorm) or
+ * p_topk. With alias
  * (router row -> expert), chosen rows become experts; a later slot whose
  * expert an earlier slot holds gives its gate to that slot and becomes -1
  * with gate 0, so each expert runs once per token. */
@@ -78,6 +79,7 @@ typedef struct {
     float *gates;        /* (n, top_k)              */
     int n, n_rows, top_k;
     const int32_t *alias; /* (n_rows) or NULL; host memory */
+    int renorm;          /* 1: gates / Σ gates; 0: gates = p_topk as they are */
 } mt_be_router_args;
 
 typedef struct mt_backend_ops {

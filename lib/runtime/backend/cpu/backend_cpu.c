@@ -236,7 +236,7 @@ static void cpu_router_topk(mt_backend *be, const mt_be_router_args *a) {
             tw[k] = p[best];
             wsum += p[best];
         }
-        for (int k = 0; k < top_k; k++) tw[k] /= wsum;
+        for (int k = 0; a->renorm && k < top_k; k++) tw[k] /= wsum;
         if (!a->alias) continue;
         for (int k = 0; k < top_k; k++) {
             tk[k] = a->alias[tk[k]];
