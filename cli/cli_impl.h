@@ -61,6 +61,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_distill(int argc, char **argv);
 
 /* After writing OUT: one stderr line when transformers and llama.cpp cannot
  * load it as moetool runs it (mt_config_portability). */

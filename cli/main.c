@@ -31,6 +31,7 @@ static const char *g_usage =
     "  tokenize  MODEL -p TEXT        token ids and pieces (--decode IDS: back)\n"
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
     "  merge     MODEL -o OUT --experts K   reduce experts per layer by calibrated merging\n"
+    "  distill   TEACHER -o OUT --student dense   train a dense student by KD\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
     "sharded), a .safetensors file with config.json beside it, a PyTorch\n"
@@ -447,6 +448,7 @@ int main(int argc, char **argv) {
         {"tokenize", cmd_tokenize},
         {"quantize", cmd_quantize},
         {"merge", cmd_merge},
+        {"distill", cmd_distill},
     };
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
         if (!strcmp(verb, verbs[i].name)) return verbs[i].fn(argc - 1, argv + 1);
