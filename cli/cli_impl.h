@@ -43,6 +43,13 @@ void cli_progress_done(void);
 /* Path of the bundled model, used when a verb's MODEL is omitted. */
 const char *cli_default_model(void);
 
+/* For verbs still parsed by getopt (distill; the others use options.h):
+ * one line for getopt's '?'/':', and int/float values; print and return
+ * MT_EXIT_USAGE / -1. */
+int cli_bad_option(const char *verb, int c, char **argv);
+int cli_parse_int(const char *verb, const char *opt, const char *s, long lo, long hi, long *out);
+int cli_parse_float(const char *verb, const char *opt, const char *s, double *out);
+
 /* rel inside MODEL when it is a directory, else beside the MODEL file
  * (malloc'd; NULL when out of memory). */
 char *cli_beside_model(const char *model, const char *rel);
@@ -54,7 +61,7 @@ void json_strn(FILE *f, const char *s, size_t n);
 
 /* Verbs: entry points and option tables (cli/verbs.c lists them). */
 extern const cli_verb cli_verb_inspect, cli_verb_convert, cli_verb_eval, cli_verb_generate, cli_verb_tokenize,
-    cli_verb_quantize, cli_verb_merge, cli_verb_run;
+    cli_verb_quantize, cli_verb_merge, cli_verb_distill, cli_verb_run;
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
@@ -63,6 +70,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_distill(int argc, char **argv);
 
 /* After writing OUT: one stderr line when transformers and llama.cpp cannot
  * load it as moetool runs it (mt_config_portability). */

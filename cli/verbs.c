@@ -12,6 +12,7 @@ const cli_verb *const cli_verbs[] = {
     &cli_verb_tokenize,
     &cli_verb_quantize,
     &cli_verb_merge,
+    &cli_verb_distill,
     &cli_verb_run,
     NULL,
 };

@@ -9,6 +9,7 @@
 #include "qmoe_kernel.h"
 
 #include <cblas.h>
+#include <pthread.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -266,8 +267,49 @@ static void cpu_scatter_add_rows(mt_backend *be, float *dst, const float *src, c
 }
 
 /* ---- linear algebra ------------------------------------------------------- */
+/* With a pool (a model's or the trainer's backend), C's rows are split over
+ * it, each thread one single-threaded sgemm on its rows (column blocks when
+ * M is too small to share); without one (mt_backend_default: quant, merge)
+ * one call, threaded by BLAS itself as before. Every element of C is the
+ * same K-long dot product either way. */
+typedef struct {
+    int ta, tb, M, N, K;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+    int lda, ldb, ldc;
+} gemm_task;
+
+static void gemm_worker(void *arg, int ith, int nth) {
+    const gemm_task *t = arg;
+    int64_t b, e;
+    if (t->M >= 4 * nth) {
+        mt_split_range(t->M, ith, nth, 1, &b, &e);
+        if (b >= e) return;
+        const float *A = t->ta ? t->A + b : t->A + b * (int64_t)t->lda;
+        cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans, t->tb ? CblasTrans : CblasNoTrans, (int)(e - b),
+                    t->N, t->K, t->alpha, A, t->lda, t->B, t->ldb, t->beta, t->C + b * (int64_t)t->ldc, t->ldc);
+    } else {
+        mt_split_range(t->N, ith, nth, 16, &b, &e);
+        if (b >= e) return;
+        const float *B = t->tb ? t->B + b * (int64_t)t->ldb : t->B + b;
+        cblas_sgemm(CblasRowMajor, t->ta ? CblasTrans : CblasNoTrans, t->tb ? CblasTrans : CblasNoTrans, t->M,
+                    (int)(e - b), t->K, t->alpha, t->A, t->lda, B, t->ldb, t->beta, t->C + b, t->ldc);
+    }
+}
+
+static pthread_once_t g_gemm_blas_once = PTHREAD_ONCE_INIT;
+static void gemm_blas_single_thread(void) { openblas_set_num_threads(1); }
+
 static void cpu_gemm_f32(mt_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                          int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    mt_pool *p = impl(be)->pool;
+    if (p && mt_pool_size(p) > 1 && (int64_t)M * N * K >= (1 << 16)) {
+        pthread_once(&g_gemm_blas_once, gemm_blas_single_thread);
+        gemm_task t = {trans_a, trans_b, M, N, K, alpha, beta, A, B, C, lda, ldb, ldc};
+        mt_pool_run(p, gemm_worker, &t);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
                 alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -1,0 +1,346 @@
+/* distill.c — mt_distill: the training loop (data sampling, teacher logits,
+ * step, schedule), the resumable checkpoint and the output directory.
+ *
+ * Data: the training text encoded once (BOS first); each sequence of a batch
+ * starts at a uniform random offset (splitmix64 from the seed), so the RNG
+ * state is the whole data position a checkpoint needs.
+ *
+ * Checkpoint "<out>.ckpt", written under "<out>.ckpt.tmp-<pid>-XXXXXX" and
+ * renamed into place (fsync'd first):
+ *   offset 0  "MTDSTCK1"                        magic + version
+ *          8  u64 words[CK_WORDS]                shape, batch, steps, seed, init,
+ *                                                options' hash, step done, RNG,
+ *                                                tokens done, n_params
+ *          .. f32 params[n], m[n], v[n]
+ *          .. u64 FNV-1a of every byte before it
+ * --resume refuses a file whose magic, size, checksum, shape or options
+ * differ from this run's. */
+#define _GNU_SOURCE
+#include "distill_impl.h"
+
+#include "moetool/mt_write.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *g_init_names[MT_DISTILL_INIT_COUNT] = {"concat", "average", "random"};
+const char *mt_distill_init_name(int init) {
+    return init >= 0 && init < MT_DISTILL_INIT_COUNT ? g_init_names[init] : "?";
+}
+int mt_distill_init_from_name(const char *s) {
+    for (int i = 0; i < MT_DISTILL_INIT_COUNT; i++)
+        if (!strcmp(s, g_init_names[i])) return i;
+    return -1;
+}
+
+void mt_distill_opts_default(mt_distill_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->init = MT_DISTILL_INIT_CONCAT;
+    o->tokens = 524288;
+    o->kd_weight = 0.5f;
+    o->temperature = 1.0f;
+    o->lr = 1e-3f;
+    o->min_lr_frac = 0.1f;
+    o->weight_decay = 0.01f;
+    o->beta1 = 0.9f, o->beta2 = 0.95f;
+    o->grad_clip = 1.0f;
+    o->warmup = -1;
+    o->batch = 16, o->seq = 256;
+    o->init_tokens = 32768;
+    o->seed = 1;
+}
+
+/* ---- checkpoint ---------------------------------------------------------------- */
+enum { CK_L, CK_H, CK_NH, CK_NKV, CK_D, CK_F, CK_V, CK_B, CK_T, CK_STEPS, CK_SEED, CK_INIT, CK_OPTS, CK_STEP,
+       CK_RNG, CK_TOKENS, CK_NPARAMS, CK_WORDS };
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Hash of the options a resumed run must share (they shape the loss curve). */
+static uint64_t opts_hash(const mt_distill_opts *o, int warmup) {
+    const float f[] = {o->kd_weight, o->temperature, o->lr, o->min_lr_frac, o->weight_decay, o->beta1, o->beta2,
+                       o->grad_clip};
+    uint64_t h = fnv(0xcbf29ce484222325ull, f, sizeof f);
+    h = fnv(h, &warmup, sizeof warmup);
+    return fnv(h, &o->tokens, sizeof o->tokens);
+}
+
+static void ck_words(uint64_t *w, const dt_model *m, int steps, const mt_distill_opts *o, int warmup) {
+    const dt_config *c = &m->c;
+    memset(w, 0, CK_WORDS * sizeof *w);
+    w[CK_L] = c->n_layers, w[CK_H] = c->hidden, w[CK_NH] = c->n_heads, w[CK_NKV] = c->n_kv_heads;
+    w[CK_D] = c->head_dim, w[CK_F] = c->ffn, w[CK_V] = c->vocab, w[CK_B] = m->B, w[CK_T] = m->T;
+    w[CK_STEPS] = (uint64_t)steps, w[CK_SEED] = o->seed, w[CK_INIT] = (uint64_t)o->init;
+    w[CK_OPTS] = opts_hash(o, warmup), w[CK_NPARAMS] = m->n_params;
+}
+
+static int write_all(int fd, const void *p, size_t n, uint64_t *h) {
+    *h = fnv(*h, p, n);
+    const char *b = p;
+    while (n) {
+        ssize_t k = write(fd, b, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        b += k, n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int ckpt_save(const char *path, const dt_model *m, const uint64_t *words) {
+    char *tmp = NULL;
+    if (asprintf(&tmp, "%s.tmp-%ld-XXXXXX", path, (long)getpid()) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int st = mt_seterr(MT_ERR_IO, "%s: cannot create the checkpoint: %s", tmp, strerror(errno));
+        free(tmp);
+        return st;
+    }
+    mt_output_tmp_add(tmp);
+    uint64_t h = 0xcbf29ce484222325ull;
+    const size_t nb = m->n_params * sizeof(float);
+    int bad = write_all(fd, "MTDSTCK1", 8, &h) || write_all(fd, words, CK_WORDS * sizeof *words, &h) ||
+              write_all(fd, m->params, nb, &h) || write_all(fd, m->m, nb, &h) || write_all(fd, m->v, nb, &h);
+    uint64_t h2 = h;
+    bad = bad || write_all(fd, &h2, sizeof h2, &h) || fsync(fd) != 0;
+    bad = close(fd) != 0 || bad;
+    if (bad || rename(tmp, path) != 0) {
+        int st = mt_seterr(MT_ERR_IO, "%s: cannot write the checkpoint: %s", path, strerror(errno));
+        unlink(tmp);
+        mt_output_tmp_forget(tmp);
+        free(tmp);
+        return st;
+    }
+    mt_output_tmp_forget(tmp);
+    free(tmp);
+    return MT_OK;
+}
+
+static int ckpt_load(const char *path, dt_model *m, const uint64_t *want, uint64_t *words) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return mt_seterr(MT_ERR_NOT_FOUND, "%s: no checkpoint to resume from: %s", path, strerror(errno));
+    const size_t nb = m->n_params * sizeof(float);
+    const size_t total = 8 + CK_WORDS * 8 + 3 * nb + 8;
+    int st = MT_OK;
+    struct stat sb;
+    char magic[8];
+    uint64_t h = 0xcbf29ce484222325ull, stored = 0;
+    if (fstat(fileno(f), &sb) != 0 || (uint64_t)sb.st_size != total) {
+        st = mt_seterr(MT_ERR_FORMAT, "%s: checkpoint is %lld bytes, this run's student needs %zu (different "
+                       "options or a truncated file)", path, (long long)sb.st_size, total);
+        goto done;
+    }
+    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "MTDSTCK1", 8) ||
+        fread(words, 8, CK_WORDS, f) != CK_WORDS || fread(m->params, 1, nb, f) != nb || fread(m->m, 1, nb, f) != nb ||
+        fread(m->v, 1, nb, f) != nb || fread(&stored, 8, 1, f) != 1) {
+        st = mt_seterr(MT_ERR_FORMAT, "%s: not a moetool distill checkpoint", path);
+        goto done;
+    }
+    h = fnv(h, magic, 8);
+    h = fnv(h, words, CK_WORDS * 8);
+    h = fnv(h, m->params, nb), h = fnv(h, m->m, nb), h = fnv(h, m->v, nb);
+    if (h != stored) {
+        st = mt_seterr(MT_ERR_FORMAT, "%s: checkpoint checksum mismatch (corrupt file)", path);
+        goto done;
+    }
+    for (int i = 0; i < CK_WORDS; i++)
+        if (i != CK_STEP && i != CK_RNG && i != CK_TOKENS && words[i] != want[i]) {
+            static const char *names[CK_WORDS] = {"layers", "hidden", "heads", "kv heads", "head dim", "width",
+                                                  "vocab", "batch", "seq", "steps", "seed", "init",
+                                                  "training options (kd-weight, temperature, lr, warmup, tokens)"};
+            st = mt_seterr(MT_ERR_FORMAT, "%s: checkpoint was written with other options or another teacher "
+                           "(%s: %llu, this run %llu)", path, names[i] ? names[i] : "shape",
+                           (unsigned long long)words[i], (unsigned long long)want[i]);
+            goto done;
+        }
+    if (words[CK_STEP] > words[CK_STEPS]) st = mt_seterr(MT_ERR_FORMAT, "%s: checkpoint step out of range", path);
+done:
+    fclose(f);
+    return st;
+}
+
+/* ---- the run -------------------------------------------------------------------- */
+int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o, mt_distill_report *rep) {
+    mt_model *t = NULL;
+    mt_backend *be = NULL;
+    mt_outdir *od = NULL;
+    mt_ctx *tctx = NULL;
+    dt_model m;
+    memset(&m, 0, sizeof m);
+    mt_config sc;
+    memset(&sc, 0, sizeof sc);
+    int32_t *ids = NULL, *text_ids = NULL, *tok = NULL, *tgt = NULL;
+    float *tlog = NULL;
+    char *ck_path = NULL;
+    mt_distill_report r0;
+    mt_distill_report *R = rep ? rep : &r0;
+    int st;
+    memset(R, 0, sizeof *R);
+    if (!teacher_path || !out_path || !o) return mt_seterr(MT_ERR_ARG, "distill: missing teacher, output or options");
+    if (!o->data_path) return mt_seterr(MT_ERR_ARG, "distill: --data FILE is required");
+    if (o->init < 0 || o->init >= MT_DISTILL_INIT_COUNT) return mt_seterr(MT_ERR_ARG, "distill: unknown init %d", o->init);
+    if (o->batch < 1 || o->seq < 2 || o->tokens < 1 || o->width < 0 || !(o->lr > 0) || !(o->temperature > 0) ||
+        !(o->kd_weight >= 0 && o->kd_weight <= 1) || o->ckpt_every < 0)
+        return mt_seterr(MT_ERR_ARG, "distill: batch, seq, tokens, width, lr, temperature or kd-weight out of range");
+
+    const char *in[] = {o->data_path};
+    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, teacher_path, in, 1))) return st;
+    if (asprintf(&ck_path, "%s.ckpt", out_path) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+
+    mt_model_opts mo;
+    mt_model_opts_default(&mo);
+    mo.n_threads = o->n_threads;
+    if ((st = mt_model_load(&t, teacher_path, &mo))) goto done;
+    const mt_config *tc = mt_model_config(t);
+    if (tc->n_experts == 0) {
+        st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: the teacher is dense (no experts); distill reads a MoE teacher", teacher_path);
+        goto done;
+    }
+    if (tc->quant != MT_QFMT_NONE || mt_config_has_alias(tc)) {
+        st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: quantized or alias-routed teacher; distill reads unquantized "
+                       "experts with one router row each", teacher_path);
+        goto done;
+    }
+    const mt_tokenizer *tz = mt_model_tokenizer(t);
+    if (!tz) {
+        st = mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer to encode the training text with: %s", teacher_path,
+                       mt_model_tokenizer_error(t));
+        goto done;
+    }
+    const int width = o->width ? o->width : tc->top_k * tc->ffn;
+    const int B = o->batch, T = o->seq, V = tc->vocab;
+    if (tc->max_pos > 0 && T > tc->max_pos) {
+        st = mt_seterr(MT_ERR_ARG, "--seq %d is longer than the teacher's context of %d", T, tc->max_pos);
+        goto done;
+    }
+
+    size_t n_text = 0, n_ids;
+    if ((st = mt_tok_encode_file(tz, o->data_path, 0, &text_ids, &n_text, NULL))) goto done;
+    const int bos = mt_tok_bos(tz);
+    if (!(ids = malloc((n_text + 1) * sizeof *ids))) {
+        st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", o->data_path);
+        goto done;
+    }
+    n_ids = 0;
+    if (bos >= 0) ids[n_ids++] = bos;
+    memcpy(ids + n_ids, text_ids, n_text * sizeof *ids);
+    n_ids += n_text;
+    for (size_t i = 0; i < n_ids; i++)
+        if (ids[i] < 0 || ids[i] >= V) {
+            st = mt_seterr(MT_ERR_FORMAT, "%s: token id %d outside the teacher's vocabulary of %d (tokenizer and "
+                           "model disagree)", o->data_path, ids[i], V);
+            goto done;
+        }
+    if (n_ids < (size_t)T + 1) {
+        st = mt_seterr(MT_ERR_FORMAT, "%s: %zu tokens, too short for one sequence of --seq %d (+1 target)", o->data_path,
+                       n_ids, T);
+        goto done;
+    }
+    const uint64_t per_step = (uint64_t)B * T;
+    const int steps = (int)((o->tokens + per_step - 1) / per_step);
+    const int warmup = o->warmup >= 0 ? o->warmup : steps / 20;
+
+    if ((st = mt_outdir_open(&od, out_path))) goto done;
+    if ((st = mt_backend_cpu_init(&be, mt_model_threads(t)))) goto done;
+    dt_config dc;
+    dst_engine_config(&dc, tc, width);
+    if ((st = dt_model_init(&m, &dc, B, T, be))) goto done;
+    if ((st = dst_student_config(&sc, tc, width))) goto done;
+
+    uint64_t rng = o->seed * 0x2545f4914f6cdd1dull + 1, words[CK_WORDS], want[CK_WORDS];
+    uint64_t tokens_done = 0;
+    int start = 0;
+    ck_words(want, &m, steps, o, warmup);
+    if (o->resume) {
+        if ((st = ckpt_load(ck_path, &m, want, words))) goto done;
+        start = (int)words[CK_STEP], rng = words[CK_RNG], tokens_done = words[CK_TOKENS];
+    } else {
+        if (o->progress) o->progress(o->progress_user, "distill: init", 0, 1);
+        if ((st = dst_student_from_teacher(&m, t, o->init, ids, n_ids, o->init_tokens, T, &rng))) goto done;
+    }
+    tok = malloc((size_t)per_step * sizeof *tok);
+    tgt = malloc((size_t)per_step * sizeof *tgt);
+    if (o->kd_weight > 0) tlog = malloc((size_t)per_step * V * sizeof *tlog);
+    if (!tok || !tgt || (o->kd_weight > 0 && !tlog)) {
+        st = mt_seterr(MT_ERR_NOMEM, "distill: out of memory for a batch of %d x %d", B, T);
+        goto done;
+    }
+    if (o->kd_weight > 0 && (st = mt_ctx_init(&tctx, t, T, T))) goto done;
+
+    R->steps = steps, R->start_step = start, R->width = width, R->init = o->init;
+    R->student_params = m.n_params;
+    const dt_adamw adam0 = {o->lr, o->beta1, o->beta2, 1e-8f, o->weight_decay};
+    const double t0 = mt_now();
+    for (int s = start; s < steps; s++) {
+        for (int b = 0; b < B; b++) {
+            const size_t off = (size_t)(dst_rng_next(&rng) % (uint64_t)(n_ids - (size_t)T));
+            memcpy(tok + (size_t)b * T, ids + off, (size_t)T * sizeof *tok);
+            memcpy(tgt + (size_t)b * T, ids + off + 1, (size_t)T * sizeof *tgt);
+        }
+        if (tctx && (st = dst_teacher_logits(tctx, tok, B, T, V, tlog))) goto done;
+        dt_forward(&m, tok);
+        const dt_loss L = dt_loss_backward_logits(&m, tgt, tlog, o->kd_weight, o->temperature);
+        if (!isfinite(L.loss)) {
+            st = mt_seterr(MT_ERR_INTERNAL, "step %d: loss is %s; stopped%s", s + 1, isnan(L.loss) ? "NaN" : "infinite",
+                           o->ckpt_every ? " (the last checkpoint is kept)" : "");
+            goto done;
+        }
+        dt_backward(&m, tok);
+        const double gn = dt_clip_grads(&m, o->grad_clip);
+        dt_adamw adam = adam0;
+        adam.lr = dt_lr_schedule(s, steps, warmup, o->lr, o->min_lr_frac);
+        dt_adamw_step(&m, &adam, s + 1);
+        tokens_done += per_step;
+        const double el = mt_now() - t0;
+        if (s == start) R->first_loss = L.loss;
+        R->last_loss = L.loss, R->last_ce = L.ce, R->last_kd = L.kd;
+        R->tokens = tokens_done;
+        R->seconds = el;
+        R->tokens_per_s = el > 0 ? (double)(s + 1 - start) * per_step / el : 0;
+        if (o->on_step) {
+            mt_distill_step ev = {s + 1, steps, tokens_done, L.loss, L.ce, L.kd, adam.lr, gn, R->tokens_per_s,
+                                  el / (s + 1 - start) * (steps - s - 1)};
+            o->on_step(o->step_user, &ev);
+        }
+        if (o->progress) {
+            char what[128];
+            snprintf(what, sizeof what, "distill: step; loss %.4f KD %.4f CE %.4f, %.0f tok/s", L.loss, L.kd, L.ce,
+                     R->tokens_per_s);
+            o->progress(o->progress_user, what, (uint64_t)s + 1, (uint64_t)steps);
+        }
+        if (o->ckpt_every && (s + 1) % o->ckpt_every == 0 && s + 1 < steps) {
+            memcpy(words, want, sizeof words);
+            words[CK_STEP] = (uint64_t)s + 1, words[CK_RNG] = rng, words[CK_TOKENS] = tokens_done;
+            if ((st = ckpt_save(ck_path, &m, words))) goto done;
+        }
+    }
+
+    if ((st = dst_write_hf(&m, m.params, &sc, mt_model_ckpt(t), mt_outdir_path(od), 1))) goto done;
+    st = mt_outdir_commit(od); /* frees od whatever the outcome */
+    od = NULL;
+    if (st) goto done;
+    unlink(ck_path); /* the output is in place: nothing left to resume */
+done:
+    mt_outdir_free(od);
+    mt_ctx_free(tctx);
+    dt_model_free(&m);
+    mt_backend_free(be);
+    mt_config_free(&sc);
+    mt_model_free(t);
+    free(ids);
+    free(text_ids);
+    free(tok);
+    free(tgt);
+    free(tlog);
+    free(ck_path);
+    return st;
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# moetool distill: usage and input errors (one line, exit 2 / 1, nothing
+# written), a NaN loss stops with the step number, and resume after kill -9
+# reproduces the uninterrupted run's losses and weights exactly; the student
+# converted to GGUF generates the same greedy text in llama.cpp.
+set -u
+BIN=${MT_BIN:-build/cli/moetool}
+MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+expect() { # name want_rc cmd...
+  local name=$1 want=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  local lines; lines=$(grep -vc 'removed, a temporary left by process' "$T/err")
+  if [ "$rc" != "$want" ] || [ "$lines" != 1 ] || [ -e "$T/o" ]; then
+    echo "FAIL $name: rc $rc (want $want), $lines stderr lines: $(cat "$T/err")"; ls "$T"; fails=$((fails + 1)); rm -rf "$T/o"
+  else echo "ok $name: $(cat "$T/err")"; fi
+}
+TINY=(--tokens 1024 --batch 2 --seq 32 --init-tokens 256 --threads 2 --quiet)
+expect no-student 2 "$BIN" distill "$MODEL" -o "$T/o"
+expect bad-student 2 "$BIN" distill "$MODEL" -o "$T/o" --student moe
+expect bad-init 2 "$BIN" distill "$MODEL" -o "$T/o" --student dense --init svd
+expect bad-kd 2 "$BIN" distill "$MODEL" -o "$T/o" --student dense --kd-weight 1.5
+head -c 40 "$MODEL/data/test.txt" >"$T/short.txt"
+expect short-data 1 "$BIN" distill "$MODEL" -o "$T/o" --student dense --data "$T/short.txt" "${TINY[@]}"
+expect missing-data 1 "$BIN" distill "$MODEL" -o "$T/o" --student dense --data "$T/none.txt" "${TINY[@]}"
+expect width-too-wide 2 "$BIN" distill "$MODEL" -o "$T/o" --student dense --width 5000 "${TINY[@]}"
+# a teacher with corrupt (NaN) weights: 1 MiB of 0xff inside its second shard
+mkdir "$T/nan" && cp "$MODEL"/*.json "$MODEL"/tokenizer.model "$MODEL"/model-0000*.safetensors "$T/nan/"
+head -c 1048576 /dev/zero | tr '\0' '\377' | dd of="$T/nan/model-00002-of-00002.safetensors" bs=1 seek=6000000 conv=notrunc status=none
+expect nan-loss 1 "$BIN" distill "$T/nan" -o "$T/o" --student dense --data "$MODEL/data/train.txt" "${TINY[@]}"
+grep -q "step 1: loss is NaN" "$T/err" || { echo "FAIL nan-loss message"; fails=$((fails + 1)); }
+expect resume-without-ckpt 1 "$BIN" distill "$MODEL" -o "$T/o" --student dense --resume "${TINY[@]}"
+
+# Resume: the uninterrupted run, then one killed after its checkpoint at step 8 and resumed.
+RUN=(--student dense --tokens 3072 --batch 2 --seq 32 --init-tokens 256 --threads 2 --checkpoint-every 4 --quiet --json)
+"$BIN" distill "$MODEL" -o "$T/full" "${RUN[@]}" >"$T/full.json" || { echo "FAIL full run"; exit 1; }
+[ -e "$T/full.ckpt" ] && { echo "FAIL checkpoint left after a complete run"; fails=$((fails + 1)); }
+"$BIN" distill "$MODEL" -o "$T/cut" "${RUN[@]}" >/dev/null &
+pid=$!
+for _ in $(seq 6000); do
+  if [ -e "$T/cut.ckpt" ] && [ "$(od -An -t u8 -j $((8 + 13 * 8)) -N 8 "$T/cut.ckpt" | tr -d ' ')" -ge 8 ] 2>/dev/null; then break; fi
+  sleep 0.1
+done
+kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+[ -e "$T/cut" ] && { echo "FAIL output present after kill -9"; fails=$((fails + 1)); }
+step=$(od -An -t u8 -j $((8 + 13 * 8)) -N 8 "$T/cut.ckpt" | tr -d ' ')
+echo "killed with checkpoint at step $step"
+"$BIN" distill "$MODEL" -o "$T/cut" "${RUN[@]}" --resume >"$T/cut.json" || { echo "FAIL resume"; exit 1; }
+ls "$T" | grep -q 'tmp-' && { echo "FAIL temporaries left: $(ls "$T")"; fails=$((fails + 1)); }
+# losses of every resumed step equal the uninterrupted run's, and so do the weights
+extract() { grep -o '{"step": [0-9]*, "loss": [^}]*}' "$1"; }
+extract "$T/cut.json" >"$T/cut.log"
+n=$(wc -l <"$T/cut.log")
+first=$(head -1 "$T/cut.log" | grep -o '"step": [0-9]*' | grep -o '[0-9]*')
+if [ "$n" -lt 1 ] || [ "$first" != $((step + 1)) ] || ! extract "$T/full.json" | tail -n "$n" | cmp -s - "$T/cut.log"; then
+  echo "FAIL resumed losses differ (from step $first, $n steps)"; diff <(extract "$T/full.json" | tail -n "$n") "$T/cut.log" | head; fails=$((fails + 1))
+else echo "ok resume: steps $first..$((first + n - 1)) identical"; fi
+cmp -s "$T/full/model.safetensors" "$T/cut/model.safetensors" || { echo "FAIL resumed weights differ"; fails=$((fails + 1)); }
+# a checkpoint from other options is refused
+"$BIN" distill "$MODEL" -o "$T/cut2" "${RUN[@]}" >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 6000); do [ -e "$T/cut2.ckpt" ] && break; sleep 0.1; done
+kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+rm -rf "$T/o"
+expect ckpt-other-options 1 "$BIN" distill "$MODEL" -o "$T/cut2" --student dense --tokens 3072 --batch 2 --seq 32 \
+  --init-tokens 256 --threads 2 --lr 5e-4 --resume --quiet
+# the student as a llama-arch GGUF: llama.cpp's greedy text equals moetool's (when llama_cpp is installed)
+PY=${PYTHON:-python3}
+if "$PY" -c 'import llama_cpp' >/dev/null 2>&1; then
+  "$BIN" convert "$T/full" -o "$T/full.gguf" --quiet >/dev/null &&
+    "$BIN" generate "$T/full.gguf" -p "And Paul said" -n 16 --threads 2 --json >"$T/gen.json" 2>/dev/null &&
+    timeout 600 "$PY" "${MT_SOURCE_DIR:-.}/tests/llamacpp_check.py" "$T/full.gguf" --expect "$T/gen.json" \
+      --prompt "And Paul said" >"$T/llama.log" 2>&1 && echo "ok llama.cpp greedy text equal" ||
+    { echo "FAIL llama.cpp: $(tail -3 "$T/llama.log")"; fails=$((fails + 1)); }
+else echo "llama.cpp part skipped: no llama_cpp in $PY"; fi
+echo "$fails failed"
+[ "$fails" = 0 ]
