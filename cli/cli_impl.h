@@ -5,6 +5,7 @@
 #define MT_CLI_IMPL_H
 
 #include "moetool/mt_runtime.h"
+#include "options.h"
 
 #include <stdio.h>
 
@@ -25,13 +26,15 @@ int cli_usage_error(const char *verb, const char *fmt, ...)
 #endif
     ;
 
-/* For getopt's '?' or ':' (optstrings start with ':', opterr = 0): one
- * line naming the option, returns MT_EXIT_USAGE. */
-int cli_bad_option(const char *verb, int c, char **argv);
 /* -o "" is refused before any work: returns -1 after printing. */
 int cli_check_output(const char *verb, const char *out);
 /* Prints a name read from a file with control bytes escaped, padded to width. */
 void cli_term_str(FILE *f, const char *s, int width);
+
+/* The log callback (mt_set_log): one line per message on stderr. */
+void cli_log_stderr(void *user, mt_log_level level, const char *msg);
+/* Whether a progress line is drawn (async-signal-safe). */
+int cli_progress_shown(void);
 
 /* Progress on stderr, redrawn in place, only when stderr is a terminal. */
 void cli_progress(void *user, const char *what, uint64_t done, uint64_t total);
@@ -40,7 +43,10 @@ void cli_progress_done(void);
 /* Path of the bundled model, used when a verb's MODEL is omitted. */
 const char *cli_default_model(void);
 
-/* Parses an int/float option value; on error prints and returns -1. */
+/* For verbs still parsed by getopt (distill; the others use options.h):
+ * one line for getopt's '?'/':', and int/float values; print and return
+ * MT_EXIT_USAGE / -1. */
+int cli_bad_option(const char *verb, int c, char **argv);
 int cli_parse_int(const char *verb, const char *opt, const char *s, long lo, long hi, long *out);
 int cli_parse_float(const char *verb, const char *opt, const char *s, double *out);
 
@@ -53,7 +59,9 @@ char *cli_beside_model(const char *model, const char *rel);
 void json_str(FILE *f, const char *s);
 void json_strn(FILE *f, const char *s, size_t n);
 
-/* Verbs. */
+/* Verbs: entry points and option tables (cli/verbs.c lists them). */
+extern const cli_verb cli_verb_inspect, cli_verb_convert, cli_verb_eval, cli_verb_generate, cli_verb_tokenize,
+    cli_verb_quantize, cli_verb_merge, cli_verb_distill, cli_verb_run;
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
@@ -61,6 +69,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
 
 /* After writing OUT: one stderr line when transformers and llama.cpp cannot

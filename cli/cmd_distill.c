@@ -237,3 +237,18 @@ int cmd_distill(int argc, char **argv) {
     free(log.v), free(log.step);
     return MT_EXIT_OK;
 }
+
+/* Listed for dispatch; its flags are still parsed by getopt above (its
+ * --help is g_help), so it has no table rows yet and is no recipe step. */
+const cli_verb cli_verb_distill = {
+    .name = "distill",
+    .synopsis = "usage: moetool distill TEACHER -o OUT --student dense [options] (see --help)",
+    .about = "Trains a dense student from a sparse teacher by knowledge distillation.\n",
+    .positional = "TEACHER",
+    .opts = NULL,
+    .n_opts = 0,
+    .args_size = 1,
+    .init = NULL,
+    .run = cmd_distill,
+    .recipe_step = 0,
+};

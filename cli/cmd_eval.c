@@ -3,40 +3,75 @@
 #define _GNU_SOURCE
 #include "cli_impl.h"
 
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *g_help =
-    "usage: moetool eval [MODEL] [--text FILE] [--ctx N] [--protocol gptq|llamacpp]\n"
-    "                    [--ref MODEL] [--threads T] [--max-windows N]\n"
-    "                    [--allow-long-context] [--json] [--quiet]\n"
-    "\n"
-    "Perplexity of a text under one of two protocols:\n"
-    "  gptq      the whole text tokenized without BOS, cut into non-overlapping\n"
-    "            windows of N tokens (a final partial window is dropped); every\n"
-    "            token of a window but its first is scored; ppl = exp(mean NLL)\n"
-    "  llamacpp  as llama.cpp's llama-perplexity: each window starts with BOS and\n"
-    "            only its second half is scored (comparable with llama.cpp)\n"
-    "With --ref, also the mean KL(ref || model) per scored token, top-1\n"
-    "agreement and mean |p_ref - p_model| of the correct token. Reports size\n"
-    "(bits per weight), tokens/s and the tokens routed to each expert.\n"
-    "\n"
-    "  --text FILE       text to score (default: MODEL/data/test.txt if present,\n"
-    "                    else the bundled model's held-out data/test.txt, with a\n"
-    "                    line on stderr saying so; it suits models made from the\n"
-    "                    bundled one, which share its tokenizer)\n"
-    "  --ctx N           window length in tokens (default 256, or the model's\n"
-    "                    max_position_embeddings when shorter; at most that)\n"
-    "  --allow-long-context  allow --ctx beyond max_position_embeddings\n"
-    "  --protocol P      gptq (default) or llamacpp\n"
-    "  --ref MODEL       reference model for KL / agreement (same tokenizer)\n"
-    "  --threads T       CPU threads (default: all cores)\n"
-    "  --max-windows N   score only the first N windows (only the text they\n"
-    "                    need is read)\n"
-    "  --json            one JSON object on stdout\n"
-    "  --quiet           no progress lines on stderr\n"
-    "  -h, --help        this text\n";
+typedef struct {
+    mt_eval_opts e;
+    mt_model_opts m;
+    const char *text, *ref;
+    int json, quiet, long_ctx;
+    int ctx_given; /* else the default shrinks to a shorter model context */
+} eval_args;
+
+static void eval_init(void *p) {
+    eval_args *a = p;
+    memset(a, 0, sizeof *a);
+    mt_eval_opts_default(&a->e);
+    mt_model_opts_default(&a->m);
+}
+
+static int set_ctx(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
+    eval_args *a = p;
+    a->e.ctx = atoi(value); /* range-checked by the table */
+    a->ctx_given = 1;
+    return 0;
+}
+
+static const char *const protocol_choices[] = {"gptq", "llamacpp", NULL};
+static const int protocol_values[] = {MT_PPL_GPTQ, MT_PPL_LLAMACPP};
+
+static const cli_opt eval_opts[] = {
+    {"text", 0, CLI_PATH, "FILE", "text to score (default: MODEL/data/test.txt if present, else the bundled model's "
+     "held-out data/test.txt, with a line on stderr saying so; it suits models made from the bundled one, which share "
+     "its tokenizer)", NULL, CLI_AT(eval_args, text)},
+    {"ctx", 0, CLI_INT, "N", "window length in tokens (default 256, or the model's max_position_embeddings when "
+     "shorter; at most that)", NULL, CLI_AT(eval_args, e.ctx), 2, 1 << 20, .set = set_ctx},
+    {"allow-long-context", 0, CLI_BOOL, NULL, "allow --ctx beyond max_position_embeddings", NULL,
+     CLI_AT(eval_args, long_ctx)},
+    {"protocol", 0, CLI_ENUM, "P", "gptq or llamacpp", "gptq", CLI_AT(eval_args, e.protocol),
+     .choices = protocol_choices, .values = protocol_values},
+    {"ref", 0, CLI_PATH, "MODEL", "reference model for KL / agreement (same tokenizer)", NULL, CLI_AT(eval_args, ref)},
+    {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(eval_args, m.n_threads), 1, MT_MAX_THREADS},
+    {"max-windows", 0, CLI_INT, "N", "score only the first N windows (only the text they need is read)", NULL,
+     CLI_AT(eval_args, e.max_windows), 1, 1 << 30},
+    {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout", NULL, CLI_AT(eval_args, json), .flags = CLI_OPT_CLI_ONLY},
+    {"quiet", 0, CLI_BOOL, NULL, "no progress lines on stderr", NULL, CLI_AT(eval_args, quiet),
+     .flags = CLI_OPT_CLI_ONLY},
+};
+
+const cli_verb cli_verb_eval = {
+    .name = "eval",
+    .synopsis = "usage: moetool eval [MODEL] [--text FILE] [--ctx N] [--protocol gptq|llamacpp]\n"
+                "                    [--ref MODEL] [--threads T] [--max-windows N]\n"
+                "                    [--allow-long-context] [--json] [--quiet]",
+    .about = "Perplexity of a text under one of two protocols:\n"
+             "  gptq      the whole text tokenized without BOS, cut into non-overlapping\n"
+             "            windows of N tokens (a final partial window is dropped); every\n"
+             "            token of a window but its first is scored; ppl = exp(mean NLL)\n"
+             "  llamacpp  as llama.cpp's llama-perplexity: each window starts with BOS and\n"
+             "            only its second half is scored (comparable with llama.cpp)\n"
+             "With --ref, also the mean KL(ref || model) per scored token, top-1\n"
+             "agreement and mean |p_ref - p_model| of the correct token. Reports size\n"
+             "(bits per weight), tokens/s and the tokens routed to each expert.\n",
+    .positional = "MODEL",
+    .opts = eval_opts,
+    .n_opts = sizeof eval_opts / sizeof eval_opts[0],
+    .args_size = sizeof(eval_args),
+    .init = eval_init,
+    .run = cmd_eval,
+    .recipe_step = 1,
+};
 
 static void routing_picture(const mt_eval_result *r) {
     static const char *bars[] = {" ", "\u2581", "\u2582", "\u2583", "\u2584", "\u2585", "\u2586", "\u2587", "\u2588"};
@@ -68,60 +103,16 @@ static void routing_picture(const mt_eval_result *r) {
 static char *default_text(const char *model) { return cli_beside_model(model, "data/test.txt"); }
 
 int cmd_eval(int argc, char **argv) {
-    static const struct option opts[] = {{"text", required_argument, 0, 't'},
-                                         {"ctx", required_argument, 0, 'c'},
-                                         {"protocol", required_argument, 0, 'p'},
-                                         {"ref", required_argument, 0, 'r'},
-                                         {"threads", required_argument, 0, 'T'},
-                                         {"max-windows", required_argument, 0, 'w'},
-                                         {"allow-long-context", no_argument, 0, 'L'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"quiet", no_argument, 0, 'Q'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    mt_eval_opts eo;
-    mt_eval_opts_default(&eo);
-    mt_model_opts mo;
-    mt_model_opts_default(&mo);
-    const char *text_path = NULL, *ref_path = NULL;
-    int json = 0, quiet = 0, long_ctx = 0, ctx_given = 0, c;
-    long v;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        switch (c) {
-        case 't': text_path = optarg; break;
-        case 'c':
-            if (cli_parse_int("eval", "--ctx", optarg, 2, 1 << 20, &v)) return MT_EXIT_USAGE;
-            eo.ctx = (int)v;
-            ctx_given = 1;
-            break;
-        case 'p':
-            if (!strcmp(optarg, "gptq"))
-                eo.protocol = MT_PPL_GPTQ;
-            else if (!strcmp(optarg, "llamacpp"))
-                eo.protocol = MT_PPL_LLAMACPP;
-            else
-                return cli_usage_error("eval", "--protocol must be gptq or llamacpp, got '%s'", optarg);
-            break;
-        case 'r': ref_path = optarg; break;
-        case 'T':
-            if (cli_parse_int("eval", "--threads", optarg, 1, MT_MAX_THREADS, &v)) return MT_EXIT_USAGE;
-            mo.n_threads = (int)v;
-            break;
-        case 'w':
-            if (cli_parse_int("eval", "--max-windows", optarg, 1, 1 << 30, &v)) return MT_EXIT_USAGE;
-            eo.max_windows = (int)v;
-            break;
-        case 'L': long_ctx = 1; break;
-        case 'j': json = 1; break;
-        case 'Q': quiet = 1; break;
-        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_bad_option("eval", c, argv);
-        }
-    }
-    if (argc - optind > 1) return cli_usage_error("eval", "expects one MODEL, got %d", argc - optind);
-    const char *model_path = optind < argc ? argv[optind] : cli_default_model();
+    eval_args A;
+    eval_init(&A);
+    const char *model_arg = NULL;
+    int prc = cli_opts_parse_argv(&cli_verb_eval, &A, argc, argv, &model_arg);
+    if (prc) return prc == 1 ? MT_EXIT_OK : prc;
+    mt_eval_opts eo = A.e;
+    mt_model_opts mo = A.m;
+    const char *text_path = A.text, *ref_path = A.ref;
+    const int json = A.json, quiet = A.quiet, long_ctx = A.long_ctx, ctx_given = A.ctx_given;
+    const char *model_path = model_arg ? model_arg : cli_default_model();
     char *text_default = NULL;
     if (!text_path) {
         /* A model directory that ships its held-out text (as the bundled one

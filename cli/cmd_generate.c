@@ -2,33 +2,59 @@
 #define _GNU_SOURCE
 #include "cli_impl.h"
 
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *g_help =
-    "usage: moetool generate [MODEL] -p PROMPT [-n N] [--temp T] [--top-p P]\n"
-    "                        [--seed S] [--threads T] [--no-bos] [--allow-long-context]\n"
-    "                        [--json]\n"
-    "\n"
-    "Continues PROMPT (BOS is prepended). Greedy by default; with --temp > 0\n"
-    "samples with temperature and nucleus (top-p) filtering from a seeded RNG.\n"
-    "The prompt is prefilled in one batch, then tokens are decoded one by one\n"
-    "with a KV cache; timing goes to stderr.\n"
-    "\n"
-    "  -p, --prompt TEXT  prompt text\n"
-    "  -n N               tokens to generate (default 64; 0 = prefill only, timing\n"
-    "                     on stderr); prompt + N may not pass the model's context\n"
-    "                     (max_position_embeddings)\n"
-    "  --allow-long-context  allow prompt + N beyond max_position_embeddings\n"
-    "  --temp T           temperature (default 0 = greedy)\n"
-    "  --top-p P          nucleus mass (default 1.0)\n"
-    "  --seed S           RNG seed (default 1)\n"
-    "  --threads T        CPU threads (default: all cores)\n"
-    "  --no-bos           do not prepend BOS\n"
-    "  --ignore-eos       keep going after the end-of-sequence token\n"
-    "  --json             print {\"prompt_ids\", \"ids\", \"text\", timing} instead of text\n"
-    "  -h, --help         this text\n";
+typedef struct {
+    mt_sample_opts s;
+    mt_model_opts m;
+    const char *prompt;
+    int json, no_bos;
+} generate_args;
+
+static void generate_init(void *p) {
+    generate_args *a = p;
+    memset(a, 0, sizeof *a);
+    mt_sample_opts_default(&a->s);
+    mt_model_opts_default(&a->m);
+}
+
+static const cli_opt generate_opts[] = {
+    {"prompt", 'p', CLI_STRING, "TEXT", "prompt text", NULL, CLI_AT(generate_args, prompt)},
+    {"n-predict", 'n', CLI_INT, "N", "tokens to generate (default 64; 0 = prefill only, timing on stderr); prompt + N "
+     "may not pass the model's context (max_position_embeddings)", NULL, CLI_AT(generate_args, s.n_predict), 0, 1 << 20},
+    {"allow-long-context", 0, CLI_BOOL, NULL, "allow prompt + N beyond max_position_embeddings", NULL,
+     CLI_AT(generate_args, s.allow_long_context)},
+    {"temp", 0, CLI_FLOAT, "T", "temperature; 0 = greedy", "0", CLI_AT(generate_args, s.temp), .flo = 0,
+     .flags = CLI_OPT_NO_HI},
+    {"top-p", 0, CLI_FLOAT, "P", "nucleus mass", "1.0", CLI_AT(generate_args, s.top_p), .flo = 0, .fhi = 1,
+     .flags = CLI_OPT_LO_OPEN},
+    {"seed", 0, CLI_INT, "S", "RNG seed", "0", CLI_AT(generate_args, s.seed), 0, 0x7fffffffL},
+    {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(generate_args, m.n_threads), 1, MT_MAX_THREADS},
+    {"no-bos", 0, CLI_BOOL, NULL, "do not prepend BOS", NULL, CLI_AT(generate_args, no_bos)},
+    {"ignore-eos", 0, CLI_BOOL, NULL, "keep going after the end-of-sequence token", NULL,
+     CLI_AT(generate_args, s.stop_at_eos), .flags = CLI_OPT_INVERT},
+    {"json", 0, CLI_BOOL, NULL, "print {\"prompt_ids\", \"ids\", \"text\", timing} instead of text", NULL,
+     CLI_AT(generate_args, json), .flags = CLI_OPT_CLI_ONLY},
+};
+
+const cli_verb cli_verb_generate = {
+    .name = "generate",
+    .synopsis = "usage: moetool generate [MODEL] -p PROMPT [-n N] [--temp T] [--top-p P]\n"
+                "                        [--seed S] [--threads T] [--no-bos] [--allow-long-context]\n"
+                "                        [--json]",
+    .about = "Continues PROMPT (BOS is prepended). Greedy by default; with --temp > 0\n"
+             "samples with temperature and nucleus (top-p) filtering from a seeded RNG.\n"
+             "The prompt is prefilled in one batch, then tokens are decoded one by one\n"
+             "with a KV cache; timing goes to stderr.\n",
+    .positional = "MODEL",
+    .opts = generate_opts,
+    .n_opts = sizeof generate_opts / sizeof generate_opts[0],
+    .args_size = sizeof(generate_args),
+    .init = generate_init,
+    .run = cmd_generate,
+    .recipe_step = 0,
+};
 
 typedef struct {
     const mt_tokenizer *tok;
@@ -48,63 +74,17 @@ static int on_token(void *user, int32_t id) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    static const struct option opts[] = {{"prompt", required_argument, 0, 'p'},
-                                         {"temp", required_argument, 0, 't'},
-                                         {"top-p", required_argument, 0, 'P'},
-                                         {"seed", required_argument, 0, 's'},
-                                         {"threads", required_argument, 0, 'T'},
-                                         {"no-bos", no_argument, 0, 'B'},
-                                         {"ignore-eos", no_argument, 0, 'E'},
-                                         {"allow-long-context", no_argument, 0, 'L'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    mt_sample_opts so;
-    mt_sample_opts_default(&so);
-    mt_model_opts mo;
-    mt_model_opts_default(&mo);
-    const char *prompt = NULL;
-    int json = 0, add_bos = 1, c;
-    long v;
-    double d;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":p:n:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'p': prompt = optarg; break;
-        case 'n':
-            if (cli_parse_int("generate", "-n", optarg, 0, 1 << 20, &v)) return MT_EXIT_USAGE;
-            so.n_predict = (int)v;
-            break;
-        case 't':
-            if (cli_parse_float("generate", "--temp", optarg, &d)) return MT_EXIT_USAGE;
-            if (d < 0) return cli_usage_error("generate", "--temp must be >= 0");
-            so.temp = (float)d;
-            break;
-        case 'P':
-            if (cli_parse_float("generate", "--top-p", optarg, &d)) return MT_EXIT_USAGE;
-            if (d <= 0 || d > 1) return cli_usage_error("generate", "--top-p must be in (0, 1]");
-            so.top_p = (float)d;
-            break;
-        case 's':
-            if (cli_parse_int("generate", "--seed", optarg, 0, 0x7fffffffL, &v)) return MT_EXIT_USAGE;
-            so.seed = (uint64_t)v;
-            break;
-        case 'T':
-            if (cli_parse_int("generate", "--threads", optarg, 1, MT_MAX_THREADS, &v)) return MT_EXIT_USAGE;
-            mo.n_threads = (int)v;
-            break;
-        case 'B': add_bos = 0; break;
-        case 'E': so.stop_at_eos = 0; break;
-        case 'L': so.allow_long_context = 1; break;
-        case 'j': json = 1; break;
-        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_bad_option("generate", c, argv);
-        }
-    }
-    if (argc - optind > 1) return cli_usage_error("generate", "expects one MODEL, got %d", argc - optind);
+    generate_args A;
+    generate_init(&A);
+    const char *model_arg = NULL;
+    int prc = cli_opts_parse_argv(&cli_verb_generate, &A, argc, argv, &model_arg);
+    if (prc) return prc == 1 ? MT_EXIT_OK : prc;
+    mt_sample_opts so = A.s;
+    mt_model_opts mo = A.m;
+    const char *prompt = A.prompt;
+    const int json = A.json, add_bos = !A.no_bos;
     if (!prompt) return cli_usage_error("generate", "missing -p PROMPT");
-    const char *model_path = optind < argc ? argv[optind] : cli_default_model();
+    const char *model_path = model_arg ? model_arg : cli_default_model();
 
     int ret = MT_EXIT_FAIL, rc;
     mt_model *m = NULL;

@@ -2,22 +2,36 @@
 #define _GNU_SOURCE
 #include "cli_impl.h"
 
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *g_help =
-    "usage: moetool inspect [PATH] [--json] [--tensors]\n"
-    "\n"
-    "Prints the architecture, parameter counts (total, in experts, active per\n"
-    "token), storage types, tensors with shapes and bytes, and the tokenizer.\n"
-    "PATH: Hugging Face directory, .safetensors file or .gguf (default: the\n"
-    "bundled model). A lone .safetensors without config.json beside it is\n"
-    "listed as tensors only.\n"
-    "\n"
-    "  --json      one JSON object on stdout\n"
-    "  --tensors   list every tensor (always included in --json)\n"
-    "  -h, --help  this text\n";
+typedef struct {
+    int json, tensors;
+} inspect_args;
+
+static void inspect_init(void *p) { memset(p, 0, sizeof(inspect_args)); }
+
+static const cli_opt inspect_opts[] = {
+    {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout", NULL, CLI_AT(inspect_args, json)},
+    {"tensors", 0, CLI_BOOL, NULL, "list every tensor (always included in --json)", NULL, CLI_AT(inspect_args, tensors)},
+};
+
+const cli_verb cli_verb_inspect = {
+    .name = "inspect",
+    .synopsis = "usage: moetool inspect [PATH] [--json] [--tensors]",
+    .about = "Prints the architecture, parameter counts (total, in experts, active per\n"
+             "token), storage types, tensors with shapes and bytes, and the tokenizer.\n"
+             "PATH: Hugging Face directory, .safetensors file or .gguf (default: the\n"
+             "bundled model). A lone .safetensors without config.json beside it is\n"
+             "listed as tensors only.\n",
+    .positional = "PATH",
+    .opts = inspect_opts,
+    .n_opts = sizeof inspect_opts / sizeof inspect_opts[0],
+    .args_size = sizeof(inspect_args),
+    .init = inspect_init,
+    .run = cmd_inspect,
+    .recipe_step = 0,
+};
 
 static const char *fmt_name(mt_format f) {
     switch (f) {
@@ -136,22 +150,13 @@ static int inspect_lone_safetensors(const char *path, int json) {
 }
 
 int cmd_inspect(int argc, char **argv) {
-    int json = 0, list = 0;
-    static const struct option opts[] = {
-        {"json", no_argument, 0, 'j'}, {"tensors", no_argument, 0, 't'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'j': json = 1; break;
-        case 't': list = 1; break;
-        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_bad_option("inspect", c, argv);
-        }
-    }
-    if (argc - optind > 1) return cli_usage_error("inspect", "expects one PATH, got %d", argc - optind);
-    const char *path = optind < argc ? argv[optind] : cli_default_model();
+    inspect_args A;
+    inspect_init(&A);
+    const char *path_arg = NULL;
+    int prc = cli_opts_parse_argv(&cli_verb_inspect, &A, argc, argv, &path_arg);
+    if (prc) return prc == 1 ? MT_EXIT_OK : prc;
+    const int json = A.json, list = A.tensors;
+    const char *path = path_arg ? path_arg : cli_default_model();
 
     mt_ckpt *ck = NULL;
     int rc = mt_ckpt_open(&ck, path);

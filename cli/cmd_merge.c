@@ -5,129 +5,90 @@
 #include "cli_impl.h"
 #include "moetool/mt_merge.h"
 
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static const char *g_help =
-    "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC | --budget N)\n"
-    "                     [--method M]\n"
-    "                     [--router R] [--calib FILE] [--calib-tokens N] [--sample N]\n"
-    "                     [--router-steps N] [--threads T] [--allow-long-context] [--json] [--quiet]\n"
-    "\n"
-    "Reduces the experts of every MoE layer to K and writes a Hugging Face\n"
-    "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
-    "Statistics come from running the model on calibration text.\n"
-    "\n"
-    "  -o, --output OUT     output directory (appears only when complete); an\n"
-    "                       existing OUT is replaced only when moetool wrote it\n"
-    "                       (docs/outputs.md)\n"
-    "  --force              replace an existing OUT that moetool did not write (a\n"
-    "                       symbolic link: the link itself); never an input\n"
-    "  --experts K          experts per layer in the output (top_k <= K < experts)\n"
-    "  --layers SPEC        per-layer K, e.g. 0-1:6,2-3:4 (overrides --experts for\n"
-    "                       those layers; written as config key moe_layer_experts)\n"
-    "  --budget N           N experts in all, spread over the layers by sensitivity\n"
-    "                       (layer-output error of the best kept set at each K)\n"
-    "                       Different K per layer (--layers, --budget) runs in\n"
-    "                       moetool only: transformers and llama.cpp need one K\n"
-    "  --method M           prune | average | frequency | hc-smoe | mc-smoe | reap |\n"
-    "                       reap-merge | naee (default reap-merge; see docs/merge.md)\n"
-    "  --router R           anchor | average | fit | alias (default fit): how the K\n"
-    "                       router rows are made for merged groups (pruning slices\n"
-    "                       rows). alias keeps every original router row, mapped to\n"
-    "                       its group's merged expert (config moe_router_alias):\n"
-    "                       exact routing, but the output loads in moetool only\n"
-    "                       (not transformers, no convert --to gguf); merging\n"
-    "                       methods only\n"
-    "  --router-steps N     fit router: 0 = least squares (default); N > 0 = N steps\n"
-    "                       of softmax regression instead\n"
-    "  --calib FILE         calibration text (default: MODEL/data/train.txt; a\n"
-    "                       missing one is an error naming it)\n"
-    "  --calib-tokens N     calibration tokens (default 16384), in windows of 256\n"
-    "                       or of the model's whole context when shorter\n"
-    "  --sample N           FFN inputs kept per layer for expert outputs (default 4096)\n"
-    "  --threads T          CPU threads (default: all cores)\n"
-    "  --allow-long-context calibrate in windows longer than the model's\n"
-    "                       max_position_embeddings\n"
-    "  --json               one JSON object on stdout\n"
-    "  --quiet              no progress lines on stderr\n"
-    "  -h, --help           this text\n";
+typedef struct {
+    mt_merge_opts o;
+    const char *out, *layers;
+    int json, quiet;
+} merge_args;
+
+static void merge_init(void *p) {
+    merge_args *a = p;
+    memset(a, 0, sizeof *a);
+    mt_merge_opts_default(&a->o);
+}
+
+/* In mt_merge_method / mt_merge_router order (tests/test_options.c checks it). */
+const char *const cli_merge_methods[] = {"prune", "average", "frequency", "hc-smoe", "mc-smoe",
+                                         "reap",  "reap-merge", "naee", NULL};
+const char *const cli_merge_routers[] = {"anchor", "average", "fit", "alias", NULL};
+
+static const cli_opt merge_opts[] = {
+    {"output", 'o', CLI_OUTPUT, "OUT", "output directory (appears only when complete); an existing OUT is replaced "
+     "only when moetool wrote it (docs/outputs.md)", NULL, CLI_AT(merge_args, out)},
+    {"force", 0, CLI_BOOL, NULL, "replace an existing OUT that moetool did not write (a symbolic link: the link "
+     "itself); never an input", NULL, CLI_AT(merge_args, o.force), .flags = CLI_OPT_CLI_ONLY},
+    {"experts", 0, CLI_INT, "K", "experts per layer in the output (top_k <= K < experts)", NULL,
+     CLI_AT(merge_args, o.experts), 1, 64},
+    {"layers", 0, CLI_STRING, "SPEC", "per-layer K, e.g. 0-1:6,2-3:4 (overrides --experts for those layers; written "
+     "as config key moe_layer_experts)", NULL, CLI_AT(merge_args, layers)},
+    {"budget", 0, CLI_INT, "N", "N experts in all, spread over the layers by sensitivity (layer-output error of the "
+     "best kept set at each K). Different K per layer (--layers, --budget) runs in moetool only: transformers and "
+     "llama.cpp need one K", NULL, CLI_AT(merge_args, o.budget), 1, 1 << 20},
+    {"method", 0, CLI_ENUM, "M", "prune | average | frequency | hc-smoe | mc-smoe | reap | reap-merge | naee (see "
+     "docs/merge.md)", "reap-merge", CLI_AT(merge_args, o.method), .choices = cli_merge_methods},
+    {"router", 0, CLI_ENUM, "R", "anchor | average | fit | alias: how the K router rows are made for merged groups "
+     "(pruning slices rows). alias keeps every original router row, mapped to its group's merged expert (config "
+     "moe_router_alias): exact routing, but the output loads in moetool only (not transformers, no convert --to "
+     "gguf); merging methods only", "fit", CLI_AT(merge_args, o.router), .choices = cli_merge_routers},
+    {"router-steps", 0, CLI_INT, "N", "fit router: 0 = least squares (default); N > 0 = N steps of softmax "
+     "regression instead", NULL, CLI_AT(merge_args, o.router_steps), 0, 100000},
+    {"calib", 0, CLI_PATH, "FILE", "calibration text (default: MODEL/data/train.txt; a missing one is an error "
+     "naming it)", NULL, CLI_AT(merge_args, o.calib_path)},
+    {"calib-tokens", 0, CLI_INT, "N", "calibration tokens (default 16384), in windows of 256 or of the model's "
+     "whole context when shorter", NULL, CLI_AT(merge_args, o.calib_tokens),
+     256, 1L << 26},
+    {"sample", 0, CLI_INT, "N", "FFN inputs kept per layer for expert outputs", "4096",
+     CLI_AT(merge_args, o.sample_tokens), 16, 1 << 20},
+    {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(merge_args, o.n_threads), 1, MT_MAX_THREADS},
+    {"allow-long-context", 0, CLI_BOOL, NULL, "calibrate in windows longer than the model's max_position_embeddings",
+     NULL, CLI_AT(merge_args, o.allow_long_context)},
+    {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout", NULL, CLI_AT(merge_args, json), .flags = CLI_OPT_CLI_ONLY},
+    {"quiet", 0, CLI_BOOL, NULL, "no progress lines on stderr", NULL, CLI_AT(merge_args, quiet),
+     .flags = CLI_OPT_CLI_ONLY},
+};
+
+const cli_verb cli_verb_merge = {
+    .name = "merge",
+    .synopsis = "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC | --budget N)\n"
+                "                     [--method M]\n"
+                "                     [--router R] [--calib FILE] [--calib-tokens N] [--sample N]\n"
+                "                     [--router-steps N] [--threads T] [--allow-long-context] [--json] [--quiet]",
+    .about = "Reduces the experts of every MoE layer to K and writes a Hugging Face\n"
+             "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
+             "Statistics come from running the model on calibration text.\n",
+    .positional = "MODEL",
+    .opts = merge_opts,
+    .n_opts = sizeof merge_opts / sizeof merge_opts[0],
+    .args_size = sizeof(merge_args),
+    .init = merge_init,
+    .run = cmd_merge,
+    .recipe_step = 1,
+};
 
 int cmd_merge(int argc, char **argv) {
-    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
-                                         {"experts", required_argument, 0, 'k'},
-                                         {"layers", required_argument, 0, 'l'},
-                                         {"budget", required_argument, 0, 'b'},
-                                         {"method", required_argument, 0, 'm'},
-                                         {"router", required_argument, 0, 'r'},
-                                         {"router-steps", required_argument, 0, 'R'},
-                                         {"calib", required_argument, 0, 'c'},
-                                         {"calib-tokens", required_argument, 0, 'n'},
-                                         {"sample", required_argument, 0, 's'},
-                                         {"threads", required_argument, 0, 't'},
-                                         {"allow-long-context", no_argument, 0, 'L'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"force", no_argument, 0, 'f'},
-                                         {"quiet", no_argument, 0, 'Q'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    mt_merge_opts o;
-    mt_merge_opts_default(&o);
-    const char *out = NULL, *layers = NULL;
-    int json = 0, quiet = 0, c;
-    long v;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o': out = optarg; break;
-        case 'k':
-            if (cli_parse_int("merge", "--experts", optarg, 1, 64, &v)) return MT_EXIT_USAGE;
-            o.experts = (int)v;
-            break;
-        case 'l': layers = optarg; break;
-        case 'b':
-            if (cli_parse_int("merge", "--budget", optarg, 1, 1 << 20, &v)) return MT_EXIT_USAGE;
-            o.budget = (int)v;
-            break;
-        case 'm':
-            if ((o.method = mt_merge_method_from_name(optarg)) < 0)
-                return cli_usage_error("merge", "--method must be prune, average, frequency, hc-smoe, mc-smoe, reap, reap-merge or naee, got '%s'",
-                                       optarg);
-            break;
-        case 'r':
-            if ((o.router = mt_merge_router_from_name(optarg)) < 0)
-                return cli_usage_error("merge", "--router must be anchor, average, fit or alias, got '%s'", optarg);
-            break;
-        case 'R':
-            if (cli_parse_int("merge", "--router-steps", optarg, 0, 100000, &v)) return MT_EXIT_USAGE;
-            o.router_steps = (int)v;
-            break;
-        case 'c': o.calib_path = optarg; break;
-        case 'n':
-            if (cli_parse_int("merge", "--calib-tokens", optarg, 256, 1L << 26, &v)) return MT_EXIT_USAGE;
-            o.calib_tokens = (int)v;
-            break;
-        case 's':
-            if (cli_parse_int("merge", "--sample", optarg, 16, 1 << 20, &v)) return MT_EXIT_USAGE;
-            o.sample_tokens = (int)v;
-            break;
-        case 't':
-            if (cli_parse_int("merge", "--threads", optarg, 1, MT_MAX_THREADS, &v)) return MT_EXIT_USAGE;
-            o.n_threads = (int)v;
-            break;
-        case 'L': o.allow_long_context = 1; break;
-        case 'j': json = 1; break;
-        case 'f': o.force = 1; break;
-        case 'Q': quiet = 1; break;
-        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_bad_option("merge", c, argv);
-        }
-    }
-    if (argc - optind > 1) return cli_usage_error("merge", "expects one MODEL, got %d", argc - optind);
-    const char *model = optind < argc ? argv[optind] : cli_default_model();
+    merge_args A;
+    merge_init(&A);
+    const char *model_arg = NULL;
+    int prc = cli_opts_parse_argv(&cli_verb_merge, &A, argc, argv, &model_arg);
+    if (prc) return prc == 1 ? MT_EXIT_OK : prc;
+    mt_merge_opts o = A.o;
+    const char *out = A.out, *layers = A.layers;
+    const int json = A.json, quiet = A.quiet;
+    const char *model = model_arg ? model_arg : cli_default_model();
     if (!out) return cli_usage_error("merge", "missing -o OUT");
     if (cli_check_output("merge", out)) return MT_EXIT_USAGE;
     if (!o.experts && !layers && !o.budget) return cli_usage_error("merge", "missing --experts K (or --layers SPEC, --budget N)");

@@ -8,89 +8,144 @@
 #include "moetool/mt_quant.h"
 
 #include <dirent.h>
-#include <getopt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *g_help =
-    "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
-    "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
-    "                        [--experts-only | --attn-bits B] [--embed-bits 8|4]\n"
-    "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
-    "                        [--threads T] [--allow-long-context] [--json] [--quiet]\n"
-    "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
-    "                        [--text FILE]\n"
-    "\n"
-    "Quantizes the expert weights (attention and embeddings are kept as stored\n"
-    "unless --attn-bits / --embed-bits are given; router and norms always are).\n"
-    "GPTQ runs calibration text\n"
-    "through the model layer by layer (each layer sees the outputs of the\n"
-    "already-quantized layers before it) and uses, for each expert, only the\n"
-    "tokens routed to it (at most 4x the mean; experts with fewer than 16 fall\n"
-    "back to RTN and are reported).\n"
-    "\n"
-    "Grids and what they are written as:\n"
-    "  --bits 8 --group 32      Q8_0 (8.5 bits/weight): GGUF, or AutoGPTQ int8 (hf)\n"
-    "  --bits 4 --group 32      Q4_0 (4.5 bits/weight): GGUF, or AutoGPTQ int4 (hf)\n"
-    "  --bits ternary --group 256  llama.cpp TQ2_0 (2.06 bits/weight): GGUF\n"
-    "    ... --ternary-type tq1_0  the same weights as TQ1_0 (1.69 bits/weight)\n"
-    "  --bits ternary --group row  QMoE {min,0,max} per row             --eval-only\n"
-    "    ... --codec qmoe       the same, coded with the qmoe dictionary code\n"
-    "                           (< 1 bit/weight), executed coded: --format hf\n"
-    "  --bits 8|4|3|2 --group N|row  symmetric int, one f16 scale per group --eval-only\n"
-    "    ... --asym             asymmetric int, f16 scale + B-bit zero per group --eval-only\n"
-    "Grids without a GGUF type are measured with --eval-only: the model is\n"
-    "quantized and dequantized in memory and scored on --text (gptq protocol,\n"
-    "ctx 256) against the original; no file is written.\n"
-    "\n"
-    "  -o, --output OUT    file (gguf) or directory (hf) to write; appears only\n"
-    "                      when complete; an existing OUT is replaced only when\n"
-    "                      moetool wrote it (docs/outputs.md)\n"
-    "  --force             replace an existing OUT that moetool did not write (a\n"
-    "                      symbolic link: the link itself); never an input\n"
-    "  --format gguf|hf    output format (default gguf; hf needs an HF source)\n"
-    "  --method M          gptq (default) or rtn\n"
-    "  --bits B            8, 4 (default), 3, 2 or ternary\n"
-    "  --group N|row       columns per scale (default: 32 for 8/4 bits, 128 for\n"
-    "                      3/2 bits, 256 for ternary)\n"
-    "  --asym              asymmetric int grid: per group min/max (widened to hold\n"
-    "                      0), scale (max-min)/(2^B-1) and an integer zero point;\n"
-    "                      grids without a file type only (3/2 bits, 8/4 with a\n"
-    "                      group other than 32; attention with --attn-bits 3/2);\n"
-    "                      --eval-only\n"
-    "  --experts-only      require a MoE model and quantize only its experts\n"
-    "  --attn-bits B       also quantize q/k/v/o projections to B bits (8: q8_0,\n"
-    "                      4: q4_0, 3/2: group 128)\n"
-    "  --calib FILE        calibration text (default: MODEL/data/train.txt, or\n"
-    "                      data/train.txt beside a MODEL file, which is then\n"
-    "                      named on stderr; a missing one is an error)\n"
-    "  --calib-tokens N    calibration tokens (default 16384), in windows of 256\n"
-    "                      or of the model's whole context when shorter\n"
-    "  --damp F            GPTQ damping, fraction of mean diag(H) (default 0.1)\n"
-    "  --act-order         GPTQ columns by decreasing diag(H)\n"
-    "  --embed-bits 8|4    also quantize token embeddings and lm_head to Q8_0 /\n"
-    "                      Q4_0 (embeddings round to nearest, lm_head by GPTQ\n"
-    "                      unless tied; gguf, or hf with --codec qmoe)\n"
-    "  --ternary-type T    tq2_0 (default) or tq1_0 for --bits ternary --group 256\n"
-    "  --ternary-range R   GPTQ, --bits ternary --group row: levels and zero\n"
-    "                      thresholds of each row at R x (min, max); larger R\n"
-    "                      gives more zeros, so fewer bits with --codec qmoe, at\n"
-    "                      some perplexity (default 1.4 with --codec qmoe, else 1)\n"
-    "  --codec none|qmoe   qmoe: code the per-row ternary experts with one\n"
-    "                      dictionary for all experts and run the code directly\n"
-    "                      (needs --bits ternary --group row; --format hf or\n"
-    "                      --eval-only)\n"
-    "  --eval-only         quantize in memory and evaluate; write nothing\n"
-    "  --text FILE         text for --eval-only (default MODEL/data/test.txt)\n"
-    "  --threads T         CPU threads (default: all cores)\n"
-    "  --allow-long-context  calibrate in windows longer than the model's\n"
-    "                      max_position_embeddings\n"
-    "  --json              one JSON object on stdout\n"
-    "  --quiet             no progress lines on stderr\n"
-    "  -h, --help          this text\n";
+typedef struct {
+    mt_quant_opts q;
+    const char *out, *text;
+    int json, quiet, eval_only, threads;
+} quantize_args;
 
+static void quantize_init(void *p) {
+    quantize_args *a = p;
+    memset(a, 0, sizeof *a);
+    mt_quant_opts_default(&a->q);
+}
+
+static const char *const method_choices[] = {"rtn", "gptq", NULL};
+static const int method_values[] = {MT_QUANT_RTN, MT_QUANT_GPTQ};
+static const char *const bits_choices[] = {"8", "4", "3", "2", "ternary", NULL};
+static const int bits_values[] = {8, 4, 3, 2, MT_QUANT_TERNARY};
+static const char *const attn_choices[] = {"8", "4", "3", "2", NULL};
+static const char *const embed_choices[] = {"8", "4", NULL};
+static const int embed_values[] = {8, 4};
+static const char *const codec_choices[] = {"none", "qmoe", NULL};
+static const int codec_values[] = {MT_QUANT_CODEC_NONE, MT_QUANT_CODEC_QMOE};
+static const char *const format_choices[] = {"gguf", "hf", NULL};
+static const int format_values[] = {MT_FMT_GGUF, MT_FMT_HF};
+static const char *const ttype_choices[] = {"tq2_0", "tq1_0", NULL};
+static const int ttype_values[] = {0, 1};
+
+/* --group N|row: an integer, or the word row. */
+static int set_group(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
+    quantize_args *a = p;
+    if (!strcmp(value, "row")) {
+        a->q.group = MT_QUANT_GROUP_ROW;
+        return 0;
+    }
+    char *end;
+    long v = strtol(value, &end, 10);
+    if (end == value || *end || v < 1 || v > (1 << 24))
+        return snprintf(err, errn, "%s expects an integer in [1, %d] or row, got '%s'", shown, 1 << 24, value), -1;
+    a->q.group = (int)v;
+    return 0;
+}
+
+static const cli_opt quantize_opts[] = {
+    {"output", 'o', CLI_OUTPUT, "OUT", "file (gguf) or directory (hf) to write; appears only when complete; an "
+     "existing OUT is replaced only when moetool wrote it (docs/outputs.md)", NULL, CLI_AT(quantize_args, out)},
+    {"force", 0, CLI_BOOL, NULL, "replace an existing OUT that moetool did not write (a symbolic link: the link "
+     "itself); never an input", NULL, CLI_AT(quantize_args, q.force), .flags = CLI_OPT_CLI_ONLY},
+    {"format", 0, CLI_ENUM, "gguf|hf", "output format; hf needs an HF source", "gguf", CLI_AT(quantize_args, q.format),
+     .choices = format_choices, .values = format_values},
+    {"method", 0, CLI_ENUM, "M", "gptq or rtn", "gptq", CLI_AT(quantize_args, q.method), .choices = method_choices,
+     .values = method_values},
+    {"bits", 0, CLI_ENUM, "B", "8, 4, 3, 2 or ternary", "4", CLI_AT(quantize_args, q.bits), .choices = bits_choices,
+     .values = bits_values},
+    {"group", 0, CLI_STRING, "N|row", "columns per scale (default: 32 for 8/4 bits, 128 for 3/2 bits, 256 for "
+     "ternary)", NULL, CLI_AT(quantize_args, q.group), .set = set_group},
+    {"asym", 0, CLI_BOOL, NULL, "asymmetric int grid: per group min/max (widened to hold 0), scale (max-min)/(2^B-1) "
+     "and an integer zero point; grids without a file type only (3/2 bits, 8/4 with a group other than 32; attention "
+     "with --attn-bits 3/2); --eval-only", NULL, CLI_AT(quantize_args, q.asym)},
+    {"experts-only", 0, CLI_BOOL, NULL, "require a MoE model and quantize only its experts", NULL,
+     CLI_AT(quantize_args, q.experts_only)},
+    {"attn-bits", 0, CLI_ENUM, "B", "also quantize q/k/v/o projections to B bits (8: q8_0, 4: q4_0, 3/2: group 128)",
+     NULL, CLI_AT(quantize_args, q.attn_bits), .choices = attn_choices, .values = bits_values},
+    {"calib", 0, CLI_PATH, "FILE", "calibration text (default: MODEL/data/train.txt, or data/train.txt beside a MODEL "
+     "file, which is then named on stderr; a missing one is an error)", NULL, CLI_AT(quantize_args, q.calib_path)},
+    {"calib-tokens", 0, CLI_INT, "N", "calibration tokens (default 16384), in windows of 256 or of the model's "
+     "whole context when shorter", NULL,
+     CLI_AT(quantize_args, q.calib_tokens), 1, 1 << 30},
+    {"damp", 0, CLI_FLOAT, "F", "GPTQ damping, fraction of mean diag(H)", "0.1", CLI_AT(quantize_args, q.damp),
+     .flo = -HUGE_VAL, .flags = CLI_OPT_NO_HI},
+    {"act-order", 0, CLI_BOOL, NULL, "GPTQ columns by decreasing diag(H)", NULL, CLI_AT(quantize_args, q.act_order)},
+    {"embed-bits", 0, CLI_ENUM, "8|4", "also quantize token embeddings and lm_head to Q8_0 / Q4_0 (embeddings round to "
+     "nearest, lm_head by GPTQ unless tied; gguf, or hf with --codec qmoe)", NULL, CLI_AT(quantize_args, q.embed_bits),
+     .choices = embed_choices, .values = embed_values},
+    {"ternary-type", 0, CLI_ENUM, "T", "tq2_0 or tq1_0 for --bits ternary --group 256", "tq2_0",
+     CLI_AT(quantize_args, q.tq1), .choices = ttype_choices, .values = ttype_values},
+    {"ternary-range", 0, CLI_FLOAT, "R", "GPTQ, --bits ternary --group row: levels and zero thresholds of each row at "
+     "R x (min, max); larger R gives more zeros, so fewer bits with --codec qmoe, at some perplexity (default 1.4 "
+     "with --codec qmoe, else 1)", NULL, CLI_AT(quantize_args, q.ternary_range), .flo = 0.5, .fhi = 4.0},
+    {"codec", 0, CLI_ENUM, "none|qmoe", "qmoe: code the per-row ternary experts with one dictionary for all experts "
+     "and run the code directly (needs --bits ternary --group row; --format hf or --eval-only)", "none",
+     CLI_AT(quantize_args, q.codec), .choices = codec_choices, .values = codec_values},
+    {"eval-only", 0, CLI_BOOL, NULL, "quantize in memory and evaluate; write nothing", NULL,
+     CLI_AT(quantize_args, eval_only)},
+    {"text", 0, CLI_PATH, "FILE", "text for --eval-only", "MODEL/data/test.txt", CLI_AT(quantize_args, text)},
+    {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(quantize_args, threads), 1, MT_MAX_THREADS},
+    {"allow-long-context", 0, CLI_BOOL, NULL, "calibrate in windows longer than the model's max_position_embeddings",
+     NULL, CLI_AT(quantize_args, q.allow_long_context)},
+    {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout", NULL, CLI_AT(quantize_args, json),
+     .flags = CLI_OPT_CLI_ONLY},
+    {"quiet", 0, CLI_BOOL, NULL, "no progress lines on stderr", NULL, CLI_AT(quantize_args, quiet),
+     .flags = CLI_OPT_CLI_ONLY},
+};
+
+const cli_verb cli_verb_quantize = {
+    .name = "quantize",
+    .synopsis =
+        "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
+        "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
+        "                        [--experts-only | --attn-bits B] [--embed-bits 8|4]\n"
+        "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
+        "                        [--threads T] [--allow-long-context] [--json] [--quiet]\n"
+        "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
+        "                        [--text FILE]",
+    .about =
+        "Quantizes the expert weights (attention and embeddings are kept as stored\n"
+        "unless --attn-bits / --embed-bits are given; router and norms always are).\n"
+        "GPTQ runs calibration text\n"
+        "through the model layer by layer (each layer sees the outputs of the\n"
+        "already-quantized layers before it) and uses, for each expert, only the\n"
+        "tokens routed to it (at most 4x the mean; experts with fewer than 16 fall\n"
+        "back to RTN and are reported).\n"
+        "\n"
+        "Grids and what they are written as:\n"
+        "  --bits 8 --group 32      Q8_0 (8.5 bits/weight): GGUF, or AutoGPTQ int8 (hf)\n"
+        "  --bits 4 --group 32      Q4_0 (4.5 bits/weight): GGUF, or AutoGPTQ int4 (hf)\n"
+        "  --bits ternary --group 256  llama.cpp TQ2_0 (2.06 bits/weight): GGUF\n"
+        "    ... --ternary-type tq1_0  the same weights as TQ1_0 (1.69 bits/weight)\n"
+        "  --bits ternary --group row  QMoE {min,0,max} per row             --eval-only\n"
+        "    ... --codec qmoe       the same, coded with the qmoe dictionary code\n"
+        "                           (< 1 bit/weight), executed coded: --format hf\n"
+        "  --bits 8|4|3|2 --group N|row  symmetric int, one f16 scale per group --eval-only\n"
+        "    ... --asym             asymmetric int, f16 scale + B-bit zero per group --eval-only\n"
+        "Grids without a GGUF type are measured with --eval-only: the model is\n"
+        "quantized and dequantized in memory and scored on --text (gptq protocol,\n"
+        "ctx 256) against the original; no file is written.\n",
+    .positional = "MODEL",
+    .opts = quantize_opts,
+    .n_opts = sizeof quantize_opts / sizeof quantize_opts[0],
+    .args_size = sizeof(quantize_args),
+    .init = quantize_init,
+    .run = cmd_quantize,
+    .recipe_step = 1,
+};
 static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const char *out, uint64_t file_bytes, int json,
                          const mt_eval_result *ev) {
     const char *dtn = r->expert_dtype == MT_DT_F32    ? "none (eval only)"
@@ -187,131 +242,20 @@ static uint64_t path_bytes(const char *path) {
     return n;
 }
 
-static int parse_bits(const char *s, int *out) {
-    if (!strcmp(s, "ternary")) {
-        *out = MT_QUANT_TERNARY;
-        return 0;
-    }
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || end == s || v < 2 || v > 8) return -1;
-    *out = (int)v;
-    return 0;
-}
-
 int cmd_quantize(int argc, char **argv) {
-    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
-                                         {"method", required_argument, 0, 'm'},
-                                         {"bits", required_argument, 0, 'b'},
-                                         {"group", required_argument, 0, 'g'},
-                                         {"asym", no_argument, 0, 'S'},
-                                         {"experts-only", no_argument, 0, 'E'},
-                                         {"attn-bits", required_argument, 0, 'A'},
-                                         {"calib", required_argument, 0, 'c'},
-                                         {"calib-tokens", required_argument, 0, 'n'},
-                                         {"damp", required_argument, 0, 'd'},
-                                         {"act-order", no_argument, 0, 'a'},
-                                         {"eval-only", no_argument, 0, 'e'},
-                                         {"codec", required_argument, 0, 'C'},
-                                         {"format", required_argument, 0, 'F'},
-                                         {"embed-bits", required_argument, 0, 'B'},
-                                         {"ternary-range", required_argument, 0, 'R'},
-                                         {"ternary-type", required_argument, 0, 'Y'},
-                                         {"text", required_argument, 0, 't'},
-                                         {"threads", required_argument, 0, 'T'},
-                                         {"allow-long-context", no_argument, 0, 'L'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"force", no_argument, 0, 'f'},
-                                         {"quiet", no_argument, 0, 'Q'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    mt_quant_opts o;
-    mt_quant_opts_default(&o);
-    const char *out = NULL, *text_path = NULL;
-    int json = 0, quiet = 0, eval_only = 0, threads = 0, c;
-    long v;
-    double f;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":ho:", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o': out = optarg; break;
-        case 'm':
-            if (!strcmp(optarg, "gptq")) o.method = MT_QUANT_GPTQ;
-            else if (!strcmp(optarg, "rtn")) o.method = MT_QUANT_RTN;
-            else return cli_usage_error("quantize", "--method must be rtn or gptq, got '%s'", optarg);
-            break;
-        case 'b':
-            if (parse_bits(optarg, &o.bits) || (o.bits != 8 && o.bits != 4 && o.bits != 3 && o.bits != 2 && o.bits != 1))
-                return cli_usage_error("quantize", "--bits must be 8, 4, 3, 2 or ternary, got '%s'", optarg);
-            break;
-        case 'g':
-            if (!strcmp(optarg, "row")) o.group = MT_QUANT_GROUP_ROW;
-            else if (cli_parse_int("quantize", "--group", optarg, 1, 1 << 24, &v)) return MT_EXIT_USAGE;
-            else o.group = (int)v;
-            break;
-        case 'S': o.asym = 1; break;
-        case 'E': o.experts_only = 1; break;
-        case 'A':
-            if (parse_bits(optarg, &o.attn_bits) ||
-                (o.attn_bits != 8 && o.attn_bits != 4 && o.attn_bits != 3 && o.attn_bits != 2))
-                return cli_usage_error("quantize", "--attn-bits must be 8, 4, 3 or 2, got '%s'", optarg);
-            break;
-        case 'c': o.calib_path = optarg; break;
-        case 'n':
-            if (cli_parse_int("quantize", "--calib-tokens", optarg, 1, 1 << 30, &v)) return MT_EXIT_USAGE;
-            o.calib_tokens = (int)v;
-            break;
-        case 'd':
-            if (cli_parse_float("quantize", "--damp", optarg, &f)) return MT_EXIT_USAGE;
-            o.damp = f;
-            break;
-        case 'a': o.act_order = 1; break;
-        case 'e': eval_only = 1; break;
-        case 'C':
-            if (!strcmp(optarg, "qmoe")) o.codec = MT_QUANT_CODEC_QMOE;
-            else if (!strcmp(optarg, "none")) o.codec = MT_QUANT_CODEC_NONE;
-            else return cli_usage_error("quantize", "--codec must be none or qmoe, got '%s'", optarg);
-            break;
-        case 'F':
-            if (!strcmp(optarg, "hf")) o.format = MT_FMT_HF;
-            else if (!strcmp(optarg, "gguf")) o.format = MT_FMT_GGUF;
-            else return cli_usage_error("quantize", "--format must be gguf or hf, got '%s'", optarg);
-            break;
-        case 'B':
-            if (parse_bits(optarg, &o.embed_bits) || (o.embed_bits != 8 && o.embed_bits != 4))
-                return cli_usage_error("quantize", "--embed-bits must be 8 or 4, got '%s'", optarg);
-            break;
-        case 'Y':
-            if (!strcmp(optarg, "tq1_0")) o.tq1 = 1;
-            else if (!strcmp(optarg, "tq2_0")) o.tq1 = 0;
-            else return cli_usage_error("quantize", "--ternary-type must be tq2_0 or tq1_0, got '%s'", optarg);
-            break;
-        case 'R':
-            if (cli_parse_float("quantize", "--ternary-range", optarg, &f)) return MT_EXIT_USAGE;
-            if (!(f >= 0.5 && f <= 4.0))
-                return cli_usage_error("quantize", "--ternary-range must be in 0.5..4, got '%s'", optarg);
-            o.ternary_range = f;
-            break;
-        case 't': text_path = optarg; break;
-        case 'T':
-            if (cli_parse_int("quantize", "--threads", optarg, 1, MT_MAX_THREADS, &v)) return MT_EXIT_USAGE;
-            threads = (int)v;
-            break;
-        case 'L': o.allow_long_context = 1; break;
-        case 'j': json = 1; break;
-        case 'f': o.force = 1; break;
-        case 'Q': quiet = 1; break;
-        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_bad_option("quantize", c, argv);
-        }
-    }
-    if (argc - optind > 1) return cli_usage_error("quantize", "expects one MODEL, got %d", argc - optind);
+    quantize_args A;
+    quantize_init(&A);
+    const char *model_arg = NULL;
+    int prc = cli_opts_parse_argv(&cli_verb_quantize, &A, argc, argv, &model_arg);
+    if (prc) return prc == 1 ? MT_EXIT_OK : prc;
+    mt_quant_opts o = A.q;
+    const char *out = A.out, *text_path = A.text;
+    const int json = A.json, quiet = A.quiet, eval_only = A.eval_only, threads = A.threads;
     if (!out && !eval_only) return cli_usage_error("quantize", "needs -o OUT (or --eval-only)");
     if (cli_check_output("quantize", out)) return MT_EXIT_USAGE;
     if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
-    const char *model_path = optind < argc ? argv[optind] : cli_default_model();
+    const char *model_path = model_arg ? model_arg : cli_default_model();
     char *calib_default = NULL;
     if (o.method == MT_QUANT_GPTQ && !o.calib_path) {
         /* Where the library would look, said out loud (beside a GGUF file that

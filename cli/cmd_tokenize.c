@@ -5,27 +5,41 @@
 #include "cli_impl.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *g_help =
-    "usage: moetool tokenize [MODEL] (-p TEXT | --file FILE) [--no-bos] [--json]\n"
-    "       moetool tokenize [MODEL] --decode IDS [--json]\n"
-    "\n"
-    "Shows how the model's tokenizer (tokenizer.model, tokenizer.json, or the\n"
-    "GGUF's own) encodes a text: one line per token with its id and its piece\n"
-    "as the vocabulary stores it (U+2581 for a space, <0xNN> for a byte), BOS\n"
-    "first as eval and generate prepend it. --decode turns ids back into text.\n"
-    "\n"
-    "  -p, --prompt TEXT  the text to encode\n"
-    "  --file FILE        encode the text of FILE (a regular file)\n"
-    "  --decode IDS       decode ids, separated by commas or spaces\n"
-    "  --no-bos           do not prepend BOS\n"
-    "  --json             print {\"n\", \"ids\", \"pieces\"} (pieces as UTF-8, invalid\n"
-    "                     bytes as U+FFFD; ids are exact) or, with --decode,\n"
-    "                     {\"ids\", \"text\"}\n"
-    "  -h, --help         this text\n";
+typedef struct {
+    const char *prompt, *file, *decode;
+    int json, no_bos;
+} tokenize_args;
+
+static void tokenize_init(void *p) { memset(p, 0, sizeof(tokenize_args)); }
+
+static const cli_opt tokenize_opts[] = {
+    {"prompt", 'p', CLI_STRING, "TEXT", "the text to encode", NULL, CLI_AT(tokenize_args, prompt)},
+    {"file", 0, CLI_PATH, "FILE", "encode the text of FILE (a regular file)", NULL, CLI_AT(tokenize_args, file)},
+    {"decode", 0, CLI_STRING, "IDS", "decode ids, separated by commas or spaces", NULL, CLI_AT(tokenize_args, decode)},
+    {"no-bos", 0, CLI_BOOL, NULL, "do not prepend BOS", NULL, CLI_AT(tokenize_args, no_bos)},
+    {"json", 0, CLI_BOOL, NULL, "print {\"n\", \"ids\", \"pieces\"} (pieces as UTF-8, invalid bytes as U+FFFD; ids "
+     "are exact) or, with --decode, {\"ids\", \"text\"}", NULL, CLI_AT(tokenize_args, json)},
+};
+
+const cli_verb cli_verb_tokenize = {
+    .name = "tokenize",
+    .synopsis = "usage: moetool tokenize [MODEL] (-p TEXT | --file FILE) [--no-bos] [--json]\n"
+                "       moetool tokenize [MODEL] --decode IDS [--json]",
+    .about = "Shows how the model's tokenizer (tokenizer.model, tokenizer.json, or the\n"
+             "GGUF's own) encodes a text: one line per token with its id and its piece\n"
+             "as the vocabulary stores it (U+2581 for a space, <0xNN> for a byte), BOS\n"
+             "first as eval and generate prepend it. --decode turns ids back into text.\n",
+    .positional = "MODEL",
+    .opts = tokenize_opts,
+    .n_opts = sizeof tokenize_opts / sizeof tokenize_opts[0],
+    .args_size = sizeof(tokenize_args),
+    .init = tokenize_init,
+    .run = cmd_tokenize,
+    .recipe_step = 0,
+};
 
 /* "1, 415,1233" -> ids (malloc'd). Each id must be in [0, vocab). */
 static int parse_ids(const char *s, int vocab, int32_t **out, size_t *n) {
@@ -65,32 +79,16 @@ static int parse_ids(const char *s, int vocab, int32_t **out, size_t *n) {
 }
 
 int cmd_tokenize(int argc, char **argv) {
-    static const struct option opts[] = {{"prompt", required_argument, 0, 'p'},
-                                         {"file", required_argument, 0, 'f'},
-                                         {"decode", required_argument, 0, 'd'},
-                                         {"no-bos", no_argument, 0, 'B'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *prompt = NULL, *file = NULL, *decode = NULL;
-    int json = 0, add_bos = 1, c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":p:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'p': prompt = optarg; break;
-        case 'f': file = optarg; break;
-        case 'd': decode = optarg; break;
-        case 'B': add_bos = 0; break;
-        case 'j': json = 1; break;
-        case 'h': fputs(g_help, stdout); return MT_EXIT_OK;
-        default: return cli_bad_option("tokenize", c, argv);
-        }
-    }
-    if (optind < argc - 1) return cli_usage_error("tokenize", "unexpected argument '%s'", argv[optind + 1]);
+    tokenize_args A;
+    tokenize_init(&A);
+    const char *model_arg = NULL;
+    int prc = cli_opts_parse_argv(&cli_verb_tokenize, &A, argc, argv, &model_arg);
+    if (prc) return prc == 1 ? MT_EXIT_OK : prc;
+    const char *prompt = A.prompt, *file = A.file, *decode = A.decode;
+    const int json = A.json, add_bos = !A.no_bos;
     if (!!prompt + !!file + !!decode != 1)
         return cli_usage_error("tokenize", "give exactly one of -p TEXT, --file FILE or --decode IDS");
-    const char *model_path = optind < argc ? argv[optind] : cli_default_model();
+    const char *model_path = model_arg ? model_arg : cli_default_model();
 
     int ret = MT_EXIT_FAIL, rc;
     mt_model *m = NULL;

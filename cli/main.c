@@ -1,10 +1,9 @@
-/* main.c — moetool's entry point: verb dispatch, logging, progress and the
- * helpers every verb shares. */
+/* main.c — moetool's entry point: usage, verb dispatch (cli/verbs.c) and
+ * the signal handler that removes unfinished outputs. */
 #define _GNU_SOURCE
 #include "cli_impl.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -13,10 +12,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#ifndef MT_DEFAULT_MODEL_DIR
-#define MT_DEFAULT_MODEL_DIR "models/kjv-mixtral-15m"
-#endif
 
 static const char *g_usage =
     "usage: moetool <verb> [options]\n"
@@ -31,6 +26,7 @@ static const char *g_usage =
     "  tokenize  MODEL -p TEXT        token ids and pieces (--decode IDS: back)\n"
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
     "  merge     MODEL -o OUT --experts K   reduce experts per layer by calibrated merging\n"
+    "  run       RECIPE.yaml          a YAML pipeline of steps with quality gates (docs/recipes.md)\n"
     "  distill   TEACHER -o OUT --student dense   train a dense student by KD\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
@@ -41,346 +37,8 @@ static const char *g_usage =
     "\n"
     "`moetool <verb> --help` describes each verb.\n"
     "\n"
-    "exit codes: 0 success, 1 the work failed (message on stderr), 2 bad usage.\n";
-
-const char *cli_default_model(void) {
-    const char *env = getenv("MOETOOL_MODEL");
-    if (env && *env) return env;
-    return MT_DEFAULT_MODEL_DIR;
-}
-
-int cli_fail(const char *verb, int status) {
-    cli_progress_done();
-    const char *msg = mt_last_error();
-    fprintf(stderr, "moetool %s: %s\n", verb, *msg ? msg : mt_status_name(status));
-    return status == MT_ERR_REFUSED ? MT_EXIT_USAGE : MT_EXIT_FAIL;
-}
-
-int cli_usage_error(const char *verb, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "moetool %s: ", verb);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see `moetool %s --help`)\n", verb);
-    va_end(ap);
-    return MT_EXIT_USAGE;
-}
-
-int cli_bad_option(const char *verb, int c, char **argv) {
-    /* getopt's own messages are off (opterr = 0): this is the one line. */
-    const char *arg = optind > 0 ? argv[optind - 1] : "?";
-    if (c == ':') return cli_usage_error(verb, "option %s needs a value", arg);
-    if (optopt) return cli_usage_error(verb, "unknown option -%c", optopt);
-    return cli_usage_error(verb, "unknown option %s", arg);
-}
-
-int cli_check_output(const char *verb, const char *out) {
-    if (!out) return 0;
-    if (!*out) return cli_usage_error(verb, "-o names no file (empty path)"), -1;
-    return 0;
-}
-
-static volatile sig_atomic_t g_progress_shown;
-/* The one progress drawer of every verb. The job started at g_t0 (process
- * start, or the end of the previous job); the rate is measured from the first
- * report on, so model loading does not skew the ETA. */
-static double g_t0, g_phase_t0, g_first_t, g_last_report, g_last_print;
-static uint64_t g_first_done;
-static int g_have_first;
-static char g_phase[64]; /* "job: unit" of the last report: a new one starts a phase */
-
-/* Appends to line[cap] at n, never past its end; returns the new length. */
-static int addf(char *line, int cap, int n, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-static int addf(char *line, int cap, int n, const char *fmt, ...) {
-    if (n >= cap - 1) return n;
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(line + n, (size_t)(cap - n), fmt, ap);
-    va_end(ap);
-    return k < 0 ? n : n + k < cap - 1 ? n + k : cap - 1;
-}
-
-static void fmt_secs(char *b, size_t n, double s) {
-    if (s < 0) s = 0;
-    unsigned long t = (unsigned long)(s + 0.5);
-    if (t >= 3600)
-        snprintf(b, n, "%luh%02lum", t / 3600, t / 60 % 60);
-    else if (t >= 60)
-        snprintf(b, n, "%lum%02lus", t / 60, t % 60);
-    else
-        snprintf(b, n, "%lus", t);
-}
-
-/* what is "verb: unit" with optional details after ';' ("eval: window; ppl
- * 12.3"); a unit named "bytes" is drawn in MiB. On a terminal one line is
- * redrawn with \r; otherwise a line at most every 2 s, none in the first 2 s,
- * and the last one, so logs stay short and quick failures print nothing. */
-void cli_progress(void *user, const char *what, uint64_t done, uint64_t total) {
-    (void)user;
-    const double now = mt_now();
-    if (g_t0 <= 0) g_t0 = g_phase_t0 = g_last_report = now;
-    const char *semi = strchr(what, ';');
-    const int head = semi ? (int)(semi - what) : (int)strlen(what);
-    const size_t plen = strlen(g_phase);
-    const int same_phase = (int)plen == (head < (int)sizeof g_phase ? head : (int)sizeof g_phase - 1) &&
-                           !strncmp(g_phase, what, plen);
-    if (!g_have_first || done < g_first_done || !same_phase) {
-        snprintf(g_phase, sizeof g_phase, "%.*s", head, what);
-        g_have_first = 1;
-        g_first_done = done;
-        g_first_t = now;
-        g_phase_t0 = g_last_report;
-    }
-    g_last_report = now;
-    const int tty = isatty(STDERR_FILENO);
-    const int last = total && done >= total;
-    if (!tty && (now - g_t0 < 2.0 || (!last && now - g_last_print < 2.0))) return;
-    g_last_print = now;
-    const int bytes = head >= 5 && !strncmp(what + head - 5, "bytes", 5);
-    const double scale = bytes ? 1.0 / 1048576.0 : 1.0;
-    double rate = 0;
-    if (done > g_first_done && now > g_first_t)
-        rate = (double)(done - g_first_done) / (now - g_first_t);
-    else if (now > g_phase_t0)
-        rate = (double)done / (now - g_phase_t0);
-    char line[320], eta[32] = "?";
-    const int cap = (int)sizeof line;
-    int n = bytes ? addf(line, cap, 0, "moetool %.*s: %.1f", head > 7 ? head - 7 : 0, what, (double)done * scale)
-                  : addf(line, cap, 0, "moetool %.*s %llu", head, what, (unsigned long long)done);
-    if (total) {
-        n = bytes ? addf(line, cap, n, "/%.1f MiB", (double)total * scale)
-                  : addf(line, cap, n, "/%llu", (unsigned long long)total);
-        n = addf(line, cap, n, " (%.0f%%)", 100.0 * (double)done / (double)total);
-    }
-    if (semi) n = addf(line, cap, n, ", %s", semi + 1 + (semi[1] == ' '));
-    if (rate > 0) {
-        const double r = rate * scale;
-        const char *unit = bytes ? "MiB" : what;
-        for (int i = 0; !bytes && i < head; i++)
-            if (what[i] == ' ') unit = what + i + 1;
-        const int ul = bytes ? 3 : head - (int)(unit - what);
-        n = r >= 1 || bytes ? addf(line, cap, n, ", %.2f %.*s/s", r, ul, unit)
-                            : addf(line, cap, n, ", %.1f s/%.*s", 1.0 / r, ul, unit);
-    }
-    if (total && last) {
-        fmt_secs(eta, sizeof eta, now - g_phase_t0);
-        addf(line, cap, n, ", done in %s", eta);
-    } else if (total && rate > 0) {
-        fmt_secs(eta, sizeof eta, (double)(total - done) / rate);
-        addf(line, cap, n, ", ETA %s", eta);
-    }
-    if (tty) {
-        fprintf(stderr, "\r%s\033[K", line);
-        g_progress_shown = 1;
-    } else {
-        fprintf(stderr, "%s\n", line);
-    }
-}
-
-/* Clears a drawn terminal line (before a warning or error line). */
-static void progress_clear(void) {
-    if (g_progress_shown) {
-        fprintf(stderr, "\r\033[K");
-        g_progress_shown = 0;
-    }
-}
-
-void cli_progress_done(void) {
-    progress_clear();
-    /* The next job's clock starts now. */
-    g_t0 = g_phase_t0 = g_last_report = mt_now();
-    g_have_first = 0;
-    g_last_print = 0;
-}
-
-int cli_parse_int(const char *verb, const char *opt, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        cli_usage_error(verb, "%s expects an integer in [%ld, %ld], got '%s'", opt, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int cli_parse_float(const char *verb, const char *opt, const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) {
-        cli_usage_error(verb, "%s expects a finite number, got '%s'", opt, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-char *cli_beside_model(const char *model, const char *rel) {
-    struct stat sb;
-    const size_t n = strlen(model) + strlen(rel) + 4;
-    char *p = malloc(n);
-    if (!p) return NULL;
-    const char *sl = strrchr(model, '/');
-    if (stat(model, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(p, n, "%s/%s", model, rel);
-    else if (sl) snprintf(p, n, "%.*s/%s", (int)(sl - model), model, rel);
-    else snprintf(p, n, "%s", rel);
-    return p;
-}
-
-void cli_note_portability(const char *verb, const char *out) {
-    mt_ckpt *ck = NULL;
-    if (mt_ckpt_open(&ck, out) != MT_OK) {
-        mt_clearerr();
-        return;
-    }
-    const char *why = mt_config_portability(mt_ckpt_config(ck));
-    if (why) fprintf(stderr, "moetool %s: note: %s: %s\n", verb, out, why);
-    mt_ckpt_free(ck);
-}
-
-char *cli_command_line(int argc, char **argv) {
-    size_t n = 8;
-    for (int i = 0; i < argc; i++) n += 4 * strlen(argv[i]) + 3;
-    char *s = malloc(n), *q = s;
-    if (!s) return NULL;
-    q += sprintf(q, "moetool");
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        *q++ = ' ';
-        if (*a && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == strlen(a)) {
-            q += sprintf(q, "%s", a);
-            continue;
-        }
-        *q++ = '\'';
-        for (; *a; a++) {
-            if (*a == '\'') q += sprintf(q, "'\\''");
-            else *q++ = *a;
-        }
-        *q++ = '\'';
-    }
-    *q = 0;
-    return s;
-}
-
-int cli_encode(const mt_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids, size_t *n) {
-    size_t cap = len + 16, got = 0;
-    int32_t *buf = malloc(cap * sizeof *buf);
-    if (!buf) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-    size_t off = 0;
-    if (add_bos) {
-        int bos = mt_tok_bos(tok);
-        if (bos < 0) {
-            free(buf);
-            return mt_seterr(MT_ERR_FORMAT, "the tokenizer has no BOS token");
-        }
-        buf[off++] = bos;
-    }
-    int rc = mt_tok_encode(tok, text, len, buf + off, cap - off, &got);
-    if (rc == MT_OK && got > cap - off) {
-        int32_t *nb = realloc(buf, (got + off) * sizeof *buf);
-        if (!nb) {
-            free(buf);
-            return mt_seterr(MT_ERR_NOMEM, "out of memory");
-        }
-        buf = nb;
-        rc = mt_tok_encode(tok, text, len, buf + off, got, &got);
-    }
-    if (rc) {
-        free(buf);
-        return rc;
-    }
-    *ids = buf;
-    *n = got + off;
-    return MT_OK;
-}
-
-/* Length of the well-formed UTF-8 sequence at p (Unicode table 3-7: no
- * overlongs, surrogates or values above U+10FFFF), or, when there is none,
- * minus the length of its maximal well-formed prefix (at least 1 byte), which
- * is replaced by one U+FFFD as Unicode recommends (and Python decodes). */
-static long utf8_len(const unsigned char *p, size_t n) {
-    if (p[0] < 0x80) return 1;
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xbf;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) len = 2;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        if (p[0] == 0xe0) lo = 0xa0;
-        if (p[0] == 0xed) hi = 0x9f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        if (p[0] == 0xf0) lo = 0x90;
-        if (p[0] == 0xf4) hi = 0x8f;
-    } else
-        return -1;
-    for (size_t k = 1; k < len; k++) {
-        if (k >= n || p[k] < (k == 1 ? lo : 0x80) || p[k] > (k == 1 ? hi : 0xbf)) return -(long)k;
-    }
-    return (long)len;
-}
-
-void json_strn(FILE *f, const char *s, size_t n) {
-    fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x80) {
-            long k = utf8_len((const unsigned char *)s + i, n - i);
-            if (k < 0) fputs("\\ufffd", f), i += (size_t)(-k) - 1;
-            else fwrite(s + i, 1, (size_t)k, f), i += (size_t)k - 1;
-            continue;
-        }
-        switch (c) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
-        default:
-            if (c < 0x20)
-                fprintf(f, "\\u%04x", c);
-            else
-                fputc(c, f);
-        }
-    }
-    fputc('"', f);
-}
-
-void json_str(FILE *f, const char *s) { json_strn(f, s, strlen(s)); }
-
-static void log_to_stderr(void *user, mt_log_level level, const char *msg) {
-    (void)user;
-    if (level == MT_LOG_DEBUG && !getenv("MOETOOL_DEBUG")) return;
-    progress_clear();
-    fprintf(stderr, "moetool: %s%s\n", level == MT_LOG_WARN ? "warning: " : "", msg);
-}
-
-/* Terminal output of names read from files: control bytes (escape
- * sequences, C1 controls) and bytes that are not UTF-8 are shown as \xNN,
- * never sent to the terminal. */
-void cli_term_str(FILE *f, const char *s, int width) {
-    int n = 0;
-    const unsigned char *p = (const unsigned char *)s;
-    for (size_t i = 0, len = strlen(s); i < len;) {
-        long k = p[i] < 0x80 ? 1 : utf8_len(p + i, len - i);
-        const int c1 = k == 2 && p[i] == 0xc2 && p[i + 1] < 0xa0;
-        if (k < 0 || c1 || p[i] < 0x20 || p[i] == 0x7f) {
-            size_t m = k < 0 ? (size_t)-k : (size_t)k;
-            for (size_t j = 0; j < m; j++) n += fprintf(f, "\\x%02x", p[i + j]);
-            i += m;
-        } else {
-            fwrite(p + i, 1, (size_t)k, f);
-            i += (size_t)k;
-            n++;
-        }
-    }
-    for (; n < width; n++) fputc(' ', f);
-}
+    "exit codes: 0 success, 1 the work failed (message on stderr), 2 bad usage,\n"
+    "3 a recipe's gate failed (run).\n";
 
 /* Interrupted work leaves no partial output: remove the registered
  * temporaries, say so in one line and exit 1. Async-signal-safe: the
@@ -398,7 +56,7 @@ static void say(const char *s) {
 
 static void on_signal(int sig) {
     const int removed = mt_cleanup_outputs();
-    if (g_progress_shown) say("\r\033[K");
+    if (cli_progress_shown()) say("\r\033[K");
     switch (sig) {
     case SIGXFSZ: say("moetool: stopped: a file reached the file size limit (ulimit -f)"); break;
     case SIGINT: say("moetool: interrupted (SIGINT)"); break;
@@ -425,7 +83,7 @@ static void catch_signals(void) {
 }
 
 int main(int argc, char **argv) {
-    mt_set_log(log_to_stderr, NULL);
+    mt_set_log(cli_log_stderr, NULL);
     catch_signals();
     cli_progress_done(); /* the first job's clock starts with the process */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -437,21 +95,8 @@ int main(int argc, char **argv) {
         return MT_EXIT_OK;
     }
     const char *verb = argv[1];
-    static const struct {
-        const char *name;
-        int (*fn)(int, char **);
-    } verbs[] = {
-        {"inspect", cmd_inspect},
-        {"convert", cmd_convert},
-        {"eval", cmd_eval},
-        {"generate", cmd_generate},
-        {"tokenize", cmd_tokenize},
-        {"quantize", cmd_quantize},
-        {"merge", cmd_merge},
-        {"distill", cmd_distill},
-    };
-    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
-        if (!strcmp(verb, verbs[i].name)) return verbs[i].fn(argc - 1, argv + 1);
+    const cli_verb *v = cli_verb_find(verb);
+    if (v) return v->run(argc - 1, argv + 1);
     fprintf(stderr, "moetool: unknown verb '%s'\n", verb);
     fprintf(stderr, "(see `moetool --help`)\n");
     return MT_EXIT_USAGE;

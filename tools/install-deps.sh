@@ -2,7 +2,8 @@
 # Installs what moetool needs to build and test on Debian 12 (run as root).
 # usage: tools/install-deps.sh [--all]
 #   --all  also the heavy independent checkers of the test suite: Debian's
-#          python3-torch with transformers (about 1 GB). CI uses it.
+#          python3-torch with transformers (about 1 GB), and chromium to
+#          render recipe reports (tests/cli_report_html.sh). CI uses it.
 # Build: cmake, a C compiler, OpenBLAS, jansson; tests: CMocka; fuzzing: clang
 # with its libFuzzer runtime; independent checks: numpy and the `gguf` reader.
 set -euo pipefail
@@ -26,3 +27,7 @@ python3 -m pip install -q numpy gguf 2>/dev/null \
 apt-get install -y -qq --no-install-recommends python3-torch >/dev/null \
   && /usr/bin/python3 -m pip install -q --break-system-packages "transformers==4.40.2" 2>/dev/null \
   || echo "install-deps: warning: torch/transformers not installed; cli_transformers will be skipped" >&2
+
+# chromium: tests/cli_report_html.sh renders a recipe's report.html headless.
+apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+  || echo "install-deps: warning: chromium not installed; cli_report_html will be skipped" >&2
