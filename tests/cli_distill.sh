@@ -32,6 +32,12 @@ head -c 1048576 /dev/zero | tr '\0' '\377' | dd of="$T/nan/model-00002-of-00002.
 expect nan-loss 1 "$BIN" distill "$T/nan" -o "$T/o" --student dense --data "$MODEL/data/train.txt" "${TINY[@]}"
 grep -q "step 1: loss is NaN" "$T/err" || { echo "FAIL nan-loss message"; fails=$((fails + 1)); }
 expect resume-without-ckpt 1 "$BIN" distill "$MODEL" -o "$T/o" --student dense --resume "${TINY[@]}"
+# OUT.ckpt is an output too: a file there that is not a distill checkpoint is
+# neither replaced nor removed without --force
+echo "precious" >"$T/o.ckpt"
+expect foreign-ckpt 2 "$BIN" distill "$MODEL" -o "$T/o" --student dense "${TINY[@]}"
+[ "$(cat "$T/o.ckpt")" = precious ] || { echo "FAIL a foreign o.ckpt was touched"; fails=$((fails + 1)); }
+rm -f "$T/o.ckpt"
 
 # Resume: the uninterrupted run, then one killed after its checkpoint at step 8 and resumed.
 RUN=(--student dense --tokens 3072 --batch 2 --seq 32 --init-tokens 256 --threads 2 --checkpoint-every 4 --quiet --json)

@@ -73,6 +73,12 @@ sed -e 's/      bits: 4/      bits: 8/' "$T/d.yaml" >"$T/d8.yaml"
 "$BIN" run "$T/d8.yaml" --workdir "$W" --force nosuch >"$T/out" 2>"$T/err"; rc=$?
 [ $rc = 2 ] && grep -q "names no step" "$T/err" && ok || bad "--force nosuch: exit $rc"
 
+# ---- 4b. a work directory holding other files is refused; they stay untouched
+mkdir -p "$T/mine"; echo "my notes" >"$T/mine/report.md"
+"$BIN" run "$T/d.yaml" --workdir "$T/mine" >"$T/out" 2>"$T/err"; rc=$?
+[ $rc = 2 ] && grep -q "did not write" "$T/err" && [ "$(cat "$T/mine/report.md")" = "my notes" ] && [ ! -e "$T/mine/steps" ] \
+  && ok || { bad "foreign work directory: exit $rc"; cat "$T/err"; }
+
 # ---- 5. a gate that fails: exit 3, a table saying by how much; --json summary on stdout
 sed -e 's/{metric: kl, max: 0.5}/{metric: kl, max: 0.0001}/' "$T/d.yaml" >"$T/fail.yaml"
 "$BIN" run "$T/fail.yaml" --workdir "$W" --json >"$T/out" 2>"$T/err"; rc=$?

@@ -354,6 +354,44 @@ static char *join(const char *a, const char *b) {
     return asprintf(&p, "%s/%s", a, b) < 0 ? NULL : p;
 }
 
+/* A work directory holds only what `moetool run` writes (steps, logs,
+ * report.md/.html, summary.json): one that exists with other entries and no
+ * .moetool-run marker is refused, so a report never replaces a user's file.
+ * An empty or new directory is claimed by writing the marker. */
+static int claim_workdir(const char *dir, char *err, size_t errn) {
+    char *marker = join(dir, ".moetool-run");
+    if (!marker) return snprintf(err, errn, "out of memory"), -1;
+    struct stat sb;
+    int rc = 0;
+    if (lstat(marker, &sb) == 0 && S_ISREG(sb.st_mode)) goto done;
+    DIR *d = opendir(dir);
+    if (!d) {
+        rc = -1;
+        snprintf(err, errn, "%s: %s", dir, strerror(errno));
+        goto done;
+    }
+    struct dirent *e;
+    int other = 0;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) other = 1;
+    closedir(d);
+    if (other) {
+        rc = -1;
+        snprintf(err, errn, "%s: the work directory holds files that moetool run did not write (no .moetool-run); "
+                 "choose another --workdir", dir);
+        goto done;
+    }
+    int fd = open(marker, O_WRONLY | O_CREAT | O_EXCL, 0666);
+    if (fd < 0 || write(fd, "moetool run work directory\n", 27) != 27) {
+        rc = -1;
+        snprintf(err, errn, "%s: %s", marker, strerror(errno));
+    }
+    if (fd >= 0) close(fd);
+done:
+    free(marker);
+    return rc;
+}
+
 /* Writes text to path through a temporary name and a rename. */
 static int write_atomic(const char *path, const char *text) {
     char *tmp = NULL;
@@ -629,6 +667,11 @@ int cmd_run(int argc, char **argv) {
     pl.s = calloc(r->n_steps, sizeof *pl.s);
     if (pl.work && !A.dry_run && mkdir_p(pl.work)) {
         fprintf(stderr, "moetool run: %s: %s\n", pl.work, strerror(errno));
+        goto done;
+    }
+    if (pl.work && !A.dry_run && claim_workdir(pl.work, err, sizeof err)) {
+        fprintf(stderr, "moetool run: %s\n", err);
+        ret = MT_EXIT_USAGE;
         goto done;
     }
     g_hash_cache = pl.work ? join(pl.work, "file-hashes") : NULL;

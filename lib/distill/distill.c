@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *g_init_names[MT_DISTILL_INIT_COUNT] = {"concat", "average", "random"};
@@ -96,10 +97,34 @@ static int write_all(int fd, const void *p, size_t n, uint64_t *h) {
     return 0;
 }
 
+/* Whether path is a plain file that begins with the checkpoint's magic: only
+ * such a file is replaced or removed without --force. */
+static int ckpt_is_ours(const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    char magic[8];
+    const int ours = fd >= 0 && read(fd, magic, sizeof magic) == (ssize_t)sizeof magic && !memcmp(magic, "MTDSTCK1", 8);
+    if (fd >= 0) close(fd);
+    return ours;
+}
+
 static int ckpt_save(const char *path, const dt_model *m, const uint64_t *words) {
+    /* "<path>.tmp-<pid>-" + 6 of [a-z0-9], the pattern the output policy's
+     * sweep removes after a kill (mkstemp's would hold capitals) */
     char *tmp = NULL;
-    if (asprintf(&tmp, "%s.tmp-%ld-XXXXXX", path, (long)getpid()) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-    int fd = mkstemp(tmp);
+    if (asprintf(&tmp, "%s.tmp-%ld-xxxxxx", path, (long)getpid()) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    char *sfx = tmp + strlen(tmp) - 6;
+    uint64_t r = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)m;
+    int fd = -1;
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        for (int i = 0; i < 6; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            sfx[i] = "abcdefghijklmnopqrstuvwxyz0123456789"[(r >> 33) % 36];
+        }
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 && errno != EEXIST) break;
+    }
     if (fd < 0) {
         int st = mt_seterr(MT_ERR_IO, "%s: cannot create the checkpoint: %s", tmp, strerror(errno));
         free(tmp);
@@ -195,6 +220,11 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     const char *in[] = {o->data_path};
     if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, teacher_path, in, 1))) return st;
     if (asprintf(&ck_path, "%s.ckpt", out_path) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    /* The checkpoint is an output too: never an input, and an existing file
+     * there is replaced (and removed at the end) only when it is a previous
+     * checkpoint or with --force; this also sweeps dead runs' temporaries. */
+    if ((st = mt_output_check(ck_path, MT_OUTPUT_GGUF, o->force || ckpt_is_ours(ck_path), teacher_path, in, 1)))
+        goto done;
 
     mt_model_opts mo;
     mt_model_opts_default(&mo);
@@ -328,7 +358,7 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     st = mt_outdir_commit(od); /* frees od whatever the outcome */
     od = NULL;
     if (st) goto done;
-    unlink(ck_path); /* the output is in place: nothing left to resume */
+    if (ckpt_is_ours(ck_path)) unlink(ck_path); /* the output is in place: nothing left to resume */
 done:
     mt_outdir_free(od);
     mt_ctx_free(tctx);
