@@ -40,6 +40,10 @@ int cli_progress_shown(void);
 void cli_progress(void *user, const char *what, uint64_t done, uint64_t total);
 void cli_progress_done(void);
 
+/* --device of the verbs that run a model: "cpu", "cuda" -> mt_device. */
+extern const char *const cli_device_choices[];
+extern const int cli_device_values[];
+
 /* Path of the bundled model, used when a verb's MODEL is omitted. */
 const char *cli_default_model(void);
 

@@ -43,6 +43,8 @@ static const cli_opt eval_opts[] = {
      .choices = protocol_choices, .values = protocol_values},
     {"ref", 0, CLI_PATH, "MODEL", "reference model for KL / agreement (same tokenizer)", NULL, CLI_AT(eval_args, ref)},
     {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(eval_args, m.n_threads), 1, MT_MAX_THREADS},
+    {"device", 0, CLI_ENUM, "D", "cpu or cuda (a build with CUDA and a device; else one line says which is missing)",
+     "cpu", CLI_AT(eval_args, m.device), .choices = cli_device_choices, .values = cli_device_values},
     {"max-windows", 0, CLI_INT, "N", "score only the first N windows (only the text they need is read)", NULL,
      CLI_AT(eval_args, e.max_windows), 1, 1 << 30},
     {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout", NULL, CLI_AT(eval_args, json), .flags = CLI_OPT_CLI_ONLY},
@@ -53,7 +55,7 @@ static const cli_opt eval_opts[] = {
 const cli_verb cli_verb_eval = {
     .name = "eval",
     .synopsis = "usage: moetool eval [MODEL] [--text FILE] [--ctx N] [--protocol gptq|llamacpp]\n"
-                "                    [--ref MODEL] [--threads T] [--max-windows N]\n"
+                "                    [--ref MODEL] [--threads T] [--device cpu|cuda] [--max-windows N]\n"
                 "                    [--allow-long-context] [--json] [--quiet]",
     .about = "Perplexity of a text under one of two protocols:\n"
              "  gptq      the whole text tokenized without BOS, cut into non-overlapping\n"
@@ -196,8 +198,8 @@ int cmd_eval(int argc, char **argv) {
                "\"active_params\":%llu,\"bits_per_weight\":%.4f,\"bits_per_expert_weight\":%.4f}",
                (unsigned long long)file_bytes, (unsigned long long)ps.weight_bytes, (unsigned long long)ps.total,
                (unsigned long long)ps.experts, (unsigned long long)ps.active, bpw_all, bpw_exp);
-        printf(",\"speed\":{\"seconds\":%.4f,\"tokens_per_s\":%.2f,\"threads\":%d,\"backend\":\"cpu\"}", res.seconds,
-               res.tokens_per_s, mt_model_threads(m));
+        printf(",\"speed\":{\"seconds\":%.4f,\"tokens_per_s\":%.2f,\"threads\":%d,\"backend\":\"%s\"}", res.seconds,
+               res.tokens_per_s, mt_model_threads(m), mt_model_backend_name(m));
         printf(",\"peak_rss_bytes\":%llu", (unsigned long long)mt_peak_rss_bytes());
         printf(",\"routing\":");
         if (res.routing) {
@@ -225,8 +227,9 @@ int cmd_eval(int argc, char **argv) {
         if (res.has_ref)
             printf("vs ref:     %s: ppl %.4f; KL(ref||model) %.6f nats/token, top-1 agreement %.2f%%, mean |dp| %.5f\n",
                    ref_path, res.ref_ppl, res.kl_mean, 100.0 * res.top1_agree, res.dp_mean);
-        printf("speed:      %.1f tokens/s (cpu, %d threads, batches of %d), %.2f s; peak RSS %.1f MiB\n",
-               res.tokens_per_s, mt_model_threads(m), eo.n_batch, res.seconds, mt_peak_rss_bytes() / 1048576.0);
+        printf("speed:      %.1f tokens/s (%s, %d threads, batches of %d), %.2f s; peak RSS %.1f MiB\n",
+               res.tokens_per_s, mt_model_backend_name(m), mt_model_threads(m), eo.n_batch, res.seconds,
+               mt_peak_rss_bytes() / 1048576.0);
         if (res.routing) routing_picture(&res);
     }
     ret = MT_EXIT_OK;

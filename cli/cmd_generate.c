@@ -31,6 +31,8 @@ static const cli_opt generate_opts[] = {
      .flags = CLI_OPT_LO_OPEN},
     {"seed", 0, CLI_INT, "S", "RNG seed", "0", CLI_AT(generate_args, s.seed), 0, 0x7fffffffL},
     {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(generate_args, m.n_threads), 1, MT_MAX_THREADS},
+    {"device", 0, CLI_ENUM, "D", "cpu or cuda (a build with CUDA and a device; else one line says which is missing)",
+     "cpu", CLI_AT(generate_args, m.device), .choices = cli_device_choices, .values = cli_device_values},
     {"no-bos", 0, CLI_BOOL, NULL, "do not prepend BOS", NULL, CLI_AT(generate_args, no_bos)},
     {"ignore-eos", 0, CLI_BOOL, NULL, "keep going after the end-of-sequence token", NULL,
      CLI_AT(generate_args, s.stop_at_eos), .flags = CLI_OPT_INVERT},
@@ -41,8 +43,8 @@ static const cli_opt generate_opts[] = {
 const cli_verb cli_verb_generate = {
     .name = "generate",
     .synopsis = "usage: moetool generate [MODEL] -p PROMPT [-n N] [--temp T] [--top-p P]\n"
-                "                        [--seed S] [--threads T] [--no-bos] [--allow-long-context]\n"
-                "                        [--json]",
+                "                        [--seed S] [--threads T] [--device cpu|cuda] [--no-bos]\n"
+                "                        [--allow-long-context] [--json]",
     .about = "Continues PROMPT (BOS is prepended). Greedy by default; with --temp > 0\n"
              "samples with temperature and nucleus (top-p) filtering from a seeded RNG.\n"
              "The prompt is prefilled in one batch, then tokens are decoded one by one\n"

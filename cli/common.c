@@ -18,6 +18,9 @@
 #define MT_DEFAULT_MODEL_DIR "models/kjv-mixtral-15m"
 #endif
 
+const char *const cli_device_choices[] = {"cpu", "cuda", NULL};
+const int cli_device_values[] = {MT_DEVICE_CPU, MT_DEVICE_CUDA};
+
 const char *cli_default_model(void) {
     const char *env = getenv("MOETOOL_MODEL");
     if (env && *env) return env;

@@ -19,8 +19,15 @@ typedef struct mt_model mt_model;
 /* Most threads a model (its thread pool) runs with. */
 #define MT_MAX_THREADS 512
 
+/* Where the forward runs. MT_DEVICE_CUDA needs a build with CUDA and a
+ * device; without either, mt_model_load fails with the reason (never a
+ * silent fallback to the CPU). */
+typedef enum { MT_DEVICE_CPU = 0, MT_DEVICE_CUDA = 1 } mt_device;
+
 typedef struct {
     int n_threads;          /* 0 = number of online CPUs, at most MT_MAX_THREADS */
+    mt_device device;       /* MT_DEVICE_CPU by default                          */
+    int device_index;       /* which CUDA device (0 by default)                  */
 } mt_model_opts;
 void mt_model_opts_default(mt_model_opts *o);
 
@@ -34,6 +41,8 @@ const mt_tokenizer *mt_model_tokenizer(const mt_model *m);
 /* Why mt_model_tokenizer is NULL (the loader's message), or "" when it is not. */
 const char *mt_model_tokenizer_error(const mt_model *m);
 int mt_model_threads(const mt_model *m);
+/* The backend the forward runs on: "cpu" or "cuda". */
+const char *mt_model_backend_name(const mt_model *m);
 
 /* Parameter counts: total, in experts, active per token. */
 typedef struct {

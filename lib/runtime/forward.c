@@ -178,6 +178,13 @@ static int ctx_init(mt_ctx **out, mt_model *m, int n_ctx, int n_batch, int dry) 
     be->ops->upload(be, c->rope_sin, rs_h, sz[11]);
     if (rc_h != c->rope_cos) free(rc_h);
     if (rs_h != c->rope_sin) free(rs_h);
+    /* A device backend writes logits to its memory first (host arrays are
+     * the caller's). */
+    if (!be->host_memory && !(c->logits_d = be->ops->buf_alloc(be, fbytes3(B, (size_t)cf->vocab, 1)))) {
+        mt_ctx_free(c);
+        return mt_seterr(MT_ERR_NOMEM, "context: out of %s memory for logits (%d x %d floats)", be->name, n_batch,
+                         cf->vocab);
+    }
     *out = c;
     return MT_OK;
 }
@@ -196,6 +203,7 @@ void mt_ctx_free(mt_ctx *c) {
                      c->att_out, c->proj,    c->att_scratch, c->rope_cos, c->rope_sin, c->router,   c->router_p,
                      c->topk_w,  c->ex_in,   c->ex_g,     c->ex_u,     c->ex_out,   (float *)c->topk};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->ops->buf_free(be, bufs[i]);
+    be->ops->buf_free(be, c->logits_d);
     if (c->topk_h != c->topk) free(c->topk_h);
     if (c->topk_w_h != c->topk_w) free(c->topk_w_h);
     free(c->cap_h);
@@ -421,20 +429,24 @@ int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int a
 
     if (logits) {
         /* Logits land in the caller's host array: the backend's linear
-         * writes there directly when its memory is host memory. */
-        MT_ASSERT(be->host_memory);
+         * writes there directly when its memory is host memory, else into
+         * logits_d, downloaded after. */
+        float *dst = be->host_memory ? logits : c->logits_d;
+        const int nl = all_logits ? n : 1;
         if (all_logits) {
             if (!normed) op->rmsnorm(be, c->h, c->x, fn, n, H, cf->norm_eps);
-            op->linear(be, &m->w.lm_head, c->h, n, logits);
+            op->linear(be, &m->w.lm_head, c->h, n, dst);
         } else {
             const float *hl = c->h + (size_t)(n - 1) * H;
             if (!normed) {
                 op->rmsnorm(be, c->h, c->x + (size_t)(n - 1) * H, fn, 1, H, cf->norm_eps);
                 hl = c->h;
             }
-            op->linear(be, &m->w.lm_head, hl, 1, logits);
+            op->linear(be, &m->w.lm_head, hl, 1, dst);
         }
+        if (dst != logits) op->download(be, logits, dst, (size_t)nl * (size_t)cf->vocab * sizeof(float));
     }
     op->synchronize(be);
+    if (op->status && (st = op->status(be)) < 0) return st;
     return MT_OK;
 }

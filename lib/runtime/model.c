@@ -1,6 +1,7 @@
 /* model.c — a loaded model: the checkpoint (memory-mapped), the weight
  * views the forward executes, the tokenizer found beside it (optional) and
- * the backend every op runs on (the CPU backend with its thread pool).
+ * the backend every op runs on (the CPU backend with its thread pool, or
+ * the CUDA backend when the options ask for it).
  * Also parameter statistics. */
 #include "runtime_impl.h"
 
@@ -21,9 +22,13 @@ static int check_mat(mt_backend *be, const mt_mat *w, const char *path, const ch
     if (!w->data || w->rows <= 0 || w->cols <= 0)
         return mt_seterr(MT_ERR_FORMAT, "%s: %s of layer %d is missing or empty", path, what, layer);
     const int st = be->ops->mat_supported(be, w);
+    const char *tname = mt_dtype_get(w->dtype) ? mt_dtype_get(w->dtype)->name : "?";
+    if (st == MT_ERR_UNSUPPORTED && strcmp(be->name, "cpu") != 0)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s of layer %d is stored as %s, which the %s backend cannot execute "
+                         "yet (the cpu backend can)", path, what, layer, tname, be->name);
     if (st == MT_ERR_UNSUPPORTED)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s of layer %d is stored as %s, which the runtime cannot execute",
-                         path, what, layer, mt_dtype_get(w->dtype) ? mt_dtype_get(w->dtype)->name : "?");
+                         path, what, layer, tname);
     if (st && w->dtype == MT_DT_QMOE)
         return mt_seterr(MT_ERR_FORMAT, "%s: %s of layer %d is a qmoe matrix that was not parsed", path, what, layer);
     if (st) return mt_seterr(st, "%s: %s of layer %d cannot run on the %s backend", path, what, layer, be->name);
@@ -227,7 +232,11 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         nt = n > 0 ? (int)(n > 256 ? 256 : n) : 1;
     }
-    if ((st = mt_backend_cpu_init(&m->be, nt)) < 0) goto fail;
+    if (opts->device == MT_DEVICE_CUDA)
+        st = mt_backend_cuda_init(&m->be, opts->device_index);
+    else
+        st = mt_backend_cpu_init(&m->be, nt);
+    if (st < 0) goto fail;
     const mt_arch *fam = mt_arch_get(m->w.cfg.arch);
     m->qk_norm = fam ? fam->qk_norm : MT_QK_NORM_NONE;
     if ((st = check_weights(m, path)) < 0) goto fail;
@@ -281,6 +290,7 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
             m->be->ops->get_rows(m->be, &L->bv, &row0, 1, b + QD + KD);
         }
     }
+    if (m->be->ops->status && (st = m->be->ops->status(m->be)) < 0) goto fail;
     *out = m;
     return MT_OK;
 fail:
@@ -312,6 +322,7 @@ const mt_ckpt *mt_model_ckpt(const mt_model *m) { return m->ck; }
 const mt_tokenizer *mt_model_tokenizer(const mt_model *m) { return m->tok; }
 const char *mt_model_tokenizer_error(const mt_model *m) { return m && m->tok_err ? m->tok_err : ""; }
 int mt_model_threads(const mt_model *m) { return m->be->n_threads; }
+const char *mt_model_backend_name(const mt_model *m) { return m->be->name; }
 
 static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {
     if (!w->data || w->rows <= 0 || w->cols <= 0) return;

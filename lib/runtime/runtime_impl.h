@@ -58,6 +58,8 @@ struct mt_ctx {
     float *router_p;         /* (n_batch, max_experts) probabilities        */
     int32_t *topk;           /* (n_batch, top_k) for the current layer      */
     float *topk_w;           /* (n_batch, top_k) renormalised weights       */
+    float *logits_d;         /* (n_batch, vocab) logits before download; NULL
+                                when the backend's memory is host memory   */
 
     /* host memory (aliases of the buffers above when the backend's memory
      * is host memory, else copies downloaded when needed) */

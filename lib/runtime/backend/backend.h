@@ -131,6 +131,11 @@ typedef struct mt_backend_ops {
     int (*potri_f64)(mt_backend *be, char uplo, int n, double *A, int lda);
     int (*posv_f64)(mt_backend *be, char uplo, int n, int nrhs, double *A, int lda, double *B, int ldb);
 
+    /* MT_OK, or the first failure of a device op with its message set (ops
+     * return nothing; a device backend records the first error and skips
+     * the ops after it). NULL: the backend's ops cannot fail (CPU). */
+    int (*status)(mt_backend *be);
+
     void (*free)(mt_backend *be);
 } mt_backend_ops;
 
@@ -146,6 +151,12 @@ struct mt_backend {
  * included. Freed with mt_backend_free. */
 int mt_backend_cpu_init(mt_backend **out, int n_threads);
 void mt_backend_free(mt_backend *be);
+
+/* The CUDA backend on device `device` (backend/cuda/). MT_ERR_UNSUPPORTED
+ * with a one-line reason when the build has no CUDA ("not built with
+ * CUDA"), when there is no device ("no CUDA device found: <driver's
+ * reason>") or when its compute capability is too old. */
+int mt_backend_cuda_init(mt_backend **out, int device);
 
 /* Linear algebra outside a model's forward (quant, merge): the CPU backend
  * without a pool (BLAS threads itself); static, mt_backend_free ignores it. */

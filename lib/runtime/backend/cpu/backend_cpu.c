@@ -5,6 +5,7 @@
  * for one token, and the linear algebra of quant and merge is OpenBLAS /
  * LAPACK. The pool is owned here; every op returns when its work is done. */
 #include "../backend.h"
+#include "../kernels_hd.h"
 #include "kernels_impl.h"
 #include "qmoe_kernel.h"
 
@@ -208,47 +209,12 @@ static void cpu_add(mt_backend *be, float *x, const float *y, size_t n) {
     for (size_t j = 0; j < n; j++) x[j] += y[j];
 }
 
+/* The same row code as the CUDA kernel (kernels_hd.h). */
 static void cpu_router_topk(mt_backend *be, const mt_be_router_args *a) {
-    const int ne = a->n_rows, top_k = a->top_k;
-    for (int i = 0; i < a->n; i++) {
-        const float *lg = a->logits + (size_t)i * ne;
-        float *p = a->probs + (size_t)i * ne;
-        float mx = -FLT_MAX, sum = 0;
-        for (int e = 0; e < ne; e++)
-            if (lg[e] > mx) mx = lg[e];
-        for (int e = 0; e < ne; e++) {
-            p[e] = expf(lg[e] - mx);
-            sum += p[e];
-        }
-        for (int e = 0; e < ne; e++) p[e] /= sum;
-        int32_t *tk = a->topk + (size_t)i * top_k;
-        float *tw = a->gates + (size_t)i * top_k;
-        float wsum = 0;
-        for (int k = 0; k < top_k; k++) {
-            int best = -1;
-            for (int e = 0; e < ne; e++) {
-                int taken = 0;
-                for (int q = 0; q < k; q++) taken |= tk[q] == e;
-                if (taken) continue;
-                if (best < 0 || p[e] > p[best]) best = e;
-            }
-            tk[k] = best;
-            tw[k] = p[best];
-            wsum += p[best];
-        }
-        for (int k = 0; a->renorm && k < top_k; k++) tw[k] /= wsum;
-        if (!a->alias) continue;
-        for (int k = 0; k < top_k; k++) {
-            tk[k] = a->alias[tk[k]];
-            for (int q = 0; q < k; q++)
-                if (tk[q] == tk[k]) {
-                    tw[q] += tw[k];
-                    tw[k] = 0;
-                    tk[k] = -1;
-                    break;
-                }
-        }
-    }
+    for (int i = 0; i < a->n; i++)
+        mt_cu_router_row(a->logits + (size_t)i * a->n_rows, a->n_rows, a->top_k, a->renorm, a->alias,
+                         a->probs + (size_t)i * a->n_rows, a->topk + (size_t)i * a->top_k,
+                         a->gates + (size_t)i * a->top_k);
 }
 
 static void cpu_gather_rows(mt_backend *be, float *dst, const float *src, const int32_t *rows, int m, int dim) {
