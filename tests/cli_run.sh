@@ -79,6 +79,18 @@ mkdir -p "$T/mine"; echo "my notes" >"$T/mine/report.md"
 [ $rc = 2 ] && grep -q "did not write" "$T/err" && [ "$(cat "$T/mine/report.md")" = "my notes" ] && [ ! -e "$T/mine/steps" ] \
   && ok || { bad "foreign work directory: exit $rc"; cat "$T/err"; }
 
+# ---- 4c. a second run on a work directory in use stops at once (exit 1), touching nothing
+if command -v flock >/dev/null; then
+  ls -lR "$W" >"$T/before"
+  flock -o "$W/.moetool-run" sleep 30 & holder=$!
+  sleep 0.5
+  "$BIN" run "$T/d.yaml" --workdir "$W" --force q4 >"$T/out" 2>"$T/err"; rc=$?
+  kill $holder 2>/dev/null; wait $holder 2>/dev/null
+  ls -lR "$W" >"$T/after"
+  [ $rc = 1 ] && grep -q "another moetool run is using" "$T/err" && cmp -s "$T/before" "$T/after" \
+    && ok || { bad "locked work directory: exit $rc"; cat "$T/err"; }
+fi
+
 # ---- 5. a gate that fails: exit 3, a table saying by how much; --json summary on stdout
 sed -e 's/{metric: kl, max: 0.5}/{metric: kl, max: 0.0001}/' "$T/d.yaml" >"$T/fail.yaml"
 "$BIN" run "$T/fail.yaml" --workdir "$W" --json >"$T/out" 2>"$T/err"; rc=$?
