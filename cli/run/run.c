@@ -227,9 +227,16 @@ static int push_arg(step_plan *sp, const char *a) {
  * is not part of a key. */
 static char *hash_text(plan *pl, const char *value, int is_path) {
     const recipe *r = pl->r;
-    if (is_path && !strstr(value, "${")) {
-        char h[65];
-        return strdup(hash_path(value, h) ? "<unreadable>" : h);
+    if (is_path) { /* a file, named directly or as ${texts.NAME}: its content */
+        char *plain = recipe_expand(r, value, NULL, "${model}");
+        if (!plain) return NULL;
+        if (!strstr(plain, "${")) {
+            char h[65];
+            const int bad = hash_path(plain, h);
+            free(plain);
+            return strdup(bad ? "<unreadable>" : h);
+        }
+        free(plain);
     }
     char **tokens = calloc(r->n_steps, sizeof *tokens);
     if (!tokens) return NULL;
