@@ -1,10 +1,13 @@
 /* mt_distill.h — knowledge distillation of a Mixtral-format teacher into a
- * dense Mistral-layout student: attention, embeddings and norms copied from
- * the teacher, one SwiGLU FFN per layer built from its experts, trained by
+ * dense Mistral-layout student (attention, embeddings and norms copied from
+ * the teacher, one SwiGLU FFN per layer built from its experts), or healing
+ * of a smaller Mixtral (a `moetool merge` output: every weight, router
+ * included, trained against the teacher); trained by
  * (1 − α)·cross-entropy + α·T²·KL(teacher ‖ student) at temperature T with
  * AdamW under warmup + cosine, teacher logits computed on the fly by the
- * runtime. Output: a Hugging Face MistralForCausalLM directory (f32), under
- * the output policy (mt_write.h). docs/distill.md has the measurements. */
+ * runtime. Output: a Hugging Face MistralForCausalLM (dense) or
+ * MixtralForCausalLM (healed MoE) directory (f32), under the output policy
+ * (mt_write.h). docs/distill.md has the measurements. */
 #ifndef MT_DISTILL_H
 #define MT_DISTILL_H
 
@@ -35,13 +38,18 @@ typedef struct {
 typedef void (*mt_distill_step_fn)(void *user, const mt_distill_step *s);
 
 typedef struct {
-    int width;             /* student FFN width; 0 = top_k × expert width   */
+    /* NULL: a dense student; else the directory (or file) of a Mixtral-format
+     * MoE with the teacher's vocabulary to heal (its own shapes and experts). */
+    const char *student_path;
+    int width;             /* dense student FFN width; 0 = top_k × expert width */
     int init;              /* mt_distill_init                               */
     const char *data_path; /* training text (required)                      */
     uint64_t tokens;       /* training tokens (default 524288 = 0.5M)       */
-    float kd_weight;       /* α (default 0.5)                               */
-    float temperature;     /* T (default 1)                                 */
-    float lr;              /* peak learning rate (default 1e-3)             */
+    /* < 0 / 0 / 0 (the defaults): the student kind's default —
+     * dense: α 0.5, T 1, lr 1e-3; MoE healing: α 0.9, T 2, lr 3e-4. */
+    float kd_weight;       /* α                                             */
+    float temperature;     /* T                                             */
+    float lr;              /* peak learning rate                            */
     float min_lr_frac;     /* cosine floor as a fraction of lr (0.1)        */
     float weight_decay;    /* AdamW, on matrices only (default 0.01)        */
     float beta1, beta2;    /* 0.9, 0.95                                     */
@@ -67,6 +75,8 @@ void mt_distill_opts_default(mt_distill_opts *o);
 
 typedef struct {
     int steps, start_step, width, init;
+    int n_experts, top_k;          /* the MoE student's; 0 for a dense one */
+    double kd_weight, temperature, lr; /* as used (defaults resolved)     */
     uint64_t tokens;               /* trained this run and before a resume */
     uint64_t student_params;
     double first_loss, last_loss, last_ce, last_kd;

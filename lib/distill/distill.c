@@ -44,9 +44,9 @@ void mt_distill_opts_default(mt_distill_opts *o) {
     memset(o, 0, sizeof *o);
     o->init = MT_DISTILL_INIT_CONCAT;
     o->tokens = 524288;
-    o->kd_weight = 0.5f;
-    o->temperature = 1.0f;
-    o->lr = 1e-3f;
+    o->kd_weight = -1.0f; /* the student kind's defaults (resolve_defaults) */
+    o->temperature = 0.0f;
+    o->lr = 0.0f;
     o->min_lr_frac = 0.1f;
     o->weight_decay = 0.01f;
     o->beta1 = 0.9f, o->beta2 = 0.95f;
@@ -55,6 +55,19 @@ void mt_distill_opts_default(mt_distill_opts *o) {
     o->batch = 16, o->seq = 256;
     o->init_tokens = 32768;
     o->seed = 1;
+}
+
+/* Defaults that depend on the student. Dense: the student's FFN starts far
+ * from the teacher's function and the labels still teach it a lot (0.5 KD +
+ * 0.5 CE at T = 1, lr 1e-3: the issue's probe). MoE healing: the merged
+ * student already computes nearly the teacher's function, so the teacher's
+ * whole distribution is the richer target (α 0.9), softened at T = 2 as
+ * MC-SMoE heals, with a smaller step (3e-4) so the experts are adjusted
+ * rather than retrained (docs/distill.md has the comparison). */
+static void resolve_defaults(mt_distill_opts *o, int moe) {
+    if (o->kd_weight < 0) o->kd_weight = moe ? 0.9f : 0.5f;
+    if (o->temperature <= 0) o->temperature = moe ? 2.0f : 1.0f;
+    if (o->lr <= 0) o->lr = moe ? 3e-4f : 1e-3f;
 }
 
 /* ---- checkpoint ---------------------------------------------------------------- */
@@ -68,12 +81,17 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 }
 
 /* Hash of the options a resumed run must share (they shape the loss curve). */
-static uint64_t opts_hash(const mt_distill_opts *o, int warmup) {
+static uint64_t opts_hash(const mt_distill_opts *o, int warmup, const dt_config *c) {
     const float f[] = {o->kd_weight, o->temperature, o->lr, o->min_lr_frac, o->weight_decay, o->beta1, o->beta2,
                        o->grad_clip};
     uint64_t h = fnv(0xcbf29ce484222325ull, f, sizeof f);
     h = fnv(h, &warmup, sizeof warmup);
-    return fnv(h, &o->tokens, sizeof o->tokens);
+    h = fnv(h, &o->tokens, sizeof o->tokens);
+    if (c->n_experts) { /* a MoE student: its expert count and top-k too */
+        const int ek[2] = {c->n_experts, c->top_k};
+        h = fnv(h, ek, sizeof ek);
+    }
+    return h;
 }
 
 static void ck_words(uint64_t *w, const dt_model *m, int steps, const mt_distill_opts *o, int warmup) {
@@ -82,7 +100,7 @@ static void ck_words(uint64_t *w, const dt_model *m, int steps, const mt_distill
     w[CK_L] = c->n_layers, w[CK_H] = c->hidden, w[CK_NH] = c->n_heads, w[CK_NKV] = c->n_kv_heads;
     w[CK_D] = c->head_dim, w[CK_F] = c->ffn, w[CK_V] = c->vocab, w[CK_B] = m->B, w[CK_T] = m->T;
     w[CK_STEPS] = (uint64_t)steps, w[CK_SEED] = o->seed, w[CK_INIT] = (uint64_t)o->init;
-    w[CK_OPTS] = opts_hash(o, warmup), w[CK_NPARAMS] = m->n_params;
+    w[CK_OPTS] = opts_hash(o, warmup, c), w[CK_NPARAMS] = m->n_params;
 }
 
 static int write_all(int fd, const void *p, size_t n, uint64_t *h) {
@@ -194,8 +212,34 @@ done:
 }
 
 /* ---- the run -------------------------------------------------------------------- */
-int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o, mt_distill_report *rep) {
-    mt_model *t = NULL;
+/* A MoE student must read text as the teacher does: same vocabulary and,
+ * when it has a tokenizer, the same ids for the start of the data. */
+static int check_student_tokens(mt_model *s, const char *spath, const mt_tokenizer *ttz, int V, const char *data,
+                                const int32_t *ids, size_t n_ids) {
+    const int sv = mt_model_config(s)->vocab;
+    if (sv != V)
+        return mt_seterr(MT_ERR_ARG, "%s: the student's vocabulary has %d tokens, the teacher's %d: different "
+                         "tokenizers cannot be distilled", spath, sv, V);
+    const mt_tokenizer *stz = mt_model_tokenizer(s);
+    if (!stz || stz == ttz) return MT_OK;
+    int32_t *sid = NULL;
+    size_t n = 0;
+    int st = mt_tok_encode_file(stz, data, 4096, &sid, &n, NULL);
+    if (st) return st;
+    if (n > 4096) n = 4096;
+    if (n > n_ids) n = n_ids;
+    for (size_t i = 0; i < n; i++)
+        if (sid[i] != ids[i]) {
+            st = mt_seterr(MT_ERR_ARG, "%s: the student's tokenizer encodes %s differently from the teacher's (token %zu: "
+                           "%d vs %d)", spath, data, i, sid[i], ids[i]);
+            break;
+        }
+    free(sid);
+    return st;
+}
+
+int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o_in, mt_distill_report *rep) {
+    mt_model *t = NULL, *smodel = NULL;
     mt_backend *be = NULL;
     mt_outdir *od = NULL;
     mt_ctx *tctx = NULL;
@@ -210,20 +254,27 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     mt_distill_report *R = rep ? rep : &r0;
     int st;
     memset(R, 0, sizeof *R);
-    if (!teacher_path || !out_path || !o) return mt_seterr(MT_ERR_ARG, "distill: missing teacher, output or options");
+    if (!teacher_path || !out_path || !o_in) return mt_seterr(MT_ERR_ARG, "distill: missing teacher, output or options");
+    mt_distill_opts oo = *o_in;
+    const mt_distill_opts *o = &oo;
+    resolve_defaults(&oo, o_in->student_path != NULL);
     if (!o->data_path) return mt_seterr(MT_ERR_ARG, "distill: --data FILE is required");
     if (o->init < 0 || o->init >= MT_DISTILL_INIT_COUNT) return mt_seterr(MT_ERR_ARG, "distill: unknown init %d", o->init);
     if (o->batch < 1 || o->seq < 2 || o->tokens < 1 || o->width < 0 || !(o->lr > 0) || !(o->temperature > 0) ||
         !(o->kd_weight >= 0 && o->kd_weight <= 1) || o->ckpt_every < 0)
         return mt_seterr(MT_ERR_ARG, "distill: batch, seq, tokens, width, lr, temperature or kd-weight out of range");
 
-    const char *in[] = {o->data_path};
-    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, teacher_path, in, 1))) return st;
+    if (o->student_path && (o->width || o->init != MT_DISTILL_INIT_CONCAT))
+        return mt_seterr(MT_ERR_ARG, "--width and --init shape a dense student; a MoE student (%s) keeps its "
+                         "own experts", o->student_path);
+    const char *in[] = {o->data_path, o->student_path};
+    const int n_in = o->student_path ? 2 : 1;
+    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, teacher_path, in, n_in))) return st;
     if (asprintf(&ck_path, "%s.ckpt", out_path) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
     /* The checkpoint is an output too: never an input, and an existing file
      * there is replaced (and removed at the end) only when it is a previous
      * checkpoint or with --force; this also sweeps dead runs' temporaries. */
-    if ((st = mt_output_check(ck_path, MT_OUTPUT_GGUF, o->force || ckpt_is_ours(ck_path), teacher_path, in, 1)))
+    if ((st = mt_output_check(ck_path, MT_OUTPUT_GGUF, o->force || ckpt_is_ours(ck_path), teacher_path, in, n_in)))
         goto done;
 
     mt_model_opts mo;
@@ -279,12 +330,23 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     const int steps = (int)((o->tokens + per_step - 1) / per_step);
     const int warmup = o->warmup >= 0 ? o->warmup : steps / 20;
 
+    dt_config dc;
+    if (o->student_path) {
+        if ((st = mt_model_load(&smodel, o->student_path, &mo))) goto done;
+        if ((st = dst_moe_config(&dc, &sc, smodel, o->student_path))) goto done;
+        if ((st = check_student_tokens(smodel, o->student_path, tz, V, o->data_path, text_ids, n_text))) goto done;
+        if (mt_model_config(smodel)->max_pos > 0 && T > mt_model_config(smodel)->max_pos) {
+            st = mt_seterr(MT_ERR_ARG, "--seq %d is longer than the student's context of %d", T,
+                           mt_model_config(smodel)->max_pos);
+            goto done;
+        }
+    } else {
+        dst_engine_config(&dc, tc, width);
+        if ((st = dst_student_config(&sc, tc, width))) goto done;
+    }
     if ((st = mt_outdir_open(&od, out_path))) goto done;
     if ((st = mt_backend_cpu_init(&be, mt_model_threads(t)))) goto done;
-    dt_config dc;
-    dst_engine_config(&dc, tc, width);
     if ((st = dt_model_init(&m, &dc, B, T, be))) goto done;
-    if ((st = dst_student_config(&sc, tc, width))) goto done;
 
     uint64_t rng = o->seed * 0x2545f4914f6cdd1dull + 1, words[CK_WORDS], want[CK_WORDS];
     uint64_t tokens_done = 0;
@@ -295,8 +357,12 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
         start = (int)words[CK_STEP], rng = words[CK_RNG], tokens_done = words[CK_TOKENS];
     } else {
         if (o->progress) o->progress(o->progress_user, "distill: init", 0, 1);
-        if ((st = dst_student_from_teacher(&m, t, o->init, ids, n_ids, o->init_tokens, T, &rng))) goto done;
+        if (smodel) st = dst_student_from_moe(&m, smodel);
+        else st = dst_student_from_teacher(&m, t, o->init, ids, n_ids, o->init_tokens, T, &rng);
+        if (st) goto done;
     }
+    mt_model_free(smodel); /* its weights are in the engine now */
+    smodel = NULL;
     tok = malloc((size_t)per_step * sizeof *tok);
     tgt = malloc((size_t)per_step * sizeof *tgt);
     if (o->kd_weight > 0) tlog = malloc((size_t)per_step * V * sizeof *tlog);
@@ -306,7 +372,9 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     }
     if (o->kd_weight > 0 && (st = mt_ctx_init(&tctx, t, T, T))) goto done;
 
-    R->steps = steps, R->start_step = start, R->width = width, R->init = o->init;
+    R->steps = steps, R->start_step = start, R->width = dc.n_experts ? dc.ffn : width, R->init = o->init;
+    R->n_experts = dc.n_experts, R->top_k = dc.top_k;
+    R->kd_weight = o->kd_weight, R->temperature = o->temperature, R->lr = o->lr;
     R->student_params = m.n_params;
     const dt_adamw adam0 = {o->lr, o->beta1, o->beta2, 1e-8f, o->weight_decay};
     const double t0 = mt_now();
@@ -365,6 +433,7 @@ done:
     dt_model_free(&m);
     mt_backend_free(be);
     mt_config_free(&sc);
+    mt_model_free(smodel);
     mt_model_free(t);
     free(ids);
     free(text_ids);

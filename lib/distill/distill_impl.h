@@ -13,6 +13,14 @@
 void dst_engine_config(dt_config *out, const mt_config *teacher, int width);
 int dst_student_config(mt_config *out, const mt_config *teacher, int width);
 
+/* The engine shape (MoE) and the output's HF config (the student's own,
+ * f32) of a Mixtral-format MoE student to heal; refuses students the engine
+ * does not train (other families, alias routing, per-layer expert counts,
+ * quantized weights) with one line naming path. */
+int dst_moe_config(dt_config *out, mt_config *sc_out, const mt_model *student, const char *path);
+/* Copies every weight of the MoE student (router and experts included). */
+int dst_student_from_moe(dt_model *m, const mt_model *student);
+
 /* Fills m's parameters from the teacher: embeddings, attention, norms and
  * lm_head copied; the FFN by `init`, with routing statistics counted over
  * the first init_tokens of ids (windows of seq) for concat and average;
