@@ -45,12 +45,12 @@ static const cli_opt distill_opts[] = {
      CLI_AT(distill_args, o.data_path)},
     {"tokens", 0, CLI_INT, "N", "training tokens; steps = N / (B x S)", "524288", CLI_AT(distill_args, o.tokens), 1,
      1L << 40},
-    {"kd-weight", 0, CLI_FLOAT, "A", "weight of the KD term in [0, 1]: loss = (1 - A) CE + A T^2 KL (default 0.5 for "
-     "a dense student, 0.9 when healing a MoE)", NULL, CLI_AT(distill_args, o.kd_weight), .flo = 0, .fhi = 1},
-    {"temperature", 0, CLI_FLOAT, "T", "KD temperature (default 1 for a dense student, 2 when healing a MoE)", NULL,
-     CLI_AT(distill_args, o.temperature), .flo = 0, .fhi = 100, .flags = CLI_OPT_LO_OPEN},
-    {"lr", 0, CLI_FLOAT, "LR", "peak learning rate (default 1e-3 for a dense student, 3e-4 when healing a MoE)", NULL,
-     CLI_AT(distill_args, o.lr), .flo = 0, .fhi = 10, .flags = CLI_OPT_LO_OPEN},
+    {"kd-weight", 0, CLI_FLOAT, "A", "weight of the KD term in [0, 1]: loss = (1 - A) CE + A T^2 KL", "0.5",
+     CLI_AT(distill_args, o.kd_weight), .flo = 0, .fhi = 1},
+    {"temperature", 0, CLI_FLOAT, "T", "KD temperature", "1", CLI_AT(distill_args, o.temperature), .flo = 0,
+     .fhi = 100, .flags = CLI_OPT_LO_OPEN},
+    {"lr", 0, CLI_FLOAT, "LR", "peak learning rate", "1e-3", CLI_AT(distill_args, o.lr), .flo = 0, .fhi = 10,
+     .flags = CLI_OPT_LO_OPEN},
     {"warmup", 0, CLI_INT, "N", "warmup steps (default 5 % of the steps)", NULL, CLI_AT(distill_args, o.warmup), 0,
      1 << 30},
     {"batch", 0, CLI_INT, "B", "sequences per step", "16", CLI_AT(distill_args, o.batch), 1, 4096},
@@ -60,6 +60,12 @@ static const cli_opt distill_opts[] = {
      NULL, CLI_AT(distill_args, o.ckpt_every), 1, 1 << 30},
     {"resume", 0, CLI_BOOL, NULL, "continue from OUT.ckpt (same options and --threads give the uninterrupted run's "
      "losses exactly)", NULL, CLI_AT(distill_args, o.resume), .flags = CLI_OPT_CLI_ONLY},
+    {"topk-logits", 0, CLI_INT, "K", "train on aligned windows of S tokens whose teacher logits are computed once, the "
+     "top K per position kept in a zstd-compressed cache that later runs with the same teacher, data, K and S reuse; KD "
+     "against the teacher's top K renormalised (K = vocab: the full distribution)", NULL,
+     CLI_AT(distill_args, o.topk_logits), 1, 1 << 20},
+    {"logit-cache", 0, CLI_STRING, "FILE", "the --topk-logits cache (read when present, written when windows were "
+     "added; kept after the run)", "OUT.logits", CLI_AT(distill_args, o.logit_cache)},
     {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(distill_args, o.n_threads), 1, MT_MAX_THREADS},
     {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout, with every step's losses", NULL,
      CLI_AT(distill_args, json), .flags = CLI_OPT_CLI_ONLY},
@@ -73,6 +79,7 @@ const cli_verb cli_verb_distill = {
                 "                       [--init concat|average|random] [--init-tokens N] [--data FILE] [--tokens N]\n"
                 "                       [--kd-weight A] [--temperature T] [--lr LR] [--warmup N]\n"
                 "                       [--batch B] [--seq S] [--seed N] [--checkpoint-every N]\n"
+                "                       [--topk-logits K] [--logit-cache FILE]\n"
                 "                       [--resume] [--threads T] [--force] [--json] [--quiet]",
     .about = "Trains a student from the MoE TEACHER by knowledge distillation and writes\n"
              "it as a Hugging Face directory (f32) into OUT. --student dense: a dense\n"
@@ -167,11 +174,13 @@ int cmd_distill(int argc, char **argv) {
         printf(", \"student_kind\": \"%s\", \"experts\": %d, \"top_k\": %d, \"width\": %d, \"init\": \"%s\","
                " \"params\": %llu, \"steps\": %d, \"start_step\": %d, \"batch\": %d, \"seq\": %d, \"tokens\": %llu,"
                " \"kd_weight\": %g, \"temperature\": %g, \"lr\": %g, \"seconds\": %.3f, \"tokens_per_s\": %.1f,"
-               " \"peak_rss_mib\": %.1f, \"log\": [",
+               " \"peak_rss_mib\": %.1f, \"topk_logits\": %d, \"cache_windows\": %d, \"cache_computed\": %d,"
+               " \"cache_bytes\": %llu, \"cache_bytes_per_token\": %.1f, \"log\": [",
                r.n_experts ? "moe" : "dense", r.n_experts, r.top_k, r.width,
                r.n_experts ? "merged" : mt_distill_init_name(r.init), (unsigned long long)r.student_params, r.steps,
                r.start_step, o.batch, o.seq, (unsigned long long)r.tokens, r.kd_weight, r.temperature, r.lr, r.seconds,
-               r.tokens_per_s, rss);
+               r.tokens_per_s, rss, r.cache_windows ? o.topk_logits : 0, r.cache_windows, r.cache_computed,
+               (unsigned long long)r.cache_bytes, r.cache_bytes_per_token);
         for (int i = 0; i < log.n; i++) {
             const double *x = log.v + (size_t)i * 4;
             printf("%s{\"step\": %d, \"loss\": %.9g, \"ce\": %.9g, \"kd\": %.9g, \"lr\": %.6g}", i ? ", " : "",
@@ -188,6 +197,10 @@ int cmd_distill(int argc, char **argv) {
         printf("steps %d..%d of %d x %d tokens (KD weight %g, T %g, lr %g): loss %.4f -> %.4f (KD %.4f, CE %.4f); "
                "%.1f s, %.0f tokens/s, peak RSS %.1f MiB\n", r.start_step + 1, r.steps, o.batch, o.seq, r.kd_weight,
                r.temperature, r.lr, r.first_loss, r.last_loss, r.last_kd, r.last_ce, r.seconds, r.tokens_per_s, rss);
+        if (r.cache_windows)
+            printf("teacher top-%d logit cache: %d windows (%d computed by this run), %llu bytes, %.1f bytes per token\n",
+                   o.topk_logits, r.cache_windows, r.cache_computed, (unsigned long long)r.cache_bytes,
+                   r.cache_bytes_per_token);
     }
     free(data_default);
     free(log.v), free(log.step);

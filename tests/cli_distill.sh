@@ -80,6 +80,27 @@ kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 rm -rf "$T/o"
 expect ckpt-other-options 1 "$BIN" distill "$MODEL" -o "$T/cut2" --student dense --tokens 3072 --batch 2 --seq 32 \
   --init-tokens 256 --threads 2 --lr 5e-4 --resume --quiet
+# the top-K logit cache: written once, reused by a later run (no teacher
+# logits computed, the same losses); a corrupt cache or one of another K is
+# refused with one line
+LC=(--student dense --tokens 1024 --batch 2 --seq 32 --init-tokens 256 --threads 2 --topk-logits 64 --quiet --json)
+"$BIN" distill "$MODEL" -o "$T/lc1" "${LC[@]}" >"$T/lc1.json" || { echo "FAIL cached run"; fails=$((fails + 1)); }
+"$BIN" distill "$MODEL" -o "$T/lc2" "${LC[@]}" --logit-cache "$T/lc1.logits" >"$T/lc2.json" || { echo "FAIL reuse run"; fails=$((fails + 1)); }
+python3 - "$T/lc1.json" "$T/lc2.json" <<'PY' && echo "ok logit cache reused" || { echo "FAIL logit cache reuse"; fails=$((fails + 1)); }
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+assert a["cache_computed"] == a["cache_windows"] > 0 and b["cache_computed"] == 0, (a, b)
+assert b["cache_windows"] == a["cache_windows"] and a["log"] == b["log"]
+assert 0 < a["cache_bytes_per_token"] <= 8 * 64 + 1, a["cache_bytes_per_token"]
+print("cache: %d windows, %.1f bytes per token" % (a["cache_windows"], a["cache_bytes_per_token"]))
+PY
+[ -e "$T/lc2.logits" ] && { echo "FAIL a cache beside lc2 was written"; fails=$((fails + 1)); }
+cp "$T/lc1.logits" "$T/bad.logits"
+printf 'garbage!' | dd of="$T/bad.logits" bs=1 seek=2000 conv=notrunc status=none
+expect cache-corrupt 1 "$BIN" distill "$MODEL" -o "$T/o" "${LC[@]}" --logit-cache "$T/bad.logits"
+expect cache-other-k 1 "$BIN" distill "$MODEL" -o "$T/o" "${LC[@]/64/32}" --logit-cache "$T/lc1.logits"
+grep -q "made for another teacher, data, --topk-logits or --seq" "$T/err" || { echo "FAIL other-K message"; fails=$((fails + 1)); }
+expect cache-k-too-large 2 "$BIN" distill "$MODEL" -o "$T/o" "${LC[@]/64/5000}"
 # the student as a llama-arch GGUF: llama.cpp's greedy text equals moetool's (when llama_cpp is installed)
 PY=${PYTHON:-python3}
 if "$PY" -c 'import llama_cpp' >/dev/null 2>&1; then

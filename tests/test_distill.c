@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine_impl.h"
+#include "distill_impl.h"
 #include "testutil.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
@@ -313,6 +313,67 @@ static void test_loss_backward(void **state) {
     dt_model_free(&m);
 }
 
+/* ---- top-K teacher logits (the logit cache's form) ------------------------------ */
+/* K = V: the expanded rows are the teacher's logits, so the loss and its
+ * gradient equal the uncached ones exactly; K < V: the KD term is the KL of
+ * the teacher's top K renormalised, computed here independently in f64. */
+static void test_topk_logits(void **state) {
+    (void)state;
+    dt_config cf = {1, 8, 2, 1, 4, 8, 32, 1e-5f, 10000.0f, 0, 0};
+    dt_model m;
+    assert_int_equal(dt_model_init(&m, &cf, 2, 3, mt_backend_default()), MT_OK);
+    enum { n = 6, V = 32 };
+    int32_t y[n] = {1, 5, 31, 0, 7, 7}, ids[n * V];
+    float z[n * V], t[n * V], vals[n * V], tx[n * V], g_full[n * V];
+    fill(z, n * V, 3.0f), fill(t, n * V, 3.0f);
+    /* selection: descending, and the K-th is at least every value left out */
+    dst_topk_select(t, n, V, 5, ids, vals);
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < 5; k++) {
+            assert_true(vals[i * 5 + k] == t[i * V + ids[i * 5 + k]]);
+            if (k) assert_true(vals[i * 5 + k] <= vals[i * 5 + k - 1]);
+        }
+        int above = 0;
+        for (int j = 0; j < V; j++) above += t[i * V + j] > vals[i * 5 + 4];
+        assert_true(above <= 4);
+    }
+    for (int ti = 0; ti < 2; ti++) {
+        const float temp = ti ? 2.0f : 1.0f;
+        memcpy(m.a.logits, z, sizeof z);
+        const dt_loss full = dt_loss_backward_logits(&m, y, t, 0.5f, temp);
+        memcpy(g_full, m.a.logits, sizeof g_full);
+        dst_topk_select(t, n, V, V, ids, vals);
+        dst_topk_expand(ids, vals, n, V, V, tx);
+        memcpy(m.a.logits, z, sizeof z);
+        const dt_loss cached = dt_loss_backward_logits(&m, y, tx, 0.5f, temp);
+        printf("top-K = V, T=%g: loss %.9f vs %.9f\n", temp, cached.loss, full.loss);
+        assert_true(cached.loss == full.loss && cached.kd == full.kd);
+        assert_memory_equal(m.a.logits, g_full, sizeof g_full);
+        /* K = 5: KL(p_top5 renormalised || q), f64 */
+        enum { K = 5 };
+        dst_topk_select(t, n, V, K, ids, vals);
+        dst_topk_expand(ids, vals, n, V, K, tx);
+        memcpy(m.a.logits, z, sizeof z);
+        const dt_loss part = dt_loss_backward_logits(&m, y, tx, 1.0f, temp);
+        double kl = 0;
+        for (int i = 0; i < n; i++) {
+            double zs[V], ts = -DBL_MAX, sp = 0;
+            for (int j = 0; j < V; j++) zs[j] = z[i * V + j] / temp;
+            const double lq = lse(zs, V, 1.0);
+            for (int k = 0; k < K; k++) ts = vals[i * K + k] / temp > ts ? vals[i * K + k] / temp : ts;
+            for (int k = 0; k < K; k++) sp += exp(vals[i * K + k] / temp - ts);
+            for (int k = 0; k < K; k++) {
+                const double lp = vals[i * K + k] / temp - ts - log(sp);
+                kl += exp(lp) * (lp - (zs[ids[i * K + k]] - lq));
+            }
+        }
+        kl /= n;
+        printf("top-5, T=%g: KD %.9f vs f64 %.9f\n", temp, part.kd, kl);
+        assert_true(fabs(part.kd - kl) < 1e-5 * kl);
+    }
+    dt_model_free(&m);
+}
+
 /* ---- whole student: gradient of its loss against finite differences --------- */
 static double model_loss(dt_model *m, const int32_t *tok, const int32_t *tgt, const float *teacher) {
     dt_forward(m, tok);
@@ -430,6 +491,7 @@ int main(void) {
         cmocka_unit_test(test_swiglu_backward),   cmocka_unit_test(test_attention_backward),
         cmocka_unit_test(test_loss_backward),     cmocka_unit_test(test_model_gradient),
         cmocka_unit_test(test_route_backward),    cmocka_unit_test(test_moe_model_gradient),
+        cmocka_unit_test(test_topk_logits),
         cmocka_unit_test(test_schedule_and_adamw),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -45,11 +45,9 @@ typedef struct {
     int init;              /* mt_distill_init                               */
     const char *data_path; /* training text (required)                      */
     uint64_t tokens;       /* training tokens (default 524288 = 0.5M)       */
-    /* < 0 / 0 / 0 (the defaults): the student kind's default —
-     * dense: α 0.5, T 1, lr 1e-3; MoE healing: α 0.9, T 2, lr 3e-4. */
-    float kd_weight;       /* α                                             */
-    float temperature;     /* T                                             */
-    float lr;              /* peak learning rate                            */
+    float kd_weight;       /* α (default 0.5)                               */
+    float temperature;     /* T (default 1)                                 */
+    float lr;              /* peak learning rate (default 1e-3)             */
     float min_lr_frac;     /* cosine floor as a fraction of lr (0.1)        */
     float weight_decay;    /* AdamW, on matrices only (default 0.01)        */
     float beta1, beta2;    /* 0.9, 0.95                                     */
@@ -66,6 +64,13 @@ typedef struct {
      * same loss curve as an uninterrupted run). */
     int ckpt_every;
     int resume;
+    /* Top-K teacher logit cache: topk_logits = K > 0 trains on aligned
+     * windows of seq tokens whose teacher top-K logits are computed once and
+     * kept in logit_cache (NULL: "<out>.logits"), reused by later runs with
+     * the same teacher, data, K and seq; KD against the teacher's top K
+     * renormalised. 0 = logits on the fly (default). */
+    int topk_logits;
+    const char *logit_cache;
     mt_distill_step_fn on_step;
     void *step_user;
     mt_progress_fn progress;
@@ -76,11 +81,15 @@ void mt_distill_opts_default(mt_distill_opts *o);
 typedef struct {
     int steps, start_step, width, init;
     int n_experts, top_k;          /* the MoE student's; 0 for a dense one */
-    double kd_weight, temperature, lr; /* as used (defaults resolved)     */
+    double kd_weight, temperature, lr; /* as used                          */
     uint64_t tokens;               /* trained this run and before a resume */
     uint64_t student_params;
     double first_loss, last_loss, last_ce, last_kd;
     double seconds, tokens_per_s;  /* this run's steps, teacher included   */
+    /* --topk-logits: windows in the cache, computed by this run, file bytes */
+    int cache_windows, cache_computed;
+    uint64_t cache_bytes;
+    double cache_bytes_per_token;
 } mt_distill_report;
 
 int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o, mt_distill_report *rep);

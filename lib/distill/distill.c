@@ -44,9 +44,12 @@ void mt_distill_opts_default(mt_distill_opts *o) {
     memset(o, 0, sizeof *o);
     o->init = MT_DISTILL_INIT_CONCAT;
     o->tokens = 524288;
-    o->kd_weight = -1.0f; /* the student kind's defaults (resolve_defaults) */
-    o->temperature = 0.0f;
-    o->lr = 0.0f;
+    /* One set of defaults for both student kinds: for healing a merged MoE
+     * they also gave the lowest perplexity of the settings compared in
+     * docs/distill.md (KD weight 0.9 / 0.5 / 0.167, T 2 / 1, lr 3e-4 / 1e-3). */
+    o->kd_weight = 0.5f;
+    o->temperature = 1.0f;
+    o->lr = 1e-3f;
     o->min_lr_frac = 0.1f;
     o->weight_decay = 0.01f;
     o->beta1 = 0.9f, o->beta2 = 0.95f;
@@ -55,19 +58,6 @@ void mt_distill_opts_default(mt_distill_opts *o) {
     o->batch = 16, o->seq = 256;
     o->init_tokens = 32768;
     o->seed = 1;
-}
-
-/* Defaults that depend on the student. Dense: the student's FFN starts far
- * from the teacher's function and the labels still teach it a lot (0.5 KD +
- * 0.5 CE at T = 1, lr 1e-3: the issue's probe). MoE healing: the merged
- * student already computes nearly the teacher's function, so the teacher's
- * whole distribution is the richer target (α 0.9), softened at T = 2 as
- * MC-SMoE heals, with a smaller step (3e-4) so the experts are adjusted
- * rather than retrained (docs/distill.md has the comparison). */
-static void resolve_defaults(mt_distill_opts *o, int moe) {
-    if (o->kd_weight < 0) o->kd_weight = moe ? 0.9f : 0.5f;
-    if (o->temperature <= 0) o->temperature = moe ? 2.0f : 1.0f;
-    if (o->lr <= 0) o->lr = moe ? 3e-4f : 1e-3f;
 }
 
 /* ---- checkpoint ---------------------------------------------------------------- */
@@ -81,7 +71,7 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 }
 
 /* Hash of the options a resumed run must share (they shape the loss curve). */
-static uint64_t opts_hash(const mt_distill_opts *o, int warmup, const dt_config *c) {
+static uint64_t opts_hash(const mt_distill_opts *o, int warmup, const dt_config *c, int topk) {
     const float f[] = {o->kd_weight, o->temperature, o->lr, o->min_lr_frac, o->weight_decay, o->beta1, o->beta2,
                        o->grad_clip};
     uint64_t h = fnv(0xcbf29ce484222325ull, f, sizeof f);
@@ -91,16 +81,17 @@ static uint64_t opts_hash(const mt_distill_opts *o, int warmup, const dt_config 
         const int ek[2] = {c->n_experts, c->top_k};
         h = fnv(h, ek, sizeof ek);
     }
+    if (topk) h = fnv(h, &topk, sizeof topk); /* other data windows and KD target */
     return h;
 }
 
-static void ck_words(uint64_t *w, const dt_model *m, int steps, const mt_distill_opts *o, int warmup) {
+static void ck_words(uint64_t *w, const dt_model *m, int steps, const mt_distill_opts *o, int warmup, int topk) {
     const dt_config *c = &m->c;
     memset(w, 0, CK_WORDS * sizeof *w);
     w[CK_L] = c->n_layers, w[CK_H] = c->hidden, w[CK_NH] = c->n_heads, w[CK_NKV] = c->n_kv_heads;
     w[CK_D] = c->head_dim, w[CK_F] = c->ffn, w[CK_V] = c->vocab, w[CK_B] = m->B, w[CK_T] = m->T;
     w[CK_STEPS] = (uint64_t)steps, w[CK_SEED] = o->seed, w[CK_INIT] = (uint64_t)o->init;
-    w[CK_OPTS] = opts_hash(o, warmup, c), w[CK_NPARAMS] = m->n_params;
+    w[CK_OPTS] = opts_hash(o, warmup, c, topk), w[CK_NPARAMS] = m->n_params;
 }
 
 static int write_all(int fd, const void *p, size_t n, uint64_t *h) {
@@ -115,25 +106,27 @@ static int write_all(int fd, const void *p, size_t n, uint64_t *h) {
     return 0;
 }
 
-/* Whether path is a plain file that begins with the checkpoint's magic: only
- * such a file is replaced or removed without --force. */
-static int ckpt_is_ours(const char *path) {
+/* Whether path is a plain file that begins with magic (8 bytes): only such a
+ * file (a checkpoint, a logit cache) is replaced or removed without --force. */
+int dst_file_is_ours(const char *path, const char *magic) {
     struct stat sb;
     if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    char magic[8];
-    const int ours = fd >= 0 && read(fd, magic, sizeof magic) == (ssize_t)sizeof magic && !memcmp(magic, "MTDSTCK1", 8);
+    char head[8];
+    const int ours = fd >= 0 && read(fd, head, sizeof head) == (ssize_t)sizeof head && !memcmp(head, magic, 8);
     if (fd >= 0) close(fd);
     return ours;
 }
+static int ckpt_is_ours(const char *path) { return dst_file_is_ours(path, "MTDSTCK1"); }
 
-static int ckpt_save(const char *path, const dt_model *m, const uint64_t *words) {
+int dst_tmp_create(const char *path, char **tmp_out) {
     /* "<path>.tmp-<pid>-" + 6 of [a-z0-9], the pattern the output policy's
      * sweep removes after a kill (mkstemp's would hold capitals) */
     char *tmp = NULL;
+    *tmp_out = NULL;
     if (asprintf(&tmp, "%s.tmp-%ld-xxxxxx", path, (long)getpid()) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
     char *sfx = tmp + strlen(tmp) - 6;
-    uint64_t r = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)m;
+    uint64_t r = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)tmp;
     int fd = -1;
     for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
         for (int i = 0; i < 6; i++) {
@@ -144,11 +137,19 @@ static int ckpt_save(const char *path, const dt_model *m, const uint64_t *words)
         if (fd < 0 && errno != EEXIST) break;
     }
     if (fd < 0) {
-        int st = mt_seterr(MT_ERR_IO, "%s: cannot create the checkpoint: %s", tmp, strerror(errno));
+        int st = mt_seterr(MT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
         free(tmp);
         return st;
     }
     mt_output_tmp_add(tmp);
+    *tmp_out = tmp;
+    return fd;
+}
+
+static int ckpt_save(const char *path, const dt_model *m, const uint64_t *words) {
+    char *tmp = NULL;
+    const int fd = dst_tmp_create(path, &tmp);
+    if (fd < 0) return fd;
     uint64_t h = 0xcbf29ce484222325ull;
     const size_t nb = m->n_params * sizeof(float);
     int bad = write_all(fd, "MTDSTCK1", 8, &h) || write_all(fd, words, CK_WORDS * sizeof *words, &h) ||
@@ -238,7 +239,7 @@ static int check_student_tokens(mt_model *s, const char *spath, const mt_tokeniz
     return st;
 }
 
-int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o_in, mt_distill_report *rep) {
+int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o, mt_distill_report *rep) {
     mt_model *t = NULL, *smodel = NULL;
     mt_backend *be = NULL;
     mt_outdir *od = NULL;
@@ -249,15 +250,14 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     memset(&sc, 0, sizeof sc);
     int32_t *ids = NULL, *text_ids = NULL, *tok = NULL, *tgt = NULL;
     float *tlog = NULL;
-    char *ck_path = NULL;
+    char *ck_path = NULL, *lc_path = NULL;
+    dst_cache lc;
+    memset(&lc, 0, sizeof lc);
     mt_distill_report r0;
     mt_distill_report *R = rep ? rep : &r0;
     int st;
     memset(R, 0, sizeof *R);
-    if (!teacher_path || !out_path || !o_in) return mt_seterr(MT_ERR_ARG, "distill: missing teacher, output or options");
-    mt_distill_opts oo = *o_in;
-    const mt_distill_opts *o = &oo;
-    resolve_defaults(&oo, o_in->student_path != NULL);
+    if (!teacher_path || !out_path || !o) return mt_seterr(MT_ERR_ARG, "distill: missing teacher, output or options");
     if (!o->data_path) return mt_seterr(MT_ERR_ARG, "distill: --data FILE is required");
     if (o->init < 0 || o->init >= MT_DISTILL_INIT_COUNT) return mt_seterr(MT_ERR_ARG, "distill: unknown init %d", o->init);
     if (o->batch < 1 || o->seq < 2 || o->tokens < 1 || o->width < 0 || !(o->lr > 0) || !(o->temperature > 0) ||
@@ -277,6 +277,17 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     if ((st = mt_output_check(ck_path, MT_OUTPUT_GGUF, o->force || ckpt_is_ours(ck_path), teacher_path, in, n_in)))
         goto done;
 
+    if (o->topk_logits > 0 && o->kd_weight > 0) {
+        if (o->logit_cache ? !(lc_path = strdup(o->logit_cache)) : asprintf(&lc_path, "%s.logits", out_path) < 0) {
+            lc_path = NULL;
+            st = mt_seterr(MT_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        /* an output that is also read back: a file there must be a logit cache (or --force) */
+        if ((st = mt_output_check(lc_path, MT_OUTPUT_GGUF, o->force || dst_file_is_ours(lc_path, "MTDSTLC1"), teacher_path, in,
+                                  n_in)))
+            goto done;
+    }
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = o->n_threads;
@@ -351,7 +362,8 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     uint64_t rng = o->seed * 0x2545f4914f6cdd1dull + 1, words[CK_WORDS], want[CK_WORDS];
     uint64_t tokens_done = 0;
     int start = 0;
-    ck_words(want, &m, steps, o, warmup);
+    const int topk = o->kd_weight > 0 ? o->topk_logits : 0;
+    ck_words(want, &m, steps, o, warmup, topk);
     if (o->resume) {
         if ((st = ckpt_load(ck_path, &m, want, words))) goto done;
         start = (int)words[CK_STEP], rng = words[CK_RNG], tokens_done = words[CK_TOKENS];
@@ -371,6 +383,37 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
         goto done;
     }
     if (o->kd_weight > 0 && (st = mt_ctx_init(&tctx, t, T, T))) goto done;
+    const int n_win = (int)((n_ids - 1) / (size_t)T);
+    if (topk) {
+        if (topk > V) {
+            st = mt_seterr(MT_ERR_ARG, "--topk-logits %d is larger than the vocabulary of %d", topk, V);
+            goto done;
+        }
+        if ((st = dst_cache_open(&lc, lc_path, dst_cache_key(t, ids, n_ids, topk, T), topk, T, n_win))) goto done;
+        /* the windows this run will read (the data order is the RNG's), computed now when missing */
+        uint64_t r2 = rng;
+        int n_new = 0;
+        for (int s = start; s < steps; s++)
+            for (int b = 0; b < B; b++) {
+                const int w = (int)(dst_rng_next(&r2) % (uint64_t)n_win);
+                if (lc.slot[w] >= 0) continue;
+                if (o->progress)
+                    o->progress(o->progress_user, "distill: teacher top-K logits", (uint64_t)(s - start),
+                                (uint64_t)(steps - start));
+                if ((st = dst_teacher_logits(tctx, ids + (size_t)w * T, 1, T, V, tlog)) ||
+                    (st = dst_cache_add(&lc, w, tlog, V)))
+                    goto done;
+                n_new++;
+            }
+        R->cache_computed = n_new;
+        if (n_new && (st = dst_cache_save(&lc, lc_path, &R->cache_bytes))) goto done;
+        if (!n_new) {
+            struct stat sb;
+            R->cache_bytes = stat(lc_path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+        }
+        R->cache_windows = lc.n;
+        R->cache_bytes_per_token = lc.n ? (double)R->cache_bytes / ((double)lc.n * T) : 0;
+    }
 
     R->steps = steps, R->start_step = start, R->width = dc.n_experts ? dc.ffn : width, R->init = o->init;
     R->n_experts = dc.n_experts, R->top_k = dc.top_k;
@@ -380,11 +423,19 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     const double t0 = mt_now();
     for (int s = start; s < steps; s++) {
         for (int b = 0; b < B; b++) {
-            const size_t off = (size_t)(dst_rng_next(&rng) % (uint64_t)(n_ids - (size_t)T));
+            size_t off;
+            if (topk) { /* an aligned window and its cached teacher logits */
+                const int w = (int)(dst_rng_next(&rng) % (uint64_t)n_win), slot = lc.slot[w];
+                const size_t per = (size_t)T * topk;
+                off = (size_t)w * T;
+                dst_topk_expand(lc.ids + slot * per, lc.vals + slot * per, T, V, topk, tlog + (size_t)b * T * V);
+            } else {
+                off = (size_t)(dst_rng_next(&rng) % (uint64_t)(n_ids - (size_t)T));
+            }
             memcpy(tok + (size_t)b * T, ids + off, (size_t)T * sizeof *tok);
             memcpy(tgt + (size_t)b * T, ids + off + 1, (size_t)T * sizeof *tgt);
         }
-        if (tctx && (st = dst_teacher_logits(tctx, tok, B, T, V, tlog))) goto done;
+        if (tctx && !topk && (st = dst_teacher_logits(tctx, tok, B, T, V, tlog))) goto done;
         dt_forward(&m, tok);
         const dt_loss L = dt_loss_backward_logits(&m, tgt, tlog, o->kd_weight, o->temperature);
         if (!isfinite(L.loss)) {
@@ -441,5 +492,7 @@ done:
     free(tgt);
     free(tlog);
     free(ck_path);
+    free(lc_path);
+    dst_cache_free(&lc);
     return st;
 }
