@@ -219,7 +219,7 @@ static int check_student_tokens(mt_model *s, const char *spath, const mt_tokeniz
                                 const int32_t *ids, size_t n_ids) {
     const int sv = mt_model_config(s)->vocab;
     if (sv != V)
-        return mt_seterr(MT_ERR_ARG, "%s: the student's vocabulary has %d tokens, the teacher's %d: different "
+        return mt_seterr(MT_ERR_FORMAT, "%s: the student's vocabulary has %d tokens, the teacher's %d: different "
                          "tokenizers cannot be distilled", spath, sv, V);
     const mt_tokenizer *stz = mt_model_tokenizer(s);
     if (!stz || stz == ttz) return MT_OK;
@@ -231,7 +231,7 @@ static int check_student_tokens(mt_model *s, const char *spath, const mt_tokeniz
     if (n > n_ids) n = n_ids;
     for (size_t i = 0; i < n; i++)
         if (sid[i] != ids[i]) {
-            st = mt_seterr(MT_ERR_ARG, "%s: the student's tokenizer encodes %s differently from the teacher's (token %zu: "
+            st = mt_seterr(MT_ERR_FORMAT, "%s: the student's tokenizer encodes %s differently from the teacher's (token %zu: "
                            "%d vs %d)", spath, data, i, sid[i], ids[i]);
             break;
         }

@@ -41,7 +41,7 @@ int dst_moe_config(dt_config *out, mt_config *sc_out, const mt_model *student, c
     const mt_config *c = mt_model_config(student);
     const mt_weights *w = mt_model_weights(student);
     if (c->n_experts <= 0)
-        return mt_seterr(MT_ERR_ARG, "%s: the student is dense (no experts); --student takes 'dense' or a MoE to heal",
+        return mt_seterr(MT_ERR_FORMAT, "%s: the student is dense (no experts); --student takes 'dense' or a MoE to heal",
                          path);
     if (strcmp(c->arch, "mixtral") || !mt_config_renorm_topk(c))
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: a %s student; healing trains Mixtral-layout MoEs (softmax router, "
