@@ -153,6 +153,8 @@ static void test_errors(void **state) {
     BAD(HEAD "steps:\n  - name: a\n    eval: {}\ngates:\n  - {metric: perplexity}\n", "7:5: gate perplexity needs min: or max:");
     BAD(HEAD "steps:\n  - name: a\n    merge: {}\ngates:\n  - {metric: perplexity, step: a, max: 3}\n",
         "7:32: gate: step 'a' is a merge step; gates read eval steps");
+    BAD(HEAD "steps:\n  - name: m\n    merge: {experts: 4}\n  - name: h\n    distill: {student: '${m.output}'}\n",
+        "7:24: step 'h': the student ${m.output} would also be the teacher");
     /* named texts */
 #define TX HEAD "texts: {kjv: /, wiki: /}\n"
     BAD(TX "steps:\n  - name: a\n    eval: {text: '${texts.kvj}'}\n",

@@ -448,6 +448,30 @@ static int parse_step_opts(parser *p, recipe *r, recipe_step *s, const ynode *m,
     return rc;
 }
 
+/* A distill step's input is its teacher. Healing a merged model with the
+ * merged model itself as the teacher (the input left to default to the
+ * previous step, which is the student) teaches nothing: refused, naming the
+ * fix. */
+static int distill_self_teacher(parser *p, const recipe *r, const recipe_step *s) {
+    for (size_t k = 0; k < s->n_kv; k++) {
+        if (strcmp(s->kv[k].opt->name, "student")) continue;
+        const char *v = s->kv[k].value;
+        char want[160];
+        if (s->model) {
+            if (!strcmp(s->model, v))
+                return fail_at(p, s->kv[k].pos, "step '%s': the student is also the teacher (model:)", s->name);
+        } else if (s->input >= 0) {
+            snprintf(want, sizeof want, "${%s.output}", r->steps[s->input].name);
+            if (!strcmp(v, want))
+                return fail_at(p, s->kv[k].pos,
+                               "step '%s': the student ${%s.output} would also be the teacher (a step reads the "
+                               "previous step's output); give the teacher as model: (e.g. model: ${model})",
+                               s->name, r->steps[s->input].name);
+        }
+    }
+    return 0;
+}
+
 static int parse_steps(parser *p, recipe *r, const ynode *seq, int check_files) {
     if (seq->kind != Y_SEQ || seq->n == 0)
         return fail_at(p, seq->pos, "steps expects a non-empty list of steps, got %s", seq->kind == Y_SEQ ? "an empty list" : kind_name(seq));
@@ -529,6 +553,7 @@ static int parse_steps(parser *p, recipe *r, const ynode *seq, int check_files) 
         }
         for (size_t k = 0; k < s->n_kv; k++)
             if (check_refs(p, r, (int)i, s->kv[k].value, s->kv[k].pos)) return -1;
+        if (!strcmp(s->verb->name, "distill") && distill_self_teacher(p, r, s)) return -1;
     }
     return 0;
 }
