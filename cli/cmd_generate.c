@@ -93,7 +93,7 @@ int cmd_generate(int argc, char **argv) {
         if (!A.ids) return cli_usage_error("generate", "%s is an encoder-decoder model: give its input with --ids", model_path);
         if (prompt || so.temp > 0 || so.top_p < 1 || A.no_bos)
             return cli_usage_error("generate", "encoder-decoder models take --ids, -n, --ignore-eos, --threads and "
-                                   "--json only (greedy; the T5 tokenizer is not supported)");
+                                   "--json only (greedy; their sentencepiece unigram tokenizers are not read)");
         return cli_s2s_generate(model_path, A.ids, so.n_predict, so.stop_at_eos, mo.n_threads, json);
     }
     if (A.ids) return cli_usage_error("generate", "--ids is for encoder-decoder models; %s is not one", model_path);

@@ -1,11 +1,12 @@
 /* cmd_seq2seq.c — inspect, eval and generate of encoder-decoder models
- * (Switch Transformers, mt_seq2seq.h), reached from those verbs when the
+ * (Switch Transformers, NLLB-MoE: mt_seq2seq.h), reached from those verbs when the
  * checkpoint is one (mt_s2s_detect). Inputs are token ids: the T5
  * sentencepiece unigram tokenizer is not read (docs/seq2seq.md).
  *
  * eval --pairs FILE: JSON Lines, one object per non-empty line,
  *   {"input": [ids], "target": [ids]}
- * ids as the model sees them (T5: each sequence ends with EOS, id 1); every
+ * ids as the model sees them (T5: each sequence ends with EOS, id 1; NLLB:
+ * source language code first, EOS last); every
  * target token is scored given the input and the target tokens before it. */
 #define _GNU_SOURCE
 #include "cli_impl.h"
@@ -26,8 +27,8 @@ static double now_s(void) {
 /* ids of a JSON array of integers; names file, line and key in errors. */
 static int json_ids(const json_t *a, const char *path, int line, const char *key, int32_t **out, int *n) {
     if (json_is_string(a))
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s:%d: \"%s\" is text; encoder-decoder eval reads token ids (the T5 "
-                         "sentencepiece unigram tokenizer is not supported)", path, line, key);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s:%d: \"%s\" is text; encoder-decoder eval reads token ids (sentencepiece "
+                         "unigram tokenizers are not read)", path, line, key);
     if (!json_is_array(a) || json_array_size(a) == 0 || json_array_size(a) > (1u << 20))
         return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\" is not a non-empty list of token ids", path, line, key);
     const size_t k = json_array_size(a);
@@ -56,12 +57,14 @@ static void print_counts(const uint64_t *cnt, int L, int E) {
     printf("]");
 }
 
+/* counts[layer][expert] of routed choices, [layer][E] the dropped ones. */
 static void add_routing(const mt_s2s_model *m, int dec, uint64_t *cnt, int E) {
     int L, n;
     const int32_t *r = mt_s2s_last_routing(m, dec, &L, &n);
+    const size_t K = (size_t)mt_s2s_model_config(m)->top_k;
     for (int l = 0; l < L; l++)
-        for (int t = 0; t < n; t++) {
-            const int e = r[(size_t)l * n + t];
+        for (size_t i = 0; i < (size_t)n * K; i++) {
+            const int e = r[(size_t)l * n * K + i];
             cnt[(size_t)l * (E + 1) + (e < 0 ? E : e)]++;
         }
 }
@@ -160,7 +163,7 @@ int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, 
                 const uint64_t *r = cnt[s] + (size_t)l * (c->n_experts + 1);
                 uint64_t tot = 0;
                 for (int e = 0; e <= c->n_experts; e++) tot += r[e];
-                printf("routing:    %s sparse layer %d: dropped by capacity %llu of %llu tokens\n",
+                printf("routing:    %s sparse layer %d: dropped by capacity %llu of %llu expert choices\n",
                        s ? "decoder" : "encoder", l, (unsigned long long)r[c->n_experts], (unsigned long long)tot);
             }
     }
@@ -243,16 +246,23 @@ done:
 
 static uint64_t mat_params(const mt_mat *w) { return w->data ? (uint64_t)w->rows * (uint64_t)w->cols : 0; }
 
-static void stack_params(const mt_s2s_layer *ls, int L, uint64_t *total, uint64_t *experts) {
+/* Parameters of a stack: all, in experts, and active per token (top_k
+ * experts of a sparse layer). */
+static void stack_params(const mt_s2s_layer *ls, int L, int top_k, uint64_t *total, uint64_t *experts,
+                         uint64_t *active) {
     for (int l = 0; l < L; l++) {
         const mt_s2s_layer *y = &ls[l];
         const mt_mat *mats[] = {&y->ln, &y->q, &y->k, &y->v, &y->o, &y->x_ln, &y->xq, &y->xk, &y->xv, &y->xo,
-                                &y->ff_ln, &y->router};
-        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) *total += mat_params(mats[i]);
+                                &y->ff_ln, &y->router, &y->ln_b, &y->q_b, &y->k_b, &y->v_b, &y->o_b, &y->x_ln_b,
+                                &y->xq_b, &y->xk_b, &y->xv_b, &y->xo_b, &y->ff_ln_b};
+        uint64_t base = 0;
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) base += mat_params(mats[i]);
         const int E = y->n_experts ? y->n_experts : 1;
-        const uint64_t one = mat_params(&y->wi[0]) + mat_params(&y->wo[0]);
-        *total += (uint64_t)E * one;
+        const uint64_t one = mat_params(&y->wi[0]) + mat_params(&y->wo[0]) + mat_params(&y->wi_b[0]) +
+                             mat_params(&y->wo_b[0]);
+        *total += base + (uint64_t)E * one;
         if (y->n_experts) *experts += (uint64_t)E * one;
+        *active += base + (uint64_t)(y->n_experts ? top_k : 1) * one;
     }
 }
 
@@ -267,27 +277,29 @@ int cli_s2s_inspect(const char *path, int json) {
         return cli_fail("inspect", rc);
     }
     const mt_s2s_config *c = &w.cfg;
-    uint64_t total = 0, experts = 0;
-    stack_params(w.enc, c->n_enc_layers, &total, &experts);
-    stack_params(w.dec, c->n_dec_layers, &total, &experts);
-    total += mat_params(&w.embd) + mat_params(&w.enc_rel) + mat_params(&w.dec_rel) + mat_params(&w.enc_norm) +
-             mat_params(&w.dec_norm) + (c->tie_embeddings ? 0 : mat_params(&w.lm_head));
-    uint64_t per_expert = (uint64_t)c->d_ff * (uint64_t)c->d_model * 2;
+    uint64_t total = 0, experts = 0, active = 0;
+    stack_params(w.enc, c->n_enc_layers, c->top_k, &total, &experts, &active);
+    stack_params(w.dec, c->n_dec_layers, c->top_k, &total, &experts, &active);
+    const uint64_t glob = mat_params(&w.embd) + mat_params(&w.enc_rel) + mat_params(&w.dec_rel) +
+                          mat_params(&w.enc_norm) + mat_params(&w.dec_norm) + mat_params(&w.enc_norm_b) +
+                          mat_params(&w.dec_norm_b) + (c->tie_embeddings ? 0 : mat_params(&w.lm_head));
+    total += glob;
+    active += glob;
     int nsp[2] = {0, 0};
     for (int s = 0; s < 2; s++)
         for (int l = 0; l < (s ? c->n_dec_layers : c->n_enc_layers); l++) nsp[s] += mt_s2s_layer_sparse(c, s, l);
-    const uint64_t active = total - experts + (uint64_t)(nsp[0] + nsp[1]) * per_expert;
     const char *fmt = mt_ckpt_format(ck) == MT_FMT_PYTORCH ? "pytorch" : "hf";
     if (json) {
         printf("{\"path\":");
         json_str(stdout, path);
         printf(",\"format\":\"%s\",\"arch\":\"%s\",\"class\":\"%s\",\"encoder_decoder\":true,\"vocab\":%d,"
-               "\"d_model\":%d,\"d_kv\":%d,\"d_ff\":%d,\"heads\":%d,\"encoder_layers\":%d,\"decoder_layers\":%d,"
-               "\"experts\":%d,\"top_k\":1,\"expert_capacity\":%d,\"encoder_sparse_step\":%d,"
+               "\"d_model\":%d,\"d_kv\":[%d,%d],\"d_ff\":[%d,%d],\"heads\":[%d,%d],\"encoder_layers\":%d,"
+               "\"decoder_layers\":%d,\"experts\":%d,\"top_k\":%d,\"expert_capacity\":%d,\"encoder_sparse_step\":%d,"
                "\"decoder_sparse_step\":%d,\"sparse_layers\":{\"encoder\":%d,\"decoder\":%d},\"tie_embeddings\":%s,"
                "\"params\":%llu,\"expert_params\":%llu,\"active_params\":%llu,\"file_bytes\":%llu}\n",
-               fmt, c->family, c->hf_class, c->vocab, c->d_model, c->d_kv, c->d_ff, c->n_heads, c->n_enc_layers,
-               c->n_dec_layers, c->n_experts, c->expert_capacity, c->enc_sparse_step, c->dec_sparse_step, nsp[0],
+               fmt, c->family, c->hf_class, c->vocab, c->d_model, c->d_kv[0], c->d_kv[1], c->d_ff[0], c->d_ff[1],
+               c->n_heads[0], c->n_heads[1], c->n_enc_layers, c->n_dec_layers, c->n_experts, c->top_k,
+               c->expert_capacity, c->enc_sparse_step, c->dec_sparse_step, nsp[0],
                nsp[1], c->tie_embeddings ? "true" : "false", (unsigned long long)total, (unsigned long long)experts,
                (unsigned long long)active, (unsigned long long)mt_ckpt_file_bytes(ck));
     } else {
@@ -295,14 +307,22 @@ int cli_s2s_inspect(const char *path, int json) {
         printf("format:       %s (%zu tensors, %.2f MiB)\n", fmt, mt_ckpt_count(ck),
                mt_ckpt_file_bytes(ck) / 1048576.0);
         printf("family:       %s (%s), encoder-decoder\n", c->family, c->hf_class);
-        printf("layers:       %d encoder, %d decoder; d_model %d, %d heads of %d, d_ff %d, vocab %d\n",
-               c->n_enc_layers, c->n_dec_layers, c->d_model, c->n_heads, c->d_kv, c->d_ff, c->vocab);
-        printf("experts:      %d per sparse layer, top-1, capacity %d tokens; sparse layers: %d encoder (step %d), "
-               "%d decoder (step %d)\n",
-               c->n_experts, c->expert_capacity, nsp[0], c->enc_sparse_step, nsp[1], c->dec_sparse_step);
+        printf("layers:       %d encoder (%d heads of %d, d_ff %d), %d decoder (%d heads of %d, d_ff %d); d_model %d, "
+               "vocab %d\n",
+               c->n_enc_layers, c->n_heads[0], c->d_kv[0], c->d_ff[0], c->n_dec_layers, c->n_heads[1], c->d_kv[1],
+               c->d_ff[1], c->d_model, c->vocab);
+        if (c->cap_fraction > 0)
+            printf("experts:      %d per sparse layer, top-%d, capacity ceil(%g x tokens); sparse layers: %d encoder "
+                   "(step %d), %d decoder (step %d)\n",
+                   c->n_experts, c->top_k, c->cap_fraction, nsp[0], c->enc_sparse_step, nsp[1], c->dec_sparse_step);
+        else
+            printf("experts:      %d per sparse layer, top-%d, capacity %d tokens; sparse layers: %d encoder (step %d), "
+                   "%d decoder (step %d)\n",
+                   c->n_experts, c->top_k, c->expert_capacity, nsp[0], c->enc_sparse_step, nsp[1], c->dec_sparse_step);
         printf("params:       %.2fM (%.2fM in experts, %.2fM active/token); lm_head %s\n", total / 1e6,
-               experts / 1e6, active / 1e6, c->tie_embeddings ? "tied to the embedding (scaled by d_model^-0.5)"
-                                                              : "untied");
+               experts / 1e6, active / 1e6,
+               !c->tie_embeddings ? "untied" : c->lm_scale != 1.0f ? "tied to the embedding (scaled by d_model^-0.5)"
+                                                                   : "tied to the embedding");
     }
     mt_s2s_weights_free(&w);
     mt_ckpt_free(ck);

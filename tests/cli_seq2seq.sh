@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Encoder-decoder MoE (Switch Transformers) against transformers itself:
-#   - tests/make_switch.py writes two random checkpoints with
-#     SwitchTransformersForConditionalGeneration.save_pretrained, as
-#     safetensors and as pytorch_model.bin, and transformers' outputs;
-#   - tests/s2s_dump + tests/check_switch.py: logits within 1e-4, routing of
+# Encoder-decoder MoE (Switch Transformers, NLLB-MoE) against transformers
+# itself:
+#   - tests/make_switch.py and tests/make_nllb.py write two random
+#     checkpoints each with <Class>.save_pretrained, as safetensors and as
+#     pytorch_model.bin, and transformers' outputs;
+#   - tests/s2s_dump + tests/check_seq2seq.py: logits within 1e-4, routing of
 #     every token (capacity drops included), loss within 1e-5 relative,
 #     greedy ids equal, for both file formats;
 #   - moetool eval --pairs / generate --ids / inspect on the same models:
@@ -44,16 +45,19 @@ expect_err() { # CODE PATTERN CMD...: exit CODE, one error line containing PATTE
 jget() { "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d[sys.argv[2]])' "$@"; }
 ids() { "$PY" -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))[sys.argv[2]])))' "$@"; }
 
-"$PY" "$SRC/tests/make_switch.py" "$T/m" >"$T/gen.out" 2>"$T/gen.err" || {
-  rc=$?; [ $rc = 77 ] && { echo "skipped: $(tail -1 "$T/gen.out")"; exit 77; }
-  echo "FAIL: make_switch.py exit $rc"; tail -5 "$T/gen.err"; exit 1; }
+for g in make_switch make_nllb; do
+  "$PY" "$SRC/tests/$g.py" "$T/m" >"$T/gen.out" 2>"$T/gen.err" || {
+    rc=$?; [ $rc = 77 ] && { echo "skipped: $(tail -1 "$T/gen.out")"; exit 77; }
+    echo "FAIL: $g.py exit $rc"; tail -5 "$T/gen.err"; exit 1; }
+done
 
-for c in tied untied; do
+# tied, capacity: the capacity drops decoder tokens in the teacher-forced pass
+for c in tied untied top2 capacity; do
   R=$T/m/$c.ref.json
-  extra=; [ $c = tied ] && extra=--capacity-binds
+  extra=; case $c in tied|capacity) extra=--capacity-binds ;; esac
   for v in $c $c-bin; do
     if "$DUMP" "$T/m/$v" "$(ids "$R" input_ids)" "$(ids "$R" labels)" >"$T/d.json" 2>"$T/d.err" &&
-       "$PY" "$SRC/tests/check_switch.py" "$R" "$T/d.json" $extra >"$T/chk" 2>&1; then
+       "$PY" "$SRC/tests/check_seq2seq.py" "$R" "$T/d.json" $extra >"$T/chk" 2>&1; then
       ok; echo "$v: $(cat "$T/chk")"
     else
       bad "$v: runtime vs transformers"; cat "$T/d.err" "$T/chk" 2>/dev/null | head -8
@@ -63,7 +67,7 @@ for c in tied untied; do
   if "$BIN" eval "$T/m/$c-bin" --pairs "$T/m/$c.pairs.jsonl" --json --quiet --threads 2 >"$T/e.json" 2>"$T/e.err" &&
      "$PY" -c 'import json,sys; e=json.load(open(sys.argv[1])); r=json.load(open(sys.argv[2]))["loss"]
 g=e["nll_mean"]; rel=abs(g-r)/r; print(f"eval nll_mean {g:.8f} vs transformers {r:.8f} (rel {rel:.2g})"); sys.exit(rel > 1e-5)' \
-       "$T/e.json" "$R"; then ok; else bad "$c: eval --pairs"; cat "$T/e.err"; fi
+       "$T/e.json" "$R"; then ok; cp "$T/e.json" "$T/e-$c.json"; else bad "$c: eval --pairs"; cat "$T/e.err"; fi
   # generate --ids: greedy ids of transformers' generate
   if "$BIN" generate "$T/m/$c" --ids "$(ids "$R" input_ids)" -n 10 --json --threads 2 >"$T/g.json" 2>"$T/g.err" &&
      "$PY" -c 'import json,sys; g=json.load(open(sys.argv[1]))["ids"]; r=json.load(open(sys.argv[2]))["greedy"]
@@ -74,25 +78,27 @@ done
 tar -C "$T/m" -czf "$T/untied-bin.tar.gz" untied-bin
 if "$BIN" eval "$T/untied-bin.tar.gz" --pairs "$T/m/untied.pairs.jsonl" --json --quiet >"$T/ea.json" 2>"$T/ea.err" &&
    "$PY" -c 'import json,sys; a=json.load(open(sys.argv[1]))["nll_sum"]; b=json.load(open(sys.argv[2]))["nll_sum"]
-print("archive eval nll_sum", a, "directory", b); sys.exit(a != b)' "$T/ea.json" "$T/e.json"; then ok
+print("archive eval nll_sum", a, "directory", b); sys.exit(a != b)' "$T/ea.json" "$T/e-untied.json"; then ok
 else bad "eval of a .tar.gz"; cat "$T/ea.err"; fi
 
 # inspect names the family, for both file formats
-for v in tied untied-bin; do
-  if "$BIN" inspect "$T/m/$v" --json >"$T/i.json" 2>"$T/i.err" && [ "$(jget "$T/i.json" arch)" = switch_transformers ] &&
-     [ "$(jget "$T/i.json" encoder_decoder)" = True ]; then ok; else bad "inspect $v"; cat "$T/i.err"; fi
+for v in tied:switch_transformers:1 untied-bin:switch_transformers:1 top2:nllb-moe:2 capacity-bin:nllb-moe:2; do
+  IFS=: read -r d fam k <<<"$v"
+  if "$BIN" inspect "$T/m/$d" --json >"$T/i.json" 2>"$T/i.err" && [ "$(jget "$T/i.json" arch)" = "$fam" ] &&
+     [ "$(jget "$T/i.json" top_k)" = "$k" ] && [ "$(jget "$T/i.json" encoder_decoder)" = True ]; then ok
+  else bad "inspect $d"; cat "$T/i.err"; fi
 done
 "$BIN" inspect "$T/m/tied" | grep -q "family:       switch_transformers" && ok || bad "inspect text names the family"
 
 # convert .bin -> safetensors (and to bf16): transformers loads the output
 # and computes the reference logits; moetool's loss on it is unchanged
-for c in tied untied; do
+for c in tied untied top2 capacity; do
   R=$T/m/$c.ref.json
   if "$BIN" convert "$T/m/$c-bin" -o "$T/conv-$c" --to hf --quiet 2>"$T/c.err" &&
      "$PY" - "$T/conv-$c" "$R" <<'PYEOF'
 import json, sys, torch
-from transformers import SwitchTransformersForConditionalGeneration as S
-m = S.from_pretrained(sys.argv[1]).eval()
+from transformers import AutoModelForSeq2SeqLM
+m = AutoModelForSeq2SeqLM.from_pretrained(sys.argv[1]).eval()
 r = json.load(open(sys.argv[2]))
 with torch.no_grad():
     o = m(input_ids=torch.tensor([r["input_ids"]]), labels=torch.tensor([r["labels"]]), output_router_logits=False)
@@ -146,7 +152,19 @@ expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BI
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" merge "$M" -o "$T/mg" --experts 4 --calib "$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" distill "$M" -o "$T/ds" --student dense --data "$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" tokenize "$M" -p hello
-for o in o.gguf o2.gguf o3 q.gguf mg ds; do [ -e "$T/$o" ] && bad "$o written by a refused verb" || ok; done
+expect_err 1 "config.json: nllb-moe is an encoder-decoder model" "$BIN" quantize "$T/m/top2" -o "$T/q2.gguf" --calib "$T/cal.txt"
+expect_err 1 "config.json: nllb-moe is an encoder-decoder model" "$BIN" convert "$T/m/top2" -o "$T/o4.gguf"
+cp -r "$T/m/top2" "$T/nmiss"
+"$PY" - "$T/nmiss/model.safetensors" <<'PYEOF'
+import sys
+from safetensors.torch import load_file, save_file
+d = load_file(sys.argv[1])
+del d["model.encoder.layers.3.ffn.experts.expert_2.fc1.bias"]
+save_file(d, sys.argv[1], metadata={"format": "pt"})
+PYEOF
+expect_err 1 "nmiss: tensor model.encoder.layers.3.ffn.experts.expert_2.fc1.bias is missing (expected shape \[48\])" \
+  "$BIN" eval "$T/nmiss" --pairs "$T/m/top2.pairs.jsonl" --quiet
+for o in o.gguf o2.gguf o3 q.gguf mg ds q2.gguf o4.gguf; do [ -e "$T/$o" ] && bad "$o written by a refused verb" || ok; done
 
 echo "cli_seq2seq: $passes passed, $fails failed"
 [ "$fails" = 0 ]

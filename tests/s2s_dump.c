@@ -35,13 +35,19 @@ static void rows(const float *p, int n, int V) {
     printf("]");
 }
 
+/* [layer][token]: the expert (top-1), or [first, second] (top-2) */
 static void routes(const mt_s2s_model *m, int dec) {
     int L, n;
     const int32_t *r = mt_s2s_last_routing(m, dec, &L, &n);
+    const int K = mt_s2s_model_config(m)->top_k;
     printf("[");
     for (int l = 0; l < L; l++) {
         printf("%s[", l ? "," : "");
-        for (int t = 0; t < n; t++) printf("%s%d", t ? "," : "", r[(size_t)l * n + t]);
+        for (int t = 0; t < n; t++) {
+            const int32_t *p = r + ((size_t)l * n + t) * K;
+            if (K == 1) printf("%s%d", t ? "," : "", p[0]);
+            else printf("%s[%d,%d]", t ? "," : "", p[0], p[1]);
+        }
         printf("]");
     }
     printf("]");

@@ -12,26 +12,45 @@
 #include "moetool/mt_write.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define SWITCH_TYPE "switch_transformers"
-#define SWITCH_CLASS "SwitchTransformersForConditionalGeneration"
+/* The families: config model_type and class. */
+static const struct {
+    int kind;
+    const char *type, *cls;
+} g_kinds[] = {
+    {MT_S2S_SWITCH, "switch_transformers", "SwitchTransformersForConditionalGeneration"},
+    {MT_S2S_NLLB_MOE, "nllb-moe", "NllbMoeForConditionalGeneration"},
+};
+#define N_KINDS (sizeof g_kinds / sizeof g_kinds[0])
 
-static int json_is_switch(const json_t *root) {
+/* Index into g_kinds of a config, or -1. */
+static int json_kind(const json_t *root) {
     const json_t *mt = json_object_get(root, "model_type");
-    if (json_is_string(mt)) return strcmp(json_string_value(mt), SWITCH_TYPE) == 0;
     const json_t *ar = json_object_get(root, "architectures");
     const json_t *a0 = json_is_array(ar) ? json_array_get(ar, 0) : NULL;
-    return json_is_string(a0) && strcmp(json_string_value(a0), SWITCH_CLASS) == 0;
+    for (size_t i = 0; i < N_KINDS; i++) {
+        if (json_is_string(mt) && !strcmp(json_string_value(mt), g_kinds[i].type)) return (int)i;
+        if (!json_is_string(mt) && json_is_string(a0) && !strcmp(json_string_value(a0), g_kinds[i].cls)) return (int)i;
+    }
+    return -1;
 }
 
 int mt_s2s_is_seq2seq_json(const char *text, size_t len) {
     json_t *root = text ? json_loadb(text, len, 0, NULL) : NULL;
-    const int r = root && json_is_object(root) && json_is_switch(root);
+    const int r = root && json_is_object(root) && json_kind(root) >= 0;
     json_decref(root);
     return r;
+}
+
+/* The name of a role in the family of c. */
+static int name_of(const mt_s2s_config *c, char *buf, size_t n, mt_s2s_tensor t, int dec, int l, int e, int alt,
+                   int bias) {
+    return c->kind == MT_S2S_NLLB_MOE ? mt_nllbmoe_name(buf, n, t, dec, l, e, alt, bias)
+                                      : mt_switch_name(buf, n, t, dec, l, e, alt, bias);
 }
 
 int mt_s2s_detect(const char *path) {
@@ -101,58 +120,127 @@ static int sparse_step(const json_t *root, const char *step_key, const char *n_k
     return MT_OK;
 }
 
-static int parse(mt_s2s_config *c, const json_t *root, const char *path) {
-    if (!json_is_object(root)) return mt_seterr(MT_ERR_FORMAT, "%s: config is not a JSON object", path);
-    if (!json_is_switch(root))
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: not a Switch Transformers configuration (model_type %s)", path,
-                         SWITCH_TYPE);
-    memset(c, 0, sizeof *c);
-    snprintf(c->family, sizeof c->family, "%s", SWITCH_TYPE);
-    snprintf(c->hf_class, sizeof c->hf_class, "%s", SWITCH_CLASS);
-    int rc;
+static int key_float(const json_t *root, const char *key, double def, double lo, double hi, float *out,
+                     const char *path) {
+    const json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = (float)def;
+        return MT_OK;
+    }
+    if (!json_is_number(v) || !(json_number_value(v) >= lo && json_number_value(v) <= hi))
+        return mt_seterr(MT_ERR_FORMAT, "%s: key \"%s\" is not a number in [%g, %g]", path, key, lo, hi);
+    *out = (float)json_number_value(v);
+    return MT_OK;
+}
+
+/* A string key that must be absent, null or `want`: else math not run here. */
+static int key_only(const json_t *root, const char *key, const char *want, const char *path) {
+    const json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v) || (json_is_string(v) && !strcmp(json_string_value(v), want))) return MT_OK;
+    return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s %s is not supported (only %s)", path, key,
+                     json_is_string(v) ? json_string_value(v) : "(not a string)", want);
+}
+
+static int parse_switch(mt_s2s_config *c, const json_t *root, const char *path) {
+    int rc, dkv, dff, nh;
     const int d_cap = 64, d_nb = 32, d_md = 128, d_pad = 0, d_eos = 1;
-    if ((rc = key_int(root, "vocab_size", NULL, &c->vocab, path))) return rc;
-    if ((rc = key_int(root, "d_model", NULL, &c->d_model, path))) return rc;
-    if ((rc = key_int(root, "d_kv", NULL, &c->d_kv, path))) return rc;
-    if ((rc = key_int(root, "d_ff", NULL, &c->d_ff, path))) return rc;
-    if ((rc = key_int(root, "num_heads", NULL, &c->n_heads, path))) return rc;
-    if ((rc = key_int(root, "num_layers", NULL, &c->n_enc_layers, path))) return rc;
-    if ((rc = key_int(root, "num_decoder_layers", &c->n_enc_layers, &c->n_dec_layers, path))) return rc;
-    if ((rc = key_int(root, "num_experts", NULL, &c->n_experts, path))) return rc;
-    if ((rc = key_int(root, "expert_capacity", &d_cap, &c->expert_capacity, path))) return rc;
-    if ((rc = key_int(root, "relative_attention_num_buckets", &d_nb, &c->num_buckets, path))) return rc;
-    if ((rc = key_int(root, "relative_attention_max_distance", &d_md, &c->max_distance, path))) return rc;
-    if ((rc = key_int(root, "pad_token_id", &d_pad, &c->pad_id, path))) return rc;
-    if ((rc = key_int(root, "eos_token_id", &d_eos, &c->eos_id, path))) return rc;
-    if ((rc = key_int(root, "decoder_start_token_id", &c->pad_id, &c->decoder_start_id, path))) return rc;
-    if ((rc = sparse_step(root, "encoder_sparse_step", "num_sparse_encoder_layers", c->n_enc_layers,
-                          &c->enc_sparse_step, path)))
+    if ((rc = key_int(root, "d_kv", NULL, &dkv, path)) || (rc = key_int(root, "d_ff", NULL, &dff, path)) ||
+        (rc = key_int(root, "num_heads", NULL, &nh, path)) ||
+        (rc = key_int(root, "num_layers", NULL, &c->n_enc_layers, path)) ||
+        (rc = key_int(root, "num_decoder_layers", &c->n_enc_layers, &c->n_dec_layers, path)) ||
+        (rc = key_int(root, "expert_capacity", &d_cap, &c->expert_capacity, path)) ||
+        (rc = key_int(root, "relative_attention_num_buckets", &d_nb, &c->num_buckets, path)) ||
+        (rc = key_int(root, "relative_attention_max_distance", &d_md, &c->max_distance, path)) ||
+        (rc = key_int(root, "pad_token_id", &d_pad, &c->pad_id, path)) ||
+        (rc = key_int(root, "eos_token_id", &d_eos, &c->eos_id, path)) ||
+        (rc = key_int(root, "decoder_start_token_id", &c->pad_id, &c->decoder_start_id, path)))
         return rc;
-    if ((rc = sparse_step(root, "decoder_sparse_step", "num_sparse_decoder_layers", c->n_dec_layers,
+    if ((rc = sparse_step(root, "encoder_sparse_step", "num_sparse_encoder_layers", c->n_enc_layers,
+                          &c->enc_sparse_step, path)) ||
+        (rc = sparse_step(root, "decoder_sparse_step", "num_sparse_decoder_layers", c->n_dec_layers,
                           &c->dec_sparse_step, path)))
         return rc;
+    for (int s = 0; s < 2; s++) {
+        c->n_heads[s] = nh;
+        c->d_kv[s] = dkv;
+        c->d_ff[s] = dff;
+    }
+    c->top_k = 1;
+    c->rel_pos = 1;
+    c->attn_scale[0] = c->attn_scale[1] = 1.0f;
+    c->embed_scale = 1.0f;
+    if ((rc = key_float(root, "layer_norm_epsilon", 1e-6, 1e-12, 1, &c->eps, path))) return rc;
+    if ((rc = key_only(root, "dense_act_fn", "relu", path))) return rc;
+    if (json_is_true(json_object_get(root, "is_gated_act")))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: is_gated_act true is not supported", path);
+    return MT_OK;
+}
+
+static int parse_nllb(mt_s2s_config *c, const json_t *root, const char *path) {
+    int rc, se = 1;
+    const int d_cap = 64, d_pad = 1, d_eos = 2, d_step = 4;
+    if ((rc = key_int(root, "encoder_layers", NULL, &c->n_enc_layers, path)) ||
+        (rc = key_int(root, "decoder_layers", NULL, &c->n_dec_layers, path)) ||
+        (rc = key_int(root, "encoder_ffn_dim", NULL, &c->d_ff[0], path)) ||
+        (rc = key_int(root, "decoder_ffn_dim", NULL, &c->d_ff[1], path)) ||
+        (rc = key_int(root, "encoder_attention_heads", NULL, &c->n_heads[0], path)) ||
+        (rc = key_int(root, "decoder_attention_heads", NULL, &c->n_heads[1], path)) ||
+        (rc = key_int(root, "expert_capacity", &d_cap, &c->expert_capacity, path)) ||
+        (rc = key_int(root, "encoder_sparse_step", &d_step, &c->enc_sparse_step, path)) ||
+        (rc = key_int(root, "decoder_sparse_step", &d_step, &c->dec_sparse_step, path)) ||
+        (rc = key_int(root, "pad_token_id", &d_pad, &c->pad_id, path)) ||
+        (rc = key_int(root, "eos_token_id", &d_eos, &c->eos_id, path)) ||
+        (rc = key_int(root, "decoder_start_token_id", &d_eos, &c->decoder_start_id, path)) ||
+        (rc = key_bool(root, "scale_embedding", 1, &se, path)) ||
+        (rc = key_bool(root, "normalize_router_prob_before_dropping", 0, &c->norm_before_drop, path)) ||
+        (rc = key_float(root, "moe_eval_capacity_token_fraction", 1.0, -1, 1e6, &c->cap_fraction, path)) ||
+        (rc = key_float(root, "moe_token_dropout", 0.2, 0, 1, &c->token_dropout, path)))
+        return rc;
+    if (c->cap_fraction < 0) c->cap_fraction = 0;
+    if (c->pad_id < 0) return mt_seterr(MT_ERR_FORMAT, "%s: NLLB-MoE needs pad_token_id for its positions", path);
+    for (int s = 0; s < 2; s++) {
+        if (c->n_heads[s] <= 0 || c->d_model % c->n_heads[s])
+            return mt_seterr(MT_ERR_FORMAT, "%s: d_model %d is not a multiple of the %s attention heads (%d)", path,
+                             c->d_model, s ? "decoder" : "encoder", c->n_heads[s]);
+        c->d_kv[s] = c->d_model / c->n_heads[s];
+        c->attn_scale[s] = (float)pow((double)c->d_kv[s], -0.5);
+    }
+    c->top_k = 2;
+    c->layer_norm_bias = 1;
+    c->linear_bias = 1;
+    c->eps = 1e-5f; /* nn.LayerNorm's default: the config has no key for it */
+    c->embed_scale = se ? (float)sqrt((double)c->d_model) : 1.0f;
+    if ((rc = key_only(root, "activation_function", "relu", path)) ||
+        (rc = key_only(root, "second_expert_policy", "all", path)))
+        return rc;
+    int bp = 0;
+    if ((rc = key_bool(root, "batch_prioritized_routing", 0, &bp, path))) return rc;
+    if (bp) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: batch_prioritized_routing true is not supported", path);
+    return MT_OK;
+}
+
+static int parse(mt_s2s_config *c, const json_t *root, const char *path) {
+    if (!json_is_object(root)) return mt_seterr(MT_ERR_FORMAT, "%s: config is not a JSON object", path);
+    const int k = json_kind(root);
+    if (k < 0)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: not a Switch Transformers or NLLB-MoE configuration", path);
+    memset(c, 0, sizeof *c);
+    c->kind = g_kinds[k].kind;
+    snprintf(c->family, sizeof c->family, "%s", g_kinds[k].type);
+    snprintf(c->hf_class, sizeof c->hf_class, "%s", g_kinds[k].cls);
+    int rc;
+    if ((rc = key_int(root, "vocab_size", NULL, &c->vocab, path)) ||
+        (rc = key_int(root, "d_model", NULL, &c->d_model, path)) ||
+        (rc = key_int(root, "num_experts", NULL, &c->n_experts, path)))
+        return rc;
+    if ((rc = c->kind == MT_S2S_NLLB_MOE ? parse_nllb(c, root, path) : parse_switch(c, root, path))) return rc;
     if ((rc = key_bool(root, "tie_word_embeddings", 1, &c->tie_embeddings, path))) return rc;
-    int rb;
+    c->lm_scale = c->kind == MT_S2S_SWITCH && c->tie_embeddings ? (float)pow((double)c->d_model, -0.5) : 1.0f;
+    int rb = 0;
     if ((rc = key_bool(root, "router_bias", 0, &rb, path))) return rc;
     if (rb) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: router_bias true is not supported", path);
-    const json_t *eps = json_object_get(root, "layer_norm_epsilon");
-    c->eps = 1e-6f;
-    if (eps && !json_is_null(eps)) {
-        if (!json_is_number(eps) || !(json_number_value(eps) > 0) || json_number_value(eps) > 1)
-            return mt_seterr(MT_ERR_FORMAT, "%s: key \"layer_norm_epsilon\" is not a positive number", path);
-        c->eps = (float)json_number_value(eps);
-    }
-    const json_t *act = json_object_get(root, "dense_act_fn");
-    if (act && !json_is_null(act) && !(json_is_string(act) && !strcmp(json_string_value(act), "relu")))
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: dense_act_fn %s is not supported (only relu)", path,
-                         json_is_string(act) ? json_string_value(act) : "(not a string)");
+    if ((rc = key_only(root, "router_dtype", "float32", path))) return rc;
     c->act = MT_S2S_ACT_RELU;
-    const json_t *rd = json_object_get(root, "router_dtype");
-    if (rd && !json_is_null(rd) && !(json_is_string(rd) && !strcmp(json_string_value(rd), "float32")))
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: router_dtype %s is not supported (only float32)", path,
-                         json_is_string(rd) ? json_string_value(rd) : "(not a string)");
-    const json_t *gated = json_object_get(root, "is_gated_act");
-    if (json_is_true(gated)) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: is_gated_act true is not supported", path);
     /* ranges */
     struct {
         const char *key;
@@ -160,22 +248,28 @@ static int parse(mt_s2s_config *c, const json_t *root, const char *path) {
     } chk[] = {
         {"vocab_size", c->vocab, 1, 1 << 24},
         {"d_model", c->d_model, 1, 1 << 16},
-        {"d_kv", c->d_kv, 1, 1 << 12},
-        {"d_ff", c->d_ff, 1, 1 << 20},
-        {"num_heads", c->n_heads, 1, 1 << 10},
-        {"num_layers", c->n_enc_layers, 1, MT_MAX_LAYERS},
-        {"num_decoder_layers", c->n_dec_layers, 1, MT_MAX_LAYERS},
-        {"num_experts", c->n_experts, 1, 65536},
+        {"d_kv", c->d_kv[0], 1, 1 << 12},
+        {"d_kv (decoder)", c->d_kv[1], 1, 1 << 12},
+        {"d_ff", c->d_ff[0], 1, 1 << 20},
+        {"d_ff (decoder)", c->d_ff[1], 1, 1 << 20},
+        {"num_heads", c->n_heads[0], 1, 1 << 10},
+        {"num_heads (decoder)", c->n_heads[1], 1, 1 << 10},
+        {"encoder layers", c->n_enc_layers, 1, MT_MAX_LAYERS},
+        {"decoder layers", c->n_dec_layers, 1, MT_MAX_LAYERS},
+        {"num_experts", c->n_experts, 2, 65536},
         {"expert_capacity", c->expert_capacity, 0, 1 << 30},
-        {"relative_attention_num_buckets", c->num_buckets, 2, 1 << 12},
-        {"relative_attention_max_distance", c->max_distance, 1, 1 << 24},
+        {"relative_attention_num_buckets", c->rel_pos ? c->num_buckets : 2, 2, 1 << 12},
+        {"relative_attention_max_distance", c->rel_pos ? c->max_distance : 1, 1, 1 << 24},
+        {"encoder sparse step", c->enc_sparse_step, 0, 1 << 20},
+        {"decoder sparse step", c->dec_sparse_step, 0, 1 << 20},
     };
     for (size_t i = 0; i < sizeof chk / sizeof chk[0]; i++)
         if (chk[i].v < chk[i].lo || chk[i].v > chk[i].hi)
             return mt_seterr(MT_ERR_FORMAT, "%s: key \"%s\" is %d (expected %d .. %d)", path, chk[i].key, chk[i].v,
                              chk[i].lo, chk[i].hi);
-    if ((int64_t)c->n_heads * c->d_kv > (1 << 20))
-        return mt_seterr(MT_ERR_FORMAT, "%s: num_heads · d_kv is too large", path);
+    for (int s = 0; s < 2; s++)
+        if ((int64_t)c->n_heads[s] * c->d_kv[s] > (1 << 20))
+            return mt_seterr(MT_ERR_FORMAT, "%s: attention heads · head size is too large", path);
     const int ids[3] = {c->pad_id, c->eos_id, c->decoder_start_id};
     static const char *const idk[3] = {"pad_token_id", "eos_token_id", "decoder_start_token_id"};
     for (int i = 0; i < 3; i++)
@@ -200,13 +294,16 @@ int mt_s2s_config_parse(mt_s2s_config *c, const char *text, size_t len, const ch
 
 int mt_s2s_layer_sparse(const mt_s2s_config *c, int decoder, int layer) {
     const int step = decoder ? c->dec_sparse_step : c->enc_sparse_step;
-    return step > 0 && (layer % step == 1 || step == 1);
+    if (step <= 0) return 0;
+    if (c->kind == MT_S2S_NLLB_MOE) return (layer + 1) % step == 0;
+    return layer % step == 1 || step == 1;
 }
 
 /* ---- weights -------------------------------------------------------------- */
 typedef struct {
     const mt_ckpt *ck;
     const char *path;
+    const mt_s2s_config *c;
 } wctx;
 
 /* mat = the tensor (rows, cols) (rows 0: a vector of cols), any storage
@@ -240,61 +337,72 @@ static int get(const wctx *x, const char *name, int64_t rows, int64_t cols, mt_m
     return MT_OK;
 }
 
-static int get_role(const wctx *x, mt_s2s_tensor role, int dec, int l, int e, int64_t rows, int64_t cols,
-                    mt_mat *m) {
+/* role (and its bias when the family has biases and `with_bias`). */
+static int get_role2(const wctx *x, mt_s2s_tensor role, int dec, int l, int e, int64_t rows, int64_t cols, mt_mat *m,
+                     mt_mat *b) {
     char name[192];
-    if (mt_switch_name(name, sizeof name, role, dec, l, e, 0) < 0)
+    if (name_of(x->c, name, sizeof name, role, dec, l, e, 0, 0) < 0)
         return mt_seterr(MT_ERR_INTERNAL, "%s: no name for a tensor of layer %d", x->path, l);
-    return get(x, name, rows, cols, m);
+    int rc = get(x, name, rows, cols, m);
+    if (rc || !b) return rc;
+    const int is_norm = role == MT_S2S_T_SA_NORM || role == MT_S2S_T_CA_NORM || role == MT_S2S_T_FF_NORM ||
+                        role == MT_S2S_T_FINAL_NORM;
+    if (!(is_norm ? x->c->layer_norm_bias : x->c->linear_bias)) return MT_OK;
+    if (name_of(x->c, name, sizeof name, role, dec, l, e, 0, 1) < 0)
+        return mt_seterr(MT_ERR_INTERNAL, "%s: no bias name for a tensor of layer %d", x->path, l);
+    return get(x, name, 0, rows ? rows : cols, b);
 }
+#define get_role(x, role, dec, l, e, rows, cols, m) get_role2(x, role, dec, l, e, rows, cols, m, NULL)
 
 static int map_stack(const wctx *x, const mt_s2s_config *c, int dec, mt_s2s_layer **out) {
     const int L = dec ? c->n_dec_layers : c->n_enc_layers;
-    const int64_t D = c->d_model, I = (int64_t)c->n_heads * c->d_kv, F = c->d_ff;
+    const int64_t D = c->d_model, I = (int64_t)c->n_heads[dec] * c->d_kv[dec], F = c->d_ff[dec];
     mt_s2s_layer *ls = calloc((size_t)L, sizeof *ls);
     if (!ls) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", x->path);
     *out = ls;
     int rc = MT_OK;
     for (int l = 0; l < L && rc == MT_OK; l++) {
         mt_s2s_layer *y = &ls[l];
-        if ((rc = get_role(x, MT_S2S_T_SA_NORM, dec, l, 0, 0, D, &y->ln)) ||
-            (rc = get_role(x, MT_S2S_T_SA_Q, dec, l, 0, I, D, &y->q)) ||
-            (rc = get_role(x, MT_S2S_T_SA_K, dec, l, 0, I, D, &y->k)) ||
-            (rc = get_role(x, MT_S2S_T_SA_V, dec, l, 0, I, D, &y->v)) ||
-            (rc = get_role(x, MT_S2S_T_SA_O, dec, l, 0, D, I, &y->o)))
+        if ((rc = get_role2(x, MT_S2S_T_SA_NORM, dec, l, 0, 0, D, &y->ln, &y->ln_b)) ||
+            (rc = get_role2(x, MT_S2S_T_SA_Q, dec, l, 0, I, D, &y->q, &y->q_b)) ||
+            (rc = get_role2(x, MT_S2S_T_SA_K, dec, l, 0, I, D, &y->k, &y->k_b)) ||
+            (rc = get_role2(x, MT_S2S_T_SA_V, dec, l, 0, I, D, &y->v, &y->v_b)) ||
+            (rc = get_role2(x, MT_S2S_T_SA_O, dec, l, 0, D, I, &y->o, &y->o_b)))
             break;
-        if (dec && ((rc = get_role(x, MT_S2S_T_CA_NORM, dec, l, 0, 0, D, &y->x_ln)) ||
-                    (rc = get_role(x, MT_S2S_T_CA_Q, dec, l, 0, I, D, &y->xq)) ||
-                    (rc = get_role(x, MT_S2S_T_CA_K, dec, l, 0, I, D, &y->xk)) ||
-                    (rc = get_role(x, MT_S2S_T_CA_V, dec, l, 0, I, D, &y->xv)) ||
-                    (rc = get_role(x, MT_S2S_T_CA_O, dec, l, 0, D, I, &y->xo))))
+        if (dec && ((rc = get_role2(x, MT_S2S_T_CA_NORM, dec, l, 0, 0, D, &y->x_ln, &y->x_ln_b)) ||
+                    (rc = get_role2(x, MT_S2S_T_CA_Q, dec, l, 0, I, D, &y->xq, &y->xq_b)) ||
+                    (rc = get_role2(x, MT_S2S_T_CA_K, dec, l, 0, I, D, &y->xk, &y->xk_b)) ||
+                    (rc = get_role2(x, MT_S2S_T_CA_V, dec, l, 0, I, D, &y->xv, &y->xv_b)) ||
+                    (rc = get_role2(x, MT_S2S_T_CA_O, dec, l, 0, D, I, &y->xo, &y->xo_b))))
             break;
-        if ((rc = get_role(x, MT_S2S_T_FF_NORM, dec, l, 0, 0, D, &y->ff_ln))) break;
-        const int E = mt_s2s_layer_sparse(c, dec, l) ? c->n_experts : 0;
+        if ((rc = get_role2(x, MT_S2S_T_FF_NORM, dec, l, 0, 0, D, &y->ff_ln, &y->ff_ln_b))) break;
+        const int E = mt_s2s_layer_sparse(c, dec, l) ? c->n_experts : 0, n = E ? E : 1;
         y->n_experts = E;
-        y->wi = calloc((size_t)(E ? E : 1), sizeof *y->wi);
-        y->wo = calloc((size_t)(E ? E : 1), sizeof *y->wo);
-        if (!y->wi || !y->wo) {
+        y->wi = calloc((size_t)n, sizeof *y->wi);
+        y->wo = calloc((size_t)n, sizeof *y->wo);
+        y->wi_b = calloc((size_t)n, sizeof *y->wi_b);
+        y->wo_b = calloc((size_t)n, sizeof *y->wo_b);
+        if (!y->wi || !y->wo || !y->wi_b || !y->wo_b) {
             rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", x->path);
             break;
         }
         if (!E) {
-            if ((rc = get_role(x, MT_S2S_T_FF_WI, dec, l, 0, F, D, &y->wi[0])) ||
-                (rc = get_role(x, MT_S2S_T_FF_WO, dec, l, 0, D, F, &y->wo[0])))
+            if ((rc = get_role2(x, MT_S2S_T_FF_WI, dec, l, 0, F, D, &y->wi[0], &y->wi_b[0])) ||
+                (rc = get_role2(x, MT_S2S_T_FF_WO, dec, l, 0, D, F, &y->wo[0], &y->wo_b[0])))
                 break;
             continue;
         }
         if ((rc = get_role(x, MT_S2S_T_ROUTER, dec, l, 0, E, D, &y->router))) break;
         for (int e = 0; e < E && rc == MT_OK; e++)
-            if ((rc = get_role(x, MT_S2S_T_EXP_WI, dec, l, e, F, D, &y->wi[e])) == MT_OK)
-                rc = get_role(x, MT_S2S_T_EXP_WO, dec, l, e, D, F, &y->wo[e]);
+            if ((rc = get_role2(x, MT_S2S_T_EXP_WI, dec, l, e, F, D, &y->wi[e], &y->wi_b[e])) == MT_OK)
+                rc = get_role2(x, MT_S2S_T_EXP_WO, dec, l, e, D, F, &y->wo[e], &y->wo_b[e]);
     }
     return rc;
 }
 
 int mt_s2s_weights_init(mt_s2s_weights *w, const mt_ckpt *ck) {
     memset(w, 0, sizeof *w);
-    wctx x = {ck, mt_ckpt_path(ck)};
+    wctx x = {ck, mt_ckpt_path(ck), &w->cfg};
     size_t len;
     const char *text = mt_ckpt_config_text(ck, &len);
     if (!text) return mt_seterr(MT_ERR_ARG, "%s: checkpoint not opened for an encoder-decoder model", x.path);
@@ -307,16 +415,17 @@ int mt_s2s_weights_init(mt_s2s_weights *w, const mt_ckpt *ck) {
     /* the shared embedding under whichever name the file kept */
     char name[192];
     const char *found = NULL;
-    for (int alt = 0; !found && mt_switch_name(name, sizeof name, MT_S2S_T_EMBD, 0, 0, 0, alt) >= 0; alt++)
+    for (int alt = 0; !found && name_of(c, name, sizeof name, MT_S2S_T_EMBD, 0, 0, 0, alt, 0) >= 0; alt++)
         if (mt_ckpt_find(ck, name)) found = name;
-    if (!found) mt_switch_name(name, sizeof name, MT_S2S_T_EMBD, 0, 0, 0, 0);
+    if (!found) name_of(c, name, sizeof name, MT_S2S_T_EMBD, 0, 0, 0, 0, 0);
     if ((rc = get(&x, name, V, D, &w->embd))) goto fail;
     if (c->tie_embeddings) w->lm_head = w->embd;
     else if ((rc = get_role(&x, MT_S2S_T_LM_HEAD, 0, 0, 0, V, D, &w->lm_head))) goto fail;
-    if ((rc = get_role(&x, MT_S2S_T_REL_BIAS, 0, 0, 0, c->num_buckets, c->n_heads, &w->enc_rel)) ||
-        (rc = get_role(&x, MT_S2S_T_REL_BIAS, 1, 0, 0, c->num_buckets, c->n_heads, &w->dec_rel)) ||
-        (rc = get_role(&x, MT_S2S_T_FINAL_NORM, 0, 0, 0, 0, D, &w->enc_norm)) ||
-        (rc = get_role(&x, MT_S2S_T_FINAL_NORM, 1, 0, 0, 0, D, &w->dec_norm)) ||
+    if (c->rel_pos && ((rc = get_role(&x, MT_S2S_T_REL_BIAS, 0, 0, 0, c->num_buckets, c->n_heads[0], &w->enc_rel)) ||
+                       (rc = get_role(&x, MT_S2S_T_REL_BIAS, 1, 0, 0, c->num_buckets, c->n_heads[1], &w->dec_rel))))
+        goto fail;
+    if ((rc = get_role2(&x, MT_S2S_T_FINAL_NORM, 0, 0, 0, 0, D, &w->enc_norm, &w->enc_norm_b)) ||
+        (rc = get_role2(&x, MT_S2S_T_FINAL_NORM, 1, 0, 0, 0, D, &w->dec_norm, &w->dec_norm_b)) ||
         (rc = map_stack(&x, c, 0, &w->enc)) || (rc = map_stack(&x, c, 1, &w->dec)))
         goto fail;
     return MT_OK;
@@ -329,6 +438,8 @@ static void free_stack(mt_s2s_layer *ls, int L) {
     for (int l = 0; ls && l < L; l++) {
         free(ls[l].wi);
         free(ls[l].wo);
+        free(ls[l].wi_b);
+        free(ls[l].wo_b);
     }
     free(ls);
 }
@@ -346,9 +457,9 @@ void mt_s2s_weights_free(mt_s2s_weights *w) {
  * lm_head, are left out. */
 static int is_alias(const mt_s2s_weights *w, const char *name) {
     char nm[192];
-    for (int alt = 1; mt_switch_name(nm, sizeof nm, MT_S2S_T_EMBD, 0, 0, 0, alt) >= 0; alt++)
+    for (int alt = 1; name_of(&w->cfg, nm, sizeof nm, MT_S2S_T_EMBD, 0, 0, 0, alt, 0) >= 0; alt++)
         if (!strcmp(nm, name)) return 1;
-    return w->cfg.tie_embeddings && mt_switch_name(nm, sizeof nm, MT_S2S_T_LM_HEAD, 0, 0, 0, 0) >= 0 &&
+    return w->cfg.tie_embeddings && name_of(&w->cfg, nm, sizeof nm, MT_S2S_T_LM_HEAD, 0, 0, 0, 0, 0) >= 0 &&
            !strcmp(nm, name);
 }
 

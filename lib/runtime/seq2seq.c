@@ -1,36 +1,62 @@
-/* seq2seq.c — the encoder-decoder runtime (Switch Transformers), as
- * transformers' modeling_switch_transformers computes it in eval mode:
+/* seq2seq.c — the encoder-decoder runtime, as transformers computes
+ * Switch Transformers (modeling_switch_transformers) and NLLB-MoE
+ * (modeling_nllb_moe) in eval mode. Pre-norm blocks in both:
  *
- *   T5 layer norm      y = w · x / sqrt(mean(x²) + eps)   (no mean, no bias)
- *   attention          softmax(q·kᵀ + position_bias) · v, no 1/sqrt(d) scale;
- *                      position_bias from relative_attention_bias of layer 0
- *                      (shared by every layer of the stack), buckets
- *                      bidirectional in the encoder, causal in the decoder;
- *                      cross-attention has none
- *   FFN (dense/expert) wo · relu(wi · h)
- *   sparse FFN         top-1 router: p = softmax(router · h) in f32, expert
- *                      e = argmax p; the expert capacity keeps the first
- *                      expert_capacity tokens of the call routed to e (in
- *                      token order) and drops the rest; out = p_e · expert(h)
- *                      for a kept token, p_e · h for a dropped one (its
- *                      normed input passes through, as transformers does)
- *   lm head            logits = lm_head · (h · d_model^-0.5 when tied)
+ *   norm               Switch: T5's y = w · x / sqrt(mean(x²) + eps);
+ *                      NLLB-MoE: LayerNorm (mean, variance, bias, eps 1e-5)
+ *   embeddings         Switch: rows of the shared table; NLLB-MoE: rows ×
+ *                      sqrt(d_model) + fairseq sinusoidal positions (position
+ *                      pad_id + 1 + i of non-pad tokens, pad tokens at pad_id)
+ *   attention          softmax(attn_scale · q·kᵀ + position_bias) · v;
+ *                      Switch: no scale, position_bias from
+ *                      relative_attention_bias of layer 0 (shared by the
+ *                      stack; T5 buckets, bidirectional in the encoder,
+ *                      causal in the decoder); NLLB-MoE: d_kv^-0.5, biased
+ *                      projections, no position bias. Cross-attention has
+ *                      none either.
+ *   FFN (dense/expert) wo · relu(wi · h) (+ biases in NLLB-MoE)
+ *   Switch sparse FFN  top-1: p = softmax(router · h) in f32, e = argmax p;
+ *                      the expert capacity keeps the first expert_capacity
+ *                      tokens of the call routed to e (token order) and drops
+ *                      the rest; out = p_e · expert(h) for a kept token,
+ *                      p_e · h for a dropped one (its normed input passes
+ *                      through, as transformers does)
+ *   NLLB-MoE sparse    top-2: e1 = argmax p, e2 = argmax of the logits
+ *                      without e1; capacity C = ceil(fraction · tokens) in
+ *                      eval (else expert_capacity); a token's e1 slot is its
+ *                      rank among the e1 choices of the call, its e2 slot that
+ *                      rank among e2 choices plus all e1 choices of e2; slots
+ *                      >= C are dropped; gates p_e1, p_e2 normalised by their
+ *                      sum (after the drops, or before them with
+ *                      normalize_router_prob_before_dropping), out = Σ gate ·
+ *                      (1 - moe_token_dropout) · expert(h); a token with no
+ *                      slot left outputs 0
+ *   lm head            logits = lm_head · (lm_scale · h): Switch tied
+ *                      d_model^-0.5, else 1
  *
  * One sequence at a time. encode() runs the encoder, caches its output and
  * every decoder layer's cross-attention K/V; decode() appends decoder tokens
  * to a self-attention KV cache. Matrix products go through the backend's
- * `linear` and `get_rows`, norms through `rmsnorm`; attention with the
- * position bias, the router and the capacity are plain C on host memory (the
- * backend interface has no biased attention op yet), so the model runs on
- * backends with host_memory only. */
+ * `linear` and `get_rows`, T5 norms through `rmsnorm`; attention with the
+ * position bias, LayerNorm, biases, the routers and the capacity are plain C
+ * on host memory (the backend interface has no biased attention op yet), so
+ * the model runs on backends with host_memory only. */
 #include "moetool/mt_seq2seq.h"
 
 #include "backend.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* f32 host copies of a layer's vectors (NULL when the family lacks one). */
+typedef struct {
+    float *ln_w, *ln_b, *x_w, *x_b, *ff_w, *ff_b;
+    float *q_b, *k_b, *v_b, *o_b, *xq_b, *xk_b, *xv_b, *xo_b;
+    float **wi_b, **wo_b; /* [max(1, n_experts)] entries, each NULL without biases */
+} layer_vecs;
 
 struct mt_s2s_model {
     mt_ckpt *ck;
@@ -38,17 +64,17 @@ struct mt_s2s_model {
     int w_ok;
     mt_backend *be;
     float *rel_f32[2];      /* (num_buckets, n_heads) encoder, decoder          */
-    float *norms;           /* every layer-norm vector as f32                   */
-    float **ln[2], **xln, **ffln[2]; /* per layer into `norms`                   */
-    float *final_ln[2];
+    layer_vecs *lv[2];      /* [n_layers] encoder, decoder                       */
+    float *fin_w[2], *fin_b[2]; /* final norms                                  */
     /* encoder output cache */
     int n_enc;
     float *enc_out;         /* (n_enc, D)                                        */
     float **xk, **xv;       /* [n_dec_layers] (n_enc, I)                        */
     /* decoder self-attention cache */
     int dec_pos, dec_cap;
+    int dec_nonpad;         /* non-pad decoder tokens so far (positions)        */
     float **kc, **vc;       /* [n_dec_layers] (dec_cap, I)                      */
-    /* routing of the last call: [sparse layer][token] */
+    /* routing of the last call: [sparse layer][token][top_k] */
     int32_t *route[2];
     int route_n[2], route_layers[2];
 };
@@ -71,6 +97,22 @@ static void free_layers(float **p, int L) {
     free(p);
 }
 
+static void free_vecs(layer_vecs *v, const mt_s2s_layer *ls, int L) {
+    for (int l = 0; v && l < L; l++) {
+        float *p[] = {v[l].ln_w, v[l].ln_b, v[l].x_w, v[l].x_b, v[l].ff_w, v[l].ff_b, v[l].q_b, v[l].k_b,
+                      v[l].v_b, v[l].o_b, v[l].xq_b, v[l].xk_b, v[l].xv_b, v[l].xo_b};
+        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
+        const int E = ls && ls[l].n_experts ? ls[l].n_experts : 1;
+        for (int e = 0; e < E; e++) {
+            if (v[l].wi_b) free(v[l].wi_b[e]);
+            if (v[l].wo_b) free(v[l].wo_b[e]);
+        }
+        free(v[l].wi_b);
+        free(v[l].wo_b);
+    }
+    free(v);
+}
+
 void mt_s2s_free(mt_s2s_model *m) {
     if (!m) return;
     const int Ld = m->w.cfg.n_dec_layers;
@@ -81,12 +123,11 @@ void mt_s2s_free(mt_s2s_model *m) {
     free(m->enc_out);
     for (int s = 0; s < 2; s++) {
         free(m->rel_f32[s]);
-        free(m->ln[s]);
-        free(m->ffln[s]);
+        free_vecs(m->lv[s], s ? m->w.dec : m->w.enc, s ? m->w.cfg.n_dec_layers : m->w.cfg.n_enc_layers);
+        free(m->fin_w[s]);
+        free(m->fin_b[s]);
         free(m->route[s]);
     }
-    free(m->xln);
-    free(m->norms);
     if (m->w_ok) mt_s2s_weights_free(&m->w);
     if (m->be) mt_backend_free(m->be);
     mt_ckpt_free(m->ck);
@@ -115,6 +156,7 @@ static int prepare_stack(mt_s2s_model *m, const mt_s2s_layer *ls, int L, const c
 
 /* A (rows, cols) matrix as f32 (host). */
 static float *mat_f32(const mt_mat *W) {
+    if (!W->data) return NULL;
     float *p = malloc((size_t)W->rows * (size_t)W->cols * sizeof *p);
     for (int64_t r = 0; p && r < W->rows; r++)
         if (mt_row_to_f32(W->dtype, (const char *)W->data + (uint64_t)r * W->row_stride, p + r * W->cols, W->cols)) {
@@ -148,44 +190,42 @@ int mt_s2s_load(mt_s2s_model **out, const char *path, int n_threads) {
         (rc = prepare_stack(m, m->w.dec, c->n_dec_layers, path)))
         goto fail;
     const int L[2] = {c->n_enc_layers, c->n_dec_layers};
-    const size_t D = (size_t)c->d_model;
-    const size_t n_vec = (size_t)(2 * L[0] + 3 * L[1] + 2);
-    m->norms = malloc(n_vec * D * sizeof(float));
-    m->ln[0] = calloc((size_t)L[0], sizeof(float *));
-    m->ffln[0] = calloc((size_t)L[0], sizeof(float *));
-    m->ln[1] = calloc((size_t)L[1], sizeof(float *));
-    m->ffln[1] = calloc((size_t)L[1], sizeof(float *));
-    m->xln = calloc((size_t)L[1], sizeof(float *));
     m->xk = calloc((size_t)L[1], sizeof(float *));
     m->xv = calloc((size_t)L[1], sizeof(float *));
     m->kc = calloc((size_t)L[1], sizeof(float *));
     m->vc = calloc((size_t)L[1], sizeof(float *));
-    m->rel_f32[0] = mat_f32(&m->w.enc_rel);
-    m->rel_f32[1] = mat_f32(&m->w.dec_rel);
-    if (!m->norms || !m->ln[0] || !m->ffln[0] || !m->ln[1] || !m->ffln[1] || !m->xln || !m->xk || !m->xv ||
-        !m->kc || !m->vc || !m->rel_f32[0] || !m->rel_f32[1]) {
+    int ok = m->xk && m->xv && m->kc && m->vc;
+    for (int s = 0; s < 2 && ok; s++) {
+        const mt_s2s_layer *ls = s ? m->w.dec : m->w.enc;
+        if (c->rel_pos) ok &= (m->rel_f32[s] = mat_f32(s ? &m->w.dec_rel : &m->w.enc_rel)) != NULL;
+        ok &= (m->fin_w[s] = mat_f32(s ? &m->w.dec_norm : &m->w.enc_norm)) != NULL;
+        const mt_mat *fb = s ? &m->w.dec_norm_b : &m->w.enc_norm_b;
+        if (fb->data) ok &= (m->fin_b[s] = mat_f32(fb)) != NULL;
+        if (!ok || !(m->lv[s] = calloc((size_t)L[s], sizeof *m->lv[s]))) {
+            ok = 0;
+            break;
+        }
+        for (int l = 0; l < L[s] && ok; l++) {
+            const mt_s2s_layer *y = &ls[l];
+            layer_vecs *v = &m->lv[s][l];
+            const mt_mat *src[] = {&y->ln, &y->ln_b, &y->x_ln, &y->x_ln_b, &y->ff_ln, &y->ff_ln_b, &y->q_b, &y->k_b,
+                                   &y->v_b, &y->o_b, &y->xq_b, &y->xk_b, &y->xv_b, &y->xo_b};
+            float **dst[] = {&v->ln_w, &v->ln_b, &v->x_w, &v->x_b, &v->ff_w, &v->ff_b, &v->q_b, &v->k_b,
+                             &v->v_b, &v->o_b, &v->xq_b, &v->xk_b, &v->xv_b, &v->xo_b};
+            for (size_t i = 0; i < sizeof src / sizeof src[0] && ok; i++)
+                if (src[i]->data) ok &= (*dst[i] = mat_f32(src[i])) != NULL;
+            const int E = y->n_experts ? y->n_experts : 1;
+            ok = ok && (v->wi_b = calloc((size_t)E, sizeof(float *))) && (v->wo_b = calloc((size_t)E, sizeof(float *)));
+            for (int e = 0; e < E && ok; e++) {
+                if (y->wi_b[e].data) ok &= (v->wi_b[e] = mat_f32(&y->wi_b[e])) != NULL;
+                if (y->wo_b[e].data) ok &= (v->wo_b[e] = mat_f32(&y->wo_b[e])) != NULL;
+            }
+        }
+    }
+    if (!ok) {
         rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
         goto fail;
     }
-    float *p = m->norms;
-    const int32_t row0 = 0;
-#define TAKE(dst, mat)                                       \
-    do {                                                     \
-        m->be->ops->get_rows(m->be, (mat), &row0, 1, p);     \
-        (dst) = p;                                           \
-        p += D;                                              \
-    } while (0)
-    for (int s = 0; s < 2; s++) {
-        const mt_s2s_layer *ls = s ? m->w.dec : m->w.enc;
-        for (int l = 0; l < L[s]; l++) {
-            TAKE(m->ln[s][l], &ls[l].ln);
-            TAKE(m->ffln[s][l], &ls[l].ff_ln);
-            if (s) TAKE(m->xln[l], &ls[l].x_ln);
-        }
-    }
-    TAKE(m->final_ln[0], &m->w.enc_norm);
-    TAKE(m->final_ln[1], &m->w.dec_norm);
-#undef TAKE
     *out = m;
     return MT_OK;
 fail:
@@ -215,8 +255,8 @@ static int rel_bucket(int rel, int bidirectional, int num_buckets, int max_dista
     return b + large;
 }
 
-/* out (nq, H·dk) = attention of q rows over nk key rows (H heads of dk),
- * no scale; bias: relative-position table (num_buckets, H) or NULL;
+/* out (nq, H·dk) = attention of q rows (already scaled) over nk key rows
+ * (H heads of dk); bias: relative-position table (num_buckets, H) or NULL;
  * q_pos0 is the position of query row 0, causal masks keys past a query. */
 static void attend(const float *q, int nq, const float *k, const float *v, int nk, int H, int dk, const float *bias,
                    const mt_s2s_config *c, int bidirectional, int causal, int q_pos0, float *out, float *sc) {
@@ -257,32 +297,58 @@ static void relu(float *x, size_t n) {
         if (!(x[i] > 0)) x[i] = 0;
 }
 
+/* Y (n, W.rows) = X · Wᵀ (+ bias row). */
+static void lin(mt_s2s_model *m, const mt_mat *W, const float *bias, const float *X, int n, float *Y) {
+    m->be->ops->linear(m->be, W, X, n, Y);
+    if (!bias) return;
+    const int64_t R = W->rows;
+    for (int i = 0; i < n; i++)
+        for (int64_t r = 0; r < R; r++) Y[(size_t)i * R + r] += bias[r];
+}
+
+/* The family's layer norm of n rows of d_model. */
+static void norm(mt_s2s_model *m, float *out, const float *x, const float *w, const float *b, int n) {
+    const mt_s2s_config *c = &m->w.cfg;
+    const int D = c->d_model;
+    if (!c->layer_norm_bias) {
+        m->be->ops->rmsnorm(m->be, out, x, w, n, D, c->eps);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * D;
+        float *oi = out + (size_t)i * D;
+        double mean = 0, var = 0;
+        for (int d = 0; d < D; d++) mean += xi[d];
+        mean /= D;
+        for (int d = 0; d < D; d++) var += ((double)xi[d] - mean) * ((double)xi[d] - mean);
+        var /= D;
+        const float rs = (float)(1.0 / sqrt(var + (double)c->eps)), mf = (float)mean;
+        for (int d = 0; d < D; d++) oi[d] = (xi[d] - mf) * rs * w[d] + (b ? b[d] : 0.0f);
+    }
+}
+
 typedef struct {
-    float *h, *q, *k, *v, *att, *proj, *ff, *ff2, *gath, *sc, *logits;
-    int32_t *rows;
+    float *h, *q, *k, *v, *att, *proj, *ff, *ff2, *gath, *sc, *logits, *gate;
+    int32_t *rows, *choice;
     int *count;             /* (n_experts) tokens taken per expert          */
 } scratch;
 
 static void scratch_free(scratch *s) {
-    free(s->h);
-    free(s->q);
-    free(s->k);
-    free(s->v);
-    free(s->att);
-    free(s->proj);
-    free(s->ff);
-    free(s->ff2);
-    free(s->gath);
-    free(s->sc);
-    free(s->logits);
+    float *f[] = {s->h, s->q, s->k, s->v, s->att, s->proj, s->ff, s->ff2, s->gath, s->sc, s->logits, s->gate};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) free(f[i]);
     free(s->rows);
+    free(s->choice);
     free(s->count);
 }
 
 static int scratch_init(scratch *s, const mt_s2s_config *c, int n, int n_keys) {
     memset(s, 0, sizeof *s);
-    const size_t N = (size_t)n, D = (size_t)c->d_model, I = (size_t)c->n_heads * c->d_kv, F = (size_t)c->d_ff;
-    const size_t E = (size_t)c->n_experts;
+    const size_t N = (size_t)n, D = (size_t)c->d_model, E = (size_t)c->n_experts;
+    size_t I = 0, F = 0;
+    for (int k = 0; k < 2; k++) {
+        if ((size_t)c->n_heads[k] * (size_t)c->d_kv[k] > I) I = (size_t)c->n_heads[k] * (size_t)c->d_kv[k];
+        if ((size_t)c->d_ff[k] > F) F = (size_t)c->d_ff[k];
+    }
     s->h = malloc(N * D * sizeof(float));
     s->q = malloc(N * I * sizeof(float));
     s->k = malloc(N * I * sizeof(float));
@@ -292,72 +358,139 @@ static int scratch_init(scratch *s, const mt_s2s_config *c, int n, int n_keys) {
     s->ff = malloc(N * F * sizeof(float));
     s->ff2 = malloc(N * D * sizeof(float));
     s->gath = malloc(N * D * sizeof(float));
-    s->sc = malloc((size_t)(n_keys > 0 ? n_keys : 1) * sizeof(float));
-    s->logits = malloc(N * (E > 0 ? E : 1) * sizeof(float));
+    size_t nsc = (size_t)(n_keys > n ? n_keys : n);
+    if (nsc < E) nsc = E;
+    s->sc = malloc(nsc * sizeof(float));
+    s->logits = malloc(N * E * sizeof(float));
+    s->gate = malloc(N * 2 * sizeof(float));
     s->rows = malloc(N * sizeof(int32_t));
-    s->count = malloc((E > 0 ? E : 1) * sizeof(int));
-    if (!s->count || !s->h || !s->q || !s->k || !s->v || !s->att || !s->proj || !s->ff || !s->ff2 || !s->gath || !s->sc ||
-        !s->logits || !s->rows) {
+    s->choice = malloc(N * 2 * sizeof(int32_t));
+    s->count = malloc(E * 3 * sizeof(int));
+    if (!s->count || !s->h || !s->q || !s->k || !s->v || !s->att || !s->proj || !s->ff || !s->ff2 || !s->gath ||
+        !s->sc || !s->logits || !s->gate || !s->rows || !s->choice) {
         scratch_free(s);
         return mt_seterr(MT_ERR_NOMEM, "out of memory for the encoder-decoder scratch (%d tokens)", n);
     }
     return MT_OK;
 }
 
-/* x (n, D) += FFN(layer norm of x); routing of a sparse layer into route[n]. */
-static void ffn(mt_s2s_model *m, const mt_s2s_layer *y, const float *ln, float *x, int n, scratch *s,
-                int32_t *route) {
+/* Top-1 routing (Switch): route[t] = expert or -1, gate[t] = max p. */
+static void route_top1(const mt_s2s_config *c, const float *logits, int n, int E, scratch *s, int32_t *route) {
+    memset(s->count, 0, (size_t)E * sizeof *s->count);
+    for (int t = 0; t < n; t++) {
+        const float *lg = logits + (size_t)t * E;
+        int best = 0;
+        for (int e = 1; e < E; e++)
+            if (lg[e] > lg[best]) best = e;
+        float sum = 0;
+        for (int e = 0; e < E; e++) sum += expf(lg[e] - lg[best]);
+        s->gate[t] = 1.0f / sum;
+        route[t] = ++s->count[best] <= c->expert_capacity ? best : -1;
+    }
+}
+
+/* Top-2 routing (NLLB-MoE): route[2t], route[2t+1] = first and second
+ * expert or -1 (dropped); gate[2t], gate[2t+1] their weights. */
+static void route_top2(const mt_s2s_config *c, const float *logits, int n, int E, scratch *s, int32_t *route) {
+    int *c1 = s->count, *r1 = s->count + E, *r2 = s->count + 2 * E;
+    memset(s->count, 0, (size_t)E * 3 * sizeof *s->count);
+    float *p = s->sc; /* E floats per token, one token at a time */
+    const int cap = c->cap_fraction > 0 ? (int)ceil((double)c->cap_fraction * n) : c->expert_capacity;
+    for (int t = 0; t < n; t++) {
+        const float *lg = logits + (size_t)t * E;
+        int e1 = 0, e2 = -1;
+        for (int e = 1; e < E; e++)
+            if (lg[e] > lg[e1]) e1 = e;
+        for (int e = 0; e < E; e++)
+            if (e != e1 && (e2 < 0 || lg[e] > lg[e2])) e2 = e;
+        s->choice[2 * t] = e1;
+        s->choice[2 * t + 1] = e2;
+        c1[e1]++;
+    }
+    for (int t = 0; t < n; t++) {
+        const float *lg = logits + (size_t)t * E;
+        const int e1 = s->choice[2 * t], e2 = s->choice[2 * t + 1];
+        float sum = 0;
+        for (int e = 0; e < E; e++) sum += (p[e] = expf(lg[e] - lg[e1]));
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        /* slots: rank among the call's first choices; second choices after
+           every first choice of that expert */
+        const int keep1 = r1[e1]++ < cap, keep2 = c1[e2] + r2[e2]++ < cap;
+        float g1 = p[e1], g2 = p[e2];
+        if (c->norm_before_drop) {
+            float d = g1 + g2;
+            if (d < FLT_EPSILON) d = FLT_EPSILON;
+            g1 = keep1 ? g1 / d : 0;
+            g2 = keep2 ? g2 / d : 0;
+        } else {
+            g1 = keep1 ? g1 : 0;
+            g2 = keep2 ? g2 : 0;
+            float d = g1 + g2;
+            if (d < FLT_EPSILON) d = FLT_EPSILON;
+            g1 /= d;
+            g2 /= d;
+        }
+        route[2 * t] = g1 > 0 ? e1 : -1;
+        route[2 * t + 1] = g2 > 0 ? e2 : -1;
+        s->gate[2 * t] = g1;
+        s->gate[2 * t + 1] = g2;
+    }
+}
+
+/* x (n, D) += FFN(norm of x); routing of a sparse layer into route. */
+static int ffn(mt_s2s_model *m, int dec, const mt_s2s_layer *y, const layer_vecs *v, float *x, int n, scratch *s,
+               int32_t *route) {
     mt_backend *be = m->be;
     const mt_s2s_config *c = &m->w.cfg;
-    const int D = c->d_model, F = c->d_ff;
-    be->ops->rmsnorm(be, s->h, x, ln, n, D, c->eps);
+    const int D = c->d_model, F = c->d_ff[dec];
+    norm(m, s->h, x, v->ff_w, v->ff_b, n);
     if (!y->n_experts) {
-        be->ops->linear(be, &y->wi[0], s->h, n, s->ff);
+        lin(m, &y->wi[0], v->wi_b[0], s->h, n, s->ff);
         relu(s->ff, (size_t)n * F);
-        be->ops->linear(be, &y->wo[0], s->ff, n, s->proj);
+        lin(m, &y->wo[0], v->wo_b[0], s->ff, n, s->proj);
         be->ops->add(be, x, s->proj, (size_t)n * D);
-        return;
+        return MT_OK;
     }
-    const int E = y->n_experts;
-    be->ops->linear(be, &y->router, s->h, n, s->logits);
-    /* top-1 over softmax in f32, capacity in token order */
-    float *pmax = s->sc; /* n floats: sc holds at least n (n_keys >= n) */
-    int *count = s->count;
-    memset(count, 0, (size_t)E * sizeof *count);
-    for (int t = 0; t < n; t++) {
-        const float *lg = s->logits + (size_t)t * E;
-        int best = 0;
-        float mx = lg[0];
-        for (int e = 1; e < E; e++)
-            if (lg[e] > mx) {
-                mx = lg[e];
-                best = e;
-            }
-        float sum = 0;
-        for (int e = 0; e < E; e++) sum += expf(lg[e] - mx);
-        pmax[t] = 1.0f / sum;
-        const int kept = ++count[best] <= c->expert_capacity;
-        route[t] = kept ? best : -1;
+    const int E = y->n_experts, K = c->top_k;
+    lin(m, &y->router, NULL, s->h, n, s->logits);
+    if (K == 1) {
+        route_top1(c, s->logits, n, E, s, route);
+        /* dropped tokens pass their normed input through */
+        memcpy(s->proj, s->h, (size_t)n * D * sizeof(float));
+    } else {
+        route_top2(c, s->logits, n, E, s, route);
+        memset(s->proj, 0, (size_t)n * D * sizeof(float));
     }
-    /* dropped tokens pass their normed input through */
-    memcpy(s->proj, s->h, (size_t)n * D * sizeof(float));
+    const float keep = K == 2 && c->token_dropout > 0 ? 1.0f - c->token_dropout : 1.0f;
     for (int e = 0; e < E; e++) {
         int mrows = 0;
         for (int t = 0; t < n; t++)
-            if (route[t] == e) s->rows[mrows++] = t;
+            for (int j = 0; j < K; j++)
+                if (route[(size_t)t * K + j] == e) s->rows[mrows++] = t;
         if (!mrows) continue;
         be->ops->gather_rows(be, s->gath, s->h, s->rows, mrows, D);
-        be->ops->linear(be, &y->wi[e], s->gath, mrows, s->ff);
+        lin(m, &y->wi[e], v->wi_b[e], s->gath, mrows, s->ff);
         relu(s->ff, (size_t)mrows * F);
-        be->ops->linear(be, &y->wo[e], s->ff, mrows, s->ff2);
-        for (int r = 0; r < mrows; r++)
-            memcpy(s->proj + (size_t)s->rows[r] * D, s->ff2 + (size_t)r * D, (size_t)D * sizeof(float));
+        lin(m, &y->wo[e], v->wo_b[e], s->ff, mrows, s->ff2);
+        for (int r = 0; r < mrows; r++) {
+            const int t = s->rows[r];
+            float *o = s->proj + (size_t)t * D;
+            const float *eo = s->ff2 + (size_t)r * D;
+            if (K == 1) {
+                memcpy(o, eo, (size_t)D * sizeof(float));
+            } else {
+                const float g = route[2 * t] == e ? s->gate[2 * t] : s->gate[2 * t + 1];
+                for (int d = 0; d < D; d++) o[d] += g * (eo[d] * keep);
+            }
+        }
     }
-    for (int t = 0; t < n; t++) {
-        float *o = s->proj + (size_t)t * D;
-        for (int d = 0; d < D; d++) o[d] *= pmax[t];
-    }
+    if (K == 1)
+        for (int t = 0; t < n; t++) {
+            float *o = s->proj + (size_t)t * D;
+            for (int d = 0; d < D; d++) o[d] *= s->gate[t];
+        }
     be->ops->add(be, x, s->proj, (size_t)n * D);
+    return MT_OK;
 }
 
 static int n_sparse(const mt_s2s_config *c, int dec) {
@@ -368,7 +501,7 @@ static int n_sparse(const mt_s2s_config *c, int dec) {
 
 static int set_route(mt_s2s_model *m, int s, int n) {
     const int k = n_sparse(&m->w.cfg, s);
-    int32_t *r = realloc(m->route[s], (size_t)(k ? k : 1) * (size_t)n * sizeof *r);
+    int32_t *r = realloc(m->route[s], (size_t)(k ? k : 1) * (size_t)n * (size_t)m->w.cfg.top_k * sizeof *r);
     if (!r) return mt_seterr(MT_ERR_NOMEM, "out of memory");
     m->route[s] = r;
     m->route_n[s] = n;
@@ -384,13 +517,55 @@ static int check_ids(const mt_s2s_model *m, const int32_t *ids, int n, const cha
     return MT_OK;
 }
 
+/* x (n, D) = embeddings of ids (× embed_scale) + sinusoidal positions
+ * (NLLB-MoE; *nonpad counts the non-pad tokens before this call). */
+static void embed(mt_s2s_model *m, const int32_t *ids, int n, float *x, int *nonpad) {
+    const mt_s2s_config *c = &m->w.cfg;
+    const int D = c->d_model;
+    m->be->ops->get_rows(m->be, &m->w.embd, ids, n, x);
+    if (c->embed_scale != 1.0f)
+        for (size_t i = 0; i < (size_t)n * D; i++) x[i] *= c->embed_scale;
+    if (c->rel_pos) return;
+    /* fairseq / tensor2tensor sinusoids, as NllbMoeSinusoidalPositionalEmbedding
+       builds them in f32: sin of the first half, cos of the second */
+    const int half = D / 2;
+    const float step = (float)(log(10000.0) / (half - 1));
+    for (int i = 0; i < n; i++) {
+        if (ids[i] == c->pad_id) continue; /* position pad_id: a zero row */
+        const int pos = c->pad_id + 1 + (*nonpad)++;
+        float *xi = x + (size_t)i * D;
+        for (int j = 0; j < half; j++) {
+            const float a = (float)pos * expf((float)j * -step);
+            xi[j] += sinf(a);
+            xi[half + j] += cosf(a);
+        }
+    }
+}
+
+/* Attention sublayer of stack s: x += o(attend(norm(x))). kq/vq: where K
+ * and V rows go (the cache, or scratch). */
+static void self_attention(mt_s2s_model *m, int s, const mt_s2s_layer *y, const layer_vecs *v, float *x, int n,
+                           float *kq, float *vq, int nk, int pos, scratch *sc) {
+    const mt_s2s_config *c = &m->w.cfg;
+    const int D = c->d_model, H = c->n_heads[s], dk = c->d_kv[s];
+    norm(m, sc->h, x, v->ln_w, v->ln_b, n);
+    lin(m, &y->q, v->q_b, sc->h, n, sc->q);
+    if (c->attn_scale[s] != 1.0f)
+        for (size_t i = 0; i < (size_t)n * H * dk; i++) sc->q[i] *= c->attn_scale[s];
+    lin(m, &y->k, v->k_b, sc->h, n, kq + (size_t)pos * H * dk);
+    lin(m, &y->v, v->v_b, sc->h, n, vq + (size_t)pos * H * dk);
+    attend(sc->q, n, kq, vq, nk, H, dk, c->rel_pos ? m->rel_f32[s] : NULL, c, !s, s, pos, sc->att, sc->sc);
+    lin(m, &y->o, v->o_b, sc->att, n, sc->proj);
+    m->be->ops->add(m->be, x, sc->proj, (size_t)n * D);
+}
+
 int mt_s2s_encode(mt_s2s_model *m, const int32_t *ids, int n) {
     const mt_s2s_config *c = &m->w.cfg;
     mt_backend *be = m->be;
     if (n <= 0) return mt_seterr(MT_ERR_ARG, "the encoder input is empty");
     int rc = check_ids(m, ids, n, "input");
     if (rc) return rc;
-    const int D = c->d_model, H = c->n_heads, dk = c->d_kv, I = H * dk;
+    const int D = c->d_model, I1 = c->n_heads[1] * c->d_kv[1];
     float *x = malloc((size_t)n * D * sizeof *x);
     scratch s;
     if (!x || (rc = scratch_init(&s, c, n, n))) {
@@ -398,19 +573,15 @@ int mt_s2s_encode(mt_s2s_model *m, const int32_t *ids, int n) {
         return rc ? rc : mt_seterr(MT_ERR_NOMEM, "out of memory");
     }
     if ((rc = set_route(m, 0, n))) goto done;
-    be->ops->get_rows(be, &m->w.embd, ids, n, x);
-    int sp = 0;
-    for (int l = 0; l < c->n_enc_layers; l++) {
+    int nonpad = 0, sp = 0;
+    embed(m, ids, n, x, &nonpad);
+    for (int l = 0; l < c->n_enc_layers && !rc; l++) {
         const mt_s2s_layer *y = &m->w.enc[l];
-        be->ops->rmsnorm(be, s.h, x, m->ln[0][l], n, D, c->eps);
-        be->ops->linear(be, &y->q, s.h, n, s.q);
-        be->ops->linear(be, &y->k, s.h, n, s.k);
-        be->ops->linear(be, &y->v, s.h, n, s.v);
-        attend(s.q, n, s.k, s.v, n, H, dk, m->rel_f32[0], c, 1, 0, 0, s.att, s.sc);
-        be->ops->linear(be, &y->o, s.att, n, s.proj);
-        be->ops->add(be, x, s.proj, (size_t)n * D);
-        ffn(m, y, m->ffln[0][l], x, n, &s, y->n_experts ? m->route[0] + (size_t)(sp++) * n : s.rows);
+        self_attention(m, 0, y, &m->lv[0][l], x, n, s.k, s.v, n, 0, &s);
+        rc = ffn(m, 0, y, &m->lv[0][l], x, n, &s,
+                 y->n_experts ? m->route[0] + (size_t)(sp++) * n * c->top_k : NULL);
     }
+    if (rc) goto done;
     /* the encoder-output cache and every decoder layer's cross K/V */
     float *eo = realloc(m->enc_out, (size_t)n * D * sizeof *eo);
     if (!eo) {
@@ -418,22 +589,24 @@ int mt_s2s_encode(mt_s2s_model *m, const int32_t *ids, int n) {
         goto done;
     }
     m->enc_out = eo;
-    be->ops->rmsnorm(be, eo, x, m->final_ln[0], n, D, c->eps);
+    norm(m, eo, x, m->fin_w[0], m->fin_b[0], n);
     m->n_enc = n;
     for (int l = 0; l < c->n_dec_layers; l++) {
-        float *k = realloc(m->xk[l], (size_t)n * I * sizeof *k);
+        float *k = realloc(m->xk[l], (size_t)n * I1 * sizeof *k);
         if (k) m->xk[l] = k;
-        float *v = k ? realloc(m->xv[l], (size_t)n * I * sizeof *v) : NULL;
+        float *v = k ? realloc(m->xv[l], (size_t)n * I1 * sizeof *v) : NULL;
         if (v) m->xv[l] = v;
         if (!k || !v) {
             m->n_enc = 0;
             rc = mt_seterr(MT_ERR_NOMEM, "out of memory for the cross-attention cache");
             goto done;
         }
-        be->ops->linear(be, &m->w.dec[l].xk, eo, n, k);
-        be->ops->linear(be, &m->w.dec[l].xv, eo, n, v);
+        lin(m, &m->w.dec[l].xk, m->lv[1][l].xk_b, eo, n, k);
+        lin(m, &m->w.dec[l].xv, m->lv[1][l].xv_b, eo, n, v);
     }
     m->dec_pos = 0;
+    m->dec_nonpad = 0;
+    (void)be;
 done:
     scratch_free(&s);
     free(x);
@@ -444,7 +617,7 @@ static int grow_cache(mt_s2s_model *m, int need) {
     if (need <= m->dec_cap) return MT_OK;
     int cap = m->dec_cap ? m->dec_cap : 64;
     while (cap < need) cap *= 2;
-    const size_t I = (size_t)m->w.cfg.n_heads * m->w.cfg.d_kv;
+    const size_t I = (size_t)m->w.cfg.n_heads[1] * m->w.cfg.d_kv[1];
     for (int l = 0; l < m->w.cfg.n_dec_layers; l++) {
         float *k = realloc(m->kc[l], (size_t)cap * I * sizeof *k);
         if (k) m->kc[l] = k;
@@ -464,7 +637,7 @@ int mt_s2s_decode(mt_s2s_model *m, const int32_t *ids, int n, float *logits) {
     int rc = check_ids(m, ids, n, "decoder");
     if (rc) return rc;
     if ((rc = grow_cache(m, m->dec_pos + n))) return rc;
-    const int D = c->d_model, H = c->n_heads, dk = c->d_kv, I = H * dk, pos = m->dec_pos;
+    const int D = c->d_model, H = c->n_heads[1], dk = c->d_kv[1], pos = m->dec_pos;
     const int nk = pos + n > m->n_enc ? pos + n : m->n_enc;
     float *x = malloc((size_t)n * D * sizeof *x);
     scratch s;
@@ -473,33 +646,29 @@ int mt_s2s_decode(mt_s2s_model *m, const int32_t *ids, int n, float *logits) {
         return rc ? rc : mt_seterr(MT_ERR_NOMEM, "out of memory");
     }
     if ((rc = set_route(m, 1, n))) goto done;
-    be->ops->get_rows(be, &m->w.embd, ids, n, x);
     int sp = 0;
-    for (int l = 0; l < c->n_dec_layers; l++) {
+    embed(m, ids, n, x, &m->dec_nonpad);
+    for (int l = 0; l < c->n_dec_layers && !rc; l++) {
         const mt_s2s_layer *y = &m->w.dec[l];
+        const layer_vecs *v = &m->lv[1][l];
         /* causal self-attention over the cache */
-        be->ops->rmsnorm(be, s.h, x, m->ln[1][l], n, D, c->eps);
-        be->ops->linear(be, &y->q, s.h, n, s.q);
-        be->ops->linear(be, &y->k, s.h, n, m->kc[l] + (size_t)pos * I);
-        be->ops->linear(be, &y->v, s.h, n, m->vc[l] + (size_t)pos * I);
-        attend(s.q, n, m->kc[l], m->vc[l], pos + n, H, dk, m->rel_f32[1], c, 0, 1, pos, s.att, s.sc);
-        be->ops->linear(be, &y->o, s.att, n, s.proj);
-        be->ops->add(be, x, s.proj, (size_t)n * D);
+        self_attention(m, 1, y, v, x, n, m->kc[l], m->vc[l], pos + n, pos, &s);
         /* cross-attention over the cached encoder K/V */
-        be->ops->rmsnorm(be, s.h, x, m->xln[l], n, D, c->eps);
-        be->ops->linear(be, &y->xq, s.h, n, s.q);
+        norm(m, s.h, x, v->x_w, v->x_b, n);
+        lin(m, &y->xq, v->xq_b, s.h, n, s.q);
+        if (c->attn_scale[1] != 1.0f)
+            for (size_t i = 0; i < (size_t)n * H * dk; i++) s.q[i] *= c->attn_scale[1];
         attend(s.q, n, m->xk[l], m->xv[l], m->n_enc, H, dk, NULL, c, 1, 0, 0, s.att, s.sc);
-        be->ops->linear(be, &y->xo, s.att, n, s.proj);
+        lin(m, &y->xo, v->xo_b, s.att, n, s.proj);
         be->ops->add(be, x, s.proj, (size_t)n * D);
-        ffn(m, y, m->ffln[1][l], x, n, &s, y->n_experts ? m->route[1] + (size_t)(sp++) * n : s.rows);
+        rc = ffn(m, 1, y, v, x, n, &s, y->n_experts ? m->route[1] + (size_t)(sp++) * n * c->top_k : NULL);
     }
+    if (rc) goto done;
     m->dec_pos += n;
     if (logits) {
-        be->ops->rmsnorm(be, s.h, x, m->final_ln[1], n, D, c->eps);
-        if (c->tie_embeddings) {
-            const float sc = (float)pow((double)D, -0.5);
-            for (size_t i = 0; i < (size_t)n * D; i++) s.h[i] *= sc;
-        }
+        norm(m, s.h, x, m->fin_w[1], m->fin_b[1], n);
+        if (c->lm_scale != 1.0f)
+            for (size_t i = 0; i < (size_t)n * D; i++) s.h[i] *= c->lm_scale;
         be->ops->linear(be, &m->w.lm_head, s.h, n, logits);
     }
 done:
@@ -558,3 +727,4 @@ int mt_s2s_greedy(mt_s2s_model *m, const int32_t *input, int n_in, int max_new, 
     free(lg);
     return rc;
 }
+

@@ -36,7 +36,9 @@ static const struct {
     {"switch_transformers", NULL,
      "switch_transformers is an encoder-decoder model: only inspect, eval, generate and convert --to hf run it (this "
      "command supports decoder-only models)"},
-    {"nllb_moe", NULL, "NLLB-MoE (nllb_moe) encoder-decoder models are not supported"},
+    {"nllb-moe", NULL,
+     "nllb-moe is an encoder-decoder model: only inspect, eval, generate and convert --to hf run it (this command "
+     "supports decoder-only models)"},
 };
 
 const char *mt_arch_refusal(const char *hf_model_type, const char *gguf_arch) {

@@ -1,5 +1,5 @@
 /* arch_seq2seq.h — tensor names of the encoder-decoder families
- * (arch_switch.c), for the weight mapper in lib/io/seq2seq.c. */
+ * (arch_switch.c, arch_nllbmoe.c), for the weight mapper in lib/io/seq2seq.c. */
 #ifndef MT_ARCH_SEQ2SEQ_H
 #define MT_ARCH_SEQ2SEQ_H
 
@@ -29,11 +29,12 @@ typedef enum {
     MT_S2S_T_EXP_WO,
 } mt_s2s_tensor;
 
-/* The Hugging Face name of a Switch Transformers tensor (stack: 0 encoder,
- * 1 decoder; layer and expert where the role has them). `alt` > 0 asks for
- * the alternative names of the same tensor (the shared embedding is also
- * saved as encoder.embed_tokens / decoder.embed_tokens); returns the
- * length, or -1 when there is no such (alternative) name. */
-int mt_switch_name(char *buf, size_t n, mt_s2s_tensor t, int decoder, int layer, int expert, int alt);
+/* The Hugging Face name of a tensor (stack: 0 encoder, 1 decoder; layer
+ * and expert where the role has them). `alt` > 0 asks for the alternative
+ * names of the same tensor (the shared embedding is also saved as
+ * encoder.embed_tokens / decoder.embed_tokens); `bias` for the ".bias" of
+ * the role. Returns the length, or -1 when there is no such name. */
+int mt_switch_name(char *buf, size_t n, mt_s2s_tensor t, int decoder, int layer, int expert, int alt, int bias);
+int mt_nllbmoe_name(char *buf, size_t n, mt_s2s_tensor t, int decoder, int layer, int expert, int alt, int bias);
 
 #endif

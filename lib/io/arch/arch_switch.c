@@ -15,12 +15,12 @@
 
 #include <stdio.h>
 
-int mt_switch_name(char *buf, size_t n, mt_s2s_tensor t, int decoder, int layer, int expert, int alt) {
+int mt_switch_name(char *buf, size_t n, mt_s2s_tensor t, int decoder, int layer, int expert, int alt, int bias) {
     const char *st = decoder ? "decoder" : "encoder";
     const int ff = decoder ? 2 : 1;
     static const char *const proj = "qkvo";
     int k = -1;
-    if (alt && t != MT_S2S_T_EMBD) return -1;
+    if ((alt && t != MT_S2S_T_EMBD) || bias) return -1; /* T5 layers have no biases */
     switch (t) {
     case MT_S2S_T_EMBD:
         if (alt == 0) k = snprintf(buf, n, "shared.weight");

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Compares moetool's encoder-decoder runtime (the JSON of tests/s2s_dump)
-with transformers' reference outputs (tests/make_switch.py's <case>.ref.json):
+with transformers' reference outputs (<case>.ref.json of tests/make_switch.py
+or tests/make_nllb.py):
 
-  check_switch.py REF.json DUMP.json [--capacity-binds]
+  check_seq2seq.py REF.json DUMP.json [--capacity-binds]
 
 Checks: teacher-forced logits within 1e-4 (max |difference|), the expert of
 every token in every sparse layer equal (dropped tokens included), summed NLL
@@ -32,14 +33,18 @@ if rel > 1e-5:
     fails.append(f"loss {loss} vs transformers {ref['loss']} (rel {rel:g})")
 if got["greedy"] != ref["greedy"]:
     fails.append(f"greedy {got['greedy']} != transformers {ref['greedy']}")
-drops = sum(r.count(-1) for r in ref["dec_experts"])
+def flat(x):
+    return [v for e in x for v in (flat(e) if isinstance(e, list) else [e])]
+
+
+drops = flat(ref["dec_experts"]).count(-1)
 if binds:
     if drops == 0 or ds < 1e-3:
         fails.append(f"expected the capacity to bind in the decoder (drops {drops}, step difference {ds:g})")
 elif ds > 1e-4:
     fails.append(f"one-token decoding differs from the full pass by {ds:g}")
 print(f"max|dlogit| {d:.3g}, one-token {ds:.3g}, loss {loss:.8f} vs {ref['loss']:.8f} (rel {rel:.2g}), "
-      f"dropped enc {sum(r.count(-1) for r in ref['enc_experts'])} dec {drops}, greedy {got['greedy']}")
+      f"dropped enc {flat(ref['enc_experts']).count(-1)} dec {drops}, greedy {got['greedy']}")
 for f in fails:
     print("FAIL:", f)
 sys.exit(1 if fails else 0)
