@@ -69,8 +69,9 @@ const cli_verb cli_verb_eval = {
              "With --ref, also the mean KL(ref || model) per scored token, top-1\n"
              "agreement and mean |p_ref - p_model| of the correct token. Reports size\n"
              "(bits per weight), tokens/s and the tokens routed to each expert.\n"
-             "An encoder-decoder model (Switch Transformers) is scored on --pairs: the\n"
-             "summed NLL of each target given its input, mean per target token, ppl.\n",
+             "An encoder-decoder model (Switch Transformers, NLLB-MoE) is scored on\n"
+             "--pairs: the summed NLL of each target given its input, mean per target\n"
+             "token, ppl.\n",
     .positional = "MODEL",
     .opts = eval_opts,
     .n_opts = sizeof eval_opts / sizeof eval_opts[0],
