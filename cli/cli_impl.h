@@ -68,6 +68,11 @@ int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
+/* Encoder-decoder models (cmd_seq2seq.c), reached from inspect, eval and
+ * generate when mt_s2s_detect says the checkpoint is one. */
+int cli_s2s_inspect(const char *path, int json);
+int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, int json, int quiet);
+int cli_s2s_generate(const char *model_path, const char *ids, int n_predict, int stop_at_eos, int n_threads, int json);
 
 /* After writing OUT: one stderr line when transformers and llama.cpp cannot
  * load it as moetool runs it (mt_config_portability). */

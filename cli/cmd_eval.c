@@ -2,6 +2,7 @@
  * a reference model, size, speed and routing, all measured by the runtime. */
 #define _GNU_SOURCE
 #include "cli_impl.h"
+#include "moetool/mt_seq2seq.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +10,7 @@
 typedef struct {
     mt_eval_opts e;
     mt_model_opts m;
-    const char *text, *ref;
+    const char *text, *ref, *pairs;
     int json, quiet, long_ctx;
     int ctx_given; /* else the default shrinks to a shorter model context */
 } eval_args;
@@ -41,6 +42,9 @@ static const cli_opt eval_opts[] = {
      CLI_AT(eval_args, long_ctx)},
     {"protocol", 0, CLI_ENUM, "P", "gptq or llamacpp", "gptq", CLI_AT(eval_args, e.protocol),
      .choices = protocol_choices, .values = protocol_values},
+    {"pairs", 0, CLI_PATH, "FILE", "encoder-decoder models: JSON Lines of {\"input\": [ids], \"target\": [ids]}; "
+     "reports the loss and perplexity of the targets given the inputs (docs/seq2seq.md)", NULL,
+     CLI_AT(eval_args, pairs)},
     {"ref", 0, CLI_PATH, "MODEL", "reference model for KL / agreement (same tokenizer)", NULL, CLI_AT(eval_args, ref)},
     {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(eval_args, m.n_threads), 1, MT_MAX_THREADS},
     {"device", 0, CLI_ENUM, "D", "cpu or cuda (a build with CUDA and a device; else one line says which is missing)",
@@ -56,7 +60,8 @@ const cli_verb cli_verb_eval = {
     .name = "eval",
     .synopsis = "usage: moetool eval [MODEL] [--text FILE] [--ctx N] [--protocol gptq|llamacpp]\n"
                 "                    [--ref MODEL] [--threads T] [--device cpu|cuda] [--max-windows N]\n"
-                "                    [--allow-long-context] [--json] [--quiet]",
+                "                    [--allow-long-context] [--json] [--quiet]\n"
+                "       moetool eval ENCODER_DECODER_MODEL --pairs FILE [--threads T] [--json] [--quiet]",
     .about = "Perplexity of a text under one of two protocols:\n"
              "  gptq      the whole text tokenized without BOS, cut into non-overlapping\n"
              "            windows of N tokens (a final partial window is dropped); every\n"
@@ -65,7 +70,10 @@ const cli_verb cli_verb_eval = {
              "            only its second half is scored (comparable with llama.cpp)\n"
              "With --ref, also the mean KL(ref || model) per scored token, top-1\n"
              "agreement and mean |p_ref - p_model| of the correct token. Reports size\n"
-             "(bits per weight), tokens/s and the tokens routed to each expert.\n",
+             "(bits per weight), tokens/s and the tokens routed to each expert.\n"
+             "An encoder-decoder model (Switch Transformers, NLLB-MoE) is scored on\n"
+             "--pairs: the summed NLL of each target given its input, mean per target\n"
+             "token, ppl.\n",
     .positional = "MODEL",
     .opts = eval_opts,
     .n_opts = sizeof eval_opts / sizeof eval_opts[0],
@@ -115,6 +123,17 @@ int cmd_eval(int argc, char **argv) {
     const char *text_path = A.text, *ref_path = A.ref;
     const int json = A.json, quiet = A.quiet, long_ctx = A.long_ctx, ctx_given = A.ctx_given;
     const char *model_path = model_arg ? model_arg : cli_default_model();
+    if (mt_s2s_detect(model_path)) {
+        if (!A.pairs)
+            return cli_usage_error("eval", "%s is an encoder-decoder model: score it with --pairs FILE", model_path);
+        if (text_path || ref_path || ctx_given || long_ctx || A.e.max_windows)
+            return cli_usage_error("eval", "encoder-decoder models take --pairs, --threads, --json and --quiet only");
+        if (mo.device != MT_DEVICE_CPU)
+            return cli_usage_error("eval", "%s: encoder-decoder models run on the CPU only (--device cpu)", model_path);
+        return cli_s2s_eval(model_path, A.pairs, mo.n_threads, json, quiet);
+    }
+    if (A.pairs)
+        return cli_usage_error("eval", "--pairs is for encoder-decoder models; %s is not one", model_path);
     char *text_default = NULL;
     if (!text_path) {
         /* A model directory that ships its held-out text (as the bundled one

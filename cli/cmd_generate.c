@@ -1,6 +1,7 @@
 /* cmd_generate.c — `moetool generate MODEL -p PROMPT`: continuation text. */
 #define _GNU_SOURCE
 #include "cli_impl.h"
+#include "moetool/mt_seq2seq.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -8,7 +9,7 @@
 typedef struct {
     mt_sample_opts s;
     mt_model_opts m;
-    const char *prompt;
+    const char *prompt, *ids;
     int json, no_bos;
 } generate_args;
 
@@ -21,6 +22,8 @@ static void generate_init(void *p) {
 
 static const cli_opt generate_opts[] = {
     {"prompt", 'p', CLI_STRING, "TEXT", "prompt text", NULL, CLI_AT(generate_args, prompt)},
+    {"ids", 0, CLI_STRING, "LIST", "encoder-decoder models: the input as token ids (\"3,4,1\"); greedy decoding "
+     "from the decoder start token (docs/seq2seq.md)", NULL, CLI_AT(generate_args, ids)},
     {"n-predict", 'n', CLI_INT, "N", "tokens to generate (default 64; 0 = prefill only, timing on stderr); prompt + N "
      "may not pass the model's context (max_position_embeddings)", NULL, CLI_AT(generate_args, s.n_predict), 0, 1 << 20},
     {"allow-long-context", 0, CLI_BOOL, NULL, "allow prompt + N beyond max_position_embeddings", NULL,
@@ -44,7 +47,9 @@ const cli_verb cli_verb_generate = {
     .name = "generate",
     .synopsis = "usage: moetool generate [MODEL] -p PROMPT [-n N] [--temp T] [--top-p P]\n"
                 "                        [--seed S] [--threads T] [--device cpu|cuda] [--no-bos]\n"
-                "                        [--allow-long-context] [--json]",
+                "                        [--allow-long-context] [--json]\n"
+                "       moetool generate ENCODER_DECODER_MODEL --ids LIST [-n N] [--ignore-eos]\n"
+                "                        [--threads T] [--json]",
     .about = "Continues PROMPT (BOS is prepended). Greedy by default; with --temp > 0\n"
              "samples with temperature and nucleus (top-p) filtering from a seeded RNG.\n"
              "The prompt is prefilled in one batch, then tokens are decoded one by one\n"
@@ -85,8 +90,19 @@ int cmd_generate(int argc, char **argv) {
     mt_model_opts mo = A.m;
     const char *prompt = A.prompt;
     const int json = A.json, add_bos = !A.no_bos;
-    if (!prompt) return cli_usage_error("generate", "missing -p PROMPT");
     const char *model_path = model_arg ? model_arg : cli_default_model();
+    if (mt_s2s_detect(model_path)) {
+        if (!A.ids) return cli_usage_error("generate", "%s is an encoder-decoder model: give its input with --ids", model_path);
+        if (prompt || so.temp > 0 || so.top_p < 1 || A.no_bos)
+            return cli_usage_error("generate", "encoder-decoder models take --ids, -n, --ignore-eos, --threads and "
+                                   "--json only (greedy; their sentencepiece unigram tokenizers are not read)");
+        if (mo.device != MT_DEVICE_CPU)
+            return cli_usage_error("generate", "%s: encoder-decoder models run on the CPU only (--device cpu)",
+                                   model_path);
+        return cli_s2s_generate(model_path, A.ids, so.n_predict, so.stop_at_eos, mo.n_threads, json);
+    }
+    if (A.ids) return cli_usage_error("generate", "--ids is for encoder-decoder models; %s is not one", model_path);
+    if (!prompt) return cli_usage_error("generate", "missing -p PROMPT");
 
     int ret = MT_EXIT_FAIL, rc;
     mt_model *m = NULL;

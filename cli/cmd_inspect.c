@@ -1,6 +1,7 @@
 /* cmd_inspect.c — `moetool inspect PATH`: what a checkpoint holds. */
 #define _GNU_SOURCE
 #include "cli_impl.h"
+#include "moetool/mt_seq2seq.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -158,6 +159,7 @@ int cmd_inspect(int argc, char **argv) {
     const int json = A.json, list = A.tensors;
     const char *path = path_arg ? path_arg : cli_default_model();
 
+    if (mt_s2s_detect(path)) return cli_s2s_inspect(path, json);
     mt_ckpt *ck = NULL;
     int rc = mt_ckpt_open(&ck, path);
     if (rc) {

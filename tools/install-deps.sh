@@ -23,7 +23,8 @@ python3 -m pip install -q numpy gguf 2>/dev/null \
 # transformers on Debian's torch (python3-torch 1.13; transformers 4.40.2 is
 # a release that accepts it), for /usr/bin/python3: tests/cli_transformers.sh
 # loads moetool's Hugging Face outputs with it and compares perplexity and
-# logits. Skipped by the test when missing.
+# logits; tests/cli_seq2seq.sh writes Switch Transformers checkpoints with it
+# and compares the encoder-decoder runtime. Skipped by the tests when missing.
 apt-get install -y -qq --no-install-recommends python3-torch >/dev/null \
   && /usr/bin/python3 -m pip install -q --break-system-packages "transformers==4.40.2" 2>/dev/null \
   || echo "install-deps: warning: torch/transformers not installed; cli_transformers will be skipped" >&2

@@ -209,6 +209,15 @@ const mt_gguf *mt_ckpt_gguf(const mt_ckpt *ck);
 /* Whether the checkpoint was read from an archive (.tar, .tar.gz, .tar.zst,
  * .zip...): reading verbs take it, writing verbs refuse it. */
 int mt_ckpt_is_archive(const mt_ckpt *ck);
+/* Opens the tensors of a Hugging Face checkpoint (directory, single file
+ * with config.json beside it, or archive; not GGUF) without reading
+ * config.json as a decoder-only configuration: its text is kept for a
+ * reader of another model kind (encoder-decoder, mt_seq2seq.h) and
+ * mt_ckpt_config returns an all-zero config. */
+int mt_ckpt_open_raw(mt_ckpt **out, const char *path);
+/* config.json's text of a checkpoint opened with mt_ckpt_open_raw (NUL-
+ * terminated, *len bytes), else NULL. */
+const char *mt_ckpt_config_text(const mt_ckpt *ck, size_t *len);
 
 /* ---- the model description the runtime executes ------------------------
  * A matrix is a view into mapped data: `rows` output features of `cols`

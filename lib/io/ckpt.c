@@ -44,6 +44,9 @@ struct mt_ckpt {
     uint64_t file_bytes;
     mt_tokenizer_files tok;
     mt_archive *arc;            /* read from an archive: the files' bytes    */
+    int raw_config;             /* mt_ckpt_open_raw: config.json kept as text */
+    char *config_text;          /* ... here (NUL-terminated), cfg left zeroed */
+    size_t config_len;
 };
 
 void mt_ckpt_free(mt_ckpt *ck) {
@@ -56,6 +59,7 @@ void mt_ckpt_free(mt_ckpt *ck) {
     free(ck->by_name);
     free(ck->tok.spm_model_path);
     free(ck->tok.hf_json_path);
+    free(ck->config_text);
     mt_archive_free(ck->arc);
     free(ck->path);
     free(ck);
@@ -71,6 +75,19 @@ const mt_tensor *mt_ckpt_get(const mt_ckpt *ck, size_t i) { return (ck && i < ck
 uint64_t mt_ckpt_file_bytes(const mt_ckpt *ck) { return ck->file_bytes; }
 const mt_tokenizer_files *mt_ckpt_tokenizer_files(const mt_ckpt *ck) { return &ck->tok; }
 const mt_gguf *mt_ckpt_gguf(const mt_ckpt *ck) { return ck->gguf; }
+const char *mt_ckpt_config_text(const mt_ckpt *ck, size_t *len) {
+    if (len) *len = ck ? ck->config_len : 0;
+    return ck ? ck->config_text : NULL;
+}
+
+/* Keeps config.json's bytes as text (raw mode). */
+static int keep_config_text(mt_ckpt *ck, const void *data, size_t len) {
+    if (!(ck->config_text = malloc(len + 1))) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    if (len) memcpy(ck->config_text, data, len);
+    ck->config_text[len] = 0;
+    ck->config_len = len;
+    return MT_OK;
+}
 
 const mt_tensor *mt_ckpt_find(const mt_ckpt *ck, const char *name) {
     if (!ck || !name) return NULL;
@@ -332,10 +349,17 @@ static int load_config_in(mt_ckpt *ck, const char *dir, const char *for_what) {
     char *cp = mt_path_join(dir, "config.json");
     if (!cp) return mt_seterr(MT_ERR_NOMEM, "out of memory");
     int rc;
-    if (!mt_path_exists(cp))
+    if (!mt_path_exists(cp)) {
         rc = mt_seterr(MT_ERR_NOT_FOUND, "%s: needs %s beside it for the model configuration", for_what, cp);
-    else
+    } else if (ck->raw_config) {
+        mt_mapped m;
+        if ((rc = mt_map_file(&m, cp)) == MT_OK) {
+            rc = keep_config_text(ck, m.data, m.size);
+            mt_unmap_file(&m);
+        }
+    } else {
         rc = mt_config_load_hf(&ck->cfg, cp);
+    }
     if (rc == MT_OK) ck->file_bytes += file_size(cp);
     free(cp);
     return rc;
@@ -573,6 +597,8 @@ static int open_archive(mt_ckpt *ck, const char *path) {
         }
     }
     char shown[4400];
+    if (gg && !cfg && ck->raw_config)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: holds a GGUF, not a Hugging Face checkpoint with a config.json", path);
     if (gg && !cfg) {
         ck->fmt = MT_FMT_GGUF;
         snprintf(shown, sizeof shown, "%s:%s", path, gg->name);
@@ -589,7 +615,9 @@ static int open_archive(mt_ckpt *ck, const char *path) {
     if (!cfg) return mt_seterr(MT_ERR_NOT_FOUND, "%s: neither config.json nor a .gguf in the archive", path);
     ck->fmt = MT_FMT_HF;
     snprintf(shown, sizeof shown, "%s:config.json", path);
-    if ((rc = mt_config_from_hf_json(&ck->cfg, (const char *)cfg->data, cfg->size, shown))) return rc;
+    if (ck->raw_config) rc = keep_config_text(ck, cfg->data, cfg->size);
+    else rc = mt_config_from_hf_json(&ck->cfg, (const char *)cfg->data, cfg->size, shown);
+    if (rc) return rc;
     ck->file_bytes += cfg->size;
     if (mt_archive_get(ck->arc, "model.safetensors.index.json"))
         rc = open_sharded(ck, NULL, "model.safetensors.index.json", mt_safetensors_open);
@@ -619,7 +647,7 @@ static int open_archive(mt_ckpt *ck, const char *path) {
     return MT_OK;
 }
 
-int mt_ckpt_open(mt_ckpt **out, const char *path) {
+static int open_ckpt(mt_ckpt **out, const char *path, int raw_config) {
     *out = NULL;
     if (!path || !*path) return mt_seterr(MT_ERR_ARG, "no checkpoint path given");
     mt_ckpt *ck = calloc(1, sizeof *ck);
@@ -627,6 +655,7 @@ int mt_ckpt_open(mt_ckpt **out, const char *path) {
         free(ck);
         return mt_seterr(MT_ERR_NOMEM, "out of memory");
     }
+    ck->raw_config = raw_config;
     int rc;
     if (mt_path_is_dir(path)) {
         ck->fmt = MT_FMT_HF;
@@ -644,6 +673,9 @@ int mt_ckpt_open(mt_ckpt **out, const char *path) {
         const int named_gguf = L > 5 && strcmp(path + L - 5, ".gguf") == 0;
         if (rc) {
             /* read_head said why */
+        } else if (got >= 4 && memcmp(head, "GGUF", 4) == 0 && raw_config) {
+            rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: a GGUF file, not a Hugging Face checkpoint with a config.json",
+                           path);
         } else if (got >= 4 && memcmp(head, "GGUF", 4) == 0) {
             ck->fmt = MT_FMT_GGUF;
             rc = open_gguf(ck, path);
@@ -680,3 +712,6 @@ int mt_ckpt_open(mt_ckpt **out, const char *path) {
     *out = ck;
     return MT_OK;
 }
+
+int mt_ckpt_open(mt_ckpt **out, const char *path) { return open_ckpt(out, path, 0); }
+int mt_ckpt_open_raw(mt_ckpt **out, const char *path) { return open_ckpt(out, path, 1); }

@@ -16,6 +16,7 @@
  * all of it. Outputs appear under their final name only when complete. */
 #define _GNU_SOURCE
 #include "moetool/mt_arch.h"
+#include "moetool/mt_seq2seq.h"
 #include "moetool/mt_tokenizer.h"
 #include "writer_impl.h"
 
@@ -868,6 +869,8 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
                              di ? di->name : "that type", to_gguf ? " to GGUF" : " to safetensors",
                              to_gguf ? ", q8_0, q4_0" : "");
     }
+    /* encoder-decoder models (Switch Transformers): HF to HF only */
+    if (!to_gguf && mt_s2s_detect(in_path)) return mt_s2s_convert_hf(in_path, out_path, opts);
     int rc = mt_output_check(out_path, to_gguf ? MT_OUTPUT_GGUF : MT_OUTPUT_HF_DIR, opts->force, in_path, NULL, 0);
     if (rc) return rc;
     conv cv = {0};

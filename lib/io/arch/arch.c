@@ -31,6 +31,14 @@ static const struct {
 } g_refused[] = {
     {"deepseek_v2", "deepseek2", "DeepSeek-V2 multi-head latent attention (MLA) is not supported"},
     {"deepseek_v3", NULL, "DeepSeek-V3 multi-head latent attention (MLA) is not supported"},
+    /* encoder-decoder models: read by mt_seq2seq.h, refused by the verbs that
+       need a decoder-only model */
+    {"switch_transformers", NULL,
+     "switch_transformers is an encoder-decoder model: only inspect, eval, generate and convert --to hf run it (this "
+     "command supports decoder-only models)"},
+    {"nllb-moe", NULL,
+     "nllb-moe is an encoder-decoder model: only inspect, eval, generate and convert --to hf run it (this command "
+     "supports decoder-only models)"},
 };
 
 const char *mt_arch_refusal(const char *hf_model_type, const char *gguf_arch) {

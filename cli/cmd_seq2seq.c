@@ -1,0 +1,330 @@
+/* cmd_seq2seq.c — inspect, eval and generate of encoder-decoder models
+ * (Switch Transformers, NLLB-MoE: mt_seq2seq.h), reached from those verbs when the
+ * checkpoint is one (mt_s2s_detect). Inputs are token ids: the T5
+ * sentencepiece unigram tokenizer is not read (docs/seq2seq.md).
+ *
+ * eval --pairs FILE: JSON Lines, one object per non-empty line,
+ *   {"input": [ids], "target": [ids]}
+ * ids as the model sees them (T5: each sequence ends with EOS, id 1; NLLB:
+ * source language code first, EOS last); every
+ * target token is scored given the input and the target tokens before it. */
+#define _GNU_SOURCE
+#include "cli_impl.h"
+#include "moetool/mt_seq2seq.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ids of a JSON array of integers; names file, line and key in errors. */
+static int json_ids(const json_t *a, const char *path, int line, const char *key, int32_t **out, int *n) {
+    if (json_is_string(a))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s:%d: \"%s\" is text; encoder-decoder eval reads token ids (sentencepiece "
+                         "unigram tokenizers are not read)", path, line, key);
+    if (!json_is_array(a) || json_array_size(a) == 0 || json_array_size(a) > (1u << 20))
+        return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\" is not a non-empty list of token ids", path, line, key);
+    const size_t k = json_array_size(a);
+    int32_t *p = malloc(k * sizeof *p);
+    if (!p) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < k; i++) {
+        const json_t *v = json_array_get(a, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
+            free(p);
+            return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\"[%zu] is not a token id", path, line, key, i);
+        }
+        p[i] = (int32_t)json_integer_value(v);
+    }
+    *out = p;
+    *n = (int)k;
+    return MT_OK;
+}
+
+static void print_counts(const uint64_t *cnt, int L, int E) {
+    printf("[");
+    for (int l = 0; l < L; l++) {
+        printf("%s[", l ? "," : "");
+        for (int e = 0; e <= E; e++) printf("%s%llu", e ? "," : "", (unsigned long long)cnt[(size_t)l * (E + 1) + e]);
+        printf("]");
+    }
+    printf("]");
+}
+
+/* counts[layer][expert] of routed choices, [layer][E] the dropped ones. */
+static void add_routing(const mt_s2s_model *m, int dec, uint64_t *cnt, int E) {
+    int L, n;
+    const int32_t *r = mt_s2s_last_routing(m, dec, &L, &n);
+    const size_t K = (size_t)mt_s2s_model_config(m)->top_k;
+    for (int l = 0; l < L; l++)
+        for (size_t i = 0; i < (size_t)n * K; i++) {
+            const int e = r[(size_t)l * n * K + i];
+            cnt[(size_t)l * (E + 1) + (e < 0 ? E : e)]++;
+        }
+}
+
+int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, int json, int quiet) {
+    mt_s2s_model *m = NULL;
+    FILE *f = NULL;
+    char *line = NULL;
+    size_t cap = 0;
+    int rc, ret = MT_EXIT_FAIL;
+    uint64_t *cnt[2] = {NULL, NULL};
+    if ((rc = mt_s2s_load(&m, model_path, n_threads))) goto fail;
+    const mt_s2s_config *c = mt_s2s_model_config(m);
+    int nsp[2] = {0, 0};
+    for (int s = 0; s < 2; s++) {
+        for (int l = 0; l < (s ? c->n_dec_layers : c->n_enc_layers); l++) nsp[s] += mt_s2s_layer_sparse(c, s, l);
+        cnt[s] = calloc((size_t)(nsp[s] ? nsp[s] : 1) * (size_t)(c->n_experts + 1), sizeof *cnt[s]);
+        if (!cnt[s]) {
+            rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+    }
+    if (!(f = fopen(pairs_path, "rb"))) {
+        rc = mt_seterr(MT_ERR_IO, "%s: cannot open the pairs file", pairs_path);
+        goto fail;
+    }
+    double nll = 0, t0 = now_s();
+    uint64_t n_pairs = 0, n_tgt = 0, n_in = 0;
+    int lineno = 0;
+    ssize_t got;
+    while ((got = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        size_t k = 0;
+        while (k < (size_t)got && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
+        if (k == (size_t)got) continue;
+        json_error_t jerr;
+        json_t *o = json_loadb(line, (size_t)got, 0, &jerr);
+        if (!o || !json_is_object(o)) {
+            json_decref(o);
+            rc = mt_seterr(MT_ERR_FORMAT, "%s:%d: not a JSON object {\"input\": [ids], \"target\": [ids]}",
+                           pairs_path, lineno);
+            goto fail;
+        }
+        int32_t *in = NULL, *tg = NULL;
+        int ni = 0, nt = 0;
+        rc = json_ids(json_object_get(o, "input"), pairs_path, lineno, "input", &in, &ni);
+        if (!rc) rc = json_ids(json_object_get(o, "target"), pairs_path, lineno, "target", &tg, &nt);
+        json_decref(o);
+        double s = 0;
+        if (!rc) rc = mt_s2s_score(m, in, ni, tg, nt, &s);
+        if (!rc) {
+            add_routing(m, 0, cnt[0], c->n_experts);
+            add_routing(m, 1, cnt[1], c->n_experts);
+        }
+        free(in);
+        free(tg);
+        if (rc) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", mt_last_error());
+            rc = mt_seterr(rc, "%s:%d: %s", pairs_path, lineno, msg);
+            goto fail;
+        }
+        nll += s;
+        n_pairs++;
+        n_tgt += (uint64_t)nt;
+        n_in += (uint64_t)ni;
+        if (!quiet) cli_progress(NULL, "pairs", n_pairs, 0);
+    }
+    if (!n_pairs) {
+        rc = mt_seterr(MT_ERR_ARG, "%s: no input/target pairs", pairs_path);
+        goto fail;
+    }
+    cli_progress_done();
+    const double secs = now_s() - t0, mean = nll / (double)n_tgt;
+    if (json) {
+        printf("{\"model\":");
+        json_str(stdout, model_path);
+        printf(",\"family\":\"%s\",\"pairs\":", c->family);
+        json_str(stdout, pairs_path);
+        printf(",\"n_pairs\":%llu,\"input_tokens\":%llu,\"target_tokens\":%llu,\"nll_sum\":%.10g,\"nll_mean\":%.10g,"
+               "\"ppl\":%.8g,\"seconds\":%.4f,\"threads\":%d,\"routing\":{\"encoder\":",
+               (unsigned long long)n_pairs, (unsigned long long)n_in, (unsigned long long)n_tgt, nll, mean, exp(mean),
+               secs, mt_s2s_threads(m));
+        print_counts(cnt[0], nsp[0], c->n_experts);
+        printf(",\"decoder\":");
+        print_counts(cnt[1], nsp[1], c->n_experts);
+        printf("}}\n");
+    } else {
+        printf("model:      %s (%s, encoder-decoder)\n", model_path, c->hf_class);
+        printf("pairs:      %s: %llu pairs, %llu input tokens, %llu target tokens scored\n", pairs_path,
+               (unsigned long long)n_pairs, (unsigned long long)n_in, (unsigned long long)n_tgt);
+        printf("loss:       %.6f nats/target token\nperplexity: %.4f\n", mean, exp(mean));
+        printf("speed:      %.2f s (cpu, %d threads)\n", secs, mt_s2s_threads(m));
+        for (int s = 0; s < 2; s++)
+            for (int l = 0; l < nsp[s]; l++) {
+                const uint64_t *r = cnt[s] + (size_t)l * (c->n_experts + 1);
+                uint64_t tot = 0;
+                for (int e = 0; e <= c->n_experts; e++) tot += r[e];
+                printf("routing:    %s sparse layer %d: dropped by capacity %llu of %llu expert choices\n",
+                       s ? "decoder" : "encoder", l, (unsigned long long)r[c->n_experts], (unsigned long long)tot);
+            }
+    }
+    ret = MT_EXIT_OK;
+    goto done;
+fail:
+    ret = cli_fail("eval", rc);
+done:
+    if (f) fclose(f);
+    free(line);
+    free(cnt[0]);
+    free(cnt[1]);
+    mt_s2s_free(m);
+    return ret;
+}
+
+/* "3,4,1" or "3 4 1" -> ids. */
+static int parse_id_list(const char *s, int32_t **out, int *n) {
+    size_t cap = strlen(s) / 2 + 1;
+    int32_t *p = malloc(cap * sizeof *p);
+    if (!p) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int k = 0;
+    while (*s) {
+        while (*s == ' ' || *s == ',') s++;
+        if (!*s) break;
+        char *e;
+        long v = strtol(s, &e, 10);
+        if (e == s || v < 0 || v > INT32_MAX || (size_t)k >= cap) {
+            free(p);
+            return mt_seterr(MT_ERR_ARG, "--ids: \"%s\" is not a list of token ids", s);
+        }
+        p[k++] = (int32_t)v;
+        s = e;
+    }
+    if (!k) {
+        free(p);
+        return mt_seterr(MT_ERR_ARG, "--ids: no token ids");
+    }
+    *out = p;
+    *n = k;
+    return MT_OK;
+}
+
+int cli_s2s_generate(const char *model_path, const char *ids, int n_predict, int stop_at_eos, int n_threads,
+                     int json) {
+    mt_s2s_model *m = NULL;
+    int32_t *in = NULL, *out = NULL;
+    int ni = 0, no = 0, rc, ret = MT_EXIT_FAIL;
+    if ((rc = parse_id_list(ids, &in, &ni))) return cli_usage_error("generate", "%s", mt_last_error());
+    if ((rc = mt_s2s_load(&m, model_path, n_threads))) goto fail;
+    if (!(out = malloc((size_t)(n_predict > 0 ? n_predict : 1) * sizeof *out))) {
+        rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    const double t0 = now_s();
+    if ((rc = mt_s2s_greedy(m, in, ni, n_predict, stop_at_eos, out, &no))) goto fail;
+    const double secs = now_s() - t0;
+    if (json) {
+        printf("{\"input_ids\":[");
+        for (int i = 0; i < ni; i++) printf("%s%d", i ? "," : "", in[i]);
+        printf("],\"ids\":[");
+        for (int i = 0; i < no; i++) printf("%s%d", i ? "," : "", out[i]);
+        printf("],\"seconds\":%.4f,\"threads\":%d}\n", secs, mt_s2s_threads(m));
+    } else {
+        for (int i = 0; i < no; i++) printf("%s%d", i ? " " : "", out[i]);
+        printf("\n");
+        fprintf(stderr, "moetool generate: encoded %d tokens, generated %d in %.3f s (%d threads)\n", ni, no, secs,
+                mt_s2s_threads(m));
+    }
+    ret = MT_EXIT_OK;
+    goto done;
+fail:
+    ret = cli_fail("generate", rc);
+done:
+    free(in);
+    free(out);
+    mt_s2s_free(m);
+    return ret;
+}
+
+static uint64_t mat_params(const mt_mat *w) { return w->data ? (uint64_t)w->rows * (uint64_t)w->cols : 0; }
+
+/* Parameters of a stack: all, in experts, and active per token (top_k
+ * experts of a sparse layer). */
+static void stack_params(const mt_s2s_layer *ls, int L, int top_k, uint64_t *total, uint64_t *experts,
+                         uint64_t *active) {
+    for (int l = 0; l < L; l++) {
+        const mt_s2s_layer *y = &ls[l];
+        const mt_mat *mats[] = {&y->ln, &y->q, &y->k, &y->v, &y->o, &y->x_ln, &y->xq, &y->xk, &y->xv, &y->xo,
+                                &y->ff_ln, &y->router, &y->ln_b, &y->q_b, &y->k_b, &y->v_b, &y->o_b, &y->x_ln_b,
+                                &y->xq_b, &y->xk_b, &y->xv_b, &y->xo_b, &y->ff_ln_b};
+        uint64_t base = 0;
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) base += mat_params(mats[i]);
+        const int E = y->n_experts ? y->n_experts : 1;
+        const uint64_t one = mat_params(&y->wi[0]) + mat_params(&y->wo[0]) + mat_params(&y->wi_b[0]) +
+                             mat_params(&y->wo_b[0]);
+        *total += base + (uint64_t)E * one;
+        if (y->n_experts) *experts += (uint64_t)E * one;
+        *active += base + (uint64_t)(y->n_experts ? top_k : 1) * one;
+    }
+}
+
+int cli_s2s_inspect(const char *path, int json) {
+    mt_ckpt *ck = NULL;
+    mt_s2s_weights w;
+    memset(&w, 0, sizeof w);
+    int rc = mt_ckpt_open_raw(&ck, path);
+    if (!rc) rc = mt_s2s_weights_init(&w, ck);
+    if (rc) {
+        mt_ckpt_free(ck);
+        return cli_fail("inspect", rc);
+    }
+    const mt_s2s_config *c = &w.cfg;
+    uint64_t total = 0, experts = 0, active = 0;
+    stack_params(w.enc, c->n_enc_layers, c->top_k, &total, &experts, &active);
+    stack_params(w.dec, c->n_dec_layers, c->top_k, &total, &experts, &active);
+    const uint64_t glob = mat_params(&w.embd) + mat_params(&w.enc_rel) + mat_params(&w.dec_rel) +
+                          mat_params(&w.enc_norm) + mat_params(&w.dec_norm) + mat_params(&w.enc_norm_b) +
+                          mat_params(&w.dec_norm_b) + (c->tie_embeddings ? 0 : mat_params(&w.lm_head));
+    total += glob;
+    active += glob;
+    int nsp[2] = {0, 0};
+    for (int s = 0; s < 2; s++)
+        for (int l = 0; l < (s ? c->n_dec_layers : c->n_enc_layers); l++) nsp[s] += mt_s2s_layer_sparse(c, s, l);
+    const char *fmt = mt_ckpt_format(ck) == MT_FMT_PYTORCH ? "pytorch" : "hf";
+    if (json) {
+        printf("{\"path\":");
+        json_str(stdout, path);
+        printf(",\"format\":\"%s\",\"arch\":\"%s\",\"class\":\"%s\",\"encoder_decoder\":true,\"vocab\":%d,"
+               "\"d_model\":%d,\"d_kv\":[%d,%d],\"d_ff\":[%d,%d],\"heads\":[%d,%d],\"encoder_layers\":%d,"
+               "\"decoder_layers\":%d,\"experts\":%d,\"top_k\":%d,\"expert_capacity\":%d,\"encoder_sparse_step\":%d,"
+               "\"decoder_sparse_step\":%d,\"sparse_layers\":{\"encoder\":%d,\"decoder\":%d},\"tie_embeddings\":%s,"
+               "\"params\":%llu,\"expert_params\":%llu,\"active_params\":%llu,\"file_bytes\":%llu}\n",
+               fmt, c->family, c->hf_class, c->vocab, c->d_model, c->d_kv[0], c->d_kv[1], c->d_ff[0], c->d_ff[1],
+               c->n_heads[0], c->n_heads[1], c->n_enc_layers, c->n_dec_layers, c->n_experts, c->top_k,
+               c->expert_capacity, c->enc_sparse_step, c->dec_sparse_step, nsp[0],
+               nsp[1], c->tie_embeddings ? "true" : "false", (unsigned long long)total, (unsigned long long)experts,
+               (unsigned long long)active, (unsigned long long)mt_ckpt_file_bytes(ck));
+    } else {
+        printf("path:         %s\n", path);
+        printf("format:       %s (%zu tensors, %.2f MiB)\n", fmt, mt_ckpt_count(ck),
+               mt_ckpt_file_bytes(ck) / 1048576.0);
+        printf("family:       %s (%s), encoder-decoder\n", c->family, c->hf_class);
+        printf("layers:       %d encoder (%d heads of %d, d_ff %d), %d decoder (%d heads of %d, d_ff %d); d_model %d, "
+               "vocab %d\n",
+               c->n_enc_layers, c->n_heads[0], c->d_kv[0], c->d_ff[0], c->n_dec_layers, c->n_heads[1], c->d_kv[1],
+               c->d_ff[1], c->d_model, c->vocab);
+        if (c->cap_fraction > 0)
+            printf("experts:      %d per sparse layer, top-%d, capacity ceil(%g x tokens); sparse layers: %d encoder "
+                   "(step %d), %d decoder (step %d)\n",
+                   c->n_experts, c->top_k, c->cap_fraction, nsp[0], c->enc_sparse_step, nsp[1], c->dec_sparse_step);
+        else
+            printf("experts:      %d per sparse layer, top-%d, capacity %d tokens; sparse layers: %d encoder (step %d), "
+                   "%d decoder (step %d)\n",
+                   c->n_experts, c->top_k, c->expert_capacity, nsp[0], c->enc_sparse_step, nsp[1], c->dec_sparse_step);
+        printf("params:       %.2fM (%.2fM in experts, %.2fM active/token); lm_head %s\n", total / 1e6,
+               experts / 1e6, active / 1e6,
+               !c->tie_embeddings ? "untied" : c->lm_scale != 1.0f ? "tied to the embedding (scaled by d_model^-0.5)"
+                                                                   : "tied to the embedding");
+    }
+    mt_s2s_weights_free(&w);
+    mt_ckpt_free(ck);
+    return MT_EXIT_OK;
+}
