@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,6 +56,20 @@ static int set_group(void *p, const cli_opt *o, const char *shown, const char *v
     return 0;
 }
 
+/* --type T / --attn-type T: a storage type moetool writes as a grid. */
+static int set_type(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
+    quantize_args *a = p;
+    static const char *const names[] = {"q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k",
+                                        "tq2_0"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcasecmp(value, names[i])) {
+            *(!strcmp(o->name, "type") ? &a->q.type : &a->q.attn_type) = mt_dtype_from_name(names[i]);
+            return 0;
+        }
+    return snprintf(err, errn, "%s must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, tq2_0, "
+                    "got '%s'", shown, value), -1;
+}
+
 static const cli_opt quantize_opts[] = {
     {"output", 'o', CLI_OUTPUT, "OUT", "file (gguf) or directory (hf) to write; appears only when complete; an "
      "existing OUT is replaced only when moetool wrote it (docs/outputs.md)", NULL, CLI_AT(quantize_args, out)},
@@ -68,6 +83,12 @@ static const cli_opt quantize_opts[] = {
      .values = bits_values},
     {"group", 0, CLI_STRING, "N|row", "columns per scale (default: 32 for 8/4 bits, 128 for 3/2 bits, 256 for "
      "ternary)", NULL, CLI_AT(quantize_args, q.group), .set = set_group},
+    {"type", 0, CLI_STRING, "T", "experts' GGUF storage type instead of --bits/--group: q8_0, q6_k, q5_k, q5_1, q5_0, "
+     "q4_k, q4_1, q4_0, q3_k, q2_k or tq2_0 (rtn: llama.cpp's reference quantizer, byte for byte; gptq: per block the "
+     "scales and mins that search picks on the weights as GPTQ's error feedback left them, then GPTQ's rounding)",
+     NULL, CLI_AT(quantize_args, q.type), .set = set_type},
+    {"attn-type", 0, CLI_STRING, "T", "also quantize q/k/v/o projections to storage type T (as --type)", NULL,
+     CLI_AT(quantize_args, q.attn_type), .set = set_type},
     {"asym", 0, CLI_BOOL, NULL, "asymmetric int grid: per group min/max (widened to hold 0), scale (max-min)/(2^B-1) "
      "and an integer zero point; grids without a file type only (3/2 bits, 8/4 with a group other than 32; attention "
      "with --attn-bits 3/2); --eval-only", NULL, CLI_AT(quantize_args, q.asym)},
@@ -111,7 +132,7 @@ const cli_verb cli_verb_quantize = {
     .synopsis =
         "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
         "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
-        "                        [--experts-only | --attn-bits B] [--embed-bits 8|4]\n"
+        "                        [--type T] [--experts-only | --attn-bits B | --attn-type T] [--embed-bits 8|4]\n"
         "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
         "                        [--threads T] [--allow-long-context] [--json] [--quiet]\n"
         "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
@@ -133,6 +154,8 @@ const cli_verb cli_verb_quantize = {
         "  --bits ternary --group row  QMoE {min,0,max} per row             --eval-only\n"
         "    ... --codec qmoe       the same, coded with the qmoe dictionary code\n"
         "                           (< 1 bit/weight), executed coded: --format hf\n"
+        "  --type q6_k|q5_k|q4_k|q3_k|q2_k  llama.cpp K-quants (6.56/5.5/4.5/3.44/2.62\n"
+        "                           bits/weight): GGUF; --type q5_1|q5_0|q4_1 its legacy blocks\n"
         "  --bits 8|4|3|2 --group N|row  symmetric int, one f16 scale per group --eval-only\n"
         "    ... --asym             asymmetric int, f16 scale + B-bit zero per group --eval-only\n"
         "Grids without a GGUF type are measured with --eval-only: the model is\n"

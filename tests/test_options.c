@@ -116,7 +116,10 @@ static void test_type_errors(void **state) {
     expect_err("generate", "top-p", "0", "must be in (0, 1], got '0'");
     expect_err("generate", "temp", "-1", "must be >= 0, got '-1'");
     expect_err("merge", "router", "lsq", "router must be anchor, average, fit or alias, got 'lsq'");
-    expect_err("convert", "dtype", "q5_k", "must be f32, f16, bf16, q8_0 or q4_0, got 'q5_k'");
+    expect_err("convert", "dtype", "iq2_xs", "must be f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, "
+               "q3_k or q2_k, got 'iq2_xs'");
+    expect_err("quantize", "type", "iq2_xs", "must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, "
+               "tq2_0, got 'iq2_xs'");
     expect_err("eval", "threads", "1024", "[1, 512]");
     /* a bool set to false keeps the default */
     const cli_verb *v = cli_verb_find("convert");

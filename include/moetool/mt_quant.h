@@ -39,6 +39,12 @@ typedef struct {
     mt_quant_method method;
     int bits;              /* 8, 4, 3, 2 or MT_QUANT_TERNARY (experts)       */
     int group;             /* columns per scale; MT_QUANT_GROUP_ROW/_DEFAULT  */
+    int type;              /* -1: experts on the grid of bits/group; else their
+                              storage type (mt_dtype with a writer: q8_0, q4_0,
+                              tq2_0, q2_K..q6_K, q4_1, q5_0, q5_1; RTN is then
+                              llama.cpp's reference quantizer, GPTQ rounds onto
+                              the block scales it picks per block)           */
+    int attn_type;         /* -1: attention by attn_bits; else its storage type */
     int asym;              /* asymmetric int grids (min/max and a zero point per
                               group; experts, and attention with --attn-bits):
                               only grids without a file type (int 2/3 bits, 8/4

@@ -46,6 +46,8 @@ void mt_quant_opts_default(mt_quant_opts *o) {
     o->method = MT_QUANT_GPTQ;
     o->bits = 4;
     o->group = MT_QUANT_GROUP_DEFAULT;
+    o->type = -1;
+    o->attn_type = -1;
     o->calib_tokens = 16384;
     o->calib_window = 0; /* 256, or the model's context when shorter */
     o->damp = 0.1;
@@ -122,19 +124,40 @@ void mt_quant_state_free(mt_quant_state *s) {
 
 static int q_dim(const mt_config *c) { return c->n_heads * c->head_dim; }
 
+/* Whether attention is quantized (--attn-bits or --attn-type). */
+static int with_attn(const mt_quant_opts *o) { return o->attn_bits > 0 || o->attn_type >= 0; }
+
+/* The grid of an expert (is_attn 0) or attention matrix of `cols` columns:
+ * the storage type named by --type / --attn-type, else --bits/--group
+ * (--attn-bits and its default group), asymmetric with --asym. */
+static int matrix_grid(mt_grid *g, const mt_quant_opts *o, int is_attn, int64_t cols, const char *what) {
+    const int t = is_attn ? o->attn_type : o->type;
+    int rc;
+    if (t >= 0) return mt_grid_make_type(g, t, cols, what);
+    if ((rc = mt_grid_make(g, is_attn ? o->attn_bits : o->bits, is_attn ? MT_QUANT_GROUP_DEFAULT : o->group, cols, what)))
+        return rc;
+    return o->asym ? mt_grid_asym(g, what) : MT_OK;
+}
+
 int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
     mt_grid g;
     int rc;
     if (o->method != MT_QUANT_RTN && o->method != MT_QUANT_GPTQ) return mt_seterr(MT_ERR_ARG, "quantize: unknown method");
     if (o->experts_only && c->n_experts <= 0)
         return mt_seterr(MT_ERR_ARG, "quantize: the model is dense (no experts); --experts-only needs a MoE model");
-    if (o->experts_only && o->attn_bits)
-        return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --attn-bits exclude each other");
+    if (o->experts_only && with_attn(o))
+        return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --attn-bits/--attn-type exclude each other");
+    if (o->attn_bits && o->attn_type >= 0)
+        return mt_seterr(MT_ERR_ARG, "quantize: --attn-bits and --attn-type exclude each other");
+    if ((o->type >= 0 || o->attn_type >= 0) && o->asym)
+        return mt_seterr(MT_ERR_ARG, "quantize: --asym applies to --bits grids, not to --type/--attn-type");
+    if ((o->type >= 0 || o->attn_type >= 0) && for_file && o->format == MT_FMT_HF)
+        return mt_seterr(MT_ERR_ARG, "quantize: --type/--attn-type write GGUF; --format hf takes --bits 8 or 4");
     if (c->quant != MT_QFMT_NONE)
         return mt_seterr(MT_ERR_ARG, "quantize: the model is already quantized (quantization_config); start from the "
                          "original weights");
-    if ((rc = mt_grid_make(&g, o->bits, o->group, c->hidden, "--bits/--group on expert w1/w3"))) return rc;
-    if (o->asym && (rc = mt_grid_asym(&g, "quantize: --asym on the experts"))) return rc;
+    if ((rc = matrix_grid(&g, o, 0, c->hidden, o->type >= 0 ? "--type on expert w1/w3" : "--bits/--group on expert w1/w3")))
+        return rc;
     if (o->codec != MT_QUANT_CODEC_NONE) {
         if (o->codec != MT_QUANT_CODEC_QMOE) return mt_seterr(MT_ERR_ARG, "quantize: unknown codec %d", (int)o->codec);
         if (g.kind != MT_GRID_TERNARY_ROW)
@@ -190,13 +213,15 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
             return mt_seterr(MT_ERR_ARG, "quantize: the AutoGPTQ layout has no quantized embeddings; use --format gguf "
                              "(or the qmoe format)");
     }
-    if ((rc = mt_grid_make(&g, o->bits, o->group, c->ffn, "--bits/--group on expert w2"))) return rc;
-    if (o->attn_bits) {
-        if ((rc = mt_grid_make(&g, o->attn_bits, MT_QUANT_GROUP_DEFAULT, c->hidden, "--attn-bits on attention"))) return rc;
-        if (o->asym && (rc = mt_grid_asym(&g, "quantize: --asym with --attn-bits"))) return rc;
+    if ((rc = matrix_grid(&g, o, 0, c->ffn, o->type >= 0 ? "--type on expert w2" : "--bits/--group on expert w2")))
+        return rc;
+    if (with_attn(o)) {
+        if ((rc = matrix_grid(&g, o, 1, c->hidden, o->attn_bits ? "quantize: --attn-bits on attention" : "quantize: --attn-type on attention")))
+            return rc;
         if (for_file && mt_grid_dtype(&g) < 0)
             return mt_seterr(MT_ERR_ARG, "quantize: --attn-bits %d has no file type; use --eval-only", o->attn_bits);
-        if ((rc = mt_grid_make(&g, o->attn_bits, MT_QUANT_GROUP_DEFAULT, q_dim(c), "--attn-bits on o_proj"))) return rc;
+        if ((rc = matrix_grid(&g, o, 1, q_dim(c), o->attn_bits ? "--attn-bits on o_proj" : "--attn-type on o_proj")))
+            return rc;
     }
     if (o->method == MT_QUANT_GPTQ) {
         const int W = calib_window(o, c);
@@ -231,7 +256,7 @@ typedef struct {
  * activations. */
 static uint64_t job_mem(const job_t *j) {
     const uint64_t rows = (uint64_t)j->src->rows, cols = (uint64_t)j->src->cols;
-    const uint64_t ng = cols / (uint64_t)j->grid.group;
+    const uint64_t ng = cols / (uint64_t)j->grid.group * (uint64_t)mt_grid_nparam(&j->grid);
     uint64_t m = rows * cols * (sizeof(float) + 1) + 2 * rows * ng * sizeof(float);
     uint64_t rb = 0;
     int dt = mt_grid_dtype(&j->grid);
@@ -245,7 +270,7 @@ static uint64_t job_mem(const job_t *j) {
 }
 
 static void run_job(job_t *j) {
-    const int64_t rows = j->src->rows, cols = j->src->cols, ng = cols / j->grid.group;
+    const int64_t rows = j->src->rows, cols = j->src->cols, ng = cols / j->grid.group * mt_grid_nparam(&j->grid);
     float *W = malloc((size_t)(rows * cols) * sizeof *W);
     int8_t *codes = malloc((size_t)(rows * cols));
     float *a = malloc((size_t)(rows * ng) * sizeof *a), *b = malloc((size_t)(rows * ng) * sizeof *b);
@@ -545,17 +570,19 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
      * llama.cpp's read-only types (K-quants, q4_1/q5_x, iq4: what users
      * download, with no original at hand), which are dequantized to f32 and
      * named in the report (source_dtype) so the CLI says so. moetool's own
-     * grids (q8_0, q4_0, ternary, qmoe) are refused: start from the original. */
+     * grids (q8_0, q4_0, ternary, qmoe) are refused: start from the original.
+     * (The K-quants and q4_1/q5_x are written by moetool too, but they are
+     * what llama.cpp's files hold; they are dequantized.) */
     rep->source_dtype = -1;
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
-        for (int k = o->attn_bits ? K_Q : K_W1; k < K_COUNT; k++)
+        for (int k = with_attn(o) ? K_Q : K_W1; k < K_COUNT; k++)
             for (int e = 0; e < (k <= K_O || k >= K_SW1 ? 1 : L->n_experts > 0 ? L->n_experts : 1); e++) {
                 if (!layer_mat(L, k, e)->data) continue;
                 const mt_dtype t = layer_mat(L, k, e)->dtype;
                 if (mt_dtype_is_plain_float(t)) continue;
                 const mt_dtype_info *di = mt_dtype_get(t);
-                if (di && di->to_f32 && !di->from_f32 && t != MT_DT_TQ1_0 && t != MT_DT_TQ2_0) {
+                if (di && di->to_f32 && (!di->from_f32 || di->blk) && t != MT_DT_TQ1_0 && t != MT_DT_TQ2_0) {
                     if (rep->source_dtype < 0) rep->source_dtype = (int)t;
                     else if (rep->source_dtype != (int)t) rep->source_mixed = 1;
                     continue;
@@ -608,8 +635,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         rep->n_calib_tokens = (int)n_ids;
     }
     mt_grid ge;
-    mt_grid_make(&ge, o->bits, o->group, c->hidden, "experts");
-    if (o->asym) mt_grid_asym(&ge, "experts");
+    matrix_grid(&ge, o, 0, c->hidden, "experts");
     char nm[48];
     mt_grid_name(&ge, nm, sizeof nm);
     snprintf(rep->grid_name, sizeof rep->grid_name, "%s", nm);
@@ -622,12 +648,12 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                          : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0};
     job_progress prog = {o->progress, o->progress_user, 0, 0, 0, c->n_layers};
     for (int l = 0; l < c->n_layers; l++)
-        prog.total += (uint64_t)(o->attn_bits > 0 ? 4 : 0) +
+        prog.total += (uint64_t)(with_attn(o) ? 4 : 0) +
                       3 * (uint64_t)(w->layers[l].n_experts > 0 ? w->layers[l].n_experts : 1);
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
-        const int with_attn = o->attn_bits > 0;
+        const int attn = with_attn(o);
         if (gptq) {
             const double tc = mt_now();
             if (o->progress) {
@@ -637,7 +663,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             }
             uint64_t cap = (uint64_t)ceil(o->expert_cap * (double)n_ids *
                                           (L->n_experts > 0 ? (double)c->top_k / L->n_experts : 1.0));
-            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, W, with_attn, cap, &cc))) goto fail;
+            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, W, attn, cap, &cc))) goto fail;
             if (L->sh_w1.data && cc.ffn_in.n == 0) {
                 rc = mt_seterr(MT_ERR_INTERNAL, "quantize: layer %d: no calibration rows for the shared expert", l);
                 goto fail;
@@ -653,7 +679,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         for (int ki = 0; ki < K_COUNT; ki++) {
             const int k = order[ki];
             int is_attn = k <= K_O, is_shared = k >= K_SW1;
-            if (is_attn && !with_attn) continue;
+            if (is_attn && !attn) continue;
             /* the shared expert: not under the qmoe code, which holds routed experts */
             if (is_shared && (!L->sh_w1.data || o->codec == MT_QUANT_CODEC_QMOE)) continue;
             for (int e = 0; e < (is_attn || is_shared ? 1 : lne); e++) {
@@ -663,10 +689,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 j->out = qm(s, l, k, e);
                 j->gp = gp;
                 j->keep_syms = !is_attn && o->codec == MT_QUANT_CODEC_QMOE;
-                if ((rc = mt_grid_make(&j->grid, is_attn ? o->attn_bits : o->bits,
-                                         is_attn ? MT_QUANT_GROUP_DEFAULT : o->group, j->src->cols, "quantize")))
-                    goto fail;
-                if (o->asym && (rc = mt_grid_asym(&j->grid, "quantize"))) goto fail;
+                if ((rc = matrix_grid(&j->grid, o, is_attn, j->src->cols, "quantize"))) goto fail;
                 if (gptq) {
                     if (is_attn) {
                         /* q/k/v on the attention input; o_proj on the
@@ -857,6 +880,7 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
     mt_prov_str(p, "experts", s->grid_name);
     if (o->codec == MT_QUANT_CODEC_QMOE) mt_prov_str(p, "codec", "qmoe");
     if (o->attn_bits) mt_prov_int(p, "attention_bits", o->attn_bits);
+    if (o->attn_type >= 0) mt_prov_str(p, "attention_type", mt_dtype_name((mt_dtype)o->attn_type));
     if (o->embed_bits) mt_prov_int(p, "embedding_bits", o->embed_bits);
     mt_prov_num(p, "bits_per_expert_weight", s->bits_expert);
     mt_prov_num(p, "bits_per_weight", s->bits_total);
