@@ -4,7 +4,7 @@
   kquant_compare.py REF.gguf MOETOOL.gguf LLAMACPP.gguf [--ratio R] [--same]
 
 For every tensor that MOETOOL.gguf and LLAMACPP.gguf store in the same
-quantized type (ids 3..14 of ggml.h: q4_1, q5_0, q5_1, q2_K..q6_K), both are
+quantized type (ggml.h ids 3, 6, 7, 8, 10..14: q4_1, q5_0, q5_1, q8_0, q2_K..q6_K), both are
 dequantized by gguf-py (an independent decoder) and compared with the f32
 tensor of the same name in REF.gguf: sum of squared errors of each. Fails
 when moetool's error exceeds R (default 1.02) times llama.cpp's on any
@@ -22,7 +22,7 @@ except ImportError as e:
     print(f"skipped: gguf not installed ({e})")
     sys.exit(77)
 
-TYPES = {3, 6, 7, 10, 11, 12, 13, 14}
+TYPES = {3, 6, 7, 8, 10, 11, 12, 13, 14}
 
 
 def tensors(path):
@@ -47,7 +47,7 @@ def main(argv):
         print(__doc__)
         return 2
     ref, mt, ll = (tensors(p) for p in args)
-    worst, fails, n = {}, 0, 0
+    worst, count, fails, n = {}, {}, 0, 0
     for name, a in mt.items():
         b = ll.get(name)
         if b is None or int(a.tensor_type) not in TYPES or int(a.tensor_type) != int(b.tensor_type):
@@ -58,6 +58,7 @@ def main(argv):
         r = ea / eb if eb > 0 else (1.0 if ea == 0 else float("inf"))
         n += 1
         tn = a.tensor_type.name
+        count[tn] = count.get(tn, 0) + 1
         if tn not in worst or r > worst[tn][0]:
             worst[tn] = (r, name, ea, eb)
         if r > ratio:
@@ -71,7 +72,7 @@ def main(argv):
         print("FAIL: no tensor of the same quantized type in both files")
         return 1
     for tn, (r, name, ea, eb) in sorted(worst.items()):
-        print(f"{tn}: {n} tensors compared; worst error ratio moetool/llama.cpp {r:.5f} ({name}: {ea:.6g} vs {eb:.6g})")
+        print(f"{tn}: {count[tn]} tensors compared; worst error ratio moetool/llama.cpp {r:.5f} ({name}: {ea:.6g} vs {eb:.6g})")
     return 1 if fails else 0
 
 

@@ -119,7 +119,11 @@ static void test_type_errors(void **state) {
     expect_err("convert", "dtype", "iq2_xs", "must be f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, "
                "q3_k or q2_k, got 'iq2_xs'");
     expect_err("quantize", "type", "iq2_xs", "must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, "
-               "tq2_0, got 'iq2_xs'");
+               "tq2_0 (or a mix: q3_k_m, q4_k_m, q5_k_m), got 'iq2_xs'");
+    expect_err("quantize", "attn-type", "q4_k_m", "must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, "
+               "q2_k, tq2_0, got 'q4_k_m'");
+    expect_err("quantize", "mix", "q4_k_s", "must be q2_k, q3_k_m, q4_k_m, q5_k_m or q6_k, got 'q4_k_s'");
+    expect_err("quantize", "target-size", "7X", "expects a positive size in bytes");
     expect_err("eval", "threads", "1024", "[1, 512]");
     /* a bool set to false keeps the default */
     const cli_verb *v = cli_verb_find("convert");

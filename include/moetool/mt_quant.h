@@ -45,6 +45,19 @@ typedef struct {
                               llama.cpp's reference quantizer, GPTQ rounds onto
                               the block scales it picks per block)           */
     int attn_type;         /* -1: attention by attn_bits; else its storage type */
+    int embed_type;        /* -1: embeddings/lm_head by embed_bits; else their
+                              storage type (embeddings RTN, lm_head GPTQ)   */
+    int mix;               /* 0: none; else llama.cpp's mix of that
+                              general.file_type (10 Q2_K, 12 Q3_K_M, 15 Q4_K_M,
+                              17 Q5_K_M, 18 Q6_K): every matrix, embeddings and
+                              lm_head typed by llama-quantize's rules (mix.c);
+                              excludes type/attn/embed options               */
+    double target_bpw;     /* > 0: choose a storage type per tensor (experts per
+                              layer and kind, attention, embeddings, lm_head)
+                              so that they average at most this many bits per
+                              weight (plan.c); excludes the options above     */
+    uint64_t target_bytes; /* > 0: the same so that the output GGUF is at most
+                              this many bytes                                 */
     int asym;              /* asymmetric int grids (min/max and a zero point per
                               group; experts, and attention with --attn-bits):
                               only grids without a file type (int 2/3 bits, 8/4
@@ -116,8 +129,16 @@ typedef struct {
                                    were dequantized first (a llama.cpp type such
                                    as q4_K); -1 or a float type: none          */
     int source_mixed;           /* several such types (source_dtype the first)  */
+    char *plan;                 /* --target-bpw/--target-size: the chosen types as
+                                   JSON ({"token_embd": "q4_k", "output": ...,
+                                   "layers": [{"attn_q": ...}, ...]}); else NULL */
 } mt_quant_report;
 void mt_quant_report_free(mt_quant_report *r);
+
+/* llama.cpp's mix of a name ("q4_k_m", "Q2_K", "q3_k_m", "q5_k_m",
+ * "q6_k") as its general.file_type, -1 if none; and back (NULL if none). */
+int mt_quant_mix_from_name(const char *name);
+const char *mt_quant_mix_name(int ftype);
 
 /* Checks options against a model's shapes: bit width, group dividing the
  * columns, --experts-only on a dense model, a file type for `for_file`. */

@@ -72,6 +72,46 @@ int mt_grid_quant(const mt_grid *g, const float *a, const float *b, int j, float
  * grid's storage type (grids with a type only). */
 void mt_grid_pack_row(const mt_grid *g, const int8_t *codes, const float *a, int64_t cols, uint8_t *dst);
 
+/* ---- the matrices quantize types, per layer ------------------------------- */
+/* Kinds of quantized matrix per layer: attention, the routed experts (or the
+ * dense MLP, as expert 0), the shared expert (not routed: one per layer,
+ * quantized with the experts' grid, calibrated on every token). */
+enum { K_Q, K_K, K_V, K_O, K_W1, K_W3, K_W2, K_SW1, K_SW3, K_SW2, K_COUNT };
+/* Matrix of kind k (K_*) of expert e (0 for the others) in a layer. */
+mt_mat *mt_quant_layer_mat(mt_layer_weights *L, int k, int e);
+
+/* ---- a type per tensor under a size budget (plan.c) ----------------------
+ * Units are the tensors a GGUF stores: each attention projection and each
+ * expert kind (all experts of a layer share a stacked tensor, so a type) of
+ * every layer, the shared expert's matrices, token embeddings and an untied
+ * lm_head. */
+typedef struct {
+    int n_layers;
+    int *type;          /* [n_layers * K_COUNT] storage type; -1: not a unit */
+    int embd, head;     /* storage types of token embeddings and an untied
+                           lm_head (head -1 when tied)                     */
+    uint64_t params;    /* weights in the units                            */
+    uint64_t bytes;     /* their bytes under the plan                      */
+    int dominant;       /* the type holding the most weights               */
+} mt_quant_plan;
+/* Chooses the types for o->target_bpw / o->target_bytes from the error
+ * each candidate type (q2_K, q3_K, q4_K, q5_K, q6_K, q8_0) gives each
+ * unit, measured on the first tokens of ids (see plan.c). */
+int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, const int32_t *ids, size_t n_ids,
+                       int window);
+void mt_quant_plan_free(mt_quant_plan *p);
+
+/* ---- llama.cpp's mixes (mix.c) -------------------------------------------- */
+typedef enum {
+    MT_QROLE_Q, MT_QROLE_K, MT_QROLE_V, MT_QROLE_O, /* attention projections    */
+    MT_QROLE_GATE, MT_QROLE_UP, MT_QROLE_DOWN,      /* FFN / expert matrices    */
+    MT_QROLE_EMBD, MT_QROLE_EMBD_TIED, MT_QROLE_OUTPUT,
+} mt_quant_role;
+/* The storage type llama.cpp's mix `ftype` (llama.h LLAMA_FTYPE_MOSTLY_*:
+ * 10 Q2_K, 12 Q3_K_M, 15 Q4_K_M, 17 Q5_K_M, 18 Q6_K) gives a matrix of
+ * `role` in `layer` with `cols` columns; -1 for another ftype. */
+int mt_quant_mix_type(int ftype, mt_quant_role role, int layer, const mt_config *c, int64_t cols);
+
 /* ---- GPTQ ----------------------------------------------------------------
  * W (rows, cols) f32 row-major, updated in place and left holding the
  * dequantized result Ŵ; codes (rows, cols) and per-group params
