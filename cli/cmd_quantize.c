@@ -117,8 +117,9 @@ static const cli_opt quantize_opts[] = {
     {"group", 0, CLI_STRING, "N|row", "columns per scale (default: 32 for 8/4 bits, 128 for 3/2 bits, 256 for "
      "ternary)", NULL, CLI_AT(quantize_args, q.group), .set = set_group},
     {"type", 0, CLI_STRING, "T", "experts' GGUF storage type instead of --bits/--group: q8_0, q6_k, q5_k, q5_1, q5_0, "
-     "q4_k, q4_1, q4_0, q3_k, q2_k or tq2_0 (rtn: llama.cpp's reference quantizer, byte for byte; gptq: per block the "
-     "scales and mins that search picks on the weights as GPTQ's error feedback left them, then GPTQ's rounding)",
+     "q4_k, q4_1, q4_0, q3_k, q2_k or tq2_0 (rtn: llama.cpp's reference quantizer, the same values for the K-quants; "
+     "q4_1/q5_x round to nearest on the stored grid; gptq: per block the scales and mins that search picks on the "
+     "weights as GPTQ's error feedback left them, then GPTQ's rounding)",
      NULL, CLI_AT(quantize_args, q.type), .set = set_type},
     {"attn-type", 0, CLI_STRING, "T", "also quantize q/k/v/o projections to storage type T (as --type)", NULL,
      CLI_AT(quantize_args, q.attn_type), .set = set_type},

@@ -1,8 +1,10 @@
 /* mt_quant.h — `moetool quantize`: calibration through the runtime, RTN and
  * GPTQ (Frantar et al. 2022) on expert, attention and (lm_head) weights,
  * grids from 8 bits down to ternary. Outputs: GGUF in llama.cpp's block
- * types (Q8_0, Q4_0, TQ1_0, TQ2_0) that the runtime and llama.cpp execute
- * directly, or a Hugging Face directory with the AutoGPTQ layout (int8/int4)
+ * types (Q8_0, Q4_0, TQ1_0, TQ2_0; the K-quants Q2_K..Q6_K and Q4_1, Q5_0,
+ * Q5_1 by `type`, llama.cpp's mixes by `mix`, a type per tensor under a
+ * budget by `target_bpw` / `target_bytes`) that the runtime and llama.cpp
+ * execute directly, or a Hugging Face directory with the AutoGPTQ layout (int8/int4)
  * or, with codec MT_QUANT_CODEC_QMOE, the per-row ternary experts in the
  * sub-1-bit dictionary code of mt_qmoe.h, which the runtime executes coded.
  * Grids without a file type (3-bit, 2-bit, other groups, asymmetric) are
