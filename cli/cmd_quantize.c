@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,6 +56,53 @@ static int set_group(void *p, const cli_opt *o, const char *shown, const char *v
     return 0;
 }
 
+/* --type T / --attn-type T / --embed-type T: a storage type moetool writes
+ * as a grid; --type also takes the names of llama.cpp's _M mixes. */
+static int set_type(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
+    quantize_args *a = p;
+    static const char *const names[] = {"q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k",
+                                        "tq2_0"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcasecmp(value, names[i])) {
+            *(!strcmp(o->name, "type")        ? &a->q.type
+              : !strcmp(o->name, "attn-type") ? &a->q.attn_type
+                                              : &a->q.embed_type) = mt_dtype_from_name(names[i]);
+            return 0;
+        }
+    const int mix = mt_quant_mix_from_name(value);
+    if (!strcmp(o->name, "type") && mix > 0 && strlen(value) > 4) { /* q3_k_m, q4_k_m, q5_k_m */
+        a->q.mix = mix;
+        return 0;
+    }
+    return snprintf(err, errn, "%s must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, tq2_0%s, "
+                    "got '%s'", shown, !strcmp(o->name, "type") ? " (or a mix: q3_k_m, q4_k_m, q5_k_m)" : "", value), -1;
+}
+
+/* --target-size N[k|M|G]: bytes (decimal multiples). */
+static int set_size(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
+    (void)o;
+    quantize_args *a = p;
+    char *end;
+    double v = strtod(value, &end);
+    double mul = !strcmp(end, "") ? 1 : !strcmp(end, "k") || !strcmp(end, "K") ? 1e3 : !strcmp(end, "M") ? 1e6
+               : !strcmp(end, "G") ? 1e9 : 0;
+    if (end == value || !mul || !(v > 0) || v * mul > 1e18)
+        return snprintf(err, errn, "%s expects a positive size in bytes, optionally with k, M or G (10^3, 10^6, 10^9), "
+                        "got '%s'", shown, value), -1;
+    a->q.target_bytes = (uint64_t)(v * mul);
+    return 0;
+}
+
+/* --mix NAME: llama.cpp's mix. */
+static int set_mix(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
+    (void)o;
+    quantize_args *a = p;
+    const int mix = mt_quant_mix_from_name(value);
+    if (mix < 0) return snprintf(err, errn, "%s must be q2_k, q3_k_m, q4_k_m, q5_k_m or q6_k, got '%s'", shown, value), -1;
+    a->q.mix = mix;
+    return 0;
+}
+
 static const cli_opt quantize_opts[] = {
     {"output", 'o', CLI_OUTPUT, "OUT", "file (gguf) or directory (hf) to write; appears only when complete; an "
      "existing OUT is replaced only when moetool wrote it (docs/outputs.md)", NULL, CLI_AT(quantize_args, out)},
@@ -68,6 +116,29 @@ static const cli_opt quantize_opts[] = {
      .values = bits_values},
     {"group", 0, CLI_STRING, "N|row", "columns per scale (default: 32 for 8/4 bits, 128 for 3/2 bits, 256 for "
      "ternary)", NULL, CLI_AT(quantize_args, q.group), .set = set_group},
+    {"type", 0, CLI_STRING, "T", "experts' GGUF storage type instead of --bits/--group: q8_0, q6_k, q5_k, q5_1, q5_0, "
+     "q4_k, q4_1, q4_0, q3_k, q2_k or tq2_0 (rtn: llama.cpp's reference quantizer, the same values for the K-quants; "
+     "q4_1/q5_x round to nearest on the stored grid; gptq: per block the scales and mins that search picks on the "
+     "weights as GPTQ's error feedback left them, then GPTQ's rounding)",
+     NULL, CLI_AT(quantize_args, q.type), .set = set_type},
+    {"attn-type", 0, CLI_STRING, "T", "also quantize q/k/v/o projections to storage type T (as --type)", NULL,
+     CLI_AT(quantize_args, q.attn_type), .set = set_type},
+    {"embed-type", 0, CLI_STRING, "T", "also quantize token embeddings (round to nearest) and lm_head (GPTQ unless "
+     "tied) to storage type T (as --type)", NULL, CLI_AT(quantize_args, q.embed_type), .set = set_type},
+    {"mix", 0, CLI_STRING, "NAME", "llama.cpp's mix q2_k, q3_k_m, q4_k_m, q5_k_m or q6_k: every matrix (experts, "
+     "attention, embeddings, lm_head) gets the type llama-quantize gives it (e.g. q4_k_m: q4_k, with q6_k for "
+     "lm_head and for ffn_down and attn_v of some layers, q8_0 attn_k/attn_v with 8 experts); the file's file_type "
+     "is the mix's; with --method gptq each matrix is GPTQ'd onto its type (--type q3_k_m etc. say the same)", NULL,
+     CLI_AT(quantize_args, q.mix), .set = set_mix},
+    {"target-bpw", 0, CLI_FLOAT, "B", "choose a GGUF type per tensor (each attention projection, each layer's gate/up/"
+     "down experts, embeddings, lm_head; from q2_k, q3_k, q4_k, q5_k, q6_k, q8_0) so that they average at most B bits "
+     "per weight: every tensor starts at q2_k, then the upgrade with the largest drop in measured error per added "
+     "byte that still fits is taken, until none fits; error = sum over weights of the squared rounding error times "
+     "the mean square of that input column on the first 4096 calibration tokens (experts: over their routed "
+     "tokens); the tensors are then quantized by --method (docs/quality.md)", NULL, CLI_AT(quantize_args, q.target_bpw),
+     .flo = 1.0, .fhi = 16.0},
+    {"target-size", 0, CLI_STRING, "BYTES", "the same with the output file at most BYTES (k, M, G: 10^3, 10^6, 10^9)",
+     NULL, CLI_AT(quantize_args, q.target_bytes), .set = set_size},
     {"asym", 0, CLI_BOOL, NULL, "asymmetric int grid: per group min/max (widened to hold 0), scale (max-min)/(2^B-1) "
      "and an integer zero point; grids without a file type only (3/2 bits, 8/4 with a group other than 32; attention "
      "with --attn-bits 3/2); --eval-only", NULL, CLI_AT(quantize_args, q.asym)},
@@ -111,7 +182,9 @@ const cli_verb cli_verb_quantize = {
     .synopsis =
         "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
         "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
-        "                        [--experts-only | --attn-bits B] [--embed-bits 8|4]\n"
+        "                        [--type T] [--experts-only | --attn-bits B | --attn-type T]\n"
+        "                        [--embed-bits 8|4 | --embed-type T] [--mix q2_k|q3_k_m|q4_k_m|q5_k_m|q6_k]\n"
+        "                        [--target-bpw B | --target-size BYTES]\n"
         "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
         "                        [--threads T] [--allow-long-context] [--json] [--quiet]\n"
         "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
@@ -133,6 +206,8 @@ const cli_verb cli_verb_quantize = {
         "  --bits ternary --group row  QMoE {min,0,max} per row             --eval-only\n"
         "    ... --codec qmoe       the same, coded with the qmoe dictionary code\n"
         "                           (< 1 bit/weight), executed coded: --format hf\n"
+        "  --type q6_k|q5_k|q4_k|q3_k|q2_k  llama.cpp K-quants (6.56/5.5/4.5/3.44/2.62\n"
+        "                           bits/weight): GGUF; --type q5_1|q5_0|q4_1 its legacy blocks\n"
         "  --bits 8|4|3|2 --group N|row  symmetric int, one f16 scale per group --eval-only\n"
         "    ... --asym             asymmetric int, f16 scale + B-bit zero per group --eval-only\n"
         "Grids without a GGUF type are measured with --eval-only: the model is\n"
@@ -164,6 +239,8 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
         if (o->bits == MT_QUANT_TERNARY) printf("\"ternary\"");
         else printf("%d", o->bits);
         printf(",\"asym\":%s", o->asym ? "true" : "false");
+        if (o->mix) printf(",\"mix\":\"%s\"", mt_quant_mix_name(o->mix));
+        if (r->plan) printf(",\"plan\":%s", r->plan);
         printf(",\"attn_bits\":%d,\"embed_bits\":%d,\"codec\":\"%s\",\"expert_type\":", o->attn_bits, o->embed_bits,
                o->codec == MT_QUANT_CODEC_QMOE ? "qmoe" : "none");
         json_str(stdout, r->expert_dtype == MT_DT_F32 ? "none" : mt_dtype_get(r->expert_dtype)->name);
@@ -219,6 +296,7 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
             printf("\n");
         }
     }
+    if (r->plan) printf("types:      %s\n", r->plan);
     printf("time:       %.2f s, peak RSS %.1f MB\n", r->seconds, (double)r->peak_rss / 1e6);
     if (ev)
         printf("eval:       ppl %.4f (original %.4f), KL %.6f nats/token, top-1 agreement %.2f%% over %llu tokens\n",
@@ -257,7 +335,7 @@ int cmd_quantize(int argc, char **argv) {
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = model_arg ? model_arg : cli_default_model();
     char *calib_default = NULL;
-    if (o.method == MT_QUANT_GPTQ && !o.calib_path) {
+    if ((o.method == MT_QUANT_GPTQ || o.target_bpw > 0 || o.target_bytes > 0) && !o.calib_path) {
         /* Where the library would look, said out loud (beside a GGUF file that
          * is e.g. /tmp/data/train.txt, which nobody would guess). */
         if (!(calib_default = cli_beside_model(model_path, "data/train.txt"))) return cli_fail("quantize", MT_ERR_NOMEM);

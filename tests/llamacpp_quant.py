@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """llama.cpp's own quantizer and perplexity, for tests/cli_kquant.sh.
 
-  llamacpp_quant.py quantize SRC.gguf DST.gguf FTYPE
+  llamacpp_quant.py quantize SRC.gguf DST.gguf FTYPE [pure]
       llama_model_quantize with llama_model_quantize_default_params() and
-      ftype = FTYPE (llama.h LLAMA_FTYPE_*, e.g. 15 = MOSTLY_Q4_K_M)
+      ftype = FTYPE (llama.h LLAMA_FTYPE_*, e.g. 15 = MOSTLY_Q4_K_M); with
+      `pure`, every matrix in FTYPE's base type (no mix)
   llamacpp_quant.py ppl MODEL.gguf TEXT CTX WINDOWS
       perplexity under llama.cpp's protocol (tests/llamacpp_check.py: BOS
       first in every window of CTX tokens, second half scored) over the
@@ -24,9 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv):
-    if len(argv) == 4 and argv[0] == "quantize":
+    if len(argv) in (4, 5) and argv[0] == "quantize" and argv[4:] in ([], ["pure"]):
         p = llama_cpp.llama_model_quantize_default_params()
         p.ftype = int(argv[3])
+        p.pure = len(argv) == 5
         p.nthread = 2
         rc = llama_cpp.llama_model_quantize(argv[1].encode(), argv[2].encode(), p)
         if rc != 0:

@@ -3,6 +3,7 @@
  *   - the blocked solver with lazy updates equals a column-by-column f64
  *     reference (same codes up to rare rounding ties, TOL_SAME_CODES; the
  *     same layer-output error within TOL_ERR_REL);
+ *   - llama.cpp's K-quant and legacy blocks as GPTQ grids (test_block_grids);
  *   - the layer-output error ‖(W−Ŵ)X‖² of GPTQ is at most RTN's, on random
  *     layers with correlated inputs (every grid) and on real layers of the
  *     bundled model with Hessians from routed calibration tokens;
@@ -26,6 +27,7 @@
 
 #define TOL_SAME_CODES 0.99 /* fraction of equal codes, blocked vs naive */
 #define TOL_ERR_REL 0.02    /* relative difference of output errors      */
+#define TOL_SAME_BLOCK_CODES 0.95 /* the same for grids fitted per 256-block */
 
 static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
 static double rnd_unit(void) {
@@ -92,7 +94,7 @@ static double run(const float *W, int64_t rows, int64_t cols, const double *H0, 
     float *Wq = malloc((size_t)(rows * cols) * sizeof *Wq);
     memcpy(Wq, W, (size_t)(rows * cols) * sizeof *Wq);
     int8_t *codes = codes_out ? codes_out : malloc((size_t)(rows * cols));
-    int64_t ng = cols / g->group;
+    int64_t ng = cols / g->group * mt_grid_nparam(g);
     float *a = malloc((size_t)(rows * ng) * sizeof *a), *b = malloc((size_t)(rows * ng) * sizeof *b);
     double *H = NULL;
     if (gptq && !naive) {
@@ -179,7 +181,7 @@ static void test_gptq_beats_rtn_random(void **st) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t j = 0; j < cols; j++) {
             float dq;
-            mt_grid_quant(&g, a[r * 4 + j / 128], b[r * 4 + j / 128], Wq[r * cols + j], &dq);
+            mt_grid_quant(&g, &a[r * 4 + j / 128], &b[r * 4 + j / 128], (int)(j % 128), Wq[r * cols + j], &dq);
             assert_true(dq == Wq[r * cols + j]);
         }
     free(Wq);
@@ -193,6 +195,94 @@ static void test_gptq_beats_rtn_random(void **st) {
 
 static double run_range(const float *W, int64_t rows, int64_t cols, const double *H0, double range, double *zeros,
                         int8_t *codes, float *Wq);
+
+/* llama.cpp's K-quant and legacy blocks as GPTQ grids (MT_GRID_BLOCK): per
+ * type, on a random layer with correlated inputs,
+ *   - GPTQ's output error is below RTN's, the blocked solver matches the
+ *     column-by-column reference (TOL_SAME_CODES, TOL_ERR_REL);
+ *   - the packed rows decode (the table's to_f32) to exactly Ŵ, for GPTQ
+ *     and for RTN;
+ *   - RTN on the grid gives the values of the table's from_f32 (llama.cpp's
+ *     reference quantizer) for the K-quants, and no larger error for the
+ *     legacy types (which llama.cpp rounds with the unrounded scale). */
+static void test_block_grids(void **st) {
+    (void)st;
+    const int64_t rows = 16, cols = 512;
+    double *H = make_h(cols, 1500);
+    float *W = make_w(rows, cols);
+    const mt_dtype types[] = {MT_DT_Q2_K, MT_DT_Q3_K, MT_DT_Q4_K, MT_DT_Q5_K, MT_DT_Q6_K,
+                              MT_DT_Q4_1, MT_DT_Q5_0, MT_DT_Q5_1};
+    float *Wq = malloc((size_t)(rows * cols) * sizeof *Wq), *y = malloc((size_t)cols * sizeof *y);
+    float *ref = malloc((size_t)(rows * cols) * sizeof *ref);
+    int8_t *codes = malloc((size_t)(rows * cols)), *c2 = malloc((size_t)(rows * cols));
+    uint8_t *row = malloc(4096);
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        mt_grid g;
+        assert_int_equal(mt_grid_make_type(&g, types[k], cols, "test"), MT_OK);
+        assert_int_equal(g.kind, MT_GRID_BLOCK);
+        assert_int_equal(mt_grid_dtype(&g), types[k]);
+        const int64_t ng = cols / g.group * mt_grid_nparam(&g);
+        float *a = malloc((size_t)(rows * ng) * sizeof *a), *b = malloc((size_t)(rows * ng) * sizeof *b);
+        double e[2];
+        for (int gptq = 0; gptq < 2; gptq++) {
+            memcpy(Wq, W, (size_t)(rows * cols) * sizeof *Wq);
+            double *Hc = NULL;
+            if (gptq) {
+                Hc = malloc((size_t)(cols * cols) * sizeof *Hc);
+                memcpy(Hc, H, (size_t)(cols * cols) * sizeof *Hc);
+            }
+            mt_gptq_params p = {0.1, 128, 0, 0};
+            assert_int_equal(mt_gptq_quantize(Wq, rows, cols, Hc, &g, &p, codes, a, b), MT_OK);
+            free(Hc);
+            e[gptq] = mt_gptq_output_err(W, Wq, rows, cols, H);
+            for (int64_t r = 0; r < rows; r++) {
+                mt_grid_pack_row(&g, codes + r * cols, a + r * ng, cols, row);
+                assert_int_equal(mt_row_to_f32(types[k], row, y, cols), MT_OK);
+                assert_memory_equal(y, Wq + r * cols, (size_t)cols * sizeof *y);
+                if (!gptq) { /* the reference quantizer on the same row */
+                    assert_int_equal(mt_row_from_f32(types[k], W + r * cols, row, cols), MT_OK);
+                    assert_int_equal(mt_row_to_f32(types[k], row, ref + r * cols, cols), MT_OK);
+                }
+            }
+            if (!gptq) {
+                double er = 0, eq = 0;
+                for (int64_t i = 0; i < rows * cols; i++) {
+                    er += ((double)ref[i] - W[i]) * ((double)ref[i] - W[i]);
+                    eq += ((double)Wq[i] - W[i]) * ((double)Wq[i] - W[i]);
+                }
+                if (mt_dtype_get(types[k])->block_elems == MT_QK_K)
+                    assert_memory_equal(ref, Wq, (size_t)(rows * cols) * sizeof *Wq);
+                else
+                    assert_true(eq <= er);
+            }
+        }
+        double en = run(W, rows, cols, H, &g, 1, 128, 1, c2);
+        int64_t same = 0;
+        for (int64_t i = 0; i < rows * cols; i++) same += codes[i] == c2[i];
+        printf("%-5s: RTN %.6g  GPTQ %.6g (%.1f%%), naive GPTQ %.6g, codes equal %.4f\n", mt_dtype_name(types[k]), e[0],
+               e[1], 100 * e[1] / e[0], en, (double)same / (double)(rows * cols));
+        assert_true(e[1] < e[0]);
+        assert_true(fabs(e[1] - en) <= TOL_ERR_REL * en);
+        /* a rounding difference that moves one block's fit moves its whole
+         * block of codes (256 of the 8192 here): TOL_SAME_BLOCK_CODES */
+        assert_true((double)same / (double)(rows * cols) >= TOL_SAME_BLOCK_CODES);
+        free(a);
+        free(b);
+    }
+    mt_grid g;
+    assert_int_equal(mt_grid_make_type(&g, MT_DT_Q4_K, 128, "test"), MT_ERR_ARG);  /* not whole 256-blocks */
+    assert_int_equal(mt_grid_make_type(&g, MT_DT_IQ2_XS, 256, "test"), MT_ERR_ARG); /* no writer */
+    assert_int_equal(mt_grid_make_type(&g, MT_DT_Q4_K, 256, "test"), MT_OK);
+    assert_int_equal(mt_grid_asym(&g, "test"), MT_ERR_ARG);
+    free(Wq);
+    free(y);
+    free(ref);
+    free(codes);
+    free(c2);
+    free(row);
+    free(H);
+    free(W);
+}
 
 /* Real layers: layer 1 of the bundled model, Hessians of expert 0's routed
  * inputs (w1) and intermediate activations (w2) from 2048 train tokens. */
@@ -555,6 +645,7 @@ int main(void) {
         cmocka_unit_test(test_asym_grid),
         cmocka_unit_test(test_asym_gptq_on_grid),
         cmocka_unit_test(test_asym_check),
+        cmocka_unit_test(test_block_grids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

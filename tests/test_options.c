@@ -136,7 +136,14 @@ static void test_type_errors(void **state) {
     expect_err("generate", "top-p", "0", "must be in (0, 1], got '0'");
     expect_err("generate", "temp", "-1", "must be >= 0, got '-1'");
     expect_err("merge", "router", "lsq", "router must be anchor, average, fit or alias, got 'lsq'");
-    expect_err("convert", "dtype", "q5_k", "must be f32, f16, bf16, q8_0 or q4_0, got 'q5_k'");
+    expect_err("convert", "dtype", "iq2_xs", "must be f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, "
+               "q3_k or q2_k, got 'iq2_xs'");
+    expect_err("quantize", "type", "iq2_xs", "must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, "
+               "tq2_0 (or a mix: q3_k_m, q4_k_m, q5_k_m), got 'iq2_xs'");
+    expect_err("quantize", "attn-type", "q4_k_m", "must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, "
+               "q2_k, tq2_0, got 'q4_k_m'");
+    expect_err("quantize", "mix", "q4_k_s", "must be q2_k, q3_k_m, q4_k_m, q5_k_m or q6_k, got 'q4_k_s'");
+    expect_err("quantize", "target-size", "7X", "expects a positive size in bytes");
     expect_err("eval", "threads", "1024", "[1, 512]");
     expect_err("distill", "kd-weight", "1.5", "kd-weight must be in [0, 1], got '1.5'");
     expect_err("distill", "temperature", "0", "temperature must be in (0, 100], got '0'");

@@ -27,7 +27,7 @@ uint16_t mt_f32_to_f16(float f);
 #define MT_QK_K 256          /* the ternary super-block                          */
 #define MT_TQ1_0_BYTES 54    /* block_tq1_0 { uint8 qs[48]; uint8 qh[4]; f16 d; } */
 #define MT_TQ2_0_BYTES 66    /* block_tq2_0 { uint8 qs[64]; f16 d; }             */
-/* read-only blocks (layouts at the top of legacy.c, kquant.c, iq4.c) */
+/* blocks of legacy.c, kquant.c, iq4.c, iquant.c (layouts at their tops) */
 #define MT_Q4_1_BYTES 20
 #define MT_Q5_0_BYTES 22
 #define MT_Q5_1_BYTES 24
@@ -54,6 +54,38 @@ void mt_q4_K_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m);
 int mt_q3_K_scale(const uint8_t *s, int j);
 /* iq4_nl / iq4_xs code -> value (ggml-common.h kvalues_iq4nl). */
 extern const int8_t mt_iq4nl_values[16];
+
+/* ---- block quantizers (kquant_enc.c, legacy.c) -------------------------
+ * A block type written from f32 in two steps: `fit` chooses the block's
+ * parameters from its weights (llama.cpp's reference search: f16 d and
+ * dmin, integer scale and min per sub-block) and reference codes; then
+ * each weight has a code on that grid (mt_blk_quant), which is what GPTQ
+ * rounds onto column by column with the parameters fixed per block. Codes
+ * are signed for the symmetric types (q3_K −4..3, q6_K −32..31, q5_0
+ * −16..15) and 0..2^b−1 for the types with a min (q2_K, q4_K, q5_K, q4_1,
+ * q5_1). Reached through the storage-type table (mt_dtype_info.blk). */
+#define MT_BLK_MAX_SUB 16
+typedef struct {
+    float dl[MT_BLK_MAX_SUB];   /* per sub-block: weight = dl·q − ml, dl and ml */
+    float ml[MT_BLK_MAX_SUB];   /* computed as the decoder computes them        */
+    uint16_t d, dmin;           /* the block's f16 fields (dmin: q4_1/q5_1 m)  */
+    int16_t sc[MT_BLK_MAX_SUB]; /* integer sub-block scales                    */
+    uint8_t m[MT_BLK_MAX_SUB];  /* integer sub-block mins                      */
+} mt_blk_params;
+
+typedef struct {
+    int elems, bytes;           /* weights and bytes per block                 */
+    int sub;                    /* weights per sub-block (one dl, ml)          */
+    int qmin, qmax;             /* code range                                  */
+    /* parameters of one block from its `elems` weights, and their codes q */
+    void (*fit)(const float *x, mt_blk_params *p, int8_t *q);
+    void (*pack)(const int8_t *q, const mt_blk_params *p, uint8_t *blk);
+} mt_blk_codec;
+
+/* Code of weight j (0..elems−1) of a block with parameters p for the value
+ * x: nearest((x + ml)/dl) clamped to [qmin, qmax] (0 when dl is 0); its
+ * value dl·q − ml, rounded as the decoder rounds it, in *dq. */
+int mt_blk_quant(const mt_blk_codec *c, const mt_blk_params *p, int j, float x, float *dq);
 
 /* One block from its codes and f16 scale d, and back (the codes; the
  * return value is d as f16 bits). q8_0 codes are -128..127, q4_0 codes

@@ -80,6 +80,8 @@ typedef struct {
     mt_row_from_f32_fn from_f32; /* NULL: we do not write it from f32        */
     int gptq_bits;           /* width of the AutoGPTQ int layout the type
                                 packs into losslessly (mt_codec.h); 0: none */
+    const mt_blk_codec *blk; /* its block quantizer in two steps (fit, then
+                                codes; mt_codec.h), for GPTQ; NULL: none    */
 } mt_dtype_info;
 
 /* The row of t, or NULL when t is not a storage type. */
@@ -132,8 +134,9 @@ int64_t mt_dtype_find_nonfinite_block(mt_dtype t, const void *data, int64_t nblo
  * codec. Plain C reference; fast paths live in the runtime's kernels. */
 int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
 /* Quantizes/converts n f32 values into type t (the table's from_f32: f32,
- * f16, bf16, q8_0, q4_0), with llama.cpp's reference rounding for the
- * block types. */
+ * f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K..q6_K), with llama.cpp's
+ * reference rounding for the block types (what its quantizer writes
+ * without an importance matrix). */
 int mt_row_from_f32(mt_dtype t, const float *src, void *dst, int64_t n);
 
 #ifdef __cplusplus

@@ -1,8 +1,10 @@
 /* mt_quant.h — `moetool quantize`: calibration through the runtime, RTN and
  * GPTQ (Frantar et al. 2022) on expert, attention and (lm_head) weights,
  * grids from 8 bits down to ternary. Outputs: GGUF in llama.cpp's block
- * types (Q8_0, Q4_0, TQ1_0, TQ2_0) that the runtime and llama.cpp execute
- * directly, or a Hugging Face directory with the AutoGPTQ layout (int8/int4)
+ * types (Q8_0, Q4_0, TQ1_0, TQ2_0; the K-quants Q2_K..Q6_K and Q4_1, Q5_0,
+ * Q5_1 by `type`, llama.cpp's mixes by `mix`, a type per tensor under a
+ * budget by `target_bpw` / `target_bytes`) that the runtime and llama.cpp
+ * execute directly, or a Hugging Face directory with the AutoGPTQ layout (int8/int4)
  * or, with codec MT_QUANT_CODEC_QMOE, the per-row ternary experts in the
  * sub-1-bit dictionary code of mt_qmoe.h, which the runtime executes coded.
  * Grids without a file type (3-bit, 2-bit, other groups, asymmetric) are
@@ -39,6 +41,25 @@ typedef struct {
     mt_quant_method method;
     int bits;              /* 8, 4, 3, 2 or MT_QUANT_TERNARY (experts)       */
     int group;             /* columns per scale; MT_QUANT_GROUP_ROW/_DEFAULT  */
+    int type;              /* -1: experts on the grid of bits/group; else their
+                              storage type (mt_dtype with a writer: q8_0, q4_0,
+                              tq2_0, q2_K..q6_K, q4_1, q5_0, q5_1; RTN is then
+                              llama.cpp's reference quantizer, GPTQ rounds onto
+                              the block scales it picks per block)           */
+    int attn_type;         /* -1: attention by attn_bits; else its storage type */
+    int embed_type;        /* -1: embeddings/lm_head by embed_bits; else their
+                              storage type (embeddings RTN, lm_head GPTQ)   */
+    int mix;               /* 0: none; else llama.cpp's mix of that
+                              general.file_type (10 Q2_K, 12 Q3_K_M, 15 Q4_K_M,
+                              17 Q5_K_M, 18 Q6_K): every matrix, embeddings and
+                              lm_head typed by llama-quantize's rules (mix.c);
+                              excludes type/attn/embed options               */
+    double target_bpw;     /* > 0: choose a storage type per tensor (experts per
+                              layer and kind, attention, embeddings, lm_head)
+                              so that they average at most this many bits per
+                              weight (plan.c); excludes the options above     */
+    uint64_t target_bytes; /* > 0: the same so that the output GGUF is at most
+                              this many bytes                                 */
     int asym;              /* asymmetric int grids (min/max and a zero point per
                               group; experts, and attention with --attn-bits):
                               only grids without a file type (int 2/3 bits, 8/4
@@ -110,8 +131,16 @@ typedef struct {
                                    were dequantized first (a llama.cpp type such
                                    as q4_K); -1 or a float type: none          */
     int source_mixed;           /* several such types (source_dtype the first)  */
+    char *plan;                 /* --target-bpw/--target-size: the chosen types as
+                                   JSON ({"token_embd": "q4_k", "output": ...,
+                                   "layers": [{"attn_q": ...}, ...]}); else NULL */
 } mt_quant_report;
 void mt_quant_report_free(mt_quant_report *r);
+
+/* llama.cpp's mix of a name ("q4_k_m", "Q2_K", "q3_k_m", "q5_k_m",
+ * "q6_k") as its general.file_type, -1 if none; and back (NULL if none). */
+int mt_quant_mix_from_name(const char *name);
+const char *mt_quant_mix_name(int ftype);
 
 /* Checks options against a model's shapes: bit width, group dividing the
  * columns, --experts-only on a dense model, a file type for `for_file`. */

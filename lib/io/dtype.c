@@ -18,7 +18,7 @@
 #define NONE (-1)
 
 static const mt_dtype_info g_dtypes[MT_DT_COUNT] = {
-    /* name, block elems, block bytes, is_float, safetensors, torch, ggml type, file_type, to_f32, from_f32, gptq_bits */
+    /* name, block elems, block bytes, is_float, safetensors, torch, ggml type, file_type, to_f32, from_f32, gptq_bits, blk */
     [MT_DT_F32] = {"f32", 1, 4, 1, "F32", "float32", 0, 0, mt_f32_row_to_f32, mt_f32_row_from_f32},
     [MT_DT_F16] = {"f16", 1, 2, 1, "F16", "float16", 1, 1, mt_f16_row_to_f32, mt_f16_row_from_f32},
     [MT_DT_BF16] = {"bf16", 1, 2, 1, "BF16", "bfloat16", 30, 32, mt_bf16_row_to_f32, mt_bf16_row_from_f32},
@@ -36,18 +36,19 @@ static const mt_dtype_info g_dtypes[MT_DT_COUNT] = {
     [MT_DT_F8_E5M2] = {"f8_e5m2", 1, 1, 1, "F8_E5M2", "float8_e5m2", NONE, NONE, NULL, NULL},
     [MT_DT_BOOL] = {"bool", 1, 1, 0, "BOOL", "bool", NONE, NONE, NULL, NULL},
     [MT_DT_QMOE] = {"qmoe", 1, 0, 1, NULL, NULL, NONE, NONE, NULL, NULL},
-    /* read only: no from_f32. file_type: the LLAMA_FTYPE of the mix a type
+    /* q4_1 .. q6_k also from f32 (llama.cpp's reference quantizers; their
+     * block quantizer for GPTQ); the rest read only. file_type: the LLAMA_FTYPE of the mix a type
      * dominates in llama-quantize's output (Q3_K_M 12, Q4_K_M 15, Q5_K_M 17;
      * IQ3_S 26, not IQ3_XS 22 or IQ3_M 27; IQ2_S 28, not IQ2_M 29);
      * Q8_K is llama.cpp's activation type and has none. */
-    [MT_DT_Q4_1] = {"q4_1", 32, MT_Q4_1_BYTES, 1, NULL, NULL, 3, 3, mt_q4_1_row_to_f32, NULL},
-    [MT_DT_Q5_0] = {"q5_0", 32, MT_Q5_0_BYTES, 1, NULL, NULL, 6, 8, mt_q5_0_row_to_f32, NULL},
-    [MT_DT_Q5_1] = {"q5_1", 32, MT_Q5_1_BYTES, 1, NULL, NULL, 7, 9, mt_q5_1_row_to_f32, NULL},
-    [MT_DT_Q2_K] = {"q2_k", MT_QK_K, MT_Q2_K_BYTES, 1, NULL, NULL, 10, 10, mt_q2_K_row_to_f32, NULL},
-    [MT_DT_Q3_K] = {"q3_k", MT_QK_K, MT_Q3_K_BYTES, 1, NULL, NULL, 11, 12, mt_q3_K_row_to_f32, NULL},
-    [MT_DT_Q4_K] = {"q4_k", MT_QK_K, MT_Q4_K_BYTES, 1, NULL, NULL, 12, 15, mt_q4_K_row_to_f32, NULL},
-    [MT_DT_Q5_K] = {"q5_k", MT_QK_K, MT_Q5_K_BYTES, 1, NULL, NULL, 13, 17, mt_q5_K_row_to_f32, NULL},
-    [MT_DT_Q6_K] = {"q6_k", MT_QK_K, MT_Q6_K_BYTES, 1, NULL, NULL, 14, 18, mt_q6_K_row_to_f32, NULL},
+    [MT_DT_Q4_1] = {"q4_1", 32, MT_Q4_1_BYTES, 1, NULL, NULL, 3, 3, mt_q4_1_row_to_f32, mt_q4_1_row_from_f32, 0, &mt_q4_1_codec},
+    [MT_DT_Q5_0] = {"q5_0", 32, MT_Q5_0_BYTES, 1, NULL, NULL, 6, 8, mt_q5_0_row_to_f32, mt_q5_0_row_from_f32, 0, &mt_q5_0_codec},
+    [MT_DT_Q5_1] = {"q5_1", 32, MT_Q5_1_BYTES, 1, NULL, NULL, 7, 9, mt_q5_1_row_to_f32, mt_q5_1_row_from_f32, 0, &mt_q5_1_codec},
+    [MT_DT_Q2_K] = {"q2_k", MT_QK_K, MT_Q2_K_BYTES, 1, NULL, NULL, 10, 10, mt_q2_K_row_to_f32, mt_q2_K_row_from_f32, 0, &mt_q2_K_codec},
+    [MT_DT_Q3_K] = {"q3_k", MT_QK_K, MT_Q3_K_BYTES, 1, NULL, NULL, 11, 12, mt_q3_K_row_to_f32, mt_q3_K_row_from_f32, 0, &mt_q3_K_codec},
+    [MT_DT_Q4_K] = {"q4_k", MT_QK_K, MT_Q4_K_BYTES, 1, NULL, NULL, 12, 15, mt_q4_K_row_to_f32, mt_q4_K_row_from_f32, 0, &mt_q4_K_codec},
+    [MT_DT_Q5_K] = {"q5_k", MT_QK_K, MT_Q5_K_BYTES, 1, NULL, NULL, 13, 17, mt_q5_K_row_to_f32, mt_q5_K_row_from_f32, 0, &mt_q5_K_codec},
+    [MT_DT_Q6_K] = {"q6_k", MT_QK_K, MT_Q6_K_BYTES, 1, NULL, NULL, 14, 18, mt_q6_K_row_to_f32, mt_q6_K_row_from_f32, 0, &mt_q6_K_codec},
     [MT_DT_Q8_K] = {"q8_k", MT_QK_K, MT_Q8_K_BYTES, 1, NULL, NULL, 15, NONE, mt_q8_K_row_to_f32, NULL},
     [MT_DT_IQ4_NL] = {"iq4_nl", 32, MT_IQ4_NL_BYTES, 1, NULL, NULL, 20, 25, mt_iq4_nl_row_to_f32, NULL},
     [MT_DT_IQ4_XS] = {"iq4_xs", MT_QK_K, MT_IQ4_XS_BYTES, 1, NULL, NULL, 23, 30, mt_iq4_xs_row_to_f32, NULL},

@@ -69,15 +69,15 @@ static int cmp_diag(const void *x, const void *y) {
 
 /* RTN: every group fitted on the weights as they are. */
 static void rtn(float *W, int64_t rows, int64_t cols, const mt_grid *g, int8_t *codes, float *a, float *b) {
-    const int64_t ng = cols / g->group;
+    const int64_t ng = cols / g->group, np = mt_grid_nparam(g);
     for (int64_t r = 0; r < rows; r++) {
         float *w = W + r * cols;
         for (int64_t k = 0; k < ng; k++) {
-            float *pa = a + r * ng + k, *pb = b + r * ng + k;
+            float *pa = a + (r * ng + k) * np, *pb = b + (r * ng + k) * np;
             mt_grid_fit(g, w + k * g->group, g->group, pa, pb);
             for (int64_t j = k * g->group; j < (k + 1) * g->group; j++) {
                 float dq;
-                codes[r * cols + j] = (int8_t)mt_grid_quant(g, *pa, *pb, w[j], &dq);
+                codes[r * cols + j] = (int8_t)mt_grid_quant(g, pa, pb, (int)(j - k * g->group), w[j], &dq);
                 w[j] = dq;
             }
         }
@@ -91,7 +91,7 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
         rtn(W, rows, cols, g, codes, a, b);
         return MT_OK;
     }
-    const int64_t ng = cols / g->group, B = p->block > 0 ? p->block : 128;
+    const int64_t ng = cols / g->group, np = mt_grid_nparam(g), B = p->block > 0 ? p->block : 128;
     mt_backend *be = mt_backend_default();
     int rc = MT_OK;
     int64_t *perm = NULL;
@@ -102,8 +102,9 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
          * group a column belongs to is fixed, its quantization order is not. */
         for (int64_t r = 0; r < rows; r++)
             for (int64_t k = 0; k < ng; k++) {
-                mt_grid_fit(g, W + r * cols + k * g->group, g->group, a + r * ng + k, b + r * ng + k);
-                widen_ternary(g, p, a + r * ng + k, b + r * ng + k);
+                float *pa = a + (r * ng + k) * np, *pb = b + (r * ng + k) * np;
+                mt_grid_fit(g, W + r * cols + k * g->group, g->group, pa, pb);
+                widen_ternary(g, p, pa, pb);
             }
         perm = malloc((size_t)cols * sizeof *perm);
         diag_t *dg = malloc((size_t)cols * sizeof *dg);
@@ -141,13 +142,13 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
             float *w = Wk + r * cols;
             for (int64_t j = i1; j < i2; j++) {
                 const int64_t col = perm ? perm[j] : j, gi = col / g->group;
-                float *pa = a + r * ng + gi, *pb = b + r * ng + gi;
+                float *pa = a + (r * ng + gi) * np, *pb = b + (r * ng + gi) * np;
                 if (!perm && col % g->group == 0) {
                     mt_grid_fit(g, w + j, g->group, pa, pb);
                     widen_ternary(g, p, pa, pb);
                 }
                 float dq;
-                codes[r * cols + col] = (int8_t)mt_grid_quant(g, *pa, *pb, w[j], &dq);
+                codes[r * cols + col] = (int8_t)mt_grid_quant(g, pa, pb, (int)(col % g->group), w[j], &dq);
                 const float err = (w[j] - dq) / U[j * cols + j];
                 w[j] = dq;
                 const float *u = U + j * cols;
@@ -172,7 +173,7 @@ done:
 
 int mt_gptq_quantize_naive(float *W, int64_t rows, int64_t cols, const double *H0, const mt_grid *g, double damp,
                            int8_t *codes, float *a, float *b) {
-    const int64_t ng = cols / g->group;
+    const int64_t ng = cols / g->group, np = mt_grid_nparam(g);
     double *H = malloc((size_t)cols * (size_t)cols * sizeof *H);
     double *w = malloc((size_t)cols * sizeof *w);
     float *wf = malloc((size_t)cols * sizeof *wf);
@@ -188,12 +189,13 @@ int mt_gptq_quantize_naive(float *W, int64_t rows, int64_t cols, const double *H
         for (int64_t j = 0; j < cols; j++) w[j] = W[r * cols + j];
         for (int64_t j = 0; j < cols; j++) {
             const int64_t gi = j / g->group;
+            float *pa = a + (r * ng + gi) * np, *pb = b + (r * ng + gi) * np;
             if (j % g->group == 0) {
                 for (int64_t k = 0; k < g->group; k++) wf[k] = (float)w[j + k];
-                mt_grid_fit(g, wf, g->group, a + r * ng + gi, b + r * ng + gi);
+                mt_grid_fit(g, wf, g->group, pa, pb);
             }
             float dq;
-            codes[r * cols + j] = (int8_t)mt_grid_quant(g, a[r * ng + gi], b[r * ng + gi], (float)w[j], &dq);
+            codes[r * cols + j] = (int8_t)mt_grid_quant(g, pa, pb, (int)(j % g->group), (float)w[j], &dq);
             const double err = (w[j] - dq) / H[j * cols + j];
             w[j] = dq;
             for (int64_t k = j + 1; k < cols; k++) w[k] -= err * H[j * cols + k];

@@ -1,8 +1,10 @@
 /* grids.c — the quantization grids GPTQ and RTN round onto: GPTQ's
  * symmetric and asymmetric uniform grids (2–8 bits, groups or rows), llama.cpp's Q8_0, Q4_0
  * and TQ2_0 blocks with their reference scale rules (so that RTN output is
- * byte-identical to llama.cpp's quantize_row_*_ref), and QMoE's per-row
- * ternary {min, 0, max}. */
+ * byte-identical to llama.cpp's quantize_row_*_ref), its K-quant and
+ * q4_1/q5_x blocks through their two-step block quantizers (lib/io/codec:
+ * the block's scales from llama.cpp's reference search, then a code per
+ * weight), and QMoE's per-row ternary {min, 0, max}. */
 #include "quant_impl.h"
 
 #include <math.h>
@@ -40,6 +42,29 @@ int mt_grid_make(mt_grid *g, int bits, int group, int64_t cols, const char *what
     return MT_OK;
 }
 
+int mt_grid_make_type(mt_grid *g, int dtype, int64_t cols, const char *what) {
+    const mt_dtype_info *d = mt_dtype_get((mt_dtype)dtype);
+    memset(g, 0, sizeof *g);
+    if (dtype == MT_DT_Q8_0) return mt_grid_make(g, 8, 32, cols, what);
+    if (dtype == MT_DT_Q4_0) return mt_grid_make(g, 4, 32, cols, what);
+    if (dtype == MT_DT_TQ2_0) return mt_grid_make(g, MT_QUANT_TERNARY, 256, cols, what);
+    if (!d || !d->blk)
+        return mt_seterr(MT_ERR_ARG, "%s: moetool does not write %s (types: q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, "
+                         "q4_1, q4_0, q3_k, q2_k, tq2_0)", what, d ? d->name : "that type");
+    if (cols % d->blk->elems)
+        return mt_seterr(MT_ERR_ARG, "%s: %s needs rows of whole %d-weight blocks; %lld columns are not", what, d->name,
+                         d->blk->elems, (long long)cols);
+    g->kind = MT_GRID_BLOCK;
+    g->group = d->blk->elems;
+    g->dtype = dtype;
+    g->bc = d->blk;
+    return MT_OK;
+}
+
+int mt_grid_nparam(const mt_grid *g) {
+    return g->kind == MT_GRID_BLOCK ? (int)((sizeof(mt_blk_params) + sizeof(float) - 1) / sizeof(float)) : 1;
+}
+
 int mt_grid_asym(mt_grid *g, const char *what) {
     if (g->kind == MT_GRID_INT || g->kind == MT_GRID_INT_ASYM) {
         g->kind = MT_GRID_INT_ASYM;
@@ -50,6 +75,7 @@ int mt_grid_asym(mt_grid *g, const char *what) {
     return mt_seterr(MT_ERR_ARG, "%s: %s %s; --asym takes only the int grids without a file type (3 or 2 bits, "
                      "or 8/4 bits with a group other than 32), measured with --eval-only", what, nm,
                      g->kind == MT_GRID_TERNARY_ROW ? "has its own {min, 0, max} levels per row"
+                     : g->kind == MT_GRID_BLOCK     ? "is a llama.cpp block type (a file type with its own scale rules)"
                                                     : "is llama.cpp's symmetric block type (a file type, no zero point)");
 }
 
@@ -58,6 +84,7 @@ int mt_grid_dtype(const mt_grid *g) {
     case MT_GRID_Q8_0: return MT_DT_Q8_0;
     case MT_GRID_Q4_0: return MT_DT_Q4_0;
     case MT_GRID_TQ2_0: return MT_DT_TQ2_0;
+    case MT_GRID_BLOCK: return g->dtype;
     default: return -1;
     }
 }
@@ -78,6 +105,7 @@ void mt_grid_name(const mt_grid *g, char *buf, size_t n) {
     case MT_GRID_Q4_0: snprintf(buf, n, "q4_0"); break;
     case MT_GRID_TQ2_0: snprintf(buf, n, "tq2_0"); break;
     case MT_GRID_TERNARY_ROW: snprintf(buf, n, "ternary row (QMoE)"); break;
+    case MT_GRID_BLOCK: snprintf(buf, n, "%s", mt_dtype_name((mt_dtype)g->dtype)); break;
     case MT_GRID_INT_ASYM: snprintf(buf, n, "int%d g%d asym", g->bits, g->group); break;
     default: snprintf(buf, n, "int%d g%d", g->bits, g->group); break;
     }
@@ -108,6 +136,13 @@ void mt_grid_fit(const mt_grid *g, const float *x, int n, float *a, float *b) {
         if (x[i] > mx) mx = x[i];
     }
     switch (g->kind) {
+    case MT_GRID_BLOCK: {
+        int8_t q[MT_QK_K]; /* the reference codes: GPTQ rounds its own */
+        MT_ASSERT(n == g->bc->elems && n <= MT_QK_K);
+        g->bc->fit(x, (mt_blk_params *)(void *)a, q);
+        *b = 0;
+        return;
+    }
     case MT_GRID_INT: {
         const int maxq = (1 << g->bits) - 1;
         float xmax = amax > 0 ? amax : 1.0f;
@@ -184,8 +219,10 @@ void mt_grid_fit(const mt_grid *g, const float *x, int n, float *a, float *b) {
     }
 }
 
-int mt_grid_quant(const mt_grid *g, float a, float b, float x, float *dq) {
+int mt_grid_quant(const mt_grid *g, const float *pa, const float *pb, int j, float x, float *dq) {
+    const float a = *pa, b = *pb;
     switch (g->kind) {
+    case MT_GRID_BLOCK: return mt_blk_quant(g->bc, (const mt_blk_params *)(const void *)pa, j, x, dq);
     case MT_GRID_INT:
     case MT_GRID_INT_ASYM: {
         /* code q − 2^(bits-1) for both: the symmetric grid's zero b is 2^(bits-1) */
@@ -245,6 +282,13 @@ void mt_grid_pack_row(const mt_grid *g, const int8_t *codes, const float *a, int
         for (int64_t blk = 0; blk < cols / MT_QK_K; blk++)
             mt_tq2_0_pack(codes + MT_QK_K * blk, mt_f32_to_f16(a[blk]), dst + MT_TQ2_0_BYTES * blk);
         break;
+    case MT_GRID_BLOCK: {
+        const int np = mt_grid_nparam(g), e = g->bc->elems;
+        for (int64_t blk = 0; blk < cols / e; blk++)
+            g->bc->pack(codes + (int64_t)e * blk, (const mt_blk_params *)(const void *)(a + (int64_t)np * blk),
+                        dst + (int64_t)g->bc->bytes * blk);
+        break;
+    }
     default:
         break;
     }

@@ -18,6 +18,12 @@ typedef enum {
     MT_GRID_Q4_0,         /* llama.cpp q4_0: d = max/-8, q = min(15, (int)(x/d + 8.5)); a, b as q8_0 */
     MT_GRID_TQ2_0,        /* ternary per 256-block, llama.cpp's TQ2_0 layout; a = f16(d), b = 1/d */
     MT_GRID_TERNARY_ROW,  /* QMoE: per row {min, 0, max}, thresholds min/2, max/2; a = min, b = max */
+    MT_GRID_BLOCK,        /* a llama.cpp block type with a two-step quantizer
+                             (mt_dtype_info.blk: q2_K..q6_K, q4_1, q5_0, q5_1):
+                             per block of `group` weights the parameters its
+                             reference search picks (f16 d, dmin, sub-block
+                             scales and mins), stored as one mt_blk_params in
+                             the group's mt_grid_nparam floats of a; b unused */
     MT_GRID_INT_ASYM,     /* asymmetric uniform grid (GPTQ's sym=False): min, max of the
                              group widened to include 0, scale f16((max−min)/(2^b-1)),
                              zero round(−min/scale) in [0, 2^b-1], levels scale·(q − zero);
@@ -30,11 +36,21 @@ typedef struct {
     int group;            /* columns per (a, b); = cols for per-row grids    */
     int mse_scale;        /* TQ2_0: pick d minimising the block's squared error
                              (used by GPTQ) instead of llama.cpp's d = absmax */
+    int dtype;            /* MT_GRID_BLOCK: its storage type               */
+    const mt_blk_codec *bc; /* MT_GRID_BLOCK: that type's block quantizer   */
 } mt_grid;
 
 /* Resolves (bits, group) for a matrix of `cols` columns. MT_ERR_ARG with a
  * message naming `what` when the width or group does not fit. */
 int mt_grid_make(mt_grid *g, int bits, int group, int64_t cols, const char *what);
+/* The grid of a storage type named by the user (--type): q8_0, q4_0 and
+ * tq2_0 as mt_grid_make makes them, the types with a block quantizer
+ * (q2_K..q6_K, q4_1, q5_0, q5_1) as MT_GRID_BLOCK. MT_ERR_ARG naming
+ * `what` for other types or when the blocks do not divide `cols`. */
+int mt_grid_make_type(mt_grid *g, int dtype, int64_t cols, const char *what);
+/* Floats per group in the parameter arrays a and b: 1, or for
+ * MT_GRID_BLOCK enough to hold one mt_blk_params. */
+int mt_grid_nparam(const mt_grid *g);
 /* Turns a grid from mt_grid_make into the asymmetric one (MT_GRID_INT ->
  * MT_GRID_INT_ASYM; unchanged if already asymmetric). MT_ERR_ARG, with a
  * message naming `what`, for the file-type grids (Q8_0, Q4_0, TQ2_0) and
@@ -46,18 +62,63 @@ int mt_grid_dtype(const mt_grid *g);
 double mt_grid_bits(const mt_grid *g, int64_t cols);
 void mt_grid_name(const mt_grid *g, char *buf, size_t n);
 
-/* Fits (a, b) to the n weights x of one group. */
+/* Fits the parameters of one group (mt_grid_nparam floats at a and at b)
+ * to its n weights x. */
 void mt_grid_fit(const mt_grid *g, const float *x, int n, float *a, float *b);
-/* Code of x, and its dequantized value in *dq. */
-int mt_grid_quant(const mt_grid *g, float a, float b, float x, float *dq);
-/* Packs one row of codes (cols) and its per-group (a, b) into the grid's
- * storage type (Q8_0/Q4_0/TQ2_0 only). */
+/* Code of x, weight j (0..group−1) of a group with parameters a, b, and its
+ * dequantized value in *dq. */
+int mt_grid_quant(const mt_grid *g, const float *a, const float *b, int j, float x, float *dq);
+/* Packs one row of codes (cols) and its per-group parameters a into the
+ * grid's storage type (grids with a type only). */
 void mt_grid_pack_row(const mt_grid *g, const int8_t *codes, const float *a, int64_t cols, uint8_t *dst);
+
+/* ---- the matrices quantize types, per layer ------------------------------- */
+/* Kinds of quantized matrix per layer: attention, the routed experts (or the
+ * dense MLP, as expert 0), the shared expert (not routed: one per layer,
+ * quantized with the experts' grid, calibrated on every token). */
+enum { K_Q, K_K, K_V, K_O, K_W1, K_W3, K_W2, K_SW1, K_SW3, K_SW2, K_COUNT };
+/* Matrix of kind k (K_*) of expert e (0 for the others) in a layer. */
+mt_mat *mt_quant_layer_mat(mt_layer_weights *L, int k, int e);
+
+/* ---- a type per tensor under a size budget (plan.c) ----------------------
+ * Units are the tensors a GGUF stores: each attention projection and each
+ * expert kind (all experts of a layer share a stacked tensor, so a type) of
+ * every layer, the shared expert's matrices, token embeddings and an untied
+ * lm_head. */
+typedef struct {
+    int n_layers;
+    int *type;          /* [n_layers * K_COUNT] storage type; -1: not a unit */
+    int embd, head;     /* storage types of token embeddings and an untied
+                           lm_head (head -1 when tied)                     */
+    uint64_t params;    /* weights in the units                            */
+    uint64_t bytes;     /* their bytes under the plan                      */
+    int dominant;       /* the type holding the most weights               */
+} mt_quant_plan;
+/* Chooses the types for o->target_bpw / o->target_bytes from the error
+ * each candidate type (q2_K, q3_K, q4_K, q5_K, q6_K, q8_0) gives each
+ * unit, measured on the first tokens of ids (see plan.c). */
+int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, const int32_t *ids, size_t n_ids,
+                       int window);
+void mt_quant_plan_free(mt_quant_plan *p);
+
+/* ---- llama.cpp's mixes (mix.c) -------------------------------------------- */
+typedef enum {
+    MT_QROLE_Q, MT_QROLE_K, MT_QROLE_V, MT_QROLE_O, /* attention projections    */
+    MT_QROLE_GATE, MT_QROLE_UP, MT_QROLE_DOWN,      /* FFN / expert matrices    */
+    MT_QROLE_EMBD, MT_QROLE_EMBD_TIED, MT_QROLE_OUTPUT,
+} mt_quant_role;
+/* The storage type llama.cpp's mix `ftype` (llama.h LLAMA_FTYPE_MOSTLY_*:
+ * 10 Q2_K, 12 Q3_K_M, 15 Q4_K_M, 17 Q5_K_M, 18 Q6_K) gives a matrix of
+ * `role` in `layer` with `cols` columns; -1 for another ftype. */
+int mt_quant_mix_type(int ftype, mt_quant_role role, int layer, const mt_config *c, int64_t cols);
 
 /* ---- GPTQ ----------------------------------------------------------------
  * W (rows, cols) f32 row-major, updated in place and left holding the
  * dequantized result Ŵ; codes (rows, cols) and per-group params
- * a, b (rows, cols/group) receive the quantization. H (cols, cols) f64, the
+ * a, b (rows, cols/group, mt_grid_nparam) receive the quantization. A
+ * group's parameters are fitted when GPTQ reaches its first column, on the
+ * weights as the error feedback has left them (act-order: on the original
+ * weights), then held while its columns are rounded. H (cols, cols) f64, the
  * sum of x xᵀ over calibration inputs, is destroyed. H == NULL: RTN. */
 typedef struct {
     double damp;          /* fraction of mean(diag H) added to the diagonal */

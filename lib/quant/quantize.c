@@ -46,6 +46,9 @@ void mt_quant_opts_default(mt_quant_opts *o) {
     o->method = MT_QUANT_GPTQ;
     o->bits = 4;
     o->group = MT_QUANT_GROUP_DEFAULT;
+    o->type = -1;
+    o->attn_type = -1;
+    o->embed_type = -1;
     o->calib_tokens = 16384;
     o->calib_window = 0; /* 256, or the model's context when shorter */
     o->damp = 0.1;
@@ -67,14 +70,15 @@ static int calib_window(const mt_quant_opts *o, const mt_config *c) {
 void mt_quant_report_free(mt_quant_report *r) {
     if (!r) return;
     free(r->expert_tokens);
+    free(r->plan);
     r->expert_tokens = NULL;
+    r->plan = NULL;
 }
 
 /* Matrix kinds of a layer. */
 /* Kinds of quantized matrix per layer: attention, the routed experts (or the
  * dense MLP, as expert 0), the shared expert (not routed: one per layer,
  * quantized with the experts' grid, calibrated on every token). */
-enum { K_Q, K_K, K_V, K_O, K_W1, K_W3, K_W2, K_SW1, K_SW3, K_SW2, K_COUNT };
 
 typedef struct {
     int used;
@@ -99,6 +103,7 @@ struct mt_quant_state {
     char grid_name[48];    /* the report's, for the output's provenance      */
     double bits_expert, bits_total;
     const char *source;    /* the verb's input path (NULL: the model's)      */
+    uint32_t file_type;    /* general.file_type (mix, plan); 0: the experts' */
 };
 
 static qmat *qm(mt_quant_state *s, int l, int k, int e) { return &s->q[((size_t)l * K_COUNT + (size_t)k) * (size_t)s->ne + (size_t)e]; }
@@ -122,19 +127,77 @@ void mt_quant_state_free(mt_quant_state *s) {
 
 static int q_dim(const mt_config *c) { return c->n_heads * c->head_dim; }
 
+/* Whether attention is quantized (--attn-bits, --attn-type or a mix). */
+static int planned(const mt_quant_opts *o) { return o->target_bpw > 0 || o->target_bytes > 0; }
+static int with_attn(const mt_quant_opts *o) { return o->attn_bits > 0 || o->attn_type >= 0 || o->mix || planned(o); }
+/* Whether embeddings and lm_head are. */
+static int with_embed(const mt_quant_opts *o) { return o->embed_bits > 0 || o->embed_type >= 0 || o->mix || planned(o); }
+
+static const mt_quant_role g_kind_role[K_COUNT] = {
+    [K_Q] = MT_QROLE_Q,      [K_K] = MT_QROLE_K,     [K_V] = MT_QROLE_V,      [K_O] = MT_QROLE_O,
+    [K_W1] = MT_QROLE_GATE,  [K_W3] = MT_QROLE_UP,   [K_W2] = MT_QROLE_DOWN,  [K_SW1] = MT_QROLE_GATE,
+    [K_SW3] = MT_QROLE_UP,   [K_SW2] = MT_QROLE_DOWN,
+};
+
+/* The grid of matrix kind k (K_*) in `layer`, `cols` columns: the plan's
+ * type for it (--target-bpw/--target-size; NULL: none or not made yet, then
+ * q4_K for checks), the mix's, else the storage type named by --type /
+ * --attn-type, else --bits/--group (--attn-bits and its default group),
+ * asymmetric with --asym. */
+static int matrix_grid(mt_grid *g, const mt_quant_opts *o, const mt_config *c, const mt_quant_plan *plan, int k,
+                       int layer, int64_t cols, const char *what) {
+    const int is_attn = k <= K_O;
+    const int t = planned(o) ? (plan ? plan->type[layer * K_COUNT + k] : (cols % MT_QK_K ? MT_DT_Q8_0 : MT_DT_Q4_K))
+                  : o->mix ? mt_quant_mix_type(o->mix, g_kind_role[k], layer, c, cols)
+                  : is_attn ? o->attn_type
+                            : o->type;
+    int rc;
+    if (o->mix && t < 0) return mt_seterr(MT_ERR_ARG, "%s: no llama.cpp mix of file type %d", what, o->mix);
+    if (t >= 0) return mt_grid_make_type(g, t, cols, what);
+    if ((rc = mt_grid_make(g, is_attn ? o->attn_bits : o->bits, is_attn ? MT_QUANT_GROUP_DEFAULT : o->group, cols, what)))
+        return rc;
+    return o->asym ? mt_grid_asym(g, what) : MT_OK;
+}
+
 int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
     mt_grid g;
     int rc;
     if (o->method != MT_QUANT_RTN && o->method != MT_QUANT_GPTQ) return mt_seterr(MT_ERR_ARG, "quantize: unknown method");
     if (o->experts_only && c->n_experts <= 0)
         return mt_seterr(MT_ERR_ARG, "quantize: the model is dense (no experts); --experts-only needs a MoE model");
-    if (o->experts_only && o->attn_bits)
-        return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --attn-bits exclude each other");
+    if (o->experts_only && with_attn(o))
+        return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --attn-bits/--attn-type exclude each other");
+    if (o->attn_bits && o->attn_type >= 0)
+        return mt_seterr(MT_ERR_ARG, "quantize: --attn-bits and --attn-type exclude each other");
+    if (o->mix && (o->type >= 0 || o->attn_type >= 0 || o->embed_type >= 0 || o->attn_bits || o->embed_bits ||
+                   o->experts_only || o->codec != MT_QUANT_CODEC_NONE))
+        return mt_seterr(MT_ERR_ARG, "quantize: a mix (%s) chooses every matrix's type; it excludes --type, --attn-type, "
+                         "--embed-type, --attn-bits, --embed-bits, --experts-only and --codec", mt_quant_mix_name(o->mix)
+                         ? mt_quant_mix_name(o->mix) : "?");
+    if (o->mix && !mt_quant_mix_name(o->mix)) return mt_seterr(MT_ERR_ARG, "quantize: no llama.cpp mix of file type %d", o->mix);
+    if (o->target_bpw < 0 || !(o->target_bpw == o->target_bpw))
+        return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw %g out of range", o->target_bpw);
+    if (o->target_bpw > 0 && o->target_bytes > 0)
+        return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw and --target-size exclude each other");
+    if (planned(o) && (o->mix || o->type >= 0 || o->attn_type >= 0 || o->embed_type >= 0 || o->attn_bits ||
+                       o->embed_bits || o->experts_only || o->codec != MT_QUANT_CODEC_NONE || o->asym))
+        return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw/--target-size choose every tensor's type; they exclude "
+                         "--mix, --type, --attn-type, --embed-type, --attn-bits, --embed-bits, --experts-only, --asym "
+                         "and --codec");
+    if (planned(o) && for_file && o->format == MT_FMT_HF)
+        return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw/--target-size write GGUF; --format hf takes --bits 8 or 4");
+    if (o->embed_bits && o->embed_type >= 0)
+        return mt_seterr(MT_ERR_ARG, "quantize: --embed-bits and --embed-type exclude each other");
+    if ((o->type >= 0 || o->attn_type >= 0 || o->embed_type >= 0 || o->mix) && o->asym)
+        return mt_seterr(MT_ERR_ARG, "quantize: --asym applies to --bits grids, not to --type/--attn-type/--embed-type or a mix");
+    if ((o->type >= 0 || o->attn_type >= 0 || o->embed_type >= 0 || o->mix) && for_file && o->format == MT_FMT_HF)
+        return mt_seterr(MT_ERR_ARG, "quantize: --type/--attn-type/--embed-type and the mixes write GGUF; --format hf "
+                         "takes --bits 8 or 4");
     if (c->quant != MT_QFMT_NONE)
         return mt_seterr(MT_ERR_ARG, "quantize: the model is already quantized (quantization_config); start from the "
                          "original weights");
-    if ((rc = mt_grid_make(&g, o->bits, o->group, c->hidden, "--bits/--group on expert w1/w3"))) return rc;
-    if (o->asym && (rc = mt_grid_asym(&g, "quantize: --asym on the experts"))) return rc;
+    if ((rc = matrix_grid(&g, o, c, NULL, K_W1, 0, c->hidden, o->type >= 0 ? "--type on expert w1/w3" : "--bits/--group on expert w1/w3")))
+        return rc;
     if (o->codec != MT_QUANT_CODEC_NONE) {
         if (o->codec != MT_QUANT_CODEC_QMOE) return mt_seterr(MT_ERR_ARG, "quantize: unknown codec %d", (int)o->codec);
         if (g.kind != MT_GRID_TERNARY_ROW)
@@ -159,8 +222,8 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
         return mt_seterr(MT_ERR_ARG, "quantize: %s has no GGUF type; use --eval-only to measure it (files take 8 or 4 bits "
                          "with group 32, or ternary with group 256)", nm);
     }
-    if (o->experts_only && o->embed_bits)
-        return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --embed-bits exclude each other");
+    if (o->experts_only && (o->embed_bits || o->embed_type >= 0))
+        return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --embed-bits/--embed-type exclude each other");
     if (o->ternary_range > 0 && (o->method != MT_QUANT_GPTQ || g.kind != MT_GRID_TERNARY_ROW))
         return mt_seterr(MT_ERR_ARG, "quantize: --ternary-range applies to GPTQ with --bits ternary --group row");
     if (hf) {
@@ -190,14 +253,18 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
             return mt_seterr(MT_ERR_ARG, "quantize: the AutoGPTQ layout has no quantized embeddings; use --format gguf "
                              "(or the qmoe format)");
     }
-    if ((rc = mt_grid_make(&g, o->bits, o->group, c->ffn, "--bits/--group on expert w2"))) return rc;
-    if (o->attn_bits) {
-        if ((rc = mt_grid_make(&g, o->attn_bits, MT_QUANT_GROUP_DEFAULT, c->hidden, "--attn-bits on attention"))) return rc;
-        if (o->asym && (rc = mt_grid_asym(&g, "quantize: --asym with --attn-bits"))) return rc;
+    if ((rc = matrix_grid(&g, o, c, NULL, K_W2, 0, c->ffn, o->type >= 0 ? "--type on expert w2" : "--bits/--group on expert w2")))
+        return rc;
+    if (with_attn(o)) {
+        if ((rc = matrix_grid(&g, o, c, NULL, K_Q, 0, c->hidden, o->attn_bits ? "quantize: --attn-bits on attention" : "quantize: --attn-type on attention")))
+            return rc;
         if (for_file && mt_grid_dtype(&g) < 0)
             return mt_seterr(MT_ERR_ARG, "quantize: --attn-bits %d has no file type; use --eval-only", o->attn_bits);
-        if ((rc = mt_grid_make(&g, o->attn_bits, MT_QUANT_GROUP_DEFAULT, q_dim(c), "--attn-bits on o_proj"))) return rc;
+        if ((rc = matrix_grid(&g, o, c, NULL, K_O, 0, q_dim(c), o->attn_bits ? "--attn-bits on o_proj" : "--attn-type on o_proj")))
+            return rc;
     }
+    if (o->embed_type >= 0 && (rc = mt_grid_make_type(&g, o->embed_type, c->hidden, "--embed-type on embeddings")))
+        return rc;
     if (o->method == MT_QUANT_GPTQ) {
         const int W = calib_window(o, c);
         if (W < 2 || W > 65536) return mt_seterr(MT_ERR_ARG, "quantize: calibration window %d out of range", W);
@@ -231,7 +298,7 @@ typedef struct {
  * activations. */
 static uint64_t job_mem(const job_t *j) {
     const uint64_t rows = (uint64_t)j->src->rows, cols = (uint64_t)j->src->cols;
-    const uint64_t ng = cols / (uint64_t)j->grid.group;
+    const uint64_t ng = cols / (uint64_t)j->grid.group * (uint64_t)mt_grid_nparam(&j->grid);
     uint64_t m = rows * cols * (sizeof(float) + 1) + 2 * rows * ng * sizeof(float);
     uint64_t rb = 0;
     int dt = mt_grid_dtype(&j->grid);
@@ -245,7 +312,7 @@ static uint64_t job_mem(const job_t *j) {
 }
 
 static void run_job(job_t *j) {
-    const int64_t rows = j->src->rows, cols = j->src->cols, ng = cols / j->grid.group;
+    const int64_t rows = j->src->rows, cols = j->src->cols, ng = cols / j->grid.group * mt_grid_nparam(&j->grid);
     float *W = malloc((size_t)(rows * cols) * sizeof *W);
     int8_t *codes = malloc((size_t)(rows * cols));
     float *a = malloc((size_t)(rows * ng) * sizeof *a), *b = malloc((size_t)(rows * ng) * sizeof *b);
@@ -417,7 +484,7 @@ static int run_jobs(job_t *jobs, int n, int n_threads, job_progress *prog) {
     return MT_OK;
 }
 
-static mt_mat *layer_mat(mt_layer_weights *L, int k, int e) {
+mt_mat *mt_quant_layer_mat(mt_layer_weights *L, int k, int e) {
     switch (k) {
     case K_Q: return &L->wq;
     case K_K: return &L->wk;
@@ -447,6 +514,31 @@ static double mat_bits_stored(const mt_mat *w) {
     uint64_t b = 0;
     if (mt_dtype_nbytes(w->dtype, (uint64_t)(w->rows * w->cols), &b)) return 0;
     return (double)b * 8;
+}
+
+/* The plan as JSON: {"token_embd": T, "output": T, "layers": [{"attn_q": T, ...}, ...]}. */
+static char *plan_json(const mt_quant_plan *p, const mt_config *c) {
+    static const char *const names[K_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+                                               "ffn_down", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"};
+    const size_t cap = 256 + (size_t)c->n_layers * K_COUNT * 40;
+    char *b = malloc(cap);
+    if (!b) return NULL;
+    size_t n = (size_t)snprintf(b, cap, "{\"token_embd\":\"%s\"", mt_dtype_name((mt_dtype)p->embd));
+    if (p->head >= 0) n += (size_t)snprintf(b + n, cap - n, ",\"output\":\"%s\"", mt_dtype_name((mt_dtype)p->head));
+    n += (size_t)snprintf(b + n, cap - n, ",\"layers\":[");
+    for (int l = 0; l < p->n_layers; l++) {
+        int first = 1;
+        n += (size_t)snprintf(b + n, cap - n, "%s{", l ? "," : "");
+        for (int k = 0; k < K_COUNT; k++) {
+            const int t = p->type[l * K_COUNT + k];
+            if (t < 0) continue;
+            n += (size_t)snprintf(b + n, cap - n, "%s\"%s\":\"%s\"", first ? "" : ",", names[k], mt_dtype_name((mt_dtype)t));
+            first = 0;
+        }
+        n += (size_t)snprintf(b + n, cap - n, "}");
+    }
+    snprintf(b + n, cap - n, "]}");
+    return b;
 }
 
 /* Points a model matrix at a quantized one (block types; not qmoe). */
@@ -508,7 +600,7 @@ static int code_experts(mt_quant_state *s, mt_weights *w, mt_quant_report *rep, 
                 mt_qmoe_mat_size(&q->coded, &sz);
                 code_bits += sz.code_bits;
                 total_bits += sz.total_bits;
-                mt_qmoe_mat_view(layer_mat(&w->layers[l], k, e), &q->coded);
+                mt_qmoe_mat_view(mt_quant_layer_mat(&w->layers[l], k, e), &q->coded);
                 q->dtype = MT_DT_QMOE;
                 q->row_bytes = 0;
                 q->bits = (double)sz.total_bits / (double)(q->rows * q->cols);
@@ -545,17 +637,19 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
      * llama.cpp's read-only types (K-quants, q4_1/q5_x, iq4: what users
      * download, with no original at hand), which are dequantized to f32 and
      * named in the report (source_dtype) so the CLI says so. moetool's own
-     * grids (q8_0, q4_0, ternary, qmoe) are refused: start from the original. */
+     * grids (q8_0, q4_0, ternary, qmoe) are refused: start from the original.
+     * (The K-quants and q4_1/q5_x are written by moetool too, but they are
+     * what llama.cpp's files hold; they are dequantized.) */
     rep->source_dtype = -1;
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
-        for (int k = o->attn_bits ? K_Q : K_W1; k < K_COUNT; k++)
+        for (int k = with_attn(o) ? K_Q : K_W1; k < K_COUNT; k++)
             for (int e = 0; e < (k <= K_O || k >= K_SW1 ? 1 : L->n_experts > 0 ? L->n_experts : 1); e++) {
-                if (!layer_mat(L, k, e)->data) continue;
-                const mt_dtype t = layer_mat(L, k, e)->dtype;
+                if (!mt_quant_layer_mat(L, k, e)->data) continue;
+                const mt_dtype t = mt_quant_layer_mat(L, k, e)->dtype;
                 if (mt_dtype_is_plain_float(t)) continue;
                 const mt_dtype_info *di = mt_dtype_get(t);
-                if (di && di->to_f32 && !di->from_f32 && t != MT_DT_TQ1_0 && t != MT_DT_TQ2_0) {
+                if (di && di->to_f32 && (!di->from_f32 || di->blk) && t != MT_DT_TQ1_0 && t != MT_DT_TQ2_0) {
                     if (rep->source_dtype < 0) rep->source_dtype = (int)t;
                     else if (rep->source_dtype != (int)t) rep->source_mixed = 1;
                     continue;
@@ -590,7 +684,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     }
     const int gptq = o->method == MT_QUANT_GPTQ;
     const int W = calib_window(o, c);
-    if (gptq) {
+    mt_quant_plan plan;
+    memset(&plan, 0, sizeof plan);
+    if (gptq || planned(o)) {
         char def[4096];
         const char *cp = o->calib_path;
         if (!cp) {
@@ -605,14 +701,26 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         }
         if ((rc = mt_calib_tokens(m, cp, o->calib_tokens, &ids, &n_ids))) goto fail;
         n_ids = (size_t)o->calib_tokens / (size_t)W * (size_t)W;
-        rep->n_calib_tokens = (int)n_ids;
+        if (gptq) rep->n_calib_tokens = (int)n_ids;
     }
+    if (planned(o)) {
+        const double tp = mt_now();
+        if ((rc = mt_quant_plan_make(&plan, m, o, ids, n_ids, W))) goto fail;
+        rep->calib_seconds += mt_now() - tp;
+        s->file_type = mt_dtype_gguf_file_type((mt_dtype)plan.dominant);
+        if (!(rep->plan = plan_json(&plan, c))) {
+            rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+            goto fail;
+        }
+    }
+    if (o->mix) s->file_type = (uint32_t)o->mix;
     mt_grid ge;
-    mt_grid_make(&ge, o->bits, o->group, c->hidden, "experts");
-    if (o->asym) mt_grid_asym(&ge, "experts");
+    matrix_grid(&ge, o, c, NULL, K_W1, 0, c->hidden, "experts");
     char nm[48];
     mt_grid_name(&ge, nm, sizeof nm);
-    snprintf(rep->grid_name, sizeof rep->grid_name, "%s", nm);
+    if (o->mix) snprintf(rep->grid_name, sizeof rep->grid_name, "llama.cpp mix %s", mt_quant_mix_name(o->mix));
+    else if (planned(o)) snprintf(rep->grid_name, sizeof rep->grid_name, "per-tensor types (plan)");
+    else snprintf(rep->grid_name, sizeof rep->grid_name, "%s", nm);
     rep->attn_dtype = (mt_dtype)-1;
     double qbits_new = 0, qbits_old = 0, ebits = 0, eparams = 0, rel_sum = 0;
     int rel_n = 0;
@@ -622,12 +730,12 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                          : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0};
     job_progress prog = {o->progress, o->progress_user, 0, 0, 0, c->n_layers};
     for (int l = 0; l < c->n_layers; l++)
-        prog.total += (uint64_t)(o->attn_bits > 0 ? 4 : 0) +
+        prog.total += (uint64_t)(with_attn(o) ? 4 : 0) +
                       3 * (uint64_t)(w->layers[l].n_experts > 0 ? w->layers[l].n_experts : 1);
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
-        const int with_attn = o->attn_bits > 0;
+        const int attn = with_attn(o);
         if (gptq) {
             const double tc = mt_now();
             if (o->progress) {
@@ -637,7 +745,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             }
             uint64_t cap = (uint64_t)ceil(o->expert_cap * (double)n_ids *
                                           (L->n_experts > 0 ? (double)c->top_k / L->n_experts : 1.0));
-            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, W, with_attn, cap, &cc))) goto fail;
+            if ((rc = mt_calib_capture_layer(m, l, ids, n_ids, W, attn, cap, &cc))) goto fail;
             if (L->sh_w1.data && cc.ffn_in.n == 0) {
                 rc = mt_seterr(MT_ERR_INTERNAL, "quantize: layer %d: no calibration rows for the shared expert", l);
                 goto fail;
@@ -653,20 +761,17 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         for (int ki = 0; ki < K_COUNT; ki++) {
             const int k = order[ki];
             int is_attn = k <= K_O, is_shared = k >= K_SW1;
-            if (is_attn && !with_attn) continue;
+            if (is_attn && !attn) continue;
             /* the shared expert: not under the qmoe code, which holds routed experts */
             if (is_shared && (!L->sh_w1.data || o->codec == MT_QUANT_CODEC_QMOE)) continue;
             for (int e = 0; e < (is_attn || is_shared ? 1 : lne); e++) {
                 job_t *j = &jobs[nj++];
                 memset(j, 0, sizeof *j);
-                j->src = layer_mat(L, k, e);
+                j->src = mt_quant_layer_mat(L, k, e);
                 j->out = qm(s, l, k, e);
                 j->gp = gp;
                 j->keep_syms = !is_attn && o->codec == MT_QUANT_CODEC_QMOE;
-                if ((rc = mt_grid_make(&j->grid, is_attn ? o->attn_bits : o->bits,
-                                         is_attn ? MT_QUANT_GROUP_DEFAULT : o->group, j->src->cols, "quantize")))
-                    goto fail;
-                if (o->asym && (rc = mt_grid_asym(&j->grid, "quantize"))) goto fail;
+                if ((rc = matrix_grid(&j->grid, o, c, plan.type ? &plan : NULL, k, l, j->src->cols, "quantize"))) goto fail;
                 if (gptq) {
                     if (is_attn) {
                         /* q/k/v on the attention input; o_proj on the
@@ -737,11 +842,11 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                     } else {
                         rep->attn_dtype = MT_DT_TQ1_0;
                     }
-                    mat_view(layer_mat(&w->layers[l], k, e), q);
+                    mat_view(mt_quant_layer_mat(&w->layers[l], k, e), q);
                 }
         snprintf(rep->grid_name, sizeof rep->grid_name, "tq1_0");
     }
-    if (o->embed_bits) {
+    if (with_embed(o)) {
         /* Token embeddings by round to nearest: a lookup has no input
          * statistics. An untied lm_head by GPTQ on the final-norm outputs of
          * the calibration windows run through the quantized model (its
@@ -759,7 +864,18 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             j.src = src[i];
             j.out = dst[i];
             j.gp = gp;
-            if ((rc = mt_grid_make(&j.grid, o->embed_bits, MT_QUANT_GROUP_DEFAULT, src[i]->cols, "--embed-bits"))) goto fail;
+            if (plan.type) {
+                rc = mt_grid_make_type(&j.grid, i ? plan.head : plan.embd, src[i]->cols, "quantize");
+            } else if (o->mix) {
+                const mt_quant_role role = i ? MT_QROLE_OUTPUT : tied ? MT_QROLE_EMBD_TIED : MT_QROLE_EMBD;
+                rc = mt_grid_make_type(&j.grid, mt_quant_mix_type(o->mix, role, 0, c, src[i]->cols), src[i]->cols,
+                                       "quantize");
+            } else if (o->embed_type >= 0) {
+                rc = mt_grid_make_type(&j.grid, o->embed_type, src[i]->cols, "--embed-type");
+            } else {
+                rc = mt_grid_make(&j.grid, o->embed_bits, MT_QUANT_GROUP_DEFAULT, src[i]->cols, "--embed-bits");
+            }
+            if (rc) goto fail;
             if (i == 1 && gptq) {
                 const double tc = mt_now();
                 if ((rc = mt_calib_capture_final(m, ids, n_ids, W, &fx))) goto fail;
@@ -796,6 +912,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     rep->mean_rel_err = rel_n ? rel_sum / rel_n : 0;
     rep->seconds = mt_now() - t0;
     rep->peak_rss = mt_peak_rss_bytes();
+    mt_quant_plan_free(&plan);
     free(ids);
     free(jobs);
     snprintf(s->grid_name, sizeof s->grid_name, "%s", rep->grid_name);
@@ -805,6 +922,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     return MT_OK;
 fail:
     mt_calib_capture_free(&cc);
+    mt_quant_plan_free(&plan);
     free(ids);
     free(jobs);
     mt_quant_state_free(s);
@@ -857,6 +975,9 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
     mt_prov_str(p, "experts", s->grid_name);
     if (o->codec == MT_QUANT_CODEC_QMOE) mt_prov_str(p, "codec", "qmoe");
     if (o->attn_bits) mt_prov_int(p, "attention_bits", o->attn_bits);
+    if (o->attn_type >= 0) mt_prov_str(p, "attention_type", mt_dtype_name((mt_dtype)o->attn_type));
+    if (o->embed_type >= 0) mt_prov_str(p, "embedding_type", mt_dtype_name((mt_dtype)o->embed_type));
+    if (o->mix) mt_prov_str(p, "llama_cpp_mix", mt_quant_mix_name(o->mix));
     if (o->embed_bits) mt_prov_int(p, "embedding_bits", o->embed_bits);
     mt_prov_num(p, "bits_per_expert_weight", s->bits_expert);
     mt_prov_num(p, "bits_per_weight", s->bits_total);
@@ -879,6 +1000,9 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const mt_qu
     const size_t nt = mt_gguf_tensor_count(g);
     int rc;
     mt_gguf_writer *gw = NULL;
+    /* a mix is its own file type (Q4_K_M's experts are q4_K and q6_K); a plan
+     * takes that of its dominant type */
+    const uint32_t ftype = s->file_type ? s->file_type : mt_dtype_gguf_file_type(s->expert_dtype);
     if ((rc = mt_gguf_writer_open(&gw, out_path))) return rc;
     for (size_t k = 0; k < mt_gguf_key_count(g) && !rc; k++) {
         const char *key = mt_gguf_key_name(g, (int)k);
@@ -886,7 +1010,7 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const mt_qu
             !strcmp(key, "moetool.provenance"))
             continue;
         if (!strcmp(key, "general.file_type")) {
-            rc = mt_gguf_writer_kv_u32(gw, key, mt_dtype_gguf_file_type(s->expert_dtype));
+            rc = mt_gguf_writer_kv_u32(gw, key, ftype);
             continue;
         }
         mt_gguf_type t;
@@ -896,8 +1020,8 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const mt_qu
         if (!rc) rc = mt_gguf_writer_kv_raw(gw, key, t, raw, len);
     }
     if (!rc && mt_gguf_find_key(g, "general.file_type") < 0)
-        rc = mt_gguf_writer_kv_u32(gw, "general.file_type", mt_dtype_gguf_file_type(s->expert_dtype));
-    if (!rc) rc = mt_gguf_writer_kv_quantized_by(gw, mt_dtype_gguf_file_type(s->expert_dtype));
+        rc = mt_gguf_writer_kv_u32(gw, "general.file_type", ftype);
+    if (!rc) rc = mt_gguf_writer_kv_quantized_by(gw, ftype);
     if (!rc) {
         mt_prov *p = quant_provenance(s, m, o);
         char *pj = mt_prov_json(p);

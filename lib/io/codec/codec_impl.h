@@ -27,6 +27,18 @@ void mt_q4_K_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_q5_K_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_q6_K_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_q8_K_row_to_f32(const void *src, float *dst, int64_t n);
+void mt_q4_1_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q5_0_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q5_1_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q2_K_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q3_K_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q4_K_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q5_K_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_q6_K_row_from_f32(const float *src, void *dst, int64_t n);
+/* The block quantizers (mt_codec.h) and a row of whole blocks through one. */
+extern const mt_blk_codec mt_q4_1_codec, mt_q5_0_codec, mt_q5_1_codec;
+extern const mt_blk_codec mt_q2_K_codec, mt_q3_K_codec, mt_q4_K_codec, mt_q5_K_codec, mt_q6_K_codec;
+void mt_blk_row_from_f32(const mt_blk_codec *c, const float *src, void *dst, int64_t n);
 void mt_iq4_nl_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_iq4_xs_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_iq2_xxs_row_to_f32(const void *src, float *dst, int64_t n);

@@ -1,0 +1,314 @@
+/* plan.c — `quantize --target-bpw B` / `--target-size BYTES`: a storage type
+ * for every tensor, chosen under the budget from measured errors.
+ *
+ * Units are the tensors a GGUF stores: per layer each attention projection,
+ * each expert kind (gate, up, down: the experts of a layer share a stacked
+ * tensor, hence a type) and the shared expert's matrices; token embeddings;
+ * an untied lm_head. Candidate types per unit: q2_K, q3_K, q4_K, q5_K, q6_K,
+ * q8_0 (rows that are not whole 256-blocks: q4_0, q5_0, q8_0).
+ *
+ * Error of unit u in type t: the diagonal of GPTQ's objective, i.e. the
+ * expected squared output error per token if the inputs' columns were
+ * uncorrelated,
+ *     e(u, t) = Σ_matrices Σ_r Σ_j (W_rj − Ŵ_rj)² · D_j,
+ * Ŵ = llama.cpp's reference quantizer of t (RTN), D_j = Σ_tokens x_j² / N
+ * over the calibration tokens (an expert's sum runs over the tokens routed
+ * to it, so rare experts weigh less; w2's x is silu(x W1ᵀ)·(x W3ᵀ); token
+ * embeddings weigh each row by its token's frequency), measured once on the
+ * original model over the first ≤ 4096 calibration tokens.
+ *
+ * Choice: every unit starts at its smallest type; then, repeatedly, the
+ * upgrade (of any unit, to any larger type of it) with the largest error
+ * reduction per added byte that still fits the budget is applied, until
+ * none fits. On the convex hull of each unit's (bytes, error) points this
+ * greedy is optimal up to the one upgrade that did not fit (the classic
+ * bound for the multiple-choice knapsack's LP relaxation). */
+#include "quant_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PLAN_TOKENS 4096
+#define MAX_CAND 6
+
+typedef struct {
+    int layer, kind;        /* kind: K_*, or -1 embeddings, -2 lm_head        */
+    mt_mat *mats[64];       /* the matrices of the unit (experts of a kind)   */
+    double *d[64];          /* column weights per matrix (NULL: rows weighted by rw) */
+    int n;
+    int64_t rows, cols;     /* of one matrix                                  */
+    int ncand, cur;
+    int cand[MAX_CAND];
+    uint64_t bytes[MAX_CAND];
+    double err[MAX_CAND];
+} unit_t;
+
+static void col_moments(const mt_calib_rows *x, double norm, double *d) {
+    for (int64_t j = 0; j < x->cols; j++) d[j] = 0;
+    for (int b = 0; b < x->nblk; b++) {
+        const int64_t nr = mt_calib_rows_in(x, b);
+        for (int64_t r = 0; r < nr; r++) {
+            const float *v = x->blk[b] + r * x->cols;
+            for (int64_t j = 0; j < x->cols; j++) d[j] += (double)v[j] * v[j];
+        }
+    }
+    for (int64_t j = 0; j < x->cols; j++) d[j] /= norm;
+}
+
+/* Weighted squared error of RTN in type t on matrix w: column weights d, or
+ * row weights rw when d is NULL. */
+static int rtn_err(const mt_mat *w, int t, const double *d, const double *rw, double *out) {
+    const int64_t cols = w->cols;
+    uint64_t rb;
+    int rc = mt_dtype_nbytes((mt_dtype)t, (uint64_t)cols, &rb);
+    if (rc) return rc;
+    float *x = malloc((size_t)cols * sizeof *x), *y = malloc((size_t)cols * sizeof *y);
+    uint8_t *q = malloc((size_t)rb);
+    double e = 0;
+    if (!x || !y || !q) {
+        rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+        goto done;
+    }
+    for (int64_t r = 0; r < w->rows; r++) {
+        if ((rc = mt_row_to_f32(w->dtype, (const uint8_t *)w->data + r * w->row_stride, x, cols))) goto done;
+        if ((rc = mt_row_from_f32((mt_dtype)t, x, q, cols))) goto done;
+        if ((rc = mt_row_to_f32((mt_dtype)t, q, y, cols))) goto done;
+        double er = 0;
+        for (int64_t j = 0; j < cols; j++) {
+            const double dd = (double)x[j] - y[j];
+            er += dd * dd * (d ? d[j] : 1.0);
+        }
+        e += d ? er : er * rw[r];
+    }
+    *out = e;
+done:
+    free(x);
+    free(y);
+    free(q);
+    return rc;
+}
+
+static void candidates(unit_t *u) {
+    static const mt_dtype k[] = {MT_DT_Q2_K, MT_DT_Q3_K, MT_DT_Q4_K, MT_DT_Q5_K, MT_DT_Q6_K, MT_DT_Q8_0};
+    static const mt_dtype leg[] = {MT_DT_Q4_0, MT_DT_Q5_0, MT_DT_Q8_0};
+    const int whole = u->cols % MT_QK_K == 0;
+    const mt_dtype *c = whole ? k : leg;
+    u->ncand = whole ? 6 : 3;
+    for (int i = 0; i < u->ncand; i++) {
+        uint64_t b = 0;
+        u->cand[i] = c[i];
+        mt_dtype_nbytes(c[i], (uint64_t)(u->rows * u->cols), &b);
+        u->bytes[i] = b * (uint64_t)u->n;
+    }
+}
+
+void mt_quant_plan_free(mt_quant_plan *p) {
+    if (!p) return;
+    free(p->type);
+    memset(p, 0, sizeof *p);
+}
+
+static double mat_src_bytes(const mt_mat *w) {
+    uint64_t b = 0;
+    return mt_dtype_nbytes(w->dtype, (uint64_t)(w->rows * w->cols), &b) ? 0 : (double)b;
+}
+
+int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, const int32_t *ids, size_t n_ids,
+                       int window) {
+    const mt_config *c = mt_model_config(m);
+    mt_weights *w = (mt_weights *)mt_model_weights(m);
+    const int L = c->n_layers, tied = c->tie_embeddings || w->lm_head.data == w->tok_embd.data;
+    unit_t *u = calloc((size_t)L * K_COUNT + 2, sizeof *u);
+    double *tokfreq = NULL;
+    mt_calib_capture cc;
+    mt_calib_rows mid, fx;
+    int nu = 0, rc = MT_OK;
+    memset(&cc, 0, sizeof cc);
+    mt_calib_rows_init(&mid, 1);
+    mt_calib_rows_init(&fx, c->hidden);
+    memset(p, 0, sizeof *p);
+    p->n_layers = L;
+    p->type = malloc((size_t)L * K_COUNT * sizeof *p->type);
+    if (!u || !p->type) {
+        rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < L * K_COUNT; i++) p->type[i] = -1;
+    size_t n_plan = n_ids < PLAN_TOKENS ? n_ids : PLAN_TOKENS;
+    n_plan = n_plan / (size_t)window * (size_t)window;
+    if (n_plan == 0) {
+        rc = mt_seterr(MT_ERR_ARG, "quantize: --target-bpw/--target-size need at least %d calibration tokens", window);
+        goto done;
+    }
+    /* per layer: the units, their column weights, their errors per type */
+    for (int l = 0; l < L; l++) {
+        mt_layer_weights *Lw = &w->layers[l];
+        const int ne = Lw->n_experts > 0 ? Lw->n_experts : 1;
+        if (o->progress) {
+            char what[64];
+            snprintf(what, sizeof what, "quantize: planning types; layer %d/%d", l + 1, L);
+            o->progress(o->progress_user, what, (uint64_t)l, (uint64_t)L + 1);
+        }
+        if ((rc = mt_calib_capture_layer(m, l, ids, n_plan, window, 1, UINT64_MAX, &cc))) goto done;
+        const double N = (double)(cc.n_tokens ? cc.n_tokens : 1);
+        for (int k = 0; k < K_COUNT; k++) {
+            const int shared = k >= K_SW1, experts = k >= K_W1 && k <= K_W2;
+            if (shared && !Lw->sh_w1.data) continue;
+            if (ne > 64) {
+                rc = mt_seterr(MT_ERR_UNSUPPORTED, "quantize: --target-bpw plans at most 64 experts per layer");
+                goto done;
+            }
+            unit_t *x = &u[nu];
+            x->layer = l;
+            x->kind = k;
+            x->n = experts ? ne : 1;
+            for (int e = 0; e < x->n; e++) {
+                mt_mat *mat = mt_quant_layer_mat(Lw, k, e);
+                x->mats[e] = mat;
+                x->rows = mat->rows;
+                x->cols = mat->cols;
+                if (!(x->d[e] = malloc((size_t)mat->cols * sizeof(double)))) {
+                    rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+                    goto done;
+                }
+                const mt_calib_rows *in = k <= K_O ? (k == K_O ? &cc.attn_out : &cc.attn)
+                                          : shared ? &cc.ffn_in
+                                                   : &cc.x[e];
+                if (k == K_W2 || k == K_SW2) {
+                    mt_calib_rows_free(&mid);
+                    if ((rc = mt_calib_mid(in, shared ? &Lw->sh_w1 : &Lw->w1[e], shared ? &Lw->sh_w3 : &Lw->w3[e], &mid)))
+                        goto done;
+                    in = &mid;
+                }
+                col_moments(in, N, x->d[e]);
+            }
+            if (x->cols % 32) {
+                rc = mt_seterr(MT_ERR_ARG, "quantize: layer %d has a matrix of %lld columns, not whole 32-blocks; "
+                               "--target-bpw needs block types", l, (long long)x->cols);
+                goto done;
+            }
+            candidates(x);
+            for (int i = 0; i < x->ncand; i++) {
+                x->err[i] = 0;
+                for (int e = 0; e < x->n; e++) {
+                    double er;
+                    if ((rc = rtn_err(x->mats[e], x->cand[i], x->d[e], NULL, &er))) goto done;
+                    x->err[i] += er;
+                }
+            }
+            nu++;
+        }
+        mt_calib_capture_free(&cc);
+    }
+    /* token embeddings: rows weighted by token frequency; an untied lm_head
+     * by its inputs, the final-norm outputs */
+    if (!(tokfreq = calloc((size_t)w->tok_embd.rows, sizeof *tokfreq))) {
+        rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n_plan; i++)
+        if (ids[i] >= 0 && ids[i] < w->tok_embd.rows) tokfreq[ids[i]] += 1.0 / (double)n_plan;
+    for (int h = 0; h < (tied ? 1 : 2); h++) {
+        unit_t *x = &u[nu];
+        mt_mat *mat = h ? &w->lm_head : &w->tok_embd;
+        x->kind = h ? -2 : -1;
+        x->n = 1;
+        x->mats[0] = mat;
+        x->rows = mat->rows;
+        x->cols = mat->cols;
+        if (x->cols % 32) {
+            rc = mt_seterr(MT_ERR_ARG, "quantize: embeddings of %lld columns are not whole 32-blocks", (long long)x->cols);
+            goto done;
+        }
+        if (h) {
+            if ((rc = mt_calib_capture_final(m, ids, n_plan, window, &fx))) goto done;
+            if (!(x->d[0] = malloc((size_t)mat->cols * sizeof(double)))) {
+                rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+                goto done;
+            }
+            col_moments(&fx, (double)n_plan, x->d[0]);
+        }
+        candidates(x);
+        for (int i = 0; i < x->ncand; i++)
+            if ((rc = rtn_err(mat, x->cand[i], x->d[0], tokfreq, &x->err[i]))) goto done;
+        nu++;
+    }
+    /* budget */
+    uint64_t params = 0, bytes = 0, budget;
+    double src_units = 0;
+    for (int i = 0; i < nu; i++) {
+        params += (uint64_t)(u[i].rows * u[i].cols) * (uint64_t)u[i].n;
+        bytes += u[i].bytes[0];
+        for (int e = 0; e < u[i].n; e++) src_units += mat_src_bytes(u[i].mats[e]);
+    }
+    if (o->target_bpw > 0) {
+        budget = (uint64_t)floor(o->target_bpw * (double)params / 8.0);
+    } else {
+        /* everything else as stored, the metadata, alignment and provenance */
+        const mt_gguf *g = mt_ckpt_gguf(mt_model_ckpt(m));
+        double all = 0, meta = 0;
+        size_t nt = g ? mt_gguf_tensor_count(g) : 0;
+        for (size_t i = 0; i < nt; i++) {
+            const mt_tensor *t = mt_gguf_tensor(g, i);
+            all += (double)t->nbytes;
+            if (i == 0 || (double)t->file_offset < meta) meta = (double)t->file_offset;
+        }
+        const double fixed = all - src_units + meta + 32.0 * (double)nt + 16384.0;
+        budget = (double)o->target_bytes > fixed ? (uint64_t)((double)o->target_bytes - fixed) : 0;
+    }
+    if (bytes > budget) {
+        if (o->target_bpw > 0)
+            rc = mt_seterr(MT_ERR_ARG, "quantize: --target-bpw %g is below the smallest choice (%.3f bits per weight, "
+                           "every tensor in its smallest type)", o->target_bpw, 8.0 * (double)bytes / (double)params);
+        else
+            rc = mt_seterr(MT_ERR_ARG, "quantize: --target-size %llu is below the smallest choice (about %llu bytes, "
+                           "every tensor in its smallest type)", (unsigned long long)o->target_bytes,
+                           (unsigned long long)(o->target_bytes - budget + bytes));
+        goto done;
+    }
+    for (;;) { /* the best error reduction per byte that fits */
+        int bu = -1, bj = -1;
+        double best = 0;
+        for (int i = 0; i < nu; i++)
+            for (int j = u[i].cur + 1; j < u[i].ncand; j++) {
+                const uint64_t add = u[i].bytes[j] - u[i].bytes[u[i].cur];
+                const double gain = u[i].err[u[i].cur] - u[i].err[j];
+                if (bytes + add > budget || !(gain > 0)) continue;
+                const double r = gain / (double)add;
+                if (r > best) {
+                    best = r;
+                    bu = i;
+                    bj = j;
+                }
+            }
+        if (bu < 0) break;
+        bytes += u[bu].bytes[bj] - u[bu].bytes[u[bu].cur];
+        u[bu].cur = bj;
+    }
+    double wt[MT_DT_COUNT] = {0};
+    for (int i = 0; i < nu; i++) {
+        const int t = u[i].cand[u[i].cur];
+        wt[t] += (double)(u[i].rows * u[i].cols) * u[i].n;
+        if (u[i].kind == -1) p->embd = t;
+        else if (u[i].kind == -2) p->head = t;
+        else p->type[u[i].layer * K_COUNT + u[i].kind] = t;
+    }
+    if (tied) p->head = -1;
+    p->dominant = 0;
+    for (int t = 1; t < MT_DT_COUNT; t++)
+        if (wt[t] > wt[p->dominant]) p->dominant = t;
+    p->params = params;
+    p->bytes = bytes;
+done:
+    for (int i = 0; u && i < nu + 1 && i < L * K_COUNT + 2; i++)
+        for (int e = 0; e < 64; e++) free(u[i].d[e]);
+    free(u);
+    free(tokfreq);
+    mt_calib_capture_free(&cc);
+    mt_calib_rows_free(&mid);
+    mt_calib_rows_free(&fx);
+    if (rc) mt_quant_plan_free(p);
+    return rc;
+}
