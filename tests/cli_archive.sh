@@ -42,6 +42,29 @@ for k in $kinds; do
   "$BIN" inspect "$T/$k" --json >/dev/null 2>"$T/err" && ok || bad "$k: inspect: $(cat "$T/err")"
 done
 
+# an uncompressed tar is mapped, not copied: reading it costs about what the
+# directory costs, while a compressed one holds the weights in memory (peak
+# RSS of inspect over the directory's, GNU time). Also with pax and GNU long-name headers before
+# the members (a folder name over 100 characters), where the data offsets
+# move: the perplexity stays the directory's.
+long=$(printf 'k%.0s' $(seq 1 120))
+mkdir -p "$T/lsrc" && cp -r "$T/src/kjv" "$T/lsrc/$long"
+(cd "$T/lsrc" && tar --format=gnu -cf "$T/gnu.tar" "$long" && tar --format=pax -cf "$T/pax.tar" "$long")
+for k in gnu.tar pax.tar; do
+  got=$(ppl "$T/$k"); [ -n "$got" ] && [ "$got" = "$want" ] && ok || bad "$k: ppl '$got', directory $want: $(head -2 "$T/err")"
+done
+if [ -x /usr/bin/time ]; then
+  wsize=$(cat "$T/src/kjv"/*.safetensors | wc -c)
+  rss() { /usr/bin/time -f %M "$BIN" inspect "$1" 2>&1 >/dev/null | tail -1; }
+  base=$(rss "$T/src/kjv")   # the directory: what reading costs without a copy (KiB)
+  for k in m.tar gnu.tar pax.tar; do
+    r=$(rss "$T/$k"); [ -n "$r" ] && [ $(((r - base) * 1024)) -lt $((wsize / 4)) ] && ok \
+      || bad "$k: inspect peak RSS ${r} KiB, directory ${base} KiB, weights $wsize bytes: copied, not mapped"
+  done
+  r=$(rss "$T/m.tar.gz"); [ -n "$r" ] && [ $(((r - base) * 1024)) -gt $((wsize / 2)) ] && ok \
+    || bad "m.tar.gz: peak RSS ${r} KiB, directory ${base} KiB: the check cannot tell mapped from copied"
+fi
+
 # a GGUF in a tar
 "$BIN" convert "$T/src/kjv" -o "$T/src/kjv.gguf" --quiet 2>/dev/null
 (cd "$T/src" && tar cf "$T/g.tar" kjv.gguf)

@@ -79,6 +79,18 @@ mkdir -p "$T/mine"; echo "my notes" >"$T/mine/report.md"
 [ $rc = 2 ] && grep -q "did not write" "$T/err" && [ "$(cat "$T/mine/report.md")" = "my notes" ] && [ ! -e "$T/mine/steps" ] \
   && ok || { bad "foreign work directory: exit $rc"; cat "$T/err"; }
 
+# ---- 4c. a second run on a work directory in use stops at once (exit 1), touching nothing
+if command -v flock >/dev/null; then
+  ls -lR "$W" >"$T/before"
+  flock -o "$W/.moetool-run" sleep 30 & holder=$!
+  sleep 0.5
+  "$BIN" run "$T/d.yaml" --workdir "$W" --force q4 >"$T/out" 2>"$T/err"; rc=$?
+  kill $holder 2>/dev/null; wait $holder 2>/dev/null
+  ls -lR "$W" >"$T/after"
+  [ $rc = 1 ] && grep -q "another moetool run is using" "$T/err" && cmp -s "$T/before" "$T/after" \
+    && ok || { bad "locked work directory: exit $rc"; cat "$T/err"; }
+fi
+
 # ---- 5. a gate that fails: exit 3, a table saying by how much; --json summary on stdout
 sed -e 's/{metric: kl, max: 0.5}/{metric: kl, max: 0.0001}/' "$T/d.yaml" >"$T/fail.yaml"
 "$BIN" run "$T/fail.yaml" --workdir "$W" --json >"$T/out" 2>"$T/err"; rc=$?
@@ -86,6 +98,35 @@ sed -e 's/{metric: kl, max: 0.5}/{metric: kl, max: 0.0001}/' "$T/d.yaml" >"$T/fa
 grep -q "^kl .*FAIL by +" "$T/err" && grep -q "a gate failed" "$T/err" && ok || { bad "no gate table"; cat "$T/err"; }
 $PY -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['exit_code']==3 and not [g for g in s['gates'] if g['metric']=='kl'][0]['pass']" "$T/out" && ok || bad "--json summary wrong"
 cached merged q4 score && ok
+
+# ---- 5b. gates on named texts: each reads the eval step of its text
+$PY - "$T/d.yaml" "$T/texts.yaml" "$MODEL" <<'EOF'
+import sys
+src, dst, model = sys.argv[1:4]
+y = open(src).read()
+head, gates = y.split("gates:")
+head = head.replace("steps:", "texts:\n  heldout: %s/data/test.txt\n  calib: %s/data/train.txt\n\nsteps:" % (model, model), 1)
+head = head.replace("text: %s/data/test.txt" % model, "text: ${texts.heldout}")
+head += ("  - name: score-calib\n    model: ${q4.output}\n    eval:\n      ref: ${model}\n"
+         "      text: ${texts.calib}\n      ctx: 128\n      max_windows: 4\n      threads: 2\n\n")
+gates = ("gates:\n  - {metric: perplexity, text: calib, max: 1000}\n  - {metric: perplexity, text: heldout, max: 1000}\n"
+         "  - {metric: kl, text: calib, max: 5}\n")
+open(dst, "w").write(head + gates)
+EOF
+"$BIN" run "$T/texts.yaml" --workdir "$W" --json >"$T/out" 2>"$T/err"; rc=$?
+[ $rc = 0 ] && cached merged q4 score && ran score-calib && ok || { bad "named texts: exit $rc"; cat "$T/err"; }
+$PY - "$T/out" <<'EOF' && ok || bad "gates on named texts read the wrong step"
+import json, sys
+s = json.load(open(sys.argv[1]))
+steps = {st["name"]: st for st in s["steps"]}
+g = s["gates"]
+assert [x.get("text") for x in g] == ["calib", "heldout", "calib"], g
+assert [x["step"] for x in g] == ["score-calib", "score", "score-calib"], g
+assert g[0]["value"] == steps["score-calib"]["result"]["ppl"] and g[1]["value"] == steps["score"]["result"]["ppl"]
+assert g[0]["value"] != g[1]["value"]
+assert g[2]["value"] == steps["score-calib"]["result"]["kl_mean"]
+EOF
+grep -q "score-calib (text calib)" "$W/report.md" && ok || bad "report.md does not name the gate's text"
 
 # ---- 6. a failing step: exit 1 naming the step and its log
 sed -e 's/      experts: 6/      layers: "0-9:6"/' "$T/d.yaml" >"$T/stepfail.yaml"

@@ -34,60 +34,12 @@
 
 static char *g_dir;
 
-static int read_tokens(const char *path, int32_t *ids, int cap) {
-    size_t len;
-    char *t = tu_read_file(path, &len);
-    if (!t) return -1;
-    int n = 0;
-    char *p = t, *end;
-    for (;;) {
-        long v = strtol(p, &end, 10);
-        if (end == p || n >= cap) break;
-        ids[n++] = (int32_t)v;
-        p = end;
-    }
-    free(t);
-    return n;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
-    return m;
-}
-
-/* Logits of ids (all rows) on a fresh model of path; routing when asked. */
+/* Logits of ids on a fresh model of path; prefill equals decode. */
 static float *run_model(const char *path, const int32_t *ids, int n, int32_t **routing, mt_config *cfg) {
-    mt_model *m;
-    mt_model_opts o;
-    mt_model_opts_default(&o);
-    o.n_threads = 2;
-    if (mt_model_load(&m, path, &o) < 0) {
-        fprintf(stderr, "load %s: %s\n", path, mt_last_error());
-        return NULL;
-    }
-    const mt_config *cf = mt_model_config(m);
-    if (cfg) assert_int_equal(mt_config_copy(cfg, cf), MT_OK);
-    float *lg = malloc((size_t)n * cf->vocab * sizeof *lg);
-    float *one = malloc((size_t)cf->vocab * sizeof *one);
-    mt_ctx *c;
-    assert_int_equal(mt_ctx_init(&c, m, n, n), MT_OK);
-    assert_int_equal(mt_ctx_forward(c, ids, n, lg, 1), MT_OK);
-    if (routing) {
-        size_t cnt = (size_t)cf->n_layers * n * cf->top_k;
-        *routing = malloc(cnt * sizeof(int32_t));
-        memcpy(*routing, mt_ctx_last_routing(c), cnt * sizeof(int32_t));
-    }
-    mt_ctx_reset(c);
-    double md = 0;
-    for (int i = 0; i < n; i++) {
-        assert_int_equal(mt_ctx_forward(c, ids + i, 1, one, 0), MT_OK);
-        md = fmax(md, max_abs_diff(one, lg + (size_t)i * cf->vocab, (size_t)cf->vocab));
-    }
-    assert_true(md <= 1e-4);
-    mt_ctx_free(c);
-    mt_model_free(m);
-    free(one);
+    double dd = 0;
+    float *lg = tu_model_logits(path, ids, n, routing, cfg, &dd);
+    assert_non_null(lg);
+    assert_true(dd <= 1e-4);
     return lg;
 }
 
@@ -95,7 +47,7 @@ static void check_case(const char *name) {
     char path[1024], gg[1100], back[1100];
     int32_t ids[256];
     snprintf(path, sizeof path, "%s/%s/tokens.txt", g_dir, name);
-    const int n = read_tokens(path, ids, 256);
+    const int n = tu_read_ids(path, ids, 256);
     assert_true(n > 1);
     snprintf(path, sizeof path, "%s/%s", g_dir, name);
     int32_t *routing = NULL;
@@ -111,7 +63,7 @@ static void check_case(const char *name) {
     assert_int_equal(len, (size_t)n * V * sizeof(float));
     double scale = 0;
     for (size_t i = 0; i < (size_t)n * V; i++) scale = fmax(scale, fabs(ref[i]));
-    const double md = max_abs_diff(lg, ref, (size_t)n * V);
+    const double md = tu_max_abs_diff(lg, ref, (size_t)n * V);
 
     snprintf(path, sizeof path, "%s/%s/ref-routing.json", g_dir, name);
     json_error_t err;
@@ -153,7 +105,7 @@ static void check_case(const char *name) {
         mt_config cg;
         float *lg2 = run_model(gg, ids, n, NULL, &cg);
         assert_non_null(lg2);
-        const double mg = max_abs_diff(lg, lg2, (size_t)n * V);
+        const double mg = tu_max_abs_diff(lg, lg2, (size_t)n * V);
         printf(", GGUF max |d| %.3g", mg);
         assert_true(mg == 0);
         assert_true(mt_config_equal(&cf, &cg) || (cg.rope_style == cf.rope_style && !strcmp(cg.arch, cf.arch)));
@@ -163,7 +115,7 @@ static void check_case(const char *name) {
         assert_int_equal(mt_convert(gg, back, &co), MT_OK);
         float *lg3 = run_model(back, ids, n, NULL, NULL);
         assert_non_null(lg3);
-        const double mb = max_abs_diff(lg, lg3, (size_t)n * V);
+        const double mb = tu_max_abs_diff(lg, lg3, (size_t)n * V);
         printf(", GGUF->HF max |d| %.3g\n", mb);
         assert_true(mb == 0);
         free(lg2);

@@ -60,6 +60,41 @@ static void test_good(void **state) {
     recipe_free(r);
 }
 
+/* Named texts: eval steps read them as ${texts.NAME}; a gate's text: picks
+ * the eval step of that text. */
+static void test_texts(void **state) {
+    (void)state;
+    static const char *y = "version: 1\n"
+                           "model: /m\n"
+                           "texts:\n"
+                           "  kjv: data/test.txt\n"
+                           "  other: /abs/other.txt\n"
+                           "steps:\n"
+                           "  - name: a\n"
+                           "    eval: {text: '${texts.kjv}'}\n"
+                           "  - name: b\n"
+                           "    eval: {text: '${texts.other}'}\n"
+                           "gates:\n"
+                           "  - {metric: perplexity, text: kjv, max: 9}\n"
+                           "  - {metric: perplexity, text: other, step: b, max: 9}\n"
+                           "  - {metric: perplexity, max: 9}\n";
+    recipe *r = NULL;
+    char err[512] = "";
+    if (recipe_parse(&r, "dir/t.yaml", y, strlen(y), 0, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(r->n_texts, 2);
+    assert_string_equal(r->texts[0].path, "dir/data/test.txt");
+    assert_int_equal(r->gates[0].step, 0);
+    assert_int_equal(r->gates[0].text, 0);
+    assert_int_equal(r->gates[1].step, 1);
+    assert_int_equal(r->gates[1].text, 1);
+    assert_int_equal(r->gates[2].step, 1); /* no text: the last eval step */
+    assert_int_equal(r->gates[2].text, -1);
+    char *e = recipe_expand(r, r->steps[0].kv[0].value, NULL, NULL);
+    assert_string_equal(e, "dir/data/test.txt");
+    free(e);
+    recipe_free(r);
+}
+
 /* The parse fails and the message holds want, which starts with "line:col:". */
 static void bad(const char *yaml, size_t len, const char *want) {
     recipe *r = NULL;
@@ -118,6 +153,24 @@ static void test_errors(void **state) {
     BAD(HEAD "steps:\n  - name: a\n    eval: {}\ngates:\n  - {metric: perplexity}\n", "7:5: gate perplexity needs min: or max:");
     BAD(HEAD "steps:\n  - name: a\n    merge: {}\ngates:\n  - {metric: perplexity, step: a, max: 3}\n",
         "7:32: gate: step 'a' is a merge step; gates read eval steps");
+    /* named texts */
+#define TX HEAD "texts: {kjv: /, wiki: /}\n"
+    BAD(TX "steps:\n  - name: a\n    eval: {text: '${texts.kvj}'}\n",
+        "6:18: reference ${texts.kvj}: no text named 'kvj' under texts:; did you mean 'kjv'?");
+    BAD(TX "steps:\n  - name: a\n    eval: {text: '${texts.kjv}'}\ngates:\n  - {metric: perplexity, text: wki, max: 3}\n",
+        "8:32: gate: no text named 'wki' under texts:; did you mean 'wiki'?");
+    BAD(TX "steps:\n  - name: a\n    eval: {text: '${texts.kjv}'}\ngates:\n  - {metric: perplexity, text: wiki, max: 3}\n",
+        "8:32: gate: no eval step evaluates text 'wiki' (give one text: ${texts.wiki})");
+    BAD(TX "steps:\n  - name: a\n    eval: {text: '${texts.kjv}'}\n  - name: b\n    eval: {text: '${texts.kjv}'}\n"
+           "gates:\n  - {metric: perplexity, text: kjv, max: 3}\n",
+        "10:32: gate: steps 'a' and 'b' both evaluate text 'kjv'; say which with step:");
+    BAD(TX "steps:\n  - name: a\n    eval: {text: '${texts.kjv}'}\n  - name: b\n    eval: {text: '${texts.wiki}'}\n"
+           "gates:\n  - {metric: perplexity, step: b, text: kjv, max: 3}\n",
+        "10:41: gate: step 'b' does not evaluate text 'kjv'");
+    BAD(TX "steps:\n  - name: texts\n    eval: {}\n", "5:11: step name 'texts' is reserved");
+    BAD(HEAD "texts: {kjv: /no/such.txt}\n", "3:14: texts: kjv: /no/such.txt does not exist");
+    BAD(HEAD "texts: {kjv: '${model}'}\n", "3:14: texts: kjv must be a file, not a reference");
+    BAD(HEAD "texts: [a]\n", "3:8: texts expects a mapping of NAME: file");
     BAD(HEAD "calibration: {text: /t, seed: 3}\n", "3:21: calibration: text /t does not exist");
     BAD(HEAD "calibration: {seed: 3}\n", "3:15: calibration: seed is not supported");
     BAD(HEAD "steps:\n  - name: a\n    convert: {}\n", "5:5: step 'a': convert in a recipe needs to: hf or gguf");
@@ -206,6 +259,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_texts),
         cmocka_unit_test(test_bundled),
         cmocka_unit_test(test_corpus),
     };

@@ -25,70 +25,17 @@
 
 static char *g_dir;
 
-static int run(const char *cmd) {
-    int rc = system(cmd);
-    if (rc != 0) fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
-    return rc;
-}
-
-static int read_tokens(const char *path, int32_t *ids, int cap) {
-    size_t len;
-    char *t = tu_read_file(path, &len);
-    if (!t) return -1;
-    int n = 0;
-    char *p = t, *end;
-    for (;;) {
-        long v = strtol(p, &end, 10);
-        if (end == p || n >= cap) break;
-        ids[n++] = (int32_t)v;
-        p = end;
-    }
-    free(t);
-    return n;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
-    return m;
-}
-
-/* Logits of ids from an empty cache, all rows, on a fresh model of path. */
+/* Logits of ids on a fresh model of path; prefill equals decode. */
 static float *run_model(const char *path, const int32_t *ids, int n, int32_t **routing, int *top_k) {
-    mt_model *m;
-    mt_model_opts o;
-    mt_model_opts_default(&o);
-    o.n_threads = 2;
-    if (mt_model_load(&m, path, &o) < 0) {
-        fprintf(stderr, "load %s: %s\n", path, mt_last_error());
-        return NULL;
-    }
-    const mt_config *cf = mt_model_config(m);
-    float *lg = malloc((size_t)n * cf->vocab * sizeof *lg);
-    float *one = malloc((size_t)cf->vocab * sizeof *one);
-    mt_ctx *c;
-    assert_int_equal(mt_ctx_init(&c, m, n, n), MT_OK);
-    assert_int_equal(mt_ctx_forward(c, ids, n, lg, 1), MT_OK);
+    double dd = 0;
+    mt_config cf;
+    float *lg = tu_model_logits(path, ids, n, routing, routing ? &cf : NULL, &dd);
+    assert_non_null(lg);
+    assert_true(dd <= 1e-4);
     if (routing) {
-        *top_k = cf->top_k;
-        *routing = NULL;
-        if (cf->top_k > 0) {
-            size_t cnt = (size_t)cf->n_layers * n * cf->top_k;
-            *routing = malloc(cnt * sizeof(int32_t));
-            memcpy(*routing, mt_ctx_last_routing(c), cnt * sizeof(int32_t));
-        }
+        *top_k = cf.top_k;
+        mt_config_free(&cf);
     }
-    /* token by token through the KV cache */
-    mt_ctx_reset(c);
-    double md = 0;
-    for (int i = 0; i < n; i++) {
-        assert_int_equal(mt_ctx_forward(c, ids + i, 1, one, 0), MT_OK);
-        md = fmax(md, max_abs_diff(one, lg + (size_t)i * cf->vocab, (size_t)cf->vocab));
-    }
-    assert_true(md <= 1e-4);
-    mt_ctx_free(c);
-    mt_model_free(m);
-    free(one);
     return lg;
 }
 
@@ -102,7 +49,7 @@ static void test_shapes(void **state) {
     while (fscanf(f, "%127s", name) == 1) {
         int32_t ids[256];
         snprintf(path, sizeof path, "%s/%s/tokens.txt", g_dir, name);
-        int n = read_tokens(path, ids, 256);
+        int n = tu_read_ids(path, ids, 256);
         assert_true(n > 1);
         snprintf(path, sizeof path, "%s/%s", g_dir, name);
         int32_t *routing = NULL;
@@ -123,7 +70,7 @@ static void test_shapes(void **state) {
         assert_int_equal(len, (size_t)n * V * sizeof(float));
         double scale = 1;
         for (size_t i = 0; i < (size_t)n * V; i++) scale = fmax(scale, fabs(ref[i]));
-        double md = max_abs_diff(lg, ref, (size_t)n * V);
+        double md = tu_max_abs_diff(lg, ref, (size_t)n * V);
         printf("%-20s %2d tokens: maxdiff %.3g (max |logit| %.3g)", name, n, md, scale);
         assert_true(md <= 1e-3 * scale);
 
@@ -155,7 +102,7 @@ static void test_shapes(void **state) {
         if (st == MT_OK) {
             float *lg2 = run_model(gg, ids, n, NULL, NULL);
             assert_non_null(lg2);
-            double mg = max_abs_diff(lg, lg2, (size_t)n * V);
+            double mg = tu_max_abs_diff(lg, lg2, (size_t)n * V);
             printf(", GGUF maxdiff %.3g%s", mg, mg == 0 ? " (bit-identical)" : "");
             assert_true(mg <= 1e-5 * scale);
             free(lg2);
@@ -182,7 +129,7 @@ int main(void) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "python3 '%s/tests/make_checkpoint.py' '%s' && python3 '%s/tests/ref_mixtral.py' '%s'/*/",
              tu_source_dir(), g_dir, tu_source_dir(), g_dir);
-    if (run(cmd) != 0) {
+    if (tu_system(cmd) != 0) {
         tu_rmtree(g_dir);
         return 1;
     }

@@ -1,7 +1,10 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include "moetool/mt_runtime.h"
 #include "moetool/mt_tokenizer.h"
+
+#include <math.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,3 +81,77 @@ uint32_t tu_rand_u32(uint64_t *state) {
 }
 
 float tu_rand_unit(uint64_t *state) { return (float)tu_rand_u32(state) / 4294967296.0f * 2.0f - 1.0f; }
+
+int tu_read_ids(const char *path, int32_t *ids, int cap) {
+    size_t len;
+    char *t = tu_read_file(path, &len);
+    if (!t) return -1;
+    int n = 0;
+    char *p = t, *end;
+    for (;;) {
+        long v = strtol(p, &end, 10);
+        if (end == p || n >= cap) break;
+        ids[n++] = (int32_t)v;
+        p = end;
+    }
+    free(t);
+    return n;
+}
+
+double tu_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
+    return m;
+}
+
+int tu_system(const char *cmd) {
+    int rc = system(cmd);
+    if (rc != 0) fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
+    return rc;
+}
+
+float *tu_model_logits(const char *path, const int32_t *ids, int n, int32_t **routing,
+                       mt_config *cfg, double *decode_diff) {
+    mt_model *m;
+    mt_model_opts o;
+    mt_model_opts_default(&o);
+    o.n_threads = 2;
+    if (routing) *routing = NULL;
+    if (mt_model_load(&m, path, &o) < 0) {
+        fprintf(stderr, "load %s: %s\n", path, mt_last_error());
+        return NULL;
+    }
+    const mt_config *cf = mt_model_config(m);
+    float *lg = malloc((size_t)n * cf->vocab * sizeof *lg);
+    float *one = malloc((size_t)cf->vocab * sizeof *one);
+    mt_ctx *c = NULL;
+    int ok = lg && one && mt_ctx_init(&c, m, n, n) == MT_OK && mt_ctx_forward(c, ids, n, lg, 1) == MT_OK;
+    if (ok && routing && cf->top_k > 0) {
+        size_t cnt = (size_t)cf->n_layers * n * cf->top_k;
+        *routing = malloc(cnt * sizeof(int32_t));
+        ok = *routing != NULL;
+        if (ok) memcpy(*routing, mt_ctx_last_routing(c), cnt * sizeof(int32_t));
+    }
+    /* token by token through the KV cache */
+    double md = 0;
+    if (ok) mt_ctx_reset(c);
+    for (int i = 0; ok && i < n; i++) {
+        ok = mt_ctx_forward(c, ids + i, 1, one, 0) == MT_OK;
+        if (ok) md = fmax(md, tu_max_abs_diff(one, lg + (size_t)i * cf->vocab, (size_t)cf->vocab));
+    }
+    if (ok && cfg) ok = mt_config_copy(cfg, cf) == MT_OK;
+    if (!ok) {
+        fprintf(stderr, "run %s: %s\n", path, mt_last_error());
+        free(lg);
+        lg = NULL;
+        if (routing) {
+            free(*routing);
+            *routing = NULL;
+        }
+    }
+    if (decode_diff) *decode_diff = md;
+    if (c) mt_ctx_free(c);
+    mt_model_free(m);
+    free(one);
+    return lg;
+}

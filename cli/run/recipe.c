@@ -338,6 +338,17 @@ static int check_refs(parser *p, recipe *r, int self, const char *s, recipe_pos 
         ref[n] = 0;
         c = e + 1;
         if (!strcmp(ref, "model")) continue;
+        if (!strncmp(ref, "texts.", 6)) {
+            if (recipe_text_find(r, ref + 6) >= 0) continue;
+            const char **names = calloc(r->n_texts + 1, sizeof *names);
+            for (size_t i = 0; names && i < r->n_texts; i++) names[i] = r->texts[i].name;
+            const char *near = names ? nearest(ref + 6, names, r->n_texts) : NULL;
+            int rc = near ? fail_at(p, pos, "reference ${%s}: no text named '%s' under texts:; did you mean '%s'?", ref,
+                                    ref + 6, near)
+                          : fail_at(p, pos, "reference ${%s}: no text named '%s' under texts:", ref, ref + 6);
+            free(names);
+            return rc;
+        }
         char *dot = strrchr(ref, '.');
         if (!dot) {
             if (recipe_step_find(r, ref) >= 0)
@@ -458,6 +469,9 @@ static int parse_steps(parser *p, recipe *r, const ynode *seq, int check_files) 
                 if (want_scalar(p, val, "name")) return -1;
                 if (!*val->s || strspn(val->s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != strlen(val->s))
                     return fail_at(p, val->pos, "step name '%s' may hold only letters, digits, '-' and '_'", val->s);
+                if (!strcmp(val->s, "texts") || !strcmp(val->s, "model"))
+                    return fail_at(p, val->pos, "step name '%s' is reserved (${%s...} means something else)", val->s,
+                                   val->s);
                 if (recipe_step_find(r, val->s) >= 0)
                     return fail_at(p, val->pos, "a second step named '%s' (first at line %d)", val->s,
                                    r->steps[recipe_step_find(r, val->s)].pos.line);
@@ -558,10 +572,61 @@ static int has_key(const recipe_step *s, const char *name) {
     return 0;
 }
 
+/* Whether eval step s reads the named text t (its text: is ${texts.NAME}). */
+static int step_reads_text(const recipe *r, const recipe_step *s, int t) {
+    if (strcmp(s->verb->name, "eval")) return 0;
+    char want[160];
+    snprintf(want, sizeof want, "${texts.%s}", r->texts[t].name);
+    for (size_t k = 0; k < s->n_kv; k++)
+        if (!strcmp(s->kv[k].opt->name, "text") && !strcmp(s->kv[k].value, want)) return 1;
+    return 0;
+}
+
+/* A gate on a named text reads the eval step of that text: the one its
+ * step: names (which must read the text), else the only one that reads it. */
+static int pick_text_step(parser *p, const recipe *r, recipe_gate *gt, int has_step, recipe_pos pos) {
+    const char *tn = r->texts[gt->text].name;
+    if (has_step) {
+        if (!step_reads_text(r, &r->steps[gt->step], gt->text))
+            return fail_at(p, pos, "gate: step '%s' does not evaluate text '%s' (its text: is not ${texts.%s})",
+                           r->steps[gt->step].name, tn, tn);
+        return 0;
+    }
+    int found = -1;
+    for (size_t i = 0; i < r->n_steps; i++) {
+        if (!step_reads_text(r, &r->steps[i], gt->text)) continue;
+        if (found >= 0)
+            return fail_at(p, pos, "gate: steps '%s' and '%s' both evaluate text '%s'; say which with step:",
+                           r->steps[found].name, r->steps[i].name, tn);
+        found = (int)i;
+    }
+    if (found < 0)
+        return fail_at(p, pos, "gate: no eval step evaluates text '%s' (give one text: ${texts.%s})", tn, tn);
+    gt->step = found;
+    return 0;
+}
+
+static int parse_texts(parser *p, recipe *r, const ynode *m, int check_files) {
+    if (m->kind != Y_MAP) return fail_at(p, m->pos, "texts expects a mapping of NAME: file, got %s", kind_name(m));
+    if (!(r->texts = calloc(m->n / 2 + 1, sizeof *r->texts))) return fail_at(p, m->pos, "out of memory");
+    for (size_t k = 0; k < m->n; k += 2) {
+        const ynode *key = m->kids[k], *val = m->kids[k + 1];
+        if (!*key->s || strspn(key->s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != strlen(key->s))
+            return fail_at(p, key->pos, "text name '%s' may hold only letters, digits, '-' and '_'", key->s);
+        if (want_scalar(p, val, "texts")) return -1;
+        if (strstr(val->s, "${")) return fail_at(p, val->pos, "texts: %s must be a file, not a reference", key->s);
+        recipe_text *t = &r->texts[r->n_texts++];
+        t->pos = val->pos;
+        if (!(t->name = strdup(key->s)) || !(t->path = resolve(r, val->s))) return fail_at(p, val->pos, "out of memory");
+        if (check_files && !exists(t->path)) return fail_at(p, val->pos, "texts: %s: %s does not exist", key->s, t->path);
+    }
+    return 0;
+}
+
 static int parse_gates(parser *p, recipe *r, const ynode *seq) {
     if (seq->kind != Y_SEQ) return fail_at(p, seq->pos, "gates expects a list, got %s", kind_name(seq));
     if (!(r->gates = calloc(seq->n + 1, sizeof *r->gates))) return fail_at(p, seq->pos, "out of memory");
-    static const char *const keys[] = {"metric", "step", "min", "max"};
+    static const char *const keys[] = {"metric", "step", "text", "min", "max"};
     int last_eval = -1;
     for (size_t i = 0; i < r->n_steps; i++)
         if (!strcmp(r->steps[i].verb->name, "eval")) last_eval = (int)i;
@@ -570,7 +635,10 @@ static int parse_gates(parser *p, recipe *r, const ynode *seq) {
         recipe_gate *gt = &r->gates[r->n_gates++];
         gt->pos = g->pos;
         gt->step = last_eval;
+        gt->text = -1;
         gt->metric = GATE_COUNT;
+        int has_step = 0;
+        recipe_pos text_pos = g->pos;
         if (g->kind != Y_MAP) return fail_at(p, g->pos, "a gate is a mapping (metric:, min: or max:), got %s", kind_name(g));
         for (size_t k = 0; k < g->n; k += 2) {
             const ynode *key = g->kids[k], *val = g->kids[k + 1];
@@ -587,6 +655,7 @@ static int parse_gates(parser *p, recipe *r, const ynode *seq) {
             } else if (!strcmp(key->s, "step")) {
                 if (want_scalar(p, val, "step")) return -1;
                 gt->step = recipe_step_find(r, val->s);
+                has_step = 1;
                 if (gt->step < 0) return fail_at(p, val->pos, "gate: no step named '%s'", val->s);
                 if (strcmp(r->steps[gt->step].verb->name, "eval"))
                     return fail_at(p, val->pos, "gate: step '%s' is a %s step; gates read eval steps", val->s,
@@ -597,10 +666,25 @@ static int parse_gates(parser *p, recipe *r, const ynode *seq) {
             } else if (!strcmp(key->s, "max")) {
                 if (want_num(p, val, "max", &gt->max)) return -1;
                 gt->has_max = 1;
+            } else if (!strcmp(key->s, "text")) {
+                if (want_scalar(p, val, "text")) return -1;
+                gt->text = recipe_text_find(r, val->s);
+                text_pos = val->pos;
+                if (gt->text < 0) {
+                    const char **names = calloc(r->n_texts + 1, sizeof *names);
+                    for (size_t t = 0; names && t < r->n_texts; t++) names[t] = r->texts[t].name;
+                    const char *near = names ? nearest(val->s, names, r->n_texts) : NULL;
+                    int rc = near ? fail_at(p, val->pos, "gate: no text named '%s' under texts:; did you mean '%s'?",
+                                            val->s, near)
+                                  : fail_at(p, val->pos, "gate: no text named '%s' under texts:", val->s);
+                    free(names);
+                    return rc;
+                }
             } else {
-                return unknown_key(p, key, "a gate", keys, 4);
+                return unknown_key(p, key, "a gate", keys, 5);
             }
         }
+        if (gt->text >= 0 && pick_text_step(p, r, gt, has_step, text_pos)) return -1;
         if (gt->metric == GATE_COUNT) return fail_at(p, g->pos, "a gate needs metric:");
         if (!gt->has_min && !gt->has_max) return fail_at(p, g->pos, "gate %s needs min: or max:", metric_names[gt->metric]);
         if (gt->has_min && gt->has_max && gt->min > gt->max)
@@ -640,11 +724,11 @@ static int parse_calibration(parser *p, recipe *r, const ynode *m, int check_fil
 }
 
 static int parse_root(parser *p, recipe *r, const ynode *root, int check_files) {
-    static const char *const keys[] = {"version", "name", "description", "model", "calibration", "steps", "gates"};
+    static const char *const keys[] = {"version", "name", "description", "model", "calibration", "texts", "steps", "gates"};
     const recipe_pos top = {1, 1};
     if (!root || (root->kind == Y_SCALAR && !*root->s)) return fail_at(p, top, "empty recipe (see docs/recipes.md)");
     if (root->kind != Y_MAP) return fail_at(p, root->pos, "a recipe is a mapping (version:, model:, steps:...), got %s", kind_name(root));
-    const ynode *steps = NULL, *gates = NULL, *calib = NULL;
+    const ynode *steps = NULL, *gates = NULL, *calib = NULL, *texts = NULL;
     for (size_t k = 0; k < root->n; k += 2) {
         const ynode *key = root->kids[k], *val = root->kids[k + 1];
         if (!strcmp(key->s, "version")) {
@@ -663,6 +747,8 @@ static int parse_root(parser *p, recipe *r, const ynode *root, int check_files) 
             if (check_files && !exists(r->model)) return fail_at(p, val->pos, "model %s does not exist", r->model);
         } else if (!strcmp(key->s, "calibration")) {
             calib = val;
+        } else if (!strcmp(key->s, "texts")) {
+            texts = val;
         } else if (!strcmp(key->s, "steps")) {
             steps = val;
         } else if (!strcmp(key->s, "gates")) {
@@ -674,6 +760,7 @@ static int parse_root(parser *p, recipe *r, const ynode *root, int check_files) 
     if (!r->version) return fail_at(p, root->pos, "missing version: %d (the recipe schema version)", RECIPE_VERSION);
     if (!r->model) return fail_at(p, root->pos, "missing model: (the base model's path)");
     if (calib && parse_calibration(p, r, calib, check_files)) return -1;
+    if (texts && parse_texts(p, r, texts, check_files)) return -1;
     if (!steps) return fail_at(p, root->pos, "missing steps:");
     if (parse_steps(p, r, steps, check_files) || order_steps(p, r)) return -1;
     if (calib) {
@@ -683,6 +770,12 @@ static int parse_root(parser *p, recipe *r, const ynode *root, int check_files) 
     }
     if (gates && parse_gates(p, r, gates)) return -1;
     return 0;
+}
+
+int recipe_text_find(const recipe *r, const char *name) {
+    for (size_t i = 0; i < r->n_texts; i++)
+        if (!strcmp(r->texts[i].name, name)) return (int)i;
+    return -1;
 }
 
 int recipe_parse(recipe **out, const char *path, const char *data, size_t len, int check_files, char *err, size_t errn) {
@@ -741,6 +834,11 @@ void recipe_free(recipe *r) {
     free(r->steps);
     free(r->order);
     free(r->gates);
+    for (size_t i = 0; r->texts && i < r->n_texts; i++) {
+        free(r->texts[i].name);
+        free(r->texts[i].path);
+    }
+    free(r->texts);
     free(r->calib_text);
     free(r->model);
     free(r->path);
@@ -762,7 +860,10 @@ char *recipe_expand(const recipe *r, const char *s, char *const *outputs, const 
             name[e - c - 2] = 0;
             char *dot = strrchr(name, '.');
             if (!strcmp(name, "model")) add = model ? model : r->model;
-            else if (dot && !strcmp(dot + 1, "output")) {
+            else if (!strncmp(name, "texts.", 6)) {
+                const int t = recipe_text_find(r, name + 6);
+                add = t >= 0 ? r->texts[t].path : NULL;
+            } else if (dot && !strcmp(dot + 1, "output")) {
                 *dot = 0;
                 int t = recipe_step_find(r, name);
                 add = t >= 0 && outputs ? outputs[t] : NULL;

@@ -57,10 +57,19 @@ typedef enum {
 typedef struct {
     recipe_metric metric;
     int step;              /* an eval step                                        */
+    int text;              /* a named text (index in texts), -1: none named       */
     int has_min, has_max;
     double min, max;
     recipe_pos pos;
 } recipe_gate;
+
+/* A named text (`texts:`): eval steps read it as ${texts.NAME}, gates
+ * name it with text: NAME. */
+typedef struct {
+    char *name;
+    char *path;            /* resolved                                           */
+    recipe_pos pos;
+} recipe_text;
 
 typedef struct {
     char *path;            /* as given                                           */
@@ -75,6 +84,8 @@ typedef struct {
     int *order;            /* steps in run order (dependencies first)             */
     recipe_gate *gates;
     size_t n_gates;
+    recipe_text *texts;
+    size_t n_texts;
 } recipe;
 
 const char *recipe_metric_name(recipe_metric m);
@@ -90,8 +101,12 @@ void recipe_free(recipe *r);
 /* Index of the step named name, or -1. */
 int recipe_step_find(const recipe *r, const char *name);
 
+/* Index of the text named name, or -1. */
+int recipe_text_find(const recipe *r, const char *name);
+
 /* Expands ${STEP.output} in s with outputs[] (per step, the path it writes,
- * NULL for none) and ${model} with model (NULL: the recipe's model path);
+ * NULL for none), ${texts.NAME} with the text's path and ${model} with model
+ * (NULL: the recipe's model path);
  * malloc'd, NULL when out of memory. The references were checked by the
  * parser. */
 char *recipe_expand(const recipe *r, const char *s, char *const *outputs, const char *model);

@@ -42,6 +42,13 @@ static double num(const json_t *j, const char *a, const char *b) {
 
 static const char *step_name(const report_input *in, int i) { return in->r->steps[i].name; }
 
+/* Where a gate reads: its eval step, and the named text when it has one. */
+static const char *gate_where(const report_input *in, const recipe_gate *g, char *b, size_t n) {
+    if (g->text < 0) return step_name(in, g->step);
+    snprintf(b, n, "%s (text %s)", step_name(in, g->step), in->r->texts[g->text].name);
+    return b;
+}
+
 static void limit_text(const recipe_gate *g, char *b, size_t n) {
     if (g->has_min && g->has_max) snprintf(b, n, "%g..%g", g->min, g->max);
     else if (g->has_min) snprintf(b, n, ">= %g", g->min);
@@ -66,13 +73,15 @@ static void miss_text(const report_gate *rg, char *b, size_t n) {
 }
 
 void report_gate_table(const report_input *in, FILE *f) {
-    fprintf(f, "%-18s %-14s %14s  %-14s %s\n", "gate", "step", "value", "limit", "result");
+    fprintf(f, "%-18s %-26s %14s  %-14s %s\n", "gate", "step", "value", "limit", "result");
     for (size_t i = 0; i < in->n_gates; i++) {
         const report_gate *rg = &in->gates[i];
         char lim[64], miss[96];
         limit_text(rg->gate, lim, sizeof lim);
         miss_text(rg, miss, sizeof miss);
-        fprintf(f, "%-18s %-14s %14.6g  %-14s %s\n", recipe_metric_name(rg->gate->metric), step_name(in, rg->gate->step),
+        char where[200];
+        fprintf(f, "%-18s %-26s %14.6g  %-14s %s\n", recipe_metric_name(rg->gate->metric),
+                gate_where(in, rg->gate, where, sizeof where),
                 rg->have ? rg->value : NAN, lim, miss);
     }
 }
@@ -100,6 +109,7 @@ static json_t *summary(const report_input *in) {
         json_t *o = json_pack("{s:s, s:s, s:b}", "metric", recipe_metric_name(rg->gate->metric), "step",
                               step_name(in, rg->gate->step), "pass", rg->pass);
         json_object_set_new(o, "value", rg->have ? json_real(rg->value) : json_null());
+        if (rg->gate->text >= 0) json_object_set_new(o, "text", json_string(in->r->texts[rg->gate->text].name));
         if (rg->gate->has_min) json_object_set_new(o, "min", json_real(rg->gate->min));
         if (rg->gate->has_max) json_object_set_new(o, "max", json_real(rg->gate->max));
         json_array_append_new(gates, o);
@@ -148,8 +158,9 @@ static void write_md(const report_input *in, FILE *f) {
             char lim[64], miss[96];
             limit_text(rg->gate, lim, sizeof lim);
             miss_text(rg, miss, sizeof miss);
+            char where[200];
             fprintf(f, "| %s | %s | %.6g | %s | %s |\n", recipe_metric_name(rg->gate->metric),
-                    step_name(in, rg->gate->step), rg->value, lim, miss);
+                    gate_where(in, rg->gate, where, sizeof where), rg->value, lim, miss);
         }
     }
     fprintf(f, "\n## Commands\n\n```\n");
@@ -298,7 +309,8 @@ static void write_html(const report_input *in, FILE *f) {
             limit_text(rg->gate, lim, sizeof lim);
             miss_text(rg, miss, sizeof miss);
             fprintf(f, "<tr><td>%s</td><td>", recipe_metric_name(rg->gate->metric));
-            html_esc(f, step_name(in, rg->gate->step));
+            char where[200];
+            html_esc(f, gate_where(in, rg->gate, where, sizeof where));
             fprintf(f, "</td><td>%.6g</td><td>", rg->value);
             html_esc(f, lim);
             fprintf(f, "</td><td class=\"%s\">%s</td></tr>\n", rg->pass ? "ok" : "fail", miss);

@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -226,9 +227,16 @@ static int push_arg(step_plan *sp, const char *a) {
  * is not part of a key. */
 static char *hash_text(plan *pl, const char *value, int is_path) {
     const recipe *r = pl->r;
-    if (is_path && !strstr(value, "${")) {
-        char h[65];
-        return strdup(hash_path(value, h) ? "<unreadable>" : h);
+    if (is_path) { /* a file, named directly or as ${texts.NAME}: its content */
+        char *plain = recipe_expand(r, value, NULL, "${model}");
+        if (!plain) return NULL;
+        if (!strstr(plain, "${")) {
+            char h[65];
+            const int bad = hash_path(plain, h);
+            free(plain);
+            return strdup(bad ? "<unreadable>" : h);
+        }
+        free(plain);
     }
     char **tokens = calloc(r->n_steps, sizeof *tokens);
     if (!tokens) return NULL;
@@ -388,6 +396,33 @@ static int claim_workdir(const char *dir, char *err, size_t errn) {
     }
     if (fd >= 0) close(fd);
 done:
+    free(marker);
+    return rc;
+}
+
+/* One run at a time per work directory: an exclusive flock on the marker,
+ * held until this process exits (close-on-exec, so steps do not inherit
+ * it). A second run on the same directory stops at once instead of racing
+ * the first for the same step directories and reports. */
+static int lock_workdir(const char *dir, char *err, size_t errn) {
+    static int lock_fd = -1;
+    char *marker = join(dir, ".moetool-run");
+    if (!marker) return snprintf(err, errn, "out of memory"), -1;
+    int rc = 0;
+    lock_fd = open(marker, O_RDONLY | O_CLOEXEC);
+    if (lock_fd < 0) {
+        rc = -1;
+        snprintf(err, errn, "%s: %s", marker, strerror(errno));
+    } else if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        rc = -1;
+        if (errno == EWOULDBLOCK)
+            snprintf(err, errn, "%s: another moetool run is using this work directory; wait for it to finish or "
+                     "choose another --workdir", dir);
+        else
+            snprintf(err, errn, "%s: cannot lock: %s", marker, strerror(errno));
+        close(lock_fd);
+        lock_fd = -1;
+    }
     free(marker);
     return rc;
 }
@@ -672,6 +707,10 @@ int cmd_run(int argc, char **argv) {
     if (pl.work && !A.dry_run && claim_workdir(pl.work, err, sizeof err)) {
         fprintf(stderr, "moetool run: %s\n", err);
         ret = MT_EXIT_USAGE;
+        goto done;
+    }
+    if (pl.work && !A.dry_run && lock_workdir(pl.work, err, sizeof err)) {
+        fprintf(stderr, "moetool run: %s\n", err);
         goto done;
     }
     g_hash_cache = pl.work ? join(pl.work, "file-hashes") : NULL;

@@ -19,6 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define ARCHIVE_MAX_ENTRIES 1000000 /* entries walked, wanted or not */
@@ -84,9 +87,10 @@ void mt_archive_free(mt_archive *a) {
     if (!a) return;
     for (size_t i = 0; i < a->n; i++) {
         free(a->m[i].name);
-        free(a->m[i].data);
+        if (!a->m[i].mapped) free((void *)a->m[i].data);
     }
     free(a->m);
+    if (a->map) munmap(a->map, a->map_size);
     free(a);
 }
 
@@ -96,13 +100,110 @@ const mt_archive_member *mt_archive_get(const mt_archive *a, const char *name) {
     return NULL;
 }
 
+#define MAP_CHECK 4096 /* bytes of a mapped member compared with what libarchive reads */
+
+/* Reads the current entry's bytes into a new buffer (*out, *outlen), after
+ * the plen bytes already read into prefix. Buffers grow as bytes arrive,
+ * capped by the declared size: a header may declare more than the archive
+ * holds. held: bytes already kept in memory, against budget. */
+static int read_member(struct archive *ar, const char *path, const char *name, int64_t declared, uint64_t held,
+                       uint64_t budget, const uint8_t *prefix, size_t plen, uint8_t **out, size_t *outlen) {
+    size_t cap = declared >= 0 && declared < (1 << 20) ? (size_t)declared : 1 << 20, len = plen;
+    if (cap < plen) cap = plen;
+    uint8_t *buf = malloc(cap ? cap : 1);
+    if (!buf) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory reading '%.200s'", path, name);
+    if (plen) memcpy(buf, prefix, plen);
+    for (;;) {
+        if (len == cap) {
+            if (declared >= 0 && len == (size_t)declared) { /* more than declared: not a valid entry */
+                uint8_t probe;
+                la_ssize_t k = archive_read_data(ar, &probe, 1);
+                if (k == 0) break;
+                free(buf);
+                return mt_seterr(MT_ERR_FORMAT, "%s: '%.200s' is longer than its header says", path, name);
+            }
+            if (held + cap * 2 > budget) {
+                free(buf);
+                return mt_seterr(MT_ERR_NOMEM, "%s: '%.200s' does not fit in the memory available; unpack the "
+                                 "archive", path, name);
+            }
+            size_t nc = cap ? cap * 2 : 4096;
+            if (declared >= 0 && nc > (size_t)declared) nc = (size_t)declared;
+            uint8_t *g = realloc(buf, nc);
+            if (!g) {
+                free(buf);
+                return mt_seterr(MT_ERR_NOMEM, "%s: out of memory reading '%.200s'", path, name);
+            }
+            buf = g;
+            cap = nc;
+        }
+        la_ssize_t k = archive_read_data(ar, buf + len, cap - len);
+        if (k < 0) {
+            free(buf);
+            return mt_seterr(MT_ERR_FORMAT, "%s: reading '%.200s': %s", path, name, archive_error_string(ar));
+        }
+        if (k == 0) break;
+        len += (size_t)k;
+    }
+    if (declared >= 0 && len != (size_t)declared) {
+        free(buf);
+        return mt_seterr(MT_ERR_FORMAT, "%s: '%.200s' is truncated (%zu of %lld bytes)", path, name, len,
+                         (long long)declared);
+    }
+    *out = buf;
+    *outlen = len;
+    return MT_OK;
+}
+
+/* In an uncompressed tar a member's bytes lie whole in the file, right after
+ * its header: map the archive once and point the member into the mapping
+ * (*data), so a checkpoint of any size is read without holding a copy. The
+ * offset is where libarchive's reader stands after the header; the first
+ * MAP_CHECK bytes libarchive reads must equal the mapped ones, else (and for
+ * sparse members, compressed or zip archives) *data stays NULL and the bytes
+ * read so far are handed back in prefix/plen for the copying reader. */
+static int try_map(struct archive *ar, struct archive_entry *e, mt_archive *a, const char *path, const char *name,
+                   int64_t declared, const uint8_t **data, uint8_t *prefix, size_t *plen) {
+    *data = NULL;
+    *plen = 0;
+    if (declared < 0 || archive_filter_count(ar) != 1 || archive_filter_code(ar, 0) != ARCHIVE_FILTER_NONE ||
+        (archive_format(ar) & ARCHIVE_FORMAT_BASE_MASK) != ARCHIVE_FORMAT_TAR || archive_entry_sparse_count(e) > 0)
+        return MT_OK;
+    if (!a->map) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat sb;
+        if (fd < 0) return MT_OK;
+        if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0) {
+            void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (p != MAP_FAILED) {
+                a->map = p;
+                a->map_size = (size_t)sb.st_size;
+            }
+        }
+        close(fd);
+        if (!a->map) return MT_OK;
+    }
+    const int64_t off = archive_filter_bytes(ar, 0);
+    if (off < 0 || (uint64_t)off > a->map_size || (uint64_t)declared > a->map_size - (uint64_t)off) return MT_OK;
+    const size_t want = (uint64_t)declared < MAP_CHECK ? (size_t)declared : MAP_CHECK;
+    while (*plen < want) {
+        la_ssize_t k = archive_read_data(ar, prefix + *plen, want - *plen);
+        if (k < 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s: reading '%.200s': %s", path, name, archive_error_string(ar));
+        if (k == 0) break;
+        *plen += (size_t)k;
+    }
+    if (*plen != want || memcmp(prefix, (const uint8_t *)a->map + off, want)) return MT_OK;
+    *data = (const uint8_t *)a->map + off;
+    return MT_OK;
+}
+
 int mt_archive_read(mt_archive **out, const char *path) {
     *out = NULL;
     struct archive *ar = archive_read_new();
     mt_archive *a = calloc(1, sizeof *a);
     char dir0[1024] = "", dir[1024];
     int have_dir = 0, rc = MT_OK;
-    uint64_t total = 0;
     const uint64_t budget = mem_available() / 10 * 9;
     if (!ar || !a) {
         rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
@@ -150,60 +251,25 @@ int mt_archive_read(mt_archive **out, const char *path) {
         }
         /* the declared size when there is one (tar always; zip usually) */
         const int64_t declared = archive_entry_size_is_set(e) ? archive_entry_size(e) : -1;
-        /* grown as bytes arrive: a header may declare more than the archive holds */
-        size_t cap = declared >= 0 && declared < (1 << 20) ? (size_t)declared : 1 << 20, len = 0;
-        if (declared >= 0 && ((uint64_t)declared > budget || total + (uint64_t)declared > budget)) {
-            rc = mt_seterr(MT_ERR_NOMEM, "%s: '%.200s' makes %.1f GiB to hold in memory, more than the %.1f GiB "
-                           "available; unpack the archive", path, name, (double)(total + (uint64_t)declared) / (1 << 30),
-                           (double)budget / (1 << 30));
-            goto done;
-        }
-        uint8_t *buf = malloc(cap ? cap : 1);
-        if (!buf) {
-            rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory reading '%.200s'", path, name);
-            goto done;
-        }
-        for (;;) {
-            if (len == cap) {
-                if (declared >= 0 && len == (size_t)declared) { /* more than declared: not a valid entry */
-                    uint8_t probe;
-                    la_ssize_t k = archive_read_data(ar, &probe, 1);
-                    if (k == 0) break;
-                    free(buf);
-                    rc = mt_seterr(MT_ERR_FORMAT, "%s: '%.200s' is longer than its header says", path, name);
-                    goto done;
-                }
-                if (total + cap * 2 > budget) {
-                    free(buf);
-                    rc = mt_seterr(MT_ERR_NOMEM, "%s: '%.200s' does not fit in the memory available; unpack the "
-                                   "archive", path, name);
-                    goto done;
-                }
-                size_t nc = cap ? cap * 2 : 4096;
-                if (declared >= 0 && nc > (size_t)declared) nc = (size_t)declared;
-                uint8_t *g = realloc(buf, nc);
-                if (!g) {
-                    free(buf);
-                    rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory reading '%.200s'", path, name);
-                    goto done;
-                }
-                buf = g;
-                cap = nc;
-            }
-            la_ssize_t k = archive_read_data(ar, buf + len, cap - len);
-            if (k < 0) {
-                free(buf);
-                rc = mt_seterr(MT_ERR_FORMAT, "%s: reading '%.200s': %s", path, name, archive_error_string(ar));
+        const uint8_t *data = NULL;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        int mapped = 0;
+        uint8_t prefix[MAP_CHECK];
+        size_t plen = 0;
+        if ((rc = try_map(ar, e, a, path, name, declared, &data, prefix, &plen))) goto done;
+        if (data) {
+            mapped = 1;
+            len = (size_t)declared;
+        } else {
+            if (declared >= 0 && ((uint64_t)declared > budget || a->held + (uint64_t)declared > budget)) {
+                rc = mt_seterr(MT_ERR_NOMEM, "%s: '%.200s' makes %.1f GiB to hold in memory, more than the %.1f GiB "
+                               "available; unpack the archive", path, name,
+                               (double)(a->held + (uint64_t)declared) / (1 << 30), (double)budget / (1 << 30));
                 goto done;
             }
-            if (k == 0) break;
-            len += (size_t)k;
-        }
-        if (declared >= 0 && len != (size_t)declared) {
-            free(buf);
-            rc = mt_seterr(MT_ERR_FORMAT, "%s: '%.200s' is truncated (%zu of %lld bytes)", path, name, len,
-                           (long long)declared);
-            goto done;
+            if ((rc = read_member(ar, path, name, declared, a->held, budget, prefix, plen, &buf, &len))) goto done;
+            data = buf;
         }
         mt_archive_member *g = realloc(a->m, (a->n + 1) * sizeof *a->m);
         char *nm = strdup(base);
@@ -216,10 +282,11 @@ int mt_archive_read(mt_archive **out, const char *path) {
         }
         a->m = g;
         a->m[a->n].name = nm;
-        a->m[a->n].data = buf;
+        a->m[a->n].data = data;
         a->m[a->n].size = len;
+        a->m[a->n].mapped = mapped;
         a->n++;
-        total += len;
+        if (!mapped) a->held += len;
     }
     if (r != ARCHIVE_EOF) {
         rc = mt_seterr(MT_ERR_FORMAT, "%s: %s", path, archive_error_string(ar) ? archive_error_string(ar) : "broken archive");

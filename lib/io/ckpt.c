@@ -188,19 +188,24 @@ static int open_member_shard(mt_ckpt *ck, mt_safetensors **out, const char *name
 }
 
 static int open_sharded(mt_ckpt *ck, const char *dir, const char *index_path, shard_open_fn open_shard) {
-    mt_mapped m;
+    mt_mapped m = {0};
+    const void *idx_data;
     const mt_archive_member *im = ck->arc ? mt_archive_get(ck->arc, index_path) : NULL;
     const shard_parse_fn parse = open_shard == mt_pytorch_open ? mt_pytorch_parse : mt_safetensors_parse;
     int rc = MT_OK;
+    size_t idx_size;
     if (im) {
-        m.data = im->data;
-        m.size = im->size;
+        idx_data = im->data;
+        idx_size = im->size;
     } else if ((rc = mt_map_file(&m, index_path))) {
         return rc;
+    } else {
+        idx_data = m.data;
+        idx_size = m.size;
     }
-    ck->file_bytes += m.size;
+    ck->file_bytes += idx_size;
     json_error_t jerr;
-    json_t *root = json_loadb(m.data ? (const char *)m.data : "", m.size, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb(idx_data ? (const char *)idx_data : "", idx_size, JSON_REJECT_DUPLICATES, &jerr);
     if (!im) mt_unmap_file(&m);
     if (!root)
         return mt_seterr(MT_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", index_path, jerr.line,

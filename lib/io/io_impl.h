@@ -61,17 +61,23 @@ int mt_path_is_dir(const char *path);
 int mt_path_exists(const char *path);
 
 /* ---- archives (archive.c) ----------------------------------------------
- * The model files of an archive, read into memory (names without the
- * archive's directory). mt_archive_name: whether a path names an archive by
- * its extension (.tar, .tar.gz, .tgz, .tar.zst, .tzst, .tar.xz, .txz, .zip). */
+ * The model files of an archive (names without the archive's directory):
+ * in an uncompressed tar, views into the archive mapped read-only (nothing
+ * copied); otherwise read into memory. mt_archive_name: whether a path names
+ * an archive by its extension (.tar, .tar.gz, .tgz, .tar.zst, .tzst,
+ * .tar.xz, .txz, .zip). */
 typedef struct {
     char *name;
-    uint8_t *data;
+    const uint8_t *data;
     size_t size;
+    int mapped; /* data points into the archive's mapping (not owned) */
 } mt_archive_member;
 typedef struct {
     size_t n;
     mt_archive_member *m;
+    void *map;        /* the whole archive mapped, or NULL */
+    size_t map_size;
+    uint64_t held;    /* bytes copied into memory (members not mapped) */
 } mt_archive;
 int mt_archive_name(const char *path);
 int mt_archive_read(mt_archive **out, const char *path);
