@@ -40,7 +40,7 @@ static const cli_opt merge_opts[] = {
      "llama.cpp need one K", NULL, CLI_AT(merge_args, o.budget), 1, 1 << 20},
     {"method", 0, CLI_ENUM, "M", "auto | prune | average | frequency | hc-smoe | mc-smoe | reap | reap-merge | naee "
      "(see docs/merge.md). auto splits the calibration windows: the last quarter (at least 1; --heldout-windows) is "
-     "held out, the rest fit every candidate (the methods above; with --router alias only the merging ones), each "
+     "held out (one window in all: none, and reap-merge is written), the rest fit every candidate (the methods above; with --router alias only the merging ones), each "
      "candidate is measured by its perplexity on the held-out windows, and the lowest is written; it equals "
      "--method M --calib-tokens <fit tokens> with the chosen M. One method for all layers", "auto",
      CLI_AT(merge_args, o.method), .choices = cli_merge_methods},
@@ -132,7 +132,10 @@ int cmd_merge(int argc, char **argv) {
         fprintf(stderr, "moetool merge: note: the experts and routers were stored as %s%s; they were dequantized to "
                 "f32, merged and written as bf16 (other tensors: as stored when safetensors holds the type, else "
                 "bf16)\n", mt_dtype_name((mt_dtype)r.source_dtype), r.source_mixed ? " and other llama.cpp types" : "");
-    if (o.method == MT_MERGE_AUTO && !quiet) {
+    if (o.method == MT_MERGE_AUTO && r.n_candidates == 0)
+        fprintf(stderr, "moetool merge: note: --method auto: --calib-tokens %d gives one calibration window of %d "
+                "tokens, none can be held out to measure the candidates; wrote reap-merge\n", o.calib_tokens, r.window);
+    else if (o.method == MT_MERGE_AUTO && !quiet) {
         /* the candidate table, with the progress lines */
         fprintf(stderr, "moetool merge: auto: fitted on %llu tokens, measured on %d held-out windows of %d tokens "
                 "(source ppl %.4f):\n", (unsigned long long)r.fit_tokens, r.heldout_windows, r.window, r.base_ppl);

@@ -6,7 +6,8 @@
 # auto wrote must be the argmin of those perplexities, and its safetensors
 # must be byte-identical to the separate run of that method. Run on the
 # bundled model and on a small random top-1 model (with --router alias, where
-# only merging methods are candidates). Bad combinations exit 2, no output.
+# only merging methods are candidates). One calibration window: reap-merge,
+# with a note. Bad combinations exit 2, no output.
 set -u
 BIN=${MT_BIN:-build/cli/moetool}
 MODEL=${MT_MODEL_DIR:-models/kjv-mixtral-15m}
@@ -82,6 +83,15 @@ python3 "$SRC/tests/make_checkpoint.py" "$T/smallmodel" --custom --hidden 64 --f
 cp "$MODEL/tokenizer.model" "$T/smallmodel/"
 check_auto small "$T/smallmodel" "$MODEL/data/train.txt" "average frequency hc-smoe mc-smoe reap-merge" \
   "--heldout-windows 2" --experts 2 --router alias --calib-tokens 1024 --sample 256 --threads 2
+
+# one calibration window: nothing to hold out, auto writes reap-merge and says so
+"$BIN" merge "$MODEL" -o "$T/one" --experts 6 --calib-tokens 256 --sample 128 --threads 2 --json >"$T/one.json" 2>"$T/err" \
+  || bad "auto over one window: $(cat "$T/err")"
+grep -q "none can be held out" "$T/err" && [ "$(jget "$T/one.json" "['method']")" = reap-merge ] && ok \
+  || bad "auto over one window: no note or not reap-merge: $(cat "$T/err")"
+"$BIN" merge "$MODEL" -o "$T/onerm" --experts 6 --calib-tokens 256 --sample 128 --threads 2 --method reap-merge --quiet \
+  >/dev/null 2>&1 && cmp -s "$T/one/model.safetensors" "$T/onerm/model.safetensors" && ok \
+  || bad "auto over one window differs from --method reap-merge"
 
 # bad combinations: usage errors, no output
 "$BIN" merge "$MODEL" -o "$T/x" --experts 6 --method prune --heldout-windows 2 --calib-tokens 1024 >/dev/null 2>"$T/err"

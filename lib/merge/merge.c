@@ -126,10 +126,12 @@ static int calib_hook(void *user, const mt_capture_event *ev) {
     return 0;
 }
 
-/* Windows auto holds out of n_win (a quarter, at least 1, unless given). */
+/* Windows auto holds out of n_win (a quarter, at least 1, unless given).
+ * A single window cannot be split: 0, and auto falls back to reap-merge. */
 static int heldout_count(const mt_merge_opts *o, size_t n_win) {
     if (o->method != MT_MERGE_AUTO) return 0;
     if (o->heldout_windows > 0) return o->heldout_windows;
+    if (n_win < 2) return 0;
     return n_win / 4 > 1 ? (int)(n_win / 4) : 1;
 }
 
@@ -676,7 +678,11 @@ static mt_prov *merge_provenance(const char *model_path, const mt_merge_opts *o,
     mt_prov_int(p, "calibration_tokens", o->calib_tokens);
     mt_prov_int(p, "sample_tokens", o->sample_tokens);
     if (o->router_steps) mt_prov_int(p, "router_steps", o->router_steps);
-    if (o->method == MT_MERGE_AUTO) {
+    if (o->method == MT_MERGE_AUTO && R->n_candidates == 0) {
+        mt_prov_str(p, "selection", "auto: one calibration window, none to hold out; reap-merge");
+        mt_prov_note(p, "`--method auto` had one calibration window and could not hold any out to measure the "
+                        "candidates: it wrote reap-merge. Give more --calib-tokens to choose.");
+    } else if (o->method == MT_MERGE_AUTO) {
         /* how the method was chosen: every candidate's held-out perplexity */
         char cand[MT_MERGE_METHOD_COUNT * 48], *cq = cand;
         size_t cl = sizeof cand;
@@ -897,9 +903,11 @@ int mt_merge_auto_candidates(const mt_merge_opts *o, int max_experts, int *out) 
  * removes the others. */
 static int merge_auto(const merge_run *s, const char *model_path, const char *out_path, const mt_merge_opts *o,
                       mt_merge_report *R, const int32_t *held, mt_outdir **od) {
-    const int L = s->L, E = s->c->E;
+    const int L = s->L;
     int cand[MT_MERGE_METHOD_COUNT], Emax = 0;
     for (int l = 0; l < L; l++) Emax = s->w->layers[l].n_experts > Emax ? s->w->layers[l].n_experts : Emax;
+    /* the report's per-layer rows hold this many experts (report_alloc) */
+    const int E = Emax > s->c->E ? Emax : s->c->E;
     const int nc = mt_merge_auto_candidates(o, Emax, cand);
     int st = MT_OK, best = -1;
     mt_outdir *best_od = *od, *cur = NULL;
@@ -1230,9 +1238,13 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         }
     }
     merge_run run = {m, cf, w, fam, L, H, F, &c, &b, keep, n_keep, keep_row, keep_buf, rowbuf};
-    if (o->method != MT_MERGE_AUTO) {
-        R->method = o->method;
-        if ((st = write_weights(&run, o, R, mt_outdir_path(od)))) goto done;
+    if (o->method != MT_MERGE_AUTO || R->heldout_windows == 0) {
+        /* an explicit method, or auto over one calibration window (nothing
+         * to hold out): reap-merge, as before auto existed, and said so */
+        mt_merge_opts om = *o;
+        if (om.method == MT_MERGE_AUTO) om.method = MT_MERGE_REAP_MERGE;
+        R->method = om.method;
+        if ((st = write_weights(&run, &om, R, mt_outdir_path(od)))) goto done;
         if ((st = write_meta(&run, model_path, out_path, o, R, mt_outdir_path(od)))) goto done;
     } else if ((st = merge_auto(&run, model_path, out_path, o, R, held, &od))) {
         goto done;
