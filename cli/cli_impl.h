@@ -43,13 +43,6 @@ void cli_progress_done(void);
 /* Path of the bundled model, used when a verb's MODEL is omitted. */
 const char *cli_default_model(void);
 
-/* For verbs still parsed by getopt (distill; the others use options.h):
- * one line for getopt's '?'/':', and int/float values; print and return
- * MT_EXIT_USAGE / -1. */
-int cli_bad_option(const char *verb, int c, char **argv);
-int cli_parse_int(const char *verb, const char *opt, const char *s, long lo, long hi, long *out);
-int cli_parse_float(const char *verb, const char *opt, const char *s, double *out);
-
 /* rel inside MODEL when it is a directory, else beside the MODEL file
  * (malloc'd; NULL when out of memory). */
 char *cli_beside_model(const char *model, const char *rel);

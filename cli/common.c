@@ -3,8 +3,6 @@
 #define _GNU_SOURCE
 #include "cli_impl.h"
 
-#include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -163,38 +161,6 @@ void cli_progress_done(void) {
     g_t0 = g_phase_t0 = g_last_report = mt_now();
     g_have_first = 0;
     g_last_print = 0;
-}
-
-/* For verbs still parsed by getopt (distill): one line naming the option. */
-int cli_bad_option(const char *verb, int c, char **argv) {
-    const char *arg = optind > 0 ? argv[optind - 1] : "?";
-    if (c == ':') return cli_usage_error(verb, "option %s needs a value", arg);
-    if (optopt) return cli_usage_error(verb, "unknown option -%c", optopt);
-    return cli_usage_error(verb, "unknown option %s", arg);
-}
-
-int cli_parse_int(const char *verb, const char *opt, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        cli_usage_error(verb, "%s expects an integer in [%ld, %ld], got '%s'", opt, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int cli_parse_float(const char *verb, const char *opt, const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) {
-        cli_usage_error(verb, "%s expects a finite number, got '%s'", opt, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 char *cli_beside_model(const char *model, const char *rel) {

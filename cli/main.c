@@ -27,7 +27,7 @@ static const char *g_usage =
     "  quantize  MODEL -o OUT         RTN / GPTQ quantization of the experts\n"
     "  merge     MODEL -o OUT --experts K   reduce experts per layer by calibrated merging\n"
     "  run       RECIPE.yaml          a YAML pipeline of steps with quality gates (docs/recipes.md)\n"
-    "  distill   TEACHER -o OUT --student dense   train a dense student by KD\n"
+    "  distill   TEACHER -o OUT --student dense|DIR  KD: a dense student, or heal a merged MoE\n"
     "\n"
     "MODEL/PATH is a Hugging Face directory (config.json + safetensors, single or\n"
     "sharded), a .safetensors file with config.json beside it, a PyTorch\n"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # moetool distill: usage and input errors (one line, exit 2 / 1, nothing
-# written), a NaN loss stops with the step number, and resume after kill -9
+# written; for a dense student and for a MoE student to heal), a NaN loss
+# stops with the step number, and resume after kill -9
 # reproduces the uninterrupted run's losses and weights exactly; the student
 # converted to GGUF generates the same greedy text in llama.cpp.
 set -u
@@ -26,6 +27,12 @@ head -c 40 "$MODEL/data/test.txt" >"$T/short.txt"
 expect short-data 1 "$BIN" distill "$MODEL" -o "$T/o" --student dense --data "$T/short.txt" "${TINY[@]}"
 expect missing-data 1 "$BIN" distill "$MODEL" -o "$T/o" --student dense --data "$T/none.txt" "${TINY[@]}"
 expect width-too-wide 2 "$BIN" distill "$MODEL" -o "$T/o" --student dense --width 5000 "${TINY[@]}"
+# MoE students: --width/--init do not apply; a student whose vocabulary is not the teacher's
+expect moe-width 2 "$BIN" distill "$MODEL" -o "$T/o" --student "$MODEL" --width 512 "${TINY[@]}"
+mkdir "$T/v32k" && sed -e 's/"vocab_size": 4096/"vocab_size": 32000/' "$MODEL/config.json" >"$T/v32k/config.json"
+for f in "$MODEL"/*.safetensors "$MODEL"/*.json "$MODEL"/tokenizer.model; do [ -e "$T/v32k/$(basename "$f")" ] || ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$T/v32k/"; done
+expect moe-other-vocab 1 "$BIN" distill "$MODEL" -o "$T/o" --student "$T/v32k" "${TINY[@]}"
+grep -q "embed_tokens.weight has shape \[4096, 256\], expected \[32000, 256\]" "$T/err" || { echo "FAIL other vocab message"; fails=$((fails + 1)); }
 # a teacher with corrupt (NaN) weights: 1 MiB of 0xff inside its second shard
 mkdir "$T/nan" && cp "$MODEL"/*.json "$MODEL"/tokenizer.model "$MODEL"/model-0000*.safetensors "$T/nan/"
 head -c 1048576 /dev/zero | tr '\0' '\377' | dd of="$T/nan/model-00002-of-00002.safetensors" bs=1 seek=6000000 conv=notrunc status=none
@@ -43,6 +50,7 @@ rm -f "$T/o.ckpt"
 RUN=(--student dense --tokens 3072 --batch 2 --seq 32 --init-tokens 256 --threads 2 --checkpoint-every 4 --quiet --json)
 "$BIN" distill "$MODEL" -o "$T/full" "${RUN[@]}" >"$T/full.json" || { echo "FAIL full run"; exit 1; }
 [ -e "$T/full.ckpt" ] && { echo "FAIL checkpoint left after a complete run"; fails=$((fails + 1)); }
+expect dense-student-dir 1 "$BIN" distill "$MODEL" -o "$T/o" --student "$T/full" "${TINY[@]}"
 "$BIN" distill "$MODEL" -o "$T/cut" "${RUN[@]}" >/dev/null &
 pid=$!
 for _ in $(seq 6000); do
@@ -72,6 +80,27 @@ kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 rm -rf "$T/o"
 expect ckpt-other-options 1 "$BIN" distill "$MODEL" -o "$T/cut2" --student dense --tokens 3072 --batch 2 --seq 32 \
   --init-tokens 256 --threads 2 --lr 5e-4 --resume --quiet
+# the top-K logit cache: written once, reused by a later run (no teacher
+# logits computed, the same losses); a corrupt cache or one of another K is
+# refused with one line
+LC=(--student dense --tokens 1024 --batch 2 --seq 32 --init-tokens 256 --threads 2 --topk-logits 64 --quiet --json)
+"$BIN" distill "$MODEL" -o "$T/lc1" "${LC[@]}" >"$T/lc1.json" || { echo "FAIL cached run"; fails=$((fails + 1)); }
+"$BIN" distill "$MODEL" -o "$T/lc2" "${LC[@]}" --logit-cache "$T/lc1.logits" >"$T/lc2.json" || { echo "FAIL reuse run"; fails=$((fails + 1)); }
+python3 - "$T/lc1.json" "$T/lc2.json" <<'PY' && echo "ok logit cache reused" || { echo "FAIL logit cache reuse"; fails=$((fails + 1)); }
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+assert a["cache_computed"] == a["cache_windows"] > 0 and b["cache_computed"] == 0, (a, b)
+assert b["cache_windows"] == a["cache_windows"] and a["log"] == b["log"]
+assert 0 < a["cache_bytes_per_token"] <= 8 * 64 + 1, a["cache_bytes_per_token"]
+print("cache: %d windows, %.1f bytes per token" % (a["cache_windows"], a["cache_bytes_per_token"]))
+PY
+[ -e "$T/lc2.logits" ] && { echo "FAIL a cache beside lc2 was written"; fails=$((fails + 1)); }
+cp "$T/lc1.logits" "$T/bad.logits"
+printf 'garbage!' | dd of="$T/bad.logits" bs=1 seek=2000 conv=notrunc status=none
+expect cache-corrupt 1 "$BIN" distill "$MODEL" -o "$T/o" "${LC[@]}" --logit-cache "$T/bad.logits"
+expect cache-other-k 1 "$BIN" distill "$MODEL" -o "$T/o" "${LC[@]/64/32}" --logit-cache "$T/lc1.logits"
+grep -q "made for another teacher, data, --topk-logits or --seq" "$T/err" || { echo "FAIL other-K message"; fails=$((fails + 1)); }
+expect cache-k-too-large 2 "$BIN" distill "$MODEL" -o "$T/o" "${LC[@]/64/5000}"
 # the student as a llama-arch GGUF: llama.cpp's greedy text equals moetool's (when llama_cpp is installed)
 PY=${PYTHON:-python3}
 if "$PY" -c 'import llama_cpp' >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 """Independent check of one distill training step: the student written by
-tests/distill_grad_dump.c is loaded by transformers (MistralForCausalLM, in
-float64, eager attention), the same loss
+tests/distill_grad_dump.c is loaded by transformers (MistralForCausalLM, or
+MixtralForCausalLM for a MoE student, in float64, eager attention), the same
+loss
     (1 - a) * CE(labels) + a * T^2 * KL(softmax(teacher/T) || softmax(student/T))
 (mean over tokens) is computed with torch and differentiated by autograd;
 moetool's loss must agree to 1e-5 relative and every gradient tensor to 1e-4
@@ -12,7 +13,7 @@ import sys
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformers import MistralForCausalLM
+from transformers import AutoConfig, MistralForCausalLM, MixtralForCausalLM
 
 ap = argparse.ArgumentParser()
 ap.add_argument("dir")
@@ -23,8 +24,23 @@ ap.add_argument("--temp", type=float, required=True)
 a = ap.parse_args()
 B, T = a.batch, a.seq
 torch.set_default_dtype(torch.float64)  # the causal mask is built in the default dtype
-model = MistralForCausalLM.from_pretrained(os.path.join(a.dir, "student"), torch_dtype=torch.float64,
-                                           attn_implementation="eager")
+sdir = os.path.join(a.dir, "student")
+moe = AutoConfig.from_pretrained(sdir).model_type == "mixtral"
+if moe:
+    # transformers' Mixtral block takes the router softmax in float32
+    # (F.softmax(..., dtype=torch.float)); in float64 throughout, so the check
+    # is of the function and not of that rounding
+    import transformers.models.mixtral.modeling_mixtral as mm
+    _softmax = mm.F.softmax
+    class _F:  # F with softmax kept in the input's dtype
+        def __getattr__(self, k):
+            return getattr(torch.nn.functional, k)
+        @staticmethod
+        def softmax(x, dim=None, dtype=None):
+            return _softmax(x, dim=dim, dtype=x.dtype)
+    mm.F = _F()
+model = (MixtralForCausalLM if moe else MistralForCausalLM).from_pretrained(sdir, torch_dtype=torch.float64,
+                                                                            attn_implementation="eager")
 model.train(False)
 V = model.config.vocab_size
 tok = torch.from_numpy(np.fromfile(os.path.join(a.dir, "tokens.i32"), dtype=np.int32).astype(np.int64)).view(B, T)

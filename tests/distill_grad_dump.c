@@ -1,12 +1,13 @@
 /* distill_grad_dump.c — helper of tests/cli_distill_torch.sh: builds the
- * dense student of TEACHER (concat init), runs one training step's forward,
+ * dense student of TEACHER (concat init), or loads the MoE STUDENT (a merge
+ * output) when given, runs one training step's forward,
  * loss and backward on a batch of held-out text, and writes what an
  * independent PyTorch computation needs to check it:
- *   OUT/student/   the student (HF MistralForCausalLM, f32)
+ *   OUT/student/   the student (HF MistralForCausalLM or MixtralForCausalLM, f32)
  *   OUT/grads/     model.safetensors: the gradient under the same names
  *   OUT/tokens.i32, OUT/targets.i32 (B, T); OUT/teacher.f32 (B·T, V)
  *   OUT/loss.txt   "loss ce kd" as %.17g
- * usage: distill_grad_dump TEACHER TEXT OUT B T ALPHA TEMP */
+ * usage: distill_grad_dump TEACHER TEXT OUT B T ALPHA TEMP [STUDENT] */
 #include "distill_impl.h"
 
 #include <stdio.h>
@@ -24,14 +25,14 @@ static int dump(const char *dir, const char *name, const void *p, size_t n) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 8) {
-        fprintf(stderr, "usage: distill_grad_dump TEACHER TEXT OUT B T ALPHA TEMP\n");
+    if (argc != 8 && argc != 9) {
+        fprintf(stderr, "usage: distill_grad_dump TEACHER TEXT OUT B T ALPHA TEMP [STUDENT]\n");
         return 2;
     }
     const char *out = argv[3];
     const int B = atoi(argv[4]), T = atoi(argv[5]);
     const float alpha = (float)atof(argv[6]), temp = (float)atof(argv[7]);
-    mt_model *t = NULL;
+    mt_model *t = NULL, *sm = NULL;
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = 2;
@@ -53,10 +54,17 @@ int main(int argc, char **argv) {
         return 1;
     }
     dt_config dc;
-    dst_engine_config(&dc, tc, W);
-    if (dt_model_init(&m, &dc, B, T, be) || dst_student_config(&sc, tc, W) ||
-        dst_student_from_teacher(&m, t, MT_DISTILL_INIT_CONCAT, ids, n, 4096, 128, &rng) || mt_ctx_init(&ctx, t, T, T))
-        goto fail;
+    if (argc == 9) {
+        if (mt_model_load(&sm, argv[8], &mo) || dst_moe_config(&dc, &sc, sm, argv[8]) || dt_model_init(&m, &dc, B, T, be) ||
+            dst_student_from_moe(&m, sm) || mt_ctx_init(&ctx, t, T, T))
+            goto fail;
+    } else {
+        dst_engine_config(&dc, tc, W);
+        if (dt_model_init(&m, &dc, B, T, be) || dst_student_config(&sc, tc, W) ||
+            dst_student_from_teacher(&m, t, MT_DISTILL_INIT_CONCAT, ids, n, 4096, 128, &rng) ||
+            mt_ctx_init(&ctx, t, T, T))
+            goto fail;
+    }
     int32_t *tok = malloc((size_t)B * T * 4), *tgt = malloc((size_t)B * T * 4);
     float *tl = malloc((size_t)B * T * V * 4);
     for (int b = 0; b < B; b++) {
@@ -88,6 +96,7 @@ int main(int argc, char **argv) {
     dt_model_free(&m);
     mt_config_free(&sc);
     mt_backend_free(be);
+    mt_model_free(sm);
     mt_model_free(t);
     return 0;
 fail:

@@ -1,7 +1,8 @@
 /* test_distill.c — the training engine: every backward op against central
  * finite differences of an independent f64 forward written here (RMSNorm,
- * RoPE, SwiGLU, causal GQA attention, CE + KL loss at a temperature), the
- * whole student's gradient against finite differences of its own loss, the
+ * RoPE, SwiGLU, causal GQA attention, Mixtral routing, CE + KL loss at a
+ * temperature), the whole student's gradient (dense, and MoE) against
+ * finite differences of its own loss, the
  * warmup + cosine schedule's end points, and one AdamW step against the
  * update written out by hand. */
 #include <stdarg.h>
@@ -16,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine_impl.h"
+#include "distill_impl.h"
 #include "testutil.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
@@ -155,6 +156,58 @@ static void test_swiglu_backward(void **state) {
     free(a), free(b), free(r64);
 }
 
+/* ---- routing: f = Σ r·gates(z), gates = top-K of softmax(z), renormalised --- */
+typedef struct { int n, E, K; const double *r; } route_ctx;
+static double route_f(const double *z, void *p) {
+    const route_ctx *c = p;
+    double f = 0;
+    for (int i = 0; i < c->n; i++) {
+        const double *zi = z + (size_t)i * c->E;
+        double pr[16], mx = -DBL_MAX, sum = 0;
+        for (int e = 0; e < c->E; e++) mx = zi[e] > mx ? zi[e] : mx;
+        for (int e = 0; e < c->E; e++) sum += pr[e] = exp(zi[e] - mx);
+        for (int e = 0; e < c->E; e++) pr[e] /= sum;
+        int used[16] = {0}, sel[16];
+        double ks = 0;
+        for (int k = 0; k < c->K; k++) {
+            int b = -1;
+            for (int e = 0; e < c->E; e++)
+                if (!used[e] && (b < 0 || pr[e] > pr[b])) b = e;
+            used[b] = 1, sel[k] = b, ks += pr[b];
+        }
+        for (int k = 0; k < c->K; k++) f += c->r[i * c->K + k] * pr[sel[k]] / ks;
+    }
+    return f;
+}
+
+static void test_route_backward(void **state) {
+    (void)state;
+    enum { n = 5, E = 6, K = 2 };
+    float z[n * E], r[n * K], gate[n * K], dz[n * E];
+    int32_t sel[n * K];
+    /* logits at least 0.1 apart within a row, so the finite-difference steps never change the choice */
+    for (int i = 0; i < n; i++)
+        for (int e = 0; e < E; e++) z[i * E + e] = 0.3f * (float)((e * 7 + i * 3) % E) + 0.05f * tu_rand_unit(&g_rng);
+    fill(r, n * K, 1.0f);
+    dt_route_fwd(sel, gate, z, n, E, K);
+    double *z64 = to64(z, n * E), *r64 = to64(r, n * K), g[n * E];
+    route_ctx c = {n, E, K, r64};
+    double fwd = 0;
+    for (int i = 0; i < n * K; i++) fwd += (double)r[i] * gate[i];
+    assert_true(fabs(fwd - route_f(z64, &c)) < 1e-5);
+    for (int i = 0; i < n; i++) { /* the chosen experts are the most probable ones, in order */
+        assert_true(z[i * E + sel[i * K]] >= z[i * E + sel[i * K + 1]]);
+        for (int e = 0; e < E; e++)
+            if (e != sel[i * K] && e != sel[i * K + 1]) assert_true(z[i * E + e] <= z[i * E + sel[i * K + 1]]);
+    }
+    fd_grad(g, z64, n * E, route_f, &c);
+    dt_route_bwd(dz, r, sel, gate, n, E, K);
+    double e = rel_err(dz, g, n * E);
+    printf("routing: dz %.2e\n", e);
+    assert_true(e < 1e-5);
+    free(z64), free(r64);
+}
+
 /* ---- attention --------------------------------------------------------------- */
 typedef struct { int B, T, NH, NKV, D; double *q, *k, *v; const double *r; } att_ctx;
 static double att_f(const double *unused, void *p) {
@@ -236,7 +289,7 @@ static double loss_f(const double *z, void *p) {
 static void test_loss_backward(void **state) {
     (void)state;
     /* a minimal one-layer model only to hold the logits buffer */
-    dt_config cf = {1, 8, 2, 1, 4, 8, 32, 1e-5f, 10000.0f};
+    dt_config cf = {1, 8, 2, 1, 4, 8, 32, 1e-5f, 10000.0f, 0, 0};
     dt_model m;
     assert_int_equal(dt_model_init(&m, &cf, 2, 3, mt_backend_default()), MT_OK);
     const int n = 6, V = 32;
@@ -260,29 +313,95 @@ static void test_loss_backward(void **state) {
     dt_model_free(&m);
 }
 
+/* ---- top-K teacher logits (the logit cache's form) ------------------------------ */
+/* K = V: the expanded rows are the teacher's logits, so the loss and its
+ * gradient equal the uncached ones exactly; K < V: the KD term is the KL of
+ * the teacher's top K renormalised, computed here independently in f64. */
+static void test_topk_logits(void **state) {
+    (void)state;
+    dt_config cf = {1, 8, 2, 1, 4, 8, 32, 1e-5f, 10000.0f, 0, 0};
+    dt_model m;
+    assert_int_equal(dt_model_init(&m, &cf, 2, 3, mt_backend_default()), MT_OK);
+    enum { n = 6, V = 32 };
+    int32_t y[n] = {1, 5, 31, 0, 7, 7}, ids[n * V];
+    float z[n * V], t[n * V], vals[n * V], tx[n * V], g_full[n * V];
+    fill(z, n * V, 3.0f), fill(t, n * V, 3.0f);
+    /* selection: descending, and the K-th is at least every value left out */
+    dst_topk_select(t, n, V, 5, ids, vals);
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < 5; k++) {
+            assert_true(vals[i * 5 + k] == t[i * V + ids[i * 5 + k]]);
+            if (k) assert_true(vals[i * 5 + k] <= vals[i * 5 + k - 1]);
+        }
+        int above = 0;
+        for (int j = 0; j < V; j++) above += t[i * V + j] > vals[i * 5 + 4];
+        assert_true(above <= 4);
+    }
+    for (int ti = 0; ti < 2; ti++) {
+        const float temp = ti ? 2.0f : 1.0f;
+        memcpy(m.a.logits, z, sizeof z);
+        const dt_loss full = dt_loss_backward_logits(&m, y, t, 0.5f, temp);
+        memcpy(g_full, m.a.logits, sizeof g_full);
+        dst_topk_select(t, n, V, V, ids, vals);
+        dst_topk_expand(ids, vals, n, V, V, tx);
+        memcpy(m.a.logits, z, sizeof z);
+        const dt_loss cached = dt_loss_backward_logits(&m, y, tx, 0.5f, temp);
+        printf("top-K = V, T=%g: loss %.9f vs %.9f\n", temp, cached.loss, full.loss);
+        assert_true(cached.loss == full.loss && cached.kd == full.kd);
+        assert_memory_equal(m.a.logits, g_full, sizeof g_full);
+        /* K = 5: KL(p_top5 renormalised || q), f64 */
+        enum { K = 5 };
+        dst_topk_select(t, n, V, K, ids, vals);
+        dst_topk_expand(ids, vals, n, V, K, tx);
+        memcpy(m.a.logits, z, sizeof z);
+        const dt_loss part = dt_loss_backward_logits(&m, y, tx, 1.0f, temp);
+        double kl = 0;
+        for (int i = 0; i < n; i++) {
+            double zs[V], ts = -DBL_MAX, sp = 0;
+            for (int j = 0; j < V; j++) zs[j] = z[i * V + j] / temp;
+            const double lq = lse(zs, V, 1.0);
+            for (int k = 0; k < K; k++) ts = vals[i * K + k] / temp > ts ? vals[i * K + k] / temp : ts;
+            for (int k = 0; k < K; k++) sp += exp(vals[i * K + k] / temp - ts);
+            for (int k = 0; k < K; k++) {
+                const double lp = vals[i * K + k] / temp - ts - log(sp);
+                kl += exp(lp) * (lp - (zs[ids[i * K + k]] - lq));
+            }
+        }
+        kl /= n;
+        printf("top-5, T=%g: KD %.9f vs f64 %.9f\n", temp, part.kd, kl);
+        assert_true(fabs(part.kd - kl) < 1e-5 * kl);
+    }
+    dt_model_free(&m);
+}
+
 /* ---- whole student: gradient of its loss against finite differences --------- */
 static double model_loss(dt_model *m, const int32_t *tok, const int32_t *tgt, const float *teacher) {
     dt_forward(m, tok);
     return dt_loss_backward_logits(m, tgt, teacher, 0.5f, 2.0f).loss;
 }
 
-static void test_model_gradient(void **state) {
-    (void)state;
-    dt_config cf = {2, 16, 4, 2, 4, 24, 40, 1e-5f, 10000.0f};
+/* Every parameter tensor: 6 entries' gradients against central differences
+ * of the f32 loss (a step of 1e-2 keeps rounding noise far below the
+ * tolerance). A MoE student's samples whose step changes a routing choice
+ * (the loss is not differentiable there) are skipped and counted. */
+static double student_gradient_check(const dt_config *cf, int B, int T, int *skipped) {
     dt_model m;
-    assert_int_equal(dt_model_init(&m, &cf, 2, 5, mt_backend_default()), MT_OK);
+    assert_int_equal(dt_model_init(&m, cf, B, T, mt_backend_default()), MT_OK);
     fill(m.params, m.n_params, 0.5f);
-    const int N = 10;
-    int32_t tok[10], tgt[10];
-    for (int i = 0; i < N; i++) tok[i] = (int32_t)(tu_rand_u32(&g_rng) % 40), tgt[i] = (int32_t)(tu_rand_u32(&g_rng) % 40);
-    float *teacher = malloc((size_t)N * 40 * sizeof(float));
-    fill(teacher, (size_t)N * 40, 3.0f);
+    const int N = B * T, V = cf->vocab, L = cf->n_layers, K = cf->n_experts ? cf->top_k : 0;
+    int32_t *tok = malloc((size_t)N * sizeof *tok), *tgt = malloc((size_t)N * sizeof *tgt);
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)(tu_rand_u32(&g_rng) % V), tgt[i] = (int32_t)(tu_rand_u32(&g_rng) % V);
+    float *teacher = malloc((size_t)N * V * sizeof(float));
+    fill(teacher, (size_t)N * V, 3.0f);
     model_loss(&m, tok, tgt, teacher);
+    const size_t ns = (size_t)L * N * K;
+    int32_t *sel0 = ns ? malloc(ns * sizeof *sel0) : NULL;
+    if (ns) memcpy(sel0, m.a.sel, ns * sizeof *sel0);
     dt_backward(&m, tok);
     float *g = malloc(m.n_params * sizeof(float));
     memcpy(g, m.grads, m.n_params * sizeof(float));
-    /* f32 forward: a step of 1e-2 keeps rounding noise far below the tolerance */
     double worst = 0;
+    *skipped = 0;
     for (int t = 0; t < m.n_table; t++) {
         const dt_param *p = &m.table[t];
         const size_t n = (size_t)p->rows * p->cols;
@@ -293,20 +412,49 @@ static void test_model_gradient(void **state) {
             const float x0 = m.params[i], h = 1e-2f;
             m.params[i] = x0 + h;
             const double fp = model_loss(&m, tok, tgt, teacher);
+            int same = !ns || !memcmp(sel0, m.a.sel, ns * sizeof *sel0);
             m.params[i] = x0 - h;
             const double fm = model_loss(&m, tok, tgt, teacher);
+            same = same && (!ns || !memcmp(sel0, m.a.sel, ns * sizeof *sel0));
             m.params[i] = x0;
+            if (!same) {
+                (*skipped)++;
+                continue;
+            }
             const double fd = (fp - fm) / (2.0 * h);
             md = fabs(fd - g[i]) > md ? fabs(fd - g[i]) : md;
             mg = fabs(fd) > mg ? fabs(fd) : mg;
         }
         worst = md / mg > worst ? md / mg : worst;
     }
+    free(g), free(sel0), free(teacher), free(tok), free(tgt);
+    dt_model_free(&m);
+    return worst;
+}
+
+static void test_model_gradient(void **state) {
+    (void)state;
+    dt_config cf = {2, 16, 4, 2, 4, 24, 40, 1e-5f, 10000.0f, 0, 0};
+    int skipped;
+    const double worst = student_gradient_check(&cf, 2, 5, &skipped);
     printf("whole student: worst relative gradient error %.2e\n", worst);
     assert_true(worst < 2e-2);
-    free(g);
-    free(teacher);
+}
+
+/* The MoE student (4 experts, top-2): router, experts and everything else. */
+static void test_moe_model_gradient(void **state) {
+    (void)state;
+    dt_config cf = {2, 16, 4, 2, 4, 12, 40, 1e-5f, 10000.0f, 4, 2};
+    int skipped;
+    const double worst = student_gradient_check(&cf, 2, 5, &skipped);
+    dt_model m;
+    assert_int_equal(dt_model_init(&m, &cf, 2, 5, mt_backend_default()), MT_OK);
+    const int n_table = m.n_table;
     dt_model_free(&m);
+    printf("whole MoE student: worst relative gradient error %.2e (%d of %d samples skipped: routing changed)\n", worst,
+           skipped, 6 * n_table);
+    assert_true(worst < 2e-2);
+    assert_true(skipped < 2 * n_table); /* most samples were checked */
 }
 
 static void test_schedule_and_adamw(void **state) {
@@ -315,7 +463,7 @@ static void test_schedule_and_adamw(void **state) {
     assert_true(fabsf(dt_lr_schedule(9, 100, 10, 1e-3f, 0.1f) - 1e-3f) < 1e-9f);
     assert_true(fabsf(dt_lr_schedule(10, 100, 10, 1e-3f, 0.1f) - 1e-3f) < 1e-9f);
     assert_true(fabsf(dt_lr_schedule(99, 100, 10, 1e-3f, 0.1f) - 1e-4f) < 1e-9f);
-    dt_config cf = {1, 8, 2, 1, 4, 8, 16, 1e-5f, 10000.0f};
+    dt_config cf = {1, 8, 2, 1, 4, 8, 16, 1e-5f, 10000.0f, 0, 0};
     dt_model m;
     assert_int_equal(dt_model_init(&m, &cf, 1, 2, mt_backend_default()), MT_OK);
     fill(m.params, m.n_params, 1.0f);
@@ -342,6 +490,8 @@ int main(void) {
         cmocka_unit_test(test_rmsnorm_backward),  cmocka_unit_test(test_rope_backward),
         cmocka_unit_test(test_swiglu_backward),   cmocka_unit_test(test_attention_backward),
         cmocka_unit_test(test_loss_backward),     cmocka_unit_test(test_model_gradient),
+        cmocka_unit_test(test_route_backward),    cmocka_unit_test(test_moe_model_gradient),
+        cmocka_unit_test(test_topk_logits),
         cmocka_unit_test(test_schedule_and_adamw),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

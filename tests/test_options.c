@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moetool/mt_distill.h"
 #include "moetool/mt_merge.h"
 #include "moetool/mt_quant.h"
 #include "options.h"
@@ -69,6 +70,25 @@ static void test_parse_argv(void **state) {
     assert_true(get_float(a, opt(v, "top-p")) == 0.5);
     assert_int_equal(get_int(a, opt(v, "n-predict")), 7);
     free(a);
+
+    /* distill: its flags as the getopt parser took them */
+    v = cli_verb_find("distill");
+    assert_non_null(v);
+    assert_true(v->recipe_step);
+    a = fresh(v);
+    assert_true(get_float(a, opt(v, "kd-weight")) == 0.5f && get_float(a, opt(v, "lr")) == 1e-3f);
+    char *d[] = {"distill", "T", "-o", "OUT", "--student", "dense", "--init", "average", "--tokens", "4096",
+                 "--kd-weight", "0.25", "--temperature=2", "--seq", "64", "--checkpoint-every", "4", "--resume"};
+    assert_int_equal(cli_opts_parse_argv(v, a, 18, d, &pos), 0);
+    assert_string_equal(pos, "T");
+    assert_int_equal(get_int(a, opt(v, "init")), MT_DISTILL_INIT_AVERAGE);
+    assert_int_equal(get_int(a, opt(v, "tokens")), 4096);
+    assert_int_equal(get_int(a, opt(v, "seq")), 64);
+    assert_int_equal(get_int(a, opt(v, "checkpoint-every")), 4);
+    assert_int_equal(get_int(a, opt(v, "resume")), 1);
+    assert_true(get_float(a, opt(v, "kd-weight")) == 0.25f && get_float(a, opt(v, "temperature")) == 2.0f);
+    assert_string_equal(*(const char **)((char *)a + opt(v, "student")->offset), "dense");
+    free(a);
 }
 
 /* A row's documented default, converted by the row itself, gives what the
@@ -91,7 +111,7 @@ static void test_documented_defaults(void **state) {
             free(b);
         }
     }
-    assert_true(checked >= 12);
+    assert_true(checked >= 20);
 }
 
 static void expect_err(const char *verb, const char *name, const char *value, const char *msg) {
@@ -118,6 +138,10 @@ static void test_type_errors(void **state) {
     expect_err("merge", "router", "lsq", "router must be anchor, average, fit or alias, got 'lsq'");
     expect_err("convert", "dtype", "q5_k", "must be f32, f16, bf16, q8_0 or q4_0, got 'q5_k'");
     expect_err("eval", "threads", "1024", "[1, 512]");
+    expect_err("distill", "kd-weight", "1.5", "kd-weight must be in [0, 1], got '1.5'");
+    expect_err("distill", "temperature", "0", "temperature must be in (0, 100], got '0'");
+    expect_err("distill", "init", "svd", "init must be concat, average or random, got 'svd'");
+    expect_err("distill", "seq", "1", "seq expects an integer in [2, 65536], got '1'");
     /* a bool set to false keeps the default */
     const cli_verb *v = cli_verb_find("convert");
     void *a = fresh(v), *b = fresh(v);
@@ -135,6 +159,9 @@ static void test_did_you_mean(void **state) {
     assert_string_equal(cli_opts_suggest(q, "bitz", 1), "bits");
     assert_string_equal(cli_opts_suggest(q, "methd", 1), "method");
     assert_string_equal(cli_opts_suggest(m, "expert", 1), "experts");
+    const cli_verb *d = cli_verb_find("distill");
+    assert_string_equal(cli_opts_suggest(d, "kd_wieght", 1), "kd-weight");
+    assert_null(cli_opts_suggest(d, "resum", 1)); /* CLI-only: not a recipe key */
     assert_null(cli_opts_suggest(q, "temperature", 1));
     assert_null(cli_opts_suggest(q, "ab", 1)); /* 2 edits of 2 letters is no typo */
     assert_null(cli_opts_suggest(q, "jsn", 1)); /* CLI-only options are not recipe keys */
@@ -172,6 +199,8 @@ static void test_tables(void **state) {
     const cli_opt *meth = opt(m, "method"), *rt = opt(m, "router");
     for (int i = 0; meth->choices[i]; i++) assert_int_equal(mt_merge_method_from_name(meth->choices[i]), i);
     for (int i = 0; rt->choices[i]; i++) assert_int_equal(mt_merge_router_from_name(rt->choices[i]), i);
+    const cli_opt *init = opt(cli_verb_find("distill"), "init");
+    for (int i = 0; init->choices[i]; i++) assert_int_equal(mt_distill_init_from_name(init->choices[i]), i);
 }
 
 int main(void) {

@@ -212,7 +212,7 @@ static void test_errors(void **state) {
 /* Every recipe shipped in recipes/ parses with its files checked. */
 static void test_bundled(void **state) {
     (void)state;
-    const char *names[] = {"demo.yaml", "shrink-mixtral-local.yaml", "qmoe-ternary.yaml"};
+    const char *names[] = {"demo.yaml", "shrink-mixtral-local.yaml", "qmoe-ternary.yaml", "distill-dense.yaml"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char path[4096], err[512];
         snprintf(path, sizeof path, "%s/recipes/%s", tu_source_dir(), names[i]);

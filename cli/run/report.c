@@ -163,6 +163,16 @@ static void write_md(const report_input *in, FILE *f) {
                     gate_where(in, rg->gate, where, sizeof where), rg->value, lim, miss);
         }
     }
+    for (size_t k = 0; k < r->n_steps; k++) {
+        const int i = r->order[k];
+        const json_t *log = json_object_get(in->steps[i].result, "log");
+        const size_t n = json_is_array(log) ? json_array_size(log) : 0;
+        if (!n) continue;
+        const json_t *a = json_array_get(log, 0), *b = json_array_get(log, n - 1);
+        fprintf(f, "\nDistill step %s: %zu steps, loss %.4f -> %.4f (KD %.4f -> %.4f, CE %.4f -> %.4f); the loss curve "
+                   "is in report.html.\n", r->steps[i].name, n, num(a, "loss", NULL), num(b, "loss", NULL),
+                num(a, "kd", NULL), num(b, "kd", NULL), num(a, "ce", NULL), num(b, "ce", NULL));
+    }
     fprintf(f, "\n## Commands\n\n```\n");
     for (size_t k = 0; k < r->n_steps; k++) {
         const report_step *s = &in->steps[r->order[k]];
@@ -273,6 +283,57 @@ static void svg_routing(const report_input *in, FILE *f, int i) {
     fprintf(f, "</svg>\n");
 }
 
+/* The loss curve of a distill step, from its --json log: step against the
+ * total loss, its KD part (KL at the temperature) and its CE part. */
+static void svg_loss(const report_input *in, FILE *f, int i) {
+    const json_t *log = json_object_get(in->steps[i].result, "log");
+    const size_t n = json_is_array(log) ? json_array_size(log) : 0;
+    if (n < 1 || n > 10000000) return;
+    static const char *const keys[3] = {"loss", "kd", "ce"}, *const colors[3] = {"#333", "#ff7f0e", "#1f77b4"};
+    static const char *const labels[3] = {"loss", "KD (KL at T)", "CE"};
+    double x0 = INFINITY, x1 = -INFINITY, y1 = 0;
+    for (size_t k = 0; k < n; k++) {
+        const json_t *e = json_array_get(log, k);
+        const double x = num(e, "step", NULL);
+        if (isnan(x)) return;
+        x0 = x < x0 ? x : x0, x1 = x > x1 ? x : x1;
+        for (int c = 0; c < 3; c++) {
+            const double y = num(e, keys[c], NULL);
+            if (isfinite(y) && y > y1) y1 = y;
+        }
+    }
+    if (x1 <= x0) x1 = x0 + 1;
+    if (!(y1 > 0)) y1 = 1;
+    y1 *= 1.05;
+    const int W = 520, H = 300, L = 60, B = 40, R = 110;
+    fprintf(f, "<h3>Distill loss: ");
+    html_esc(f, in->r->steps[i].name);
+    fprintf(f, "</h3>\n<svg class=\"loss-curve\" xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+               "font-family=\"sans-serif\" font-size=\"11\">\n", W, H);
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#333\"/>", L, H - B, W - R, H - B);
+    fprintf(f, "<line x1=\"%d\" y1=\"10\" x2=\"%d\" y2=\"%d\" stroke=\"#333\"/>\n", L, L, H - B);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">training step</text>", (L + W - R) / 2, H - 8);
+    fprintf(f, "<text x=\"14\" y=\"%d\" transform=\"rotate(-90 14 %d)\" text-anchor=\"middle\">loss</text>\n", H / 2,
+            H / 2);
+    for (int t = 0; t <= 4; t++) {
+        const double px = L + (W - R - L) * t / 4.0, py = H - B - (H - B - 10) * t / 4.0;
+        fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%.0f</text>", px, H - B + 14, x0 + (x1 - x0) * t / 4);
+        fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>\n", L - 4, py + 4, y1 * t / 4);
+    }
+    for (int c = 0; c < 3; c++) {
+        fprintf(f, "<polyline class=\"loss-%s\" fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", keys[c],
+                colors[c]);
+        for (size_t k = 0; k < n; k++) {
+            const json_t *e = json_array_get(log, k);
+            const double x = num(e, "step", NULL), y = num(e, keys[c], NULL);
+            if (!isfinite(y)) continue;
+            fprintf(f, "%s%.1f,%.1f", k ? " " : "", L + (W - R - L) * (x - x0) / (x1 - x0), H - B - (H - B - 10) * y / y1);
+        }
+        fprintf(f, "\"/><text x=\"%d\" y=\"%d\" fill=\"%s\">%s</text>\n", W - R + 8, 20 + 16 * c, colors[c], labels[c]);
+    }
+    fprintf(f, "</svg>\n");
+}
+
 static void write_html(const report_input *in, FILE *f) {
     const recipe *r = in->r;
     fprintf(f, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>moetool run: ");
@@ -319,6 +380,7 @@ static void write_html(const report_input *in, FILE *f) {
     }
     svg_scatter(in, f);
     for (size_t i = 0; i < r->n_steps; i++) svg_routing(in, f, (int)i);
+    for (size_t i = 0; i < r->n_steps; i++) svg_loss(in, f, (int)i);
     fprintf(f, "</body></html>\n");
 }
 

@@ -56,11 +56,11 @@ static const cli_opt run_opts[] = {
 const cli_verb cli_verb_run = {
     .name = "run",
     .synopsis = "usage: moetool run RECIPE.yaml [--dry-run] [--force STEP] [--workdir DIR] [--json]",
-    .about = "Runs a recipe: a YAML list of steps (convert, merge, quantize, eval), each\n"
-             "one verb whose keys are that verb's options, and gates on the results\n"
-             "(docs/recipes.md). Each step's output lives under a hash of its inputs,\n"
-             "options and this binary, so a rerun skips finished steps and an\n"
-             "interrupted run resumes.\n"
+    .about = "Runs a recipe: a YAML list of steps (convert, merge, quantize, distill,\n"
+             "eval), each one verb whose keys are that verb's options, and gates on\n"
+             "the results (docs/recipes.md). Each step's output lives under a hash of\n"
+             "its inputs, options and this binary, so a rerun skips finished steps\n"
+             "and an interrupted run resumes.\n"
              "\n"
              "exit codes: 0 every gate holds, 1 a step failed, 2 bad recipe or usage,\n"
              "3 a gate failed (a table on stderr says which and by how much).\n",
@@ -252,7 +252,7 @@ static char *hash_text(plan *pl, const char *value, int is_path) {
 
 static const char *out_name(const recipe_step *s) {
     const char *v = s->verb->name;
-    if (!strcmp(v, "merge")) return "model";
+    if (!strcmp(v, "merge") || !strcmp(v, "distill")) return "model";
     for (size_t k = 0; k < s->n_kv; k++) {
         if (!strcmp(v, "quantize") && !strcmp(s->kv[k].opt->name, "format")) return strcmp(s->kv[k].value, "hf") ? "model.gguf" : "model";
         if (!strcmp(v, "convert") && !strcmp(s->kv[k].opt->name, "to")) return strcmp(s->kv[k].value, "hf") ? "model.gguf" : "model";
@@ -300,7 +300,12 @@ static int plan_step(plan *pl, int i, char *err, size_t errn) {
             snprintf(flag, sizeof flag, "--%s", opt->name);
             has_calib |= !strcmp(opt->name, "calib");
             has_calib_tokens |= !strcmp(opt->name, "calib-tokens");
-            char *h = hash_text(pl, s->kv[k].value, opt->type == CLI_PATH);
+            /* a string naming an existing file or directory (distill's
+             * --student MERGED_DIR) counts by its content, as a path does */
+            struct stat sb;
+            const int as_path = opt->type == CLI_PATH ||
+                                (opt->type == CLI_STRING && !strstr(s->kv[k].value, "${") && stat(s->kv[k].value, &sb) == 0);
+            char *h = hash_text(pl, s->kv[k].value, as_path);
             if (h && asprintf(&line, "opt %s=%s\n", opt->name, h) >= 0) {
                 sha256_update(&c, line, strlen(line));
                 free(line);

@@ -1,10 +1,13 @@
 /* mt_distill.h — knowledge distillation of a Mixtral-format teacher into a
- * dense Mistral-layout student: attention, embeddings and norms copied from
- * the teacher, one SwiGLU FFN per layer built from its experts, trained by
+ * dense Mistral-layout student (attention, embeddings and norms copied from
+ * the teacher, one SwiGLU FFN per layer built from its experts), or healing
+ * of a smaller Mixtral (a `moetool merge` output: every weight, router
+ * included, trained against the teacher); trained by
  * (1 − α)·cross-entropy + α·T²·KL(teacher ‖ student) at temperature T with
  * AdamW under warmup + cosine, teacher logits computed on the fly by the
- * runtime. Output: a Hugging Face MistralForCausalLM directory (f32), under
- * the output policy (mt_write.h). docs/distill.md has the measurements. */
+ * runtime. Output: a Hugging Face MistralForCausalLM (dense) or
+ * MixtralForCausalLM (healed MoE) directory (f32), under the output policy
+ * (mt_write.h). docs/distill.md has the measurements. */
 #ifndef MT_DISTILL_H
 #define MT_DISTILL_H
 
@@ -35,7 +38,10 @@ typedef struct {
 typedef void (*mt_distill_step_fn)(void *user, const mt_distill_step *s);
 
 typedef struct {
-    int width;             /* student FFN width; 0 = top_k × expert width   */
+    /* NULL: a dense student; else the directory (or file) of a Mixtral-format
+     * MoE with the teacher's vocabulary to heal (its own shapes and experts). */
+    const char *student_path;
+    int width;             /* dense student FFN width; 0 = top_k × expert width */
     int init;              /* mt_distill_init                               */
     const char *data_path; /* training text (required)                      */
     uint64_t tokens;       /* training tokens (default 524288 = 0.5M)       */
@@ -58,6 +64,13 @@ typedef struct {
      * same loss curve as an uninterrupted run). */
     int ckpt_every;
     int resume;
+    /* Top-K teacher logit cache: topk_logits = K > 0 trains on aligned
+     * windows of seq tokens whose teacher top-K logits are computed once and
+     * kept in logit_cache (NULL: "<out>.logits"), reused by later runs with
+     * the same teacher, data, K and seq; KD against the teacher's top K
+     * renormalised. 0 = logits on the fly (default). */
+    int topk_logits;
+    const char *logit_cache;
     mt_distill_step_fn on_step;
     void *step_user;
     mt_progress_fn progress;
@@ -67,10 +80,16 @@ void mt_distill_opts_default(mt_distill_opts *o);
 
 typedef struct {
     int steps, start_step, width, init;
+    int n_experts, top_k;          /* the MoE student's; 0 for a dense one */
+    double kd_weight, temperature, lr; /* as used                          */
     uint64_t tokens;               /* trained this run and before a resume */
     uint64_t student_params;
     double first_loss, last_loss, last_ce, last_kd;
     double seconds, tokens_per_s;  /* this run's steps, teacher included   */
+    /* --topk-logits: windows in the cache, computed by this run, file bytes */
+    int cache_windows, cache_computed;
+    uint64_t cache_bytes;
+    double cache_bytes_per_token;
 } mt_distill_report;
 
 int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o, mt_distill_report *rep);

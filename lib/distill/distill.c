@@ -44,6 +44,9 @@ void mt_distill_opts_default(mt_distill_opts *o) {
     memset(o, 0, sizeof *o);
     o->init = MT_DISTILL_INIT_CONCAT;
     o->tokens = 524288;
+    /* One set of defaults for both student kinds: for healing a merged MoE
+     * they also gave the lowest perplexity of the settings compared in
+     * docs/distill.md (KD weight 0.9 / 0.5 / 0.167, T 2 / 1, lr 3e-4 / 1e-3). */
     o->kd_weight = 0.5f;
     o->temperature = 1.0f;
     o->lr = 1e-3f;
@@ -68,21 +71,27 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 }
 
 /* Hash of the options a resumed run must share (they shape the loss curve). */
-static uint64_t opts_hash(const mt_distill_opts *o, int warmup) {
+static uint64_t opts_hash(const mt_distill_opts *o, int warmup, const dt_config *c, int topk) {
     const float f[] = {o->kd_weight, o->temperature, o->lr, o->min_lr_frac, o->weight_decay, o->beta1, o->beta2,
                        o->grad_clip};
     uint64_t h = fnv(0xcbf29ce484222325ull, f, sizeof f);
     h = fnv(h, &warmup, sizeof warmup);
-    return fnv(h, &o->tokens, sizeof o->tokens);
+    h = fnv(h, &o->tokens, sizeof o->tokens);
+    if (c->n_experts) { /* a MoE student: its expert count and top-k too */
+        const int ek[2] = {c->n_experts, c->top_k};
+        h = fnv(h, ek, sizeof ek);
+    }
+    if (topk) h = fnv(h, &topk, sizeof topk); /* other data windows and KD target */
+    return h;
 }
 
-static void ck_words(uint64_t *w, const dt_model *m, int steps, const mt_distill_opts *o, int warmup) {
+static void ck_words(uint64_t *w, const dt_model *m, int steps, const mt_distill_opts *o, int warmup, int topk) {
     const dt_config *c = &m->c;
     memset(w, 0, CK_WORDS * sizeof *w);
     w[CK_L] = c->n_layers, w[CK_H] = c->hidden, w[CK_NH] = c->n_heads, w[CK_NKV] = c->n_kv_heads;
     w[CK_D] = c->head_dim, w[CK_F] = c->ffn, w[CK_V] = c->vocab, w[CK_B] = m->B, w[CK_T] = m->T;
     w[CK_STEPS] = (uint64_t)steps, w[CK_SEED] = o->seed, w[CK_INIT] = (uint64_t)o->init;
-    w[CK_OPTS] = opts_hash(o, warmup), w[CK_NPARAMS] = m->n_params;
+    w[CK_OPTS] = opts_hash(o, warmup, c, topk), w[CK_NPARAMS] = m->n_params;
 }
 
 static int write_all(int fd, const void *p, size_t n, uint64_t *h) {
@@ -97,25 +106,27 @@ static int write_all(int fd, const void *p, size_t n, uint64_t *h) {
     return 0;
 }
 
-/* Whether path is a plain file that begins with the checkpoint's magic: only
- * such a file is replaced or removed without --force. */
-static int ckpt_is_ours(const char *path) {
+/* Whether path is a plain file that begins with magic (8 bytes): only such a
+ * file (a checkpoint, a logit cache) is replaced or removed without --force. */
+int dst_file_is_ours(const char *path, const char *magic) {
     struct stat sb;
     if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    char magic[8];
-    const int ours = fd >= 0 && read(fd, magic, sizeof magic) == (ssize_t)sizeof magic && !memcmp(magic, "MTDSTCK1", 8);
+    char head[8];
+    const int ours = fd >= 0 && read(fd, head, sizeof head) == (ssize_t)sizeof head && !memcmp(head, magic, 8);
     if (fd >= 0) close(fd);
     return ours;
 }
+static int ckpt_is_ours(const char *path) { return dst_file_is_ours(path, "MTDSTCK1"); }
 
-static int ckpt_save(const char *path, const dt_model *m, const uint64_t *words) {
+int dst_tmp_create(const char *path, char **tmp_out) {
     /* "<path>.tmp-<pid>-" + 6 of [a-z0-9], the pattern the output policy's
      * sweep removes after a kill (mkstemp's would hold capitals) */
     char *tmp = NULL;
+    *tmp_out = NULL;
     if (asprintf(&tmp, "%s.tmp-%ld-xxxxxx", path, (long)getpid()) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
     char *sfx = tmp + strlen(tmp) - 6;
-    uint64_t r = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)m;
+    uint64_t r = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)tmp;
     int fd = -1;
     for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
         for (int i = 0; i < 6; i++) {
@@ -126,11 +137,19 @@ static int ckpt_save(const char *path, const dt_model *m, const uint64_t *words)
         if (fd < 0 && errno != EEXIST) break;
     }
     if (fd < 0) {
-        int st = mt_seterr(MT_ERR_IO, "%s: cannot create the checkpoint: %s", tmp, strerror(errno));
+        int st = mt_seterr(MT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
         free(tmp);
         return st;
     }
     mt_output_tmp_add(tmp);
+    *tmp_out = tmp;
+    return fd;
+}
+
+static int ckpt_save(const char *path, const dt_model *m, const uint64_t *words) {
+    char *tmp = NULL;
+    const int fd = dst_tmp_create(path, &tmp);
+    if (fd < 0) return fd;
     uint64_t h = 0xcbf29ce484222325ull;
     const size_t nb = m->n_params * sizeof(float);
     int bad = write_all(fd, "MTDSTCK1", 8, &h) || write_all(fd, words, CK_WORDS * sizeof *words, &h) ||
@@ -194,8 +213,34 @@ done:
 }
 
 /* ---- the run -------------------------------------------------------------------- */
+/* A MoE student must read text as the teacher does: same vocabulary and,
+ * when it has a tokenizer, the same ids for the start of the data. */
+static int check_student_tokens(mt_model *s, const char *spath, const mt_tokenizer *ttz, int V, const char *data,
+                                const int32_t *ids, size_t n_ids) {
+    const int sv = mt_model_config(s)->vocab;
+    if (sv != V)
+        return mt_seterr(MT_ERR_FORMAT, "%s: the student's vocabulary has %d tokens, the teacher's %d: different "
+                         "tokenizers cannot be distilled", spath, sv, V);
+    const mt_tokenizer *stz = mt_model_tokenizer(s);
+    if (!stz || stz == ttz) return MT_OK;
+    int32_t *sid = NULL;
+    size_t n = 0;
+    int st = mt_tok_encode_file(stz, data, 4096, &sid, &n, NULL);
+    if (st) return st;
+    if (n > 4096) n = 4096;
+    if (n > n_ids) n = n_ids;
+    for (size_t i = 0; i < n; i++)
+        if (sid[i] != ids[i]) {
+            st = mt_seterr(MT_ERR_FORMAT, "%s: the student's tokenizer encodes %s differently from the teacher's (token %zu: "
+                           "%d vs %d)", spath, data, i, sid[i], ids[i]);
+            break;
+        }
+    free(sid);
+    return st;
+}
+
 int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o, mt_distill_report *rep) {
-    mt_model *t = NULL;
+    mt_model *t = NULL, *smodel = NULL;
     mt_backend *be = NULL;
     mt_outdir *od = NULL;
     mt_ctx *tctx = NULL;
@@ -205,7 +250,9 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     memset(&sc, 0, sizeof sc);
     int32_t *ids = NULL, *text_ids = NULL, *tok = NULL, *tgt = NULL;
     float *tlog = NULL;
-    char *ck_path = NULL;
+    char *ck_path = NULL, *lc_path = NULL;
+    dst_cache lc;
+    memset(&lc, 0, sizeof lc);
     mt_distill_report r0;
     mt_distill_report *R = rep ? rep : &r0;
     int st;
@@ -217,15 +264,30 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
         !(o->kd_weight >= 0 && o->kd_weight <= 1) || o->ckpt_every < 0)
         return mt_seterr(MT_ERR_ARG, "distill: batch, seq, tokens, width, lr, temperature or kd-weight out of range");
 
-    const char *in[] = {o->data_path};
-    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, teacher_path, in, 1))) return st;
+    if (o->student_path && (o->width || o->init != MT_DISTILL_INIT_CONCAT))
+        return mt_seterr(MT_ERR_ARG, "--width and --init shape a dense student; a MoE student (%s) keeps its "
+                         "own experts", o->student_path);
+    const char *in[] = {o->data_path, o->student_path};
+    const int n_in = o->student_path ? 2 : 1;
+    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, teacher_path, in, n_in))) return st;
     if (asprintf(&ck_path, "%s.ckpt", out_path) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
     /* The checkpoint is an output too: never an input, and an existing file
      * there is replaced (and removed at the end) only when it is a previous
      * checkpoint or with --force; this also sweeps dead runs' temporaries. */
-    if ((st = mt_output_check(ck_path, MT_OUTPUT_GGUF, o->force || ckpt_is_ours(ck_path), teacher_path, in, 1)))
+    if ((st = mt_output_check(ck_path, MT_OUTPUT_GGUF, o->force || ckpt_is_ours(ck_path), teacher_path, in, n_in)))
         goto done;
 
+    if (o->topk_logits > 0 && o->kd_weight > 0) {
+        if (o->logit_cache ? !(lc_path = strdup(o->logit_cache)) : asprintf(&lc_path, "%s.logits", out_path) < 0) {
+            lc_path = NULL;
+            st = mt_seterr(MT_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        /* an output that is also read back: a file there must be a logit cache (or --force) */
+        if ((st = mt_output_check(lc_path, MT_OUTPUT_GGUF, o->force || dst_file_is_ours(lc_path, "MTDSTLC1"), teacher_path, in,
+                                  n_in)))
+            goto done;
+    }
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = o->n_threads;
@@ -279,24 +341,40 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     const int steps = (int)((o->tokens + per_step - 1) / per_step);
     const int warmup = o->warmup >= 0 ? o->warmup : steps / 20;
 
+    dt_config dc;
+    if (o->student_path) {
+        if ((st = mt_model_load(&smodel, o->student_path, &mo))) goto done;
+        if ((st = dst_moe_config(&dc, &sc, smodel, o->student_path))) goto done;
+        if ((st = check_student_tokens(smodel, o->student_path, tz, V, o->data_path, text_ids, n_text))) goto done;
+        if (mt_model_config(smodel)->max_pos > 0 && T > mt_model_config(smodel)->max_pos) {
+            st = mt_seterr(MT_ERR_ARG, "--seq %d is longer than the student's context of %d", T,
+                           mt_model_config(smodel)->max_pos);
+            goto done;
+        }
+    } else {
+        dst_engine_config(&dc, tc, width);
+        if ((st = dst_student_config(&sc, tc, width))) goto done;
+    }
     if ((st = mt_outdir_open(&od, out_path))) goto done;
     if ((st = mt_backend_cpu_init(&be, mt_model_threads(t)))) goto done;
-    dt_config dc;
-    dst_engine_config(&dc, tc, width);
     if ((st = dt_model_init(&m, &dc, B, T, be))) goto done;
-    if ((st = dst_student_config(&sc, tc, width))) goto done;
 
     uint64_t rng = o->seed * 0x2545f4914f6cdd1dull + 1, words[CK_WORDS], want[CK_WORDS];
     uint64_t tokens_done = 0;
     int start = 0;
-    ck_words(want, &m, steps, o, warmup);
+    const int topk = o->kd_weight > 0 ? o->topk_logits : 0;
+    ck_words(want, &m, steps, o, warmup, topk);
     if (o->resume) {
         if ((st = ckpt_load(ck_path, &m, want, words))) goto done;
         start = (int)words[CK_STEP], rng = words[CK_RNG], tokens_done = words[CK_TOKENS];
     } else {
         if (o->progress) o->progress(o->progress_user, "distill: init", 0, 1);
-        if ((st = dst_student_from_teacher(&m, t, o->init, ids, n_ids, o->init_tokens, T, &rng))) goto done;
+        if (smodel) st = dst_student_from_moe(&m, smodel);
+        else st = dst_student_from_teacher(&m, t, o->init, ids, n_ids, o->init_tokens, T, &rng);
+        if (st) goto done;
     }
+    mt_model_free(smodel); /* its weights are in the engine now */
+    smodel = NULL;
     tok = malloc((size_t)per_step * sizeof *tok);
     tgt = malloc((size_t)per_step * sizeof *tgt);
     if (o->kd_weight > 0) tlog = malloc((size_t)per_step * V * sizeof *tlog);
@@ -305,18 +383,59 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
         goto done;
     }
     if (o->kd_weight > 0 && (st = mt_ctx_init(&tctx, t, T, T))) goto done;
+    const int n_win = (int)((n_ids - 1) / (size_t)T);
+    if (topk) {
+        if (topk > V) {
+            st = mt_seterr(MT_ERR_ARG, "--topk-logits %d is larger than the vocabulary of %d", topk, V);
+            goto done;
+        }
+        if ((st = dst_cache_open(&lc, lc_path, dst_cache_key(t, ids, n_ids, topk, T), topk, T, n_win))) goto done;
+        /* the windows this run will read (the data order is the RNG's), computed now when missing */
+        uint64_t r2 = rng;
+        int n_new = 0;
+        for (int s = start; s < steps; s++)
+            for (int b = 0; b < B; b++) {
+                const int w = (int)(dst_rng_next(&r2) % (uint64_t)n_win);
+                if (lc.slot[w] >= 0) continue;
+                if (o->progress)
+                    o->progress(o->progress_user, "distill: teacher top-K logits", (uint64_t)(s - start),
+                                (uint64_t)(steps - start));
+                if ((st = dst_teacher_logits(tctx, ids + (size_t)w * T, 1, T, V, tlog)) ||
+                    (st = dst_cache_add(&lc, w, tlog, V)))
+                    goto done;
+                n_new++;
+            }
+        R->cache_computed = n_new;
+        if (n_new && (st = dst_cache_save(&lc, lc_path, &R->cache_bytes))) goto done;
+        if (!n_new) {
+            struct stat sb;
+            R->cache_bytes = stat(lc_path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+        }
+        R->cache_windows = lc.n;
+        R->cache_bytes_per_token = lc.n ? (double)R->cache_bytes / ((double)lc.n * T) : 0;
+    }
 
-    R->steps = steps, R->start_step = start, R->width = width, R->init = o->init;
+    R->steps = steps, R->start_step = start, R->width = dc.n_experts ? dc.ffn : width, R->init = o->init;
+    R->n_experts = dc.n_experts, R->top_k = dc.top_k;
+    R->kd_weight = o->kd_weight, R->temperature = o->temperature, R->lr = o->lr;
     R->student_params = m.n_params;
     const dt_adamw adam0 = {o->lr, o->beta1, o->beta2, 1e-8f, o->weight_decay};
     const double t0 = mt_now();
     for (int s = start; s < steps; s++) {
         for (int b = 0; b < B; b++) {
-            const size_t off = (size_t)(dst_rng_next(&rng) % (uint64_t)(n_ids - (size_t)T));
+            size_t off;
+            if (topk) { /* an aligned window and its cached teacher logits */
+                const int w = (int)(dst_rng_next(&rng) % (uint64_t)n_win), slot = lc.slot[w];
+                const size_t per = (size_t)T * topk;
+                off = (size_t)w * T;
+                dst_topk_expand(lc.ids + slot * per, lc.vals + slot * per, T, V, topk, tlog + (size_t)b * T * V);
+            } else {
+                off = (size_t)(dst_rng_next(&rng) % (uint64_t)(n_ids - (size_t)T));
+            }
             memcpy(tok + (size_t)b * T, ids + off, (size_t)T * sizeof *tok);
             memcpy(tgt + (size_t)b * T, ids + off + 1, (size_t)T * sizeof *tgt);
         }
-        if (tctx && (st = dst_teacher_logits(tctx, tok, B, T, V, tlog))) goto done;
+        if (tctx && !topk && (st = dst_teacher_logits(tctx, tok, B, T, V, tlog))) goto done;
         dt_forward(&m, tok);
         const dt_loss L = dt_loss_backward_logits(&m, tgt, tlog, o->kd_weight, o->temperature);
         if (!isfinite(L.loss)) {
@@ -365,6 +484,7 @@ done:
     dt_model_free(&m);
     mt_backend_free(be);
     mt_config_free(&sc);
+    mt_model_free(smodel);
     mt_model_free(t);
     free(ids);
     free(text_ids);
@@ -372,5 +492,7 @@ done:
     free(tgt);
     free(tlog);
     free(ck_path);
+    free(lc_path);
+    dst_cache_free(&lc);
     return st;
 }

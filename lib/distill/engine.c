@@ -1,14 +1,19 @@
-/* engine.c — forward, backward, loss and AdamW of the dense Mistral-layout
- * student (embedding, RMSNorm, RoPE attention with GQA and causal mask,
- * SwiGLU FFN, lm_head; cross-entropy + forward KL at temperature T). Every
- * matrix product goes through the backend's gemm_f32; the element-wise ops
- * are plain loops here (each is its own reference; tests/test_distill.c
- * checks every backward against finite differences of an f64 forward).
+/* engine.c — forward, backward, loss and AdamW of the student: embedding,
+ * RMSNorm, RoPE attention with GQA and causal mask, then per layer either a
+ * SwiGLU FFN (dense, Mistral layout) or a Mixtral MoE block (router logits,
+ * softmax, top-k, gates renormalised over the chosen experts, SwiGLU
+ * experts, gate-weighted sum); lm_head; cross-entropy + forward KL at
+ * temperature T. Every matrix product goes through the backend's gemm_f32;
+ * the element-wise ops are plain loops here (each is its own reference;
+ * tests/test_distill.c checks every backward against finite differences of
+ * an f64 forward).
  *
- * Conventions follow Hugging Face's MistralForCausalLM exactly (RoPE
- * rotate_half, angles rounded to f32 as mt_be_rope_tables computes them,
- * RMSNorm x·rsqrt(mean x² + eps)·w), so a checkpoint written from the
- * parameters computes the same function in transformers. */
+ * Conventions follow Hugging Face's MistralForCausalLM and
+ * MixtralForCausalLM exactly (RoPE rotate_half, angles rounded to f32 as
+ * mt_be_rope_tables computes them, RMSNorm x·rsqrt(mean x² + eps)·w, top-k
+ * over the softmax probabilities, experts summed in index order), so a
+ * checkpoint written from the parameters computes the same function in
+ * transformers. */
 #include "engine_impl.h"
 
 #include <float.h>
@@ -24,7 +29,7 @@ static void gemm(mt_backend *be, int ta, int tb, int M, int N, int K, float alph
 /* ---- parameter layout --------------------------------------------------- */
 static void add_param(dt_model *m, dt_kind kind, int layer, int rows, int cols) {
     dt_param *p = &m->table[m->n_table++];
-    p->kind = kind, p->layer = layer, p->rows = rows, p->cols = cols;
+    p->kind = kind, p->layer = layer, p->rows = rows, p->cols = cols, p->expert = -1;
     p->offset = m->n_params;
     m->n_params += (size_t)rows * cols;
 }
@@ -47,20 +52,31 @@ static void bind(dt_tensors *t, const dt_model *m, float *base) {
         case DT_W2: L->w2 = x; break;
         case DT_OUT_NORM: t->out_norm = x; break;
         case DT_LM_HEAD: t->lm_head = x; break;
+        case DT_ROUTER: L->router = x; break;
+        case DT_EW1: if (p->expert == 0) L->ew1 = x; break;
+        case DT_EW3: if (p->expert == 0) L->ew3 = x; break;
+        case DT_EW2: if (p->expert == 0) L->ew2 = x; break;
         }
     }
+}
+
+int dt_param_find(const dt_model *m, dt_kind kind, int layer, int expert) {
+    for (int i = 0; i < m->n_table; i++)
+        if (m->table[i].kind == kind && m->table[i].layer == layer && m->table[i].expert == expert) return i;
+    return -1;
 }
 
 int dt_model_init(dt_model *m, const dt_config *c, int B, int T, mt_backend *be) {
     memset(m, 0, sizeof *m);
     if (c->n_layers < 1 || c->hidden < 1 || c->n_heads < 1 || c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads ||
-        c->head_dim < 2 || c->head_dim % 2 || c->ffn < 1 || c->vocab < 2 || B < 1 || T < 1)
+        c->head_dim < 2 || c->head_dim % 2 || c->ffn < 1 || c->vocab < 2 || B < 1 || T < 1 || c->n_experts < 0 ||
+        (c->n_experts > 0 && (c->top_k < 1 || c->top_k > c->n_experts)))
         return mt_seterr(MT_ERR_ARG, "distill: student shape out of range");
     m->c = *c, m->B = B, m->T = T, m->be = be;
     const int L = c->n_layers, H = c->hidden, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
-    const int F = c->ffn, V = c->vocab;
-    const size_t N = (size_t)B * T;
-    m->table = calloc((size_t)9 * L + 3, sizeof *m->table);
+    const int F = c->ffn, V = c->vocab, E = c->n_experts, K = E ? c->top_k : 1;
+    const size_t N = (size_t)B * T, R = N * K;
+    m->table = calloc((size_t)(10 + 3 * E) * L + 3, sizeof *m->table);
     m->p.layers = calloc((size_t)L, sizeof(dt_layer));
     m->g.layers = calloc((size_t)L, sizeof(dt_layer));
     if (!m->table || !m->p.layers || !m->g.layers) goto oom;
@@ -72,9 +88,19 @@ int dt_model_init(dt_model *m, const dt_config *c, int B, int T, mt_backend *be)
         add_param(m, DT_WV, l, KD, H);
         add_param(m, DT_WO, l, H, QD);
         add_param(m, DT_FFN_NORM, l, 1, H);
-        add_param(m, DT_W1, l, F, H);
-        add_param(m, DT_W3, l, F, H);
-        add_param(m, DT_W2, l, H, F);
+        if (E) {
+            add_param(m, DT_ROUTER, l, E, H);
+            static const dt_kind ek[3] = {DT_EW1, DT_EW3, DT_EW2};
+            for (int k = 0; k < 3; k++)
+                for (int e = 0; e < E; e++) {
+                    add_param(m, ek[k], l, k == 2 ? H : F, k == 2 ? F : H);
+                    m->table[m->n_table - 1].expert = e;
+                }
+        } else {
+            add_param(m, DT_W1, l, F, H);
+            add_param(m, DT_W3, l, F, H);
+            add_param(m, DT_W2, l, H, F);
+        }
     }
     add_param(m, DT_OUT_NORM, -1, 1, H);
     add_param(m, DT_LM_HEAD, -1, V, H);
@@ -99,31 +125,40 @@ int dt_model_init(dt_model *m, const dt_config *c, int B, int T, mt_backend *be)
         (size_t)L * N * H,            /* mid   */
         (size_t)L * N * H,            /* xn2   */
         (size_t)L * N,                /* rstd2 */
-        (size_t)L * N * F,            /* h1    */
-        (size_t)L * N * F,            /* h3    */
-        (size_t)L * N * F,            /* hg    */
+        (size_t)L * R * F,            /* h1    */
+        (size_t)L * R * F,            /* h3    */
+        (size_t)L * R * F,            /* hg    */
         N * H,                        /* xnf   */
         N,                            /* rstdf */
         N * V,                        /* logits */
+        E ? (size_t)L * R * H : 0,    /* eo    */
+        E ? (size_t)L * N * K : 0,    /* gate  */
     };
     float **ptr[] = {&m->a.res, &m->a.xn1, &m->a.rstd1, &m->a.q, &m->a.k, &m->a.v, &m->a.att, &m->a.atto,
                      &m->a.mid, &m->a.xn2, &m->a.rstd2, &m->a.h1, &m->a.h3, &m->a.hg, &m->a.xnf, &m->a.rstdf,
-                     &m->a.logits};
+                     &m->a.logits, &m->a.eo, &m->a.gate};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) total += sz[i];
     float *blk = m->act_block = malloc(total * sizeof(float));
     if (!blk) goto oom;
     for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) *ptr[i] = blk, blk += sz[i];
 
-    const size_t ssz[] = {N * H, N * H, N * QD, N * KD, N * KD, N * QD, N * F, N * F, N * F, (size_t)T * T, (size_t)3 * V,
-                          (size_t)T * (c->head_dim / 2), (size_t)T * (c->head_dim / 2)};
+    const size_t ssz[] = {N * H, N * H, N * QD, N * KD, N * KD, N * QD, R * F, R * F, R * F, (size_t)T * T, (size_t)3 * V,
+                          (size_t)T * (c->head_dim / 2), (size_t)T * (c->head_dim / 2), E ? R * H : 0, E ? R * H : 0,
+                          E ? R * H : 0, N * (size_t)E, E ? N * K : 0};
     float **sptr[] = {&m->s.dres, &m->s.dx, &m->s.dq, &m->s.dk, &m->s.dv, &m->s.datto, &m->s.dh1, &m->s.dh3,
-                      &m->s.dhg, &m->s.datt, &m->s.rowq, &m->rope_cos, &m->rope_sin};
+                      &m->s.dhg, &m->s.datt, &m->s.rowq, &m->rope_cos, &m->rope_sin, &m->s.xg, &m->s.dxg,
+                      &m->s.deo, &m->s.dz, &m->s.dgate};
     total = 0;
     for (size_t i = 0; i < sizeof ssz / sizeof ssz[0]; i++) total += ssz[i];
     blk = m->scratch_block = malloc(total * sizeof(float));
     if (!blk) goto oom;
     for (size_t i = 0; i < sizeof ssz / sizeof ssz[0]; i++) *sptr[i] = blk, blk += ssz[i];
+    if (E) {
+        int32_t *ib = m->int_block = malloc(((size_t)L * N * K + (size_t)L * R + (size_t)L * (E + 1)) * sizeof(int32_t));
+        if (!ib) goto oom;
+        m->a.sel = ib, m->a.asg = ib + (size_t)L * N * K, m->a.eoff = m->a.asg + (size_t)L * R;
+    }
     mt_be_rope_tables(m->rope_cos, m->rope_sin, T, c->head_dim, c->rope_theta);
     return MT_OK;
 oom:
@@ -143,6 +178,7 @@ void dt_model_free(dt_model *m) {
     free(m->v);
     free(m->act_block);
     free(m->scratch_block);
+    free(m->int_block);
     memset(m, 0, sizeof *m);
 }
 
@@ -226,6 +262,40 @@ void dt_swiglu_bwd(float *dh1, float *dh3, const float *dout, const float *h1, c
     }
 }
 
+/* ---- routing ------------------------------------------------------------- */
+void dt_route_fwd(int32_t *sel, float *gate, const float *z, int n, int E, int K) {
+    for (int i = 0; i < n; i++) {
+        const float *zi = z + (size_t)i * E;
+        int32_t *si = sel + (size_t)i * K;
+        float *gi = gate + (size_t)i * K;
+        /* the K largest logits (= the K most probable experts), ties to the lower index */
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k; j++) taken |= si[j] == e;
+                if (!taken && (best < 0 || zi[e] > zi[best])) best = e;
+            }
+            si[k] = best;
+        }
+        /* softmax over all E then renormalised over the K = softmax over the K chosen logits */
+        const float mx = zi[si[0]];
+        double sum = 0;
+        for (int k = 0; k < K; k++) sum += exp((double)zi[si[k]] - mx);
+        for (int k = 0; k < K; k++) gi[k] = (float)(exp((double)zi[si[k]] - mx) / sum);
+    }
+}
+
+void dt_route_bwd(float *dz, const float *dgate, const int32_t *sel, const float *gate, int n, int E, int K) {
+    memset(dz, 0, (size_t)n * E * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        const float *g = gate + (size_t)i * K, *dg = dgate + (size_t)i * K;
+        double s = 0;
+        for (int k = 0; k < K; k++) s += (double)g[k] * dg[k];
+        for (int k = 0; k < K; k++) dz[(size_t)i * E + sel[(size_t)i * K + k]] = (float)(g[k] * (dg[k] - s));
+    }
+}
+
 /* ---- attention -------------------------------------------------------------- */
 void dt_attention_fwd(mt_backend *be, float *out, float *att, const float *q, const float *k, const float *v, int B,
                       int T, int NH, int NKV, int D) {
@@ -288,6 +358,109 @@ static void linear_bwd(mt_backend *be, float *dX, float *dW, const float *dY, co
     gemm(be, 1, 0, out, in, n, 1.0f, dY, out, X, in, 0.0f, dW, in);
 }
 
+/* ---- the MoE block ------------------------------------------------------------ */
+/* Rows of layer l's FFN activations (R = N·K) and its routing arrays. */
+typedef struct {
+    float *h1, *h3, *hg, *eo, *gate;
+    int32_t *sel, *asg, *eoff;
+} moe_acts;
+
+static moe_acts moe_layer(const dt_model *m, int l) {
+    const int N = m->B * m->T, K = m->c.top_k, E = m->c.n_experts, F = m->c.ffn, H = m->c.hidden;
+    const size_t R = (size_t)N * K;
+    const dt_acts *a = &m->a;
+    moe_acts x = {a->h1 + (size_t)l * R * F, a->h3 + (size_t)l * R * F, a->hg + (size_t)l * R * F,
+                  a->eo + (size_t)l * R * H, a->gate + (size_t)l * R, a->sel + (size_t)l * R, a->asg + (size_t)l * R,
+                  a->eoff + (size_t)l * (E + 1)};
+    return x;
+}
+
+/* xg rows [o, o + n) = xn2 rows of the tokens those FFN rows serve. */
+static void moe_gather(float *xg, const float *xn2, const int32_t *asg, int o, int n, int H, int K) {
+    for (int r = o; r < o + n; r++)
+        memcpy(xg + (size_t)r * H, xn2 + (size_t)(asg[r] / K) * H, (size_t)H * sizeof(float));
+}
+
+/* y = mid + Σ_k gate_k · expert_{sel_k}(xn2), experts in index order. */
+static void moe_forward(dt_model *m, int l, float *y, const float *mid, const float *xn2) {
+    const dt_config *c = &m->c;
+    mt_backend *be = m->be;
+    const int N = m->B * m->T, H = c->hidden, F = c->ffn, E = c->n_experts, K = c->top_k;
+    const dt_layer *w = &m->p.layers[l];
+    moe_acts x = moe_layer(m, l);
+    float *z = m->s.dz, *xg = m->s.xg;
+    linear(be, z, xn2, w->router, N, H, E, 0.0f);
+    dt_route_fwd(x.sel, x.gate, z, N, E, K);
+    /* FFN rows grouped by expert, tokens ascending within one */
+    memset(x.eoff, 0, (size_t)(E + 1) * sizeof *x.eoff);
+    for (int i = 0; i < N * K; i++) x.eoff[x.sel[i] + 1]++;
+    for (int e = 0; e < E; e++) x.eoff[e + 1] += x.eoff[e];
+    for (int e = 0, r = 0; e < E; e++)
+        for (int i = 0; i < N * K; i++)
+            if (x.sel[i] == e) x.asg[r++] = i;
+    memset(y, 0, (size_t)N * H * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        const int o = x.eoff[e], n = x.eoff[e + 1] - o;
+        if (!n) continue;
+        moe_gather(xg, xn2, x.asg, o, n, H, K);
+        float *h1 = x.h1 + (size_t)o * F, *h3 = x.h3 + (size_t)o * F, *hg = x.hg + (size_t)o * F;
+        float *eo = x.eo + (size_t)o * H;
+        linear(be, h1, xg + (size_t)o * H, w->ew1 + (size_t)e * F * H, n, H, F, 0.0f);
+        linear(be, h3, xg + (size_t)o * H, w->ew3 + (size_t)e * F * H, n, H, F, 0.0f);
+        dt_swiglu_fwd(hg, h1, h3, (size_t)n * F);
+        linear(be, eo, hg, w->ew2 + (size_t)e * H * F, n, F, H, 0.0f);
+        for (int r = 0; r < n; r++) {
+            const int i = x.asg[o + r];
+            const float g = x.gate[i];
+            float *yi = y + (size_t)(i / K) * H;
+            const float *er = eo + (size_t)r * H;
+            for (int j = 0; j < H; j++) yi[j] += g * er[j];
+        }
+    }
+    for (size_t i = 0; i < (size_t)N * H; i++) y[i] += mid[i];
+}
+
+/* From dy = s.dres: the experts', gates' and router's gradients; s.dx = dloss/dxn2. */
+static void moe_backward(dt_model *m, int l, const float *xn2) {
+    const dt_config *c = &m->c;
+    mt_backend *be = m->be;
+    const int N = m->B * m->T, H = c->hidden, F = c->ffn, E = c->n_experts, K = c->top_k;
+    const dt_layer *w = &m->p.layers[l];
+    dt_layer *g = &m->g.layers[l];
+    dt_grads_scratch *s = &m->s;
+    moe_acts x = moe_layer(m, l);
+    for (int r = 0; r < N * K; r++) {
+        const int i = x.asg[r];
+        const float *dy = s->dres + (size_t)(i / K) * H, *er = x.eo + (size_t)r * H;
+        float *de = s->deo + (size_t)r * H;
+        const float gt = x.gate[i];
+        double dg = 0;
+        for (int j = 0; j < H; j++) de[j] = gt * dy[j], dg += (double)dy[j] * er[j];
+        s->dgate[i] = (float)dg;
+    }
+    for (int e = 0; e < E; e++) {
+        const int o = x.eoff[e], n = x.eoff[e + 1] - o;
+        if (!n) continue;
+        moe_gather(s->xg, xn2, x.asg, o, n, H, K);
+        const size_t fo = (size_t)o * F, ho = (size_t)o * H;
+        linear_bwd(be, s->dhg + fo, g->ew2 + (size_t)e * H * F, s->deo + ho, x.hg + fo, w->ew2 + (size_t)e * H * F, n, F,
+                   H, 0.0f);
+        dt_swiglu_bwd(s->dh1 + fo, s->dh3 + fo, s->dhg + fo, x.h1 + fo, x.h3 + fo, (size_t)n * F);
+        linear_bwd(be, s->dxg + ho, g->ew1 + (size_t)e * F * H, s->dh1 + fo, s->xg + ho, w->ew1 + (size_t)e * F * H, n,
+                   H, F, 0.0f);
+        linear_bwd(be, s->dxg + ho, g->ew3 + (size_t)e * F * H, s->dh3 + fo, s->xg + ho, w->ew3 + (size_t)e * F * H, n,
+                   H, F, 1.0f);
+    }
+    memset(s->dx, 0, (size_t)N * H * sizeof(float));
+    for (int r = 0; r < N * K; r++) {
+        float *dx = s->dx + (size_t)(x.asg[r] / K) * H;
+        const float *d = s->dxg + (size_t)r * H;
+        for (int j = 0; j < H; j++) dx[j] += d[j];
+    }
+    dt_route_bwd(s->dz, s->dgate, x.sel, x.gate, N, E, K);
+    linear_bwd(be, s->dx, g->router, s->dz, xn2, w->router, N, H, E, 1.0f);
+}
+
 void dt_forward(dt_model *m, const int32_t *tokens) {
     const dt_config *c = &m->c;
     mt_backend *be = m->be;
@@ -303,6 +476,7 @@ void dt_forward(dt_model *m, const int32_t *tokens) {
         float *v = a->v + (size_t)l * N * KD, *atto = a->atto + (size_t)l * N * QD, *mid = a->mid + (size_t)l * N * H;
         float *xn2 = a->xn2 + (size_t)l * N * H, *h1 = a->h1 + (size_t)l * N * F, *h3 = a->h3 + (size_t)l * N * F;
         float *hg = a->hg + (size_t)l * N * F, *y = a->res + (size_t)(l + 1) * N * H;
+        (void)h1, (void)h3, (void)hg;
         dt_rmsnorm_fwd(xn1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, H, c->norm_eps);
         linear(be, q, xn1, w->wq, N, H, QD, 0.0f);
         linear(be, k, xn1, w->wk, N, H, KD, 0.0f);
@@ -313,6 +487,10 @@ void dt_forward(dt_model *m, const int32_t *tokens) {
         memcpy(mid, x, (size_t)N * H * sizeof(float));
         linear(be, mid, atto, w->wo, N, QD, H, 1.0f);
         dt_rmsnorm_fwd(xn2, a->rstd2 + (size_t)l * N, mid, w->ffn_norm, N, H, c->norm_eps);
+        if (c->n_experts) {
+            moe_forward(m, l, y, mid, xn2);
+            continue;
+        }
         linear(be, h1, xn2, w->w1, N, H, F, 0.0f);
         linear(be, h3, xn2, w->w3, N, H, F, 0.0f);
         dt_swiglu_fwd(hg, h1, h3, (size_t)N * F);
@@ -388,11 +566,14 @@ void dt_backward(dt_model *m, const int32_t *tokens) {
         const float *atto = a->atto + (size_t)l * N * QD, *mid = a->mid + (size_t)l * N * H;
         const float *xn2 = a->xn2 + (size_t)l * N * H, *h1 = a->h1 + (size_t)l * N * F;
         const float *h3 = a->h3 + (size_t)l * N * F, *hg = a->hg + (size_t)l * N * F;
-        /* y = mid + hg·w2ᵀ */
-        linear_bwd(be, s->dhg, g->w2, s->dres, hg, w->w2, N, F, H, 0.0f);
-        dt_swiglu_bwd(s->dh1, s->dh3, s->dhg, h1, h3, (size_t)N * F);
-        linear_bwd(be, s->dx, g->w1, s->dh1, xn2, w->w1, N, H, F, 0.0f);
-        linear_bwd(be, s->dx, g->w3, s->dh3, xn2, w->w3, N, H, F, 1.0f);
+        if (c->n_experts) {
+            moe_backward(m, l, xn2);
+        } else { /* y = mid + hg·w2ᵀ */
+            linear_bwd(be, s->dhg, g->w2, s->dres, hg, w->w2, N, F, H, 0.0f);
+            dt_swiglu_bwd(s->dh1, s->dh3, s->dhg, h1, h3, (size_t)N * F);
+            linear_bwd(be, s->dx, g->w1, s->dh1, xn2, w->w1, N, H, F, 0.0f);
+            linear_bwd(be, s->dx, g->w3, s->dh3, xn2, w->w3, N, H, F, 1.0f);
+        }
         dt_rmsnorm_bwd(s->dres, g->ffn_norm, s->dx, mid, w->ffn_norm, a->rstd2 + (size_t)l * N, N, H, 1);
         /* mid = x + atto·woᵀ */
         linear_bwd(be, s->datto, g->wo, s->dres, atto, w->wo, N, QD, H, 0.0f);

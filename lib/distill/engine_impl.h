@@ -1,5 +1,7 @@
-/* engine_impl.h — private to lib/distill: the training engine of the dense
- * Mistral-layout student (forward, backward, loss, AdamW), written in the
+/* engine_impl.h — private to lib/distill: the training engine of the
+ * student, dense (Mistral layout: one SwiGLU FFN per layer) or MoE (Mixtral
+ * layout: router, softmax, top-k, renormalised gates, SwiGLU experts) —
+ * forward, backward, loss, AdamW — written in the
  * manner of llm.c's train_gpt2.c: sizes first, one allocation for the
  * parameters (and one each for gradients and optimiser moments), pointers
  * into it, every op a plain loop or a gemm through the backend interface
@@ -21,10 +23,12 @@ typedef struct {
     int n_heads;    /* NH                    */
     int n_kv_heads; /* NKV (divides NH)      */
     int head_dim;   /* D (even)              */
-    int ffn;        /* F: width of the SwiGLU FFN */
+    int ffn;        /* F: width of the SwiGLU FFN (of one expert when MoE) */
     int vocab;      /* V                     */
     float norm_eps;
     float rope_theta;
+    int n_experts;  /* E: 0 = dense          */
+    int top_k;      /* K experts per token (MoE) */
 } dt_config;
 
 /* One layer's parameters (pointers into dt_model.params or .grads). */
@@ -35,9 +39,13 @@ typedef struct {
     float *wv;        /* (NKV·D, H)  */
     float *wo;        /* (H, NH·D)   */
     float *ffn_norm;  /* (H)         */
-    float *w1;        /* (F, H) gate */
-    float *w3;        /* (F, H) up   */
-    float *w2;        /* (H, F) down */
+    float *w1;        /* (F, H) gate             dense */
+    float *w3;        /* (F, H) up               dense */
+    float *w2;        /* (H, F) down             dense */
+    float *router;    /* (E, H)                  MoE   */
+    float *ew1;       /* (E, F, H) experts' gate MoE   */
+    float *ew3;       /* (E, F, H) experts' up   MoE   */
+    float *ew2;       /* (E, H, F) experts' down MoE   */
 } dt_layer;
 
 typedef struct {
@@ -48,18 +56,23 @@ typedef struct {
 } dt_tensors;
 
 /* The parameter tensors in a fixed order (the checkpoint's and the output
- * file's): embd, per layer the nine above, out_norm, lm_head. */
+ * file's): embd, per layer attention and norms then the FFN (dense: w1, w3,
+ * w2; MoE: router, every expert's w1, every expert's w3, every expert's w2,
+ * so each kind is one contiguous (E, ·, ·) block), out_norm, lm_head. */
 typedef enum {
-    DT_EMBD = 0, DT_ATTN_NORM, DT_WQ, DT_WK, DT_WV, DT_WO, DT_FFN_NORM, DT_W1, DT_W3, DT_W2, DT_OUT_NORM, DT_LM_HEAD
+    DT_EMBD = 0, DT_ATTN_NORM, DT_WQ, DT_WK, DT_WV, DT_WO, DT_FFN_NORM, DT_W1, DT_W3, DT_W2, DT_OUT_NORM, DT_LM_HEAD,
+    DT_ROUTER, DT_EW1, DT_EW3, DT_EW2
 } dt_kind;
 typedef struct {
     dt_kind kind;
     int layer;       /* -1 for globals */
+    int expert;      /* -1 unless DT_EW*   */
     int rows, cols;  /* rows = 1 for norm vectors */
     size_t offset;   /* floats into the flat array */
 } dt_param;
 
-/* Activations of one step (all (N, ·) unless noted). */
+/* Activations of one step (all (N, ·) unless noted). R = rows of the FFN:
+ * N dense, N·K for MoE (one per token and chosen expert, grouped by expert). */
 typedef struct {
     float *res;    /* (L+1, N, H) residual stream entering each layer; [L] = final */
     float *xn1;    /* (L, N, H)   attn-normed input                 */
@@ -72,9 +85,14 @@ typedef struct {
     float *mid;    /* (L, N, H)   residual after attention          */
     float *xn2;    /* (L, N, H)                                     */
     float *rstd2;  /* (L, N)                                        */
-    float *h1;     /* (L, N, F)   gate pre-activation               */
-    float *h3;     /* (L, N, F)   up                                */
-    float *hg;     /* (L, N, F)   silu(h1)·h3                       */
+    float *h1;     /* (L, R, F)   gate pre-activation               */
+    float *h3;     /* (L, R, F)   up                                */
+    float *hg;     /* (L, R, F)   silu(h1)·h3                       */
+    float *eo;     /* (L, R, H)   each expert's output (MoE)        */
+    float *gate;   /* (L, N, K)   renormalised top-k gates (MoE)    */
+    int32_t *sel;  /* (L, N, K)   chosen experts, by probability    */
+    int32_t *asg;  /* (L, R)      token·K + slot of each FFN row     */
+    int32_t *eoff; /* (L, E + 1)  first FFN row of each expert       */
     float *xnf;    /* (N, H)      final-normed                      */
     float *rstdf;  /* (N)                                           */
     float *logits; /* (N, V)      then dloss/dlogits after the loss */
@@ -88,9 +106,14 @@ typedef struct {
     float *dk;    /* (N, NKV·D)                              */
     float *dv;    /* (N, NKV·D)                              */
     float *datto; /* (N, NH·D)                               */
-    float *dh1;   /* (N, F)                                  */
-    float *dh3;   /* (N, F)                                  */
-    float *dhg;   /* (N, F)                                  */
+    float *dh1;   /* (R, F)                                  */
+    float *dh3;   /* (R, F)                                  */
+    float *dhg;   /* (R, F)                                  */
+    float *xg;    /* (R, H) FFN inputs gathered per expert (MoE)  */
+    float *dxg;   /* (R, H)                                       */
+    float *deo;   /* (R, H)                                       */
+    float *dz;    /* (N, E) router logits, then their gradient    */
+    float *dgate; /* (N, K)                                       */
     float *datt;  /* (T, T) one head's score gradient        */
     float *rowq;  /* (3, V) one row's softmaxes in the loss   */
 } dt_grads_scratch;
@@ -109,7 +132,7 @@ typedef struct {
     dt_acts a;
     dt_grads_scratch s;
     float *rope_cos, *rope_sin; /* (T, D/2)                                 */
-    void *act_block, *scratch_block;
+    void *act_block, *scratch_block, *int_block;
 } dt_model;
 
 /* Loss of one step: mean over the N scored tokens. */
@@ -123,6 +146,8 @@ typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
 } dt_adamw;
 
+/* Index of the parameter (kind, layer, expert) in m->table, or -1. */
+int dt_param_find(const dt_model *m, dt_kind kind, int layer, int expert);
 /* Sizes and allocates everything for batches of B×T. Parameters are zero. */
 int dt_model_init(dt_model *m, const dt_config *c, int B, int T, mt_backend *be);
 void dt_model_free(dt_model *m);
@@ -152,6 +177,14 @@ void dt_rope_fwd(float *x, int n, int T, int n_heads, int d, const float *cos_t,
 void dt_rope_bwd(float *dx, int n, int T, int n_heads, int d, const float *cos_t, const float *sin_t);
 void dt_swiglu_fwd(float *out, const float *h1, const float *h3, size_t n);
 void dt_swiglu_bwd(float *dh1, float *dh3, const float *dout, const float *h1, const float *h3, size_t n);
+/* Mixtral routing of n rows of logits z (n, E): softmax, the K most probable
+ * experts (ties: lower index) into sel (n, K), their probabilities
+ * renormalised to sum 1 into gate (n, K). */
+void dt_route_fwd(int32_t *sel, float *gate, const float *z, int n, int E, int K);
+/* dz (n, E) = gradient of the logits from dgate (n, K): the renormalised
+ * gates are a softmax over the chosen logits, so dz_k = g_k·(dg_k − Σ g·dg)
+ * on the chosen experts and 0 elsewhere. */
+void dt_route_bwd(float *dz, const float *dgate, const int32_t *sel, const float *gate, int n, int E, int K);
 /* Causal GQA attention of B sequences of T; att (B, NH, T, T) probabilities. */
 void dt_attention_fwd(mt_backend *be, float *out, float *att, const float *q, const float *k, const float *v, int B,
                       int T, int NH, int NKV, int D);

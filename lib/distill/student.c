@@ -1,9 +1,11 @@
-/* student.c — the dense student made from a Mixtral-format teacher:
- * embeddings, attention, norms and lm_head copied as f32; one SwiGLU FFN of
- * width W per layer built from the experts (concat of the most-routed
- * experts with w2 scaled by their mean gate, frequency-weighted averages, or
- * random); teacher logits by the runtime's forward; and the writer of a
- * student as Hugging Face weights through the arch table's names. */
+/* student.c — the students: the dense one made from a Mixtral-format
+ * teacher (embeddings, attention, norms and lm_head copied as f32; one
+ * SwiGLU FFN of width W per layer built from the experts: concat of the
+ * most-routed experts with w2 scaled by their mean gate, frequency-weighted
+ * averages, or random), and the MoE one read whole from a smaller Mixtral
+ * (a merge output) to heal; teacher logits by the runtime's forward; and the
+ * writer of a student as Hugging Face weights through the arch table's
+ * names. */
 #include "distill_impl.h"
 
 #include "moetool/mt_arch.h"
@@ -29,9 +31,38 @@ static double rng_normal(uint64_t *s) {
 }
 
 void dst_engine_config(dt_config *out, const mt_config *t, int width) {
+    memset(out, 0, sizeof *out);
     out->n_layers = t->n_layers, out->hidden = t->hidden, out->n_heads = t->n_heads;
     out->n_kv_heads = t->n_kv_heads, out->head_dim = t->head_dim, out->ffn = width, out->vocab = t->vocab;
     out->norm_eps = t->norm_eps, out->rope_theta = t->rope_theta;
+}
+
+int dst_moe_config(dt_config *out, mt_config *sc_out, const mt_model *student, const char *path) {
+    const mt_config *c = mt_model_config(student);
+    const mt_weights *w = mt_model_weights(student);
+    if (c->n_experts <= 0)
+        return mt_seterr(MT_ERR_FORMAT, "%s: the student is dense (no experts); --student takes 'dense' or a MoE to heal",
+                         path);
+    if (strcmp(c->arch, "mixtral") || !mt_config_renorm_topk(c))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: a %s student; healing trains Mixtral-layout MoEs (softmax router, "
+                         "renormalised top-k, SwiGLU experts)", path, c->arch);
+    if (c->quant != MT_QFMT_NONE || mt_config_has_alias(c))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: a quantized or alias-routed student; healing trains unquantized "
+                         "experts with one router row each (merge --router fit, anchor or average)", path);
+    for (int l = 0; l < c->n_layers; l++)
+        if (w->layers[l].n_experts != c->n_experts)
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: layer %d has %d experts, layer 0 %d; healing trains one expert "
+                             "count for every layer", path, l, w->layers[l].n_experts, c->n_experts);
+    if (c->top_k < 1 || c->top_k > c->n_experts)
+        return mt_seterr(MT_ERR_FORMAT, "%s: top_k %d with %d experts", path, c->top_k, c->n_experts);
+    dst_engine_config(out, c, c->ffn);
+    out->n_experts = c->n_experts, out->top_k = c->top_k;
+    memset(sc_out, 0, sizeof *sc_out);
+    int st = mt_config_copy(sc_out, c);
+    if (st) return st;
+    sc_out->tie_embeddings = 0; /* the engine trains embeddings and lm_head apart: both are written */
+    sc_out->quant = MT_QFMT_NONE, sc_out->quant_zero_offset = 0;
+    return MT_OK;
 }
 
 int dst_student_config(mt_config *out, const mt_config *t, int width) {
@@ -221,6 +252,38 @@ done:
     return st;
 }
 
+int dst_student_from_moe(dt_model *m, const mt_model *student) {
+    const mt_config *sc = mt_model_config(student);
+    const mt_weights *w = mt_model_weights(student);
+    const dt_config *c = &m->c;
+    const int L = c->n_layers, H = c->hidden, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+    const int F = c->ffn, V = c->vocab, E = c->n_experts;
+    const int hd = sc->rope_style == MT_ROPE_INTERLEAVED ? c->head_dim : 0;
+    int st;
+    if ((st = mat_f32(m->p.embd, &w->tok_embd, V, H, 0, "token embedding", -1)) ||
+        (st = mat_f32(m->p.out_norm, &w->out_norm, 1, H, 0, "final norm", -1)) ||
+        (st = mat_f32(m->p.lm_head, &w->lm_head, V, H, 0, "lm_head", -1)))
+        return st;
+    for (int l = 0; l < L; l++) {
+        const mt_layer_weights *Lw = &w->layers[l];
+        dt_layer *p = &m->p.layers[l];
+        if ((st = mat_f32(p->attn_norm, &Lw->attn_norm, 1, H, 0, "attention norm", l)) ||
+            (st = mat_f32(p->wq, &Lw->wq, QD, H, hd, "q_proj", l)) ||
+            (st = mat_f32(p->wk, &Lw->wk, KD, H, hd, "k_proj", l)) ||
+            (st = mat_f32(p->wv, &Lw->wv, KD, H, 0, "v_proj", l)) ||
+            (st = mat_f32(p->wo, &Lw->wo, H, QD, 0, "o_proj", l)) ||
+            (st = mat_f32(p->ffn_norm, &Lw->ffn_norm, 1, H, 0, "FFN norm", l)) ||
+            (st = mat_f32(p->router, &Lw->router, E, H, 0, "router", l)))
+            return st;
+        for (int e = 0; e < E; e++)
+            if ((st = mat_f32(p->ew1 + (size_t)e * F * H, &Lw->w1[e], F, H, 0, "expert w1", l)) ||
+                (st = mat_f32(p->ew3 + (size_t)e * F * H, &Lw->w3[e], F, H, 0, "expert w3", l)) ||
+                (st = mat_f32(p->ew2 + (size_t)e * H * F, &Lw->w2[e], H, F, 0, "expert w2", l)))
+                return st;
+    }
+    return MT_OK;
+}
+
 int dst_teacher_logits(mt_ctx *ctx, const int32_t *tokens, int B, int T, int V, float *out) {
     for (int b = 0; b < B; b++) {
         mt_ctx_reset(ctx);
@@ -230,7 +293,7 @@ int dst_teacher_logits(mt_ctx *ctx, const int32_t *tokens, int B, int T, int V, 
     return MT_OK;
 }
 
-static int param_of(const dt_model *m, mt_role role, int layer) {
+static int param_of(const dt_model *m, mt_role role, int layer, int expert) {
     dt_kind k;
     switch (role) {
     case MT_ROLE_TOK_EMBD: k = DT_EMBD; break;
@@ -245,26 +308,28 @@ static int param_of(const dt_model *m, mt_role role, int layer) {
     case MT_ROLE_FFN_GATE: k = DT_W1; break;
     case MT_ROLE_FFN_UP: k = DT_W3; break;
     case MT_ROLE_FFN_DOWN: k = DT_W2; break;
+    case MT_ROLE_ROUTER: k = DT_ROUTER; break;
+    case MT_ROLE_EXP_GATE: k = DT_EW1; break;
+    case MT_ROLE_EXP_UP: k = DT_EW3; break;
+    case MT_ROLE_EXP_DOWN: k = DT_EW2; break;
     default: return -1;
     }
-    for (int i = 0; i < m->n_table; i++)
-        if (m->table[i].kind == k && m->table[i].layer == layer) return i;
-    return -1;
+    return dt_param_find(m, k, layer, expert);
 }
 
 int dst_write_hf(const dt_model *m, const float *values, const mt_config *sc, const mt_ckpt *teacher_ck,
                  const char *dir, int with_config) {
     mt_hf_writer *hw = NULL;
     char *cfg_text = NULL;
-    int idx[1024], n = 0, st;
+    int *idx = malloc((size_t)m->n_table * sizeof *idx), n = 0, st;
+    if (!idx) return mt_seterr(MT_ERR_NOMEM, "distill: out of memory");
     mt_arch_iter it;
     mt_arch_item item;
-    if ((st = mt_arch_iter_init(&it, sc, 0, dir))) return st;
-    if ((st = mt_hf_writer_open(&hw, dir, 0))) return st;
+    if ((st = mt_arch_iter_init(&it, sc, MT_ITER_PER_EXPERT, dir)) || (st = mt_hf_writer_open(&hw, dir, 0))) goto done;
     while (mt_arch_iter_next(&it, &item)) {
-        const int i = param_of(m, item.t->role, item.layer);
+        const int i = param_of(m, item.t->role, item.layer, item.expert);
         const int64_t numel = item.n_dims == 1 ? item.shape[0] : item.shape[0] * item.shape[1];
-        if (i < 0 || n >= (int)(sizeof idx / sizeof idx[0]) ||
+        if (i < 0 || n >= m->n_table ||
             numel != (int64_t)m->table[i].rows * m->table[i].cols) {
             st = mt_seterr(MT_ERR_INTERNAL, "distill: no student tensor for %s", item.hf);
             goto done;
@@ -285,5 +350,6 @@ int dst_write_hf(const dt_model *m, const float *values, const mt_config *sc, co
 done:
     mt_hf_writer_free(hw);
     free(cfg_text);
+    free(idx);
     return st;
 }
