@@ -11,7 +11,7 @@ typedef struct {
     mt_eval_opts e;
     mt_model_opts m;
     const char *text, *ref, *pairs;
-    int json, quiet, long_ctx;
+    int json, quiet, long_ctx, skip;
     int ctx_given; /* else the default shrinks to a shorter model context */
 } eval_args;
 
@@ -51,6 +51,9 @@ static const cli_opt eval_opts[] = {
      "cpu", CLI_AT(eval_args, m.device), .choices = cli_device_choices, .values = cli_device_values},
     {"max-windows", 0, CLI_INT, "N", "score only the first N windows (only the text they need is read)", NULL,
      CLI_AT(eval_args, e.max_windows), 1, 1 << 30},
+    {"skip-tokens", 0, CLI_INT, "N", "leave out the text's first N tokens; windows start after them (merge --method "
+     "auto's held-out windows are --skip-tokens S with S from its --json)", NULL, CLI_AT(eval_args, skip), 0,
+     1 << 30},
     {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout", NULL, CLI_AT(eval_args, json), .flags = CLI_OPT_CLI_ONLY},
     {"quiet", 0, CLI_BOOL, NULL, "no progress lines on stderr", NULL, CLI_AT(eval_args, quiet),
      .flags = CLI_OPT_CLI_ONLY},
@@ -60,7 +63,7 @@ const cli_verb cli_verb_eval = {
     .name = "eval",
     .synopsis = "usage: moetool eval [MODEL] [--text FILE] [--ctx N] [--protocol gptq|llamacpp]\n"
                 "                    [--ref MODEL] [--threads T] [--device cpu|cuda] [--max-windows N]\n"
-                "                    [--allow-long-context] [--json] [--quiet]\n"
+                "                    [--skip-tokens N] [--allow-long-context] [--json] [--quiet]\n"
                 "       moetool eval ENCODER_DECODER_MODEL --pairs FILE [--threads T] [--json] [--quiet]",
     .about = "Perplexity of a text under one of two protocols:\n"
              "  gptq      the whole text tokenized without BOS, cut into non-overlapping\n"
@@ -126,7 +129,7 @@ int cmd_eval(int argc, char **argv) {
     if (mt_s2s_detect(model_path)) {
         if (!A.pairs)
             return cli_usage_error("eval", "%s is an encoder-decoder model: score it with --pairs FILE", model_path);
-        if (text_path || ref_path || ctx_given || long_ctx || A.e.max_windows)
+        if (text_path || ref_path || ctx_given || long_ctx || A.e.max_windows || A.skip)
             return cli_usage_error("eval", "encoder-decoder models take --pairs, --threads, --json and --quiet only");
         if (mo.device != MT_DEVICE_CPU)
             return cli_usage_error("eval", "%s: encoder-decoder models run on the CPU only (--device cpu)", model_path);
@@ -183,8 +186,18 @@ int cmd_eval(int argc, char **argv) {
         goto fail;
     }
     /* With --max-windows only the text those windows need is read. */
-    if ((rc = mt_tok_encode_file(tok, text_path, (size_t)eo.max_windows * (size_t)eo.ctx, &ids, &n_ids, &whole)))
+    if ((rc = mt_tok_encode_file(tok, text_path, eo.max_windows ? (size_t)A.skip + (size_t)eo.max_windows * eo.ctx : 0,
+                                 &ids, &n_ids, &whole)))
         goto fail;
+    if (A.skip) {
+        if (n_ids < (size_t)A.skip + (size_t)eo.ctx) {
+            rc = mt_seterr(MT_ERR_ARG, "%s: %zu tokens leave less than one window of --ctx %d after --skip-tokens %d",
+                           text_path, n_ids, eo.ctx, A.skip);
+            goto fail;
+        }
+        memmove(ids, ids + A.skip, (n_ids - (size_t)A.skip) * sizeof *ids);
+        n_ids -= (size_t)A.skip;
+    }
     if (n_ids < (size_t)eo.ctx) {
         rc = mt_seterr(MT_ERR_ARG, "%s: %zu tokens is shorter than one window of --ctx %d", text_path, n_ids, eo.ctx);
         goto fail;

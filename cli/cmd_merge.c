@@ -23,7 +23,7 @@ static void merge_init(void *p) {
 
 /* In mt_merge_method / mt_merge_router order (tests/test_options.c checks it). */
 const char *const cli_merge_methods[] = {"prune", "average", "frequency", "hc-smoe", "mc-smoe",
-                                         "reap",  "reap-merge", "naee", NULL};
+                                         "reap",  "reap-merge", "naee", "auto", NULL};
 const char *const cli_merge_routers[] = {"anchor", "average", "fit", "alias", NULL};
 
 static const cli_opt merge_opts[] = {
@@ -38,8 +38,14 @@ static const cli_opt merge_opts[] = {
     {"budget", 0, CLI_INT, "N", "N experts in all, spread over the layers by sensitivity (layer-output error of the "
      "best kept set at each K). Different K per layer (--layers, --budget) runs in moetool only: transformers and "
      "llama.cpp need one K", NULL, CLI_AT(merge_args, o.budget), 1, 1 << 20},
-    {"method", 0, CLI_ENUM, "M", "prune | average | frequency | hc-smoe | mc-smoe | reap | reap-merge | naee (see "
-     "docs/merge.md)", "reap-merge", CLI_AT(merge_args, o.method), .choices = cli_merge_methods},
+    {"method", 0, CLI_ENUM, "M", "auto | prune | average | frequency | hc-smoe | mc-smoe | reap | reap-merge | naee "
+     "(see docs/merge.md). auto splits the calibration windows: the last quarter (at least 1; --heldout-windows) is "
+     "held out (one window in all: none, and reap-merge is written), the rest fit every candidate (the methods above; with --router alias only the merging ones), each "
+     "candidate is measured by its perplexity on the held-out windows, and the lowest is written; it equals "
+     "--method M --calib-tokens <fit tokens> with the chosen M. One method for all layers", "auto",
+     CLI_AT(merge_args, o.method), .choices = cli_merge_methods},
+    {"heldout-windows", 0, CLI_INT, "N", "--method auto: calibration windows held out for choosing (default a "
+     "quarter of them, at least 1)", NULL, CLI_AT(merge_args, o.heldout_windows), 1, 1 << 20},
     {"router", 0, CLI_ENUM, "R", "anchor | average | fit | alias: how the K router rows are made for merged groups "
      "(pruning slices rows). alias keeps every original router row, mapped to its group's merged expert (config "
      "moe_router_alias): exact routing, but the output loads in moetool only (not transformers, no convert --to "
@@ -66,7 +72,8 @@ const cli_verb cli_verb_merge = {
     .synopsis = "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC | --budget N)\n"
                 "                     [--method M]\n"
                 "                     [--router R] [--calib FILE] [--calib-tokens N] [--sample N]\n"
-                "                     [--router-steps N] [--threads T] [--allow-long-context] [--json] [--quiet]",
+                "                     [--router-steps N] [--heldout-windows N] [--threads T] [--allow-long-context]\n"
+                "                     [--json] [--quiet]",
     .about = "Reduces the experts of every MoE layer to K and writes a Hugging Face\n"
              "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
              "Statistics come from running the model on calibration text.\n",
@@ -120,14 +127,32 @@ int cmd_merge(int argc, char **argv) {
                                 : cli_fail("merge", rc);
     }
     double rss = mt_peak_rss_bytes() / 1048576.0;
+    const int deq = r.source_dtype >= 0;
+    if (deq)
+        fprintf(stderr, "moetool merge: note: the experts and routers were stored as %s%s; they were dequantized to "
+                "f32, merged and written as bf16 (other tensors: as stored when safetensors holds the type, else "
+                "bf16)\n", mt_dtype_name((mt_dtype)r.source_dtype), r.source_mixed ? " and other llama.cpp types" : "");
+    if (o.method == MT_MERGE_AUTO && r.n_candidates == 0)
+        fprintf(stderr, "moetool merge: note: --method auto: --calib-tokens %d gives one calibration window of %d "
+                "tokens, none can be held out to measure the candidates; wrote reap-merge\n", o.calib_tokens, r.window);
+    else if (o.method == MT_MERGE_AUTO && !quiet) {
+        /* the candidate table, with the progress lines */
+        fprintf(stderr, "moetool merge: auto: fitted on %llu tokens, measured on %d held-out windows of %d tokens "
+                "(source ppl %.4f):\n", (unsigned long long)r.fit_tokens, r.heldout_windows, r.window, r.base_ppl);
+        fprintf(stderr, "  %-12s %12s %14s %9s\n", "method", "held-out ppl", "KL to source", "seconds");
+        for (int i = 0; i < r.n_candidates; i++)
+            fprintf(stderr, "  %-12s %12.4f %14.6f %9.2f%s\n", mt_merge_method_name(r.candidates[i].method),
+                    r.candidates[i].ppl, r.candidates[i].kl, r.candidates[i].seconds,
+                    r.candidates[i].method == r.method ? "  <- written" : "");
+    }
     cli_note_portability("merge", out);
     if (json) {
         printf("{\"output\": ");
         json_str(stdout, out);
         printf(", \"method\": \"%s\", \"router\": \"%s\", \"router_steps\": %d, \"calib_tokens\": %llu,"
-               " \"experts_in\": %d, \"layer_experts\": [",
-               mt_merge_method_name(o.method), mt_merge_router_name(o.router), o.router_steps,
-               (unsigned long long)r.calib_tokens, r.experts_in);
+               " \"fit_tokens\": %llu, \"experts_in\": %d, \"layer_experts\": [",
+               mt_merge_method_name(r.method), mt_merge_router_name(o.router), o.router_steps,
+               (unsigned long long)r.calib_tokens, (unsigned long long)r.fit_tokens, r.experts_in);
         for (int l = 0; l < r.n_layers; l++) printf("%s%d", l ? ", " : "", r.layer_k[l]);
         printf("], \"groups\": [");
         for (int l = 0; l < r.n_layers; l++) {
@@ -160,12 +185,28 @@ int cmd_merge(int argc, char **argv) {
             }
             printf("]");
         }
+        if (o.method == MT_MERGE_AUTO) {
+            printf(", \"auto\": {\"chosen\": \"%s\", \"window\": %d, \"heldout_windows\": %d, \"heldout_skip_tokens\": "
+                   "%llu, \"base_ppl\": %.6f, \"candidates\": [",
+                   mt_merge_method_name(r.method), r.window, r.heldout_windows, (unsigned long long)r.heldout_skip,
+                   r.base_ppl);
+            for (int i = 0; i < r.n_candidates; i++)
+                printf("%s{\"method\": \"%s\", \"heldout_ppl\": %.6f, \"heldout_kl\": %.8f, \"seconds\": %.3f}",
+                       i ? ", " : "", mt_merge_method_name(r.candidates[i].method), r.candidates[i].ppl,
+                       r.candidates[i].kl, r.candidates[i].seconds);
+            printf("]}");
+        }
+        if (deq) {
+            printf(", \"dequantized_from\": ");
+            json_str(stdout, mt_dtype_name((mt_dtype)r.source_dtype));
+        }
         printf(", \"expert_params_in\": %llu, \"expert_params_out\": %llu, \"router_fit_rmse\": %.6f,"
                " \"seconds\": %.3f, \"peak_rss_mib\": %.1f}\n",
                (unsigned long long)r.expert_params_in, (unsigned long long)r.expert_params_out, r.router_fit_rmse,
                r.seconds, rss);
     } else {
-        printf("merged %s -> %s: %s, router %s, %llu calibration tokens\n", model, out, mt_merge_method_name(o.method),
+        printf("merged %s -> %s: %s%s, router %s, %llu calibration tokens\n", model, out, mt_merge_method_name(r.method),
+               o.method == MT_MERGE_AUTO ? " (chosen by auto)" : "",
                mt_merge_router_name(o.router), (unsigned long long)r.calib_tokens);
         for (int l = 0; l < r.n_layers; l++) {
             printf("  layer %d: %d -> %d experts; groups", l, r.experts_in, r.layer_k[l]);

@@ -105,8 +105,10 @@ grep -q '"dequantized_from":"q4_k"' "$T/rq.json" || bad "quantize --json lacks d
 
 # merge: reads the K-quant experts, writes a HF checkpoint
 "$MT_BIN" merge "$Q" -o "$T/merged" --experts 4 --calib "$MT_MODEL_DIR/data/train.txt" --calib-tokens 1024 \
-    --threads 2 --quiet >/dev/null 2>&1 && "$MT_BIN" eval "$T/merged" --text "$TEXT" --max-windows 1 --threads 2 \
-    --quiet >/dev/null || bad "merge from Q4_K_M"
+    --threads 2 --quiet --json >"$T/mg.json" 2>"$T/mg.err" && "$MT_BIN" eval "$T/merged" --text "$TEXT" --max-windows 1 \
+    --threads 2 --quiet >/dev/null || bad "merge from Q4_K_M"
+grep -q "dequantized to f32" "$T/mg.err" || bad "merge did not say it dequantized: $(cat "$T/mg.err")"
+grep -q '"dequantized_from": "q4_k"' "$T/mg.json" || bad "merge --json lacks dequantized_from"
 
 # bad input: one line naming the tensor, exit 1, no output
 expect_bad() { # PATTERN FILE: eval, generate and convert all refuse it

@@ -36,6 +36,9 @@ typedef enum {
                                reconstructs the original on the calibration sample
                                (NAEE search: every subset, or greedy elimination when
                                there are more than 5000), router rows sliced            */
+    MT_MERGE_AUTO,          /* every method that applies (mt_merge_auto_candidates), fitted
+                               on the first calibration windows and measured on the last
+                               ones (held out): the lowest held-out perplexity is written */
     MT_MERGE_METHOD_COUNT
 } mt_merge_method;
 
@@ -64,7 +67,10 @@ typedef struct {
     int budget;                         /* > 0: total experts over all layers, spread
                                            by sensitivity (instead of experts /
                                            layer_experts)                            */
-    int method;                         /* mt_merge_method (default reap-merge)     */
+    int method;                         /* mt_merge_method (default auto)           */
+    int heldout_windows;                /* auto: calibration windows held out for
+                                           choosing (0 = a quarter of them, at
+                                           least 1); the rest fit the candidates    */
     int router;                         /* mt_merge_router (default fit)            */
     const char *calib_path;             /* calibration text (required)              */
     int calib_tokens;                   /* tokens of calibration (default 16384)    */
@@ -88,6 +94,11 @@ typedef struct {
 } mt_merge_opts;
 
 void mt_merge_opts_default(mt_merge_opts *o);
+/* The methods auto tries for these options, in order (ties go to the first):
+ * prune, average, frequency, hc-smoe, mc-smoe, reap, reap-merge, naee; with
+ * MT_MERGE_ROUTER_ALIAS only the merging ones; naee only when every layer has
+ * at most 64 experts. Returns how many were written to out. */
+int mt_merge_auto_candidates(const mt_merge_opts *o, int max_experts, int *out);
 /* Parses "0-1:6,2-3:4" (layer ranges : K) into o->layer_experts. Layers
  * are checked against n_layers (or only for syntax when n_layers <= 0). */
 int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers);
@@ -120,6 +131,29 @@ typedef struct {
      * budget's per-layer counts minimise its sum. */
     double **sensitivity;               /* [n_layers][experts_in + 1]                */
     double seconds;
+    /* What was written and, with MT_MERGE_AUTO, how it was chosen. */
+    int method;                         /* the method written                        */
+    int window;                         /* calibration window, tokens                */
+    uint64_t fit_tokens;                /* tokens the statistics came from (the
+                                           first fit_tokens of the calibration
+                                           stream: BOS, when the tokenizer has one,
+                                           then the text)                            */
+    int heldout_windows;                /* auto: windows held out (0 otherwise)      */
+    uint64_t heldout_skip;              /* auto: text tokens before the held-out
+                                           part (eval --skip-tokens scores the same) */
+    double base_ppl;                    /* auto: the source model's held-out ppl     */
+    int source_dtype;                   /* stored type (mt_dtype) of the router and
+                                           expert matrices merged when it is not a
+                                           plain float (they were dequantized to
+                                           f32); -1 when all are f32/f16/bf16       */
+    int source_mixed;                   /* 1: more than one such type                */
+    int n_candidates;
+    struct {
+        int method;
+        double ppl;                     /* held-out perplexity (gptq protocol)       */
+        double kl;                      /* mean KL(source || candidate), nats/token  */
+        double seconds;                 /* build + write + held-out evaluation       */
+    } candidates[MT_MERGE_METHOD_COUNT];
     void *mem;                          /* the one block behind the arrays (owned)   */
 } mt_merge_report;
 

@@ -25,7 +25,7 @@
 
 
 static const char *const g_methods[MT_MERGE_METHOD_COUNT] = {"prune",   "average", "frequency", "hc-smoe",
-                                                              "mc-smoe", "reap",    "reap-merge", "naee"};
+                                                              "mc-smoe", "reap",    "reap-merge", "naee", "auto"};
 static const char *const g_routers[MT_MERGE_ROUTER_COUNT] = {"anchor", "average", "fit", "alias"};
 
 const char *mt_merge_method_name(int m) { return m >= 0 && m < MT_MERGE_METHOD_COUNT ? g_methods[m] : "?"; }
@@ -43,7 +43,7 @@ int mt_merge_router_from_name(const char *s) {
 
 void mt_merge_opts_default(mt_merge_opts *o) {
     memset(o, 0, sizeof *o);
-    o->method = MT_MERGE_REAP_MERGE; /* best at 8->4 on the bundled model (docs/merge.md) */
+    o->method = MT_MERGE_AUTO; /* no one method is best on every model (docs/merge.md) */
     o->router = MT_MERGE_ROUTER_FIT;
     o->calib_tokens = 16384;
     o->window = 0; /* MT_MERGE_WINDOW, or the model's context when shorter */
@@ -126,7 +126,20 @@ static int calib_hook(void *user, const mt_capture_event *ev) {
     return 0;
 }
 
-static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64_t *tokens_run) {
+/* Windows auto holds out of n_win (a quarter, at least 1, unless given).
+ * A single window cannot be split: 0, and auto falls back to reap-merge. */
+static int heldout_count(const mt_merge_opts *o, size_t n_win) {
+    if (o->method != MT_MERGE_AUTO) return 0;
+    if (o->heldout_windows > 0) return o->heldout_windows;
+    if (n_win < 2) return 0;
+    return n_win / 4 > 1 ? (int)(n_win / 4) : 1;
+}
+
+/* Runs the calibration windows through the model with the capture hook.
+ * The stream is BOS (when the tokenizer has one) then the text; windows of
+ * W tokens. With auto, the last heldout_count windows are not run: they are
+ * returned in *held for measuring the candidates (R->heldout_*). */
+static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, mt_merge_report *R, int32_t **held) {
     const mt_tokenizer *tok = mt_model_tokenizer(m);
     if (!tok)
         return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer to encode the calibration text with: %s",
@@ -162,14 +175,38 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, uint64
         st = mt_seterr(MT_ERR_ARG, "--calib-tokens %d is less than one window of %d tokens", o->calib_tokens, W);
         goto done;
     }
+    const size_t n_held = (size_t)heldout_count(o, n_win);
+    if (n_held >= n_win) {
+        st = mt_seterr(MT_ERR_ARG, "--method auto: --calib-tokens %d gives %zu calibration windows of %d tokens and %zu "
+                       "are held out; at least one must be left to fit (more --calib-tokens, or fewer "
+                       "--heldout-windows)", o->calib_tokens, n_win, W, n_held);
+        goto done;
+    }
+    const size_t n_fit = n_win - n_held;
+    /* The sample stride: an explicit method over the fit tokens alone takes
+     * the same sample (auto's output equals that run's). */
+    const uint64_t fit_tokens = n_held ? (uint64_t)n_fit * W : (uint64_t)o->calib_tokens;
+    c->stride = fit_tokens / (uint64_t)o->sample_tokens;
+    if (c->stride < 1) c->stride = 1;
+    if (n_held) {
+        if (!(*held = malloc(n_held * W * sizeof **held))) {
+            st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory for the held-out windows", o->calib_path);
+            goto done;
+        }
+        memcpy(*held, ids + n_fit * W, n_held * W * sizeof **held);
+    }
     if ((st = mt_ctx_init(&ctx, m, W, W))) goto done;
     mt_ctx_set_capture(ctx, calib_hook, c, MT_CAP_FFN_IN | MT_CAP_ROUTER_LOGITS);
-    for (size_t w = 0; w < n_win; w++) {
+    for (size_t w = 0; w < n_fit; w++) {
         mt_ctx_reset(ctx);
         if ((st = mt_ctx_forward(ctx, ids + w * W, W, NULL, 0))) goto done;
-        if (o->progress) o->progress(o->progress_user, "merge: calibration window", w + 1, n_win);
+        if (o->progress) o->progress(o->progress_user, "merge: calibration window", w + 1, n_fit);
     }
-    *tokens_run = (uint64_t)n_win * W;
+    R->calib_tokens = (uint64_t)n_win * W;
+    R->fit_tokens = (uint64_t)n_fit * W;
+    R->window = W;
+    R->heldout_windows = (int)n_held;
+    R->heldout_skip = n_held ? (uint64_t)n_fit * W - off : 0;
 done:
     mt_ctx_free(ctx);
     free(text_ids);
@@ -626,7 +663,7 @@ static mt_prov *merge_provenance(const char *model_path, const mt_merge_opts *o,
     if (!p) return NULL;
     mt_prov_tag(p, "moe");
     mt_prov_tag(p, "merge");
-    mt_prov_str(p, "method", mt_merge_method_name(o->method));
+    mt_prov_str(p, "method", mt_merge_method_name(R->method));
     mt_prov_str(p, "router", mt_merge_router_name(o->router));
     char buf[64 * 8], *q = buf;
     size_t left = sizeof buf;
@@ -641,6 +678,32 @@ static mt_prov *merge_provenance(const char *model_path, const mt_merge_opts *o,
     mt_prov_int(p, "calibration_tokens", o->calib_tokens);
     mt_prov_int(p, "sample_tokens", o->sample_tokens);
     if (o->router_steps) mt_prov_int(p, "router_steps", o->router_steps);
+    if (o->method == MT_MERGE_AUTO && R->n_candidates == 0) {
+        mt_prov_str(p, "selection", "auto: one calibration window, none to hold out; reap-merge");
+        mt_prov_note(p, "`--method auto` had one calibration window and could not hold any out to measure the "
+                        "candidates: it wrote reap-merge. Give more --calib-tokens to choose.");
+    } else if (o->method == MT_MERGE_AUTO) {
+        /* how the method was chosen: every candidate's held-out perplexity */
+        char cand[MT_MERGE_METHOD_COUNT * 48], *cq = cand;
+        size_t cl = sizeof cand;
+        cand[0] = 0;
+        for (int i = 0; i < R->n_candidates && cl > 48; i++) {
+            int k = snprintf(cq, cl, "%s%s %.4f", i ? ", " : "", mt_merge_method_name(R->candidates[i].method),
+                             R->candidates[i].ppl);
+            if (k < 0 || (size_t)k >= cl) break;
+            cq += k, cl -= (size_t)k;
+        }
+        mt_prov_str(p, "selection", "auto");
+        mt_prov_int(p, "fit_tokens", (long long)R->fit_tokens);
+        mt_prov_int(p, "heldout_windows", R->heldout_windows);
+        mt_prov_num(p, "heldout_base_ppl", R->base_ppl);
+        mt_prov_str(p, "heldout_ppl", cand);
+        char note[256];
+        snprintf(note, sizeof note, "Method chosen by `--method auto`: each candidate was fitted on the first %llu "
+                 "calibration tokens and the one with the lowest perplexity on the last %d windows of %d tokens "
+                 "(held out) was written.", (unsigned long long)R->fit_tokens, R->heldout_windows, R->window);
+        mt_prov_note(p, note);
+    }
     mt_prov_command(p, o->command);
     if (o->router == MT_MERGE_ROUTER_ALIAS)
         mt_prov_note(p, "The router keeps every original row, each mapped to its merged expert (config key "
@@ -659,21 +722,299 @@ static mt_prov *merge_provenance(const char *model_path, const mt_merge_opts *o,
     return p;
 }
 
+/* ---- writing one merged model ------------------------------------------------ */
+
+/* What every output of one mt_merge call shares: the loaded source, the
+ * calibration statistics, one layer's buffers and the kept tensors. */
+typedef struct {
+    mt_model *m;
+    const mt_config *cf;
+    const mt_weights *w;
+    const mt_arch *fam;
+    int L, H, F;
+    const calib *c;
+    layer_buf *b;
+    const keep_t *keep;
+    size_t n_keep;
+    float *keep_row;
+    void *keep_buf, *rowbuf;
+} merge_run;
+
+/* The merged tensors (o->method, R->layer_k) and the tokenizer into dir;
+ * R's per-layer groups, frequencies and parameter counts are filled. */
+static int write_weights(const merge_run *s, const mt_merge_opts *o, mt_merge_report *R, const char *dir) {
+    const mt_config *cf = s->cf;
+    const mt_weights *w = s->w;
+    const calib *c = s->c;
+    layer_buf *b = s->b;
+    const int L = s->L, H = s->H, F = s->F;
+    const size_t FH = (size_t)F * H;
+    mt_hf_writer *hw = NULL;
+    int st;
+    R->expert_params_in = R->expert_params_out = 0;
+    R->router_fit_rmse = 0;
+    for (int l = 0; l < L; l++) R->recon_err[l] = -1;
+    /* Declare every tensor first (the writer fixes its layout). */
+    if ((st = mt_hf_writer_open(&hw, dir, 0))) goto done;
+    for (size_t i = 0; i < s->n_keep; i++)
+        if ((st = mt_hf_writer_add(hw, s->keep[i].name, s->keep[i].dtype, s->keep[i].n_dims, s->keep[i].shape)))
+            goto done;
+    const mt_dtype et = out_type(w->layers[0].w1[0].dtype), rt = out_type(w->layers[0].router.dtype);
+    for (int l = 0; l < L; l++) {
+        char name[128];
+        int K = R->layer_k[l];
+        /* alias: the layer keeps all of its E router rows */
+        const int64_t rows = o->router == MT_MERGE_ROUTER_ALIAS ? w->layers[l].n_experts : K;
+        mt_arch_name(name, sizeof name, mt_arch_tensor_of(s->fam, MT_ROLE_ROUTER), MT_FMT_HF, l, -1);
+        if ((st = mt_hf_writer_add(hw, name, rt, 2, (const int64_t[]){rows, H}))) goto done;
+        for (int k = 0; k < K; k++) {
+            /* declared w1, w2, w3 (HF name order), written in that order below */
+            static const mt_role wr[3] = {MT_ROLE_EXP_GATE, MT_ROLE_EXP_DOWN, MT_ROLE_EXP_UP};
+            for (int q = 0; q < 3; q++) {
+                const mt_arch_tensor *rt_ = mt_arch_tensor_of(s->fam, wr[q]);
+                mt_arch_name(name, sizeof name, rt_, MT_FMT_HF, l, k);
+                int64_t shape[2];
+                mt_arch_shape(rt_, cf, l, shape);
+                if ((st = mt_hf_writer_add(hw, name, et, 2, shape))) goto done;
+            }
+        }
+    }
+    for (size_t i = 0; i < s->n_keep; i++)
+        if ((st = write_keep(hw, &s->keep[i], cf, s->keep_row, s->keep_buf))) goto done;
+
+    /* Layer by layer. */
+    double rmse_sum = 0;
+    int rmse_n = 0;
+    for (int l = 0; l < L; l++) {
+        const mt_layer_weights *Lw = &w->layers[l];
+        const int E = Lw->n_experts, K = R->layer_k[l];
+        b->E = E, b->K = K, b->H = H, b->F = F, b->top_k = cf->top_k;
+        b->S = c->n_sample[l];
+        b->sample_x = c->sample + (size_t)l * c->S * H;
+        if ((st = load_layer(b, Lw, l))) goto done;
+        double *freq = b->freq;
+        uint64_t tot = 0;
+        for (int e = 0; e < E; e++) tot += c->count[(size_t)l * c->E + e];
+        for (int e = 0; e < E; e++) {
+            freq[e] = tot ? (double)c->count[(size_t)l * c->E + e] / tot : 1.0 / E;
+            R->freq[l][e] = freq[e];
+            uint64_t ce = c->count[(size_t)l * c->E + e];
+            R->gate_mean[l][e] = ce ? c->gate_sum[(size_t)l * c->E + e] / (double)ce : 0.0;
+        }
+        int *assign = b->assign;
+        double *ascore = b->ascore;
+        memcpy(ascore, freq, (size_t)E * sizeof *ascore);
+        if (K == E) {
+            for (int e = 0; e < E; e++) assign[e] = e;
+        } else if ((st = make_groups(o, b, freq, assign, ascore, &R->recon_err[l]))) {
+            goto done;
+        }
+        for (int e = 0; e < E; e++) R->group[l][e] = assign[e];
+        double rmse = -1;
+        if ((st = merge_layer(o, b, freq, ascore, assign, &rmse))) goto done;
+        if (rmse >= 0) rmse_sum += rmse, rmse_n++;
+        if (o->router == MT_MERGE_ROUTER_ALIAS) {
+            /* the original rows (f32 holds bf16/f16 exactly), each routed to its group */
+            if ((st = write_rows(hw, rt, b->R, E, H, s->rowbuf))) goto done;
+        } else if ((st = write_rows(hw, rt, b->RK, K, H, s->rowbuf))) {
+            goto done;
+        }
+        for (int k = 0; k < K; k++)
+            if ((st = write_rows(hw, et, b->O1 + k * FH, F, H, s->rowbuf)) ||
+                (st = write_rows(hw, et, b->O2 + k * FH, H, F, s->rowbuf)) ||
+                (st = write_rows(hw, et, b->O3 + k * FH, F, H, s->rowbuf)))
+                goto done;
+        R->expert_params_in += (uint64_t)E * 3 * FH;
+        R->expert_params_out += (uint64_t)K * 3 * FH;
+        if (o->progress) o->progress(o->progress_user, "merge: layer", (uint64_t)l + 1, (uint64_t)L);
+    }
+    R->router_fit_rmse = rmse_n ? rmse_sum / rmse_n : 0;
+    if ((st = mt_hf_writer_finish(hw))) goto done;
+    st = mt_copy_tokenizer(mt_model_ckpt(s->m), dir);
+done:
+    mt_hf_writer_free(hw);
+    return st;
+}
+
+/* config.json (the source's scalars, per-layer arrays rebuilt, provenance)
+ * and README.md into dir; written again after auto has chosen. */
+static int write_meta(const merge_run *s, const char *model_path, const char *out_path, const mt_merge_opts *o,
+                      const mt_merge_report *R, const char *dir) {
+    const int L = s->L;
+    mt_config oc = *s->cf;
+    char *cfg_text = NULL;
+    mt_prov *prov = NULL;
+    int st = MT_OK, uniform = 1, Kmax = 0;
+    oc.layer_experts = NULL;
+    oc.router_rows = NULL;
+    oc.router_alias = NULL;
+    for (int l = 0; l < L; l++) Kmax = R->layer_k[l] > Kmax ? R->layer_k[l] : Kmax;
+    for (int l = 1; l < L; l++) uniform &= R->layer_k[l] == R->layer_k[0];
+    oc.n_experts = Kmax;
+    if (o->router == MT_MERGE_ROUTER_ALIAS)
+        for (int l = 0; l < L && !st; l++) {
+            const int E = s->w->layers[l].n_experts;
+            if (R->layer_k[l] == E) continue; /* unchanged layer: one row per expert */
+            int32_t *a = malloc((size_t)E * sizeof *a);
+            if (!a) {
+                st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+                break;
+            }
+            for (int e = 0; e < E; e++) a[e] = R->group[l][e];
+            st = mt_config_set_router_alias(&oc, l, E, a);
+            free(a);
+        }
+    if (!uniform)
+        for (int l = 0; l < L && !st; l++) st = mt_config_set_layer_experts(&oc, l, R->layer_k[l] == Kmax ? 0 : R->layer_k[l]);
+    if (st) goto done;
+    const char *tdt = mt_dtype_config_torch_name(out_type(s->w->layers[0].w1[0].dtype), "bfloat16");
+    if ((st = mt_config_to_hf_json(&cfg_text, &oc, tdt))) goto done;
+    if (!(prov = merge_provenance(model_path, o, R, L, uniform, Kmax))) {
+        st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+        goto done;
+    }
+    if ((st = mt_prov_config(prov, &cfg_text))) goto done;
+    if ((st = mt_write_text_file(dir, "config.json", cfg_text, strlen(cfg_text)))) goto done;
+    st = mt_prov_write_card(prov, dir, strrchr(out_path, '/') ? strrchr(out_path, '/') + 1 : out_path);
+done:
+    mt_prov_free(prov);
+    free(cfg_text);
+    mt_config_free(&oc);
+    return st;
+}
+
+int mt_merge_auto_candidates(const mt_merge_opts *o, int max_experts, int *out) {
+    static const int order[] = {MT_MERGE_PRUNE, MT_MERGE_AVERAGE, MT_MERGE_FREQUENCY, MT_MERGE_HC_SMOE,
+                                MT_MERGE_MC_SMOE, MT_MERGE_REAP, MT_MERGE_REAP_MERGE, MT_MERGE_NAEE};
+    int n = 0;
+    for (size_t i = 0; i < sizeof order / sizeof *order; i++) {
+        const int m = order[i];
+        const int prunes = m == MT_MERGE_PRUNE || m == MT_MERGE_REAP || m == MT_MERGE_NAEE;
+        if (o && o->router == MT_MERGE_ROUTER_ALIAS && prunes) continue; /* a pruned row has no target */
+        if (m == MT_MERGE_NAEE && max_experts > MT_NAEE_MAX_EXPERTS) continue;
+        out[n++] = m;
+    }
+    return n;
+}
+
+/* Writes every candidate into its own directory beside the output (the
+ * statistics pass is shared), measures each on the held-out windows against
+ * the source, keeps the lowest perplexity (the first on a tie) in *od and
+ * removes the others. */
+static int merge_auto(const merge_run *s, const char *model_path, const char *out_path, const mt_merge_opts *o,
+                      mt_merge_report *R, const int32_t *held, mt_outdir **od) {
+    const int L = s->L;
+    int cand[MT_MERGE_METHOD_COUNT], Emax = 0;
+    for (int l = 0; l < L; l++) Emax = s->w->layers[l].n_experts > Emax ? s->w->layers[l].n_experts : Emax;
+    /* the report's per-layer rows hold this many experts (report_alloc) */
+    const int E = Emax > s->c->E ? Emax : s->c->E;
+    const int nc = mt_merge_auto_candidates(o, Emax, cand);
+    int st = MT_OK, best = -1;
+    mt_outdir *best_od = *od, *cur = NULL;
+    /* the best candidate's report arrays (the next candidates overwrite R's) */
+    int *bgroup = malloc((size_t)L * E * sizeof *bgroup);
+    double *brecon = malloc((size_t)L * sizeof *brecon), brmse = 0;
+    uint64_t bpin = 0, bpout = 0;
+    if (!bgroup || !brecon) {
+        st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+        goto done;
+    }
+    *od = NULL;
+    R->n_candidates = 0;
+    for (int i = 0; i < nc && !st; i++) {
+        const double t0 = mt_now();
+        mt_merge_opts oc = *o;
+        oc.method = cand[i];
+        R->method = cand[i];
+        mt_outdir *dir = NULL;
+        /* the first candidate goes into the output's own directory */
+        if (i == 0) {
+            dir = best_od;
+            best_od = NULL;
+        } else if ((st = mt_outdir_open(&dir, out_path))) {
+            break;
+        }
+        cur = dir;
+        mt_model *cm = NULL;
+        mt_model_opts mo;
+        mt_model_opts_default(&mo);
+        mo.n_threads = o->n_threads;
+        mt_eval_opts eo;
+        mt_eval_opts_default(&eo);
+        eo.ctx = eo.n_batch = R->window;
+        eo.protocol = MT_PPL_GPTQ;
+        eo.max_windows = R->heldout_windows;
+        mt_eval_result er;
+        memset(&er, 0, sizeof er);
+        if (o->progress) o->progress(o->progress_user, "merge: auto candidate", (uint64_t)i + 1, (uint64_t)nc);
+        if ((st = write_weights(s, &oc, R, mt_outdir_path(dir))) ||
+            (st = write_meta(s, model_path, out_path, &oc, R, mt_outdir_path(dir))) ||
+            (st = mt_model_load(&cm, mt_outdir_path(dir), &mo)) ||
+            (st = mt_eval_ppl(cm, s->m, held, (size_t)R->heldout_windows * R->window, &eo, &er))) {
+            mt_model_free(cm);
+            mt_eval_result_free(&er);
+            break;
+        }
+        mt_model_free(cm);
+        R->candidates[i].method = cand[i];
+        R->candidates[i].ppl = er.ppl;
+        R->candidates[i].kl = er.kl_mean;
+        R->candidates[i].seconds = mt_now() - t0;
+        R->base_ppl = er.ref_ppl;
+        R->n_candidates = i + 1;
+        mt_eval_result_free(&er);
+        if (best < 0 || R->candidates[i].ppl < R->candidates[best].ppl) {
+            best = i;
+            mt_outdir_free(best_od); /* removes the previous best */
+            best_od = cur;
+            for (int l = 0; l < L; l++) {
+                memcpy(bgroup + (size_t)l * E, R->group[l], (size_t)E * sizeof *bgroup);
+                brecon[l] = R->recon_err[l];
+            }
+            brmse = R->router_fit_rmse;
+            bpin = R->expert_params_in, bpout = R->expert_params_out;
+        } else {
+            mt_outdir_free(cur);
+        }
+        cur = NULL;
+    }
+    if (st) goto done;
+    if (best < 0) {
+        st = mt_seterr(MT_ERR_INTERNAL, "merge: no candidate method for --method auto");
+        goto done;
+    }
+    R->method = cand[best];
+    for (int l = 0; l < L; l++) {
+        memcpy(R->group[l], bgroup + (size_t)l * E, (size_t)E * sizeof *bgroup);
+        R->recon_err[l] = brecon[l];
+    }
+    R->router_fit_rmse = brmse;
+    R->expert_params_in = bpin, R->expert_params_out = bpout;
+    /* config.json and README.md again, now saying how the method was chosen */
+    st = write_meta(s, model_path, out_path, o, R, mt_outdir_path(best_od));
+done:
+    mt_outdir_free(cur);
+    if (st) {
+        mt_outdir_free(best_od);
+        best_od = NULL;
+    }
+    *od = best_od;
+    free(bgroup);
+    free(brecon);
+    return st;
+}
+
 int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *o, mt_merge_report *rep) {
     double t0 = mt_now();
     mt_model *m = NULL;
     mt_outdir *od = NULL;
-    mt_hf_writer *hw = NULL;
     calib c = {0};
     layer_buf b = {0};
-    char *cfg_text = NULL;
-    mt_prov *prov = NULL;
     void *rowbuf = NULL, *keep_buf = NULL;
     keep_t *keep = NULL;
     size_t n_keep = 0;
-    mt_config oc;
-    memset(&oc, 0, sizeof oc);
     float *keep_row = NULL;
+    int32_t *held = NULL;
     const mt_arch *fam = NULL;
     mt_merge_report r0;
     mt_merge_report *R = rep ? rep : &r0;
@@ -690,6 +1031,9 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (!o->calib_path) return mt_seterr(MT_ERR_ARG, "merge: --calib FILE is required");
     if ((o->window && o->window < 2) || o->calib_tokens < 1 || o->sample_tokens < 16 || o->router_steps < 0)
         return mt_seterr(MT_ERR_ARG, "merge: --calib-tokens, window or sample size out of range");
+    if (o->heldout_windows < 0 || (o->heldout_windows && o->method != MT_MERGE_AUTO))
+        return mt_seterr(MT_ERR_ARG, "--heldout-windows %d: held-out windows are for --method auto only",
+                         o->heldout_windows);
 
     const char *calib_in[] = {o->calib_path};
     if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, model_path, calib_in, 1))) return st;
@@ -777,6 +1121,19 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
             st = mt_seterr(MT_ERR_ARG, "--layers: layer %d past the model's %d layers", l, L);
             goto done;
         }
+    /* quantized sources (llama.cpp's K-quants, ...) are dequantized to f32:
+     * named in the report so the CLI says so */
+    R->source_dtype = -1;
+    for (int l = 0; l < L; l++) {
+        const mt_layer_weights *Lw = &w->layers[l];
+        for (int e = -1; e < Lw->n_experts; e++)
+            for (int q = 0; q < (e < 0 ? 1 : 3); q++) {
+                const mt_dtype t = e < 0 ? Lw->router.dtype : (q == 0 ? Lw->w1 : q == 1 ? Lw->w3 : Lw->w2)[e].dtype;
+                if (mt_dtype_is_plain_float(t)) continue;
+                if (R->source_dtype < 0) R->source_dtype = (int)t;
+                else if (R->source_dtype != (int)t) R->source_mixed = 1;
+            }
+    }
     R->n_layers = L;
     R->experts_in = cf->n_experts;
     R->top_k = cf->top_k;
@@ -784,8 +1141,6 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
 
     /* Calibration. */
     c.L = L, c.E = cf->n_experts, c.H = H, c.top_k = cf->top_k, c.S = o->sample_tokens;
-    c.stride = (uint64_t)o->calib_tokens / (uint64_t)o->sample_tokens;
-    if (c.stride < 1) c.stride = 1;
     c.count = calloc((size_t)L * c.E, sizeof *c.count);
     c.gate_sum = calloc((size_t)L * c.E, sizeof *c.gate_sum);
     c.sample = malloc((size_t)L * c.S * H * sizeof(float));
@@ -797,7 +1152,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     }
     /* The output directory first, so that a bad path fails before the work. */
     if ((st = mt_outdir_open(&od, out_path))) goto done;
-    if ((st = run_calibration(m, o, &c, &R->calib_tokens))) goto done;
+    if ((st = run_calibration(m, o, &c, R, &held))) goto done;
 
     /* One layer's buffers. */
     const size_t FH = (size_t)F * H;
@@ -873,33 +1228,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         if (st) goto done;
     }
 
-    /* Output: declare every tensor first (the writer fixes its layout). */
-    if ((st = mt_hf_writer_open(&hw, mt_outdir_path(od), 0))) goto done;
     if ((st = keep_list(ck, cf, &keep, &n_keep))) goto done;
-    for (size_t i = 0; i < n_keep; i++)
-        if ((st = mt_hf_writer_add(hw, keep[i].name, keep[i].dtype, keep[i].n_dims, keep[i].shape))) goto done;
-    const mt_dtype et = out_type(w->layers[0].w1[0].dtype), rt = out_type(w->layers[0].router.dtype);
-    int Kmax = 0;
-    for (int l = 0; l < L; l++) {
-        char name[128];
-        int K = R->layer_k[l];
-        if (K > Kmax) Kmax = K;
-        /* alias: the layer keeps all of its E router rows */
-        const int64_t rows = o->router == MT_MERGE_ROUTER_ALIAS ? w->layers[l].n_experts : K;
-        mt_arch_name(name, sizeof name, mt_arch_tensor_of(fam, MT_ROLE_ROUTER), MT_FMT_HF, l, -1);
-        if ((st = mt_hf_writer_add(hw, name, rt, 2, (const int64_t[]){rows, H}))) goto done;
-        for (int k = 0; k < K; k++) {
-            /* declared w1, w2, w3 (HF name order), written in that order below */
-            static const mt_role wr[3] = {MT_ROLE_EXP_GATE, MT_ROLE_EXP_DOWN, MT_ROLE_EXP_UP};
-            for (int q = 0; q < 3; q++) {
-                const mt_arch_tensor *rt_ = mt_arch_tensor_of(fam, wr[q]);
-                mt_arch_name(name, sizeof name, rt_, MT_FMT_HF, l, k);
-                int64_t shape[2];
-                mt_arch_shape(rt_, cf, l, shape);
-                if ((st = mt_hf_writer_add(hw, name, et, 2, shape))) goto done;
-            }
-        }
-    }
     if (n_keep) {
         int64_t maxc = 1;
         for (size_t i = 0; i < n_keep; i++) maxc = keep[i].shape[keep[i].n_dims - 1] > maxc ? keep[i].shape[keep[i].n_dims - 1] : maxc;
@@ -908,103 +1237,26 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
             goto done;
         }
     }
-    for (size_t i = 0; i < n_keep; i++)
-        if ((st = write_keep(hw, &keep[i], cf, keep_row, keep_buf))) goto done;
-
-    /* Layer by layer. */
-    double rmse_sum = 0;
-    int rmse_n = 0;
-    for (int l = 0; l < L; l++) {
-        const mt_layer_weights *Lw = &w->layers[l];
-        const int E = Lw->n_experts, K = R->layer_k[l];
-        b.E = E, b.K = K, b.H = H, b.F = F, b.top_k = cf->top_k;
-        b.S = c.n_sample[l];
-        b.sample_x = c.sample + (size_t)l * c.S * H;
-        if ((st = load_layer(&b, Lw, l))) goto done;
-        double *freq = b.freq;
-        uint64_t tot = 0;
-        for (int e = 0; e < E; e++) tot += c.count[(size_t)l * c.E + e];
-        for (int e = 0; e < E; e++) {
-            freq[e] = tot ? (double)c.count[(size_t)l * c.E + e] / tot : 1.0 / E;
-            R->freq[l][e] = freq[e];
-            uint64_t ce = c.count[(size_t)l * c.E + e];
-            R->gate_mean[l][e] = ce ? c.gate_sum[(size_t)l * c.E + e] / (double)ce : 0.0;
-        }
-        int *assign = b.assign;
-        double *ascore = b.ascore;
-        memcpy(ascore, freq, (size_t)E * sizeof *ascore);
-        if (K == E) {
-            for (int e = 0; e < E; e++) assign[e] = e;
-        } else if ((st = make_groups(o, &b, freq, assign, ascore, &R->recon_err[l]))) {
-            goto done;
-        }
-        for (int e = 0; e < E; e++) R->group[l][e] = assign[e];
-        double rmse = -1;
-        if ((st = merge_layer(o, &b, freq, ascore, assign, &rmse))) goto done;
-        if (rmse >= 0) rmse_sum += rmse, rmse_n++;
-        if (o->router == MT_MERGE_ROUTER_ALIAS) {
-            /* the original rows (f32 holds bf16/f16 exactly), each routed to its group */
-            if ((st = write_rows(hw, rt, b.R, E, H, rowbuf))) goto done;
-        } else if ((st = write_rows(hw, rt, b.RK, K, H, rowbuf))) {
-            goto done;
-        }
-        for (int k = 0; k < K; k++)
-            if ((st = write_rows(hw, et, b.O1 + k * FH, F, H, rowbuf)) ||
-                (st = write_rows(hw, et, b.O2 + k * FH, H, F, rowbuf)) ||
-                (st = write_rows(hw, et, b.O3 + k * FH, F, H, rowbuf)))
-                goto done;
-        R->expert_params_in += (uint64_t)E * 3 * FH;
-        R->expert_params_out += (uint64_t)K * 3 * FH;
-        if (o->progress) o->progress(o->progress_user, "merge: layer", (uint64_t)l + 1, (uint64_t)L);
-    }
-    R->router_fit_rmse = rmse_n ? rmse_sum / rmse_n : 0;
-    if ((st = mt_hf_writer_finish(hw))) goto done;
-
-    /* the merged model's config: the source's scalars, per-layer arrays rebuilt */
-    oc = *cf;
-    oc.layer_experts = NULL;
-    oc.router_rows = NULL;
-    oc.router_alias = NULL;
-    int uniform = 1;
-    for (int l = 1; l < L; l++) uniform &= R->layer_k[l] == R->layer_k[0];
-    oc.n_experts = Kmax;
-    if (o->router == MT_MERGE_ROUTER_ALIAS)
-        for (int l = 0; l < L && !st; l++) {
-            const int E = w->layers[l].n_experts;
-            if (R->layer_k[l] == E) continue; /* unchanged layer: one row per expert */
-            int32_t *a = malloc((size_t)E * sizeof *a);
-            if (!a) {
-                st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
-                break;
-            }
-            for (int e = 0; e < E; e++) a[e] = R->group[l][e];
-            st = mt_config_set_router_alias(&oc, l, E, a);
-            free(a);
-        }
-    if (!uniform)
-        for (int l = 0; l < L && !st; l++) st = mt_config_set_layer_experts(&oc, l, R->layer_k[l] == Kmax ? 0 : R->layer_k[l]);
-    if (st) goto done;
-    const char *tdt = mt_dtype_config_torch_name(et, "bfloat16");
-    if ((st = mt_config_to_hf_json(&cfg_text, &oc, tdt))) goto done;
-    if (!(prov = merge_provenance(model_path, o, R, L, uniform, Kmax))) {
-        st = mt_seterr(MT_ERR_NOMEM, "merge: out of memory");
+    merge_run run = {m, cf, w, fam, L, H, F, &c, &b, keep, n_keep, keep_row, keep_buf, rowbuf};
+    if (o->method != MT_MERGE_AUTO || R->heldout_windows == 0) {
+        /* an explicit method, or auto over one calibration window (nothing
+         * to hold out): reap-merge, as before auto existed, and said so */
+        mt_merge_opts om = *o;
+        if (om.method == MT_MERGE_AUTO) om.method = MT_MERGE_REAP_MERGE;
+        R->method = om.method;
+        if ((st = write_weights(&run, &om, R, mt_outdir_path(od)))) goto done;
+        if ((st = write_meta(&run, model_path, out_path, o, R, mt_outdir_path(od)))) goto done;
+    } else if ((st = merge_auto(&run, model_path, out_path, o, R, held, &od))) {
         goto done;
     }
-    if ((st = mt_prov_config(prov, &cfg_text))) goto done;
-    if ((st = mt_write_text_file(mt_outdir_path(od), "config.json", cfg_text, strlen(cfg_text)))) goto done;
-    if ((st = mt_prov_write_card(prov, mt_outdir_path(od), strrchr(out_path, '/') ? strrchr(out_path, '/') + 1 : out_path))) goto done;
-    if ((st = mt_copy_tokenizer(ck, mt_outdir_path(od)))) goto done;
     st = mt_outdir_commit(od); /* frees od whatever the outcome */
     od = NULL;
     if (st) goto done;
     R->seconds = mt_now() - t0;
 done:
-    mt_prov_free(prov);
-    mt_hf_writer_free(hw);
     mt_outdir_free(od);
-    free(cfg_text);
+    free(held);
     free(rowbuf);
-    mt_config_free(&oc);
     free(keep);
     free(keep_row);
     free(keep_buf);
