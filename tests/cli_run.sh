@@ -182,6 +182,25 @@ EOF2
 for f in "$MODEL"/*.safetensors "$MODEL"/*.json; do [ -e "$T/small/$(basename "$f")" ] || ln -s "$f" "$T/small/"; done
 "$BIN" run "$T/b5.yaml" --dry-run >"$T/out" 2>"$T/err"; rc=$?
 [ $rc = 2 ] && grep -q "b5.yaml:5:17: .*small has a vocabulary of 32000 tokens, the base model .* one of 4096" "$T/err" && ok || { bad "ref of another vocabulary: exit $rc"; cat "$T/err"; }
+# same vocabulary size, another tokenizer (one piece changed): refused by --dry-run
+mkdir -p "$T/tok" && cp "$MODEL"/*.json "$MODEL"/tokenizer.model "$T/tok/" && for f in "$MODEL"/*.safetensors; do ln -s "$f" "$T/tok/"; done
+$PY - "$T/tok/tokenizer.model" <<'EOF2'
+import sys
+p = sys.argv[1]; b = open(p, "rb").read(); old = "\u2581the".encode()
+i = b.index(old); open(p, "wb").write(b[:i] + "\u2581thx".encode() + b[i + len(old):])
+EOF2
+printf 'version: 1\nmodel: %s\nsteps:\n  - name: e\n    eval: {ref: %s}\n' "$MODEL" "$T/tok" >"$T/b6.yaml"
+"$BIN" run "$T/b6.yaml" --dry-run >"$T/out" 2>"$T/err"; rc=$?
+[ $rc = 2 ] && grep -q "b6.yaml:5:17: .*tok has a different tokenizer: token [0-9]* is '.thx', in the base model '.the'" "$T/err" && ok || { bad "ref with another tokenizer: exit $rc"; cat "$T/err"; }
+# a distill student of another shape (heads): refused by --dry-run
+mkdir -p "$T/shape" && $PY - "$MODEL/config.json" "$T/shape/config.json" <<'EOF2'
+import json, sys
+c = json.load(open(sys.argv[1])); c["num_attention_heads"] = c["num_key_value_heads"]; json.dump(c, open(sys.argv[2], "w"))
+EOF2
+for f in "$MODEL"/*.safetensors "$MODEL"/*.json "$MODEL"/tokenizer.model; do [ -e "$T/shape/$(basename "$f")" ] || ln -s "$f" "$T/shape/"; done
+printf 'version: 1\nmodel: %s\nsteps:\n  - name: h\n    distill: {student: %s, tokens: 4096}\n' "$MODEL" "$T/shape" >"$T/b7.yaml"
+"$BIN" run "$T/b7.yaml" --dry-run >"$T/out" 2>"$T/err"; rc=$?
+[ $rc = 2 ] && grep -q "b7.yaml:5:24: distill: student .*shape (mixtral, 4 layers, hidden 256, 2/2 heads) does not have the teacher's shape" "$T/err" && ok || { bad "student of another shape: exit $rc"; cat "$T/err"; }
 "$BIN" run "$T/nosuch.yaml" >"$T/out" 2>"$T/err"; rc=$?
 [ $rc = 2 ] && grep -q "nosuch.yaml: No such file" "$T/err" && ok || bad "missing recipe: exit $rc"
 "$BIN" run >"$T/out" 2>"$T/err"; [ $? = 2 ] && ok || bad "run without a recipe"

@@ -16,6 +16,7 @@
  * resumes by running the steps without done.json again. */
 #define _GNU_SOURCE
 #include "cli_impl.h"
+#include "moetool/mt_tokenizer.h"
 #include "recipe.h"
 #include "report.h"
 #include "sha256.h"
@@ -600,29 +601,68 @@ static int gate_value(const json_t *res, recipe_metric m, double *v) {
  * failed eval --ref or a meaningless KL), and merge steps on the base model
  * ask for a K the model can give (top_k <= K < experts). Outputs of steps do
  * not exist yet: the verbs check those when they run. */
+/* Whether two tokenizers hold the same pieces; 0, or -1 with the first
+ * difference in msg. */
+static int same_tokenizer(const mt_tokenizer *a, const mt_tokenizer *b, char *msg, size_t n) {
+    const size_t na = mt_tok_vocab_size(a), nb = mt_tok_vocab_size(b);
+    if (na != nb) return snprintf(msg, n, "a tokenizer of %zu pieces, the base model's has %zu", nb, na), -1;
+    for (size_t i = 0; i < na; i++) {
+        size_t la = 0, lb = 0;
+        const char *pa = mt_tok_piece(a, (int)i, &la), *pb = mt_tok_piece(b, (int)i, &lb);
+        if (!pa || !pb || la != lb || memcmp(pa, pb, la))
+            return snprintf(msg, n, "a different tokenizer: token %zu is '%.*s', in the base model '%.*s'", i,
+                            (int)(lb > 40 ? 40 : lb), pb ? pb : "", (int)(la > 40 ? 40 : la), pa ? pa : ""), -1;
+    }
+    return 0;
+}
+
+/* --dry-run's model checks, before any work: every model a recipe names by
+ * path opens and shares the base model's vocabulary and tokenizer; a distill
+ * step's student directory has the teacher's family and shape; merge's K
+ * fits the base model. */
 static int check_models(const recipe *r, char *err, size_t errn) {
     mt_ckpt *base = NULL;
     if (mt_ckpt_open(&base, r->model) != MT_OK)
         return snprintf(err, errn, "%s:%d:%d: model %s: %s", r->path, r->model_pos.line, r->model_pos.col, r->model,
                         mt_last_error()), -1;
     const mt_config *bc = mt_ckpt_config(base);
+    mt_tokenizer *btok = NULL;
+    if (mt_tok_load_for_ckpt(&btok, base) != MT_OK) btok = NULL; /* none: nothing to compare */
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < r->n_steps; i++) {
         const recipe_step *s = &r->steps[i];
         const int on_base = (!s->model && s->input < 0) || (s->model && !strcmp(s->model, "${model}"));
+        const int distill = !strcmp(s->verb->name, "distill");
         for (size_t k = 0; rc == 0 && k <= s->n_kv; k++) {
             const char *path = NULL;
             recipe_pos pos;
+            int student = 0;
             if (k == s->n_kv) path = s->model, pos = s->model_pos;
             else if (!strcmp(s->kv[k].opt->name, "ref")) path = s->kv[k].value, pos = s->kv[k].pos;
+            else if (distill && !strcmp(s->kv[k].opt->name, "student") && strcmp(s->kv[k].value, "dense"))
+                path = s->kv[k].value, pos = s->kv[k].pos, student = 1;
             if (!path || strstr(path, "${")) continue;
             mt_ckpt *ck = NULL;
+            mt_tokenizer *tok = NULL;
+            char why[256];
             if (mt_ckpt_open(&ck, path) != MT_OK) {
                 rc = snprintf(err, errn, "%s:%d:%d: model %s: %s", r->path, pos.line, pos.col, path, mt_last_error());
             } else if (mt_ckpt_config(ck)->vocab != bc->vocab) {
                 rc = snprintf(err, errn, "%s:%d:%d: %s has a vocabulary of %d tokens, the base model %s one of %d",
                               r->path, pos.line, pos.col, path, mt_ckpt_config(ck)->vocab, r->model, bc->vocab);
+            } else if (btok && mt_tok_load_for_ckpt(&tok, ck) == MT_OK && same_tokenizer(btok, tok, why, sizeof why)) {
+                rc = snprintf(err, errn, "%s:%d:%d: %s has %s (base model %s)", r->path, pos.line, pos.col, path, why,
+                              r->model);
+            } else if (student) {
+                const mt_config *sc = mt_ckpt_config(ck);
+                if (strcmp(sc->arch, bc->arch) || sc->hidden != bc->hidden || sc->n_layers != bc->n_layers ||
+                    sc->n_heads != bc->n_heads || sc->n_kv_heads != bc->n_kv_heads)
+                    rc = snprintf(err, errn, "%s:%d:%d: distill: student %s (%s, %d layers, hidden %d, %d/%d heads) "
+                                  "does not have the teacher's shape (%s, %d layers, hidden %d, %d/%d heads)",
+                                  r->path, pos.line, pos.col, path, sc->arch, sc->n_layers, sc->hidden, sc->n_heads,
+                                  sc->n_kv_heads, bc->arch, bc->n_layers, bc->hidden, bc->n_heads, bc->n_kv_heads);
             }
+            mt_tok_free(tok);
             mt_ckpt_free(ck);
             rc = rc ? -1 : 0;
         }
@@ -638,6 +678,7 @@ static int check_models(const recipe *r, char *err, size_t errn) {
             }
         }
     }
+    mt_tok_free(btok);
     mt_ckpt_free(base);
     return rc;
 }
