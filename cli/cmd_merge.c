@@ -45,7 +45,12 @@ static const cli_opt merge_opts[] = {
      "--method M --calib-tokens <fit tokens> with the chosen M. One method for all layers", "auto",
      CLI_AT(merge_args, o.method), .choices = cli_merge_methods},
     {"heldout-windows", 0, CLI_INT, "N", "--method auto: calibration windows held out for choosing (default a "
-     "quarter of them, at least 1)", NULL, CLI_AT(merge_args, o.heldout_windows), 1, 1 << 20},
+     "quarter of them, at least 1; with --heldout, windows of that text, default 16)", NULL,
+     CLI_AT(merge_args, o.heldout_windows), 1, 1 << 20},
+    {"heldout", 0, CLI_PATH, "FILE", "--method auto: choose on the first windows of FILE (no BOS, as `eval --text "
+     "FILE --max-windows N` scores them) instead of the calibration text's last ones; every calibration window then "
+     "fits. Text the model was not trained on ranks the candidates better", NULL,
+     CLI_AT(merge_args, o.heldout_path)},
     {"router", 0, CLI_ENUM, "R", "anchor | average | fit | alias: how the K router rows are made for merged groups "
      "(pruning slices rows). alias keeps every original router row, mapped to its group's merged expert (config "
      "moe_router_alias): exact routing, but the output loads in moetool only (not transformers, no convert --to "
@@ -72,7 +77,8 @@ const cli_verb cli_verb_merge = {
     .synopsis = "usage: moetool merge [MODEL] -o OUT (--experts K | --layers SPEC | --budget N)\n"
                 "                     [--method M]\n"
                 "                     [--router R] [--calib FILE] [--calib-tokens N] [--sample N]\n"
-                "                     [--router-steps N] [--heldout-windows N] [--threads T] [--allow-long-context]\n"
+                "                     [--router-steps N] [--heldout-windows N] [--heldout FILE] [--threads T]\n"
+                "                     [--allow-long-context]\n"
                 "                     [--json] [--quiet]",
     .about = "Reduces the experts of every MoE layer to K and writes a Hugging Face\n"
              "Mixtral checkpoint (num_local_experts = K, a K-row router) into OUT.\n"
@@ -137,8 +143,9 @@ int cmd_merge(int argc, char **argv) {
                 "tokens, none can be held out to measure the candidates; wrote reap-merge\n", o.calib_tokens, r.window);
     else if (o.method == MT_MERGE_AUTO && !quiet) {
         /* the candidate table, with the progress lines */
-        fprintf(stderr, "moetool merge: auto: fitted on %llu tokens, measured on %d held-out windows of %d tokens "
-                "(source ppl %.4f):\n", (unsigned long long)r.fit_tokens, r.heldout_windows, r.window, r.base_ppl);
+        fprintf(stderr, "moetool merge: auto: fitted on %llu tokens, measured on %d held-out windows of %d tokens%s%s "
+                "(source ppl %.4f):\n", (unsigned long long)r.fit_tokens, r.heldout_windows, r.window,
+                o.heldout_path ? " of " : "", o.heldout_path ? o.heldout_path : "", r.base_ppl);
         fprintf(stderr, "  %-12s %12s %14s %9s\n", "method", "held-out ppl", "KL to source", "seconds");
         for (int i = 0; i < r.n_candidates; i++)
             fprintf(stderr, "  %-12s %12.4f %14.6f %9.2f%s\n", mt_merge_method_name(r.candidates[i].method),
@@ -194,7 +201,12 @@ int cmd_merge(int argc, char **argv) {
                 printf("%s{\"method\": \"%s\", \"heldout_ppl\": %.6f, \"heldout_kl\": %.8f, \"seconds\": %.3f}",
                        i ? ", " : "", mt_merge_method_name(r.candidates[i].method), r.candidates[i].ppl,
                        r.candidates[i].kl, r.candidates[i].seconds);
-            printf("]}");
+            printf("]");
+            if (o.heldout_path) {
+                printf(", \"heldout_text\": ");
+                json_str(stdout, o.heldout_path);
+            }
+            printf("}");
         }
         if (deq) {
             printf(", \"dequantized_from\": ");

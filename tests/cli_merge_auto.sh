@@ -6,7 +6,8 @@
 # auto wrote must be the argmin of those perplexities, and its safetensors
 # must be byte-identical to the separate run of that method. Run on the
 # bundled model and on a small random top-1 model (with --router alias, where
-# only merging methods are candidates). One calibration window: reap-merge,
+# only merging methods are candidates); with --heldout FILE the separate
+# runs fit on every calibration token and eval scores FILE's first windows. One calibration window: reap-merge,
 # with a note. Bad combinations exit 2, no output.
 set -u
 BIN=${MT_BIN:-build/cli/moetool}
@@ -43,7 +44,7 @@ check_auto() {
   for m in $cands; do
     "$BIN" merge "$model" -o "$d/$m" --calib "$calib" "$@" --method "$m" --calib-tokens "$fit" --quiet >/dev/null \
       2>"$d/err" || { bad "$name: merge --method $m: $(cat "$d/err")"; continue; }
-    "$BIN" eval "$d/$m" --text "$calib" --ctx "$win" --skip-tokens "$skip" --max-windows "$nh" --ref "$model" \
+    "$BIN" eval "$d/$m" --text "${ETEXT:-$calib}" --ctx "$win" --skip-tokens "$skip" --max-windows "$nh" --ref "$model" \
       --json --quiet >"$d/e.json" 2>"$d/err" || { bad "$name: eval $m: $(cat "$d/err")"; continue; }
     echo "$m $(jget "$d/e.json" "['ppl']") $(jget "$d/e.json" "['kl_mean']") $(jget "$d/e.json" "['windows']")" >>"$d/sep.txt"
   done
@@ -84,6 +85,14 @@ cp "$MODEL/tokenizer.model" "$T/smallmodel/"
 check_auto small "$T/smallmodel" "$MODEL/data/train.txt" "average frequency hc-smoe mc-smoe reap-merge" \
   "--heldout-windows 2" --experts 2 --router alias --calib-tokens 1024 --sample 256 --threads 2
 
+# --heldout FILE: the candidates are measured on FILE's first windows (eval
+# --text FILE scores the same ones), every calibration window fits them
+ETEXT="$MODEL/data/test.txt" check_auto heldout "$T/smallmodel" "$MODEL/data/train.txt" \
+  "average frequency hc-smoe mc-smoe reap-merge" "--heldout $MODEL/data/test.txt --heldout-windows 2" \
+  --experts 2 --router alias --calib-tokens 1024 --sample 256 --threads 2
+[ "$(jget "$T/heldout/auto.json" "['fit_tokens']")" = 1024 ] && [ "$(jget "$T/heldout/auto.json" "['auto']['heldout_skip_tokens']")" = 0 ] \
+  && ok || bad "--heldout: fit tokens or skip wrong: $(cat "$T/heldout/auto.json")"
+
 # one calibration window: nothing to hold out, auto writes reap-merge and says so
 "$BIN" merge "$MODEL" -o "$T/one" --experts 6 --calib-tokens 256 --sample 128 --threads 2 --json >"$T/one.json" 2>"$T/err" \
   || bad "auto over one window: $(cat "$T/err")"
@@ -96,6 +105,11 @@ grep -q "none can be held out" "$T/err" && [ "$(jget "$T/one.json" "['method']")
 # bad combinations: usage errors, no output
 "$BIN" merge "$MODEL" -o "$T/x" --experts 6 --method prune --heldout-windows 2 --calib-tokens 1024 >/dev/null 2>"$T/err"
 [ $? = 2 ] && grep -q "auto only" "$T/err" && [ ! -e "$T/x" ] && ok || bad "--heldout-windows with an explicit method: $(cat "$T/err")"
+"$BIN" merge "$MODEL" -o "$T/x" --experts 6 --method prune --heldout "$MODEL/data/test.txt" --calib-tokens 1024 >/dev/null 2>"$T/err"
+[ $? = 2 ] && grep -q "auto only" "$T/err" && [ ! -e "$T/x" ] && ok || bad "--heldout with an explicit method: $(cat "$T/err")"
+printf 'and\n' >"$T/short.txt"
+"$BIN" merge "$MODEL" -o "$T/x" --experts 6 --heldout "$T/short.txt" --calib-tokens 1024 >/dev/null 2>"$T/err"
+[ $? = 2 ] && grep -q "short.txt: .* less than one held-out window" "$T/err" && [ ! -e "$T/x" ] && ok || bad "short --heldout: $(cat "$T/err")"
 "$BIN" merge "$MODEL" -o "$T/x" --experts 6 --calib-tokens 512 --heldout-windows 2 >/dev/null 2>"$T/err"
 [ $? = 2 ] && grep -q "at least one must be left to fit" "$T/err" && [ ! -e "$T/x" ] && ok \
   || bad "all windows held out: $(cat "$T/err")"

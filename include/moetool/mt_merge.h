@@ -12,6 +12,7 @@
 #ifndef MT_MERGE_H
 #define MT_MERGE_H
 #define MT_MERGE_WINDOW 256 /* default calibration window, tokens */
+#define MT_MERGE_HELDOUT_FILE_WINDOWS 16 /* auto with --heldout FILE: windows of it scored by default */
 
 #include "mt_io.h"
 
@@ -71,6 +72,11 @@ typedef struct {
     int heldout_windows;                /* auto: calibration windows held out for
                                            choosing (0 = a quarter of them, at
                                            least 1); the rest fit the candidates    */
+    const char *heldout_path;           /* auto: choose on the first windows of this
+                                           text instead (heldout_windows of them,
+                                           default 16, no BOS, as eval's gptq
+                                           protocol reads it); every calibration
+                                           window then fits                          */
     int router;                         /* mt_merge_router (default fit)            */
     const char *calib_path;             /* calibration text (required)              */
     int calib_tokens;                   /* tokens of calibration (default 16384)    */

@@ -175,20 +175,33 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, mt_mer
         st = mt_seterr(MT_ERR_ARG, "--calib-tokens %d is less than one window of %d tokens", o->calib_tokens, W);
         goto done;
     }
-    const size_t n_held = (size_t)heldout_count(o, n_win);
-    if (n_held >= n_win) {
+    size_t n_held = o->heldout_path ? 0 : (size_t)heldout_count(o, n_win);
+    if (o->heldout_path) { /* held-out windows from their own text: the first ones, no BOS */
+        const size_t want = (size_t)(o->heldout_windows > 0 ? o->heldout_windows : MT_MERGE_HELDOUT_FILE_WINDOWS);
+        int32_t *h_ids = NULL;
+        size_t n_h = 0;
+        if ((st = mt_tok_encode_file(tok, o->heldout_path, want * W, &h_ids, &n_h, NULL))) goto done;
+        n_held = n_h / W < want ? n_h / W : want;
+        if (n_held == 0) {
+            free(h_ids);
+            st = mt_seterr(MT_ERR_ARG, "%s: %zu tokens, less than one held-out window of %d", o->heldout_path, n_h, W);
+            goto done;
+        }
+        *held = h_ids; /* its first n_held * W tokens are the windows */
+    }
+    const size_t n_fit = n_win - (o->heldout_path ? 0 : n_held);
+    if (!o->heldout_path && n_held >= n_win) {
         st = mt_seterr(MT_ERR_ARG, "--method auto: --calib-tokens %d gives %zu calibration windows of %d tokens and %zu "
                        "are held out; at least one must be left to fit (more --calib-tokens, or fewer "
                        "--heldout-windows)", o->calib_tokens, n_win, W, n_held);
         goto done;
     }
-    const size_t n_fit = n_win - n_held;
     /* The sample stride: an explicit method over the fit tokens alone takes
      * the same sample (auto's output equals that run's). */
-    const uint64_t fit_tokens = n_held ? (uint64_t)n_fit * W : (uint64_t)o->calib_tokens;
+    const uint64_t fit_tokens = n_held && !o->heldout_path ? (uint64_t)n_fit * W : (uint64_t)o->calib_tokens;
     c->stride = fit_tokens / (uint64_t)o->sample_tokens;
     if (c->stride < 1) c->stride = 1;
-    if (n_held) {
+    if (n_held && !o->heldout_path) {
         if (!(*held = malloc(n_held * W * sizeof **held))) {
             st = mt_seterr(MT_ERR_NOMEM, "%s: out of memory for the held-out windows", o->calib_path);
             goto done;
@@ -206,7 +219,7 @@ static int run_calibration(mt_model *m, const mt_merge_opts *o, calib *c, mt_mer
     R->fit_tokens = (uint64_t)n_fit * W;
     R->window = W;
     R->heldout_windows = (int)n_held;
-    R->heldout_skip = n_held ? (uint64_t)n_fit * W - off : 0;
+    R->heldout_skip = n_held && !o->heldout_path ? (uint64_t)n_fit * W - off : 0;
 done:
     mt_ctx_free(ctx);
     free(text_ids);
@@ -699,9 +712,18 @@ static mt_prov *merge_provenance(const char *model_path, const mt_merge_opts *o,
         mt_prov_num(p, "heldout_base_ppl", R->base_ppl);
         mt_prov_str(p, "heldout_ppl", cand);
         char note[256];
-        snprintf(note, sizeof note, "Method chosen by `--method auto`: each candidate was fitted on the first %llu "
-                 "calibration tokens and the one with the lowest perplexity on the last %d windows of %d tokens "
-                 "(held out) was written.", (unsigned long long)R->fit_tokens, R->heldout_windows, R->window);
+        if (o->heldout_path) {
+            const char *b = strrchr(o->heldout_path, '/');
+            mt_prov_str(p, "heldout_text", b ? b + 1 : o->heldout_path);
+            snprintf(note, sizeof note, "Method chosen by `--method auto`: each candidate was fitted on the first %llu "
+                     "calibration tokens and the one with the lowest perplexity on the first %d windows of %d tokens "
+                     "of %.60s (held out) was written.", (unsigned long long)R->fit_tokens, R->heldout_windows,
+                     R->window, b ? b + 1 : o->heldout_path);
+        } else {
+            snprintf(note, sizeof note, "Method chosen by `--method auto`: each candidate was fitted on the first %llu "
+                     "calibration tokens and the one with the lowest perplexity on the last %d windows of %d tokens "
+                     "(held out) was written.", (unsigned long long)R->fit_tokens, R->heldout_windows, R->window);
+        }
         mt_prov_note(p, note);
     }
     mt_prov_command(p, o->command);
@@ -710,7 +732,7 @@ static mt_prov *merge_provenance(const char *model_path, const mt_merge_opts *o,
                         "`moe_router_alias`): only moetool runs this checkpoint; transformers and llama.cpp would "
                         "misroute it.");
     else if (!uniform) {
-        char note[256];
+        char note[400];
         snprintf(note, sizeof note,
                  "Layers keep different numbers of experts (at most %d; config key `moe_layer_experts`): moetool runs "
                  "this checkpoint, transformers and llama.cpp cannot load it.", Kmax);
@@ -1034,9 +1056,12 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     if (o->heldout_windows < 0 || (o->heldout_windows && o->method != MT_MERGE_AUTO))
         return mt_seterr(MT_ERR_ARG, "--heldout-windows %d: held-out windows are for --method auto only",
                          o->heldout_windows);
+    if (o->heldout_path && o->method != MT_MERGE_AUTO)
+        return mt_seterr(MT_ERR_ARG, "--heldout %s: a held-out text is for --method auto only", o->heldout_path);
 
-    const char *calib_in[] = {o->calib_path};
-    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, model_path, calib_in, 1))) return st;
+    const char *calib_in[] = {o->calib_path, o->heldout_path};
+    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, model_path, calib_in, o->heldout_path ? 2 : 1)))
+        return st;
 
     mt_model_opts mo;
     mt_model_opts_default(&mo);
