@@ -147,22 +147,18 @@ static void order_experts(int *order, const uint64_t *count, int E) {
         }
 }
 
-int dst_student_from_teacher(dt_model *m, mt_model *teacher, int init, const int32_t *ids, size_t n_ids,
-                             int init_tokens, int seq, uint64_t *rng) {
-    const mt_config *tc = mt_model_config(teacher);
-    const mt_weights *w = mt_model_weights(teacher);
+/* The parts a student takes from its source unchanged: embeddings, final
+ * norm, lm_head, and per layer the attention and both norms (hd: the head
+ * size when Q/K rows are stored interleaved for RoPE, else 0). */
+static int copy_shared(dt_model *m, const mt_weights *w, int hd) {
     const dt_config *c = &m->c;
-    const int L = c->n_layers, H = c->hidden, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
-    const int F = tc->ffn, W = c->ffn, V = c->vocab;
-    const int hd = tc->rope_style == MT_ROPE_INTERLEAVED ? c->head_dim : 0;
-    route_stats rs = {L, 0, tc->top_k, NULL, NULL};
-    float *e1 = NULL, *e3 = NULL, *e2 = NULL;
-    int *order = NULL, st;
+    const int H = c->hidden, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim, V = c->vocab;
+    int st;
     if ((st = mat_f32(m->p.embd, &w->tok_embd, V, H, 0, "token embedding", -1)) ||
         (st = mat_f32(m->p.out_norm, &w->out_norm, 1, H, 0, "final norm", -1)) ||
         (st = mat_f32(m->p.lm_head, &w->lm_head, V, H, 0, "lm_head", -1)))
         return st;
-    for (int l = 0; l < L; l++) {
+    for (int l = 0; l < c->n_layers; l++) {
         const mt_layer_weights *Lw = &w->layers[l];
         dt_layer *p = &m->p.layers[l];
         if ((st = mat_f32(p->attn_norm, &Lw->attn_norm, 1, H, 0, "attention norm", l)) ||
@@ -172,8 +168,22 @@ int dst_student_from_teacher(dt_model *m, mt_model *teacher, int init, const int
             (st = mat_f32(p->wo, &Lw->wo, H, QD, 0, "o_proj", l)) ||
             (st = mat_f32(p->ffn_norm, &Lw->ffn_norm, 1, H, 0, "FFN norm", l)))
             return st;
-        rs.E = Lw->n_experts > rs.E ? Lw->n_experts : rs.E;
     }
+    return MT_OK;
+}
+
+int dst_student_from_teacher(dt_model *m, mt_model *teacher, int init, const int32_t *ids, size_t n_ids,
+                             int init_tokens, int seq, uint64_t *rng) {
+    const mt_config *tc = mt_model_config(teacher);
+    const mt_weights *w = mt_model_weights(teacher);
+    const dt_config *c = &m->c;
+    const int L = c->n_layers, H = c->hidden, F = tc->ffn, W = c->ffn;
+    const int hd = tc->rope_style == MT_ROPE_INTERLEAVED ? c->head_dim : 0;
+    route_stats rs = {L, 0, tc->top_k, NULL, NULL};
+    float *e1 = NULL, *e3 = NULL, *e2 = NULL;
+    int *order = NULL, st;
+    if ((st = copy_shared(m, w, hd))) return st;
+    for (int l = 0; l < L; l++) rs.E = w->layers[l].n_experts > rs.E ? w->layers[l].n_experts : rs.E;
     if (init == MT_DISTILL_INIT_RANDOM) {
         const double s12 = 0.02, s2 = 0.02 / sqrt(2.0 * L);
         for (int l = 0; l < L; l++) {
@@ -256,25 +266,14 @@ int dst_student_from_moe(dt_model *m, const mt_model *student) {
     const mt_config *sc = mt_model_config(student);
     const mt_weights *w = mt_model_weights(student);
     const dt_config *c = &m->c;
-    const int L = c->n_layers, H = c->hidden, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
-    const int F = c->ffn, V = c->vocab, E = c->n_experts;
+    const int L = c->n_layers, H = c->hidden, F = c->ffn, E = c->n_experts;
     const int hd = sc->rope_style == MT_ROPE_INTERLEAVED ? c->head_dim : 0;
     int st;
-    if ((st = mat_f32(m->p.embd, &w->tok_embd, V, H, 0, "token embedding", -1)) ||
-        (st = mat_f32(m->p.out_norm, &w->out_norm, 1, H, 0, "final norm", -1)) ||
-        (st = mat_f32(m->p.lm_head, &w->lm_head, V, H, 0, "lm_head", -1)))
-        return st;
+    if ((st = copy_shared(m, w, hd))) return st;
     for (int l = 0; l < L; l++) {
         const mt_layer_weights *Lw = &w->layers[l];
         dt_layer *p = &m->p.layers[l];
-        if ((st = mat_f32(p->attn_norm, &Lw->attn_norm, 1, H, 0, "attention norm", l)) ||
-            (st = mat_f32(p->wq, &Lw->wq, QD, H, hd, "q_proj", l)) ||
-            (st = mat_f32(p->wk, &Lw->wk, KD, H, hd, "k_proj", l)) ||
-            (st = mat_f32(p->wv, &Lw->wv, KD, H, 0, "v_proj", l)) ||
-            (st = mat_f32(p->wo, &Lw->wo, H, QD, 0, "o_proj", l)) ||
-            (st = mat_f32(p->ffn_norm, &Lw->ffn_norm, 1, H, 0, "FFN norm", l)) ||
-            (st = mat_f32(p->router, &Lw->router, E, H, 0, "router", l)))
-            return st;
+        if ((st = mat_f32(p->router, &Lw->router, E, H, 0, "router", l))) return st;
         for (int e = 0; e < E; e++)
             if ((st = mat_f32(p->ew1 + (size_t)e * F * H, &Lw->w1[e], F, H, 0, "expert w1", l)) ||
                 (st = mat_f32(p->ew3 + (size_t)e * F * H, &Lw->w3[e], F, H, 0, "expert w3", l)) ||
