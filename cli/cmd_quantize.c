@@ -142,7 +142,7 @@ static const cli_opt quantize_opts[] = {
     {"plan-windows", 0, CLI_INT, "N", "with --target-bpw/--target-size: each tensor, alone in its smallest type, is "
      "measured by the KL it adds to the next-token distributions over the first N calibration windows, and its "
      "errors are scaled to that KL, so the budget goes where the output feels it (one forward of N windows per "
-     "tensor); 0: rank by the tensors' own errors only", "2", CLI_AT(quantize_args, q.plan_windows), 0, 64},
+     "tensor; default 2); 0: rank by the tensors' own errors only", NULL, CLI_AT(quantize_args, q.plan_windows), 0, 64},
     {"target-size", 0, CLI_STRING, "BYTES", "the same with the output file at most BYTES (k, M, G: 10^3, 10^6, 10^9)",
      NULL, CLI_AT(quantize_args, q.target_bytes), .set = set_size},
     {"asym", 0, CLI_BOOL, NULL, "asymmetric int grid: per group min/max (widened to hold 0), scale (max-min)/(2^B-1) "
