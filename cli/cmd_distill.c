@@ -9,6 +9,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 typedef struct {
@@ -125,6 +126,15 @@ static void on_step(void *user, const mt_distill_step *s) {
 }
 
 int cmd_distill(int argc, char **argv) {
+    /* Under mpirun every rank parses the same command line: a usage error is
+     * printed by rank 0 only (the others' stderr is muted until training). */
+    int stderr_fd = -1;
+    if (mt_distill_launcher_rank() > 0) {
+        const int nul = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        fflush(stderr);
+        if (nul >= 0 && (stderr_fd = dup(2)) >= 0) dup2(nul, 2);
+        if (nul >= 0) close(nul);
+    }
     distill_args A;
     distill_init(&A);
     const char *teacher_arg = NULL;
@@ -156,14 +166,27 @@ int cmd_distill(int argc, char **argv) {
     step_log log = {0};
     o.on_step = on_step, o.step_user = &log;
     if (!A.quiet) o.progress = cli_progress;
+    if (stderr_fd >= 0) { /* from here on each rank reports its own errors */
+        fflush(stderr);
+        dup2(stderr_fd, 2);
+        close(stderr_fd);
+    }
     mt_distill_report r;
     int rc = mt_distill(teacher, out, &o, &r);
     cli_progress_done();
     if (rc) {
         free(data_default);
         free(log.v), free(log.step);
+        const int code = rc == MT_ERR_ARG || rc == MT_ERR_REFUSED ? MT_EXIT_USAGE : MT_EXIT_FAIL;
+        if (r.quiet_error) return code; /* rank 0 prints this error: one line for all ranks */
+        if (r.rank > 0) return fprintf(stderr, "moetool distill (rank %d of %d): %s\n", r.rank, r.ranks, mt_last_error()), code;
         return rc == MT_ERR_ARG ? (fprintf(stderr, "moetool distill: %s\n", mt_last_error()), MT_EXIT_USAGE)
                                 : cli_fail("distill", rc);
+    }
+    if (r.rank > 0) { /* rank 0 reports the run; the others wrote nothing */
+        free(data_default);
+        free(log.v), free(log.step);
+        return MT_EXIT_OK;
     }
     const double rss = mt_peak_rss_bytes() / 1048576.0;
     if (A.json) {
