@@ -92,7 +92,8 @@ const cli_verb cli_verb_distill = {
              "A * T^2 * KL(teacher_T || student_T), the teacher's logits computed on\n"
              "the fly. AdamW (betas 0.9, 0.95, weight decay 0.01 on matrices), gradient\n"
              "clipping at norm 1, linear warmup then cosine to 10 % of LR\n"
-             "(docs/distill.md).\n",
+             "(docs/distill.md). Under `mpirun -np N` (built with MPI) the ranks share\n"
+             "every batch and sum their gradients; rank 0 writes OUT.\n",
     .positional = "TEACHER",
     .opts = distill_opts,
     .n_opts = sizeof distill_opts / sizeof distill_opts[0],
