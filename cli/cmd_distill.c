@@ -67,7 +67,8 @@ static const cli_opt distill_opts[] = {
      CLI_AT(distill_args, o.topk_logits), 1, 1 << 20},
     {"logit-cache", 0, CLI_STRING, "FILE", "the --topk-logits cache (read when present, written when windows were "
      "added; kept after the run)", "OUT.logits", CLI_AT(distill_args, o.logit_cache)},
-    {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(distill_args, o.n_threads), 1, MT_MAX_THREADS},
+    {"threads", 0, CLI_INT, "T", "CPU threads of each process", "all cores; under mpirun, the cores split between its "
+     "ranks", CLI_AT(distill_args, o.n_threads), 1, MT_MAX_THREADS},
     {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout, with every step's losses", NULL,
      CLI_AT(distill_args, json), .flags = CLI_OPT_CLI_ONLY},
     {"quiet", 0, CLI_BOOL, NULL, "no progress lines on stderr", NULL, CLI_AT(distill_args, quiet),

@@ -370,6 +370,11 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = o->n_threads;
+    if (!mo.n_threads && ranks > 1) { /* the machine's cores shared by the ranks on it, not each taking all */
+        const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        const int local = dst_reduce_local_size(ranks);
+        mo.n_threads = ncpu > local ? (int)(ncpu / local) : 1;
+    }
     if ((st = mt_model_load(&t, teacher_path, &mo))) goto done;
     const mt_config *tc = mt_model_config(t);
     if (tc->n_experts == 0) {

@@ -39,6 +39,12 @@ int dst_reduce_launcher_rank(void) {
     return s && *s ? env_int("OMPI_COMM_WORLD_RANK") : env_int("PMI_RANK");
 }
 
+int dst_reduce_local_size(int fallback) {
+    int n = env_int("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (!n) n = env_int("MPI_LOCALNRANKS");
+    return n > 0 ? n : fallback;
+}
+
 static int single_allreduce(dst_reduce *r, float *x, size_t n) {
     (void)r, (void)x, (void)n; /* one rank: the sum is its own buffer */
     return MT_OK;

@@ -28,5 +28,8 @@ int dst_reduce_init(dst_reduce *r);
  * process's rank among them (0 when none). */
 int dst_reduce_launcher_size(void);
 int dst_reduce_launcher_rank(void);
+/* Ranks on this machine the launcher announces (OMPI_COMM_WORLD_LOCAL_SIZE,
+ * MPI_LOCALNRANKS), else `fallback`. */
+int dst_reduce_local_size(int fallback);
 
 #endif
