@@ -9,6 +9,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 typedef struct {
@@ -66,7 +67,8 @@ static const cli_opt distill_opts[] = {
      CLI_AT(distill_args, o.topk_logits), 1, 1 << 20},
     {"logit-cache", 0, CLI_STRING, "FILE", "the --topk-logits cache (read when present, written when windows were "
      "added; kept after the run)", "OUT.logits", CLI_AT(distill_args, o.logit_cache)},
-    {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(distill_args, o.n_threads), 1, MT_MAX_THREADS},
+    {"threads", 0, CLI_INT, "T", "CPU threads of each process", "all cores; under mpirun, the cores split between its "
+     "ranks", CLI_AT(distill_args, o.n_threads), 1, MT_MAX_THREADS},
     {"json", 0, CLI_BOOL, NULL, "one JSON object on stdout, with every step's losses", NULL,
      CLI_AT(distill_args, json), .flags = CLI_OPT_CLI_ONLY},
     {"quiet", 0, CLI_BOOL, NULL, "no progress lines on stderr", NULL, CLI_AT(distill_args, quiet),
@@ -91,7 +93,8 @@ const cli_verb cli_verb_distill = {
              "A * T^2 * KL(teacher_T || student_T), the teacher's logits computed on\n"
              "the fly. AdamW (betas 0.9, 0.95, weight decay 0.01 on matrices), gradient\n"
              "clipping at norm 1, linear warmup then cosine to 10 % of LR\n"
-             "(docs/distill.md).\n",
+             "(docs/distill.md). Under `mpirun -np N` (built with MPI) the ranks share\n"
+             "every batch and sum their gradients; rank 0 writes OUT.\n",
     .positional = "TEACHER",
     .opts = distill_opts,
     .n_opts = sizeof distill_opts / sizeof distill_opts[0],
@@ -125,6 +128,15 @@ static void on_step(void *user, const mt_distill_step *s) {
 }
 
 int cmd_distill(int argc, char **argv) {
+    /* Under mpirun every rank parses the same command line: a usage error is
+     * printed by rank 0 only (the others' stderr is muted until training). */
+    int stderr_fd = -1;
+    if (mt_distill_launcher_rank() > 0) {
+        const int nul = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        fflush(stderr);
+        if (nul >= 0 && (stderr_fd = dup(2)) >= 0) dup2(nul, 2);
+        if (nul >= 0) close(nul);
+    }
     distill_args A;
     distill_init(&A);
     const char *teacher_arg = NULL;
@@ -156,14 +168,27 @@ int cmd_distill(int argc, char **argv) {
     step_log log = {0};
     o.on_step = on_step, o.step_user = &log;
     if (!A.quiet) o.progress = cli_progress;
+    if (stderr_fd >= 0) { /* from here on each rank reports its own errors */
+        fflush(stderr);
+        dup2(stderr_fd, 2);
+        close(stderr_fd);
+    }
     mt_distill_report r;
     int rc = mt_distill(teacher, out, &o, &r);
     cli_progress_done();
     if (rc) {
         free(data_default);
         free(log.v), free(log.step);
+        const int code = rc == MT_ERR_ARG || rc == MT_ERR_REFUSED ? MT_EXIT_USAGE : MT_EXIT_FAIL;
+        if (r.quiet_error) return code; /* rank 0 prints this error: one line for all ranks */
+        if (r.rank > 0) return fprintf(stderr, "moetool distill (rank %d of %d): %s\n", r.rank, r.ranks, mt_last_error()), code;
         return rc == MT_ERR_ARG ? (fprintf(stderr, "moetool distill: %s\n", mt_last_error()), MT_EXIT_USAGE)
                                 : cli_fail("distill", rc);
+    }
+    if (r.rank > 0) { /* rank 0 reports the run; the others wrote nothing */
+        free(data_default);
+        free(log.v), free(log.step);
+        return MT_EXIT_OK;
     }
     const double rss = mt_peak_rss_bytes() / 1048576.0;
     if (A.json) {

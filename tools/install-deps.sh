@@ -4,15 +4,17 @@
 #   --all  also the heavy independent checkers of the test suite: Debian's
 #          python3-torch with transformers (about 1 GB), and chromium to
 #          render recipe reports (tests/cli_report_html.sh). CI uses it.
-# Build: cmake, a C compiler, OpenBLAS, jansson; tests: CMocka; fuzzing: clang
-# with its libFuzzer runtime; independent checks: numpy and the `gguf` reader.
+# Build: cmake, a C compiler, OpenBLAS, jansson; OpenMPI for data-parallel
+# distill (optional at build time; tests/cli_distill_mpi.sh runs two local
+# ranks); tests: CMocka; fuzzing: clang with its libFuzzer runtime;
+# independent checks: numpy and the `gguf` reader.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential cmake pkg-config clang libclang-rt-dev \
   libopenblas-dev libzstd-dev libarchive-dev libyaml-dev libcmocka-dev libjansson-dev \
-  python3 python3-pip time zstd >/dev/null
+  libopenmpi-dev openmpi-bin python3 python3-pip time zstd >/dev/null
 # numpy: the independent numpy forward used by tests; gguf: llama.cpp's own
 # GGUF reader. Tests that need them skip (exit 77) when they are missing.
 python3 -m pip install -q numpy gguf 2>/dev/null \

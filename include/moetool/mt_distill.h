@@ -90,8 +90,17 @@ typedef struct {
     int cache_windows, cache_computed;
     uint64_t cache_bytes;
     double cache_bytes_per_token;
+    /* Data parallel (`mpirun -np N`): this process's rank of ranks (0 of 1
+     * alone). Rank 0 alone writes OUT, checkpoints and the cache and calls
+     * the callbacks; quiet_error: this rank failed with the error rank 0
+     * reports (so N ranks print one line). */
+    int rank, ranks, quiet_error;
 } mt_distill_report;
 
+/* This process's rank when a launcher (mpirun) started it as one of several
+ * (0 otherwise): callers print what every rank would print alike on rank 0
+ * only. */
+int mt_distill_launcher_rank(void);
 int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o, mt_distill_report *rep);
 
 #ifdef __cplusplus

@@ -17,6 +17,7 @@
  * differ from this run's. */
 #define _GNU_SOURCE
 #include "distill_impl.h"
+#include "reduce.h"
 
 #include "moetool/mt_write.h"
 
@@ -31,6 +32,8 @@
 #include <unistd.h>
 
 static const char *g_init_names[MT_DISTILL_INIT_COUNT] = {"concat", "average", "random"};
+int mt_distill_launcher_rank(void) { return dst_reduce_launcher_rank(); }
+
 const char *mt_distill_init_name(int init) {
     return init >= 0 && init < MT_DISTILL_INIT_COUNT ? g_init_names[init] : "?";
 }
@@ -86,10 +89,11 @@ static uint64_t opts_hash(const mt_distill_opts *o, int warmup, const dt_config 
 }
 
 static void ck_words(uint64_t *w, const dt_model *m, int steps, const mt_distill_opts *o, int warmup, int topk) {
+    /* the global batch (o->batch), whatever the ranks: a checkpoint resumes under any rank count */
     const dt_config *c = &m->c;
     memset(w, 0, CK_WORDS * sizeof *w);
     w[CK_L] = c->n_layers, w[CK_H] = c->hidden, w[CK_NH] = c->n_heads, w[CK_NKV] = c->n_kv_heads;
-    w[CK_D] = c->head_dim, w[CK_F] = c->ffn, w[CK_V] = c->vocab, w[CK_B] = m->B, w[CK_T] = m->T;
+    w[CK_D] = c->head_dim, w[CK_F] = c->ffn, w[CK_V] = c->vocab, w[CK_B] = (uint64_t)o->batch, w[CK_T] = m->T;
     w[CK_STEPS] = (uint64_t)steps, w[CK_SEED] = o->seed, w[CK_INIT] = (uint64_t)o->init;
     w[CK_OPTS] = opts_hash(o, warmup, c, topk), w[CK_NPARAMS] = m->n_params;
 }
@@ -239,6 +243,58 @@ static int check_student_tokens(mt_model *s, const char *spath, const mt_tokeniz
     return st;
 }
 
+/* ---- data parallel (reduce.h) ----------------------------------------------------
+ * Ranks meet at agreement points: after the setup, at every step (with the
+ * step's loss sums), after each checkpoint and after the output is written.
+ * A rank that failed between two of them joins the next one from its exit
+ * path, so no rank waits for one that left. Each point reduces the same
+ * PAR_WORDS floats: rank 0's status, the number of other ranks that failed,
+ * the loss, CE and KD parts of this rank's rows (0 outside a step). */
+enum { PAR_ST0, PAR_NFAIL, PAR_LOSS, PAR_CE, PAR_KD, PAR_WORDS };
+typedef struct {
+    dst_reduce r;
+    int stopped;     /* a failure was agreed on: no more collectives */
+    int quiet_error; /* this rank's error is rank 0's to report      */
+} par_state;
+
+/* Agrees on st across ranks; v (PAR_WORDS, may be NULL) is summed in
+ * place. Returns this rank's status: its own error, rank 0's (reported
+ * there: this rank stays quiet) or one naming the ranks that failed. */
+static int par_agree(par_state *p, int st, float *v) {
+    if (p->r.size == 1 || p->stopped) return st;
+    float w[PAR_WORDS] = {0};
+    if (v) memcpy(w, v, sizeof w);
+    w[PAR_ST0] = p->r.rank == 0 ? (float)st : 0.0f;
+    w[PAR_NFAIL] = p->r.rank != 0 && st ? 1.0f : 0.0f;
+    const int rc = p->r.allreduce_sum(&p->r, w, PAR_WORDS);
+    if (rc) {
+        p->stopped = 1;
+        return st ? st : rc;
+    }
+    if (v) memcpy(v, w, sizeof w);
+    const int st0 = (int)w[PAR_ST0], nfail = (int)w[PAR_NFAIL];
+    if (!st0 && !nfail) return MT_OK;
+    p->stopped = 1;
+    if (p->r.rank != 0) {
+        if (st0) p->quiet_error = 1; /* rank 0 names the problem (the same one, as a rule) */
+        if (st) return st0 ? st0 : st;
+        p->quiet_error = 1;
+        return mt_seterr(st0 ? st0 : MT_ERR_INTERNAL, "stopped: another rank failed");
+    }
+    if (st) return st;
+    return mt_seterr(MT_ERR_INTERNAL, "%d of the other %d ranks failed (their errors are printed above)",
+                     nfail, p->r.size - 1);
+}
+
+/* Rank 0's n floats on every rank (the others' are zeroed and summed in). */
+static int par_bcast0(par_state *p, float *x, size_t n) {
+    if (p->r.size == 1) return MT_OK;
+    if (p->r.rank != 0) memset(x, 0, n * sizeof *x);
+    const int st = p->r.allreduce_sum(&p->r, x, n);
+    if (st) p->stopped = 1;
+    return st;
+}
+
 int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_opts *o, mt_distill_report *rep) {
     mt_model *t = NULL, *smodel = NULL;
     mt_backend *be = NULL;
@@ -255,26 +311,49 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     memset(&lc, 0, sizeof lc);
     mt_distill_report r0;
     mt_distill_report *R = rep ? rep : &r0;
+    par_state par;
+    memset(&par, 0, sizeof par);
     int st;
     memset(R, 0, sizeof *R);
+    R->rank = 0, R->ranks = 1;
+    /* errors before the ranks meet are every rank's alike: rank 0 reports them */
+    R->quiet_error = dst_reduce_launcher_rank() != 0;
     if (!teacher_path || !out_path || !o) return mt_seterr(MT_ERR_ARG, "distill: missing teacher, output or options");
     if (!o->data_path) return mt_seterr(MT_ERR_ARG, "distill: --data FILE is required");
     if (o->init < 0 || o->init >= MT_DISTILL_INIT_COUNT) return mt_seterr(MT_ERR_ARG, "distill: unknown init %d", o->init);
     if (o->batch < 1 || o->seq < 2 || o->tokens < 1 || o->width < 0 || !(o->lr > 0) || !(o->temperature > 0) ||
         !(o->kd_weight >= 0 && o->kd_weight <= 1) || o->ckpt_every < 0)
         return mt_seterr(MT_ERR_ARG, "distill: batch, seq, tokens, width, lr, temperature or kd-weight out of range");
+    if ((st = dst_reduce_init(&par.r))) return st; /* every rank refuses alike */
+    const int rank = par.r.rank, ranks = par.r.size, lead = rank == 0;
+    R->rank = rank, R->ranks = ranks;
+    R->quiet_error = 0;
 
-    if (o->student_path && (o->width || o->init != MT_DISTILL_INIT_CONCAT))
-        return mt_seterr(MT_ERR_ARG, "--width and --init shape a dense student; a MoE student (%s) keeps its "
-                         "own experts", o->student_path);
+    if (o->student_path && (o->width || o->init != MT_DISTILL_INIT_CONCAT)) {
+        st = mt_seterr(MT_ERR_ARG, "--width and --init shape a dense student; a MoE student (%s) keeps its "
+                       "own experts", o->student_path);
+        goto done;
+    }
     const char *in[] = {o->data_path, o->student_path};
     const int n_in = o->student_path ? 2 : 1;
-    if ((st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, teacher_path, in, n_in))) return st;
-    if (asprintf(&ck_path, "%s.ckpt", out_path) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    if (o->batch < ranks) {
+        st = mt_seterr(MT_ERR_ARG, "--batch %d is smaller than the %d ranks: every rank needs at least one sequence "
+                       "of the batch", o->batch, ranks);
+        goto done;
+    }
+    /* Outputs (OUT, OUT.ckpt, the logit cache) are rank 0's alone: only it
+     * checks, writes and removes them; the others learn its verdict at the
+     * first agreement point. */
+    if (lead && (st = mt_output_check(out_path, MT_OUTPUT_HF_DIR, o->force, teacher_path, in, n_in))) goto done;
+    if (asprintf(&ck_path, "%s.ckpt", out_path) < 0) {
+        st = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
     /* The checkpoint is an output too: never an input, and an existing file
      * there is replaced (and removed at the end) only when it is a previous
      * checkpoint or with --force; this also sweeps dead runs' temporaries. */
-    if ((st = mt_output_check(ck_path, MT_OUTPUT_GGUF, o->force || ckpt_is_ours(ck_path), teacher_path, in, n_in)))
+    if (lead &&
+        (st = mt_output_check(ck_path, MT_OUTPUT_GGUF, o->force || ckpt_is_ours(ck_path), teacher_path, in, n_in)))
         goto done;
 
     if (o->topk_logits > 0 && o->kd_weight > 0) {
@@ -284,13 +363,18 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
             goto done;
         }
         /* an output that is also read back: a file there must be a logit cache (or --force) */
-        if ((st = mt_output_check(lc_path, MT_OUTPUT_GGUF, o->force || dst_file_is_ours(lc_path, "MTDSTLC1"), teacher_path, in,
-                                  n_in)))
+        if (lead && (st = mt_output_check(lc_path, MT_OUTPUT_GGUF, o->force || dst_file_is_ours(lc_path, "MTDSTLC1"),
+                                          teacher_path, in, n_in)))
             goto done;
     }
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = o->n_threads;
+    if (!mo.n_threads && ranks > 1) { /* the machine's cores shared by the ranks on it, not each taking all */
+        const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        const int local = dst_reduce_local_size(ranks);
+        mo.n_threads = ncpu > local ? (int)(ncpu / local) : 1;
+    }
     if ((st = mt_model_load(&t, teacher_path, &mo))) goto done;
     const mt_config *tc = mt_model_config(t);
     if (tc->n_experts == 0) {
@@ -355,20 +439,26 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
         dst_engine_config(&dc, tc, width);
         if ((st = dst_student_config(&sc, tc, width))) goto done;
     }
-    if ((st = mt_outdir_open(&od, out_path))) goto done;
+    if (lead && (st = mt_outdir_open(&od, out_path))) goto done;
     if ((st = mt_backend_cpu_init(&be, mt_model_threads(t)))) goto done;
-    if ((st = dt_model_init(&m, &dc, B, T, be))) goto done;
+    /* this rank's sequences of each batch: [b0, b0 + Bl) (uneven when ranks do not divide B) */
+    const int b0 = (int)((int64_t)B * rank / ranks), Bl = (int)((int64_t)B * (rank + 1) / ranks) - b0;
+    if ((st = dt_model_init(&m, &dc, Bl, T, be))) goto done;
 
     uint64_t rng = o->seed * 0x2545f4914f6cdd1dull + 1, words[CK_WORDS], want[CK_WORDS];
     uint64_t tokens_done = 0;
     int start = 0;
     const int topk = o->kd_weight > 0 ? o->topk_logits : 0;
     ck_words(want, &m, steps, o, warmup, topk);
+    /* Every rank reads the checkpoint (read only) or builds the same student;
+     * concat and average, which run the teacher on --init-tokens, are built
+     * by rank 0 and sent (they draw nothing from the RNG). */
+    const int init_on_lead = ranks > 1 && !o->resume && !smodel && o->init != MT_DISTILL_INIT_RANDOM;
     if (o->resume) {
         if ((st = ckpt_load(ck_path, &m, want, words))) goto done;
         start = (int)words[CK_STEP], rng = words[CK_RNG], tokens_done = words[CK_TOKENS];
-    } else {
-        if (o->progress) o->progress(o->progress_user, "distill: init", 0, 1);
+    } else if (lead || !init_on_lead) {
+        if (lead && o->progress) o->progress(o->progress_user, "distill: init", 0, 1);
         if (smodel) st = dst_student_from_moe(&m, smodel);
         else st = dst_student_from_teacher(&m, t, o->init, ids, n_ids, o->init_tokens, T, &rng);
         if (st) goto done;
@@ -377,7 +467,8 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     smodel = NULL;
     tok = malloc((size_t)per_step * sizeof *tok);
     tgt = malloc((size_t)per_step * sizeof *tgt);
-    if (o->kd_weight > 0) tlog = malloc((size_t)per_step * V * sizeof *tlog);
+    /* this rank's rows; the logit cache's builder (rank 0) needs one window */
+    if (o->kd_weight > 0) tlog = malloc((size_t)(Bl > 1 ? Bl : 1) * T * V * sizeof *tlog);
     if (!tok || !tgt || (o->kd_weight > 0 && !tlog)) {
         st = mt_seterr(MT_ERR_NOMEM, "distill: out of memory for a batch of %d x %d", B, T);
         goto done;
@@ -389,6 +480,8 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
             st = mt_seterr(MT_ERR_ARG, "--topk-logits %d is larger than the vocabulary of %d", topk, V);
             goto done;
         }
+    }
+    if (topk && lead) { /* rank 0 alone computes and writes the cache; the others read it once it is complete */
         if ((st = dst_cache_open(&lc, lc_path, dst_cache_key(t, ids, n_ids, topk, T), topk, T, n_win))) goto done;
         /* the windows this run will read (the data order is the RNG's), computed now when missing */
         uint64_t r2 = rng;
@@ -414,6 +507,12 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
         R->cache_windows = lc.n;
         R->cache_bytes_per_token = lc.n ? (double)R->cache_bytes / ((double)lc.n * T) : 0;
     }
+    /* the setup's agreement: every rank is ready (rank 0's outputs checked, its cache written) */
+    if ((st = par_agree(&par, MT_OK, NULL))) goto done;
+    if (init_on_lead && (st = par_bcast0(&par, m.params, m.n_params))) goto done;
+    if (topk && !lead) {
+        if ((st = dst_cache_open(&lc, lc_path, dst_cache_key(t, ids, n_ids, topk, T), topk, T, n_win))) goto done;
+    }
 
     R->steps = steps, R->start_step = start, R->width = dc.n_experts ? dc.ffn : width, R->init = o->init;
     R->n_experts = dc.n_experts, R->top_k = dc.top_k;
@@ -422,28 +521,43 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
     const dt_adamw adam0 = {o->lr, o->beta1, o->beta2, 1e-8f, o->weight_decay};
     const double t0 = mt_now();
     for (int s = start; s < steps; s++) {
-        for (int b = 0; b < B; b++) {
+        /* every rank draws the whole batch (the RNG stays the same on all) and keeps its own sequences */
+        for (int gb = 0; gb < B; gb++) {
+            const int b = gb - b0, mine = b >= 0 && b < Bl;
             size_t off;
             if (topk) { /* an aligned window and its cached teacher logits */
                 const int w = (int)(dst_rng_next(&rng) % (uint64_t)n_win), slot = lc.slot[w];
                 const size_t per = (size_t)T * topk;
                 off = (size_t)w * T;
-                dst_topk_expand(lc.ids + slot * per, lc.vals + slot * per, T, V, topk, tlog + (size_t)b * T * V);
+                if (mine)
+                    dst_topk_expand(lc.ids + slot * per, lc.vals + slot * per, T, V, topk, tlog + (size_t)b * T * V);
             } else {
                 off = (size_t)(dst_rng_next(&rng) % (uint64_t)(n_ids - (size_t)T));
             }
+            if (!mine) continue;
             memcpy(tok + (size_t)b * T, ids + off, (size_t)T * sizeof *tok);
             memcpy(tgt + (size_t)b * T, ids + off + 1, (size_t)T * sizeof *tgt);
         }
-        if (tctx && !topk && (st = dst_teacher_logits(tctx, tok, B, T, V, tlog))) goto done;
+        if (tctx && !topk && (st = dst_teacher_logits(tctx, tok, Bl, T, V, tlog))) goto done;
         dt_forward(&m, tok);
-        const dt_loss L = dt_loss_backward_logits(&m, tgt, tlog, o->kd_weight, o->temperature);
+        dt_loss L = dt_loss_backward_logits_part(&m, tgt, tlog, o->kd_weight, o->temperature, (double)per_step);
+        if (ranks > 1) { /* the batch's loss: the sum of the ranks' parts (in float) */
+            float v[PAR_WORDS] = {0};
+            v[PAR_LOSS] = (float)L.loss, v[PAR_CE] = (float)L.ce, v[PAR_KD] = (float)L.kd;
+            if ((st = par_agree(&par, MT_OK, v))) goto done;
+            L.loss = v[PAR_LOSS], L.ce = v[PAR_CE], L.kd = v[PAR_KD];
+        }
         if (!isfinite(L.loss)) {
             st = mt_seterr(MT_ERR_INTERNAL, "step %d: loss is %s; stopped%s", s + 1, isnan(L.loss) ? "NaN" : "infinite",
                            o->ckpt_every ? " (the last checkpoint is kept)" : "");
             goto done;
         }
         dt_backward(&m, tok);
+        /* the batch's gradient on every rank: the same clipping and step everywhere */
+        if (ranks > 1 && (st = par.r.allreduce_sum(&par.r, m.grads, m.n_params))) {
+            par.stopped = 1;
+            goto done;
+        }
         const double gn = dt_clip_grads(&m, o->grad_clip);
         dt_adamw adam = adam0;
         adam.lr = dt_lr_schedule(s, steps, warmup, o->lr, o->min_lr_frac);
@@ -455,12 +569,12 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
         R->tokens = tokens_done;
         R->seconds = el;
         R->tokens_per_s = el > 0 ? (double)(s + 1 - start) * per_step / el : 0;
-        if (o->on_step) {
+        if (lead && o->on_step) {
             mt_distill_step ev = {s + 1, steps, tokens_done, L.loss, L.ce, L.kd, adam.lr, gn, R->tokens_per_s,
                                   el / (s + 1 - start) * (steps - s - 1)};
             o->on_step(o->step_user, &ev);
         }
-        if (o->progress) {
+        if (lead && o->progress) {
             char what[128];
             snprintf(what, sizeof what, "distill: step; loss %.4f KD %.4f CE %.4f, %.0f tok/s", L.loss, L.kd, L.ce,
                      R->tokens_per_s);
@@ -469,16 +583,24 @@ int mt_distill(const char *teacher_path, const char *out_path, const mt_distill_
         if (o->ckpt_every && (s + 1) % o->ckpt_every == 0 && s + 1 < steps) {
             memcpy(words, want, sizeof words);
             words[CK_STEP] = (uint64_t)s + 1, words[CK_RNG] = rng, words[CK_TOKENS] = tokens_done;
-            if ((st = ckpt_save(ck_path, &m, words))) goto done;
+            if (lead && (st = ckpt_save(ck_path, &m, words))) goto done;
+            if ((st = par_agree(&par, MT_OK, NULL))) goto done;
         }
     }
 
-    if ((st = dst_write_hf(&m, m.params, &sc, mt_model_ckpt(t), mt_outdir_path(od), 1))) goto done;
-    st = mt_outdir_commit(od); /* frees od whatever the outcome */
-    od = NULL;
-    if (st) goto done;
-    if (ckpt_is_ours(ck_path)) unlink(ck_path); /* the output is in place: nothing left to resume */
+    if (lead) {
+        if ((st = dst_write_hf(&m, m.params, &sc, mt_model_ckpt(t), mt_outdir_path(od), 1))) goto done;
+        st = mt_outdir_commit(od); /* frees od whatever the outcome */
+        od = NULL;
+        if (st) goto done;
+        if (ckpt_is_ours(ck_path)) unlink(ck_path); /* the output is in place: nothing left to resume */
+    }
+    st = par_agree(&par, MT_OK, NULL); /* every rank ends once the output is in place */
 done:
+    /* a rank that failed between two agreement points joins the next one here */
+    if (st && !par.stopped) st = par_agree(&par, st, NULL);
+    R->quiet_error = R->quiet_error || par.quiet_error;
+    if (par.r.finalize) par.r.finalize(&par.r);
     mt_outdir_free(od);
     mt_ctx_free(tctx);
     dt_model_free(&m);

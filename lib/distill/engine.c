@@ -506,13 +506,19 @@ void dt_forward(dt_model *m, const int32_t *tokens) {
  * (the α·τ² scale times the 1/τ of z/τ). One exp per element and softmax
  * (two at τ = 1, three otherwise), sums in double. */
 dt_loss dt_loss_backward_logits(dt_model *m, const int32_t *targets, const float *teacher, float alpha, float temp) {
-    const int V = m->c.vocab, N = m->B * m->T;
+    return dt_loss_backward_logits_part(m, targets, teacher, alpha, temp, (double)m->B * m->T);
+}
+
+dt_loss dt_loss_backward_logits_part(dt_model *m, const int32_t *targets, const float *teacher, float alpha, float temp,
+                                     double n_total) {
+    const int V = m->c.vocab, rows = m->B * m->T;
+    const double N = n_total;
     const int kd = alpha > 0 && teacher;
     const double wce = kd ? 1.0 - alpha : 1.0, wkd = kd ? alpha : 0.0;
     const float invT = 1.0f / temp;
     float *e1 = m->s.rowq, *eT = temp == 1.0f ? e1 : m->s.rowq + V, *ep = m->s.rowq + 2 * (size_t)V;
     double ce_sum = 0, kd_sum = 0;
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < rows; i++) {
         float *z = m->a.logits + (size_t)i * V;
         float mx = -FLT_MAX;
         for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;

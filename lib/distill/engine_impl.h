@@ -157,6 +157,12 @@ void dt_forward(dt_model *m, const int32_t *tokens);
 /* Loss of a.logits against targets (B, T) and, when alpha > 0, the teacher's
  * logits (N, V) at temperature temp; replaces a.logits with dloss/dlogits. */
 dt_loss dt_loss_backward_logits(dt_model *m, const int32_t *targets, const float *teacher, float alpha, float temp);
+/* The same for this rank's B·T rows of a batch of n_total rows spread over
+ * ranks (data parallel): dloss/dlogits and the returned loss, CE and KD are
+ * this rank's rows' terms divided by n_total, so their sums over the ranks
+ * are the batch's gradient and means. n_total = B·T is the function above. */
+dt_loss dt_loss_backward_logits_part(dt_model *m, const int32_t *targets, const float *teacher, float alpha, float temp,
+                                     double n_total);
 /* Backward from dloss/dlogits in a.logits; grads are overwritten. */
 void dt_backward(dt_model *m, const int32_t *tokens);
 /* Global L2 norm of the gradient; scales it to max_norm when larger (max_norm > 0). */
