@@ -14,7 +14,9 @@
  * this adds is bounded per row by sum_b (amax_b(x)/254) * sum_{j in b} |w_j|
  * (half a quantisation step per element), which tests/test_kernels.c checks.
  *
- * Prefill (matmul): Y = X · Wᵀ with cblas_sgemm. The pool splits W's rows
+ * Prefill (matmul) of the K-quants q2_K..q6_K: X quantised to q8_K once,
+ * then the integer GEMM of kernels_kq8.c on each thread's rows (the same
+ * numbers as their decode). Every other type: Y = X · Wᵀ with cblas_sgemm. The pool splits W's rows
  * (Y's columns) between threads and each thread calls a single-threaded
  * sgemm on its block; non-f32 weights are converted to f32 in chunks of rows
  * into the caller's scratch first. OpenBLAS's own threading is switched off

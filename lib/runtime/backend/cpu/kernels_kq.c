@@ -2,24 +2,18 @@
  * (lib/io/codec/legacy.c, kquant.c, iq4.c: q4_1, q5_0, q5_1, q2_K..q6_K,
  * q8_K, iq4_nl, iq4_xs).
  *
- * Q4_K and Q6_K (the bulk of llama.cpp's Q4_K_M, Q5_K_M and Q6_K files) do
- * what llama.cpp does: x is quantised once per matvec to q8_K (per 256: an
- * f32 scale dx = −max/127 where max is the element of largest magnitude,
- * codes round(x/dx) clamped to 127, and the sums of each 16 codes), and a
- * row is integer dot products per sub-block, scaled by the sub-block's
- * 6/8-bit scale, then by d·dx in f32:
- *   q4_K: d·dx·Σ_s sc_s·Σ q·x8 − dmin·dx·Σ_s m_s·(sum of x8 in s)
- *   q6_K: d·dx·(Σ_s sc_s·Σ q·x8 − 32·Σ_s sc_s·(sum of x8 in s)), q = 0..63
- * The AVX2 path (maddubs of the unsigned codes with x8, madd with the
- * scales) and the plain C one (mt_kq_matvec_rows_ref's twin in this file,
- * kq_dot_q4_K_c / kq_dot_q6_K_c) compute the same integers; only the f32
- * accumulation order differs. The other types decode one block to f32 with
- * the type table's to_f32 and dot it in f32 with x as llama.cpp's
- * activation type holds it (mt_kq_round_x: q8_K values for the K-quants
- * and iq4_xs, q8_0 values for q4_1, q5_0, q5_1, iq4_nl), which the caller
- * (kernels.c) passes; prefill (mt_matmul) rounds X the same way before its
- * f32 sgemm, so that moetool computes what llama.cpp computes up to the
- * order of f32 sums (tests/cli_kquant.sh: perplexity within 1e-3).
+ * The K-quants q2_K..q6_K do what llama.cpp does: x is quantised once per
+ * matvec to q8_K (per 256: an f32 scale dx = −max/127 where max is the
+ * element of largest magnitude, codes round(x/dx) clamped to 127, and the
+ * sums of each 16 codes), and rows are exact integer dots scaled in f32
+ * (kernels_kq8.c, which also holds their prefill GEMM). The other types
+ * decode one block to f32 with the type table's to_f32 and dot it in f32
+ * with x as llama.cpp's activation type holds it (mt_kq_round_x: q8_K
+ * values for iq4_xs and the lattice i-quants, q8_0 values for q4_1, q5_0,
+ * q5_1, iq4_nl), which the caller (kernels.c) passes; their prefill
+ * (mt_matmul) rounds X the same way before its f32 sgemm, so that moetool
+ * computes what llama.cpp computes up to the order of f32 sums
+ * (tests/cli_kquant.sh: perplexity within 2.5e-3).
  *
  * The reference (mt_kq_matvec_rows_ref) decodes every weight with to_f32
  * and sums the products in double, without quantising x. */
