@@ -121,10 +121,15 @@ static void candidates(unit_t *u) {
  * KL(original ‖ changed) of the next-token distributions over the first
  * `windows` calibration windows is taken, and every error of the unit is
  * scaled by KL / error at that type. The greedy then ranks upgrades by KL
- * saved per byte. One forward pass of those windows per unit. */
+ * saved per byte. One forward pass of those windows per unit, started at
+ * the unit's own layer from the original model's residual stream there
+ * (mt_ctx_forward_from: the layers before it are unchanged), so a unit
+ * costs (n_layers − layer) / n_layers of a whole pass. */
 typedef struct {
     mt_ctx *ctx;
     float *base; /* log-probabilities of the original model, (nwin·window, vocab) */
+    float *stream; /* residual stream after each layer, (nwin, n_layers, window, hidden) */
+    int n_layers, hidden, cap_win;
     float *lg;   /* (window, vocab) scratch */
     double *lp;  /* (vocab) scratch */
     int nwin, window, vocab;
@@ -139,13 +144,30 @@ static void log_softmax(const float *z, int n, double *out) {
     for (int i = 0; i < n; i++) out[i] = (double)z[i] - ls;
 }
 
-/* Mean KL(base ‖ current model) per token over the probe windows; with
- * kl NULL, records the current model as the base. */
-static int probe_run(probe_t *pr, double *kl) {
+static float *probe_stream(probe_t *pr, int wi, int l) {
+    return pr->stream + (((size_t)wi * pr->n_layers + l) * pr->window) * pr->hidden;
+}
+
+static int on_layer_out(void *user, const mt_capture_event *ev) {
+    probe_t *pr = user;
+    if (ev->kind == MT_CAP_LAYER_OUT && ev->layer >= 0 && ev->layer < pr->n_layers && ev->n_rows == pr->window)
+        memcpy(probe_stream(pr, pr->cap_win, ev->layer), ev->data, (size_t)pr->window * pr->hidden * sizeof(float));
+    return 0;
+}
+
+/* Mean KL(base ‖ current model) per token over the probe windows, the
+ * forward started at `layer` from the base's residual stream (layers
+ * before it are unchanged; 0: from the tokens); with kl NULL, records the
+ * current model as the base, and its stream. */
+static int probe_run(probe_t *pr, int layer, double *kl) {
     double sum = 0;
     for (int wi = 0; wi < pr->nwin; wi++) {
         mt_ctx_reset(pr->ctx);
-        int rc = mt_ctx_forward(pr->ctx, pr->ids + (size_t)wi * pr->window, pr->window, pr->lg, 1);
+        pr->cap_win = wi;
+        if (!kl) mt_ctx_set_capture(pr->ctx, on_layer_out, pr, MT_CAP_LAYER_OUT);
+        int rc = layer > 0 ? mt_ctx_forward_from(pr->ctx, layer, probe_stream(pr, wi, layer - 1), pr->window, pr->lg, 1)
+                           : mt_ctx_forward(pr->ctx, pr->ids + (size_t)wi * pr->window, pr->window, pr->lg, 1);
+        if (!kl) mt_ctx_set_capture(pr->ctx, NULL, NULL, 0);
         if (rc) return rc;
         for (int t = 0; t < pr->window; t++) {
             float *b = pr->base + ((size_t)wi * pr->window + t) * pr->vocab;
@@ -201,17 +223,20 @@ static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, 
     pr.window = window;
     pr.vocab = c->vocab;
     pr.ids = ids;
+    pr.n_layers = c->n_layers;
+    pr.hidden = c->hidden;
     if (pr.nwin < 1) return MT_OK;
     int rc = mt_ctx_init(&pr.ctx, m, window, window);
     if (rc) return rc;
     pr.base = malloc((size_t)pr.nwin * window * pr.vocab * sizeof(float));
     pr.lg = malloc((size_t)window * pr.vocab * sizeof(float));
     pr.lp = malloc((size_t)pr.vocab * sizeof(double));
-    if (!pr.base || !pr.lg || !pr.lp) {
+    pr.stream = malloc((size_t)pr.nwin * pr.n_layers * window * pr.hidden * sizeof(float));
+    if (!pr.base || !pr.lg || !pr.lp || !pr.stream) {
         rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory (%d probe windows of %d tokens)", pr.nwin, window);
         goto done;
     }
-    if ((rc = probe_run(&pr, NULL))) goto done;
+    if ((rc = probe_run(&pr, 0, NULL))) goto done;
     for (int i = 0; i < nu && !rc; i++) {
         unit_t *x = &u[i];
         if (o->progress) {
@@ -242,7 +267,9 @@ static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, 
             done_n++;
         }
         double kl = 0;
-        if (!rc) rc = probe_run(&pr, &kl);
+        /* a layer's tensors change nothing before it; lm_head nothing before the final norm */
+        const int from = x->kind >= 0 ? x->layer : x->kind == -2 ? pr.n_layers : 0;
+        if (!rc) rc = probe_run(&pr, from, &kl);
         for (int e = 0; e < done_n; e++) *mats[e] = saved[e];
         for (int e = 0; e < n; e++) free(bufs[e]);
         if (rc) break;
@@ -255,6 +282,7 @@ done:
     free(pr.base);
     free(pr.lg);
     free(pr.lp);
+    free(pr.stream);
     return rc;
 }
 
