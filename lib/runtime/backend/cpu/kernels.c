@@ -14,7 +14,9 @@
  * this adds is bounded per row by sum_b (amax_b(x)/254) * sum_{j in b} |w_j|
  * (half a quantisation step per element), which tests/test_kernels.c checks.
  *
- * Prefill (matmul): Y = X · Wᵀ with cblas_sgemm. The pool splits W's rows
+ * Prefill (matmul) of the K-quants q2_K..q6_K: X quantised to q8_K once,
+ * then the integer GEMM of kernels_kq8.c on each thread's rows (the same
+ * numbers as their decode). Every other type: Y = X · Wᵀ with cblas_sgemm. The pool splits W's rows
  * (Y's columns) between threads and each thread calls a single-threaded
  * sgemm on its block; non-f32 weights are converted to f32 in chunks of rows
  * into the caller's scratch first. OpenBLAS's own threading is switched off
@@ -361,6 +363,43 @@ static void matmul_worker(void *arg, int ith, int nth) {
     }
 }
 
+/* K-quants: X to q8_K once (caller), then the integer GEMM of
+ * kernels_kq8.c on each thread's rows: the same numbers decode computes. */
+typedef struct {
+    const mt_mat *W;
+    const int8_t *xq;
+    const float *xd;
+    const int16_t *bs;
+    int n;
+    float *Y;
+    int fail;
+} kq8_task;
+
+static void kq8_worker(void *arg, int ith, int nth) {
+    kq8_task *t = arg;
+    int64_t r0, r1;
+    mt_split_range(t->W->rows, ith, nth, MT_MATVEC_ROW_ALIGN, &r0, &r1);
+    if (r0 < r1 && !mt_kq8_gemm(t->W, t->xq, t->xd, t->bs, t->n, t->Y, t->W->rows, r0, r1))
+        __atomic_store_n(&t->fail, 1, __ATOMIC_RELAXED);
+}
+
+/* 0 when out of memory (the caller falls back to sgemm). */
+static int kq8_gemm(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y) {
+    const size_t cols = (size_t)W->cols, nb = cols / MT_QK_K;
+    int8_t *xq = NULL;
+    if (posix_memalign((void **)&xq, 64, (size_t)n * (cols + nb * sizeof(float) + nb * 16 * sizeof(int16_t))) != 0)
+        return 0;
+    float *xd = (float *)(void *)(xq + (size_t)n * cols);
+    int16_t *bs = (int16_t *)(void *)(xd + (size_t)n * nb);
+    for (int i = 0; i < n; i++)
+        mt_kq_quantize_x_q8K(X + (size_t)i * cols, W->cols, xq + (size_t)i * cols, xd + (size_t)i * nb,
+                             bs + (size_t)i * nb * 16);
+    kq8_task t = {W, xq, xd, bs, n, Y, 0};
+    mt_pool_run(p, kq8_worker, &t);
+    free(xq);
+    return !t.fail;
+}
+
 static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
 static void blas_single_thread(void) { openblas_set_num_threads(1); }
 
@@ -375,6 +414,7 @@ void mt_matmul(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y, flo
         for (int i = 0; i < n; i++) mt_matvec(p, W, X + (size_t)i * (size_t)W->cols, Y + (size_t)i * (size_t)W->rows);
         return;
     }
+    if (mt_kq8_type(W->dtype) && kq8_gemm(p, W, X, n, Y)) return;
     pthread_once(&g_blas_once, blas_single_thread);
     if (mt_kq_supported(W->dtype)) {
         /* x as llama.cpp's activation type holds it (q8_K / q8_0 values),

@@ -46,7 +46,7 @@ int mt_tq_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int
 
 /* Read-only llama.cpp block types (kernels_kq.c: q4_1, q5_0, q5_1, q2_K..q8_K,
  * iq4_nl, iq4_xs): whether t is one; whether its matvec wants x as q8_K
- * (q4_K, q6_K); x to q8_K (n a multiple of 256: codes xq, scales xd per
+ * (q2_K..q6_K); x to q8_K (n a multiple of 256: codes xq, scales xd per
  * 256, sums of 16 codes bsums) as llama.cpp's quantize_row_q8_K; rows
  * (return 0 without touching y for other types; xq NULL: the reference). */
 int mt_kq_supported(mt_dtype t);
@@ -59,9 +59,23 @@ void mt_kq_round_x(mt_dtype t, const float *x, int64_t n, float *out);
 int mt_kq_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t r0, int64_t r1);
 int mt_kq_matvec_rows(const mt_mat *W, const float *x, const int8_t *xq, const float *xd, const int16_t *bs,
                       float *y, int64_t r0, int64_t r1);
-/* The q4_K / q6_K row dot with q8_K x in plain C (nb super-blocks). */
+/* A K-quant row's dot with q8_K x in plain C (nb super-blocks). */
 float mt_kq_dot_q8K_c(mt_dtype t, const uint8_t *row, const int8_t *xq, const float *xd, const int16_t *bs,
                       int64_t nb);
+
+/* K-quants against q8_K x with integer dots (kernels_kq8.c: q2_K..q6_K):
+ * whether t is one; rows [r0, r1) (SIMD) and their plain C twin, which
+ * give bit-identical results; the prefill GEMM over n tokens (codes
+ * xq + t·cols, scales xd + t·cols/256, sums bs + t·cols/16) into columns
+ * [r0, r1) of Y (row stride ldy), the same numbers as mt_kq8_rows per
+ * token; returns 0 when out of memory. */
+int mt_kq8_type(mt_dtype t);
+void mt_kq8_rows(const mt_mat *W, const int8_t *xq, const float *xd, const int16_t *bs, float *y, int64_t r0,
+                 int64_t r1);
+void mt_kq8_rows_ref(const mt_mat *W, const int8_t *xq, const float *xd, const int16_t *bs, float *y, int64_t r0,
+                     int64_t r1);
+int mt_kq8_gemm(const mt_mat *W, const int8_t *xq, const float *xd, const int16_t *bs, int n, float *Y,
+                int64_t ldy, int64_t r0, int64_t r1);
 
 /* Row r of W as f32 (cols floats) — embeddings lookup. */
 void mt_mat_row_f32(const mt_mat *W, int64_t r, float *out);

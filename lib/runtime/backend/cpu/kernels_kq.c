@@ -2,24 +2,18 @@
  * (lib/io/codec/legacy.c, kquant.c, iq4.c: q4_1, q5_0, q5_1, q2_K..q6_K,
  * q8_K, iq4_nl, iq4_xs).
  *
- * Q4_K and Q6_K (the bulk of llama.cpp's Q4_K_M, Q5_K_M and Q6_K files) do
- * what llama.cpp does: x is quantised once per matvec to q8_K (per 256: an
- * f32 scale dx = −max/127 where max is the element of largest magnitude,
- * codes round(x/dx) clamped to 127, and the sums of each 16 codes), and a
- * row is integer dot products per sub-block, scaled by the sub-block's
- * 6/8-bit scale, then by d·dx in f32:
- *   q4_K: d·dx·Σ_s sc_s·Σ q·x8 − dmin·dx·Σ_s m_s·(sum of x8 in s)
- *   q6_K: d·dx·(Σ_s sc_s·Σ q·x8 − 32·Σ_s sc_s·(sum of x8 in s)), q = 0..63
- * The AVX2 path (maddubs of the unsigned codes with x8, madd with the
- * scales) and the plain C one (mt_kq_matvec_rows_ref's twin in this file,
- * kq_dot_q4_K_c / kq_dot_q6_K_c) compute the same integers; only the f32
- * accumulation order differs. The other types decode one block to f32 with
- * the type table's to_f32 and dot it in f32 with x as llama.cpp's
- * activation type holds it (mt_kq_round_x: q8_K values for the K-quants
- * and iq4_xs, q8_0 values for q4_1, q5_0, q5_1, iq4_nl), which the caller
- * (kernels.c) passes; prefill (mt_matmul) rounds X the same way before its
- * f32 sgemm, so that moetool computes what llama.cpp computes up to the
- * order of f32 sums (tests/cli_kquant.sh: perplexity within 1e-3).
+ * The K-quants q2_K..q6_K do what llama.cpp does: x is quantised once per
+ * matvec to q8_K (per 256: an f32 scale dx = −max/127 where max is the
+ * element of largest magnitude, codes round(x/dx) clamped to 127, and the
+ * sums of each 16 codes), and rows are exact integer dots scaled in f32
+ * (kernels_kq8.c, which also holds their prefill GEMM). The other types
+ * decode one block to f32 with the type table's to_f32 and dot it in f32
+ * with x as llama.cpp's activation type holds it (mt_kq_round_x: q8_K
+ * values for iq4_xs and the lattice i-quants, q8_0 values for q4_1, q5_0,
+ * q5_1, iq4_nl), which the caller (kernels.c) passes; their prefill
+ * (mt_matmul) rounds X the same way before its f32 sgemm, so that moetool
+ * computes what llama.cpp computes up to the order of f32 sums
+ * (tests/cli_kquant.sh: perplexity within 2.5e-3).
  *
  * The reference (mt_kq_matvec_rows_ref) decodes every weight with to_f32
  * and sums the products in double, without quantising x. */
@@ -39,7 +33,7 @@ static inline float ld_half(const uint8_t *p) {
     return mt_f16_to_f32(h);
 }
 
-int mt_kq_is_q8K_type(mt_dtype t) { return t == MT_DT_Q4_K || t == MT_DT_Q6_K; }
+int mt_kq_is_q8K_type(mt_dtype t) { return mt_kq8_type(t); }
 
 static int kq_type(mt_dtype t) {
     switch (t) {
@@ -115,108 +109,12 @@ void mt_kq_round_x(mt_dtype t, const float *x, int64_t n, float *out) {
     }
 }
 
-/* ---- plain C integer dots (one super-block) -------------------------------- */
-static float kq_dot_q4_K_c(const uint8_t *blk, const int8_t *q8, float dx, const int16_t *bs) {
-    int32_t sum = 0, msum = 0;
-    for (int s = 0; s < 8; s++) {
-        uint8_t sc, m;
-        mt_q4_K_scale_min(blk + 4, s, &sc, &m);
-        int32_t t = 0;
-        const uint8_t *qs = blk + 16 + 32 * (s / 2);
-        for (int k = 0; k < 32; k++) t += ((qs[k] >> (4 * (s % 2))) & 0x0f) * q8[32 * s + k];
-        sum += sc * t;
-        msum += m * (bs[2 * s] + bs[2 * s + 1]);
-    }
-    return ld_half(blk) * dx * (float)sum - ld_half(blk + 2) * dx * (float)msum;
-}
-
-static float kq_dot_q6_K_c(const uint8_t *blk, const int8_t *q8, float dx, const int16_t *bs) {
-    int32_t sum = 0, off = 0;
-    for (int s = 0; s < 16; s++) {
-        const int sc = (int8_t)blk[192 + s];
-        int32_t t = 0;
-        for (int k = 0; k < 16; k++) {
-            const int e = 16 * s + k, h = e / 128, i = e % 128;
-            const int lo = (blk[64 * h + i % 64] >> (4 * (i / 64))) & 0x0f;
-            const int hi = (blk[128 + 32 * h + i % 32] >> (2 * (i / 32))) & 3;
-            t += (lo | hi << 4) * q8[e];
-        }
-        sum += sc * t;
-        off += sc * bs[s];
-    }
-    return ld_half(blk + 208) * dx * (float)(sum - 32 * off);
-}
-
 #ifdef KQ_AVX2
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
-}
-
-/* One row of q4_K against q8_K x. */
-static float kq_row_q4_K(const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + MT_Q4_K_BYTES * b;
-        const int8_t *q8 = xq + MT_QK_K * b;
-        const int16_t *bsb = bs + 16 * b;
-        __m256i isum = _mm256_setzero_si256();
-        int32_t msum = 0;
-        for (int j = 0; j < 4; j++) {
-            uint8_t sc0, m0, sc1, m1;
-            mt_q4_K_scale_min(blk + 4, 2 * j, &sc0, &m0);
-            mt_q4_K_scale_min(blk + 4, 2 * j + 1, &sc1, &m1);
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * j));
-            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
-            const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
-            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc0)));
-            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1)));
-            msum += m0 * (bsb[4 * j] + bsb[4 * j + 1]) + m1 * (bsb[4 * j + 2] + bsb[4 * j + 3]);
-        }
-        const float dd = ld_half(blk) * xd[b];
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(isum), acc);
-        mins += ld_half(blk + 2) * xd[b] * (float)msum;
-    }
-    return hsum8(acc) - mins;
-}
-
-/* One row of q6_K against q8_K x. */
-static float kq_row_q6_K(const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + MT_Q6_K_BYTES * b;
-        const int8_t *q8 = xq + MT_QK_K * b;
-        const int8_t *sc = (const int8_t *)(blk + 192);
-        __m256i isum = _mm256_setzero_si256();
-        int32_t off = 0;
-        for (int s = 0; s < 16; s++) off += sc[s] * bs[16 * b + s];
-        for (int h = 0; h < 2; h++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
-            const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
-                                   _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                   _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
-            for (int l = 0; l < 4; l++) {
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * l), m3);
-                const __m256i q = _mm256_or_si256(lo[l], _mm256_slli_epi16(hi, 4));
-                const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * l)));
-                const int s = 8 * h + 2 * l;
-                const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, scv));
-            }
-        }
-        /* subtract 32·Σ sc·bsum from lane 0 */
-        isum = _mm256_sub_epi32(isum, _mm256_setr_epi32(32 * off, 0, 0, 0, 0, 0, 0, 0));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(ld_half(blk + 208) * xd[b]), _mm256_cvtepi32_ps(isum), acc);
-    }
-    return hsum8(acc);
 }
 
 static float dot_f32(const float *a, const float *x, int n) {
@@ -263,19 +161,7 @@ int mt_kq_matvec_rows(const mt_mat *W, const float *x, const int8_t *xq, const f
     const int64_t nb = W->cols / di->block_elems;
     if (mt_kq_is_q8K_type(W->dtype)) {
         if (!xq) return mt_kq_matvec_rows_ref(W, x, y, r0, r1);
-        const int q4 = W->dtype == MT_DT_Q4_K;
-        for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *w = (const uint8_t *)W->data + (uint64_t)r * W->row_stride;
-#ifdef KQ_AVX2
-            y[r] = q4 ? kq_row_q4_K(w, xq, xd, bs, nb) : kq_row_q6_K(w, xq, xd, bs, nb);
-#else
-            float s = 0.0f;
-            for (int64_t b = 0; b < nb; b++)
-                s += q4 ? kq_dot_q4_K_c(w + MT_Q4_K_BYTES * b, xq + MT_QK_K * b, xd[b], bs + 16 * b)
-                        : kq_dot_q6_K_c(w + MT_Q6_K_BYTES * b, xq + MT_QK_K * b, xd[b], bs + 16 * b);
-            y[r] = s;
-#endif
-        }
+        mt_kq8_rows(W, xq, xd, bs, y, r0, r1);
         return 1;
     }
     float buf[MT_QK_K];
@@ -291,12 +177,11 @@ int mt_kq_matvec_rows(const mt_mat *W, const float *x, const int8_t *xq, const f
     return 1;
 }
 
-/* The integer q4_K / q6_K dots in plain C, for tests against the SIMD rows. */
+/* A K-quant row's integer dot in plain C (mt_kq8_rows_ref), for tests. */
 float mt_kq_dot_q8K_c(mt_dtype t, const uint8_t *row, const int8_t *xq, const float *xd, const int16_t *bs,
                       int64_t nb) {
-    float s = 0.0f;
-    for (int64_t b = 0; b < nb; b++)
-        s += t == MT_DT_Q4_K ? kq_dot_q4_K_c(row + MT_Q4_K_BYTES * b, xq + MT_QK_K * b, xd[b], bs + 16 * b)
-                             : kq_dot_q6_K_c(row + MT_Q6_K_BYTES * b, xq + MT_QK_K * b, xd[b], bs + 16 * b);
-    return s;
+    const mt_mat W = {.dtype = t, .rows = 1, .cols = nb * MT_QK_K, .data = (void *)(uintptr_t)row, .row_stride = 0};
+    float y;
+    mt_kq8_rows_ref(&W, xq, xd, bs, &y, 0, 1);
+    return y;
 }
