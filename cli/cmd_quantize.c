@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "cli_impl.h"
 #include "moetool/mt_quant.h"
+#include "moetool/mt_seq2seq.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -17,7 +18,7 @@
 
 typedef struct {
     mt_quant_opts q;
-    const char *out, *text;
+    const char *out, *text, *calib_pairs;
     int json, quiet, eval_only, threads;
 } quantize_args;
 
@@ -154,6 +155,10 @@ static const cli_opt quantize_opts[] = {
      NULL, CLI_AT(quantize_args, q.attn_bits), .choices = attn_choices, .values = bits_values},
     {"calib", 0, CLI_PATH, "FILE", "calibration text (default: MODEL/data/train.txt, or data/train.txt beside a MODEL "
      "file, which is then named on stderr; a missing one is an error)", NULL, CLI_AT(quantize_args, q.calib_path)},
+    {"calib-pairs", 0, CLI_PATH, "FILE", "encoder-decoder models (Switch Transformers, NLLB-MoE): GPTQ calibration "
+     "pairs, JSON Lines {\"input\": [ids], \"target\": [ids]} as eval --pairs; the experts of both stacks see the "
+     "rows routed to them in the teacher-forced forward (docs/seq2seq.md)", NULL,
+     CLI_AT(quantize_args, calib_pairs)},
     {"calib-tokens", 0, CLI_INT, "N", "calibration tokens (default 16384), in windows of 256 or of the model's "
      "whole context when shorter", NULL,
      CLI_AT(quantize_args, q.calib_tokens), 1, 1 << 30},
@@ -326,6 +331,35 @@ static uint64_t path_bytes(const char *path) {
     return n;
 }
 
+/* Encoder-decoder models (mt_s2s_quantize_file): experts only, a Hugging
+ * Face directory out, GPTQ calibrated on --calib-pairs. */
+static int quantize_s2s(quantize_args *A, const char *model_path, int argc, char **argv) {
+    mt_quant_opts o = A->q;
+    if (A->eval_only)
+        return cli_usage_error("quantize", "%s is an encoder-decoder model: quantize it with -o DIR, then measure the "
+                               "output with eval --pairs", model_path);
+    if (o.calib_path)
+        return cli_usage_error("quantize", "%s is an encoder-decoder model: it calibrates on --calib-pairs FILE (token "
+                               "ids), not on text", model_path);
+    int fmt_given = 0;
+    for (int i = 1; i < argc; i++) fmt_given |= !strncmp(argv[i], "--format", 8);
+    if (!fmt_given) o.format = MT_FMT_HF;
+    if (!A->quiet) o.progress = cli_progress;
+    char *cmdline = cli_command_line(argc, argv);
+    o.command = cmdline;
+    mt_quant_report rep;
+    int rc = mt_s2s_quantize_file(model_path, A->out, &o, A->calib_pairs, A->threads, &rep);
+    free(cmdline);
+    cli_progress_done();
+    if (rc) {
+        mt_quant_report_free(&rep);
+        return cli_fail("quantize", rc);
+    }
+    print_report(&rep, &o, A->out, path_bytes(A->out), A->json, NULL);
+    mt_quant_report_free(&rep);
+    return MT_EXIT_OK;
+}
+
 int cmd_quantize(int argc, char **argv) {
     quantize_args A;
     quantize_init(&A);
@@ -347,6 +381,10 @@ int cmd_quantize(int argc, char **argv) {
     }
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = model_arg ? model_arg : cli_default_model();
+    if (mt_s2s_detect(model_path)) return quantize_s2s(&A, model_path, argc, argv);
+    if (A.calib_pairs)
+        return cli_usage_error("quantize", "--calib-pairs is for encoder-decoder models; %s calibrates on text "
+                               "(--calib FILE)", model_path);
     char *calib_default = NULL;
     if ((o.method == MT_QUANT_GPTQ || o.target_bpw > 0 || o.target_bytes > 0) && !o.calib_path) {
         /* Where the library would look, said out loud (beside a GGUF file that

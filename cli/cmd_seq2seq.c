@@ -24,29 +24,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* ids of a JSON array of integers; names file, line and key in errors. */
-static int json_ids(const json_t *a, const char *path, int line, const char *key, int32_t **out, int *n) {
-    if (json_is_string(a))
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s:%d: \"%s\" is text; encoder-decoder eval reads token ids (sentencepiece "
-                         "unigram tokenizers are not read)", path, line, key);
-    if (!json_is_array(a) || json_array_size(a) == 0 || json_array_size(a) > (1u << 20))
-        return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\" is not a non-empty list of token ids", path, line, key);
-    const size_t k = json_array_size(a);
-    int32_t *p = malloc(k * sizeof *p);
-    if (!p) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < k; i++) {
-        const json_t *v = json_array_get(a, i);
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
-            free(p);
-            return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\"[%zu] is not a token id", path, line, key, i);
-        }
-        p[i] = (int32_t)json_integer_value(v);
-    }
-    *out = p;
-    *n = (int)k;
-    return MT_OK;
-}
-
 static void print_counts(const uint64_t *cnt, int L, int E) {
     printf("[");
     for (int l = 0; l < L; l++) {
@@ -71,9 +48,8 @@ static void add_routing(const mt_s2s_model *m, int dec, uint64_t *cnt, int E) {
 
 int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, int json, int quiet) {
     mt_s2s_model *m = NULL;
-    FILE *f = NULL;
-    char *line = NULL;
-    size_t cap = 0;
+    mt_s2s_pair *pairs = NULL;
+    size_t n_pairs = 0;
     int rc, ret = MT_EXIT_FAIL;
     uint64_t *cnt[2] = {NULL, NULL};
     if ((rc = mt_s2s_load(&m, model_path, n_threads))) goto fail;
@@ -87,55 +63,24 @@ int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, 
             goto fail;
         }
     }
-    if (!(f = fopen(pairs_path, "rb"))) {
-        rc = mt_seterr(MT_ERR_IO, "%s: cannot open the pairs file", pairs_path);
-        goto fail;
-    }
+    if ((rc = mt_s2s_pairs_load(pairs_path, &pairs, &n_pairs))) goto fail;
     double nll = 0, t0 = now_s();
-    uint64_t n_pairs = 0, n_tgt = 0, n_in = 0;
-    int lineno = 0;
-    ssize_t got;
-    while ((got = getline(&line, &cap, f)) >= 0) {
-        lineno++;
-        size_t k = 0;
-        while (k < (size_t)got && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
-        if (k == (size_t)got) continue;
-        json_error_t jerr;
-        json_t *o = json_loadb(line, (size_t)got, 0, &jerr);
-        if (!o || !json_is_object(o)) {
-            json_decref(o);
-            rc = mt_seterr(MT_ERR_FORMAT, "%s:%d: not a JSON object {\"input\": [ids], \"target\": [ids]}",
-                           pairs_path, lineno);
-            goto fail;
-        }
-        int32_t *in = NULL, *tg = NULL;
-        int ni = 0, nt = 0;
-        rc = json_ids(json_object_get(o, "input"), pairs_path, lineno, "input", &in, &ni);
-        if (!rc) rc = json_ids(json_object_get(o, "target"), pairs_path, lineno, "target", &tg, &nt);
-        json_decref(o);
+    uint64_t n_tgt = 0, n_in = 0;
+    for (size_t i = 0; i < n_pairs; i++) {
+        const mt_s2s_pair *p = &pairs[i];
         double s = 0;
-        if (!rc) rc = mt_s2s_score(m, in, ni, tg, nt, &s);
-        if (!rc) {
-            add_routing(m, 0, cnt[0], c->n_experts);
-            add_routing(m, 1, cnt[1], c->n_experts);
-        }
-        free(in);
-        free(tg);
-        if (rc) {
+        if ((rc = mt_s2s_score(m, p->input, p->n_in, p->target, p->n_tgt, &s))) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", mt_last_error());
-            rc = mt_seterr(rc, "%s:%d: %s", pairs_path, lineno, msg);
+            rc = mt_seterr(rc, "%s:%d: %s", pairs_path, p->line, msg);
             goto fail;
         }
+        add_routing(m, 0, cnt[0], c->n_experts);
+        add_routing(m, 1, cnt[1], c->n_experts);
         nll += s;
-        n_pairs++;
-        n_tgt += (uint64_t)nt;
-        n_in += (uint64_t)ni;
-        if (!quiet) cli_progress(NULL, "pairs", n_pairs, 0);
-    }
-    if (!n_pairs) {
-        rc = mt_seterr(MT_ERR_ARG, "%s: no input/target pairs", pairs_path);
-        goto fail;
+        n_tgt += (uint64_t)p->n_tgt;
+        n_in += (uint64_t)p->n_in;
+        if (!quiet) cli_progress(NULL, "pairs", i + 1, n_pairs);
     }
     cli_progress_done();
     const double secs = now_s() - t0, mean = nll / (double)n_tgt;
@@ -172,8 +117,7 @@ int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, 
 fail:
     ret = cli_fail("eval", rc);
 done:
-    if (f) fclose(f);
-    free(line);
+    mt_s2s_pairs_free(pairs, n_pairs);
     free(cnt[0]);
     free(cnt[1]);
     mt_s2s_free(m);
@@ -289,6 +233,21 @@ int cli_s2s_inspect(const char *path, int json) {
     for (int s = 0; s < 2; s++)
         for (int l = 0; l < (s ? c->n_dec_layers : c->n_enc_layers); l++) nsp[s] += mt_s2s_layer_sparse(c, s, l);
     const char *fmt = mt_ckpt_format(ck) == MT_FMT_PYTORCH ? "pytorch" : "hf";
+    /* how the experts are stored, and their bits per weight all-in */
+    uint64_t ebytes = 0, ew = 0;
+    if ((rc = mt_s2s_expert_storage(ck, &w, &ebytes, &ew))) {
+        mt_s2s_weights_free(&w);
+        mt_ckpt_free(ck);
+        return cli_fail("inspect", rc);
+    }
+    const mt_mat *e0 = NULL;
+    for (int s = 0; s < 2 && !e0; s++)
+        for (int l = 0; l < (s ? c->n_dec_layers : c->n_enc_layers) && !e0; l++)
+            if ((s ? w.dec : w.enc)[l].n_experts) e0 = &(s ? w.dec : w.enc)[l].wi[0];
+    const char *qname = c->quant == MT_QFMT_QMOE ? "qmoe"
+                        : c->quant == MT_QFMT_GPTQ ? (e0 && e0->dtype == MT_DT_Q4_0 ? "q4_0" : "q8_0")
+                                                   : (e0 ? mt_dtype_name(e0->dtype) : "none");
+    const double ebits = ew ? 8.0 * (double)ebytes / (double)ew : 0;
     if (json) {
         printf("{\"path\":");
         json_str(stdout, path);
@@ -296,12 +255,14 @@ int cli_s2s_inspect(const char *path, int json) {
                "\"d_model\":%d,\"d_kv\":[%d,%d],\"d_ff\":[%d,%d],\"heads\":[%d,%d],\"encoder_layers\":%d,"
                "\"decoder_layers\":%d,\"experts\":%d,\"top_k\":%d,\"expert_capacity\":%d,\"encoder_sparse_step\":%d,"
                "\"decoder_sparse_step\":%d,\"sparse_layers\":{\"encoder\":%d,\"decoder\":%d},\"tie_embeddings\":%s,"
-               "\"params\":%llu,\"expert_params\":%llu,\"active_params\":%llu,\"file_bytes\":%llu}\n",
+               "\"params\":%llu,\"expert_params\":%llu,\"active_params\":%llu,\"file_bytes\":%llu,\"experts_stored\":\"%s\","
+               "\"quantization\":\"%s\",\"bits_per_expert_weight\":%.4f}\n",
                fmt, c->family, c->hf_class, c->vocab, c->d_model, c->d_kv[0], c->d_kv[1], c->d_ff[0], c->d_ff[1],
                c->n_heads[0], c->n_heads[1], c->n_enc_layers, c->n_dec_layers, c->n_experts, c->top_k,
                c->expert_capacity, c->enc_sparse_step, c->dec_sparse_step, nsp[0],
                nsp[1], c->tie_embeddings ? "true" : "false", (unsigned long long)total, (unsigned long long)experts,
-               (unsigned long long)active, (unsigned long long)mt_ckpt_file_bytes(ck));
+               (unsigned long long)active, (unsigned long long)mt_ckpt_file_bytes(ck), qname,
+               c->quant == MT_QFMT_QMOE ? "qmoe" : c->quant == MT_QFMT_GPTQ ? "gptq" : "none", ebits);
     } else {
         printf("path:         %s\n", path);
         printf("format:       %s (%zu tensors, %.2f MiB)\n", fmt, mt_ckpt_count(ck),
@@ -323,6 +284,13 @@ int cli_s2s_inspect(const char *path, int json) {
                experts / 1e6, active / 1e6,
                !c->tie_embeddings ? "untied" : c->lm_scale != 1.0f ? "tied to the embedding (scaled by d_model^-0.5)"
                                                                    : "tied to the embedding");
+        if (c->quant == MT_QFMT_QMOE)
+            printf("experts:      qmoe code (QMoE ternary, executed coded): %.4f bits per expert weight all-in\n", ebits);
+        else if (c->quant == MT_QFMT_GPTQ)
+            printf("experts:      %s (AutoGPTQ layout, run as %s blocks): %.4f bits per expert weight stored\n", qname,
+                   qname, ebits);
+        else
+            printf("experts:      %s, %.4f bits per expert weight\n", qname, ebits);
     }
     mt_s2s_weights_free(&w);
     mt_ckpt_free(ck);

@@ -14,8 +14,9 @@
 #     safetensors output and gives the reference logits exactly; a bf16 copy
 #     evaluates within 2 %;
 #   - bad input: a missing tensor, a misshapen tensor, text pairs, and the
-#     verbs that run decoder-only models only (convert to GGUF, quantize,
-#     merge, distill, tokenize): one line naming the file, exit 1, nothing
+#     verbs that run decoder-only models only (convert to GGUF, merge,
+#     distill, tokenize; quantize calibrates on pairs, not text:
+#     cli_seq2seq_quant.sh): one line naming the file, exit 1, nothing
 #     written.
 # Needs python with torch + transformers (skip 77 without).
 set -u
@@ -148,11 +149,11 @@ echo "some calibration text for the refusals" >"$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" convert "$M" -o "$T/o.gguf"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" convert "$M-bin" -o "$T/o2.gguf"
 expect_err 1 "tensor decoder.block.1.layer.2.mlp.experts.expert_5.wo.weight is missing" "$BIN" convert "$T/miss" -o "$T/o3" --to hf
-expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" quantize "$M" -o "$T/q.gguf" --calib "$T/cal.txt"
+expect_err 2 "is an encoder-decoder model: it calibrates on --calib-pairs FILE" "$BIN" quantize "$M" -o "$T/q.gguf" --calib "$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" merge "$M" -o "$T/mg" --experts 4 --calib "$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" distill "$M" -o "$T/ds" --student dense --data "$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" tokenize "$M" -p hello
-expect_err 1 "config.json: nllb-moe is an encoder-decoder model" "$BIN" quantize "$T/m/top2" -o "$T/q2.gguf" --calib "$T/cal.txt"
+expect_err 2 "is an encoder-decoder model: it calibrates on --calib-pairs FILE" "$BIN" quantize "$T/m/top2" -o "$T/q2.gguf" --calib "$T/cal.txt"
 expect_err 1 "config.json: nllb-moe is an encoder-decoder model" "$BIN" convert "$T/m/top2" -o "$T/o4.gguf"
 cp -r "$T/m/top2" "$T/nmiss"
 "$PY" - "$T/nmiss/model.safetensors" <<'PYEOF'

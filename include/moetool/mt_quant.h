@@ -181,6 +181,15 @@ int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant
 int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_opts *o, int n_threads,
                      mt_quant_report *rep);
 
+/* The verb for an encoder-decoder MoE (Switch Transformers, NLLB-MoE:
+ * mt_seq2seq.h; lib/quant/quant_s2s.c): the experts of both stacks by RTN or
+ * GPTQ (calibrated on the input/target pairs of calib_pairs, JSON Lines as
+ * eval --pairs) onto q8_0 / q4_0 (AutoGPTQ layout) or QMoE's per-row ternary
+ * grid with codec qmoe, everything else copied; output a Hugging Face
+ * directory (o->format must be MT_FMT_HF). */
+int mt_s2s_quantize_file(const char *in_path, const char *out_path, const mt_quant_opts *o, const char *calib_pairs,
+                         int n_threads, mt_quant_report *rep);
+
 #ifdef __cplusplus
 }
 #endif

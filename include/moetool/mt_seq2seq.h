@@ -59,6 +59,11 @@ typedef struct {
                                tied d_model^-0.5, else 1                      */
     int act;                /* mt_s2s_act of the dense and expert FFNs        */
     int pad_id, eos_id, decoder_start_id;
+    int quant;              /* quantization_config: MT_QFMT_NONE, MT_QFMT_GPTQ
+                               (experts in the AutoGPTQ layout) or
+                               MT_QFMT_QMOE (experts as qmoe blobs);
+                               written by moetool quantize (docs/seq2seq.md) */
+    int quant_zero_offset;  /* AutoGPTQ: stored zero = zero - this          */
 } mt_s2s_config;
 
 /* 1 when a config.json text names an encoder-decoder family moetool runs
@@ -96,6 +101,8 @@ typedef struct {
     mt_mat enc_norm, dec_norm; /* final layer norms (1, d_model)               */
     mt_mat enc_norm_b, dec_norm_b;
     mt_s2s_layer *enc, *dec;
+    void **owned;           /* expert matrices unpacked at load (AutoGPTQ)    */
+    size_t n_owned;
 } mt_s2s_weights;
 
 /* Maps the tensors of a checkpoint opened with mt_ckpt_open_raw onto the
@@ -103,6 +110,19 @@ typedef struct {
  * is one error naming the checkpoint, the tensor and the expected shape. */
 int mt_s2s_weights_init(mt_s2s_weights *w, const mt_ckpt *ck);
 void mt_s2s_weights_free(mt_s2s_weights *w);
+/* The tensor name of expert e's wi (wo = 0) or wo (wo = 1) matrix in layer
+ * `layer` of a stack (decoder 0/1); < 0 when the layer is dense or the name
+ * does not fit. */
+int mt_s2s_expert_name(const mt_s2s_config *c, char *buf, size_t n, int decoder, int layer, int expert, int wo);
+/* 1 when `name` repeats the shared embedding (the aliases a
+ * pytorch_model.bin keeps, a tied lm_head): written once by convert and
+ * quantize. */
+int mt_s2s_is_alias(const mt_s2s_weights *w, const char *name);
+/* Bytes the checkpoint stores for the expert matrices (their tensors under
+ * every layout: floats, AutoGPTQ qweight/qzeros/scales/g_idx, qmoe blobs,
+ * plus the qmoe dictionary) and their weight count: bits per expert weight
+ * = 8·bytes / weights. */
+int mt_s2s_expert_storage(const mt_ckpt *ck, const mt_s2s_weights *w, uint64_t *bytes, uint64_t *n_weights);
 
 /* convert --to hf of an encoder-decoder checkpoint (safetensors or
  * pytorch_model.bin in, a Hugging Face directory of safetensors out): every
@@ -111,6 +131,17 @@ void mt_s2s_weights_free(mt_s2s_weights *w);
  * torch_dtype updated, tokenizer files copied. Same output policy as
  * mt_convert (which calls it for such a model). */
 int mt_s2s_convert_hf(const char *in_path, const char *out_path, const mt_convert_opts *o);
+
+/* Input/target pairs (eval --pairs, quantize --calib-pairs): JSON Lines,
+ * one object per non-empty line, {"input": [ids], "target": [ids]}; errors
+ * name the file and the line (text instead of ids is refused by name). */
+typedef struct {
+    int32_t *input, *target;
+    int n_in, n_tgt;
+    int line;               /* 1-based line of the file                       */
+} mt_s2s_pair;
+int mt_s2s_pairs_load(const char *path, mt_s2s_pair **out, size_t *n);
+void mt_s2s_pairs_free(mt_s2s_pair *p, size_t n);
 
 /* ---- runtime ------------------------------------------------------------ */
 typedef struct mt_s2s_model mt_s2s_model;
@@ -142,6 +173,14 @@ const int32_t *mt_s2s_last_routing(const mt_s2s_model *m, int decoder, int *n_sp
  * teacher-forced in one decoder call: decoder input = decoder_start_id then
  * target[0..n-2] (transformers' labels shifted right). */
 int mt_s2s_score(mt_s2s_model *m, const int32_t *input, int n_in, const int32_t *target, int n_tgt, double *nll_sum);
+
+/* Calibration: called for every sparse layer's expert with the rows it ran
+ * in the last encode/decode call: x (n, d_model), wi's input (the normed
+ * hidden state), and mid (n, d_ff), wo's input (relu(wi · x)). NULL
+ * removes the hook. */
+typedef void (*mt_s2s_expert_hook)(void *user, int decoder, int layer, int expert, const float *x,
+                                   const float *mid, int n);
+void mt_s2s_set_expert_hook(mt_s2s_model *m, mt_s2s_expert_hook fn, void *user);
 
 /* Greedy decoding: encode `input`, start from decoder_start_id and take the
  * argmax token up to max_new tokens (stopping after EOS when stop_at_eos),

@@ -20,4 +20,10 @@ int mt_safetensors_adopt(mt_safetensors **out, const char *name, uint64_t file_s
  * head_dim, finite positive rope_theta/eps. Message names `path`. */
 int mt_config_validate(const mt_config *c, const char *path);
 
+/* A qmoe blob tensor (U8, "<weight>.qmoe") as an MT_DT_QMOE matrix of
+ * (rows, cols), its header checked (weights.c; the decoder-only and the
+ * encoder-decoder loaders). */
+int mt_qmoe_blob_mat(const mt_ckpt *ck, const char *path, const char *blob_name, int64_t rows, int64_t cols,
+                     mt_mat *m);
+
 #endif

@@ -3,12 +3,15 @@
  * of a checkpoint's tensors (safetensors or pytorch_model.bin, opened with
  * mt_ckpt_open_raw) onto mt_s2s_weights. Names come from
  * arch/arch_switch.c; no weight is copied. */
+#define _GNU_SOURCE
 #include "moetool/mt_seq2seq.h"
 
 #include "moetool/mt_arch.h"
 
 #include "arch_seq2seq.h"
-#include "io_impl.h"
+#include "ckpt_impl.h"
+#include "moetool/mt_codec.h"
+#include "moetool/mt_qmoe.h"
 #include "moetool/mt_write.h"
 
 #include <jansson.h>
@@ -219,6 +222,32 @@ static int parse_nllb(mt_s2s_config *c, const json_t *root, const char *path) {
     return MT_OK;
 }
 
+/* quantization_config as moetool quantize writes it for these models:
+ * absent, "gptq" (experts in the AutoGPTQ layout, symmetric, groups of 32)
+ * or "qmoe" (experts as qmoe blobs). */
+static int parse_quant(mt_s2s_config *c, const json_t *root, const char *path) {
+    const json_t *q = json_object_get(root, "quantization_config");
+    c->quant = MT_QFMT_NONE;
+    if (!q || json_is_null(q)) return MT_OK;
+    const json_t *m = json_is_object(q) ? json_object_get(q, "quant_method") : NULL;
+    const char *name = json_is_string(m) ? json_string_value(m) : NULL;
+    if (!name) return mt_seterr(MT_ERR_FORMAT, "%s: quantization_config has no quant_method", path);
+    if (!strcmp(name, "qmoe")) {
+        c->quant = MT_QFMT_QMOE;
+        return MT_OK;
+    }
+    if (strcmp(name, "gptq") != 0)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: quantization_config.quant_method \"%s\" is not supported for "
+                         "encoder-decoder models (gptq, qmoe)", path, name);
+    c->quant = MT_QFMT_GPTQ;
+    c->quant_zero_offset = 1;
+    const json_t *cf = json_object_get(q, "checkpoint_format");
+    if (json_is_string(cf) && !strcmp(json_string_value(cf), "gptq_v2")) c->quant_zero_offset = 0;
+    else if (cf && !json_is_null(cf) && !(json_is_string(cf) && !strcmp(json_string_value(cf), "gptq")))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: quantization_config.checkpoint_format is not gptq or gptq_v2", path);
+    return MT_OK;
+}
+
 static int parse(mt_s2s_config *c, const json_t *root, const char *path) {
     if (!json_is_object(root)) return mt_seterr(MT_ERR_FORMAT, "%s: config is not a JSON object", path);
     const int k = json_kind(root);
@@ -241,6 +270,7 @@ static int parse(mt_s2s_config *c, const json_t *root, const char *path) {
     if (rb) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: router_bias true is not supported", path);
     if ((rc = key_only(root, "router_dtype", "float32", path))) return rc;
     c->act = MT_S2S_ACT_RELU;
+    if ((rc = parse_quant(c, root, path))) return rc;
     /* ranges */
     struct {
         const char *key;
@@ -304,6 +334,7 @@ typedef struct {
     const mt_ckpt *ck;
     const char *path;
     const mt_s2s_config *c;
+    mt_s2s_weights *w;      /* owns matrices unpacked at load */
 } wctx;
 
 /* mat = the tensor (rows, cols) (rows 0: a vector of cols), any storage
@@ -337,13 +368,92 @@ static int get(const wctx *x, const char *name, int64_t rows, int64_t cols, mt_m
     return MT_OK;
 }
 
+/* A typed part <base><suffix> of an AutoGPTQ matrix with exactly dims d. */
+static int gptq_part(const wctx *x, const char *base, const char *suffix, mt_dtype dt, int nd, const int64_t *d,
+                     const mt_tensor **out) {
+    char n[320];
+    snprintf(n, sizeof n, "%s%s", base, suffix);
+    const mt_tensor *t = mt_ckpt_find(x->ck, n);
+    int ok = t && t->dtype == dt && t->n_dims == nd;
+    for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == d[i];
+    if (!ok) {
+        char want[64];
+        mt_arch_shape_str(want, sizeof want, nd, d);
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is missing or not %s %s", x->path, n, mt_dtype_name(dt), want);
+    }
+    *out = t;
+    return MT_OK;
+}
+
+/* Expert matrix `name` (…​.weight) of a quantized checkpoint: a qmoe blob
+ * <name>.qmoe (parsed by the runtime against the dictionary, shape checked
+ * here), or the AutoGPTQ layout <base>.qweight/.qzeros/.scales/.g_idx as
+ * moetool writes it (8 or 4 bits, groups of 32 in order, symmetric),
+ * unpacked to q8_0 / q4_0 blocks that the runtime runs. */
+static int get_qexpert(const wctx *x, const char *name, int64_t rows, int64_t cols, mt_mat *m) {
+    char n[320];
+    memset(m, 0, sizeof *m);
+    if (x->c->quant == MT_QFMT_QMOE) {
+        snprintf(n, sizeof n, "%s.qmoe", name);
+        return mt_qmoe_blob_mat(x->ck, x->path, n, rows, cols, m);
+    }
+    const size_t len = strlen(name);
+    if (len < 8 || len >= 256 || strcmp(name + len - 7, ".weight") != 0)
+        return mt_seterr(MT_ERR_INTERNAL, "%s: %s is not a .weight tensor", x->path, name);
+    char base[256];
+    snprintf(base, sizeof base, "%.*s", (int)(len - 7), name);
+    snprintf(n, sizeof n, "%s.qweight", base);
+    const mt_tensor *qw = mt_ckpt_find(x->ck, n), *qz, *sc, *gi;
+    if (!qw) return mt_seterr(MT_ERR_NOT_FOUND, "%s: tensor %s (or %s) is missing", x->path, name, n);
+    const int bits = qw->n_dims == 2 && cols > 0 ? (int)(qw->shape[0] * 32 / cols) : 0;
+    if ((bits != 4 && bits != 8) || cols % 32 || rows % (32 / bits))
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is not 8- or 4-bit codes of a (%lld, %lld) matrix in groups of "
+                         "32", x->path, n, (long long)rows, (long long)cols);
+    const int per = 32 / bits;
+    const int64_t G = cols / 32;
+    int rc;
+    if ((rc = gptq_part(x, base, ".qweight", MT_DT_I32, 2, (const int64_t[]){cols / per, rows}, &qw)) ||
+        (rc = gptq_part(x, base, ".scales", MT_DT_F16, 2, (const int64_t[]){G, rows}, &sc)) ||
+        (rc = gptq_part(x, base, ".qzeros", MT_DT_I32, 2, (const int64_t[]){G, rows / per}, &qz)) ||
+        (rc = gptq_part(x, base, ".g_idx", MT_DT_I32, 1, (const int64_t[]){cols}, &gi)))
+        return rc;
+    for (int64_t i = 0; i < cols; i++) {
+        int32_t gv;
+        memcpy(&gv, (const uint8_t *)gi->data + 4 * i, 4);
+        if (gv != i / 32)
+            return mt_seterr(MT_ERR_FORMAT, "%s: %s.g_idx[%lld] is not column / 32", x->path, base, (long long)i);
+    }
+    const mt_gptq_view v = {bits, rows, cols, G, x->c->quant_zero_offset, qw->data, qz->data, sc->data, NULL};
+    if (!mt_gptq_is_block(&v))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: %s: zero points are not the symmetric ones of q%d_0 blocks",
+                         x->path, base, bits == 8 ? 8 : 4);
+    const mt_dtype qt = bits == 8 ? MT_DT_Q8_0 : MT_DT_Q4_0;
+    uint64_t rb;
+    if ((rc = mt_dtype_nbytes(qt, (uint64_t)cols, &rb))) return rc;
+    void **o = realloc(x->w->owned, (x->w->n_owned + 1) * sizeof *o);
+    if (o) x->w->owned = o;
+    uint8_t *buf = o ? malloc((size_t)(rb * (uint64_t)rows)) : NULL;
+    if (!buf) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory unpacking %s", x->path, base);
+    x->w->owned[x->w->n_owned++] = buf;
+    for (int64_t r = 0; r < rows; r++) mt_gptq_row_to_blocks(&v, r, buf + (uint64_t)r * rb);
+    m->dtype = qt;
+    m->rows = rows;
+    m->cols = cols;
+    m->data = buf;
+    m->row_stride = rb;
+    return MT_OK;
+}
+
 /* role (and its bias when the family has biases and `with_bias`). */
 static int get_role2(const wctx *x, mt_s2s_tensor role, int dec, int l, int e, int64_t rows, int64_t cols, mt_mat *m,
                      mt_mat *b) {
     char name[192];
     if (name_of(x->c, name, sizeof name, role, dec, l, e, 0, 0) < 0)
         return mt_seterr(MT_ERR_INTERNAL, "%s: no name for a tensor of layer %d", x->path, l);
-    int rc = get(x, name, rows, cols, m);
+    const int expert = role == MT_S2S_T_EXP_WI || role == MT_S2S_T_EXP_WO;
+    int rc = expert && x->c->quant != MT_QFMT_NONE && !mt_ckpt_find(x->ck, name)
+                 ? get_qexpert(x, name, rows, cols, m)
+                 : get(x, name, rows, cols, m);
     if (rc || !b) return rc;
     const int is_norm = role == MT_S2S_T_SA_NORM || role == MT_S2S_T_CA_NORM || role == MT_S2S_T_FF_NORM ||
                         role == MT_S2S_T_FINAL_NORM;
@@ -402,7 +512,7 @@ static int map_stack(const wctx *x, const mt_s2s_config *c, int dec, mt_s2s_laye
 
 int mt_s2s_weights_init(mt_s2s_weights *w, const mt_ckpt *ck) {
     memset(w, 0, sizeof *w);
-    wctx x = {ck, mt_ckpt_path(ck), &w->cfg};
+    wctx x = {ck, mt_ckpt_path(ck), &w->cfg, w};
     size_t len;
     const char *text = mt_ckpt_config_text(ck, &len);
     if (!text) return mt_seterr(MT_ERR_ARG, "%s: checkpoint not opened for an encoder-decoder model", x.path);
@@ -449,13 +559,49 @@ void mt_s2s_weights_free(mt_s2s_weights *w) {
     free_stack(w->enc, w->cfg.n_enc_layers);
     free_stack(w->dec, w->cfg.n_dec_layers);
     w->enc = w->dec = NULL;
+    for (size_t i = 0; i < w->n_owned; i++) free(w->owned[i]);
+    free(w->owned);
+    w->owned = NULL;
+    w->n_owned = 0;
+}
+
+int mt_s2s_expert_name(const mt_s2s_config *c, char *buf, size_t n, int decoder, int layer, int expert, int wo) {
+    if (!mt_s2s_layer_sparse(c, decoder, layer) || expert < 0 || expert >= c->n_experts) return -1;
+    return name_of(c, buf, n, wo ? MT_S2S_T_EXP_WO : MT_S2S_T_EXP_WI, decoder, layer, expert, 0, 0);
+}
+
+int mt_s2s_expert_storage(const mt_ckpt *ck, const mt_s2s_weights *w, uint64_t *bytes, uint64_t *n_weights) {
+    static const char *const sfx[] = {".weight", ".weight.qmoe", ".qweight", ".qzeros", ".scales", ".g_idx"};
+    const mt_s2s_config *c = &w->cfg;
+    *bytes = *n_weights = 0;
+    for (int s = 0; s < 2; s++)
+        for (int l = 0; l < (s ? c->n_dec_layers : c->n_enc_layers); l++) {
+            const mt_s2s_layer *y = s ? &w->dec[l] : &w->enc[l];
+            for (int e = 0; e < y->n_experts; e++)
+                for (int k = 0; k < 2; k++) {
+                    char nm[256], t[280];
+                    const int len = mt_s2s_expert_name(c, nm, sizeof nm, s, l, e, k);
+                    if (len < 8) return mt_seterr(MT_ERR_INTERNAL, "no name for an expert matrix");
+                    nm[len - 7] = 0; /* strip .weight */
+                    for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
+                        snprintf(t, sizeof t, "%s%s", nm, sfx[i]);
+                        const mt_tensor *tt = mt_ckpt_find(ck, t);
+                        if (tt) *bytes += tt->nbytes;
+                    }
+                    const mt_mat *W = k ? &y->wo[e] : &y->wi[e];
+                    *n_weights += (uint64_t)W->rows * (uint64_t)W->cols;
+                }
+        }
+    const mt_tensor *d = mt_ckpt_find(ck, "qmoe.dictionary");
+    if (d) *bytes += d->nbytes;
+    return MT_OK;
 }
 
 /* ---- convert to a Hugging Face directory ----------------------------------- */
 /* The embedding is saved once (shared.weight, as save_pretrained does with
  * safetensors); the aliases a pytorch_model.bin repeats it under, and a tied
  * lm_head, are left out. */
-static int is_alias(const mt_s2s_weights *w, const char *name) {
+int mt_s2s_is_alias(const mt_s2s_weights *w, const char *name) {
     char nm[192];
     for (int alt = 1; name_of(&w->cfg, nm, sizeof nm, MT_S2S_T_EMBD, 0, 0, 0, alt, 0) >= 0; alt++)
         if (!strcmp(nm, name)) return 1;
@@ -493,7 +639,7 @@ int mt_s2s_convert_hf(const char *in_path, const char *out_path, const mt_conver
     int64_t max_cols = 1;
     for (size_t i = 0; i < n; i++) {
         const mt_tensor *t = mt_ckpt_get(ck, i);
-        if (is_alias(&w, t->name)) continue;
+        if (mt_s2s_is_alias(&w, t->name)) continue;
         if (!mt_dtype_is_plain_float(t->dtype)) {
             rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: tensor %s has storage type %s; convert copies f32, f16 and bf16 "
                            "tensors of encoder-decoder models", in_path, t->name, mt_dtype_name(t->dtype));
@@ -561,4 +707,90 @@ done:
     mt_s2s_weights_free(&w);
     mt_ckpt_free(ck);
     return rc;
+}
+
+/* ---- input/target pairs ---------------------------------------------------- */
+/* ids of a JSON array of integers; names file, line and key in errors. */
+static int json_ids(const json_t *a, const char *path, int line, const char *key, int32_t **out, int *n) {
+    if (json_is_string(a))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s:%d: \"%s\" is text; encoder-decoder models read token ids (sentencepiece "
+                         "unigram tokenizers are not read)", path, line, key);
+    if (!json_is_array(a) || json_array_size(a) == 0 || json_array_size(a) > (1u << 20))
+        return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\" is not a non-empty list of token ids", path, line, key);
+    const size_t k = json_array_size(a);
+    int32_t *p = malloc(k * sizeof *p);
+    if (!p) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < k; i++) {
+        const json_t *v = json_array_get(a, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
+            free(p);
+            return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\"[%zu] is not a token id", path, line, key, i);
+        }
+        p[i] = (int32_t)json_integer_value(v);
+    }
+    *out = p;
+    *n = (int)k;
+    return MT_OK;
+}
+
+void mt_s2s_pairs_free(mt_s2s_pair *p, size_t n) {
+    for (size_t i = 0; p && i < n; i++) {
+        free(p[i].input);
+        free(p[i].target);
+    }
+    free(p);
+}
+
+int mt_s2s_pairs_load(const char *path, mt_s2s_pair **out, size_t *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return mt_seterr(MT_ERR_IO, "%s: cannot open the pairs file", path);
+    mt_s2s_pair *v = NULL;
+    size_t n = 0, cap = 0, lcap = 0;
+    char *line = NULL;
+    int rc = MT_OK, lineno = 0;
+    ssize_t got;
+    while ((got = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        size_t k = 0;
+        while (k < (size_t)got && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
+        if (k == (size_t)got) continue;
+        json_t *o = json_loadb(line, (size_t)got, 0, NULL);
+        if (!o || !json_is_object(o)) {
+            json_decref(o);
+            rc = mt_seterr(MT_ERR_FORMAT, "%s:%d: not a JSON object {\"input\": [ids], \"target\": [ids]}", path,
+                           lineno);
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            mt_s2s_pair *nv = realloc(v, cap * sizeof *nv);
+            if (!nv) {
+                json_decref(o);
+                rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        mt_s2s_pair *p = &v[n];
+        memset(p, 0, sizeof *p);
+        p->line = lineno;
+        rc = json_ids(json_object_get(o, "input"), path, lineno, "input", &p->input, &p->n_in);
+        if (!rc) rc = json_ids(json_object_get(o, "target"), path, lineno, "target", &p->target, &p->n_tgt);
+        json_decref(o);
+        n++;
+        if (rc) break;
+    }
+    free(line);
+    if (!rc && ferror(f)) rc = mt_seterr(MT_ERR_IO, "%s: read error", path);
+    fclose(f);
+    if (!rc && !n) rc = mt_seterr(MT_ERR_ARG, "%s: no input/target pairs", path);
+    if (rc) {
+        mt_s2s_pairs_free(v, n);
+        return rc;
+    }
+    *out = v;
+    *n_out = n;
+    return MT_OK;
 }

@@ -199,22 +199,23 @@ static int get_gptq(const wctx *w, const char *base, int64_t rows, int64_t cols,
     return MT_OK;
 }
 
-/* A qmoe blob <name>.qmoe: shape checked from its header here, the rest by
- * the runtime when it builds the dictionary (mt_model_load). */
-static int get_qmoe(const wctx *w, const char *name, int64_t rows, int64_t cols, mt_mat *m) {
-    char n[192];
-    snprintf(n, sizeof n, "%s.qmoe", name);
-    const mt_tensor *t = mt_ckpt_find(w->ck, n);
+/* A qmoe blob `blob_name` (U8, "<weight>.qmoe") as an MT_DT_QMOE matrix of
+ * (rows, cols): shape checked from its header here, the rest by the runtime
+ * when it builds the dictionary (mt_model_load, mt_s2s_load). */
+int mt_qmoe_blob_mat(const mt_ckpt *ck, const char *path, const char *blob_name, int64_t rows, int64_t cols,
+                     mt_mat *m) {
+    const mt_tensor *t = mt_ckpt_find(ck, blob_name);
+    if (!t) return mt_seterr(MT_ERR_NOT_FOUND, "%s: tensor %s is missing", path, blob_name);
     if (t->dtype != MT_DT_U8 || t->n_dims != 1 || t->nbytes < MT_QMOE_HEADER_BYTES ||
         memcmp(t->data, MT_QMOE_MAGIC, 4) != 0)
         return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s is not a qmoe matrix (U8 blob starting \"" MT_QMOE_MAGIC "\")",
-                         w->path, n);
+                         path, blob_name);
     uint64_t r, c;
     memcpy(&r, (const uint8_t *)t->data + MT_QMOE_OFF_ROWS, 8);
     memcpy(&c, (const uint8_t *)t->data + MT_QMOE_OFF_COLS, 8);
     if (r != (uint64_t)rows || c != (uint64_t)cols)
-        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s codes a (%llu, %llu) matrix, expected (%lld, %lld)", w->path, n,
-                         (unsigned long long)r, (unsigned long long)c, (long long)rows, (long long)cols);
+        return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s codes a (%llu, %llu) matrix, expected (%lld, %lld)", path,
+                         blob_name, (unsigned long long)r, (unsigned long long)c, (long long)rows, (long long)cols);
     memset(m, 0, sizeof *m);
     m->dtype = MT_DT_QMOE;
     m->rows = rows;
@@ -239,7 +240,7 @@ static int get_mat(const wctx *w, const mt_arch_tensor *role, const char *name, 
              * parses blobs there and nowhere else */
             if (!(role->flags & (MT_ROLE_F_EXPERT | MT_ROLE_F_DENSE)))
                 return mt_seterr(MT_ERR_FORMAT, "%s: tensor %s: qmoe code is only for expert weights", w->path, n);
-            return get_qmoe(w, name, rows, cols, m);
+            return mt_qmoe_blob_mat(w->ck, w->path, n, rows, cols, m);
         }
         if (len > 7 && len < sizeof n && !strcmp(name + len - 7, ".weight")) {
             snprintf(n, sizeof n, "%.*s.qweight", (int)(len - 7), name);

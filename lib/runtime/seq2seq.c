@@ -44,6 +44,9 @@
 #include "moetool/mt_seq2seq.h"
 
 #include "backend.h"
+#include "moetool/mt_qmoe.h"
+
+#include <stdio.h>
 
 #include <float.h>
 #include <math.h>
@@ -77,7 +80,18 @@ struct mt_s2s_model {
     /* routing of the last call: [sparse layer][token][top_k] */
     int32_t *route[2];
     int route_n[2], route_layers[2];
+    /* qmoe-coded experts: the dictionary and each parsed matrix */
+    mt_qmoe_dict qdict;
+    mt_qmoe_mat *qmats;
+    size_t n_qmats;
+    mt_s2s_expert_hook hook;
+    void *hook_user;
 };
+
+void mt_s2s_set_expert_hook(mt_s2s_model *m, mt_s2s_expert_hook fn, void *user) {
+    m->hook = fn;
+    m->hook_user = user;
+}
 
 const mt_s2s_config *mt_s2s_model_config(const mt_s2s_model *m) { return &m->w.cfg; }
 const mt_s2s_weights *mt_s2s_model_weights(const mt_s2s_model *m) { return &m->w; }
@@ -128,6 +142,9 @@ void mt_s2s_free(mt_s2s_model *m) {
         free(m->fin_b[s]);
         free(m->route[s]);
     }
+    for (size_t i = 0; i < m->n_qmats; i++) mt_qmoe_mat_free(&m->qmats[i]);
+    free(m->qmats);
+    mt_qmoe_dict_free(&m->qdict);
     if (m->w_ok) mt_s2s_weights_free(&m->w);
     if (m->be) mt_backend_free(m->be);
     mt_ckpt_free(m->ck);
@@ -166,6 +183,45 @@ static float *mat_f32(const mt_mat *W) {
     return p;
 }
 
+/* qmoe checkpoints: the dictionary from the `qmoe.dictionary` tensor, then
+ * every coded expert parsed and checked in full against it before a kernel
+ * can run on it (mt_s2s_weights_init left the raw blobs). */
+static int load_qmoe(mt_s2s_model *m, const char *path) {
+    const mt_s2s_config *c = &m->w.cfg;
+    size_t nq = 0;
+    for (int s = 0; s < 2; s++)
+        for (int l = 0; l < (s ? c->n_dec_layers : c->n_enc_layers); l++) {
+            const mt_s2s_layer *y = s ? &m->w.dec[l] : &m->w.enc[l];
+            for (int e = 0; e < y->n_experts; e++) nq += (y->wi[e].dtype == MT_DT_QMOE) + (y->wo[e].dtype == MT_DT_QMOE);
+        }
+    if (!nq) return MT_OK;
+    const mt_tensor *t = mt_ckpt_find(m->ck, "qmoe.dictionary");
+    if (!t || t->dtype != MT_DT_U8)
+        return mt_seterr(MT_ERR_FORMAT, "%s: qmoe-coded experts but no U8 tensor qmoe.dictionary", path);
+    char what[4200];
+    snprintf(what, sizeof what, "%s: qmoe.dictionary", path);
+    int rc = mt_qmoe_dict_deserialize(&m->qdict, t->data, (size_t)t->nbytes, what);
+    if (rc) return rc;
+    if (!(m->qmats = calloc(nq, sizeof *m->qmats))) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+    for (int s = 0; s < 2; s++)
+        for (int l = 0; l < (s ? c->n_dec_layers : c->n_enc_layers); l++) {
+            mt_s2s_layer *y = s ? &m->w.dec[l] : &m->w.enc[l];
+            for (int e = 0; e < y->n_experts; e++)
+                for (int k = 0; k < 2; k++) {
+                    mt_mat *W = k ? &y->wo[e] : &y->wi[e];
+                    if (W->dtype != MT_DT_QMOE) continue;
+                    char nm[256];
+                    mt_s2s_expert_name(c, nm, sizeof nm, s, l, e, k);
+                    snprintf(what, sizeof what, "%s: %s.qmoe", path, nm);
+                    if ((rc = mt_qmoe_deserialize(&m->qmats[m->n_qmats], &m->qdict, W->data, (size_t)W->aux_bytes[3],
+                                                  what)))
+                        return rc;
+                    mt_qmoe_mat_view(W, &m->qmats[m->n_qmats++]);
+                }
+        }
+    return MT_OK;
+}
+
 int mt_s2s_load(mt_s2s_model **out, const char *path, int n_threads) {
     *out = NULL;
     if (n_threads < 0 || n_threads > 512) return mt_seterr(MT_ERR_ARG, "model: thread count %d out of range", n_threads);
@@ -175,6 +231,7 @@ int mt_s2s_load(mt_s2s_model **out, const char *path, int n_threads) {
     if ((rc = mt_ckpt_open_raw(&m->ck, path))) goto fail;
     if ((rc = mt_s2s_weights_init(&m->w, m->ck))) goto fail;
     m->w_ok = 1;
+    if ((rc = load_qmoe(m, path))) goto fail;
     if (n_threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)(n > 256 ? 256 : n) : 1;
@@ -471,6 +528,8 @@ static int ffn(mt_s2s_model *m, int dec, const mt_s2s_layer *y, const layer_vecs
         be->ops->gather_rows(be, s->gath, s->h, s->rows, mrows, D);
         lin(m, &y->wi[e], v->wi_b[e], s->gath, mrows, s->ff);
         relu(s->ff, (size_t)mrows * F);
+        if (m->hook)
+            m->hook(m->hook_user, dec, (int)(y - (dec ? m->w.dec : m->w.enc)), e, s->gath, s->ff, mrows);
         lin(m, &y->wo[e], v->wo_b[e], s->ff, mrows, s->ff2);
         for (int r = 0; r < mrows; r++) {
             const int t = s->rows[r];
