@@ -650,15 +650,18 @@ static int code_experts(mt_quant_state *s, mt_weights *w, mt_quant_report *rep, 
     return MT_OK;
 }
 
-/* Whether some matrix gets a grid GPTQ cannot round onto (MT_GRID_ROW). */
-static int any_row_grid(const mt_quant_opts *o, const mt_config *c, const mt_quant_plan *plan) {
+/* Whether some matrix of layer `layer` (-1: any layer) gets a grid GPTQ
+ * cannot round onto (MT_GRID_ROW; want_row) or one it can (!want_row). */
+static int has_grid(const mt_quant_opts *o, const mt_config *c, const mt_quant_plan *plan, int layer, int want_row) {
     mt_grid g;
-    for (int l = 0; l < c->n_layers; l++)
+    for (int l = layer < 0 ? 0 : layer; l < (layer < 0 ? c->n_layers : layer + 1); l++)
         for (int k = with_attn(o) ? K_Q : K_W1; k < K_COUNT; k++)
             if (!matrix_grid(&g, o, c, plan, k, l, k == K_W2 || k == K_SW2 ? c->ffn : k == K_O ? q_dim(c) : c->hidden,
                              "quantize") &&
-                g.kind == MT_GRID_ROW)
+                (g.kind == MT_GRID_ROW) == want_row) {
+                mt_clearerr();
                 return 1;
+            }
     mt_clearerr();
     return 0;
 }
@@ -736,7 +739,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     const int W = calib_window(o, c);
     mt_quant_plan plan;
     memset(&plan, 0, sizeof plan);
-    const int im_calib = !o->imatrix_path && (o->imatrix_calib || (gptq && any_row_grid(o, c, NULL)));
+    const int im_calib = !o->imatrix_path && (o->imatrix_calib || (gptq && has_grid(o, c, NULL, -1, 1)));
     if (gptq || planned(o) || im_calib) {
         char def[4096];
         const char *cp = o->calib_path;
@@ -797,7 +800,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
         const int attn = with_attn(o);
-        if (gptq) {
+        /* no capture for a layer GPTQ has nothing to round in (all iq4) */
+        if (gptq && has_grid(o, c, plan.type ? &plan : NULL, l, 0)) {
             const double tc = mt_now();
             if (o->progress) {
                 char what[64];
