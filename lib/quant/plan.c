@@ -15,7 +15,10 @@
  * over the calibration tokens (an expert's sum runs over the tokens routed
  * to it, so rare experts weigh less; w2's x is silu(x W1ᵀ)·(x W3ᵀ); token
  * embeddings weigh each row by its token's frequency), measured once on the
- * original model over the first ≤ 4096 calibration tokens.
+ * original model over the first ≤ 4096 calibration tokens. With
+ * plan_windows > 0 (the default) each unit's errors are then scaled to the
+ * KL it adds at the model's output (probe_scale below), so that units of
+ * different kinds compare by what the output feels.
  *
  * Choice: every unit starts at its smallest type; then, repeatedly, the
  * upgrade (of any unit, to any larger type of it) with the largest error
@@ -32,17 +35,19 @@
 
 #define PLAN_TOKENS 4096
 #define MAX_CAND 6
+#define MT_PLAN_MAX_EXPERTS 64
 
 typedef struct {
     int layer, kind;        /* kind: K_*, or -1 embeddings, -2 lm_head        */
-    mt_mat *mats[64];       /* the matrices of the unit (experts of a kind)   */
-    double *d[64];          /* column weights per matrix (NULL: rows weighted by rw) */
+    mt_mat *mats[MT_PLAN_MAX_EXPERTS]; /* the matrices of the unit (experts of a kind) */
+    double *d[MT_PLAN_MAX_EXPERTS];    /* column weights per matrix (NULL: rows weighted by rw) */
     int n;
     int64_t rows, cols;     /* of one matrix                                  */
     int ncand, cur;
     int cand[MAX_CAND];
     uint64_t bytes[MAX_CAND];
     double err[MAX_CAND];
+    double kl;              /* measured at the output in cand[0]; 0: not measured */
 } unit_t;
 
 static void col_moments(const mt_calib_rows *x, double norm, double *d) {
@@ -104,6 +109,155 @@ static void candidates(unit_t *u) {
     }
 }
 
+/* ---- end-to-end sensitivity -------------------------------------------------
+ * The proxy above is each tensor's own output error; what the budget should
+ * spend on is the error at the model's output. A tensor's KL at the output
+ * grows, to first order, in proportion to its own squared output error
+ * (both are quadratic in the weight error), with a factor that depends on
+ * where the tensor sits (attn_v and ffn_down feed the residual stream
+ * directly, attn_q/attn_k only through the softmax). So each unit's factor
+ * is measured once: the unit alone is put in its smallest type (weights
+ * rounded and decoded back, everything else as stored), the mean per-token
+ * KL(original ‖ changed) of the next-token distributions over the first
+ * `windows` calibration windows is taken, and every error of the unit is
+ * scaled by KL / error at that type. The greedy then ranks upgrades by KL
+ * saved per byte. One forward pass of those windows per unit. */
+typedef struct {
+    mt_ctx *ctx;
+    float *base; /* log-probabilities of the original model, (nwin·window, vocab) */
+    float *lg;   /* (window, vocab) scratch */
+    double *lp;  /* (vocab) scratch */
+    int nwin, window, vocab;
+    const int32_t *ids;
+} probe_t;
+
+static void log_softmax(const float *z, int n, double *out) {
+    double mx = z[0], s = 0;
+    for (int i = 1; i < n; i++) mx = z[i] > mx ? z[i] : mx;
+    for (int i = 0; i < n; i++) s += exp((double)z[i] - mx);
+    const double ls = mx + log(s);
+    for (int i = 0; i < n; i++) out[i] = (double)z[i] - ls;
+}
+
+/* Mean KL(base ‖ current model) per token over the probe windows; with
+ * kl NULL, records the current model as the base. */
+static int probe_run(probe_t *pr, double *kl) {
+    double sum = 0;
+    for (int wi = 0; wi < pr->nwin; wi++) {
+        mt_ctx_reset(pr->ctx);
+        int rc = mt_ctx_forward(pr->ctx, pr->ids + (size_t)wi * pr->window, pr->window, pr->lg, 1);
+        if (rc) return rc;
+        for (int t = 0; t < pr->window; t++) {
+            float *b = pr->base + ((size_t)wi * pr->window + t) * pr->vocab;
+            log_softmax(pr->lg + (size_t)t * pr->vocab, pr->vocab, pr->lp);
+            if (!kl) {
+                for (int v = 0; v < pr->vocab; v++) b[v] = (float)pr->lp[v];
+                continue;
+            }
+            double k = 0;
+            for (int v = 0; v < pr->vocab; v++) k += exp((double)b[v]) * ((double)b[v] - pr->lp[v]);
+            sum += k;
+        }
+    }
+    if (kl) *kl = sum / ((double)pr->nwin * pr->window);
+    return MT_OK;
+}
+
+/* Puts matrix *w in type t and back, as f32 in a new buffer (*buf); the
+ * caller restores *w from its saved copy and frees *buf. */
+static int round_trip(mt_mat *w, int t, float **buf) {
+    const int64_t cols = w->cols;
+    uint64_t rb;
+    int rc = mt_dtype_nbytes((mt_dtype)t, (uint64_t)cols, &rb);
+    if (rc) return rc;
+    float *out = malloc((size_t)(w->rows * cols) * sizeof *out), *x = malloc((size_t)cols * sizeof *x);
+    uint8_t *q = malloc((size_t)rb);
+    if (!out || !x || !q) {
+        rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+        goto done;
+    }
+    for (int64_t r = 0; r < w->rows && !rc; r++) {
+        if ((rc = mt_row_to_f32(w->dtype, (const uint8_t *)w->data + r * w->row_stride, x, cols))) break;
+        if ((rc = mt_row_from_f32((mt_dtype)t, x, q, cols))) break;
+        rc = mt_row_to_f32((mt_dtype)t, q, out + r * cols, cols);
+    }
+done:
+    free(x);
+    free(q);
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    *buf = out;
+    return MT_OK;
+}
+
+static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, const mt_quant_opts *o,
+                       const int32_t *ids, size_t n_ids, int window, int windows) {
+    const mt_config *c = mt_model_config(m);
+    probe_t pr;
+    memset(&pr, 0, sizeof pr);
+    pr.nwin = (int)(n_ids / (size_t)window) < windows ? (int)(n_ids / (size_t)window) : windows;
+    pr.window = window;
+    pr.vocab = c->vocab;
+    pr.ids = ids;
+    if (pr.nwin < 1) return MT_OK;
+    int rc = mt_ctx_init(&pr.ctx, m, window, window);
+    if (rc) return rc;
+    pr.base = malloc((size_t)pr.nwin * window * pr.vocab * sizeof(float));
+    pr.lg = malloc((size_t)window * pr.vocab * sizeof(float));
+    pr.lp = malloc((size_t)pr.vocab * sizeof(double));
+    if (!pr.base || !pr.lg || !pr.lp) {
+        rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory (%d probe windows of %d tokens)", pr.nwin, window);
+        goto done;
+    }
+    if ((rc = probe_run(&pr, NULL))) goto done;
+    for (int i = 0; i < nu && !rc; i++) {
+        unit_t *x = &u[i];
+        if (o->progress) {
+            char what[80];
+            snprintf(what, sizeof what, "quantize: planning types; measuring tensor %d/%d at the output", i + 1, nu);
+            o->progress(o->progress_user, what, (uint64_t)i, (uint64_t)nu);
+        }
+        if (!(x->err[0] > 0)) continue;
+        /* the unit's matrices (a tied embedding table is the lm_head too) */
+        mt_mat *mats[MT_PLAN_MAX_EXPERTS + 1], saved[MT_PLAN_MAX_EXPERTS + 1];
+        float *bufs[MT_PLAN_MAX_EXPERTS + 1] = {0};
+        int n = x->n;
+        for (int e = 0; e < n; e++) mats[e] = x->mats[e];
+        if (x->kind == -1 && tied && w->lm_head.data == w->tok_embd.data) mats[n++] = &w->lm_head;
+        int done_n = 0;
+        for (int e = 0; e < n && !rc; e++) {
+            if (e == x->n) { /* the tied lm_head reads the embeddings' new buffer */
+                saved[e] = *mats[e];
+                *mats[e] = *mats[0];
+                done_n++;
+                continue;
+            }
+            if ((rc = round_trip(mats[e], x->cand[0], &bufs[e]))) break;
+            saved[e] = *mats[e];
+            mats[e]->dtype = MT_DT_F32;
+            mats[e]->data = bufs[e];
+            mats[e]->row_stride = (uint64_t)mats[e]->cols * sizeof(float);
+            done_n++;
+        }
+        double kl = 0;
+        if (!rc) rc = probe_run(&pr, &kl);
+        for (int e = 0; e < done_n; e++) *mats[e] = saved[e];
+        for (int e = 0; e < n; e++) free(bufs[e]);
+        if (rc) break;
+        x->kl = kl;
+        const double f = kl / x->err[0];
+        for (int j = 0; j < x->ncand; j++) x->err[j] *= f;
+    }
+done:
+    mt_ctx_free(pr.ctx);
+    free(pr.base);
+    free(pr.lg);
+    free(pr.lp);
+    return rc;
+}
+
 void mt_quant_plan_free(mt_quant_plan *p) {
     if (!p) return;
     free(p->type);
@@ -156,7 +310,7 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
         for (int k = 0; k < K_COUNT; k++) {
             const int shared = k >= K_SW1, experts = k >= K_W1 && k <= K_W2;
             if (shared && !Lw->sh_w1.data) continue;
-            if (ne > 64) {
+            if (ne > MT_PLAN_MAX_EXPERTS) {
                 rc = mt_seterr(MT_ERR_UNSUPPORTED, "quantize: --target-bpw plans at most 64 experts per layer");
                 goto done;
             }
@@ -235,6 +389,8 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
             if ((rc = rtn_err(mat, x->cand[i], x->d[0], tokfreq, &x->err[i]))) goto done;
         nu++;
     }
+    if (o->plan_windows > 0 && (rc = probe_scale(u, nu, m, w, tied, o, ids, n_plan, window, o->plan_windows)))
+        goto done;
     /* budget */
     uint64_t params = 0, bytes = 0, budget;
     double src_units = 0;
@@ -303,7 +459,7 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
     p->bytes = bytes;
 done:
     for (int i = 0; u && i < nu + 1 && i < L * K_COUNT + 2; i++)
-        for (int e = 0; e < 64; e++) free(u[i].d[e]);
+        for (int e = 0; e < MT_PLAN_MAX_EXPERTS; e++) free(u[i].d[e]);
     free(u);
     free(tokfreq);
     mt_calib_capture_free(&cc);
