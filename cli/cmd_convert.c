@@ -27,7 +27,7 @@ static int set_dtype(void *p, const cli_opt *o, const char *shown, const char *v
     convert_args *a = p;
     const int dt = mt_dtype_from_name(value);
     if (dt < 0 || !mt_dtype_get((mt_dtype)dt)->from_f32) /* what we can write from f32 */
-        return snprintf(err, errn, "%s must be f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k or q2_k, got '%s'", shown, value), -1;
+        return snprintf(err, errn, "%s must be f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, iq4_xs or iq4_nl, got '%s'", shown, value), -1;
     a->c.dtype = dt;
     a->dtype = value;
     return 0;
@@ -42,7 +42,8 @@ static const cli_opt convert_opts[] = {
      .flags = CLI_OPT_CLI_ONLY},
     {"to", 0, CLI_ENUM, "hf|gguf", "output format", "gguf if OUT ends in .gguf, else hf", CLI_AT(convert_args, to),
      .choices = to_choices},
-    {"dtype", 0, CLI_STRING, "TYPE", "f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k or q2_k for "
+    {"dtype", 0, CLI_STRING, "TYPE", "f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, "
+     "iq4_xs or iq4_nl for "
      "the weight matrices (default: keep each tensor's type; the block types are GGUF-only, written as llama.cpp's "
      "quantizer writes them without an importance matrix)", NULL,
      CLI_AT(convert_args, dtype), .set = set_dtype},

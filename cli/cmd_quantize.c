@@ -63,7 +63,7 @@ static int set_group(void *p, const cli_opt *o, const char *shown, const char *v
 static int set_type(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
     quantize_args *a = p;
     static const char *const names[] = {"q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k",
-                                        "tq2_0"};
+                                        "tq2_0", "iq4_xs", "iq4_nl"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcasecmp(value, names[i])) {
             *(!strcmp(o->name, "type")        ? &a->q.type
@@ -76,8 +76,19 @@ static int set_type(void *p, const cli_opt *o, const char *shown, const char *va
         a->q.mix = mix;
         return 0;
     }
-    return snprintf(err, errn, "%s must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, tq2_0%s, "
+    return snprintf(err, errn, "%s must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, tq2_0, "
+                    "iq4_xs, iq4_nl%s, "
                     "got '%s'", shown, !strcmp(o->name, "type") ? " (or a mix: q3_k_m, q4_k_m, q5_k_m)" : "", value), -1;
+}
+
+/* --imatrix FILE|calib: llama.cpp's importance matrix, read or computed. */
+static int set_imatrix(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
+    (void)o;
+    quantize_args *a = p;
+    if (!*value) return snprintf(err, errn, "%s expects a file or 'calib', got ''", shown), -1;
+    a->q.imatrix_calib = !strcmp(value, "calib");
+    a->q.imatrix_path = a->q.imatrix_calib ? NULL : value;
+    return 0;
 }
 
 /* --target-size N[k|M|G]: bytes (decimal multiples). */
@@ -100,7 +111,9 @@ static int set_mix(void *p, const cli_opt *o, const char *shown, const char *val
     (void)o;
     quantize_args *a = p;
     const int mix = mt_quant_mix_from_name(value);
-    if (mix < 0) return snprintf(err, errn, "%s must be q2_k, q3_k_m, q4_k_m, q5_k_m or q6_k, got '%s'", shown, value), -1;
+    if (mix < 0)
+        return snprintf(err, errn, "%s must be q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_xs or iq4_nl, got '%s'", shown,
+                        value), -1;
     a->q.mix = mix;
     return 0;
 }
@@ -119,15 +132,16 @@ static const cli_opt quantize_opts[] = {
     {"group", 0, CLI_STRING, "N|row", "columns per scale (default: 32 for 8/4 bits, 128 for 3/2 bits, 256 for "
      "ternary)", NULL, CLI_AT(quantize_args, q.group), .set = set_group},
     {"type", 0, CLI_STRING, "T", "experts' GGUF storage type instead of --bits/--group: q8_0, q6_k, q5_k, q5_1, q5_0, "
-     "q4_k, q4_1, q4_0, q3_k, q2_k or tq2_0 (rtn: llama.cpp's reference quantizer, the same values for the K-quants; "
-     "q4_1/q5_x round to nearest on the stored grid; gptq: per block the scales and mins that search picks on the "
-     "weights as GPTQ's error feedback left them, then GPTQ's rounding)",
+     "q4_k, q4_1, q4_0, q3_k, q2_k, tq2_0, iq4_xs or iq4_nl (rtn: llama.cpp's reference quantizer, the same values "
+     "for the K-quants; q4_1/q5_x round to nearest on the stored grid; gptq: per block the scales and mins that "
+     "search picks on the weights as GPTQ's error feedback left them, then GPTQ's rounding; iq4_xs/iq4_nl are "
+     "always llama.cpp's quantizer, with the importance matrix: --imatrix, or under gptq computed from --calib)",
      NULL, CLI_AT(quantize_args, q.type), .set = set_type},
     {"attn-type", 0, CLI_STRING, "T", "also quantize q/k/v/o projections to storage type T (as --type)", NULL,
      CLI_AT(quantize_args, q.attn_type), .set = set_type},
     {"embed-type", 0, CLI_STRING, "T", "also quantize token embeddings (round to nearest) and lm_head (GPTQ unless "
      "tied) to storage type T (as --type)", NULL, CLI_AT(quantize_args, q.embed_type), .set = set_type},
-    {"mix", 0, CLI_STRING, "NAME", "llama.cpp's mix q2_k, q3_k_m, q4_k_m, q5_k_m or q6_k: every matrix (experts, "
+    {"mix", 0, CLI_STRING, "NAME", "llama.cpp's mix q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_xs or iq4_nl: every matrix (experts, "
      "attention, embeddings, lm_head) gets the type llama-quantize gives it (e.g. q4_k_m: q4_k, with q6_k for "
      "lm_head and for ffn_down and attn_v of some layers, q8_0 attn_k/attn_v with 8 experts); the file's file_type "
      "is the mix's; with --method gptq each matrix is GPTQ'd onto its type (--type q3_k_m etc. say the same)", NULL,
@@ -153,6 +167,13 @@ static const cli_opt quantize_opts[] = {
      CLI_AT(quantize_args, q.experts_only)},
     {"attn-bits", 0, CLI_ENUM, "B", "also quantize q/k/v/o projections to B bits (8: q8_0, 4: q4_0, 3/2: group 128)",
      NULL, CLI_AT(quantize_args, q.attn_bits), .choices = attn_choices, .values = bits_values},
+    {"imatrix", 0, CLI_STRING, "FILE|calib", "llama.cpp's importance matrix (per matrix and input column the mean "
+     "x^2 over the calibration tokens it multiplied; experts: their routed tokens): a llama-imatrix .dat FILE, or "
+     "'calib' to compute it from --calib/--calib-tokens; the matrices rounded to nearest in a type whose llama.cpp "
+     "quantizer takes one are written with it, as llama-quantize --imatrix writes them", NULL,
+     CLI_AT(quantize_args, q.imatrix_path), .set = set_imatrix},
+    {"imatrix-out", 0, CLI_STRING, "FILE", "also write the importance matrix used to FILE (llama.cpp's .dat format, "
+     "which llama-quantize --imatrix reads)", NULL, CLI_AT(quantize_args, q.imatrix_out), .flags = CLI_OPT_CLI_ONLY},
     {"calib", 0, CLI_PATH, "FILE", "calibration text (default: MODEL/data/train.txt, or data/train.txt beside a MODEL "
      "file, which is then named on stderr; a missing one is an error)", NULL, CLI_AT(quantize_args, q.calib_path)},
     {"calib-pairs", 0, CLI_PATH, "FILE", "encoder-decoder models (Switch Transformers, NLLB-MoE): GPTQ calibration "
@@ -194,9 +215,10 @@ const cli_verb cli_verb_quantize = {
         "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
         "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
         "                        [--type T] [--experts-only | --attn-bits B | --attn-type T]\n"
-        "                        [--embed-bits 8|4 | --embed-type T] [--mix q2_k|q3_k_m|q4_k_m|q5_k_m|q6_k]\n"
+        "                        [--embed-bits 8|4 | --embed-type T] [--mix q2_k|q3_k_m|q4_k_m|q5_k_m|q6_k|iq4_xs|iq4_nl]\n"
         "                        [--target-bpw B | --target-size BYTES]\n"
         "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
+        "                        [--imatrix FILE|calib] [--imatrix-out FILE]\n"
         "                        [--threads T] [--allow-long-context] [--json] [--quiet]\n"
         "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
         "                        [--text FILE]",

@@ -200,6 +200,14 @@ static void check_round_trip(mt_dtype t, const float *x, int64_t n) {
                 for (int k = 0; k < d->block_elems; k++) bamax = fmax(bamax, fabs(xb[k]));
                 bound = 2.0 * 2.0 * bamax / (d->blk->qmax - d->blk->qmin) + 1e-6 * bamax + 1e-30;
             }
+            else if (t == MT_DT_IQ4_NL || t == MT_DT_IQ4_XS) {
+                /* the table's widest gap (24 of 127 steps) halved, times the
+                 * block scale, doubled for the 6-bit sub-block scales of
+                 * iq4_xs: at most 0.2 of the block's largest |x| */
+                double bamax = 0;
+                for (int k = 0; k < d->block_elems; k++) bamax = fmax(bamax, fabs(xb[k]));
+                bound = 0.2 * bamax + 1e-30;
+            }
             else fail_msg("no bound for %s", d->name);
             if (err > bound) fail_msg("%s: element %lld: %g -> %g (error %g > %g)", d->name, (long long)(b * d->block_elems + j),
                                       xb[j], yb[j], err, bound);
@@ -282,7 +290,7 @@ static void test_round_trips(void **state) {
             assert_int_equal(mt_row_to_f32((mt_dtype)i, buf, y, d->block_elems + 1), MT_ERR_FORMAT);
         }
     }
-    assert_int_equal(tried, 13); /* f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k */
+    assert_int_equal(tried, 15); /* f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k, iq4_nl, iq4_xs */
     float y[4];
     assert_int_equal(mt_row_to_f32(MT_DT_I32, x, y, 4), MT_ERR_UNSUPPORTED);
     assert_int_equal(mt_row_to_f32(MT_DT_QMOE, x, y, 4), MT_ERR_UNSUPPORTED);

@@ -80,6 +80,10 @@ typedef struct {
     /* parameters of one block from its `elems` weights, and their codes q */
     void (*fit)(const float *x, mt_blk_params *p, int8_t *q);
     void (*pack)(const int8_t *q, const mt_blk_params *p, uint8_t *blk);
+    /* fit weighted by the importance qw of the block's `elems` columns, as
+       llama.cpp's quantizer with an imatrix (quantize_row_qX_K_impl); NULL:
+       the type takes none here */
+    void (*fit_w)(const float *x, const float *qw, mt_blk_params *p, int8_t *q);
 } mt_blk_codec;
 
 /* Code of weight j (0..elems−1) of a block with parameters p for the value

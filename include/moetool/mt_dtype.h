@@ -64,6 +64,9 @@ typedef enum {
  * caller checks; mt_row_to_f32/mt_row_from_f32 do). Plain C references. */
 typedef void (*mt_row_to_f32_fn)(const void *src, float *dst, int64_t n);
 typedef void (*mt_row_from_f32_fn)(const float *src, void *dst, int64_t n);
+/* The same with an importance weight per element of the row (qw, n floats:
+ * llama.cpp's imatrix values of the row's columns); qw NULL: none. */
+typedef void (*mt_row_from_f32_w_fn)(const float *src, void *dst, int64_t n, const float *qw);
 
 typedef struct {
     const char *name;        /* "bf16", "q8_0", ... as users type it        */
@@ -82,6 +85,8 @@ typedef struct {
                                 packs into losslessly (mt_codec.h); 0: none */
     const mt_blk_codec *blk; /* its block quantizer in two steps (fit, then
                                 codes; mt_codec.h), for GPTQ; NULL: none    */
+    mt_row_from_f32_w_fn from_f32_w; /* llama.cpp's quantizer with an
+                                importance matrix; NULL: it takes none      */
 } mt_dtype_info;
 
 /* The row of t, or NULL when t is not a storage type. */
@@ -138,6 +143,11 @@ int mt_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
  * reference rounding for the block types (what its quantizer writes
  * without an importance matrix). */
 int mt_row_from_f32(mt_dtype t, const float *src, void *dst, int64_t n);
+/* mt_row_from_f32 weighted by the importance qw (n floats, one per
+ * element; NULL: mt_row_from_f32), as llama.cpp's quantizer given an
+ * importance matrix. MT_ERR_UNSUPPORTED for types whose quantizer takes
+ * none here. */
+int mt_row_from_f32_w(mt_dtype t, const float *src, void *dst, int64_t n, const float *qw);
 
 #ifdef __cplusplus
 }

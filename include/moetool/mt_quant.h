@@ -80,6 +80,14 @@ typedef struct {
                               of TQ2_0 (2.06); same grid, same weights      */
     mt_format format;      /* file output: MT_FMT_GGUF (default) or MT_FMT_HF
                               (AutoGPTQ layout for int8/int4, qmoe blobs)    */
+    /* llama.cpp's importance matrix (imatrix.c): matrices rounded to nearest
+       in a type whose llama.cpp quantizer takes one (iq4_nl, iq4_xs, ...) are
+       written with it. It is read from imatrix_path, else computed from the
+       calibration text when imatrix_calib is set or a matrix has such a type
+       that GPTQ cannot round onto (iq4_*) under method GPTQ. */
+    const char *imatrix_path;   /* llama.cpp imatrix file (.dat) to use       */
+    int imatrix_calib;          /* compute it from the calibration text       */
+    const char *imatrix_out;    /* write the one used there (.dat); NULL: no  */
     /* calibration (GPTQ) */
     const char *calib_path;     /* NULL: <model dir>/data/train.txt          */
     int calib_tokens;           /* default 16384                              */

@@ -867,7 +867,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         if (!ok)
             return mt_seterr(MT_ERR_ARG, "%s: convert cannot write %s%s (f32, f16, bf16%s)", out_path,
                              di ? di->name : "that type", to_gguf ? " to GGUF" : " to safetensors",
-                             to_gguf ? ", q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k" : "");
+                             to_gguf ? ", q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, iq4_xs, iq4_nl" : "");
     }
     /* encoder-decoder models (Switch Transformers): HF to HF only */
     if (!to_gguf && mt_s2s_detect(in_path)) return mt_s2s_convert_hf(in_path, out_path, opts);

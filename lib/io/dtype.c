@@ -44,14 +44,21 @@ static const mt_dtype_info g_dtypes[MT_DT_COUNT] = {
     [MT_DT_Q4_1] = {"q4_1", 32, MT_Q4_1_BYTES, 1, NULL, NULL, 3, 3, mt_q4_1_row_to_f32, mt_q4_1_row_from_f32, 0, &mt_q4_1_codec},
     [MT_DT_Q5_0] = {"q5_0", 32, MT_Q5_0_BYTES, 1, NULL, NULL, 6, 8, mt_q5_0_row_to_f32, mt_q5_0_row_from_f32, 0, &mt_q5_0_codec},
     [MT_DT_Q5_1] = {"q5_1", 32, MT_Q5_1_BYTES, 1, NULL, NULL, 7, 9, mt_q5_1_row_to_f32, mt_q5_1_row_from_f32, 0, &mt_q5_1_codec},
-    [MT_DT_Q2_K] = {"q2_k", MT_QK_K, MT_Q2_K_BYTES, 1, NULL, NULL, 10, 10, mt_q2_K_row_to_f32, mt_q2_K_row_from_f32, 0, &mt_q2_K_codec},
-    [MT_DT_Q3_K] = {"q3_k", MT_QK_K, MT_Q3_K_BYTES, 1, NULL, NULL, 11, 12, mt_q3_K_row_to_f32, mt_q3_K_row_from_f32, 0, &mt_q3_K_codec},
-    [MT_DT_Q4_K] = {"q4_k", MT_QK_K, MT_Q4_K_BYTES, 1, NULL, NULL, 12, 15, mt_q4_K_row_to_f32, mt_q4_K_row_from_f32, 0, &mt_q4_K_codec},
-    [MT_DT_Q5_K] = {"q5_k", MT_QK_K, MT_Q5_K_BYTES, 1, NULL, NULL, 13, 17, mt_q5_K_row_to_f32, mt_q5_K_row_from_f32, 0, &mt_q5_K_codec},
-    [MT_DT_Q6_K] = {"q6_k", MT_QK_K, MT_Q6_K_BYTES, 1, NULL, NULL, 14, 18, mt_q6_K_row_to_f32, mt_q6_K_row_from_f32, 0, &mt_q6_K_codec},
+    [MT_DT_Q2_K] = {"q2_k", MT_QK_K, MT_Q2_K_BYTES, 1, NULL, NULL, 10, 10, mt_q2_K_row_to_f32, mt_q2_K_row_from_f32, 0, &mt_q2_K_codec,
+                    mt_q2_K_row_from_f32_w},
+    [MT_DT_Q3_K] = {"q3_k", MT_QK_K, MT_Q3_K_BYTES, 1, NULL, NULL, 11, 12, mt_q3_K_row_to_f32, mt_q3_K_row_from_f32, 0, &mt_q3_K_codec,
+                    mt_q3_K_row_from_f32_w},
+    [MT_DT_Q4_K] = {"q4_k", MT_QK_K, MT_Q4_K_BYTES, 1, NULL, NULL, 12, 15, mt_q4_K_row_to_f32, mt_q4_K_row_from_f32, 0, &mt_q4_K_codec,
+                    mt_q4_K_row_from_f32_w},
+    [MT_DT_Q5_K] = {"q5_k", MT_QK_K, MT_Q5_K_BYTES, 1, NULL, NULL, 13, 17, mt_q5_K_row_to_f32, mt_q5_K_row_from_f32, 0, &mt_q5_K_codec,
+                    mt_q5_K_row_from_f32_w},
+    [MT_DT_Q6_K] = {"q6_k", MT_QK_K, MT_Q6_K_BYTES, 1, NULL, NULL, 14, 18, mt_q6_K_row_to_f32, mt_q6_K_row_from_f32, 0, &mt_q6_K_codec,
+                    mt_q6_K_row_from_f32_w},
     [MT_DT_Q8_K] = {"q8_k", MT_QK_K, MT_Q8_K_BYTES, 1, NULL, NULL, 15, NONE, mt_q8_K_row_to_f32, NULL},
-    [MT_DT_IQ4_NL] = {"iq4_nl", 32, MT_IQ4_NL_BYTES, 1, NULL, NULL, 20, 25, mt_iq4_nl_row_to_f32, NULL},
-    [MT_DT_IQ4_XS] = {"iq4_xs", MT_QK_K, MT_IQ4_XS_BYTES, 1, NULL, NULL, 23, 30, mt_iq4_xs_row_to_f32, NULL},
+    [MT_DT_IQ4_NL] = {"iq4_nl", 32, MT_IQ4_NL_BYTES, 1, NULL, NULL, 20, 25, mt_iq4_nl_row_to_f32, mt_iq4_nl_row_from_f32, 0,
+                      NULL, mt_iq4_nl_row_from_f32_w},
+    [MT_DT_IQ4_XS] = {"iq4_xs", MT_QK_K, MT_IQ4_XS_BYTES, 1, NULL, NULL, 23, 30, mt_iq4_xs_row_to_f32, mt_iq4_xs_row_from_f32, 0,
+                      NULL, mt_iq4_xs_row_from_f32_w},
     [MT_DT_IQ2_XXS] = {"iq2_xxs", MT_QK_K, MT_IQ2_XXS_BYTES, 1, NULL, NULL, 16, 19, mt_iq2_xxs_row_to_f32, NULL},
     [MT_DT_IQ2_XS] = {"iq2_xs", MT_QK_K, MT_IQ2_XS_BYTES, 1, NULL, NULL, 17, 20, mt_iq2_xs_row_to_f32, NULL},
     [MT_DT_IQ2_S] = {"iq2_s", MT_QK_K, MT_IQ2_S_BYTES, 1, NULL, NULL, 22, 28, mt_iq2_s_row_to_f32, NULL},
@@ -217,5 +224,17 @@ int mt_row_from_f32(mt_dtype t, const float *src, void *dst, int64_t n) {
         return mt_seterr(MT_ERR_FORMAT, "%s needs rows of whole %d-blocks, got %lld", d->name, d->block_elems,
                          (long long)n);
     d->from_f32(src, dst, n);
+    return MT_OK;
+}
+
+int mt_row_from_f32_w(mt_dtype t, const float *src, void *dst, int64_t n, const float *qw) {
+    const mt_dtype_info *d = mt_dtype_get(t);
+    if (!qw) return mt_row_from_f32(t, src, dst, n);
+    if (!d || !d->from_f32_w)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s is not written with an importance matrix here", mt_dtype_name(t));
+    if (n < 0 || n % d->block_elems)
+        return mt_seterr(MT_ERR_FORMAT, "%s needs rows of whole %d-blocks, got %lld", d->name, d->block_elems,
+                         (long long)n);
+    d->from_f32_w(src, dst, n, qw);
     return MT_OK;
 }

@@ -87,6 +87,9 @@ static void rtn(float *W, int64_t rows, int64_t cols, const mt_grid *g, int8_t *
 int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_grid *g,
                      const mt_gptq_params *p, int8_t *codes, float *a, float *b) {
     if (cols % g->group) return mt_seterr(MT_ERR_ARG, "gptq: group %d does not divide %lld columns", g->group, (long long)cols);
+    if (g->kind == MT_GRID_ROW)
+        return mt_seterr(MT_ERR_ARG, "gptq: %s is written whole rows at a time by its own quantizer, not by codes",
+                         mt_dtype_name((mt_dtype)g->dtype));
     if (!H) {
         rtn(W, rows, cols, g, codes, a, b);
         return MT_OK;

@@ -48,9 +48,18 @@ int mt_grid_make_type(mt_grid *g, int dtype, int64_t cols, const char *what) {
     if (dtype == MT_DT_Q8_0) return mt_grid_make(g, 8, 32, cols, what);
     if (dtype == MT_DT_Q4_0) return mt_grid_make(g, 4, 32, cols, what);
     if (dtype == MT_DT_TQ2_0) return mt_grid_make(g, MT_QUANT_TERNARY, 256, cols, what);
+    if (d && !d->blk && d->from_f32_w) {
+        if (cols % d->block_elems)
+            return mt_seterr(MT_ERR_ARG, "%s: %s needs rows of whole %d-weight blocks; %lld columns are not", what,
+                             d->name, d->block_elems, (long long)cols);
+        g->kind = MT_GRID_ROW;
+        g->group = d->block_elems;
+        g->dtype = dtype;
+        return MT_OK;
+    }
     if (!d || !d->blk)
         return mt_seterr(MT_ERR_ARG, "%s: moetool does not write %s (types: q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, "
-                         "q4_1, q4_0, q3_k, q2_k, tq2_0)", what, d ? d->name : "that type");
+                         "q4_1, q4_0, q3_k, q2_k, tq2_0, iq4_xs, iq4_nl)", what, d ? d->name : "that type");
     if (cols % d->blk->elems)
         return mt_seterr(MT_ERR_ARG, "%s: %s needs rows of whole %d-weight blocks; %lld columns are not", what, d->name,
                          d->blk->elems, (long long)cols);
@@ -75,7 +84,8 @@ int mt_grid_asym(mt_grid *g, const char *what) {
     return mt_seterr(MT_ERR_ARG, "%s: %s %s; --asym takes only the int grids without a file type (3 or 2 bits, "
                      "or 8/4 bits with a group other than 32), measured with --eval-only", what, nm,
                      g->kind == MT_GRID_TERNARY_ROW ? "has its own {min, 0, max} levels per row"
-                     : g->kind == MT_GRID_BLOCK     ? "is a llama.cpp block type (a file type with its own scale rules)"
+                     : g->kind == MT_GRID_BLOCK || g->kind == MT_GRID_ROW
+                         ? "is a llama.cpp block type (a file type with its own scale rules)"
                                                     : "is llama.cpp's symmetric block type (a file type, no zero point)");
 }
 
@@ -84,7 +94,8 @@ int mt_grid_dtype(const mt_grid *g) {
     case MT_GRID_Q8_0: return MT_DT_Q8_0;
     case MT_GRID_Q4_0: return MT_DT_Q4_0;
     case MT_GRID_TQ2_0: return MT_DT_TQ2_0;
-    case MT_GRID_BLOCK: return g->dtype;
+    case MT_GRID_BLOCK:
+    case MT_GRID_ROW: return g->dtype;
     default: return -1;
     }
 }
@@ -105,7 +116,8 @@ void mt_grid_name(const mt_grid *g, char *buf, size_t n) {
     case MT_GRID_Q4_0: snprintf(buf, n, "q4_0"); break;
     case MT_GRID_TQ2_0: snprintf(buf, n, "tq2_0"); break;
     case MT_GRID_TERNARY_ROW: snprintf(buf, n, "ternary row (QMoE)"); break;
-    case MT_GRID_BLOCK: snprintf(buf, n, "%s", mt_dtype_name((mt_dtype)g->dtype)); break;
+    case MT_GRID_BLOCK:
+    case MT_GRID_ROW: snprintf(buf, n, "%s", mt_dtype_name((mt_dtype)g->dtype)); break;
     case MT_GRID_INT_ASYM: snprintf(buf, n, "int%d g%d asym", g->bits, g->group); break;
     default: snprintf(buf, n, "int%d g%d", g->bits, g->group); break;
     }
@@ -136,6 +148,9 @@ void mt_grid_fit(const mt_grid *g, const float *x, int n, float *a, float *b) {
         if (x[i] > mx) mx = x[i];
     }
     switch (g->kind) {
+    case MT_GRID_ROW: /* whole rows through the type's quantizer (mt_gptq_quantize refuses it) */
+        MT_ASSERT(g->kind != MT_GRID_ROW);
+        return;
     case MT_GRID_BLOCK: {
         int8_t q[MT_QK_K]; /* the reference codes: GPTQ rounds its own */
         MT_ASSERT(n == g->bc->elems && n <= MT_QK_K);
@@ -222,6 +237,7 @@ void mt_grid_fit(const mt_grid *g, const float *x, int n, float *a, float *b) {
 int mt_grid_quant(const mt_grid *g, const float *pa, const float *pb, int j, float x, float *dq) {
     const float a = *pa, b = *pb;
     switch (g->kind) {
+    case MT_GRID_ROW: MT_ASSERT(g->kind != MT_GRID_ROW); return 0;
     case MT_GRID_BLOCK: return mt_blk_quant(g->bc, (const mt_blk_params *)(const void *)pa, j, x, dq);
     case MT_GRID_INT:
     case MT_GRID_INT_ASYM: {

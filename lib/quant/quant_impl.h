@@ -28,6 +28,12 @@ typedef enum {
                              group widened to include 0, scale f16((max−min)/(2^b-1)),
                              zero round(−min/scale) in [0, 2^b-1], levels scale·(q − zero);
                              a = scale, b = zero (an integer); codes q − 2^(b-1) */
+    MT_GRID_ROW,          /* a llama.cpp type written whole rows at a time by its
+                             own quantizer (mt_dtype_info.from_f32_w: iq4_nl,
+                             iq4_xs), with the importance matrix when there is
+                             one: round to nearest only, no codes or group
+                             parameters for GPTQ (mt_grid_fit/quant/pack_row
+                             do not apply); group = the type's block      */
 } mt_grid_kind;
 
 typedef struct {
@@ -45,7 +51,8 @@ typedef struct {
 int mt_grid_make(mt_grid *g, int bits, int group, int64_t cols, const char *what);
 /* The grid of a storage type named by the user (--type): q8_0, q4_0 and
  * tq2_0 as mt_grid_make makes them, the types with a block quantizer
- * (q2_K..q6_K, q4_1, q5_0, q5_1) as MT_GRID_BLOCK. MT_ERR_ARG naming
+ * (q2_K..q6_K, q4_1, q5_0, q5_1) as MT_GRID_BLOCK, iq4_nl/iq4_xs as
+ * MT_GRID_ROW. MT_ERR_ARG naming
  * `what` for other types or when the blocks do not divide `cols`. */
 int mt_grid_make_type(mt_grid *g, int dtype, int64_t cols, const char *what);
 /* Floats per group in the parameter arrays a and b: 1, or for
@@ -225,5 +232,41 @@ int mt_calib_tokens(const mt_model *m, const char *path, int need, int32_t **ids
 int mt_calib_layer(mt_model *m, int layer, const int32_t *ids, size_t n_ids, int window, int with_attn,
                    uint64_t cap, mt_calib_stats *st);
 void mt_calib_stats_free(mt_calib_stats *st);
+
+/* ---- llama.cpp's importance matrix (imatrix.c) -----------------------------
+ * Per weight matrix and input column, the mean x² over the calibration
+ * tokens the matrix multiplied (routed experts: the tokens routed to each);
+ * the quantizers of the types that take one (mt_dtype_info.from_f32_w)
+ * weight their search by it, as llama-quantize --imatrix does. */
+typedef struct {
+    char name[96];        /* GGUF tensor name; "" when the model lacks it   */
+    int64_t cols;         /* input columns                                  */
+    int n_mat;            /* matrices stacked in the tensor (experts) or 1  */
+    int ncall;            /* chunks the values were averaged over (file)    */
+    float *values;        /* [n_mat][cols] mean x²; NULL: none              */
+    double *sum;          /* [n_mat][cols] Σx² while computing, else NULL   */
+    uint64_t *count;      /* [n_mat] rows accumulated, else NULL            */
+} mt_imatrix_entry;
+
+typedef struct {
+    int n_layers;
+    int n;                /* n_layers·K_COUNT + 1 (the last: lm_head)       */
+    mt_imatrix_entry *e;  /* [layer·K_COUNT + kind], then lm_head           */
+    int chunks;           /* calibration windows run                        */
+} mt_imatrix;
+
+/* Runs ids (windows of `window` tokens) through m and collects every
+ * matrix's importance. */
+int mt_imatrix_compute(mt_imatrix *im, mt_model *m, const int32_t *ids, size_t n_ids, int window);
+/* Reads llama.cpp's imatrix (.dat) for m's tensors; entries naming tensors m
+ * lacks are skipped; a wrong size or a negative/non-finite value is an error
+ * naming the file and tensor. */
+int mt_imatrix_read(mt_imatrix *im, const mt_model *m, const char *path);
+/* Writes im as llama.cpp's imatrix (.dat), dataset: the text's name. */
+int mt_imatrix_write(const mt_imatrix *im, const char *path, const char *dataset);
+/* The importance vector (cols floats) of matrix kind (K_*) of `expert` in
+ * `layer` (layer −1: lm_head), or NULL when there is none. */
+const float *mt_imatrix_get(const mt_imatrix *im, int layer, int kind, int expert);
+void mt_imatrix_free(mt_imatrix *im);
 
 #endif

@@ -287,6 +287,8 @@ typedef struct {
     const mt_mat *w1, *w3; /* expert w2: its inputs are silu(x W1ᵀ)·(x W3ᵀ)   */
     mt_gptq_params gp;
     int keep_syms;         /* codec qmoe: keep symbols and row values       */
+    const float *qw;       /* importance per column (imatrix) for the type's
+                              own quantizer, rounding to nearest; NULL: none */
     uint64_t mem;          /* working set at its peak, bytes (estimate)     */
     int rc;
     char err[256];
@@ -312,6 +314,25 @@ static uint64_t job_mem(const job_t *j) {
     return m;
 }
 
+/* Rows of W (f32) through the storage type's quantizer with j->qw. */
+static int row_job(job_t *j, const float *W) {
+    const int64_t rows = j->src->rows, cols = j->src->cols;
+    qmat *q = j->out;
+    int rc;
+    q->rows = rows;
+    q->cols = cols;
+    q->dtype = (mt_dtype)mt_grid_dtype(&j->grid);
+    q->bits = mt_grid_bits(&j->grid, cols);
+    if ((rc = mt_dtype_nbytes(q->dtype, (uint64_t)cols, &q->row_bytes))) return rc;
+    if (!(q->data = malloc((size_t)(q->row_bytes * (uint64_t)rows))))
+        return mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+    for (int64_t r = 0; r < rows; r++)
+        if ((rc = mt_row_from_f32_w(q->dtype, W + r * cols, q->data + (uint64_t)r * q->row_bytes, cols, j->qw)))
+            return rc;
+    q->used = 1;
+    return MT_OK;
+}
+
 static void run_job(job_t *j) {
     const int64_t rows = j->src->rows, cols = j->src->cols, ng = cols / j->grid.group * mt_grid_nparam(&j->grid);
     float *W = malloc((size_t)(rows * cols) * sizeof *W);
@@ -330,6 +351,11 @@ static void run_job(job_t *j) {
     for (int64_t r = 0; r < rows; r++)
         if ((rc = mt_row_to_f32(j->src->dtype, (const uint8_t *)j->src->data + r * j->src->row_stride, W + r * cols, cols)))
             goto done;
+    if (j->grid.kind == MT_GRID_ROW || j->qw) {
+        /* the type's own quantizer, whole rows, with the importance matrix */
+        rc = row_job(j, W);
+        goto done;
+    }
     if (x) {
         if (j->w1) {
             if ((rc = mt_calib_mid(x, j->w1, j->w3, &mid))) goto done;
@@ -625,6 +651,31 @@ static int code_experts(mt_quant_state *s, mt_weights *w, mt_quant_report *rep, 
     return MT_OK;
 }
 
+/* Whether some matrix of layer `layer` (-1: any layer) gets a grid GPTQ
+ * cannot round onto (MT_GRID_ROW; want_row) or one it can (!want_row). */
+static int has_grid(const mt_quant_opts *o, const mt_config *c, const mt_quant_plan *plan, int layer, int want_row) {
+    mt_grid g;
+    for (int l = layer < 0 ? 0 : layer; l < (layer < 0 ? c->n_layers : layer + 1); l++)
+        for (int k = with_attn(o) ? K_Q : K_W1; k < K_COUNT; k++)
+            if (!matrix_grid(&g, o, c, plan, k, l, k == K_W2 || k == K_SW2 ? c->ffn : k == K_O ? q_dim(c) : c->hidden,
+                             "quantize") &&
+                (g.kind == MT_GRID_ROW) == want_row) {
+                mt_clearerr();
+                return 1;
+            }
+    mt_clearerr();
+    return 0;
+}
+
+/* The importance vector a matrix on grid g is written with: for the types
+ * whose llama.cpp quantizer takes one (K-quants and legacy blocks error in
+ * mt_row_from_f32_w until they do here), when im has it. */
+static const float *job_qw(const mt_imatrix *im, const mt_grid *g, int l, int k, int e) {
+    const mt_dtype_info *d = mt_dtype_get((mt_dtype)mt_grid_dtype(g));
+    if (!im || !d || !(d->from_f32_w || g->kind == MT_GRID_BLOCK)) return NULL;
+    return mt_imatrix_get(im, l, k, e);
+}
+
 int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt_quant_report *rep) {
     *out = NULL;
     memset(rep, 0, sizeof *rep);
@@ -650,7 +701,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 const mt_dtype t = mt_quant_layer_mat(L, k, e)->dtype;
                 if (mt_dtype_is_plain_float(t)) continue;
                 const mt_dtype_info *di = mt_dtype_get(t);
-                if (di && di->to_f32 && (!di->from_f32 || di->blk) && t != MT_DT_TQ1_0 && t != MT_DT_TQ2_0) {
+                if (di && di->to_f32 && (!di->from_f32 || di->blk || di->from_f32_w) && t != MT_DT_TQ1_0 && t != MT_DT_TQ2_0) {
                     if (rep->source_dtype < 0) rep->source_dtype = (int)t;
                     else if (rep->source_dtype != (int)t) rep->source_mixed = 1;
                     continue;
@@ -671,6 +722,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     job_t *jobs = NULL;
     mt_calib_capture cc;
     memset(&cc, 0, sizeof cc);
+    mt_imatrix im_store, *im = NULL;
+    memset(&im_store, 0, sizeof im_store);
     if (!s) return mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
     s->n_layers = c->n_layers;
     s->ne = ne;
@@ -687,7 +740,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     const int W = calib_window(o, c);
     mt_quant_plan plan;
     memset(&plan, 0, sizeof plan);
-    if (gptq || planned(o)) {
+    const int im_calib = !o->imatrix_path && (o->imatrix_calib || (gptq && has_grid(o, c, NULL, -1, 1)));
+    if (gptq || planned(o) || im_calib) {
         char def[4096];
         const char *cp = o->calib_path;
         if (!cp) {
@@ -715,6 +769,16 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         }
     }
     if (o->mix) s->file_type = (uint32_t)o->mix;
+    if (o->imatrix_path || im_calib) {
+        const double ti = mt_now();
+        if ((rc = o->imatrix_path ? mt_imatrix_read(&im_store, m, o->imatrix_path)
+                                  : mt_imatrix_compute(&im_store, m, ids, n_ids, W)))
+            goto fail;
+        im = &im_store;
+        rep->calib_seconds += mt_now() - ti;
+        if (o->imatrix_out && (rc = mt_imatrix_write(im, o->imatrix_out, o->calib_path ? o->calib_path : "")))
+            goto fail;
+    }
     mt_grid ge;
     matrix_grid(&ge, o, c, NULL, K_W1, 0, c->hidden, "experts");
     char nm[48];
@@ -737,7 +801,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
         const int attn = with_attn(o);
-        if (gptq) {
+        /* no capture for a layer GPTQ has nothing to round in (all iq4) */
+        if (gptq && has_grid(o, c, plan.type ? &plan : NULL, l, 0)) {
             const double tc = mt_now();
             if (o->progress) {
                 char what[64];
@@ -773,7 +838,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 j->gp = gp;
                 j->keep_syms = !is_attn && o->codec == MT_QUANT_CODEC_QMOE;
                 if ((rc = matrix_grid(&j->grid, o, c, plan.type ? &plan : NULL, k, l, j->src->cols, "quantize"))) goto fail;
-                if (gptq) {
+                if (gptq && j->grid.kind != MT_GRID_ROW) {
                     if (is_attn) {
                         /* q/k/v on the attention input; o_proj on the
                          * attention output of the same pass. */
@@ -799,6 +864,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                         }
                     }
                 }
+                if (!j->x) j->qw = job_qw(im, &j->grid, l, k, e);
                 j->mem = job_mem(j);
             }
         }
@@ -877,12 +943,13 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 rc = mt_grid_make(&j.grid, o->embed_bits, MT_QUANT_GROUP_DEFAULT, src[i]->cols, "--embed-bits");
             }
             if (rc) goto fail;
-            if (i == 1 && gptq) {
+            if (i == 1 && gptq && j.grid.kind != MT_GRID_ROW) {
                 const double tc = mt_now();
                 if ((rc = mt_calib_capture_final(m, ids, n_ids, W, &fx))) goto fail;
                 rep->calib_seconds += mt_now() - tc;
                 j.x = &fx;
             }
+            if (i == 1 && !j.x) j.qw = job_qw(im, &j.grid, -1, 0, 0);
             run_job(&j);
             mt_calib_rows_free(&fx);
             if ((rc = j.rc)) {
@@ -914,6 +981,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     rep->seconds = mt_now() - t0;
     rep->peak_rss = mt_peak_rss_bytes();
     mt_quant_plan_free(&plan);
+    mt_imatrix_free(&im_store);
     free(ids);
     free(jobs);
     snprintf(s->grid_name, sizeof s->grid_name, "%s", rep->grid_name);
@@ -924,6 +992,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
 fail:
     mt_calib_capture_free(&cc);
     mt_quant_plan_free(&plan);
+    mt_imatrix_free(&im_store);
     free(ids);
     free(jobs);
     mt_quant_state_free(s);

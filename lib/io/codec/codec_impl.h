@@ -4,7 +4,17 @@
 #ifndef MT_CODEC_IMPL_H
 #define MT_CODEC_IMPL_H
 
+#include <string.h>
+
 #include "moetool/mt_common.h"
+
+/* Round to nearest, ties to even, as llama.cpp's nearest_int (|x| < 2^22). */
+static inline int mt_nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
 
 void mt_f32_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_f32_row_from_f32(const float *src, void *dst, int64_t n);
@@ -39,8 +49,22 @@ void mt_q6_K_row_from_f32(const float *src, void *dst, int64_t n);
 extern const mt_blk_codec mt_q4_1_codec, mt_q5_0_codec, mt_q5_1_codec;
 extern const mt_blk_codec mt_q2_K_codec, mt_q3_K_codec, mt_q4_K_codec, mt_q5_K_codec, mt_q6_K_codec;
 void mt_blk_row_from_f32(const mt_blk_codec *c, const float *src, void *dst, int64_t n);
+/* The same with importance weights qw (n floats; c->fit_w) and the K-quant
+ * rows through them. */
+void mt_blk_row_from_f32_w(const mt_blk_codec *c, const float *src, void *dst, int64_t n, const float *qw);
+void mt_q2_K_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_q3_K_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_q4_K_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_q5_K_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_q6_K_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
 void mt_iq4_nl_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_iq4_xs_row_to_f32(const void *src, float *dst, int64_t n);
+/* The same written from f32 (iq4_enc.c), with importance weights qw (one
+ * per column; NULL: none) as llama.cpp's quantize_iq4_nl / _xs. */
+void mt_iq4_nl_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_iq4_xs_row_from_f32(const float *src, void *dst, int64_t n);
+void mt_iq4_nl_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_iq4_xs_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
 void mt_iq2_xxs_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_iq2_xs_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_iq2_s_row_to_f32(const void *src, float *dst, int64_t n);

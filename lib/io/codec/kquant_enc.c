@@ -28,14 +28,6 @@
 
 #define GROUP_MAX_EPS 1e-15f
 
-/* Round to nearest, ties to even, as llama.cpp's nearest_int (|x| < 2^22). */
-static inline int nearest_int(float fval) {
-    float val = fval + 12582912.f;
-    int i;
-    memcpy(&i, &val, sizeof(int));
-    return (i & 0x007fffff) - 0x00400000;
-}
-
 static inline int imax(int a, int b) { return a > b ? a : b; }
 static inline int imin(int a, int b) { return a < b ? a : b; }
 
@@ -58,7 +50,7 @@ static float make_qx_quants(int n, int nmax, const float *x, int8_t *L, const fl
     float iscale = -nmax / max;
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * x[i]);
+        int l = mt_nearest_int(iscale * x[i]);
         l = imax(-nmax, imin(nmax - 1, l));
         L[i] = (int8_t)(l + nmax);
         float w = qw ? qw[i] : x[i] * x[i];
@@ -72,7 +64,7 @@ static float make_qx_quants(int n, int nmax, const float *x, int8_t *L, const fl
         iscale = -(nmax + 0.1f * is) / max;
         sumlx = suml2 = 0;
         for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale * x[i]);
+            int l = mt_nearest_int(iscale * x[i]);
             l = imax(-nmax, imin(nmax - 1, l));
             float w = qw ? qw[i] : x[i] * x[i];
             sumlx += w * x[i] * l;
@@ -80,7 +72,7 @@ static float make_qx_quants(int n, int nmax, const float *x, int8_t *L, const fl
         }
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
             for (int i = 0; i < n; ++i) {
-                int l = nearest_int(iscale * x[i]);
+                int l = mt_nearest_int(iscale * x[i]);
                 L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, l)));
             }
             scale = sumlx / suml2;
@@ -109,7 +101,7 @@ static float make_q3_quants(int n, int nmax, const float *x, int8_t *L) {
     float iscale = -nmax / max;
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * x[i]);
+        int l = mt_nearest_int(iscale * x[i]);
         l = imax(-nmax, imin(nmax - 1, l));
         L[i] = (int8_t)l;
         float w = x[i] * x[i];
@@ -123,7 +115,7 @@ static float make_q3_quants(int n, int nmax, const float *x, int8_t *L) {
             float slx = sumlx - w * x[i] * L[i];
             if (slx > 0) {
                 float sl2 = suml2 - w * L[i] * L[i];
-                int new_l = nearest_int(x[i] * sl2 / slx);
+                int new_l = mt_nearest_int(x[i] * sl2 / slx);
                 new_l = imax(-nmax, imin(nmax - 1, new_l));
                 if (new_l != L[i]) {
                     slx += w * x[i] * new_l;
@@ -145,9 +137,12 @@ static float make_q3_quants(int n, int nmax, const float *x, int8_t *L) {
 
 /* Codes 0..nmax with a scale and a min (x ≈ scale·l − the_min), chosen
  * among nstep + 1 trial steps by weighted least squares (llama.cpp
- * make_qkx2_quants); error measured as |diff| (use_mad) or diff². */
-static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L, float *the_min,
-                              uint8_t *Laux, float rmin, float rdelta, int nstep, int use_mad) {
+ * make_qkx2_quants); error measured as |diff| (use_mad) or diff². qkx3:
+ * llama.cpp's make_qkx3_quants (the weighted K-quants' fit), the same
+ * search whose trial codes are rounded from min(v, nmax) and 0 for v <= 0
+ * (v stays finite when the running min nears max). */
+static float make_qkx_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L, float *the_min,
+                             uint8_t *Laux, float rmin, float rdelta, int nstep, int use_mad, int qkx3) {
     float min = x[0], max = x[0];
     float sum_w = weights[0];
     float sum_x = sum_w * x[0];
@@ -168,7 +163,7 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
     float scale = 1 / iscale;
     float best_error = 0;
     for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * (x[i] - min));
+        int l = mt_nearest_int(iscale * (x[i] - min));
         L[i] = (uint8_t)imax(0, imin(nmax, l));
         float diff = scale * L[i] + min - x[i];
         diff = use_mad ? fabsf(diff) : diff * diff;
@@ -178,8 +173,13 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
         iscale = (rmin + rdelta * is + nmax) / (max - min);
         float sum_l = 0, sum_l2 = 0, sum_xl = 0;
         for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale * (x[i] - min));
-            l = imax(0, imin(nmax, l));
+            int l;
+            if (qkx3) {
+                const float v = iscale * (x[i] - min);
+                l = v > 0 ? mt_nearest_int(v < nmax ? v : (float)nmax) : 0;
+            } else {
+                l = imax(0, imin(nmax, mt_nearest_int(iscale * (x[i] - min))));
+            }
             Laux[i] = (uint8_t)l;
             float w = weights[i];
             sum_l += w * l;
@@ -212,6 +212,72 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
     return scale;
 }
 
+/* Codes 0..nmax of the non-negative x (sub-block scales or mins) with one
+ * scale, by weighted squared error: 9 trial scales, then up to 5 rounds of
+ * moving single codes (llama.cpp make_qp_quants). */
+static float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw) {
+    float max = 0;
+    for (int i = 0; i < n; ++i) max = max > x[i] ? max : x[i];
+    if (max < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = nmax / max;
+    for (int i = 0; i < n; ++i) L[i] = (uint8_t)mt_nearest_int(iscale * x[i]);
+    float scale = 1 / iscale;
+    float best_mse = 0;
+    for (int i = 0; i < n; ++i) {
+        float diff = x[i] - scale * L[i];
+        best_mse += qw[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; ++is) {
+        if (is == 0) continue;
+        float iscale_is = (0.1f * is + nmax) / max;
+        float scale_is = 1 / iscale_is;
+        float mse = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = imin(nmax, mt_nearest_int(iscale_is * x[i]));
+            float diff = x[i] - scale_is * l;
+            mse += qw[i] * diff * diff;
+        }
+        if (mse < best_mse) {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = imin(nmax, mt_nearest_int(iscale * x[i]));
+        L[i] = (uint8_t)l;
+        float w = qw[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; ++i) {
+            float w = qw[i];
+            float slx = sumlx - w * x[i] * L[i];
+            float sl2 = suml2 - w * L[i] * L[i];
+            if (slx > 0 && sl2 > 0) {
+                int new_l = imin(nmax, mt_nearest_int(x[i] * sl2 / slx));
+                if (new_l != L[i]) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
 int mt_blk_quant(const mt_blk_codec *c, const mt_blk_params *p, int j, float x, float *dq) {
     const int s = j / c->sub;
     const float dl = p->dl[s], ml = p->ml[s];
@@ -222,7 +288,7 @@ int mt_blk_quant(const mt_blk_codec *c, const mt_blk_params *p, int j, float x, 
          * in range whatever GPTQ's error feedback did to x; NaN -> qmin */
         if (!(v > (float)(c->qmin - 1))) v = (float)(c->qmin - 1);
         if (v > (float)(c->qmax + 1)) v = (float)(c->qmax + 1);
-        q = imax(c->qmin, imin(c->qmax, nearest_int(v)));
+        q = imax(c->qmin, imin(c->qmax, mt_nearest_int(v)));
     }
     *dq = dl * (float)q - ml;
     return q;
@@ -255,21 +321,21 @@ static void q2_K_fit(const float *x, mt_blk_params *p, int8_t *q) {
     memset(p, 0, sizeof *p);
     for (int j = 0; j < 16; ++j) {
         for (int l = 0; l < 16; ++l) weights[l] = fabsf(x[16 * j + l]);
-        scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
+        scales[j] = make_qkx_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1, 0);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
     uint8_t sb[16] = {0}; /* the scale bytes, composed as llama.cpp composes them */
     if (max_scale > 0) {
         float iscale = 15.f / max_scale;
-        for (int j = 0; j < 16; ++j) sb[j] = (uint8_t)nearest_int(iscale * scales[j]);
+        for (int j = 0; j < 16; ++j) sb[j] = (uint8_t)mt_nearest_int(iscale * scales[j]);
         p->d = mt_f32_to_f16(max_scale / 15.f);
     } else {
         p->d = mt_f32_to_f16(0.f);
     }
     if (max_min > 0) {
         float iscale = 15.f / max_min;
-        for (int j = 0; j < 16; ++j) sb[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
+        for (int j = 0; j < 16; ++j) sb[j] |= (uint8_t)(mt_nearest_int(iscale * mins[j]) << 4);
         p->dmin = mt_f32_to_f16(max_min / 15.f);
     } else {
         p->dmin = mt_f32_to_f16(0.f);
@@ -309,7 +375,7 @@ static void q3_K_fit(const float *x, mt_blk_params *p, int8_t *q) {
     if (max_scale) {
         float iscale = -32.f / max_scale;
         for (int j = 0; j < 16; ++j) {
-            int8_t l = (int8_t)nearest_int(iscale * scales[j]);
+            int8_t l = (int8_t)mt_nearest_int(iscale * scales[j]);
             p->sc[j] = (int16_t)(imax(-32, imin(31, l)));
         }
         p->d = mt_f32_to_f16(1 / iscale);
@@ -356,16 +422,16 @@ static void q45_K_fit(const mt_blk_codec *c, const float *x, mt_blk_params *p, i
         for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = nmax == 15 ? make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, 0)
-                               : make_qkx2_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 0);
+        scales[j] = nmax == 15 ? make_qkx_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, 0, 0)
+                               : make_qkx_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 0, 0);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
     float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
     float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
     for (int j = 0; j < 8; ++j) {
-        uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
-        uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
+        uint8_t ls = (uint8_t)mt_nearest_int(inv_scale * scales[j]);
+        uint8_t lm = (uint8_t)mt_nearest_int(inv_min * mins[j]);
         p->sc[j] = ls < 63 ? ls : 63;
         p->m[j] = lm < 63 ? lm : 63;
     }
@@ -429,13 +495,14 @@ static void q5_K_pack(const int8_t *q, const mt_blk_params *p, uint8_t *b) {
 }
 
 /* ---- q6_K ---------------------------------------------------------------- */
-static void q6_K_fit(const float *x, mt_blk_params *p, int8_t *q) {
+/* qw: importance weights of the sub-block search (imatrix), NULL: x². */
+static void q6_K_fit_qw(const float *x, const float *qw, mt_blk_params *p, int8_t *q) {
     int8_t L[MT_QK_K];
     float scales[16];
     float max_scale = 0, max_abs_scale = 0;
     memset(p, 0, sizeof *p);
     for (int ib = 0; ib < 16; ++ib) {
-        const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, NULL);
+        const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : NULL);
         scales[ib] = scale;
         const float abs_scale = fabsf(scale);
         if (abs_scale > max_abs_scale) {
@@ -451,11 +518,13 @@ static void q6_K_fit(const float *x, mt_blk_params *p, int8_t *q) {
     }
     float iscale = -128.f / max_scale;
     p->d = mt_f32_to_f16(1 / iscale);
-    for (int ib = 0; ib < 16; ++ib) p->sc[ib] = (int16_t)(int8_t)imin(127, nearest_int(iscale * scales[ib]));
+    for (int ib = 0; ib < 16; ++ib) p->sc[ib] = (int16_t)(int8_t)imin(127, mt_nearest_int(iscale * scales[ib]));
     set_dl_ml(p, 16);
     for (int j = 0; j < MT_QK_K; j++) q[j] = (int8_t)(L[j] - 32);
     requant(&mt_q6_K_codec, p, x, q);
 }
+
+static void q6_K_fit(const float *x, mt_blk_params *p, int8_t *q) { q6_K_fit_qw(x, NULL, p, q); }
 
 static void q6_K_pack(const int8_t *q, const mt_blk_params *p, uint8_t *b) {
     uint8_t *ql = b, *qh = b + 128;
@@ -470,11 +539,99 @@ static void q6_K_pack(const int8_t *q, const mt_blk_params *p, uint8_t *b) {
     memcpy(b + 208, &p->d, 2);
 }
 
-const mt_blk_codec mt_q2_K_codec = {MT_QK_K, MT_Q2_K_BYTES, 16, 0, 3, q2_K_fit, q2_K_pack};
-const mt_blk_codec mt_q3_K_codec = {MT_QK_K, MT_Q3_K_BYTES, 16, -4, 3, q3_K_fit, q3_K_pack};
-const mt_blk_codec mt_q4_K_codec = {MT_QK_K, MT_Q4_K_BYTES, 32, 0, 15, q4_K_fit, q4_K_pack};
-const mt_blk_codec mt_q5_K_codec = {MT_QK_K, MT_Q5_K_BYTES, 32, 0, 31, q5_K_fit, q5_K_pack};
-const mt_blk_codec mt_q6_K_codec = {MT_QK_K, MT_Q6_K_BYTES, 16, -32, 31, q6_K_fit, q6_K_pack};
+/* ---- the same with an importance matrix (llama.cpp quantize_row_qX_K_impl):
+ * sub-block weights w = qw·sqrt(σ² + x²) with σ² the block's mean x² (×2
+ * for q3_K..q5_K), sub-block fits by make_qkx3_quants (q2_K, q4_K, q5_K) or
+ * make_qx_quants (q3_K), their scales and mins on the integer grid by
+ * make_qp_quants / make_qx_quants weighted by each sub-block's Σw; q6_K
+ * weights its sub-block search by qw itself. Then every code requantized. */
+static float block_sigma2(const float *x) {
+    float sumx2 = 0;
+    for (int j = 0; j < MT_QK_K; ++j) sumx2 += x[j] * x[j];
+    return sumx2 / MT_QK_K;
+}
+
+static void q2_K_fit_w(const float *x, const float *qw, mt_blk_params *p, int8_t *q) {
+    uint8_t L[MT_QK_K], Laux[16], Ls[16], Lm[16];
+    float weight[16], sw[16], mins[16], scales[16];
+    const float sigma2 = block_sigma2(x);
+    memset(p, 0, sizeof *p);
+    for (int j = 0; j < 16; ++j) {
+        sw[j] = 0;
+        for (int l = 0; l < 16; ++l) weight[l] = qw[16 * j + l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
+        for (int l = 0; l < 16; ++l) sw[j] += weight[l];
+        scales[j] = make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0, 1);
+    }
+    const float dm = make_qp_quants(16, 15, scales, Ls, sw), mm = make_qp_quants(16, 15, mins, Lm, sw);
+    p->d = mt_f32_to_f16(dm);
+    p->dmin = mt_f32_to_f16(mm);
+    for (int j = 0; j < 16; ++j) { /* the scale byte Ls | Lm << 4, as stored */
+        const uint8_t sb = (uint8_t)(Ls[j] | Lm[j] << 4);
+        p->sc[j] = sb & 0x0f;
+        p->m[j] = sb >> 4;
+    }
+    set_dl_ml(p, 16);
+    for (int j = 0; j < MT_QK_K; j++) q[j] = (int8_t)L[j];
+    requant(&mt_q2_K_codec, p, x, q);
+}
+
+static void q3_K_fit_w(const float *x, const float *qw, mt_blk_params *p, int8_t *q) {
+    int8_t L[MT_QK_K], Ls[16];
+    float weight[16], sw[16], scales[16];
+    const float sigma2 = 2 * block_sigma2(x);
+    memset(p, 0, sizeof *p);
+    for (int j = 0; j < 16; ++j) {
+        for (int l = 0; l < 16; ++l) weight[l] = qw[16 * j + l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
+        float sumw = 0;
+        for (int l = 0; l < 16; ++l) sumw += weight[l];
+        sw[j] = sumw;
+        scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, weight);
+    }
+    const float d_block = make_qx_quants(16, 32, scales, Ls, sw);
+    for (int j = 0; j < 16; ++j) p->sc[j] = (int16_t)(Ls[j] - 32);
+    p->d = mt_f32_to_f16(d_block);
+    set_dl_ml(p, 16);
+    for (int j = 0; j < MT_QK_K; j++) q[j] = (int8_t)(L[j] - 4);
+    requant(&mt_q3_K_codec, p, x, q);
+}
+
+static void q45_K_fit_w(const mt_blk_codec *c, const float *x, const float *qw, mt_blk_params *p, int8_t *q) {
+    uint8_t L[MT_QK_K], Laux[32], Ls[8], Lm[8];
+    float weights[32], sw[8], mins[8], scales[8];
+    const float sigma2 = 2 * block_sigma2(x);
+    memset(p, 0, sizeof *p);
+    for (int j = 0; j < 8; ++j) {
+        for (int l = 0; l < 32; ++l) weights[l] = qw[32 * j + l] * sqrtf(sigma2 + x[32 * j + l] * x[32 * j + l]);
+        float sumw = 0;
+        for (int l = 0; l < 32; ++l) sumw += weights[l];
+        sw[j] = sumw;
+        scales[j] = make_qkx_quants(32, c->qmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0, 1);
+    }
+    const float d_block = make_qp_quants(8, 63, scales, Ls, sw), m_block = make_qp_quants(8, 63, mins, Lm, sw);
+    for (int j = 0; j < 8; ++j) {
+        p->sc[j] = Ls[j] < 63 ? Ls[j] : 63;
+        p->m[j] = Lm[j] < 63 ? Lm[j] : 63;
+    }
+    p->d = mt_f32_to_f16(d_block);
+    p->dmin = mt_f32_to_f16(m_block);
+    set_dl_ml(p, 8);
+    for (int j = 0; j < MT_QK_K; j++) q[j] = (int8_t)L[j];
+    requant(c, p, x, q);
+}
+
+static void q4_K_fit_w(const float *x, const float *qw, mt_blk_params *p, int8_t *q) {
+    q45_K_fit_w(&mt_q4_K_codec, x, qw, p, q);
+}
+static void q5_K_fit_w(const float *x, const float *qw, mt_blk_params *p, int8_t *q) {
+    q45_K_fit_w(&mt_q5_K_codec, x, qw, p, q);
+}
+static void q6_K_fit_w(const float *x, const float *qw, mt_blk_params *p, int8_t *q) { q6_K_fit_qw(x, qw, p, q); }
+
+const mt_blk_codec mt_q2_K_codec = {MT_QK_K, MT_Q2_K_BYTES, 16, 0, 3, q2_K_fit, q2_K_pack, q2_K_fit_w};
+const mt_blk_codec mt_q3_K_codec = {MT_QK_K, MT_Q3_K_BYTES, 16, -4, 3, q3_K_fit, q3_K_pack, q3_K_fit_w};
+const mt_blk_codec mt_q4_K_codec = {MT_QK_K, MT_Q4_K_BYTES, 32, 0, 15, q4_K_fit, q4_K_pack, q4_K_fit_w};
+const mt_blk_codec mt_q5_K_codec = {MT_QK_K, MT_Q5_K_BYTES, 32, 0, 31, q5_K_fit, q5_K_pack, q5_K_fit_w};
+const mt_blk_codec mt_q6_K_codec = {MT_QK_K, MT_Q6_K_BYTES, 16, -32, 31, q6_K_fit, q6_K_pack, q6_K_fit_w};
 
 void mt_blk_row_from_f32(const mt_blk_codec *c, const float *src, void *dst, int64_t n) {
     int8_t q[MT_QK_K];
@@ -486,9 +643,22 @@ void mt_blk_row_from_f32(const mt_blk_codec *c, const float *src, void *dst, int
     }
 }
 
+void mt_blk_row_from_f32_w(const mt_blk_codec *c, const float *src, void *dst, int64_t n, const float *qw) {
+    int8_t q[MT_QK_K];
+    mt_blk_params p;
+    MT_ASSERT(c->elems <= MT_QK_K && c->fit_w);
+    for (int64_t b = 0; b < n / c->elems; b++) {
+        c->fit_w(src + (int64_t)c->elems * b, qw + (int64_t)c->elems * b, &p, q);
+        c->pack(q, &p, (uint8_t *)dst + (int64_t)c->bytes * b);
+    }
+}
+
 #define KQ_FROM(T)                                                                                 \
     void mt_##T##_row_from_f32(const float *src, void *dst, int64_t n) {                          \
         mt_blk_row_from_f32(&mt_##T##_codec, src, dst, n);                                         \
+    }                                                                                              \
+    void mt_##T##_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw) {        \
+        mt_blk_row_from_f32_w(&mt_##T##_codec, src, dst, n, qw);                                   \
     }
 KQ_FROM(q2_K)
 KQ_FROM(q3_K)

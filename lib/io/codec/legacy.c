@@ -156,9 +156,9 @@ static void q5_1_pack(const int8_t *q, const mt_blk_params *p, uint8_t *b) {
     nib_pack(u, b + 8, b + 4);
 }
 
-const mt_blk_codec mt_q4_1_codec = {32, MT_Q4_1_BYTES, 32, 0, 15, q4_1_fit, q4_1_pack};
-const mt_blk_codec mt_q5_0_codec = {32, MT_Q5_0_BYTES, 32, -16, 15, q5_0_fit, q5_0_pack};
-const mt_blk_codec mt_q5_1_codec = {32, MT_Q5_1_BYTES, 32, 0, 31, q5_1_fit, q5_1_pack};
+const mt_blk_codec mt_q4_1_codec = {32, MT_Q4_1_BYTES, 32, 0, 15, q4_1_fit, q4_1_pack, NULL};
+const mt_blk_codec mt_q5_0_codec = {32, MT_Q5_0_BYTES, 32, -16, 15, q5_0_fit, q5_0_pack, NULL};
+const mt_blk_codec mt_q5_1_codec = {32, MT_Q5_1_BYTES, 32, 0, 31, q5_1_fit, q5_1_pack, NULL};
 
 void mt_q4_1_row_from_f32(const float *src, void *dst, int64_t n) { mt_blk_row_from_f32(&mt_q4_1_codec, src, dst, n); }
 void mt_q5_0_row_from_f32(const float *src, void *dst, int64_t n) { mt_blk_row_from_f32(&mt_q5_0_codec, src, dst, n); }
