@@ -724,6 +724,8 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     memset(&cc, 0, sizeof cc);
     mt_imatrix im_store, *im = NULL;
     memset(&im_store, 0, sizeof im_store);
+    mt_quant_plan plan; /* freed at fail: set before the first goto */
+    memset(&plan, 0, sizeof plan);
     if (!s) return mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
     s->n_layers = c->n_layers;
     s->ne = ne;
@@ -738,8 +740,6 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     }
     const int gptq = o->method == MT_QUANT_GPTQ;
     const int W = calib_window(o, c);
-    mt_quant_plan plan;
-    memset(&plan, 0, sizeof plan);
     const int im_calib = !o->imatrix_path && (o->imatrix_calib || (gptq && has_grid(o, c, NULL, -1, 1)));
     if (gptq || planned(o) || im_calib) {
         char def[4096];
