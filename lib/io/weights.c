@@ -220,7 +220,7 @@ static int get_qmoe(const wctx *w, const char *name, int64_t rows, int64_t cols,
     m->rows = rows;
     m->cols = cols;
     m->data = t->data;
-    m->aux_bytes[3] = t->nbytes;
+    m->side.qmoe.blob_bytes = t->nbytes;
     return MT_OK;
 }
 

@@ -242,7 +242,7 @@ done:
 /* ---- one layer ------------------------------------------------------------- */
 
 static int mat_to_f32(const mt_mat *M, float *dst, const char *what) {
-    if (M->dtype == MT_DT_QMOE)
+    if (mt_mat_has_side(M))
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: stored as %s with side data; convert to bf16 before merging", what,
                          mt_dtype_get(M->dtype)->name);
     for (int64_t r = 0; r < M->rows; r++) {
