@@ -48,7 +48,12 @@ echo "== models (in $W)"
 "$BIN" convert "$M" -o "$W/q4_0.gguf" --dtype q4_0 --quiet
 "$BIN" quantize "$M" -o "$W/gptq-q4_0.gguf" --method gptq --bits 4 --quiet >/dev/null
 "$BIN" quantize "$M" -o "$W/qmoe" --format hf --method rtn --bits ternary --group row --codec qmoe --quiet >/dev/null
+"$BIN" quantize "$M" -o "$W/q4_k_m.gguf" --mix q4_k_m --quiet >/dev/null
+"$BIN" quantize "$M" -o "$W/q2_k.gguf" --mix q2_k --quiet >/dev/null
+"$BIN" quantize "$M" -o "$W/tq2_0.gguf" --bits ternary --group 256 --quiet >/dev/null
+"$BIN" quantize "$M" -o "$W/tq1_0.gguf" --bits ternary --group 256 --ternary-type tq1_0 --quiet >/dev/null
 models="bf16:$M f32:$W/f32.gguf f16:$W/f16.gguf q8_0:$W/q8_0.gguf q4_0:$W/q4_0.gguf gptq-q4_0:$W/gptq-q4_0.gguf qmoe:$W/qmoe"
+models="$models q4_k_m:$W/q4_k_m.gguf q2_k:$W/q2_k.gguf tq2_0:$W/tq2_0.gguf tq1_0:$W/tq1_0.gguf"
 
 num() { sed -n "s/.*\"$2\":\([0-9.eE+-]*\).*/\1/p" "$1" | head -n 1; }
 ids() { sed -n 's/.*"ids":\(\[[^]]*\]\).*/\1/p' "$1"; }

@@ -50,11 +50,12 @@ q "gptq4 a8 e4" "$T/a.gguf" --bits 4 --attn-bits 8 --embed-bits 4
 q "tq2_0 a8" "$T/a.gguf" --bits ternary --group 256 --attn-bits 8
 q "tq2_0 a8 e4" "$T/a.gguf" --bits ternary --group 256 --attn-bits 8 --embed-bits 4
 # llama.cpp's K-quant mixes written by moetool (GPTQ onto their block grids),
-# and a size budget (per-tensor types chosen by the greedy of --target-bpw).
+# and size budgets (per-tensor types chosen by --target-bpw's greedy, each
+# tensor weighed by the KL it adds at the output).
 q "Q4_K_M gptq" "$T/a.gguf" --mix q4_k_m
 q "Q3_K_M gptq" "$T/a.gguf" --mix q3_k_m
 q "Q2_K gptq" "$T/a.gguf" --mix q2_k
-q "bpw 3.0 budget" "$T/a.gguf" --target-bpw 3.0
+for b in 2.7 3.0 3.5 4.0; do q "bpw $b budget" "$T/a.gguf" --target-bpw $b; done
 Q=(--format hf --bits ternary --group row --codec qmoe)
 q "qmoe a8" "$T/d" "${Q[@]}" --attn-bits 8
 q "qmoe a8 e8" "$T/d" "${Q[@]}" --attn-bits 8 --embed-bits 8

@@ -25,6 +25,7 @@ static void quantize_init(void *p) {
     quantize_args *a = p;
     memset(a, 0, sizeof *a);
     mt_quant_opts_default(&a->q);
+    a->q.plan_windows = -1; /* not given: the library's default, and no error without a budget */
 }
 
 static const char *const method_choices[] = {"rtn", "gptq", NULL};
@@ -135,8 +136,13 @@ static const cli_opt quantize_opts[] = {
      "per weight: every tensor starts at q2_k, then the upgrade with the largest drop in measured error per added "
      "byte that still fits is taken, until none fits; error = sum over weights of the squared rounding error times "
      "the mean square of that input column on the first 4096 calibration tokens (experts: over their routed "
-     "tokens); the tensors are then quantized by --method (docs/quality.md)", NULL, CLI_AT(quantize_args, q.target_bpw),
+     "tokens), scaled per tensor to the KL it adds at the model's output (--plan-windows); the tensors are then "
+     "quantized by --method (docs/quality.md)", NULL, CLI_AT(quantize_args, q.target_bpw),
      .flo = 1.0, .fhi = 16.0},
+    {"plan-windows", 0, CLI_INT, "N", "with --target-bpw/--target-size: each tensor, alone in its smallest type, is "
+     "measured by the KL it adds to the next-token distributions over the first N calibration windows, and its "
+     "errors are scaled to that KL, so the budget goes where the output feels it (one forward of N windows per "
+     "tensor); 0: rank by the tensors' own errors only", "2", CLI_AT(quantize_args, q.plan_windows), 0, 64},
     {"target-size", 0, CLI_STRING, "BYTES", "the same with the output file at most BYTES (k, M, G: 10^3, 10^6, 10^9)",
      NULL, CLI_AT(quantize_args, q.target_bytes), .set = set_size},
     {"asym", 0, CLI_BOOL, NULL, "asymmetric int grid: per group min/max (widened to hold 0), scale (max-min)/(2^B-1) "
@@ -332,6 +338,13 @@ int cmd_quantize(int argc, char **argv) {
     if (!out && !eval_only) return cli_usage_error("quantize", "needs -o OUT (or --eval-only)");
     if (cli_check_output("quantize", out)) return MT_EXIT_USAGE;
     if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
+    if (o.plan_windows >= 0 && !(o.target_bpw > 0 || o.target_bytes > 0))
+        return cli_usage_error("quantize", "--plan-windows only weighs a --target-bpw/--target-size plan; give one");
+    if (o.plan_windows < 0) {
+        mt_quant_opts d;
+        mt_quant_opts_default(&d);
+        o.plan_windows = d.plan_windows;
+    }
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = model_arg ? model_arg : cli_default_model();
     char *calib_default = NULL;

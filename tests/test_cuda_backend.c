@@ -62,7 +62,8 @@ static void close_all(const char *what, const float *a, const float *b, size_t n
 }
 
 /* ---- linear ------------------------------------------------------------------ */
-static const mt_dtype g_types[] = {MT_DT_F32, MT_DT_F16, MT_DT_BF16, MT_DT_Q8_0, MT_DT_Q4_0};
+static const mt_dtype g_types[] = {MT_DT_F32,  MT_DT_F16,  MT_DT_BF16, MT_DT_Q8_0, MT_DT_Q4_0,  MT_DT_Q2_K,
+                                   MT_DT_Q3_K, MT_DT_Q4_K, MT_DT_Q5_K, MT_DT_Q6_K, MT_DT_TQ1_0, MT_DT_TQ2_0};
 
 static void *make_weights(mt_mat *W, mt_dtype t, int64_t rows, int64_t cols) {
     const mt_dtype_info *di = mt_dtype_get(t);
@@ -75,6 +76,15 @@ static void *make_weights(mt_mat *W, mt_dtype t, int64_t rows, int64_t cols) {
     uint8_t *buf = malloc(rows * rb);
     float *row = rand_vec((size_t)cols);
     for (int64_t r = 0; r < rows; r++) {
+        if (t == MT_DT_TQ1_0 || t == MT_DT_TQ2_0) { /* no f32 quantizer: random ternary codes */
+            for (int64_t b = 0; b < cols / MT_QK_K; b++) {
+                int8_t q[MT_QK_K];
+                for (int j = 0; j < MT_QK_K; j++) q[j] = (int8_t)((int)(tu_rand_u32(&g_rng) % 3) - 1);
+                const uint16_t d = mt_f32_to_f16(0.01f + 0.05f * (tu_rand_unit(&g_rng) + 1.0f));
+                (t == MT_DT_TQ1_0 ? mt_tq1_0_pack : mt_tq2_0_pack)(q, d, buf + r * rb + b * di->block_bytes);
+            }
+            continue;
+        }
         for (int64_t i = 0; i < cols; i++) row[i] = tu_rand_unit(&g_rng);
         assert_int_equal(mt_row_from_f32(t, row, buf + r * rb, cols), MT_OK);
     }

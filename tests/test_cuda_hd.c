@@ -2,7 +2,7 @@
  * (lib/runtime/backend/kernels_hd.h), run on the CPU in every build, with
  * or without CUDA, against the CPU backend and the type table: f16/bf16
  * bits for all 65536 inputs, element decode of every kind against
- * mt_mat_row_f32, the lane split of a matvec row (any lane count) against
+ * mt_mat_row_f32 (K-quant and TQ super-blocks included), the lane split of a matvec row (any lane count) against
  * the double-precision reference matvec, RoPE pairs against the CPU
  * backend's rope in both styles, the GQA head map, the qmoe group walk from
  * the per-group offsets against the reference qmoe matvec (rows that do not
@@ -144,6 +144,72 @@ static void test_lane_dot(void **state) {
         }
 }
 
+/* The K-quant and TQ super-blocks: every weight of random blocks decoded by
+ * mt_cu_elem equals the type table's decoder bit for bit (same float
+ * operations in the same order), the row bytes match the table, and the
+ * lanes' sub-block dots sum to the row's dot. Block bytes are random except
+ * the f16 scales, which are kept finite and small. */
+static void test_superblocks(void **state) {
+    static const struct {
+        mt_dtype t;
+        int kind, f16_at[2];
+    } sb[] = {{MT_DT_Q2_K, MT_CU_Q2_K, {80, 82}}, {MT_DT_Q3_K, MT_CU_Q3_K, {108, -1}},
+              {MT_DT_Q4_K, MT_CU_Q4_K, {0, 2}},   {MT_DT_Q5_K, MT_CU_Q5_K, {0, 2}},
+              {MT_DT_Q6_K, MT_CU_Q6_K, {208, -1}}, {MT_DT_TQ1_0, MT_CU_TQ1_0, {52, -1}},
+              {MT_DT_TQ2_0, MT_CU_TQ2_0, {64, -1}}};
+    const int64_t rows = 3, cols = 1024;
+    for (size_t ti = 0; ti < sizeof sb / sizeof sb[0]; ti++) {
+        const mt_dtype_info *di = mt_dtype_get(sb[ti].t);
+        const int kind = sb[ti].kind, bytes = mt_cu_sb_bytes(kind);
+        assert_int_equal(di->block_elems, MT_CU_QK_K);
+        assert_int_equal(di->block_bytes, bytes);
+        assert_int_equal(mt_cu_row_bytes(kind, cols), cols / 256 * bytes);
+        const int64_t stride = mt_cu_row_bytes(kind, cols) + 5;
+        uint8_t *buf = malloc((size_t)(rows * stride));
+        assert_non_null(buf);
+        for (int64_t i = 0; i < rows * stride; i++) buf[i] = (uint8_t)tu_rand_u32(&g_rng);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t b = 0; b < cols / 256; b++)
+                for (int f = 0; f < 2; f++)
+                    if (sb[ti].f16_at[f] >= 0) {
+                        const uint16_t h = mt_f32_to_f16(0.002f + 0.01f * (tu_rand_unit(&g_rng) + 1.0f));
+                        memcpy(buf + r * stride + b * bytes + sb[ti].f16_at[f], &h, 2);
+                    }
+        mt_mat W = {0};
+        W.dtype = sb[ti].t;
+        W.rows = rows;
+        W.cols = cols;
+        W.row_stride = (uint64_t)stride;
+        W.data = buf;
+        float *ref = malloc((size_t)cols * sizeof(float)), *x = malloc((size_t)cols * sizeof(float));
+        for (int64_t i = 0; i < cols; i++) x[i] = tu_rand_unit(&g_rng);
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t *row = buf + r * stride;
+            mt_mat_row_f32(&W, r, ref);
+            double dot = 0, mag = 0;
+            for (int64_t i = 0; i < cols; i++) {
+                const float v = mt_cu_elem(kind, row, i);
+                if (!same_float(v, ref[i]))
+                    fail_msg("%s row %lld elem %lld: %a vs %a", di->name, (long long)r, (long long)i, (double)v,
+                             (double)ref[i]);
+                dot += (double)ref[i] * x[i];
+                mag += fabs((double)ref[i] * x[i]);
+            }
+            const int lane_counts[] = {1, 5, 32};
+            for (int li = 0; li < 3; li++) {
+                double s = 0;
+                for (int lane = 0; lane < lane_counts[li]; lane++)
+                    s += mt_cu_lane_dot(kind, row, x, cols, lane, lane_counts[li]);
+                if (fabs(s - dot) > 1e-5 * mag + 1e-30)
+                    fail_msg("%s row %lld, %d lanes: %.9g vs %.9g", di->name, (long long)r, lane_counts[li], s, dot);
+            }
+        }
+        free(ref);
+        free(x);
+        free(buf);
+    }
+}
+
 /* The RoPE kernel's loop (kernels_hd.h pairs) against the CPU backend's rope. */
 static void test_rope_pairs(void **state) {
     mt_backend *be = mt_backend_default();
@@ -267,6 +333,7 @@ int main(void) {
         cmocka_unit_test(test_lane_dot),   cmocka_unit_test(test_rope_pairs),
         cmocka_unit_test(test_kv_head),    cmocka_unit_test(test_rms_scale),
         cmocka_unit_test(test_qmoe_groups),
+        cmocka_unit_test(test_superblocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

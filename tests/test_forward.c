@@ -493,6 +493,63 @@ static void test_capture_taps(void **state) {
     mt_ctx_free(c);
 }
 
+/* ---- forward from a layer ----------------------------------------------------
+ * mt_ctx_forward_from(l, stream entering l) gives mt_ctx_forward's logits
+ * bit for bit for every l (the stream captured by LAYER_OUT of l − 1;
+ * l = n_layers: only the final norm and lm_head), at position 0 and after
+ * a prefix in the cache; a stream changed in one row changes the logits. */
+typedef struct {
+    int hidden, n;
+    float *out[TAP_LAYERS];
+} from_state;
+
+static int on_layer_out(void *user, const mt_capture_event *ev) {
+    from_state *s = user;
+    if (ev->kind == MT_CAP_LAYER_OUT && ev->layer < TAP_LAYERS)
+        memcpy(s->out[ev->layer], ev->data, (size_t)ev->n_rows * (size_t)s->hidden * sizeof(float));
+    return 0;
+}
+
+static void test_forward_from(void **state) {
+    (void)state;
+    const mt_config *cf = mt_model_config(g_model);
+    assert_true(cf->n_layers <= TAP_LAYERS);
+    const int n = N_CASE, V = cf->vocab, H = cf->hidden, P = 3; /* P tokens already in the cache */
+    from_state s = {H, n, {0}};
+    for (int l = 0; l < cf->n_layers; l++) s.out[l] = malloc((size_t)n * H * sizeof(float));
+    float *want = malloc((size_t)n * V * sizeof(float)), *got = malloc((size_t)n * V * sizeof(float));
+    mt_ctx *c;
+    assert_int_equal(mt_ctx_init(&c, g_model, 64, n), MT_OK);
+    for (int pre = 0; pre < 2; pre++) {
+        mt_ctx_reset(c);
+        if (pre) assert_int_equal(mt_ctx_forward(c, g_ids, P, NULL, 0), MT_OK);
+        mt_ctx_set_capture(c, on_layer_out, &s, MT_CAP_LAYER_OUT);
+        assert_int_equal(mt_ctx_forward(c, g_ids, n, want, 1), MT_OK);
+        mt_ctx_set_capture(c, NULL, NULL, 0);
+        for (int l = 1; l <= cf->n_layers; l++) {
+            mt_ctx_reset(c);
+            if (pre) assert_int_equal(mt_ctx_forward(c, g_ids, P, NULL, 0), MT_OK);
+            assert_int_equal(mt_ctx_forward_from(c, l, s.out[l - 1], n, got, 1), MT_OK);
+            assert_int_equal(mt_ctx_pos(c), n + (pre ? P : 0));
+            if (memcmp(got, want, (size_t)n * V * sizeof(float)))
+                fail_msg("forward from layer %d (prefix %d): logits differ", l, pre ? P : 0);
+        }
+    }
+    /* a changed stream changes the result */
+    mt_ctx_reset(c);
+    s.out[0][5] += 1.0f;
+    assert_int_equal(mt_ctx_forward_from(c, 1, s.out[0], n, got, 1), MT_OK);
+    assert_true(memcmp(got, want, (size_t)n * V * sizeof(float)) != 0);
+    /* bad layer */
+    mt_ctx_reset(c);
+    assert_int_equal(mt_ctx_forward_from(c, cf->n_layers + 1, s.out[0], n, got, 1), MT_ERR_ARG);
+    assert_int_equal(mt_ctx_forward_from(c, -1, s.out[0], n, got, 1), MT_ERR_ARG);
+    mt_ctx_free(c);
+    for (int l = 0; l < cf->n_layers; l++) free(s.out[l]);
+    free(want);
+    free(got);
+}
+
 static void test_errors(void **state) {
     (void)state;
     mt_ctx *c;
@@ -593,7 +650,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_logits), cmocka_unit_test(test_prefill_vs_decode),
         cmocka_unit_test(test_capture),          cmocka_unit_test(test_capture_taps),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_errors),           cmocka_unit_test(test_forward_from),
         cmocka_unit_test(test_generate),         cmocka_unit_test(test_param_stats),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -60,6 +60,10 @@ typedef struct {
                               weight (plan.c); excludes the options above     */
     uint64_t target_bytes; /* > 0: the same so that the output GGUF is at most
                               this many bytes                                 */
+    int plan_windows;      /* target_bpw/target_bytes: calibration windows on
+                              which each tensor's KL at the output is measured
+                              to weigh its errors (default 2); 0: the tensors'
+                              own output errors only                        */
     int asym;              /* asymmetric int grids (min/max and a zero point per
                               group; experts, and attention with --attn-bits):
                               only grids without a file type (int 2/3 bits, 8/4

@@ -102,6 +102,12 @@ void mt_ctx_set_capture(mt_ctx *c, mt_capture_fn fn, void *user, unsigned kind_m
  * KV cache. logits: NULL, or (n, vocab) when all_logits, else (1, vocab)
  * for the last token. */
 int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int all_logits);
+/* The same from layer `layer` on: x (n, hidden), host memory, is the
+ * residual stream entering that layer (what MT_CAP_LAYER_OUT delivered for
+ * layer − 1); layers before it are not run (their KV cache is left as it
+ * is), layer = n_layers runs only the final norm and lm_head. Given the
+ * stream mt_ctx_forward had there, the logits are the same bit for bit. */
+int mt_ctx_forward_from(mt_ctx *c, int layer, const float *x, int n, float *logits, int all_logits);
 
 /* Tokens routed to each expert so far: counts[layer * n_experts + e]. */
 const uint64_t *mt_ctx_routing_counts(const mt_ctx *c);

@@ -15,7 +15,10 @@
  * over the calibration tokens (an expert's sum runs over the tokens routed
  * to it, so rare experts weigh less; w2's x is silu(x W1ᵀ)·(x W3ᵀ); token
  * embeddings weigh each row by its token's frequency), measured once on the
- * original model over the first ≤ 4096 calibration tokens.
+ * original model over the first ≤ 4096 calibration tokens. With
+ * plan_windows > 0 (the default) each unit's errors are then scaled to the
+ * KL it adds at the model's output (probe_scale below), so that units of
+ * different kinds compare by what the output feels.
  *
  * Choice: every unit starts at its smallest type; then, repeatedly, the
  * upgrade (of any unit, to any larger type of it) with the largest error
@@ -43,6 +46,7 @@ typedef struct {
     int cand[MAX_CAND];
     uint64_t bytes[MAX_CAND];
     double err[MAX_CAND];
+    double kl;              /* measured at the output in cand[0]; 0: not measured */
 } unit_t;
 
 /* A unit of n matrices (any number of experts). */
@@ -116,6 +120,189 @@ static void candidates(unit_t *u) {
         mt_dtype_nbytes(c[i], (uint64_t)(u->rows * u->cols), &b);
         u->bytes[i] = b * (uint64_t)u->n;
     }
+}
+
+/* ---- end-to-end sensitivity -------------------------------------------------
+ * The proxy above is each tensor's own output error; what the budget should
+ * spend on is the error at the model's output. A tensor's KL at the output
+ * grows, to first order, in proportion to its own squared output error
+ * (both are quadratic in the weight error), with a factor that depends on
+ * where the tensor sits (attn_v and ffn_down feed the residual stream
+ * directly, attn_q/attn_k only through the softmax). So each unit's factor
+ * is measured once: the unit alone is put in its smallest type (weights
+ * rounded and decoded back, everything else as stored), the mean per-token
+ * KL(original ‖ changed) of the next-token distributions over the first
+ * `windows` calibration windows is taken, and every error of the unit is
+ * scaled by KL / error at that type. The greedy then ranks upgrades by KL
+ * saved per byte. One forward pass of those windows per unit, started at
+ * the unit's own layer from the original model's residual stream there
+ * (mt_ctx_forward_from: the layers before it are unchanged), so a unit
+ * costs (n_layers − layer) / n_layers of a whole pass. */
+typedef struct {
+    mt_ctx *ctx;
+    float *base; /* log-probabilities of the original model, (nwin·window, vocab) */
+    float *stream; /* residual stream after each layer, (nwin, n_layers, window, hidden) */
+    int n_layers, hidden, cap_win;
+    float *lg;   /* (window, vocab) scratch */
+    double *lp;  /* (vocab) scratch */
+    int nwin, window, vocab;
+    const int32_t *ids;
+} probe_t;
+
+static void log_softmax(const float *z, int n, double *out) {
+    double mx = z[0], s = 0;
+    for (int i = 1; i < n; i++) mx = z[i] > mx ? z[i] : mx;
+    for (int i = 0; i < n; i++) s += exp((double)z[i] - mx);
+    const double ls = mx + log(s);
+    for (int i = 0; i < n; i++) out[i] = (double)z[i] - ls;
+}
+
+static float *probe_stream(probe_t *pr, int wi, int l) {
+    return pr->stream + (((size_t)wi * pr->n_layers + l) * pr->window) * pr->hidden;
+}
+
+static int on_layer_out(void *user, const mt_capture_event *ev) {
+    probe_t *pr = user;
+    if (ev->kind == MT_CAP_LAYER_OUT && ev->layer >= 0 && ev->layer < pr->n_layers && ev->n_rows == pr->window)
+        memcpy(probe_stream(pr, pr->cap_win, ev->layer), ev->data, (size_t)pr->window * pr->hidden * sizeof(float));
+    return 0;
+}
+
+/* Mean KL(base ‖ current model) per token over the probe windows, the
+ * forward started at `layer` from the base's residual stream (layers
+ * before it are unchanged; 0: from the tokens); with kl NULL, records the
+ * current model as the base, and its stream. */
+static int probe_run(probe_t *pr, int layer, double *kl) {
+    double sum = 0;
+    for (int wi = 0; wi < pr->nwin; wi++) {
+        mt_ctx_reset(pr->ctx);
+        pr->cap_win = wi;
+        if (!kl) mt_ctx_set_capture(pr->ctx, on_layer_out, pr, MT_CAP_LAYER_OUT);
+        int rc = layer > 0 ? mt_ctx_forward_from(pr->ctx, layer, probe_stream(pr, wi, layer - 1), pr->window, pr->lg, 1)
+                           : mt_ctx_forward(pr->ctx, pr->ids + (size_t)wi * pr->window, pr->window, pr->lg, 1);
+        if (!kl) mt_ctx_set_capture(pr->ctx, NULL, NULL, 0);
+        if (rc) return rc;
+        for (int t = 0; t < pr->window; t++) {
+            float *b = pr->base + ((size_t)wi * pr->window + t) * pr->vocab;
+            log_softmax(pr->lg + (size_t)t * pr->vocab, pr->vocab, pr->lp);
+            if (!kl) {
+                for (int v = 0; v < pr->vocab; v++) b[v] = (float)pr->lp[v];
+                continue;
+            }
+            double k = 0;
+            for (int v = 0; v < pr->vocab; v++) k += exp((double)b[v]) * ((double)b[v] - pr->lp[v]);
+            sum += k;
+        }
+    }
+    if (kl) *kl = sum / ((double)pr->nwin * pr->window);
+    return MT_OK;
+}
+
+/* Puts matrix *w in type t and back, as f32 in a new buffer (*buf); the
+ * caller restores *w from its saved copy and frees *buf. */
+static int round_trip(mt_mat *w, int t, float **buf) {
+    const int64_t cols = w->cols;
+    uint64_t rb;
+    int rc = mt_dtype_nbytes((mt_dtype)t, (uint64_t)cols, &rb);
+    if (rc) return rc;
+    float *out = malloc((size_t)(w->rows * cols) * sizeof *out), *x = malloc((size_t)cols * sizeof *x);
+    uint8_t *q = malloc((size_t)rb);
+    if (!out || !x || !q) {
+        rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+        goto done;
+    }
+    for (int64_t r = 0; r < w->rows && !rc; r++) {
+        if ((rc = mt_row_to_f32(w->dtype, (const uint8_t *)w->data + r * w->row_stride, x, cols))) break;
+        if ((rc = mt_row_from_f32((mt_dtype)t, x, q, cols))) break;
+        rc = mt_row_to_f32((mt_dtype)t, q, out + r * cols, cols);
+    }
+done:
+    free(x);
+    free(q);
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    *buf = out;
+    return MT_OK;
+}
+
+static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, const mt_quant_opts *o,
+                       const int32_t *ids, size_t n_ids, int window, int windows) {
+    const mt_config *c = mt_model_config(m);
+    probe_t pr;
+    memset(&pr, 0, sizeof pr);
+    pr.nwin = (int)(n_ids / (size_t)window) < windows ? (int)(n_ids / (size_t)window) : windows;
+    pr.window = window;
+    pr.vocab = c->vocab;
+    pr.ids = ids;
+    pr.n_layers = c->n_layers;
+    pr.hidden = c->hidden;
+    if (pr.nwin < 1) return MT_OK;
+    int rc = mt_ctx_init(&pr.ctx, m, window, window);
+    if (rc) return rc;
+    pr.base = malloc((size_t)pr.nwin * window * pr.vocab * sizeof(float));
+    pr.lg = malloc((size_t)window * pr.vocab * sizeof(float));
+    pr.lp = malloc((size_t)pr.vocab * sizeof(double));
+    pr.stream = malloc((size_t)pr.nwin * pr.n_layers * window * pr.hidden * sizeof(float));
+    if (!pr.base || !pr.lg || !pr.lp || !pr.stream) {
+        rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory (%d probe windows of %d tokens)", pr.nwin, window);
+        goto done;
+    }
+    if ((rc = probe_run(&pr, 0, NULL))) goto done;
+    for (int i = 0; i < nu && !rc; i++) {
+        unit_t *x = &u[i];
+        if (o->progress) {
+            char what[80];
+            snprintf(what, sizeof what, "quantize: planning types; measuring tensor %d/%d at the output", i + 1, nu);
+            o->progress(o->progress_user, what, (uint64_t)i, (uint64_t)nu);
+        }
+        if (!(x->err[0] > 0)) continue;
+        /* the unit's matrices (a tied embedding table is the lm_head too) */
+        mt_mat **mats = malloc((size_t)(x->n + 1) * sizeof *mats), *saved = malloc((size_t)(x->n + 1) * sizeof *saved);
+        float **bufs = calloc((size_t)(x->n + 1), sizeof *bufs);
+        if (!mats || !saved || !bufs) {
+            free(mats), free(saved), free(bufs);
+            rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+            break;
+        }
+        int n = x->n;
+        for (int e = 0; e < n; e++) mats[e] = x->mats[e];
+        if (x->kind == -1 && tied && w->lm_head.data == w->tok_embd.data) mats[n++] = &w->lm_head;
+        int done_n = 0;
+        for (int e = 0; e < n && !rc; e++) {
+            if (e == x->n) { /* the tied lm_head reads the embeddings' new buffer */
+                saved[e] = *mats[e];
+                *mats[e] = *mats[0];
+                done_n++;
+                continue;
+            }
+            if ((rc = round_trip(mats[e], x->cand[0], &bufs[e]))) break;
+            saved[e] = *mats[e];
+            mats[e]->dtype = MT_DT_F32;
+            mats[e]->data = bufs[e];
+            mats[e]->row_stride = (uint64_t)mats[e]->cols * sizeof(float);
+            done_n++;
+        }
+        double kl = 0;
+        /* a layer's tensors change nothing before it; lm_head nothing before the final norm */
+        const int from = x->kind >= 0 ? x->layer : x->kind == -2 ? pr.n_layers : 0;
+        if (!rc) rc = probe_run(&pr, from, &kl);
+        for (int e = 0; e < done_n; e++) *mats[e] = saved[e];
+        for (int e = 0; e < n; e++) free(bufs[e]);
+        free(mats), free(saved), free(bufs);
+        if (rc) break;
+        x->kl = kl;
+        const double f = kl / x->err[0];
+        for (int j = 0; j < x->ncand; j++) x->err[j] *= f;
+    }
+done:
+    mt_ctx_free(pr.ctx);
+    free(pr.base);
+    free(pr.lg);
+    free(pr.lp);
+    free(pr.stream);
+    return rc;
 }
 
 void mt_quant_plan_free(mt_quant_plan *p) {
@@ -245,6 +432,8 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
             if ((rc = rtn_err(mat, x->cand[i], x->d[0], tokfreq, &x->err[i]))) goto done;
         nu++;
     }
+    if (o->plan_windows > 0 && (rc = probe_scale(u, nu, m, w, tied, o, ids, n_plan, window, o->plan_windows)))
+        goto done;
     /* budget */
     uint64_t params = 0, bytes = 0, budget;
     double src_units = 0;

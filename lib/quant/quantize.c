@@ -58,6 +58,7 @@ void mt_quant_opts_default(mt_quant_opts *o) {
     o->expert_cap = 4.0;
     o->min_expert_tokens = 16;
     o->sequential = 1;
+    o->plan_windows = 2;
 }
 
 /* Calibration window: the one asked for, else 256 tokens or the model's

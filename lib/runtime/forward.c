@@ -346,13 +346,13 @@ static int ffn(mt_ctx *c, int layer, int n) {
 
 /* ---- forward --------------------------------------------------------------- */
 
+static int run_layers(mt_ctx *c, int l0, int n, float *logits, int all_logits);
+
 int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int all_logits) {
     mt_model *m = c->m;
     mt_backend *be = m->be;
     const mt_backend_ops *op = be->ops;
     const mt_config *cf = &m->w.cfg;
-    const int H = cf->hidden;
-    int st;
     if (n <= 0 || n > c->n_batch)
         return mt_seterr(MT_ERR_ARG, "forward: %d tokens, but the context takes 1..%d per call", n, c->n_batch);
     if (c->pos + n > c->n_ctx)
@@ -363,9 +363,39 @@ int mt_ctx_forward(mt_ctx *c, const int32_t *tokens, int n, float *logits, int a
                              i, cf->vocab);
 
     op->get_rows(be, &m->w.tok_embd, tokens, n, c->x);
+    return run_layers(c, 0, n, logits, all_logits);
+}
+
+int mt_ctx_forward_from(mt_ctx *c, int layer, const float *x, int n, float *logits, int all_logits) {
+    mt_model *m = c->m;
+    mt_backend *be = m->be;
+    const mt_config *cf = &m->w.cfg;
+    if (layer < 0 || layer > cf->n_layers)
+        return mt_seterr(MT_ERR_ARG, "forward: layer %d outside 0..%d", layer, cf->n_layers);
+    if (n <= 0 || n > c->n_batch)
+        return mt_seterr(MT_ERR_ARG, "forward: %d tokens, but the context takes 1..%d per call", n, c->n_batch);
+    if (c->pos + n > c->n_ctx)
+        return mt_seterr(MT_ERR_ARG, "forward: %d tokens at position %d exceed the context of %d", n, c->pos, c->n_ctx);
+    const size_t bytes = (size_t)n * (size_t)cf->hidden * sizeof(float);
+    if (be->host_memory)
+        memcpy(c->x, x, bytes);
+    else
+        be->ops->upload(be, c->x, x, bytes);
+    return run_layers(c, layer, n, logits, all_logits);
+}
+
+/* Layers l0 .. n_layers − 1 on the residual stream in c->x, then the final
+ * norm and the logits; advances the position by n. */
+static int run_layers(mt_ctx *c, int l0, int n, float *logits, int all_logits) {
+    mt_model *m = c->m;
+    mt_backend *be = m->be;
+    const mt_backend_ops *op = be->ops;
+    const mt_config *cf = &m->w.cfg;
+    const int H = cf->hidden;
+    int st;
     const mt_be_rope_style style = cf->rope_style == MT_ROPE_INTERLEAVED ? MT_BE_ROPE_PAIRS : MT_BE_ROPE_HALF;
 
-    for (int l = 0; l < cf->n_layers; l++) {
+    for (int l = l0; l < cf->n_layers; l++) {
         const mt_layer_weights *Lw = &m->w.layers[l];
         op->rmsnorm(be, c->h, c->x, m->norm_f32 + (size_t)(2 * l) * H, n, H, cf->norm_eps);
         if ((st = emit(c, MT_CAP_ATTN_IN, l, -1, n, H, c->h, NULL, NULL, NULL))) return st;

@@ -6,7 +6,8 @@
  * own code too (one algorithm for both devices). A CUDA kernel is a thin loop around
  * these: which thread handles which elements (the lane split of a matvec
  * row, the RoPE pair, the KV head of a query head), how one element of a
- * stored row decodes (f16/bf16 bits, q8_0 and q4_0 blocks), the walk of one
+ * stored row decodes (f16/bf16 bits, q8_0 and q4_0 blocks, the K-quant
+ * and TQ super-blocks), the walk of one
  * 16-row group of a qmoe matrix from its offset, and the router's softmax +
  * top-k + alias of one token.
  *
@@ -28,7 +29,23 @@
 #endif
 
 /* Storage kinds with CUDA kernels (the backend maps mt_dtype onto these). */
-enum { MT_CU_NONE = -1, MT_CU_F32 = 0, MT_CU_F16, MT_CU_BF16, MT_CU_Q8_0, MT_CU_Q4_0, MT_CU_QMOE };
+enum {
+    MT_CU_NONE = -1,
+    MT_CU_F32 = 0,
+    MT_CU_F16,
+    MT_CU_BF16,
+    MT_CU_Q8_0,
+    MT_CU_Q4_0,
+    MT_CU_QMOE,
+    /* llama.cpp's super-blocks of 256 weights (sub-blocks of 16 or 32). */
+    MT_CU_Q2_K,
+    MT_CU_Q3_K,
+    MT_CU_Q4_K,
+    MT_CU_Q5_K,
+    MT_CU_Q6_K,
+    MT_CU_TQ1_0,
+    MT_CU_TQ2_0
+};
 
 /* Lanes of a warp: the matvec splits each row between this many threads. */
 #define MT_CU_LANES 32
@@ -36,6 +53,24 @@ enum { MT_CU_NONE = -1, MT_CU_F32 = 0, MT_CU_F16, MT_CU_BF16, MT_CU_Q8_0, MT_CU_
 #define MT_CU_QK 32
 #define MT_CU_Q8_0_BYTES 34
 #define MT_CU_Q4_0_BYTES 18
+/* Elements of a super-block (K-quants, TQ) and of the unit a lane of a
+ * matvec takes from it. */
+#define MT_CU_QK_K 256
+#define MT_CU_SUB 16
+
+/* Bytes of one super-block of kind (0 for the other kinds). */
+MT_HD int mt_cu_sb_bytes(int kind) {
+    switch (kind) {
+    case MT_CU_Q2_K: return 84;
+    case MT_CU_Q3_K: return 110;
+    case MT_CU_Q4_K: return 144;
+    case MT_CU_Q5_K: return 176;
+    case MT_CU_Q6_K: return 210;
+    case MT_CU_TQ1_0: return 54;
+    case MT_CU_TQ2_0: return 66;
+    default: return 0;
+    }
+}
 
 MT_HD int64_t mt_cu_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -70,8 +105,106 @@ MT_HD int64_t mt_cu_row_bytes(int kind, int64_t cols) {
     case MT_CU_BF16: return 2 * cols;
     case MT_CU_Q8_0: return cols / MT_CU_QK * MT_CU_Q8_0_BYTES;
     case MT_CU_Q4_0: return cols / MT_CU_QK * MT_CU_Q4_0_BYTES;
+    default: return cols / MT_CU_QK_K * mt_cu_sb_bytes(kind);
+    }
+}
+
+/* ---- super-blocks ----------------------------------------------------------
+ * Layouts as lib/io/codec/kquant.c and tq.c document them. A weight is
+ * dl·q − ml, with (dl, ml) shared by the 16 weights of sub-block s (16 or
+ * 32 for Q4_K/Q5_K, whose sub-blocks of 32 are two of these) and q the
+ * weight's code with its offset applied; the same float operations in the
+ * same order as the codec's decoders, so that on the host the two agree bit
+ * for bit. */
+MT_HD void mt_cu_q4_K_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+MT_HD void mt_cu_sb_scale(int kind, const uint8_t *b, int s, float *dl, float *ml) {
+    *ml = 0.0f;
+    switch (kind) {
+    case MT_CU_Q2_K:
+        *dl = mt_cu_f16(mt_cu_ld16(b + 80)) * (float)(b[s] & 0x0f);
+        *ml = mt_cu_f16(mt_cu_ld16(b + 82)) * (float)(b[s] >> 4);
+        return;
+    case MT_CU_Q3_K: {
+        const int lo = (b[96 + s % 8] >> (4 * (s / 8))) & 0x0f, hi = (b[104 + s % 4] >> (2 * (s / 4))) & 3;
+        *dl = mt_cu_f16(mt_cu_ld16(b + 108)) * (float)((lo | hi << 4) - 32);
+        return;
+    }
+    case MT_CU_Q4_K:
+    case MT_CU_Q5_K: {
+        int sc, m;
+        mt_cu_q4_K_scale_min(b + 4, s / 2, &sc, &m);
+        *dl = mt_cu_f16(mt_cu_ld16(b)) * (float)sc;
+        *ml = mt_cu_f16(mt_cu_ld16(b + 2)) * (float)m;
+        return;
+    }
+    case MT_CU_Q6_K: *dl = mt_cu_f16(mt_cu_ld16(b + 208)) * (float)(int8_t)b[192 + s]; return;
+    case MT_CU_TQ1_0: *dl = mt_cu_f16(mt_cu_ld16(b + 52)); return;
+    case MT_CU_TQ2_0: *dl = mt_cu_f16(mt_cu_ld16(b + 64)); return;
+    default: *dl = NAN; return;
+    }
+}
+
+/* Base-3 digit k of a TQ1_0 byte (llama.cpp's scaled encoding). */
+MT_HD int mt_cu_tq1_digit(uint8_t byte, int k) {
+    const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    return (((uint8_t)(byte * pow3[k])) * 3) >> 8;
+}
+
+/* Code of weight e (0..255) of a super-block, offset applied. */
+MT_HD int mt_cu_sb_code(int kind, const uint8_t *b, int e) {
+    switch (kind) {
+    case MT_CU_Q2_K: return (b[16 + 32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+    case MT_CU_Q3_K: {
+        const int lo = (b[32 + 32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        return lo - (((b[e % 32] >> (e / 32)) & 1) ? 0 : 4);
+    }
+    case MT_CU_Q4_K: return (b[16 + 32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0x0f;
+    case MT_CU_Q5_K:
+        return ((b[48 + 32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0x0f) | ((b[16 + e % 32] >> (e / 32)) & 1) << 4;
+    case MT_CU_Q6_K: {
+        const int h = e / 128, l = (e % 128) / 32, m = e % 32;
+        const int ql = (b[64 * h + 32 * (l % 2) + m] >> (4 * (l / 2))) & 0x0f, qh = (b[128 + 32 * h + m] >> (2 * l)) & 3;
+        return (ql | qh << 4) - 32;
+    }
+    case MT_CU_TQ2_0: return ((b[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3) - 1;
+    case MT_CU_TQ1_0:
+        if (e < 160) return mt_cu_tq1_digit(b[e % 32], e / 32) - 1;
+        if (e < 240) return mt_cu_tq1_digit(b[32 + (e - 160) % 16], (e - 160) / 16) - 1;
+        return mt_cu_tq1_digit(b[48 + (e - 240) % 4], (e - 240) / 4) - 1;
     default: return 0;
     }
+}
+
+/* Weight e of a super-block. Its scale is that of sub-block e / 16 (Q6_K's
+ * scale 8h + 2l + (m ≥ 16) of weight 128h + 32l + m is e / 16 as well;
+ * Q4_K/Q5_K halve it onto their sub-blocks of 32). */
+MT_HD float mt_cu_sb_elem(int kind, const uint8_t *b, int e) {
+    float dl, ml;
+    mt_cu_sb_scale(kind, b, e / MT_CU_SUB, &dl, &ml);
+    const float q = (float)mt_cu_sb_code(kind, b, e);
+    if (kind == MT_CU_Q2_K || kind == MT_CU_Q4_K || kind == MT_CU_Q5_K) return dl * q - ml;
+    return dl * q;
+}
+
+/* dot of sub-block s (weights 16s .. 16s + 15) of a super-block with x16:
+ * dl·Σ q·x − ml·Σ x. */
+MT_HD float mt_cu_sb_sub_dot(int kind, const uint8_t *b, int s, const float *x16) {
+    float dl, ml, sq = 0.0f, sx = 0.0f;
+    mt_cu_sb_scale(kind, b, s, &dl, &ml);
+    for (int k = 0; k < MT_CU_SUB; k++) {
+        sq += (float)mt_cu_sb_code(kind, b, MT_CU_SUB * s + k) * x16[k];
+        sx += x16[k];
+    }
+    return dl * sq - ml * sx;
 }
 
 /* Element i of a stored row. q8_0: f16 d, 32 int8, value d·q. q4_0: f16 d,
@@ -96,14 +229,19 @@ MT_HD float mt_cu_elem(int kind, const uint8_t *row, int64_t i) {
         const int nib = j < 16 ? (b[2 + j] & 0x0f) : (b[2 + j - 16] >> 4);
         return mt_cu_f16(mt_cu_ld16(b)) * (float)(nib - 8);
     }
-    default: return NAN;
+    default: {
+        const int bytes = mt_cu_sb_bytes(kind);
+        if (!bytes) return NAN;
+        return mt_cu_sb_elem(kind, row + (i / MT_CU_QK_K) * bytes, (int)(i % MT_CU_QK_K));
+    }
     }
 }
 
 /* One lane's part of dot(row, x) in a matvec where `lanes` threads share a
  * row: the float kinds interleave elements (lane, lane + lanes, ...: loads
  * of a warp are contiguous), the block kinds interleave whole blocks of 32
- * (one f16 scale per block and lane). The lanes' parts sum to the dot. */
+ * (one f16 scale per block and lane), the super-block kinds their
+ * sub-blocks of 16 (a 4096-wide row gives each of 32 lanes 8). The lanes' parts sum to the dot. */
 MT_HD float mt_cu_lane_dot(int kind, const uint8_t *row, const float *x, int64_t cols, int lane, int lanes) {
     float s = 0.0f;
     if (kind == MT_CU_Q8_0 || kind == MT_CU_Q4_0) {
@@ -123,6 +261,12 @@ MT_HD float mt_cu_lane_dot(int kind, const uint8_t *row, const float *x, int64_t
             }
             s += d * t;
         }
+        return s;
+    }
+    const int sb = mt_cu_sb_bytes(kind);
+    if (sb) { /* super-blocks: lanes take sub-blocks of 16 in turn */
+        for (int64_t u = lane; u < cols / MT_CU_SUB; u += lanes)
+            s += mt_cu_sb_sub_dot(kind, row + (u / 16) * sb, (int)(u % 16), x + u * MT_CU_SUB);
         return s;
     }
     for (int64_t i = lane; i < cols; i += lanes) s += mt_cu_elem(kind, row, i) * x[i];

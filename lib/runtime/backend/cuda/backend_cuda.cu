@@ -12,7 +12,8 @@
  * their dictionary (len and masks of every codeword) once per model.
  *
  * linear: fewer than MT_CU_GEMM_MIN_N rows of X run a matvec kernel (a warp
- * per output row, mt_cu_lane_dot); more rows convert W to f32 in a device
+ * per output row, mt_cu_lane_dot; f32/f16/bf16, q8_0/q4_0, the K-quants
+ * Q2_K–Q6_K and TQ1_0/TQ2_0); more rows convert W to f32 in a device
  * scratch (f32 weights are used in place) and call cublasSgemm without
  * TF32. qmoe runs its group walk (mt_cu_qmoe_group_dot), one thread per
  * group of 16 rows and row of X: correct, not fast.
@@ -191,6 +192,13 @@ static int kind_of(mt_dtype t) {
     case MT_DT_Q8_0: return MT_CU_Q8_0;
     case MT_DT_Q4_0: return MT_CU_Q4_0;
     case MT_DT_QMOE: return MT_CU_QMOE;
+    case MT_DT_Q2_K: return MT_CU_Q2_K;
+    case MT_DT_Q3_K: return MT_CU_Q3_K;
+    case MT_DT_Q4_K: return MT_CU_Q4_K;
+    case MT_DT_Q5_K: return MT_CU_Q5_K;
+    case MT_DT_Q6_K: return MT_CU_Q6_K;
+    case MT_DT_TQ1_0: return MT_CU_TQ1_0;
+    case MT_DT_TQ2_0: return MT_CU_TQ2_0;
     default: return MT_CU_NONE;
     }
 }
@@ -238,6 +246,7 @@ static int cu_mat_supported(mt_backend *be, const mt_mat *W) {
         return MT_OK;
     }
     if ((k == MT_CU_Q8_0 || k == MT_CU_Q4_0) && W->cols % MT_CU_QK) return MT_ERR_FORMAT;
+    if (mt_cu_sb_bytes(k) && W->cols % MT_CU_QK_K) return MT_ERR_FORMAT;
     if (W->rows > 1 && (uint64_t)mt_cu_row_bytes(k, W->cols) > W->row_stride) return MT_ERR_FORMAT;
     return MT_OK;
 }
