@@ -368,7 +368,6 @@ static void matvec_case(const char *name, const mt_qmoe_dict *d, const int8_t *s
         memcpy(cbuf + (size_t)k * q.n_codes, q.codes, (size_t)code_bytes);
         mt_qmoe_mat_view(&cm[k], &q);
         cm[k].data = cbuf + (size_t)k * q.n_codes;
-        cm[k].aux[3] = cm[k].data;
     }
     uint16_t *bbuf = malloc((size_t)bf_bytes * (size_t)cb);
     for (int64_t r = 0; r < rows; r++)

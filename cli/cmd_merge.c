@@ -106,14 +106,21 @@ int cmd_merge(int argc, char **argv) {
     if (cli_check_output("merge", out)) return MT_EXIT_USAGE;
     if (!o.experts && !layers && !o.budget) return cli_usage_error("merge", "missing --experts K (or --layers SPEC, --budget N)");
     if (o.budget && (o.experts || layers)) return cli_usage_error("merge", "--budget cannot be combined with --experts or --layers");
-    if (layers && mt_merge_parse_layers(&o, layers, 0)) return cli_usage_error("merge", "%s", mt_last_error());
+    if (layers && mt_merge_parse_layers(&o, layers, 0)) {
+        mt_merge_opts_free(&o);
+        return cli_usage_error("merge", "%s", mt_last_error());
+    }
     char *calib_default = NULL;
     if (!o.calib_path) {
-        if (!(calib_default = cli_beside_model(model, "data/train.txt"))) return cli_fail("merge", MT_ERR_NOMEM);
+        if (!(calib_default = cli_beside_model(model, "data/train.txt"))) {
+            mt_merge_opts_free(&o);
+            return cli_fail("merge", MT_ERR_NOMEM);
+        }
         if (access(calib_default, R_OK) != 0) {
             int r = cli_usage_error("merge", "no --calib FILE given and %s (data/train.txt beside the model) does not exist",
                                     calib_default);
             free(calib_default);
+            mt_merge_opts_free(&o);
             return r;
         }
         o.calib_path = calib_default;
@@ -124,6 +131,7 @@ int cmd_merge(int argc, char **argv) {
     o.command = cmdline;
     int rc = mt_merge(model, out, &o, &r);
     free(cmdline);
+    mt_merge_opts_free(&o);
     cli_progress_done();
     if (rc) {
         mt_merge_report_free(&r);

@@ -18,13 +18,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     mt_merge_opts o;
     mt_merge_opts_default(&o);
     if (mt_merge_parse_layers(&o, s, n_layers) == MT_OK) {
-        for (int l = 0; l < MT_MAX_LAYERS; l++) {
+        for (int l = 0; l < o.n_layer_experts; l++) {
             if (o.layer_experts[l] < 0) abort();
             if (n_layers > 0 && l >= n_layers && o.layer_experts[l]) abort();
         }
     } else if (!mt_last_error()[0]) {
         abort();
     }
+    mt_merge_opts_free(&o);
     free(s);
     return 0;
 }

@@ -3,7 +3,8 @@
  * formats; per-layer arrays live on the heap with no fixed expert bound
  * (256 experts, 300 alias rows); a synthetic 256-expert checkpoint written
  * to disk loads with every expert matrix where the table says; merge takes
- * a layer of more than 64 experts. */
+ * a layer of more than 64 experts; a 128-expert checkpoint merges to 64 and
+ * to 8 by every method (naee included) and quantizes with --target-bpw. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -13,8 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <jansson.h>
 #include "moetool/mt_arch.h"
 #include "moetool/mt_merge.h"
+#include "moetool/mt_quant.h"
 #include "moetool/mt_runtime.h"
 #include "moetool/mt_write.h"
 #include "testutil.h"
@@ -173,26 +176,31 @@ static void test_load_256_experts(void **state) {
     free(dir);
 }
 
-/* merge 72 -> 40 experts per layer (the 64-expert bound is gone) on a
- * random model with the bundled tokenizer; the output loads with 40. */
-static void test_merge_72_experts(void **state) {
-    (void)state;
-    char *dir = tu_mkdtemp(), src[4096], out[4096], p[8192];
-    snprintf(src, sizeof src, "%s/src", dir);
-    snprintf(out, sizeof out, "%s/out", dir);
+/* A random checkpoint with the bundled tokenizer (vocab 4096) in dir/src. */
+static void write_tok_ckpt(const char *src, const mt_config *c) {
     assert_int_equal(mkdir(src, 0755), 0);
-    mt_config c;
-    small_config(&c);
-    c.n_experts = 72, c.top_k = 2, c.vocab = 4096, c.hidden = 16, c.ffn = 8;
-    write_ckpt(src, &c, 0);
+    write_ckpt(src, c, 0);
     size_t len = 0;
-    char *tok = tu_read_file(tu_model_path("tokenizer.model"), &len);
+    char *tok = tu_read_file(tu_model_path("tokenizer.model"), &len), p[8192];
     assert_non_null(tok);
     snprintf(p, sizeof p, "%s/tokenizer.model", src);
     FILE *f = fopen(p, "wb");
     fwrite(tok, 1, len, f);
     fclose(f);
     free(tok);
+}
+
+/* merge 72 -> 40 experts per layer (the 64-expert bound is gone) on a
+ * random model with the bundled tokenizer; the output loads with 40. */
+static void test_merge_72_experts(void **state) {
+    (void)state;
+    char *dir = tu_mkdtemp(), src[4096], out[4096];
+    snprintf(src, sizeof src, "%s/src", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    mt_config c;
+    small_config(&c);
+    c.n_experts = 72, c.top_k = 2, c.vocab = 4096, c.hidden = 16, c.ffn = 8;
+    write_tok_ckpt(src, &c);
     mt_merge_opts o;
     mt_merge_opts_default(&o);
     o.experts = 40;
@@ -220,11 +228,121 @@ static void test_merge_72_experts(void **state) {
     if (mt_model_load(&m, out, NULL) != MT_OK) fail_msg("%s", mt_last_error());
     assert_int_equal(mt_model_config(m)->n_experts, 40);
     mt_model_free(m);
-    /* naee still searches 64-bit kept sets: refused by name */
-    o.method = MT_MERGE_NAEE;
-    assert_int_equal(mt_merge(src, out, &o, &r), MT_ERR_UNSUPPORTED);
-    assert_non_null(strstr(mt_last_error(), "72 experts"));
-    mt_merge_report_free(&r);
+    mt_config_free(&c);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Bits of n weights stored in the type named by plan entry t. */
+static double plan_bits(const json_t *t, double n) {
+    assert_non_null(json_string_value(t));
+    const int d = mt_dtype_from_name(json_string_value(t));
+    assert_true(d >= 0);
+    const mt_dtype_info *in = mt_dtype_get((mt_dtype)d);
+    return n * 8.0 * (double)in->block_bytes / (double)in->block_elems;
+}
+
+/* Perplexity of `path` on random tokens, with `ref` as the reference: a
+ * finite perplexity and KL, every scored token counted. */
+static void eval_loads(const char *path, int want_experts, mt_model *ref) {
+    mt_model *m = NULL;
+    if (mt_model_load(&m, path, NULL) != MT_OK) fail_msg("%s: %s", path, mt_last_error());
+    assert_int_equal(mt_model_config(m)->n_experts, want_experts);
+    int32_t ids[129];
+    uint64_t rng = 7;
+    for (int i = 0; i < 129; i++) ids[i] = (int32_t)(tu_rand_u32(&rng) % 4096);
+    mt_eval_opts eo;
+    mt_eval_opts_default(&eo);
+    eo.ctx = 64;
+    mt_eval_result er;
+    if (mt_eval_ppl(m, ref, ids, 129, &eo, &er) != MT_OK) fail_msg("%s: %s", path, mt_last_error());
+    assert_true(er.ppl > 1 && er.ppl < 1e6);
+    assert_true(er.has_ref && er.kl_mean >= 0 && er.kl_mean < 50);
+    assert_true(er.n_scored > 0);
+    mt_eval_result_free(&er);
+    mt_model_free(m);
+}
+
+/* 128 experts (Qwen3-MoE's count; hidden 32, 2 layers, top-2): merged to 64
+ * and to 8 by every explicit method, naee included (greedy search: C(128, 64)
+ * and C(128, 8) sets are far past the exhaustive bound); each output loads
+ * with that many experts and evaluates against the source. Then quantize
+ * --target-bpw 4.5 plans its 128-expert units and the GGUF evaluates. */
+static void test_merge_quantize_128_experts(void **state) {
+    (void)state;
+    char *dir = tu_mkdtemp(), src[4096], out[4096];
+    snprintf(src, sizeof src, "%s/src", dir);
+    mt_config c;
+    small_config(&c);
+    c.n_experts = 128, c.top_k = 2, c.vocab = 4096, c.hidden = 32, c.ffn = 32, c.head_dim = 16;
+    write_tok_ckpt(src, &c);
+    mt_model *ref = NULL;
+    if (mt_model_load(&ref, src, NULL) != MT_OK) fail_msg("%s", mt_last_error());
+    static const int methods[] = {MT_MERGE_PRUNE,  MT_MERGE_AVERAGE, MT_MERGE_FREQUENCY, MT_MERGE_HC_SMOE,
+                                  MT_MERGE_MC_SMOE, MT_MERGE_REAP,    MT_MERGE_REAP_MERGE, MT_MERGE_NAEE};
+    static const int Ks[] = {64, 8};
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
+        for (size_t j = 0; j < 2; j++) {
+            snprintf(out, sizeof out, "%s/%s-%d", dir, mt_merge_method_name(methods[i]), Ks[j]);
+            mt_merge_opts o;
+            mt_merge_opts_default(&o);
+            o.experts = Ks[j];
+            o.method = methods[i];
+            o.calib_path = tu_model_path("data/train.txt");
+            o.calib_tokens = 512;
+            o.sample_tokens = 64;
+            o.window = 64;
+            o.n_threads = 2;
+            mt_merge_report r;
+            if (mt_merge(src, out, &o, &r) != MT_OK) fail_msg("%s: %s", out, mt_last_error());
+            assert_int_equal(r.experts_in, 128);
+            for (int l = 0; l < L; l++) {
+                assert_int_equal(r.layer_k[l], Ks[j]);
+                int kept = 0;
+                for (int e = 0; e < 128; e++) {
+                    assert_true(r.group[l][e] >= -1 && r.group[l][e] < Ks[j]);
+                    kept += r.group[l][e] >= 0;
+                }
+                assert_true(kept >= Ks[j]);
+                if (methods[i] == MT_MERGE_NAEE) assert_true(r.recon_err[l] >= 0 && r.recon_err[l] <= 1.0001);
+            }
+            mt_merge_report_free(&r);
+            eval_loads(out, Ks[j], ref);
+        }
+    /* --target-bpw on the 128-expert source: the plan's types, weighted by
+     * the parameters of each tensor they name, average at most the target */
+    snprintf(out, sizeof out, "%s/q.gguf", dir);
+    mt_quant_opts q;
+    mt_quant_opts_default(&q);
+    q.target_bpw = 5.0;
+    q.calib_path = tu_model_path("data/train.txt");
+    q.calib_tokens = 512;
+    q.calib_window = 64;
+    mt_quant_report qr;
+    memset(&qr, 0, sizeof qr);
+    if (mt_quantize_file(src, out, &q, 2, &qr) != MT_OK) fail_msg("%s", mt_last_error());
+    assert_non_null(qr.plan);
+    json_error_t je;
+    json_t *plan = json_loads(qr.plan, 0, &je);
+    assert_non_null(plan);
+    const double VH = (double)c.vocab * c.hidden, HH = (double)c.hidden * c.n_heads * c.head_dim,
+                 HK = (double)c.hidden * c.n_kv_heads * c.head_dim, EX = 128.0 * c.hidden * c.ffn;
+    double bits = plan_bits(json_object_get(plan, "token_embd"), VH) + plan_bits(json_object_get(plan, "output"), VH),
+           params = 2 * VH;
+    assert_int_equal(json_array_size(json_object_get(plan, "layers")), L);
+    static const char *kinds[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < 7; k++) {
+            const double n = k == 0 || k == 3 ? HH : k < 3 ? HK : EX;
+            bits += plan_bits(json_object_get(json_array_get(json_object_get(plan, "layers"), (size_t)l), kinds[k]), n);
+            params += n;
+        }
+    json_decref(plan);
+    fprintf(stderr, "--target-bpw 5: planned %.4f bits per weight (all weights: %.4f)\n", bits / params, qr.bits_total);
+    assert_true(bits / params <= 5.0 + 1e-9 && bits / params > 4.0);
+    mt_quant_report_free(&qr);
+    eval_loads(out, 128, ref);
+    mt_model_free(ref);
     mt_config_free(&c);
     tu_rmtree(dir);
     free(dir);
@@ -236,6 +354,7 @@ int main(void) {
         cmocka_unit_test(test_config_heap_arrays),
         cmocka_unit_test(test_load_256_experts),
         cmocka_unit_test(test_merge_72_experts),
+        cmocka_unit_test(test_merge_quantize_128_experts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -190,13 +190,25 @@ static void test_parse_layers(void **state) {
     assert_int_equal(o.layer_experts[1], 6);
     assert_int_equal(o.layer_experts[2], 4);
     assert_int_equal(o.layer_experts[3], 4);
-    assert_int_equal(o.layer_experts[4], 0);
+    assert_int_equal(o.n_layer_experts, 4);
+    /* a later spec grows the array; the layers between stay 0 */
+    assert_int_equal(mt_merge_parse_layers(&o, "9:3", 0), MT_OK);
+    assert_int_equal(o.n_layer_experts, 10);
+    assert_int_equal(o.layer_experts[3], 4);
+    assert_int_equal(o.layer_experts[5], 0);
+    assert_int_equal(o.layer_experts[9], 3);
+    mt_merge_opts_free(&o);
+    assert_null(o.layer_experts);
     const char *bad[] = {"", "0-1", "1-0:4", "a:4", "0:4,", "0:4;1:2", "0:0", "0:-1", "0:4x"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         mt_merge_opts_default(&o);
         assert_int_equal(mt_merge_parse_layers(&o, bad[i], 4), MT_ERR_ARG);
+        mt_merge_opts_free(&o);
     }
     assert_int_equal(mt_merge_parse_layers(&o, "0-4:6", 4), MT_ERR_ARG);
+    assert_int_equal(mt_merge_parse_layers(&o, "0-511:6", 0), MT_OK); /* MT_MAX_LAYERS bounds a spec without a model */
+    assert_int_equal(mt_merge_parse_layers(&o, "512:6", 0), MT_ERR_ARG);
+    mt_merge_opts_free(&o);
     assert_int_equal(mt_merge_method_from_name("hc-smoe"), MT_MERGE_HC_SMOE);
     assert_int_equal(mt_merge_method_from_name("nope"), -1);
     assert_int_equal(mt_merge_router_from_name("fit"), MT_MERGE_ROUTER_FIT);
@@ -207,20 +219,20 @@ static void test_parse_layers(void **state) {
 /* Direct layer-output error of a kept set: per token, the top_k of the kept
  * experts by probability, renormalised, against the top_k of all. */
 static double g_ref_energy; /* sum of |original output|^2, set by naee_reference */
-static double naee_reference(const float *Y, const float *P, int E, int S, int Hd, int top_k, uint64_t keep) {
+static double naee_reference_b(const float *Y, const float *P, int E, int S, int Hd, int top_k, const uint8_t *keep) {
     double err = 0;
     g_ref_energy = 0;
     for (int i = 0; i < S; i++) {
         const float *p = P + (size_t)i * E;
-        double y0[64] = {0}, y1[64] = {0};
+        double y0[64] = {0}, y1[64] = {0}; /* Hd <= 64 */
         for (int pass = 0; pass < 2; pass++) {
             double *y = pass ? y1 : y0;
-            int used[64] = {0}, sel[64];
+            int used[256] = {0}, sel[256]; /* E <= 256 */
             double sum = 0;
             for (int k = 0; k < top_k; k++) {
                 int best = -1;
                 for (int e = 0; e < E; e++)
-                    if (!used[e] && (!pass || (keep >> e & 1)) && (best < 0 || p[e] > p[best])) best = e;
+                    if (!used[e] && (!pass || keep[e]) && (best < 0 || p[e] > p[best])) best = e;
                 used[best] = 1, sel[k] = best, sum += p[best];
             }
             for (int k = 0; k < top_k; k++)
@@ -231,6 +243,12 @@ static double naee_reference(const float *Y, const float *P, int E, int S, int H
     return err;
 }
 
+static double naee_reference(const float *Y, const float *P, int E, int S, int Hd, int top_k, uint64_t keep) {
+    uint8_t b[64];
+    for (int e = 0; e < E; e++) b[e] = keep >> e & 1;
+    return naee_reference_b(Y, P, E, S, Hd, top_k, b);
+}
+
 /* Probabilities from logits (S, E), in place. */
 static void softmax_rows(float *P, int S, int E) {
     for (int i = 0; i < S; i++) {
@@ -239,6 +257,20 @@ static void softmax_rows(float *P, int S, int E) {
         for (int e = 0; e < E; e++) s += (p[e] = expf(p[e] - mx));
         for (int e = 0; e < E; e++) p[e] /= s;
     }
+}
+
+/* The search with kept sets as bit masks (E <= 64 in these tests). */
+static double naee_err64(const merge_naee *n, uint64_t m) {
+    uint8_t b[64];
+    for (int e = 0; e < 64; e++) b[e] = m >> e & 1;
+    return merge_naee_error(n, b);
+}
+static int naee_search64(merge_naee *n, int E, int K, uint64_t *keep, double *err) {
+    uint8_t b[64];
+    const int st = merge_naee_search(n, K, b, err);
+    *keep = 0;
+    for (int e = 0; !st && e < E; e++) *keep |= (uint64_t)b[e] << e;
+    return st;
 }
 
 static int popcount64(uint64_t m) {
@@ -262,18 +294,18 @@ static void test_naee_error_matches_reference(void **state) {
     uint64_t bm = 0, keep = 0;
     for (uint64_t m = 0; m < (1u << E); m++) {
         if (popcount64(m) < TK) continue;
-        double ref = naee_reference(Y, P, E, S, Hd, TK, m), got = merge_naee_error(nz, m);
+        double ref = naee_reference(Y, P, E, S, Hd, TK, m), got = naee_err64(nz, m);
         assert_true(fabs(ref - got) <= 1e-6 * (1 + ref));
         if (popcount64(m) == K && ref < best - 1e-12) best = ref, bm = m;
     }
     /* the energy: the original output's squared norm */
     assert_true(fabs(g_ref_energy - merge_naee_energy(nz)) <= 1e-6 * g_ref_energy);
-    assert_int_equal(merge_naee_search(nz, K, &keep, &e0), MT_OK);
+    assert_int_equal(naee_search64(nz, E, K, &keep, &e0), MT_OK);
     assert_int_equal(popcount64(keep), K);
     assert_true(fabs(e0 - best) <= 1e-9 * (1 + best));
     assert_true(keep == bm || fabs(naee_reference(Y, P, E, S, Hd, TK, keep) - best) <= 1e-9 * (1 + best));
-    assert_int_equal(merge_naee_search(nz, 1, &keep, &e0), MT_ERR_ARG); /* K < top_k */
-    assert_int_equal(merge_naee_search(nz, 9, &keep, &e0), MT_ERR_ARG);
+    assert_int_equal(naee_search64(nz, E, 1, &keep, &e0), MT_ERR_ARG); /* K < top_k */
+    assert_int_equal(naee_search64(nz, E, 9, &keep, &e0), MT_ERR_ARG);
     merge_naee_free(nz);
     free(Y), free(P);
 }
@@ -305,11 +337,11 @@ static void test_naee_finds_planted_duplicates(void **state) {
     uint64_t keep = 0;
     double err = -1;
     assert_int_equal(merge_naee_init(&nz, Y, P, E, S, Hd, 1), MT_OK);
-    assert_int_equal(merge_naee_search(nz, 6, &keep, &err), MT_OK);
+    assert_int_equal(naee_search64(nz, E, 6, &keep, &err), MT_OK);
     assert_int_equal(keep, 0x3f);
     assert_true(err < 1e-9 * merge_naee_energy(nz));
     /* and the next best set is clearly worse */
-    assert_true(merge_naee_error(nz, 0x3f ^ 0x01 ^ 0x40) > 0.01 * merge_naee_energy(nz));
+    assert_true(naee_err64(nz, 0x3f ^ 0x01 ^ 0x40) > 0.01 * merge_naee_energy(nz));
     merge_naee_free(nz);
     free(Y), free(P);
 }
@@ -333,15 +365,75 @@ static void test_naee_greedy_finds_never_routed(void **state) {
     double err = -1;
     assert_int_equal(merge_naee_init(&nz, Y, P, E, S, Hd, 2), MT_OK);
     assert_true(merge_naee_energy(nz) > 0);
-    assert_int_equal(merge_naee_search(nz, 8, &keep, &err), MT_OK);
+    assert_int_equal(naee_search64(nz, E, 8, &keep, &err), MT_OK);
     assert_int_equal(keep, 0x5555);
     assert_true(err < 1e-9 * merge_naee_energy(nz));
     /* one step further (keep 6 of the 8 routed) costs something, and equals
      * the direct computation */
-    assert_int_equal(merge_naee_search(nz, 6, &keep, &err), MT_OK);
+    assert_int_equal(naee_search64(nz, E, 6, &keep, &err), MT_OK);
     assert_int_equal(popcount64(keep), 6);
     assert_int_equal(keep & 0xaaaa, 0);
     assert_true(err > 0 && fabs(err - naee_reference(Y, P, E, S, Hd, 2, keep)) <= 1e-6 * err);
+    merge_naee_free(nz);
+    free(Y), free(P);
+}
+
+/* Kept sets of any size: 128 experts (kept sets are byte arrays, no 64-bit
+ * mask). The odd experts are never routed and every even one is some
+ * token's first choice; greedy elimination down to 64
+ * keeps exactly the even ones at zero error, and every K on the path below
+ * that equals the direct computation. On a random 20-expert layer the
+ * incremental path equals greedy elimination by whole-set evaluation. */
+static void test_naee_128_experts(void **state) {
+    (void)state;
+    enum { E = 128, S = 128, Hd = 8 };
+    float *Y = malloc(sizeof(float) * E * S * Hd), *P = malloc(sizeof(float) * S * E);
+    fill(Y, (size_t)E * S * Hd, 1.0f);
+    fill(P, (size_t)S * E, 2.0f);
+    for (int i = 0; i < S; i++) {
+        for (int e = 1; e < E; e += 2) P[(size_t)i * E + e] -= 30.0f;
+        P[(size_t)i * E + 2 * (i % 64)] += 5.0f; /* every even expert is some token's first */
+    }
+    softmax_rows(P, S, E);
+    merge_naee *nz = NULL;
+    uint8_t keep[E];
+    double err = -1;
+    assert_int_equal(merge_naee_init(&nz, Y, P, E, S, Hd, 2), MT_OK);
+    assert_int_equal(merge_naee_search(nz, 64, keep, &err), MT_OK);
+    for (int e = 0; e < E; e++) assert_int_equal(keep[e], e % 2 == 0);
+    assert_true(err < 1e-9 * merge_naee_energy(nz));
+    for (int K = 40; K >= 2; K -= 19) {
+        assert_int_equal(merge_naee_search(nz, K, keep, &err), MT_OK);
+        int n = 0;
+        for (int e = 0; e < E; e++) n += keep[e], assert_true(!keep[e] || e % 2 == 0);
+        assert_int_equal(n, K);
+        const double ref = naee_reference_b(Y, P, E, S, Hd, 2, keep);
+        assert_true(err > 0 && fabs(err - ref) <= 1e-6 * ref);
+    }
+    merge_naee_free(nz);
+
+    enum { E2 = 20, K2 = 6 };
+    fill(Y, (size_t)E2 * S * Hd, 1.0f);
+    fill(P, (size_t)S * E2, 2.0f);
+    softmax_rows(P, S, E2);
+    assert_int_equal(merge_naee_init(&nz, Y, P, E2, S, Hd, 3), MT_OK);
+    uint8_t g[E2];
+    memset(g, 1, sizeof g);
+    for (int have = E2; have > K2; have--) { /* greedy, each candidate set evaluated whole */
+        int best = -1;
+        double bv = 1e300;
+        for (int e = 0; e < E2; e++) {
+            if (!g[e]) continue;
+            g[e] = 0;
+            const double v = merge_naee_error(nz, g);
+            g[e] = 1;
+            if (v < bv) bv = v, best = e;
+        }
+        g[best] = 0;
+    }
+    assert_int_equal(merge_naee_search(nz, K2, keep, &err), MT_OK); /* C(20, 6) = 38760: greedy */
+    assert_memory_equal(keep, g, E2);
+    assert_true(fabs(err - merge_naee_error(nz, g)) <= 1e-12 * (1 + err));
     merge_naee_free(nz);
     free(Y), free(P);
 }
@@ -414,6 +506,7 @@ static void test_option_errors_leave_no_output(void **state) {
         o.n_threads = 2;
         if (cases[i].layers) assert_int_equal(mt_merge_parse_layers(&o, cases[i].layers, 4), MT_OK);
         int st = mt_merge(tu_model_dir(), out, &o, NULL);
+        mt_merge_opts_free(&o);
         assert_int_equal(st, MT_ERR_ARG);
         assert_true(strlen(mt_last_error()) > 0);
         struct stat sb;
@@ -440,6 +533,7 @@ static void test_merge_bundled_model(void **state) {
     assert_int_equal(mt_merge_parse_layers(&o, "0-2:8,3:6", 4), MT_OK);
     mt_merge_report r;
     int st = mt_merge(tu_model_dir(), out, &o, &r);
+    mt_merge_opts_free(&o);
     if (st) fprintf(stderr, "merge: %s\n", mt_last_error());
     assert_int_equal(st, MT_OK);
     assert_int_equal(r.layer_k[0], 8);
@@ -715,6 +809,7 @@ int main(void) {
         cmocka_unit_test(test_parse_layers),
         cmocka_unit_test(test_naee_error_matches_reference),
         cmocka_unit_test(test_naee_finds_planted_duplicates),
+        cmocka_unit_test(test_naee_128_experts),
         cmocka_unit_test(test_naee_greedy_finds_never_routed),
         cmocka_unit_test(test_budget_allocation_optimal),
         cmocka_unit_test(test_option_errors_leave_no_output),

@@ -38,7 +38,6 @@
 #include "moetool/mt_qmoe.h"
 #include "qmoe_kernel.h"
 #include "testutil.h"
-#include "../lib/quant/qmoe_impl.h"
 
 #define TOL_FLOAT_SUM 1e-5
 #define TOL_ABS_FLOOR 1e-30
@@ -431,8 +430,7 @@ static void test_bad_blobs(void **state) {
     /* the kernels never read outside the arrays of an unchecked, inconsistent matrix */
     mt_mat W = c.W;
     uint32_t off[4] = {0, 5, 3, 100000}; /* decreasing, past the end */
-    W.aux[0] = off;
-    W.aux_bytes[0] = sizeof off;
+    W.side.qmoe.offsets = off;
     mt_qmoe_matvec_rows(&W, x, y, 0, 40);
     mt_qmoe_matvec_rows_bits(&W, x, y, 0, 40);
     mt_qmoe_matvec_rows_ref(&W, x, y, 0, 40);
@@ -468,10 +466,9 @@ static void test_bad_blobs(void **state) {
         const uint32_t offs[4][4] = {{0, 5, 3, 100000}, {0, 1, 2, nc}, {0, nc, nc, nc}, {0, nc - 1, nc - 1, nc}};
         for (int k = 0; k < 4; k++) {
             mt_mat W3 = c2.W;
-            W3.aux[0] = (void *)offs[k];
-            W3.aux_bytes[0] = sizeof offs[k];
+            W3.side.qmoe.offsets = offs[k];
             for (int dk = 0; dk < 2; dk++) {
-                W3.aux[1] = dk ? (void *)&small : (void *)&d; /* small: most codewords past its entries */
+                W3.side.qmoe.dict = dk ? &small : &d; /* small: most codewords past its entries */
                 mt_qmoe_matvec_rows_lut(&W3, x2, y2, 0, 40);
                 mt_qmoe_matvec_rows_lut(&W3, x2, y2, 17, 33);
                 mt_qmoe_matvec_rows_avx2(&W3, x2, y2, 0, 40);
@@ -496,10 +493,9 @@ static void test_bad_blobs(void **state) {
         const uint32_t offs[4][4] = {{0, 5, 3, 100000}, {0, 1, 2, nc}, {0, nc, nc, nc}, {0, nc - 1, nc - 1, nc}};
         for (int k = 0; k < 4; k++) {
             mt_mat W3 = c3.W;
-            W3.aux[0] = (void *)offs[k];
-            W3.aux_bytes[0] = sizeof offs[k];
+            W3.side.qmoe.offsets = offs[k];
             for (int dk = 0; dk < 2; dk++) {
-                W3.aux[1] = dk ? (void *)&small : (void *)&d;
+                W3.side.qmoe.dict = dk ? &small : &d;
                 mt_qmoe_matvec_rows_lut(&W3, x3, y3, 0, 40);
                 mt_qmoe_matvec_rows_avx2(&W3, x3, y3, 0, 40);
                 mt_qmoe_matvec_rows_avx2(&W3, x3, y3, 5, 39);

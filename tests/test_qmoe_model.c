@@ -73,7 +73,7 @@ static void decode_coded(const mt_mat *W, float *out, int8_t *syms) {
     assert_int_equal(W->dtype, MT_DT_QMOE);
     assert_int_equal(mt_qmoe_mat_check(W, "expert"), MT_OK);
     assert_int_equal(mt_qmoe_decode_rows(W, 0, W->rows, syms), MT_OK);
-    const uint16_t *sc = W->aux[2];
+    const uint16_t *sc = W->side.qmoe.scales;
     for (int64_t r = 0; r < W->rows; r++) {
         const float lo = mt_f16_to_f32(sc[2 * r]), hi = mt_f16_to_f32(sc[2 * r + 1]);
         assert_true(lo <= 0 && hi >= 0);

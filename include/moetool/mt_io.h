@@ -223,19 +223,38 @@ const char *mt_ckpt_config_text(const mt_ckpt *ck, size_t *len);
  * A matrix is a view into mapped data: `rows` output features of `cols`
  * input features each, row r at data + r * row_stride. Norm vectors are
  * 1 x n matrices. */
+struct mt_qmoe_dict;
+
+/* Side data of a qmoe-coded matrix (MT_DT_QMOE; the code of mt_qmoe.h,
+ * layout in lib/io/codec/qmoe.c): `data` holds the uint16 codewords, `group`
+ * the rows per independently decodable group. */
+typedef struct {
+    const uint32_t *offsets;          /* [n_groups + 1] first codeword of each group */
+    const struct mt_qmoe_dict *dict;  /* the model's dictionary (shared)             */
+    const uint16_t *scales;           /* [rows * 2] f16: lo, hi of each row          */
+    uint64_t n_codes;                 /* codewords at data                           */
+    uint64_t blob_bytes;              /* before parsing (offsets NULL): `data` is the
+                                         serialised blob, of this many bytes         */
+} mt_qmoe_side;
+
+/* Side data of codecs that keep it outside the rows: one typed member per
+ * kind, all zero for self-contained row types (f32 ... q4_0, K-quants,
+ * tq1_0, tq2_0). */
+typedef struct {
+    mt_qmoe_side qmoe;                /* MT_DT_QMOE                                   */
+} mt_mat_side;
+
 typedef struct {
     mt_dtype dtype;
     int64_t rows, cols;
     const void *data;
     uint64_t row_stride;        /* bytes */
-    /* Side data of codecs that keep it outside the rows (group scales and
-     * zero points, per-row offsets into a code stream, dictionaries); NULL
-     * for self-contained row types (f32 ... q4_0, tq1_0, tq2_0). Each
-     * codec documents its use in docs/formats.md. */
-    const void *aux[4];
-    uint64_t aux_bytes[4];
+    mt_mat_side side;
     int64_t group;              /* codec group size, 0 if none             */
 } mt_mat;
+
+/* Whether m keeps side data outside its rows (rows alone do not decode). */
+static inline int mt_mat_has_side(const mt_mat *m) { return m->side.qmoe.offsets || m->side.qmoe.blob_bytes; }
 
 typedef struct {
     mt_mat attn_norm;   /* (1, hidden)                               */
@@ -285,8 +304,8 @@ typedef struct {
  * AutoGPTQ layout (repacked at load into Q4_0/Q8_0 when the codes fit, else
  * dequantized to f32; kept in `owned`). A qmoe-coded matrix
  * (<name>.weight.qmoe) becomes an mt_mat of type MT_DT_QMOE whose `data` is
- * the raw blob, `aux_bytes[3]` its size and every other aux NULL: the runtime
- * (mt_model_load) parses and checks it. */
+ * the raw blob, `side.qmoe.blob_bytes` its size and the rest of side.qmoe
+ * zero: the runtime (mt_model_load) parses and checks it. */
 int mt_weights_init(mt_weights *w, const mt_ckpt *ck);
 void mt_weights_free(mt_weights *w);
 

@@ -64,7 +64,11 @@ int mt_merge_router_from_name(const char *s);
 
 typedef struct {
     int experts;                        /* K for every layer not in layer_experts   */
-    int layer_experts[MT_MAX_LAYERS];   /* per-layer K (0 = `experts`)              */
+    int *layer_experts;                 /* [n_layer_experts] per-layer K (0 =
+                                           `experts`); heap, set by
+                                           mt_merge_parse_layers, released by
+                                           mt_merge_opts_free                       */
+    int n_layer_experts;
     int budget;                         /* > 0: total experts over all layers, spread
                                            by sensitivity (instead of experts /
                                            layer_experts)                            */
@@ -100,13 +104,17 @@ typedef struct {
 } mt_merge_opts;
 
 void mt_merge_opts_default(mt_merge_opts *o);
+/* Releases what mt_merge_parse_layers allocated (the rest is the caller's). */
+void mt_merge_opts_free(mt_merge_opts *o);
 /* The methods auto tries for these options, in order (ties go to the first):
  * prune, average, frequency, hc-smoe, mc-smoe, reap, reap-merge, naee; with
- * MT_MERGE_ROUTER_ALIAS only the merging ones; naee only when every layer has
- * at most 64 experts. Returns how many were written to out. */
-int mt_merge_auto_candidates(const mt_merge_opts *o, int max_experts, int *out);
-/* Parses "0-1:6,2-3:4" (layer ranges : K) into o->layer_experts. Layers
- * are checked against n_layers (or only for syntax when n_layers <= 0). */
+ * MT_MERGE_ROUTER_ALIAS only the merging ones. Returns how many were written
+ * to out. */
+int mt_merge_auto_candidates(const mt_merge_opts *o, int *out);
+/* Parses "0-1:6,2-3:4" (layer ranges : K) into o->layer_experts (grown on
+ * the heap to the last layer named; layers not named stay 0). Layers are
+ * checked against n_layers (or, when n_layers <= 0, against MT_MAX_LAYERS,
+ * the bound every loaded model's layer count satisfies). */
 int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers);
 
 /* Per-layer arrays are on the heap, sized by the model (no expert or layer

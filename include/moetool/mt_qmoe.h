@@ -16,16 +16,16 @@
  * single rows decode independently. Codewords may straddle the rows inside
  * a group; the last one of a group is padded with zeros.
  *
- * Layout in memory (and of an mt_mat of type MT_DT_QMOE, see
- * mt_qmoe_mat_view): data = codes (uint16, n_codes), aux[0] = group offsets
- * (uint32, n_groups + 1, codeword index where each group starts), aux[1] =
- * the dictionary (const mt_qmoe_dict *), aux[2] = scales (f16 pairs lo, hi
- * per row), group = rows per group. Byte layout on disk: docs/qmoe.md.
+ * Layout in memory (an mt_mat of type MT_DT_QMOE, see mt_qmoe_mat_view):
+ * data = codes (uint16), side.qmoe (mt_qmoe_side, mt_io.h) = group offsets,
+ * dictionary, f16 scale pairs and the codeword count; group = rows per
+ * group. Byte layout on disk: docs/qmoe.md and the top of
+ * lib/io/codec/qmoe.c.
  *
- * The dictionary build, the decoder and the fused matvec live in the runtime
- * (lib/runtime/backend/cpu/kernels_qmoe.c), with the serialised form
- * (lib/runtime/qmoe_blob.c, byte layout at its top); the encoder and
- * statistics in lib/quant/qmoe_code.c. */
+ * The codec is whole in lib/io/codec/qmoe.c: dictionary build, encoder and
+ * statistics, layout check, reference decoder, serialised form. The CPU
+ * backend's fused decode+matvec kernels over this layout are in
+ * lib/runtime/backend/cpu/kernels_qmoe.c. */
 #ifndef MT_QMOE_H
 #define MT_QMOE_H
 
@@ -35,14 +35,22 @@
 extern "C" {
 #endif
 
-/* Serialised form (docs/qmoe.md "Byte layout"; lib/runtime/qmoe_blob.c). */
+/* Serialised form (docs/qmoe.md "Byte layout"; lib/io/codec/qmoe.c). */
 #define MT_QMOE_MAGIC "QMOE"       /* matrix blob                      */
 #define MT_QMOE_DICT_MAGIC "QMDT"  /* dictionary parameters            */
 #define MT_QMOE_VERSION 1
 #define MT_QMOE_HEADER_BYTES 40    /* matrix blob header                */
+#define MT_QMOE_OFF_VERSION 4      /* header: version (u16)             */
+#define MT_QMOE_OFF_GROUP 6        /* header: group_rows G (u16)        */
 #define MT_QMOE_OFF_ROWS 8         /* header: rows R (u64) at this byte */
 #define MT_QMOE_OFF_COLS 16        /* header: cols C (u64) at this byte */
+#define MT_QMOE_OFF_NCODES 24      /* header: codewords N (u64)         */
+#define MT_QMOE_OFF_SCALE_TYPE 32  /* header: scale type (u32), then 4 reserved bytes */
+#define MT_QMOE_MAX_GROUP 4096     /* group_rows a reader accepts       */
 #define MT_QMOE_DICT_BYTES 40      /* dictionary parameters, whole      */
+#define MT_QMOE_DICT_OFF_MAX_LEN 6 /* dictionary: max_len (u16)         */
+#define MT_QMOE_DICT_OFF_ENTRIES 8 /* dictionary: n_entries (u32)       */
+#define MT_QMOE_DICT_OFF_COUNTS 16 /* dictionary: 3 x u64 symbol counts */
 #define MT_QMOE_SCALES_F16 1       /* scale type: f16 (lo, hi) per row  */
 #define MT_QMOE_DICT_SIZE 65536 /* codewords (uint16)                        */
 #define MT_QMOE_MAX_LEN 32      /* symbols per codeword at most (32-bit masks) */
@@ -96,9 +104,18 @@ static inline int64_t mt_qmoe_n_groups(int64_t rows, int group_rows) {
 /* An mt_mat of type MT_DT_QMOE over q (no copy; q must outlive it). */
 void mt_qmoe_mat_view(mt_mat *out, const mt_qmoe_mat *q);
 
-/* Checks an MT_DT_QMOE mt_mat: sizes of codes, offsets and scales, offsets
- * non-decreasing and inside the code stream, codewords inside the
- * dictionary. MT_ERR_FORMAT naming `what` otherwise. The kernels trust a
+/* Bytes of the serialised blob of a (rows, *) matrix in groups of
+ * group_rows with n_codes codewords: header, offsets, codes, scales. */
+uint64_t mt_qmoe_blob_bytes(int64_t rows, int group_rows, uint64_t n_codes);
+
+/* Cheap structural check (type, shape, group, side arrays and dictionary
+ * present), what every kernel call does first; the full validation of a
+ * loaded matrix is mt_qmoe_mat_check. */
+int mt_qmoe_mat_ok(const mt_mat *W);
+
+/* Checks an MT_DT_QMOE mt_mat: its side arrays present (mt_qmoe_mat_ok),
+ * offsets starting at 0, non-decreasing and ending at n_codes, codewords
+ * inside the dictionary, every group decoding to exactly its symbols. MT_ERR_FORMAT naming `what` otherwise. The kernels trust a
  * checked matrix (every codeword is a valid index; they never read outside
  * the arrays even when the symbol count of a group is wrong). */
 int mt_qmoe_mat_check(const mt_mat *W, const char *what);
@@ -107,7 +124,17 @@ int mt_qmoe_mat_check(const mt_mat *W, const char *what);
  * (out: (r1 - r0) * cols int8 in {-1, 0, +1}). */
 int mt_qmoe_decode_rows(const mt_mat *W, int64_t r0, int64_t r1, int8_t *out);
 
-/* ---- encoder and statistics (lib/quant) -------------------------------- */
+/* Codewords [*k0, *k1) of group g, clamped to the stream (never outside the
+ * arrays, even for an unchecked matrix). */
+void mt_qmoe_group_span(const mt_mat *W, int64_t g, uint64_t *k0, uint64_t *k1);
+
+/* The reference decoder: calls fn(ctx, row, col, sym) for every nonzero
+ * symbol of rows [r0, r1), in order, symbol by symbol. W passed
+ * mt_qmoe_mat_ok. */
+typedef void (*mt_qmoe_sym_fn)(void *ctx, int64_t row, int64_t col, int sym);
+void mt_qmoe_walk_rows(const mt_mat *W, int64_t r0, int64_t r1, mt_qmoe_sym_fn fn, void *ctx);
+
+/* ---- encoder and statistics ---------------------------------------------- */
 
 /* QMoE's ternary grid for one row by round to nearest: lo = min(w),
  * hi = max(w) (as f16, the stored precision), symbol +1 where w > hi/2,

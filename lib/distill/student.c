@@ -182,6 +182,7 @@ int dst_student_from_teacher(dt_model *m, mt_model *teacher, int init, const int
     route_stats rs = {L, 0, tc->top_k, NULL, NULL};
     float *e1 = NULL, *e3 = NULL, *e2 = NULL;
     int *order = NULL, st;
+    uint64_t *gtot = NULL; /* [E] routed slots per group (G <= E groups) */
     if ((st = copy_shared(m, w, hd))) return st;
     for (int l = 0; l < L; l++) rs.E = w->layers[l].n_experts > rs.E ? w->layers[l].n_experts : rs.E;
     if (init == MT_DISTILL_INIT_RANDOM) {
@@ -200,7 +201,8 @@ int dst_student_from_teacher(dt_model *m, mt_model *teacher, int init, const int
     e3 = malloc((size_t)F * H * sizeof(float));
     e2 = malloc((size_t)F * H * sizeof(float));
     order = malloc((size_t)rs.E * sizeof *order);
-    if (!rs.count || !rs.gate_sum || !e1 || !e3 || !e2 || !order) {
+    gtot = malloc((size_t)(rs.E ? rs.E : 1) * sizeof *gtot);
+    if (!rs.count || !rs.gate_sum || !e1 || !e3 || !e2 || !order || !gtot) {
         st = mt_seterr(MT_ERR_NOMEM, "distill: out of memory for the student's initialisation");
         goto done;
     }
@@ -213,7 +215,7 @@ int dst_student_from_teacher(dt_model *m, mt_model *teacher, int init, const int
         const double *gs = rs.gate_sum + (size_t)l * rs.E;
         order_experts(order, cnt, E);
         const int G = (W + F - 1) / F; /* concat: experts taken; average: groups */
-        if (G > E || G > 64) {
+        if (G > E) {
             st = mt_seterr(MT_ERR_ARG, "--width %d needs %d experts of width %d; layer %d has %d", W, G, F, l, E);
             goto done;
         }
@@ -224,7 +226,7 @@ int dst_student_from_teacher(dt_model *m, mt_model *teacher, int init, const int
         memset(p->w1, 0, (size_t)W * H * sizeof(float));
         memset(p->w3, 0, (size_t)W * H * sizeof(float));
         memset(p->w2, 0, (size_t)W * H * sizeof(float));
-        uint64_t gtot[64] = {0};
+        memset(gtot, 0, (size_t)G * sizeof *gtot);
         if (init == MT_DISTILL_INIT_AVERAGE)
             for (int k = 0; k < E; k++) gtot[k % G] += cnt[order[k]];
         const int n_use = init == MT_DISTILL_INIT_CONCAT ? G : E;
@@ -259,6 +261,7 @@ done:
     free(e3);
     free(e2);
     free(order);
+    free(gtot);
     return st;
 }
 

@@ -18,7 +18,7 @@
  *                             merging (0 = num_local_experts); one entry per layer
  *   moe_router_alias          moetool extension: one entry per layer, null (no alias)
  *                             or [a0 .. a(R-1)]: router row r selects expert a_r of the
- *                             layer's K; R <= 64 and every expert has a row
+ *                             layer's K; K <= R <= MT_MAX_ALIAS_ROWS and every expert has a row
  * Other keys are ignored. Weights stored in HF layout use rotate_half RoPE
  * (MT_ROPE_HALF). */
 #define _GNU_SOURCE

@@ -221,7 +221,7 @@ int mt_qmoe_blob_mat(const mt_ckpt *ck, const char *path, const char *blob_name,
     m->rows = rows;
     m->cols = cols;
     m->data = t->data;
-    m->aux_bytes[3] = t->nbytes;
+    m->side.qmoe.blob_bytes = t->nbytes;
     return MT_OK;
 }
 

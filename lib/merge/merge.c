@@ -51,6 +51,12 @@ void mt_merge_opts_default(mt_merge_opts *o) {
     o->router_steps = 0;
 }
 
+void mt_merge_opts_free(mt_merge_opts *o) {
+    if (!o) return;
+    free(o->layer_experts);
+    o->layer_experts = NULL, o->n_layer_experts = 0;
+}
+
 int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers) {
     const char *p = spec;
     if (!spec || !*spec) return mt_seterr(MT_ERR_ARG, "--layers: empty specification");
@@ -70,6 +76,12 @@ int mt_merge_parse_layers(mt_merge_opts *o, const char *spec, int n_layers) {
         p = end;
         if (b >= MT_MAX_LAYERS || (n_layers > 0 && b >= n_layers))
             return mt_seterr(MT_ERR_ARG, "--layers '%s': layer %ld past the model's %d layers", spec, b, n_layers);
+        if (b >= o->n_layer_experts) {
+            int *g = realloc(o->layer_experts, (size_t)(b + 1) * sizeof *g);
+            if (!g) return mt_seterr(MT_ERR_NOMEM, "--layers: out of memory");
+            memset(g + o->n_layer_experts, 0, (size_t)(b + 1 - o->n_layer_experts) * sizeof *g);
+            o->layer_experts = g, o->n_layer_experts = (int)b + 1;
+        }
         for (long l = a; l <= b; l++) o->layer_experts[l] = (int)k;
         if (*p == ',') {
             if (!*++p) goto bad;
@@ -230,7 +242,7 @@ done:
 /* ---- one layer ------------------------------------------------------------- */
 
 static int mat_to_f32(const mt_mat *M, float *dst, const char *what) {
-    if (M->aux[0])
+    if (mt_mat_has_side(M))
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: stored as %s with side data; convert to bf16 before merging", what,
                          mt_dtype_get(M->dtype)->name);
     for (int64_t r = 0; r < M->rows; r++) {
@@ -348,16 +360,17 @@ static int make_groups(const mt_merge_opts *o, layer_buf *b, const double *freq,
     case MT_MERGE_NAEE: {
         /* the kept set whose sliced-router output best reconstructs the layer's */
         merge_naee *nz = NULL;
-        uint64_t keep = 0;
+        uint8_t *keep = malloc((size_t)E);
         double err = 0;
-        int st = merge_naee_init(&nz, b->Y, b->P, E, S, H, b->top_k);
-        if (!st) st = merge_naee_search(nz, K, &keep, &err);
+        int st = keep ? merge_naee_init(&nz, b->Y, b->P, E, S, H, b->top_k) : mt_seterr(MT_ERR_NOMEM, "naee: out of memory");
+        if (!st) st = merge_naee_search(nz, K, keep, &err);
         if (!st) {
             double en = merge_naee_energy(nz);
             *recon_err = en > 0 ? err / en : 0;
-            for (int e = 0, k = 0; e < E; e++) assign[e] = keep >> e & 1 ? k++ : -1;
+            for (int e = 0, k = 0; e < E; e++) assign[e] = keep[e] ? k++ : -1;
         }
         merge_naee_free(nz);
+        free(keep);
         return st;
     }
     case MT_MERGE_REAP_MERGE:
@@ -905,7 +918,7 @@ done:
     return st;
 }
 
-int mt_merge_auto_candidates(const mt_merge_opts *o, int max_experts, int *out) {
+int mt_merge_auto_candidates(const mt_merge_opts *o, int *out) {
     static const int order[] = {MT_MERGE_PRUNE, MT_MERGE_AVERAGE, MT_MERGE_FREQUENCY, MT_MERGE_HC_SMOE,
                                 MT_MERGE_MC_SMOE, MT_MERGE_REAP, MT_MERGE_REAP_MERGE, MT_MERGE_NAEE};
     int n = 0;
@@ -913,7 +926,6 @@ int mt_merge_auto_candidates(const mt_merge_opts *o, int max_experts, int *out) 
         const int m = order[i];
         const int prunes = m == MT_MERGE_PRUNE || m == MT_MERGE_REAP || m == MT_MERGE_NAEE;
         if (o && o->router == MT_MERGE_ROUTER_ALIAS && prunes) continue; /* a pruned row has no target */
-        if (m == MT_MERGE_NAEE && max_experts > MT_NAEE_MAX_EXPERTS) continue;
         out[n++] = m;
     }
     return n;
@@ -930,7 +942,7 @@ static int merge_auto(const merge_run *s, const char *model_path, const char *ou
     for (int l = 0; l < L; l++) Emax = s->w->layers[l].n_experts > Emax ? s->w->layers[l].n_experts : Emax;
     /* the report's per-layer rows hold this many experts (report_alloc) */
     const int E = Emax > s->c->E ? Emax : s->c->E;
-    const int nc = mt_merge_auto_candidates(o, Emax, cand);
+    const int nc = mt_merge_auto_candidates(o, cand);
     int st = MT_OK, best = -1;
     mt_outdir *best_od = *od, *cur = NULL;
     /* the best candidate's report arrays (the next candidates overwrite R's) */
@@ -1102,20 +1114,14 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
     for (int l = 0; l < L; l++) Emax = w->layers[l].n_experts > Emax ? w->layers[l].n_experts : Emax;
     if ((st = report_alloc(R, L, Emax))) goto done;
     int has_layers = 0;
-    for (int l = 0; l < MT_MAX_LAYERS; l++) has_layers |= o->layer_experts[l] > 0;
+    for (int l = 0; l < o->n_layer_experts; l++) has_layers |= o->layer_experts[l] > 0;
     if (o->budget < 0 || (o->budget > 0 && (o->experts || has_layers))) {
         st = mt_seterr(MT_ERR_ARG, "--budget %d: give either --budget or --experts/--layers", o->budget);
         goto done;
     }
     for (int l = 0; l < L; l++) {
-        const int from_spec = o->layer_experts[l] > 0, E = w->layers[l].n_experts;
+        const int from_spec = l < o->n_layer_experts && o->layer_experts[l] > 0, E = w->layers[l].n_experts;
         const int K = o->budget ? E : from_spec ? o->layer_experts[l] : o->experts ? o->experts : E;
-        if (E > MT_NAEE_MAX_EXPERTS && (o->method == MT_MERGE_NAEE || o->budget)) {
-            st = mt_seterr(MT_ERR_UNSUPPORTED, "%s: layer %d has %d experts; --method naee and --budget search kept "
-                           "sets of at most %d experts (use another method or --experts)", model_path, l, E,
-                           MT_NAEE_MAX_EXPERTS);
-            goto done;
-        }
         Etot += E;
         if (o->budget) {
             /* counts come from the sensitivity pass below */
@@ -1141,7 +1147,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
         st = mt_seterr(MT_ERR_ARG, "merge: every layer keeps its %d experts; nothing to merge", cf->n_experts);
         goto done;
     }
-    for (int l = L; l < MT_MAX_LAYERS; l++)
+    for (int l = L; l < o->n_layer_experts; l++)
         if (o->layer_experts[l]) {
             st = mt_seterr(MT_ERR_ARG, "--layers: layer %d past the model's %d layers", l, L);
             goto done;
@@ -1229,6 +1235,8 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
             st = mt_seterr(MT_ERR_NOMEM, "out of memory for the budget");
             goto done;
         }
+        uint8_t *mask = malloc((size_t)Emax);
+        if (!mask) st = mt_seterr(MT_ERR_NOMEM, "out of memory for the budget");
         for (int l = 0; l < L && !st; l++) {
             merge_naee *nz = NULL;
             El[l] = w->layers[l].n_experts;
@@ -1238,9 +1246,8 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
             if (!(st = load_layer(&b, &w->layers[l], l)) && !(st = merge_naee_init(&nz, b.Y, b.P, b.E, b.S, H, b.top_k))) {
                 const double en = merge_naee_energy(nz);
                 for (int k = b.top_k; k <= b.E && !st; k++) {
-                    uint64_t mask;
                     double err = 0;
-                    st = merge_naee_search(nz, k, &mask, &err);
+                    st = merge_naee_search(nz, k, mask, &err);
                     cost[(size_t)l * C + k] = R->sensitivity[l][k] = en > 0 ? err / en : 0;
                 }
             }
@@ -1248,6 +1255,7 @@ int mt_merge(const char *model_path, const char *out_path, const mt_merge_opts *
             if (o->progress) o->progress(o->progress_user, "merge: sensitivity layer", (uint64_t)l + 1, (uint64_t)L);
         }
         if (!st) st = merge_budget_allocate(cost, C, El, L, cf->top_k, o->budget, R->layer_k);
+        free(mask);
         free(cost);
         free(El);
         if (st) goto done;

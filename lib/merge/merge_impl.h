@@ -31,24 +31,24 @@ int merge_refine_router(const float *X, const float *Q, int n, int H, int K, int
  * outputs on S sample tokens; P (S, E): routing probabilities (softmax of the
  * router logits). The layer output of a token is its top_k experts' outputs
  * weighted by their renormalised probabilities; with only the experts in a
- * kept set (bit e of `keep`), the kept rows' probabilities are renormalised
- * and their top_k taken, as the pruned checkpoint routes. */
+ * kept set (keep[e] = 1, an array of E bytes), the kept rows' probabilities
+ * are renormalised and their top_k taken, as the pruned checkpoint routes.
+ * Any E; top_k at most MT_NAEE_MAX_TOPK (merge_naee_init refuses more). */
+#define MT_NAEE_MAX_TOPK 64
 #define MT_NAEE_EXHAUSTIVE_MAX 5000 /* enumerate every subset up to this many */
 typedef struct merge_naee merge_naee;
 int merge_naee_init(merge_naee **out, const float *Y, const float *P, int E, int S, int H, int top_k);
 void merge_naee_free(merge_naee *n);
-/* Summed squared error of the layer output over the sample with `keep`. */
-double merge_naee_error(const merge_naee *n, uint64_t keep);
+/* Summed squared error of the layer output over the sample with `keep`
+ * (-1 when fewer than top_k experts are kept). */
+double merge_naee_error(const merge_naee *n, const uint8_t *keep);
 /* Summed squared norm of the original layer output over the sample. */
 double merge_naee_energy(const merge_naee *n);
 /* The K experts to keep (top_k <= K <= E) with the least error: every subset
- * when C(E, K) <= MT_NAEE_EXHAUSTIVE_MAX, else greedy backward elimination.
- * Ties go to the lexicographically first set. */
-int merge_naee_search(const merge_naee *n, int K, uint64_t *keep, double *err);
-
-/* Kept sets are 64-bit masks: the naee search (and --budget, which uses it)
- * takes layers of at most this many experts; the other methods have no bound. */
-#define MT_NAEE_MAX_EXPERTS 64
+ * when C(E, K) <= MT_NAEE_EXHAUSTIVE_MAX (ties go to the lexicographically
+ * first set), else the K left on the greedy backward-elimination path
+ * (computed once per merge_naee and reused for every K). keep: E bytes. */
+int merge_naee_search(merge_naee *n, int K, uint8_t *keep, double *err);
 
 /* Spreads `budget` experts over L layers: K[l] in [top_k, E[l]], sum K = budget,
  * minimising sum_l cost[l * stride + K[l]] (stride > max E[l]; exact dynamic

@@ -35,12 +35,11 @@
 
 #define PLAN_TOKENS 4096
 #define MAX_CAND 6
-#define MT_PLAN_MAX_EXPERTS 64
 
 typedef struct {
     int layer, kind;        /* kind: K_*, or -1 embeddings, -2 lm_head        */
-    mt_mat *mats[MT_PLAN_MAX_EXPERTS]; /* the matrices of the unit (experts of a kind) */
-    double *d[MT_PLAN_MAX_EXPERTS];    /* column weights per matrix (NULL: rows weighted by rw) */
+    mt_mat **mats;          /* [n] the matrices of the unit (experts of a kind) */
+    double **d;             /* [n] column weights per matrix (NULL: rows weighted by rw) */
     int n;
     int64_t rows, cols;     /* of one matrix                                  */
     int ncand, cur;
@@ -49,6 +48,20 @@ typedef struct {
     double err[MAX_CAND];
     double kl;              /* measured at the output in cand[0]; 0: not measured */
 } unit_t;
+
+/* A unit of n matrices (any number of experts). */
+static int unit_alloc(unit_t *x, int n) {
+    x->n = n;
+    x->mats = calloc((size_t)n, sizeof *x->mats);
+    x->d = calloc((size_t)n, sizeof *x->d);
+    return x->mats && x->d ? MT_OK : mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+}
+
+static void unit_free(unit_t *x) {
+    for (int e = 0; x->d && e < x->n; e++) free(x->d[e]);
+    free(x->d);
+    free(x->mats);
+}
 
 static void col_moments(const mt_calib_rows *x, double norm, double *d) {
     for (int64_t j = 0; j < x->cols; j++) d[j] = 0;
@@ -246,8 +259,13 @@ static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, 
         }
         if (!(x->err[0] > 0)) continue;
         /* the unit's matrices (a tied embedding table is the lm_head too) */
-        mt_mat *mats[MT_PLAN_MAX_EXPERTS + 1], saved[MT_PLAN_MAX_EXPERTS + 1];
-        float *bufs[MT_PLAN_MAX_EXPERTS + 1] = {0};
+        mt_mat **mats = malloc((size_t)(x->n + 1) * sizeof *mats), *saved = malloc((size_t)(x->n + 1) * sizeof *saved);
+        float **bufs = calloc((size_t)(x->n + 1), sizeof *bufs);
+        if (!mats || !saved || !bufs) {
+            free(mats), free(saved), free(bufs);
+            rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+            break;
+        }
         int n = x->n;
         for (int e = 0; e < n; e++) mats[e] = x->mats[e];
         if (x->kind == -1 && tied && w->lm_head.data == w->tok_embd.data) mats[n++] = &w->lm_head;
@@ -272,6 +290,7 @@ static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, 
         if (!rc) rc = probe_run(&pr, from, &kl);
         for (int e = 0; e < done_n; e++) *mats[e] = saved[e];
         for (int e = 0; e < n; e++) free(bufs[e]);
+        free(mats), free(saved), free(bufs);
         if (rc) break;
         x->kl = kl;
         const double f = kl / x->err[0];
@@ -338,14 +357,10 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
         for (int k = 0; k < K_COUNT; k++) {
             const int shared = k >= K_SW1, experts = k >= K_W1 && k <= K_W2;
             if (shared && !Lw->sh_w1.data) continue;
-            if (ne > MT_PLAN_MAX_EXPERTS) {
-                rc = mt_seterr(MT_ERR_UNSUPPORTED, "quantize: --target-bpw plans at most 64 experts per layer");
-                goto done;
-            }
             unit_t *x = &u[nu];
             x->layer = l;
             x->kind = k;
-            x->n = experts ? ne : 1;
+            if ((rc = unit_alloc(x, experts ? ne : 1))) goto done;
             for (int e = 0; e < x->n; e++) {
                 mt_mat *mat = mt_quant_layer_mat(Lw, k, e);
                 x->mats[e] = mat;
@@ -396,7 +411,7 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
         unit_t *x = &u[nu];
         mt_mat *mat = h ? &w->lm_head : &w->tok_embd;
         x->kind = h ? -2 : -1;
-        x->n = 1;
+        if ((rc = unit_alloc(x, 1))) goto done;
         x->mats[0] = mat;
         x->rows = mat->rows;
         x->cols = mat->cols;
@@ -487,7 +502,7 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
     p->bytes = bytes;
 done:
     for (int i = 0; u && i < nu + 1 && i < L * K_COUNT + 2; i++)
-        for (int e = 0; e < MT_PLAN_MAX_EXPERTS; e++) free(u[i].d[e]);
+        unit_free(&u[i]);
     free(u);
     free(tokfreq);
     mt_calib_capture_free(&cc);

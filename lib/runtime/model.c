@@ -192,7 +192,7 @@ static int load_qmoe(mt_model *m, const char *path) {
         mt_mat *W = mats[i];
         if (W->dtype != MT_DT_QMOE) continue;
         snprintf(what, sizeof what, "%s: %s (qmoe)", path, names[i]);
-        if ((st = mt_qmoe_deserialize(&m->qmats[m->n_qmats], &m->qdict, W->data, (size_t)W->aux_bytes[3], what)))
+        if ((st = mt_qmoe_deserialize(&m->qmats[m->n_qmats], &m->qdict, W->data, (size_t)W->side.qmoe.blob_bytes, what)))
             goto done;
         mt_qmoe_mat_view(W, &m->qmats[m->n_qmats++]);
     }
@@ -329,8 +329,7 @@ static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {
     uint64_t n = (uint64_t)w->rows * (uint64_t)w->cols, b = 0;
     *params += n;
     if (w->dtype == MT_DT_QMOE && w->group >= 1) /* as serialised: header, group offsets, codewords, f16 row pairs */
-        *bytes += MT_QMOE_HEADER_BYTES + 4 * ((uint64_t)mt_qmoe_n_groups(w->rows, w->group) + 1) + w->aux_bytes[3] +
-                  4 * (uint64_t)w->rows;
+        *bytes += mt_qmoe_blob_bytes(w->rows, (int)w->group, w->side.qmoe.n_codes);
     else if (mt_dtype_nbytes(w->dtype, n, &b) == MT_OK)
         *bytes += b;
 }

@@ -1,7 +1,8 @@
-/* kernels_qmoe.c — the runtime side of the QMoE-style ternary code
- * (include/moetool/mt_qmoe.h): the Tunstall dictionary build (the reader of
- * a coded checkpoint needs it, so it lives here and not in lib/quant), the
- * decoder, and the fused decode+matvec kernels that never materialise W.
+/* kernels_qmoe.c — the CPU backend's kernels over the QMoE-style ternary
+ * code: fused decode+matvec variants that never materialise W, and one row
+ * to f32. The codec itself (dictionary, encoder, layout, its checks, the
+ * reference decoder, the serialised form) is lib/io/codec/qmoe.c; these
+ * kernels read its layout (mt_mat.side.qmoe) and nothing else.
  *
  * Fused matvec. A codeword expands to up to 32 symbols; the dictionary
  * keeps, per codeword, a 32-bit mask of its +1 positions and one of its -1
@@ -20,10 +21,11 @@
  * rows of a group at once by table lookups (vpermps on 4-bit slices) and is
  * the fastest; _avx2 is the same with 8 lanes, for CPUs without AVX-512.
  *
- * Robustness: the tables always have MT_QMOE_DICT_SIZE entries (unused
- * ones decode to nothing), offsets are clamped to the code stream and every
- * column index is bounded, so even an unchecked matrix cannot make a kernel
- * read out of bounds; mt_qmoe_mat_check reports what is wrong with one. */
+ * Robustness: the dictionary tables always have MT_QMOE_DICT_SIZE entries
+ * (unused ones decode to nothing), offsets are clamped to the code stream
+ * (mt_qmoe_group_span) and every column index is bounded, so even an
+ * unchecked matrix cannot make a kernel read out of bounds;
+ * mt_qmoe_mat_check reports what is wrong with one. */
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -87,234 +89,6 @@ static __attribute__((unused)) void *tab_get(size_t bytes) {
 #include <immintrin.h>
 #endif
 
-/* ---- dictionary: Tunstall tree -------------------------------------------
- * Start from the root (the empty sequence, probability 1). Repeatedly take
- * the leaf of highest probability (ties: the one created first) whose
- * length is below max_len and replace it by its three children (appending a
- * zero, a +1, a -1, created in that order, probability times p_s), while
- * the leaf count stays <= n_entries. Leaves are then numbered in canonical
- * order: by length, then lexicographically with 0 < +1 < -1. The tree is
- * complete, so any sequence followed by enough zeros parses greedily. */
-typedef struct {
-    double p;
-    int32_t parent;
-    uint8_t sym, depth; /* sym: 0 zero, 1 plus, 2 minus */
-    int32_t internal;   /* internal index, -1 for a leaf */
-} tnode;
-
-/* max-heap of node ids ordered by (p desc, id asc) */
-static int heap_before(const tnode *n, int32_t a, int32_t b) {
-    return n[a].p > n[b].p || (n[a].p == n[b].p && a < b);
-}
-static void heap_push(int32_t *h, int *nh, const tnode *n, int32_t v) {
-    int i = (*nh)++;
-    h[i] = v;
-    while (i > 0 && heap_before(n, h[i], h[(i - 1) / 2])) {
-        int32_t t = h[i];
-        h[i] = h[(i - 1) / 2];
-        h[(i - 1) / 2] = t;
-        i = (i - 1) / 2;
-    }
-}
-static int32_t heap_pop(int32_t *h, int *nh, const tnode *n) {
-    int32_t top = h[0];
-    h[0] = h[--(*nh)];
-    int i = 0;
-    for (;;) {
-        int l = 2 * i + 1, r = l + 1, m = i;
-        if (l < *nh && heap_before(n, h[l], h[m])) m = l;
-        if (r < *nh && heap_before(n, h[r], h[m])) m = r;
-        if (m == i) break;
-        int32_t t = h[i];
-        h[i] = h[m];
-        h[m] = t;
-        i = m;
-    }
-    return top;
-}
-
-typedef struct {
-    uint64_t key; /* length << 56 | symbols in base 3, first symbol most significant */
-    int32_t node;
-} leaf_key;
-static int cmp_leaf(const void *a, const void *b) {
-    const leaf_key *x = a, *y = b;
-    return x->key < y->key ? -1 : x->key > y->key;
-}
-
-void mt_qmoe_dict_free(mt_qmoe_dict *d) {
-    if (!d) return;
-    free(d->len);
-    free(d->mask);
-    free(d->child);
-    memset(d, 0, sizeof *d);
-}
-
-int mt_qmoe_dict_build(mt_qmoe_dict *d, const uint64_t counts[3], int n_entries, int max_len) {
-    memset(d, 0, sizeof *d);
-    if (n_entries < 3 || n_entries > MT_QMOE_DICT_SIZE)
-        return mt_seterr(MT_ERR_ARG, "qmoe dictionary: %d entries (need 3..%d)", n_entries, MT_QMOE_DICT_SIZE);
-    if (max_len < 1 || max_len > MT_QMOE_MAX_LEN)
-        return mt_seterr(MT_ERR_ARG, "qmoe dictionary: max length %d (need 1..%d)", max_len, MT_QMOE_MAX_LEN);
-    const double tot = (double)counts[0] + (double)counts[1] + (double)counts[2] + 3.0;
-    const double ps[3] = {((double)counts[0] + 1.0) / tot, ((double)counts[1] + 1.0) / tot,
-                          ((double)counts[2] + 1.0) / tot};
-    const int max_nodes = 1 + 3 * (n_entries / 2 + 1);
-    tnode *nd = malloc((size_t)max_nodes * sizeof *nd);
-    int32_t *heap = malloc((size_t)max_nodes * sizeof *heap);
-    leaf_key *lk = malloc((size_t)n_entries * sizeof *lk);
-    d->len = calloc(MT_QMOE_DICT_SIZE, 1);
-    d->mask = calloc(MT_QMOE_DICT_SIZE, sizeof *d->mask);
-    d->child = malloc((size_t)3 * (size_t)(n_entries / 2 + 1) * sizeof *d->child);
-    if (!nd || !heap || !lk || !d->len || !d->mask || !d->child) {
-        free(nd);
-        free(heap);
-        free(lk);
-        mt_qmoe_dict_free(d);
-        return mt_seterr(MT_ERR_NOMEM, "qmoe dictionary: out of memory");
-    }
-    int n_nodes = 1, nh = 0, n_leaves = 1, n_int = 0;
-    nd[0] = (tnode){1.0, -1, 0, 0, -1};
-    if (max_len > 0) heap_push(heap, &nh, nd, 0);
-    while (nh > 0 && n_leaves + 2 <= n_entries) {
-        const int32_t v = heap_pop(heap, &nh, nd);
-        nd[v].internal = n_int++;
-        for (int s = 0; s < 3; s++) {
-            const int32_t c = n_nodes++;
-            nd[c] = (tnode){nd[v].p * ps[s], v, (uint8_t)s, (uint8_t)(nd[v].depth + 1), -1};
-            if (nd[c].depth < max_len) heap_push(heap, &nh, nd, c);
-        }
-        n_leaves += 2;
-    }
-    /* canonical numbering of the leaves */
-    int nl = 0;
-    double mean = 0.0;
-    for (int32_t v = 0; v < n_nodes; v++) {
-        if (nd[v].internal >= 0) continue;
-        uint64_t k = 0, pw = 1;
-        for (int32_t u = v; nd[u].parent >= 0; u = nd[u].parent) {
-            k += pw * nd[u].sym;
-            pw *= 3;
-        }
-        lk[nl].key = (uint64_t)nd[v].depth << 56 | k;
-        lk[nl].node = v;
-        nl++;
-        mean += nd[v].p * nd[v].depth;
-    }
-    MT_ASSERT(nl == n_leaves);
-    qsort(lk, (size_t)nl, sizeof *lk, cmp_leaf);
-    for (int c = 0; c < nl; c++) {
-        const int32_t v = lk[c].node;
-        uint32_t plus = 0, minus = 0;
-        for (int32_t u = v; nd[u].parent >= 0; u = nd[u].parent) {
-            const int pos = nd[u].depth - 1;
-            if (nd[u].sym == 1) plus |= 1u << pos;
-            if (nd[u].sym == 2) minus |= 1u << pos;
-        }
-        d->len[c] = nd[v].depth;
-        d->mask[c] = plus | (uint64_t)minus << 32;
-        nd[v].internal = -(c + 1); /* reuse: leaf code */
-        if (nd[v].depth > d->max_len) d->max_len = nd[v].depth;
-    }
-    for (int32_t v = 1; v < n_nodes; v++) {
-        const int32_t pi = nd[nd[v].parent].internal; /* parents are internal */
-        d->child[3 * pi + nd[v].sym] = nd[v].internal;
-    }
-    d->counts[0] = counts[0];
-    d->counts[1] = counts[1];
-    d->counts[2] = counts[2];
-    d->n_entries = nl;
-    d->n_nodes = n_int;
-    d->mean_len = mean;
-    if (n_int == 0) { /* root never expanded (max_len 0 cannot happen; keep a valid trie) */
-        free(nd);
-        free(heap);
-        free(lk);
-        mt_qmoe_dict_free(d);
-        return mt_seterr(MT_ERR_INTERNAL, "qmoe dictionary: empty tree");
-    }
-    free(nd);
-    free(heap);
-    free(lk);
-    return MT_OK;
-}
-
-/* ---- matrices -------------------------------------------------------------- */
-void mt_qmoe_mat_view(mt_mat *out, const mt_qmoe_mat *q) {
-    memset(out, 0, sizeof *out);
-    const int64_t ng = mt_qmoe_n_groups(q->rows, q->group_rows);
-    out->dtype = MT_DT_QMOE;
-    out->rows = q->rows;
-    out->cols = q->cols;
-    out->data = q->codes;
-    out->row_stride = 0;
-    out->aux[0] = q->offsets;
-    out->aux_bytes[0] = (uint64_t)(ng + 1) * sizeof(uint32_t);
-    out->aux[1] = q->dict;
-    out->aux_bytes[1] = sizeof(mt_qmoe_dict);
-    out->aux[2] = q->scales;
-    out->aux_bytes[2] = (uint64_t)q->rows * 2 * sizeof(uint16_t);
-    out->aux[3] = q->codes;
-    out->aux_bytes[3] = q->n_codes * sizeof(uint16_t);
-    out->group = q->group_rows;
-}
-
-int mt_qmoe_mat_ok(const mt_mat *W) {
-    if (!W || W->dtype != MT_DT_QMOE || W->rows < 0 || W->cols <= 0 || W->group < 1 || W->group > INT32_MAX)
-        return 0;
-    if (!W->aux[0] || !W->aux[1] || !W->aux[2] || (!W->data && W->aux_bytes[3])) return 0;
-    const mt_qmoe_dict *d = W->aux[1];
-    if (!d->len || !d->mask) return 0;
-    const uint64_t ng = (uint64_t)mt_qmoe_n_groups(W->rows, (int)W->group);
-    if (W->aux_bytes[0] < (ng + 1) * 4 || W->aux_bytes[2] < (uint64_t)W->rows * 4) return 0;
-    return 1;
-}
-
-int mt_qmoe_mat_check(const mt_mat *W, const char *what) {
-    if (!mt_qmoe_mat_ok(W)) return mt_seterr(MT_ERR_FORMAT, "%s: malformed qmoe matrix (sizes or side arrays)", what);
-    const mt_qmoe_dict *d = W->aux[1];
-    const uint32_t *off = W->aux[0];
-    const uint16_t *codes = W->data;
-    const uint64_t n_codes = W->aux_bytes[3] / 2;
-    const int64_t ng = mt_qmoe_n_groups(W->rows, (int)W->group);
-    if (off[0] != 0) return mt_seterr(MT_ERR_FORMAT, "%s: first group offset is %u, not 0", what, off[0]);
-    for (int64_t g = 0; g < ng; g++) {
-        if (off[g + 1] < off[g] || off[g + 1] > n_codes)
-            return mt_seterr(MT_ERR_FORMAT, "%s: group %lld offset %u outside [%u, %llu]", what, (long long)g + 1,
-                             off[g + 1], off[g], (unsigned long long)n_codes);
-        const int64_t nrows = (g + 1) * W->group <= W->rows ? W->group : W->rows - g * W->group;
-        const uint64_t need = (uint64_t)nrows * (uint64_t)W->cols;
-        uint64_t have = 0;
-        for (uint32_t k = off[g]; k < off[g + 1]; k++) {
-            if (codes[k] >= d->n_entries)
-                return mt_seterr(MT_ERR_FORMAT, "%s: codeword %u at %u is outside the dictionary (%d entries)", what,
-                                 codes[k], k, d->n_entries);
-            if (have >= need)
-                return mt_seterr(MT_ERR_FORMAT, "%s: group %lld has codewords past its %llu symbols", what,
-                                 (long long)g, (unsigned long long)need);
-            have += d->len[codes[k]];
-        }
-        if (have < need)
-            return mt_seterr(MT_ERR_FORMAT, "%s: group %lld decodes to %llu symbols, needs %llu", what, (long long)g,
-                             (unsigned long long)have, (unsigned long long)need);
-    }
-    if (off[ng] != n_codes)
-        return mt_seterr(MT_ERR_FORMAT, "%s: %llu codewords, offsets end at %u", what, (unsigned long long)n_codes,
-                         off[ng]);
-    return MT_OK;
-}
-
-/* Codewords [*k0, *k1) of group g, clamped to the stream. */
-static void group_span(const mt_mat *W, int64_t g, uint64_t *k0, uint64_t *k1) {
-    const uint32_t *off = W->aux[0];
-    const uint64_t n_codes = W->aux_bytes[3] / 2;
-    uint64_t a = off[g], b = off[g + 1];
-    if (b > n_codes) b = n_codes;
-    if (a > b) a = b;
-    *k0 = a;
-    *k1 = b;
-}
-
 /* f16 -> f32 inline where the CPU converts (the fast kernels flush a row
  * every ~13 codewords; a library call there costs a fifth of the time). */
 static inline float f16_f32(uint16_t h) {
@@ -325,57 +99,9 @@ static inline float f16_f32(uint16_t h) {
 #endif
 }
 static inline void row_scales(const mt_mat *W, int64_t r, float *lo, float *hi) {
-    const uint16_t *sc = W->aux[2];
+    const uint16_t *sc = W->side.qmoe.scales;
     *lo = f16_f32(sc[2 * r]);
     *hi = f16_f32(sc[2 * r + 1]);
-}
-
-/* Calls fn(ctx, row, col, sym) for every nonzero symbol of the rows
- * [r0, r1), in order; returns nothing. Reference walker, symbol by symbol. */
-typedef void (*sym_fn)(void *ctx, int64_t row, int64_t col, int sym);
-static void walk_rows(const mt_mat *W, int64_t r0, int64_t r1, sym_fn fn, void *ctx) {
-    const mt_qmoe_dict *d = W->aux[1];
-    const uint16_t *codes = W->data;
-    const int64_t G = W->group, cols = W->cols;
-    for (int64_t g = r0 / G; g * G < r1; g++) {
-        const int64_t gr0 = g * G, gr1 = gr0 + G < W->rows ? gr0 + G : W->rows;
-        const uint64_t n_sym = (uint64_t)(gr1 - gr0) * (uint64_t)cols;
-        const uint64_t want0 = (uint64_t)((r0 > gr0 ? r0 : gr0) - gr0) * (uint64_t)cols;
-        const uint64_t want1 = (uint64_t)((r1 < gr1 ? r1 : gr1) - gr0) * (uint64_t)cols;
-        uint64_t k0, k1, pos = 0;
-        group_span(W, g, &k0, &k1);
-        for (uint64_t k = k0; k < k1 && pos < want1 && pos < n_sym; k++) {
-            const int L = d->len[codes[k]];
-            const uint64_t m = d->mask[codes[k]];
-            if (pos + (uint64_t)L > want0) {
-                for (int i = 0; i < L; i++) {
-                    const uint64_t p = pos + (uint64_t)i;
-                    if (p < want0 || p >= want1) continue;
-                    const int s = (m >> i & 1) ? 1 : (m >> (32 + i) & 1) ? -1 : 0;
-                    if (s) fn(ctx, gr0 + (int64_t)(p / (uint64_t)cols), (int64_t)(p % (uint64_t)cols), s);
-                }
-            }
-            pos += (uint64_t)L;
-        }
-    }
-}
-
-typedef struct {
-    int8_t *out;
-    int64_t r0, cols;
-} dec_ctx;
-static void dec_sym(void *ctx, int64_t row, int64_t col, int sym) {
-    dec_ctx *c = ctx;
-    c->out[(row - c->r0) * c->cols + col] = (int8_t)sym;
-}
-
-int mt_qmoe_decode_rows(const mt_mat *W, int64_t r0, int64_t r1, int8_t *out) {
-    if (!mt_qmoe_mat_ok(W) || r0 < 0 || r1 > W->rows || r0 > r1)
-        return mt_seterr(MT_ERR_ARG, "qmoe decode: bad matrix or rows [%lld, %lld)", (long long)r0, (long long)r1);
-    memset(out, 0, (size_t)(r1 - r0) * (size_t)W->cols);
-    dec_ctx c = {out, r0, W->cols};
-    walk_rows(W, r0, r1, dec_sym, &c);
-    return MT_OK;
 }
 
 /* ---- reference matvec ------------------------------------------------------- */
@@ -403,7 +129,7 @@ void mt_qmoe_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t 
         const int64_t b = a + 64 < r1 ? a + 64 : r1;
         memset(acc, 0, sizeof acc);
         ref_ctx c = {W, x, acc, a};
-        walk_rows(W, a, b, ref_sym, &c);
+        mt_qmoe_walk_rows(W, a, b, ref_sym, &c);
         for (int64_t r = a; r < b; r++) y[r] = (float)acc[r - a];
         a = b;
     }
@@ -415,7 +141,7 @@ void mt_qmoe_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t 
  * FLUSH finishes a row. The skeleton is shared through a macro so the two
  * variants differ only in how they add. */
 #define QMOE_ROWS_BODY(ACC_INIT, ACC, FLUSH)                                                         \
-    const mt_qmoe_dict *d = W->aux[1];                                                              \
+    const mt_qmoe_dict *d = W->side.qmoe.dict;                                                              \
     const uint16_t *codes = W->data;                                                                \
     const uint8_t *len = d->len;                                                                    \
     const uint64_t *mask = d->mask;                                                                 \
@@ -424,7 +150,7 @@ void mt_qmoe_matvec_rows_ref(const mt_mat *W, const float *x, float *y, int64_t 
         int64_t row = g * G;                                                                        \
         const int64_t row_end = row + G < r1 ? row + G : r1;                                        \
         uint64_t k0, k1;                                                                            \
-        group_span(W, g, &k0, &k1);                                                                 \
+        mt_qmoe_group_span(W, g, &k0, &k1);                                                                 \
         int64_t col = 0;                                                                            \
         ACC_INIT;                                                                                   \
         for (uint64_t k = k0; k < k1; k++) {                                                        \
@@ -673,14 +399,14 @@ int mt_qmoe_matvec_rows_planes(const mt_mat *W, const float *x, float *y, int64_
     }
     const int64_t G = W->group, cols = W->cols;
     if (cols % 16 != 0 || (uint64_t)G * (uint64_t)cols > QP_MAX_BITS) return 0;
-    const mt_qmoe_dict *d = W->aux[1];
+    const mt_qmoe_dict *d = W->side.qmoe.dict;
     const uint16_t *codes = W->data;
     uint64_t P[QP_WORDS], M[QP_WORDS];
     for (int64_t g = r0 / G; g * G < r1; g++) {
         const int64_t gr0 = g * G, gr1 = gr0 + G < W->rows ? gr0 + G : W->rows;
         const int64_t rs = r0 > gr0 ? r0 : gr0, re = r1 < gr1 ? r1 : gr1; /* rows wanted */
         uint64_t k0, k1;
-        group_span(W, g, &k0, &k1);
+        mt_qmoe_group_span(W, g, &k0, &k1);
         qp_expand(codes, k0, k1, d->len, d->mask, (uint64_t)(re - gr0) * (uint64_t)cols, (uint8_t *)P, (uint8_t *)M);
         qp_rows(W, P, M, x, y, gr0, rs, re);
     }
@@ -867,7 +593,7 @@ int mt_qmoe_matvec_rows_lut(const mt_mat *W, const float *x, float *y, int64_t r
     __m512 *T = tab_get((size_t)(8 * nd) * sizeof(__m512));
     if (!T) return 0;
     ql_table(x, cols, 8 * nd, T);
-    const mt_qmoe_dict *d = W->aux[1];
+    const mt_qmoe_dict *d = W->side.qmoe.dict;
     const uint16_t *codes = W->data;
     uint64_t P[QP_WORDS], M[QP_WORDS];
     const size_t used = (size_t)(2 * cols + 16); /* bytes of 16 rows and the reads past the last one */
@@ -878,7 +604,7 @@ int mt_qmoe_matvec_rows_lut(const mt_mat *W, const float *x, float *y, int64_t r
         const int64_t gr0 = g * G, gr1 = gr0 + G < W->rows ? gr0 + G : W->rows;
         const int64_t rs = r0 > gr0 ? r0 : gr0, re = r1 < gr1 ? r1 : gr1;
         uint64_t k0, k1;
-        group_span(W, g, &k0, &k1);
+        mt_qmoe_group_span(W, g, &k0, &k1);
         ql_expand(codes, k0, k1, d->len, d->mask, (uint64_t)(re - gr0) * (uint64_t)cols, (uint8_t *)P, (uint8_t *)M);
         ql_rows((const uint8_t *)P, (const uint8_t *)M, cols, nd, T, sp, sm);
         for (int64_t r = rs; r < re; r++) {
@@ -997,7 +723,7 @@ static __attribute__((noinline)) MT_QMOE_AVX2_FN int qa_matvec(const mt_mat *W, 
     __m256 *T = tab_get((size_t)(16 * nd) * sizeof(__m256));
     if (!T) return 0;
     qa_table(x, cols, 8 * nd, T);
-    const mt_qmoe_dict *d = W->aux[1];
+    const mt_qmoe_dict *d = W->side.qmoe.dict;
     const uint16_t *codes = W->data;
     uint64_t P[QP_WORDS], M[QP_WORDS];
     const size_t used = (size_t)(2 * cols + 16); /* bytes of 16 rows and the reads past the last one */
@@ -1009,7 +735,7 @@ static __attribute__((noinline)) MT_QMOE_AVX2_FN int qa_matvec(const mt_mat *W, 
         const int64_t gr0 = g * G, gr1 = gr0 + G < W->rows ? gr0 + G : W->rows;
         const int64_t rs = r0 > gr0 ? r0 : gr0, re = r1 < gr1 ? r1 : gr1;
         uint64_t k0, k1;
-        group_span(W, g, &k0, &k1);
+        mt_qmoe_group_span(W, g, &k0, &k1);
         ql_expand(codes, k0, k1, d->len, d->mask, (uint64_t)(re - gr0) * (uint64_t)cols, (uint8_t *)P, (uint8_t *)M);
         qa_rows8((const uint8_t *)P, cols, nd, T, sp);
         qa_rows8((const uint8_t *)M, cols, nd, T, sm);
@@ -1068,5 +794,5 @@ void mt_qmoe_row_f32(const mt_mat *W, int64_t r, float *out) {
     memset(out, 0, (size_t)W->cols * sizeof(float));
     row_ctx c = {out, 0.0f, 0.0f};
     row_scales(W, r, &c.lo, &c.hi);
-    walk_rows(W, r, r + 1, row_sym, &c);
+    mt_qmoe_walk_rows(W, r, r + 1, row_sym, &c);
 }

@@ -1,15 +1,12 @@
 /* qmoe_kernel.h — private to the runtime: the kernels that execute
  * MT_DT_QMOE matrices (ternary weights in the Tunstall code of mt_qmoe.h)
- * without materialising them. kernels.c dispatches here; tests and the
+ * without materialising them, over the codec's layout (lib/io/codec/qmoe.c,
+ * mt_mat.side.qmoe). kernels.c dispatches here; tests and the
  * bench call the variants directly to compare them. */
 #ifndef MT_QMOE_KERNEL_H
 #define MT_QMOE_KERNEL_H
 
 #include "moetool/mt_qmoe.h"
-
-/* Cheap structural check used on every call (pointers, sizes of the side
- * arrays); the full validation of a loaded matrix is mt_qmoe_mat_check. */
-int mt_qmoe_mat_ok(const mt_mat *W);
 
 /* y[r] = dot(W[r,:], x) for r in [r0, r1). W is MT_DT_QMOE.
  * _ref: symbol by symbol, each weight lo/hi/0 times x summed in double.

@@ -242,8 +242,7 @@ static int cu_mat_supported(mt_backend *be, const mt_mat *W) {
     const int k = kind_of(W->dtype);
     if (k == MT_CU_NONE) return MT_ERR_UNSUPPORTED;
     if (k == MT_CU_QMOE) {
-        const mt_qmoe_dict *d = (const mt_qmoe_dict *)W->aux[1];
-        if (W->group < 1 || !W->aux[0] || !d || !d->len || !d->mask || !W->aux[2]) return MT_ERR_FORMAT;
+        if (!mt_qmoe_mat_ok(W)) return MT_ERR_FORMAT;
         return MT_OK;
     }
     if ((k == MT_CU_Q8_0 || k == MT_CU_Q4_0) && W->cols % MT_CU_QK) return MT_ERR_FORMAT;
@@ -299,15 +298,16 @@ static int cu_weight_prepare(mt_backend *be, const mt_mat *W) {
     e->kind = k;
     int st;
     if (k == MT_CU_QMOE) {
-        const mt_qmoe_dict *d = (const mt_qmoe_dict *)W->aux[1];
+        const mt_qmoe_dict *d = W->side.qmoe.dict;
         cu_dict *cd = NULL;
-        e->n_codes = W->aux_bytes[3] / 2;
+        e->n_codes = W->side.qmoe.n_codes;
         if ((st = upload_dict(ci, d, &cd)) < 0) return st;
         e->len = cd->len;
         e->mask = cd->mask;
         if ((st = dev_copy(ci, &e->data, W->data, e->n_codes * 2, "qmoe codes")) < 0) return st;
-        if ((st = dev_copy(ci, (void **)&e->offsets, W->aux[0], W->aux_bytes[0], "qmoe offsets")) < 0) return st;
-        return dev_copy(ci, (void **)&e->scales, W->aux[2], (size_t)W->rows * 4, "qmoe scales");
+        if ((st = dev_copy(ci, (void **)&e->offsets, W->side.qmoe.offsets,
+                           ((size_t)mt_qmoe_n_groups(W->rows, (int)W->group) + 1) * sizeof(uint32_t), "qmoe offsets")) < 0) return st;
+        return dev_copy(ci, (void **)&e->scales, W->side.qmoe.scales, (size_t)W->rows * 4, "qmoe scales");
     }
     const size_t bytes = (size_t)(W->rows - 1) * W->row_stride + (size_t)mt_cu_row_bytes(k, W->cols);
     if ((st = dev_copy(ci, &e->data, W->data, bytes, "a weight matrix")) < 0) return st;
