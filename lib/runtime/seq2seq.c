@@ -213,7 +213,7 @@ static int load_qmoe(mt_s2s_model *m, const char *path) {
                     char nm[256];
                     mt_s2s_expert_name(c, nm, sizeof nm, s, l, e, k);
                     snprintf(what, sizeof what, "%s: %s.qmoe", path, nm);
-                    if ((rc = mt_qmoe_deserialize(&m->qmats[m->n_qmats], &m->qdict, W->data, (size_t)W->aux_bytes[3],
+                    if ((rc = mt_qmoe_deserialize(&m->qmats[m->n_qmats], &m->qdict, W->data, (size_t)W->side.qmoe.blob_bytes,
                                                   what)))
                         return rc;
                     mt_qmoe_mat_view(W, &m->qmats[m->n_qmats++]);
