@@ -135,5 +135,13 @@ expect 1 "missing.dat" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --metho
 expect 1 "q4_1 is not written with an importance matrix" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --method rtn \
     --type q4_1 --imatrix "$IM"
 
+# --imatrix-out follows the output policy: an existing file only with --force
+# (kept byte for byte otherwise), never an input
+printf 'keep me' >"$T/mine.dat"
+expect 2 "give --force" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --method rtn --type iq4_xs --imatrix "$IM" \
+    --imatrix-out "$T/mine.dat"
+[ "$(cat "$T/mine.dat")" = "keep me" ] || bad "--imatrix-out replaced an existing file without --force"
+expect 2 "would replace the input" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --method rtn --type iq4_xs \
+    --imatrix "$IM" --imatrix-out "$IM" --force
 if [ $fails -ne 0 ]; then echo "cli_iquant_write: FAIL ($fails)"; exit 1; fi
 echo "cli_iquant_write: PASS"

@@ -103,6 +103,11 @@ int mt_output_check(const char *out_path, mt_output_kind kind, int force, const 
  * "<output>.tmp-<pid>-XXXXXX" (6 of [a-z0-9]) so that a later run sweeps it. */
 int mt_output_tmp_add(const char *path);
 void mt_output_tmp_forget(const char *path);
+/* Creates (O_EXCL) and registers a temporary file "<path>.tmp-<pid>-XXXXXX"
+ * beside path, for a single-file output written there and renamed onto path
+ * when complete; the caller forgets it (mt_output_tmp_forget) after the
+ * rename or unlink. Returns the open descriptor, or < 0 with the message set. */
+int mt_output_tmp_create(const char *path, char **tmp);
 
 /* ---- output directories -------------------------------------------------
  * A directory written under a registered temporary name beside `path` and

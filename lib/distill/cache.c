@@ -201,7 +201,7 @@ int dst_cache_save(dst_cache *c, const char *path, uint64_t *bytes) {
     const uint32_t u[4] = {(uint32_t)c->K, (uint32_t)c->T, (uint32_t)c->n_win, (uint32_t)c->n};
     memcpy(hdr, "MTDSTLC1", 8), memcpy(hdr + 8, &key, 8), memcpy(hdr + 16, u, 16);
     memcpy(hdr + 32, &rn, 8), memcpy(hdr + 40, &zz, 8), memcpy(hdr + 48, &sum, 8);
-    if ((fd = dst_tmp_create(path, &tmp)) < 0) { /* renamed into place when complete */
+    if ((fd = mt_output_tmp_create(path, &tmp)) < 0) { /* renamed into place when complete */
         st = fd;
         goto done;
     }

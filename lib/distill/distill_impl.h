@@ -65,9 +65,6 @@ void dst_topk_expand(const int32_t *ids, const float *vals, int n, int V, int K,
 /* Whether path is a plain file beginning with the 8-byte magic (a file
  * moetool distill wrote: replaced or removed without --force). */
 int dst_file_is_ours(const char *path, const char *magic);
-/* Creates "<path>.tmp-<pid>-xxxxxx" (registered with the output policy's
- * sweep); the open fd (write-only), or a negative status; *tmp malloc'd. */
-int dst_tmp_create(const char *path, char **tmp);
 
 /* splitmix64 */
 uint64_t dst_rng_next(uint64_t *s);

@@ -21,9 +21,12 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MARKER_NAME ".moetool-output"
@@ -126,6 +129,33 @@ int mt_output_tmp_add(const char *path) {
 
 void mt_output_tmp_forget(const char *path) {
     if (path) tmp_forget(path);
+}
+
+int mt_output_tmp_create(const char *path, char **tmp_out) {
+    /* "<path>.tmp-<pid>-" + 6 of [a-z0-9], the pattern the output policy's
+     * sweep removes after a kill (mkstemp's would hold capitals) */
+    char *tmp = NULL;
+    *tmp_out = NULL;
+    if (asprintf(&tmp, "%s.tmp-%ld-xxxxxx", path, (long)getpid()) < 0) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    char *sfx = tmp + strlen(tmp) - 6;
+    uint64_t r = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)tmp;
+    int fd = -1;
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        for (int i = 0; i < 6; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            sfx[i] = "abcdefghijklmnopqrstuvwxyz0123456789"[(r >> 33) % 36];
+        }
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 && errno != EEXIST) break;
+    }
+    if (fd < 0) {
+        int st = mt_seterr(MT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        free(tmp);
+        return st;
+    }
+    mt_output_tmp_add(tmp);
+    *tmp_out = tmp;
+    return fd;
 }
 
 /* Async-signal-safe: reads the registry, calls only unlink and rmdir. */

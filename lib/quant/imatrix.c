@@ -20,6 +20,7 @@
  * (f32 division, here as in llama-quantize). A matrix that saw no token
  * stores 1·ncall (llama-imatrix does the same), i.e. equal importance. */
 #include "quant_impl.h"
+#include "moetool/mt_write.h"
 
 #include "moetool/mt_arch.h"
 
@@ -27,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void mt_imatrix_free(mt_imatrix *im) {
     if (!im) return;
@@ -211,8 +213,19 @@ const float *mt_imatrix_get(const mt_imatrix *im, int layer, int kind, int exper
 }
 
 int mt_imatrix_write(const mt_imatrix *im, const char *path, const char *dataset) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return mt_seterr(MT_ERR_IO, "%s: cannot create the importance matrix file", path);
+    /* written beside path under a registered temporary name and renamed onto
+     * it when complete: a failure leaves whatever path was */
+    char *tmp = NULL;
+    const int fd = mt_output_tmp_create(path, &tmp);
+    if (fd < 0) return fd;
+    FILE *f = fdopen(fd, "wb");
+    if (!f) {
+        close(fd);
+        unlink(tmp);
+        mt_output_tmp_forget(tmp);
+        free(tmp);
+        return mt_seterr(MT_ERR_IO, "%s: cannot create the importance matrix file", path);
+    }
     int32_t n = 0;
     for (int i = 0; i < im->n; i++) n += im->e[i].values != NULL;
     int ok = fwrite(&n, 4, 1, f) == 1;
@@ -233,11 +246,13 @@ int mt_imatrix_write(const mt_imatrix *im, const char *path, const char *dataset
     }
     const int32_t last = im->chunks, dlen = dataset ? (int32_t)strlen(dataset) : 0;
     if (ok) ok = fwrite(&last, 4, 1, f) == 1 && fwrite(&dlen, 4, 1, f) == 1 && fwrite(dataset, 1, (size_t)dlen, f) == (size_t)dlen;
-    if (fclose(f) || !ok) {
-        remove(path);
-        return mt_seterr(MT_ERR_IO, "%s: cannot write the importance matrix file", path);
-    }
-    return MT_OK;
+    if (ok) ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f)) ok = 0;
+    if (ok) ok = rename(tmp, path) == 0;
+    if (!ok) unlink(tmp);
+    mt_output_tmp_forget(tmp);
+    free(tmp);
+    return ok ? MT_OK : mt_seterr(MT_ERR_IO, "%s: cannot write the importance matrix file", path);
 }
 
 static int rd(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }

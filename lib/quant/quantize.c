@@ -1429,10 +1429,16 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
         default_calib(in_path, calib, sizeof calib);
         o.calib_path = calib;
     }
-    const char *calib_in[] = {o.calib_path};
+    const char *calib_in[] = {o.calib_path, o.imatrix_path};
     if ((rc = mt_output_check(out_path, o.format == MT_FMT_HF ? MT_OUTPUT_HF_DIR : MT_OUTPUT_GGUF, o.force, in_path,
-                              calib_in, 1)))
+                              calib_in, o.imatrix_path ? 2 : 1)))
         return rc;
+    if (o.imatrix_out) { /* the same policy: never an input, an existing file only with --force */
+        if (out_path && strcmp(o.imatrix_out, out_path) == 0)
+            return mt_seterr(MT_ERR_ARG, "%s: --imatrix-out names the quantized output too", o.imatrix_out);
+        if ((rc = mt_output_check(o.imatrix_out, MT_OUTPUT_GGUF, o.force, in_path, calib_in, o.imatrix_path ? 2 : 1)))
+            return rc;
+    }
     if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
     if (mt_ckpt_is_archive(ck)) {
         mt_ckpt_free(ck);
