@@ -46,7 +46,6 @@ typedef struct {
     int cand[MAX_CAND];
     uint64_t bytes[MAX_CAND];
     double err[MAX_CAND];
-    double kl;              /* measured at the output in cand[0]; 0: not measured */
 } unit_t;
 
 /* A unit of n matrices (any number of experts). */
@@ -292,7 +291,6 @@ static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, 
         for (int e = 0; e < n; e++) free(bufs[e]);
         free(mats), free(saved), free(bufs);
         if (rc) break;
-        x->kl = kl;
         const double f = kl / x->err[0];
         for (int j = 0; j < x->ncand; j++) x->err[j] *= f;
     }
