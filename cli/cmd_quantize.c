@@ -63,7 +63,8 @@ static int set_group(void *p, const cli_opt *o, const char *shown, const char *v
 static int set_type(void *p, const cli_opt *o, const char *shown, const char *value, char *err, size_t errn) {
     quantize_args *a = p;
     static const char *const names[] = {"q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k",
-                                        "tq2_0", "iq4_xs", "iq4_nl"};
+                                        "tq2_0", "iq4_xs", "iq4_nl", "iq3_s", "iq3_xxs", "iq2_s",
+                                        "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcasecmp(value, names[i])) {
             *(!strcmp(o->name, "type")        ? &a->q.type
@@ -77,7 +78,7 @@ static int set_type(void *p, const cli_opt *o, const char *shown, const char *va
         return 0;
     }
     return snprintf(err, errn, "%s must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, tq2_0, "
-                    "iq4_xs, iq4_nl%s, "
+                    "iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, iq1_m, iq1_s%s, "
                     "got '%s'", shown, !strcmp(o->name, "type") ? " (or a mix: q3_k_m, q4_k_m, q5_k_m)" : "", value), -1;
 }
 
@@ -112,8 +113,8 @@ static int set_mix(void *p, const cli_opt *o, const char *shown, const char *val
     quantize_args *a = p;
     const int mix = mt_quant_mix_from_name(value);
     if (mix < 0)
-        return snprintf(err, errn, "%s must be q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_xs or iq4_nl, got '%s'", shown,
-                        value), -1;
+        return snprintf(err, errn, "%s must be q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_xs, iq4_nl, iq3_m, iq3_s, iq3_xs, "
+                        "iq3_xxs, iq2_m, iq2_s, iq2_xs, iq2_xxs, iq1_m or iq1_s, got '%s'", shown, value), -1;
     a->q.mix = mix;
     return 0;
 }
@@ -132,16 +133,19 @@ static const cli_opt quantize_opts[] = {
     {"group", 0, CLI_STRING, "N|row", "columns per scale (default: 32 for 8/4 bits, 128 for 3/2 bits, 256 for "
      "ternary)", NULL, CLI_AT(quantize_args, q.group), .set = set_group},
     {"type", 0, CLI_STRING, "T", "experts' GGUF storage type instead of --bits/--group: q8_0, q6_k, q5_k, q5_1, q5_0, "
-     "q4_k, q4_1, q4_0, q3_k, q2_k, tq2_0, iq4_xs or iq4_nl (rtn: llama.cpp's reference quantizer, the same values "
+     "q4_k, q4_1, q4_0, q3_k, q2_k, tq2_0, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, iq1_m or iq1_s "
+     "(rtn: llama.cpp's reference quantizer, the same values "
      "for the K-quants; q4_1/q5_x round to nearest on the stored grid; gptq: per block the scales and mins that "
      "search picks on the weights as GPTQ's error feedback left them, then GPTQ's rounding; iq4_xs/iq4_nl are "
-     "always llama.cpp's quantizer, with the importance matrix: --imatrix, or under gptq computed from --calib)",
+     "always llama.cpp's quantizer, with the importance matrix: --imatrix, or under gptq computed from --calib; "
+     "iq3_xxs, iq2_*, iq1_* need one, as in llama.cpp)",
      NULL, CLI_AT(quantize_args, q.type), .set = set_type},
     {"attn-type", 0, CLI_STRING, "T", "also quantize q/k/v/o projections to storage type T (as --type)", NULL,
      CLI_AT(quantize_args, q.attn_type), .set = set_type},
     {"embed-type", 0, CLI_STRING, "T", "also quantize token embeddings (round to nearest) and lm_head (GPTQ unless "
      "tied) to storage type T (as --type)", NULL, CLI_AT(quantize_args, q.embed_type), .set = set_type},
-    {"mix", 0, CLI_STRING, "NAME", "llama.cpp's mix q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_xs or iq4_nl: every matrix (experts, "
+    {"mix", 0, CLI_STRING, "NAME", "llama.cpp's mix q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_xs, iq4_nl, iq3_m, iq3_s, "
+     "iq3_xs, iq3_xxs, iq2_m, iq2_s, iq2_xs, iq2_xxs, iq1_m or iq1_s: every matrix (experts, "
      "attention, embeddings, lm_head) gets the type llama-quantize gives it (e.g. q4_k_m: q4_k, with q6_k for "
      "lm_head and for ffn_down and attn_v of some layers, q8_0 attn_k/attn_v with 8 experts); the file's file_type "
      "is the mix's; with --method gptq each matrix is GPTQ'd onto its type (--type q3_k_m etc. say the same)", NULL,
@@ -215,7 +219,7 @@ const cli_verb cli_verb_quantize = {
         "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
         "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
         "                        [--type T] [--experts-only | --attn-bits B | --attn-type T]\n"
-        "                        [--embed-bits 8|4 | --embed-type T] [--mix q2_k|q3_k_m|q4_k_m|q5_k_m|q6_k|iq4_xs|iq4_nl]\n"
+        "                        [--embed-bits 8|4 | --embed-type T] [--mix q2_k|q3_k_m|q4_k_m|q5_k_m|q6_k|iq4_xs|iq4_nl|iq3_m|iq3_s|iq3_xs|iq3_xxs|iq2_m|iq2_s|iq2_xs|iq2_xxs|iq1_m|iq1_s]\n"
         "                        [--target-bpw B | --target-size BYTES]\n"
         "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
         "                        [--imatrix FILE|calib] [--imatrix-out FILE]\n"
@@ -402,6 +406,7 @@ int cmd_quantize(int argc, char **argv) {
         o.plan_windows = d.plan_windows;
     }
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
+    if (mt_quant_check_imatrix(&o)) return cli_usage_error("quantize", "%s", mt_last_error());
     const char *model_path = model_arg ? model_arg : cli_default_model();
     if (mt_s2s_detect(model_path)) return quantize_s2s(&A, model_path, argc, argv);
     if (A.calib_pairs)

@@ -37,23 +37,7 @@ fails=0
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
 # same A.gguf B.gguf: every tensor of B in A with the same type and bytes
-same() {
-    "$PY" - "$1" "$2" <<'PY'
-import sys
-import numpy as np
-from gguf import GGUFReader
-a = {t.name: t for t in GGUFReader(sys.argv[1]).tensors}
-b = {t.name: t for t in GGUFReader(sys.argv[2]).tensors}
-bad = []
-for n, t in b.items():
-    u = a.get(n)
-    if u is None or u.tensor_type != t.tensor_type or \
-       not np.array_equal(np.asarray(u.data).view(np.uint8), np.asarray(t.data).view(np.uint8)):
-        bad.append((n, t.tensor_type.name, u.tensor_type.name if u is not None else None))
-print(f"{len(b) - len(bad)}/{len(b)} tensors identical" + (f"; differ: {bad[:4]}" if bad else ""))
-sys.exit(1 if bad else 0)
-PY
-}
+same() { "$PY" "$LQ" same "$1" "$2"; }
 
 "$MT_BIN" convert "$MT_MODEL_DIR" -o "$T/f32.gguf" --to gguf --dtype f32 >/dev/null 2>&1 || { echo "FAIL: convert"; exit 1; }
 

@@ -152,7 +152,7 @@ expect() { # CODE PATTERN CMD...
     [ $rc = "$code" ] && grep -q -- "$pat" "$T/err" || bad "$* -> exit $rc, want $code /$pat/: $(cat "$T/err")"
     [ -e "$T/u.gguf" ] && { bad "$*: left output"; rm -rf "$T/u.gguf"; }
 }
-expect 2 "must be one of" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --type iq2_xs
+expect 2 "must be one of" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --type iq2_k
 expect 1 "asym" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --type q4_k --asym --method rtn
 expect 1 "format hf" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --type q4_k --format hf --method rtn
 expect 1 "exclude" "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --type q4_k --attn-bits 8 --attn-type q8_0 --method rtn

@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
 """llama.cpp's own quantizer and perplexity, for tests/cli_kquant.sh.
 
-  llamacpp_quant.py quantize SRC.gguf DST.gguf FTYPE [pure] [imatrix=FILE.dat]
+  llamacpp_quant.py quantize SRC.gguf DST.gguf FTYPE [pure] [imatrix=FILE.dat] [embd=T] [out=T]
       llama_model_quantize with llama_model_quantize_default_params() and
       ftype = FTYPE (llama.h LLAMA_FTYPE_*, e.g. 15 = MOSTLY_Q4_K_M); with
       `pure`, every matrix in FTYPE's base type (no mix); with imatrix=,
       the importance matrix of a llama-imatrix legacy .dat file, each value
       divided by its entry's ncall in f32 as llama-quantize's reader does,
-      passed as llama_model_quantize_params.imatrix
+      passed as llama_model_quantize_params.imatrix; embd= / out= set
+      token_embedding_type / output_tensor_type to ggml type T (e.g. 8 =
+      Q8_0), as llama-quantize's --token-embedding-type / --output-tensor-type
+  llamacpp_quant.py same A.gguf B.gguf
+      every tensor of B in A with the same type and bytes; prints the count
+      of identical tensors and, for those that differ, the fraction of
+      their blocks that are equal; exit 1 if any differs
   llamacpp_quant.py ppl MODEL.gguf TEXT CTX WINDOWS
       perplexity under llama.cpp's protocol (tests/llamacpp_check.py: BOS
       first in every window of CTX tokens, second half scored) over the
@@ -46,14 +52,43 @@ def read_imatrix(path):
     return out
 
 
+def same(path_a, path_b):
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.constants import GGML_QUANT_SIZES
+    a = {t.name: t for t in GGUFReader(path_a).tensors}
+    b = {t.name: t for t in GGUFReader(path_b).tensors}
+    bad = []
+    for n, t in b.items():
+        u = a.get(n)
+        if u is None or u.tensor_type != t.tensor_type:
+            bad.append((n, t.tensor_type.name, u.tensor_type.name if u is not None else None))
+            continue
+        x = np.asarray(u.data).view(np.uint8).reshape(-1)
+        y = np.asarray(t.data).view(np.uint8).reshape(-1)
+        if x.size != y.size:
+            bad.append((n, t.tensor_type.name, "size %d vs %d" % (x.size, y.size)))
+        elif not np.array_equal(x, y):
+            bs = GGML_QUANT_SIZES[t.tensor_type][1]
+            eq = (x.reshape(-1, bs) == y.reshape(-1, bs)).all(axis=1).mean()
+            bad.append((n, t.tensor_type.name, "%.4f of blocks equal" % eq))
+    print(f"{len(b) - len(bad)}/{len(b)} tensors identical" + (f"; differ: {bad[:4]}" if bad else ""))
+    return 1 if bad else 0
+
+
 def main(argv):
-    imat = [a[len("imatrix="):] for a in argv[4:] if a.startswith("imatrix=")]
-    rest = [a for a in argv[4:] if not a.startswith("imatrix=")]
+    opt = lambda key: [a[len(key):] for a in argv[4:] if a.startswith(key)]
+    imat, embd, outt = opt("imatrix="), opt("embd="), opt("out=")
+    rest = [a for a in argv[4:] if not a.startswith(("imatrix=", "embd=", "out="))]
     if len(argv) >= 4 and argv[0] == "quantize" and rest in ([], ["pure"]) and len(imat) <= 1:
         p = llama_cpp.llama_model_quantize_default_params()
         p.ftype = int(argv[3])
         p.pure = rest == ["pure"]
         p.nthread = 2
+        if embd:
+            p.token_embedding_type = int(embd[0])
+        if outt:
+            p.output_tensor_type = int(outt[0])
         if imat:
             entries = read_imatrix(imat[0])
             arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
@@ -70,6 +105,8 @@ def main(argv):
         if rc != 0:
             print(f"llama_model_quantize({argv[1]}, ftype {argv[3]}) failed: {rc}")
         return 1 if rc else 0
+    if len(argv) == 3 and argv[0] == "same":
+        return same(argv[1], argv[2])
     if len(argv) == 5 and argv[0] == "ppl":
         from llamacpp_check import perplexity
         ctx, windows = int(argv[3]), int(argv[4])

@@ -138,11 +138,13 @@ static void test_type_errors(void **state) {
     expect_err("merge", "router", "lsq", "router must be anchor, average, fit or alias, got 'lsq'");
     expect_err("convert", "dtype", "iq2_xs", "must be f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, "
                "q3_k, q2_k, iq4_xs or iq4_nl, got 'iq2_xs'");
-    expect_err("quantize", "type", "iq2_xs", "must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, "
-               "tq2_0, iq4_xs, iq4_nl (or a mix: q3_k_m, q4_k_m, q5_k_m), got 'iq2_xs'");
+    expect_err("quantize", "type", "iq2_k", "must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, "
+               "tq2_0, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, iq1_m, iq1_s (or a mix: q3_k_m, q4_k_m, "
+               "q5_k_m), got 'iq2_k'");
     expect_err("quantize", "attn-type", "q4_k_m", "must be one of q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, "
-               "q2_k, tq2_0, iq4_xs, iq4_nl, got 'q4_k_m'");
-    expect_err("quantize", "mix", "q4_k_s", "must be q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_xs or iq4_nl, got 'q4_k_s'");
+               "q2_k, tq2_0, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, iq1_m, iq1_s, got 'q4_k_m'");
+    expect_err("quantize", "mix", "q4_k_s", "must be q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_xs, iq4_nl, iq3_m, iq3_s, "
+               "iq3_xs, iq3_xxs, iq2_m, iq2_s, iq2_xs, iq2_xxs, iq1_m or iq1_s, got 'q4_k_s'");
     expect_err("quantize", "target-size", "7X", "expects a positive size in bytes");
     expect_err("eval", "threads", "1024", "[1, 512]");
     expect_err("distill", "kd-weight", "1.5", "kd-weight must be in [0, 1], got '1.5'");

@@ -157,6 +157,11 @@ const char *mt_quant_mix_name(int ftype);
 /* Checks options against a model's shapes: bit width, group dividing the
  * columns, --experts-only on a dense model, a file type for `for_file`. */
 int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file);
+/* MT_ERR_ARG when o asks for an i-quant llama.cpp writes only with an
+ * importance matrix (iq2_xxs, iq2_xs, iq2_s, iq1_s, iq1_m, their mixes)
+ * without one (no --imatrix under rtn), or for such a type on token
+ * embeddings, which have none (iq1_m excepted). Part of mt_quant_check. */
+int mt_quant_check_imatrix(const mt_quant_opts *o);
 
 /* Quantizes the weights of a loaded model in place: the model's matrices are
  * replaced by quantized ones owned by *out (GGUF block types when the grid

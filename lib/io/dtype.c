@@ -59,13 +59,20 @@ static const mt_dtype_info g_dtypes[MT_DT_COUNT] = {
                       NULL, mt_iq4_nl_row_from_f32_w},
     [MT_DT_IQ4_XS] = {"iq4_xs", MT_QK_K, MT_IQ4_XS_BYTES, 1, NULL, NULL, 23, 30, mt_iq4_xs_row_to_f32, mt_iq4_xs_row_from_f32, 0,
                       NULL, mt_iq4_xs_row_from_f32_w},
-    [MT_DT_IQ2_XXS] = {"iq2_xxs", MT_QK_K, MT_IQ2_XXS_BYTES, 1, NULL, NULL, 16, 19, mt_iq2_xxs_row_to_f32, NULL},
-    [MT_DT_IQ2_XS] = {"iq2_xs", MT_QK_K, MT_IQ2_XS_BYTES, 1, NULL, NULL, 17, 20, mt_iq2_xs_row_to_f32, NULL},
-    [MT_DT_IQ2_S] = {"iq2_s", MT_QK_K, MT_IQ2_S_BYTES, 1, NULL, NULL, 22, 28, mt_iq2_s_row_to_f32, NULL},
-    [MT_DT_IQ3_XXS] = {"iq3_xxs", MT_QK_K, MT_IQ3_XXS_BYTES, 1, NULL, NULL, 18, 23, mt_iq3_xxs_row_to_f32, NULL},
-    [MT_DT_IQ3_S] = {"iq3_s", MT_QK_K, MT_IQ3_S_BYTES, 1, NULL, NULL, 21, 26, mt_iq3_s_row_to_f32, NULL},
-    [MT_DT_IQ1_S] = {"iq1_s", MT_QK_K, MT_IQ1_S_BYTES, 1, NULL, NULL, 19, 24, mt_iq1_s_row_to_f32, NULL},
-    [MT_DT_IQ1_M] = {"iq1_m", MT_QK_K, MT_IQ1_M_BYTES, 1, NULL, NULL, 29, 31, mt_iq1_m_row_to_f32, NULL},
+    [MT_DT_IQ2_XXS] = {"iq2_xxs", MT_QK_K, MT_IQ2_XXS_BYTES, 1, NULL, NULL, 16, 19, mt_iq2_xxs_row_to_f32, NULL, 0,
+                      NULL, mt_iq2_xxs_row_from_f32_w},
+    [MT_DT_IQ2_XS] = {"iq2_xs", MT_QK_K, MT_IQ2_XS_BYTES, 1, NULL, NULL, 17, 20, mt_iq2_xs_row_to_f32, NULL, 0,
+                      NULL, mt_iq2_xs_row_from_f32_w},
+    [MT_DT_IQ2_S] = {"iq2_s", MT_QK_K, MT_IQ2_S_BYTES, 1, NULL, NULL, 22, 28, mt_iq2_s_row_to_f32, NULL, 0,
+                      NULL, mt_iq2_s_row_from_f32_w},
+    [MT_DT_IQ3_XXS] = {"iq3_xxs", MT_QK_K, MT_IQ3_XXS_BYTES, 1, NULL, NULL, 18, 23, mt_iq3_xxs_row_to_f32, NULL, 0,
+                      NULL, mt_iq3_xxs_row_from_f32_w},
+    [MT_DT_IQ3_S] = {"iq3_s", MT_QK_K, MT_IQ3_S_BYTES, 1, NULL, NULL, 21, 26, mt_iq3_s_row_to_f32, NULL, 0,
+                      NULL, mt_iq3_s_row_from_f32_w},
+    [MT_DT_IQ1_S] = {"iq1_s", MT_QK_K, MT_IQ1_S_BYTES, 1, NULL, NULL, 19, 24, mt_iq1_s_row_to_f32, NULL, 0,
+                      NULL, mt_iq1_s_row_from_f32_w},
+    [MT_DT_IQ1_M] = {"iq1_m", MT_QK_K, MT_IQ1_M_BYTES, 1, NULL, NULL, 29, 31, mt_iq1_m_row_to_f32, NULL, 0,
+                      NULL, mt_iq1_m_row_from_f32_w},
 };
 
 /* ggml's names of its tensor types (ggml.h enum ggml_type; ids 4, 5, 31..33
@@ -229,7 +236,9 @@ int mt_row_from_f32(mt_dtype t, const float *src, void *dst, int64_t n) {
 
 int mt_row_from_f32_w(mt_dtype t, const float *src, void *dst, int64_t n, const float *qw) {
     const mt_dtype_info *d = mt_dtype_get(t);
-    if (!qw) return mt_row_from_f32(t, src, dst, n);
+    /* the lattice i-quants have only the weighted quantizer; without weights
+     * it weighs by x² as llama.cpp's does (iq3_*, iq2_s, iq1_m) */
+    if (!qw && !(d && !d->from_f32 && d->from_f32_w)) return mt_row_from_f32(t, src, dst, n);
     if (!d || !d->from_f32_w)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s is not written with an importance matrix here", mt_dtype_name(t));
     if (n < 0 || n % d->block_elems)

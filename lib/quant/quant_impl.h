@@ -115,9 +115,10 @@ typedef enum {
     MT_QROLE_EMBD, MT_QROLE_EMBD_TIED, MT_QROLE_OUTPUT,
 } mt_quant_role;
 /* The storage type llama.cpp's mix `ftype` (llama.h LLAMA_FTYPE_MOSTLY_*:
- * 10 Q2_K, 12 Q3_K_M, 15 Q4_K_M, 17 Q5_K_M, 18 Q6_K) gives a matrix of
- * `role` in `layer` with `cols` columns; -1 for another ftype. */
-int mt_quant_mix_type(int ftype, mt_quant_role role, int layer, const mt_config *c, int64_t cols);
+ * 10 Q2_K, 12 Q3_K_M, 15 Q4_K_M, 17 Q5_K_M, 18 Q6_K, the i-quant mixes
+ * 19..31) gives a matrix of `role` in `layer` with `cols` columns, written
+ * with an importance matrix (has_im) or not; -1 for another ftype. */
+int mt_quant_mix_type(int ftype, mt_quant_role role, int layer, const mt_config *c, int64_t cols, int has_im);
 
 /* ---- GPTQ ----------------------------------------------------------------
  * W (rows, cols) f32 row-major, updated in place and left holding the

@@ -140,6 +140,13 @@ static const mt_quant_role g_kind_role[K_COUNT] = {
     [K_SW3] = MT_QROLE_UP,   [K_SW2] = MT_QROLE_DOWN,
 };
 
+/* Whether a mix is written with an importance matrix (given, or computed
+ * from the calibration text as GPTQ always does for the i-quant mixes):
+ * llama.cpp's mixes choose some types by it. */
+static int mix_has_imatrix(const mt_quant_opts *o) {
+    return o->imatrix_path || o->imatrix_calib || o->method == MT_QUANT_GPTQ;
+}
+
 /* The grid of matrix kind k (K_*) in `layer`, `cols` columns: the plan's
  * type for it (--target-bpw/--target-size; NULL: none or not made yet, then
  * q4_K for checks), the mix's, else the storage type named by --type /
@@ -149,7 +156,7 @@ static int matrix_grid(mt_grid *g, const mt_quant_opts *o, const mt_config *c, c
                        int layer, int64_t cols, const char *what) {
     const int is_attn = k <= K_O;
     const int t = planned(o) ? (plan ? plan->type[layer * K_COUNT + k] : (cols % MT_QK_K ? MT_DT_Q8_0 : MT_DT_Q4_K))
-                  : o->mix ? mt_quant_mix_type(o->mix, g_kind_role[k], layer, c, cols)
+                  : o->mix ? mt_quant_mix_type(o->mix, g_kind_role[k], layer, c, cols, mix_has_imatrix(o))
                   : is_attn ? o->attn_type
                             : o->type;
     int rc;
@@ -158,6 +165,39 @@ static int matrix_grid(mt_grid *g, const mt_quant_opts *o, const mt_config *c, c
     if ((rc = mt_grid_make(g, is_attn ? o->attn_bits : o->bits, is_attn ? MT_QUANT_GROUP_DEFAULT : o->group, cols, what)))
         return rc;
     return o->asym ? mt_grid_asym(g, what) : MT_OK;
+}
+
+/* The i-quants llama.cpp writes only with an importance matrix: iq3_xxs,
+ * iq2_xxs, iq2_xs, iq2_s, iq1_s, iq1_m (llama_model_quantize stops with
+ * "this quantization requires an importance matrix"), and the mixes that
+ * hold them. On token embeddings, which have no entry in it, ggml asserts
+ * one for iq2_xxs, iq2_xs and iq1_s (the rest weigh by x²). */
+static int needs_imatrix(int t) {
+    return t == MT_DT_IQ3_XXS || t == MT_DT_IQ2_XXS || t == MT_DT_IQ2_XS || t == MT_DT_IQ2_S || t == MT_DT_IQ1_S ||
+           t == MT_DT_IQ1_M;
+}
+
+static int mix_needs_imatrix(int ftype) {
+    return ftype == 19 || ftype == 20 || ftype == 28 || ftype == 29 || ftype == 24 || ftype == 31 || ftype == 23 ||
+           ftype == 22;
+}
+
+int mt_quant_check_imatrix(const mt_quant_opts *o) {
+    /* token embeddings have no importance matrix (they are looked up, not multiplied) */
+    if (o->embed_type == MT_DT_IQ2_XXS || o->embed_type == MT_DT_IQ2_XS || o->embed_type == MT_DT_IQ1_S)
+        return mt_seterr(MT_ERR_ARG, "--embed-type %s needs an importance matrix, which token embeddings do not "
+                         "have (llama.cpp cannot write it either); use iq2_s, iq1_m, iq3_xxs, iq3_s or a K-quant for them",
+                         mt_dtype_name((mt_dtype)o->embed_type));
+    const int has_im = o->imatrix_path || o->imatrix_calib || o->method == MT_QUANT_GPTQ;
+    if (!has_im) {
+        const int attn = !needs_imatrix(o->type), t = attn ? o->attn_type : o->type;
+        if (needs_imatrix(t) || (o->mix && mix_needs_imatrix(o->mix)))
+            return mt_seterr(MT_ERR_ARG, "%s %s needs an importance matrix (llama.cpp writes it only with one): "
+                             "give --imatrix FILE or --imatrix calib, or use --method gptq, which computes it from --calib",
+                             o->mix ? "--mix" : attn ? "--attn-type" : "--type",
+                             o->mix ? mt_quant_mix_name(o->mix) : mt_dtype_name((mt_dtype)t));
+    }
+    return MT_OK;
 }
 
 int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
@@ -197,6 +237,7 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
     if (c->quant != MT_QFMT_NONE)
         return mt_seterr(MT_ERR_ARG, "quantize: the model is already quantized (quantization_config); start from the "
                          "original weights");
+    if ((rc = mt_quant_check_imatrix(o))) return rc;
     if ((rc = matrix_grid(&g, o, c, NULL, K_W1, 0, c->hidden, o->type >= 0 ? "--type on expert w1/w3" : "--bits/--group on expert w1/w3")))
         return rc;
     if (o->codec != MT_QUANT_CODEC_NONE) {
@@ -935,7 +976,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 rc = mt_grid_make_type(&j.grid, i ? plan.head : plan.embd, src[i]->cols, "quantize");
             } else if (o->mix) {
                 const mt_quant_role role = i ? MT_QROLE_OUTPUT : tied ? MT_QROLE_EMBD_TIED : MT_QROLE_EMBD;
-                rc = mt_grid_make_type(&j.grid, mt_quant_mix_type(o->mix, role, 0, c, src[i]->cols), src[i]->cols,
+                rc = mt_grid_make_type(&j.grid, mt_quant_mix_type(o->mix, role, 0, c, src[i]->cols, mix_has_imatrix(o)), src[i]->cols,
                                        "quantize");
             } else if (o->embed_type >= 0) {
                 rc = mt_grid_make_type(&j.grid, o->embed_type, src[i]->cols, "--embed-type");

@@ -72,6 +72,18 @@ void mt_iq3_xxs_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_iq3_s_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_iq1_s_row_to_f32(const void *src, float *dst, int64_t n);
 void mt_iq1_m_row_to_f32(const void *src, float *dst, int64_t n);
+/* The same written from f32 with importance weights qw (iq_enc.c) as
+ * llama.cpp's quantize_iq2_xxs .. quantize_iq1_m (qw NULL: weights x², a
+ * fallback llama.cpp refuses for iq2_xxs, iq2_xs, iq1_s). */
+void mt_iq2_xxs_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_iq2_xs_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_iq2_s_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_iq3_xxs_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_iq3_s_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_iq1_s_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+void mt_iq1_m_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+/* llama.cpp's make_qp_quants (kquant_enc.c): codes 0..nmax of x >= 0. */
+float mt_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw);
 
 /* Every weight of the n / elems blocks (of `bytes` bytes each) at src as
  * d·q, with the codes and f16 d from `unpack` (block.c). */

@@ -215,7 +215,7 @@ static float make_qkx_quants(int n, int nmax, const float *x, const float *weigh
 /* Codes 0..nmax of the non-negative x (sub-block scales or mins) with one
  * scale, by weighted squared error: 9 trial scales, then up to 5 rounds of
  * moving single codes (llama.cpp make_qp_quants). */
-static float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw) {
+float mt_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw) {
     float max = 0;
     for (int i = 0; i < n; ++i) max = max > x[i] ? max : x[i];
     if (max < GROUP_MAX_EPS) {
@@ -562,7 +562,7 @@ static void q2_K_fit_w(const float *x, const float *qw, mt_blk_params *p, int8_t
         for (int l = 0; l < 16; ++l) sw[j] += weight[l];
         scales[j] = make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0, 1);
     }
-    const float dm = make_qp_quants(16, 15, scales, Ls, sw), mm = make_qp_quants(16, 15, mins, Lm, sw);
+    const float dm = mt_make_qp_quants(16, 15, scales, Ls, sw), mm = mt_make_qp_quants(16, 15, mins, Lm, sw);
     p->d = mt_f32_to_f16(dm);
     p->dmin = mt_f32_to_f16(mm);
     for (int j = 0; j < 16; ++j) { /* the scale byte Ls | Lm << 4, as stored */
@@ -607,7 +607,7 @@ static void q45_K_fit_w(const mt_blk_codec *c, const float *x, const float *qw, 
         sw[j] = sumw;
         scales[j] = make_qkx_quants(32, c->qmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0, 1);
     }
-    const float d_block = make_qp_quants(8, 63, scales, Ls, sw), m_block = make_qp_quants(8, 63, mins, Lm, sw);
+    const float d_block = mt_make_qp_quants(8, 63, scales, Ls, sw), m_block = mt_make_qp_quants(8, 63, mins, Lm, sw);
     for (int j = 0; j < 8; ++j) {
         p->sc[j] = Ls[j] < 63 ? Ls[j] : 63;
         p->m[j] = Lm[j] < 63 ? Lm[j] : 63;
