@@ -16,10 +16,13 @@
  *
  * Prefill (matmul) of the K-quants q2_K..q6_K: X quantised to q8_K once,
  * then the integer GEMM of kernels_kq8.c on each thread's rows (the same
- * numbers as their decode). Every other type: Y = X · Wᵀ with cblas_sgemm. The pool splits W's rows
- * (Y's columns) between threads and each thread calls a single-threaded
- * sgemm on its block; non-f32 weights are converted to f32 in chunks of rows
- * into the caller's scratch first. OpenBLAS's own threading is switched off
+ * numbers as their decode). Every other type: Y = X · Wᵀ with cblas_sgemm
+ * on fixed blocks of 64 rows of W (Y's columns), one single-threaded call
+ * per block, the pool sharing the blocks out: OpenBLAS's result for an
+ * element depends on the shape of the call it is in, so blocks that do not
+ * move with the thread count keep the logits bit-identical at any thread
+ * count. Non-f32 weights are converted to f32 a block at a time into the
+ * thread's slot of the caller's scratch first. OpenBLAS's own threading is switched off
  * (openblas_set_num_threads(1)) so it never competes with the pool; see
  * docs/perf.md ("Kernels") for the measurement behind this choice. */
 #include <math.h>
@@ -47,6 +50,8 @@ int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *x
 #define MT_MATMUL_MIN_N 4
 /* Rows of W converted to f32 at a time for sgemm (all threads together). */
 #define MT_MATMUL_CHUNK_ROWS 256
+/* Rows of W per sgemm call (the fixed blocks of matmul_worker). */
+#define MT_MATMUL_BLOCK_ROWS 64
 
 int mt_kernel_supported(mt_dtype t) {
     if (t == MT_DT_QMOE) return 1; /* kernels_qmoe.c */
@@ -336,30 +341,41 @@ typedef struct {
     int direct;      /* f32 weights usable by sgemm in place */
 } matmul_task;
 
+/* Fixed blocks of W's rows, one sgemm each, whatever the thread count:
+ * OpenBLAS (0.3.21, Haswell/Zen kernels) rounds an element of C
+ * differently depending on where it falls in the micro-kernel's tiles of
+ * the call's N (edge tiles take other code paths), so splitting W's rows
+ * by thread count would make the result depend on it. Blocks of
+ * MT_MATMUL_BLOCK_ROWS starting at row 0 give every element the same call
+ * shape and position at 1, 2 or 3 threads; threads take contiguous runs of
+ * blocks. */
 static void matmul_worker(void *arg, int ith, int nth) {
     const matmul_task *t = arg;
     const mt_mat *W = t->W;
-    const int64_t cols = W->cols, rows = W->rows;
-    /* Threads beyond the scratch's row count have nothing to convert into. */
-    const int nth_eff = (int64_t)nth > t->chunk_rows ? (int)t->chunk_rows : nth;
+    const int64_t cols = W->cols, rows = W->rows, B = MT_MATMUL_BLOCK_ROWS;
+    /* Each thread converts one block at a time into its slot of the
+     * scratch; threads beyond the scratch's slots have nothing to convert
+     * into. */
+    const int64_t slot = rows < B ? rows : B, slots = t->chunk_rows / slot;
+    const int nth_eff = t->direct || (int64_t)nth <= slots ? nth : (int)slots;
     if (ith >= nth_eff) return;
-    int64_t r0, r1;
-    mt_split_range(rows, ith, nth_eff, MT_MATVEC_ROW_ALIGN, &r0, &r1);
-    if (r0 >= r1) return;
-    if (t->direct) {
-        const int64_t ld = (int64_t)(W->row_stride / sizeof(float));
-        const float *w = (const float *)W->data + r0 * ld;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->n, (int)(r1 - r0), (int)cols, 1.0f, t->X,
-                    (int)cols, w, (int)ld, 0.0f, t->Y + r0, (int)rows);
-        return;
-    }
-    const int64_t slice = t->chunk_rows / nth_eff; /* rows of f32 this thread holds */
-    float *buf = t->scratch + (int64_t)ith * slice * cols;
-    for (int64_t c0 = r0; c0 < r1; c0 += slice) {
-        const int64_t c1 = c0 + slice < r1 ? c0 + slice : r1;
-        for (int64_t r = c0; r < c1; r++) mt_mat_row_f32(W, r, buf + (r - c0) * cols);
+    int64_t b0, b1;
+    mt_split_range((rows + B - 1) / B, ith, nth_eff, 1, &b0, &b1);
+    float *buf = t->direct ? NULL : t->scratch + (int64_t)ith * slot * cols;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t c0 = b * B, c1 = c0 + B < rows ? c0 + B : rows;
+        const float *w;
+        int64_t ld;
+        if (t->direct) {
+            ld = (int64_t)(W->row_stride / sizeof(float));
+            w = (const float *)W->data + c0 * ld;
+        } else {
+            for (int64_t r = c0; r < c1; r++) mt_mat_row_f32(W, r, buf + (r - c0) * cols);
+            w = buf;
+            ld = cols;
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->n, (int)(c1 - c0), (int)cols, 1.0f, t->X,
-                    (int)cols, buf, (int)cols, 0.0f, t->Y + c0, (int)rows);
+                    (int)cols, w, (int)ld, 0.0f, t->Y + c0, (int)rows);
     }
 }
 
