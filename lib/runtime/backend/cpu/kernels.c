@@ -16,7 +16,10 @@
  *
  * Prefill (matmul) of the K-quants q2_K..q6_K: X quantised to q8_K once,
  * then the integer GEMM of kernels_kq8.c on each thread's rows (the same
- * numbers as their decode). Every other type: Y = X · Wᵀ with cblas_sgemm
+ * numbers as their decode). q8_0 / q4_0: X quantised to int8 blocks of 32
+ * as decode does, then the integer GEMM of kernels_x86.c (tiles of 4
+ * tokens per weight row, each block unpacked once per tile), again the
+ * numbers decode computes, bit for bit. Every other type: Y = X · Wᵀ with cblas_sgemm
  * on fixed blocks of 64 rows of W (Y's columns), one single-threaded call
  * per block, the pool sharing the blocks out: OpenBLAS's result for an
  * element depends on the shape of the call it is in, so blocks that do not
@@ -40,6 +43,8 @@ int mt_x86_dot_rows(const mt_mat *W, const float *x, const int8_t *xq, const flo
                     float *y, int64_t r0, int64_t r1);
 int mt_x86_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
 int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *xs);
+int mt_x86_gemm_rows(const mt_mat *W, const int8_t *xq, const float *xd, const float *xs, int n, float *Y,
+                     int64_t ldy, int64_t r0, int64_t r1);
 
 /* Matvecs with fewer weights than this run on the calling thread only:
  * the pool's sync (~1-2 µs) costs more than the work saved. */
@@ -416,6 +421,46 @@ static int kq8_gemm(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y
     return !t.fail;
 }
 
+/* q8_0 / q4_0: every token's x quantised as decode quantises it (caller),
+ * then each thread's rows against tiles of tokens (kernels_x86.c: each
+ * weight block unpacked once per tile), which computes for every token the
+ * numbers decode's matvec computes; without a SIMD path, decode's row
+ * function token by token. */
+typedef struct {
+    const mt_mat *W;
+    const float *X;
+    const int8_t *xq;
+    const float *xd, *xs;
+    int n;
+    float *Y;
+} blockq_task;
+
+static void blockq_worker(void *arg, int ith, int nth) {
+    const blockq_task *t = arg;
+    const mt_mat *W = t->W;
+    const int64_t cols = W->cols, nb = cols / 32, rows = W->rows;
+    int64_t r0, r1;
+    mt_split_range(rows, ith, nth, MT_MATVEC_ROW_ALIGN, &r0, &r1);
+    if (r0 >= r1 || mt_x86_gemm_rows(W, t->xq, t->xd, t->xs, t->n, t->Y, rows, r0, r1)) return;
+    for (int i = 0; i < t->n; i++)
+        rows_prepared(W, t->X + i * cols, t->xq + i * cols, t->xd + i * nb, t->xs + i * nb, t->Y + i * rows, r0, r1);
+}
+
+/* 0 when out of memory (the caller falls back to sgemm). */
+static int blockq_gemm(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y) {
+    const size_t cols = (size_t)W->cols, nb = cols / 32;
+    int8_t *xq = NULL;
+    if (posix_memalign((void **)&xq, 64, (size_t)n * (cols + 2 * nb * sizeof(float))) != 0) return 0;
+    float *xd = (float *)(void *)(xq + (size_t)n * cols), *xs = xd + (size_t)n * nb;
+    for (int i = 0; i < n; i++)
+        quantize_x(W->dtype, X + (size_t)i * cols, W->cols, xq + (size_t)i * cols, xd + (size_t)i * nb,
+                   xs + (size_t)i * nb);
+    blockq_task t = {W, X, xq, xd, xs, n, Y};
+    mt_pool_run(p, blockq_worker, &t);
+    free(xq);
+    return 1;
+}
+
 static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
 static void blas_single_thread(void) { openblas_set_num_threads(1); }
 
@@ -431,6 +476,7 @@ void mt_matmul(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y, flo
         return;
     }
     if (mt_kq8_type(W->dtype) && kq8_gemm(p, W, X, n, Y)) return;
+    if ((W->dtype == MT_DT_Q8_0 || W->dtype == MT_DT_Q4_0) && blockq_gemm(p, W, X, n, Y)) return;
     pthread_once(&g_blas_once, blas_single_thread);
     if (mt_kq_supported(W->dtype)) {
         /* x as llama.cpp's activation type holds it (q8_K / q8_0 values),
