@@ -1,8 +1,9 @@
 /* test_forward_threads.c — the forward gives the same logits, bit for bit,
  * whatever the number of threads: the bundled model written in every
- * storage type the CPU kernels run (f32, bf16, q8_0, q4_0, q4_K, q6_K, the
- * llama.cpp Q4_K_M mix of q4_K/q5_K/q6_K/q8_0, tq2_0 experts, qmoe-coded
- * experts) is loaded with 1, 2 and 3 threads and runs the same tokens:
+ * storage type the CPU kernels run (f32, bf16, q8_0, q4_0, q4_K, q6_K,
+ * q5_0 for llama.cpp's read-only types (rounded x and sgemm), the llama.cpp
+ * Q4_K_M mix of q4_K/q5_K/q6_K/q8_0, tq2_0 experts, qmoe-coded experts) is
+ * loaded with 1, 2 and 3 threads and runs the same tokens:
  * one batched prefill (all logits: every prefill kernel, expert batches of
  * every size) and then a few tokens one at a time through the KV cache
  * (the decode matvecs). Every logit and every captured activation must be
@@ -153,6 +154,7 @@ static void test_q8_0(void **s) { (void)s; convert_to("q8_0"); }
 static void test_q4_0(void **s) { (void)s; convert_to("q4_0"); }
 static void test_q4_k(void **s) { (void)s; convert_to("q4_k"); }
 static void test_q6_k(void **s) { (void)s; convert_to("q6_k"); }
+static void test_q5_0(void **s) { (void)s; convert_to("q5_0"); } /* x rounded to q8_0, then sgemm */
 static void test_q4_k_m(void **s) { (void)s; quantize_to("q4_k_m", "--mix q4_k_m", ".gguf"); }
 static void test_tq2_0(void **s) { (void)s; quantize_to("tq2_0", "--bits ternary --group 256", ".gguf"); }
 static void test_qmoe(void **s) {
@@ -183,7 +185,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f32),  cmocka_unit_test(test_bf16),   cmocka_unit_test(test_q8_0),
         cmocka_unit_test(test_q4_0), cmocka_unit_test(test_q4_k),   cmocka_unit_test(test_q6_k),
-        cmocka_unit_test(test_q4_k_m), cmocka_unit_test(test_tq2_0), cmocka_unit_test(test_qmoe),
+        cmocka_unit_test(test_q5_0), cmocka_unit_test(test_q4_k_m), cmocka_unit_test(test_tq2_0),
+        cmocka_unit_test(test_qmoe),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
