@@ -14,7 +14,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential cmake pkg-config clang libclang-rt-dev \
   libopenblas-dev libzstd-dev libarchive-dev libyaml-dev libcmocka-dev libjansson-dev \
-  libopenmpi-dev openmpi-bin python3 python3-pip time zstd >/dev/null
+  libopenmpi-dev openmpi-bin python3 python3-pip strace time zstd >/dev/null
 # numpy: the independent numpy forward used by tests; gguf: llama.cpp's own
 # GGUF reader. Tests that need them skip (exit 77) when they are missing.
 python3 -m pip install -q numpy gguf 2>/dev/null \

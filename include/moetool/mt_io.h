@@ -308,6 +308,12 @@ typedef struct {
  * zero: the runtime (mt_model_load) parses and checks it. */
 int mt_weights_init(mt_weights *w, const mt_ckpt *ck);
 void mt_weights_free(mt_weights *w);
+/* An HF checkpoint's weights (mapped by mt_weights_init) as its GGUF
+ * conversion holds them (`moetool convert`'s choices): Q/K rows in
+ * llama.cpp's RoPE order and the family's GGUF rope style, vectors and what
+ * GGUF keeps in F32 (norms, router) as F32, types GGUF lacks as F32. Only
+ * the matrices that change are copied (owned). Nothing to do for a GGUF. */
+int mt_weights_gguf_layout(mt_weights *w, const mt_ckpt *ck);
 
 /* ---- GGUF v3 (llama.cpp conventions) ----------------------------------- */
 typedef enum {

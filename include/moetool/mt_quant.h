@@ -169,7 +169,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
 void mt_quant_state_free(mt_quant_state *s);
 
 /* Writes a quantized model as GGUF: every tensor and key of `m`'s checkpoint
- * (which must be a GGUF), quantized matrices in their block type, and what
+ * when it is a GGUF, else (a Hugging Face checkpoint, loaded with
+ * mt_model_opts.gguf_layout) the GGUF `moetool convert` makes of it
+ * (mt_gguf_export), with quantized matrices in their block type and what
  * was done (`o`) as the key moetool.provenance (a JSON string). */
 int mt_quant_write_gguf(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o, const char *out_path);
 
@@ -182,10 +184,12 @@ int mt_quant_write_gguf(const mt_quant_state *s, const mt_model *m, const mt_qua
 int mt_quant_write_hf(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o, const char *out_dir);
 
 /* The whole verb: `in_path` (HF or GGUF) -> GGUF `out_path`, or with format
- * MT_FMT_HF an HF source -> HF directory `out_path` (mt_quant_write_hf). An HF source is
- * first converted to a temporary GGUF beside the output (names, Q/K
- * permutation and metadata exactly as `moetool convert` writes them; GPTQ
- * treats rows independently, so quantizing permuted rows is the same). */
+ * MT_FMT_HF an HF source -> HF directory `out_path` (mt_quant_write_hf). The
+ * checkpoint is opened once. An HF source to GGUF is quantized in memory,
+ * loaded in the layout its GGUF conversion has (Q/K rows permuted, F32 norms
+ * and router), and written as `moetool convert` would write it (names,
+ * order, metadata) with the quantized matrices in place: byte-identical to
+ * converting first and quantizing the GGUF, with no copy on disk. */
 int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_opts *o, int n_threads,
                      mt_quant_report *rep);
 

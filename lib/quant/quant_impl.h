@@ -5,6 +5,7 @@
 #define MT_QUANT_IMPL_H
 
 #include "moetool/mt_quant.h"
+#include "moetool/mt_write.h"
 
 /* ---- grids --------------------------------------------------------------
  * A grid maps a group of `group` consecutive weights of a row to codes with
@@ -268,5 +269,10 @@ int mt_imatrix_write(const mt_imatrix *im, const char *path, const char *dataset
  * `layer` (layer −1: lm_head), or NULL when there is none. */
 const float *mt_imatrix_get(const mt_imatrix *im, int layer, int kind, int expert);
 void mt_imatrix_free(mt_imatrix *im);
+
+/* The plan of the GGUF an HF source becomes (convert's, per-layer expert
+ * counts allowed: the runtime runs them); quantize's GGUF output of such a
+ * source is that file with the quantized matrices in place. */
+int mt_quant_export_open(mt_gguf_export **x, const mt_ckpt *ck);
 
 #endif
