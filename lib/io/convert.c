@@ -892,23 +892,20 @@ static int check_tokenizer(conv *cv, int to_gguf) {
 /* The checks every conversion makes, then its plan. */
 static int conv_prepare(conv *cv, int to_gguf) {
     const int from_gguf = mt_ckpt_format(cv->ck) == MT_FMT_GGUF;
+    const mt_config *c = cv->cfg;
     int rc;
-    if (cv->cfg->quant != MT_QFMT_NONE) {
-        rc = mt_seterr(MT_ERR_UNSUPPORTED,
-                       "%s: the checkpoint is quantized (quantization_config %s); convert reads unquantized "
-                       "weights (quantize the original to GGUF with `moetool quantize` instead)",
-                       cv->in_path, cv->cfg->quant == MT_QFMT_QMOE ? "qmoe" : "gptq");
-        return rc;
-    }
+    if (c->quant != MT_QFMT_NONE)
+        return mt_seterr(MT_ERR_UNSUPPORTED,
+                         "%s: the checkpoint is quantized (quantization_config %s); convert reads unquantized "
+                         "weights (quantize the original to GGUF with `moetool quantize` instead)",
+                         cv->in_path, c->quant == MT_QFMT_QMOE ? "qmoe" : "gptq");
     /* GGUF has no key for moetool's alias routing, and llama.cpp could not
      * run R router rows over K experts: refuse rather than drop it. */
-    if (to_gguf && mt_config_has_alias(cv->cfg)) {
-        rc = mt_seterr(MT_ERR_UNSUPPORTED,
-                       "%s: config.json has moe_router_alias (more router rows than experts), which GGUF cannot "
-                       "express; convert to a Hugging Face directory instead",
-                       cv->in_path);
-        return rc;
-    }
+    if (to_gguf && mt_config_has_alias(c))
+        return mt_seterr(MT_ERR_UNSUPPORTED,
+                         "%s: config.json has moe_router_alias (more router rows than experts), which GGUF cannot "
+                         "express; convert to a Hugging Face directory instead",
+                         cv->in_path);
 
     /* llama.cpp reads one expert count per model (and so does transformers):
      * a GGUF of per-layer counts runs in moetool only. No exact padding
@@ -917,27 +914,24 @@ static int conv_prepare(conv *cv, int to_gguf) {
         char counts[256] = "";
         size_t k = 0;
         int uniform = 1;
-        for (int l = 0; l < cv->cfg->n_layers; l++) {
-            const int dense = cv->cfg->layer_experts && cv->cfg->layer_experts[l] == MT_LAYER_DENSE; /* the family's */
-            uniform &= dense || mt_config_layer_experts(cv->cfg, l) == cv->cfg->n_experts;
-            if (k < sizeof counts - 16) k += (size_t)snprintf(counts + k, sizeof counts - k, "%s%d", l ? "," : "",
-                                                              mt_config_layer_experts(cv->cfg, l));
+        for (int l = 0; l < c->n_layers; l++) {
+            const int dense = c->layer_experts && c->layer_experts[l] == MT_LAYER_DENSE; /* the family's */
+            uniform &= dense || mt_config_layer_experts(c, l) == c->n_experts;
+            if (k < sizeof counts - 16)
+                k += (size_t)snprintf(counts + k, sizeof counts - k, "%s%d", l ? "," : "", mt_config_layer_experts(c, l));
         }
-        if (!uniform) {
-            rc = mt_seterr(MT_ERR_UNSUPPORTED,
-                           "%s: its layers keep different numbers of experts (%s), which llama.cpp cannot load and no "
-                           "padding can make exact (a router without a bias cannot switch padded experts off); "
-                           "--moetool-only writes a GGUF that only moetool runs",
-                           cv->in_path, counts);
-            return rc;
-        }
+        if (!uniform)
+            return mt_seterr(MT_ERR_UNSUPPORTED,
+                             "%s: its layers keep different numbers of experts (%s), which llama.cpp cannot load and "
+                             "no padding can make exact (a router without a bias cannot switch padded experts off); "
+                             "--moetool-only writes a GGUF that only moetool runs",
+                             cv->in_path, counts);
     }
     if (cv->o->require_tokenizer && (rc = check_tokenizer(cv, to_gguf))) return rc;
 
-    if (to_gguf && !from_gguf) rc = plan_hf_to_gguf(cv);
-    else if (!to_gguf && from_gguf) rc = plan_gguf_to_hf(cv);
-    else rc = plan_same(cv, to_gguf);
-    return rc;
+    if (to_gguf && !from_gguf) return plan_hf_to_gguf(cv);
+    if (!to_gguf && from_gguf) return plan_gguf_to_hf(cv);
+    return plan_same(cv, to_gguf);
 }
 
 /* ---- a Hugging Face checkpoint as GGUF: convert's, shared with quantize ---- */
