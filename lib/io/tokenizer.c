@@ -18,9 +18,14 @@
 
 /* ---- small utilities --------------------------------------------------- */
 
+static uint64_t hash_state(const char *s, size_t n) {
+    uint64_t h = MT_TOK_HASH0;
+    for (size_t i = 0; i < n; i++) h = mt_tok_hash_step(h, (unsigned char)s[i]);
+    return h;
+}
+
 static uint64_t hash_bytes(const char *s, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    uint64_t h = hash_state(s, n);
     return h ^ (h >> 29);
 }
 
@@ -114,6 +119,8 @@ void mt_tok_free(mt_tokenizer *t) {
     free(t->merge_pool);
     free(t->specials);
     free(t->is_special);
+    free(t->cm_units);
+    free(t->cm_norm);
     free(t);
 }
 
@@ -203,7 +210,12 @@ void mt_tok_finalize(mt_tokenizer *t) {
 
 int mt_tok_lookup(const mt_tokenizer *t, const char *s, size_t len) {
     if (!t->map || len == 0) return -1;
-    size_t h = (size_t)hash_bytes(s, len) & (t->map_cap - 1);
+    return mt_tok_lookup_hashed(t, s, len, hash_state(s, len));
+}
+
+int mt_tok_lookup_hashed(const mt_tokenizer *t, const char *s, size_t len, uint64_t state) {
+    if (!t->map || len == 0) return -1;
+    size_t h = (size_t)(state ^ (state >> 29)) & (t->map_cap - 1);
     for (;;) {
         int32_t o = t->map[h];
         if (o < 0) return -1;
@@ -351,8 +363,7 @@ int mt_tok_set_specials(mt_tokenizer *t, const int32_t *ids, size_t n) {
     return MT_OK;
 }
 
-/* Longest literal special at s[0..n): its id and *len, or -1. */
-static int match_special(const mt_tokenizer *t, const char *s, size_t n, size_t *len) {
+int mt_tok_match_special(const mt_tokenizer *t, const char *s, size_t n, size_t *len) {
     unsigned char c0 = (unsigned char)s[0];
     if (!(t->special_first[c0 >> 3] & (1u << (c0 & 7)))) return -1;
     if (t->specials_by_scan) {
@@ -561,7 +572,7 @@ static int bpe_core(enc *e, const char *w, size_t m, int byte_level) {
         }
         if (!t->rank_mode && t->n_specials) { /* sentencepiece user-defined pieces */
             size_t sl;
-            int sid = match_special(t, w + i, m - i, &sl);
+            int sid = mt_tok_match_special(t, w + i, m - i, &sl);
             if (sid >= 0) {
                 if ((rc = add_sym(e, (uint32_t)i, (uint32_t)sl, sid, 1))) return rc;
                 i += sl;
@@ -722,6 +733,7 @@ int mt_tok_encode(const mt_tokenizer *t, const char *text, size_t len, int32_t *
     if (!t || !n || (!text && len) || (!ids && cap))
         return mt_seterr(MT_ERR_ARG, "mt_tok_encode: NULL argument");
     if (len > ((size_t)1 << 31)) return mt_seterr(MT_ERR_ARG, "mt_tok_encode: text too long (%zu bytes)", len);
+    if (t->kind == MT_TOK_UNIGRAM) return mt_tok_unigram_encode(t, text, len, ids, cap, n);
     enc e = {0};
     e.t = t;
     e.ids = ids;
@@ -736,7 +748,7 @@ int mt_tok_encode(const mt_tokenizer *t, const char *text, size_t len, int32_t *
         size_t seg = 0, i = 0;
         while (i < len && rc == MT_OK) {
             size_t sl;
-            int id = match_special(t, text + i, len - i, &sl);
+            int id = mt_tok_match_special(t, text + i, len - i, &sl);
             if (id < 0) { i++; continue; }
             if (i > seg) rc = segment(&e, text + seg, i - seg, seg == 0);
             emit(&e, id);
@@ -790,6 +802,7 @@ static int piece_text(const mt_tokenizer *t, int id, dbuf *d) {
     const mt_tok_piece_rec *p = &t->pieces[id];
     const char *s = t->pool + p->off;
     if (p->type == MT_PIECE_CONTROL) return MT_OK;
+    if (p->type == MT_PIECE_UNKNOWN && t->kind == MT_TOK_UNIGRAM) return dput(d, MT_TOK_UNK_SURFACE, sizeof MT_TOK_UNK_SURFACE - 1);
     if (p->type == MT_PIECE_BYTE) {
         int b = byte_of_piece(s, p->len);
         if (b >= 0) {
@@ -835,6 +848,7 @@ static int piece_text(const mt_tokenizer *t, int id, dbuf *d) {
 int mt_tok_decode(const mt_tokenizer *t, const int32_t *ids, size_t n, int strip_leading_space, char **out,
                   size_t *out_len) {
     if (!t || !out || (!ids && n)) return mt_seterr(MT_ERR_ARG, "mt_tok_decode: NULL argument");
+    if (t->kind == MT_TOK_UNIGRAM) return mt_tok_unigram_decode(t, ids, n, strip_leading_space, out, out_len);
     dbuf d = {0};
     int rc = dput(&d, "", 0);
     for (size_t i = 0; i < n && rc == MT_OK; i++) rc = piece_text(t, ids[i], &d);
