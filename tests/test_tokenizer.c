@@ -912,10 +912,47 @@ static void replay_dir(const char *rel, int json) {
     assert_true(files > 0);
 }
 
+/* fuzz_tok_unigram's corpus, as that target reads it: each file as a
+ * charsmap inside a small unigram model, then as a whole spiece.model. */
+static void replay_unigram_dir(const char *rel) {
+    DIR *d = opendir(src_path(rel));
+    assert_non_null(d);
+    struct dirent *de;
+    int files = 0;
+    static unsigned char model[16384];
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char path[2048];
+        snprintf(path, sizeof path, "%s/%s", src_path(rel), de->d_name);
+        size_t len;
+        char *buf = tu_read_file(path, &len);
+        assert_non_null(buf);
+        for (int whole = 0; whole < 2; whole++) {
+            if (!whole && len >= 16000) continue;
+            size_t n = whole ? len : unigram_with_charsmap(model, (const unsigned char *)buf, len);
+            mt_tokenizer *t = NULL;
+            if (mt_tok_parse_spm(&t, whole ? (const void *)buf : model, n, de->d_name) == MT_OK) {
+                int32_t ids[64];
+                size_t k;
+                if (mt_tok_encode(t, "Hello  world, caf\xC3\xA9 \xEF\xAC\x81 123\t\n", 27, ids, 64, &k) != MT_OK)
+                    assert_true(mt_last_error()[0] != 0);
+                mt_tok_free(t);
+            } else {
+                assert_non_null(strstr(mt_last_error(), de->d_name));
+            }
+        }
+        free(buf);
+        files++;
+    }
+    closedir(d);
+    assert_true(files > 0);
+}
+
 static void test_fuzz_corpora(void **state) {
     (void)state;
     replay_dir("fuzz/corpus/tok_spm", 0);
     replay_dir("fuzz/corpus/tok_json", 1);
+    replay_unigram_dir("fuzz/corpus/tok_unigram");
 }
 
 int main(void) {
