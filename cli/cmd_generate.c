@@ -92,14 +92,15 @@ int cmd_generate(int argc, char **argv) {
     const int json = A.json, add_bos = !A.no_bos;
     const char *model_path = model_arg ? model_arg : cli_default_model();
     if (mt_s2s_detect(model_path)) {
-        if (!A.ids) return cli_usage_error("generate", "%s is an encoder-decoder model: give its input with --ids", model_path);
-        if (prompt || so.temp > 0 || so.top_p < 1 || A.no_bos)
-            return cli_usage_error("generate", "encoder-decoder models take --ids, -n, --ignore-eos, --threads and "
-                                   "--json only (greedy; their sentencepiece unigram tokenizers are not read)");
+        if (!A.ids == !prompt)
+            return cli_usage_error("generate", "%s is an encoder-decoder model: give its input with -p TEXT or --ids", model_path);
+        if (so.temp > 0 || so.top_p < 1 || A.no_bos)
+            return cli_usage_error("generate", "encoder-decoder models take -p or --ids, -n, --ignore-eos, --threads and "
+                                   "--json only (greedy decoding, no BOS)");
         if (mo.device != MT_DEVICE_CPU)
             return cli_usage_error("generate", "%s: encoder-decoder models run on the CPU only (--device cpu)",
                                    model_path);
-        return cli_s2s_generate(model_path, A.ids, so.n_predict, so.stop_at_eos, mo.n_threads, json);
+        return cli_s2s_generate(model_path, A.ids, prompt, so.n_predict, so.stop_at_eos, mo.n_threads, json);
     }
     if (A.ids) return cli_usage_error("generate", "--ids is for encoder-decoder models; %s is not one", model_path);
     if (!prompt) return cli_usage_error("generate", "missing -p PROMPT");

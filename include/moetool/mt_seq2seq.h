@@ -133,14 +133,20 @@ int mt_s2s_expert_storage(const mt_ckpt *ck, const mt_s2s_weights *w, uint64_t *
 int mt_s2s_convert_hf(const char *in_path, const char *out_path, const mt_convert_opts *o);
 
 /* Input/target pairs (eval --pairs, quantize --calib-pairs): JSON Lines,
- * one object per non-empty line, {"input": [ids], "target": [ids]}; errors
- * name the file and the line (text instead of ids is refused by name). */
+ * one object per non-empty line, {"input": [ids] or text, "target": [ids]
+ * or text}; a text is encoded with `tok` and ends with EOS (as
+ * mt_s2s_encode_text); without a tokenizer (tok NULL) text is refused by
+ * name. Errors name the file and the line. */
 typedef struct {
     int32_t *input, *target;
     int n_in, n_tgt;
     int line;               /* 1-based line of the file                       */
 } mt_s2s_pair;
-int mt_s2s_pairs_load(const char *path, mt_s2s_pair **out, size_t *n);
+struct mt_tokenizer;
+int mt_s2s_pairs_load(const char *path, const struct mt_tokenizer *tok, mt_s2s_pair **out, size_t *n);
+/* A text's ids as T5's tokenizer gives them (transformers'
+ * tokenizer(text).input_ids): its encoding, then EOS; *out malloc'd. */
+int mt_s2s_encode_text(const struct mt_tokenizer *tok, const char *text, size_t len, int32_t **out, int *n);
 void mt_s2s_pairs_free(mt_s2s_pair *p, size_t n);
 
 /* ---- runtime ------------------------------------------------------------ */

@@ -1128,7 +1128,7 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         char name[4400];
         int rc = MT_ERR_NOT_FOUND;
         if (f->spm_model_buf) {
-            snprintf(name, sizeof name, "%s:tokenizer.model", mt_ckpt_path(ck));
+            snprintf(name, sizeof name, "%s:%s", mt_ckpt_path(ck), f->spm_model_name ? f->spm_model_name : "tokenizer.model");
             rc = mt_tok_parse_spm(out, f->spm_model_buf, f->spm_model_len, name);
             if (rc == MT_OK || !f->hf_json_buf) return rc;
             mt_log(MT_LOG_WARN, "%s; using tokenizer.json instead", mt_last_error());
@@ -1156,5 +1156,6 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         return rc2 == MT_OK ? MT_OK : rc;
     }
     if (f && f->hf_json_path) return mt_tok_load_hf_json(out, f->hf_json_path);
-    return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer.model or tokenizer.json beside the checkpoint", mt_ckpt_path(ck));
+    return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer.model, spiece.model or tokenizer.json beside the checkpoint",
+                     mt_ckpt_path(ck));
 }

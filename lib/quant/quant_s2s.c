@@ -27,6 +27,7 @@
 #include "moetool/mt_codec.h"
 #include "moetool/mt_qmoe.h"
 #include "moetool/mt_seq2seq.h"
+#include "moetool/mt_tokenizer.h"
 #include "moetool/mt_write.h"
 
 #include <jansson.h>
@@ -366,7 +367,11 @@ int mt_s2s_quantize_file(const char *in_path, const char *out_path, const mt_qua
        (with RTN they only measure the output error) */
     if (calib_pairs) {
         const double tc = mt_now();
-        if ((rc = mt_s2s_pairs_load(calib_pairs, &pairs, &n_pairs))) goto done;
+        mt_tokenizer *tok = NULL; /* for text in the pairs; without one, ids only */
+        if (mt_tok_load_for_ckpt(&tok, ck) != MT_OK) mt_clearerr();
+        rc = mt_s2s_pairs_load(calib_pairs, tok, &pairs, &n_pairs);
+        mt_tok_free(tok);
+        if (rc) goto done;
         q.cap = (uint64_t)(o->calib_tokens > 0 ? o->calib_tokens : 16384);
         mt_s2s_set_expert_hook(m, hook, &q);
         uint64_t ran = 0;
