@@ -21,7 +21,8 @@ static void generate_init(void *p) {
 }
 
 static const cli_opt generate_opts[] = {
-    {"prompt", 'p', CLI_STRING, "TEXT", "prompt text", NULL, CLI_AT(generate_args, prompt)},
+    {"prompt", 'p', CLI_STRING, "TEXT", "prompt text (encoder-decoder models: the encoder's input, EOS appended; the "
+     "output is decoded to text)", NULL, CLI_AT(generate_args, prompt)},
     {"ids", 0, CLI_STRING, "LIST", "encoder-decoder models: the input as token ids (\"3,4,1\"); greedy decoding "
      "from the decoder start token (docs/seq2seq.md)", NULL, CLI_AT(generate_args, ids)},
     {"n-predict", 'n', CLI_INT, "N", "tokens to generate (default 64; 0 = prefill only, timing on stderr); prompt + N "
@@ -48,7 +49,7 @@ const cli_verb cli_verb_generate = {
     .synopsis = "usage: moetool generate [MODEL] -p PROMPT [-n N] [--temp T] [--top-p P]\n"
                 "                        [--seed S] [--threads T] [--device cpu|cuda] [--no-bos]\n"
                 "                        [--allow-long-context] [--json]\n"
-                "       moetool generate ENCODER_DECODER_MODEL --ids LIST [-n N] [--ignore-eos]\n"
+                "       moetool generate ENCODER_DECODER_MODEL (-p TEXT | --ids LIST) [-n N] [--ignore-eos]\n"
                 "                        [--threads T] [--json]",
     .about = "Continues PROMPT (BOS is prepended). Greedy by default; with --temp > 0\n"
              "samples with temperature and nucleus (top-p) filtering from a seeded RNG.\n"

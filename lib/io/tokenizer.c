@@ -13,6 +13,7 @@
 #include "io_impl.h"
 #include "moetool/mt_io.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1115,6 +1116,42 @@ done:
     return rc;
 }
 
+/* A unigram spiece.model with a tokenizer_config.json beside it: the
+ * "extra_ids" it names (T5Tokenizer's sentinels; 100 when the class is
+ * T5Tokenizer without the key), which are not in the protobuf. */
+static int apply_t5_config(mt_tokenizer *t, const char *text, size_t len, const char *name) {
+    if (t->kind != MT_TOK_UNIGRAM || !text) return MT_OK;
+    json_t *cfg = json_loadb(text, len, 0, NULL);
+    int n = 0;
+    if (json_is_object(cfg)) {
+        json_t *e = json_object_get(cfg, "extra_ids"), *c = json_object_get(cfg, "tokenizer_class");
+        if (json_is_integer(e) && json_integer_value(e) > 0 && json_integer_value(e) <= 100000) n = (int)json_integer_value(e);
+        else if (!e && json_is_string(c) && !strcmp(json_string_value(c), "T5Tokenizer")) n = 100;
+    }
+    json_decref(cfg);
+    return mt_tok_add_extra_ids(t, n, name);
+}
+
+static int spm_file_with_config(mt_tokenizer **out, const char *path) {
+    int rc = mt_tok_load_spm(out, path);
+    if (rc || (*out)->kind != MT_TOK_UNIGRAM) return rc;
+    char *dir = mt_path_dir(path);
+    char *cfg = dir ? mt_path_join(dir, "tokenizer_config.json") : NULL;
+    mt_mapped m;
+    if (cfg && mt_path_exists(cfg) && mt_map_file(&m, cfg) == MT_OK) {
+        rc = apply_t5_config(*out, (const char *)m.data, m.size, cfg);
+        mt_unmap_file(&m);
+    }
+    mt_clearerr();
+    free(dir);
+    free(cfg);
+    if (rc) {
+        mt_tok_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
 int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
     if (!out || !ck) return mt_seterr(MT_ERR_ARG, "mt_tok_load_for_ckpt: NULL argument");
     *out = NULL;
@@ -1130,6 +1167,10 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         if (f->spm_model_buf) {
             snprintf(name, sizeof name, "%s:%s", mt_ckpt_path(ck), f->spm_model_name ? f->spm_model_name : "tokenizer.model");
             rc = mt_tok_parse_spm(out, f->spm_model_buf, f->spm_model_len, name);
+            if (rc == MT_OK && (rc = apply_t5_config(*out, f->hf_config_buf, f->hf_config_len, name))) {
+                mt_tok_free(*out);
+                *out = NULL;
+            }
             if (rc == MT_OK || !f->hf_json_buf) return rc;
             mt_log(MT_LOG_WARN, "%s; using tokenizer.json instead", mt_last_error());
         }
@@ -1139,7 +1180,7 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         return rc;
     }
     if (f && f->spm_model_path) {
-        int rc = mt_tok_load_spm(out, f->spm_model_path);
+        int rc = spm_file_with_config(out, f->spm_model_path);
         if (rc == MT_OK || !f->hf_json_path) return rc;
         /* A broken tokenizer.model with a tokenizer.json beside it: use that,
          * and say so. When both are broken, both messages are kept. */

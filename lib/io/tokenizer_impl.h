@@ -169,6 +169,10 @@ void mt_tok_unigram_scores(mt_tokenizer *t);
 int mt_tok_unigram_encode(const mt_tokenizer *t, const char *text, size_t len, int32_t *ids, size_t cap, size_t *n);
 int mt_tok_unigram_decode(const mt_tokenizer *t, const int32_t *ids, size_t n, int strip_leading_space, char **out,
                           size_t *out_len);
+/* T5Tokenizer's sentinels: appends <extra_id_{n-1}> ... <extra_id_0> (so
+ * <extra_id_0> is the last id) as control pieces cut out of the text before
+ * normalising, as transformers' T5Tokenizer does with extra_ids = n. */
+int mt_tok_add_extra_ids(mt_tokenizer *t, int n, const char *name);
 /* sentencepiece's surface of the unknown piece: " \u2047 ". */
 #define MT_TOK_UNK_SURFACE " \xE2\x81\x87 "
 

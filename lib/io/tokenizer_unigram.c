@@ -581,3 +581,30 @@ int mt_tok_unigram_decode(const mt_tokenizer *t, const int32_t *ids, size_t n, i
     if (out_len) *out_len = o.n;
     return MT_OK;
 }
+
+/* ---- T5Tokenizer's sentinels -------------------------------------------- */
+
+int mt_tok_add_extra_ids(mt_tokenizer *t, int n, const char *name) {
+    if (n <= 0) return MT_OK;
+    if (n > 100000) return mt_seterr(MT_ERR_FORMAT, "%s: extra_ids %d is out of range", name, n);
+    int32_t *ids = malloc(((size_t)n + t->n_specials) * sizeof *ids);
+    if (!ids) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", name);
+    size_t k = t->n_specials;
+    if (k) memcpy(ids, t->specials, k * sizeof *ids);
+    int rc = MT_OK;
+    for (int i = n - 1; i >= 0 && rc == MT_OK; i--) { /* <extra_id_0> is the last id */
+        char s[32];
+        int l = snprintf(s, sizeof s, "<extra_id_%d>", i);
+        if (mt_tok_lookup(t, s, (size_t)l) >= 0) continue;
+        ids[k++] = (int32_t)t->n_vocab;
+        rc = mt_tok_add_piece(t, s, (size_t)l, 0.0f, MT_PIECE_CONTROL, name);
+    }
+    if (rc == MT_OK) rc = mt_tok_build_map(t, name);
+    if (rc == MT_OK) rc = mt_tok_set_specials(t, ids, k);
+    free(ids);
+    if (rc == MT_OK) {
+        t->split_specials = 1;
+        mt_tok_finalize(t);
+    }
+    return rc;
+}
