@@ -144,7 +144,7 @@ int cmd_tokenize(int argc, char **argv) {
         int32_t *body = NULL;
         if ((rc = mt_tok_encode_file(tok, file, 0, &body, &n_text, NULL))) goto fail;
         const int bos = add_bos && !s2s ? mt_tok_bos(tok) : -1;
-        if (add_bos && bos < 0) {
+        if (add_bos && !s2s && bos < 0) {
             free(body);
             rc = mt_seterr(MT_ERR_FORMAT, "the tokenizer has no BOS token; --no-bos to encode without");
             goto fail;

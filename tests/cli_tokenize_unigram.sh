@@ -129,6 +129,25 @@ sys.exit(1 if any(bad.values()) else 0)
 PYEOF
 [ $? = 0 ] && ok || bad "tokenize against sentencepiece / tokenizers"
 
+# a whole file (test.txt, 130 KB, newlines normalised to spaces) in one text:
+# long enough that summing path scores in float would pick other segmentations
+"$BIN" tokenize "$T/sw" --file "$SRC/models/kjv-mixtral-15m/data/test.txt" --json >"$T/file.json" 2>"$T/err" || bad "tokenize --file: $(cat "$T/err")"
+"$BIN" tokenize "$T/swj" --file "$SRC/models/kjv-mixtral-15m/data/test.txt" --json >"$T/filej.json" 2>"$T/err" || bad "tokenize --file json: $(cat "$T/err")"
+"$PY" - "$T" "$TOK" "$SRC/models/kjv-mixtral-15m/data/test.txt" <<'PYEOF' && ok || bad "tokenize --file test.txt differs"
+import json, sys
+import sentencepiece as spm
+from tokenizers import Tokenizer
+t, tok, path = sys.argv[1:4]
+text = open(path, encoding="utf-8").read()
+for f, want, who in (("file.json", spm.SentencePieceProcessor(model_file=tok + "/unigram.model").encode(text) + [1],
+                      "sentencepiece"),
+                     ("filej.json", Tokenizer.from_file(tok + "/unigram.json").encode(text).ids, "tokenizers")):
+    got = json.load(open(t + "/" + f))["ids"]
+    i = next((k for k in range(min(len(got), len(want))) if got[k] != want[k]), None)
+    assert got == want, (who, "first difference at", i, len(got), len(want))
+    print("tokenize --file test.txt: %d ids, equal to %s's" % (len(got), who))
+PYEOF
+
 # eval: text pairs = the same pairs as ids
 for M in sw swj; do
   a=$("$BIN" eval "$T/$M" --pairs "$T/text.jsonl" --json --quiet --threads 1 2>"$T/err") || { bad "eval text $M: $(cat "$T/err")"; continue; }

@@ -183,6 +183,18 @@ static void test_unigram_cases(void **state) {
     assert_int_equal(mt_tok_unk(t), 2);
     assert_int_equal(mt_tok_eos(t), 1);
     run_unigram_cases(t, "spm", 1, "unigram.model");
+    { /* speed, for the record (ids of the whole file: cli_tokenize_unigram) */
+        size_t len, n;
+        char *text = tu_read_file(tu_model_path("data/test.txt"), &len);
+        assert_non_null(text);
+        double t0 = mt_now();
+        int32_t *ids = encode(t, text, len, &n);
+        double dt = mt_now() - t0;
+        print_message("unigram.model: test.txt %zu bytes -> %zu ids in %.1f ms (%.1f MB/s)\n", len, n, dt * 1e3,
+                      len / dt / 1e6);
+        free(ids);
+        free(text);
+    }
     /* round trips: text that normalises to itself and has no unknowns */
     static const char *const same[] = {"In the beginning God created the heaven and the earth.", "a", "x y z"};
     for (size_t i = 0; i < sizeof same / sizeof *same; i++) {

@@ -42,7 +42,8 @@
  *
  * Viterbi: best[i] = max over pieces p ending at i of best[start] +
  * score(p); a position with no one-character piece also gets an unknown
- * node scoring min_score - 10. Ties keep the earlier start. Consecutive
+ * node scoring min_score - 10 (a float, as sentencepiece computes it); path
+ * scores are summed in double. Ties keep the earlier start. Consecutive
  * unknowns are one <unk> (or, with byte fallback, each byte's <0xXX>). */
 #include "tokenizer_impl.h"
 
@@ -380,9 +381,10 @@ static int viterbi(uwork *w, const char *s, size_t m) {
             const int id = mt_tok_lookup_hashed(t, s + i, len, h);
             if (id < 0) continue;
             const int ty = t->pieces[id].type;
-            /* sentencepiece: the piece score (double, as its conditional
-             * expression makes it) plus the float path score, compared in
-             * double, stored as float; HF: double throughout */
+            /* path scores in double, as both libraries sum them (float
+             * storage of the sums would pick another of two near-equal
+             * segmentations once the sums are large: checked on the whole
+             * of test.txt against sentencepiece, cli_tokenize_unigram) */
             double cand;
             if (hf) {
                 if (ty == MT_PIECE_UNUSED) continue;
@@ -395,14 +397,14 @@ static int viterbi(uwork *w, const char *s, size_t m) {
                 continue; /* UNUSED, CONTROL, UNKNOWN, BYTE: not in sentencepiece's trie */
             }
             if (w->start[k + 1] < 0 || cand > w->best[k + 1]) {
-                w->best[k + 1] = hf ? cand : (double)(float)cand;
+                w->best[k + 1] = cand;
                 w->start[k + 1] = (int64_t)i;
                 w->node[k + 1] = id;
             }
             if (len == mblen) single = 1;
         }
         if (!single) {
-            const double cand = hf ? (double)unk_score + till : (double)(float)(unk_score + (float)till);
+            const double cand = (double)unk_score + till;
             if (w->start[i + mblen] < 0 || cand > w->best[i + mblen]) {
                 w->best[i + mblen] = cand;
                 w->start[i + mblen] = (int64_t)i;
