@@ -9,7 +9,9 @@
  *    leftmost on ties (sentencepiece bpe_model.cc, llama.cpp llm_tokenizer_spm);
  *  - rank mode (tokenizer.json, GGUF 'gpt2'): two adjacent symbols merge when
  *    the pair is in the merges list; the lowest rank wins, leftmost on ties
- *    (HF tokenizers BPE Word::merge_all). */
+ *    (HF tokenizers BPE Word::merge_all).
+ * Unigram models (kind MT_TOK_UNIGRAM) share the vocabulary, piece map and
+ * specials but encode and decode in tokenizer_unigram.c (Viterbi). */
 #ifndef MT_TOKENIZER_IMPL_H
 #define MT_TOKENIZER_IMPL_H
 
