@@ -187,6 +187,11 @@ int mt_s2s_score(mt_s2s_model *m, const int32_t *input, int n_in, const int32_t 
 typedef void (*mt_s2s_expert_hook)(void *user, int decoder, int layer, int expert, const float *x,
                                    const float *mid, int n);
 void mt_s2s_set_expert_hook(mt_s2s_model *m, mt_s2s_expert_hook fn, void *user);
+/* Runs expert `expert`'s wi (wo = 0) or wo (wo = 1) of sparse layer `layer`
+ * of a stack with the f32 matrix w (its shape) from now on: quantize's
+ * layer-by-layer calibration puts each quantized layer in place before it
+ * calibrates the next. w stays the caller's and must outlive the model. */
+int mt_s2s_set_expert_matrix(mt_s2s_model *m, int decoder, int layer, int expert, int wo, const float *w);
 
 /* Greedy decoding: encode `input`, start from decoder_start_id and take the
  * argmax token up to max_new tokens (stopping after EOS when stop_at_eos),
