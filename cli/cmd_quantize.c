@@ -180,6 +180,10 @@ static const cli_opt quantize_opts[] = {
      "pairs, JSON Lines {\"input\": [ids], \"target\": [ids]} as eval --pairs; the experts of both stacks see the "
      "rows routed to them in the teacher-forced forward (docs/seq2seq.md)", NULL,
      CLI_AT(quantize_args, calib_pairs)},
+    {"layerwise", 0, CLI_BOOL, NULL, "encoder-decoder models with GPTQ: calibrate each sparse layer's experts on the "
+     "forward with the sparse layers before it already quantized (encoder, then decoder: QMoE's order; one pass over "
+     "the pairs per sparse layer); default: every layer on the original model in one pass", NULL,
+     CLI_AT(quantize_args, q.s2s_layerwise)},
     {"calib-tokens", 0, CLI_INT, "N", "calibration tokens (default 16384), in windows of 256 or of the model's "
      "whole context when shorter", NULL,
      CLI_AT(quantize_args, q.calib_tokens), 1, 1 << 30},
@@ -404,6 +408,9 @@ int cmd_quantize(int argc, char **argv) {
     if (o.experts_only && o.attn_bits) return cli_usage_error("quantize", "--experts-only and --attn-bits exclude each other");
     const char *model_path = model_arg ? model_arg : cli_default_model();
     if (mt_s2s_detect(model_path)) return quantize_s2s(&A, model_path, argc, argv);
+    if (o.s2s_layerwise)
+        return cli_usage_error("quantize", "--layerwise is for encoder-decoder models; %s is quantized in its own "
+                               "sequential order", model_path);
     if (A.calib_pairs)
         return cli_usage_error("quantize", "--calib-pairs is for encoder-decoder models; %s calibrates on text "
                                "(--calib FILE)", model_path);

@@ -105,6 +105,11 @@ typedef struct {
     double expert_cap;          /* tokens per expert <= cap·mean, default 4   */
     int min_expert_tokens;      /* fewer: the expert falls back to RTN (16)   */
     int sequential;             /* layer l calibrated on quantized layers < l (1) */
+    int s2s_layerwise;          /* encoder-decoder GPTQ: each sparse layer's
+                                   experts calibrated on the forward with the
+                                   sparse layers before it (encoder, then
+                                   decoder) already quantized, QMoE's order;
+                                   0: all on the original model in one pass  */
     int force;                  /* replace an existing output moetool did not
                                    write (docs/outputs.md)                    */
     const char *command;        /* the command line, recorded in the output;
