@@ -34,8 +34,11 @@ W=(--max-windows 12 --threads 2 --json)
 "$BIN" quantize "$MODEL" -o "$T/q4.gguf" --method rtn --bits 4 --threads 2 >/dev/null 2>"$T/err" || { bad "gguf q4_0 failed"; cat "$T/err"; }
 "$BIN" eval "$T/q4hf" "${W[@]}" >"$T/a.json" 2>"$T/err" || { bad "eval hf int4 failed"; cat "$T/err"; }
 "$BIN" eval "$T/q4.gguf" "${W[@]}" >"$T/b.json" 2>"$T/err" || { bad "eval gguf q4_0 failed"; cat "$T/err"; }
+# The same weights, but GGUF q4_0 runs llama.cpp's integer path (activations
+# rounded to q8_0 blocks, prefill as decode) while the AutoGPTQ layout runs
+# in f32: measured 4e-6 apart; RTN vs GPTQ int4 of this model differ by 1.3e-4.
 a=$(ppl "$T/a.json"); b=$(ppl "$T/b.json")
-python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(a-b) <= 1e-6*b else 1)" "$a" "$b" \
+python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(a-b) <= 2e-5*b else 1)" "$a" "$b" \
   && ok || bad "hf int4 ppl $a != gguf q4_0 ppl $b"
 grep -q 'experts.0.w1.weight"' "$T/q4hf/model.safetensors" && bad "bf16 expert weight left in the int4 output" || ok
 if python3 -c 'import gguf, numpy' >/dev/null 2>&1; then
