@@ -38,6 +38,8 @@ static const char *const embed_choices[] = {"8", "4", NULL};
 static const int embed_values[] = {8, 4};
 static const char *const codec_choices[] = {"none", "qmoe", NULL};
 static const int codec_values[] = {MT_QUANT_CODEC_NONE, MT_QUANT_CODEC_QMOE};
+static const char *const qscale_choices[] = {"f16", "u8log", NULL};
+static const int qscale_values[] = {1, 2}; /* MT_QMOE_SCALES_F16, MT_QMOE_SCALES_U8LOG */
 static const char *const format_choices[] = {"gguf", "hf", NULL};
 static const int format_values[] = {MT_FMT_GGUF, MT_FMT_HF};
 static const char *const ttype_choices[] = {"tq2_0", "tq1_0", NULL};
@@ -197,6 +199,10 @@ static const cli_opt quantize_opts[] = {
     {"codec", 0, CLI_ENUM, "none|qmoe", "qmoe: code the per-row ternary experts with one dictionary for all experts "
      "and run the code directly (needs --bits ternary --group row; --format hf or --eval-only)", "none",
      CLI_AT(quantize_args, q.codec), .choices = codec_choices, .values = codec_values},
+    {"qmoe-scales", 0, CLI_ENUM, "f16|u8log", "with --codec qmoe, each row's levels: f16 (min, max) as in QMoE (32 "
+     "bits per row), or u8log: -s, +s with s = (max - min)/2 (times R under GPTQ) stored as one 8-bit log code per "
+     "row (steps of 2^(1/16) below a per-matrix base; 8 bits per row; docs/qmoe.md) (default f16)", NULL,
+     CLI_AT(quantize_args, q.qmoe_scales), .choices = qscale_choices, .values = qscale_values},
     {"eval-only", 0, CLI_BOOL, NULL, "quantize in memory and evaluate; write nothing", NULL,
      CLI_AT(quantize_args, eval_only)},
     {"text", 0, CLI_PATH, "FILE", "text for --eval-only", "MODEL/data/test.txt", CLI_AT(quantize_args, text)},
@@ -290,6 +296,8 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
             printf(",\"ternary_range\":%g", o->ternary_range > 0                ? o->ternary_range
                                              : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE
                                                                                 : 1.0);
+        if (o->codec == MT_QUANT_CODEC_QMOE)
+            printf(",\"qmoe_scales\":\"%s\"", (o->qmoe_scales ? o->qmoe_scales : MT_QUANT_QMOE_SCALES) == 2 ? "u8log" : "f16");
         if (o->codec == MT_QUANT_CODEC_QMOE)
             printf(",\"code_bits_per_expert_weight\":%.4f,\"symbol_entropy\":%.4f,\"zero_frac\":%.5f,\"code_s\":%.3f",
                    r->code_bits_expert, r->symbol_entropy, r->zero_frac, r->code_seconds);

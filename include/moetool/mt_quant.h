@@ -36,6 +36,8 @@ typedef enum { MT_QUANT_CODEC_NONE = 0, MT_QUANT_CODEC_QMOE = 1 } mt_quant_codec
 /* Default ternary_range of GPTQ with codec qmoe: 0.86 instead of 1.11 coded
  * bits per expert weight on the bundled model (docs/quality.md). */
 #define MT_QUANT_TERNARY_RANGE_QMOE 1.4
+/* Default row scales of codec qmoe (mt_qmoe.h MT_QMOE_SCALES_*). */
+#define MT_QUANT_QMOE_SCALES 1
 
 typedef struct {
     mt_quant_method method;
@@ -102,6 +104,11 @@ typedef struct {
                                    gives more zeros, so fewer coded bits. 0: the
                                    codec's default (MT_QUANT_TERNARY_RANGE_QMOE
                                    with qmoe, else 1 = QMoE's {min, 0, max})  */
+    int qmoe_scales;            /* codec qmoe: row levels stored as
+                                   MT_QMOE_SCALES_F16 (f16 min, max: QMoE's
+                                   grid) or MT_QMOE_SCALES_U8LOG (−s, +s, s an
+                                   8-bit log code per row, docs/qmoe.md);
+                                   0: the default (MT_QUANT_QMOE_SCALES)      */
     double expert_cap;          /* tokens per expert <= cap·mean, default 4   */
     int min_expert_tokens;      /* fewer: the expert falls back to RTN (16)   */
     int sequential;             /* layer l calibrated on quantized layers < l (1) */
