@@ -115,7 +115,7 @@ done
 rm -rf "$T/q8hf"
 
 # qmoe: coded directory == coded model in memory.
-"$BIN" quantize "$MODEL" -o "$T/qm" --format hf --method rtn --bits ternary --group row --codec qmoe --json --threads 2 >"$T/q.json" 2>"$T/err" || { bad "hf qmoe failed"; cat "$T/err"; }
+"$BIN" quantize "$MODEL" -o "$T/qm" --format hf --method rtn --bits ternary --group row --codec qmoe --qmoe-scales f16 --json --threads 2 >"$T/q.json" 2>"$T/err" || { bad "hf qmoe failed"; cat "$T/err"; }
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["bits_per_expert_weight"] < 1.0 and j["expert_type"] == "qmoe" else 1)' "$T/q.json" \
   && ok || bad "qmoe output not below 1 bit per expert weight: $(cat "$T/q.json")"
 grep -q '"quant_method": "qmoe"' "$T/qm/config.json" && ok || bad "config.json lacks quant_method qmoe"
@@ -132,18 +132,19 @@ expect_err 1 "is quantized" "$BIN" merge "$T/qm" -o "$T/bad9" --experts 6 --cali
 python3 -c 'import json,sys; a,b=(json.load(open(f))["params"] for f in sys.argv[1:]); sys.exit(0 if a == b else 1)' "$T/i1.json" "$T/i0.json" \
   && ok || bad "inspect of the qmoe directory counts other parameters than the original"
 "$BIN" eval "$T/qm" "${W[@]}" >"$T/c.json" 2>"$T/err" || { bad "eval qmoe dir failed"; cat "$T/err"; }
-"$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --codec qmoe --text "$MODEL/data/test.txt" --json --threads 2 >"$T/d.json" 2>"$T/err" || { bad "eval-only qmoe failed"; cat "$T/err"; }
+"$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --codec qmoe --qmoe-scales f16 --text "$MODEL/data/test.txt" --json --threads 2 >"$T/d.json" 2>"$T/err" || { bad "eval-only qmoe failed"; cat "$T/err"; }
 # --eval-only scores all of test.txt; compare on the same windows instead:
 "$BIN" eval "$T/qm" --threads 2 --json >"$T/c_all.json" 2>/dev/null
 c=$(ppl "$T/c_all.json"); d=$(ppl "$T/d.json")
 python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(a-b) <= 1e-4*b else 1)" "$c" "$d" \
   && ok || bad "qmoe dir ppl $c != in-memory coded ppl $d"
-# qmoe with 8-bit log-coded row scales (--qmoe-scales u8log): the default
-# directory above keeps QMoE's f16 pairs (scale type 1, reserved field 0, as
-# every earlier file); u8log blobs are scale type 2 with one byte per row,
+# qmoe with 8-bit log-coded row scales (the default, --qmoe-scales u8log):
+# the directory above (--qmoe-scales f16) keeps QMoE's f16 pairs (scale type
+# 1, reserved field 0, as every earlier file); u8log blobs are scale type 2
+# with one byte per row,
 # the levels recomputed here independently (f16(base * 2^-(255-k)/16)) are
 # symmetric and what the directory runs: coded directory == in-memory model.
-"$BIN" quantize "$MODEL" -o "$T/qm8" --format hf --method rtn --bits ternary --group row --codec qmoe --qmoe-scales u8log --json --threads 2 >"$T/q8.json" 2>"$T/err" || { bad "hf qmoe u8log failed"; cat "$T/err"; }
+"$BIN" quantize "$MODEL" -o "$T/qm8" --format hf --method rtn --bits ternary --group row --codec qmoe --json --threads 2 >"$T/q8.json" 2>"$T/err" || { bad "hf qmoe u8log failed"; cat "$T/err"; }
 python3 - "$T/q.json" "$T/q8.json" "$T/qm/model.safetensors" "$T/qm8/model.safetensors" "$T/qm8/config.json" <<'PY' && ok || bad "qmoe u8log blobs / bits"
 import json, math, struct, sys
 import numpy as np
@@ -190,6 +191,7 @@ python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); sys
 rm -rf "$T/qm8"
 expect_err 1 "qmoe-scales" "$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --qmoe-scales u8log
 expect_err 2 "qmoe-scales" "$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --codec qmoe --qmoe-scales u4
+expect_err 2 "exclude each other" "$BIN" quantize "$MODEL" --eval-only --bits ternary --group row --codec qmoe --act-order --no-act-order
 
 # A codeword outside the dictionary (65535 entries: codeword 0xffff is not one).
 python3 - "$T/qm/model.safetensors" <<'PY' || bad "could not corrupt the blob"

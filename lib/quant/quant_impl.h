@@ -145,6 +145,11 @@ typedef struct {
                              the stored weights use the coded levels      */
 } mt_gptq_params;
 
+/* Whether GPTQ takes columns by decreasing H_ii (act-order) under o. */
+static inline int mt_quant_act_order(const mt_quant_opts *o) {
+    return o->act_order > 0 || (o->act_order == 0 && o->codec == MT_QUANT_CODEC_QMOE && MT_QUANT_ACT_ORDER_QMOE);
+}
+
 /* The row scales of o's qmoe experts (MT_QMOE_SCALES_*), 0 without the codec. */
 static inline int mt_quant_qmoe_scales(const mt_quant_opts *o) {
     return o->codec == MT_QUANT_CODEC_QMOE ? (o->qmoe_scales ? o->qmoe_scales : MT_QUANT_QMOE_SCALES) : 0;

@@ -149,7 +149,7 @@ static int quant_one(xmat *m, const mt_grid *g0, const mt_quant_opts *o, int use
     }
     /* GPTQ widens the ternary levels to range·(min, max) (more zeros, fewer
        coded bits); RTN keeps QMoE's {min, 0, max} (gptq.c) */
-    mt_gptq_params gp = {o->damp, o->block > 0 ? o->block : 128, o->act_order,
+    mt_gptq_params gp = {o->damp, o->block > 0 ? o->block : 128, mt_quant_act_order(o),
                          o->ternary_range > 0 ? o->ternary_range : MT_QUANT_TERNARY_RANGE_QMOE,
                          mt_quant_qmoe_scales(o)};
     if ((rc = mt_gptq_quantize(W, rows, cols, H, &g, &gp, codes, a, b))) goto done;

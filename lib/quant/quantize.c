@@ -795,7 +795,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     double qbits_new = 0, qbits_old = 0, ebits = 0, eparams = 0, rel_sum = 0;
     int rel_n = 0;
     const int nthreads = mt_model_threads(m);
-    mt_gptq_params gp = {o->damp, o->block, o->act_order,
+    mt_gptq_params gp = {o->damp, o->block, mt_quant_act_order(o),
                          o->ternary_range > 0 ? o->ternary_range
                          : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0,
                          mt_quant_qmoe_scales(o)};
@@ -1049,7 +1049,10 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
     mt_prov_tag(p, "quantized");
     mt_prov_str(p, "method", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
     mt_prov_str(p, "experts", s->grid_name);
-    if (o->codec == MT_QUANT_CODEC_QMOE) mt_prov_str(p, "codec", "qmoe");
+    if (o->codec == MT_QUANT_CODEC_QMOE) {
+        mt_prov_str(p, "codec", "qmoe");
+        mt_prov_str(p, "qmoe_scales", mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG ? "u8log" : "f16");
+    }
     if (o->attn_bits) mt_prov_int(p, "attention_bits", o->attn_bits);
     if (o->attn_type >= 0) mt_prov_str(p, "attention_type", mt_dtype_name((mt_dtype)o->attn_type));
     if (o->embed_type >= 0) mt_prov_str(p, "embedding_type", mt_dtype_name((mt_dtype)o->embed_type));
@@ -1061,7 +1064,7 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
         if (o->calib_path) mt_prov_str(p, "calibration_text", o->calib_path);
         mt_prov_int(p, "calibration_tokens", o->calib_tokens);
         mt_prov_num(p, "damp", o->damp);
-        if (o->act_order) mt_prov_int(p, "act_order", 1);
+        if (mt_quant_act_order(o)) mt_prov_int(p, "act_order", 1);
         if (o->ternary_range > 0) mt_prov_num(p, "ternary_range", o->ternary_range);
     }
     mt_prov_command(p, o->command);
