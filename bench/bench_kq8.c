@@ -38,7 +38,7 @@ static const struct {
 } k_types[] = {
     {"q2_K", MT_DT_Q2_K, 2, {80, 82}}, {"q3_K", MT_DT_Q3_K, 1, {108}}, {"q4_K", MT_DT_Q4_K, 2, {0, 2}},
     {"q5_K", MT_DT_Q5_K, 2, {0, 2}},   {"q6_K", MT_DT_Q6_K, 1, {208}}, {"q4_0", MT_DT_Q4_0, 1, {0}},
-    {"q8_0", MT_DT_Q8_0, 1, {0}},
+    {"q8_0", MT_DT_Q8_0, 1, {0}},      {"bf16", MT_DT_BF16, -1, {0}},  {"f32", MT_DT_F32, -1, {0}},
 };
 
 int main(int argc, char **argv) {
@@ -62,8 +62,16 @@ int main(int argc, char **argv) {
             const uint64_t rb = (uint64_t)(cols / di->block_elems) * (uint64_t)di->block_bytes;
             uint8_t *w = malloc(rb * (uint64_t)rows);
             for (uint64_t i = 0; i < rb * (uint64_t)rows; i++) w[i] = (uint8_t)rnd_u32();
+            if (k_types[ti].n < 0) { /* float types (prefill through sgemm): finite values */
+                float *row = malloc((size_t)cols * sizeof(float));
+                for (int64_t r = 0; r < rows; r++) {
+                    for (int64_t c = 0; c < cols; c++) row[c] = (float)((int)(rnd_u32() % 2001) - 1000) / 1e5f;
+                    mt_row_from_f32(k_types[ti].t, row, w + (uint64_t)r * rb, cols);
+                }
+                free(row);
+            }
             for (uint64_t b = 0; b < (uint64_t)rows * (uint64_t)(cols / di->block_elems); b++)
-                for (int k = 0; k < k_types[ti].n; k++) {
+                for (int k = 0; k < k_types[ti].n; k++) { /* n < 0: none */
                     const uint16_t h = mt_f32_to_f16(0.001f + 0.0001f * (float)(rnd_u32() % 100));
                     memcpy(w + b * (uint64_t)di->block_bytes + (uint64_t)k_types[ti].off[k], &h, 2);
                 }

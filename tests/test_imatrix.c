@@ -97,6 +97,24 @@ static void test_imatrix_vs_hessians(void **st) {
     assert_int_equal(truncate(path, 100), 0);
     assert_int_equal(mt_imatrix_read(&rd, m, path), MT_ERR_FORMAT);
     assert_non_null(strstr(mt_last_error(), path));
+    /* a header claiming 2^30 values, for a tensor the model has and for one
+     * it lacks: refused from the bytes left, before anything is allocated */
+    const char *names[2] = {"blk.0.attn_q.weight", "blk.99.attn_q.weight"};
+    for (int k = 0; k < 2; k++) {
+        f = fopen(path, "wb");
+        assert_non_null(f);
+        const int32_t hdr[1] = {1}, nl = (int32_t)strlen(names[k]), cv[2] = {1, 1 << 30};
+        const float few[2] = {1, 2};
+        fwrite(hdr, 4, 1, f);
+        fwrite(&nl, 4, 1, f);
+        fwrite(names[k], 1, (size_t)nl, f);
+        fwrite(cv, 4, 2, f);
+        fwrite(few, 4, 2, f);
+        fclose(f);
+        assert_int_equal(mt_imatrix_read(&rd, m, path), MT_ERR_FORMAT);
+        assert_non_null(strstr(mt_last_error(), "bytes left"));
+        assert_non_null(strstr(mt_last_error(), names[k]));
+    }
     remove(path);
     mt_imatrix_free(&im);
     free(ids);

@@ -257,16 +257,23 @@ int mt_imatrix_write(const mt_imatrix *im, const char *path, const char *dataset
 
 static int rd(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
 
-int mt_imatrix_read(mt_imatrix *im, const mt_model *m, const char *path) {
+/* Bytes left in f from its position, or -1 when f cannot seek. */
+static long long bytes_left(FILE *f) {
+    const long pos = ftell(f);
+    if (pos < 0 || fseek(f, 0, SEEK_END)) return -1;
+    const long end = ftell(f);
+    if (end < 0 || fseek(f, pos, SEEK_SET)) return -1;
+    return (long long)end - pos;
+}
+
+/* Every size in the file is checked against the bytes that remain before
+ * anything is allocated, and values are held only for tensors the model
+ * has (sized by the model, not by the file): a hostile header cannot make
+ * the reader allocate more than the model's own importance vectors. */
+int mt_imatrix_read_stream(mt_imatrix *im, const mt_model *m, FILE *f, const char *path) {
     int rc = make_entries(im, m);
     if (rc) return rc;
-    FILE *f = fopen(path, "rb");
     char name[256];
-    float *buf = NULL;
-    if (!f) {
-        rc = mt_seterr(MT_ERR_IO, "%s: cannot open the importance matrix file", path);
-        goto done;
-    }
     int32_t n;
     if (!rd(f, &n, 4) || n < 0 || n > 1 << 24) {
         rc = mt_seterr(MT_ERR_FORMAT, "%s: not a llama.cpp imatrix (.dat) file: bad entry count", path);
@@ -280,38 +287,53 @@ int mt_imatrix_read(mt_imatrix *im, const mt_model *m, const char *path) {
             goto done;
         }
         name[len] = 0;
-        float *nb = realloc(buf, (size_t)(nval > 0 ? nval : 1) * sizeof *buf);
-        if (!nb) {
-            rc = mt_seterr(MT_ERR_NOMEM, "imatrix: out of memory");
-            goto done;
-        }
-        buf = nb;
-        if (!rd(f, buf, (size_t)nval * sizeof *buf)) {
-            rc = mt_seterr(MT_ERR_FORMAT, "%s: entry '%s' is truncated", path, name);
+        const long long left = bytes_left(f);
+        if (left >= 0 && (long long)nval * 4 > left) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: entry '%s' is truncated (%d values, %lld bytes left)", path, name,
+                           (int)nval, left);
             goto done;
         }
         mt_imatrix_entry *e = NULL;
         for (int j = 0; j < im->n && !e; j++)
             if (im->e[j].sum && !strcmp(im->e[j].name, name)) e = &im->e[j];
-        if (!e) continue; /* a tensor this model does not have: ignored, as llama-quantize does */
+        if (!e) { /* a tensor this model does not have: skipped, as llama-quantize does */
+            float skip[256];
+            for (int32_t v = 0; v < nval;) {
+                const int32_t k = nval - v < 256 ? nval - v : 256;
+                if (!rd(f, skip, (size_t)k * sizeof *skip)) {
+                    rc = mt_seterr(MT_ERR_FORMAT, "%s: entry '%s' is truncated", path, name);
+                    goto done;
+                }
+                v += k;
+            }
+            continue;
+        }
         if ((int64_t)nval != e->n_mat * e->cols) {
             rc = mt_seterr(MT_ERR_FORMAT, "%s: '%s' has %d values, the model's tensor needs %lld (%d × %lld columns)",
                            path, name, (int)nval, (long long)(e->n_mat * e->cols), e->n_mat, (long long)e->cols);
             goto done;
         }
-        for (int32_t v = 0; v < nval; v++)
-            if (!(buf[v] >= 0) || isinf(buf[v])) {
-                rc = mt_seterr(MT_ERR_FORMAT, "%s: '%s' value %d is %g (importances are finite, >= 0)", path, name, (int)v,
-                               (double)buf[v]);
-                goto done;
-            }
-        free(e->values);
-        if (!(e->values = malloc((size_t)nval * sizeof *e->values))) {
+        float *vals = malloc((size_t)(nval > 0 ? nval : 1) * sizeof *vals);
+        if (!vals) {
             rc = mt_seterr(MT_ERR_NOMEM, "imatrix: out of memory");
             goto done;
         }
+        if (!rd(f, vals, (size_t)nval * sizeof *vals)) {
+            free(vals);
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: entry '%s' is truncated", path, name);
+            goto done;
+        }
+        for (int32_t v = 0; v < nval; v++)
+            if (!(vals[v] >= 0) || isinf(vals[v])) {
+                rc = mt_seterr(MT_ERR_FORMAT, "%s: '%s' value %d is %g (importances are finite, >= 0)", path, name, (int)v,
+                               (double)vals[v]);
+                free(vals);
+                goto done;
+            }
+        for (int32_t v = 0; v < nval; v++) vals[v] = ncall > 0 ? vals[v] / (float)ncall : vals[v];
+        free(e->values);
+        e->values = vals;
         e->ncall = ncall;
-        for (int32_t v = 0; v < nval; v++) e->values[v] = ncall > 0 ? buf[v] / (float)ncall : buf[v];
     }
     int32_t last;
     if (rd(f, &last, 4)) im->chunks = last;
@@ -323,8 +345,17 @@ int mt_imatrix_read(mt_imatrix *im, const mt_model *m, const char *path) {
         im->e[i].count = NULL;
     }
 done:
-    if (f) fclose(f);
-    free(buf);
     if (rc) mt_imatrix_free(im);
+    return rc;
+}
+
+int mt_imatrix_read(mt_imatrix *im, const mt_model *m, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        memset(im, 0, sizeof *im);
+        return mt_seterr(MT_ERR_IO, "%s: cannot open the importance matrix file", path);
+    }
+    const int rc = mt_imatrix_read_stream(im, m, f, path);
+    fclose(f);
     return rc;
 }

@@ -6,6 +6,8 @@
 
 #include "moetool/mt_quant.h"
 
+#include <stdio.h>
+
 /* ---- grids --------------------------------------------------------------
  * A grid maps a group of `group` consecutive weights of a row to codes with
  * two per-group parameters (a, b). Every grid dequantizes a code to a float
@@ -280,6 +282,8 @@ int mt_imatrix_compute(mt_imatrix *im, mt_model *m, const int32_t *ids, size_t n
  * lacks are skipped; a wrong size or a negative/non-finite value is an error
  * naming the file and tensor. */
 int mt_imatrix_read(mt_imatrix *im, const mt_model *m, const char *path);
+/* The same from an open stream (path names it in messages). */
+int mt_imatrix_read_stream(mt_imatrix *im, const mt_model *m, FILE *f, const char *path);
 /* Writes im as llama.cpp's imatrix (.dat), dataset: the text's name. */
 int mt_imatrix_write(const mt_imatrix *im, const char *path, const char *dataset);
 /* The importance vector (cols floats) of matrix kind (K_*) of `expert` in

@@ -237,7 +237,10 @@ static void cpu_scatter_add_rows(mt_backend *be, float *dst, const float *src, c
  * it, each thread one single-threaded sgemm on its rows (column blocks when
  * M is too small to share); without one (mt_backend_default: quant, merge)
  * one call, threaded by BLAS itself as before. Every element of C is the
- * same K-long dot product either way. */
+ * same K-long dot product either way, but OpenBLAS's rounding of it depends
+ * on the call's shape (kernels.c, matmul), so results can differ in the
+ * last bits between thread counts here; the forward does not use this
+ * (its matmuls run on fixed blocks). */
 typedef struct {
     int ta, tb, M, N, K;
     float alpha, beta;

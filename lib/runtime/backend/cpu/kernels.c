@@ -16,10 +16,16 @@
  *
  * Prefill (matmul) of the K-quants q2_K..q6_K: X quantised to q8_K once,
  * then the integer GEMM of kernels_kq8.c on each thread's rows (the same
- * numbers as their decode). Every other type: Y = X · Wᵀ with cblas_sgemm. The pool splits W's rows
- * (Y's columns) between threads and each thread calls a single-threaded
- * sgemm on its block; non-f32 weights are converted to f32 in chunks of rows
- * into the caller's scratch first. OpenBLAS's own threading is switched off
+ * numbers as their decode). q8_0 / q4_0: X quantised to int8 blocks of 32
+ * as decode does, then the integer GEMM of kernels_x86.c (tiles of 4
+ * tokens per weight row, each block unpacked once per tile), again the
+ * numbers decode computes, bit for bit. Every other type: Y = X · Wᵀ with cblas_sgemm
+ * on fixed blocks of 64 rows of W (Y's columns), one single-threaded call
+ * per block, the pool sharing the blocks out: OpenBLAS's result for an
+ * element depends on the shape of the call it is in, so blocks that do not
+ * move with the thread count keep the logits bit-identical at any thread
+ * count. Non-f32 weights are converted to f32 a block at a time into the
+ * thread's slot of the caller's scratch first. OpenBLAS's own threading is switched off
  * (openblas_set_num_threads(1)) so it never competes with the pool; see
  * docs/perf.md ("Kernels") for the measurement behind this choice. */
 #include <math.h>
@@ -37,6 +43,8 @@ int mt_x86_dot_rows(const mt_mat *W, const float *x, const int8_t *xq, const flo
                     float *y, int64_t r0, int64_t r1);
 int mt_x86_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
 int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *xs);
+int mt_x86_gemm_rows(const mt_mat *W, const int8_t *xq, const float *xd, const float *xs, int n, float *Y,
+                     int64_t ldy, int64_t r0, int64_t r1);
 
 /* Matvecs with fewer weights than this run on the calling thread only:
  * the pool's sync (~1-2 µs) costs more than the work saved. */
@@ -47,6 +55,8 @@ int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *x
 #define MT_MATMUL_MIN_N 4
 /* Rows of W converted to f32 at a time for sgemm (all threads together). */
 #define MT_MATMUL_CHUNK_ROWS 256
+/* Rows of W per sgemm call (the fixed blocks of matmul_worker). */
+#define MT_MATMUL_BLOCK_ROWS 64
 
 int mt_kernel_supported(mt_dtype t) {
     if (t == MT_DT_QMOE) return 1; /* kernels_qmoe.c */
@@ -336,30 +346,41 @@ typedef struct {
     int direct;      /* f32 weights usable by sgemm in place */
 } matmul_task;
 
+/* Fixed blocks of W's rows, one sgemm each, whatever the thread count:
+ * OpenBLAS (0.3.21, Haswell/Zen kernels) rounds an element of C
+ * differently depending on where it falls in the micro-kernel's tiles of
+ * the call's N (edge tiles take other code paths), so splitting W's rows
+ * by thread count would make the result depend on it. Blocks of
+ * MT_MATMUL_BLOCK_ROWS starting at row 0 give every element the same call
+ * shape and position at 1, 2 or 3 threads; threads take contiguous runs of
+ * blocks. */
 static void matmul_worker(void *arg, int ith, int nth) {
     const matmul_task *t = arg;
     const mt_mat *W = t->W;
-    const int64_t cols = W->cols, rows = W->rows;
-    /* Threads beyond the scratch's row count have nothing to convert into. */
-    const int nth_eff = (int64_t)nth > t->chunk_rows ? (int)t->chunk_rows : nth;
+    const int64_t cols = W->cols, rows = W->rows, B = MT_MATMUL_BLOCK_ROWS;
+    /* Each thread converts one block at a time into its slot of the
+     * scratch; threads beyond the scratch's slots have nothing to convert
+     * into. */
+    const int64_t slot = rows < B ? rows : B, slots = t->chunk_rows / slot;
+    const int nth_eff = t->direct || (int64_t)nth <= slots ? nth : (int)slots;
     if (ith >= nth_eff) return;
-    int64_t r0, r1;
-    mt_split_range(rows, ith, nth_eff, MT_MATVEC_ROW_ALIGN, &r0, &r1);
-    if (r0 >= r1) return;
-    if (t->direct) {
-        const int64_t ld = (int64_t)(W->row_stride / sizeof(float));
-        const float *w = (const float *)W->data + r0 * ld;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->n, (int)(r1 - r0), (int)cols, 1.0f, t->X,
-                    (int)cols, w, (int)ld, 0.0f, t->Y + r0, (int)rows);
-        return;
-    }
-    const int64_t slice = t->chunk_rows / nth_eff; /* rows of f32 this thread holds */
-    float *buf = t->scratch + (int64_t)ith * slice * cols;
-    for (int64_t c0 = r0; c0 < r1; c0 += slice) {
-        const int64_t c1 = c0 + slice < r1 ? c0 + slice : r1;
-        for (int64_t r = c0; r < c1; r++) mt_mat_row_f32(W, r, buf + (r - c0) * cols);
+    int64_t b0, b1;
+    mt_split_range((rows + B - 1) / B, ith, nth_eff, 1, &b0, &b1);
+    float *buf = t->direct ? NULL : t->scratch + (int64_t)ith * slot * cols;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t c0 = b * B, c1 = c0 + B < rows ? c0 + B : rows;
+        const float *w;
+        int64_t ld;
+        if (t->direct) {
+            ld = (int64_t)(W->row_stride / sizeof(float));
+            w = (const float *)W->data + c0 * ld;
+        } else {
+            for (int64_t r = c0; r < c1; r++) mt_mat_row_f32(W, r, buf + (r - c0) * cols);
+            w = buf;
+            ld = cols;
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->n, (int)(c1 - c0), (int)cols, 1.0f, t->X,
-                    (int)cols, buf, (int)cols, 0.0f, t->Y + c0, (int)rows);
+                    (int)cols, w, (int)ld, 0.0f, t->Y + c0, (int)rows);
     }
 }
 
@@ -400,6 +421,46 @@ static int kq8_gemm(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y
     return !t.fail;
 }
 
+/* q8_0 / q4_0: every token's x quantised as decode quantises it (caller),
+ * then each thread's rows against tiles of tokens (kernels_x86.c: each
+ * weight block unpacked once per tile), which computes for every token the
+ * numbers decode's matvec computes; without a SIMD path, decode's row
+ * function token by token. */
+typedef struct {
+    const mt_mat *W;
+    const float *X;
+    const int8_t *xq;
+    const float *xd, *xs;
+    int n;
+    float *Y;
+} blockq_task;
+
+static void blockq_worker(void *arg, int ith, int nth) {
+    const blockq_task *t = arg;
+    const mt_mat *W = t->W;
+    const int64_t cols = W->cols, nb = cols / 32, rows = W->rows;
+    int64_t r0, r1;
+    mt_split_range(rows, ith, nth, MT_MATVEC_ROW_ALIGN, &r0, &r1);
+    if (r0 >= r1 || mt_x86_gemm_rows(W, t->xq, t->xd, t->xs, t->n, t->Y, rows, r0, r1)) return;
+    for (int i = 0; i < t->n; i++)
+        rows_prepared(W, t->X + i * cols, t->xq + i * cols, t->xd + i * nb, t->xs + i * nb, t->Y + i * rows, r0, r1);
+}
+
+/* 0 when out of memory (the caller falls back to sgemm). */
+static int blockq_gemm(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y) {
+    const size_t cols = (size_t)W->cols, nb = cols / 32;
+    int8_t *xq = NULL;
+    if (posix_memalign((void **)&xq, 64, (size_t)n * (cols + 2 * nb * sizeof(float))) != 0) return 0;
+    float *xd = (float *)(void *)(xq + (size_t)n * cols), *xs = xd + (size_t)n * nb;
+    for (int i = 0; i < n; i++)
+        quantize_x(W->dtype, X + (size_t)i * cols, W->cols, xq + (size_t)i * cols, xd + (size_t)i * nb,
+                   xs + (size_t)i * nb);
+    blockq_task t = {W, X, xq, xd, xs, n, Y};
+    mt_pool_run(p, blockq_worker, &t);
+    free(xq);
+    return 1;
+}
+
 static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
 static void blas_single_thread(void) { openblas_set_num_threads(1); }
 
@@ -415,6 +476,7 @@ void mt_matmul(mt_pool *p, const mt_mat *W, const float *X, int n, float *Y, flo
         return;
     }
     if (mt_kq8_type(W->dtype) && kq8_gemm(p, W, X, n, Y)) return;
+    if ((W->dtype == MT_DT_Q8_0 || W->dtype == MT_DT_Q4_0) && blockq_gemm(p, W, X, n, Y)) return;
     pthread_once(&g_blas_once, blas_single_thread);
     if (mt_kq_supported(W->dtype)) {
         /* x as llama.cpp's activation type holds it (q8_K / q8_0 values),

@@ -30,6 +30,8 @@ int mt_x86_dot_rows(const mt_mat *W, const float *x, const int8_t *xq, const flo
                     float *y, int64_t r0, int64_t r1);
 int mt_x86_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n);
 int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *xs);
+int mt_x86_gemm_rows(const mt_mat *W, const int8_t *xq, const float *xd, const float *xs, int n, float *Y,
+                     int64_t ldy, int64_t r0, int64_t r1);
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -143,11 +145,21 @@ MT_DOT256(dot_bf16, uint16_t, load8_bf16, scalar_bf16)
 #endif
 
 /* ---- block types --------------------------------------------------------- */
+/* Every block-type dot product below takes T tokens at once (T = 1..MT_X86_T,
+ * a constant at each call site, so the loops over t unroll and the
+ * accumulators stay in registers): the weight block is loaded and unpacked
+ * once and used for each token, and each token's accumulators see exactly
+ * the instruction sequence of T = 1. Decode is T = 1; the prefill GEMM
+ * (mt_x86_gemm_rows) runs tiles of T = 4 tokens, so its results are the
+ * decode results bit for bit. */
+#define MT_X86_T 4
+#define MT_X86_INLINE static inline __attribute__((always_inline))
+
 /* Exact int8 x int8 dot of 32 pairs, as 8 int32 partial sums converted to f32.
  * Sign trick: |w| is unsigned, x * sign(w) signed (w = -128 gives |w| = 128 as
- * an unsigned byte, still exact; x is in [-127, 127]). */
-static inline __m256 dot32_i8(__m256i w, __m256i x) {
-    const __m256i aw = _mm256_sign_epi8(w, w);
+ * an unsigned byte, still exact; x is in [-127, 127]). aw = |w|, computed
+ * once per weight block. */
+MT_X86_INLINE __m256 dot32_i8(__m256i aw, __m256i w, __m256i x) {
     const __m256i sx = _mm256_sign_epi8(x, w);
 #ifdef MT_X86_VNNI
     const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
@@ -158,26 +170,41 @@ static inline __m256 dot32_i8(__m256i w, __m256i x) {
     return _mm256_cvtepi32_ps(dot);
 }
 
-/* q8_0 block: f16 d at +0, int8 qs[32] at +2 (34 bytes). */
-static float dot_q8_0(const uint8_t *w, const int8_t *xq, const float *xd, int64_t nb) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+/* q8_0 block: f16 d at +0, int8 qs[32] at +2 (34 bytes). Token t's x is
+ * xq[t] (int8, 32 per block) with scales xd[t]. */
+MT_X86_INLINE void dot_q8_0_T(const uint8_t *w, const int8_t *const *xq, const float *const *xd, int64_t nb, int T,
+                              float *out) {
+    __m256 a0[MT_X86_T], a1[MT_X86_T];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) a0[t] = a1[t] = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         const uint8_t *b0 = w + 34 * b, *b1 = b0 + 34;
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
         const __m256i w1 = _mm256_loadu_si256((const __m256i *)(b1 + 2));
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
-        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b + 32));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * xd[b]), dot32_i8(w0, x0), a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b1) * xd[b + 1]), dot32_i8(w1, x1), a1);
+        const __m256i aw0 = _mm256_sign_epi8(w0, w0), aw1 = _mm256_sign_epi8(w1, w1);
+        const float d0 = f16_scale(b0), d1 = f16_scale(b1);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * b));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * b + 32));
+            a0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xd[t][b]), dot32_i8(aw0, w0, x0), a0[t]);
+            a1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * xd[t][b + 1]), dot32_i8(aw1, w1, x1), a1[t]);
+        }
     }
     if (b < nb) {
         const uint8_t *b0 = w + 34 * b;
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * xd[b]), dot32_i8(w0, x0), a0);
+        const __m256i aw0 = _mm256_sign_epi8(w0, w0);
+        const float d0 = f16_scale(b0);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * b));
+            a0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xd[t][b]), dot32_i8(aw0, w0, x0), a0[t]);
+        }
     }
-    return hsum256(_mm256_add_ps(a0, a1));
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) out[t] = hsum256(_mm256_add_ps(a0[t], a1[t]));
 }
 
 /* q4_0 block: f16 d at +0, 16 bytes at +2: low nibbles are elements 0..15,
@@ -188,10 +215,17 @@ static inline __m256i q4_unpack(const uint8_t *qs) {
     return _mm256_sub_epi8(_mm256_and_si256(b, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
 }
 
-/* One block the 256-bit way (tails, and builds without AVX-512 VBMI/VNNI). */
-static inline __m256 q4_block(const uint8_t *blk, const int8_t *xq, float xd) {
-    const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
-    return _mm256_mul_ps(_mm256_set1_ps(f16_scale(blk) * xd), dot32_i8(q4_unpack(blk + 2), x));
+/* One block the 256-bit way (tails, and builds without AVX-512 VBMI/VNNI),
+ * for T tokens: acc[t] += d_w * d_x * dot, the block's codes unpacked once. */
+MT_X86_INLINE void q4_block_T(const uint8_t *blk, const int8_t *const *xq, const float *const *xd, int64_t b,
+                              int T, __m256 *acc) {
+    const __m256i q = q4_unpack(blk + 2), aq = _mm256_sign_epi8(q, q);
+    const float d = f16_scale(blk);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * b));
+        acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_set1_ps(d * xd[t][b]), dot32_i8(aq, q, x)));
+    }
 }
 
 #if defined(MT_X86_VNNI) && defined(__AVX512VBMI__)
@@ -205,25 +239,33 @@ static inline __m256 q4_block(const uint8_t *blk, const int8_t *xq, float xd) {
  *  - x blocks are re-laned to match: low halves (elements 0..15) of four
  *    blocks in one register, high halves in another.
  * The last load is masked to the group's 144 bytes, so nothing past the row
- * is touched. About 4.5 instructions per block instead of ~17. */
-static float dot_q4_0(const uint8_t *w, const int8_t *xq, const float *xd, const float *xs, int64_t nb) {
-    static const uint8_t idx_d[64] = {0,   1,   18,  19,  36,  37,  54,  55,  72,  73,  90,  91,  108, 109, 126, 127};
-    static uint8_t idx_lo[64], idx_hi[64];
-    static int idx_ready; /* benign race: every thread writes the same bytes */
-    if (!__atomic_load_n(&idx_ready, __ATOMIC_ACQUIRE)) {
+ * is touched. About 4.5 instructions per block instead of ~17. With T
+ * tokens the loads, permutes and nibble masks are done once per group. */
+static const uint8_t k_q4_idx_d[64] = {0, 1, 18, 19, 36, 37, 54, 55, 72, 73, 90, 91, 108, 109, 126, 127};
+static uint8_t k_q4_idx_lo[64], k_q4_idx_hi[64];
+static int k_q4_idx_ready; /* benign race: every thread writes the same bytes */
+
+MT_X86_INLINE void dot_q4_0_T(const uint8_t *w, const int8_t *const *xq, const float *const *xd,
+                              const float *const *xs, int64_t nb, int T, float *out) {
+    if (!__atomic_load_n(&k_q4_idx_ready, __ATOMIC_ACQUIRE)) {
         for (int j = 0; j < 64; j++) {
-            idx_lo[j] = (uint8_t)(18 * (j / 16) + 2 + j % 16);             /* blocks 0..3 from w       */
-            idx_hi[j] = (uint8_t)(18 * (4 + j / 16) + 2 + j % 16 - 64);    /* blocks 4..7 from w + 64  */
+            k_q4_idx_lo[j] = (uint8_t)(18 * (j / 16) + 2 + j % 16);          /* blocks 0..3 from w       */
+            k_q4_idx_hi[j] = (uint8_t)(18 * (4 + j / 16) + 2 + j % 16 - 64); /* blocks 4..7 from w + 64  */
         }
-        __atomic_store_n(&idx_ready, 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&k_q4_idx_ready, 1, __ATOMIC_RELEASE);
     }
-    const __m512i vidx_d = _mm512_loadu_si512(idx_d), vidx_lo = _mm512_loadu_si512(idx_lo),
-                  vidx_hi = _mm512_loadu_si512(idx_hi);
+    const __m512i vidx_d = _mm512_loadu_si512(k_q4_idx_d), vidx_lo = _mm512_loadu_si512(k_q4_idx_lo),
+                  vidx_hi = _mm512_loadu_si512(k_q4_idx_hi);
     const __m512i sel0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const __m512i sel1 = _mm512_add_epi32(sel0, _mm512_set1_epi32(4));
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
-    __m256 corr = _mm256_setzero_ps();
+    __m512 acc0[MT_X86_T], acc1[MT_X86_T];
+    __m256 corr[MT_X86_T];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        acc0[t] = acc1[t] = _mm512_setzero_ps();
+        corr[t] = _mm256_setzero_ps();
+    }
     int64_t b = 0;
     for (; b + 8 <= nb; b += 8) {
         const uint8_t *g = w + 18 * b;
@@ -234,56 +276,125 @@ static float dot_q4_0(const uint8_t *w, const int8_t *xq, const float *xd, const
         _mm_prefetch((const char *)(g + 1152), _MM_HINT_T0);
         const __m512i z0 = _mm512_loadu_si512(g), z1 = _mm512_loadu_si512(g + 64);
         const __m512i z2 = _mm512_maskz_loadu_epi8(0xffff, g + 128);
-        /* scales d_w * d_x for the 8 blocks */
-        const __m128i dh = _mm512_castsi512_si128(_mm512_permutex2var_epi8(z0, vidx_d, z1));
-        const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(dh), _mm256_loadu_ps(xd + b));
-        corr = _mm256_fmadd_ps(sc, _mm256_loadu_ps(xs + b), corr);
-        const __m512 sc8 = _mm512_castps256_ps512(sc);
-        /* blocks 0..3 */
-        {
-            const __m512i q = _mm512_permutex2var_epi8(z0, vidx_lo, z1);
-            const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            const __m512i xa = _mm512_loadu_si512(xq + 32 * b), xb = _mm512_loadu_si512(xq + 32 * b + 64);
-            const __m512i xlo = _mm512_shuffle_i64x2(xa, xb, _MM_SHUFFLE(2, 0, 2, 0));
-            const __m512i xhi = _mm512_shuffle_i64x2(xa, xb, _MM_SHUFFLE(3, 1, 3, 1));
-            const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
-            acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel0, sc8), _mm512_cvtepi32_ps(d), acc0);
-        }
-        /* blocks 4..7 */
-        {
-            const __m512i q = _mm512_permutex2var_epi8(z1, vidx_hi, z2);
-            const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            const __m512i xa = _mm512_loadu_si512(xq + 32 * b + 128), xb = _mm512_loadu_si512(xq + 32 * b + 192);
-            const __m512i xlo = _mm512_shuffle_i64x2(xa, xb, _MM_SHUFFLE(2, 0, 2, 0));
-            const __m512i xhi = _mm512_shuffle_i64x2(xa, xb, _MM_SHUFFLE(3, 1, 3, 1));
-            const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
-            acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel1, sc8), _mm512_cvtepi32_ps(d), acc1);
+        /* the 8 blocks' f16 scales, and their nibbles: blocks 0..3, 4..7 */
+        const __m256 dw = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi8(z0, vidx_d, z1)));
+        const __m512i qa = _mm512_permutex2var_epi8(z0, vidx_lo, z1), qb = _mm512_permutex2var_epi8(z1, vidx_hi, z2);
+        const __m512i lo_a = _mm512_and_si512(qa, m4), hi_a = _mm512_and_si512(_mm512_srli_epi16(qa, 4), m4);
+        const __m512i lo_b = _mm512_and_si512(qb, m4), hi_b = _mm512_and_si512(_mm512_srli_epi16(qb, 4), m4);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            /* scales d_w * d_x for the 8 blocks */
+            const __m256 sc = _mm256_mul_ps(dw, _mm256_loadu_ps(xd[t] + b));
+            corr[t] = _mm256_fmadd_ps(sc, _mm256_loadu_ps(xs[t] + b), corr[t]);
+            const __m512 sc8 = _mm512_castps256_ps512(sc);
+            const int8_t *x = xq[t] + 32 * b;
+            {
+                const __m512i xa = _mm512_loadu_si512(x), xb = _mm512_loadu_si512(x + 64);
+                const __m512i xlo = _mm512_shuffle_i64x2(xa, xb, _MM_SHUFFLE(2, 0, 2, 0));
+                const __m512i xhi = _mm512_shuffle_i64x2(xa, xb, _MM_SHUFFLE(3, 1, 3, 1));
+                const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo_a, xlo), hi_a, xhi);
+                acc0[t] = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel0, sc8), _mm512_cvtepi32_ps(d), acc0[t]);
+            }
+            {
+                const __m512i xa = _mm512_loadu_si512(x + 128), xb = _mm512_loadu_si512(x + 192);
+                const __m512i xlo = _mm512_shuffle_i64x2(xa, xb, _MM_SHUFFLE(2, 0, 2, 0));
+                const __m512i xhi = _mm512_shuffle_i64x2(xa, xb, _MM_SHUFFLE(3, 1, 3, 1));
+                const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo_b, xlo), hi_b, xhi);
+                acc1[t] = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel1, sc8), _mm512_cvtepi32_ps(d), acc1[t]);
+            }
         }
     }
-    float s = hsum512(_mm512_add_ps(acc0, acc1)) - 8.0f * hsum256(corr);
+    float s[MT_X86_T];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) s[t] = hsum512(_mm512_add_ps(acc0[t], acc1[t])) - 8.0f * hsum256(corr[t]);
     if (b < nb) {
-        __m256 t = _mm256_setzero_ps();
-        for (; b < nb; b++) t = _mm256_add_ps(t, q4_block(w + 18 * b, xq + 32 * b, xd[b]));
-        s += hsum256(t);
+        __m256 tail[MT_X86_T];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) tail[t] = _mm256_setzero_ps();
+        for (; b < nb; b++) q4_block_T(w + 18 * b, xq, xd, b, T, tail);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) s[t] += hsum256(tail[t]);
     }
-    return s;
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) out[t] = s[t];
 }
 #else
-static float dot_q4_0(const uint8_t *w, const int8_t *xq, const float *xd, const float *xs, int64_t nb) {
+MT_X86_INLINE void dot_q4_0_T(const uint8_t *w, const int8_t *const *xq, const float *const *xd,
+                              const float *const *xs, int64_t nb, int T, float *out) {
     (void)xs;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    __m256 a0[MT_X86_T], a1[MT_X86_T];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) a0[t] = a1[t] = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         const uint8_t *b0 = w + 18 * b, *b1 = b0 + 18;
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
-        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b + 32));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * xd[b]), dot32_i8(q4_unpack(b0 + 2), x0), a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b1) * xd[b + 1]), dot32_i8(q4_unpack(b1 + 2), x1), a1);
+        const __m256i q0 = q4_unpack(b0 + 2), q1 = q4_unpack(b1 + 2);
+        const __m256i aq0 = _mm256_sign_epi8(q0, q0), aq1 = _mm256_sign_epi8(q1, q1);
+        const float d0 = f16_scale(b0), d1 = f16_scale(b1);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * b));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * b + 32));
+            a0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xd[t][b]), dot32_i8(aq0, q0, x0), a0[t]);
+            a1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * xd[t][b + 1]), dot32_i8(aq1, q1, x1), a1[t]);
+        }
     }
-    if (b < nb) a0 = _mm256_add_ps(a0, q4_block(w + 18 * b, xq + 32 * b, xd[b]));
-    return hsum256(_mm256_add_ps(a0, a1));
+    if (b < nb) q4_block_T(w + 18 * b, xq, xd, b, T, a0);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) out[t] = hsum256(_mm256_add_ps(a0[t], a1[t]));
 }
 #endif
+
+/* Rows [r0, r1) of a block-type W for T tokens (x of token t at xq[t],
+ * xd[t], xs[t]); y[t][r] written. */
+MT_X86_INLINE void block_rows_T(const mt_mat *W, const int8_t *const *xq, const float *const *xd,
+                                const float *const *xs, int T, float *const *y, int64_t r0, int64_t r1) {
+    const uint8_t *base = W->data;
+    const uint64_t st = W->row_stride;
+    const int64_t nb = W->cols / 32;
+    float o[MT_X86_T];
+    for (int64_t r = r0; r < r1; r++) {
+        if (W->dtype == MT_DT_Q8_0)
+            dot_q8_0_T(base + r * st, xq, xd, nb, T, o);
+        else
+            dot_q4_0_T(base + r * st, xq, xd, xs, nb, T, o);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) y[t][r] = o[t];
+    }
+}
+
+/* Rows of W per pass over the token tiles in the GEMM: 32 rows of a
+ * 4096-column q8_0 matrix are 136 KiB, kept in L2 while every tile of
+ * tokens runs over them. */
+#define MT_X86_GEMM_ROWS 32
+
+int mt_x86_gemm_rows(const mt_mat *W, const int8_t *xq, const float *xd, const float *xs, int n, float *Y,
+                     int64_t ldy, int64_t r0, int64_t r1) {
+    if (W->dtype != MT_DT_Q8_0 && W->dtype != MT_DT_Q4_0) return 0;
+    const int64_t cols = W->cols, nb = cols / 32;
+    for (int64_t c0 = r0; c0 < r1; c0 += MT_X86_GEMM_ROWS) {
+        const int64_t c1 = c0 + MT_X86_GEMM_ROWS < r1 ? c0 + MT_X86_GEMM_ROWS : r1;
+        for (int t0 = 0; t0 < n; t0 += MT_X86_T) {
+            const int T = n - t0 < MT_X86_T ? n - t0 : MT_X86_T;
+            const int8_t *q[MT_X86_T];
+            const float *d[MT_X86_T], *sm[MT_X86_T];
+            float *y[MT_X86_T];
+            for (int t = 0; t < T; t++) {
+                q[t] = xq + (int64_t)(t0 + t) * cols;
+                d[t] = xd + (int64_t)(t0 + t) * nb;
+                sm[t] = xs + (int64_t)(t0 + t) * nb;
+                y[t] = Y + (int64_t)(t0 + t) * ldy;
+            }
+            switch (T) {
+            case 4: block_rows_T(W, q, d, sm, 4, y, c0, c1); break;
+            case 3: block_rows_T(W, q, d, sm, 3, y, c0, c1); break;
+            case 2: block_rows_T(W, q, d, sm, 2, y, c0, c1); break;
+            default: block_rows_T(W, q, d, sm, 1, y, c0, c1); break;
+            }
+        }
+    }
+    return 1;
+}
 
 int mt_x86_dot_rows(const mt_mat *W, const float *x, const int8_t *xq, const float *xd, const float *xs,
                     float *y, int64_t r0, int64_t r1) {
@@ -301,12 +412,9 @@ int mt_x86_dot_rows(const mt_mat *W, const float *x, const int8_t *xq, const flo
         MT_FLOAT_ROWS(dot_bf16);
         return 1;
     case MT_DT_Q8_0:
-        if (!xq) return 0;
-        for (int64_t r = r0; r < r1; r++) y[r] = dot_q8_0(base + r * st, xq, xd, n / 32);
-        return 1;
     case MT_DT_Q4_0:
         if (!xq) return 0;
-        for (int64_t r = r0; r < r1; r++) y[r] = dot_q4_0(base + r * st, xq, xd, xs, n / 32);
+        block_rows_T(W, &xq, &xd, &xs, 1, &y, r0, r1);
         return 1;
     default:
         return 0;
@@ -411,6 +519,11 @@ int mt_x86_row_to_f32(mt_dtype t, const void *src, float *dst, int64_t n) {
 }
 int mt_x86_quantize_x(const float *x, int64_t n, int8_t *xq, float *xd, float *xs) {
     (void)x, (void)n, (void)xq, (void)xd, (void)xs;
+    return 0;
+}
+int mt_x86_gemm_rows(const mt_mat *W, const int8_t *xq, const float *xd, const float *xs, int n, float *Y,
+                     int64_t ldy, int64_t r0, int64_t r1) {
+    (void)W, (void)xq, (void)xd, (void)xs, (void)n, (void)Y, (void)ldy, (void)r0, (void)r1;
     return 0;
 }
 #endif
