@@ -234,6 +234,7 @@ typedef struct {
     const struct mt_qmoe_dict *dict;  /* the model's dictionary (shared)             */
     const uint16_t *scales;           /* [rows * 2] f16: lo, hi of each row          */
     uint64_t n_codes;                 /* codewords at data                           */
+    int scale_type;                   /* stored form of scales (MT_QMOE_SCALES_*)    */
     uint64_t blob_bytes;              /* before parsing (offsets NULL): `data` is the
                                          serialised blob, of this many bytes         */
 } mt_qmoe_side;

@@ -158,8 +158,9 @@ static int quant_one(xmat *m, const mt_grid *g0, const mt_quant_opts *o, int use
     }
     /* GPTQ widens the ternary levels to range·(min, max) (more zeros, fewer
        coded bits); RTN keeps QMoE's {min, 0, max} (gptq.c) */
-    mt_gptq_params gp = {o->damp, o->block > 0 ? o->block : 128, o->act_order,
-                         o->ternary_range > 0 ? o->ternary_range : MT_QUANT_TERNARY_RANGE_QMOE};
+    mt_gptq_params gp = {o->damp, o->block > 0 ? o->block : 128, mt_quant_act_order(o),
+                         o->ternary_range > 0 ? o->ternary_range : MT_QUANT_TERNARY_RANGE_QMOE,
+                         mt_quant_qmoe_scales(o)};
     if ((rc = mt_gptq_quantize(W, rows, cols, H, &g, &gp, codes, a, b))) goto done;
     if (measure && m->x.n > 0) {
         double e, ref;
@@ -266,6 +267,7 @@ static int write_config(const mt_ckpt *ck, const char *dir, const mt_quant_opts 
         for (int i = 0; i < 3; i++) json_array_append_new(c, json_integer((json_int_t)counts[i]));
         json_object_set_new(d, "counts", c);
         json_object_set_new(q, "dictionary", d);
+        if (mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG) json_object_set_new(q, "row_scales", json_string("u8log"));
     } else {
         json_object_set_new(q, "quant_method", json_string("gptq"));
         json_object_set_new(q, "bits", json_integer(o->type == MT_DT_Q4_0 || (o->type < 0 && o->bits == 4) ? 4 : 8));
@@ -314,6 +316,8 @@ int mt_s2s_quantize_file(const char *in_path, const char *out_path, const mt_qua
                          "give --calib-pairs FILE (JSON Lines as eval --pairs), or use --method rtn");
     if (o->s2s_layerwise && !gptq)
         return mt_seterr(MT_ERR_ARG, "quantize: --layerwise orders GPTQ's calibration; RTN has none");
+    if (o->qmoe_scales && o->codec != MT_QUANT_CODEC_QMOE)
+        return mt_seterr(MT_ERR_ARG, "quantize: --qmoe-scales applies to --codec qmoe");
     if (o->ternary_range > 0 && (!gptq || o->bits != MT_QUANT_TERNARY))
         return mt_seterr(MT_ERR_ARG, "quantize: --ternary-range applies to GPTQ with --bits ternary --group row");
     const char *others[1] = {calib_pairs};
@@ -467,6 +471,7 @@ int mt_s2s_quantize_file(const char *in_path, const char *out_path, const mt_qua
         for (size_t i = 0; i < q.n; i++) {
             xmat *x = &q.v[i];
             if ((rc = mt_qmoe_encode(&x->coded, &dict, x->syms, x->lo, x->hi, x->src->rows, x->src->cols)) ||
+                (mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG && (rc = mt_qmoe_mat_set_scale8(&x->coded))) ||
                 (rc = mt_qmoe_serialize(&x->coded, &x->blob, &x->blob_n)))
                 goto done;
             mt_qmoe_size sz;
