@@ -174,12 +174,13 @@ const mt_pickle_tensor *mt_pickle_get(const mt_pickle_dict *d, size_t i);
 
 /* ---- tokenizer sources found next to a checkpoint ---------------------- */
 typedef struct {
-    char *spm_model_path;    /* tokenizer.model, or NULL                     */
+    char *spm_model_path;    /* tokenizer.model or spiece.model, or NULL     */
     char *hf_json_path;      /* tokenizer.json, or NULL                      */
     /* a checkpoint read from an archive: the files' bytes instead (owned by
        the checkpoint; NULL when absent) */
     const void *spm_model_buf;
     size_t spm_model_len;
+    const char *spm_model_name; /* "tokenizer.model" or "spiece.model"       */
     const char *hf_json_buf, *hf_config_buf; /* tokenizer.json, tokenizer_config.json */
     size_t hf_json_len, hf_config_len;
 } mt_tokenizer_files;
@@ -233,6 +234,7 @@ typedef struct {
     const struct mt_qmoe_dict *dict;  /* the model's dictionary (shared)             */
     const uint16_t *scales;           /* [rows * 2] f16: lo, hi of each row          */
     uint64_t n_codes;                 /* codewords at data                           */
+    int scale_type;                   /* stored form of scales (MT_QMOE_SCALES_*)    */
     uint64_t blob_bytes;              /* before parsing (offsets NULL): `data` is the
                                          serialised blob, of this many bytes         */
 } mt_qmoe_side;

@@ -498,6 +498,11 @@ static int gguf_tokenizer_kvs(conv *cv, mt_gguf_writer *w) {
         return MT_OK;
     }
     size_t nv = mt_tok_vocab_size(tok), V = (size_t)cv->cfg->vocab;
+    if (mt_tok_kind_of(tok) == MT_TOK_UNIGRAM) {
+        mt_log(MT_LOG_WARN, "%s: unigram tokenizers are not written to GGUF; no tokenizer metadata written", cv->in_path);
+        mt_tok_free(tok);
+        return MT_OK;
+    }
     if (nv > V || nv == 0) {
         mt_log(MT_LOG_WARN, "%s: tokenizer has %zu tokens for a model vocabulary of %zu; no tokenizer metadata written",
                cv->in_path, nv, V);
@@ -879,7 +884,10 @@ static int check_tokenizer(conv *cv, int to_gguf) {
     }
     int rc = MT_OK;
     size_t nv = mt_tok_vocab_size(tok), V = (size_t)cv->cfg->vocab;
-    if (to_gguf && (nv > V || nv == 0))
+    if (to_gguf && mt_tok_kind_of(tok) == MT_TOK_UNIGRAM)
+        rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: unigram tokenizers are not written to GGUF; the output would have no "
+                       "tokenizer (--no-tokenizer to write it anyway)", cv->in_path);
+    else if (to_gguf && (nv > V || nv == 0))
         rc = mt_seterr(MT_ERR_FORMAT, "%s: tokenizer has %zu tokens for a model vocabulary of %zu; the output would have no "
                        "tokenizer (--no-tokenizer to write it anyway)", cv->in_path, nv, V);
     else if (!to_gguf && mt_ckpt_format(cv->ck) == MT_FMT_GGUF && mt_tok_kind_of(tok) != MT_TOK_SPM)
@@ -1133,7 +1141,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         for (int d = 0; d < MT_DT_COUNT; d++)
             if (bytes[d] > bytes[best]) best = d;
         rc = hf_config_from_source(&cv, src_dir, dst, (mt_dtype)best);
-        static const char *const side[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+        static const char *const side[] = {"tokenizer.model", "spiece.model", "tokenizer.json", "tokenizer_config.json",
                                            "generation_config.json", "special_tokens_map.json"};
         for (size_t i = 0; i < sizeof side / sizeof side[0] && !rc; i++) rc = copy_file(src_dir, side[i], dst);
     }
@@ -1166,7 +1174,7 @@ int mt_copy_tokenizer(const mt_ckpt *src, const char *dst_dir) {
     const char *in_path = mt_ckpt_path(src);
     char *src_dir = mt_path_is_dir(in_path) ? strdup(in_path) : mt_path_dir(in_path);
     if (!src_dir) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-    static const char *const side[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+    static const char *const side[] = {"tokenizer.model", "spiece.model", "tokenizer.json", "tokenizer_config.json",
                                        "generation_config.json", "special_tokens_map.json"};
     int rc = MT_OK;
     for (size_t i = 0; i < sizeof side / sizeof side[0] && !rc; i++) rc = copy_file(src_dir, side[i], dst_dir);

@@ -227,6 +227,10 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
         return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --embed-bits/--embed-type exclude each other");
     if (o->ternary_range > 0 && (o->method != MT_QUANT_GPTQ || g.kind != MT_GRID_TERNARY_ROW))
         return mt_seterr(MT_ERR_ARG, "quantize: --ternary-range applies to GPTQ with --bits ternary --group row");
+    if (o->qmoe_scales && o->codec != MT_QUANT_CODEC_QMOE)
+        return mt_seterr(MT_ERR_ARG, "quantize: --qmoe-scales applies to --codec qmoe");
+    if (o->qmoe_scales && o->qmoe_scales != MT_QMOE_SCALES_F16 && o->qmoe_scales != MT_QMOE_SCALES_U8LOG)
+        return mt_seterr(MT_ERR_ARG, "quantize: unknown qmoe row scales %d", o->qmoe_scales);
     if (hf) {
         /* AutoGPTQ zero points pack 32/bits output rows per word */
         const int ab = o->codec == MT_QUANT_CODEC_NONE ? o->bits : 0;
@@ -604,7 +608,7 @@ static int repack_tq1(qmat *q) {
  * expert coded with it and swapped into w as MT_DT_QMOE; the decoded f32
  * copies and the symbols are freed. *bits: all-in storage of the coded
  * experts including the dictionary block. */
-static int code_experts(mt_quant_state *s, mt_weights *w, mt_quant_report *rep, double *bits) {
+static int code_experts(mt_quant_state *s, mt_weights *w, int scales, mt_quant_report *rep, double *bits) {
     const double t0 = mt_now();
     uint64_t counts[3] = {0, 0, 0}, code_bits = 0, total_bits = 8 * mt_qmoe_dict_bytes();
     int rc;
@@ -623,6 +627,7 @@ static int code_experts(mt_quant_state *s, mt_weights *w, mt_quant_report *rep, 
                 qmat *q = qm(s, l, k, e);
                 if (!q->used || !q->syms) continue;
                 if ((rc = mt_qmoe_encode(&q->coded, &s->dict, q->syms, q->lo, q->hi, q->rows, q->cols))) return rc;
+                if (scales == MT_QMOE_SCALES_U8LOG && (rc = mt_qmoe_mat_set_scale8(&q->coded))) return rc;
                 mt_qmoe_size sz;
                 mt_qmoe_mat_size(&q->coded, &sz);
                 code_bits += sz.code_bits;
@@ -790,9 +795,10 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     double qbits_new = 0, qbits_old = 0, ebits = 0, eparams = 0, rel_sum = 0;
     int rel_n = 0;
     const int nthreads = mt_model_threads(m);
-    mt_gptq_params gp = {o->damp, o->block, o->act_order,
+    mt_gptq_params gp = {o->damp, o->block, mt_quant_act_order(o),
                          o->ternary_range > 0 ? o->ternary_range
-                         : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0};
+                         : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0,
+                         mt_quant_qmoe_scales(o)};
     job_progress prog = {o->progress, o->progress_user, 0, 0, 0, c->n_layers};
     for (int l = 0; l < c->n_layers; l++)
         prog.total += (uint64_t)(with_attn(o) ? 4 : 0) +
@@ -968,7 +974,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     }
     if (o->codec == MT_QUANT_CODEC_QMOE) {
         double coded_bits = 0;
-        if ((rc = code_experts(s, w, rep, &coded_bits))) goto fail;
+        if ((rc = code_experts(s, w, mt_quant_qmoe_scales(o), rep, &coded_bits))) goto fail;
         qbits_new += coded_bits - ebits;
         ebits = coded_bits;
     }
@@ -1050,7 +1056,10 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
     mt_prov_tag(p, "quantized");
     mt_prov_str(p, "method", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
     mt_prov_str(p, "experts", s->grid_name);
-    if (o->codec == MT_QUANT_CODEC_QMOE) mt_prov_str(p, "codec", "qmoe");
+    if (o->codec == MT_QUANT_CODEC_QMOE) {
+        mt_prov_str(p, "codec", "qmoe");
+        mt_prov_str(p, "qmoe_scales", mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG ? "u8log" : "f16");
+    }
     if (o->attn_bits) mt_prov_int(p, "attention_bits", o->attn_bits);
     if (o->attn_type >= 0) mt_prov_str(p, "attention_type", mt_dtype_name((mt_dtype)o->attn_type));
     if (o->embed_type >= 0) mt_prov_str(p, "embedding_type", mt_dtype_name((mt_dtype)o->embed_type));
@@ -1062,7 +1071,7 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
         if (o->calib_path) mt_prov_str(p, "calibration_text", o->calib_path);
         mt_prov_int(p, "calibration_tokens", o->calib_tokens);
         mt_prov_num(p, "damp", o->damp);
-        if (o->act_order) mt_prov_int(p, "act_order", 1);
+        if (mt_quant_act_order(o)) mt_prov_int(p, "act_order", 1);
         if (o->ternary_range > 0) mt_prov_num(p, "ternary_range", o->ternary_range);
     }
     mt_prov_command(p, o->command);
@@ -1336,6 +1345,7 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
             MT_QMOE_GROUP_ROWS, s->dict.max_len, s->dict.n_entries, (unsigned long long)s->dict.counts[0],
             (unsigned long long)s->dict.counts[1], (unsigned long long)s->dict.counts[2], exp,
             o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
+        if (mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG) OUT(", \"row_scales\": \"u8log\"");
         if (o->attn_bits || o->embed_bits) {
             OUT(", \"gptq\": {\"checkpoint_format\": \"gptq\", \"sym\": true, \"desc_act\": false, \"group_size\": 32, "
                 "\"modules\": {");

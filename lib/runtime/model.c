@@ -344,7 +344,7 @@ static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {
     uint64_t n = (uint64_t)w->rows * (uint64_t)w->cols, b = 0;
     *params += n;
     if (w->dtype == MT_DT_QMOE && w->group >= 1) /* as serialised: header, group offsets, codewords, f16 row pairs */
-        *bytes += mt_qmoe_blob_bytes(w->rows, (int)w->group, w->side.qmoe.n_codes);
+        *bytes += mt_qmoe_blob_bytes(w->rows, (int)w->group, w->side.qmoe.n_codes, w->side.qmoe.scale_type);
     else if (mt_dtype_nbytes(w->dtype, n, &b) == MT_OK)
         *bytes += b;
 }
