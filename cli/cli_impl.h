@@ -72,7 +72,10 @@ int cmd_distill(int argc, char **argv);
  * generate when mt_s2s_detect says the checkpoint is one. */
 int cli_s2s_inspect(const char *path, int json);
 int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, int json, int quiet);
-int cli_s2s_generate(const char *model_path, const char *ids, int n_predict, int stop_at_eos, int n_threads, int json);
+/* From --ids (ids out) or -p TEXT (encoded with the model's tokenizer + EOS;
+ * the generated ids decoded to text). */
+int cli_s2s_generate(const char *model_path, const char *ids, const char *prompt, int n_predict, int stop_at_eos,
+                     int n_threads, int json);
 
 /* After writing OUT: one stderr line when transformers and llama.cpp cannot
  * load it as moetool runs it (mt_config_portability). */

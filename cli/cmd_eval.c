@@ -42,8 +42,9 @@ static const cli_opt eval_opts[] = {
      CLI_AT(eval_args, long_ctx)},
     {"protocol", 0, CLI_ENUM, "P", "gptq or llamacpp", "gptq", CLI_AT(eval_args, e.protocol),
      .choices = protocol_choices, .values = protocol_values},
-    {"pairs", 0, CLI_PATH, "FILE", "encoder-decoder models: JSON Lines of {\"input\": [ids], \"target\": [ids]}; "
-     "reports the loss and perplexity of the targets given the inputs (docs/seq2seq.md)", NULL,
+    {"pairs", 0, CLI_PATH, "FILE", "encoder-decoder models: JSON Lines of {\"input\": [ids] or text, \"target\": [ids] "
+     "or text} (text: the model's spiece.model / tokenizer.json, EOS appended); reports the loss and perplexity of the "
+     "targets given the inputs (docs/seq2seq.md)", NULL,
      CLI_AT(eval_args, pairs)},
     {"ref", 0, CLI_PATH, "MODEL", "reference model for KL / agreement (same tokenizer)", NULL, CLI_AT(eval_args, ref)},
     {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(eval_args, m.n_threads), 1, MT_MAX_THREADS},

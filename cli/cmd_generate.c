@@ -21,7 +21,8 @@ static void generate_init(void *p) {
 }
 
 static const cli_opt generate_opts[] = {
-    {"prompt", 'p', CLI_STRING, "TEXT", "prompt text", NULL, CLI_AT(generate_args, prompt)},
+    {"prompt", 'p', CLI_STRING, "TEXT", "prompt text (encoder-decoder models: the encoder's input, EOS appended; the "
+     "output is decoded to text)", NULL, CLI_AT(generate_args, prompt)},
     {"ids", 0, CLI_STRING, "LIST", "encoder-decoder models: the input as token ids (\"3,4,1\"); greedy decoding "
      "from the decoder start token (docs/seq2seq.md)", NULL, CLI_AT(generate_args, ids)},
     {"n-predict", 'n', CLI_INT, "N", "tokens to generate (default 64; 0 = prefill only, timing on stderr); prompt + N "
@@ -48,7 +49,7 @@ const cli_verb cli_verb_generate = {
     .synopsis = "usage: moetool generate [MODEL] -p PROMPT [-n N] [--temp T] [--top-p P]\n"
                 "                        [--seed S] [--threads T] [--device cpu|cuda] [--no-bos]\n"
                 "                        [--allow-long-context] [--json]\n"
-                "       moetool generate ENCODER_DECODER_MODEL --ids LIST [-n N] [--ignore-eos]\n"
+                "       moetool generate ENCODER_DECODER_MODEL (-p TEXT | --ids LIST) [-n N] [--ignore-eos]\n"
                 "                        [--threads T] [--json]",
     .about = "Continues PROMPT (BOS is prepended). Greedy by default; with --temp > 0\n"
              "samples with temperature and nucleus (top-p) filtering from a seeded RNG.\n"
@@ -92,14 +93,15 @@ int cmd_generate(int argc, char **argv) {
     const int json = A.json, add_bos = !A.no_bos;
     const char *model_path = model_arg ? model_arg : cli_default_model();
     if (mt_s2s_detect(model_path)) {
-        if (!A.ids) return cli_usage_error("generate", "%s is an encoder-decoder model: give its input with --ids", model_path);
-        if (prompt || so.temp > 0 || so.top_p < 1 || A.no_bos)
-            return cli_usage_error("generate", "encoder-decoder models take --ids, -n, --ignore-eos, --threads and "
-                                   "--json only (greedy; their sentencepiece unigram tokenizers are not read)");
+        if (!A.ids == !prompt)
+            return cli_usage_error("generate", "%s is an encoder-decoder model: give its input with -p TEXT or --ids", model_path);
+        if (so.temp > 0 || so.top_p < 1 || A.no_bos)
+            return cli_usage_error("generate", "encoder-decoder models take -p or --ids, -n, --ignore-eos, --threads and "
+                                   "--json only (greedy decoding, no BOS)");
         if (mo.device != MT_DEVICE_CPU)
             return cli_usage_error("generate", "%s: encoder-decoder models run on the CPU only (--device cpu)",
                                    model_path);
-        return cli_s2s_generate(model_path, A.ids, so.n_predict, so.stop_at_eos, mo.n_threads, json);
+        return cli_s2s_generate(model_path, A.ids, prompt, so.n_predict, so.stop_at_eos, mo.n_threads, json);
     }
     if (A.ids) return cli_usage_error("generate", "--ids is for encoder-decoder models; %s is not one", model_path);
     if (!prompt) return cli_usage_error("generate", "missing -p PROMPT");

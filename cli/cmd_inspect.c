@@ -105,7 +105,9 @@ static void print_tok(FILE *f, const mt_ckpt *ck, int json) {
             fprintf(f, "null");
         } else {
             fprintf(f, "{\"kind\":\"%s\",\"vocab\":%zu,\"bos\":%d,\"eos\":%d}",
-                    mt_tok_kind_of(tok) == MT_TOK_SPM ? "sentencepiece-bpe" : "gpt2-byte-bpe",
+                    mt_tok_kind_of(tok) == MT_TOK_SPM       ? "sentencepiece-bpe"
+                    : mt_tok_kind_of(tok) == MT_TOK_UNIGRAM ? "sentencepiece-unigram"
+                                                            : "gpt2-byte-bpe",
                     mt_tok_vocab_size(tok), mt_tok_bos(tok), mt_tok_eos(tok));
         }
     } else {
@@ -113,7 +115,9 @@ static void print_tok(FILE *f, const mt_ckpt *ck, int json) {
             fprintf(f, "tokenizer:    none (%s)\n", mt_last_error());
         else
             fprintf(f, "tokenizer:    %s, %zu pieces, bos %d, eos %d\n",
-                    mt_tok_kind_of(tok) == MT_TOK_SPM ? "sentencepiece BPE (byte fallback)" : "GPT-2 byte-level BPE",
+                    mt_tok_kind_of(tok) == MT_TOK_SPM       ? "sentencepiece BPE (byte fallback)"
+                    : mt_tok_kind_of(tok) == MT_TOK_UNIGRAM ? "sentencepiece unigram"
+                                                            : "GPT-2 byte-level BPE",
                     mt_tok_vocab_size(tok), mt_tok_bos(tok), mt_tok_eos(tok));
     }
     mt_tok_free(tok);

@@ -20,6 +20,7 @@ typedef struct {
     mt_quant_opts q;
     const char *out, *text, *calib_pairs;
     int json, quiet, eval_only, threads;
+    int no_act_order;
 } quantize_args;
 
 static void quantize_init(void *p) {
@@ -38,6 +39,8 @@ static const char *const embed_choices[] = {"8", "4", NULL};
 static const int embed_values[] = {8, 4};
 static const char *const codec_choices[] = {"none", "qmoe", NULL};
 static const int codec_values[] = {MT_QUANT_CODEC_NONE, MT_QUANT_CODEC_QMOE};
+static const char *const qscale_choices[] = {"f16", "u8log", NULL};
+static const int qscale_values[] = {1, 2}; /* MT_QMOE_SCALES_F16, MT_QMOE_SCALES_U8LOG */
 static const char *const format_choices[] = {"gguf", "hf", NULL};
 static const int format_values[] = {MT_FMT_GGUF, MT_FMT_HF};
 static const char *const ttype_choices[] = {"tq2_0", "tq1_0", NULL};
@@ -184,12 +187,19 @@ static const cli_opt quantize_opts[] = {
      "pairs, JSON Lines {\"input\": [ids], \"target\": [ids]} as eval --pairs; the experts of both stacks see the "
      "rows routed to them in the teacher-forced forward (docs/seq2seq.md)", NULL,
      CLI_AT(quantize_args, calib_pairs)},
+    {"layerwise", 0, CLI_BOOL, NULL, "encoder-decoder models with GPTQ: calibrate each sparse layer's experts on the "
+     "forward with the sparse layers before it already quantized (encoder, then decoder: QMoE's order; one pass over "
+     "the pairs per sparse layer); default: every layer on the original model in one pass", NULL,
+     CLI_AT(quantize_args, q.s2s_layerwise)},
     {"calib-tokens", 0, CLI_INT, "N", "calibration tokens (default 16384), in windows of 256 or of the model's "
      "whole context when shorter", NULL,
      CLI_AT(quantize_args, q.calib_tokens), 1, 1 << 30},
     {"damp", 0, CLI_FLOAT, "F", "GPTQ damping, fraction of mean diag(H)", "0.1", CLI_AT(quantize_args, q.damp),
      .flo = -HUGE_VAL, .flags = CLI_OPT_NO_HI},
-    {"act-order", 0, CLI_BOOL, NULL, "GPTQ columns by decreasing diag(H)", NULL, CLI_AT(quantize_args, q.act_order)},
+    {"act-order", 0, CLI_BOOL, NULL, "GPTQ columns by decreasing diag(H) (the default with --codec qmoe)", NULL,
+     CLI_AT(quantize_args, q.act_order)},
+    {"no-act-order", 0, CLI_BOOL, NULL, "GPTQ columns in order, also with --codec qmoe", NULL,
+     CLI_AT(quantize_args, no_act_order)},
     {"embed-bits", 0, CLI_ENUM, "8|4", "also quantize token embeddings and lm_head to Q8_0 / Q4_0 (embeddings round to "
      "nearest, lm_head by GPTQ unless tied; gguf, or hf with --codec qmoe)", NULL, CLI_AT(quantize_args, q.embed_bits),
      .choices = embed_choices, .values = embed_values},
@@ -201,6 +211,10 @@ static const cli_opt quantize_opts[] = {
     {"codec", 0, CLI_ENUM, "none|qmoe", "qmoe: code the per-row ternary experts with one dictionary for all experts "
      "and run the code directly (needs --bits ternary --group row; --format hf or --eval-only)", "none",
      CLI_AT(quantize_args, q.codec), .choices = codec_choices, .values = codec_values},
+    {"qmoe-scales", 0, CLI_ENUM, "f16|u8log", "with --codec qmoe, each row's levels: f16 (min, max) as in QMoE (32 "
+     "bits per row), or u8log: -s, +s with s = (max - min)/2 (times R under GPTQ) stored as one 8-bit log code per "
+     "row (steps of 2^(1/16) below a per-matrix base; 8 bits per row; docs/qmoe.md) (default u8log)", NULL,
+     CLI_AT(quantize_args, q.qmoe_scales), .choices = qscale_choices, .values = qscale_values},
     {"eval-only", 0, CLI_BOOL, NULL, "quantize in memory and evaluate; write nothing", NULL,
      CLI_AT(quantize_args, eval_only)},
     {"text", 0, CLI_PATH, "FILE", "text for --eval-only", "MODEL/data/test.txt", CLI_AT(quantize_args, text)},
@@ -218,10 +232,11 @@ const cli_verb cli_verb_quantize = {
     .synopsis =
         "usage: moetool quantize [MODEL] -o OUT [--format gguf|hf] [--method rtn|gptq]\n"
         "                        [--bits 8|4|3|2|ternary] [--group N|row] [--asym] [--codec none|qmoe]\n"
+        "                        [--ternary-range R] [--qmoe-scales f16|u8log]\n"
         "                        [--type T] [--experts-only | --attn-bits B | --attn-type T]\n"
         "                        [--embed-bits 8|4 | --embed-type T] [--mix q2_k|q3_k_m|q4_k_m|q5_k_m|q6_k|iq4_xs|iq4_nl|iq3_m|iq3_s|iq3_xs|iq3_xxs|iq2_m|iq2_s|iq2_xs|iq2_xxs|iq1_m|iq1_s]\n"
         "                        [--target-bpw B | --target-size BYTES]\n"
-        "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order]\n"
+        "                        [--calib FILE] [--calib-tokens N] [--damp F] [--act-order | --no-act-order]\n"
         "                        [--imatrix FILE|calib] [--imatrix-out FILE]\n"
         "                        [--threads T] [--allow-long-context] [--json] [--quiet]\n"
         "       moetool quantize [MODEL] --eval-only [same options] [--codec none|qmoe]\n"
@@ -294,6 +309,13 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
             printf(",\"ternary_range\":%g", o->ternary_range > 0                ? o->ternary_range
                                              : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE
                                                                                 : 1.0);
+        if (o->method == MT_QUANT_GPTQ)
+            printf(",\"act_order\":%s", o->act_order > 0 || (o->act_order == 0 && o->codec == MT_QUANT_CODEC_QMOE &&
+                                                              MT_QUANT_ACT_ORDER_QMOE)
+                                             ? "true"
+                                             : "false");
+        if (o->codec == MT_QUANT_CODEC_QMOE)
+            printf(",\"qmoe_scales\":\"%s\"", (o->qmoe_scales ? o->qmoe_scales : MT_QUANT_QMOE_SCALES) == 2 ? "u8log" : "f16");
         if (o->codec == MT_QUANT_CODEC_QMOE)
             printf(",\"code_bits_per_expert_weight\":%.4f,\"symbol_entropy\":%.4f,\"zero_frac\":%.5f,\"code_s\":%.3f",
                    r->code_bits_expert, r->symbol_entropy, r->zero_frac, r->code_seconds);
@@ -392,6 +414,10 @@ int cmd_quantize(int argc, char **argv) {
     const char *model_arg = NULL;
     int prc = cli_opts_parse_argv(&cli_verb_quantize, &A, argc, argv, &model_arg);
     if (prc) return prc == 1 ? MT_EXIT_OK : prc;
+    if (A.no_act_order) {
+        if (A.q.act_order) return cli_usage_error("quantize", "--act-order and --no-act-order exclude each other");
+        A.q.act_order = -1;
+    }
     mt_quant_opts o = A.q;
     const char *out = A.out, *text_path = A.text;
     const int json = A.json, quiet = A.quiet, eval_only = A.eval_only, threads = A.threads;
@@ -409,6 +435,9 @@ int cmd_quantize(int argc, char **argv) {
     if (mt_quant_check_imatrix(&o)) return cli_usage_error("quantize", "%s", mt_last_error());
     const char *model_path = model_arg ? model_arg : cli_default_model();
     if (mt_s2s_detect(model_path)) return quantize_s2s(&A, model_path, argc, argv);
+    if (o.s2s_layerwise)
+        return cli_usage_error("quantize", "--layerwise is for encoder-decoder models; %s is quantized in its own "
+                               "sequential order", model_path);
     if (A.calib_pairs)
         return cli_usage_error("quantize", "--calib-pairs is for encoder-decoder models; %s calibrates on text "
                                "(--calib FILE)", model_path);

@@ -1,10 +1,12 @@
 /* cmd_seq2seq.c — inspect, eval and generate of encoder-decoder models
  * (Switch Transformers, NLLB-MoE: mt_seq2seq.h), reached from those verbs when the
- * checkpoint is one (mt_s2s_detect). Inputs are token ids: the T5
- * sentencepiece unigram tokenizer is not read (docs/seq2seq.md).
+ * checkpoint is one (mt_s2s_detect). Inputs are token ids or text: text is
+ * encoded with the model's tokenizer (T5's sentencepiece unigram
+ * spiece.model or tokenizer.json) and ends with EOS, as transformers'
+ * tokenizer(text).input_ids (docs/seq2seq.md).
  *
  * eval --pairs FILE: JSON Lines, one object per non-empty line,
- *   {"input": [ids], "target": [ids]}
+ *   {"input": [ids] or "text", "target": [ids] or "text"}
  * ids as the model sees them (T5: each sequence ends with EOS, id 1; NLLB:
  * source language code first, EOS last); every
  * target token is scored given the input and the target tokens before it. */
@@ -63,7 +65,21 @@ int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, 
             goto fail;
         }
     }
-    if ((rc = mt_s2s_pairs_load(pairs_path, &pairs, &n_pairs))) goto fail;
+    /* the tokenizer, for text in the pairs; without one, ids only */
+    mt_tokenizer *tok = NULL;
+    char tok_why[512] = "";
+    if (mt_tok_load_for_ckpt(&tok, mt_s2s_model_ckpt(m)) != MT_OK) {
+        snprintf(tok_why, sizeof tok_why, "%s", mt_last_error());
+        mt_clearerr();
+    }
+    rc = mt_s2s_pairs_load(pairs_path, tok, &pairs, &n_pairs);
+    mt_tok_free(tok);
+    if (rc == MT_ERR_UNSUPPORTED && !tok && tok_why[0]) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", mt_last_error());
+        rc = mt_seterr(rc, "%s (%s)", msg, tok_why);
+    }
+    if (rc) goto fail;
     double nll = 0, t0 = now_s();
     uint64_t n_tgt = 0, n_in = 0;
     for (size_t i = 0; i < n_pairs; i++) {
@@ -151,13 +167,20 @@ static int parse_id_list(const char *s, int32_t **out, int *n) {
     return MT_OK;
 }
 
-int cli_s2s_generate(const char *model_path, const char *ids, int n_predict, int stop_at_eos, int n_threads,
-                     int json) {
+int cli_s2s_generate(const char *model_path, const char *ids, const char *prompt, int n_predict, int stop_at_eos,
+                     int n_threads, int json) {
     mt_s2s_model *m = NULL;
+    mt_tokenizer *tok = NULL;
     int32_t *in = NULL, *out = NULL;
+    char *text = NULL;
+    size_t text_len = 0;
     int ni = 0, no = 0, rc, ret = MT_EXIT_FAIL;
-    if ((rc = parse_id_list(ids, &in, &ni))) return cli_usage_error("generate", "%s", mt_last_error());
+    if (ids && (rc = parse_id_list(ids, &in, &ni))) return cli_usage_error("generate", "%s", mt_last_error());
     if ((rc = mt_s2s_load(&m, model_path, n_threads))) goto fail;
+    if (prompt) { /* text in, text out: the model's tokenizer */
+        if ((rc = mt_tok_load_for_ckpt(&tok, mt_s2s_model_ckpt(m)))) goto fail;
+        if ((rc = mt_s2s_encode_text(tok, prompt, strlen(prompt), &in, &ni))) goto fail;
+    }
     if (!(out = malloc((size_t)(n_predict > 0 ? n_predict : 1) * sizeof *out))) {
         rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
         goto fail;
@@ -165,12 +188,23 @@ int cli_s2s_generate(const char *model_path, const char *ids, int n_predict, int
     const double t0 = now_s();
     if ((rc = mt_s2s_greedy(m, in, ni, n_predict, stop_at_eos, out, &no))) goto fail;
     const double secs = now_s() - t0;
+    if (tok && (rc = mt_tok_decode(tok, out, (size_t)no, 1, &text, &text_len))) goto fail;
     if (json) {
         printf("{\"input_ids\":[");
         for (int i = 0; i < ni; i++) printf("%s%d", i ? "," : "", in[i]);
         printf("],\"ids\":[");
         for (int i = 0; i < no; i++) printf("%s%d", i ? "," : "", out[i]);
-        printf("],\"seconds\":%.4f,\"threads\":%d}\n", secs, mt_s2s_threads(m));
+        printf("]");
+        if (text) {
+            printf(",\"text\":");
+            json_strn(stdout, text, text_len);
+        }
+        printf(",\"seconds\":%.4f,\"threads\":%d}\n", secs, mt_s2s_threads(m));
+    } else if (text) {
+        fwrite(text, 1, text_len, stdout);
+        printf("\n");
+        fprintf(stderr, "moetool generate: encoded %d tokens, generated %d in %.3f s (%d threads)\n", ni, no, secs,
+                mt_s2s_threads(m));
     } else {
         for (int i = 0; i < no; i++) printf("%s%d", i ? " " : "", out[i]);
         printf("\n");
@@ -184,6 +218,8 @@ fail:
 done:
     free(in);
     free(out);
+    free(text);
+    mt_tok_free(tok);
     mt_s2s_free(m);
     return ret;
 }

@@ -3,6 +3,7 @@
  * back. The same tokenizer eval, generate and calibration use. */
 #define _GNU_SOURCE
 #include "cli_impl.h"
+#include "moetool/mt_seq2seq.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -31,7 +32,9 @@ const cli_verb cli_verb_tokenize = {
     .about = "Shows how the model's tokenizer (tokenizer.model, tokenizer.json, or the\n"
              "GGUF's own) encodes a text: one line per token with its id and its piece\n"
              "as the vocabulary stores it (U+2581 for a space, <0xNN> for a byte), BOS\n"
-             "first as eval and generate prepend it. --decode turns ids back into text.\n",
+             "first as eval and generate prepend it. --decode turns ids back into text.\n"
+             "Encoder-decoder models (Switch Transformers: spiece.model or a unigram\n"
+             "tokenizer.json) get no BOS but EOS last, as their eval and generate read text.\n",
     .positional = "MODEL",
     .opts = tokenize_opts,
     .n_opts = sizeof tokenize_opts / sizeof tokenize_opts[0],
@@ -92,17 +95,27 @@ int cmd_tokenize(int argc, char **argv) {
 
     int ret = MT_EXIT_FAIL, rc;
     mt_model *m = NULL;
+    mt_ckpt *ck = NULL;          /* encoder-decoder models: read raw */
+    mt_tokenizer *s2s_tok = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
     char *text = NULL;
-    mt_model_opts mo;
-    mt_model_opts_default(&mo);
-    mo.n_threads = 1;
-    if ((rc = mt_model_load(&m, model_path, &mo))) goto fail;
-    const mt_tokenizer *tok = mt_model_tokenizer(m);
-    if (!tok) {
-        rc = mt_seterr(MT_ERR_NOT_FOUND, "no tokenizer: %s", mt_model_tokenizer_error(m));
-        goto fail;
+    const mt_tokenizer *tok;
+    const int s2s = mt_s2s_detect(model_path);
+    if (s2s) {
+        if (A.no_bos) return cli_usage_error("tokenize", "--no-bos: encoder-decoder models have no BOS");
+        if ((rc = mt_ckpt_open_raw(&ck, model_path)) || (rc = mt_tok_load_for_ckpt(&s2s_tok, ck))) goto fail;
+        tok = s2s_tok;
+    } else {
+        mt_model_opts mo;
+        mt_model_opts_default(&mo);
+        mo.n_threads = 1;
+        if ((rc = mt_model_load(&m, model_path, &mo))) goto fail;
+        tok = mt_model_tokenizer(m);
+        if (!tok) {
+            rc = mt_seterr(MT_ERR_NOT_FOUND, "no tokenizer: %s", mt_model_tokenizer_error(m));
+            goto fail;
+        }
     }
     if (decode) {
         if ((ret = parse_ids(decode, (int)mt_tok_vocab_size(tok), &ids, &n))) goto done;
@@ -122,17 +135,21 @@ int cmd_tokenize(int argc, char **argv) {
         ret = MT_EXIT_OK;
         goto done;
     }
-    if (file) {
+    if (s2s && prompt) {
+        int k = 0;
+        if ((rc = mt_s2s_encode_text(tok, prompt, strlen(prompt), &ids, &k))) goto fail;
+        n = (size_t)k;
+    } else if (file) {
         size_t n_text = 0;
         int32_t *body = NULL;
         if ((rc = mt_tok_encode_file(tok, file, 0, &body, &n_text, NULL))) goto fail;
-        const int bos = add_bos ? mt_tok_bos(tok) : -1;
-        if (add_bos && bos < 0) {
+        const int bos = add_bos && !s2s ? mt_tok_bos(tok) : -1;
+        if (add_bos && !s2s && bos < 0) {
             free(body);
             rc = mt_seterr(MT_ERR_FORMAT, "the tokenizer has no BOS token; --no-bos to encode without");
             goto fail;
         }
-        ids = malloc((n_text + 1) * sizeof *ids);
+        ids = malloc((n_text + 2) * sizeof *ids);
         if (!ids) {
             free(body);
             rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", file);
@@ -141,6 +158,7 @@ int cmd_tokenize(int argc, char **argv) {
         if (bos >= 0) ids[n++] = bos;
         if (n_text) memcpy(ids + n, body, n_text * sizeof *ids);
         n += n_text;
+        if (s2s && mt_tok_eos(tok) >= 0) ids[n++] = mt_tok_eos(tok);
         free(body);
     } else if ((rc = cli_encode(tok, prompt, strlen(prompt), add_bos, &ids, &n))) {
         goto fail;
@@ -177,5 +195,7 @@ done:
     free(text);
     free(ids);
     mt_model_free(m);
+    mt_tok_free(s2s_tok);
+    mt_ckpt_free(ck);
     return ret;
 }

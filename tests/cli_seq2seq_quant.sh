@@ -98,6 +98,24 @@ q() {
 q q8rtn --type q8_0 --method rtn && { L=$(loss "$T/q-q8rtn" "$T/test.jsonl") && close q8_0-rtn "$L" "$F32" 0.005 && ok || bad "q8_0 rtn loss"; }
 q q8 --bits 8 --calib-pairs "$T/calib.jsonl" && { L=$(loss "$T/q-q8" "$T/test.jsonl") && close q8_0-gptq "$L" "$F32" 0.005 && ok || bad "q8_0 gptq loss"; }
 q q4 --bits 4 --calib-pairs "$T/calib.jsonl" && { L4=$(loss "$T/q-q4" "$T/test.jsonl") && close q4_0-gptq "$L4" "$F32" 0.05 && ok || bad "q4_0 gptq loss"; }
+# --layerwise (QMoE's order): the first sparse layer (encoder layer 1) sees
+# the original model either way, so its experts are the one-pass ones; every
+# later sparse layer calibrates behind quantized layers, so its differ
+q q4l --bits 4 --calib-pairs "$T/calib.jsonl" --layerwise && {
+  L4L=$(loss "$T/q-q4l" "$T/test.jsonl") && close q4_0-gptq-layerwise "$L4L" "$F32" 0.05 && ok || bad "q4_0 layerwise loss"
+  "$PY" - "$T/q-q4/model.safetensors" "$T/q-q4l/model.safetensors" <<'PYEOF' && ok || bad "--layerwise: first layer not as one-pass, or later layers unchanged"
+import sys
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+ks = [k for k in a if ".experts." in k and k.endswith(".qweight")]
+first = [k for k in ks if k.startswith("encoder.block.1.")]
+later = [k for k in ks if k.startswith("decoder.")]
+assert first and later
+assert all((a[k] == b[k]).all() for k in first), "first sparse layer differs"
+assert all(not (a[k] == b[k]).all() for k in later), "a later layer is unchanged"
+PYEOF
+}
+expect_err 1 "layerwise orders GPTQ" "$BIN" quantize "$S" -o "$T/b12" --bits 8 --method rtn --layerwise
 q tq --bits ternary --group row --codec qmoe --calib-pairs "$T/calib.jsonl"
 q tqrtn --bits ternary --group row --codec qmoe --method rtn --calib-pairs "$T/calib.jsonl"
 
@@ -197,7 +215,7 @@ expect_err 1 "text.jsonl:1: \"input\" is text" "$BIN" quantize "$S" -o "$T/b8" -
 printf '{"input": [3, 1], "target": [3, 999]}\n' >"$T/oov.jsonl"
 expect_err 1 "oov.jsonl:1: target token 1 is 999, outside the vocabulary of 96" "$BIN" quantize "$S" -o "$T/b9" --bits 8 --calib-pairs "$T/oov.jsonl"
 expect_err 2 "--calib-pairs is for encoder-decoder models" "$BIN" quantize "$SRC/models/kjv-mixtral-15m" -o "$T/b10" --calib-pairs "$T/calib.jsonl"
-for o in b1 b2 b3 b4.gguf b5 b6 b7 b8 b9 b10 b11; do [ -e "$T/$o" ] && bad "$o written by a refused run" || ok; done
+for o in b1 b2 b3 b4.gguf b5 b6 b7 b8 b9 b10 b11 b12; do [ -e "$T/$o" ] && bad "$o written by a refused run" || ok; done
 # a damaged blob: one line naming the tensor
 cp -r "$T/q-tq" "$T/dam"
 "$PY" - "$T/dam/model.safetensors" <<'PYEOF'

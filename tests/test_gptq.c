@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "../lib/quant/quant_impl.h"
+#include "moetool/mt_qmoe.h"
 #include "testutil.h"
 
 #define TOL_SAME_CODES 0.99 /* fraction of equal codes, blocked vs naive */
@@ -101,7 +102,7 @@ static double run(const float *W, int64_t rows, int64_t cols, const double *H0, 
         H = malloc((size_t)(cols * cols) * sizeof *H);
         memcpy(H, H0, (size_t)(cols * cols) * sizeof *H);
     }
-    mt_gptq_params p = {0.1, block, 0, 0};
+    mt_gptq_params p = {0.1, block, 0, 0, 0};
     int rc = naive ? mt_gptq_quantize_naive(Wq, rows, cols, H0, g, 0.1, codes, a, b)
                    : mt_gptq_quantize(Wq, rows, cols, H, g, &p, codes, a, b);
     assert_int_equal(rc, MT_OK);
@@ -172,7 +173,7 @@ static void test_gptq_beats_rtn_random(void **st) {
     memcpy(Hc, H, (size_t)(cols * cols) * sizeof *Hc);
     int8_t *codes = malloc((size_t)(rows * cols));
     float *a = malloc((size_t)(rows * 4) * sizeof *a), *b = malloc((size_t)(rows * 4) * sizeof *b);
-    mt_gptq_params p = {0.1, 128, 1, 0};
+    mt_gptq_params p = {0.1, 128, 1, 0, 0};
     assert_int_equal(mt_gptq_quantize(Wq, rows, cols, Hc, &g, &p, codes, a, b), MT_OK);
     double eact = mt_gptq_output_err(W, Wq, rows, cols, H), er = run(W, rows, cols, H, &g, 0, 128, 0, NULL);
     printf("act-order int3 g128: %.6g (RTN %.6g)\n", eact, er);
@@ -231,7 +232,7 @@ static void test_block_grids(void **st) {
                 Hc = malloc((size_t)(cols * cols) * sizeof *Hc);
                 memcpy(Hc, H, (size_t)(cols * cols) * sizeof *Hc);
             }
-            mt_gptq_params p = {0.1, 128, 0, 0};
+            mt_gptq_params p = {0.1, 128, 0, 0, 0};
             assert_int_equal(mt_gptq_quantize(Wq, rows, cols, Hc, &g, &p, codes, a, b), MT_OK);
             free(Hc);
             e[gptq] = mt_gptq_output_err(W, Wq, rows, cols, H);
@@ -364,7 +365,7 @@ static double run_range(const float *W, int64_t rows, int64_t cols, const double
     float *a = malloc((size_t)rows * sizeof *a), *b = malloc((size_t)rows * sizeof *b);
     double *H = malloc((size_t)(cols * cols) * sizeof *H);
     memcpy(H, H0, (size_t)(cols * cols) * sizeof *H);
-    mt_gptq_params p = {0.1, 128, 0, range};
+    mt_gptq_params p = {0.1, 128, 0, range, 0};
     assert_int_equal(mt_gptq_quantize(Wq, rows, cols, H, &g, &p, codes, a, b), MT_OK);
     int64_t nz = 0;
     const double rr = range > 0 ? range : 1.0;
@@ -491,7 +492,7 @@ static void check_asym(const float *W, const float *Wq, int64_t rows, int64_t co
 static double rtn_sq(const float *W, int64_t rows, int64_t cols, const mt_grid *g, float *Wq, int8_t *codes, float *a,
                      float *b) {
     memcpy(Wq, W, (size_t)(rows * cols) * sizeof *Wq);
-    mt_gptq_params p = {0.1, 128, 0, 0};
+    mt_gptq_params p = {0.1, 128, 0, 0, 0};
     assert_int_equal(mt_gptq_quantize(Wq, rows, cols, NULL, g, &p, codes, a, b), MT_OK);
     double e = 0;
     for (int64_t i = 0; i < rows * cols; i++) e += ((double)W[i] - Wq[i]) * ((double)W[i] - Wq[i]);
@@ -562,7 +563,7 @@ static void test_asym_gptq_on_grid(void **st) {
         assert_int_equal(mt_grid_asym(&g, "test"), MT_OK);
         memcpy(Wq, W, (size_t)(rows * cols) * sizeof *Wq);
         memcpy(Hc, H, (size_t)(cols * cols) * sizeof *Hc);
-        mt_gptq_params p = {0.1, 128, act, 0};
+        mt_gptq_params p = {0.1, 128, act, 0, 0};
         assert_int_equal(mt_gptq_quantize(Wq, rows, cols, Hc, &g, &p, codes, a, b), MT_OK);
         check_asym(W, Wq, rows, cols, &g, codes, a, b, act); /* act-order: scales from the original W */
         const double eg = mt_gptq_output_err(W, Wq, rows, cols, H), er = run(W, rows, cols, H, &g, 0, 128, 0, NULL);
@@ -635,6 +636,74 @@ static void test_asym_check(void **st) {
     mt_model_free(m);
 }
 
+/* ternary_scales = MT_QMOE_SCALES_U8LOG: every row's levels are -s, +s with
+ * s = f16(range·(f16(max) − f16(min))/2) rounded to the nearest value of the
+ * 8-bit log code whose base is f16 of the largest such s (recomputed here
+ * from W alone), under GPTQ (range 1; act-order at range 1.4) and under RTN
+ * (H NULL: plain rounding at ±s/2); Ŵ holds exactly the codes' values; GPTQ
+ * stays below RTN's layer-output error on the same grid. */
+static void test_ternary_scale8(void **st) {
+    (void)st;
+    const int64_t rows = 48, cols = 256;
+    double *H0 = make_h(cols, 1200);
+    const size_t n = (size_t)(rows * cols);
+    float *W = malloc(n * sizeof *W), *Wq = malloc(n * sizeof *Wq), *a = malloc((size_t)rows * sizeof *a),
+          *b = malloc((size_t)rows * sizeof *b), *s = malloc((size_t)rows * sizeof *s);
+    double *H = malloc((size_t)(cols * cols) * sizeof *H);
+    int8_t *codes = malloc(n);
+    for (size_t i = 0; i < n; i++) W[i] = (float)(0.05 * rnd_gauss() + (i % 7 == 0 ? 0.01 : 0.0));
+    mt_grid g;
+    assert_int_equal(mt_grid_make(&g, MT_QUANT_TERNARY, MT_QUANT_GROUP_ROW, cols, "test"), MT_OK);
+    double err[3];
+    for (int mode = 0; mode < 3; mode++) { /* GPTQ range 1, GPTQ act-order range 1.4, RTN */
+        const double range = mode == 1 ? 1.4 : 1.0;
+        float smax = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            float mn = 0, mx = 0;
+            for (int64_t j = 0; j < cols; j++) {
+                mn = fminf(mn, W[r * cols + j]);
+                mx = fmaxf(mx, W[r * cols + j]);
+            }
+            const float lo = mt_f16_to_f32(mt_f32_to_f16(mn)), hi = mt_f16_to_f32(mt_f32_to_f16(mx));
+            s[r] = 0.5f * (hi - lo);
+            if (range != 1.0) s[r] = mt_f16_to_f32(mt_f32_to_f16((float)(range * s[r])));
+            smax = fmaxf(smax, s[r]);
+        }
+        const float base = mt_f16_to_f32(mt_f32_to_f16(smax));
+        memcpy(Wq, W, n * sizeof *Wq);
+        memcpy(H, H0, (size_t)(cols * cols) * sizeof *H);
+        mt_gptq_params p = {0.1, 128, mode == 1, range, MT_QMOE_SCALES_U8LOG};
+        assert_int_equal(mt_gptq_quantize(Wq, rows, cols, mode < 2 ? H : NULL, &g, &p, codes, a, b), MT_OK);
+        for (int64_t r = 0; r < rows; r++) {
+            const int k = mt_qmoe_scale8_code(base, s[r]);
+            assert_true(b[r] == mt_qmoe_scale8_value(base, k));
+            assert_true(a[r] == -b[r]);
+            /* nearest on the code: no other code is closer */
+            for (int k2 = 1; k2 < 256; k2++)
+                assert_true(fabsf(mt_qmoe_scale8_value(base, k2) - s[r]) >= fabsf(b[r] - s[r]));
+            for (int64_t j = 0; j < cols; j++) {
+                const int8_t c = codes[r * cols + j];
+                assert_true(Wq[r * cols + j] == (c == 0 ? 0.0f : c > 0 ? b[r] : a[r]));
+                if (mode == 2) {
+                    const float w = W[r * cols + j];
+                    assert_int_equal(c, w > 0.5f * b[r] ? 1 : w < 0.5f * a[r] ? -1 : 0);
+                }
+            }
+        }
+        err[mode] = mt_gptq_output_err(W, Wq, rows, cols, H0);
+    }
+    printf("ternary u8log: RTN %.6g  GPTQ %.6g  (act-order, range 1.4: %.6g)\n", err[2], err[0], err[1]);
+    assert_true(err[0] < err[2]);
+    free(W);
+    free(Wq);
+    free(a);
+    free(b);
+    free(s);
+    free(H);
+    free(H0);
+    free(codes);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chol_inv),
@@ -642,6 +711,7 @@ int main(void) {
         cmocka_unit_test(test_gptq_beats_rtn_random),
         cmocka_unit_test(test_gptq_beats_rtn_real),
         cmocka_unit_test(test_ternary_range),
+        cmocka_unit_test(test_ternary_scale8),
         cmocka_unit_test(test_asym_grid),
         cmocka_unit_test(test_asym_gptq_on_grid),
         cmocka_unit_test(test_asym_check),

@@ -17,6 +17,10 @@
  *    a dense dot product in double of the
  *    original symbols times the f16-rounded row values; row decode and
  *    batched matmul likewise;
+ *  - 8-bit log-coded row scales: the code's values against exp2 in double,
+ *    nearest-code rounding, blob round trip bit for bit (3 bytes a row
+ *    smaller than f16 pairs, decode equal, kernels and row decode against
+ *    the dense reference), bad bases and types refused;
  *  - malformed blobs (truncated, bad magic, offsets, codewords, flipped
  *    bytes) give errors, never crashes; every kernel on unchecked,
  *    inconsistent matrices (shapes that each kernel takes) reads nothing
@@ -381,6 +385,160 @@ static void test_matvec_random(void **state) {
     mt_qmoe_dict_free(&d);
 }
 
+/* ---- 8-bit log-coded row scales (scale type 2) ------------------------------------ */
+static void test_scale8(void **state) {
+    (void)state;
+    /* the code's values: an independent formula in double (exp2), to one f16 step */
+    const float bases[] = {1.0f, 0.37f, 3.5e-3f, 12.25f};
+    for (size_t bi = 0; bi < sizeof bases / sizeof bases[0]; bi++) {
+        const float b = mt_f16_to_f32(mt_f32_to_f16(bases[bi]));
+        assert_true(mt_qmoe_scale8_value(b, 0) == 0.0f);
+        assert_true(mt_qmoe_scale8_value(b, 255) == b);
+        assert_true(mt_qmoe_scale8_base(bases[bi]) == b);
+        float prev = 0;
+        for (int k = 1; k < 256; k++) {
+            const float v = mt_qmoe_scale8_value(b, k);
+            const double want = (double)b * exp2(-(255 - k) / 16.0);
+            const float w16 = mt_f16_to_f32(mt_f32_to_f16((float)want));
+            assert_true(fabs((double)v - (double)w16) <= fabs((double)w16) * 0x1p-10 + 0x1p-24);
+            assert_true(v == mt_f16_to_f32(mt_f32_to_f16(v))); /* an f16 value */
+            assert_true(v >= prev);
+            prev = v;
+            /* the nearest code of a code's value has that value */
+            assert_true(mt_qmoe_scale8_value(b, mt_qmoe_scale8_code(b, v)) == v);
+        }
+        /* nearest: a value between two codes goes to the closer one */
+        const float v100 = mt_qmoe_scale8_value(b, 100), v101 = mt_qmoe_scale8_value(b, 101);
+        assert_int_equal(mt_qmoe_scale8_code(b, v100 + 0.1f * (v101 - v100)), 100);
+        assert_int_equal(mt_qmoe_scale8_code(b, v100 + 0.9f * (v101 - v100)), 101);
+        assert_int_equal(mt_qmoe_scale8_code(b, 0.0f), 0);
+        assert_int_equal(mt_qmoe_scale8_code(b, 4 * b), 255);
+    }
+    /* round trip: symmetric rows on the code (one zero row), the blob 3 bytes a row
+     * smaller than f16 pairs, decoded bit for bit, serialised again identically */
+    mt_qmoe_dict d;
+    assert_int_equal(mt_qmoe_dict_build(&d, g_model_like, MT_QMOE_DICT_SIZE, MT_QMOE_MAX_LEN), MT_OK);
+    const int64_t shapes[][2] = {{1, 1}, {17, 33}, {64, 256}, {40, 64}, {33, 512}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int64_t rows = shapes[si][0], cols = shapes[si][1];
+        coded c;
+        make_coded(&c, &d, rows, cols, 0.85);
+        const float base = mt_qmoe_scale8_base(0.8f);
+        for (int64_t r = 0; r < rows; r++) {
+            const int k = r == 0 ? 255 : r == 2 ? 0 : 1 + (int)(rnd_u32() % 255);
+            c.hi[r] = mt_qmoe_scale8_value(base, k);
+            c.lo[r] = -c.hi[r];
+        }
+        mt_qmoe_mat_free(&c.q);
+        assert_int_equal(mt_qmoe_encode(&c.q, &d, c.syms, c.lo, c.hi, rows, cols), MT_OK);
+        uint8_t *b16, *b8, *b8b;
+        size_t n16, n8, n8b;
+        assert_int_equal(mt_qmoe_serialize(&c.q, &b16, &n16), MT_OK);
+        assert_int_equal(c.q.scale_type, MT_QMOE_SCALES_F16);
+        assert_int_equal(mt_qmoe_mat_set_scale8(&c.q), MT_OK);
+        assert_int_equal(c.q.scale_type, MT_QMOE_SCALES_U8LOG);
+        assert_true(c.q.scale_base == base);
+        assert_int_equal(mt_qmoe_serialize(&c.q, &b8, &n8), MT_OK);
+        assert_int_equal(n8, n16 - 3 * (size_t)rows);
+        assert_int_equal(n8, mt_qmoe_blob_bytes(rows, MT_QMOE_GROUP_ROWS, c.q.n_codes, MT_QMOE_SCALES_U8LOG));
+        mt_qmoe_size sz;
+        mt_qmoe_mat_size(&c.q, &sz);
+        assert_int_equal(sz.total_bits, 8 * (uint64_t)n8);
+        assert_int_equal(sz.scale_bits, 8 * (uint64_t)rows);
+        static const uint8_t type2[4] = {2, 0, 0, 0};
+        assert_memory_equal(b8 + MT_QMOE_OFF_SCALE_TYPE, type2, 4);
+        /* only the scales differ from the f16 blob: header but its scale fields, offsets, codes */
+        const size_t body = n16 - 4 * (size_t)rows;
+        assert_memory_equal(b8 + MT_QMOE_HEADER_BYTES, b16 + MT_QMOE_HEADER_BYTES, body - MT_QMOE_HEADER_BYTES);
+        mt_qmoe_mat q2;
+        assert_int_equal(mt_qmoe_deserialize(&q2, &d, b8, n8, "u8"), MT_OK);
+        assert_int_equal(q2.scale_type, MT_QMOE_SCALES_U8LOG);
+        assert_true(q2.scale_base == base);
+        assert_memory_equal(q2.scales, c.q.scales, (size_t)rows * 4);
+        for (int64_t r = 0; r < rows; r++) {
+            assert_true(mt_f16_to_f32(q2.scales[2 * r + 1]) == c.hi[r]);
+            assert_true(mt_f16_to_f32(q2.scales[2 * r]) == c.lo[r]);
+        }
+        int8_t *dec = malloc((size_t)(rows * cols));
+        mt_mat W2;
+        mt_qmoe_mat_view(&W2, &q2);
+        assert_int_equal(W2.side.qmoe.scale_type, MT_QMOE_SCALES_U8LOG);
+        assert_int_equal(mt_qmoe_decode_rows(&W2, 0, rows, dec), MT_OK);
+        assert_memory_equal(dec, c.syms, (size_t)(rows * cols));
+        /* the kernels on the decoded scales, and row decode, against the dense reference */
+        float *x = malloc((size_t)cols * sizeof(float)), *y = malloc((size_t)rows * sizeof(float));
+        double *ref = malloc((size_t)rows * sizeof(double)), *a = malloc((size_t)rows * sizeof(double));
+        for (int64_t j = 0; j < cols; j++) x[j] = (float)(2.0 * rnd_unit() - 1.0);
+        dense_ref(&c, x, ref, a);
+        mt_qmoe_matvec_rows_ref(&W2, x, y, 0, rows);
+        check_close(y, ref, a, 0, rows, "u8 ref");
+        mt_qmoe_matvec_rows(&W2, x, y, 0, rows);
+        check_close(y, ref, a, 0, rows, "u8 dispatch");
+        mt_qmoe_matvec_rows_bits(&W2, x, y, 0, rows);
+        check_close(y, ref, a, 0, rows, "u8 bits");
+        if (mt_qmoe_matvec_rows_lut(&W2, x, y, 0, rows)) check_close(y, ref, a, 0, rows, "u8 lut");
+        float *row = malloc((size_t)cols * sizeof(float));
+        for (int64_t r = 0; r < rows; r++) {
+            mt_mat_row_f32(&W2, r, row);
+            for (int64_t j = 0; j < cols; j++) {
+                const int v = c.syms[r * cols + j];
+                assert_true(row[j] == (v > 0 ? c.hi[r] : v < 0 ? c.lo[r] : 0.0f));
+            }
+        }
+        assert_int_equal(mt_qmoe_serialize(&q2, &b8b, &n8b), MT_OK);
+        assert_int_equal(n8b, n8);
+        assert_memory_equal(b8b, b8, n8);
+        /* bad headers: base not finite or not positive, unknown type, f16 with a nonzero reserved field */
+        uint8_t *bad = malloc(n8);
+        const float badb[] = {NAN, INFINITY, 0.0f, -1.0f};
+        for (int i = 0; i < 4; i++) {
+            memcpy(bad, b8, n8);
+            memcpy(bad + MT_QMOE_OFF_SCALE_BASE, &badb[i], 4);
+            mt_qmoe_mat q3;
+            assert_int_equal(mt_qmoe_deserialize(&q3, &d, bad, n8, "bad"), MT_ERR_FORMAT);
+        }
+        memcpy(bad, b8, n8);
+        bad[MT_QMOE_OFF_SCALE_TYPE] = 3;
+        mt_qmoe_mat q3;
+        assert_int_equal(mt_qmoe_deserialize(&q3, &d, bad, n8, "bad"), MT_ERR_UNSUPPORTED);
+        memcpy(bad, b8, n8);
+        bad[MT_QMOE_OFF_SCALE_TYPE] = 1; /* f16 pairs: the size no longer matches, the reserved field is not 0 */
+        assert_int_equal(mt_qmoe_deserialize(&q3, &d, bad, n8, "bad"), MT_ERR_FORMAT);
+        b16[MT_QMOE_OFF_SCALE_BASE] = 1;
+        assert_int_equal(mt_qmoe_deserialize(&q3, &d, b16, n16, "bad"), MT_ERR_FORMAT);
+        free(bad);
+        free(row);
+        free(x);
+        free(y);
+        free(ref);
+        free(a);
+        free(dec);
+        free(b16);
+        free(b8);
+        free(b8b);
+        mt_qmoe_mat_free(&q2);
+        free_coded(&c);
+    }
+    /* only symmetric rows on the code convert */
+    coded c;
+    make_coded(&c, &d, 8, 16, 0.5);
+    assert_int_equal(mt_qmoe_mat_set_scale8(&c.q), MT_ERR_ARG); /* lo != -hi */
+    for (int r = 0; r < 8; r++) c.lo[r] = -c.hi[r];
+    c.hi[3] = mt_f16_to_f32(mt_f32_to_f16(c.hi[3] * 1.01f)); /* between two codes of the largest level */
+    c.lo[3] = -c.hi[3];
+    mt_qmoe_mat_free(&c.q);
+    assert_int_equal(mt_qmoe_encode(&c.q, &d, c.syms, c.lo, c.hi, 8, 16), MT_OK);
+    int off_grid = 0;
+    float mx = 0;
+    for (int r = 0; r < 8; r++) mx = c.hi[r] > mx ? c.hi[r] : mx;
+    for (int r = 0; r < 8; r++)
+        off_grid |= mt_qmoe_scale8_value(mx, mt_qmoe_scale8_code(mx, c.hi[r])) != c.hi[r];
+    assert_int_equal(mt_qmoe_mat_set_scale8(&c.q), off_grid ? MT_ERR_ARG : MT_OK);
+    assert_true(off_grid); /* random f16 levels are not on a 2^(1/16) ladder */
+    free_coded(&c);
+    mt_qmoe_dict_free(&d);
+}
+
 /* ---- malformed blobs ----------------------------------------------------------- */
 static void test_bad_blobs(void **state) {
     (void)state;
@@ -602,6 +760,7 @@ int main(void) {
         cmocka_unit_test(test_roundtrip_random),
         cmocka_unit_test(test_matvec_random),
         cmocka_unit_test(test_bad_blobs),
+        cmocka_unit_test(test_scale8),
         cmocka_unit_test(test_bundled_experts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

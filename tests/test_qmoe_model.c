@@ -113,6 +113,7 @@ static void test_rtn_coded_equals_decoded(void **st) {
     mt_quant_state *sd = NULL, *sc = NULL;
     assert_int_equal(mt_quant_model(&sd, mdec, &o, &rd), MT_OK);
     o.codec = MT_QUANT_CODEC_QMOE;
+    o.qmoe_scales = MT_QMOE_SCALES_F16; /* the grid of the uncoded rows: QMoE's f16 (min, max) */
     assert_int_equal(mt_quant_model(&sc, mcod, &o, &rc), MT_OK);
     check_report(&rc, 1.0);
     assert_int_equal(rd.expert_dtype, MT_DT_F32);

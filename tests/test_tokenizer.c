@@ -141,6 +141,77 @@ static void test_reference_cases_json(void **state) {
 
 /* ---- fixtures from sentencepiece / tokenizers --------------------------- */
 
+/* ---- unigram (T5's spiece.model / tokenizer.json "Unigram") ------------- */
+
+/* Every case of unigram_cases.json: ids as sentencepiece (key "spm") or
+ * tokenizers ("hf") give them; with `decoded`, decode(spm ids) equals
+ * sentencepiece's decode of them. */
+static void run_unigram_cases(const mt_tokenizer *t, const char *key, int decoded, const char *what) {
+    json_t *cases = load_json(src_path("tests/data/tok/unigram_cases.json"));
+    assert_true(json_array_size(cases) > 100);
+    int bad = 0;
+    for (size_t i = 0; i < json_array_size(cases); i++) {
+        json_t *c = json_array_get(cases, i);
+        const char *text = json_string_value(json_object_get(c, "text"));
+        size_t len = json_string_length(json_object_get(c, "text")), n;
+        int32_t *ids = encode(t, text, len, &n);
+        if (!ids_equal_json(ids, n, json_object_get(c, key), what, text)) bad++;
+        if (decoded) {
+            json_t *want = json_object_get(c, "spm_decoded");
+            char *out = NULL;
+            size_t out_len = 0;
+            assert_int_equal(mt_tok_decode(t, ids, n, 1, &out, &out_len), MT_OK);
+            if (out_len != json_string_length(want) || memcmp(out, json_string_value(want), out_len) != 0) {
+                print_error("%s: decode of '%.60s' gave '%.60s', sentencepiece '%.60s'\n", what, text, out,
+                            json_string_value(want));
+                bad++;
+            }
+            free(out);
+        }
+        free(ids);
+    }
+    json_decref(cases);
+    assert_int_equal(bad, 0);
+}
+
+static void test_unigram_cases(void **state) {
+    (void)state;
+    mt_tokenizer *t = NULL;
+    if (mt_tok_load_spm(&t, src_path("tests/data/tok/unigram.model"))) fail_msg("%s", mt_last_error());
+    assert_int_equal(mt_tok_kind_of(t), MT_TOK_UNIGRAM);
+    assert_int_equal(mt_tok_vocab_size(t), 800);
+    assert_int_equal(mt_tok_unk(t), 2);
+    assert_int_equal(mt_tok_eos(t), 1);
+    run_unigram_cases(t, "spm", 1, "unigram.model");
+    { /* speed, for the record (ids of the whole file: cli_tokenize_unigram) */
+        size_t len, n;
+        char *text = tu_read_file(tu_model_path("data/test.txt"), &len);
+        assert_non_null(text);
+        double t0 = mt_now();
+        int32_t *ids = encode(t, text, len, &n);
+        double dt = mt_now() - t0;
+        print_message("unigram.model: test.txt %zu bytes -> %zu ids in %.1f ms (%.1f MB/s)\n", len, n, dt * 1e3,
+                      len / dt / 1e6);
+        free(ids);
+        free(text);
+    }
+    /* round trips: text that normalises to itself and has no unknowns */
+    static const char *const same[] = {"In the beginning God created the heaven and the earth.", "a", "x y z"};
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+        size_t n;
+        int32_t *ids = encode(t, same[i], strlen(same[i]), &n);
+        check_round_trip(t, same[i], strlen(same[i]), ids, n);
+        free(ids);
+    }
+    mt_tok_free(t);
+    t = load_json_tok(src_path("tests/data/tok/unigram.json"));
+    assert_int_equal(mt_tok_kind_of(t), MT_TOK_UNIGRAM);
+    assert_int_equal(mt_tok_vocab_size(t), 832);
+    run_unigram_cases(t, "hf", 0, "unigram.json");
+    mt_tok_free(t);
+}
+
+
 static void run_spm_cases(mt_tokenizer *t, const char *key, const char *what) {
     json_t *cases = load_json(src_path("tests/data/tok/spm_cases.json"));
     assert_true(json_array_size(cases) > 20);
@@ -619,9 +690,11 @@ static void test_hostile_spm(void **state) {
     expect_spm_error(empty_vocab, sizeof empty_vocab, MT_ERR_FORMAT, "no pieces");
     expect_spm_error("", 0, MT_ERR_FORMAT, "no pieces");
     static const unsigned char unigram[] = {0x0A, 0x03, 0x0A, 0x01, 'a', 0x12, 0x02, 0x18, 0x01};
-    expect_spm_error(unigram, sizeof unigram, MT_ERR_UNSUPPORTED, "unigram");
+    expect_spm_error(unigram, sizeof unigram, MT_ERR_FORMAT, "unknown"); /* a unigram model needs <unk> too */
     static const unsigned char no_type[] = {0x0A, 0x03, 0x0A, 0x01, 'a', 0x12, 0x02, 0x20, 0x05};
-    expect_spm_error(no_type, sizeof no_type, MT_ERR_UNSUPPORTED, "unigram"); /* model_type defaults to UNIGRAM */
+    expect_spm_error(no_type, sizeof no_type, MT_ERR_FORMAT, "unknown"); /* model_type defaults to UNIGRAM */
+    static const unsigned char word[] = {0x0A, 0x03, 0x0A, 0x01, 'a', 0x12, 0x02, 0x18, 0x03};
+    expect_spm_error(word, sizeof word, MT_ERR_UNSUPPORTED, "model_type 3");
     static const unsigned char charsmap[] = {0x0A, 0x09, 0x0A, 0x05, '<', 'u', 'n', 'k', '>', 0x18, 0x02,
                                              0x12, 0x02, 0x18, 0x02, 0x1A, 0x03, 0x12, 0x01, 0x00};
     expect_spm_error(charsmap, sizeof charsmap, MT_ERR_UNSUPPORTED, "charsmap");
@@ -635,6 +708,95 @@ static void test_hostile_spm(void **state) {
     mt_tokenizer *x = NULL;
     assert_int_equal(mt_tok_load_spm(&x, "/nonexistent/tokenizer.model"), MT_ERR_IO);
     assert_non_null(strstr(mt_last_error(), "/nonexistent/tokenizer.model"));
+}
+
+/* A unigram model (pieces <unk>, a, b; model_type UNIGRAM) whose
+ * normalizer_spec carries `blob` as its precompiled charsmap. */
+static size_t unigram_with_charsmap(unsigned char *out, const unsigned char *blob, size_t len) {
+    static const unsigned char head[] = {0x0A, 0x09, 0x0A, 0x05, '<', 'u', 'n', 'k', '>', 0x18, 0x02,
+                                         0x0A, 0x08, 0x0A, 0x01, 'a', 0x15, 0x00, 0x00, 0x80, 0xBF,
+                                         0x0A, 0x08, 0x0A, 0x01, 'b', 0x15, 0x00, 0x00, 0x00, 0xC0,
+                                         0x12, 0x02, 0x18, 0x01};
+    size_t n = sizeof head;
+    memcpy(out, head, n);
+    assert_true(len < 16000);
+    const size_t inner = 1 + (len < 128 ? 1 : 2) + len; /* field 2, length, blob */
+    out[n++] = 0x1A;
+    if (inner < 128) out[n++] = (unsigned char)inner;
+    else { out[n++] = (unsigned char)(0x80 | (inner & 0x7F)); out[n++] = (unsigned char)(inner >> 7); }
+    out[n++] = 0x12;
+    if (len < 128) out[n++] = (unsigned char)len;
+    else { out[n++] = (unsigned char)(0x80 | (len & 0x7F)); out[n++] = (unsigned char)(len >> 7); }
+    memcpy(out + n, blob, len);
+    return n + len;
+}
+
+static void put32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24);
+}
+
+/* The precompiled charsmap: a hand-built double array mapping "a" -> "b"
+ * (root offset 256, 'a' at 256 ^ 0x61 with its leaf one unit away), then
+ * every way of breaking it. */
+static void test_hostile_charsmap(void **state) {
+    (void)state;
+    enum { NU = 354 };
+    static unsigned char blob[4 + 4 * NU + 2], model[16384];
+    memset(blob, 0, sizeof blob);
+    put32(blob, 4 * NU);
+    put32(blob + 4, 256u << 10);                              /* root: children at 256 ^ c */
+    put32(blob + 4 + 4 * 353, 0x61u | 0x100u | (1u << 10));   /* 'a', has a leaf at 353 ^ 1 */
+    put32(blob + 4 + 4 * 352, (1u << 31) | 0u);               /* leaf: replacement at 0 */
+    memcpy(blob + 4 + 4 * NU, "b", 2);
+    size_t n = unigram_with_charsmap(model, blob, sizeof blob);
+    mt_tokenizer *t = NULL;
+    if (mt_tok_parse_spm(&t, model, n, "cm.model")) fail_msg("%s", mt_last_error());
+    size_t k;
+    int32_t *ids = encode(t, "ab", 2, &k); /* "a" normalises to "b": dummy prefix unknown, b, b */
+    assert_int_equal(k, 3);
+    assert_int_equal(ids[0], 0);
+    assert_int_equal(ids[1], 2);
+    assert_int_equal(ids[2], 2);
+    free(ids);
+    /* NUL bytes walk into units the load did not check: still in bounds */
+    ids = encode(t, "a\0\0a", 4, &k);
+    free(ids);
+    mt_tok_free(t);
+    /* truncated at every length: an error or a model, never a crash */
+    for (size_t cut = 0; cut < sizeof blob; cut += 3) {
+        n = unigram_with_charsmap(model, blob, cut);
+        t = NULL;
+        if (mt_tok_parse_spm(&t, model, n, "cut.model") == MT_OK) mt_tok_free(t);
+        else assert_non_null(strstr(mt_last_error(), "cut.model"));
+    }
+    static unsigned char bad[sizeof blob];
+    memcpy(bad, blob, sizeof blob);
+    put32(bad, 4 * NU + 100); /* trie larger than the blob */
+    n = unigram_with_charsmap(model, bad, sizeof bad);
+    expect_spm_error(model, n, MT_ERR_FORMAT, "trie size");
+    memcpy(bad, blob, sizeof blob);
+    put32(bad, 4 * NU - 2); /* not a multiple of 4 */
+    n = unigram_with_charsmap(model, bad, sizeof bad);
+    expect_spm_error(model, n, MT_ERR_FORMAT, "multiple of 4");
+    memcpy(bad, blob, sizeof blob);
+    put32(bad + 4 + 4 * 352, (1u << 31) | 7u); /* replacement offset past the strings */
+    n = unigram_with_charsmap(model, bad, sizeof bad);
+    expect_spm_error(model, n, MT_ERR_FORMAT, "replacement");
+    memcpy(bad, blob, sizeof blob);
+    put32(bad + 4 + 4 * 353, 0x61u | 0x100u | (4000u << 10)); /* leaf outside the units */
+    n = unigram_with_charsmap(model, bad, sizeof bad);
+    expect_spm_error(model, n, MT_ERR_FORMAT, "outside");
+    memcpy(bad, blob, sizeof blob);
+    put32(bad + 4 + 4 * 353, 0x61u | (1u << 10)); /* 'a' -> base 352; 'b' at 352 ^ 0x62 = 258 */
+    put32(bad + 4 + 4 * 258, 0x62u | (2u << 10)); /* -> base 256, whose 'a' is 353 again: a cycle */
+    n = unigram_with_charsmap(model, bad, sizeof bad);
+    expect_spm_error(model, n, MT_ERR_FORMAT, "twice");
+    memcpy(bad, blob, sizeof blob);
+    bad[sizeof bad - 1] = 'c'; /* strings without their final NUL */
+    n = unigram_with_charsmap(model, bad, sizeof bad);
+    expect_spm_error(model, n, MT_ERR_FORMAT, "unterminated");
+    n = unigram_with_charsmap(model, blob, 3);
+    expect_spm_error(model, n, MT_ERR_FORMAT, "too short");
 }
 
 static void expect_json_error(const char *text, int want_rc, const char *want_msg) {
@@ -654,7 +816,23 @@ static void test_hostile_json(void **state) {
     expect_json_error("{}", MT_ERR_FORMAT, "model");
     expect_json_error("{\"model\": []}", MT_ERR_FORMAT, "model");
     expect_json_error("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", MT_ERR_UNSUPPORTED, "WordPiece");
-    expect_json_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", MT_ERR_UNSUPPORTED, "Unigram");
+    expect_json_error("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", MT_ERR_UNSUPPORTED, "WordPiece");
+    expect_json_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", MT_ERR_FORMAT, "0 pieces");
+    expect_json_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": {}}}", MT_ERR_FORMAT, "not an array");
+    expect_json_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\"]]}}", MT_ERR_FORMAT, "vocab[0]");
+    expect_json_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", \"x\"]]}}", MT_ERR_FORMAT, "vocab[0]");
+    expect_json_error("{\"model\": {\"type\": \"Unigram\", \"unk_id\": 5, \"vocab\": [[\"a\", -1]]}}", MT_ERR_FORMAT,
+                      "unk_id");
+    expect_json_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", -1], [\"a\", -2]]}}", MT_ERR_FORMAT,
+                      "duplicate");
+    expect_json_error("{\"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": \"!!\"},"
+                      " \"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", -1]]}}", MT_ERR_FORMAT, "base64");
+    expect_json_error("{\"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": \"AQAAAA==\"},"
+                      " \"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", -1]]}}", MT_ERR_FORMAT, "charsmap");
+    expect_json_error("{\"normalizer\": {\"type\": \"NFKC\"}, \"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", -1]]}}",
+                      MT_ERR_UNSUPPORTED, "NFKC");
+    expect_json_error("{\"added_tokens\": [{\"id\": 9, \"content\": \"x\"}], \"model\": {\"type\": \"Unigram\", "
+                      "\"vocab\": [[\"a\", -1]]}}", MT_ERR_FORMAT, "added_tokens[0]");
     expect_json_error("{\"model\": {\"type\": \"BPE\", \"vocab\": [], \"merges\": []}}", MT_ERR_FORMAT, "vocab");
     expect_json_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": {}}}", MT_ERR_FORMAT, "merges");
     expect_json_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}}", MT_ERR_FORMAT, "empty");
@@ -746,10 +924,47 @@ static void replay_dir(const char *rel, int json) {
     assert_true(files > 0);
 }
 
+/* fuzz_tok_unigram's corpus, as that target reads it: each file as a
+ * charsmap inside a small unigram model, then as a whole spiece.model. */
+static void replay_unigram_dir(const char *rel) {
+    DIR *d = opendir(src_path(rel));
+    assert_non_null(d);
+    struct dirent *de;
+    int files = 0;
+    static unsigned char model[16384];
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char path[2048];
+        snprintf(path, sizeof path, "%s/%s", src_path(rel), de->d_name);
+        size_t len;
+        char *buf = tu_read_file(path, &len);
+        assert_non_null(buf);
+        for (int whole = 0; whole < 2; whole++) {
+            if (!whole && len >= 16000) continue;
+            size_t n = whole ? len : unigram_with_charsmap(model, (const unsigned char *)buf, len);
+            mt_tokenizer *t = NULL;
+            if (mt_tok_parse_spm(&t, whole ? (const void *)buf : model, n, de->d_name) == MT_OK) {
+                int32_t ids[64];
+                size_t k;
+                if (mt_tok_encode(t, "Hello  world, caf\xC3\xA9 \xEF\xAC\x81 123\t\n", 27, ids, 64, &k) != MT_OK)
+                    assert_true(mt_last_error()[0] != 0);
+                mt_tok_free(t);
+            } else {
+                assert_non_null(strstr(mt_last_error(), de->d_name));
+            }
+        }
+        free(buf);
+        files++;
+    }
+    closedir(d);
+    assert_true(files > 0);
+}
+
 static void test_fuzz_corpora(void **state) {
     (void)state;
     replay_dir("fuzz/corpus/tok_spm", 0);
     replay_dir("fuzz/corpus/tok_json", 1);
+    replay_unigram_dir("fuzz/corpus/tok_unigram");
 }
 
 int main(void) {
@@ -757,6 +972,7 @@ int main(void) {
         cmocka_unit_test(test_reference_cases_spm),
         cmocka_unit_test(test_reference_cases_json),
         cmocka_unit_test(test_spm_cases),
+        cmocka_unit_test(test_unigram_cases),
         cmocka_unit_test(test_test_txt),
         cmocka_unit_test(test_train_txt),
         cmocka_unit_test(test_byte_level),
@@ -768,6 +984,7 @@ int main(void) {
         cmocka_unit_test(test_piece_text_control),
         cmocka_unit_test(test_encode_file),
         cmocka_unit_test(test_hostile_spm),
+        cmocka_unit_test(test_hostile_charsmap),
         cmocka_unit_test(test_hostile_json),
         cmocka_unit_test(test_fuzz_corpora),
     };

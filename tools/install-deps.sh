@@ -14,7 +14,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential cmake pkg-config clang libclang-rt-dev \
   libopenblas-dev libzstd-dev libarchive-dev libyaml-dev libcmocka-dev libjansson-dev \
-  libopenmpi-dev openmpi-bin python3 python3-pip time zstd >/dev/null
+  libopenmpi-dev openmpi-bin python3 python3-pip strace time zstd >/dev/null
 # numpy: the independent numpy forward used by tests; gguf: llama.cpp's own
 # GGUF reader. Tests that need them skip (exit 77) when they are missing.
 python3 -m pip install -q numpy gguf 2>/dev/null \
@@ -26,9 +26,11 @@ python3 -m pip install -q numpy gguf 2>/dev/null \
 # a release that accepts it), for /usr/bin/python3: tests/cli_transformers.sh
 # loads moetool's Hugging Face outputs with it and compares perplexity and
 # logits; tests/cli_seq2seq.sh writes Switch Transformers checkpoints with it
-# and compares the encoder-decoder runtime. Skipped by the tests when missing.
+# and compares the encoder-decoder runtime; sentencepiece (with transformers'
+# tokenizers) is the reference of tests/cli_tokenize_unigram.sh for T5's
+# unigram tokenizer. Skipped by the tests when missing.
 apt-get install -y -qq --no-install-recommends python3-torch >/dev/null \
-  && /usr/bin/python3 -m pip install -q --break-system-packages "transformers==4.40.2" 2>/dev/null \
+  && /usr/bin/python3 -m pip install -q --break-system-packages "transformers==4.40.2" sentencepiece 2>/dev/null \
   || echo "install-deps: warning: torch/transformers not installed; cli_transformers will be skipped" >&2
 
 # chromium: tests/cli_report_html.sh renders a recipe's report.html headless.

@@ -174,12 +174,13 @@ const mt_pickle_tensor *mt_pickle_get(const mt_pickle_dict *d, size_t i);
 
 /* ---- tokenizer sources found next to a checkpoint ---------------------- */
 typedef struct {
-    char *spm_model_path;    /* tokenizer.model, or NULL                     */
+    char *spm_model_path;    /* tokenizer.model or spiece.model, or NULL     */
     char *hf_json_path;      /* tokenizer.json, or NULL                      */
     /* a checkpoint read from an archive: the files' bytes instead (owned by
        the checkpoint; NULL when absent) */
     const void *spm_model_buf;
     size_t spm_model_len;
+    const char *spm_model_name; /* "tokenizer.model" or "spiece.model"       */
     const char *hf_json_buf, *hf_config_buf; /* tokenizer.json, tokenizer_config.json */
     size_t hf_json_len, hf_config_len;
 } mt_tokenizer_files;
@@ -233,6 +234,7 @@ typedef struct {
     const struct mt_qmoe_dict *dict;  /* the model's dictionary (shared)             */
     const uint16_t *scales;           /* [rows * 2] f16: lo, hi of each row          */
     uint64_t n_codes;                 /* codewords at data                           */
+    int scale_type;                   /* stored form of scales (MT_QMOE_SCALES_*)    */
     uint64_t blob_bytes;              /* before parsing (offsets NULL): `data` is the
                                          serialised blob, of this many bytes         */
 } mt_qmoe_side;
@@ -308,6 +310,12 @@ typedef struct {
  * zero: the runtime (mt_model_load) parses and checks it. */
 int mt_weights_init(mt_weights *w, const mt_ckpt *ck);
 void mt_weights_free(mt_weights *w);
+/* An HF checkpoint's weights (mapped by mt_weights_init) as its GGUF
+ * conversion holds them (`moetool convert`'s choices): Q/K rows in
+ * llama.cpp's RoPE order and the family's GGUF rope style, vectors and what
+ * GGUF keeps in F32 (norms, router) as F32, types GGUF lacks as F32. Only
+ * the matrices that change are copied (owned). Nothing to do for a GGUF. */
+int mt_weights_gguf_layout(mt_weights *w, const mt_ckpt *ck);
 
 /* ---- GGUF v3 (llama.cpp conventions) ----------------------------------- */
 typedef enum {

@@ -45,13 +45,16 @@ extern "C" {
 #define MT_QMOE_OFF_ROWS 8         /* header: rows R (u64) at this byte */
 #define MT_QMOE_OFF_COLS 16        /* header: cols C (u64) at this byte */
 #define MT_QMOE_OFF_NCODES 24      /* header: codewords N (u64)         */
-#define MT_QMOE_OFF_SCALE_TYPE 32  /* header: scale type (u32), then 4 reserved bytes */
+#define MT_QMOE_OFF_SCALE_TYPE 32  /* header: scale type (u32)          */
+#define MT_QMOE_OFF_SCALE_BASE 36  /* header: scale type 2: f32 base; type 1: 0 */
 #define MT_QMOE_MAX_GROUP 4096     /* group_rows a reader accepts       */
 #define MT_QMOE_DICT_BYTES 40      /* dictionary parameters, whole      */
 #define MT_QMOE_DICT_OFF_MAX_LEN 6 /* dictionary: max_len (u16)         */
 #define MT_QMOE_DICT_OFF_ENTRIES 8 /* dictionary: n_entries (u32)       */
 #define MT_QMOE_DICT_OFF_COUNTS 16 /* dictionary: 3 x u64 symbol counts */
 #define MT_QMOE_SCALES_F16 1       /* scale type: f16 (lo, hi) per row  */
+#define MT_QMOE_SCALES_U8LOG 2     /* scale type: one u8 log code per row, levels -s, +s */
+#define MT_QMOE_SCALE8_STEPS 16    /* u8 log code: 16 codes per octave  */
 #define MT_QMOE_DICT_SIZE 65536 /* codewords (uint16)                        */
 #define MT_QMOE_MAX_LEN 32      /* symbols per codeword at most (32-bit masks) */
 #define MT_QMOE_GROUP_ROWS 16   /* rows per independently decodable group     */
@@ -93,8 +96,12 @@ typedef struct {
     uint64_t n_codes;
     uint16_t *codes;            /* [n_codes]                                   */
     uint32_t *offsets;          /* [n_groups + 1] first codeword of each group */
-    uint16_t *scales;           /* [rows * 2] f16: lo, hi of each row          */
+    uint16_t *scales;           /* [rows * 2] f16: lo, hi of each row (the
+                                   values the kernels read, whatever the
+                                   stored form)                                */
     const mt_qmoe_dict *dict;   /* not owned                                   */
+    int scale_type;             /* stored form of the scales: MT_QMOE_SCALES_* */
+    float scale_base;           /* MT_QMOE_SCALES_U8LOG: value of code 255     */
 } mt_qmoe_mat;
 
 static inline int64_t mt_qmoe_n_groups(int64_t rows, int group_rows) {
@@ -105,8 +112,27 @@ static inline int64_t mt_qmoe_n_groups(int64_t rows, int group_rows) {
 void mt_qmoe_mat_view(mt_mat *out, const mt_qmoe_mat *q);
 
 /* Bytes of the serialised blob of a (rows, *) matrix in groups of
- * group_rows with n_codes codewords: header, offsets, codes, scales. */
-uint64_t mt_qmoe_blob_bytes(int64_t rows, int group_rows, uint64_t n_codes);
+ * group_rows with n_codes codewords and scales stored as scale_type
+ * (MT_QMOE_SCALES_*): header, offsets, codes, scales. */
+uint64_t mt_qmoe_blob_bytes(int64_t rows, int group_rows, uint64_t n_codes, int scale_type);
+
+/* ---- 8-bit log-coded row scales (scale type MT_QMOE_SCALES_U8LOG) ---------
+ * A row's levels are -s and +s; s is stored as a code k in 0..255 against a
+ * per-matrix base b (f32, finite, > 0): k = 0 is s = 0, else
+ *     s = f16( b · 2^(-(255 - k) / 16) )
+ * computed exactly as mt_qmoe_scale8_value does (2^(-i/16), i = 0..15, as
+ * f32 constants, times b in f32, then ldexp by -(255 - k) / 16, then
+ * rounded to f16), so every reader gets the same f16 value. */
+float mt_qmoe_scale8_value(float base, int k);
+/* The code whose value is nearest to s >= 0 (ties: the smaller code). */
+int mt_qmoe_scale8_code(float base, float s);
+/* The base the quantizer uses for a matrix whose largest row level is
+ * smax > 0: f16(smax), so that code 255 is that row's level exactly. */
+float mt_qmoe_scale8_base(float smax);
+/* Converts a coded matrix (scale type f16) to MT_QMOE_SCALES_U8LOG with the
+ * base of its largest level: every row must have lo = -hi with hi a code
+ * value of that base (what the quantizer rounds to); MT_ERR_ARG otherwise. */
+int mt_qmoe_mat_set_scale8(mt_qmoe_mat *q);
 
 /* Cheap structural check (type, shape, group, side arrays and dictionary
  * present), what every kernel call does first; the full validation of a

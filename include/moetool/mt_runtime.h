@@ -28,10 +28,17 @@ typedef struct {
     int n_threads;          /* 0 = number of online CPUs, at most MT_MAX_THREADS */
     mt_device device;       /* MT_DEVICE_CPU by default                          */
     int device_index;       /* which CUDA device (0 by default)                  */
+    int gguf_layout;        /* 1: hold a Hugging Face checkpoint's weights as its
+                               GGUF conversion would (mt_weights_gguf_layout):
+                               what quantize to GGUF computes on, so that its
+                               result equals quantizing the converted file   */
 } mt_model_opts;
 void mt_model_opts_default(mt_model_opts *o);
 
 int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts);
+/* The same on a checkpoint already open, which the model then owns (freed
+ * by mt_model_free, or here on failure). */
+int mt_model_load_ckpt(mt_model **out, mt_ckpt *ck, const mt_model_opts *opts);
 void mt_model_free(mt_model *m);
 const mt_config *mt_model_config(const mt_model *m);
 const mt_weights *mt_model_weights(const mt_model *m);

@@ -133,14 +133,20 @@ int mt_s2s_expert_storage(const mt_ckpt *ck, const mt_s2s_weights *w, uint64_t *
 int mt_s2s_convert_hf(const char *in_path, const char *out_path, const mt_convert_opts *o);
 
 /* Input/target pairs (eval --pairs, quantize --calib-pairs): JSON Lines,
- * one object per non-empty line, {"input": [ids], "target": [ids]}; errors
- * name the file and the line (text instead of ids is refused by name). */
+ * one object per non-empty line, {"input": [ids] or text, "target": [ids]
+ * or text}; a text is encoded with `tok` and ends with EOS (as
+ * mt_s2s_encode_text); without a tokenizer (tok NULL) text is refused by
+ * name. Errors name the file and the line. */
 typedef struct {
     int32_t *input, *target;
     int n_in, n_tgt;
     int line;               /* 1-based line of the file                       */
 } mt_s2s_pair;
-int mt_s2s_pairs_load(const char *path, mt_s2s_pair **out, size_t *n);
+struct mt_tokenizer;
+int mt_s2s_pairs_load(const char *path, const struct mt_tokenizer *tok, mt_s2s_pair **out, size_t *n);
+/* A text's ids as T5's tokenizer gives them (transformers'
+ * tokenizer(text).input_ids): its encoding, then EOS; *out malloc'd. */
+int mt_s2s_encode_text(const struct mt_tokenizer *tok, const char *text, size_t len, int32_t **out, int *n);
 void mt_s2s_pairs_free(mt_s2s_pair *p, size_t n);
 
 /* ---- runtime ------------------------------------------------------------ */
@@ -181,6 +187,11 @@ int mt_s2s_score(mt_s2s_model *m, const int32_t *input, int n_in, const int32_t 
 typedef void (*mt_s2s_expert_hook)(void *user, int decoder, int layer, int expert, const float *x,
                                    const float *mid, int n);
 void mt_s2s_set_expert_hook(mt_s2s_model *m, mt_s2s_expert_hook fn, void *user);
+/* Runs expert `expert`'s wi (wo = 0) or wo (wo = 1) of sparse layer `layer`
+ * of a stack with the f32 matrix w (its shape) from now on: quantize's
+ * layer-by-layer calibration puts each quantized layer in place before it
+ * calibrates the next. w stays the caller's and must outlive the model. */
+int mt_s2s_set_expert_matrix(mt_s2s_model *m, int decoder, int layer, int expert, int wo, const float *w);
 
 /* Greedy decoding: encode `input`, start from decoder_start_id and take the
  * argmax token up to max_new tokens (stopping after EOS when stop_at_eos),

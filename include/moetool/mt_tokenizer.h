@@ -1,6 +1,8 @@
 /* mt_tokenizer.h — tokenizers: sentencepiece BPE (tokenizer.model protobuf,
  * or the same model in tokenizer.json / GGUF 'llama' metadata) with byte
- * fallback, and GPT-2 byte-level BPE (tokenizer.json / GGUF 'gpt2'). */
+ * fallback, GPT-2 byte-level BPE (tokenizer.json / GGUF 'gpt2'), and
+ * sentencepiece unigram (T5's spiece.model, or tokenizer.json "Unigram"),
+ * with its precompiled-charsmap normaliser. */
 #ifndef MT_TOKENIZER_H
 #define MT_TOKENIZER_H
 
@@ -10,7 +12,11 @@
 extern "C" {
 #endif
 
-typedef enum { MT_TOK_SPM = 0, MT_TOK_GPT2 = 1 } mt_tok_kind;
+typedef enum {
+    MT_TOK_SPM = 0,     /* sentencepiece-style BPE                          */
+    MT_TOK_GPT2 = 1,    /* GPT-2 byte-level BPE                             */
+    MT_TOK_UNIGRAM = 2, /* sentencepiece unigram (Viterbi over piece scores) */
+} mt_tok_kind;
 
 /* Piece types, numbered as sentencepiece and GGUF number them. */
 typedef enum {
@@ -34,7 +40,8 @@ int mt_tok_from_vocab(mt_tokenizer **out, mt_tok_kind kind, size_t n_vocab,
 void mt_tok_free(mt_tokenizer *t);
 
 /* The tokenizer that belongs to a checkpoint: GGUF metadata
- * (tokenizer.ggml.*), else tokenizer.model, else tokenizer.json beside it. */
+ * (tokenizer.ggml.*), else tokenizer.model or spiece.model (T5), else
+ * tokenizer.json beside it. */
 struct mt_ckpt;
 int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck);
 

@@ -8,6 +8,7 @@
 #ifndef MT_WRITE_H
 #define MT_WRITE_H
 
+#include "mt_arch.h"
 #include "mt_io.h"
 
 #ifdef __cplusplus
@@ -140,6 +141,56 @@ void mt_prov_tag(mt_prov *p, const char *tag);
 char *mt_prov_json(const mt_prov *p); /* malloc'd */
 int mt_prov_config(const mt_prov *p, char **config_text);
 int mt_prov_write_card(const mt_prov *p, const char *dir, const char *title);
+
+/* ---- a Hugging Face checkpoint as GGUF -------------------------------------
+ * The GGUF that `moetool convert` makes of a Hugging Face checkpoint, planned
+ * once: llama.cpp's tensor names and order (experts stacked in 3-D tensors),
+ * the storage types (norms and router F32, types GGUF lacks as F32), Q/K
+ * rows permuted for its RoPE where the family's GGUF says so, and the
+ * family's metadata, tokenizer and chat template. convert writes it as it
+ * is; quantize writes its GGUF of a Hugging Face source through it,
+ * replacing the tensors it quantized (no converted copy on disk). */
+typedef struct mt_gguf_export mt_gguf_export;
+/* Checks and plans (o: its dtype, moetool_only, require_tokenizer; NULL:
+ * defaults). `ck` must outlive the export. */
+int mt_gguf_export_open(mt_gguf_export **out, const mt_ckpt *ck, const mt_convert_opts *o);
+void mt_gguf_export_free(mt_gguf_export *x);
+/* Logs what the plan leaves out: input tensors without a place in the
+ * output, q8_0 requests stored as f16. */
+void mt_gguf_export_warn(const mt_gguf_export *x);
+size_t mt_gguf_export_count(const mt_gguf_export *x);
+typedef struct {
+    const char *name;           /* GGUF name                                   */
+    const mt_arch_tensor *role;
+    int layer;                  /* -1: not per layer                           */
+    int n_experts;              /* > 0: experts stacked in a 3-D tensor        */
+    mt_dtype dtype;             /* convert's storage type                      */
+    int n_dims;
+    const int64_t *shape;       /* PyTorch order                               */
+    uint64_t nbytes;
+} mt_gguf_export_tensor;
+void mt_gguf_export_tensor_get(const mt_gguf_export *x, size_t i, mt_gguf_export_tensor *t);
+/* Bytes of convert's output: all tensor data (unpadded) and everything
+ * before the data section (header, metadata, tensor infos, padding). */
+int mt_gguf_export_sizes(mt_gguf_export *x, uint64_t *tensor_bytes, uint64_t *header_bytes);
+typedef struct {
+    /* 0: general.file_type of the planned types; 1: file_type, and the keys
+       end with the writer's mark, general.quantized_by, then extra_kvs'
+       (the order of quantize's GGUF -> GGUF rewrite) */
+    int set_file_type;
+    uint32_t file_type;
+    int (*extra_kvs)(void *user, mt_gguf_writer *w);
+    /* Tensor i's stored type (`planned`: convert's) */
+    mt_dtype (*tensor_type)(void *user, size_t i, mt_dtype planned);
+    /* Tensor i's bytes, expert by expert for a stacked one (expert -1: not
+       stacked): *data NULL (at expert 0 or -1) streams convert's conversion
+       of the checkpoint instead */
+    int (*tensor_data)(void *user, size_t i, int expert, const void **data, uint64_t *nbytes);
+    void *user;
+} mt_gguf_export_hooks;
+/* Writes the GGUF (hooks NULL: exactly convert's) under the output policy:
+ * unnamed or a registered temporary until complete, then renamed. */
+int mt_gguf_export_write(mt_gguf_export *x, const char *out_path, const mt_gguf_export_hooks *h);
 
 /* Writes text (config.json, ...) as dir/name. */
 int mt_write_text_file(const char *dir, const char *name, const char *text, size_t len);

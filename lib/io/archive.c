@@ -4,7 +4,7 @@
  * archive as MODEL; the writing verbs refuse it (ckpt.c).
  *
  * Only the files a checkpoint is made of are read: config.json, the shard
- * index, *.safetensors, pytorch_model*.bin, *.gguf, tokenizer.model,
+ * index, *.safetensors, pytorch_model*.bin, *.gguf, tokenizer.model, spiece.model,
  * tokenizer.json, tokenizer_config.json, generation_config.json; everything
  * else is skipped unread. They must sit in one directory of the archive (a
  * top-level folder is usual) under distinct names. Hostile archives are
@@ -41,7 +41,7 @@ int mt_archive_name(const char *path) {
 
 static int wanted(const char *base) {
     static const char *const exact[] = {"config.json",           "model.safetensors.index.json",
-                                        "pytorch_model.bin.index.json", "tokenizer.model",
+                                        "pytorch_model.bin.index.json", "tokenizer.model", "spiece.model",
                                         "tokenizer.json",        "tokenizer_config.json",
                                         "generation_config.json"};
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)

@@ -165,6 +165,8 @@ static int gather_shards(mt_ckpt *ck) {
     return MT_OK;
 }
 
+/* tokenizer.model (Llama-style), else spiece.model (T5's name for the same
+ * protobuf), and tokenizer.json. */
 static int find_tokenizer_files(mt_ckpt *ck, const char *dir) {
     char *p = mt_path_join(dir, "tokenizer.model");
     char *q = mt_path_join(dir, "tokenizer.json");
@@ -172,6 +174,13 @@ static int find_tokenizer_files(mt_ckpt *ck, const char *dir) {
         free(p);
         free(q);
         return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    }
+    if (file_size(p) <= 0) {
+        free(p);
+        if (!(p = mt_path_join(dir, "spiece.model"))) {
+            free(q);
+            return mt_seterr(MT_ERR_NOMEM, "out of memory");
+        }
     }
     if (file_size(p) > 0) ck->tok.spm_model_path = p;
     else free(p);
@@ -632,9 +641,11 @@ static int open_archive(mt_ckpt *ck, const char *path) {
                        "pytorch_model.bin or its index in the archive", path);
     if (rc) return rc;
     const mt_archive_member *t;
-    if ((t = mt_archive_get(ck->arc, "tokenizer.model")) && t->size) {
+    if (((t = mt_archive_get(ck->arc, "tokenizer.model")) && t->size) ||
+        ((t = mt_archive_get(ck->arc, "spiece.model")) && t->size)) {
         ck->tok.spm_model_buf = t->data;
         ck->tok.spm_model_len = t->size;
+        ck->tok.spm_model_name = mt_archive_get(ck->arc, "tokenizer.model") == t ? "tokenizer.model" : "spiece.model";
     }
     if ((t = mt_archive_get(ck->arc, "tokenizer.json")) && t->size) {
         ck->tok.hf_json_buf = (const char *)t->data;

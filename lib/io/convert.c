@@ -91,8 +91,8 @@ static int64_t shape_cols(const plan_t *e) { return e->n_dims ? e->shape[e->n_di
 static int is_block(mt_dtype t) { return mt_dtype_get(t) && mt_dtype_get(t)->block_elems > 1; }
 
 /* Type of a weight matrix (2-D or merged 3-D) given the request `want`. */
-static mt_dtype weight_type(const mt_tensor *src, int want, int64_t cols, int to_gguf, int *fallback) {
-    mt_dtype t = want >= 0 ? (mt_dtype)want : src->dtype;
+static mt_dtype weight_type(mt_dtype src, int want, int64_t cols, int to_gguf, int *fallback) {
+    mt_dtype t = want >= 0 ? (mt_dtype)want : src;
     if (to_gguf && mt_dtype_ggml_type(t) < 0) t = MT_DT_F32;
     if (!to_gguf && !mt_dtype_st_name(t)) t = MT_DT_F32;
     if (is_block(t) && cols % mt_dtype_get(t)->block_elems) {
@@ -100,6 +100,23 @@ static mt_dtype weight_type(const mt_tensor *src, int want, int64_t cols, int to
         t = MT_DT_F16;
     }
     return t;
+}
+
+/* The type convert stores a Hugging Face tensor of role r in GGUF: F32 for
+ * vectors and what llama.cpp keeps in F32 (norms, router), else the request
+ * (or the source's type) as weight_type chooses. Shared with the in-memory
+ * GGUF layout of a loaded model (mt_weights_gguf_layout). */
+mt_dtype mt_io_gguf_type(const mt_arch_tensor *r, mt_dtype src, int n_dims, int64_t cols, int want,
+                         int *fallback) {
+    if (n_dims == 1 || (r && (r->flags & MT_ROLE_F_F32_GGUF) && !(r->flags & MT_ROLE_F_EXPERT))) return MT_DT_F32;
+    return weight_type(src, want, cols, 1, fallback);
+}
+
+/* Heads of the Q/K rows convert permutes for GGUF's RoPE (llama.cpp's
+ * permute of q_proj/k_proj), or 0 when role r keeps its row order. */
+int mt_io_gguf_perm_heads(const mt_config *c, const mt_arch_tensor *r) {
+    if (!r || c->rope_style != MT_ROPE_HALF || !(r->flags & MT_ROLE_F_ROPE)) return 0;
+    return r->role == MT_ROLE_WQ ? c->n_heads : c->n_kv_heads;
 }
 
 static int check_shape(const conv *cv, const mt_tensor *t, int n_dims, const int64_t *shape) {
@@ -185,7 +202,7 @@ static int plan_hf_to_gguf(conv *cv) {
             e->shape[0] = E;
             e->shape[1] = shp[0];
             e->shape[2] = shp[1];
-            e->dtype = weight_type(first, want, shp[1], 1, &e->warn_fallback);
+            e->dtype = mt_io_gguf_type(r, first->dtype, 2, shp[1], want, &e->warn_fallback);
         } else {
             const mt_tensor *t = need_tensor(cv, a.hf, nd, shp, &rc);
             if (!t) return rc;
@@ -193,12 +210,8 @@ static int plan_hf_to_gguf(conv *cv) {
             e->src = t;
             e->n_dims = nd;
             memcpy(e->shape, shp, sizeof a.shape);
-            if (nd == 1 || (r->flags & MT_ROLE_F_F32_GGUF)) e->dtype = MT_DT_F32;
-            else e->dtype = weight_type(t, want, shp[1], 1, &e->warn_fallback);
-            if (c->rope_style == MT_ROPE_HALF && (r->flags & MT_ROLE_F_ROPE)) {
-                e->perm = PERM_TO_GGUF;
-                e->perm_heads = r->role == MT_ROLE_WQ ? c->n_heads : c->n_kv_heads;
-            }
+            e->dtype = mt_io_gguf_type(r, t->dtype, nd, nd == 1 ? shp[0] : shp[1], want, &e->warn_fallback);
+            if ((e->perm_heads = mt_io_gguf_perm_heads(c, r))) e->perm = PERM_TO_GGUF;
         }
         if ((rc = finish_entry(cv, e))) return rc;
     }
@@ -306,7 +319,7 @@ static int plan_same(conv *cv, int to_gguf) {
         const mt_dtype_info *di = mt_dtype_get(t->dtype);
         int retype = di && di->is_float && want >= 0;
         if (to_gguf && f32_in_gguf(cv->cfg, t, mt_ckpt_format(cv->ck))) retype = 0;
-        e->dtype = retype ? weight_type(t, want, shape_cols(e), to_gguf, &e->warn_fallback) : t->dtype;
+        e->dtype = retype ? weight_type(t->dtype, want, shape_cols(e), to_gguf, &e->warn_fallback) : t->dtype;
         if ((rc = finish_entry(cv, e))) return rc;
     }
     return MT_OK;
@@ -382,7 +395,29 @@ static int stream_entry(conv *cv, const plan_t *e) {
     return MT_OK;
 }
 
-static int stream_all(conv *cv) {
+/* Tensor i's bytes from the caller (quantize's matrices), expert by expert
+ * for a stacked tensor; 0 with nothing written when the hook has none. */
+static int stream_replaced(conv *cv, size_t i, const mt_gguf_export_hooks *h, int *done) {
+    const plan_t *e = &cv->p[i];
+    *done = 0;
+    if (!h || !h->tensor_data) return MT_OK;
+    const int parts = e->stack ? e->stack : 1;
+    for (int x = 0; x < parts; x++) {
+        const void *data = NULL;
+        uint64_t n = 0;
+        int rc = h->tensor_data(h->user, i, e->stack ? x : -1, &data, &n);
+        if (rc) return rc;
+        if (!data) {
+            if (x == 0) return MT_OK;
+            return mt_seterr(MT_ERR_INTERNAL, "%s: tensor '%s': expert %d has no data", cv->out_path, e->name, x);
+        }
+        if ((rc = mt_gguf_writer_write(cv->gw, data, (size_t)n))) return rc;
+    }
+    *done = 1;
+    return MT_OK;
+}
+
+static int stream_all(conv *cv, const mt_gguf_export_hooks *h) {
     int64_t max_cols = 1;
     uint64_t max_row = 0;
     for (size_t i = 0; i < cv->n; i++) {
@@ -398,7 +433,8 @@ static int stream_all(conv *cv) {
     cv->chunk = malloc(cv->chunk_cap);
     if (!cv->row || !cv->chunk) return mt_seterr(MT_ERR_NOMEM, "out of memory for conversion buffers");
     for (size_t i = 0; i < cv->n; i++) {
-        int rc = stream_entry(cv, &cv->p[i]);
+        int replaced, rc = stream_replaced(cv, i, h, &replaced);
+        if (!rc && !replaced) rc = stream_entry(cv, &cv->p[i]);
         if (!rc) rc = out_flush(cv);
         if (rc) return rc;
         cv->done += cv->p[i].nbytes;
@@ -453,8 +489,7 @@ static uint32_t file_type_of(const conv *cv) {
     return mt_dtype_gguf_file_type((mt_dtype)best);
 }
 
-static int gguf_tokenizer_kvs(conv *cv) {
-    mt_gguf_writer *w = cv->gw;
+static int gguf_tokenizer_kvs(conv *cv, mt_gguf_writer *w) {
     mt_tokenizer *tok = NULL;
     int rc = mt_tok_load_for_ckpt(&tok, cv->ck);
     if (rc) {
@@ -463,6 +498,11 @@ static int gguf_tokenizer_kvs(conv *cv) {
         return MT_OK;
     }
     size_t nv = mt_tok_vocab_size(tok), V = (size_t)cv->cfg->vocab;
+    if (mt_tok_kind_of(tok) == MT_TOK_UNIGRAM) {
+        mt_log(MT_LOG_WARN, "%s: unigram tokenizers are not written to GGUF; no tokenizer metadata written", cv->in_path);
+        mt_tok_free(tok);
+        return MT_OK;
+    }
     if (nv > V || nv == 0) {
         mt_log(MT_LOG_WARN, "%s: tokenizer has %zu tokens for a model vocabulary of %zu; no tokenizer metadata written",
                cv->in_path, nv, V);
@@ -594,7 +634,7 @@ static void size_label_of(const conv *cv, char *b, size_t n) {
  * converter stores it: a string as tokenizer.chat_template; a list of
  * {name, template} as tokenizer.chat_template ("default") and
  * tokenizer.chat_template.<name>. No file or no template: nothing. */
-static int gguf_chat_template_kvs(conv *cv) {
+static int gguf_chat_template_kvs(conv *cv, mt_gguf_writer *w) {
     char *dir = mt_path_is_dir(cv->in_path) ? strdup(cv->in_path) : mt_path_dir(cv->in_path);
     char *p = dir ? mt_path_join(dir, "tokenizer_config.json") : NULL;
     free(dir);
@@ -603,7 +643,7 @@ static int gguf_chat_template_kvs(conv *cv) {
     json_t *j = mt_path_exists(p) ? json_load_file(p, 0, NULL) : NULL;
     json_t *t = j ? json_object_get(j, "chat_template") : NULL;
     if (json_is_string(t)) {
-        rc = mt_gguf_writer_kv_str(cv->gw, "tokenizer.chat_template", json_string_value(t), json_string_length(t));
+        rc = mt_gguf_writer_kv_str(w, "tokenizer.chat_template", json_string_value(t), json_string_length(t));
     } else if (json_is_array(t)) {
         size_t i;
         json_t *e;
@@ -614,7 +654,7 @@ static int gguf_chat_template_kvs(conv *cv) {
             if (!strcmp(json_string_value(nm), "default")) snprintf(key, sizeof key, "tokenizer.chat_template");
             else if ((size_t)snprintf(key, sizeof key, "tokenizer.chat_template.%s", json_string_value(nm)) >= sizeof key)
                 continue;
-            rc = mt_gguf_writer_kv_str(cv->gw, key, json_string_value(tp), json_string_length(tp));
+            rc = mt_gguf_writer_kv_str(w, key, json_string_value(tp), json_string_length(tp));
         }
     }
     json_decref(j);
@@ -626,8 +666,7 @@ static int gguf_chat_template_kvs(conv *cv) {
  * convert_hf_to_gguf.py writes them for that architecture (mt_arch.gguf_arch;
  * families with their own expert size write expert_feed_forward_length and
  * expert_shared_feed_forward_length beside feed_forward_length). */
-static int gguf_family_kvs(conv *cv) {
-    mt_gguf_writer *w = cv->gw;
+static int gguf_family_check(const conv *cv) {
     const mt_config *c = cv->cfg;
     const mt_arch *fam = mt_arch_get(c->arch);
     if (!fam) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", cv->in_path, c->arch);
@@ -641,17 +680,29 @@ static int gguf_family_kvs(conv *cv) {
         return mt_seterr(MT_ERR_UNSUPPORTED,
                          "%s: %d key/value heads for %d query heads: llama.cpp's %s GGUF holds k_norm of the hidden "
                          "size only (no grouped-query attention)", cv->in_path, c->n_kv_heads, c->n_heads, ga);
+    return MT_OK;
+}
+
+/* set_ft 0: general.file_type of the planned types and general.quantized_by
+ * beside it; 1: file type `ft`, and quantized_by is left to the caller
+ * (after every other key, the order of quantize's GGUF -> GGUF rewrite). */
+static int gguf_family_kvs(conv *cv, mt_gguf_writer *w, int set_ft, uint32_t ft_set) {
+    const mt_config *c = cv->cfg;
+    const mt_arch *fam = mt_arch_get(c->arch);
+    int rc = gguf_family_check(cv);
+    if (rc) return rc;
+    const char *ga = fam->gguf_arch;
     char name[256], size_label[64], key[96];
 #define AK(suffix) (snprintf(key, sizeof key, "%s.%s", ga, suffix), key)
     model_name(cv->in_path, name, sizeof name);
     size_label_of(cv, size_label, sizeof size_label);
-    const uint32_t ft = file_type_of(cv);
-    int rc = mt_gguf_writer_kv_str(w, "general.architecture", ga, strlen(ga));
+    const uint32_t ft = set_ft ? ft_set : file_type_of(cv);
+    rc = mt_gguf_writer_kv_str(w, "general.architecture", ga, strlen(ga));
     if (!rc) rc = mt_gguf_writer_kv_str(w, "general.type", "model", 5);
     if (!rc) rc = mt_gguf_writer_kv_str(w, "general.name", name, strlen(name));
     if (!rc) rc = mt_gguf_writer_kv_str(w, "general.basename", name, strlen(name));
     if (!rc) rc = mt_gguf_writer_kv_str(w, "general.size_label", size_label, strlen(size_label));
-    if (!rc) rc = mt_gguf_writer_kv_quantized_by(w, ft);
+    if (!rc && !set_ft) rc = mt_gguf_writer_kv_quantized_by(w, ft);
     if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.file_type", ft);
     if (!rc) rc = mt_gguf_writer_kv_u32(w, "general.quantization_version", 2);
     if (!rc) rc = mt_gguf_writer_kv_u32(w, AK("vocab_size"), (uint32_t)c->vocab);
@@ -691,8 +742,8 @@ static int gguf_family_kvs(conv *cv) {
         }
     }
 #undef AK
-    if (!rc) rc = gguf_tokenizer_kvs(cv);
-    if (!rc) rc = gguf_chat_template_kvs(cv);
+    if (!rc) rc = gguf_tokenizer_kvs(cv, w);
+    if (!rc) rc = gguf_chat_template_kvs(cv, w);
     return rc;
 }
 
@@ -833,13 +884,158 @@ static int check_tokenizer(conv *cv, int to_gguf) {
     }
     int rc = MT_OK;
     size_t nv = mt_tok_vocab_size(tok), V = (size_t)cv->cfg->vocab;
-    if (to_gguf && (nv > V || nv == 0))
+    if (to_gguf && mt_tok_kind_of(tok) == MT_TOK_UNIGRAM)
+        rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: unigram tokenizers are not written to GGUF; the output would have no "
+                       "tokenizer (--no-tokenizer to write it anyway)", cv->in_path);
+    else if (to_gguf && (nv > V || nv == 0))
         rc = mt_seterr(MT_ERR_FORMAT, "%s: tokenizer has %zu tokens for a model vocabulary of %zu; the output would have no "
                        "tokenizer (--no-tokenizer to write it anyway)", cv->in_path, nv, V);
     else if (!to_gguf && mt_ckpt_format(cv->ck) == MT_FMT_GGUF && mt_tok_kind_of(tok) != MT_TOK_SPM)
         rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: GPT-2 style vocabularies are not written back to tokenizer.json; the output "
                        "would have no tokenizer (--no-tokenizer to write it anyway)", cv->in_path);
     mt_tok_free(tok);
+    return rc;
+}
+
+/* The checks every conversion makes, then its plan. */
+static int conv_prepare(conv *cv, int to_gguf) {
+    const int from_gguf = mt_ckpt_format(cv->ck) == MT_FMT_GGUF;
+    const mt_config *c = cv->cfg;
+    int rc;
+    if (c->quant != MT_QFMT_NONE)
+        return mt_seterr(MT_ERR_UNSUPPORTED,
+                         "%s: the checkpoint is quantized (quantization_config %s); convert reads unquantized "
+                         "weights (quantize the original to GGUF with `moetool quantize` instead)",
+                         cv->in_path, c->quant == MT_QFMT_QMOE ? "qmoe" : "gptq");
+    /* GGUF has no key for moetool's alias routing, and llama.cpp could not
+     * run R router rows over K experts: refuse rather than drop it. */
+    if (to_gguf && mt_config_has_alias(c))
+        return mt_seterr(MT_ERR_UNSUPPORTED,
+                         "%s: config.json has moe_router_alias (more router rows than experts), which GGUF cannot "
+                         "express; convert to a Hugging Face directory instead",
+                         cv->in_path);
+
+    /* llama.cpp reads one expert count per model (and so does transformers):
+     * a GGUF of per-layer counts runs in moetool only. No exact padding
+     * exists: a router without a bias cannot switch a padded expert off. */
+    if (to_gguf && !cv->o->moetool_only) {
+        char counts[256] = "";
+        size_t k = 0;
+        int uniform = 1;
+        for (int l = 0; l < c->n_layers; l++) {
+            const int dense = c->layer_experts && c->layer_experts[l] == MT_LAYER_DENSE; /* the family's */
+            uniform &= dense || mt_config_layer_experts(c, l) == c->n_experts;
+            if (k < sizeof counts - 16)
+                k += (size_t)snprintf(counts + k, sizeof counts - k, "%s%d", l ? "," : "", mt_config_layer_experts(c, l));
+        }
+        if (!uniform)
+            return mt_seterr(MT_ERR_UNSUPPORTED,
+                             "%s: its layers keep different numbers of experts (%s), which llama.cpp cannot load and "
+                             "no padding can make exact (a router without a bias cannot switch padded experts off); "
+                             "--moetool-only writes a GGUF that only moetool runs",
+                             cv->in_path, counts);
+    }
+    if (cv->o->require_tokenizer && (rc = check_tokenizer(cv, to_gguf))) return rc;
+
+    if (to_gguf && !from_gguf) return plan_hf_to_gguf(cv);
+    if (!to_gguf && from_gguf) return plan_gguf_to_hf(cv);
+    return plan_same(cv, to_gguf);
+}
+
+/* ---- a Hugging Face checkpoint as GGUF: convert's, shared with quantize ---- */
+struct mt_gguf_export {
+    conv cv;
+    mt_convert_opts o;
+};
+
+void mt_gguf_export_free(mt_gguf_export *x) {
+    if (!x) return;
+    free(x->cv.p);
+    free(x->cv.row);
+    free(x->cv.chunk);
+    free(x);
+}
+
+int mt_gguf_export_open(mt_gguf_export **out, const mt_ckpt *ck, const mt_convert_opts *o) {
+    *out = NULL;
+    if (mt_ckpt_format(ck) == MT_FMT_GGUF)
+        return mt_seterr(MT_ERR_INTERNAL, "%s: the GGUF export of a checkpoint that is GGUF already", mt_ckpt_path(ck));
+    mt_gguf_export *x = calloc(1, sizeof *x);
+    if (!x) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    if (o) x->o = *o;
+    else mt_convert_opts_default(&x->o);
+    x->o.to = MT_FMT_GGUF;
+    x->cv.ck = ck;
+    x->cv.cfg = mt_ckpt_config(ck);
+    x->cv.in_path = mt_ckpt_path(ck);
+    x->cv.o = &x->o;
+    int rc = conv_prepare(&x->cv, 1);
+    if (!rc) rc = gguf_family_check(&x->cv);
+    if (rc) {
+        mt_gguf_export_free(x);
+        return rc;
+    }
+    *out = x;
+    return MT_OK;
+}
+
+void mt_gguf_export_warn(const mt_gguf_export *x) {
+    warn_unused(&x->cv);
+    warn_fallbacks(&x->cv);
+}
+
+size_t mt_gguf_export_count(const mt_gguf_export *x) { return x->cv.n; }
+
+void mt_gguf_export_tensor_get(const mt_gguf_export *x, size_t i, mt_gguf_export_tensor *t) {
+    const plan_t *e = &x->cv.p[i];
+    t->name = e->name;
+    t->role = e->role;
+    t->layer = e->layer;
+    t->n_experts = e->stack;
+    t->dtype = e->dtype;
+    t->n_dims = e->n_dims;
+    t->shape = e->shape;
+    t->nbytes = e->nbytes;
+}
+
+/* The metadata and tensor infos; the caller streams the data. */
+static int export_header(mt_gguf_export *x, mt_gguf_writer *w, const mt_gguf_export_hooks *h) {
+    conv *cv = &x->cv;
+    const int set_ft = h && h->set_file_type;
+    int rc = gguf_family_kvs(cv, w, set_ft, set_ft ? h->file_type : 0);
+    /* a rewrite's key order: the writer's mark, quantized_by, then the caller's */
+    if (!rc && set_ft) rc = mt_gguf_writer_kv_str(w, MT_GGUF_MOETOOL_KEY, "moetool", 7);
+    if (!rc && set_ft) rc = mt_gguf_writer_kv_quantized_by(w, h->file_type);
+    if (!rc && h && h->extra_kvs) rc = h->extra_kvs(h->user, w);
+    for (size_t i = 0; i < cv->n && !rc; i++) {
+        mt_dtype dt = cv->p[i].dtype;
+        if (h && h->tensor_type) dt = h->tensor_type(h->user, i, dt);
+        rc = mt_gguf_writer_add_tensor(w, cv->p[i].name, dt, cv->p[i].n_dims, cv->p[i].shape);
+    }
+    return rc;
+}
+
+int mt_gguf_export_sizes(mt_gguf_export *x, uint64_t *tensor_bytes, uint64_t *header_bytes) {
+    mt_gguf_writer *w = NULL;
+    int rc = mt_gguf_writer_open_measure(&w, x->cv.in_path);
+    if (!rc) rc = export_header(x, w, NULL);
+    if (!rc) *header_bytes = mt_gguf_writer_header_bytes(w);
+    mt_gguf_writer_free(w);
+    *tensor_bytes = 0;
+    for (size_t i = 0; i < x->cv.n; i++) *tensor_bytes += x->cv.p[i].nbytes;
+    return rc;
+}
+
+int mt_gguf_export_write(mt_gguf_export *x, const char *out_path, const mt_gguf_export_hooks *h) {
+    conv *cv = &x->cv;
+    cv->out_path = out_path;
+    cv->done = 0;
+    int rc = mt_gguf_writer_open(&cv->gw, out_path);
+    if (!rc) rc = export_header(x, cv->gw, h);
+    if (!rc) rc = stream_all(cv, h);
+    if (!rc) rc = mt_gguf_writer_finish(cv->gw);
+    mt_gguf_writer_free(cv->gw); /* removes the temporary unless finished */
+    cv->gw = NULL;
     return rc;
 }
 
@@ -889,60 +1085,26 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
     cv.ck = ck;
     cv.cfg = mt_ckpt_config(ck);
     int from_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
-    if (cv.cfg->quant != MT_QFMT_NONE) {
-        rc = mt_seterr(MT_ERR_UNSUPPORTED,
-                       "%s: the checkpoint is quantized (quantization_config %s); convert reads unquantized "
-                       "weights (quantize the original to GGUF with `moetool quantize` instead)",
-                       in_path, cv.cfg->quant == MT_QFMT_QMOE ? "qmoe" : "gptq");
+    if (to_gguf && !from_gguf) { /* the export quantize shares */
+        mt_gguf_export *x = NULL;
+        rc = mt_gguf_export_open(&x, ck, opts);
+        if (!rc) {
+            mt_gguf_export_warn(x);
+            rc = mt_gguf_export_write(x, out_path, NULL);
+        }
+        mt_gguf_export_free(x);
         goto done;
     }
-    /* GGUF has no key for moetool's alias routing, and llama.cpp could not
-     * run R router rows over K experts: refuse rather than drop it. */
-    if (to_gguf && mt_config_has_alias(cv.cfg)) {
-        rc = mt_seterr(MT_ERR_UNSUPPORTED,
-                       "%s: config.json has moe_router_alias (more router rows than experts), which GGUF cannot "
-                       "express; convert to a Hugging Face directory instead",
-                       in_path);
-        goto done;
-    }
-
-    /* llama.cpp reads one expert count per model (and so does transformers):
-     * a GGUF of per-layer counts runs in moetool only. No exact padding
-     * exists: a router without a bias cannot switch a padded expert off. */
-    if (to_gguf && !cv.o->moetool_only) {
-        char counts[256] = "";
-        size_t k = 0;
-        int uniform = 1;
-        for (int l = 0; l < cv.cfg->n_layers; l++) {
-            const int dense = cv.cfg->layer_experts && cv.cfg->layer_experts[l] == MT_LAYER_DENSE; /* the family's */
-            uniform &= dense || mt_config_layer_experts(cv.cfg, l) == cv.cfg->n_experts;
-            if (k < sizeof counts - 16) k += (size_t)snprintf(counts + k, sizeof counts - k, "%s%d", l ? "," : "",
-                                                              mt_config_layer_experts(cv.cfg, l));
-        }
-        if (!uniform) {
-            rc = mt_seterr(MT_ERR_UNSUPPORTED,
-                           "%s: its layers keep different numbers of experts (%s), which llama.cpp cannot load and no "
-                           "padding can make exact (a router without a bias cannot switch padded experts off); "
-                           "--moetool-only writes a GGUF that only moetool runs",
-                           in_path, counts);
-            goto done;
-        }
-    }
-    if (cv.o->require_tokenizer && (rc = check_tokenizer(&cv, to_gguf))) goto done;
-
-    if (to_gguf && !from_gguf) rc = plan_hf_to_gguf(&cv);
-    else if (!to_gguf && from_gguf) rc = plan_gguf_to_hf(&cv);
-    else rc = plan_same(&cv, to_gguf);
-    if (rc) goto done;
+    if ((rc = conv_prepare(&cv, to_gguf))) goto done;
     if (from_gguf != to_gguf) warn_unused(&cv);
     warn_fallbacks(&cv);
 
     if (to_gguf) {
         if ((rc = mt_gguf_writer_open(&cv.gw, out_path))) goto done;
-        rc = from_gguf ? gguf_copy_kvs(&cv) : gguf_family_kvs(&cv);
+        rc = gguf_copy_kvs(&cv);
         for (size_t i = 0; i < cv.n && !rc; i++)
             rc = mt_gguf_writer_add_tensor(cv.gw, cv.p[i].name, cv.p[i].dtype, cv.p[i].n_dims, cv.p[i].shape);
-        if (!rc) rc = stream_all(&cv);
+        if (!rc) rc = stream_all(&cv, NULL);
         if (!rc) rc = mt_gguf_writer_finish(cv.gw);
         goto done;
     }
@@ -954,7 +1116,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
     if ((rc = mt_hf_writer_open(&cv.hw, dst, opts->shard_bytes))) goto done;
     for (size_t i = 0; i < cv.n && !rc; i++)
         rc = mt_hf_writer_add(cv.hw, cv.p[i].name, cv.p[i].dtype, cv.p[i].n_dims, cv.p[i].shape);
-    if (!rc) rc = stream_all(&cv);
+    if (!rc) rc = stream_all(&cv, NULL);
     if (!rc) rc = mt_hf_writer_finish(cv.hw);
     if (rc) goto done;
     src_dir = mt_path_is_dir(in_path) ? strdup(in_path) : mt_path_dir(in_path);
@@ -979,7 +1141,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         for (int d = 0; d < MT_DT_COUNT; d++)
             if (bytes[d] > bytes[best]) best = d;
         rc = hf_config_from_source(&cv, src_dir, dst, (mt_dtype)best);
-        static const char *const side[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+        static const char *const side[] = {"tokenizer.model", "spiece.model", "tokenizer.json", "tokenizer_config.json",
                                            "generation_config.json", "special_tokens_map.json"};
         for (size_t i = 0; i < sizeof side / sizeof side[0] && !rc; i++) rc = copy_file(src_dir, side[i], dst);
     }
@@ -1012,7 +1174,7 @@ int mt_copy_tokenizer(const mt_ckpt *src, const char *dst_dir) {
     const char *in_path = mt_ckpt_path(src);
     char *src_dir = mt_path_is_dir(in_path) ? strdup(in_path) : mt_path_dir(in_path);
     if (!src_dir) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-    static const char *const side[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+    static const char *const side[] = {"tokenizer.model", "spiece.model", "tokenizer.json", "tokenizer_config.json",
                                        "generation_config.json", "special_tokens_map.json"};
     int rc = MT_OK;
     for (size_t i = 0; i < sizeof side / sizeof side[0] && !rc; i++) rc = copy_file(src_dir, side[i], dst_dir);

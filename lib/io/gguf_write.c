@@ -92,6 +92,26 @@ int mt_gguf_writer_open(mt_gguf_writer **out, const char *path) {
     return MT_OK;
 }
 
+int mt_gguf_writer_open_measure(mt_gguf_writer **out, const char *name) {
+    *out = NULL;
+    mt_gguf_writer *w = calloc(1, sizeof *w);
+    if (!w || !(w->path = strdup(name))) {
+        free(w);
+        return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    }
+    w->failed = 1; /* no output: nothing may be written */
+    *out = w;
+    return MT_OK;
+}
+
+uint64_t mt_gguf_writer_header_bytes(const mt_gguf_writer *w) {
+    uint64_t pos = 24 + w->kv_len, k = 0;
+    while (k < w->n_kv && strcmp(w->keys[k], MT_GGUF_MOETOOL_KEY)) k++;
+    if (k == w->n_kv) pos += 8 + strlen(MT_GGUF_MOETOOL_KEY) + 4 + 8 + 7; /* key, type, "moetool" */
+    for (size_t i = 0; i < w->n_t; i++) pos += 8 + strlen(w->t[i].name) + 4 + 8ull * w->t[i].n_dims + 4 + 8;
+    return (pos + GGUF_ALIGN - 1) / GGUF_ALIGN * GGUF_ALIGN;
+}
+
 void mt_gguf_writer_free(mt_gguf_writer *w) {
     if (!w) return;
     mt_out_abort(&w->out);

@@ -4,6 +4,7 @@
 #define MT_IO_IMPL_H
 
 #include "moetool/mt_common.h"
+#include "moetool/mt_arch.h"
 #include "moetool/mt_io.h"
 
 #include <stdio.h>
@@ -83,5 +84,11 @@ int mt_archive_name(const char *path);
 int mt_archive_read(mt_archive **out, const char *path);
 const mt_archive_member *mt_archive_get(const mt_archive *a, const char *name);
 void mt_archive_free(mt_archive *a);
+
+/* convert's choices for a Hugging Face tensor going to GGUF (convert.c),
+ * shared with the in-memory GGUF layout of a loaded model (weights.c). */
+mt_dtype mt_io_gguf_type(const mt_arch_tensor *r, mt_dtype src, int n_dims, int64_t cols, int want,
+                         int *fallback);
+int mt_io_gguf_perm_heads(const mt_config *c, const mt_arch_tensor *r);
 
 #endif

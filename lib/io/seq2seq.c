@@ -12,6 +12,7 @@
 #include "ckpt_impl.h"
 #include "moetool/mt_codec.h"
 #include "moetool/mt_qmoe.h"
+#include "moetool/mt_tokenizer.h"
 #include "moetool/mt_write.h"
 
 #include <jansson.h>
@@ -710,11 +711,50 @@ done:
 }
 
 /* ---- input/target pairs ---------------------------------------------------- */
-/* ids of a JSON array of integers; names file, line and key in errors. */
-static int json_ids(const json_t *a, const char *path, int line, const char *key, int32_t **out, int *n) {
-    if (json_is_string(a))
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s:%d: \"%s\" is text; encoder-decoder models read token ids (sentencepiece "
-                         "unigram tokenizers are not read)", path, line, key);
+/* The ids of a text as the T5 tokenizer gives them: the encoding, then EOS
+ * (transformers' tokenizer(text).input_ids). */
+int mt_s2s_encode_text(const mt_tokenizer *tok, const char *text, size_t len, int32_t **out, int *n) {
+    size_t cap = len + 2, got = 0;
+    int32_t *p = malloc(cap * sizeof *p);
+    if (!p) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    int rc = mt_tok_encode(tok, text, len, p, cap - 1, &got);
+    if (rc == MT_OK && got > cap - 1) { /* a charsmap can expand the text */
+        int32_t *q = realloc(p, (got + 1) * sizeof *p);
+        if (!q) rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        else {
+            p = q;
+            rc = mt_tok_encode(tok, text, len, p, got, &got);
+        }
+    }
+    if (rc == MT_OK && got > (1u << 20)) rc = mt_seterr(MT_ERR_ARG, "text of %zu tokens is too long", got);
+    if (rc) {
+        free(p);
+        return rc;
+    }
+    if (mt_tok_eos(tok) >= 0) p[got++] = mt_tok_eos(tok);
+    *out = p;
+    *n = (int)got;
+    return MT_OK;
+}
+
+/* ids of a JSON array of integers, or of a text when there is a tokenizer;
+ * names file, line and key in errors. */
+static int json_ids(const json_t *a, const mt_tokenizer *tok, const char *path, int line, const char *key, int32_t **out,
+                    int *n) {
+    if (json_is_string(a) && !tok)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s:%d: \"%s\" is text, and the model has no tokenizer (spiece.model or "
+                         "tokenizer.json) that moetool reads: give token ids", path, line, key);
+    if (json_is_string(a)) {
+        if (json_string_length(a) == 0)
+            return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\" is an empty text", path, line, key);
+        int rc = mt_s2s_encode_text(tok, json_string_value(a), json_string_length(a), out, n);
+        if (rc) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", mt_last_error());
+            return mt_seterr(rc, "%s:%d: \"%s\": %s", path, line, key, msg);
+        }
+        return MT_OK;
+    }
     if (!json_is_array(a) || json_array_size(a) == 0 || json_array_size(a) > (1u << 20))
         return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\" is not a non-empty list of token ids", path, line, key);
     const size_t k = json_array_size(a);
@@ -741,7 +781,7 @@ void mt_s2s_pairs_free(mt_s2s_pair *p, size_t n) {
     free(p);
 }
 
-int mt_s2s_pairs_load(const char *path, mt_s2s_pair **out, size_t *n_out) {
+int mt_s2s_pairs_load(const char *path, const mt_tokenizer *tok, mt_s2s_pair **out, size_t *n_out) {
     *out = NULL;
     *n_out = 0;
     FILE *f = fopen(path, "rb");
@@ -759,7 +799,7 @@ int mt_s2s_pairs_load(const char *path, mt_s2s_pair **out, size_t *n_out) {
         json_t *o = json_loadb(line, (size_t)got, 0, NULL);
         if (!o || !json_is_object(o)) {
             json_decref(o);
-            rc = mt_seterr(MT_ERR_FORMAT, "%s:%d: not a JSON object {\"input\": [ids], \"target\": [ids]}", path,
+            rc = mt_seterr(MT_ERR_FORMAT, "%s:%d: not a JSON object {\"input\": [ids] or text, \"target\": [ids] or text}", path,
                            lineno);
             break;
         }
@@ -776,8 +816,8 @@ int mt_s2s_pairs_load(const char *path, mt_s2s_pair **out, size_t *n_out) {
         mt_s2s_pair *p = &v[n];
         memset(p, 0, sizeof *p);
         p->line = lineno;
-        rc = json_ids(json_object_get(o, "input"), path, lineno, "input", &p->input, &p->n_in);
-        if (!rc) rc = json_ids(json_object_get(o, "target"), path, lineno, "target", &p->target, &p->n_tgt);
+        rc = json_ids(json_object_get(o, "input"), tok, path, lineno, "input", &p->input, &p->n_in);
+        if (!rc) rc = json_ids(json_object_get(o, "target"), tok, path, lineno, "target", &p->target, &p->n_tgt);
         json_decref(o);
         n++;
         if (rc) break;

@@ -13,14 +13,20 @@
 #include "io_impl.h"
 #include "moetool/mt_io.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- small utilities --------------------------------------------------- */
 
+static uint64_t hash_state(const char *s, size_t n) {
+    uint64_t h = MT_TOK_HASH0;
+    for (size_t i = 0; i < n; i++) h = mt_tok_hash_step(h, (unsigned char)s[i]);
+    return h;
+}
+
 static uint64_t hash_bytes(const char *s, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    uint64_t h = hash_state(s, n);
     return h ^ (h >> 29);
 }
 
@@ -114,6 +120,8 @@ void mt_tok_free(mt_tokenizer *t) {
     free(t->merge_pool);
     free(t->specials);
     free(t->is_special);
+    free(t->cm_units);
+    free(t->cm_norm);
     free(t);
 }
 
@@ -203,7 +211,12 @@ void mt_tok_finalize(mt_tokenizer *t) {
 
 int mt_tok_lookup(const mt_tokenizer *t, const char *s, size_t len) {
     if (!t->map || len == 0) return -1;
-    size_t h = (size_t)hash_bytes(s, len) & (t->map_cap - 1);
+    return mt_tok_lookup_hashed(t, s, len, hash_state(s, len));
+}
+
+int mt_tok_lookup_hashed(const mt_tokenizer *t, const char *s, size_t len, uint64_t state) {
+    if (!t->map || len == 0) return -1;
+    size_t h = (size_t)(state ^ (state >> 29)) & (t->map_cap - 1);
     for (;;) {
         int32_t o = t->map[h];
         if (o < 0) return -1;
@@ -351,8 +364,7 @@ int mt_tok_set_specials(mt_tokenizer *t, const int32_t *ids, size_t n) {
     return MT_OK;
 }
 
-/* Longest literal special at s[0..n): its id and *len, or -1. */
-static int match_special(const mt_tokenizer *t, const char *s, size_t n, size_t *len) {
+int mt_tok_match_special(const mt_tokenizer *t, const char *s, size_t n, size_t *len) {
     unsigned char c0 = (unsigned char)s[0];
     if (!(t->special_first[c0 >> 3] & (1u << (c0 & 7)))) return -1;
     if (t->specials_by_scan) {
@@ -561,7 +573,7 @@ static int bpe_core(enc *e, const char *w, size_t m, int byte_level) {
         }
         if (!t->rank_mode && t->n_specials) { /* sentencepiece user-defined pieces */
             size_t sl;
-            int sid = match_special(t, w + i, m - i, &sl);
+            int sid = mt_tok_match_special(t, w + i, m - i, &sl);
             if (sid >= 0) {
                 if ((rc = add_sym(e, (uint32_t)i, (uint32_t)sl, sid, 1))) return rc;
                 i += sl;
@@ -722,6 +734,7 @@ int mt_tok_encode(const mt_tokenizer *t, const char *text, size_t len, int32_t *
     if (!t || !n || (!text && len) || (!ids && cap))
         return mt_seterr(MT_ERR_ARG, "mt_tok_encode: NULL argument");
     if (len > ((size_t)1 << 31)) return mt_seterr(MT_ERR_ARG, "mt_tok_encode: text too long (%zu bytes)", len);
+    if (t->kind == MT_TOK_UNIGRAM) return mt_tok_unigram_encode(t, text, len, ids, cap, n);
     enc e = {0};
     e.t = t;
     e.ids = ids;
@@ -736,7 +749,7 @@ int mt_tok_encode(const mt_tokenizer *t, const char *text, size_t len, int32_t *
         size_t seg = 0, i = 0;
         while (i < len && rc == MT_OK) {
             size_t sl;
-            int id = match_special(t, text + i, len - i, &sl);
+            int id = mt_tok_match_special(t, text + i, len - i, &sl);
             if (id < 0) { i++; continue; }
             if (i > seg) rc = segment(&e, text + seg, i - seg, seg == 0);
             emit(&e, id);
@@ -790,6 +803,7 @@ static int piece_text(const mt_tokenizer *t, int id, dbuf *d) {
     const mt_tok_piece_rec *p = &t->pieces[id];
     const char *s = t->pool + p->off;
     if (p->type == MT_PIECE_CONTROL) return MT_OK;
+    if (p->type == MT_PIECE_UNKNOWN && t->kind == MT_TOK_UNIGRAM) return dput(d, MT_TOK_UNK_SURFACE, sizeof MT_TOK_UNK_SURFACE - 1);
     if (p->type == MT_PIECE_BYTE) {
         int b = byte_of_piece(s, p->len);
         if (b >= 0) {
@@ -835,6 +849,7 @@ static int piece_text(const mt_tokenizer *t, int id, dbuf *d) {
 int mt_tok_decode(const mt_tokenizer *t, const int32_t *ids, size_t n, int strip_leading_space, char **out,
                   size_t *out_len) {
     if (!t || !out || (!ids && n)) return mt_seterr(MT_ERR_ARG, "mt_tok_decode: NULL argument");
+    if (t->kind == MT_TOK_UNIGRAM) return mt_tok_unigram_decode(t, ids, n, strip_leading_space, out, out_len);
     dbuf d = {0};
     int rc = dput(&d, "", 0);
     for (size_t i = 0; i < n && rc == MT_OK; i++) rc = piece_text(t, ids[i], &d);
@@ -1101,6 +1116,42 @@ done:
     return rc;
 }
 
+/* A unigram spiece.model with a tokenizer_config.json beside it: the
+ * "extra_ids" it names (T5Tokenizer's sentinels; 100 when the class is
+ * T5Tokenizer without the key), which are not in the protobuf. */
+static int apply_t5_config(mt_tokenizer *t, const char *text, size_t len, const char *name) {
+    if (t->kind != MT_TOK_UNIGRAM || !text) return MT_OK;
+    json_t *cfg = json_loadb(text, len, 0, NULL);
+    int n = 0;
+    if (json_is_object(cfg)) {
+        json_t *e = json_object_get(cfg, "extra_ids"), *c = json_object_get(cfg, "tokenizer_class");
+        if (json_is_integer(e) && json_integer_value(e) > 0 && json_integer_value(e) <= 100000) n = (int)json_integer_value(e);
+        else if (!e && json_is_string(c) && !strcmp(json_string_value(c), "T5Tokenizer")) n = 100;
+    }
+    json_decref(cfg);
+    return mt_tok_add_extra_ids(t, n, name);
+}
+
+static int spm_file_with_config(mt_tokenizer **out, const char *path) {
+    int rc = mt_tok_load_spm(out, path);
+    if (rc || (*out)->kind != MT_TOK_UNIGRAM) return rc;
+    char *dir = mt_path_dir(path);
+    char *cfg = dir ? mt_path_join(dir, "tokenizer_config.json") : NULL;
+    mt_mapped m;
+    if (cfg && mt_path_exists(cfg) && mt_map_file(&m, cfg) == MT_OK) {
+        rc = apply_t5_config(*out, (const char *)m.data, m.size, cfg);
+        mt_unmap_file(&m);
+    }
+    mt_clearerr();
+    free(dir);
+    free(cfg);
+    if (rc) {
+        mt_tok_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
 int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
     if (!out || !ck) return mt_seterr(MT_ERR_ARG, "mt_tok_load_for_ckpt: NULL argument");
     *out = NULL;
@@ -1114,8 +1165,12 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         char name[4400];
         int rc = MT_ERR_NOT_FOUND;
         if (f->spm_model_buf) {
-            snprintf(name, sizeof name, "%s:tokenizer.model", mt_ckpt_path(ck));
+            snprintf(name, sizeof name, "%s:%s", mt_ckpt_path(ck), f->spm_model_name ? f->spm_model_name : "tokenizer.model");
             rc = mt_tok_parse_spm(out, f->spm_model_buf, f->spm_model_len, name);
+            if (rc == MT_OK && (rc = apply_t5_config(*out, f->hf_config_buf, f->hf_config_len, name))) {
+                mt_tok_free(*out);
+                *out = NULL;
+            }
             if (rc == MT_OK || !f->hf_json_buf) return rc;
             mt_log(MT_LOG_WARN, "%s; using tokenizer.json instead", mt_last_error());
         }
@@ -1125,7 +1180,7 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         return rc;
     }
     if (f && f->spm_model_path) {
-        int rc = mt_tok_load_spm(out, f->spm_model_path);
+        int rc = spm_file_with_config(out, f->spm_model_path);
         if (rc == MT_OK || !f->hf_json_path) return rc;
         /* A broken tokenizer.model with a tokenizer.json beside it: use that,
          * and say so. When both are broken, both messages are kept. */
@@ -1142,5 +1197,6 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         return rc2 == MT_OK ? MT_OK : rc;
     }
     if (f && f->hf_json_path) return mt_tok_load_hf_json(out, f->hf_json_path);
-    return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer.model or tokenizer.json beside the checkpoint", mt_ckpt_path(ck));
+    return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer.model, spiece.model or tokenizer.json beside the checkpoint",
+                     mt_ckpt_path(ck));
 }

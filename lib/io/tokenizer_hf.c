@@ -17,8 +17,17 @@
  *
  * Two families come out of it: sentencepiece-style BPE (U+2581 for spaces,
  * byte fallback, merges by rank; kind MT_TOK_SPM) and GPT-2 byte-level BPE
- * (kind MT_TOK_GPT2). Other models, normalizers and pre-tokenizers are
- * MT_ERR_UNSUPPORTED naming what was found. */
+ * (kind MT_TOK_GPT2). A third is the unigram model transformers writes for
+ * T5 (SpmConverter / T5Converter; kind MT_TOK_UNIGRAM, tokenizer_unigram.c):
+ *     "model": {"type": "Unigram", "vocab": [[piece, score], ...] (id order),
+ *               "unk_id": int|null, "byte_fallback": bool},
+ *     "normalizer": {"type": "Sequence", "normalizers": [
+ *         {"type": "Precompiled", "precompiled_charsmap": base64|null},
+ *         {"type": "Strip", "strip_left": false, "strip_right": true},
+ *         {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "▁"}]},
+ *     "pre_tokenizer": Metaspace (above).
+ * Other models, normalizers and pre-tokenizers are MT_ERR_UNSUPPORTED
+ * naming what was found. */
 #include "tokenizer_impl.h"
 
 #include "io_impl.h"
@@ -291,13 +300,218 @@ typedef struct {
     int set;
 } slot;
 
+/* BOS/EOS: the usual names among the control tokens (tokenizer_config.json,
+ * read by mt_tok_load_hf_json, may override). */
+static void guess_bos_eos(mt_tokenizer *t) {
+    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>"};
+    static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>", "<eos>"};
+    for (size_t i = 0; i < sizeof bos_names / sizeof *bos_names && t->bos < 0; i++) {
+        int id = mt_tok_lookup(t, bos_names[i], strlen(bos_names[i]));
+        if (id >= 0 && t->pieces[id].type == MT_PIECE_CONTROL) t->bos = id;
+    }
+    for (size_t i = 0; i < sizeof eos_names / sizeof *eos_names && t->eos < 0; i++) {
+        int id = mt_tok_lookup(t, eos_names[i], strlen(eos_names[i]));
+        if (id >= 0 && t->pieces[id].type == MT_PIECE_CONTROL) t->eos = id;
+    }
+}
+
+/* ---- Unigram --------------------------------------------------------------- */
+
+/* Standard base64 (padding optional, no whitespace) into a malloc'd buffer. */
+static int base64_decode(const char *s, size_t n, uint8_t **out, size_t *out_len) {
+    uint8_t *o = malloc(n / 4 * 3 + 3);
+    if (!o) return -1;
+    size_t k = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t i = 0;
+    for (; i < n && s[i] != '='; i++) {
+        const char c = s[i];
+        int v = c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 : c >= '0' && c <= '9' ? c - '0' + 52
+                : c == '+' ? 62 : c == '/' ? 63 : -1;
+        if (v < 0) { free(o); return -1; }
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            o[k++] = (uint8_t)(acc >> bits);
+        }
+    }
+    for (; i < n; i++)
+        if (s[i] != '=') { free(o); return -1; }
+    *out = o;
+    *out_len = k;
+    return 0;
+}
+
+typedef struct {
+    uint8_t *charsmap;
+    size_t charsmap_len;
+    int strip_right, collapse;
+} uni_norm;
+
+static int parse_uni_normalizer(json_t *n, uni_norm *un, const char *name, int depth) {
+    if (json_is_null(n) || !n) return MT_OK;
+    if (!json_is_object(n) || depth > 8) return mt_seterr(MT_ERR_FORMAT, "%s: normalizer is not an object", name);
+    const char *type = jstr(n, "type", NULL);
+    if (!type) return mt_seterr(MT_ERR_FORMAT, "%s: normalizer without a type", name);
+    if (strcmp(type, "Sequence") == 0) {
+        json_t *a = json_object_get(n, "normalizers");
+        if (!json_is_array(a)) return mt_seterr(MT_ERR_FORMAT, "%s: normalizer Sequence without a normalizers array", name);
+        for (size_t i = 0; i < json_array_size(a); i++) {
+            int rc = parse_uni_normalizer(json_array_get(a, i), un, name, depth + 1);
+            if (rc) return rc;
+        }
+        return MT_OK;
+    }
+    if (strcmp(type, "Precompiled") == 0) {
+        json_t *c = json_object_get(n, "precompiled_charsmap");
+        if (json_is_null(c) || !c) return MT_OK;
+        if (!json_is_string(c)) return mt_seterr(MT_ERR_FORMAT, "%s: Precompiled.precompiled_charsmap is not a string", name);
+        if (un->charsmap) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: more than one Precompiled normalizer", name);
+        if (base64_decode(json_string_value(c), json_string_length(c), &un->charsmap, &un->charsmap_len))
+            return mt_seterr(MT_ERR_FORMAT, "%s: Precompiled.precompiled_charsmap is not base64", name);
+        return MT_OK;
+    }
+    if (strcmp(type, "Strip") == 0) {
+        if (jbool(n, "strip_left", 1) || !jbool(n, "strip_right", 1))
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: normalizer Strip other than right-only is not supported", name);
+        un->strip_right = 1;
+        return MT_OK;
+    }
+    if (strcmp(type, "Replace") == 0) {
+        json_t *pat = json_object_get(n, "pattern");
+        if (!json_is_object(pat) || !jis(pat, "Regex", " {2,}") || !jis(n, "content", SPS))
+            return mt_seterr(MT_ERR_UNSUPPORTED, "%s: normalizer Replace other than \" {2,}\" -> U+2581 is not supported "
+                             "with a Unigram model", name);
+        un->collapse = 1;
+        return MT_OK;
+    }
+    return mt_seterr(MT_ERR_UNSUPPORTED, "%s: normalizer '%s' is not supported with a Unigram model", name, type);
+}
+
+static int hf_build_unigram(mt_tokenizer **out, json_t *root, json_t *model, const char *name) {
+    int rc;
+    json_t *vocab = json_object_get(model, "vocab");
+    if (!json_is_array(vocab)) return mt_seterr(MT_ERR_FORMAT, "%s: model.vocab of a Unigram model is not an array", name);
+    const size_t nv = json_array_size(vocab);
+    uni_norm un = {0};
+    hf_pipe pp = {.name = name};
+    mt_tokenizer *t = NULL;
+    slot *sl = NULL;
+    float *score = NULL;
+    int32_t *spec = NULL;
+    if ((rc = parse_uni_normalizer(json_object_get(root, "normalizer"), &un, name, 0))) goto done;
+    if ((rc = parse_pretok(json_object_get(root, "pre_tokenizer"), &pp, 0))) goto done;
+    if (pp.byte_level || pp.split) {
+        rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: a Unigram model with a ByteLevel or Split pre-tokenizer is not supported", name);
+        goto done;
+    }
+    if (un.strip_right != un.collapse) {
+        rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: Strip(right) without Replace(\" {2,}\") or the reverse is not supported", name);
+        goto done;
+    }
+    json_t *added = json_object_get(root, "added_tokens");
+    if (added && !json_is_array(added) && !json_is_null(added)) {
+        rc = mt_seterr(MT_ERR_FORMAT, "%s: added_tokens is not an array", name);
+        goto done;
+    }
+    const size_t n_added = json_is_array(added) ? json_array_size(added) : 0;
+    if (nv == 0 || nv + n_added > MT_TOK_MAX_VOCAB) {
+        rc = mt_seterr(MT_ERR_FORMAT, "%s: Unigram vocabulary of %zu pieces (1 to %u)", name, nv, MT_TOK_MAX_VOCAB);
+        goto done;
+    }
+    size_t n = nv;
+    for (size_t i = 0; i < n_added; i++) {
+        json_t *a = json_array_get(added, i), *id = json_object_get(a, "id");
+        if (!json_is_object(a) || !json_is_integer(id) || json_integer_value(id) < 0 ||
+            json_integer_value(id) >= (json_int_t)(nv + n_added) || !jstr(a, "content", NULL)) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: added_tokens[%zu] needs an id (below %zu) and a content", name, i, nv + n_added);
+            goto done;
+        }
+        if ((size_t)json_integer_value(id) + 1 > n) n = (size_t)json_integer_value(id) + 1;
+    }
+    sl = calloc(n, sizeof *sl);
+    score = calloc(n, sizeof *score);
+    spec = malloc((n_added ? n_added : 1) * sizeof *spec);
+    if (!sl || !score || !spec) { rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", name); goto done; }
+    for (size_t i = 0; i < nv; i++) {
+        json_t *e = json_array_get(vocab, i), *p = json_array_get(e, 0), *sc = json_array_get(e, 1);
+        if (!json_is_array(e) || json_array_size(e) != 2 || !json_is_string(p) || !json_is_number(sc)) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: model.vocab[%zu] is not a [piece, score] pair", name, i);
+            goto done;
+        }
+        const double v = json_number_value(sc);
+        if (!(v >= -1e30 && v <= 1e30)) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: model.vocab[%zu] has score %g", name, i, v);
+            goto done;
+        }
+        sl[i] = (slot){json_string_value(p), json_string_length(p), MT_PIECE_NORMAL, 1};
+        score[i] = (float)v;
+    }
+    size_t n_spec = 0;
+    for (size_t i = 0; i < n_added; i++) {
+        json_t *a = json_array_get(added, i);
+        size_t id = (size_t)json_integer_value(json_object_get(a, "id")), len = 0;
+        const char *c = jstr(a, "content", &len);
+        if (sl[id].set && (sl[id].len != len || memcmp(sl[id].s, c, len) != 0)) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: added token %zu '%.64s' conflicts with vocab piece '%.64s'", name, id, c, sl[id].s);
+            goto done;
+        }
+        sl[id] = (slot){c, len, jbool(a, "special", 0) ? MT_PIECE_CONTROL : MT_PIECE_USER_DEFINED, 1};
+        spec[n_spec++] = (int32_t)id;
+    }
+    if ((rc = mt_tok_new(&t, MT_TOK_UNIGRAM))) goto done;
+    for (size_t id = 0; id < n; id++)
+        if ((rc = mt_tok_add_piece(t, sl[id].set ? sl[id].s : "", sl[id].set ? sl[id].len : 0, score[id],
+                                   sl[id].set ? sl[id].type : MT_PIECE_UNUSED, name)))
+            goto done;
+    if ((rc = mt_tok_build_map(t, name))) goto done;
+    json_t *unk = json_object_get(model, "unk_id");
+    if (json_is_integer(unk)) {
+        if (json_integer_value(unk) < 0 || (size_t)json_integer_value(unk) >= nv) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s: model.unk_id %lld is not a vocab id", name, (long long)json_integer_value(unk));
+            goto done;
+        }
+        t->unk = (int)json_integer_value(unk);
+        t->pieces[t->unk].type = MT_PIECE_UNKNOWN;
+    } else if (unk && !json_is_null(unk)) {
+        rc = mt_seterr(MT_ERR_FORMAT, "%s: model.unk_id is not an integer", name);
+        goto done;
+    }
+    t->byte_fallback = jbool(model, "byte_fallback", 0);
+    if (t->byte_fallback) mt_tok_find_byte_pieces(t, 1);
+    if (un.charsmap && (rc = mt_tok_set_charsmap(t, un.charsmap, un.charsmap_len, name))) goto done;
+    t->uni_hf = 1;
+    t->split_specials = 1;
+    t->remove_extra_ws = un.strip_right;
+    t->prepend = pp.prepend;
+    t->prepend_unless_present = pp.prepend_unless_present;
+    t->escape_ws = pp.escape_ws;
+    t->metaspace_split = pp.metaspace_split;
+    if ((rc = mt_tok_set_specials(t, spec, n_spec))) goto done;
+    mt_tok_finalize(t);
+    mt_tok_unigram_scores(t);
+    guess_bos_eos(t);
+    *out = t;
+    t = NULL;
+done:
+    mt_tok_free(t);
+    free(un.charsmap);
+    free(sl);
+    free(score);
+    free(spec);
+    return rc;
+}
+
 static int hf_build(mt_tokenizer **out, json_t *root, const char *name) {
     int rc;
     json_t *model = json_object_get(root, "model");
     if (!json_is_object(model)) return mt_seterr(MT_ERR_FORMAT, "%s: no \"model\" object (not a tokenizer.json?)", name);
     const char *mtype = jstr(model, "type", NULL);
+    if (mtype && strcmp(mtype, "Unigram") == 0) return hf_build_unigram(out, root, model, name);
     if (mtype && strcmp(mtype, "BPE") != 0)
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: model type '%s' is not supported (only BPE)", name, mtype);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: model type '%s' is not supported (BPE and Unigram are)", name, mtype);
     json_t *vocab = json_object_get(model, "vocab"), *merges = json_object_get(model, "merges");
     if (!json_is_object(vocab)) return mt_seterr(MT_ERR_FORMAT, "%s: model.vocab is not an object", name);
     if (!json_is_array(merges)) return mt_seterr(MT_ERR_FORMAT, "%s: model.merges is not an array", name);
@@ -429,18 +643,7 @@ static int hf_build(mt_tokenizer **out, json_t *root, const char *name) {
     }
     if ((rc = mt_tok_set_specials(t, spec, n_spec))) goto done;
     mt_tok_finalize(t);
-    /* BOS/EOS: the usual names among the added tokens (tokenizer_config.json,
-     * read by mt_tok_load_hf_json, may override) */
-    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>"};
-    static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>", "<eos>"};
-    for (size_t i = 0; i < sizeof bos_names / sizeof *bos_names && t->bos < 0; i++) {
-        int id = mt_tok_lookup(t, bos_names[i], strlen(bos_names[i]));
-        if (id >= 0 && t->pieces[id].type == MT_PIECE_CONTROL) t->bos = id;
-    }
-    for (size_t i = 0; i < sizeof eos_names / sizeof *eos_names && t->eos < 0; i++) {
-        int id = mt_tok_lookup(t, eos_names[i], strlen(eos_names[i]));
-        if (id >= 0 && t->pieces[id].type == MT_PIECE_CONTROL) t->eos = id;
-    }
+    guess_bos_eos(t);
     *out = t;
     t = NULL;
 done:

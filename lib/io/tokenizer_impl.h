@@ -9,7 +9,9 @@
  *    leftmost on ties (sentencepiece bpe_model.cc, llama.cpp llm_tokenizer_spm);
  *  - rank mode (tokenizer.json, GGUF 'gpt2'): two adjacent symbols merge when
  *    the pair is in the merges list; the lowest rank wins, leftmost on ties
- *    (HF tokenizers BPE Word::merge_all). */
+ *    (HF tokenizers BPE Word::merge_all).
+ * Unigram models (kind MT_TOK_UNIGRAM) share the vocabulary, piece map and
+ * specials but encode and decode in tokenizer_unigram.c (Viterbi). */
 #ifndef MT_TOKENIZER_IMPL_H
 #define MT_TOKENIZER_IMPL_H
 
@@ -100,6 +102,21 @@ struct mt_tokenizer {
     size_t n_special_lens;
     int specials_by_scan;      /* more than 32 lengths: linear scan */
     int prepend_unless_present; /* HF Metaspace: no second U+2581 */
+
+    /* unigram (kind MT_TOK_UNIGRAM, tokenizer_unigram.c) */
+    float uni_min_score;       /* lowest NORMAL score: unknowns cost it - 10  */
+    float uni_max_score;       /* max(FLT_MIN, highest NORMAL score): user-
+                                  defined pieces score len * it - 0.1        */
+    int uni_hf;                /* tokenizer.json pipeline (Precompiled, Strip
+                                  right, " {2,}" -> U+2581, Metaspace; specials
+                                  split out first; path scores in double)
+                                  instead of sentencepiece's normaliser       */
+    int split_specials;        /* literal specials are cut out of the text
+                                  before normalising (HF added tokens)       */
+    uint32_t *cm_units;        /* precompiled charsmap: double-array units    */
+    size_t cm_n_units;
+    char *cm_norm;             /* replacement strings, NUL-separated           */
+    size_t cm_norm_len;
 };
 
 /* ---- tokenizer.c: construction helpers used by the readers ------------ */
@@ -134,6 +151,32 @@ void mt_tok_synth_scores(mt_tokenizer *t);
 int mt_tok_from_gguf(mt_tokenizer **out, const mt_gguf *g, const char *path);
 /* bos_token / eos_token of a tokenizer_config.json text, when they name pieces. */
 void mt_tok_apply_hf_config(mt_tokenizer *t, const char *text, size_t len);
+
+/* Longest literal special at s[0..n) (n > 0): its id and *len, or -1. */
+int mt_tok_match_special(const mt_tokenizer *t, const char *s, size_t n, size_t *len);
+/* Incremental piece hash: h = MT_TOK_HASH0, then h = mt_tok_hash_step(h, c)
+ * for each byte c of s[0..len); mt_tok_lookup_hashed(t, s, len, h) is then
+ * mt_tok_lookup(t, s, len) without hashing s again. */
+#define MT_TOK_HASH0 1469598103934665603ull
+static inline uint64_t mt_tok_hash_step(uint64_t h, unsigned char c) { return (h ^ c) * 1099511628211ull; }
+int mt_tok_lookup_hashed(const mt_tokenizer *t, const char *s, size_t len, uint64_t h);
+
+/* ---- tokenizer_unigram.c ------------------------------------------------ */
+/* Checks and keeps a copy of a sentencepiece precompiled charsmap (layout at
+ * the top of tokenizer_unigram.c); errors name `name`. */
+int mt_tok_set_charsmap(mt_tokenizer *t, const void *blob, size_t len, const char *name);
+/* Unigram scores (min/max over NORMAL pieces), once the pieces are in. */
+void mt_tok_unigram_scores(mt_tokenizer *t);
+/* mt_tok_encode / mt_tok_decode for kind MT_TOK_UNIGRAM. */
+int mt_tok_unigram_encode(const mt_tokenizer *t, const char *text, size_t len, int32_t *ids, size_t cap, size_t *n);
+int mt_tok_unigram_decode(const mt_tokenizer *t, const int32_t *ids, size_t n, int strip_leading_space, char **out,
+                          size_t *out_len);
+/* T5Tokenizer's sentinels: appends <extra_id_{n-1}> ... <extra_id_0> (so
+ * <extra_id_0> is the last id) as control pieces cut out of the text before
+ * normalising, as transformers' T5Tokenizer does with extra_ids = n. */
+int mt_tok_add_extra_ids(mt_tokenizer *t, int n, const char *name);
+/* sentencepiece's surface of the unknown piece: " \u2047 ". */
+#define MT_TOK_UNK_SURFACE " \xE2\x81\x87 "
 
 /* ---- tokenizer_hf.c: GPT-2 pre-tokenizer --------------------------------
  * Length in bytes of the next word of text[0..len) under `split`

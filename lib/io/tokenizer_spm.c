@@ -23,8 +23,10 @@
  *                     4: remove_extra_whitespaces (default true)
  *                     5: escape_whitespaces (default true)
  *
- * Only BPE models with an identity normaliser (no precompiled charsmap) are
- * accepted; anything else is MT_ERR_UNSUPPORTED naming the feature. */
+ * BPE models with an identity normaliser (no precompiled charsmap) and
+ * UNIGRAM models (T5's spiece.model) with or without a charsmap (checked
+ * and run by tokenizer_unigram.c) are accepted; anything else is
+ * MT_ERR_UNSUPPORTED naming the feature. */
 #include "tokenizer_impl.h"
 
 #include "io_impl.h"
@@ -142,7 +144,8 @@ static int parse_trainer(pb r, trainer *tr) {
 
 typedef struct {
     int add_dummy_prefix, remove_extra_ws, escape_ws;
-    size_t charsmap_len;
+    const uint8_t *charsmap;
+    size_t charsmap_len, charsmap_at;
     char name[64];
 } normalizer;
 
@@ -156,7 +159,12 @@ static int parse_normalizer(pb r, normalizer *ns) {
             if ((rc = want(&r, &f, 2))) return rc;
             snprintf(ns->name, sizeof ns->name, "%.*s", (int)(f.sub.n > 63 ? 63 : f.sub.n), (const char *)f.sub.p);
             break;
-        case 2: if ((rc = want(&r, &f, 2))) return rc; ns->charsmap_len = f.sub.n; break;
+        case 2:
+            if ((rc = want(&r, &f, 2))) return rc;
+            ns->charsmap = f.sub.p;
+            ns->charsmap_len = f.sub.n;
+            ns->charsmap_at = f.sub.base;
+            break;
         case 3: if ((rc = want(&r, &f, 0))) return rc; ns->add_dummy_prefix = f.v != 0; break;
         case 4: if ((rc = want(&r, &f, 0))) return rc; ns->remove_extra_ws = f.v != 0; break;
         case 5: if ((rc = want(&r, &f, 0))) return rc; ns->escape_ws = f.v != 0; break;
@@ -230,12 +238,20 @@ int mt_tok_parse_spm(mt_tokenizer **out, const void *buf, size_t len, const char
     }
     if (t->n_vocab == 0) { rc = mt_seterr(MT_ERR_FORMAT, "%s: no pieces (not a sentencepiece model?)", name); goto fail; }
     if (!have_trainer) { rc = mt_seterr(MT_ERR_FORMAT, "%s: no trainer_spec (not a sentencepiece model?)", name); goto fail; }
-    if (tr.model_type == 1) { rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: unigram sentencepiece models are not supported", name); goto fail; }
-    if (tr.model_type != 2) {
-        rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: sentencepiece model_type %d is not supported (only BPE)", name, tr.model_type);
+    if (tr.model_type != 1 && tr.model_type != 2) {
+        rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: sentencepiece model_type %d is not supported (only UNIGRAM and BPE)", name,
+                       tr.model_type);
         goto fail;
     }
-    if (ns.charsmap_len) {
+    if (tr.model_type == 1) {
+        t->kind = MT_TOK_UNIGRAM;
+        if (ns.charsmap_len && (rc = mt_tok_set_charsmap(t, ns.charsmap, ns.charsmap_len, name))) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", mt_last_error());
+            rc = mt_seterr(rc, "%s (normalizer_spec at offset %zu)", msg, ns.charsmap_at);
+            goto fail;
+        }
+    } else if (ns.charsmap_len) {
         rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: normalizer '%s' with a precompiled charsmap is not supported (identity only)",
                        name, ns.name);
         goto fail;
@@ -269,6 +285,7 @@ int mt_tok_parse_spm(mt_tokenizer **out, const void *buf, size_t len, const char
     if ((rc = mt_tok_set_specials(t, ud, n_ud))) goto fail;
     t->has_user_defined = n_ud > 0;
     mt_tok_finalize(t);
+    if (t->kind == MT_TOK_UNIGRAM) mt_tok_unigram_scores(t);
     free(ud);
     *out = t;
     return MT_OK;

@@ -422,6 +422,72 @@ void mt_weights_free(mt_weights *w) {
     memset(w, 0, sizeof *w);
 }
 
+/* One matrix as convert stores it in GGUF: its type (mt_io_gguf_type) and,
+ * for Q/K of `heads` heads, its rows in llama.cpp's RoPE order. A copy
+ * (owned) only when something changes. */
+static int relayout(const wctx *x, mt_mat *m, const mt_arch_tensor *r, int n_dims, int heads) {
+    int fallback = 0;
+    if (!m->data) return MT_OK;
+    const mt_dtype dt = mt_io_gguf_type(r, m->dtype, n_dims, m->cols, -1, &fallback);
+    if (dt == m->dtype && !heads) return MT_OK;
+    const int64_t hd = heads ? m->rows / heads : 0;
+    if (heads && (hd <= 0 || hd % 2 || hd * heads != m->rows))
+        return mt_seterr(MT_ERR_FORMAT, "%s: %s: %lld rows cannot be split into %d heads of even size", x->path,
+                         r->label, (long long)m->rows, heads);
+    uint64_t rb;
+    int rc = mt_dtype_nbytes(dt, (uint64_t)m->cols, &rb);
+    if (rc) return rc;
+    uint8_t *buf = malloc((size_t)(rb * (uint64_t)m->rows));
+    float *row = dt != m->dtype ? malloc((size_t)m->cols * sizeof *row) : NULL;
+    if (!buf || (dt != m->dtype && !row)) {
+        free(buf);
+        free(row);
+        return mt_seterr(MT_ERR_NOMEM, "%s: out of memory for %s in GGUF layout", x->path, r->label);
+    }
+    for (int64_t i = 0; i < m->rows && !rc; i++) {
+        const int64_t sr = heads ? mt_rope_perm_row(1, i, hd) : i;
+        const uint8_t *in = (const uint8_t *)m->data + (uint64_t)sr * m->row_stride;
+        if (!row) memcpy(buf + (uint64_t)i * rb, in, (size_t)rb);
+        else if (!(rc = mt_row_to_f32(m->dtype, in, row, m->cols)))
+            rc = mt_row_from_f32(dt, row, buf + (uint64_t)i * rb, m->cols);
+    }
+    free(row);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    if ((rc = keep_owned(x, buf))) return rc; /* frees buf */
+    m->dtype = dt;
+    m->data = buf;
+    m->row_stride = rb;
+    return MT_OK;
+}
+
+int mt_weights_gguf_layout(mt_weights *w, const mt_ckpt *ck) {
+    if (mt_ckpt_format(ck) == MT_FMT_GGUF) return MT_OK;
+    const mt_config *c = &w->cfg;
+    const mt_arch *fam = mt_arch_get(c->arch);
+    const wctx x = {ck, mt_ckpt_path(ck), 0, w};
+    if (!fam) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: unsupported architecture %s", x.path, c->arch);
+    if (mt_config_has_alias(c))
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: config.json has moe_router_alias, which GGUF cannot express", x.path);
+    mt_arch_iter it;
+    mt_arch_item a;
+    int rc = mt_arch_iter_init(&it, c, 0, x.path);
+    while (!rc && mt_arch_iter_next(&it, &a)) {
+        mt_mat *m = role_mats(w, a.t->role, a.layer);
+        const int n = (a.t->flags & MT_ROLE_F_EXPERT) ? a.n_experts : 1;
+        const int heads = mt_io_gguf_perm_heads(c, a.t);
+        for (int e = 0; m && e < n && !rc; e++) rc = relayout(&x, &m[e], a.t, a.n_dims, heads);
+    }
+    if (rc) return rc;
+    if (c->tie_embeddings) w->lm_head = w->tok_embd;
+    for (int l = 0; l < c->n_layers; l++)
+        if (w->layers[l].n_experts > 0) w->layers[l].router = w->layers[l].router_full;
+    w->cfg.rope_style = (int)fam->gguf_rope;
+    return MT_OK;
+}
+
 int mt_weights_init(mt_weights *w, const mt_ckpt *ck) {
     memset(w, 0, sizeof *w);
     if (!ck) return mt_seterr(MT_ERR_ARG, "weights: no checkpoint");

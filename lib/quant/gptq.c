@@ -9,6 +9,7 @@
 #include "quant_impl.h"
 
 #include "backend.h"
+#include "moetool/mt_qmoe.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -52,9 +53,38 @@ static void prepare_h(float *W, int64_t rows, int64_t cols, double *H, double da
  * f16(range·min), f16(range·max). Only GPTQ does this: its error feedback
  * lets the wider zero band cost less than it does to plain rounding. */
 static void widen_ternary(const mt_grid *g, const mt_gptq_params *p, float *lo, float *hi) {
-    if (g->kind != MT_GRID_TERNARY_ROW || !(p->ternary_range > 0) || p->ternary_range == 1.0) return;
+    if (g->kind != MT_GRID_TERNARY_ROW) return;
+    if (p->ternary_scales == MT_QMOE_SCALES_U8LOG) {
+        const float s = 0.5f * (*hi - *lo);
+        *hi = s;
+        *lo = -s;
+    }
+    if (!(p->ternary_range > 0) || p->ternary_range == 1.0) return;
     *lo = mt_f16_to_f32(mt_f32_to_f16((float)(p->ternary_range * *lo)));
     *hi = mt_f16_to_f32(mt_f32_to_f16((float)(p->ternary_range * *hi)));
+}
+
+/* 8-bit log-coded levels: the base of the matrix (from the largest row
+ * level as widen_ternary gives it, on the weights as they are: with one
+ * group per row GPTQ fits a row before any feedback reaches it), 0 when
+ * the grid does not use them. */
+static float scale8_base(const float *W, int64_t rows, int64_t cols, const mt_grid *g, const mt_gptq_params *p) {
+    if (g->kind != MT_GRID_TERNARY_ROW || p->ternary_scales != MT_QMOE_SCALES_U8LOG) return 0;
+    float smax = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        float lo, hi;
+        mt_grid_fit(g, W + r * cols, (int)cols, &lo, &hi);
+        widen_ternary(g, p, &lo, &hi);
+        if (hi > smax) smax = hi;
+    }
+    return smax > 0 ? mt_qmoe_scale8_base(smax) : 1.0f;
+}
+
+/* The row's levels onto the 8-bit log code of base (base 0: unchanged). */
+static void snap8(float base, float *lo, float *hi) {
+    if (!(base > 0)) return;
+    *hi = mt_qmoe_scale8_value(base, mt_qmoe_scale8_code(base, *hi));
+    *lo = -*hi;
 }
 
 typedef struct {
@@ -67,14 +97,23 @@ static int cmp_diag(const void *x, const void *y) {
     return a->i < b->i ? -1 : a->i > b->i;
 }
 
-/* RTN: every group fitted on the weights as they are. */
-static void rtn(float *W, int64_t rows, int64_t cols, const mt_grid *g, int8_t *codes, float *a, float *b) {
+/* RTN: every group fitted on the weights as they are (ternary rows: no
+ * widening, but the 8-bit levels when asked for). */
+static void rtn(float *W, int64_t rows, int64_t cols, const mt_grid *g, const mt_gptq_params *p, int8_t *codes,
+                float *a, float *b) {
     const int64_t ng = cols / g->group, np = mt_grid_nparam(g);
+    mt_gptq_params p1 = *p;
+    p1.ternary_range = 1.0;
+    const float base = scale8_base(W, rows, cols, g, &p1);
     for (int64_t r = 0; r < rows; r++) {
         float *w = W + r * cols;
         for (int64_t k = 0; k < ng; k++) {
             float *pa = a + (r * ng + k) * np, *pb = b + (r * ng + k) * np;
             mt_grid_fit(g, w + k * g->group, g->group, pa, pb);
+            if (base > 0) {
+                widen_ternary(g, &p1, pa, pb);
+                snap8(base, pa, pb);
+            }
             for (int64_t j = k * g->group; j < (k + 1) * g->group; j++) {
                 float dq;
                 codes[r * cols + j] = (int8_t)mt_grid_quant(g, pa, pb, (int)(j - k * g->group), w[j], &dq);
@@ -91,7 +130,7 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
         return mt_seterr(MT_ERR_ARG, "gptq: %s is written whole rows at a time by its own quantizer, not by codes",
                          mt_dtype_name((mt_dtype)g->dtype));
     if (!H) {
-        rtn(W, rows, cols, g, codes, a, b);
+        rtn(W, rows, cols, g, p, codes, a, b);
         return MT_OK;
     }
     const int64_t ng = cols / g->group, np = mt_grid_nparam(g), B = p->block > 0 ? p->block : 128;
@@ -100,6 +139,7 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
     int64_t *perm = NULL;
     float *Wp = NULL, *U = NULL, *E = NULL;
     prepare_h(W, rows, cols, H, p->damp);
+    const float base8 = scale8_base(W, rows, cols, g, p); /* after dead columns are zeroed, as the fits */
     if (p->act_order) {
         /* Scales come from the original weights (GPTQ's static groups): the
          * group a column belongs to is fixed, its quantization order is not. */
@@ -108,6 +148,7 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
                 float *pa = a + (r * ng + k) * np, *pb = b + (r * ng + k) * np;
                 mt_grid_fit(g, W + r * cols + k * g->group, g->group, pa, pb);
                 widen_ternary(g, p, pa, pb);
+                snap8(base8, pa, pb);
             }
         perm = malloc((size_t)cols * sizeof *perm);
         diag_t *dg = malloc((size_t)cols * sizeof *dg);
@@ -149,6 +190,7 @@ int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_g
                 if (!perm && col % g->group == 0) {
                     mt_grid_fit(g, w + j, g->group, pa, pb);
                     widen_ternary(g, p, pa, pb);
+                    snap8(base8, pa, pb);
                 }
                 float dq;
                 codes[r * cols + col] = (int8_t)mt_grid_quant(g, pa, pb, (int)(col % g->group), w[j], &dq);
@@ -228,3 +270,4 @@ double mt_gptq_output_err(const float *W, const float *Wq, int64_t rows, int64_t
     free(d);
     return tot;
 }
+

@@ -452,6 +452,16 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
             all += (double)t->nbytes;
             if (i == 0 || (double)t->file_offset < meta) meta = (double)t->file_offset;
         }
+        if (!g) { /* a Hugging Face source: the GGUF convert makes of it, which the output is */
+            mt_gguf_export *x = NULL;
+            uint64_t tb = 0, hb = 0;
+            if (!(rc = mt_quant_export_open(&x, mt_model_ckpt(m)))) rc = mt_gguf_export_sizes(x, &tb, &hb);
+            nt = x ? mt_gguf_export_count(x) : 0;
+            mt_gguf_export_free(x);
+            if (rc) goto done;
+            all = (double)tb;
+            meta = (double)hb;
+        }
         const double fixed = all - src_units + meta + 32.0 * (double)nt + 16384.0;
         budget = (double)o->target_bytes > fixed ? (uint64_t)((double)o->target_bytes - fixed) : 0;
     }

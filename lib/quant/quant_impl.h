@@ -5,6 +5,7 @@
 #define MT_QUANT_IMPL_H
 
 #include "moetool/mt_quant.h"
+#include "moetool/mt_write.h"
 
 #include <stdio.h>
 
@@ -138,7 +139,25 @@ typedef struct {
                              of each row at range·(min, max) instead of (min,
                              max) (> 1: more zeros, fewer bits once coded);
                              0 or 1: QMoE's grid. Other grids ignore it.  */
+    int ternary_scales;   /* MT_GRID_TERNARY_ROW only: 0 or MT_QMOE_SCALES_F16:
+                             levels f16 (min, max) (QMoE's grid);
+                             MT_QMOE_SCALES_U8LOG: levels −s, +s with
+                             s = (max − min)/2 (times ternary_range under
+                             GPTQ), rounded to the matrix's 8-bit log code
+                             (mt_qmoe_scale8_*; base from the largest s)
+                             before any rounding, so GPTQ's feedback and
+                             the stored weights use the coded levels      */
 } mt_gptq_params;
+
+/* Whether GPTQ takes columns by decreasing H_ii (act-order) under o. */
+static inline int mt_quant_act_order(const mt_quant_opts *o) {
+    return o->act_order > 0 || (o->act_order == 0 && o->codec == MT_QUANT_CODEC_QMOE && MT_QUANT_ACT_ORDER_QMOE);
+}
+
+/* The row scales of o's qmoe experts (MT_QMOE_SCALES_*), 0 without the codec. */
+static inline int mt_quant_qmoe_scales(const mt_quant_opts *o) {
+    return o->codec == MT_QUANT_CODEC_QMOE ? (o->qmoe_scales ? o->qmoe_scales : MT_QUANT_QMOE_SCALES) : 0;
+}
 
 int mt_gptq_quantize(float *W, int64_t rows, int64_t cols, double *H, const mt_grid *g,
                      const mt_gptq_params *p, int8_t *codes, float *a, float *b);
@@ -273,5 +292,10 @@ int mt_imatrix_write(const mt_imatrix *im, const char *path, const char *dataset
  * `layer` (layer −1: lm_head), or NULL when there is none. */
 const float *mt_imatrix_get(const mt_imatrix *im, int layer, int kind, int expert);
 void mt_imatrix_free(mt_imatrix *im);
+
+/* The plan of the GGUF an HF source becomes (convert's, per-layer expert
+ * counts allowed: the runtime runs them); quantize's GGUF output of such a
+ * source is that file with the quantized matrices in place. */
+int mt_quant_export_open(mt_gguf_export **x, const mt_ckpt *ck);
 
 #endif

@@ -14,10 +14,13 @@
  * pairs (teacher-forced, mt_s2s_score) on the original model and keeps, for
  * every expert, the rows it ran: wi's inputs (the normed hidden states
  * routed to it; tokens the capacity drops never reach the expert and are not
- * kept) and wo's inputs relu(wi x). All layers are calibrated in that one
- * pass on the unquantized model (QMoE quantizes layer by layer on the
- * quantized prefix; not done here). An expert with fewer than
- * min_expert_tokens rows falls back to RTN.
+ * kept) and wo's inputs relu(wi x). By default all layers are calibrated in
+ * that one pass on the unquantized model; with s2s_layerwise (QMoE's order)
+ * the sparse layers are taken one at a time, encoder first: a pass over the
+ * pairs keeps only that layer's rows, its experts are quantized, and their
+ * dequantized weights replace the originals in the running model
+ * (mt_s2s_set_expert_matrix) before the next layer's pass. An expert with
+ * fewer than min_expert_tokens rows falls back to RTN.
  *
  * Output: a Hugging Face directory (safetensors) with config.json's
  * quantization_config ("gptq" or "qmoe", docs/seq2seq.md); GGUF has no
@@ -27,6 +30,7 @@
 #include "moetool/mt_codec.h"
 #include "moetool/mt_qmoe.h"
 #include "moetool/mt_seq2seq.h"
+#include "moetool/mt_tokenizer.h"
 #include "moetool/mt_write.h"
 
 #include <jansson.h>
@@ -50,6 +54,8 @@ typedef struct {
     mt_qmoe_mat coded;
     uint8_t *blob;          /* qmoe: serialised                             */
     size_t blob_n;
+    float *deq;             /* layerwise: the quantized matrix as f32, run by
+                               the model for the layers after this one      */
 } xmat;
 
 typedef struct {
@@ -57,6 +63,8 @@ typedef struct {
     size_t n;
     int sparse_base[2];     /* index of a stack's first sparse layer in the report */
     uint64_t cap;           /* rows kept per expert matrix                     */
+    int only_dec, only_layer; /* layerwise: the one layer whose rows are kept;
+                               only_layer < 0: every layer                    */
     int rc;
 } s2s_q;
 
@@ -70,7 +78,7 @@ static xmat *find(s2s_q *q, int dec, int layer, int expert, int wo) {
 
 static void hook(void *user, int dec, int layer, int expert, const float *x, const float *mid, int n) {
     s2s_q *q = user;
-    if (q->rc) return;
+    if (q->rc || (q->only_layer >= 0 && (dec != q->only_dec || layer != q->only_layer))) return;
     for (int k = 0; k < 2; k++) {
         xmat *m = find(q, dec, layer, expert, k);
         if (!m) continue;
@@ -88,6 +96,7 @@ static void xmat_free(xmat *m) {
     free(m->hi);
     mt_qmoe_mat_free(&m->coded);
     free(m->blob);
+    free(m->deq);
 }
 
 /* Options this path runs; one line naming what it does not. */
@@ -122,7 +131,7 @@ static int check_opts(const mt_quant_opts *o, mt_grid *g, int64_t cols) {
 
 /* GPTQ (or RTN) of one matrix onto grid g. */
 static int quant_one(xmat *m, const mt_grid *g0, const mt_quant_opts *o, int use_calib, int measure,
-                     double *rel_err) {
+                     double *rel_err, int keep) {
     const int64_t rows = m->src->rows, cols = m->src->cols;
     mt_grid g = *g0;
     if (g.kind == MT_GRID_TERNARY_ROW) g.group = (int)cols;
@@ -149,8 +158,9 @@ static int quant_one(xmat *m, const mt_grid *g0, const mt_quant_opts *o, int use
     }
     /* GPTQ widens the ternary levels to range·(min, max) (more zeros, fewer
        coded bits); RTN keeps QMoE's {min, 0, max} (gptq.c) */
-    mt_gptq_params gp = {o->damp, o->block > 0 ? o->block : 128, o->act_order,
-                         o->ternary_range > 0 ? o->ternary_range : MT_QUANT_TERNARY_RANGE_QMOE};
+    mt_gptq_params gp = {o->damp, o->block > 0 ? o->block : 128, mt_quant_act_order(o),
+                         o->ternary_range > 0 ? o->ternary_range : MT_QUANT_TERNARY_RANGE_QMOE,
+                         mt_quant_qmoe_scales(o)};
     if ((rc = mt_gptq_quantize(W, rows, cols, H, &g, &gp, codes, a, b))) goto done;
     if (measure && m->x.n > 0) {
         double e, ref;
@@ -174,6 +184,10 @@ static int quant_one(xmat *m, const mt_grid *g0, const mt_quant_opts *o, int use
         m->hi = b;
         codes = NULL;
         a = b = NULL;
+    }
+    if (keep) { /* the quantized weights, dequantized by GPTQ in place */
+        m->deq = W;
+        W = NULL;
     }
 done:
     free(W);
@@ -253,6 +267,7 @@ static int write_config(const mt_ckpt *ck, const char *dir, const mt_quant_opts 
         for (int i = 0; i < 3; i++) json_array_append_new(c, json_integer((json_int_t)counts[i]));
         json_object_set_new(d, "counts", c);
         json_object_set_new(q, "dictionary", d);
+        if (mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG) json_object_set_new(q, "row_scales", json_string("u8log"));
     } else {
         json_object_set_new(q, "quant_method", json_string("gptq"));
         json_object_set_new(q, "bits", json_integer(o->type == MT_DT_Q4_0 || (o->type < 0 && o->bits == 4) ? 4 : 8));
@@ -299,6 +314,10 @@ int mt_s2s_quantize_file(const char *in_path, const char *out_path, const mt_qua
     if (gptq && !calib_pairs)
         return mt_seterr(MT_ERR_ARG, "quantize: GPTQ of an encoder-decoder model calibrates on input/target pairs: "
                          "give --calib-pairs FILE (JSON Lines as eval --pairs), or use --method rtn");
+    if (o->s2s_layerwise && !gptq)
+        return mt_seterr(MT_ERR_ARG, "quantize: --layerwise orders GPTQ's calibration; RTN has none");
+    if (o->qmoe_scales && o->codec != MT_QUANT_CODEC_QMOE)
+        return mt_seterr(MT_ERR_ARG, "quantize: --qmoe-scales applies to --codec qmoe");
     if (o->ternary_range > 0 && (!gptq || o->bits != MT_QUANT_TERNARY))
         return mt_seterr(MT_ERR_ARG, "quantize: --ternary-range applies to GPTQ with --bits ternary --group row");
     const char *others[1] = {calib_pairs};
@@ -365,51 +384,79 @@ int mt_s2s_quantize_file(const char *in_path, const char *out_path, const mt_qua
     /* calibration: the forward over the pairs, expert rows kept by the hook
        (with RTN they only measure the output error) */
     if (calib_pairs) {
-        const double tc = mt_now();
-        if ((rc = mt_s2s_pairs_load(calib_pairs, &pairs, &n_pairs))) goto done;
+        mt_tokenizer *tok = NULL; /* for text in the pairs; without one, ids only */
+        if (mt_tok_load_for_ckpt(&tok, ck) != MT_OK) mt_clearerr();
+        rc = mt_s2s_pairs_load(calib_pairs, tok, &pairs, &n_pairs);
+        mt_tok_free(tok);
+        if (rc) goto done;
         q.cap = (uint64_t)(o->calib_tokens > 0 ? o->calib_tokens : 16384);
-        mt_s2s_set_expert_hook(m, hook, &q);
-        uint64_t ran = 0;
-        for (size_t i = 0; i < n_pairs && ran < (uint64_t)o->calib_tokens; i++) {
-            double nll;
-            if ((rc = mt_s2s_score(m, pairs[i].input, pairs[i].n_in, pairs[i].target, pairs[i].n_tgt, &nll))) {
+    }
+    /* calibrate and quantize: every layer at once, or (layerwise) one sparse
+       layer after the other, each on the forward with the ones before it
+       quantized; q.v is in (stack, layer) order */
+    const int layerwise = gptq && calib_pairs && o->s2s_layerwise;
+    double err_sum = 0, tcal = 0;
+    int n_err = 0;
+    uint64_t ran = 0;
+    const int min_rows = o->min_expert_tokens > 0 ? o->min_expert_tokens : 1;
+    q.only_layer = -1;
+    for (size_t first = 0; first < q.n;) {
+        size_t last = q.n;
+        if (layerwise) {
+            last = first;
+            while (last < q.n && q.v[last].dec == q.v[first].dec && q.v[last].layer == q.v[first].layer) last++;
+            q.only_dec = q.v[first].dec;
+            q.only_layer = q.v[first].layer;
+        }
+        if (calib_pairs) {
+            const double tc = mt_now();
+            mt_s2s_set_expert_hook(m, hook, &q);
+            ran = 0;
+            for (size_t i = 0; i < n_pairs && ran < (uint64_t)o->calib_tokens; i++) {
+                double nll;
+                if ((rc = mt_s2s_score(m, pairs[i].input, pairs[i].n_in, pairs[i].target, pairs[i].n_tgt, &nll))) {
+                    char msg[512];
+                    snprintf(msg, sizeof msg, "%s", mt_last_error());
+                    rc = mt_seterr(rc, "%s:%d: %s", calib_pairs, pairs[i].line, msg);
+                    goto done;
+                }
+                if ((rc = q.rc)) goto done;
+                ran += (uint64_t)pairs[i].n_in + (uint64_t)pairs[i].n_tgt;
+                if (o->progress && !layerwise) o->progress(o->progress_user, "calibration pairs", i + 1, n_pairs);
+            }
+            mt_s2s_set_expert_hook(m, NULL, NULL);
+            tcal += mt_now() - tc;
+        }
+        for (size_t i = first; i < last; i++) {
+            xmat *x = &q.v[i];
+            int idx = q.sparse_base[x->dec]; /* sparse layer index of (dec, layer) in the report */
+            for (int l = 0; l < x->layer; l++) idx += mt_s2s_layer_sparse(c, x->dec, l) ? 1 : 0;
+            if (!x->wo) rep->expert_tokens[(size_t)idx * E + x->expert] = (uint64_t)x->x.n;
+            const int use = gptq && x->x.n >= min_rows;
+            if (gptq && !use && !x->wo) rep->n_rtn_fallback++;
+            double re;
+            if ((rc = quant_one(x, x->wo ? &g_wo : &g_wi, o, use, calib_pairs != NULL, &re, layerwise))) {
                 char msg[512];
                 snprintf(msg, sizeof msg, "%s", mt_last_error());
-                rc = mt_seterr(rc, "%s:%d: %s", calib_pairs, pairs[i].line, msg);
+                rc = mt_seterr(rc, "%s: %s: %s", in_path, x->name, msg);
                 goto done;
             }
-            if ((rc = q.rc)) goto done;
-            ran += (uint64_t)pairs[i].n_in + (uint64_t)pairs[i].n_tgt;
-            if (o->progress) o->progress(o->progress_user, "calibration pairs", i + 1, n_pairs);
+            if (re >= 0) {
+                err_sum += re;
+                n_err++;
+            }
+            mt_calib_rows_free(&x->x);
+            if (o->progress) o->progress(o->progress_user, "expert matrices", i + 1, q.n);
         }
-        mt_s2s_set_expert_hook(m, NULL, NULL);
-        rep->n_calib_tokens = (int)ran;
-        rep->calib_seconds = mt_now() - tc;
+        /* the next layers see this one quantized */
+        for (size_t i = first; i < last && layerwise && !rc; i++)
+            rc = mt_s2s_set_expert_matrix(m, q.v[i].dec, q.v[i].layer, q.v[i].expert, q.v[i].wo, q.v[i].deq);
+        if (rc) goto done;
+        first = last;
     }
-    /* quantize every expert matrix */
-    double err_sum = 0;
-    int n_err = 0;
-    const int min_rows = o->min_expert_tokens > 0 ? o->min_expert_tokens : 1;
-    for (size_t i = 0; i < q.n; i++) {
-        xmat *x = &q.v[i];
-        int idx = q.sparse_base[x->dec]; /* sparse layer index of (dec, layer) in the report */
-        for (int l = 0; l < x->layer; l++) idx += mt_s2s_layer_sparse(c, x->dec, l) ? 1 : 0;
-        if (!x->wo) rep->expert_tokens[(size_t)idx * E + x->expert] = (uint64_t)x->x.n;
-        const int use = gptq && x->x.n >= min_rows;
-        if (gptq && !use && !x->wo) rep->n_rtn_fallback++;
-        double re;
-        if ((rc = quant_one(x, x->wo ? &g_wo : &g_wi, o, use, calib_pairs != NULL, &re))) {
-            char msg[512];
-            snprintf(msg, sizeof msg, "%s", mt_last_error());
-            rc = mt_seterr(rc, "%s: %s: %s", in_path, x->name, msg);
-            goto done;
-        }
-        if (re >= 0) {
-            err_sum += re;
-            n_err++;
-        }
-        mt_calib_rows_free(&x->x);
-        if (o->progress) o->progress(o->progress_user, "expert matrices", i + 1, q.n);
+    if (calib_pairs) {
+        rep->n_calib_tokens = (int)ran;
+        rep->calib_seconds = tcal;
     }
     rep->mean_rel_err = n_err ? err_sum / n_err : 0;
     /* qmoe: one dictionary for all, every matrix coded and serialised */
@@ -424,6 +471,7 @@ int mt_s2s_quantize_file(const char *in_path, const char *out_path, const mt_qua
         for (size_t i = 0; i < q.n; i++) {
             xmat *x = &q.v[i];
             if ((rc = mt_qmoe_encode(&x->coded, &dict, x->syms, x->lo, x->hi, x->src->rows, x->src->cols)) ||
+                (mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG && (rc = mt_qmoe_mat_set_scale8(&x->coded))) ||
                 (rc = mt_qmoe_serialize(&x->coded, &x->blob, &x->blob_n)))
                 goto done;
             mt_qmoe_size sz;

@@ -268,6 +268,10 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
         return mt_seterr(MT_ERR_ARG, "quantize: --experts-only and --embed-bits/--embed-type exclude each other");
     if (o->ternary_range > 0 && (o->method != MT_QUANT_GPTQ || g.kind != MT_GRID_TERNARY_ROW))
         return mt_seterr(MT_ERR_ARG, "quantize: --ternary-range applies to GPTQ with --bits ternary --group row");
+    if (o->qmoe_scales && o->codec != MT_QUANT_CODEC_QMOE)
+        return mt_seterr(MT_ERR_ARG, "quantize: --qmoe-scales applies to --codec qmoe");
+    if (o->qmoe_scales && o->qmoe_scales != MT_QMOE_SCALES_F16 && o->qmoe_scales != MT_QMOE_SCALES_U8LOG)
+        return mt_seterr(MT_ERR_ARG, "quantize: unknown qmoe row scales %d", o->qmoe_scales);
     if (hf) {
         /* AutoGPTQ zero points pack 32/bits output rows per word */
         const int ab = o->codec == MT_QUANT_CODEC_NONE ? o->bits : 0;
@@ -645,7 +649,7 @@ static int repack_tq1(qmat *q) {
  * expert coded with it and swapped into w as MT_DT_QMOE; the decoded f32
  * copies and the symbols are freed. *bits: all-in storage of the coded
  * experts including the dictionary block. */
-static int code_experts(mt_quant_state *s, mt_weights *w, mt_quant_report *rep, double *bits) {
+static int code_experts(mt_quant_state *s, mt_weights *w, int scales, mt_quant_report *rep, double *bits) {
     const double t0 = mt_now();
     uint64_t counts[3] = {0, 0, 0}, code_bits = 0, total_bits = 8 * mt_qmoe_dict_bytes();
     int rc;
@@ -664,6 +668,7 @@ static int code_experts(mt_quant_state *s, mt_weights *w, mt_quant_report *rep, 
                 qmat *q = qm(s, l, k, e);
                 if (!q->used || !q->syms) continue;
                 if ((rc = mt_qmoe_encode(&q->coded, &s->dict, q->syms, q->lo, q->hi, q->rows, q->cols))) return rc;
+                if (scales == MT_QMOE_SCALES_U8LOG && (rc = mt_qmoe_mat_set_scale8(&q->coded))) return rc;
                 mt_qmoe_size sz;
                 mt_qmoe_mat_size(&q->coded, &sz);
                 code_bits += sz.code_bits;
@@ -831,9 +836,10 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     double qbits_new = 0, qbits_old = 0, ebits = 0, eparams = 0, rel_sum = 0;
     int rel_n = 0;
     const int nthreads = mt_model_threads(m);
-    mt_gptq_params gp = {o->damp, o->block, o->act_order,
+    mt_gptq_params gp = {o->damp, o->block, mt_quant_act_order(o),
                          o->ternary_range > 0 ? o->ternary_range
-                         : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0};
+                         : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE : 1.0,
+                         mt_quant_qmoe_scales(o)};
     job_progress prog = {o->progress, o->progress_user, 0, 0, 0, c->n_layers};
     for (int l = 0; l < c->n_layers; l++)
         prog.total += (uint64_t)(with_attn(o) ? 4 : 0) +
@@ -1009,7 +1015,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     }
     if (o->codec == MT_QUANT_CODEC_QMOE) {
         double coded_bits = 0;
-        if ((rc = code_experts(s, w, rep, &coded_bits))) goto fail;
+        if ((rc = code_experts(s, w, mt_quant_qmoe_scales(o), rep, &coded_bits))) goto fail;
         qbits_new += coded_bits - ebits;
         ebits = coded_bits;
     }
@@ -1045,13 +1051,8 @@ fail:
 /* (layer, kind, expert) of a tensor name in a format, by the family's role
  * table; -1 when not a quantized kind. A stacked GGUF expert tensor gives
  * expert -1. */
-static int role_kind(const mt_config *c, const char *name, mt_format fmt, int *layer, int *expert) {
-    int l = -1, e = -1;
-    const mt_arch_tensor *t = mt_arch_parse(mt_arch_get(c->arch), name, fmt, &l, &e);
-    *layer = l;
-    *expert = e < 0 ? 0 : e;
-    if (!t) return -1;
-    switch (t->role) {
+static int kind_of_role(mt_role role) {
+    switch (role) {
     case MT_ROLE_WQ: return K_Q;
     case MT_ROLE_WK: return K_K;
     case MT_ROLE_WV: return K_V;
@@ -1066,13 +1067,25 @@ static int role_kind(const mt_config *c, const char *name, mt_format fmt, int *l
     }
 }
 
-/* The quantized embeddings / lm_head for a tensor name, or NULL. */
-static const qmat *embed_q(const mt_quant_state *s, const mt_config *c, const char *name, mt_format fmt) {
-    const mt_arch_tensor *t = mt_arch_parse(mt_arch_get(c->arch), name, fmt, NULL, NULL);
+static int role_kind(const mt_config *c, const char *name, mt_format fmt, int *layer, int *expert) {
+    int l = -1, e = -1;
+    const mt_arch_tensor *t = mt_arch_parse(mt_arch_get(c->arch), name, fmt, &l, &e);
+    *layer = l;
+    *expert = e < 0 ? 0 : e;
+    return t ? kind_of_role(t->role) : -1;
+}
+
+/* The quantized embeddings / lm_head of a role, or NULL. */
+static const qmat *embed_q_role(const mt_quant_state *s, const mt_arch_tensor *t) {
     const qmat *q = NULL;
     if (t && t->role == MT_ROLE_TOK_EMBD) q = &s->embd;
     else if (t && t->role == MT_ROLE_LM_HEAD) q = &s->head;
     return q && q->used ? q : NULL;
+}
+
+/* The quantized embeddings / lm_head for a tensor name, or NULL. */
+static const qmat *embed_q(const mt_quant_state *s, const mt_config *c, const char *name, mt_format fmt) {
+    return embed_q_role(s, mt_arch_parse(mt_arch_get(c->arch), name, fmt, NULL, NULL));
 }
 
 /* What quantize did, for config.json / README.md or the GGUF key
@@ -1084,7 +1097,10 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
     mt_prov_tag(p, "quantized");
     mt_prov_str(p, "method", o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
     mt_prov_str(p, "experts", s->grid_name);
-    if (o->codec == MT_QUANT_CODEC_QMOE) mt_prov_str(p, "codec", "qmoe");
+    if (o->codec == MT_QUANT_CODEC_QMOE) {
+        mt_prov_str(p, "codec", "qmoe");
+        mt_prov_str(p, "qmoe_scales", mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG ? "u8log" : "f16");
+    }
     if (o->attn_bits) mt_prov_int(p, "attention_bits", o->attn_bits);
     if (o->attn_type >= 0) mt_prov_str(p, "attention_type", mt_dtype_name((mt_dtype)o->attn_type));
     if (o->embed_type >= 0) mt_prov_str(p, "embedding_type", mt_dtype_name((mt_dtype)o->embed_type));
@@ -1096,24 +1112,115 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
         if (o->calib_path) mt_prov_str(p, "calibration_text", o->calib_path);
         mt_prov_int(p, "calibration_tokens", o->calib_tokens);
         mt_prov_num(p, "damp", o->damp);
-        if (o->act_order) mt_prov_int(p, "act_order", 1);
+        if (mt_quant_act_order(o)) mt_prov_int(p, "act_order", 1);
         if (o->ternary_range > 0) mt_prov_num(p, "ternary_range", o->ternary_range);
     }
     mt_prov_command(p, o->command);
     return p;
 }
 
+/* The key moetool.provenance: what quantize did. */
+static int put_provenance(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o, mt_gguf_writer *gw,
+                          const char *out_path) {
+    mt_prov *p = quant_provenance(s, m, o);
+    char *pj = mt_prov_json(p);
+    int rc = pj ? mt_gguf_writer_kv_str(gw, "moetool.provenance", pj, strlen(pj))
+                : mt_seterr(MT_ERR_NOMEM, "%s: out of memory", out_path);
+    free(pj);
+    mt_prov_free(p);
+    return rc;
+}
+
+/* a mix is its own file type (Q4_K_M's experts are q4_K and q6_K); a plan
+ * takes that of its dominant type */
+static uint32_t out_file_type(const mt_quant_state *s) {
+    return s->file_type ? s->file_type : mt_dtype_gguf_file_type(s->expert_dtype);
+}
+
+int mt_quant_export_open(mt_gguf_export **x, const mt_ckpt *ck) {
+    mt_convert_opts co;
+    mt_convert_opts_default(&co);
+    co.to = MT_FMT_GGUF;
+    co.moetool_only = 1; /* the runtime runs per-layer expert counts */
+    return mt_gguf_export_open(x, ck, &co);
+}
+
+/* ---- GGUF output of a Hugging Face source: convert's GGUF of it (lib/io's
+ * export: names, order, metadata, types, Q/K order) with the quantized
+ * matrices in place of theirs. The model was loaded in that GGUF layout
+ * (mt_model_opts.gguf_layout), so they are in GGUF row order already. */
+typedef struct {
+    const mt_quant_state *s;
+    const mt_model *m;
+    const mt_quant_opts *o;
+    const mt_gguf_export *x;
+    const char *out_path;
+} export_ctx;
+
+/* The quantized matrix of export tensor i (expert e of a stacked one), or NULL. */
+static const qmat *export_q(const export_ctx *x, size_t i, int e) {
+    mt_quant_state *s = (mt_quant_state *)x->s;
+    mt_gguf_export_tensor t;
+    mt_gguf_export_tensor_get(x->x, i, &t);
+    const int k = t.role ? kind_of_role(t.role->role) : -1;
+    if (k >= 0 && t.layer >= 0 && t.layer < s->n_layers && qm(s, t.layer, k, 0)->used)
+        return e < s->ne ? qm(s, t.layer, k, e < 0 ? 0 : e) : NULL;
+    return embed_q_role(s, t.role);
+}
+
+static mt_dtype export_type(void *user, size_t i, mt_dtype planned) {
+    const qmat *q = export_q(user, i, 0);
+    return q ? q->dtype : planned;
+}
+
+static int export_data(void *user, size_t i, int e, const void **data, uint64_t *n) {
+    const qmat *q = export_q(user, i, e);
+    *data = q ? q->data : NULL;
+    *n = q ? q->row_bytes * (uint64_t)q->rows : 0;
+    return MT_OK;
+}
+
+static int export_kvs(void *user, mt_gguf_writer *w) {
+    const export_ctx *x = user;
+    return put_provenance(x->s, x->m, x->o, w, x->out_path);
+}
+
+static int write_gguf_export(const mt_quant_state *s, const mt_model *m, const mt_quant_opts *o, const char *out_path) {
+    mt_gguf_export *x = NULL;
+    int rc = mt_quant_export_open(&x, mt_model_ckpt(m));
+    if (rc) return rc;
+    export_ctx ctx = {s, m, o, x, out_path};
+    for (size_t i = 0; i < mt_gguf_export_count(x) && !rc; i++) {
+        mt_gguf_export_tensor t;
+        mt_gguf_export_tensor_get(x, i, &t);
+        const qmat *q = export_q(&ctx, i, 0);
+        if (q && (q->dtype == MT_DT_F32 || q->dtype == MT_DT_QMOE))
+            rc = mt_seterr(MT_ERR_ARG, "%s: %s was quantized on a grid without a GGUF type", out_path, t.name);
+        for (int e = 0; q && !rc && e < t.n_experts; e++)
+            if (!export_q(&ctx, i, e) || !export_q(&ctx, i, e)->used)
+                rc = mt_seterr(MT_ERR_INTERNAL, "%s: expert %d of %s was not quantized", out_path, e, t.name);
+    }
+    const mt_gguf_export_hooks h = {1, out_file_type(s), export_kvs, export_type, export_data, &ctx};
+    if (!rc) rc = mt_gguf_export_write(x, out_path, &h);
+    mt_gguf_export_free(x);
+    return rc;
+}
+
 int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const mt_quant_opts *o, const char *out_path) {
     mt_quant_state *s = (mt_quant_state *)s0;
     const mt_gguf *g = mt_ckpt_gguf(mt_model_ckpt(m));
     const mt_config *c = mt_model_config(m);
-    if (!g) return mt_seterr(MT_ERR_ARG, "%s: quantized GGUF output needs a GGUF-loaded model", out_path);
+    if (!g) {
+        const mt_arch *fam = mt_arch_get(c->arch);
+        if (fam && c->rope_style != (int)fam->gguf_rope)
+            return mt_seterr(MT_ERR_ARG, "%s: quantized GGUF output of a Hugging Face model needs it loaded in GGUF "
+                             "layout (mt_model_opts.gguf_layout)", out_path);
+        return write_gguf_export(s, m, o, out_path);
+    }
     const size_t nt = mt_gguf_tensor_count(g);
     int rc;
     mt_gguf_writer *gw = NULL;
-    /* a mix is its own file type (Q4_K_M's experts are q4_K and q6_K); a plan
-     * takes that of its dominant type */
-    const uint32_t ftype = s->file_type ? s->file_type : mt_dtype_gguf_file_type(s->expert_dtype);
+    const uint32_t ftype = out_file_type(s);
     if ((rc = mt_gguf_writer_open(&gw, out_path))) return rc;
     for (size_t k = 0; k < mt_gguf_key_count(g) && !rc; k++) {
         const char *key = mt_gguf_key_name(g, (int)k);
@@ -1133,14 +1240,7 @@ int mt_quant_write_gguf(const mt_quant_state *s0, const mt_model *m, const mt_qu
     if (!rc && mt_gguf_find_key(g, "general.file_type") < 0)
         rc = mt_gguf_writer_kv_u32(gw, "general.file_type", ftype);
     if (!rc) rc = mt_gguf_writer_kv_quantized_by(gw, ftype);
-    if (!rc) {
-        mt_prov *p = quant_provenance(s, m, o);
-        char *pj = mt_prov_json(p);
-        rc = pj ? mt_gguf_writer_kv_str(gw, "moetool.provenance", pj, strlen(pj))
-                : mt_seterr(MT_ERR_NOMEM, "%s: out of memory", out_path);
-        free(pj);
-        mt_prov_free(p);
-    }
+    if (!rc) rc = put_provenance(s, m, o, gw, out_path);
     for (size_t i = 0; i < nt && !rc; i++) {
         const mt_tensor *t = mt_gguf_tensor(g, i);
         int l = -1, e0, k = role_kind(c, t->name, MT_FMT_GGUF, &l, &e0);
@@ -1286,6 +1386,7 @@ static char *hf_quant_json(const mt_quant_state *s, const mt_quant_opts *o, cons
             MT_QMOE_GROUP_ROWS, s->dict.max_len, s->dict.n_entries, (unsigned long long)s->dict.counts[0],
             (unsigned long long)s->dict.counts[1], (unsigned long long)s->dict.counts[2], exp,
             o->method == MT_QUANT_GPTQ ? "gptq" : "rtn");
+        if (mt_quant_qmoe_scales(o) == MT_QMOE_SCALES_U8LOG) OUT(", \"row_scales\": \"u8log\"");
         if (o->attn_bits || o->embed_bits) {
             OUT(", \"gptq\": {\"checkpoint_format\": \"gptq\", \"sym\": true, \"desc_act\": false, \"group_size\": 32, "
                 "\"modules\": {");
@@ -1460,11 +1561,11 @@ done:
 int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_opts *o0, int n_threads,
                      mt_quant_report *rep) {
     mt_quant_opts o = *o0;
-    char calib[4096], tmp[4096];
+    char calib[4096];
     mt_ckpt *ck = NULL;
     mt_model *m = NULL;
     mt_quant_state *s = NULL;
-    int rc, made_tmp = 0;
+    int rc;
     memset(rep, 0, sizeof *rep);
     if (!o.calib_path) {
         default_calib(in_path, calib, sizeof calib);
@@ -1480,6 +1581,7 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
         if ((rc = mt_output_check(o.imatrix_out, MT_OUTPUT_GGUF, o.force, in_path, calib_in, o.imatrix_path ? 2 : 1)))
             return rc;
     }
+    /* The checkpoint is opened once: checked here, then loaded. */
     if ((rc = mt_ckpt_open(&ck, in_path))) return rc;
     if (mt_ckpt_is_archive(ck)) {
         mt_ckpt_free(ck);
@@ -1487,36 +1589,27 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
     }
     rc = mt_quant_check(&o, mt_ckpt_config(ck), 1);
     const int is_gguf = mt_ckpt_format(ck) == MT_FMT_GGUF;
-    mt_ckpt_free(ck);
-    if (rc) return rc;
-    const char *src = in_path;
-    if (o.format == MT_FMT_HF && is_gguf)
-        return mt_seterr(MT_ERR_ARG, "%s: --format hf needs a Hugging Face source (moetool convert --to hf first)", in_path);
-    if (!is_gguf && o.format == MT_FMT_GGUF) {
-        /* Source in GGUF conventions (names, Q/K order, metadata) first, as a
-         * registered temporary that a later run sweeps if this one is killed. */
-        snprintf(tmp, sizeof tmp, "%s.tmp-%ld-source", out_path, (long)getpid());
-        mt_convert_opts co;
-        mt_convert_opts_default(&co);
-        co.to = MT_FMT_GGUF;
-        co.moetool_only = 1; /* an internal copy: per-layer expert counts are fine */
-        if ((rc = mt_output_tmp_add(tmp))) return rc;
-        made_tmp = 1;
-        if ((rc = mt_convert(in_path, tmp, &co))) goto done;
-        src = tmp;
-    }
+    if (!rc && o.format == MT_FMT_HF && is_gguf)
+        rc = mt_seterr(MT_ERR_ARG, "%s: --format hf needs a Hugging Face source (moetool convert --to hf first)", in_path);
     mt_model_opts mo;
     mt_model_opts_default(&mo);
     mo.n_threads = n_threads;
-    rc = mt_model_load(&m, src, &mo);
-    if (made_tmp) {
-        /* The model keeps the temporary mapped: its name can go now, so an
-         * interrupted quantize leaves no converted copy beside the output. */
-        unlink(tmp);
-        mt_output_tmp_forget(tmp);
-        made_tmp = 0;
+    if (!rc && !is_gguf && o.format == MT_FMT_GGUF) {
+        /* The output is convert's GGUF of the source with the quantized
+         * matrices in place (written from memory, no converted copy on disk):
+         * its checks now, before the work; the model is held in that GGUF's
+         * layout (Q/K row order, F32 norms and router), so the result equals
+         * quantizing the converted file. */
+        mt_gguf_export *x = NULL;
+        if (!(rc = mt_quant_export_open(&x, ck))) mt_gguf_export_warn(x);
+        mt_gguf_export_free(x);
+        mo.gguf_layout = 1;
     }
-    if (rc) goto done;
+    if (rc) {
+        mt_ckpt_free(ck);
+        return rc;
+    }
+    if ((rc = mt_model_load_ckpt(&m, ck, &mo))) goto done; /* owns ck, also on failure */
     if ((rc = mt_quant_model(&s, m, &o, rep))) goto done;
     s->source = in_path;
     rc = o.format == MT_FMT_HF ? mt_quant_write_hf(s, m, &o, out_path) : mt_quant_write_gguf(s, m, &o, out_path);
@@ -1524,10 +1617,6 @@ int mt_quantize_file(const char *in_path, const char *out_path, const mt_quant_o
 done:
     mt_quant_state_free(s);
     mt_model_free(m);
-    if (made_tmp) {
-        unlink(tmp);
-        mt_output_tmp_forget(tmp);
-    }
     if (rc) mt_quant_report_free(rep);
     return rc;
 }

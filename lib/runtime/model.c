@@ -203,6 +203,15 @@ done:
 }
 
 int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
+    mt_ckpt *ck = NULL;
+    *out = NULL;
+    if (opts && (opts->n_threads < 0 || opts->n_threads > MT_MAX_THREADS))
+        return mt_seterr(MT_ERR_ARG, "model: thread count %d out of range", opts->n_threads);
+    int st = mt_ckpt_open(&ck, path);
+    return st < 0 ? st : mt_model_load_ckpt(out, ck, opts);
+}
+
+int mt_model_load_ckpt(mt_model **out, mt_ckpt *ck, const mt_model_opts *opts) {
     mt_model_opts def;
     int st;
     *out = NULL;
@@ -210,14 +219,20 @@ int mt_model_load(mt_model **out, const char *path, const mt_model_opts *opts) {
         mt_model_opts_default(&def);
         opts = &def;
     }
-    if (opts->n_threads < 0 || opts->n_threads > MT_MAX_THREADS)
+    const char *path = mt_ckpt_path(ck);
+    if (opts->n_threads < 0 || opts->n_threads > MT_MAX_THREADS) {
+        mt_ckpt_free(ck);
         return mt_seterr(MT_ERR_ARG, "model: thread count %d out of range", opts->n_threads);
+    }
     mt_model *m = calloc(1, sizeof *m);
-    if (!m) return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
-
-    if ((st = mt_ckpt_open(&m->ck, path)) < 0) goto fail;
+    if (!m) {
+        mt_ckpt_free(ck);
+        return mt_seterr(MT_ERR_NOMEM, "%s: out of memory", path);
+    }
+    m->ck = ck;
     if ((st = mt_weights_init(&m->w, m->ck)) < 0) goto fail;
     m->weights_ok = 1;
+    if (opts->gguf_layout && (st = mt_weights_gguf_layout(&m->w, m->ck)) < 0) goto fail;
     if ((st = load_qmoe(m, path)) < 0) goto fail;
 
     /* A checkpoint without a tokenizer is still usable on token ids. */
@@ -329,7 +344,7 @@ static void add_mat(const mt_mat *w, uint64_t *params, uint64_t *bytes) {
     uint64_t n = (uint64_t)w->rows * (uint64_t)w->cols, b = 0;
     *params += n;
     if (w->dtype == MT_DT_QMOE && w->group >= 1) /* as serialised: header, group offsets, codewords, f16 row pairs */
-        *bytes += mt_qmoe_blob_bytes(w->rows, (int)w->group, w->side.qmoe.n_codes);
+        *bytes += mt_qmoe_blob_bytes(w->rows, (int)w->group, w->side.qmoe.n_codes, w->side.qmoe.scale_type);
     else if (mt_dtype_nbytes(w->dtype, n, &b) == MT_OK)
         *bytes += b;
 }

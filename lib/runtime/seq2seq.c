@@ -93,6 +93,22 @@ void mt_s2s_set_expert_hook(mt_s2s_model *m, mt_s2s_expert_hook fn, void *user) 
     m->hook_user = user;
 }
 
+static int prepare(mt_s2s_model *m, const mt_mat *W, const char *path);
+
+int mt_s2s_set_expert_matrix(mt_s2s_model *m, int decoder, int layer, int expert, int wo, const float *w) {
+    const mt_s2s_config *c = &m->w.cfg;
+    if (!w || layer < 0 || layer >= (decoder ? c->n_dec_layers : c->n_enc_layers))
+        return mt_seterr(MT_ERR_ARG, "mt_s2s_set_expert_matrix: no layer %d", layer);
+    mt_s2s_layer *y = decoder ? &m->w.dec[layer] : &m->w.enc[layer];
+    if (expert < 0 || expert >= y->n_experts)
+        return mt_seterr(MT_ERR_ARG, "mt_s2s_set_expert_matrix: layer %d has no expert %d", layer, expert);
+    mt_mat *W = wo ? &y->wo[expert] : &y->wi[expert];
+    const mt_mat f = {.dtype = MT_DT_F32, .rows = W->rows, .cols = W->cols, .data = w,
+                      .row_stride = (uint64_t)W->cols * sizeof(float)};
+    *W = f;
+    return prepare(m, W, "expert matrix");
+}
+
 const mt_s2s_config *mt_s2s_model_config(const mt_s2s_model *m) { return &m->w.cfg; }
 const mt_s2s_weights *mt_s2s_model_weights(const mt_s2s_model *m) { return &m->w; }
 const mt_ckpt *mt_s2s_model_ckpt(const mt_s2s_model *m) { return m->ck; }

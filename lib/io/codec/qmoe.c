@@ -19,12 +19,16 @@
  *   8   8  rows R
  *   16  8  cols C (>= 1)
  *   24  8  n_codes N (< 2^32)
- *   32  4  scale type (1: f16 lo, hi per row)
- *   36  4  reserved, 0
+ *   32  4  scale type (1: f16 lo, hi per row; 2: u8 log code per row)
+ *   36  4  type 1: reserved, 0; type 2: f32 base (finite, > 0)
  *   40     offsets: u32 × (ceil(R/G) + 1), first 0, last N, non-decreasing
  *   ...    codes: u16 × N
- *   ...    scales: u16 (f16) × 2R, lo then hi of each row
- *   total = 40 + 4·(ceil(R/G)+1) + 2N + 4R bytes exactly.
+ *   ...    scales: type 1: u16 (f16) × 2R, lo then hi of each row;
+ *                  type 2: u8 × R, the code k of each row (levels -s, +s,
+ *                  s = mt_qmoe_scale8_value(base, k))
+ *   total = 40 + 4·(ceil(R/G)+1) + 2N + 4R (type 1) or + R (type 2) bytes
+ *   exactly. moetool writes type 1 unless asked for 8-bit scales, so files
+ *   written before type 2 existed read and write back unchanged.
  * Dictionary parameters (one per model):
  *   0   4  magic "QMDT"
  *   4   2  version (1)
@@ -209,6 +213,7 @@ void mt_qmoe_mat_view(mt_mat *out, const mt_qmoe_mat *q) {
     out->side.qmoe.dict = q->dict;
     out->side.qmoe.scales = q->scales;
     out->side.qmoe.n_codes = q->n_codes;
+    out->side.qmoe.scale_type = q->scale_type;
     out->group = q->group_rows;
 }
 
@@ -361,6 +366,7 @@ int mt_qmoe_encode(mt_qmoe_mat *out, const mt_qmoe_dict *dict, const int8_t *sym
     out->cols = cols;
     out->group_rows = G;
     out->dict = dict;
+    out->scale_type = MT_QMOE_SCALES_F16;
     out->offsets = malloc((size_t)(ng + 1) * sizeof *out->offsets);
     out->scales = malloc((size_t)(rows > 0 ? rows : 1) * 2 * sizeof *out->scales);
     if (!out->offsets || !out->scales) {
@@ -426,10 +432,10 @@ void mt_qmoe_mat_size(const mt_qmoe_mat *q, mt_qmoe_size *s) {
     const int64_t ng = mt_qmoe_n_groups(q->rows, q->group_rows);
     s->code_bits = 16 * q->n_codes;
     s->offset_bits = 32 * (uint64_t)(ng + 1);
-    s->scale_bits = 32 * (uint64_t)q->rows;
+    s->scale_bits = (q->scale_type == MT_QMOE_SCALES_U8LOG ? 8 : 32) * (uint64_t)q->rows;
     s->header_bits = 8 * MT_QMOE_HEADER_BYTES;
     s->total_bits = s->code_bits + s->offset_bits + s->scale_bits + s->header_bits;
-    MT_ASSERT(s->total_bits == 8 * mt_qmoe_blob_bytes(q->rows, q->group_rows, q->n_codes));
+    MT_ASSERT(s->total_bits == 8 * mt_qmoe_blob_bytes(q->rows, q->group_rows, q->n_codes, q->scale_type));
 }
 
 
@@ -463,16 +469,69 @@ static uint64_t get64(const uint8_t *p) {
     return v;
 }
 
-uint64_t mt_qmoe_blob_bytes(int64_t rows, int group_rows, uint64_t n_codes) {
+uint64_t mt_qmoe_blob_bytes(int64_t rows, int group_rows, uint64_t n_codes, int scale_type) {
     const uint64_t ng = (uint64_t)mt_qmoe_n_groups(rows, group_rows);
-    return MT_QMOE_HEADER_BYTES + 4 * (ng + 1) + 2 * n_codes + 4 * (uint64_t)rows; /* rows, n_codes < 2^40: no overflow */
+    const uint64_t per_row = scale_type == MT_QMOE_SCALES_U8LOG ? 1 : 4;
+    return MT_QMOE_HEADER_BYTES + 4 * (ng + 1) + 2 * n_codes + per_row * (uint64_t)rows; /* rows, n_codes < 2^40 */
+}
+
+/* ---- 8-bit log-coded row scales ------------------------------------------------ */
+/* 2^(-i/16), i = 0..15, rounded to f32 (exact constants: the decoded value
+ * must not depend on the platform's exp2). */
+static const float k_pow2_16th[MT_QMOE_SCALE8_STEPS] = {
+    0x1p+0f,          0x1.ea4afap-1f, 0x1.d5818ep-1f, 0x1.c199bep-1f, 0x1.ae89fap-1f, 0x1.9c4918p-1f,
+    0x1.8ace54p-1f,   0x1.7a1148p-1f, 0x1.6a09e6p-1f, 0x1.5ab07ep-1f, 0x1.4bfdaep-1f, 0x1.3dea64p-1f,
+    0x1.306fe0p-1f,   0x1.2387a6p-1f, 0x1.172b84p-1f, 0x1.0b5586p-1f};
+
+float mt_qmoe_scale8_value(float base, int k) {
+    if (k <= 0) return 0.0f;
+    if (k > 255) k = 255;
+    const int e = 255 - k;
+    const float v = ldexpf(base * k_pow2_16th[e % MT_QMOE_SCALE8_STEPS], -(e / MT_QMOE_SCALE8_STEPS));
+    return mt_f16_to_f32(mt_f32_to_f16(v));
+}
+
+int mt_qmoe_scale8_code(float base, float s) {
+    if (!(s > 0) || !(base > 0)) return 0;
+    int best = 0;
+    float bd = s; /* distance to code 0 (value 0) */
+    for (int k = 1; k < 256; k++) {
+        const float d = fabsf(mt_qmoe_scale8_value(base, k) - s);
+        if (d < bd) {
+            bd = d;
+            best = k;
+        }
+    }
+    return best;
+}
+
+float mt_qmoe_scale8_base(float smax) { return mt_f16_to_f32(mt_f32_to_f16(smax)); }
+
+int mt_qmoe_mat_set_scale8(mt_qmoe_mat *q) {
+    float base = 0;
+    for (int64_t r = 0; r < q->rows; r++) {
+        const float hi = mt_f16_to_f32(q->scales[2 * r + 1]);
+        if (hi > base) base = hi;
+    }
+    if (!(base > 0) || !isfinite(base)) base = 1.0f; /* all rows zero: any base */
+    for (int64_t r = 0; r < q->rows; r++) {
+        const float lo = mt_f16_to_f32(q->scales[2 * r]), hi = mt_f16_to_f32(q->scales[2 * r + 1]);
+        if (lo != -hi || mt_qmoe_scale8_value(base, mt_qmoe_scale8_code(base, hi)) != hi)
+            return mt_seterr(MT_ERR_ARG, "qmoe: row %lld's levels (%g, %g) are not an 8-bit log-coded pair -s, +s",
+                             (long long)r, (double)lo, (double)hi);
+    }
+    for (int64_t r = 0; r < q->rows; r++) q->scales[2 * r] = (uint16_t)(q->scales[2 * r + 1] ^ 0x8000u); /* -s */
+    q->scale_type = MT_QMOE_SCALES_U8LOG;
+    q->scale_base = base;
+    return MT_OK;
 }
 
 int mt_qmoe_serialize(const mt_qmoe_mat *q, uint8_t **out, size_t *n) {
     *out = NULL;
     *n = 0;
     const int64_t ng = mt_qmoe_n_groups(q->rows, q->group_rows);
-    const size_t bytes = (size_t)mt_qmoe_blob_bytes(q->rows, q->group_rows, q->n_codes);
+    const int st = q->scale_type == MT_QMOE_SCALES_U8LOG ? MT_QMOE_SCALES_U8LOG : MT_QMOE_SCALES_F16;
+    const size_t bytes = (size_t)mt_qmoe_blob_bytes(q->rows, q->group_rows, q->n_codes, st);
     uint8_t *b = malloc(bytes), *p = b;
     if (!b) return mt_seterr(MT_ERR_NOMEM, "qmoe serialize: out of memory");
     memcpy(p, MT_QMOE_MAGIC, 4);
@@ -481,12 +540,27 @@ int mt_qmoe_serialize(const mt_qmoe_mat *q, uint8_t **out, size_t *n) {
     put64(p + MT_QMOE_OFF_ROWS, (uint64_t)q->rows);
     put64(p + MT_QMOE_OFF_COLS, (uint64_t)q->cols);
     put64(p + MT_QMOE_OFF_NCODES, q->n_codes);
-    put32(p + MT_QMOE_OFF_SCALE_TYPE, MT_QMOE_SCALES_F16);
-    put32(p + MT_QMOE_OFF_SCALE_TYPE + 4, 0);
+    put32(p + MT_QMOE_OFF_SCALE_TYPE, (uint32_t)st);
+    uint32_t bb = 0;
+    if (st == MT_QMOE_SCALES_U8LOG) memcpy(&bb, &q->scale_base, 4);
+    put32(p + MT_QMOE_OFF_SCALE_BASE, bb);
     p += MT_QMOE_HEADER_BYTES;
     for (int64_t g = 0; g <= ng; g++, p += 4) put32(p, q->offsets[g]);
     for (uint64_t k = 0; k < q->n_codes; k++, p += 2) put16(p, q->codes[k]);
-    for (int64_t r = 0; r < 2 * q->rows; r++, p += 2) put16(p, q->scales[r]);
+    if (st == MT_QMOE_SCALES_U8LOG) {
+        for (int64_t r = 0; r < q->rows; r++, p++) {
+            const float hi = mt_f16_to_f32(q->scales[2 * r + 1]);
+            const int k = mt_qmoe_scale8_code(q->scale_base, hi);
+            if (mt_qmoe_scale8_value(q->scale_base, k) != hi || mt_f16_to_f32(q->scales[2 * r]) != -hi) {
+                free(b);
+                return mt_seterr(MT_ERR_INTERNAL, "qmoe serialize: row %lld's scale %g has no 8-bit code",
+                                 (long long)r, (double)hi);
+            }
+            *p = (uint8_t)k;
+        }
+    } else {
+        for (int64_t r = 0; r < 2 * q->rows; r++, p += 2) put16(p, q->scales[r]);
+    }
     MT_ASSERT((size_t)(p - b) == bytes);
     *out = b;
     *n = bytes;
@@ -507,10 +581,20 @@ int mt_qmoe_deserialize(mt_qmoe_mat *q, const mt_qmoe_dict *dict, const uint8_t 
     if (cols < 1 || cols > ((uint64_t)1 << 40) || rows > ((uint64_t)1 << 40) || nc > UINT32_MAX)
         return mt_seterr(MT_ERR_FORMAT, "%s: qmoe shape (%llu, %llu) with %llu codewords", what,
                          (unsigned long long)rows, (unsigned long long)cols, (unsigned long long)nc);
-    if (get32(buf + MT_QMOE_OFF_SCALE_TYPE) != MT_QMOE_SCALES_F16 || get32(buf + MT_QMOE_OFF_SCALE_TYPE + 4) != 0)
-        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: qmoe scale type %u", what, get32(buf + MT_QMOE_OFF_SCALE_TYPE));
+    const uint32_t st = get32(buf + MT_QMOE_OFF_SCALE_TYPE), bb = get32(buf + MT_QMOE_OFF_SCALE_BASE);
+    float base = 0;
+    memcpy(&base, &bb, 4);
+    if (st == MT_QMOE_SCALES_F16) {
+        if (bb != 0) return mt_seterr(MT_ERR_FORMAT, "%s: qmoe reserved header field is not 0", what);
+    } else if (st == MT_QMOE_SCALES_U8LOG) {
+        if (!isfinite(base) || !(base > 0))
+            return mt_seterr(MT_ERR_FORMAT, "%s: qmoe 8-bit scale base %g is not a finite positive number", what,
+                             (double)base);
+    } else {
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: qmoe scale type %u", what, st);
+    }
     const uint64_t ng = (uint64_t)mt_qmoe_n_groups((int64_t)rows, (int)G);
-    const uint64_t need = mt_qmoe_blob_bytes((int64_t)rows, (int)G, nc); /* < 2^44 */
+    const uint64_t need = mt_qmoe_blob_bytes((int64_t)rows, (int)G, nc, (int)st); /* < 2^44 */
     if (need != n)
         return mt_seterr(MT_ERR_FORMAT, "%s: qmoe matrix of %llu bytes, its header says %llu", what,
                          (unsigned long long)n, (unsigned long long)need);
@@ -519,6 +603,8 @@ int mt_qmoe_deserialize(mt_qmoe_mat *q, const mt_qmoe_dict *dict, const uint8_t 
     q->group_rows = (int)G;
     q->n_codes = nc;
     q->dict = dict;
+    q->scale_type = (int)st;
+    q->scale_base = st == MT_QMOE_SCALES_U8LOG ? base : 0.0f;
     q->offsets = malloc((size_t)(ng + 1) * 4);
     q->codes = malloc((size_t)(nc ? nc : 1) * 2);
     q->scales = malloc((size_t)(rows ? rows : 1) * 4);
@@ -529,12 +615,20 @@ int mt_qmoe_deserialize(mt_qmoe_mat *q, const mt_qmoe_dict *dict, const uint8_t 
     const uint8_t *p = buf + MT_QMOE_HEADER_BYTES;
     for (uint64_t g = 0; g <= ng; g++, p += 4) q->offsets[g] = get32(p);
     for (uint64_t k = 0; k < nc; k++, p += 2) q->codes[k] = get16(p);
-    for (uint64_t r = 0; r < 2 * rows; r++, p += 2) q->scales[r] = get16(p);
+    if (st == MT_QMOE_SCALES_U8LOG) {
+        for (uint64_t r = 0; r < rows; r++, p++) {
+            const uint16_t h = mt_f32_to_f16(mt_qmoe_scale8_value(base, *p));
+            q->scales[2 * r] = (uint16_t)(h ^ 0x8000u); /* -s */
+            q->scales[2 * r + 1] = h;
+        }
+    } else {
+        for (uint64_t r = 0; r < 2 * rows; r++, p += 2) q->scales[r] = get16(p);
+    }
     mt_mat W;
     mt_qmoe_mat_view(&W, q);
-    const int st = mt_qmoe_mat_check(&W, what);
-    if (st != MT_OK) mt_qmoe_mat_free(q);
-    return st;
+    const int rc = mt_qmoe_mat_check(&W, what);
+    if (rc != MT_OK) mt_qmoe_mat_free(q);
+    return rc;
 }
 
 void mt_qmoe_dict_serialize(const mt_qmoe_dict *d, uint8_t out[MT_QMOE_DICT_BYTES]) {
