@@ -244,6 +244,8 @@ int mt_row_from_f32_w(mt_dtype t, const float *src, void *dst, int64_t n, const 
     if (n < 0 || n % d->block_elems)
         return mt_seterr(MT_ERR_FORMAT, "%s needs rows of whole %d-blocks, got %lld", d->name, d->block_elems,
                          (long long)n);
+    const int rc = mt_iq_lattice_ready(t); /* a failed table build is an error, never a zero row */
+    if (rc) return rc;
     d->from_f32_w(src, dst, n, qw);
     return MT_OK;
 }

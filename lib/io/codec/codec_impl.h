@@ -82,6 +82,9 @@ void mt_iq3_xxs_row_from_f32_w(const float *src, void *dst, int64_t n, const flo
 void mt_iq3_s_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
 void mt_iq1_s_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
 void mt_iq1_m_row_from_f32_w(const float *src, void *dst, int64_t n, const float *qw);
+/* MT_OK once the lattice tables of i-quant t are built (built on first
+ * use; other types: MT_OK), else MT_ERR_NOMEM with a message. */
+int mt_iq_lattice_ready(mt_dtype t);
 /* llama.cpp's make_qp_quants (kquant_enc.c): codes 0..nmax of x >= 0. */
 float mt_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw);
 

@@ -841,10 +841,27 @@ typedef void (*iq_block_fn)(const lattice *, const float *, const float *, uint8
 static void iq2_xs_blk(const lattice *lt, const float *x, const float *qw, uint8_t *b) { iq2_16_block(lt, 0, x, qw, b); }
 static void iq2_s_blk(const lattice *lt, const float *x, const float *qw, uint8_t *b) { iq2_16_block(lt, 1, x, qw, b); }
 
+int mt_iq_lattice_ready(mt_dtype t) {
+    int which;
+    switch (t) {
+    case MT_DT_IQ2_XXS: which = LAT_IQ2XXS; break;
+    case MT_DT_IQ2_XS: which = LAT_IQ2XS; break;
+    case MT_DT_IQ2_S: which = LAT_IQ2S; break;
+    case MT_DT_IQ3_XXS: which = LAT_IQ3XXS; break;
+    case MT_DT_IQ3_S: which = LAT_IQ3S; break;
+    case MT_DT_IQ1_S:
+    case MT_DT_IQ1_M: which = LAT_IQ1S; break;
+    default: return MT_OK;
+    }
+    return lattice_get(which) ? MT_OK
+                              : mt_seterr(MT_ERR_NOMEM, "%s: out of memory building the quantizer's lattice tables",
+                                          mt_dtype_name(t));
+}
+
 static void iq_row(int which, iq_block_fn fn, int bytes, const float *src, void *dst, int64_t n, const float *qw) {
     const lattice *lt = lattice_get(which);
     uint8_t *b = dst;
-    if (!lt) { /* out of memory building the lattice: an all-zero row */
+    if (!lt) { /* unreachable through mt_row_from_f32_w, which checks mt_iq_lattice_ready first */
         memset(dst, 0, (size_t)(n / MT_QK_K) * (size_t)bytes);
         return;
     }
