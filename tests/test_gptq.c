@@ -272,7 +272,9 @@ static void test_block_grids(void **st) {
     }
     mt_grid g;
     assert_int_equal(mt_grid_make_type(&g, MT_DT_Q4_K, 128, "test"), MT_ERR_ARG);  /* not whole 256-blocks */
-    assert_int_equal(mt_grid_make_type(&g, MT_DT_IQ2_XS, 256, "test"), MT_ERR_ARG); /* no writer */
+    assert_int_equal(mt_grid_make_type(&g, MT_DT_Q8_K, 256, "test"), MT_ERR_ARG); /* no writer */
+    assert_int_equal(mt_grid_make_type(&g, MT_DT_IQ2_XS, 256, "test"), MT_OK);    /* weighted row writer */
+    assert_int_equal(g.kind, MT_GRID_ROW);
     assert_int_equal(mt_grid_make_type(&g, MT_DT_Q4_K, 256, "test"), MT_OK);
     assert_int_equal(mt_grid_asym(&g, "test"), MT_ERR_ARG);
     free(Wq);

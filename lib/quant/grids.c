@@ -59,7 +59,8 @@ int mt_grid_make_type(mt_grid *g, int dtype, int64_t cols, const char *what) {
     }
     if (!d || !d->blk)
         return mt_seterr(MT_ERR_ARG, "%s: moetool does not write %s (types: q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, "
-                         "q4_1, q4_0, q3_k, q2_k, tq2_0, iq4_xs, iq4_nl)", what, d ? d->name : "that type");
+                         "q4_1, q4_0, q3_k, q2_k, tq2_0, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, "
+                         "iq1_m, iq1_s)", what, d ? d->name : "that type");
     if (cols % d->blk->elems)
         return mt_seterr(MT_ERR_ARG, "%s: %s needs rows of whole %d-weight blocks; %lld columns are not", what, d->name,
                          d->blk->elems, (long long)cols);
