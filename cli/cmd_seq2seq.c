@@ -121,7 +121,7 @@ int cli_s2s_eval(const char *model_path, const cli_s2s_eval_opts *o) {
         int32_t *ids = NULL, *sent = NULL;
         int n_sent = 0;
         span = 1;
-        if (!tok) rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: a text needs the model's tokenizer (%s)", text_path, tok_why);
+        if (!tok) rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: a text needs the model's tokenizer", text_path);
         else if (!(rc = sentinel_ids(tok, c->vocab, &sent, &n_sent))) {
             const size_t need = o->max_windows ? (size_t)o->max_windows * (size_t)o->window : 0;
             rc = mt_tok_encode_file(tok, text_path, need, &ids, &n_text_tokens, NULL);
