@@ -97,40 +97,40 @@ int mt_tok_apply_fairseq(mt_tokenizer **tp, const char *cfg_text, size_t cfg_len
     slot[n_lang] = "<mask>";
     if (json_is_object(atd)) { /* ids given by the file: they must fill the slots */
         const char **by_id = calloc(n_extra, sizeof *by_id);
+        mt_tokenizer *names = NULL; /* slot strings -> slot index, one pass over the entries */
         size_t placed = 0;
-        if (!by_id) {
-            rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", name);
+        if (!by_id || (rc = mt_tok_new(&names, MT_TOK_SPM))) {
+            free(by_id);
+            if (!rc) rc = mt_seterr(MT_ERR_NOMEM, "%s: out of memory", name);
             goto done;
         }
-        for (size_t i = 0; i < n_extra; i++) {
-            const char *want = slot[i];
-            const char *key;
-            json_t *v;
-            json_object_foreach((json_t *)atd, key, v) {
-                const char *s = entry_str(v);
-                if (!s || strcmp(s, want)) continue;
-                char *end;
-                const long id = strtol(key, &end, 10);
-                if (*end || id < (long)first || id >= (long)(first + n_extra) || by_id[id - (long)first]) {
-                    free(by_id);
-                    rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: added_tokens_decoder gives '%s' id %s, outside the %zu ids "
-                                   "after the pieces (%zu..%zu) or taken twice", name, want, key, n_extra, first,
-                                   first + n_extra - 1);
-                    goto done;
-                }
-                by_id[id - (long)first] = want;
-                placed++;
+        for (size_t i = 0; i < n_extra && !rc; i++)
+            rc = mt_tok_add_piece(names, slot[i], strlen(slot[i]), 0.0f, MT_PIECE_CONTROL, name);
+        if (!rc) rc = mt_tok_build_map(names, name);
+        const char *key;
+        json_t *v;
+        json_object_foreach((json_t *)atd, key, v) {
+            if (rc) break;
+            const char *str = entry_str(v);
+            const int i = str ? mt_tok_lookup(names, str, strlen(str)) : -1;
+            if (i < 0) continue; /* <s>, <pad>, </s>, <unk> or another token */
+            char *end;
+            const long id = strtol(key, &end, 10);
+            if (*end || id < (long)first || id >= (long)(first + n_extra) || by_id[id - (long)first]) {
+                rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: added_tokens_decoder gives '%s' id %s, outside the %zu ids after "
+                               "the pieces (%zu..%zu) or taken twice", name, str, key, n_extra, first, first + n_extra - 1);
                 break;
             }
+            by_id[id - (long)first] = slot[i];
+            placed++;
         }
-        if (placed == n_extra) memcpy(slot, by_id, n_extra * sizeof *slot);
-        else if (placed) {
-            free(by_id);
+        mt_tok_free(names);
+        if (!rc && placed == n_extra) memcpy(slot, by_id, n_extra * sizeof *slot);
+        else if (!rc && placed)
             rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: added_tokens_decoder gives ids to %zu of the %zu language codes and "
                            "<mask>", name, placed, n_extra);
-            goto done;
-        }
         free(by_id);
+        if (rc) goto done;
     }
     if ((rc = mt_tok_new(&f, t->kind))) goto done;
     static const char *const head[4] = {"<s>", "<pad>", "</s>", "<unk>"};
