@@ -402,6 +402,7 @@ static inline float hsum_lanes_simd(__m256 Flo, __m256 Fhi, __m256 M) {
 
 #define KQ_TR 2 /* rows per tile */
 #define KQ_TT 4 /* tokens per tile */
+_Static_assert(KQ_TR <= 2 && KQ_TT <= 4, "tile scales are indexed 4r + t in 8 lanes");
 
 /* y[t·ldy + r] (r < R rows of U, t < T tokens of X) = the tile's blocks
  * [0, nb). U: R rows of nb unpacked blocks; token t's codes at xq + t·ldx,
@@ -476,38 +477,38 @@ static inline __attribute__((always_inline)) void tile(int R, int T, int sd, con
             }
         }
 #endif
-        /* d·xd and −(dm·xd) as vector products of broadcasts (the same
-         * f32 products as the scalar ones; −dm·xd = −(dm·xd) exactly) */
-        __m256 dv[KQ_TR], ndm[KQ_TR];
-        _Pragma("GCC unroll 8")
-        for (int r = 0; r < R; r++) {
-            dv[r] = _mm256_set1_ps(U[r * nb + b].d);
-            ndm[r] = _mm256_set1_ps(-U[r * nb + b].dm);
+        /* d·xd and −(dm·xd) of the whole tile in one vector multiply each
+         * (lane 4r + t; the same f32 products as the scalar ones, and
+         * −dm·xd = −(dm·xd) exactly), then broadcast per (row, token) from
+         * memory */
+        float sv[8] __attribute__((aligned(32))), nv[8] __attribute__((aligned(32)));
+        {
+            const float x0 = xd[b], x1 = T > 1 ? xd[nb + b] : 0.0f, x2 = T > 2 ? xd[2 * nb + b] : 0.0f,
+                        x3 = T > 3 ? xd[3 * nb + b] : 0.0f;
+            const __m256 xv = _mm256_setr_ps(x0, x1, x2, x3, x0, x1, x2, x3);
+            const float d0 = U[b].d, d1 = R > 1 ? U[nb + b].d : 0.0f;
+            const float m0 = U[b].dm, m1 = R > 1 ? U[nb + b].dm : 0.0f;
+            _mm256_store_ps(sv, _mm256_mul_ps(_mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1), xv));
+            if (!sd) _mm256_store_ps(nv, _mm256_mul_ps(_mm256_setr_ps(-m0, -m0, -m0, -m0, -m1, -m1, -m1, -m1), xv));
         }
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             const __m256i bsv = LD(bs + 16 * (t * nb + b));
-#ifdef KQ8_512
-            const __m512 xdz = _mm512_set1_ps(xd[t * nb + b]);
-            const __m256 xdt = _mm512_castps512_ps256(xdz);
-#else
-            const __m256 xdt = _mm256_set1_ps(xd[t * nb + b]);
-#endif
             _Pragma("GCC unroll 8")
             for (int r = 0; r < R; r++) {
                 const __m256i O = _mm256_madd_epi16(LD(U[r * nb + b].b), bsv);
 #ifdef KQ8_512
                 __m512i P = acc[r][t];
                 if (sd) P = _mm512_sub_epi32(P, _mm512_zextsi256_si512(O));
-                F[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_broadcast_f32x8(dv[r]), xdz), _mm512_cvtepi32_ps(P), F[r][t]);
+                F[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sv[4 * r + t]), _mm512_cvtepi32_ps(P), F[r][t]);
 #else
-                const __m256 s = _mm256_mul_ps(dv[r], xdt);
+                const __m256 s = _mm256_set1_ps(sv[4 * r + t]);
                 __m256i Pl = acc[r][t][0];
                 if (sd) Pl = _mm256_sub_epi32(Pl, O);
                 Flo[r][t] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(Pl), Flo[r][t]);
                 Fhi[r][t] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(acc[r][t][1]), Fhi[r][t]);
 #endif
-                if (!sd) M[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(ndm[r], xdt), _mm256_cvtepi32_ps(O), M[r][t]);
+                if (!sd) M[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(nv[4 * r + t]), _mm256_cvtepi32_ps(O), M[r][t]);
             }
         }
     }
