@@ -243,7 +243,7 @@ MT_X86_INLINE void dot_q8_0_RT(const uint8_t *const *w, int R, const int8_t *con
         for (int t = 0; t < T; t++) {
             const __m512i xu = _mm512_xor_si512(_mm512_loadu_si512(xq[t] + 32 * b), off);
             const __m512 xdv = _mm512_permutexvar_ps(
-                sel, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)(const void *)(xd[t] + b)))));
+                sel, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(const void *)(xd[t] + b)))));
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++)
                 acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], xdv),
