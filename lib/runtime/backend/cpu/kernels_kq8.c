@@ -32,11 +32,12 @@
  * masks), scales expanded to one int16 per pair of elements; per 32
  * elements one vpmaddubsw (u unsigned × x8 signed, pairs to int16: at most
  * 2·63·127, no saturation) and one vpmaddwd+add or vpdpwssd with the
- * scales. With AVX-512 BW as well, the prefill tile takes 64 elements per
- * step in zmm registers (half the instructions per product; the integer
- * sums are the same). Prefill unpacks KQ_TR rows once and runs KQ_TR × KQ_TT tiles
- * (rows × tokens) over them, each code vector loaded once per tile row and
- * each x vector once per tile column. */
+ * scales, even chunks of 32 into P_0..7 and odd ones into P_8..15. With
+ * AVX-512 BW as well, the prefill tile takes 64 elements per step in zmm
+ * registers, whose 16 int32 lanes are P_0..15 directly. Prefill unpacks
+ * KQ_TR rows once and runs KQ_TR × KQ_TT tiles (rows × tokens) over them,
+ * each code vector loaded once per tile row and each x vector once per
+ * tile column. Builds without AVX2 run the plain C twin. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
