@@ -159,6 +159,39 @@ static void test_kq8_extremes(void **state) {
     }
 }
 
+/* x to q8_K: the SIMD quantiser against its plain C twin, byte for byte, on
+ * blocks of random values, ties of magnitude (+a before -a and after),
+ * all zeros, a single nonzero, huge and tiny values, and NaN / infinity. */
+static void test_kq8_quantize_x(void **state) {
+    (void)state;
+    enum { NB = 12, N = NB * 256 };
+    float *x = malloc(N * sizeof(float));
+    int8_t q[N], qr[N];
+    float d[NB], dr[NB];
+    int16_t bs[16 * NB], bsr[16 * NB];
+    assert_non_null(x);
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < N; i++) x[i] = rnd_unit() * (rnd_u32() % 50 == 0 ? 40.0f : 1.0f);
+        float *b = x;
+        b[17] = 50.0f, b[200] = -50.0f;           /* block 0: tie, + first */
+        b += 256, b[3] = -60.0f, b[255] = 60.0f; /* block 1: tie, - first */
+        b += 256, memset(b, 0, 256 * sizeof(float));
+        b += 256, memset(b, 0, 256 * sizeof(float)), b[round * 7 % 256] = -3e-30f;
+        b += 256;
+        for (int i = 0; i < 256; i++) b[i] *= 1e30f;
+        b += 256, b[round % 256] = NAN;
+        b += 256, b[(round * 13) % 256] = -INFINITY;
+        b += 256;
+        for (int i = 0; i < 256; i++) b[i] = (float)(i % 5) - 2.0f; /* exact halves after scaling: ties to even */
+        mt_kq_quantize_x_q8K(x, N, q, d, bs);
+        mt_kq_quantize_x_q8K_ref(x, N, qr, dr, bsr);
+        assert_memory_equal(q, qr, sizeof q);
+        assert_memory_equal(d, dr, sizeof d);
+        assert_memory_equal(bs, bsr, sizeof bs);
+    }
+    free(x);
+}
+
 static int setup(void **state) {
     static mt_pool *pools[3];
     for (int i = 0; i < 3; i++)
@@ -176,6 +209,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kq8),
         cmocka_unit_test(test_kq8_extremes),
+        cmocka_unit_test(test_kq8_quantize_x),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

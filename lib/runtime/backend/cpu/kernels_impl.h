@@ -52,6 +52,7 @@ int mt_tq_matvec_rows(const mt_mat *W, const float *x, float *y, int64_t r0, int
 int mt_kq_supported(mt_dtype t);
 int mt_kq_is_q8K_type(mt_dtype t);
 void mt_kq_quantize_x_q8K(const float *x, int64_t n, int8_t *xq, float *xd, int16_t *bsums);
+void mt_kq_quantize_x_q8K_ref(const float *x, int64_t n, int8_t *xq, float *xd, int16_t *bsums); /* plain C twin */
 /* x (n floats) as llama.cpp's activation type for weights of type t holds
  * it: q8_K values (per 256) for K-quants and iq4_xs, q8_0 values (per 32,
  * f16 scale) for q4_1, q5_0, q5_1, iq4_nl. */

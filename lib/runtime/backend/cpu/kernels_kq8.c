@@ -10,24 +10,34 @@
  *     q4_K: u 4 bits, a/b = 6-bit scale/min of sub-block g/2, dm = dmin
  *     q5_K: u 5 bits, as q4_K
  *     q6_K: u 6 bits, a = int8 scale, b = 32a, dm = d
- * so one dot serves them all: per super-block two exact int32
- *   isum = Σ_g a_g · Σ_{e∈g} u_e·x8_e,   osum = Σ_g b_g · bsum_g
- * (|isum| < 2^29 for q6_K, the largest), then in f32, in this order, with
- * fused multiply-adds:
- *   y = fma(d·xd, isum, y);  y = fma(−(dm·xd), osum, y)
- * The plain C twin (mt_kq8_rows_ref) and the SIMD paths compute the same
- * integers and the same f32 sequence, so their results are bit-identical;
- * so are decode (one row at a time) and prefill (tiles of rows × tokens),
- * and any split of rows between threads.
+ * so one dot serves them all. As llama.cpp's kernels do, the f32 sums are
+ * kept per SIMD lane across super-blocks and reduced once per row. Per
+ * super-block, exact int32 lane sums
+ *   P_l = Σ_{j<4} Σ_{i<4} a_g(e) · u_e · x8_e,  e = 64j + 4l + i  (l < 16)
+ *   O_m = b_2m · bsum_2m + b_2m+1 · bsum_2m+1                    (m < 8)
+ * (|P_l| < 2^24, |O_m| < 2^24), then with fused multiply-adds, per lane,
+ *   q3_K, q6_K (dm = d: offsets folded in integers, as llama.cpp does):
+ *     F_l = fma(d·xd, P_l − [l < 8] O_l, F_l)
+ *   q2_K, q4_K, q5_K:
+ *     F_l = fma(d·xd, P_l, F_l),  M_m = fma(−(dm·xd), O_m, M_m)
+ * and at the end of the row G_m = (F_m + F_m+8) + M_m, y = (G_0 + G_4 +
+ * (G_2 + G_6)) + (G_1 + G_5 + (G_3 + G_7)) (hsum_lanes below). The plain C
+ * twin (mt_kq8_rows_ref) and the SIMD paths compute the same integers and
+ * the same f32 sequence, so their results are bit-identical; so are decode
+ * (one row at a time) and prefill (tiles of rows × tokens), and any split
+ * of rows between threads.
  *
  * SIMD (AVX2; with AVX-512 VL + VNNI the same 256-bit code with vpdpwssd
  * and 32 registers): codes unpacked to bytes in element order (shifts and
  * masks), scales expanded to one int16 per pair of elements; per 32
  * elements one vpmaddubsw (u unsigned × x8 signed, pairs to int16: at most
  * 2·63·127, no saturation) and one vpmaddwd+add or vpdpwssd with the
- * scales. Prefill unpacks KQ_TR rows once and runs KQ_TR × KQ_TT tiles
- * (rows × tokens) over them, each code vector loaded once per tile row and
- * each x vector once per tile column. */
+ * scales, even chunks of 32 into P_0..7 and odd ones into P_8..15. With
+ * AVX-512 BW as well, the prefill tile takes 64 elements per step in zmm
+ * registers, whose 16 int32 lanes are P_0..15 directly. Prefill unpacks
+ * KQ_TR rows once and runs KQ_TR × KQ_TT tiles (rows × tokens) over them,
+ * each code vector loaded once per tile row and each x vector once per
+ * tile column. Builds without AVX2 run the plain C twin. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +49,9 @@
 #define KQ8_SIMD 1
 #if defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define KQ8_VNNI 1
+#if defined(__AVX512BW__)
+#define KQ8_512 1
+#endif
 #endif
 #endif
 
@@ -162,22 +175,29 @@ static void unpack_c(mt_dtype t, const uint8_t *blk, kq_unp *o) {
     unp_codes_c(t, blk, o->u);
 }
 
-/* isum, osum of one super-block (plain C). */
-static void dot_c(const kq_unp *w, const int8_t *x, const int16_t *bs, int32_t *is, int32_t *os) {
-    int32_t isum = 0, osum = 0;
-    for (int g = 0; g < 16; g++) {
-        int32_t t = 0;
-        for (int k = 0; k < 16; k++) t += (int32_t)w->u[16 * g + k] * x[16 * g + k];
-        isum += w->ax[8 * g] * t;
-        osum += w->b[g] * bs[g];
+/* q3_K and q6_K: offsets in the same scale as the codes (dm = d). */
+static inline int same_d(mt_dtype t) { return t == MT_DT_Q3_K || t == MT_DT_Q6_K; }
+
+/* The lane sums P (16) and O (8) of one super-block (plain C). */
+static void lanes_c(const kq_unp *w, const int8_t *x, const int16_t *bs, int32_t P[16], int32_t O[8]) {
+    for (int l = 0; l < 16; l++) {
+        int32_t p = 0;
+        for (int j = 0; j < 4; j++)
+            for (int i = 0; i < 4; i++) {
+                const int e = 64 * j + 4 * l + i;
+                p += w->ax[8 * (e / 16)] * ((int32_t)w->u[e] * x[e]);
+            }
+        P[l] = p;
     }
-    *is = isum;
-    *os = osum;
+    for (int m = 0; m < 8; m++) O[m] = w->b[2 * m] * bs[2 * m] + w->b[2 * m + 1] * bs[2 * m + 1];
 }
 
-static inline float acc_f32(float y, float d, float dm, float xd, int32_t isum, int32_t osum) {
-    y = fmaf(d * xd, (float)isum, y);
-    return fmaf(-(dm * xd), (float)osum, y);
+/* The row's f32 lanes to y, in the order of the SIMD reduction. */
+static float hsum_lanes(const float F[16], const float M[8]) {
+    float G[8], h4[4];
+    for (int m = 0; m < 8; m++) G[m] = (F[m] + F[m + 8]) + M[m];
+    for (int i = 0; i < 4; i++) h4[i] = G[i] + G[i + 4];
+    return (h4[0] + h4[2]) + (h4[1] + h4[3]);
 }
 
 /* The plain C twin: rows [r0, r1) of W against one q8_K x. */
@@ -185,17 +205,23 @@ void mt_kq8_rows_ref(const mt_mat *W, const int8_t *xq, const float *xd, const i
                      int64_t r1) {
     const int64_t nb = W->cols / MT_QK_K;
     const int bb = blk_bytes(W->dtype);
+    const int sd = same_d(W->dtype);
     kq_unp o;
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *w = (const uint8_t *)W->data + (uint64_t)r * W->row_stride;
-        float s = 0.0f;
+        float F[16] = {0}, M[8] = {0};
         for (int64_t b = 0; b < nb; b++) {
-            int32_t is, os;
+            int32_t P[16], O[8];
             unpack_c(W->dtype, w + (int64_t)bb * b, &o);
-            dot_c(&o, xq + MT_QK_K * b, bs + 16 * b, &is, &os);
-            s = acc_f32(s, o.d, o.dm, xd[b], is, os);
+            lanes_c(&o, xq + MT_QK_K * b, bs + 16 * b, P, O);
+            const float s = o.d * xd[b], sm = -(o.dm * xd[b]);
+            if (sd)
+                for (int m = 0; m < 8; m++) P[m] -= O[m];
+            for (int l = 0; l < 16; l++) F[l] = fmaf(s, (float)P[l], F[l]);
+            if (!sd)
+                for (int m = 0; m < 8; m++) M[m] = fmaf(sm, (float)O[m], M[m]);
         }
-        y[r] = s;
+        y[r] = hsum_lanes(F, M);
     }
 }
 
@@ -297,14 +323,15 @@ static inline __attribute__((always_inline)) void scales_simd(mt_dtype t, const 
 
 static inline __attribute__((always_inline)) void put32(int dot, uint8_t *u, const int8_t *x, const __m256i *A2,
                                                         __m256i *acc, int off, __m256i v) {
-    if (dot)
-        *acc = madd_acc(*acc, _mm256_maddubs_epi16(v, LD(x + off)), ax_chunk(A2[0], A2[1], off / 32));
+    if (dot) /* even chunks to lanes 0-7 of P, odd chunks to lanes 8-15 */
+        acc[(off / 32) & 1] = madd_acc(acc[(off / 32) & 1], _mm256_maddubs_epi16(v, LD(x + off)), ax_chunk(A2[0], A2[1], off / 32));
     else
         ST(u + off, v);
 }
 
 /* The codes of one super-block in element order, 32 at a time: stored to
- * u (dot 0), or multiplied with x and the expanded scales ax into *acc. */
+ * u (dot 0), or multiplied with x and the expanded scales ax into acc[0]
+ * (even chunks of 32) and acc[1] (odd). */
 static inline __attribute__((always_inline)) void codes_simd(int dot, mt_dtype t, const uint8_t *blk, uint8_t *u,
                                                              const int8_t *x, const __m256i *ax, __m256i *acc) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
@@ -365,35 +392,75 @@ static inline __attribute__((always_inline)) void unpack_simd(mt_dtype t, const 
     codes_simd(0, t, blk, o->u, NULL, NULL, NULL);
 }
 
-/* Four int32x8 vectors to their four horizontal sums. */
-static inline __m128i hsum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
-    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+/* hsum_lanes of the row's f32 lanes: Flo = F_0..7, Fhi = F_8..15. */
+static inline float hsum_lanes_simd(__m256 Flo, __m256 Fhi, __m256 M) {
+    const __m256 G = _mm256_add_ps(_mm256_add_ps(Flo, Fhi), M);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(G), _mm256_extractf128_ps(G, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
 }
 
-#ifdef KQ8_VNNI
-#define KQ_TR 4 /* rows per tile (32 ymm registers) */
-#else
-#define KQ_TR 2
-#endif
+#define KQ_TR 2 /* rows per tile */
 #define KQ_TT 4 /* tokens per tile */
+_Static_assert(KQ_TR <= 2 && KQ_TT <= 4, "tile scales are indexed 4r + t in 8 lanes");
 
-/* y[t·ldy + r] (r < R rows of U, t < T tokens of X) += the tile's blocks
+/* y[t·ldy + r] (r < R rows of U, t < T tokens of X) = the tile's blocks
  * [0, nb). U: R rows of nb unpacked blocks; token t's codes at xq + t·ldx,
- * scales xd + t·nb, sums bs + 16·t·nb. Float work per (row, token) in the
- * order of acc_f32. */
-static inline __attribute__((always_inline)) void tile(int R, int T, const kq_unp *U, int64_t nb,
+ * scales xd + t·nb, sums bs + 16·t·nb. sd: same_d(type). Per (row, token)
+ * the lane arithmetic of mt_kq8_rows_ref. */
+static inline __attribute__((always_inline)) void tile(int R, int T, int sd, const kq_unp *U, int64_t nb,
                                                        const int8_t *xq, const float *xd, const int16_t *bs,
                                                        int64_t ldx, float *y, int64_t ldy) {
-    __m128 s[KQ_TR];
+#ifdef KQ8_512
+    __m512 F[KQ_TR][KQ_TT];
+#else
+    __m256 Flo[KQ_TR][KQ_TT], Fhi[KQ_TR][KQ_TT];
+#endif
+    __m256 M[KQ_TR][KQ_TT];
     _Pragma("GCC unroll 8")
-    for (int r = 0; r < R; r++) s[r] = _mm_setzero_ps();
+    for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < T; t++) {
+#ifdef KQ8_512
+            F[r][t] = _mm512_setzero_ps();
+#else
+            Flo[r][t] = Fhi[r][t] = _mm256_setzero_ps();
+#endif
+            M[r][t] = _mm256_setzero_ps();
+        }
     for (int64_t b = 0; b < nb; b++) {
-        __m256i acc[KQ_TR][KQ_TT], oacc[KQ_TR][KQ_TT];
+#ifdef KQ8_512
+        /* 64 elements per step: vpdpwssd lane l of step j sums elements
+         * 64j + 4l .. 64j + 4l + 3, which is P_l's definition */
+        __m512i acc[KQ_TR][KQ_TT];
         _Pragma("GCC unroll 8")
         for (int r = 0; r < R; r++)
             _Pragma("GCC unroll 8")
-            for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_si256();
+            for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_si512();
+        _Pragma("GCC unroll 8")
+        for (int j = 0; j < 4; j++) {
+            __m512i u[KQ_TR], a[KQ_TR];
+            _Pragma("GCC unroll 8")
+            for (int r = 0; r < R; r++) {
+                u[r] = _mm512_load_si512((const void *)(U[r * nb + b].u + 64 * j));
+                a[r] = _mm512_load_si512((const void *)(U[r * nb + b].ax + 32 * j));
+            }
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) {
+                const __m512i x = _mm512_loadu_si512((const void *)(xq + t * ldx + MT_QK_K * b + 64 * j));
+                _Pragma("GCC unroll 8")
+                for (int r = 0; r < R; r++)
+                    acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], _mm512_maddubs_epi16(u[r], x), a[r]);
+            }
+        }
+#else
+        /* 32 elements per step: even steps are P_0..7, odd steps P_8..15 */
+        __m256i acc[KQ_TR][KQ_TT][2];
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < R; r++)
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < T; t++) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_si256();
         _Pragma("GCC unroll 8")
         for (int j = 0; j < 8; j++) {
             __m256i u[KQ_TR], a[KQ_TR];
@@ -406,75 +473,90 @@ static inline __attribute__((always_inline)) void tile(int R, int T, const kq_un
             for (int t = 0; t < T; t++) {
                 const __m256i x = LD(xq + t * ldx + MT_QK_K * b + 32 * j);
                 _Pragma("GCC unroll 8")
-                for (int r = 0; r < R; r++) acc[r][t] = madd_acc(acc[r][t], _mm256_maddubs_epi16(u[r], x), a[r]);
+                for (int r = 0; r < R; r++)
+                    acc[r][t][j & 1] = madd_acc(acc[r][t][j & 1], _mm256_maddubs_epi16(u[r], x), a[r]);
             }
+        }
+#endif
+        /* d·xd and −(dm·xd) of the whole tile in one vector multiply each
+         * (lane 4r + t; the same f32 products as the scalar ones, and
+         * −dm·xd = −(dm·xd) exactly), then broadcast per (row, token) from
+         * memory */
+        float sv[8] __attribute__((aligned(32))), nv[8] __attribute__((aligned(32)));
+        {
+            const float x0 = xd[b], x1 = T > 1 ? xd[nb + b] : 0.0f, x2 = T > 2 ? xd[2 * nb + b] : 0.0f,
+                        x3 = T > 3 ? xd[3 * nb + b] : 0.0f;
+            const __m256 xv = _mm256_setr_ps(x0, x1, x2, x3, x0, x1, x2, x3);
+            const float d0 = U[b].d, d1 = R > 1 ? U[nb + b].d : 0.0f;
+            const float m0 = U[b].dm, m1 = R > 1 ? U[nb + b].dm : 0.0f;
+            _mm256_store_ps(sv, _mm256_mul_ps(_mm256_setr_ps(d0, d0, d0, d0, d1, d1, d1, d1), xv));
+            if (!sd) _mm256_store_ps(nv, _mm256_mul_ps(_mm256_setr_ps(-m0, -m0, -m0, -m0, -m1, -m1, -m1, -m1), xv));
         }
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             const __m256i bsv = LD(bs + 16 * (t * nb + b));
             _Pragma("GCC unroll 8")
-            for (int r = 0; r < R; r++) oacc[r][t] = _mm256_madd_epi16(LD(U[r * nb + b].b), bsv);
-        }
-        const __m128 xdv = _mm_setr_ps(xd[b], T > 1 ? xd[nb + b] : 0.0f, T > 2 ? xd[2 * nb + b] : 0.0f,
-                                       T > 3 ? xd[3 * nb + b] : 0.0f);
-        const __m256i z = _mm256_setzero_si256();
-        _Pragma("GCC unroll 8")
-        for (int r = 0; r < R; r++) {
-            const __m128i is = hsum4(acc[r][0], T > 1 ? acc[r][1] : z, T > 2 ? acc[r][2] : z, T > 3 ? acc[r][3] : z);
-            const __m128i os = hsum4(oacc[r][0], T > 1 ? oacc[r][1] : z, T > 2 ? oacc[r][2] : z, T > 3 ? oacc[r][3] : z);
-            const __m128 dd = _mm_mul_ps(_mm_set1_ps(U[r * nb + b].d), xdv);
-            const __m128 dm = _mm_mul_ps(_mm_set1_ps(U[r * nb + b].dm), xdv);
-            s[r] = _mm_fmadd_ps(dd, _mm_cvtepi32_ps(is), s[r]);
-            s[r] = _mm_fnmadd_ps(dm, _mm_cvtepi32_ps(os), s[r]);
+            for (int r = 0; r < R; r++) {
+                const __m256i O = _mm256_madd_epi16(LD(U[r * nb + b].b), bsv);
+#ifdef KQ8_512
+                __m512i P = acc[r][t];
+                if (sd) P = _mm512_sub_epi32(P, _mm512_zextsi256_si512(O));
+                F[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sv[4 * r + t]), _mm512_cvtepi32_ps(P), F[r][t]);
+#else
+                const __m256 s = _mm256_set1_ps(sv[4 * r + t]);
+                __m256i Pl = acc[r][t][0];
+                if (sd) Pl = _mm256_sub_epi32(Pl, O);
+                Flo[r][t] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(Pl), Flo[r][t]);
+                Fhi[r][t] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(acc[r][t][1]), Fhi[r][t]);
+#endif
+                if (!sd) M[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(nv[4 * r + t]), _mm256_cvtepi32_ps(O), M[r][t]);
+            }
         }
     }
     _Pragma("GCC unroll 8")
-    for (int r = 0; r < R; r++) {
-        float o[4];
-        _mm_storeu_ps(o, s[r]);
+    for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 8")
-        for (int t = 0; t < T; t++) y[t * ldy + r] = o[t];
-    }
+        for (int t = 0; t < T; t++)
+#ifdef KQ8_512
+            y[t * ldy + r] = hsum_lanes_simd(_mm512_castps512_ps256(F[r][t]), _mm512_extractf32x8_ps(F[r][t], 1), M[r][t]);
+#else
+            y[t * ldy + r] = hsum_lanes_simd(Flo[r][t], Fhi[r][t], M[r][t]);
+#endif
 }
 
-/* isum, osum of one super-block against x, the codes straight from the
- * registers (decode). */
-static inline __attribute__((always_inline)) void dot_fused(mt_dtype t, const uint8_t *blk, const int8_t *x,
-                                                            const int16_t *bs, float *d, float *dm, int32_t *is,
-                                                            int32_t *os) {
-    __m256i A, B;
-    scales_vec(t, blk, &A, &B, d, dm);
-    const __m256i A2[2] = {_mm256_permute4x64_epi64(A, 0x44), _mm256_permute4x64_epi64(A, 0xee)};
-    __m256i acc = _mm256_setzero_si256();
-    codes_simd(1, t, blk, NULL, x, A2, &acc);
-    const __m256i z = _mm256_setzero_si256();
-    const __m128i h = hsum4(acc, _mm256_madd_epi16(B, LD(bs)), z, z);
-    *is = _mm_cvtsi128_si32(h);
-    *os = _mm_extract_epi32(h, 1);
-}
-
+/* One row against x (decode), the codes straight from the registers. */
 static inline __attribute__((always_inline)) void rows_fused(mt_dtype t, const mt_mat *W, const int8_t *xq,
                                                              const float *xd, const int16_t *bs, float *y,
                                                              int64_t r0, int64_t r1) {
     const int64_t nb = W->cols / MT_QK_K;
-    const int bb = blk_bytes(t);
+    const int bb = blk_bytes(t), sd = same_d(t);
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *w = (const uint8_t *)W->data + (uint64_t)r * W->row_stride;
-        float s = 0.0f;
+        __m256 Flo = _mm256_setzero_ps(), Fhi = Flo, M = Flo;
         for (int64_t b = 0; b < nb; b++) {
-            int32_t is, os;
+            const uint8_t *blk = w + (int64_t)bb * b;
+            __m256i A, B;
             float d, dm;
-            dot_fused(t, w + (int64_t)bb * b, xq + MT_QK_K * b, bs + 16 * b, &d, &dm, &is, &os);
-            s = acc_f32(s, d, dm, xd[b], is, os);
+            scales_vec(t, blk, &A, &B, &d, &dm);
+            const __m256i A2[2] = {_mm256_permute4x64_epi64(A, 0x44), _mm256_permute4x64_epi64(A, 0xee)};
+            __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+            codes_simd(1, t, blk, NULL, xq + MT_QK_K * b, A2, acc);
+            const __m256i O = _mm256_madd_epi16(B, LD(bs + 16 * b));
+            const __m256 s = _mm256_set1_ps(d * xd[b]);
+            if (sd) acc[0] = _mm256_sub_epi32(acc[0], O);
+            Flo = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(acc[0]), Flo);
+            Fhi = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(acc[1]), Fhi);
+            if (!sd) M = _mm256_fmadd_ps(_mm256_set1_ps(-(dm * xd[b])), _mm256_cvtepi32_ps(O), M);
         }
-        y[r] = s;
+        y[r] = hsum_lanes_simd(Flo, Fhi, M);
     }
 }
 
 /* Rows [r0, r1) of W times n tokens (prefill). U holds KQ_TR · nb
  * unpacked blocks. */
-static void rows_tokens(const mt_mat *W, kq_unp *U, const int8_t *xq, const float *xd, const int16_t *bs,
-                        int64_t ldx, int n, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+static inline __attribute__((always_inline)) void rows_tokens_t(int sd, const mt_mat *W, kq_unp *U, const int8_t *xq,
+                                                                const float *xd, const int16_t *bs, int64_t ldx, int n,
+                                                                float *Y, int64_t ldy, int64_t r0, int64_t r1) {
     const int64_t nb = W->cols / MT_QK_K;
     const int bb = blk_bytes(W->dtype);
     int64_t r = r0;
@@ -487,15 +569,23 @@ static void rows_tokens(const mt_mat *W, kq_unp *U, const int8_t *xq, const floa
         int t = 0;
         if (R == KQ_TR) {
             for (; t + KQ_TT <= n; t += KQ_TT)
-                tile(KQ_TR, KQ_TT, U, nb, xq + t * ldx, xd + t * nb, bs + 16 * t * nb, ldx, Y + t * ldy + r, ldy);
-            for (; t < n; t++) tile(KQ_TR, 1, U, nb, xq + t * ldx, xd + t * nb, bs + 16 * t * nb, ldx, Y + t * ldy + r, ldy);
+                tile(KQ_TR, KQ_TT, sd, U, nb, xq + t * ldx, xd + t * nb, bs + 16 * t * nb, ldx, Y + t * ldy + r, ldy);
+            for (; t < n; t++)
+                tile(KQ_TR, 1, sd, U, nb, xq + t * ldx, xd + t * nb, bs + 16 * t * nb, ldx, Y + t * ldy + r, ldy);
         } else {
             for (; t + KQ_TT <= n; t += KQ_TT)
-                tile(1, KQ_TT, U, nb, xq + t * ldx, xd + t * nb, bs + 16 * t * nb, ldx, Y + t * ldy + r, ldy);
-            for (; t < n; t++) tile(1, 1, U, nb, xq + t * ldx, xd + t * nb, bs + 16 * t * nb, ldx, Y + t * ldy + r, ldy);
+                tile(1, KQ_TT, sd, U, nb, xq + t * ldx, xd + t * nb, bs + 16 * t * nb, ldx, Y + t * ldy + r, ldy);
+            for (; t < n; t++) tile(1, 1, sd, U, nb, xq + t * ldx, xd + t * nb, bs + 16 * t * nb, ldx, Y + t * ldy + r, ldy);
             r -= KQ_TR - 1; /* the remaining rows one at a time */
         }
     }
+}
+static void rows_tokens(const mt_mat *W, kq_unp *U, const int8_t *xq, const float *xd, const int16_t *bs,
+                        int64_t ldx, int n, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    if (same_d(W->dtype))
+        rows_tokens_t(1, W, U, xq, xd, bs, ldx, n, Y, ldy, r0, r1);
+    else
+        rows_tokens_t(0, W, U, xq, xd, bs, ldx, n, Y, ldy, r0, r1);
 }
 /* Per-call buffer of KQ_TR rows of unpacked blocks. */
 static kq_unp *unp_alloc(int64_t nb) {
