@@ -806,7 +806,9 @@ static int choose_ranges(job_t *jobs, int nj, const mt_quant_opts *o, const mt_c
     }
     double got = 0;
     if (!rc) {
-        const double budget = o->target_bpw * *params - *used;
+        /* 0.001 bit per weight held back: the sizes are measured with this
+         * layer's reference dictionary, the final code uses all layers' counts */
+        const double budget = (o->target_bpw - 0.001) * *params - *used;
         mt_qmoe_range_choose(probes, weight, n, budget, choice, &got); /* over: the fewest bits, reported at the end */
         *used += got;
     }
@@ -1146,6 +1148,10 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         qbits_new += coded_bits - ebits;
         ebits = coded_bits;
     }
+    if (range_budget(o) && eparams > 0 && ebits / eparams > o->target_bpw)
+        mt_log(MT_LOG_WARN, "quantize: the experts take %.4f bits per weight, over --target-bpw %g (the widest range "
+               "everywhere was not enough, or the final code differs from its per-layer estimate)", ebits / eparams,
+               o->target_bpw);
     rep->expert_dtype = s->expert_dtype;
     rep->expert_params = (uint64_t)eparams;
     rep->total_params = ps.total;
