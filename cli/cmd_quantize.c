@@ -160,8 +160,11 @@ static const cli_opt quantize_opts[] = {
      "byte that still fits is taken, until none fits; error = sum over weights of the squared rounding error times "
      "the mean square of that input column on the first 4096 calibration tokens (experts: over their routed "
      "tokens), scaled per tensor to the KL it adds at the model's output (--plan-windows); the tensors are then "
-     "quantized by --method (docs/quality.md)", NULL, CLI_AT(quantize_args, q.target_bpw),
-     .flo = 1.0, .fhi = 16.0},
+     "quantized by --method (docs/quality.md). With --codec qmoe instead: at most B bits per expert weight all-in "
+     "(0.2 to 2): each expert matrix is GPTQ'd at every ternary range of 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8 and gets "
+     "the one that, layer by layer under the layer's share of B, minimises the sum over matrices of routed tokens "
+     "times relative layer-output error (excludes --ternary-range; the ranges chosen are in --json)", NULL,
+     CLI_AT(quantize_args, q.target_bpw), .flo = 0.2, .fhi = 16.0},
     {"plan-windows", 0, CLI_INT, "N", "with --target-bpw/--target-size: each tensor, alone in its smallest type, is "
      "measured by the KL it adds to the next-token distributions over the first N calibration windows, and its "
      "errors are scaled to that KL, so the budget goes where the output feels it (one forward of N windows per "
@@ -306,7 +309,21 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
         }
         printf(",\"quantize_s\":%.3f,\"calib_s\":%.3f,\"peak_rss\":%llu,\"calib_tokens\":%d,\"rtn_fallback\":%d",
                r->seconds, r->calib_seconds, (unsigned long long)r->peak_rss, r->n_calib_tokens, r->n_rtn_fallback);
-        if (o->bits == MT_QUANT_TERNARY && o->group == MT_QUANT_GROUP_ROW && o->method == MT_QUANT_GPTQ)
+        if (r->ternary_ranges) {
+            printf(",\"target_bpw\":%g,\"ternary_ranges\":[", o->target_bpw);
+            for (int l = 0; l < r->n_layers; l++) {
+                static const char *const kn[3] = {"w1", "w3", "w2"};
+                printf("%s{", l ? "," : "");
+                for (int k = 0; k < 3; k++) {
+                    printf("%s\"%s\":[", k ? "," : "", kn[k]);
+                    for (int e = 0; e < ne; e++)
+                        printf("%s%g", e ? "," : "", r->ternary_ranges[((size_t)l * 3 + (size_t)k) * (size_t)ne + (size_t)e]);
+                    printf("]");
+                }
+                printf("}");
+            }
+            printf("]");
+        } else if (o->bits == MT_QUANT_TERNARY && o->group == MT_QUANT_GROUP_ROW && o->method == MT_QUANT_GPTQ)
             printf(",\"ternary_range\":%g", o->ternary_range > 0                ? o->ternary_range
                                              : o->codec == MT_QUANT_CODEC_QMOE ? MT_QUANT_TERNARY_RANGE_QMOE
                                                                                 : 1.0);

@@ -9,7 +9,9 @@
 #   perplexity (--eval-only), reports < 1 bit per expert weight, and a blob
 #   with a codeword outside the dictionary is refused by name; the default
 #   writes QMoE's f16 row pairs (scale type 1), --qmoe-scales u8log one
-#   8-bit log code per row (type 2, checked blob by blob in Python).
+#   8-bit log code per row (type 2, checked blob by blob in Python);
+#   --target-bpw B with --codec qmoe: at most B bits per expert weight as
+#   eval counts the directory, a range per matrix from the candidates.
 # - bad options / sources: one-line error, non-zero exit, nothing written.
 set -u
 BIN=${MT_BIN:-build/cli/moetool}
@@ -195,6 +197,32 @@ rm -rf "$T/qm8"
 expect_err 1 "qmoe-scales" "$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --qmoe-scales u8log
 expect_err 2 "qmoe-scales" "$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --codec qmoe --qmoe-scales u4
 expect_err 2 "exclude each other" "$BIN" quantize "$MODEL" --eval-only --bits ternary --group row --codec qmoe --act-order --no-act-order
+# --codec qmoe --target-bpw B: a ternary range per expert matrix, chosen so
+# that the experts take at most B bits per weight all-in, as eval counts the
+# written directory (and as quantize reports); each range one of the
+# candidates, not all the same. GPTQ on few calibration tokens (it runs every
+# matrix at 7 ranges): the budget does not depend on how good the fit is.
+"$BIN" quantize "$MODEL" -o "$T/qb" --format hf --method gptq --bits ternary --group row --codec qmoe --target-bpw 0.8 \
+  --calib-tokens 512 --json --quiet --threads 2 >"$T/qb.json" 2>"$T/err" || { bad "qmoe --target-bpw failed"; cat "$T/err"; }
+"$BIN" eval "$T/qb" --max-windows 1 --threads 2 --json >"$T/qbe.json" 2>"$T/err" || { bad "eval qmoe --target-bpw dir failed"; cat "$T/err"; }
+python3 - "$T/qb.json" "$T/qbe.json" "$T/qb/config.json" <<'PY' && ok || bad "qmoe --target-bpw 0.8: budget or ranges"
+import json, sys
+q, e = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+b = e["size"]["bits_per_expert_weight"]
+assert b <= 0.8 and abs(b - q["bits_per_expert_weight"]) < 1e-3, (b, q["bits_per_expert_weight"])
+r = [x for l in q["ternary_ranges"] for k in ("w1", "w3", "w2") for x in l[k]]
+assert len(r) == 4 * 3 * 8 and set(r) <= {1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8} and len(set(r)) > 1, r
+assert q["target_bpw"] == 0.8 and "ternary_range" not in q, q
+prov = json.dumps(json.load(open(sys.argv[3])))
+assert "qmoe_target_bpw" in prov, prov
+print(f"ok --target-bpw 0.8: {b:.4f} bits per expert weight (eval), ranges {sorted(set(r))}")
+PY
+rm -rf "$T/qb"
+expect_err 1 "excludes --ternary-range" "$BIN" quantize "$MODEL" --eval-only --method gptq --bits ternary --group row --codec qmoe --target-bpw 0.85 --ternary-range 1.2
+expect_err 1 "needs --method gptq" "$BIN" quantize "$MODEL" --eval-only --method rtn --bits ternary --group row --codec qmoe --target-bpw 0.85
+expect_err 1 "must be in \[0.2, 2\]" "$BIN" quantize "$MODEL" --eval-only --method gptq --bits ternary --group row --codec qmoe --target-bpw 3
+expect_err 1 "not --target-size" "$BIN" quantize "$MODEL" --eval-only --method gptq --bits ternary --group row --codec qmoe --target-size 1M
+expect_err 2 "target-bpw" "$BIN" quantize "$MODEL" --eval-only --method gptq --bits ternary --group row --codec qmoe --target-bpw 0.1
 
 # A codeword outside the dictionary (65535 entries: codeword 0xffff is not one).
 python3 - "$T/qm/model.safetensors" <<'PY' || bad "could not corrupt the blob"

@@ -65,7 +65,10 @@ typedef struct {
     double target_bpw;     /* > 0: choose a storage type per tensor (experts per
                               layer and kind, attention, embeddings, lm_head)
                               so that they average at most this many bits per
-                              weight (plan.c); excludes the options above     */
+                              weight (plan.c); excludes the options above.
+                              With codec qmoe instead: bits per expert weight
+                              all-in, met by a GPTQ ternary range per expert
+                              matrix (qmoe_range.c; excludes ternary_range)  */
     uint64_t target_bytes; /* > 0: the same so that the output GGUF is at most
                               this many bytes                                 */
     int plan_windows;      /* target_bpw/target_bytes: calibration windows on
@@ -168,6 +171,9 @@ typedef struct {
     char *plan;                 /* --target-bpw/--target-size: the chosen types as
                                    JSON ({"token_embd": "q4_k", "output": ...,
                                    "layers": [{"attn_q": ...}, ...]}); else NULL */
+    float *ternary_ranges;      /* codec qmoe with target_bpw: the ternary range
+                                   chosen for each expert matrix, [n_layers][3
+                                   (w1, w3, w2)][max(1, n_experts)]; else NULL */
 } mt_quant_report;
 void mt_quant_report_free(mt_quant_report *r);
 

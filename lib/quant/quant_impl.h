@@ -298,4 +298,30 @@ void mt_imatrix_free(mt_imatrix *im);
  * source is that file with the quantized matrices in place. */
 int mt_quant_export_open(mt_gguf_export **x, const mt_ckpt *ck);
 
+/* ---- a ternary range per expert matrix under a bit budget (qmoe_range.c) --
+ * With codec qmoe and target_bpw, each expert matrix's GPTQ ternary range
+ * is one of mt_qmoe_range_cands, chosen per layer. */
+#define MT_QMOE_RANGE_NCAND 7
+extern const double mt_qmoe_range_cands[MT_QMOE_RANGE_NCAND];
+typedef struct {
+    double err[MT_QMOE_RANGE_NCAND];        /* ‖(W−Ŵ)X‖² / ‖WX‖² on its rows (0: none) */
+    double bits[MT_QMOE_RANGE_NCAND];       /* coded size all-in (blob), bits     */
+    uint64_t counts[MT_QMOE_RANGE_NCAND][3]; /* symbols: zeros, +1, −1            */
+    double ref;                             /* ‖WX‖² on its rows (0: none)         */
+} mt_qmoe_range_probe;
+/* GPTQ of src (weights W0 as f32, Hessian H0 or NULL for RTN, neither
+ * changed) at every candidate range with the rest of gp, each result's
+ * layer-output error on the rows x (NULL: 0) and its size coded with dict. */
+int mt_qmoe_range_measure(const mt_mat *src, const float *W0, const double *H0, const mt_calib_rows *x,
+                          const mt_grid *g, const mt_gptq_params *gp, const struct mt_qmoe_dict *dict,
+                          mt_qmoe_range_probe *pr);
+/* One candidate per matrix: all start at their fewest bits, then the change
+ * with the largest drop in weight[i]·err per added bit that keeps the sum
+ * of bits within budget_bits is applied, until none is left (every change
+ * lowers the weighted error, so it ends). *used_bits: the sum. MT_ERR_ARG
+ * (no message) when even the fewest bits exceed the budget; choice is then
+ * the fewest. */
+int mt_qmoe_range_choose(const mt_qmoe_range_probe *pr, const double *weight, int n, double budget_bits, int *choice,
+                         double *used_bits);
+
 #endif

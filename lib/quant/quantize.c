@@ -72,8 +72,10 @@ void mt_quant_report_free(mt_quant_report *r) {
     if (!r) return;
     free(r->expert_tokens);
     free(r->plan);
+    free(r->ternary_ranges);
     r->expert_tokens = NULL;
     r->plan = NULL;
+    r->ternary_ranges = NULL;
 }
 
 /* Matrix kinds of a layer. */
@@ -129,7 +131,12 @@ void mt_quant_state_free(mt_quant_state *s) {
 static int q_dim(const mt_config *c) { return c->n_heads * c->head_dim; }
 
 /* Whether attention is quantized (--attn-bits, --attn-type or a mix). */
-static int planned(const mt_quant_opts *o) { return o->target_bpw > 0 || o->target_bytes > 0; }
+static int planned(const mt_quant_opts *o) {
+    return (o->target_bpw > 0 || o->target_bytes > 0) && o->codec != MT_QUANT_CODEC_QMOE;
+}
+/* Whether each qmoe expert matrix gets its own ternary range under
+ * target_bpw (qmoe_range.c) instead of the types of a plan. */
+static int range_budget(const mt_quant_opts *o) { return o->target_bpw > 0 && o->codec == MT_QUANT_CODEC_QMOE; }
 static int with_attn(const mt_quant_opts *o) { return o->attn_bits > 0 || o->attn_type >= 0 || o->mix || planned(o); }
 /* Whether embeddings and lm_head are. */
 static int with_embed(const mt_quant_opts *o) { return o->embed_bits > 0 || o->embed_type >= 0 || o->mix || planned(o); }
@@ -225,6 +232,18 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
         return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw/--target-size choose every tensor's type; they exclude "
                          "--mix, --type, --attn-type, --embed-type, --attn-bits, --embed-bits, --experts-only, --asym "
                          "and --codec");
+    if (o->codec == MT_QUANT_CODEC_QMOE && o->target_bytes > 0)
+        return mt_seterr(MT_ERR_ARG, "quantize: --codec qmoe takes --target-bpw (bits per expert weight), not "
+                         "--target-size");
+    if (range_budget(o) && o->method != MT_QUANT_GPTQ)
+        return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw with --codec qmoe chooses GPTQ's ternary range per matrix; "
+                         "it needs --method gptq");
+    if (range_budget(o) && o->ternary_range > 0)
+        return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw with --codec qmoe chooses each matrix's ternary range; it "
+                         "excludes --ternary-range");
+    if (range_budget(o) && (o->target_bpw < 0.2 || o->target_bpw > 2))
+        return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw %g with --codec qmoe is bits per expert weight all-in; "
+                         "it must be in [0.2, 2]", o->target_bpw);
     if (planned(o) && for_file && o->format == MT_FMT_HF)
         return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw/--target-size write GGUF; --format hf takes --bits 8 or 4");
     if (o->embed_bits && o->embed_type >= 0)
@@ -334,6 +353,9 @@ typedef struct {
     int keep_syms;         /* codec qmoe: keep symbols and row values       */
     const float *qw;       /* importance per column (imatrix) for the type's
                               own quantizer, rounding to nearest; NULL: none */
+    mt_qmoe_range_probe *probe; /* set: only measure every candidate range
+                              (qmoe_range.c) with probe_dict; no output     */
+    const mt_qmoe_dict *probe_dict;
     uint64_t mem;          /* working set at its peak, bytes (estimate)     */
     int rc;
     char err[256];
@@ -356,6 +378,7 @@ static uint64_t job_mem(const job_t *j) {
         if (j->gp.act_order) m += cols * cols * sizeof(double) + rows * cols * sizeof(float);
         if (j->w1) m += (uint64_t)j->x->n * cols * sizeof(float);
     }
+    if (j->probe) m += (j->x ? cols * cols * sizeof(double) : 0) + rows * cols * (sizeof(float) + 1);
     return m;
 }
 
@@ -414,6 +437,10 @@ static void run_job(job_t *j) {
     }
     mt_grid g = j->grid;
     if (g.kind == MT_GRID_TQ2_0 && H) g.mse_scale = 1;
+    if (j->probe) {
+        rc = mt_qmoe_range_measure(j->src, W, H, x, &g, &j->gp, j->probe_dict, j->probe);
+        goto done;
+    }
     rc = mt_gptq_quantize(W, rows, cols, H, &g, &j->gp, codes, a, b);
     free(H);
     H = NULL;
@@ -723,6 +750,87 @@ static const float *job_qw(const mt_imatrix *im, const mt_grid *g, int l, int k,
     return mt_imatrix_get(im, l, k, e);
 }
 
+/* --codec qmoe --target-bpw: every expert job of a layer is first run at
+ * each candidate range (measure only, coded with a dictionary of the counts
+ * chosen so far), then each gets the range mt_qmoe_range_choose picks under
+ * the layer's share of the budget (target · expert weights up to this
+ * layer, less what the layers before took and the dictionary block); the
+ * jobs then run at those ranges. Weight of a matrix: its expert's routed
+ * calibration rows, so rare experts give up bits first. ranges[(k − K_W1)
+ * · ne + e] receives the choice (ne: experts of the widest layer). */
+static int choose_ranges(job_t *jobs, int nj, const mt_quant_opts *o, const mt_calib_rows *xs,
+                         const mt_layer_weights *L, int ne, float *ranges, mt_qmoe_range_probe *probes, double *weight,
+                         int *choice, uint64_t counts[3], double *used, double *params, int nthreads,
+                         job_progress *prog) {
+    const int lne = L->n_experts > 0 ? L->n_experts : 1;
+    mt_qmoe_dict dict;
+    memset(&dict, 0, sizeof dict);
+    /* layer 0: a prior at the default range's 86 % zeros */
+    const uint64_t prior[3] = {860000, 70000, 70000};
+    int rc = mt_qmoe_dict_build(&dict, counts[0] + counts[1] + counts[2] ? counts : prior, MT_QMOE_DICT_SIZE,
+                                MT_QMOE_MAX_LEN);
+    if (rc) return rc;
+    int *idx = malloc((size_t)nj * 2 * sizeof *idx), n = 0, *idx_e = idx + nj;
+    if (!idx) {
+        mt_qmoe_dict_free(&dict);
+        return mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+    }
+    for (int i = 0; i < nj; i++) {
+        if (!jobs[i].keep_syms) continue;
+        jobs[i].probe = &probes[n];
+        jobs[i].probe_dict = &dict;
+        jobs[i].mem = job_mem(&jobs[i]);
+        idx[n++] = i;
+    }
+    job_t *pj = malloc((size_t)(n ? n : 1) * sizeof *pj);
+    if (!pj) rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+    for (int i = 0; !rc && i < n; i++) pj[i] = jobs[idx[i]];
+    if (!rc) rc = run_jobs(pj, n, nthreads, prog);
+    for (int i = 0; !rc && i < n; i++) {
+        job_t *j = &jobs[idx[i]];
+        /* the expert whose rows these are (w2's are its intermediates) */
+        int e = 0;
+        for (int ee = 0; ee < lne; ee++)
+            if (j->src == &L->w1[ee] || j->src == &L->w3[ee] || j->src == &L->w2[ee]) e = ee;
+        (void)xs;
+        *params += (double)(j->src->rows * j->src->cols);
+        idx_e[i] = e;
+    }
+    /* weight: the expert's output energy ‖W2 mid‖² on its routed rows, so
+     * that every matrix's relative error is counted in the residual
+     * stream's units (w1/w3 errors reach it through w2) */
+    for (int i = 0; !rc && i < n; i++) {
+        weight[i] = 0;
+        for (int i2 = 0; i2 < n; i2++)
+            if (idx_e[i2] == idx_e[i] && jobs[idx[i2]].src == &L->w2[idx_e[i]]) weight[i] = probes[i2].ref;
+    }
+    double got = 0;
+    if (!rc) {
+        /* 0.001 bit per weight held back: the sizes are measured with this
+         * layer's reference dictionary, the final code uses all layers' counts */
+        const double budget = (o->target_bpw - 0.001) * *params - *used;
+        mt_qmoe_range_choose(probes, weight, n, budget, choice, &got); /* over: the fewest bits, reported at the end */
+        *used += got;
+    }
+    for (int i = 0; !rc && i < n; i++) {
+        job_t *j = &jobs[idx[i]];
+        j->probe = NULL;
+        j->probe_dict = NULL;
+        j->gp.ternary_range = mt_qmoe_range_cands[choice[i]];
+        j->mem = job_mem(j);
+        for (int s = 0; s < 3; s++) counts[s] += probes[i].counts[choice[i]][s];
+        for (int ee = 0; ee < lne; ee++) {
+            if (j->src == &L->w1[ee]) ranges[0 * ne + ee] = (float)j->gp.ternary_range;
+            if (j->src == &L->w3[ee]) ranges[1 * ne + ee] = (float)j->gp.ternary_range;
+            if (j->src == &L->w2[ee]) ranges[2 * ne + ee] = (float)j->gp.ternary_range;
+        }
+    }
+    free(pj);
+    free(idx);
+    mt_qmoe_dict_free(&dict);
+    return rc;
+}
+
 int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt_quant_report *rep) {
     *out = NULL;
     memset(rep, 0, sizeof *rep);
@@ -773,6 +881,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     memset(&im_store, 0, sizeof im_store);
     mt_quant_plan plan; /* freed at fail: set before the first goto */
     memset(&plan, 0, sizeof plan);
+    mt_qmoe_range_probe *probes = NULL; /* --codec qmoe --target-bpw */
+    double *rb_weight = NULL;
+    int *rb_choice = NULL;
     if (!s) return mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
     s->n_layers = c->n_layers;
     s->ne = ne;
@@ -844,7 +955,20 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     job_progress prog = {o->progress, o->progress_user, 0, 0, 0, c->n_layers};
     for (int l = 0; l < c->n_layers; l++)
         prog.total += (uint64_t)(with_attn(o) ? 4 : 0) +
-                      3 * (uint64_t)(w->layers[l].n_experts > 0 ? w->layers[l].n_experts : 1);
+                      3 * (uint64_t)(w->layers[l].n_experts > 0 ? w->layers[l].n_experts : 1) * (range_budget(o) ? 2 : 1);
+    /* --codec qmoe --target-bpw: a ternary range per expert matrix (qmoe_range.c) */
+    uint64_t rb_counts[3] = {0, 0, 0};
+    double rb_used = 8.0 * (double)mt_qmoe_dict_bytes(), rb_params = 0;
+    if (range_budget(o)) {
+        probes = calloc((size_t)K_COUNT * (size_t)ne, sizeof *probes);
+        rb_weight = calloc((size_t)K_COUNT * (size_t)ne, sizeof *rb_weight);
+        rb_choice = calloc((size_t)K_COUNT * (size_t)ne, sizeof *rb_choice);
+        rep->ternary_ranges = calloc((size_t)c->n_layers * 3 * (size_t)ne, sizeof *rep->ternary_ranges);
+        if (!probes || !rb_weight || !rb_choice || !rep->ternary_ranges) {
+            rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+            goto fail;
+        }
+    }
     for (int l = 0; l < c->n_layers; l++) {
         mt_layer_weights *L = &w->layers[l];
         const int lne = L->n_experts > 0 ? L->n_experts : 1;
@@ -917,6 +1041,10 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             }
         }
         prog.layer = l;
+        if (range_budget(o) && (rc = choose_ranges(jobs, nj, o, cc.x, L, ne, rep->ternary_ranges + (size_t)l * 3 * ne,
+                                                   probes, rb_weight, rb_choice, rb_counts, &rb_used, &rb_params,
+                                                   nthreads, &prog)))
+            goto fail;
         if ((rc = run_jobs(jobs, nj, nthreads, &prog))) goto fail;
         for (int i = 0; i < nj; i++) {
             job_t *j = &jobs[i];
@@ -1020,6 +1148,10 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         qbits_new += coded_bits - ebits;
         ebits = coded_bits;
     }
+    if (range_budget(o) && eparams > 0 && ebits / eparams > o->target_bpw)
+        mt_log(MT_LOG_WARN, "quantize: the experts take %.4f bits per weight, over --target-bpw %g (the widest range "
+               "everywhere was not enough, or the final code differs from its per-layer estimate)", ebits / eparams,
+               o->target_bpw);
     rep->expert_dtype = s->expert_dtype;
     rep->expert_params = (uint64_t)eparams;
     rep->total_params = ps.total;
@@ -1032,6 +1164,9 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     mt_imatrix_free(&im_store);
     free(ids);
     free(jobs);
+    free(probes);
+    free(rb_weight);
+    free(rb_choice);
     snprintf(s->grid_name, sizeof s->grid_name, "%s", rep->grid_name);
     s->bits_expert = rep->bits_expert;
     s->bits_total = rep->bits_total;
@@ -1043,6 +1178,9 @@ fail:
     mt_imatrix_free(&im_store);
     free(ids);
     free(jobs);
+    free(probes);
+    free(rb_weight);
+    free(rb_choice);
     mt_quant_state_free(s);
     mt_quant_report_free(rep);
     return rc;
@@ -1115,6 +1253,7 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
         mt_prov_num(p, "damp", o->damp);
         if (mt_quant_act_order(o)) mt_prov_int(p, "act_order", 1);
         if (o->ternary_range > 0) mt_prov_num(p, "ternary_range", o->ternary_range);
+        if (range_budget(o)) mt_prov_num(p, "qmoe_target_bpw", o->target_bpw); /* a range per matrix */
     }
     mt_prov_command(p, o->command);
     return p;
