@@ -42,6 +42,8 @@ static const char *const codec_choices[] = {"none", "qmoe", NULL};
 static const int codec_values[] = {MT_QUANT_CODEC_NONE, MT_QUANT_CODEC_QMOE};
 static const char *const qscale_choices[] = {"f16", "u8log", NULL};
 static const int qscale_values[] = {1, 2}; /* MT_QMOE_SCALES_F16, MT_QMOE_SCALES_U8LOG */
+static const char *const qalloc_choices[] = {"layer", "matrix", NULL};
+static const int qalloc_values[] = {MT_QMOE_ALLOC_LAYER, MT_QMOE_ALLOC_MATRIX};
 static const char *const format_choices[] = {"gguf", "hf", NULL};
 static const int format_values[] = {MT_FMT_GGUF, MT_FMT_HF};
 static const char *const ttype_choices[] = {"tq2_0", "tq1_0", NULL};
@@ -161,9 +163,9 @@ static const cli_opt quantize_opts[] = {
      "the mean square of that input column on the first 4096 calibration tokens (experts: over their routed "
      "tokens), scaled per tensor to the KL it adds at the model's output (--plan-windows); the tensors are then "
      "quantized by --method (docs/quality.md). With --codec qmoe instead: at most B bits per expert weight all-in "
-     "(0.2 to 2): each expert matrix is GPTQ'd at every ternary range of 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8 and gets "
-     "the one that, layer by layer under the layer's share of B, minimises the sum over matrices of routed tokens "
-     "times relative layer-output error (excludes --ternary-range; the ranges chosen are in --json)", NULL,
+     "(0.2 to 2): each expert matrix is GPTQ'd at every ternary range of 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8 and, "
+     "layer by layer under the layer's share of B, gets a range by --qmoe-alloc (excludes --ternary-range; the "
+     "ranges chosen are in --json)", NULL,
      CLI_AT(quantize_args, q.target_bpw), .flo = 0.2, .fhi = 16.0},
     {"plan-windows", 0, CLI_INT, "N", "with --target-bpw/--target-size: each tensor, alone in its smallest type, is "
      "measured by the KL it adds to the next-token distributions over the first N calibration windows, and its "
@@ -219,6 +221,11 @@ static const cli_opt quantize_opts[] = {
      "bits per row), or u8log: -s, +s with s = (max - min)/2 (times R under GPTQ) stored as one 8-bit log code per "
      "row (steps of 2^(1/16) below a per-matrix base; 8 bits per row; docs/qmoe.md) (default u8log)", NULL,
      CLI_AT(quantize_args, q.qmoe_scales), .choices = qscale_choices, .values = qscale_values},
+    {"qmoe-alloc", 0, CLI_ENUM, "layer|matrix", "with --codec qmoe --target-bpw: layer gives all expert matrices of "
+     "a layer the narrowest range whose bits fit the layer's share (the same as the best single --ternary-range "
+     "there); matrix chooses per matrix, greedily, the largest drop in output energy times relative layer-output "
+     "error per added bit (measured worse in perplexity on the bundled model: docs/quality.md)", "layer",
+     CLI_AT(quantize_args, q.qmoe_alloc), .choices = qalloc_choices, .values = qalloc_values},
     {"eval-only", 0, CLI_BOOL, NULL, "quantize in memory and evaluate; write nothing", NULL,
      CLI_AT(quantize_args, eval_only)},
     {"text", 0, CLI_PATH, "FILE", "text for --eval-only", "MODEL/data/test.txt", CLI_AT(quantize_args, text)},

@@ -57,6 +57,48 @@ static double weighted(const mt_qmoe_range_probe *p, const double *w, const int 
     return e;
 }
 
+/* One range for the layer: on random probes (bits need not fall with the
+ * candidate), the choice is the first candidate whose summed bits fit the
+ * budget, every matrix gets it, and no earlier candidate fits; with no
+ * candidate fitting, the one with the fewest summed bits and MT_ERR_ARG. */
+static void test_choose_uniform(void **st) {
+    (void)st;
+    enum { N = 9 };
+    mt_qmoe_range_probe pr[N];
+    int choice[N];
+    for (int trial = 0; trial < 200; trial++) {
+        double sum[MT_QMOE_RANGE_NCAND] = {0};
+        for (int i = 0; i < N; i++) {
+            make_probe(&pr[i], 1000 + 4000 * rnd_unit(), 0.01 + 0.05 * rnd_unit());
+            if (trial % 3 == 0) /* not monotone */
+                for (int c = 0; c < MT_QMOE_RANGE_NCAND; c++) pr[i].bits[c] = floor(500 + 4000 * rnd_unit());
+            for (int c = 0; c < MT_QMOE_RANGE_NCAND; c++) sum[c] += pr[i].bits[c];
+        }
+        double lo = sum[0], hi = sum[0];
+        for (int c = 1; c < MT_QMOE_RANGE_NCAND; c++) {
+            lo = fmin(lo, sum[c]);
+            hi = fmax(hi, sum[c]);
+        }
+        const double budget = lo * 0.9 + (hi * 1.05 - lo * 0.9) * rnd_unit();
+        double used = -1;
+        const int rc = mt_qmoe_range_choose_uniform(pr, N, budget, choice, &used);
+        for (int i = 1; i < N; i++) assert_int_equal(choice[i], choice[0]);
+        const int c = choice[0];
+        assert_true(used == sum[c]);
+        int first = -1;
+        for (int k = 0; k < MT_QMOE_RANGE_NCAND && first < 0; k++)
+            if (sum[k] <= budget) first = k;
+        if (first >= 0) {
+            assert_int_equal(rc, MT_OK);
+            assert_int_equal(c, first);
+            assert_true(used <= budget);
+        } else {
+            assert_int_equal(rc, MT_ERR_ARG);
+            assert_true(sum[c] == lo);
+        }
+    }
+}
+
 static void test_choose(void **st) {
     (void)st;
     enum { N = 4 };
@@ -210,6 +252,7 @@ static void test_measure(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_choose),
+        cmocka_unit_test(test_choose_uniform),
         cmocka_unit_test(test_measure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

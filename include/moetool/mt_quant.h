@@ -45,6 +45,8 @@ typedef enum { MT_QUANT_CODEC_NONE = 0, MT_QUANT_CODEC_QMOE = 1 } mt_quant_codec
 #define MT_QUANT_QMOE_SCALES 2
 #define MT_QUANT_ACT_ORDER_QMOE 1
 
+#define MT_QMOE_ALLOC_LAYER 1
+#define MT_QMOE_ALLOC_MATRIX 2
 typedef struct {
     mt_quant_method method;
     int bits;              /* 8, 4, 3, 2 or MT_QUANT_TERNARY (experts)       */
@@ -69,6 +71,9 @@ typedef struct {
                               With codec qmoe instead: bits per expert weight
                               all-in, met by a GPTQ ternary range per expert
                               matrix (qmoe_range.c; excludes ternary_range)  */
+    int qmoe_alloc;        /* codec qmoe + target_bpw: MT_QMOE_ALLOC_LAYER (0,
+                              default: one range for all expert matrices of a
+                              layer) or MT_QMOE_ALLOC_MATRIX (per matrix)     */
     uint64_t target_bytes; /* > 0: the same so that the output GGUF is at most
                               this many bytes                                 */
     int plan_windows;      /* target_bpw/target_bytes: calibration windows on

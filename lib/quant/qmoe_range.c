@@ -85,6 +85,22 @@ done:
     return rc;
 }
 
+int mt_qmoe_range_choose_uniform(const mt_qmoe_range_probe *pr, int n, double budget_bits, int *choice,
+                                 double *used_bits) {
+    int pick = -1, fewest = 0;
+    double sum[MT_QMOE_RANGE_NCAND];
+    for (int c = 0; c < MT_QMOE_RANGE_NCAND; c++) {
+        sum[c] = 0;
+        for (int i = 0; i < n; i++) sum[c] += pr[i].bits[c];
+        if (sum[c] < sum[fewest]) fewest = c;
+        if (pick < 0 && sum[c] <= budget_bits) pick = c;
+    }
+    const int c = pick >= 0 ? pick : fewest;
+    for (int i = 0; i < n; i++) choice[i] = c;
+    *used_bits = sum[c];
+    return pick >= 0 ? MT_OK : MT_ERR_ARG;
+}
+
 int mt_qmoe_range_choose(const mt_qmoe_range_probe *pr, const double *weight, int n, double budget_bits, int *choice,
                          double *used_bits) {
     double used = 0;

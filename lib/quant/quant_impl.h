@@ -323,5 +323,11 @@ int mt_qmoe_range_measure(const mt_mat *src, const float *W0, const double *H0, 
  * the fewest. */
 int mt_qmoe_range_choose(const mt_qmoe_range_probe *pr, const double *weight, int n, double budget_bits, int *choice,
                          double *used_bits);
+/* One candidate for all n matrices: the narrowest range (the first of
+ * mt_qmoe_range_cands, the most nonzeros) whose summed bits fit
+ * budget_bits. MT_ERR_ARG (no message) when none fits; choice is then the
+ * candidate with the fewest summed bits. */
+int mt_qmoe_range_choose_uniform(const mt_qmoe_range_probe *pr, int n, double budget_bits, int *choice,
+                                 double *used_bits);
 
 #endif

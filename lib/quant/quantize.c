@@ -241,6 +241,10 @@ int mt_quant_check(const mt_quant_opts *o, const mt_config *c, int for_file) {
     if (range_budget(o) && o->ternary_range > 0)
         return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw with --codec qmoe chooses each matrix's ternary range; it "
                          "excludes --ternary-range");
+    if (o->qmoe_alloc && !range_budget(o))
+        return mt_seterr(MT_ERR_ARG, "quantize: --qmoe-alloc applies to --codec qmoe with --target-bpw");
+    if (o->qmoe_alloc && o->qmoe_alloc != MT_QMOE_ALLOC_LAYER && o->qmoe_alloc != MT_QMOE_ALLOC_MATRIX)
+        return mt_seterr(MT_ERR_ARG, "quantize: unknown qmoe range allocation %d", o->qmoe_alloc);
     if (range_budget(o) && (o->target_bpw < 0.2 || o->target_bpw > 2))
         return mt_seterr(MT_ERR_ARG, "quantize: --target-bpw %g with --codec qmoe is bits per expert weight all-in; "
                          "it must be in [0.2, 2]", o->target_bpw);
@@ -809,7 +813,11 @@ static int choose_ranges(job_t *jobs, int nj, const mt_quant_opts *o, const mt_c
         /* 0.001 bit per weight held back: the sizes are measured with this
          * layer's reference dictionary, the final code uses all layers' counts */
         const double budget = (o->target_bpw - 0.001) * *params - *used;
-        mt_qmoe_range_choose(probes, weight, n, budget, choice, &got); /* over: the fewest bits, reported at the end */
+        /* over budget: the fewest bits, reported at the end */
+        if (o->qmoe_alloc == MT_QMOE_ALLOC_MATRIX)
+            mt_qmoe_range_choose(probes, weight, n, budget, choice, &got);
+        else
+            mt_qmoe_range_choose_uniform(probes, n, budget, choice, &got);
         *used += got;
     }
     for (int i = 0; !rc && i < n; i++) {
@@ -1253,7 +1261,10 @@ static mt_prov *quant_provenance(const mt_quant_state *s, const mt_model *m, con
         mt_prov_num(p, "damp", o->damp);
         if (mt_quant_act_order(o)) mt_prov_int(p, "act_order", 1);
         if (o->ternary_range > 0) mt_prov_num(p, "ternary_range", o->ternary_range);
-        if (range_budget(o)) mt_prov_num(p, "qmoe_target_bpw", o->target_bpw); /* a range per matrix */
+        if (range_budget(o)) {
+            mt_prov_num(p, "qmoe_target_bpw", o->target_bpw);
+            mt_prov_str(p, "qmoe_alloc", o->qmoe_alloc == MT_QMOE_ALLOC_MATRIX ? "matrix" : "layer");
+        }
     }
     mt_prov_command(p, o->command);
     return p;
