@@ -224,7 +224,7 @@ static const cli_opt quantize_opts[] = {
     {"qmoe-alloc", 0, CLI_ENUM, "layer|matrix", "with --codec qmoe --target-bpw: layer gives all expert matrices of "
      "a layer the narrowest range whose bits fit the layer's share (the same as the best single --ternary-range "
      "there); matrix chooses per matrix, greedily, the largest drop in output energy times relative layer-output "
-     "error per added bit (measured worse in perplexity on the bundled model: docs/quality.md)", "layer",
+     "error per added bit (measured worse in perplexity on the bundled model: docs/quality.md) (default layer)", NULL,
      CLI_AT(quantize_args, q.qmoe_alloc), .choices = qalloc_choices, .values = qalloc_values},
     {"eval-only", 0, CLI_BOOL, NULL, "quantize in memory and evaluate; write nothing", NULL,
      CLI_AT(quantize_args, eval_only)},
