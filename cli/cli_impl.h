@@ -71,11 +71,22 @@ int cmd_distill(int argc, char **argv);
 /* Encoder-decoder models (cmd_seq2seq.c), reached from inspect, eval and
  * generate when mt_s2s_detect says the checkpoint is one. */
 int cli_s2s_inspect(const char *path, int json);
-int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, int json, int quiet);
+/* pairs_path: JSON Lines pairs; text_path (else): translation pairs as
+ * "SOURCE<tab>TARGET" lines (a model with language codes). src_lang /
+ * tgt_lang: language codes of texts (NLLB), or NULL. */
+typedef struct {
+    const char *pairs, *text;          /* one of them                              */
+    const char *src_lang, *tgt_lang;   /* NLLB: language codes of texts, or NULL   */
+    const char *save_pairs;            /* write the pairs scored (JSON Lines), or NULL */
+    int window, max_windows;           /* Switch --text: span-corruption windows   */
+    unsigned long long seed;           /* Switch --text: the noise's seed          */
+    int n_threads, json, quiet;
+} cli_s2s_eval_opts;
+int cli_s2s_eval(const char *model_path, const cli_s2s_eval_opts *o);
 /* From --ids (ids out) or -p TEXT (encoded with the model's tokenizer + EOS;
  * the generated ids decoded to text). */
-int cli_s2s_generate(const char *model_path, const char *ids, const char *prompt, int n_predict, int stop_at_eos,
-                     int n_threads, int json);
+int cli_s2s_generate(const char *model_path, const char *ids, const char *prompt, const char *src_lang,
+                     const char *tgt_lang, int n_predict, int stop_at_eos, int n_threads, int json);
 
 /* After writing OUT: one stderr line when transformers and llama.cpp cannot
  * load it as moetool runs it (mt_config_portability). */

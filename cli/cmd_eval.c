@@ -10,8 +10,8 @@
 typedef struct {
     mt_eval_opts e;
     mt_model_opts m;
-    const char *text, *ref, *pairs;
-    int json, quiet, long_ctx, skip;
+    const char *text, *ref, *pairs, *src_lang, *tgt_lang, *save_pairs;
+    int json, quiet, long_ctx, skip, seed;
     int ctx_given; /* else the default shrinks to a shorter model context */
 } eval_args;
 
@@ -46,6 +46,14 @@ static const cli_opt eval_opts[] = {
      "or text} (text: the model's spiece.model / tokenizer.json, EOS appended); reports the loss and perplexity of the "
      "targets given the inputs (docs/seq2seq.md)", NULL,
      CLI_AT(eval_args, pairs)},
+    {"src-lang", 0, CLI_STRING, "CODE", "encoder-decoder models with language codes (NLLB): the language of the input "
+     "texts (e.g. eng_Latn; a pairs line's \"src_lang\" overrides it)", NULL, CLI_AT(eval_args, src_lang)},
+    {"tgt-lang", 0, CLI_STRING, "CODE", "NLLB: the language of the target texts (e.g. fra_Latn; a pairs line's "
+     "\"tgt_lang\" overrides it)", NULL, CLI_AT(eval_args, tgt_lang)},
+    {"seed", 0, CLI_INT, "S", "Switch models with --text: the seed of the span-corruption noise", "0",
+     CLI_AT(eval_args, seed), 0, 0x7fffffffL},
+    {"save-pairs", 0, CLI_PATH, "FILE", "encoder-decoder models: also write the input/target pairs scored, as token "
+     "ids in the --pairs format", NULL, CLI_AT(eval_args, save_pairs)},
     {"ref", 0, CLI_PATH, "MODEL", "reference model for KL / agreement (same tokenizer)", NULL, CLI_AT(eval_args, ref)},
     {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(eval_args, m.n_threads), 1, MT_MAX_THREADS},
     {"device", 0, CLI_ENUM, "D", "cpu or cuda (a build with CUDA and a device; else one line says which is missing)",
@@ -65,7 +73,8 @@ const cli_verb cli_verb_eval = {
     .synopsis = "usage: moetool eval [MODEL] [--text FILE] [--ctx N] [--protocol gptq|llamacpp]\n"
                 "                    [--ref MODEL] [--threads T] [--device cpu|cuda] [--max-windows N]\n"
                 "                    [--skip-tokens N] [--allow-long-context] [--json] [--quiet]\n"
-                "       moetool eval ENCODER_DECODER_MODEL --pairs FILE [--threads T] [--json] [--quiet]",
+                "       moetool eval ENCODER_DECODER_MODEL (--pairs FILE | --text FILE) [--src-lang C] [--tgt-lang C]\n"
+                "                    [--ctx W] [--max-windows N] [--seed S] [--save-pairs F] [--threads T] [--json]",
     .about = "Perplexity of a text under one of two protocols:\n"
              "  gptq      the whole text tokenized without BOS, cut into non-overlapping\n"
              "            windows of N tokens (a final partial window is dropped); every\n"
@@ -128,16 +137,27 @@ int cmd_eval(int argc, char **argv) {
     const int json = A.json, quiet = A.quiet, long_ctx = A.long_ctx, ctx_given = A.ctx_given;
     const char *model_path = model_arg ? model_arg : cli_default_model();
     if (mt_s2s_detect(model_path)) {
-        if (!A.pairs)
-            return cli_usage_error("eval", "%s is an encoder-decoder model: score it with --pairs FILE", model_path);
-        if (text_path || ref_path || ctx_given || long_ctx || A.e.max_windows || A.skip)
-            return cli_usage_error("eval", "encoder-decoder models take --pairs, --threads, --json and --quiet only");
+        if (!A.pairs == !text_path)
+            return cli_usage_error("eval", "%s is an encoder-decoder model: score it with --pairs FILE or --text FILE "
+                                   "(NLLB: SOURCE<tab>TARGET lines)", model_path);
+        if (ref_path || long_ctx || A.skip || ((ctx_given || A.e.max_windows) && !text_path))
+            return cli_usage_error("eval", "encoder-decoder models take --pairs or --text, --src-lang, --tgt-lang, "
+                                   "--ctx, --max-windows and --seed (Switch --text), --save-pairs, --threads, --json "
+                                   "and --quiet only");
         if (mo.device != MT_DEVICE_CPU)
             return cli_usage_error("eval", "%s: encoder-decoder models run on the CPU only (--device cpu)", model_path);
-        return cli_s2s_eval(model_path, A.pairs, mo.n_threads, json, quiet);
+        cli_s2s_eval_opts so = {.pairs = A.pairs, .text = text_path, .src_lang = A.src_lang, .tgt_lang = A.tgt_lang,
+                                .save_pairs = A.save_pairs, .window = ctx_given ? eo.ctx : 64,
+                                .max_windows = eo.max_windows, .seed = (unsigned long long)A.seed,
+                                .n_threads = mo.n_threads, .json = json, .quiet = quiet};
+        return cli_s2s_eval(model_path, &so);
     }
     if (A.pairs)
         return cli_usage_error("eval", "--pairs is for encoder-decoder models; %s is not one", model_path);
+    if (A.seed) return cli_usage_error("eval", "--seed is for the span corruption of a Switch model's --text");
+    if (A.src_lang || A.tgt_lang || A.save_pairs)
+        return cli_usage_error("eval", "--src-lang / --tgt-lang / --save-pairs are for encoder-decoder models; %s is "
+                               "not one", model_path);
     char *text_default = NULL;
     if (!text_path) {
         /* A model directory that ships its held-out text (as the bundled one

@@ -9,7 +9,7 @@
 typedef struct {
     mt_sample_opts s;
     mt_model_opts m;
-    const char *prompt, *ids;
+    const char *prompt, *ids, *src_lang, *tgt_lang;
     int json, no_bos;
 } generate_args;
 
@@ -25,6 +25,10 @@ static const cli_opt generate_opts[] = {
      "output is decoded to text)", NULL, CLI_AT(generate_args, prompt)},
     {"ids", 0, CLI_STRING, "LIST", "encoder-decoder models: the input as token ids (\"3,4,1\"); greedy decoding "
      "from the decoder start token (docs/seq2seq.md)", NULL, CLI_AT(generate_args, ids)},
+    {"src-lang", 0, CLI_STRING, "CODE", "encoder-decoder models with language codes (NLLB): the language of -p TEXT "
+     "(e.g. eng_Latn), put first in the input", NULL, CLI_AT(generate_args, src_lang)},
+    {"tgt-lang", 0, CLI_STRING, "CODE", "NLLB: the language to translate into (e.g. fra_Latn), forced as the first "
+     "generated token", NULL, CLI_AT(generate_args, tgt_lang)},
     {"n-predict", 'n', CLI_INT, "N", "tokens to generate (default 64; 0 = prefill only, timing on stderr); prompt + N "
      "may not pass the model's context (max_position_embeddings)", NULL, CLI_AT(generate_args, s.n_predict), 0, 1 << 20},
     {"allow-long-context", 0, CLI_BOOL, NULL, "allow prompt + N beyond max_position_embeddings", NULL,
@@ -49,7 +53,7 @@ const cli_verb cli_verb_generate = {
     .synopsis = "usage: moetool generate [MODEL] -p PROMPT [-n N] [--temp T] [--top-p P]\n"
                 "                        [--seed S] [--threads T] [--device cpu|cuda] [--no-bos]\n"
                 "                        [--allow-long-context] [--json]\n"
-                "       moetool generate ENCODER_DECODER_MODEL (-p TEXT | --ids LIST) [-n N] [--ignore-eos]\n"
+                "       moetool generate ENCODER_DECODER_MODEL (-p TEXT | --ids LIST) [--src-lang C --tgt-lang C] [-n N] [--ignore-eos]\n"
                 "                        [--threads T] [--json]",
     .about = "Continues PROMPT (BOS is prepended). Greedy by default; with --temp > 0\n"
              "samples with temperature and nucleus (top-p) filtering from a seeded RNG.\n"
@@ -101,9 +105,13 @@ int cmd_generate(int argc, char **argv) {
         if (mo.device != MT_DEVICE_CPU)
             return cli_usage_error("generate", "%s: encoder-decoder models run on the CPU only (--device cpu)",
                                    model_path);
-        return cli_s2s_generate(model_path, A.ids, prompt, so.n_predict, so.stop_at_eos, mo.n_threads, json);
+        return cli_s2s_generate(model_path, A.ids, prompt, A.src_lang, A.tgt_lang, so.n_predict, so.stop_at_eos,
+                                mo.n_threads, json);
     }
     if (A.ids) return cli_usage_error("generate", "--ids is for encoder-decoder models; %s is not one", model_path);
+    if (A.src_lang || A.tgt_lang)
+        return cli_usage_error("generate", "--src-lang / --tgt-lang are for encoder-decoder models; %s is not one",
+                               model_path);
     if (!prompt) return cli_usage_error("generate", "missing -p PROMPT");
 
     int ret = MT_EXIT_FAIL, rc;

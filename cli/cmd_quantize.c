@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "cli_impl.h"
 #include "moetool/mt_quant.h"
+#include "moetool/mt_qmoe.h"
 #include "moetool/mt_seq2seq.h"
 
 #include <dirent.h>
@@ -347,8 +348,9 @@ static void print_report(const mt_quant_report *r, const mt_quant_opts *o, const
     printf("\n");
     if (o->codec == MT_QUANT_CODEC_QMOE)
         printf("code:       %.4f bits per expert weight in codewords (symbol entropy %.4f, %.2f %% zeros); the rest\n"
-               "            is f16 row scales, group offsets, headers, dictionary; coded in %.2f s\n",
-               r->code_bits_expert, r->symbol_entropy, 100.0 * r->zero_frac, r->code_seconds);
+               "            is %s row scales, group offsets, headers, dictionary; coded in %.2f s\n",
+               r->code_bits_expert, r->symbol_entropy, 100.0 * r->zero_frac,
+               r->qmoe_scales == MT_QMOE_SCALES_U8LOG ? "8-bit log" : "f16", r->code_seconds);
     if (o->method == MT_QUANT_GPTQ) {
         printf("calib:      %d tokens, %.2f s; experts by RTN for lack of tokens: %d; mean rel. output error %.5f\n",
                r->n_calib_tokens, r->calib_seconds, r->n_rtn_fallback, r->mean_rel_err);

@@ -48,7 +48,46 @@ static void add_routing(const mt_s2s_model *m, int dec, uint64_t *cnt, int E) {
         }
 }
 
-int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, int json, int quiet) {
+/* Span-corruption sentinels: the tokenizer's <extra_id_0>, <extra_id_1>, ...
+ * (T5), else the model's ids above the tokenizer's, counting down from the
+ * top (a vocabulary extended for them, as tools/train_switch_kjv.py does). */
+static int sentinel_ids(const mt_tokenizer *tok, int vocab, int32_t **out, int *n) {
+    int32_t *p = malloc(1024 * sizeof *p);
+    int k = 0;
+    if (!p) return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    char name[32];
+    while (k < 1024) {
+        snprintf(name, sizeof name, "<extra_id_%d>", k);
+        const int id = mt_tok_find(tok, name);
+        if (id < 0 || id >= vocab) break;
+        p[k++] = id;
+    }
+    if (!k)
+        while (k < 1024 && vocab - 1 - k >= (int)mt_tok_vocab_size(tok)) {
+            p[k] = vocab - 1 - k;
+            k++;
+        }
+    if (!k) {
+        free(p);
+        return mt_seterr(MT_ERR_UNSUPPORTED, "span corruption needs sentinels: the tokenizer has no <extra_id_0> and the "
+                         "model's %d ids are no more than the tokenizer's %zu", vocab, mt_tok_vocab_size(tok));
+    }
+    *out = p;
+    *n = k;
+    return MT_OK;
+}
+
+static void print_ids(FILE *f, const int32_t *ids, int n) {
+    fputc('[', f);
+    for (int i = 0; i < n; i++) fprintf(f, "%s%d", i ? "," : "", ids[i]);
+    fputc(']', f);
+}
+
+int cli_s2s_eval(const char *model_path, const cli_s2s_eval_opts *o) {
+    const char *pairs_path = o->pairs, *text_path = o->text, *src_lang = o->src_lang, *tgt_lang = o->tgt_lang;
+    const int n_threads = o->n_threads, json = o->json, quiet = o->quiet;
+    int span = 0; /* pairs made by span corruption */
+    size_t n_text_tokens = 0;
     mt_s2s_model *m = NULL;
     mt_s2s_pair *pairs = NULL;
     size_t n_pairs = 0;
@@ -72,7 +111,40 @@ int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, 
         snprintf(tok_why, sizeof tok_why, "%s", mt_last_error());
         mt_clearerr();
     }
-    rc = mt_s2s_pairs_load(pairs_path, tok, &pairs, &n_pairs);
+    if ((src_lang || tgt_lang) && tok && !mt_tok_lang_codes(tok)) {
+        mt_tok_free(tok);
+        rc = mt_seterr(MT_ERR_ARG, "%s: %s is for a model whose tokenizer has language codes (NLLB's "
+                       "sentencepiece.bpe.model); this one has none", model_path, src_lang ? "--src-lang" : "--tgt-lang");
+        goto fail;
+    }
+    if (text_path && c->kind == MT_S2S_SWITCH) { /* T5 span corruption of the text */
+        int32_t *ids = NULL, *sent = NULL;
+        int n_sent = 0;
+        span = 1;
+        if (!tok) rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: a text needs the model's tokenizer", text_path);
+        else if (!(rc = sentinel_ids(tok, c->vocab, &sent, &n_sent))) {
+            const size_t need = o->max_windows ? (size_t)o->max_windows * (size_t)o->window : 0;
+            rc = mt_tok_encode_file(tok, text_path, need, &ids, &n_text_tokens, NULL);
+            if (!rc && need && n_text_tokens > need) n_text_tokens = need;
+            if (!rc)
+                rc = mt_s2s_span_corrupt(ids, n_text_tokens, o->window, sent, n_sent, c->eos_id, (uint64_t)o->seed,
+                                         (size_t)o->max_windows, &pairs, &n_pairs);
+        }
+        free(ids);
+        free(sent);
+        pairs_path = text_path;
+    } else if (text_path) {
+        rc = mt_s2s_pairs_load_tsv(text_path, tok, src_lang, tgt_lang, &pairs, &n_pairs);
+        if (rc == MT_ERR_UNSUPPORTED && tok_why[0]) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", mt_last_error());
+            rc = mt_seterr(rc, "%s (%s)", msg, tok_why);
+            tok_why[0] = 0;
+        }
+        pairs_path = text_path;
+    } else {
+        rc = mt_s2s_pairs_load_lang(pairs_path, tok, src_lang, tgt_lang, &pairs, &n_pairs);
+    }
     mt_tok_free(tok);
     if (rc == MT_ERR_UNSUPPORTED && !tok && tok_why[0]) {
         char msg[512];
@@ -80,6 +152,24 @@ int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, 
         rc = mt_seterr(rc, "%s (%s)", msg, tok_why);
     }
     if (rc) goto fail;
+    if (o->save_pairs) { /* the pairs as eval --pairs reads them */
+        FILE *f = fopen(o->save_pairs, "w");
+        if (!f) {
+            rc = mt_seterr(MT_ERR_IO, "%s: cannot write the pairs", o->save_pairs);
+            goto fail;
+        }
+        for (size_t i = 0; i < n_pairs; i++) {
+            fputs("{\"input\":", f);
+            print_ids(f, pairs[i].input, pairs[i].n_in);
+            fputs(",\"target\":", f);
+            print_ids(f, pairs[i].target, pairs[i].n_tgt);
+            fputs("}\n", f);
+        }
+        if (fclose(f)) {
+            rc = mt_seterr(MT_ERR_IO, "%s: write error", o->save_pairs);
+            goto fail;
+        }
+    }
     double nll = 0, t0 = now_s();
     uint64_t n_tgt = 0, n_in = 0;
     for (size_t i = 0; i < n_pairs; i++) {
@@ -105,6 +195,9 @@ int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, 
         json_str(stdout, model_path);
         printf(",\"family\":\"%s\",\"pairs\":", c->family);
         json_str(stdout, pairs_path);
+        if (span)
+            printf(",\"span_corruption\":{\"text_tokens\":%zu,\"window\":%d,\"noise_density\":0.15,"
+                   "\"mean_noise_span\":3,\"seed\":%llu}", n_text_tokens, o->window, o->seed);
         printf(",\"n_pairs\":%llu,\"input_tokens\":%llu,\"target_tokens\":%llu,\"nll_sum\":%.10g,\"nll_mean\":%.10g,"
                "\"ppl\":%.8g,\"seconds\":%.4f,\"threads\":%d,\"routing\":{\"encoder\":",
                (unsigned long long)n_pairs, (unsigned long long)n_in, (unsigned long long)n_tgt, nll, mean, exp(mean),
@@ -115,6 +208,9 @@ int cli_s2s_eval(const char *model_path, const char *pairs_path, int n_threads, 
         printf("}}\n");
     } else {
         printf("model:      %s (%s, encoder-decoder)\n", model_path, c->hf_class);
+        if (span)
+            printf("text:       %s: %zu tokens in windows of %d, T5 span corruption (15 %% noise, mean span 3, "
+                   "seed %llu)\n", text_path, n_text_tokens, o->window, o->seed);
         printf("pairs:      %s: %llu pairs, %llu input tokens, %llu target tokens scored\n", pairs_path,
                (unsigned long long)n_pairs, (unsigned long long)n_in, (unsigned long long)n_tgt);
         printf("loss:       %.6f nats/target token\nperplexity: %.4f\n", mean, exp(mean));
@@ -167,8 +263,8 @@ static int parse_id_list(const char *s, int32_t **out, int *n) {
     return MT_OK;
 }
 
-int cli_s2s_generate(const char *model_path, const char *ids, const char *prompt, int n_predict, int stop_at_eos,
-                     int n_threads, int json) {
+int cli_s2s_generate(const char *model_path, const char *ids, const char *prompt, const char *src_lang,
+                     const char *tgt_lang, int n_predict, int stop_at_eos, int n_threads, int json) {
     mt_s2s_model *m = NULL;
     mt_tokenizer *tok = NULL;
     int32_t *in = NULL, *out = NULL;
@@ -177,16 +273,27 @@ int cli_s2s_generate(const char *model_path, const char *ids, const char *prompt
     int ni = 0, no = 0, rc, ret = MT_EXIT_FAIL;
     if (ids && (rc = parse_id_list(ids, &in, &ni))) return cli_usage_error("generate", "%s", mt_last_error());
     if ((rc = mt_s2s_load(&m, model_path, n_threads))) goto fail;
-    if (prompt) { /* text in, text out: the model's tokenizer */
+    int forced = -1; /* NLLB: the target language code is the first token */
+    if (prompt || src_lang || tgt_lang) { /* text in, text out: the model's tokenizer */
         if ((rc = mt_tok_load_for_ckpt(&tok, mt_s2s_model_ckpt(m)))) goto fail;
-        if ((rc = mt_s2s_encode_text(tok, prompt, strlen(prompt), &in, &ni))) goto fail;
+        if (mt_tok_lang_codes(tok) && prompt && !tgt_lang) {
+            rc = mt_seterr(MT_ERR_ARG, "%s translates into the language given by --tgt-lang CODE (e.g. fra_Latn)",
+                           model_path);
+            goto fail;
+        }
+        if (tgt_lang && (forced = mt_tok_lang_id(tok, tgt_lang)) < 0) {
+            rc = mt_seterr(MT_ERR_ARG, "--tgt-lang '%s' is not one of the tokenizer's %d language codes", tgt_lang,
+                           mt_tok_lang_codes(tok));
+            goto fail;
+        }
+        if (prompt && (rc = mt_s2s_encode_text_lang(tok, prompt, strlen(prompt), src_lang, &in, &ni))) goto fail;
     }
     if (!(out = malloc((size_t)(n_predict > 0 ? n_predict : 1) * sizeof *out))) {
         rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
         goto fail;
     }
     const double t0 = now_s();
-    if ((rc = mt_s2s_greedy(m, in, ni, n_predict, stop_at_eos, out, &no))) goto fail;
+    if ((rc = mt_s2s_greedy_forced(m, in, ni, forced, n_predict, stop_at_eos, out, &no))) goto fail;
     const double secs = now_s() - t0;
     if (tok && (rc = mt_tok_decode(tok, out, (size_t)no, 1, &text, &text_len))) goto fail;
     if (json) {

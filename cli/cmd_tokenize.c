@@ -10,7 +10,7 @@
 #include <string.h>
 
 typedef struct {
-    const char *prompt, *file, *decode;
+    const char *prompt, *file, *decode, *lang;
     int json, no_bos;
 } tokenize_args;
 
@@ -20,6 +20,8 @@ static const cli_opt tokenize_opts[] = {
     {"prompt", 'p', CLI_STRING, "TEXT", "the text to encode", NULL, CLI_AT(tokenize_args, prompt)},
     {"file", 0, CLI_PATH, "FILE", "encode the text of FILE (a regular file)", NULL, CLI_AT(tokenize_args, file)},
     {"decode", 0, CLI_STRING, "IDS", "decode ids, separated by commas or spaces", NULL, CLI_AT(tokenize_args, decode)},
+    {"src-lang", 0, CLI_STRING, "CODE", "encoder-decoder models with language codes (NLLB): the text's language, "
+     "put first (e.g. eng_Latn)", NULL, CLI_AT(tokenize_args, lang)},
     {"no-bos", 0, CLI_BOOL, NULL, "do not prepend BOS", NULL, CLI_AT(tokenize_args, no_bos)},
     {"json", 0, CLI_BOOL, NULL, "print {\"n\", \"ids\", \"pieces\"} (pieces as UTF-8, invalid bytes as U+FFFD; ids "
      "are exact) or, with --decode, {\"ids\", \"text\"}", NULL, CLI_AT(tokenize_args, json)},
@@ -27,14 +29,15 @@ static const cli_opt tokenize_opts[] = {
 
 const cli_verb cli_verb_tokenize = {
     .name = "tokenize",
-    .synopsis = "usage: moetool tokenize [MODEL] (-p TEXT | --file FILE) [--no-bos] [--json]\n"
+    .synopsis = "usage: moetool tokenize [MODEL] (-p TEXT | --file FILE) [--no-bos] [--src-lang CODE] [--json]\n"
                 "       moetool tokenize [MODEL] --decode IDS [--json]",
     .about = "Shows how the model's tokenizer (tokenizer.model, tokenizer.json, or the\n"
              "GGUF's own) encodes a text: one line per token with its id and its piece\n"
              "as the vocabulary stores it (U+2581 for a space, <0xNN> for a byte), BOS\n"
              "first as eval and generate prepend it. --decode turns ids back into text.\n"
              "Encoder-decoder models (Switch Transformers: spiece.model or a unigram\n"
-             "tokenizer.json) get no BOS but EOS last, as their eval and generate read text.\n",
+             "tokenizer.json) get no BOS but EOS last, as their eval and generate read text;\n"
+             "NLLB-MoE (sentencepiece.bpe.model) gets [--src-lang CODE] + text + </s>.\n",
     .positional = "MODEL",
     .opts = tokenize_opts,
     .n_opts = sizeof tokenize_opts / sizeof tokenize_opts[0],
@@ -135,9 +138,17 @@ int cmd_tokenize(int argc, char **argv) {
         ret = MT_EXIT_OK;
         goto done;
     }
+    if (A.lang && (!s2s || !mt_tok_lang_codes(tok))) {
+        rc = mt_seterr(MT_ERR_ARG, "--src-lang: %s's tokenizer has no language codes", model_path);
+        goto fail;
+    }
+    if (s2s && file && mt_tok_lang_codes(tok)) {
+        rc = mt_seterr(MT_ERR_ARG, "--file: give the text of an NLLB model with -p and --src-lang");
+        goto fail;
+    }
     if (s2s && prompt) {
         int k = 0;
-        if ((rc = mt_s2s_encode_text(tok, prompt, strlen(prompt), &ids, &k))) goto fail;
+        if ((rc = mt_s2s_encode_text_lang(tok, prompt, strlen(prompt), A.lang, &ids, &k))) goto fail;
         n = (size_t)k;
     } else if (file) {
         size_t n_text = 0;

@@ -145,7 +145,7 @@ expect_err 1 "text.jsonl:1: \"input\" is text" "$BIN" eval "$M" --pairs "$T/text
 printf '{"input": [3, 1], "target": [3, 99]}\n' >"$T/oov.jsonl"
 expect_err 1 "oov.jsonl:1: target token 1 is 99, outside the vocabulary of 64" "$BIN" eval "$M" --pairs "$T/oov.jsonl" --quiet
 expect_err 2 "encoder-decoder model: score it with --pairs" "$BIN" eval "$M"
-expect_err 1 "no tokenizer.model, spiece.model or tokenizer.json beside the checkpoint" "$BIN" generate "$M" -p hello
+expect_err 1 "no tokenizer.model, spiece.model, sentencepiece.bpe.model or tokenizer.json beside the checkpoint" "$BIN" generate "$M" -p hello
 expect_err 2 "encoder-decoder model: give its input with -p TEXT or --ids" "$BIN" generate "$M"
 echo "some calibration text for the refusals" >"$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" convert "$M" -o "$T/o.gguf"
@@ -154,7 +154,7 @@ expect_err 1 "tensor decoder.block.1.layer.2.mlp.experts.expert_5.wo.weight is m
 expect_err 2 "is an encoder-decoder model: it calibrates on --calib-pairs FILE" "$BIN" quantize "$M" -o "$T/q.gguf" --calib "$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" merge "$M" -o "$T/mg" --experts 4 --calib "$T/cal.txt"
 expect_err 1 "config.json: switch_transformers is an encoder-decoder model" "$BIN" distill "$M" -o "$T/ds" --student dense --data "$T/cal.txt"
-expect_err 1 "no tokenizer.model, spiece.model or tokenizer.json beside the checkpoint" "$BIN" tokenize "$M" -p hello
+expect_err 1 "no tokenizer.model, spiece.model, sentencepiece.bpe.model or tokenizer.json beside the checkpoint" "$BIN" tokenize "$M" -p hello
 expect_err 2 "is an encoder-decoder model: it calibrates on --calib-pairs FILE" "$BIN" quantize "$T/m/top2" -o "$T/q2.gguf" --calib "$T/cal.txt"
 expect_err 1 "config.json: nllb-moe is an encoder-decoder model" "$BIN" convert "$T/m/top2" -o "$T/o4.gguf"
 cp -r "$T/m/top2" "$T/nmiss"

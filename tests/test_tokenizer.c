@@ -697,7 +697,8 @@ static void test_hostile_spm(void **state) {
     expect_spm_error(word, sizeof word, MT_ERR_UNSUPPORTED, "model_type 3");
     static const unsigned char charsmap[] = {0x0A, 0x09, 0x0A, 0x05, '<', 'u', 'n', 'k', '>', 0x18, 0x02,
                                              0x12, 0x02, 0x18, 0x02, 0x1A, 0x03, 0x12, 0x01, 0x00};
-    expect_spm_error(charsmap, sizeof charsmap, MT_ERR_UNSUPPORTED, "charsmap");
+    /* a BPE model's charsmap is read as a unigram model's (NLLB): this one is too short */
+    expect_spm_error(charsmap, sizeof charsmap, MT_ERR_FORMAT, "charsmap");
     static const unsigned char no_unk[] = {0x0A, 0x03, 0x0A, 0x01, 'a', 0x12, 0x02, 0x18, 0x02};
     expect_spm_error(no_unk, sizeof no_unk, MT_ERR_FORMAT, "unknown");
     static const unsigned char bad_type[] = {0x0A, 0x05, 0x0A, 0x01, 'a', 0x18, 0x09, 0x12, 0x02, 0x18, 0x02};
@@ -960,6 +961,79 @@ static void replay_unigram_dir(const char *rel) {
     assert_true(files > 0);
 }
 
+/* fuzz_tok_fairseq's corpus: "config NUL protobuf"; the seeds made from
+ * nllb_bpe.model (600 pieces) check the layout rules of tokenizer_fairseq.c. */
+static mt_tokenizer *fairseq_seed(const char *name, int *rc) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/%s", src_path("fuzz/corpus/tok_fairseq"), name);
+    size_t len;
+    char *buf = tu_read_file(path, &len);
+    assert_non_null(buf);
+    const char *nul = memchr(buf, 0, len);
+    const size_t cl = nul ? (size_t)(nul - buf) : len;
+    mt_tokenizer *t = NULL;
+    *rc = mt_tok_parse_fairseq(&t, buf + cl + (nul ? 1 : 0), len - cl - (nul ? 1 : 0), buf, cl, name);
+    if (*rc) assert_non_null(strstr(mt_last_error(), name));
+    free(buf);
+    return t;
+}
+
+static void test_fairseq_layout(void **state) {
+    (void)state;
+    int rc;
+    mt_tokenizer *a = fairseq_seed("layout", &rc), *b = fairseq_seed("none", &rc);
+    assert_non_null(a);
+    assert_non_null(b);
+    /* <s> <pad> </s> <unk>, 599 pieces, 202 codes, <mask> */
+    assert_int_equal(mt_tok_vocab_size(a), 804);
+    assert_int_equal(mt_tok_vocab_size(b), 804);
+    assert_int_equal(mt_tok_lang_codes(b), 202);
+    assert_int_equal(mt_tok_lang_id(b, "ace_Arab"), 601);
+    assert_int_equal(mt_tok_lang_id(b, "eng_Latn"), 647);
+    assert_int_equal(mt_tok_lang_id(b, "zul_Latn"), 802);
+    assert_int_equal(mt_tok_lang_id(b, "<mask>"), -1);
+    assert_int_equal(mt_tok_find(b, "<mask>"), 803);
+    assert_int_equal(mt_tok_find(b, "<unk>"), 3);
+    assert_int_equal(mt_tok_eos(b), 2);
+    static const char text[] = "eng_Latn In the <mask> beginning</s>\xE6\x97\xA5\xE6\x97\xA5 x";
+    int32_t ia[64], ib[64];
+    size_t na, nb;
+    assert_int_equal(mt_tok_encode(a, text, sizeof text - 1, ia, 64, &na), MT_OK);
+    assert_int_equal(mt_tok_encode(b, text, sizeof text - 1, ib, 64, &nb), MT_OK);
+    assert_int_equal(na, nb);
+    assert_memory_equal(ia, ib, na * sizeof *ia);
+    assert_int_equal(ia[0], 647);
+    int unk = 0, mask = 0;
+    for (size_t i = 0; i < na; i++) unk += ia[i] == 3, mask += ia[i] == 803;
+    assert_int_equal(unk, 1); /* two unknown characters in a row: one <unk>, as sentencepiece */
+    assert_int_equal(mask, 1);
+    mt_tok_free(a);
+    mt_tok_free(b);
+    /* transformers' numbering when it builds the tokenizer itself: <mask> first */
+    a = fairseq_seed("mask_first", &rc);
+    assert_non_null(a);
+    assert_int_equal(mt_tok_find(a, "<mask>"), 601);
+    assert_int_equal(mt_tok_lang_id(a, "ace_Arab"), 602);
+    assert_int_equal(mt_tok_lang_id(a, "eng_Latn"), 648);
+    mt_tok_free(a);
+    a = fairseq_seed("codes_only", &rc);
+    assert_non_null(a);
+    assert_int_equal(mt_tok_vocab_size(a), 605);
+    assert_int_equal(mt_tok_lang_id(a, "bbb_Latn"), 602);
+    assert_int_equal(mt_tok_lang_id(a, "fra_Latn"), -1);
+    mt_tok_free(a);
+    static const char *const refused[] = {"bad_code", "id_outside", "id_twice", "partial", "truncated", "config_only"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        a = fairseq_seed(refused[i], &rc);
+        if (!strcmp(refused[i], "id_twice")) { /* JSON keys "601" and "601 ": the second is no id */
+            assert_int_not_equal(rc, MT_OK);
+            continue;
+        }
+        assert_null(a);
+        assert_int_not_equal(rc, MT_OK);
+    }
+}
+
 static void test_fuzz_corpora(void **state) {
     (void)state;
     replay_dir("fuzz/corpus/tok_spm", 0);
@@ -973,6 +1047,7 @@ int main(void) {
         cmocka_unit_test(test_reference_cases_json),
         cmocka_unit_test(test_spm_cases),
         cmocka_unit_test(test_unigram_cases),
+        cmocka_unit_test(test_fairseq_layout),
         cmocka_unit_test(test_test_txt),
         cmocka_unit_test(test_train_txt),
         cmocka_unit_test(test_byte_level),

@@ -5,7 +5,7 @@ text bundled with models/kjv-mixtral-15m, with that model's tokenizer ids, and
 writes the calibration and held-out pairs moetool reads (eval --pairs,
 quantize --calib-pairs):
 
-  train_switch_kjv.py OUT_DIR [--minutes M] [--threads T] [--seed S] [--init DIR]
+  train_switch_kjv.py OUT_DIR [--minutes M | --steps N] [--threads T] [--seed S] [--init DIR]
 
 OUT_DIR gets config.json + model.safetensors (save_pretrained, float32) and
   data/calib.pairs.jsonl   256 pairs from data/train.txt (seed S+1)
@@ -28,7 +28,8 @@ lm_head tied to the embedding (as the released checkpoints). AdamW, lr 2e-3
 after 50 warm-up steps, batch 16, router z- and load-balancing losses as
 transformers adds them; the run stops after --minutes of wall time. --init
 continues from a previous OUT_DIR (fresh optimizer state; the same held-out
-and calibration pairs). Needs torch + transformers + tokenizers
+and calibration pairs). --steps N stops after N steps instead of a wall
+time, so a run is reproducible on any machine. Needs torch + transformers + tokenizers
 (/usr/bin/python3).
 """
 import argparse
@@ -99,6 +100,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--minutes", type=float, default=12.0)
+    ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: --minutes decides)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch", type=int, default=16)
@@ -141,7 +143,7 @@ def main():
 
     log, t0, step, budget = [], time.time(), 0, a.minutes * 60
     warm = 50
-    while time.time() - t0 < budget:
+    while (step < a.steps) if a.steps > 0 else (time.time() - t0 < budget):
         lr = 2e-3 * min(1.0, (step + 1) / warm)
         for g in opt.param_groups:
             g["lr"] = lr

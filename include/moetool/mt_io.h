@@ -174,13 +174,15 @@ const mt_pickle_tensor *mt_pickle_get(const mt_pickle_dict *d, size_t i);
 
 /* ---- tokenizer sources found next to a checkpoint ---------------------- */
 typedef struct {
-    char *spm_model_path;    /* tokenizer.model or spiece.model, or NULL     */
+    char *spm_model_path;    /* tokenizer.model, spiece.model or
+                                sentencepiece.bpe.model, or NULL             */
     char *hf_json_path;      /* tokenizer.json, or NULL                      */
     /* a checkpoint read from an archive: the files' bytes instead (owned by
        the checkpoint; NULL when absent) */
     const void *spm_model_buf;
     size_t spm_model_len;
-    const char *spm_model_name; /* "tokenizer.model" or "spiece.model"       */
+    const char *spm_model_name; /* "tokenizer.model", "spiece.model" or
+                                   "sentencepiece.bpe.model"                  */
     const char *hf_json_buf, *hf_config_buf; /* tokenizer.json, tokenizer_config.json */
     size_t hf_json_len, hf_config_len;
 } mt_tokenizer_files;

@@ -165,6 +165,7 @@ typedef struct {
     double symbol_entropy;      /* order-0 entropy of the symbols, bits/weight  */
     double zero_frac;           /* fraction of 0 symbols                         */
     double code_seconds;        /* dictionary build + encoding                   */
+    int qmoe_scales;            /* row levels written: MT_QMOE_SCALES_F16/_U8LOG */
     int source_dtype;           /* stored type of the matrices quantized when they
                                    were dequantized first (a llama.cpp type such
                                    as q4_K); -1 or a float type: none          */

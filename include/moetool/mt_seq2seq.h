@@ -144,9 +144,39 @@ typedef struct {
 } mt_s2s_pair;
 struct mt_tokenizer;
 int mt_s2s_pairs_load(const char *path, const struct mt_tokenizer *tok, mt_s2s_pair **out, size_t *n);
+/* The same with language codes for a tokenizer that has them (NLLB's
+ * sentencepiece.bpe.model): texts of "input" are encoded with src_lang,
+ * of "target" with tgt_lang (mt_s2s_encode_text_lang); a line's own
+ * "src_lang" / "tgt_lang" keys override them. */
+int mt_s2s_pairs_load_lang(const char *path, const struct mt_tokenizer *tok, const char *src_lang,
+                           const char *tgt_lang, mt_s2s_pair **out, size_t *n);
 /* A text's ids as T5's tokenizer gives them (transformers'
  * tokenizer(text).input_ids): its encoding, then EOS; *out malloc'd. */
 int mt_s2s_encode_text(const struct mt_tokenizer *tok, const char *text, size_t len, int32_t **out, int *n);
+/* A text's ids with a language code: for a tokenizer with language codes
+ * (NLLB, mt_tok_lang_codes > 0) [code] + encoding + [</s>], as transformers'
+ * NllbTokenizer (non-legacy) gives source and target texts; `lang` is
+ * required there and refused (by name) for a tokenizer without codes.
+ * lang NULL elsewhere: mt_s2s_encode_text. */
+int mt_s2s_encode_text_lang(const struct mt_tokenizer *tok, const char *text, size_t len, const char *lang,
+                            int32_t **out, int *n);
+/* Translation pairs as text (eval --text of a model with language codes):
+ * one "SOURCE<tab>TARGET" per non-empty line, encoded with src_lang /
+ * tgt_lang (mt_s2s_encode_text_lang). */
+int mt_s2s_pairs_load_tsv(const char *path, const struct mt_tokenizer *tok, const char *src_lang,
+                          const char *tgt_lang, mt_s2s_pair **out, size_t *n);
+/* T5 span-corruption pairs from a token stream (eval --text of a Switch
+ * model): consecutive windows of `window` tokens (the last, shorter one
+ * when it has 2 or more; at most max_pairs windows, 0 = all); per window of
+ * n tokens T5's random_spans_noise_mask: noise = round(0.15 n) clamped to
+ * 1..n-1, spans = round(noise / 3) clamped to 1..min(noise, n - noise),
+ * noise and clean lengths each cut into `spans` positive parts at random,
+ * clean part first; input = clean parts each followed by sentinels[s],
+ * target = sentinels[s] then the noise part, both ending with eos. The
+ * random cuts come from splitmix64 seeded with `seed` (the exact draws:
+ * docs/seq2seq.md). */
+int mt_s2s_span_corrupt(const int32_t *toks, size_t n_toks, int window, const int32_t *sentinels, int n_sentinels,
+                        int eos, uint64_t seed, size_t max_pairs, mt_s2s_pair **out, size_t *n_out);
 void mt_s2s_pairs_free(mt_s2s_pair *p, size_t n);
 
 /* ---- runtime ------------------------------------------------------------ */
@@ -198,6 +228,11 @@ int mt_s2s_set_expert_matrix(mt_s2s_model *m, int decoder, int layer, int expert
  * one token per decoder call. out (cap max_new) gets them, *n_out the count. */
 int mt_s2s_greedy(mt_s2s_model *m, const int32_t *input, int n_in, int max_new, int stop_at_eos, int32_t *out,
                   int *n_out);
+/* The same with the first generated token forced to forced_bos (>= 0):
+ * transformers' forced_bos_token_id, NLLB's target language code; it counts
+ * as one of the max_new tokens. forced_bos < 0: mt_s2s_greedy. */
+int mt_s2s_greedy_forced(mt_s2s_model *m, const int32_t *input, int n_in, int forced_bos, int max_new, int stop_at_eos,
+                         int32_t *out, int *n_out);
 
 #ifdef __cplusplus
 }

@@ -28,6 +28,12 @@ typedef struct mt_tokenizer mt_tokenizer;
 
 int mt_tok_load_spm(mt_tokenizer **out, const char *tokenizer_model_path);
 int mt_tok_parse_spm(mt_tokenizer **out, const void *buf, size_t len, const char *name_for_errors);
+/* fairseq's sentencepiece.bpe.model (NLLB): the protobuf renumbered as
+ * fairseq does (<s> <pad> </s> <unk>, pieces, language codes, <mask>;
+ * tokenizer_config.json's text, may be NULL, can list the codes and their
+ * ids: lib/io/tokenizer_fairseq.c). */
+int mt_tok_parse_fairseq(mt_tokenizer **out, const void *spm, size_t spm_len, const char *cfg_text, size_t cfg_len,
+                         const char *name_for_errors);
 int mt_tok_load_hf_json(mt_tokenizer **out, const char *tokenizer_json_path);
 int mt_tok_parse_hf_json(mt_tokenizer **out, const char *text, size_t len, const char *name_for_errors);
 /* From vocabulary arrays (as GGUF stores them). kind SPM uses scores as
@@ -56,6 +62,15 @@ const char *mt_tok_merge(const mt_tokenizer *t, size_t i, size_t *len);
 int mt_tok_bos(const mt_tokenizer *t);
 int mt_tok_eos(const mt_tokenizer *t);
 int mt_tok_unk(const mt_tokenizer *t);
+/* Language codes of a fairseq-layout tokenizer (NLLB's
+ * sentencepiece.bpe.model: eng_Latn, ...), 0 for any other. */
+int mt_tok_lang_codes(const mt_tokenizer *t);
+/* id of a piece given as a NUL-terminated string (a language code,
+ * "</s>"), -1 when absent. */
+int mt_tok_find(const mt_tokenizer *t, const char *piece);
+/* id of language code `code` of a fairseq-layout tokenizer, -1 if it is
+ * not one of its codes. */
+int mt_tok_lang_id(const mt_tokenizer *t, const char *code);
 /* Whether the model prepends a space ("add_dummy_prefix") before encoding. */
 int mt_tok_add_space_prefix(const mt_tokenizer *t);
 

@@ -41,7 +41,7 @@ int mt_archive_name(const char *path) {
 
 static int wanted(const char *base) {
     static const char *const exact[] = {"config.json",           "model.safetensors.index.json",
-                                        "pytorch_model.bin.index.json", "tokenizer.model", "spiece.model",
+                                        "pytorch_model.bin.index.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
                                         "tokenizer.json",        "tokenizer_config.json",
                                         "generation_config.json"};
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)

@@ -166,7 +166,8 @@ static int gather_shards(mt_ckpt *ck) {
 }
 
 /* tokenizer.model (Llama-style), else spiece.model (T5's name for the same
- * protobuf), and tokenizer.json. */
+ * protobuf), else sentencepiece.bpe.model (fairseq's: NLLB), and
+ * tokenizer.json. */
 static int find_tokenizer_files(mt_ckpt *ck, const char *dir) {
     char *p = mt_path_join(dir, "tokenizer.model");
     char *q = mt_path_join(dir, "tokenizer.json");
@@ -175,9 +176,10 @@ static int find_tokenizer_files(mt_ckpt *ck, const char *dir) {
         free(q);
         return mt_seterr(MT_ERR_NOMEM, "out of memory");
     }
-    if (file_size(p) <= 0) {
+    static const char *const alt[] = {"spiece.model", "sentencepiece.bpe.model"};
+    for (size_t i = 0; i < 2 && file_size(p) <= 0; i++) {
         free(p);
-        if (!(p = mt_path_join(dir, "spiece.model"))) {
+        if (!(p = mt_path_join(dir, alt[i]))) {
             free(q);
             return mt_seterr(MT_ERR_NOMEM, "out of memory");
         }
@@ -641,12 +643,14 @@ static int open_archive(mt_ckpt *ck, const char *path) {
                        "pytorch_model.bin or its index in the archive", path);
     if (rc) return rc;
     const mt_archive_member *t;
-    if (((t = mt_archive_get(ck->arc, "tokenizer.model")) && t->size) ||
-        ((t = mt_archive_get(ck->arc, "spiece.model")) && t->size)) {
-        ck->tok.spm_model_buf = t->data;
-        ck->tok.spm_model_len = t->size;
-        ck->tok.spm_model_name = mt_archive_get(ck->arc, "tokenizer.model") == t ? "tokenizer.model" : "spiece.model";
-    }
+    static const char *const spm_names[] = {"tokenizer.model", "spiece.model", "sentencepiece.bpe.model"};
+    for (size_t i = 0; i < 3; i++)
+        if ((t = mt_archive_get(ck->arc, spm_names[i])) && t->size) {
+            ck->tok.spm_model_buf = t->data;
+            ck->tok.spm_model_len = t->size;
+            ck->tok.spm_model_name = spm_names[i];
+            break;
+        }
     if ((t = mt_archive_get(ck->arc, "tokenizer.json")) && t->size) {
         ck->tok.hf_json_buf = (const char *)t->data;
         ck->tok.hf_json_len = t->size;

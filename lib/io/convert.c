@@ -1141,7 +1141,7 @@ int mt_convert(const char *in_path, const char *out_path, const mt_convert_opts 
         for (int d = 0; d < MT_DT_COUNT; d++)
             if (bytes[d] > bytes[best]) best = d;
         rc = hf_config_from_source(&cv, src_dir, dst, (mt_dtype)best);
-        static const char *const side[] = {"tokenizer.model", "spiece.model", "tokenizer.json", "tokenizer_config.json",
+        static const char *const side[] = {"tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json",
                                            "generation_config.json", "special_tokens_map.json"};
         for (size_t i = 0; i < sizeof side / sizeof side[0] && !rc; i++) rc = copy_file(src_dir, side[i], dst);
     }
@@ -1174,7 +1174,7 @@ int mt_copy_tokenizer(const mt_ckpt *src, const char *dst_dir) {
     const char *in_path = mt_ckpt_path(src);
     char *src_dir = mt_path_is_dir(in_path) ? strdup(in_path) : mt_path_dir(in_path);
     if (!src_dir) return mt_seterr(MT_ERR_NOMEM, "out of memory");
-    static const char *const side[] = {"tokenizer.model", "spiece.model", "tokenizer.json", "tokenizer_config.json",
+    static const char *const side[] = {"tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json",
                                        "generation_config.json", "special_tokens_map.json"};
     int rc = MT_OK;
     for (size_t i = 0; i < sizeof side / sizeof side[0] && !rc; i++) rc = copy_file(src_dir, side[i], dst_dir);

@@ -737,17 +737,44 @@ int mt_s2s_encode_text(const mt_tokenizer *tok, const char *text, size_t len, in
     return MT_OK;
 }
 
+int mt_s2s_encode_text_lang(const mt_tokenizer *tok, const char *text, size_t len, const char *lang, int32_t **out,
+                            int *n) {
+    const int n_lang = mt_tok_lang_codes(tok);
+    if (!n_lang && !lang) return mt_s2s_encode_text(tok, text, len, out, n);
+    if (!n_lang)
+        return mt_seterr(MT_ERR_ARG, "language code '%s' given, but the tokenizer has no language codes", lang);
+    if (!lang)
+        return mt_seterr(MT_ERR_ARG, "the tokenizer (NLLB) needs a language code for a text: --src-lang / --tgt-lang "
+                         "(or \"src_lang\" / \"tgt_lang\" in a pairs file)");
+    const int code = mt_tok_lang_id(tok, lang);
+    if (code < 0) return mt_seterr(MT_ERR_ARG, "'%s' is not one of the tokenizer's %d language codes", lang, n_lang);
+    int32_t *body = NULL;
+    int k = 0;
+    int rc = mt_s2s_encode_text(tok, text, len, &body, &k); /* encoding + </s> */
+    if (rc) return rc;
+    int32_t *p = realloc(body, ((size_t)k + 1) * sizeof *p);
+    if (!p) {
+        free(body);
+        return mt_seterr(MT_ERR_NOMEM, "out of memory");
+    }
+    memmove(p + 1, p, (size_t)k * sizeof *p);
+    p[0] = code;
+    *out = p;
+    *n = k + 1;
+    return MT_OK;
+}
+
 /* ids of a JSON array of integers, or of a text when there is a tokenizer;
  * names file, line and key in errors. */
-static int json_ids(const json_t *a, const mt_tokenizer *tok, const char *path, int line, const char *key, int32_t **out,
-                    int *n) {
+static int json_ids(const json_t *a, const mt_tokenizer *tok, const char *lang, const char *path, int line,
+                    const char *key, int32_t **out, int *n) {
     if (json_is_string(a) && !tok)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s:%d: \"%s\" is text, and the model has no tokenizer (spiece.model or "
                          "tokenizer.json) that moetool reads: give token ids", path, line, key);
     if (json_is_string(a)) {
         if (json_string_length(a) == 0)
             return mt_seterr(MT_ERR_FORMAT, "%s:%d: \"%s\" is an empty text", path, line, key);
-        int rc = mt_s2s_encode_text(tok, json_string_value(a), json_string_length(a), out, n);
+        int rc = mt_s2s_encode_text_lang(tok, json_string_value(a), json_string_length(a), lang, out, n);
         if (rc) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", mt_last_error());
@@ -782,6 +809,17 @@ void mt_s2s_pairs_free(mt_s2s_pair *p, size_t n) {
 }
 
 int mt_s2s_pairs_load(const char *path, const mt_tokenizer *tok, mt_s2s_pair **out, size_t *n_out) {
+    return mt_s2s_pairs_load_lang(path, tok, NULL, NULL, out, n_out);
+}
+
+/* A line's "src_lang" / "tgt_lang" (a string), else the default. */
+static const char *line_lang(const json_t *o, const char *key, const char *dflt) {
+    const json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? json_string_value(v) : dflt;
+}
+
+int mt_s2s_pairs_load_lang(const char *path, const mt_tokenizer *tok, const char *src_lang, const char *tgt_lang,
+                           mt_s2s_pair **out, size_t *n_out) {
     *out = NULL;
     *n_out = 0;
     FILE *f = fopen(path, "rb");
@@ -816,8 +854,11 @@ int mt_s2s_pairs_load(const char *path, const mt_tokenizer *tok, mt_s2s_pair **o
         mt_s2s_pair *p = &v[n];
         memset(p, 0, sizeof *p);
         p->line = lineno;
-        rc = json_ids(json_object_get(o, "input"), tok, path, lineno, "input", &p->input, &p->n_in);
-        if (!rc) rc = json_ids(json_object_get(o, "target"), tok, path, lineno, "target", &p->target, &p->n_tgt);
+        rc = json_ids(json_object_get(o, "input"), tok, line_lang(o, "src_lang", src_lang), path, lineno, "input",
+                      &p->input, &p->n_in);
+        if (!rc)
+            rc = json_ids(json_object_get(o, "target"), tok, line_lang(o, "tgt_lang", tgt_lang), path, lineno, "target",
+                          &p->target, &p->n_tgt);
         json_decref(o);
         n++;
         if (rc) break;
@@ -832,5 +873,169 @@ int mt_s2s_pairs_load(const char *path, const mt_tokenizer *tok, mt_s2s_pair **o
     }
     *out = v;
     *n_out = n;
+    return MT_OK;
+}
+
+int mt_s2s_pairs_load_tsv(const char *path, const mt_tokenizer *tok, const char *src_lang, const char *tgt_lang,
+                          mt_s2s_pair **out, size_t *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    if (!tok) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: a text needs the model's tokenizer, and it has none", path);
+    FILE *f = fopen(path, "rb");
+    if (!f) return mt_seterr(MT_ERR_IO, "%s: cannot open the text", path);
+    mt_s2s_pair *v = NULL;
+    size_t n = 0, cap = 0, lcap = 0;
+    char *line = NULL;
+    int rc = MT_OK, lineno = 0;
+    ssize_t got;
+    while ((got = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) got--;
+        if (got == 0) continue;
+        const char *tab = memchr(line, '\t', (size_t)got);
+        if (!tab || tab == line || tab + 1 == line + got) {
+            rc = mt_seterr(MT_ERR_FORMAT, "%s:%d: not \"SOURCE<tab>TARGET\" (a translation pair)", path, lineno);
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            mt_s2s_pair *nv = realloc(v, cap * sizeof *nv);
+            if (!nv) {
+                rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        mt_s2s_pair *p = &v[n++];
+        memset(p, 0, sizeof *p);
+        p->line = lineno;
+        rc = mt_s2s_encode_text_lang(tok, line, (size_t)(tab - line), src_lang, &p->input, &p->n_in);
+        if (!rc)
+            rc = mt_s2s_encode_text_lang(tok, tab + 1, (size_t)(line + got - tab - 1), tgt_lang, &p->target, &p->n_tgt);
+        if (rc) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", mt_last_error());
+            rc = mt_seterr(rc, "%s:%d: %s", path, lineno, msg);
+            break;
+        }
+    }
+    free(line);
+    if (!rc && ferror(f)) rc = mt_seterr(MT_ERR_IO, "%s: read error", path);
+    fclose(f);
+    if (!rc && !n) rc = mt_seterr(MT_ERR_ARG, "%s: no translation pairs", path);
+    if (rc) {
+        mt_s2s_pairs_free(v, n);
+        return rc;
+    }
+    *out = v;
+    *n_out = n;
+    return MT_OK;
+}
+
+/* ---- span corruption (T5) --------------------------------------------------- */
+/* splitmix64: the generator docs/seq2seq.md specifies, so that another
+ * implementation (tests/cli_span_corrupt.sh's python) builds the same
+ * pairs for the same seed. */
+static uint64_t sc_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* k positive lengths summing to total (1 <= k <= total): k - 1 distinct cuts
+ * drawn from 1..total-1 by a partial Fisher-Yates shuffle (position i swaps
+ * with i + next() % (total - 1 - i)), sorted. work: total - 1 ints. */
+static void sc_segment(int total, int k, uint64_t *rng, int *work, int *len) {
+    const int m = total - 1;
+    for (int i = 0; i < m; i++) work[i] = i + 1;
+    for (int i = 0; i < k - 1; i++) {
+        const int j = i + (int)(sc_next(rng) % (uint64_t)(m - i));
+        const int t = work[i];
+        work[i] = work[j];
+        work[j] = t;
+    }
+    for (int i = 1; i < k - 1; i++) { /* insertion sort of the k - 1 cuts */
+        const int v = work[i];
+        int j = i - 1;
+        while (j >= 0 && work[j] > v) {
+            work[j + 1] = work[j];
+            j--;
+        }
+        work[j + 1] = v;
+    }
+    int prev = 0;
+    for (int i = 0; i < k - 1; i++) {
+        len[i] = work[i] - prev;
+        prev = work[i];
+    }
+    len[k - 1] = total - prev;
+}
+
+int mt_s2s_span_corrupt(const int32_t *toks, size_t n_toks, int window, const int32_t *sentinels, int n_sentinels,
+                        int eos, uint64_t seed, size_t max_pairs, mt_s2s_pair **out, size_t *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    if (window < 2 || window > (1 << 20) || n_sentinels < 1 || (!toks && n_toks))
+        return mt_seterr(MT_ERR_ARG, "span corruption: window %d (at least 2) or %d sentinels", window, n_sentinels);
+    size_t n_win = n_toks / (size_t)window + (n_toks % (size_t)window >= 2);
+    if (max_pairs && n_win > max_pairs) n_win = max_pairs;
+    if (!n_win) return mt_seterr(MT_ERR_ARG, "span corruption: %zu tokens are fewer than 2", n_toks);
+    mt_s2s_pair *v = calloc(n_win, sizeof *v);
+    int *work = malloc((size_t)window * sizeof *work), *nl = malloc((size_t)window * sizeof *nl),
+        *cl = malloc((size_t)window * sizeof *cl);
+    uint64_t rng = seed;
+    int rc = MT_OK;
+    if (!v || !work || !nl || !cl) {
+        rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t w = 0; w < n_win; w++) {
+        const int32_t *x = toks + w * (size_t)window;
+        const int n = (int)(n_toks - w * (size_t)window < (size_t)window ? n_toks - w * (size_t)window : (size_t)window);
+        /* T5's random_spans_noise_mask: round half to even as numpy */
+        int n_noise = (int)nearbyint((double)n * 0.15);
+        if (n_noise < 1) n_noise = 1;
+        if (n_noise > n - 1) n_noise = n - 1;
+        int n_spans = (int)nearbyint((double)n_noise / 3.0);
+        if (n_spans < 1) n_spans = 1;
+        const int n_clean = n - n_noise;
+        if (n_spans > n_clean) n_spans = n_clean;
+        if (n_spans > n_noise) n_spans = n_noise;
+        if (n_spans > n_sentinels) {
+            rc = mt_seterr(MT_ERR_ARG, "span corruption: a window of %d tokens needs %d sentinels, the model has %d", n,
+                           n_spans, n_sentinels);
+            goto done;
+        }
+        sc_segment(n_noise, n_spans, &rng, work, nl);
+        sc_segment(n_clean, n_spans, &rng, work, cl);
+        mt_s2s_pair *p = &v[w];
+        p->line = (int)w + 1;
+        p->input = malloc(((size_t)n_clean + (size_t)n_spans + 1) * sizeof *p->input);
+        p->target = malloc(((size_t)n_noise + (size_t)n_spans + 1) * sizeof *p->target);
+        if (!p->input || !p->target) {
+            rc = mt_seterr(MT_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        int i = 0;
+        for (int sp = 0; sp < n_spans; sp++) {
+            for (int k = 0; k < cl[sp]; k++) p->input[p->n_in++] = x[i++];
+            p->input[p->n_in++] = sentinels[sp];
+            p->target[p->n_tgt++] = sentinels[sp];
+            for (int k = 0; k < nl[sp]; k++) p->target[p->n_tgt++] = x[i++];
+        }
+        p->input[p->n_in++] = eos;
+        p->target[p->n_tgt++] = eos;
+    }
+done:
+    free(work);
+    free(nl);
+    free(cl);
+    if (rc) {
+        mt_s2s_pairs_free(v, n_win);
+        return rc;
+    }
+    *out = v;
+    *n_out = n_win;
     return MT_OK;
 }

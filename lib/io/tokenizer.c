@@ -14,6 +14,7 @@
 #include "moetool/mt_io.h"
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -432,6 +433,7 @@ typedef struct {
     int32_t *rev;           /* [n_vocab] left length of UNUSED pieces (resegmenting) */
     int32_t *ids;           /* output [cap] */
     size_t cap, n;
+    size_t unk_end;         /* n right after the last <unk> (spm_fuse_unk) */
     int err;
 } enc;
 
@@ -547,7 +549,9 @@ static int spm_emit(enc *e, uint32_t start, uint32_t len) {
         return MT_OK;
     }
     if (t->unk < 0) return no_unk();
+    if (t->spm_fuse_unk && e->unk_end == e->n) return MT_OK; /* one <unk> for a run */
     emit(e, t->unk);
+    e->unk_end = e->n;
     return MT_OK;
 }
 
@@ -574,7 +578,7 @@ static int bpe_core(enc *e, const char *w, size_t m, int byte_level) {
         if (!t->rank_mode && t->n_specials) { /* sentencepiece user-defined pieces */
             size_t sl;
             int sid = mt_tok_match_special(t, w + i, m - i, &sl);
-            if (sid >= 0) {
+            if (sid >= 0 && t->pieces[sid].type == MT_PIECE_USER_DEFINED) {
                 if ((rc = add_sym(e, (uint32_t)i, (uint32_t)sl, sid, 1))) return rc;
                 i += sl;
                 continue;
@@ -697,6 +701,15 @@ static int spm_segment(enc *e, const char *s, size_t n, int at_start) {
     return bpe_run(e, e->buf + w0, m - w0, 0);
 }
 
+/* Sentencepiece BPE with a precompiled charsmap (NLLB): sentencepiece's
+ * own normaliser (tokenizer_unigram.c), then the merges. */
+static int spm_cm_segment(enc *e, const char *s, size_t n, int at_start) {
+    (void)at_start; /* sentencepiece normalises every segment alike */
+    size_t m = 0;
+    int rc = mt_tok_sp_normalize(e->t, s, n, &e->buf, &e->buf_cap, &m);
+    return rc ? rc : bpe_run(e, e->buf, m, 0);
+}
+
 /* Byte-level segment: split into words, merge each. */
 static int gpt2_segment(enc *e, const char *s, size_t n, int at_start) {
     const mt_tokenizer *t = e->t;
@@ -744,8 +757,11 @@ int mt_tok_encode(const mt_tokenizer *t, const char *text, size_t len, int32_t *
         e.rev = calloc(t->n_vocab, sizeof *e.rev);
         if (!e.rev) return mt_seterr(MT_ERR_NOMEM, "tokenizer: out of memory");
     }
-    int (*segment)(enc *, const char *, size_t, int) = t->kind == MT_TOK_GPT2 ? gpt2_segment : spm_segment;
-    if (t->rank_mode && t->n_specials) { /* literal special tokens first */
+    e.unk_end = SIZE_MAX;
+    int (*segment)(enc *, const char *, size_t, int) = t->kind == MT_TOK_GPT2 ? gpt2_segment
+                                                       : t->cm_units            ? spm_cm_segment
+                                                                                : spm_segment;
+    if ((t->rank_mode || t->split_specials) && t->n_specials) { /* literal special tokens first */
         size_t seg = 0, i = 0;
         while (i < len && rc == MT_OK) {
             size_t sl;
@@ -803,7 +819,8 @@ static int piece_text(const mt_tokenizer *t, int id, dbuf *d) {
     const mt_tok_piece_rec *p = &t->pieces[id];
     const char *s = t->pool + p->off;
     if (p->type == MT_PIECE_CONTROL) return MT_OK;
-    if (p->type == MT_PIECE_UNKNOWN && t->kind == MT_TOK_UNIGRAM) return dput(d, MT_TOK_UNK_SURFACE, sizeof MT_TOK_UNK_SURFACE - 1);
+    if (p->type == MT_PIECE_UNKNOWN && (t->kind == MT_TOK_UNIGRAM || t->cm_units))
+        return dput(d, MT_TOK_UNK_SURFACE, sizeof MT_TOK_UNK_SURFACE - 1);
     if (p->type == MT_PIECE_BYTE) {
         int b = byte_of_piece(s, p->len);
         if (b >= 0) {
@@ -859,7 +876,11 @@ int mt_tok_decode(const mt_tokenizer *t, const int32_t *ids, size_t n, int strip
     }
     size_t skip = 0;
     if (strip_leading_space && mt_tok_add_space_prefix(t) && d.n && d.p[0] == ' ') skip = 1;
-    if (skip) memmove(d.p, d.p + 1, d.n - 1);
+    if (strip_leading_space && t->n_lang) { /* NllbTokenizer: the joined text .strip()ped */
+        while (skip < d.n && strchr(" \t\n\r\v\f", d.p[skip])) skip++;
+        while (d.n > skip && strchr(" \t\n\r\v\f", d.p[d.n - 1])) d.n--;
+    }
+    if (skip) memmove(d.p, d.p + skip, d.n - skip);
     d.n -= skip;
     d.p[d.n] = 0;
     *out = d.p;
@@ -1132,17 +1153,27 @@ static int apply_t5_config(mt_tokenizer *t, const char *text, size_t len, const 
     return mt_tok_add_extra_ids(t, n, name);
 }
 
+/* fairseq's sentencepiece.bpe.model (NLLB) gets fairseq's id layout. */
+static int is_fairseq_name(const char *name) {
+    const char *b = strrchr(name, '/');
+    b = b ? b + 1 : name;
+    const char *c = strrchr(b, ':'); /* "archive:member" */
+    return !strcmp(c ? c + 1 : b, "sentencepiece.bpe.model");
+}
+
 static int spm_file_with_config(mt_tokenizer **out, const char *path) {
     int rc = mt_tok_load_spm(out, path);
-    if (rc || (*out)->kind != MT_TOK_UNIGRAM) return rc;
+    const int fairseq = rc == MT_OK && is_fairseq_name(path);
+    if (rc || ((*out)->kind != MT_TOK_UNIGRAM && !fairseq)) return rc;
     char *dir = mt_path_dir(path);
     char *cfg = dir ? mt_path_join(dir, "tokenizer_config.json") : NULL;
     mt_mapped m;
-    if (cfg && mt_path_exists(cfg) && mt_map_file(&m, cfg) == MT_OK) {
-        rc = apply_t5_config(*out, (const char *)m.data, m.size, cfg);
-        mt_unmap_file(&m);
-    }
+    int have = 0;
+    if (cfg && mt_path_exists(cfg) && mt_map_file(&m, cfg) == MT_OK) have = 1;
     mt_clearerr();
+    if (fairseq) rc = mt_tok_apply_fairseq(out, have ? (const char *)m.data : NULL, have ? m.size : 0, path);
+    else if (have) rc = apply_t5_config(*out, (const char *)m.data, m.size, cfg);
+    if (have) mt_unmap_file(&m);
     free(dir);
     free(cfg);
     if (rc) {
@@ -1167,7 +1198,11 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         if (f->spm_model_buf) {
             snprintf(name, sizeof name, "%s:%s", mt_ckpt_path(ck), f->spm_model_name ? f->spm_model_name : "tokenizer.model");
             rc = mt_tok_parse_spm(out, f->spm_model_buf, f->spm_model_len, name);
-            if (rc == MT_OK && (rc = apply_t5_config(*out, f->hf_config_buf, f->hf_config_len, name))) {
+            if (rc == MT_OK && is_fairseq_name(name))
+                rc = mt_tok_apply_fairseq(out, f->hf_config_buf, f->hf_config_len, name);
+            else if (rc == MT_OK)
+                rc = apply_t5_config(*out, f->hf_config_buf, f->hf_config_len, name);
+            if (rc) {
                 mt_tok_free(*out);
                 *out = NULL;
             }
@@ -1197,6 +1232,6 @@ int mt_tok_load_for_ckpt(mt_tokenizer **out, const struct mt_ckpt *ck) {
         return rc2 == MT_OK ? MT_OK : rc;
     }
     if (f && f->hf_json_path) return mt_tok_load_hf_json(out, f->hf_json_path);
-    return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer.model, spiece.model or tokenizer.json beside the checkpoint",
+    return mt_seterr(MT_ERR_NOT_FOUND, "%s: no tokenizer.model, spiece.model, sentencepiece.bpe.model or tokenizer.json beside the checkpoint",
                      mt_ckpt_path(ck));
 }

@@ -117,6 +117,13 @@ struct mt_tokenizer {
     size_t cm_n_units;
     char *cm_norm;             /* replacement strings, NUL-separated           */
     size_t cm_norm_len;
+
+    /* sentencepiece BPE (score mode) */
+    int spm_fuse_unk;          /* consecutive unknown pieces are one <unk>, as
+                                  sentencepiece emits them (no byte fallback) */
+    /* fairseq layout (tokenizer_fairseq.c) */
+    int n_lang;                /* language codes, from id lang_first; 0: none */
+    int lang_first;
 };
 
 /* ---- tokenizer.c: construction helpers used by the readers ------------ */
@@ -177,6 +184,18 @@ int mt_tok_unigram_decode(const mt_tokenizer *t, const int32_t *ids, size_t n, i
 int mt_tok_add_extra_ids(mt_tokenizer *t, int n, const char *name);
 /* sentencepiece's surface of the unknown piece: " \u2047 ". */
 #define MT_TOK_UNK_SURFACE " \xE2\x81\x87 "
+
+/* sentencepiece's Normalizer::Normalize of s[0..n) (the charsmap, extra
+ * whitespace, dummy prefix, U+2581 escapes) into *buf (grown as needed;
+ * *cap its size), *len bytes. */
+int mt_tok_sp_normalize(const mt_tokenizer *t, const char *s, size_t n, char **buf, size_t *cap, size_t *len);
+
+/* ---- tokenizer_fairseq.c ------------------------------------------------ */
+/* Renumbers a sentencepiece tokenizer (*tp, replaced) as fairseq does:
+ * <s> <pad> </s> <unk>, the pieces from sentencepiece id 3 (+1), the language
+ * codes, <mask>; `cfg_text` (tokenizer_config.json, may be NULL) may list
+ * the codes and their ids. Errors name `name`. */
+int mt_tok_apply_fairseq(mt_tokenizer **tp, const char *cfg_text, size_t cfg_len, const char *name);
 
 /* ---- tokenizer_hf.c: GPT-2 pre-tokenizer --------------------------------
  * Length in bytes of the next word of text[0..len) under `split`

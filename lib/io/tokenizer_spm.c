@@ -23,10 +23,10 @@
  *                     4: remove_extra_whitespaces (default true)
  *                     5: escape_whitespaces (default true)
  *
- * BPE models with an identity normaliser (no precompiled charsmap) and
- * UNIGRAM models (T5's spiece.model) with or without a charsmap (checked
- * and run by tokenizer_unigram.c) are accepted; anything else is
- * MT_ERR_UNSUPPORTED naming the feature. */
+ * BPE models (Mixtral's tokenizer.model, NLLB's sentencepiece.bpe.model)
+ * and UNIGRAM models (T5's spiece.model), with or without a precompiled
+ * charsmap (checked and run by tokenizer_unigram.c), are accepted;
+ * anything else is MT_ERR_UNSUPPORTED naming the feature. */
 #include "tokenizer_impl.h"
 
 #include "io_impl.h"
@@ -251,9 +251,11 @@ int mt_tok_parse_spm(mt_tokenizer **out, const void *buf, size_t len, const char
             rc = mt_seterr(rc, "%s (normalizer_spec at offset %zu)", msg, ns.charsmap_at);
             goto fail;
         }
-    } else if (ns.charsmap_len) {
-        rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: normalizer '%s' with a precompiled charsmap is not supported (identity only)",
-                       name, ns.name);
+    } else if (ns.charsmap_len && (rc = mt_tok_set_charsmap(t, ns.charsmap, ns.charsmap_len, name))) {
+        /* BPE with sentencepiece's normaliser (NLLB's nmt_nfkc) */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", mt_last_error());
+        rc = mt_seterr(rc, "%s (normalizer_spec at offset %zu)", msg, ns.charsmap_at);
         goto fail;
     }
     if (tr.ws_suffix) { rc = mt_seterr(MT_ERR_UNSUPPORTED, "%s: treat_whitespace_as_suffix is not supported", name); goto fail; }
@@ -277,6 +279,7 @@ int mt_tok_parse_spm(mt_tokenizer **out, const void *buf, size_t len, const char
     if (t->unk < 0) { rc = mt_seterr(MT_ERR_FORMAT, "%s: no unknown piece (<unk>)", name); goto fail; }
     mt_tok_find_byte_pieces(t, 0);
     t->byte_fallback = tr.byte_fallback;
+    t->spm_fuse_unk = t->kind == MT_TOK_SPM && !tr.byte_fallback;
     t->bos = tr.bos_id >= 0 && (size_t)tr.bos_id < t->n_vocab ? tr.bos_id : -1;
     t->eos = tr.eos_id >= 0 && (size_t)tr.eos_id < t->n_vocab ? tr.eos_id : -1;
     t->prepend = ns.add_dummy_prefix ? MT_PREPEND_ALWAYS : MT_PREPEND_NEVER;
@@ -353,6 +356,9 @@ int mt_tok_write_spm(const mt_tokenizer *t, const char *path) {
     if (t->kind != MT_TOK_SPM)
         return mt_seterr(MT_ERR_UNSUPPORTED, "%s: only sentencepiece-style tokenizers can be written as tokenizer.model", path);
     if (t->unk < 0) return mt_seterr(MT_ERR_UNSUPPORTED, "%s: the tokenizer has no unknown token, which tokenizer.model requires", path);
+    if (t->cm_units || t->n_lang)
+        return mt_seterr(MT_ERR_UNSUPPORTED, "%s: a tokenizer with a precompiled charsmap or fairseq's id layout is not "
+                         "rewritten (copy its sentencepiece model instead)", path);
     wbuf w = {0}, s = {0};
     int rc = MT_OK;
     for (size_t i = 0; i < t->n_vocab; i++) {

@@ -271,6 +271,18 @@ static int sp_normalize(uwork *w, const char *s, size_t n) {
     return MT_OK;
 }
 
+int mt_tok_sp_normalize(const mt_tokenizer *t, const char *s, size_t n, char **buf, size_t *cap, size_t *len) {
+    uwork w = {0};
+    w.t = t;
+    w.norm.p = *buf;
+    w.norm.cap = *cap;
+    int rc = sp_normalize(&w, s, n);
+    *buf = w.norm.p;
+    *cap = w.norm.cap;
+    *len = w.norm.n;
+    return rc;
+}
+
 /* Unicode White_Space (Rust char::is_whitespace, HF Strip). */
 static int is_ws(uint32_t cp) {
     return (cp >= 9 && cp <= 13) || cp == 32 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||

@@ -487,6 +487,7 @@ int mt_s2s_quantize_file(const char *in_path, const char *out_path, const mt_qua
         rep->zero_frac = tot ? (double)counts[0] / (double)tot : 0;
         rep->code_bits_expert = tot ? (double)code_bits / (double)tot : 0;
         rep->code_seconds = mt_now() - tq;
+        rep->qmoe_scales = mt_quant_qmoe_scales(o);
     }
     for (size_t i = 0; i < q.n; i++) {
         const xmat *x = &q.v[i];

@@ -692,6 +692,7 @@ static int code_experts(mt_quant_state *s, mt_weights *w, int scales, mt_quant_r
     rep->zero_frac = (double)counts[0] / (double)n;
     rep->code_bits_expert = (double)code_bits / (double)n;
     rep->code_seconds = mt_now() - t0;
+    rep->qmoe_scales = scales;
     s->expert_dtype = MT_DT_QMOE;
     *bits = (double)total_bits;
     return MT_OK;

@@ -783,8 +783,14 @@ int mt_s2s_score(mt_s2s_model *m, const int32_t *input, int n_in, const int32_t 
 
 int mt_s2s_greedy(mt_s2s_model *m, const int32_t *input, int n_in, int max_new, int stop_at_eos, int32_t *out,
                   int *n_out) {
+    return mt_s2s_greedy_forced(m, input, n_in, -1, max_new, stop_at_eos, out, n_out);
+}
+
+int mt_s2s_greedy_forced(mt_s2s_model *m, const int32_t *input, int n_in, int forced_bos, int max_new, int stop_at_eos,
+                         int32_t *out, int *n_out) {
     const mt_s2s_config *c = &m->w.cfg;
     *n_out = 0;
+    if (forced_bos >= c->vocab) return mt_seterr(MT_ERR_ARG, "forced first token %d is outside the vocabulary of %d", forced_bos, c->vocab);
     int rc = mt_s2s_encode(m, input, n_in);
     if (rc) return rc;
     float *lg = malloc((size_t)c->vocab * sizeof *lg);
@@ -795,6 +801,7 @@ int mt_s2s_greedy(mt_s2s_model *m, const int32_t *input, int n_in, int max_new, 
         int best = 0;
         for (int v = 1; v < c->vocab; v++)
             if (lg[v] > lg[best]) best = v;
+        if (i == 0 && forced_bos >= 0) best = forced_bos; /* transformers' forced_bos_token_id */
         out[(*n_out)++] = best;
         if (stop_at_eos && best == c->eos_id) break;
         tok = best;
