@@ -2,19 +2,17 @@
 """Draws docs/quality-plot.svg from bench/quality_plot.sh's points and prints
 the points as a markdown table.
 
-usage: plot_quality.py POINTS.tsv OUT.svg
-POINTS.tsv: label <TAB> bytes <TAB> ppl, one moetool output per line.
-llama.cpp's own f32 conversion and quantizations of the bundled model
-(importance matrix from train.txt, llama-perplexity, same protocol and
-text) are the fixed second series. Each series' Pareto frontier (no point
-both smaller and better) is drawn as a line; points above the y range are
-drawn at its top edge with their value.
+usage: plot_quality.py POINTS.tsv OUT.svg [MODEL_NAME]
+POINTS.tsv: who <TAB> label <TAB> bytes <TAB> ppl, one file per line, who
+"moetool" or "llama.cpp" (llama.cpp's own quantizations, importance matrix
+from train.txt, scored by llama.cpp; bench/quality_plot.sh measures both).
+Each series' Pareto frontier (no point both smaller and better) is drawn as
+a line; points above the y range are drawn at its top edge with their value.
+The y range runs from the best perplexity to 6 % above it.
 """
 import math
 import sys
 
-THEIRS = [("f32", 61.5, 53.10), ("Q8_0", 16.4, 53.11), ("Q4_K", 9.7, 53.14), ("Q2_K", 6.3, 53.72),
-          ("IQ2_XXS", 4.77, 54.24), ("IQ1_M", 4.27, 54.46), ("IQ1_S", 3.97, 54.61), ("TQ1_0", 4.49, 64.85)]
 
 
 def frontier(pts):
@@ -28,16 +26,19 @@ def frontier(pts):
 
 def main():
     pts = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-    ours = [(lab, int(b) / 1e6, float(p)) for lab, b, p in pts]
+    name = sys.argv[3] if len(sys.argv) > 3 else "kjv-mixtral-15m"
+    ours = [(lab, int(b) / 1e6, float(p)) for who, lab, b, p in pts if who == "moetool"]
+    THEIRS = [(lab, int(b) / 1e6, float(p)) for who, lab, b, p in pts if who == "llama.cpp"]
     W, H, L, R, TP, B = 900, 520, 70, 150, 34, 50
     xs = [p[1] for p in ours + THEIRS]
     x0, x1 = math.log(min(xs) * 0.9), math.log(max(xs) * 1.15)
-    y0, y1 = 52.9, 56.6
+    best = min(p[2] for p in ours + THEIRS)
+    y0, y1 = best - 0.004 * best, best * 1.06
     X = lambda v: L + (math.log(v) - x0) / (x1 - x0) * (W - L - R)
     Y = lambda v: H - B - (min(v, y1) - y0) / (y1 - y0) * (H - TP - B)
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
          f'<rect width="{W}" height="{H}" fill="white"/>',
-         f'<text x="{L}" y="20" font-size="13">kjv-mixtral-15m: file size vs perplexity '
+         f'<text x="{L}" y="20" font-size="13">{name}: file size vs perplexity '
          f'(test.txt, llama.cpp protocol, ctx 256); lower left is better</text>',
          f'<line x1="{L}" y1="{H-B}" x2="{W-R}" y2="{H-B}" stroke="black"/>',
          f'<line x1="{L}" y1="{TP}" x2="{L}" y2="{H-B}" stroke="black"/>',
@@ -47,11 +48,12 @@ def main():
         if x0 <= math.log(v) <= x1:
             o.append(f'<line x1="{X(v):.1f}" y1="{TP}" x2="{X(v):.1f}" y2="{H-B+4}" stroke="#ddd"/>'
                      f'<text x="{X(v):.1f}" y="{H-B+16}" text-anchor="middle">{v}</text>')
-    v = math.ceil(y0 * 2) / 2
+    step = 0.5 if y1 - y0 < 5 else 1.0 if y1 - y0 < 10 else 2.0
+    v = math.ceil(y0 / step) * step
     while v <= y1:
         o.append(f'<line x1="{L-4}" y1="{Y(v):.1f}" x2="{W-R}" y2="{Y(v):.1f}" stroke="#eee"/>'
                  f'<text x="{L-7}" y="{Y(v)+4:.1f}" text-anchor="end">{v:g}</text>')
-        v += 0.5
+        v += step
     for series, color, dy in ((THEIRS, "#d62728", 14), (ours, "#1f77b4", -6)):
         f = frontier(series)
         path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for _, x, y in f)
@@ -74,7 +76,7 @@ def main():
     for lab, x, y in ours:
         print(f"| moetool | {lab} | {x:.2f} | {y:.4f} |")
     for lab, x, y in THEIRS:
-        print(f"| llama.cpp | {lab} | {x:.2f} | {y:.2f} |")
+        print(f"| llama.cpp | {lab} | {x:.2f} | {y:.4f} |")
 
 
 if __name__ == "__main__":

@@ -5,20 +5,29 @@
  * each expert kind (gate, up, down: the experts of a layer share a stacked
  * tensor, hence a type) and the shared expert's matrices; token embeddings;
  * an untied lm_head. Candidate types per unit: q2_K, q3_K, q4_K, q5_K, q6_K,
- * q8_0 (rows that are not whole 256-blocks: q4_0, q5_0, q8_0).
+ * q8_0 (rows that are not whole 256-blocks: q4_0, q5_0, q8_0) and, given
+ * an importance matrix (quantize computes it from the calibration text, or
+ * reads --imatrix), llama.cpp's i-quants of 256-weight blocks: iq1_s,
+ * iq1_m, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq4_xs — rounded by their
+ * own quantizers with the matrix's importance vector, as they are written
+ * (iq1_s, iq2_xxs and iq2_xs only where every matrix of the unit has one:
+ * llama.cpp writes them only so; token embeddings, a lookup, have none).
  *
  * Error of unit u in type t: the diagonal of GPTQ's objective, i.e. the
  * expected squared output error per token if the inputs' columns were
  * uncorrelated,
  *     e(u, t) = Σ_matrices Σ_r Σ_j (W_rj − Ŵ_rj)² · D_j,
- * Ŵ = llama.cpp's reference quantizer of t (RTN), D_j = Σ_tokens x_j² / N
+ * Ŵ = llama.cpp's reference quantizer of t (RTN; i-quants with the
+ * importance matrix), D_j = Σ_tokens x_j² / N
  * over the calibration tokens (an expert's sum runs over the tokens routed
  * to it, so rare experts weigh less; w2's x is silu(x W1ᵀ)·(x W3ᵀ); token
  * embeddings weigh each row by its token's frequency), measured once on the
  * original model over the first ≤ 4096 calibration tokens. With
  * plan_windows > 0 (the default) each unit's errors are then scaled to the
  * KL it adds at the model's output (probe_scale below), so that units of
- * different kinds compare by what the output feels.
+ * different kinds compare by what the output feels. Candidates that another
+ * one beats in both bytes and error are then dropped (the greedy would
+ * never take them; an i-quant and a K-quant of equal size keep the better).
  *
  * Choice: every unit starts at its smallest type; then, repeatedly, the
  * upgrade (of any unit, to any larger type of it) with the largest error
@@ -34,7 +43,7 @@
 #include <string.h>
 
 #define PLAN_TOKENS 4096
-#define MAX_CAND 6
+#define MAX_CAND 14
 
 typedef struct {
     int layer, kind;        /* kind: K_*, or -1 embeddings, -2 lm_head        */
@@ -42,7 +51,10 @@ typedef struct {
     double **d;             /* [n] column weights per matrix (NULL: rows weighted by rw) */
     int n;
     int64_t rows, cols;     /* of one matrix                                  */
+    const float **qw;       /* [n] importance per column (imatrix) or NULL   */
     int ncand, cur;
+    int probe;              /* candidate probe_scale measures: the smallest
+                               K-quant (or legacy) type                       */
     int cand[MAX_CAND];
     uint64_t bytes[MAX_CAND];
     double err[MAX_CAND];
@@ -53,12 +65,14 @@ static int unit_alloc(unit_t *x, int n) {
     x->n = n;
     x->mats = calloc((size_t)n, sizeof *x->mats);
     x->d = calloc((size_t)n, sizeof *x->d);
-    return x->mats && x->d ? MT_OK : mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+    x->qw = calloc((size_t)n, sizeof *x->qw);
+    return x->mats && x->d && x->qw ? MT_OK : mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
 }
 
 static void unit_free(unit_t *x) {
     for (int e = 0; x->d && e < x->n; e++) free(x->d[e]);
     free(x->d);
+    free(x->qw);
     free(x->mats);
 }
 
@@ -75,8 +89,9 @@ static void col_moments(const mt_calib_rows *x, double norm, double *d) {
 }
 
 /* Weighted squared error of RTN in type t on matrix w: column weights d, or
- * row weights rw when d is NULL. */
-static int rtn_err(const mt_mat *w, int t, const double *d, const double *rw, double *out) {
+ * row weights rw when d is NULL; qw: the importance vector the type's
+ * quantizer takes (i-quants), or NULL. */
+static int rtn_err(const mt_mat *w, int t, const double *d, const double *rw, const float *qw, double *out) {
     const int64_t cols = w->cols;
     uint64_t rb;
     int rc = mt_dtype_nbytes((mt_dtype)t, (uint64_t)cols, &rb);
@@ -90,7 +105,7 @@ static int rtn_err(const mt_mat *w, int t, const double *d, const double *rw, do
     }
     for (int64_t r = 0; r < w->rows; r++) {
         if ((rc = mt_row_to_f32(w->dtype, (const uint8_t *)w->data + r * w->row_stride, x, cols))) goto done;
-        if ((rc = mt_row_from_f32((mt_dtype)t, x, q, cols))) goto done;
+        if ((rc = mt_row_from_f32_w((mt_dtype)t, x, q, cols, qw))) goto done;
         if ((rc = mt_row_to_f32((mt_dtype)t, q, y, cols))) goto done;
         double er = 0;
         for (int64_t j = 0; j < cols; j++) {
@@ -107,18 +122,71 @@ done:
     return rc;
 }
 
-static void candidates(unit_t *u) {
+/* The i-quants llama.cpp writes only with an importance matrix. */
+static int iq_needs_im(int t) { return t == MT_DT_IQ1_S || t == MT_DT_IQ2_XXS || t == MT_DT_IQ2_XS; }
+
+/* The unit's candidate types by size (i-quants when iq), cand[probe] the
+ * smallest K-quant/legacy type. */
+static void candidates(unit_t *u, int iq) {
     static const mt_dtype k[] = {MT_DT_Q2_K, MT_DT_Q3_K, MT_DT_Q4_K, MT_DT_Q5_K, MT_DT_Q6_K, MT_DT_Q8_0};
     static const mt_dtype leg[] = {MT_DT_Q4_0, MT_DT_Q5_0, MT_DT_Q8_0};
+    static const mt_dtype iqs[] = {MT_DT_IQ1_S, MT_DT_IQ1_M, MT_DT_IQ2_XXS, MT_DT_IQ2_XS,
+                                   MT_DT_IQ2_S, MT_DT_IQ3_XXS, MT_DT_IQ3_S, MT_DT_IQ4_XS};
     const int whole = u->cols % MT_QK_K == 0;
     const mt_dtype *c = whole ? k : leg;
-    u->ncand = whole ? 6 : 3;
+    int all_qw = 1;
+    for (int e = 0; e < u->n; e++) all_qw &= u->qw[e] != NULL;
+    u->ncand = 0;
+    for (int i = 0; i < (whole ? 6 : 3); i++) u->cand[u->ncand++] = c[i];
+    for (int i = 0; iq && whole && i < 8; i++)
+        if (!iq_needs_im(iqs[i]) || all_qw) u->cand[u->ncand++] = iqs[i];
     for (int i = 0; i < u->ncand; i++) {
         uint64_t b = 0;
-        u->cand[i] = c[i];
-        mt_dtype_nbytes(c[i], (uint64_t)(u->rows * u->cols), &b);
+        mt_dtype_nbytes((mt_dtype)u->cand[i], (uint64_t)(u->rows * u->cols), &b);
         u->bytes[i] = b * (uint64_t)u->n;
     }
+    /* by bytes (insertion sort; stable, so a K-quant stays before an
+     * i-quant of its size) */
+    for (int i = 1; i < u->ncand; i++)
+        for (int j = i; j > 0 && u->bytes[j] < u->bytes[j - 1]; j--) {
+            const int t = u->cand[j];
+            const uint64_t b = u->bytes[j];
+            u->cand[j] = u->cand[j - 1], u->bytes[j] = u->bytes[j - 1];
+            u->cand[j - 1] = t, u->bytes[j - 1] = b;
+        }
+    for (u->probe = 0; u->cand[u->probe] != (int)c[0]; u->probe++) {}
+}
+
+/* The errors of the unit's candidates. */
+static int unit_errors(unit_t *x, const double *rw) {
+    for (int i = 0; i < x->ncand; i++) {
+        const mt_dtype_info *di = mt_dtype_get((mt_dtype)x->cand[i]);
+        const int weighted = di && !di->blk && di->from_f32_w; /* i-quants: written with the imatrix */
+        x->err[i] = 0;
+        for (int e = 0; e < x->n; e++) {
+            double er = 0;
+            int rc = rtn_err(x->mats[e], x->cand[i], x->d[e], rw, weighted ? x->qw[e] : NULL, &er);
+            if (rc) return rc;
+            x->err[i] += er;
+        }
+    }
+    return MT_OK;
+}
+
+/* Drops the candidates another beats (no more bytes, less error; equal:
+ * the earlier one stays); cand[0] stays the smallest. */
+static void prune(unit_t *x) {
+    int n = 0;
+    for (int i = 0; i < x->ncand; i++) {
+        int beaten = 0;
+        for (int j = 0; j < x->ncand && !beaten; j++)
+            beaten = j != i && x->bytes[j] <= x->bytes[i] && x->err[j] <= x->err[i] &&
+                     (x->bytes[j] < x->bytes[i] || x->err[j] < x->err[i] || j < i);
+        if (beaten) continue;
+        x->cand[n] = x->cand[i], x->bytes[n] = x->bytes[i], x->err[n] = x->err[i];
+        n++;
+    }
+    x->ncand = n;
 }
 
 /* ---- end-to-end sensitivity -------------------------------------------------
@@ -256,7 +324,7 @@ static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, 
             snprintf(what, sizeof what, "quantize: planning types; measuring tensor %d/%d at the output", i + 1, nu);
             o->progress(o->progress_user, what, (uint64_t)i, (uint64_t)nu);
         }
-        if (!(x->err[0] > 0)) continue;
+        if (!(x->err[x->probe] > 0)) continue;
         /* the unit's matrices (a tied embedding table is the lm_head too) */
         mt_mat **mats = malloc((size_t)(x->n + 1) * sizeof *mats), *saved = malloc((size_t)(x->n + 1) * sizeof *saved);
         float **bufs = calloc((size_t)(x->n + 1), sizeof *bufs);
@@ -276,7 +344,7 @@ static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, 
                 done_n++;
                 continue;
             }
-            if ((rc = round_trip(mats[e], x->cand[0], &bufs[e]))) break;
+            if ((rc = round_trip(mats[e], x->cand[x->probe], &bufs[e]))) break;
             saved[e] = *mats[e];
             mats[e]->dtype = MT_DT_F32;
             mats[e]->data = bufs[e];
@@ -291,7 +359,7 @@ static int probe_scale(unit_t *u, int nu, mt_model *m, mt_weights *w, int tied, 
         for (int e = 0; e < n; e++) free(bufs[e]);
         free(mats), free(saved), free(bufs);
         if (rc) break;
-        const double f = kl / x->err[0];
+        const double f = kl / x->err[x->probe];
         for (int j = 0; j < x->ncand; j++) x->err[j] *= f;
     }
 done:
@@ -314,8 +382,8 @@ static double mat_src_bytes(const mt_mat *w) {
     return mt_dtype_nbytes(w->dtype, (uint64_t)(w->rows * w->cols), &b) ? 0 : (double)b;
 }
 
-int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, const int32_t *ids, size_t n_ids,
-                       int window) {
+int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, const mt_imatrix *im,
+                       const int32_t *ids, size_t n_ids, int window) {
     const mt_config *c = mt_model_config(m);
     mt_weights *w = (mt_weights *)mt_model_weights(m);
     const int L = c->n_layers, tied = c->tie_embeddings || w->lm_head.data == w->tok_embd.data;
@@ -362,6 +430,7 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
             for (int e = 0; e < x->n; e++) {
                 mt_mat *mat = mt_quant_layer_mat(Lw, k, e);
                 x->mats[e] = mat;
+                x->qw[e] = im ? mt_imatrix_get(im, l, k, e) : NULL;
                 x->rows = mat->rows;
                 x->cols = mat->cols;
                 if (!(x->d[e] = malloc((size_t)mat->cols * sizeof(double)))) {
@@ -384,15 +453,8 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
                                "--target-bpw needs block types", l, (long long)x->cols);
                 goto done;
             }
-            candidates(x);
-            for (int i = 0; i < x->ncand; i++) {
-                x->err[i] = 0;
-                for (int e = 0; e < x->n; e++) {
-                    double er;
-                    if ((rc = rtn_err(x->mats[e], x->cand[i], x->d[e], NULL, &er))) goto done;
-                    x->err[i] += er;
-                }
-            }
+            candidates(x, im != NULL);
+            if ((rc = unit_errors(x, NULL))) goto done;
             nu++;
         }
         mt_calib_capture_free(&cc);
@@ -411,6 +473,7 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
         x->kind = h ? -2 : -1;
         if ((rc = unit_alloc(x, 1))) goto done;
         x->mats[0] = mat;
+        x->qw[0] = h && im ? mt_imatrix_get(im, -1, 0, 0) : NULL;
         x->rows = mat->rows;
         x->cols = mat->cols;
         if (x->cols % 32) {
@@ -425,13 +488,13 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
             }
             col_moments(&fx, (double)n_plan, x->d[0]);
         }
-        candidates(x);
-        for (int i = 0; i < x->ncand; i++)
-            if ((rc = rtn_err(mat, x->cand[i], x->d[0], tokfreq, &x->err[i]))) goto done;
+        candidates(x, im != NULL);
+        if ((rc = unit_errors(x, tokfreq))) goto done;
         nu++;
     }
     if (o->plan_windows > 0 && (rc = probe_scale(u, nu, m, w, tied, o, ids, n_plan, window, o->plan_windows)))
         goto done;
+    for (int i = 0; i < nu; i++) prune(&u[i]);
     /* budget */
     uint64_t params = 0, bytes = 0, budget;
     double src_units = 0;

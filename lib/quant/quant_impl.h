@@ -105,10 +105,12 @@ typedef struct {
     int dominant;       /* the type holding the most weights               */
 } mt_quant_plan;
 /* Chooses the types for o->target_bpw / o->target_bytes from the error
- * each candidate type (q2_K, q3_K, q4_K, q5_K, q6_K, q8_0) gives each
- * unit, measured on the first tokens of ids (see plan.c). */
-int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, const int32_t *ids, size_t n_ids,
-                       int window);
+ * each candidate type (q2_K, q3_K, q4_K, q5_K, q6_K, q8_0; with an
+ * importance matrix im also the i-quants iq1_s … iq4_xs, rounded with it)
+ * gives each unit, measured on the first tokens of ids (see plan.c). */
+typedef struct mt_imatrix mt_imatrix;
+int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, const mt_imatrix *im,
+                       const int32_t *ids, size_t n_ids, int window);
 void mt_quant_plan_free(mt_quant_plan *p);
 
 /* ---- llama.cpp's mixes (mix.c) -------------------------------------------- */
@@ -270,12 +272,12 @@ typedef struct {
     uint64_t *count;      /* [n_mat] rows accumulated, else NULL            */
 } mt_imatrix_entry;
 
-typedef struct {
+struct mt_imatrix {
     int n_layers;
     int n;                /* n_layers·K_COUNT + 1 (the last: lm_head)       */
     mt_imatrix_entry *e;  /* [layer·K_COUNT + kind], then lm_head           */
     int chunks;           /* calibration windows run                        */
-} mt_imatrix;
+};
 
 /* Runs ids (windows of `window` tokens) through m and collects every
  * matrix's importance. */

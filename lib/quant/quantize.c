@@ -747,10 +747,13 @@ static int has_grid(const mt_quant_opts *o, const mt_config *c, const mt_quant_p
 
 /* The importance vector a matrix on grid g is written with: for the types
  * whose llama.cpp quantizer takes one (K-quants and legacy blocks error in
- * mt_row_from_f32_w until they do here), when im has it. */
-static const float *job_qw(const mt_imatrix *im, const mt_grid *g, int l, int k, int e) {
+ * mt_row_from_f32_w until they do here), when im has it; iq_only: an
+ * importance matrix only a plan's i-quants asked for, which leaves the
+ * K-quants as they are written without one. */
+static const float *job_qw(const mt_imatrix *im, int iq_only, const mt_grid *g, int l, int k, int e) {
     const mt_dtype_info *d = mt_dtype_get((mt_dtype)mt_grid_dtype(g));
     if (!im || !d || !(d->from_f32_w || g->kind == MT_GRID_BLOCK)) return NULL;
+    if (iq_only && g->kind != MT_GRID_ROW) return NULL;
     return mt_imatrix_get(im, l, k, e);
 }
 
@@ -906,7 +909,11 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     }
     const int gptq = o->method == MT_QUANT_GPTQ;
     const int W = calib_window(o, c);
-    const int im_calib = !o->imatrix_path && (o->imatrix_calib || (gptq && has_grid(o, c, NULL, -1, 1)));
+    /* a plan with i-quant candidates measures and writes them with the
+     * importance matrix: computed here unless given (then only they use it) */
+    const int plan_iq = planned(o) && !o->plan_kquants;
+    const int im_calib = !o->imatrix_path && (o->imatrix_calib || (gptq && has_grid(o, c, NULL, -1, 1)) || plan_iq);
+    const int im_iq_only = plan_iq && !o->imatrix_path && !o->imatrix_calib;
     if (gptq || planned(o) || im_calib) {
         char def[4096];
         const char *cp = o->calib_path;
@@ -924,16 +931,6 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         n_ids = (size_t)o->calib_tokens / (size_t)W * (size_t)W;
         if (gptq) rep->n_calib_tokens = (int)n_ids;
     }
-    if (planned(o)) {
-        const double tp = mt_now();
-        if ((rc = mt_quant_plan_make(&plan, m, o, ids, n_ids, W))) goto fail;
-        rep->calib_seconds += mt_now() - tp;
-        s->file_type = mt_dtype_gguf_file_type((mt_dtype)plan.dominant);
-        if (!(rep->plan = plan_json(&plan, c))) {
-            rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
-            goto fail;
-        }
-    }
     if (o->mix) s->file_type = (uint32_t)o->mix;
     if (o->imatrix_path || im_calib) {
         const double ti = mt_now();
@@ -944,6 +941,16 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
         rep->calib_seconds += mt_now() - ti;
         if (o->imatrix_out && (rc = mt_imatrix_write(im, o->imatrix_out, o->calib_path ? o->calib_path : "")))
             goto fail;
+    }
+    if (planned(o)) {
+        const double tp = mt_now();
+        if ((rc = mt_quant_plan_make(&plan, m, o, plan_iq ? im : NULL, ids, n_ids, W))) goto fail;
+        rep->calib_seconds += mt_now() - tp;
+        s->file_type = mt_dtype_gguf_file_type((mt_dtype)plan.dominant);
+        if (!(rep->plan = plan_json(&plan, c))) {
+            rc = mt_seterr(MT_ERR_NOMEM, "quantize: out of memory");
+            goto fail;
+        }
     }
     mt_grid ge;
     matrix_grid(&ge, o, c, NULL, K_W1, 0, c->hidden, "experts");
@@ -1044,7 +1051,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                         }
                     }
                 }
-                if (!j->x) j->qw = job_qw(im, &j->grid, l, k, e);
+                if (!j->x) j->qw = job_qw(im, im_iq_only, &j->grid, l, k, e);
                 j->mem = job_mem(j);
             }
         }
@@ -1133,7 +1140,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
                 rep->calib_seconds += mt_now() - tc;
                 j.x = &fx;
             }
-            if (i == 1 && !j.x) j.qw = job_qw(im, &j.grid, -1, 0, 0);
+            if (i == 1 && !j.x) j.qw = job_qw(im, im_iq_only, &j.grid, -1, 0, 0);
             run_job(&j);
             mt_calib_rows_free(&fx);
             if ((rc = j.rc)) {
