@@ -67,10 +67,15 @@ q() { # label out quantize-options...
   add "$lab" "$out"
   rm -rf "$out"
 }
-# size budgets: per-tensor types (K-quants, q8_0 and i-quants with the
-# importance matrix) chosen by --target-bpw's greedy, each tensor weighed by
-# the KL it adds at the output
-for b in 1.75 2.0 2.5 3.0 4.0 5.0; do q "bpw $b budget" "$T/a.gguf" --target-bpw $b; done
+# size budgets: per-tensor types chosen by --target-bpw's greedy (i-quants
+# with the importance matrix), each tensor weighed by
+# the KL it adds at the output; the default candidates (K-quants, q8_0) and
+# with --plan-iquants
+for b in 1.75 2.0 2.5; do q "bpw $b budget iq" "$T/a.gguf" --target-bpw $b --plan-iquants; done
+for b in 3.0 4.0 5.0; do
+  q "bpw $b budget" "$T/a.gguf" --target-bpw $b
+  q "bpw $b budget iq" "$T/a.gguf" --target-bpw $b --plan-iquants
+done
 if [ "$WHAT" = budgets ]; then
   "$PY" "$SRC/bench/plot_quality.py" "$points" "$SVG" "$(basename "$MODEL")"
   exit 0

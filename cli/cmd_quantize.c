@@ -171,10 +171,12 @@ static const cli_opt quantize_opts[] = {
      "measured by the KL it adds to the next-token distributions over the first N calibration windows, and its "
      "errors are scaled to that KL, so the budget goes where the output feels it (one forward of N windows per "
      "tensor; default 2); 0: rank by the tensors' own errors only", NULL, CLI_AT(quantize_args, q.plan_windows), 0, 64},
-    {"plan-kquants", 0, CLI_BOOL, NULL, "with --target-bpw/--target-size: choose among the K-quants and q8_0 only; "
-     "default: also llama.cpp's i-quants (iq1_s, iq1_m, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq4_xs), measured "
-     "and written with the importance matrix (--imatrix FILE, else computed from --calib, used then for the "
-     "i-quants only)", NULL, CLI_AT(quantize_args, q.plan_kquants)},
+    {"plan-iquants", 0, CLI_BOOL, NULL, "with --target-bpw/--target-size: choose also among llama.cpp's i-quants "
+     "(iq1_s, iq1_m, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq4_xs), measured and written with the importance "
+     "matrix (--imatrix FILE, else computed from --calib, used then for the i-quants only); reaches budgets below "
+     "the K-quants' smallest (down to ~1.6 bits per weight), better than llama.cpp's i-quant files at 2 and 2.5 "
+     "bits on the bundled model, worse than the K-quant plan at 3 (docs/quality.md); default: the K-quants and "
+     "q8_0 only", NULL, CLI_AT(quantize_args, q.plan_iquants)},
     {"target-size", 0, CLI_STRING, "BYTES", "the same with the output file at most BYTES (k, M, G: 10^3, 10^6, 10^9)",
      NULL, CLI_AT(quantize_args, q.target_bytes), .set = set_size},
     {"asym", 0, CLI_BOOL, NULL, "asymmetric int grid: per group min/max (widened to hold 0), scale (max-min)/(2^B-1) "
@@ -456,8 +458,8 @@ int cmd_quantize(int argc, char **argv) {
     if (out && eval_only) return cli_usage_error("quantize", "--eval-only writes no file; drop -o");
     if (o.plan_windows >= 0 && !(o.target_bpw > 0 || o.target_bytes > 0))
         return cli_usage_error("quantize", "--plan-windows only weighs a --target-bpw/--target-size plan; give one");
-    if (o.plan_kquants && !(o.target_bpw > 0 || o.target_bytes > 0))
-        return cli_usage_error("quantize", "--plan-kquants only restricts a --target-bpw/--target-size plan; give one");
+    if (o.plan_iquants && !(o.target_bpw > 0 || o.target_bytes > 0))
+        return cli_usage_error("quantize", "--plan-iquants only widens a --target-bpw/--target-size plan; give one");
     if (o.plan_windows < 0) {
         mt_quant_opts d;
         mt_quant_opts_default(&d);

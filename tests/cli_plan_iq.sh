@@ -3,7 +3,7 @@
 # and written with the importance matrix computed from the calibration text:
 #   reach    --target-size 4000000 on the bundled model: below the smallest
 #            K-quant choice (every tensor q2_K, about 5 MB), so
-#            --plan-kquants must refuse it (exit 1, no output) while the
+#            the default (K-quants only) must refuse it, naming --plan-iquants, (exit 1, no output) while the
 #            default plan writes it with i-quants (the plan in --json names
 #            some iq type) in at most 4,000,000 bytes
 #   imatrix  --imatrix-out writes the importance matrix the plan used
@@ -11,7 +11,7 @@
 #            protocol, ctx 256, 8 windows of test.txt) equals moetool's eval
 #            of it within 0.25 %; a writer that ignored the importance matrix
 #            or an i-quant that did not decode alike would not
-#   usage    --plan-kquants without --target-bpw/--target-size: exit 2
+#   usage    --plan-iquants without --target-bpw/--target-size: exit 2
 # Skipped (exit 77) without llama_cpp (tools/install_llamacpp_python.sh).
 set -u
 : "${MT_SOURCE_DIR:=$(cd "$(dirname "$0")/.." && pwd)}"
@@ -33,13 +33,13 @@ fails=0
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 Q=(--target-size $BUDGET --method rtn --calib-tokens 2048 --plan-windows 1 --threads 2 --quiet)
 
-"$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/k.gguf" "${Q[@]}" --plan-kquants >/dev/null 2>"$T/err"
+"$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/k.gguf" "${Q[@]}" >/dev/null 2>"$T/err"
 rc=$?
-[ $rc = 1 ] && grep -q "below the smallest choice" "$T/err" ||
-    bad "--plan-kquants at $BUDGET bytes: exit $rc: $(cat "$T/err")"
-[ -e "$T/k.gguf" ] && bad "--plan-kquants below its smallest choice left an output"
+[ $rc = 1 ] && grep -q "below the smallest choice.*--plan-iquants" "$T/err" ||
+    bad "K-quant plan at $BUDGET bytes: exit $rc: $(cat "$T/err")"
+[ -e "$T/k.gguf" ] && bad "K-quant plan below its smallest choice left an output"
 
-if "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/p.gguf" "${Q[@]}" --imatrix-out "$T/im.dat" --json >"$T/p.json" \
+if "$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/p.gguf" "${Q[@]}" --plan-iquants --imatrix-out "$T/im.dat" --json >"$T/p.json" \
        2>"$T/err"; then
     sz=$(stat -c %s "$T/p.gguf")
     [ "$sz" -le $BUDGET ] && echo "ok budget: $sz bytes" || bad "wrote $sz bytes (budget $BUDGET)"
@@ -58,10 +58,10 @@ else
     bad "plan at $BUDGET bytes: $(cat "$T/err")"
 fi
 
-"$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --plan-kquants --type q4_k --method rtn >/dev/null 2>"$T/err"
+"$MT_BIN" quantize "$MT_MODEL_DIR" -o "$T/u.gguf" --plan-iquants --type q4_k --method rtn >/dev/null 2>"$T/err"
 rc=$?
-[ $rc = 2 ] && grep -q -- "--plan-kquants only" "$T/err" || bad "--plan-kquants without a budget: exit $rc: $(cat "$T/err")"
-[ -e "$T/u.gguf" ] && bad "--plan-kquants without a budget left an output"
+[ $rc = 2 ] && grep -q -- "--plan-iquants only" "$T/err" || bad "--plan-iquants without a budget: exit $rc: $(cat "$T/err")"
+[ -e "$T/u.gguf" ] && bad "--plan-iquants without a budget left an output"
 
 if [ $fails -ne 0 ]; then echo "cli_plan_iq: FAIL ($fails)"; exit 1; fi
 echo "cli_plan_iq: PASS"

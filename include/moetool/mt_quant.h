@@ -76,8 +76,8 @@ typedef struct {
                               layer) or MT_QMOE_ALLOC_MATRIX (per matrix)     */
     uint64_t target_bytes; /* > 0: the same so that the output GGUF is at most
                               this many bytes                                 */
-    int plan_kquants;      /* target_bpw/target_bytes: 1: choose among the
-                              K-quants and q8_0 only; 0 (default): also the
+    int plan_iquants;      /* target_bpw/target_bytes: 0 (default): choose
+                              among the K-quants and q8_0; 1: also the
                               i-quants iq1_s … iq4_xs, with the importance
                               matrix (--imatrix, else computed from the
                               calibration text; it then writes only them) */

@@ -531,11 +531,13 @@ int mt_quant_plan_make(mt_quant_plan *p, mt_model *m, const mt_quant_opts *o, co
     if (bytes > budget) {
         if (o->target_bpw > 0)
             rc = mt_seterr(MT_ERR_ARG, "quantize: --target-bpw %g is below the smallest choice (%.3f bits per weight, "
-                           "every tensor in its smallest type)", o->target_bpw, 8.0 * (double)bytes / (double)params);
+                           "every tensor in its smallest type%s)", o->target_bpw, 8.0 * (double)bytes / (double)params,
+                           im ? "" : "; --plan-iquants adds llama.cpp's i-quants");
         else
             rc = mt_seterr(MT_ERR_ARG, "quantize: --target-size %llu is below the smallest choice (about %llu bytes, "
-                           "every tensor in its smallest type)", (unsigned long long)o->target_bytes,
-                           (unsigned long long)(o->target_bytes - budget + bytes));
+                           "every tensor in its smallest type%s)", (unsigned long long)o->target_bytes,
+                           (unsigned long long)(o->target_bytes - budget + bytes),
+                           im ? "" : "; --plan-iquants adds llama.cpp's i-quants");
         goto done;
     }
     for (;;) { /* the best error reduction per byte that fits */

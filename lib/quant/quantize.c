@@ -911,7 +911,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
     const int W = calib_window(o, c);
     /* a plan with i-quant candidates measures and writes them with the
      * importance matrix: computed here unless given (then only they use it) */
-    const int plan_iq = planned(o) && !o->plan_kquants;
+    const int plan_iq = planned(o) && o->plan_iquants;
     const int im_calib = !o->imatrix_path && (o->imatrix_calib || (gptq && has_grid(o, c, NULL, -1, 1)) || plan_iq);
     const int im_iq_only = plan_iq && !o->imatrix_path && !o->imatrix_calib;
     if (gptq || planned(o) || im_calib) {
