@@ -81,6 +81,7 @@ typedef struct {
     int window, max_windows;           /* Switch --text: span-corruption windows   */
     unsigned long long seed;           /* Switch --text: the noise's seed          */
     int n_threads, json, quiet;
+    int force;                         /* --save-pairs may replace an existing file */
 } cli_s2s_eval_opts;
 int cli_s2s_eval(const char *model_path, const cli_s2s_eval_opts *o);
 /* From --ids (ids out) or -p TEXT (encoded with the model's tokenizer + EOS;

@@ -11,7 +11,7 @@ typedef struct {
     mt_eval_opts e;
     mt_model_opts m;
     const char *text, *ref, *pairs, *src_lang, *tgt_lang, *save_pairs;
-    int json, quiet, long_ctx, skip, seed;
+    int json, quiet, long_ctx, skip, seed, force;
     int ctx_given; /* else the default shrinks to a shorter model context */
 } eval_args;
 
@@ -53,7 +53,9 @@ static const cli_opt eval_opts[] = {
     {"seed", 0, CLI_INT, "S", "Switch models with --text: the seed of the span-corruption noise", "0",
      CLI_AT(eval_args, seed), 0, 0x7fffffffL},
     {"save-pairs", 0, CLI_PATH, "FILE", "encoder-decoder models: also write the input/target pairs scored, as token "
-     "ids in the --pairs format", NULL, CLI_AT(eval_args, save_pairs)},
+     "ids in the --pairs format (an existing FILE moetool did not write only with --force)", NULL,
+     CLI_AT(eval_args, save_pairs)},
+    {"force", 0, CLI_BOOL, NULL, "with --save-pairs: replace an existing FILE", NULL, CLI_AT(eval_args, force)},
     {"ref", 0, CLI_PATH, "MODEL", "reference model for KL / agreement (same tokenizer)", NULL, CLI_AT(eval_args, ref)},
     {"threads", 0, CLI_INT, "T", "CPU threads", "all cores", CLI_AT(eval_args, m.n_threads), 1, MT_MAX_THREADS},
     {"device", 0, CLI_ENUM, "D", "cpu or cuda (a build with CUDA and a device; else one line says which is missing)",
@@ -142,21 +144,21 @@ int cmd_eval(int argc, char **argv) {
                                    "(NLLB: SOURCE<tab>TARGET lines)", model_path);
         if (ref_path || long_ctx || A.skip || ((ctx_given || A.e.max_windows) && !text_path))
             return cli_usage_error("eval", "encoder-decoder models take --pairs or --text, --src-lang, --tgt-lang, "
-                                   "--ctx, --max-windows and --seed (Switch --text), --save-pairs, --threads, --json "
+                                   "--ctx, --max-windows and --seed (Switch --text), --save-pairs, --force, --threads, --json "
                                    "and --quiet only");
         if (mo.device != MT_DEVICE_CPU)
             return cli_usage_error("eval", "%s: encoder-decoder models run on the CPU only (--device cpu)", model_path);
         cli_s2s_eval_opts so = {.pairs = A.pairs, .text = text_path, .src_lang = A.src_lang, .tgt_lang = A.tgt_lang,
                                 .save_pairs = A.save_pairs, .window = ctx_given ? eo.ctx : 64,
                                 .max_windows = eo.max_windows, .seed = (unsigned long long)A.seed,
-                                .n_threads = mo.n_threads, .json = json, .quiet = quiet};
+                                .n_threads = mo.n_threads, .json = json, .quiet = quiet, .force = A.force};
         return cli_s2s_eval(model_path, &so);
     }
     if (A.pairs)
         return cli_usage_error("eval", "--pairs is for encoder-decoder models; %s is not one", model_path);
     if (A.seed) return cli_usage_error("eval", "--seed is for the span corruption of a Switch model's --text");
-    if (A.src_lang || A.tgt_lang || A.save_pairs)
-        return cli_usage_error("eval", "--src-lang / --tgt-lang / --save-pairs are for encoder-decoder models; %s is "
+    if (A.src_lang || A.tgt_lang || A.save_pairs || A.force)
+        return cli_usage_error("eval", "--src-lang / --tgt-lang / --save-pairs / --force are for encoder-decoder models; %s is "
                                "not one", model_path);
     char *text_default = NULL;
     if (!text_path) {

@@ -13,12 +13,14 @@
 #define _GNU_SOURCE
 #include "cli_impl.h"
 #include "moetool/mt_seq2seq.h"
+#include "moetool/mt_write.h"
 
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_s(void) {
     struct timespec ts;
@@ -93,6 +95,10 @@ int cli_s2s_eval(const char *model_path, const cli_s2s_eval_opts *o) {
     size_t n_pairs = 0;
     int rc, ret = MT_EXIT_FAIL;
     uint64_t *cnt[2] = {NULL, NULL};
+    if (o->save_pairs) { /* the output policy: never an input, never an existing file moetool did not write */
+        const char *in[1] = {pairs_path ? pairs_path : text_path};
+        if ((rc = mt_output_check(o->save_pairs, MT_OUTPUT_GGUF, o->force, model_path, in, in[0] ? 1 : 0))) goto fail;
+    }
     if ((rc = mt_s2s_load(&m, model_path, n_threads))) goto fail;
     const mt_s2s_config *c = mt_s2s_model_config(m);
     int nsp[2] = {0, 0};
@@ -152,21 +158,29 @@ int cli_s2s_eval(const char *model_path, const cli_s2s_eval_opts *o) {
         rc = mt_seterr(rc, "%s (%s)", msg, tok_why);
     }
     if (rc) goto fail;
-    if (o->save_pairs) { /* the pairs as eval --pairs reads them */
-        FILE *f = fopen(o->save_pairs, "w");
-        if (!f) {
-            rc = mt_seterr(MT_ERR_IO, "%s: cannot write the pairs", o->save_pairs);
+    if (o->save_pairs) { /* the pairs as eval --pairs reads them, written beside the path and renamed onto it */
+        char *tmp = NULL;
+        const int fd = mt_output_tmp_create(o->save_pairs, &tmp);
+        if (fd < 0) {
+            rc = MT_ERR_IO;
             goto fail;
         }
-        for (size_t i = 0; i < n_pairs; i++) {
+        FILE *f = fdopen(fd, "w");
+        int ok = f != NULL;
+        for (size_t i = 0; ok && i < n_pairs; i++) {
             fputs("{\"input\":", f);
             print_ids(f, pairs[i].input, pairs[i].n_in);
             fputs(",\"target\":", f);
             print_ids(f, pairs[i].target, pairs[i].n_tgt);
-            fputs("}\n", f);
+            ok = fputs("}\n", f) >= 0;
         }
-        if (fclose(f)) {
-            rc = mt_seterr(MT_ERR_IO, "%s: write error", o->save_pairs);
+        if (f ? fclose(f) != 0 : (close(fd), 1)) ok = 0;
+        if (ok && rename(tmp, o->save_pairs) != 0) ok = 0;
+        if (!ok) unlink(tmp);
+        mt_output_tmp_forget(tmp);
+        free(tmp);
+        if (!ok) {
+            rc = mt_seterr(MT_ERR_IO, "%s: cannot write the pairs", o->save_pairs);
             goto fail;
         }
     }

@@ -191,6 +191,19 @@ PYEOF
 [ $rc = 2 ] && grep -q -- "--seed" "$T/e" && ok || bad "--seed on a decoder-only model: rc $rc $(cat "$T/e")"
 "$BIN" eval "$T/sw" --pairs "$T/s0.jsonl" --ctx 20 >/dev/null 2>"$T/e"; rc=$?
 [ $rc = 2 ] && ok || bad "--ctx with --pairs: rc $rc $(cat "$T/e")"
+# --save-pairs follows the output policy: an existing file moetool did not
+# write is refused and left as it was (replaced only with --force), an input
+# is never the output, and a completed write leaves no temporary beside it
+echo keep >"$T/keep.jsonl"
+"$BIN" eval "$T/sw" --text "$T/short.txt" --save-pairs "$T/keep.jsonl" >/dev/null 2>"$T/e"; rc=$?
+[ $rc != 0 ] && grep -q -- "--force" "$T/e" && [ "$(cat "$T/keep.jsonl")" = keep ] && ok ||
+    bad "--save-pairs over an existing file: rc $rc, now $(head -c 40 "$T/keep.jsonl") $(cat "$T/e")"
+"$BIN" eval "$T/sw" --text "$T/short.txt" --save-pairs "$T/keep.jsonl" --force >/dev/null 2>"$T/e" &&
+    cmp -s "$T/keep.jsonl" "$T/short.jsonl" && ok || bad "--save-pairs --force: $(cat "$T/e")"
+cp "$T/short.txt" "$T/in.txt"
+"$BIN" eval "$T/sw" --text "$T/in.txt" --save-pairs "$T/in.txt" --force >/dev/null 2>"$T/e"; rc=$?
+[ $rc != 0 ] && cmp -s "$T/in.txt" "$T/short.txt" && ok || bad "--save-pairs onto the input text: rc $rc $(cat "$T/e")"
+ls "$T" | grep -q '\.tmp-' && bad "a temporary was left: $(ls "$T" | grep '\.tmp-')" || ok
 
 echo "cli_span_corrupt: $passes passed, $fails failed"
 [ $fails = 0 ]
