@@ -759,13 +759,15 @@ static const float *job_qw(const mt_imatrix *im, int iq_only, const mt_grid *g, 
 
 /* --codec qmoe --target-bpw: every expert job of a layer is first run at
  * each candidate range (measure only, coded with a dictionary of the counts
- * chosen so far), then each gets the range mt_qmoe_range_choose picks under
- * the layer's share of the budget (target · expert weights up to this
- * layer, less what the layers before took and the dictionary block); the
- * jobs then run at those ranges. Weight of a matrix: its expert's routed
- * calibration rows, so rare experts give up bits first. ranges[(k − K_W1)
- * · ne + e] receives the choice (ne: experts of the widest layer). */
-static int choose_ranges(job_t *jobs, int nj, const mt_quant_opts *o, const mt_calib_rows *xs,
+ * chosen so far), then gets a range under the layer's share of the budget
+ * (target · expert weights up to this layer, less what the layers before
+ * took and the dictionary block): one for the whole layer
+ * (mt_qmoe_range_choose_uniform, the default) or one per matrix
+ * (mt_qmoe_range_choose, --qmoe-alloc matrix, weighing each matrix by its
+ * expert's output energy ‖W2·mid‖² on its routed rows); the jobs then run
+ * at those ranges. ranges[(k − K_W1) · ne + e] receives the choice (ne:
+ * experts of the widest layer). */
+static int choose_ranges(job_t *jobs, int nj, const mt_quant_opts *o,
                          const mt_layer_weights *L, int ne, float *ranges, mt_qmoe_range_probe *probes, double *weight,
                          int *choice, uint64_t counts[3], double *used, double *params, int nthreads,
                          job_progress *prog) {
@@ -799,7 +801,6 @@ static int choose_ranges(job_t *jobs, int nj, const mt_quant_opts *o, const mt_c
         int e = 0;
         for (int ee = 0; ee < lne; ee++)
             if (j->src == &L->w1[ee] || j->src == &L->w3[ee] || j->src == &L->w2[ee]) e = ee;
-        (void)xs;
         *params += (double)(j->src->rows * j->src->cols);
         idx_e[i] = e;
     }
@@ -1056,7 +1057,7 @@ int mt_quant_model(mt_quant_state **out, mt_model *m, const mt_quant_opts *o, mt
             }
         }
         prog.layer = l;
-        if (range_budget(o) && (rc = choose_ranges(jobs, nj, o, cc.x, L, ne, rep->ternary_ranges + (size_t)l * 3 * ne,
+        if (range_budget(o) && (rc = choose_ranges(jobs, nj, o, L, ne, rep->ternary_ranges + (size_t)l * 3 * ne,
                                                    probes, rb_weight, rb_choice, rb_counts, &rb_used, &rb_params,
                                                    nthreads, &prog)))
             goto fail;
